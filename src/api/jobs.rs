@@ -1,0 +1,262 @@
+//! The v1 job endpoints: submit, read back (optionally waiting for the end), list, follow events,
+//! cancel.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{self, PathId, Query};
+use crate::job::{Job, JobId, JobRequest, JobSpec, Status};
+use crate::store::{CancelResult, Submitted};
+
+const MAX_PAGE: u32 = 1000;
+const DEFAULT_PAGE: u32 = 100;
+
+pub async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    extract::Json(request): extract::Json<JobRequest>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let (id, replayed) = accept(&state, request, key).await?;
+    if !replayed {
+        // Built from what was just committed: reading it back would double the cost of a submit.
+        return Ok(accepted_response(
+            id,
+            json!({"id": id, "status": Status::Queued}),
+        ));
+    }
+    let job = state
+        .store
+        .job(id)
+        .await?
+        .ok_or_else(ApiError::job_not_found)?;
+    let mut response = accepted_response(id, serde_json::to_value(&job).unwrap_or_default());
+    response
+        .headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    Ok(response)
+}
+
+/// Validates and stores a job; true in the second place if an earlier identical request with the
+/// same idempotency key had already created it.
+pub(super) async fn accept(
+    state: &AppState,
+    request: JobRequest,
+    key: Option<String>,
+) -> Result<(JobId, bool), ApiError> {
+    let spec = JobSpec::validate(request, key, &state.config.policy, |name| {
+        state.runtimes.get(name).is_some()
+    })?;
+    match state.store.submit(spec).await? {
+        Submitted::Created(id) => Ok((id, false)),
+        Submitted::Replayed(id) => Ok((id, true)),
+        Submitted::KeyReused(id) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_key_reused",
+            format!("this Idempotency-Key was already used for job {id} with a different request"),
+        )),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    headers
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str().map(str::to_owned).map_err(|_| {
+                ApiError::bad_request("invalid_header", "Idempotency-Key must be visible ASCII")
+            })
+        })
+        .transpose()
+}
+
+fn accepted_response(id: JobId, body: serde_json::Value) -> Response {
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/jobs/{id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    /// Seconds to hold the request until the job ends.
+    pub(super) wait: Option<f64>,
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    Query(query): Query<WaitQuery>,
+) -> Result<Json<Job>, ApiError> {
+    let wait = wait_duration(&state, query.wait)?;
+    Ok(Json(wait_for_end(&state, id, wait).await?))
+}
+
+pub(super) fn wait_duration(state: &AppState, wait: Option<f64>) -> Result<Duration, ApiError> {
+    match wait {
+        None => Ok(Duration::ZERO),
+        Some(s) if s.is_finite() && s >= 0.0 => Ok(Duration::from_secs_f64(
+            s.min(state.config.max_wait.as_secs_f64()),
+        )),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_query",
+            "wait must be a non-negative number of seconds",
+        )),
+    }
+}
+
+/// Reads the job; if it is not finished, holds on until it is, `wait` passes, or the server
+/// begins to stop. Woken by the commit of the job's terminal event, not by polling.
+pub(super) async fn wait_for_end(
+    state: &AppState,
+    id: JobId,
+    wait: Duration,
+) -> Result<Job, ApiError> {
+    // Subscribed before the first read, so an end committed in between is not missed.
+    let mut notices = state.store.bus().subscribe();
+    let deadline = Instant::now() + wait;
+    loop {
+        let job = state
+            .store
+            .job(id)
+            .await?
+            .ok_or_else(ApiError::job_not_found)?;
+        if job.status.is_terminal() || Instant::now() >= deadline {
+            return Ok(job);
+        }
+        let ended = async {
+            loop {
+                match notices.recv().await {
+                    Ok(n) if n.job_id == id && n.kind.is_terminal() => return,
+                    Ok(_) => {}
+                    // Missed some notices: read the job again to be sure.
+                    Err(RecvError::Lagged(_)) => return,
+                    Err(RecvError::Closed) => std::future::pending::<()>().await,
+                }
+            }
+        };
+        tokio::select! {
+            _ = ended => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = state.stopping.cancelled() => return Ok(job),
+        }
+    }
+}
+
+pub async fn events(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+) -> Result<impl IntoResponse, ApiError> {
+    let events = state
+        .store
+        .job_events(id)
+        .await?
+        .ok_or_else(ApiError::job_not_found)?;
+    Ok(Json(json!({ "events": events })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedQuery {
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// The global feed, for pollers: `?after=` the last event id seen.
+pub async fn feed(
+    State(state): State<AppState>,
+    Query(query): Query<FeedQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let after = query.after.unwrap_or(0);
+    let limit = page_size(query.limit)?;
+    let events = state.store.events_after(after, limit).await?;
+    let next_after = events.last().map_or(after, |e| e.id);
+    Ok(Json(json!({ "events": events, "next_after": next_after })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let status = query
+        .status
+        .map(|s| {
+            Status::parse(&s).ok_or_else(|| {
+                ApiError::bad_request("invalid_query", format!("unknown status {s:?}"))
+            })
+        })
+        .transpose()?;
+    let after = query
+        .after
+        .map(|a| {
+            JobId::parse_str(&a).map_err(|_| {
+                ApiError::bad_request("invalid_query", format!("after={a:?} is not a job id"))
+            })
+        })
+        .transpose()?;
+    let limit = page_size(query.limit)?;
+    let jobs = state.store.list_jobs(status, after, limit).await?;
+    let next_after = (jobs.len() == limit as usize).then(|| jobs.last().map(|j| j.id));
+    Ok(Json(
+        json!({ "jobs": jobs, "next_after": next_after.flatten() }),
+    ))
+}
+
+fn page_size(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit.unwrap_or(DEFAULT_PAGE) {
+        0 => Err(ApiError::bad_request(
+            "invalid_query",
+            "limit must be positive",
+        )),
+        n if n > MAX_PAGE => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be at most {MAX_PAGE}"),
+        )),
+        n => Ok(n),
+    }
+}
+
+pub async fn cancel(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+) -> Result<Json<Job>, ApiError> {
+    match state.store.cancel(id).await? {
+        CancelResult::Cancelled { running_attempt } => {
+            if let Some(attempt) = running_attempt {
+                // If another server runs it, that server notices when its lease renewal fails.
+                state.running.stop(id, attempt);
+            }
+            let job = state
+                .store
+                .job(id)
+                .await?
+                .ok_or_else(ApiError::job_not_found)?;
+            Ok(Json(job))
+        }
+        CancelResult::AlreadyFinished(status) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_finished",
+            format!("the job already ended with status {}", status.as_str()),
+        )),
+        CancelResult::NotFound => Err(ApiError::job_not_found()),
+    }
+}

@@ -1,0 +1,131 @@
+//! The HTTP front-end: JSON over axum. It decodes and validates requests, hands them to the store
+//! and reads results back; it holds no job state of its own. `POST /v1/jobs` answers `202` only
+//! after the job is committed to disk.
+//!
+//! Routes: `jobs` (the v1 API), `compat` (the replaced synchronous design's endpoints), and the
+//! health checks here.
+
+mod compat;
+mod error;
+mod extract;
+mod jobs;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+pub use error::ApiError;
+
+use crate::config::Config;
+use crate::runtime::Runtimes;
+use crate::store::Store;
+use crate::worker::Running;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub runtimes: Arc<Runtimes>,
+    pub running: Running,
+    pub config: Arc<Config>,
+    /// Cancelled when the server begins to shut down: long-polls answer at once.
+    pub stopping: CancellationToken,
+}
+
+pub fn router(state: AppState) -> Router {
+    let timeout = state.config.request_timeout + state.config.max_wait;
+    let body_limit = state.config.max_request_bytes;
+    Router::new()
+        .route("/v1/jobs", post(jobs::submit).get(jobs::list))
+        .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/jobs/{id}/events", get(jobs::events))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/v1/events", get(jobs::feed))
+        .route("/v1/runtimes", get(runtimes))
+        .route("/eval", post(compat::eval_gone))
+        .route("/eval-async", post(compat::submit))
+        .route("/eval-status/{id}", get(compat::status))
+        .route("/events", get(jobs::feed))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(timeout, request_timeout))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn request_timeout(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::unavailable("timeout", "the request took too long").into_response(),
+    }
+}
+
+fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error; the server log has the details",
+    )
+    .into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not accept that method",
+    )
+}
+
+async fn runtimes(State(state): State<AppState>) -> impl IntoResponse {
+    let runtimes: Vec<_> = state.runtimes.iter().collect();
+    Json(json!({ "runtimes": runtimes }))
+}
+
+/// Alive: the process answers HTTP.
+async fn healthz() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready: the writer is alive and holds the write lock on the database, and at least one runtime
+/// can run. Reports the pragmas in force so operators can check durability settings.
+async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    if state.stopping.is_cancelled() {
+        return Err(ApiError::unavailable(
+            "stopping",
+            "the server is shutting down",
+        ));
+    }
+    let pragmas = state.store.pragmas().await?;
+    if state.runtimes.is_empty() {
+        return Err(ApiError::unavailable(
+            "no_runtimes",
+            "no runtime is available on this host",
+        ));
+    }
+    let names: Vec<_> = state.runtimes.iter().map(|r| r.name.as_str()).collect();
+    Ok(Json(json!({
+        "status": "ready",
+        "database": pragmas,
+        "runtimes": names,
+        "workers": state.config.workers,
+        "running": state.running.len(),
+    })))
+}

@@ -1,0 +1,58 @@
+//! In-process signals about what the store has just committed. The writer publishes here after
+//! each commit; workers wait on [`Bus::work`] to claim without a polling delay, and pollers
+//! (long-poll, later streams) follow [`Bus::subscribe`] to wake the moment a job changes.
+//!
+//! The bus carries only notices (which event, which job, what kind); the database stays the
+//! source of truth, so a receiver that lags behind simply reads the state again.
+
+use tokio::sync::{Notify, broadcast};
+
+use crate::job::{EventKind, JobId};
+
+/// One committed event, as announced to subscribers.
+#[derive(Clone, Copy, Debug)]
+pub struct Notice {
+    pub event_id: i64,
+    pub job_id: JobId,
+    pub kind: EventKind,
+}
+
+pub struct Bus {
+    events: broadcast::Sender<Notice>,
+    work: Notify,
+}
+
+impl Default for Bus {
+    fn default() -> Self {
+        Bus {
+            events: broadcast::Sender::new(8192),
+            work: Notify::new(),
+        }
+    }
+}
+
+impl Bus {
+    pub fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.events.subscribe()
+    }
+
+    /// Woken whenever a job became claimable (queued or requeued) in this process.
+    pub fn work(&self) -> &Notify {
+        &self.work
+    }
+
+    pub(crate) fn publish(&self, notices: &[Notice]) {
+        if notices
+            .iter()
+            .any(|n| matches!(n.kind, EventKind::Queued | EventKind::Retrying))
+        {
+            self.work.notify_waiters();
+        }
+        if self.events.receiver_count() > 0 {
+            for notice in notices {
+                // An error only means nobody is listening right now, which is fine.
+                let _ = self.events.send(*notice);
+            }
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Everything a deployment can tune, with the defaults kiln ships. The binary fills this from flags
+//! and environment variables; tests build it directly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::job::Limits;
+
+/// What a submission may ask for. Defaults apply to whatever a request leaves out; maxima are hard
+/// caps (a request above one is refused, never silently clamped).
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub default_limits: Limits,
+    pub max_limits: Limits,
+    pub max_code_bytes: usize,
+    pub max_stdin_bytes: usize,
+    pub max_files_bytes: usize,
+    pub max_files: usize,
+    pub max_args: usize,
+    pub default_max_attempts: u32,
+    pub max_max_attempts: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        const MIB: u64 = 1 << 20;
+        Policy {
+            default_limits: Limits {
+                wall_ms: 10_000,
+                cpu_ms: 10_000,
+                memory_mb: 512,
+                processes: 64,
+                output_bytes: MIB,
+                file_bytes: 16 * MIB,
+            },
+            max_limits: Limits {
+                wall_ms: 600_000,
+                cpu_ms: 600_000,
+                memory_mb: 8192,
+                processes: 1024,
+                output_bytes: 16 * MIB,
+                file_bytes: 1024 * MIB,
+            },
+            max_code_bytes: MIB as usize,
+            max_stdin_bytes: 8 * MIB as usize,
+            max_files_bytes: 16 * MIB as usize,
+            max_files: 256,
+            max_args: 256,
+            default_max_attempts: 3,
+            max_max_attempts: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The SQLite file holding jobs and events.
+    pub db_path: PathBuf,
+    pub listen: SocketAddr,
+    /// How many jobs run at once.
+    pub workers: usize,
+    /// Where each run gets its fresh, private work directory.
+    pub work_root: PathBuf,
+    /// Names this server in lease owners, so a restarted server can tell its own earlier
+    /// incarnation's jobs (rescued at once) from another live server's (left alone).
+    pub node_id: String,
+    /// How long a claim holds a job without renewal before it may be rescued.
+    pub lease: Duration,
+    /// How often workers look for jobs committed by another process (in-process submits wake
+    /// them at once).
+    pub poll_interval: Duration,
+    /// How long running jobs may go on after SIGTERM before they are killed and requeued.
+    pub shutdown_grace: Duration,
+    /// The longest `?wait=` a poller may ask for.
+    pub max_wait: Duration,
+    /// Requests (other than long-polls, which get `max_wait` on top) are cut off after this.
+    pub request_timeout: Duration,
+    /// Largest request body accepted at all (413 above).
+    pub max_request_bytes: usize,
+    /// Runtimes added to (or replacing) the built-in ones: name and interpreter path.
+    pub extra_runtimes: Vec<(String, PathBuf)>,
+    pub policy: Policy,
+}
+
+impl Config {
+    /// The embedded default: a `kiln.db` in the working directory, served on loopback.
+    pub fn new(db_path: PathBuf) -> Config {
+        Config {
+            db_path,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            work_root: std::env::temp_dir().join("kiln-work"),
+            node_id: "kiln".into(),
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(500),
+            shutdown_grace: Duration::from_secs(10),
+            max_wait: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+            max_request_bytes: 32 << 20,
+            extra_runtimes: Vec::new(),
+            policy: Policy::default(),
+        }
+    }
+}

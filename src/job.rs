@@ -1,0 +1,467 @@
+//! The job as the rest of kiln sees it: what a submitter asks for ([`JobSpec`]), the [`Limits`] it
+//! runs under, the [`Status`] it moves through, why it ended ([`Outcome`]), and the [`Event`]s that
+//! record each step. Plain data: no SQL, no HTTP, no processes. Validation of a submission lives
+//! here too, so every entry point (the v1 API, the compatibility aliases, later batches) applies the
+//! same rules.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Policy;
+
+/// Job ids are UUIDv7: they sort by creation time, so the primary key doubles as the FIFO order.
+pub type JobId = uuid::Uuid;
+
+/// Where a job is in its life. The allowed transitions:
+///
+/// ```text
+///            claim              finish
+/// queued ──────────► running ──────────► succeeded | failed | timed_out | error
+///   │  ▲                │
+///   │  └── retrying ────┤ lease expired / shutdown, attempts left
+///   │                   │ (no attempts left → error)
+///   └──── cancel ───────┴──► cancelled
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+    Error,
+}
+
+impl Status {
+    pub const ALL: [Status; 7] = [
+        Status::Queued,
+        Status::Running,
+        Status::Succeeded,
+        Status::Failed,
+        Status::TimedOut,
+        Status::Cancelled,
+        Status::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::TimedOut => "timed_out",
+            Status::Cancelled => "cancelled",
+            Status::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|status| status.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Status::Queued | Status::Running)
+    }
+}
+
+/// Why a job ended. The status says *how* it ended; the outcome says *why*, precisely enough to
+/// tell a wall-clock kill from a CPU-time kill, or a crash from an output flood.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Exited with status 0.
+    Success,
+    /// Exited with a non-zero status.
+    NonzeroExit,
+    /// Killed by a signal it did not ask for from us (a crash, `kill -9` from inside, ...).
+    Signal,
+    /// Ran longer than `limits.wall_ms`.
+    WallTimeLimit,
+    /// Used more than `limits.cpu_ms` of CPU.
+    CpuTimeLimit,
+    /// Killed for using more than `limits.memory_mb`.
+    MemoryLimit,
+    /// Wrote more than `limits.output_bytes` to stdout or stderr.
+    OutputLimit,
+    /// Cancelled by a user before it finished.
+    Cancelled,
+    /// Its worker (or the whole server) stopped renewing the lease and no attempts were left.
+    LeaseExpired,
+    /// The server shut down while it ran and no attempts were left.
+    Shutdown,
+    /// kiln could not run it: runtime missing, work directory or process could not be set up.
+    RunnerError,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::NonzeroExit => "nonzero_exit",
+            Outcome::Signal => "signal",
+            Outcome::WallTimeLimit => "wall_time_limit",
+            Outcome::CpuTimeLimit => "cpu_time_limit",
+            Outcome::MemoryLimit => "memory_limit",
+            Outcome::OutputLimit => "output_limit",
+            Outcome::Cancelled => "cancelled",
+            Outcome::LeaseExpired => "lease_expired",
+            Outcome::Shutdown => "shutdown",
+            Outcome::RunnerError => "runner_error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Outcome> {
+        use Outcome::*;
+        [
+            Success,
+            NonzeroExit,
+            Signal,
+            WallTimeLimit,
+            CpuTimeLimit,
+            MemoryLimit,
+            OutputLimit,
+            Cancelled,
+            LeaseExpired,
+            Shutdown,
+            RunnerError,
+        ]
+        .into_iter()
+        .find(|outcome| outcome.as_str() == s)
+    }
+
+    /// The terminal status a job with this outcome ends in.
+    pub fn status(self) -> Status {
+        match self {
+            Outcome::Success => Status::Succeeded,
+            Outcome::NonzeroExit
+            | Outcome::Signal
+            | Outcome::MemoryLimit
+            | Outcome::OutputLimit => Status::Failed,
+            Outcome::WallTimeLimit | Outcome::CpuTimeLimit => Status::TimedOut,
+            Outcome::Cancelled => Status::Cancelled,
+            Outcome::LeaseExpired | Outcome::Shutdown | Outcome::RunnerError => Status::Error,
+        }
+    }
+}
+
+/// The resources one run may use. Every job stores the limits it actually ran under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub wall_ms: u64,
+    pub cpu_ms: u64,
+    pub memory_mb: u64,
+    pub processes: u64,
+    pub output_bytes: u64,
+    pub file_bytes: u64,
+}
+
+/// Limits as a submitter states them: any may be left out and then takes the configured default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsRequest {
+    pub wall_ms: Option<u64>,
+    pub cpu_ms: Option<u64>,
+    pub memory_mb: Option<u64>,
+    pub processes: Option<u64>,
+    pub output_bytes: Option<u64>,
+    pub file_bytes: Option<u64>,
+}
+
+/// A submission as decoded from the wire, before validation.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    pub runtime: String,
+    pub code: String,
+    #[serde(default)]
+    pub stdin: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+    #[serde(default)]
+    pub limits: LimitsRequest,
+    #[serde(default)]
+    pub priority: i32,
+    pub max_attempts: Option<u32>,
+}
+
+/// A validated job, ready to be stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobSpec {
+    pub runtime: String,
+    pub code: String,
+    pub stdin: String,
+    pub args: Vec<String>,
+    pub files: BTreeMap<String, String>,
+    pub limits: Limits,
+    pub priority: i32,
+    pub max_attempts: u32,
+    pub idempotency_key: Option<String>,
+}
+
+/// Why a submission was refused. The HTTP layer turns `TooLarge` into 413 and `Invalid` into 422.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Rejection {
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl JobSpec {
+    /// Checks a request against the deployment's policy and fills in defaults.
+    pub fn validate(
+        request: JobRequest,
+        idempotency_key: Option<String>,
+        policy: &Policy,
+        runtime_available: impl Fn(&str) -> bool,
+    ) -> Result<JobSpec, Rejection> {
+        if !runtime_available(&request.runtime) {
+            return Err(Rejection::Invalid(format!(
+                "unknown runtime {:?}; GET /v1/runtimes lists the available ones",
+                request.runtime
+            )));
+        }
+        if request.code.trim().is_empty() {
+            return Err(Rejection::Invalid("code must not be empty".into()));
+        }
+        check_size("code", request.code.len(), policy.max_code_bytes)?;
+        check_size("stdin", request.stdin.len(), policy.max_stdin_bytes)?;
+        let files_bytes: usize = request.files.iter().map(|(n, c)| n.len() + c.len()).sum();
+        check_size("files", files_bytes, policy.max_files_bytes)?;
+        if request.files.len() > policy.max_files {
+            return Err(Rejection::TooLarge(format!(
+                "{} files given, at most {} allowed",
+                request.files.len(),
+                policy.max_files
+            )));
+        }
+        for name in request.files.keys() {
+            check_file_name(name)?;
+        }
+        if request.args.len() > policy.max_args {
+            return Err(Rejection::TooLarge(format!(
+                "{} args given, at most {} allowed",
+                request.args.len(),
+                policy.max_args
+            )));
+        }
+        if request
+            .args
+            .iter()
+            .chain([&request.code, &request.stdin])
+            .any(|s| s.contains('\0'))
+        {
+            return Err(Rejection::Invalid(
+                "code, stdin and args must not contain NUL bytes".into(),
+            ));
+        }
+        let max_attempts = request.max_attempts.unwrap_or(policy.default_max_attempts);
+        if max_attempts == 0 || max_attempts > policy.max_max_attempts {
+            return Err(Rejection::Invalid(format!(
+                "max_attempts must be between 1 and {}",
+                policy.max_max_attempts
+            )));
+        }
+        if let Some(key) = &idempotency_key
+            && (key.is_empty() || key.len() > 255)
+        {
+            return Err(Rejection::Invalid(
+                "Idempotency-Key must be 1 to 255 characters".into(),
+            ));
+        }
+        Ok(JobSpec {
+            runtime: request.runtime,
+            code: request.code,
+            stdin: request.stdin,
+            args: request.args,
+            files: request.files,
+            limits: resolve_limits(request.limits, policy)?,
+            priority: request.priority,
+            max_attempts,
+            idempotency_key,
+        })
+    }
+}
+
+fn check_size(what: &str, len: usize, max: usize) -> Result<(), Rejection> {
+    if len > max {
+        return Err(Rejection::TooLarge(format!(
+            "{what} is {len} bytes, at most {max} allowed"
+        )));
+    }
+    Ok(())
+}
+
+/// File names are relative paths inside the work directory: no absolute paths, no `..`, no empty or
+/// `.` components, no control characters. The runner trusts names that passed this check.
+pub fn check_file_name(name: &str) -> Result<(), Rejection> {
+    let invalid = |why: &str| Err(Rejection::Invalid(format!("file name {name:?} {why}")));
+    if name.is_empty() || name.len() > 255 {
+        return invalid("must be 1 to 255 bytes");
+    }
+    if name.starts_with('/') {
+        return invalid("must be relative");
+    }
+    if name.chars().any(|c| c.is_control() || c == '\\') {
+        return invalid("must not contain control characters or backslashes");
+    }
+    if name
+        .split('/')
+        .any(|part| part.is_empty() || part == "." || part == "..")
+    {
+        return invalid("must not contain empty, '.' or '..' components");
+    }
+    Ok(())
+}
+
+fn resolve_limits(request: LimitsRequest, policy: &Policy) -> Result<Limits, Rejection> {
+    let (default, max) = (&policy.default_limits, &policy.max_limits);
+    let pick = |name: &str, asked: Option<u64>, default: u64, max: u64| match asked {
+        Some(0) => Err(Rejection::Invalid(format!(
+            "limits.{name} must be positive"
+        ))),
+        Some(v) if v > max => Err(Rejection::Invalid(format!(
+            "limits.{name} is {v}, at most {max} allowed"
+        ))),
+        Some(v) => Ok(v),
+        None => Ok(default.min(max)),
+    };
+    Ok(Limits {
+        wall_ms: pick("wall_ms", request.wall_ms, default.wall_ms, max.wall_ms)?,
+        cpu_ms: pick("cpu_ms", request.cpu_ms, default.cpu_ms, max.cpu_ms)?,
+        memory_mb: pick(
+            "memory_mb",
+            request.memory_mb,
+            default.memory_mb,
+            max.memory_mb,
+        )?,
+        processes: pick(
+            "processes",
+            request.processes,
+            default.processes,
+            max.processes,
+        )?,
+        output_bytes: pick(
+            "output_bytes",
+            request.output_bytes,
+            default.output_bytes,
+            max.output_bytes,
+        )?,
+        file_bytes: pick(
+            "file_bytes",
+            request.file_bytes,
+            default.file_bytes,
+            max.file_bytes,
+        )?,
+    })
+}
+
+/// What kind of step an [`Event`] records. Stored as text (`job.started`, ...), so operators can
+/// filter on it and later kinds can be added without a schema change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Queued,
+    Started,
+    Retrying,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+    Error,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Queued => "job.queued",
+            EventKind::Started => "job.started",
+            EventKind::Retrying => "job.retrying",
+            EventKind::Succeeded => "job.succeeded",
+            EventKind::Failed => "job.failed",
+            EventKind::TimedOut => "job.timed_out",
+            EventKind::Cancelled => "job.cancelled",
+            EventKind::Error => "job.error",
+        }
+    }
+
+    /// The event that records a job entering a terminal status.
+    pub fn terminal(status: Status) -> Option<EventKind> {
+        match status {
+            Status::Succeeded => Some(EventKind::Succeeded),
+            Status::Failed => Some(EventKind::Failed),
+            Status::TimedOut => Some(EventKind::TimedOut),
+            Status::Cancelled => Some(EventKind::Cancelled),
+            Status::Error => Some(EventKind::Error),
+            Status::Queued | Status::Running => None,
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(
+            self,
+            EventKind::Queued | EventKind::Started | EventKind::Retrying
+        )
+    }
+}
+
+/// One row of the append-only history.
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    /// The global cursor: strictly increasing, never reused.
+    pub id: i64,
+    pub job_id: JobId,
+    #[serde(serialize_with = "crate::time::serialize_ms")]
+    pub at: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub attempt: Option<u32>,
+    pub data: serde_json::Value,
+}
+
+/// A job with its result, as stored.
+#[derive(Clone, Debug, Serialize)]
+pub struct Job {
+    pub id: JobId,
+    pub status: Status,
+    pub outcome: Option<Outcome>,
+    pub runtime: String,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub priority: i32,
+    #[serde(serialize_with = "crate::time::serialize_ms")]
+    pub created_at: i64,
+    #[serde(serialize_with = "crate::time::serialize_opt_ms")]
+    pub started_at: Option<i64>,
+    #[serde(serialize_with = "crate::time::serialize_opt_ms")]
+    pub finished_at: Option<i64>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub wall_ms: Option<u64>,
+    pub cpu_ms: Option<u64>,
+    pub memory_kb: Option<u64>,
+    pub limits: Limits,
+    pub error: Option<String>,
+}
+
+/// What a run produced, as the worker hands it to the store.
+#[derive(Clone, Debug, Default)]
+pub struct RunResult {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub wall_ms: u64,
+    pub cpu_ms: u64,
+    pub memory_kb: u64,
+}

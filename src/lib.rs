@@ -1,0 +1,35 @@
+//! kiln: a durable job queue for running untrusted code, backed by one SQLite file.
+//!
+//! # Life of a job
+//!
+//! The modules, in the order a job passes through them:
+//!
+//! 1. [`api`] — `POST /v1/jobs` decodes the request and validates it into a [`job::JobSpec`]
+//!    against the deployment's [`config::Policy`].
+//! 2. [`store`] — the single writer commits the job and its `job.queued` event in one
+//!    transaction, shared with whatever else is pending (group commit); only then does the API
+//!    answer `202 Accepted`.
+//! 3. [`bus`] — after the commit, idle workers are woken (no polling delay).
+//! 4. [`worker`] — a worker claims the job (`queued → running`, attempt + 1, a lease) in one
+//!    short statement and keeps renewing the lease while the job runs.
+//! 5. [`runner`] — runs the code for the job's [`runtime`] in a fresh work directory under
+//!    limits, captures capped output, and kills the whole process group at the end.
+//! 6. [`store`] again — the result and the terminal event are written, only if the job is still
+//!    running under the same attempt.
+//! 7. [`api`] — pollers read it back (`GET /v1/jobs/{id}?wait=`, woken by the bus), or follow
+//!    the event feed.
+//!
+//! [`server`] wires these together and shuts them down in order; [`client`] is the command-line
+//! client of a running server.
+
+pub mod api;
+pub mod bus;
+pub mod client;
+pub mod config;
+pub mod job;
+pub mod runner;
+pub mod runtime;
+pub mod server;
+pub mod store;
+pub mod time;
+pub mod worker;

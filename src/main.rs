@@ -1,0 +1,231 @@
+//! The `kiln` command: `kiln serve` runs the service; the other subcommands are a client for a
+//! running server. Errors become exit codes here and nowhere else.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use kiln::client::{self, ClientCommand, ClientOpts};
+use kiln::config::Config;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "A durable job queue for running untrusted code"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    client: ClientOpts,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service: HTTP API, workers and the database
+    Serve(ServeArgs),
+    #[command(flatten)]
+    Client(ClientCommand),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The SQLite database file (created if missing)
+    #[arg(long, env = "KILN_DB", default_value = "kiln.db")]
+    db: PathBuf,
+    /// Address to listen on
+    #[arg(long, env = "KILN_LISTEN", default_value = "127.0.0.1:8000")]
+    listen: SocketAddr,
+    /// Jobs run at once [default: number of CPUs]
+    #[arg(long, env = "KILN_WORKERS")]
+    workers: Option<usize>,
+    /// Directory for the per-run work directories [default: $TMPDIR/kiln-work]
+    #[arg(long, env = "KILN_WORK_ROOT")]
+    work_root: Option<PathBuf>,
+    /// Name of this server in lease owners [default: the host name]
+    #[arg(long, env = "KILN_NODE_ID")]
+    node_id: Option<String>,
+    /// Lease length in seconds: a job whose worker stops renewing is rescued after this
+    #[arg(long, env = "KILN_LEASE_SECS", default_value_t = 30)]
+    lease_secs: u64,
+    /// Seconds running jobs may go on after SIGTERM before they are killed and requeued
+    #[arg(long, env = "KILN_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    shutdown_grace_secs: u64,
+    /// Extra runtime NAME=INTERPRETER (the code is passed as its first argument); repeatable
+    #[arg(long = "runtime", value_name = "NAME=PATH", value_parser = parse_runtime)]
+    runtimes: Vec<(String, PathBuf)>,
+    /// Log format
+    #[arg(long, env = "KILN_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Default and maximum limits for submitted jobs.
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Default wall-clock limit per job, ms
+    #[arg(long, env = "KILN_DEFAULT_WALL_MS")]
+    default_wall_ms: Option<u64>,
+    /// Maximum wall-clock limit a job may ask for, ms
+    #[arg(long, env = "KILN_MAX_WALL_MS")]
+    max_wall_ms: Option<u64>,
+    /// Default CPU-time limit per job, ms
+    #[arg(long, env = "KILN_DEFAULT_CPU_MS")]
+    default_cpu_ms: Option<u64>,
+    /// Maximum CPU-time limit a job may ask for, ms
+    #[arg(long, env = "KILN_MAX_CPU_MS")]
+    max_cpu_ms: Option<u64>,
+    /// Default memory limit per job, MiB
+    #[arg(long, env = "KILN_DEFAULT_MEMORY_MB")]
+    default_memory_mb: Option<u64>,
+    /// Maximum memory limit a job may ask for, MiB
+    #[arg(long, env = "KILN_MAX_MEMORY_MB")]
+    max_memory_mb: Option<u64>,
+    /// Default cap on each of stdout and stderr, bytes
+    #[arg(long, env = "KILN_DEFAULT_OUTPUT_BYTES")]
+    default_output_bytes: Option<u64>,
+    /// Maximum output cap a job may ask for, bytes
+    #[arg(long, env = "KILN_MAX_OUTPUT_BYTES")]
+    max_output_bytes: Option<u64>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_runtime(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=PATH, got {s:?}"))?;
+    if name.is_empty() || !PathBuf::from(path).is_absolute() {
+        return Err("the runtime needs a name and an absolute interpreter path".into());
+    }
+    Ok((name.to_owned(), PathBuf::from(path)))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("kiln: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Client(command) => match runtime.block_on(client::run(&cli.client, command)) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("kiln: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    init_logging(args.log_format);
+    let config = config_from(args);
+    let result = kiln::server::run(config, shutdown_signal(), |addr| {
+        // One line on stdout, for scripts and tests that start the server on port 0.
+        println!("kiln listening on http://{addr}");
+    })
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "kiln stopped");
+            eprintln!("kiln: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_from(args: ServeArgs) -> Config {
+    let mut config = Config::new(args.db);
+    config.listen = args.listen;
+    if let Some(workers) = args.workers {
+        config.workers = workers.max(1);
+    }
+    if let Some(work_root) = args.work_root {
+        config.work_root = work_root;
+    }
+    config.node_id = args.node_id.unwrap_or_else(host_name);
+    config.lease = Duration::from_secs(args.lease_secs.max(1));
+    config.shutdown_grace = Duration::from_secs(args.shutdown_grace_secs);
+    config.extra_runtimes = args.runtimes;
+    let l = args.limits;
+    let (default, max) = (
+        &mut config.policy.default_limits,
+        &mut config.policy.max_limits,
+    );
+    let set = |slot: &mut u64, value: Option<u64>| {
+        if let Some(v) = value {
+            *slot = v;
+        }
+    };
+    set(&mut default.wall_ms, l.default_wall_ms);
+    set(&mut max.wall_ms, l.max_wall_ms);
+    set(&mut default.cpu_ms, l.default_cpu_ms);
+    set(&mut max.cpu_ms, l.max_cpu_ms);
+    set(&mut default.memory_mb, l.default_memory_mb);
+    set(&mut max.memory_mb, l.max_memory_mb);
+    set(&mut default.output_bytes, l.default_output_bytes);
+    set(&mut max.output_bytes, l.max_output_bytes);
+    config
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "kiln".into())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,1042 @@
+//! Runs one attempt of a job as a plain subprocess and reports what happened. This module owns the
+//! whole life of that process: its private work directory, how it is started and limited
+//! (`spawn_process`, the one function the sandbox issue replaces with namespaces, seccomp and
+//! cgroups), feeding its stdin, capturing bounded stdout/stderr, enforcing the wall-clock and output
+//! limits, honouring cancellation, and reaping it with `wait4` to learn its CPU time and peak
+//! memory. Whatever way a run ends, the process group is killed, the child reaped and the work
+//! directory removed, so nothing of a job outlives its run.
+//!
+//! The child is reaped here rather than through `tokio::process` because only `wait4` reports the
+//! rusage of exactly this child (and the descendants it waited for); tokio's reaper would discard it.
+
+use std::collections::BTreeMap;
+use std::fs::{DirBuilder, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::unix::pipe;
+use tokio_util::sync::CancellationToken;
+
+use crate::job::{JobId, Limits, Outcome, RunResult};
+use crate::runtime::Runtime;
+
+/// The only `PATH` a job sees: system directories, never the server's own (which may point into a
+/// developer's home or a virtualenv).
+const JOB_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+const MAX_OPEN_FILES: u64 = 256;
+
+/// How long output is still read after the process group was killed. Only a process that escaped
+/// the group (setsid) can keep a pipe open that long; its output is not worth holding the run for.
+const DRAIN_GRACE: Duration = Duration::from_millis(150);
+
+const READ_CHUNK: usize = 64 * 1024;
+
+/// One attempt of one job, borrowing the stored job's fields.
+#[derive(Clone, Copy, Debug)]
+pub struct RunRequest<'a> {
+    pub job_id: JobId,
+    pub attempt: u32,
+    pub runtime: &'a Runtime,
+    pub code: &'a str,
+    pub stdin: &'a str,
+    pub args: &'a [String],
+    /// Extra files for the work directory, by relative path (already checked by
+    /// [`crate::job::check_file_name`]).
+    pub files: &'a BTreeMap<String, String>,
+    pub limits: Limits,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunOutput {
+    pub outcome: Outcome,
+    pub result: RunResult,
+}
+
+/// Why a job could not be run at all (as opposed to running and failing, which is a [`RunOutput`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("could not set up work directory {}: {source}", path.display())]
+    WorkDir { path: PathBuf, source: io::Error },
+    #[error("could not start {}: {source}", program.display())]
+    Spawn { program: PathBuf, source: io::Error },
+    #[error("could not wait for process {pid}: {source}")]
+    Wait { pid: i32, source: io::Error },
+    #[error("output capture failed: {0}")]
+    Capture(#[from] tokio::task::JoinError),
+}
+
+/// Runs jobs in fresh directories under one work root.
+#[derive(Clone, Debug)]
+pub struct Runner {
+    work_root: PathBuf,
+}
+
+impl Runner {
+    /// Creates `work_root` (mode 0700, as jobs' inputs and outputs pass through it) if needed.
+    pub fn new(work_root: PathBuf) -> io::Result<Runner> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&work_root)?;
+        Ok(Runner { work_root })
+    }
+
+    /// Runs one attempt to completion. Limits, cancellation and output floods end in an `Ok` with
+    /// the matching [`Outcome`]; `Err` means kiln itself could not run the job.
+    ///
+    /// Dropping the returned future midway is safe: the process group is killed and reaped and the
+    /// work directory removed in the background.
+    pub async fn run(
+        &self,
+        req: RunRequest<'_>,
+        cancel: CancellationToken,
+    ) -> Result<RunOutput, RunError> {
+        let work_dir = WorkDir {
+            path: self
+                .work_root
+                .join(format!("{}-{}", req.job_id, req.attempt)),
+            removed: false,
+        };
+        let output = async {
+            work_dir.populate(&req).await?;
+            execute(&req, &work_dir.path, &cancel).await
+        }
+        .await;
+        work_dir.remove().await;
+        output
+    }
+}
+
+/// A run's private directory. Removed explicitly at the end of a run; if the run is dropped before
+/// that, `Drop` removes it in the background instead.
+struct WorkDir {
+    path: PathBuf,
+    removed: bool,
+}
+
+impl WorkDir {
+    async fn populate(&self, req: &RunRequest<'_>) -> Result<(), RunError> {
+        let path = self.path.clone();
+        let source_file = req.runtime.source_file.clone();
+        let code = req.code.to_owned();
+        let files = req.files.clone();
+        tokio::task::spawn_blocking(move || populate_work_dir(&path, &source_file, &code, &files))
+            .await
+            .unwrap_or_else(|panicked| Err(io::Error::other(panicked)))
+            .map_err(|source| RunError::WorkDir {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    async fn remove(mut self) {
+        self.removed = true;
+        let path = self.path.clone();
+        if let Err(error) = tokio::task::spawn_blocking(move || remove_logged(&path)).await {
+            tracing::warn!(%error, path = %self.path.display(), "removing work directory failed");
+        }
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
+        let path = std::mem::take(&mut self.path);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || remove_logged(&path))),
+            Err(_) => remove_logged(&path),
+        }
+    }
+}
+
+fn populate_work_dir(
+    dir: &Path,
+    source_file: &str,
+    code: &str,
+    files: &BTreeMap<String, String>,
+) -> io::Result<()> {
+    // A directory left by a crashed earlier run of this attempt may hold anything: start clean.
+    remove_tree(dir)?;
+    DirBuilder::new().mode(0o700).create(dir)?;
+    write_new_file(dir, source_file, code)?;
+    for (name, contents) in files {
+        write_new_file(dir, name, contents)?;
+    }
+    Ok(())
+}
+
+fn write_new_file(dir: &Path, name: &str, contents: &str) -> io::Result<()> {
+    let context = |error: io::Error| io::Error::new(error.kind(), format!("{name}: {error}"));
+    let relative = Path::new(name);
+    // Names were validated on submission; checked again because a bad one here would write
+    // outside the work directory.
+    if !relative
+        .components()
+        .all(|c| matches!(c, Component::Normal(_)))
+    {
+        return Err(context(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "file name leaves the work directory",
+        )));
+    }
+    let path = dir.join(relative);
+    if let Some(parent) = path.parent() {
+        // Everything under `dir` was created by this function moments ago, so no component can be
+        // a symlink planted by a job.
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(context)?;
+    }
+    // create_new (O_EXCL) plus O_NOFOLLOW: never write through a link, never clobber the source
+    // file with a same-named extra file.
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(context)?;
+    file.write_all(contents.as_bytes()).map_err(context)
+}
+
+fn remove_tree(path: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        result => result,
+    }
+}
+
+/// Removal failure must not turn a finished run into an error: the job's result is what matters,
+/// and a crashed-run leftover is cleared by the next attempt anyway.
+fn remove_logged(path: &Path) {
+    if let Err(error) = remove_tree(path) {
+        tracing::warn!(%error, path = %path.display(), "removing work directory failed");
+    }
+}
+
+async fn execute(
+    req: &RunRequest<'_>,
+    work_dir: &Path,
+    cancel: &CancellationToken,
+) -> Result<RunOutput, RunError> {
+    let limits = req.limits;
+    let spawn_error = |source| RunError::Spawn {
+        program: req.runtime.program.clone(),
+        source,
+    };
+    let started = Instant::now();
+    let child = spawn_process(req.runtime, work_dir, req.args, &limits).map_err(spawn_error)?;
+    // Linux pids are at most 2^22, so they fit in pid_t.
+    let pid = child.id().cast_signed();
+    let mut process = Process { pid, reaped: false };
+    let wait_error = |source| RunError::Wait { pid, source };
+    let Attached {
+        stdin,
+        stdout,
+        stderr,
+        exited,
+    } = attach(child).map_err(spawn_error)?;
+
+    // Ends the I/O tasks however this function returns, including its future being dropped.
+    let stop = CancellationToken::new();
+    let _stop_io = stop.clone().drop_guard();
+    let overflow = CancellationToken::new();
+    let cap = usize::try_from(limits.output_bytes).unwrap_or(usize::MAX);
+    let stdout = tokio::spawn(capture(stdout, cap, overflow.clone(), stop.clone()));
+    let stderr = tokio::spawn(capture(stderr, cap, overflow.clone(), stop.clone()));
+    if req.stdin.is_empty() {
+        // Closing at once gives the program EOF instead of a read that never returns.
+        drop(stdin);
+    } else {
+        tokio::spawn(feed(stdin, req.stdin.as_bytes().to_vec(), stop.clone()));
+    }
+
+    let fired = tokio::select! {
+        biased;
+        exit = wait_exit(&exited) => {
+            exit.map_err(wait_error)?;
+            None
+        }
+        () = cancel.cancelled() => Some(Outcome::Cancelled),
+        () = overflow.cancelled() => Some(Outcome::OutputLimit),
+        () = tokio::time::sleep(Duration::from_millis(limits.wall_ms)) => Some(Outcome::WallTimeLimit),
+    };
+    // Killed before reaping, not after: until the leader is reaped its pid cannot be reused, so
+    // the signal can only reach this job's group, including anything it left in the background.
+    process.kill();
+    if fired.is_some() {
+        wait_exit(&exited).await.map_err(wait_error)?;
+    }
+    let (status, usage) = process.reap().map_err(wait_error)?;
+    let wall = started.elapsed();
+
+    let outputs = async { (stdout.await, stderr.await) };
+    tokio::pin!(outputs);
+    let (stdout, stderr) = tokio::select! {
+        outputs = &mut outputs => outputs,
+        () = tokio::time::sleep(DRAIN_GRACE) => {
+            stop.cancel();
+            outputs.await
+        }
+    };
+    let (stdout, stderr) = (stdout?, stderr?);
+
+    let cpu_ms = timeval_ms(usage.ru_utime).saturating_add(timeval_ms(usage.ru_stime));
+    let truncated = stdout.truncated || stderr.truncated;
+    let outcome = fired
+        .or(truncated.then_some(Outcome::OutputLimit))
+        .unwrap_or_else(|| exit_outcome(status, cpu_ms, &limits));
+    let result = RunResult {
+        exit_code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+        signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
+        stdout_truncated: stdout.truncated,
+        stderr_truncated: stderr.truncated,
+        stdout: decode(stdout.bytes),
+        stderr: decode(stderr.bytes),
+        wall_ms: u64::try_from(wall.as_millis()).unwrap_or(u64::MAX),
+        cpu_ms,
+        memory_kb: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+    };
+    Ok(RunOutput { outcome, result })
+}
+
+/// Starts the job's process: the one place that decides how a job is confined, so the sandbox
+/// issue can replace it wholesale. Returns a running child with piped stdio, leading its own
+/// process group (pgid = pid).
+///
+/// Called on the async thread, not in `spawn_blocking`: `PR_SET_PDEATHSIG` fires when the *thread*
+/// that forked the child exits, and blocking-pool threads exit after idling, which would kill
+/// long-running jobs. (The same holds for a worker thread handed over by `block_in_place`.)
+fn spawn_process(
+    runtime: &Runtime,
+    work_dir: &Path,
+    args: &[String],
+    limits: &Limits,
+) -> io::Result<std::process::Child> {
+    let cpu_secs = limits.cpu_ms.div_ceil(1000).max(1);
+    let memory_bytes = limits.memory_mb.saturating_mul(1 << 20);
+    // (resource, soft, hard). The CPU soft limit sends SIGXCPU; the hard limit one second later
+    // SIGKILLs a program that catches SIGXCPU.
+    let rlimits = [
+        (libc::RLIMIT_CPU, cpu_secs, cpu_secs.saturating_add(1)),
+        (libc::RLIMIT_AS, memory_bytes, memory_bytes),
+        (libc::RLIMIT_FSIZE, limits.file_bytes, limits.file_bytes),
+        (libc::RLIMIT_NOFILE, MAX_OPEN_FILES, MAX_OPEN_FILES),
+        (libc::RLIMIT_CORE, 0, 0),
+    ];
+    let server = std::process::id().cast_signed();
+
+    let mut command = Command::new(&runtime.program);
+    command
+        .args(&runtime.args)
+        .arg(&runtime.source_file)
+        .args(args)
+        .current_dir(work_dir)
+        .env_clear()
+        .env("PATH", JOB_PATH)
+        .env("HOME", work_dir)
+        .env("TMPDIR", work_dir)
+        .env("LANG", "C.UTF-8")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // calls are allowed. It makes raw syscalls only: no allocation, no locks.
+    unsafe {
+        command.pre_exec(move || {
+            for &(resource, soft, hard) in &rlimits {
+                let mut current = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                if libc::getrlimit(resource, &mut current) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // Raising a hard limit needs privilege: never ask for more than the server has.
+                let hard = hard.min(current.rlim_max);
+                let wanted = libc::rlimit {
+                    rlim_cur: soft.min(hard),
+                    rlim_max: hard,
+                };
+                if libc::setrlimit(resource, &wanted) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            // Variadic: the signal must be passed at the width the kernel reads (unsigned long).
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // If the server died between fork and prctl, the death signal will never come.
+            if libc::getppid() != server {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    command.spawn()
+}
+
+/// The child's pipes as nonblocking tokio pipes, and a pidfd that becomes readable on its exit.
+struct Attached {
+    stdin: pipe::Sender,
+    stdout: pipe::Receiver,
+    stderr: pipe::Receiver,
+    exited: AsyncFd<OwnedFd>,
+}
+
+fn attach(mut child: std::process::Child) -> io::Result<Attached> {
+    let missing = || io::Error::other("child was spawned without a stdio pipe");
+    let stdin = child.stdin.take().ok_or_else(missing)?;
+    let stdout = child.stdout.take().ok_or_else(missing)?;
+    let stderr = child.stderr.take().ok_or_else(missing)?;
+    Ok(Attached {
+        stdin: pipe::Sender::from_owned_fd(stdin.into())?,
+        stdout: pipe::Receiver::from_owned_fd(stdout.into())?,
+        stderr: pipe::Receiver::from_owned_fd(stderr.into())?,
+        exited: pidfd_open(child.id())?,
+    })
+}
+
+fn pidfd_open(pid: u32) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new close-on-exec descriptor or -1.
+    // The child is not reaped yet, so its pid cannot name another process.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_open,
+            libc::c_long::from(pid),
+            0 as libc::c_long,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor (an int, so the cast is lossless) was just created and nothing else
+    // owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    // SAFETY: the OwnedFd keeps the descriptor open, unchanged, for as long as the AsyncFd lives.
+    Ok(unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?)
+}
+
+/// Resolves once the process has exited (it is then a zombie until reaped). The readiness is left
+/// set on purpose: an exited process stays exited, so a second wait returns at once.
+async fn wait_exit(pidfd: &AsyncFd<OwnedFd>) -> io::Result<()> {
+    pidfd.readable().await.map(|_exited| ())
+}
+
+/// The job's process until it is reaped. Dropped earlier (an error, or `run`'s future dropped), it
+/// kills the group and reaps the leader in the background, leaving neither processes nor a zombie.
+struct Process {
+    pid: libc::pid_t,
+    reaped: bool,
+}
+
+impl Process {
+    fn kill(&self) {
+        if self.reaped {
+            return;
+        }
+        // SAFETY: plain syscalls. The leader is signalled by pid as well, in case it left its
+        // group with setpgid.
+        unsafe {
+            libc::kill(-self.pid, libc::SIGKILL);
+            libc::kill(self.pid, libc::SIGKILL);
+        }
+    }
+
+    /// Only called once the pidfd reports the exit, so `wait4` does not block.
+    fn reap(&mut self) -> io::Result<(libc::c_int, libc::rusage)> {
+        // Whatever wait4 answers, the pid is no longer safe to signal afterwards.
+        self.reaped = true;
+        wait4(self.pid)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.reaped {
+            return;
+        }
+        self.kill();
+        let pid = self.pid;
+        let reap = move || {
+            if let Err(error) = wait4(pid) {
+                tracing::warn!(%error, pid, "reaping a killed job process failed");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(reap)),
+            Err(_) => reap(),
+        }
+    }
+}
+
+fn wait4(pid: libc::pid_t) -> io::Result<(libc::c_int, libc::rusage)> {
+    let mut status = 0;
+    // SAFETY: rusage is plain C data, for which all zeroes is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: both out-pointers are valid for writes for the duration of the call.
+        if unsafe { libc::wait4(pid, &mut status, 0, &mut usage) } == pid {
+            return Ok((status, usage));
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+/// One output stream as kept: at most the cap, and whether the program wrote more.
+struct Captured {
+    bytes: Vec<u8>,
+    truncated: bool,
+}
+
+async fn capture(
+    mut pipe: pipe::Receiver,
+    cap: usize,
+    overflow: CancellationToken,
+    stop: CancellationToken,
+) -> Captured {
+    let mut bytes = Vec::new();
+    let mut chunk = vec![0; READ_CHUNK];
+    loop {
+        let read = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            read = pipe.read(&mut chunk) => read,
+        };
+        // A read error on a pipe has no cause the job could be blamed for; the stream just ends.
+        let Ok(n @ 1..) = read else { break };
+        let room = cap - bytes.len();
+        let keep = n.min(room);
+        reserve_within(&mut bytes, keep, cap);
+        bytes.extend_from_slice(&chunk[..keep]);
+        if n > room {
+            // Return at once: the run is killed for this, and reading on would only let the
+            // program go on writing.
+            overflow.cancel();
+            return Captured {
+                bytes,
+                truncated: true,
+            };
+        }
+    }
+    Captured {
+        bytes,
+        truncated: false,
+    }
+}
+
+/// Grows like `Vec` does (doubling) but never past `cap`, so a flood costs at most `cap` bytes.
+fn reserve_within(bytes: &mut Vec<u8>, additional: usize, cap: usize) {
+    let needed = bytes.len() + additional;
+    if needed > bytes.capacity() {
+        let target = needed.max(bytes.capacity().saturating_mul(2)).min(cap);
+        bytes.reserve_exact(target - bytes.len());
+    }
+}
+
+async fn feed(mut pipe: pipe::Sender, input: Vec<u8>, stop: CancellationToken) {
+    let written = tokio::select! {
+        () = stop.cancelled() => return,
+        written = pipe.write_all(&input) => written,
+    };
+    // A program need not read its input: it exiting or closing stdin early is not an error.
+    if let Err(error) = written
+        && error.kind() != io::ErrorKind::BrokenPipe
+    {
+        tracing::warn!(%error, "writing job stdin failed");
+    }
+}
+
+/// Why a process ended when kiln did not end it.
+fn exit_outcome(status: libc::c_int, cpu_ms: u64, limits: &Limits) -> Outcome {
+    if libc::WIFEXITED(status) {
+        return match libc::WEXITSTATUS(status) {
+            0 => Outcome::Success,
+            _ => Outcome::NonzeroExit,
+        };
+    }
+    match libc::WTERMSIG(status) {
+        libc::SIGXCPU => Outcome::CpuTimeLimit,
+        // The hard RLIMIT_CPU, reached by a program that caught SIGXCPU.
+        libc::SIGKILL if cpu_ms >= limits.cpu_ms => Outcome::CpuTimeLimit,
+        _ => Outcome::Signal,
+    }
+}
+
+fn timeval_ms(time: libc::timeval) -> u64 {
+    let secs = u64::try_from(time.tv_sec).unwrap_or(0);
+    let micros = u64::try_from(time.tv_usec).unwrap_or(0);
+    secs.saturating_mul(1000).saturating_add(micros / 1000)
+}
+
+/// Lossy, since jobs may print anything; valid UTF-8 (the common case) is not copied.
+fn decode(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes)
+        .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::Runtimes;
+
+    static NO_FILES: BTreeMap<String, String> = BTreeMap::new();
+
+    const LIMITS: Limits = Limits {
+        wall_ms: 10_000,
+        cpu_ms: 10_000,
+        memory_mb: 512,
+        processes: 64,
+        output_bytes: 1 << 20,
+        file_bytes: 1 << 20,
+    };
+
+    struct Harness {
+        root: tempfile::TempDir,
+        runner: Runner,
+        runtimes: Runtimes,
+    }
+
+    impl Harness {
+        fn new() -> Harness {
+            let root = tempfile::tempdir().expect("temp dir");
+            let runner = Runner::new(root.path().join("work")).expect("runner");
+            Harness {
+                root,
+                runner,
+                runtimes: Runtimes::detect(&[]),
+            }
+        }
+
+        fn work_root(&self) -> PathBuf {
+            self.root.path().join("work")
+        }
+
+        fn request<'a>(&'a self, runtime: &str, code: &'a str) -> RunRequest<'a> {
+            RunRequest {
+                job_id: JobId::now_v7(),
+                attempt: 1,
+                runtime: self.runtimes.get(runtime).expect("runtime detected"),
+                code,
+                stdin: "",
+                args: &[],
+                files: &NO_FILES,
+                limits: LIMITS,
+            }
+        }
+
+        async fn run(&self, req: RunRequest<'_>) -> RunOutput {
+            self.runner
+                .run(req, CancellationToken::new())
+                .await
+                .expect("job runs")
+        }
+
+        fn work_dirs_left(&self) -> Vec<PathBuf> {
+            std::fs::read_dir(self.work_root())
+                .expect("work root")
+                .map(|entry| entry.expect("entry").path())
+                .collect()
+        }
+    }
+
+    /// Running means signalable and not a zombie: orphans go to pid 1, which may never reap them.
+    fn is_running(pid: libc::pid_t) -> bool {
+        // SAFETY: signal 0 only checks whether the pid exists.
+        if unsafe { libc::kill(pid, 0) } != 0 {
+            return false;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, fields)| !fields.starts_with('Z'))
+    }
+
+    async fn stops_running(pid: libc::pid_t) -> bool {
+        for _ in 0..100 {
+            if !is_running(pid) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    fn printed_pid(stdout: &str, key: &str) -> libc::pid_t {
+        stdout
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {stdout:?}"))
+    }
+
+    #[tokio::test]
+    async fn a_zero_exit_is_success_with_stdout_and_stderr_captured() {
+        let h = Harness::new();
+        let out = h.run(h.request("sh", "echo out; echo err >&2")).await;
+        assert_eq!(out.outcome, Outcome::Success);
+        assert_eq!(out.result.exit_code, Some(0));
+        assert_eq!(out.result.signal, None);
+        assert_eq!(out.result.stdout, "out\n");
+        assert_eq!(out.result.stderr, "err\n");
+        assert!(!out.result.stdout_truncated && !out.result.stderr_truncated);
+        assert!(out.result.memory_kb > 0, "{:?}", out.result);
+        assert!(out.result.wall_ms < 5_000, "{:?}", out.result);
+    }
+
+    #[tokio::test]
+    async fn a_nonzero_exit_reports_its_code() {
+        let h = Harness::new();
+        let out = h.run(h.request("sh", "echo failing >&2; exit 3")).await;
+        assert_eq!(out.outcome, Outcome::NonzeroExit);
+        assert_eq!(out.result.exit_code, Some(3));
+        assert_eq!(out.result.signal, None);
+        assert_eq!(out.result.stderr, "failing\n");
+    }
+
+    #[tokio::test]
+    async fn a_crash_by_signal_is_reported_as_signal() {
+        let h = Harness::new();
+        let out = h.run(h.request("sh", "kill -SEGV $$")).await;
+        assert_eq!(out.outcome, Outcome::Signal);
+        assert_eq!(out.result.exit_code, None);
+        assert_eq!(out.result.signal, Some(libc::SIGSEGV));
+    }
+
+    #[tokio::test]
+    async fn stdin_is_fed_to_the_program_while_its_output_is_read() {
+        let h = Harness::new();
+        // Larger than a pipe buffer both ways: feeding and reading must run concurrently.
+        let input = "0123456789abcdef\n".repeat(16 * 1024);
+        let out = h
+            .run(RunRequest {
+                stdin: &input,
+                ..h.request("sh", "cat")
+            })
+            .await;
+        assert_eq!(out.outcome, Outcome::Success);
+        assert!(out.result.stdout == input, "stdin did not round-trip");
+    }
+
+    #[tokio::test]
+    async fn a_program_that_ignores_its_stdin_still_succeeds() {
+        let h = Harness::new();
+        let input = "x".repeat(1 << 20);
+        let out = h
+            .run(RunRequest {
+                stdin: &input,
+                ..h.request("sh", "exit 0")
+            })
+            .await;
+        assert_eq!(out.outcome, Outcome::Success);
+    }
+
+    #[tokio::test]
+    async fn args_and_files_are_visible_to_the_program() {
+        let h = Harness::new();
+        let args = ["one".to_owned(), "two words".to_owned()];
+        let files = BTreeMap::from([
+            ("data.txt".to_owned(), "top\n".to_owned()),
+            ("sub/dir/deep.txt".to_owned(), "deep\n".to_owned()),
+        ]);
+        let code = r#"printf '[%s]' "$@"; echo
+cat data.txt sub/dir/deep.txt
+[ "$PWD" = "$HOME" ] && [ "$PWD" = "$TMPDIR" ] && echo in-work-dir"#;
+        let out = h
+            .run(RunRequest {
+                args: &args,
+                files: &files,
+                ..h.request("sh", code)
+            })
+            .await;
+        assert_eq!(out.outcome, Outcome::Success, "{:?}", out.result);
+        assert_eq!(
+            out.result.stdout,
+            "[one][two words]\ntop\ndeep\nin-work-dir\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_named_like_the_source_file_is_refused() {
+        let h = Harness::new();
+        let files = BTreeMap::from([("main.sh".to_owned(), "echo clobbered".to_owned())]);
+        let result = h
+            .runner
+            .run(
+                RunRequest {
+                    files: &files,
+                    ..h.request("sh", "echo original")
+                },
+                CancellationToken::new(),
+            )
+            .await;
+        assert!(
+            matches!(result, Err(RunError::WorkDir { .. })),
+            "{result:?}"
+        );
+        assert!(h.work_dirs_left().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_environment_holds_only_the_allowed_variables() {
+        let h = Harness::new();
+        let out = h.run(h.request("sh", "printenv")).await;
+        let req_dir = out
+            .result
+            .stdout
+            .lines()
+            .find_map(|line| line.strip_prefix("HOME="))
+            .expect("HOME set")
+            .to_owned();
+        let mut env: Vec<&str> = out.result.stdout.lines().collect();
+        // dash exports PWD itself; it did not come from the server.
+        env.retain(|line| !line.starts_with("PWD="));
+        env.sort_unstable();
+        assert_eq!(
+            env,
+            [
+                format!("HOME={req_dir}"),
+                "LANG=C.UTF-8".to_owned(),
+                "PATH=/usr/local/bin:/usr/bin:/bin".to_owned(),
+                format!("TMPDIR={req_dir}"),
+            ]
+        );
+        assert!(Path::new(&req_dir).starts_with(h.work_root()));
+    }
+
+    #[tokio::test]
+    async fn the_wall_limit_kills_a_sleeping_job_and_its_background_children() {
+        let h = Harness::new();
+        let started = Instant::now();
+        let out = h
+            .run(RunRequest {
+                limits: Limits {
+                    wall_ms: 300,
+                    ..LIMITS
+                },
+                ..h.request("sh", "sleep 30 & echo \"background=$!\"; sleep 30")
+            })
+            .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(out.outcome, Outcome::WallTimeLimit);
+        assert_eq!(out.result.signal, Some(libc::SIGKILL));
+        assert!(out.result.wall_ms >= 300, "{:?}", out.result);
+        let background = printed_pid(&out.result.stdout, "background=");
+        assert!(stops_running(background).await, "background child survived");
+    }
+
+    #[tokio::test]
+    async fn a_process_that_escaped_the_group_does_not_hold_the_run_open() {
+        let h = Harness::new();
+        let started = Instant::now();
+        // setsid leaves the process group while keeping stdout open.
+        let out = h
+            .run(h.request("sh", "setsid sleep 5 & echo \"escaped=$!\""))
+            .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(out.outcome, Outcome::Success);
+        let escaped = printed_pid(&out.result.stdout, "escaped=");
+        // SAFETY: plain syscall; the pid was printed by this test's own job moments ago.
+        unsafe { libc::kill(escaped, libc::SIGKILL) };
+    }
+
+    #[tokio::test]
+    async fn an_output_flood_is_cut_at_the_cap_and_ends_with_output_limit() {
+        let h = Harness::new();
+        let code = "head -c 5000 /dev/zero | tr '\\0' e >&2; yes";
+        let out = h
+            .run(RunRequest {
+                limits: Limits {
+                    output_bytes: 10_000,
+                    ..LIMITS
+                },
+                ..h.request("sh", code)
+            })
+            .await;
+        assert_eq!(out.outcome, Outcome::OutputLimit);
+        assert_eq!(out.result.stdout.len(), 10_000);
+        assert!(out.result.stdout.lines().all(|line| line == "y"));
+        assert!(out.result.stdout_truncated);
+        // Each stream has its own cap.
+        assert_eq!(out.result.stderr, "e".repeat(5000));
+        assert!(!out.result.stderr_truncated);
+    }
+
+    #[tokio::test]
+    async fn output_of_exactly_the_cap_is_not_truncated() {
+        let h = Harness::new();
+        let out = h
+            .run(RunRequest {
+                limits: Limits {
+                    output_bytes: 10_000,
+                    ..LIMITS
+                },
+                ..h.request("sh", "head -c 10000 /dev/zero | tr '\\0' x")
+            })
+            .await;
+        assert_eq!(out.outcome, Outcome::Success);
+        assert_eq!(out.result.stdout.len(), 10_000);
+        assert!(!out.result.stdout_truncated);
+    }
+
+    #[tokio::test]
+    async fn a_cpu_busy_loop_hits_the_cpu_limit() {
+        let h = Harness::new();
+        let out = h
+            .run(RunRequest {
+                limits: Limits {
+                    cpu_ms: 1000,
+                    ..LIMITS
+                },
+                ..h.request("sh", "while :; do :; done")
+            })
+            .await;
+        assert_eq!(out.outcome, Outcome::CpuTimeLimit, "{:?}", out.result);
+        assert_eq!(out.result.signal, Some(libc::SIGXCPU));
+        assert!(out.result.cpu_ms >= 900, "{:?}", out.result);
+    }
+
+    #[tokio::test]
+    async fn cancelling_kills_a_long_job() {
+        let h = Harness::new();
+        let cancel = CancellationToken::new();
+        let trigger = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            trigger.cancel();
+        });
+        let started = Instant::now();
+        let out = h
+            .runner
+            .run(h.request("sh", "sleep 30"), cancel)
+            .await
+            .expect("job runs");
+        assert_eq!(out.outcome, Outcome::Cancelled);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_work_directory_is_fresh_and_removed_afterwards() {
+        let h = Harness::new();
+        let req = h.request("sh", "ls -A");
+        // As if an earlier run of this attempt had crashed.
+        let stale = h
+            .work_root()
+            .join(format!("{}-{}", req.job_id, req.attempt));
+        std::fs::create_dir_all(stale.join("sub")).expect("stale dir");
+        std::fs::write(stale.join("sub/stale.txt"), "old").expect("stale file");
+        let files = BTreeMap::from([("sub/new.txt".to_owned(), String::new())]);
+        let out = h
+            .run(RunRequest {
+                files: &files,
+                ..req
+            })
+            .await;
+        assert_eq!(out.result.stdout, "main.sh\nsub\n");
+        assert!(h.work_dirs_left().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_missing_interpreter_is_a_spawn_error() {
+        let h = Harness::new();
+        let missing = Runtime {
+            name: "missing".into(),
+            program: "/nonexistent/interpreter".into(),
+            args: Vec::new(),
+            source_file: "main".into(),
+        };
+        let result = h
+            .runner
+            .run(
+                RunRequest {
+                    runtime: &missing,
+                    ..h.request("sh", "true")
+                },
+                CancellationToken::new(),
+            )
+            .await;
+        assert!(matches!(result, Err(RunError::Spawn { .. })), "{result:?}");
+        assert!(h.work_dirs_left().is_empty());
+    }
+
+    #[tokio::test]
+    async fn dropping_a_run_kills_its_process_and_removes_its_directory() {
+        let h = Harness::new();
+        let pid_file = h.root.path().join("pid");
+        let code = format!("echo $$ > {}; sleep 30", pid_file.display());
+        let run = h.run(h.request("sh", &code));
+        let dropped = tokio::time::timeout(Duration::from_millis(300), run).await;
+        assert!(dropped.is_err(), "job should still have been running");
+        let pid = std::fs::read_to_string(&pid_file).expect("pid written");
+        assert!(stops_running(pid.trim().parse().expect("pid")).await);
+        for _ in 0..100 {
+            if h.work_dirs_left().is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("work directory left behind: {:?}", h.work_dirs_left());
+    }
+
+    #[tokio::test]
+    async fn a_python_job_runs_if_python_is_available() {
+        let h = Harness::new();
+        if h.runtimes.get("python").is_none() {
+            eprintln!("no python on this host; skipped");
+            return;
+        }
+        let out = h.run(h.request("python", "print(\"hello\")")).await;
+        assert_eq!(out.outcome, Outcome::Success, "{:?}", out.result);
+        assert_eq!(out.result.stdout, "hello\n");
+    }
+
+    #[test]
+    fn a_run_can_move_between_worker_threads() {
+        fn assert_send<T: Send>(_: T) {}
+        let h = Harness::new();
+        assert_send(
+            h.runner
+                .run(h.request("sh", "true"), CancellationToken::new()),
+        );
+    }
+
+    #[test]
+    fn a_new_runner_creates_a_private_work_root() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().expect("temp dir");
+        let work_root = root.path().join("a/b");
+        Runner::new(work_root.clone()).expect("runner");
+        let mode = std::fs::metadata(&work_root)
+            .expect("created")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+}

@@ -1,0 +1,150 @@
+//! Wires the parts into a running service and takes it down again in order.
+//!
+//! Start: open the store (migrations), rescue the jobs an earlier incarnation of this node left
+//! running, start the workers and the rescuer, then accept HTTP. Stop, in two stages: stop
+//! accepting and claiming; let running jobs finish within the grace period; kill and requeue
+//! what is left (with its events); then let the writer drain and close the database.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::runner::Runner;
+use crate::runtime::Runtimes;
+use crate::store::{Store, StoreError};
+use crate::worker::{Running, Stopping, Workers};
+
+/// How long shutdown waits for the writer to commit what is pending and close the file.
+const WRITER_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot open the database {path}: {source}")]
+    Store {
+        path: std::path::PathBuf,
+        source: StoreError,
+    },
+    #[error("cannot prepare the work directory {path}: {source}")]
+    WorkRoot {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed: {0}")]
+    Http(std::io::Error),
+    #[error("no runtime is available on this host (looked for python3, bash, sh)")]
+    NoRuntimes,
+}
+
+/// Runs the service until `shutdown` resolves, then stops it cleanly. `on_listening` is told the
+/// bound address (useful with port 0).
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    on_listening: impl FnOnce(std::net::SocketAddr),
+) -> Result<(), ServerError> {
+    let config = Arc::new(config);
+    let runtimes = Arc::new(Runtimes::detect(&config.extra_runtimes));
+    if runtimes.is_empty() {
+        return Err(ServerError::NoRuntimes);
+    }
+    let runner = Runner::new(config.work_root.clone()).map_err(|source| ServerError::WorkRoot {
+        path: config.work_root.clone(),
+        source,
+    })?;
+    let readers = u32::try_from(config.workers + 4).unwrap_or(16);
+    let (store, writer_thread) =
+        Store::open(&config.db_path, readers).map_err(|source| ServerError::Store {
+            path: config.db_path.clone(),
+            source,
+        })?;
+
+    let instance = uuid::Uuid::new_v4().simple().to_string();
+    let node_prefix = format!("{}/", config.node_id);
+    let owner_prefix = format!("{node_prefix}{}/", &instance[..12]);
+    match store.rescue_node(&node_prefix, &owner_prefix).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            jobs = n,
+            "rescued jobs left running by this node's previous run"
+        ),
+        Err(e) => tracing::error!(error = %e, "could not rescue the previous run's jobs"),
+    }
+
+    let listener =
+        TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+    let addr = listener.local_addr().map_err(ServerError::Http)?;
+
+    let running = Running::default();
+    let stopping = Stopping::default();
+    let workers = Arc::new(Workers {
+        store: store.clone(),
+        runner,
+        runtimes: Arc::clone(&runtimes),
+        running: running.clone(),
+        lease: config.lease,
+        poll_interval: config.poll_interval,
+        owner_prefix,
+    });
+    let mut worker_tasks = workers.spawn(config.workers, &stopping);
+    drop(workers);
+
+    let state = AppState {
+        store,
+        runtimes: Arc::clone(&runtimes),
+        running,
+        config: Arc::clone(&config),
+        stopping: stopping.claiming.clone(),
+    };
+    let names: Vec<_> = runtimes.iter().map(|r| r.name.clone()).collect();
+    tracing::info!(
+        %addr,
+        db = %config.db_path.display(),
+        workers = config.workers,
+        runtimes = ?names,
+        "kiln is serving"
+    );
+    on_listening(addr);
+
+    let stop_accepting = stopping.claiming.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new jobs are accepted or claimed");
+        stop_accepting.cancel();
+    });
+    let http = axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(stopping.claiming.clone().cancelled_owned())
+        .await;
+
+    // Stage two: running jobs get the grace period, then are killed and requeued.
+    let drained = tokio::time::timeout(config.shutdown_grace, async {
+        while worker_tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("grace period over: stopping the jobs still running");
+        stopping.running.cancel();
+        while worker_tasks.join_next().await.is_some() {}
+    }
+    // Every store handle is gone now; the writer commits what is pending and closes the file.
+    let closed = tokio::task::spawn_blocking(move || writer_thread.join());
+    if tokio::time::timeout(WRITER_CLOSE_TIMEOUT, closed)
+        .await
+        .is_err()
+    {
+        tracing::error!("the database writer did not finish in time; exiting without it");
+    }
+    tracing::info!("stopped");
+    http.map_err(ServerError::Http)
+}

@@ -1,0 +1,53 @@
+//! Schema migrations: the numbered files in `schema/`, embedded in the binary and applied in
+//! order at startup. `PRAGMA user_version` records the last one applied, so the file itself says
+//! which schema it has (operators can read it with `sqlite3 kiln.db 'PRAGMA user_version'`).
+
+use std::sync::Arc;
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+pub struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration, in order. A test checks this list against the files in `schema/`.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_init.sql",
+    sql: include_str!("../../schema/0001_init.sql"),
+}];
+
+/// Applies each migration newer than the file's `user_version`, each in its own transaction
+/// together with the version bump, so a crash leaves the file at a known version.
+pub(super) fn apply(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let known = MIGRATIONS.last().map_or(0, |m| m.version);
+    if current > known {
+        return Err(StoreError::TooNew {
+            found: current,
+            known,
+        });
+    }
+    for migration in MIGRATIONS.iter().filter(|m| m.version > current) {
+        let fail = |source: rusqlite::Error| StoreError::Migration {
+            version: migration.version,
+            name: migration.name,
+            source: Arc::new(source),
+        };
+        let tx = conn.transaction().map_err(fail)?;
+        tx.execute_batch(migration.sql).map_err(fail)?;
+        tx.pragma_update(None, "user_version", migration.version)
+            .map_err(fail)?;
+        tx.commit().map_err(fail)?;
+        tracing::info!(
+            version = migration.version,
+            name = migration.name,
+            "applied migration"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,382 @@
+//! The store: the one place that knows SQL. It owns the SQLite file (pragmas, migrations), the
+//! single writer thread that commits every state change together with its event, and a pool of
+//! read-only connections for everything else.
+//!
+//! Callers speak in domain terms (`submit`, `claim`, `finish`, ...); each write method returns
+//! only after the transaction holding it is durable on disk (`synchronous=FULL`).
+
+mod migrate;
+mod read;
+mod write;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{Connection, OpenFlags};
+use serde::Serialize;
+
+use crate::bus::Bus;
+use crate::job::{Event, Job, JobId, JobSpec, Outcome, RunResult, Status};
+use crate::time::now_ms;
+use writer::Writer;
+
+pub use migrate::{MIGRATIONS, Migration};
+pub use read::JobSummary;
+pub use write::{CLAIM_SQL, CancelResult, ClaimedJob, Submitted};
+
+/// How long a connection waits for a lock held by another process (an operator's `sqlite3`,
+/// a backup) before giving up with SQLITE_BUSY.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(Arc<rusqlite::Error>),
+    #[error("no read connection available: {0}")]
+    Pool(Arc<r2d2::Error>),
+    #[error("migration {version} ({name}) failed: {source}")]
+    Migration {
+        version: u32,
+        name: &'static str,
+        source: Arc<rusqlite::Error>,
+    },
+    #[error("the database is at schema version {found}, newer than this kiln knows ({known})")]
+    TooNew { found: u32, known: u32 },
+    #[error("pragma {pragma} is {found:?}, expected {expected:?}")]
+    Pragma {
+        pragma: &'static str,
+        found: String,
+        expected: &'static str,
+    },
+    #[error("unexpected value in the database: {0}")]
+    Corrupt(String),
+    #[error("the database writer has stopped")]
+    WriterStopped,
+    #[error("a database task failed: {0}")]
+    Task(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(Arc::new(e))
+    }
+}
+
+impl StoreError {
+    /// True for conditions that pass on their own (lock held by another process, disk full,
+    /// read-only file): callers should answer "try again later", not "broken".
+    pub fn is_transient(&self) -> bool {
+        use rusqlite::ErrorCode::*;
+        match self {
+            StoreError::Sqlite(e) => matches!(
+                e.sqlite_error_code(),
+                Some(DatabaseBusy | DatabaseLocked | DiskFull | ReadOnly | SystemIoFailure)
+            ),
+            StoreError::Pool(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// The pragmas in force on the write connection, as SQLite reports them back.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Pragmas {
+    pub journal_mode: String,
+    pub synchronous: i64,
+    pub foreign_keys: bool,
+    pub busy_timeout_ms: i64,
+    pub user_version: u32,
+}
+
+/// Shared handle to the database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    writer: Writer,
+    readers: r2d2::Pool<SqliteConnectionManager>,
+    bus: Arc<Bus>,
+    path: PathBuf,
+}
+
+/// Owned by whoever opened the store: joining it waits until every write has been committed and
+/// the file has been checkpointed.
+pub struct WriterThread(std::thread::JoinHandle<()>);
+
+impl WriterThread {
+    /// Blocks until the writer has drained and closed the database. Every [`Store`] clone must be
+    /// dropped first, or this waits forever.
+    pub fn join(self) {
+        if self.0.join().is_err() {
+            tracing::error!("the writer thread panicked");
+        }
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database, brings its schema up to date and starts the
+    /// writer thread.
+    pub fn open(path: &Path, readers: u32) -> Result<(Store, WriterThread), StoreError> {
+        let mut conn = Connection::open(path)?;
+        configure_writer(&conn)?;
+        migrate::apply(&mut conn)?;
+        let manager = SqliteConnectionManager::file(path)
+            .with_flags(
+                OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | OpenFlags::SQLITE_OPEN_URI,
+            )
+            .with_init(|c| c.busy_timeout(BUSY_TIMEOUT));
+        let readers = r2d2::Pool::builder()
+            .max_size(readers.max(1))
+            .min_idle(Some(1))
+            .build(manager)
+            .map_err(|e| StoreError::Pool(Arc::new(e)))?;
+        let bus = Arc::new(Bus::default());
+        let (writer, thread) = Writer::start(conn, Arc::clone(&bus))
+            .map_err(|e| StoreError::Task(format!("cannot start the writer thread: {e}")))?;
+        let store = Store {
+            writer,
+            readers,
+            bus,
+            path: path.to_path_buf(),
+        };
+        Ok((store, WriterThread(thread)))
+    }
+
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stores a new job (or finds the one an earlier request with the same idempotency key
+    /// created) and returns once it is durable.
+    pub async fn submit(&self, spec: JobSpec) -> Result<Submitted, StoreError> {
+        self.writer
+            .write(move |conn, notices| write::submit(conn, notices, &spec, now_ms()))
+            .await
+    }
+
+    /// Moves the next queued job to running under a lease held by `owner`.
+    pub async fn claim(
+        &self,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<ClaimedJob>, StoreError> {
+        let owner = owner.to_owned();
+        self.writer
+            .write(move |conn, notices| {
+                let now = now_ms();
+                write::claim(conn, notices, &owner, now, now + lease_ms(lease))
+            })
+            .await
+    }
+
+    /// Extends a lease. False if the job is no longer this attempt's to run (cancelled, or
+    /// rescued after the lease ran out): the caller must stop running it.
+    pub async fn renew(
+        &self,
+        id: JobId,
+        attempt: u32,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let owner = owner.to_owned();
+        self.writer
+            .write(move |conn, _| {
+                write::renew(conn, id, attempt, &owner, now_ms() + lease_ms(lease))
+            })
+            .await
+    }
+
+    /// Records the end of a run, if the job is still running under this attempt. False if it
+    /// is not (cancelled or rescued meanwhile); the result is then discarded.
+    pub async fn finish(
+        &self,
+        id: JobId,
+        attempt: u32,
+        outcome: Outcome,
+        result: RunResult,
+        error: Option<String>,
+    ) -> Result<bool, StoreError> {
+        self.writer
+            .write(move |conn, notices| {
+                write::finish(
+                    conn,
+                    notices,
+                    id,
+                    attempt,
+                    outcome,
+                    &result,
+                    error.as_deref(),
+                    now_ms(),
+                )
+            })
+            .await
+    }
+
+    /// Gives a running job back: queued again while attempts remain, else ended as `error`
+    /// with `outcome`. Used at shutdown for jobs that did not finish in the grace period.
+    pub async fn release(
+        &self,
+        id: JobId,
+        attempt: u32,
+        outcome: Outcome,
+        reason: String,
+    ) -> Result<bool, StoreError> {
+        self.writer
+            .write(move |conn, notices| {
+                let rows = write::running_attempt(conn, id, attempt)?;
+                let n = write::requeue_or_end(conn, notices, &rows, outcome, &reason, now_ms())?;
+                Ok(n > 0)
+            })
+            .await
+    }
+
+    /// Rescues every running job whose lease has run out. Returns how many were rescued.
+    pub async fn rescue_expired(&self) -> Result<usize, StoreError> {
+        self.writer
+            .write(move |conn, notices| {
+                let now = now_ms();
+                let rows = write::expired_leases(conn, now)?;
+                write::requeue_or_end(
+                    conn,
+                    notices,
+                    &rows,
+                    Outcome::LeaseExpired,
+                    "the worker running it stopped renewing its lease",
+                    now,
+                )
+            })
+            .await
+    }
+
+    /// Rescues, without waiting for their leases to run out, the jobs an earlier incarnation of
+    /// this server (same node id, another instance) was running when it died.
+    pub async fn rescue_node(&self, node_prefix: &str, current: &str) -> Result<usize, StoreError> {
+        let (node_prefix, current) = (node_prefix.to_owned(), current.to_owned());
+        self.writer
+            .write(move |conn, notices| {
+                let rows = write::leases_of_node(conn, &node_prefix, &current)?;
+                write::requeue_or_end(
+                    conn,
+                    notices,
+                    &rows,
+                    Outcome::LeaseExpired,
+                    "the server running it stopped before it finished",
+                    now_ms(),
+                )
+            })
+            .await
+    }
+
+    /// Cancels a queued or running job. For a running job the caller must also stop the process.
+    pub async fn cancel(&self, id: JobId) -> Result<CancelResult, StoreError> {
+        self.writer
+            .write(move |conn, notices| write::cancel(conn, notices, id, now_ms()))
+            .await
+    }
+
+    /// The pragmas in force on the write connection; proves the writer is alive and holds the
+    /// write lock when asked.
+    pub async fn pragmas(&self) -> Result<Pragmas, StoreError> {
+        self.writer.write(|conn, _| read_pragmas(conn)).await
+    }
+
+    pub async fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        self.read(move |conn| read::job(conn, id)).await
+    }
+
+    /// The job's events, oldest first; `None` if there is no such job.
+    pub async fn job_events(&self, id: JobId) -> Result<Option<Vec<Event>>, StoreError> {
+        self.read(move |conn| read::job_events(conn, id)).await
+    }
+
+    /// The global feed: events with an id greater than `after`, oldest first.
+    pub async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Event>, StoreError> {
+        self.read(move |conn| read::events_after(conn, after, limit))
+            .await
+    }
+
+    pub async fn list_jobs(
+        &self,
+        status: Option<Status>,
+        after: Option<JobId>,
+        limit: u32,
+    ) -> Result<Vec<JobSummary>, StoreError> {
+        self.read(move |conn| read::list_jobs(conn, status, after, limit))
+            .await
+    }
+
+    async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.get().map_err(|e| StoreError::Pool(Arc::new(e)))?;
+            query(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+fn lease_ms(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+/// Sets the pragmas kiln relies on and checks that SQLite took them: a misspelt pragma is
+/// silently ignored, so each one is read back.
+fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    let found = read_pragmas(conn)?;
+    let expect = |pragma, ok: bool, found: String, expected| {
+        if ok {
+            Ok(())
+        } else {
+            Err(StoreError::Pragma {
+                pragma,
+                found,
+                expected,
+            })
+        }
+    };
+    expect(
+        "journal_mode",
+        mode.eq_ignore_ascii_case("wal"),
+        mode,
+        "wal",
+    )?;
+    expect(
+        "synchronous",
+        found.synchronous == 2,
+        found.synchronous.to_string(),
+        "2 (FULL)",
+    )?;
+    expect(
+        "foreign_keys",
+        found.foreign_keys,
+        found.foreign_keys.to_string(),
+        "true",
+    )
+}
+
+fn read_pragmas(conn: &Connection) -> Result<Pragmas, StoreError> {
+    let get_i64 = |name: &str| conn.pragma_query_value(None, name, |r| r.get::<_, i64>(0));
+    Ok(Pragmas {
+        journal_mode: conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?,
+        synchronous: get_i64("synchronous")?,
+        foreign_keys: get_i64("foreign_keys")? == 1,
+        busy_timeout_ms: get_i64("busy_timeout")?,
+        user_version: conn.pragma_query_value(None, "user_version", |r| r.get(0))?,
+    })
+}

@@ -1,0 +1,176 @@
+//! The SQL of every read. These run on the read-only pool, never on the writer, so pollers do
+//! not queue behind writes (WAL lets readers and the writer proceed at once).
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::Serialize;
+
+use super::StoreError;
+use super::write::{from_json, parse_id, parse_status};
+use crate::job::{Event, Job, JobId, Outcome, Status};
+
+/// A job in a listing: its state, without code, input or output.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobSummary {
+    pub id: JobId,
+    pub status: Status,
+    pub outcome: Option<Outcome>,
+    pub runtime: String,
+    pub attempt: u32,
+    pub priority: i32,
+    #[serde(serialize_with = "crate::time::serialize_ms")]
+    pub created_at: i64,
+    #[serde(serialize_with = "crate::time::serialize_opt_ms")]
+    pub started_at: Option<i64>,
+    #[serde(serialize_with = "crate::time::serialize_opt_ms")]
+    pub finished_at: Option<i64>,
+    pub exit_code: Option<i32>,
+}
+
+pub(super) fn job(conn: &Connection, id: JobId) -> Result<Option<Job>, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT id, status, outcome, runtime, attempt, max_attempts, priority, created_at,
+                    started_at, finished_at, exit_code, signal, stdout, stderr,
+                    stdout_truncated, stderr_truncated, wall_ms, cpu_ms, memory_kb, limits, error
+             FROM jobs WHERE id = ?1",
+        )?
+        .query_row([id.to_string()], |r| Ok(job_row(r)))
+        .optional()?;
+    row.transpose()
+}
+
+fn job_row(r: &Row) -> Result<Job, StoreError> {
+    let id: String = r.get(0)?;
+    let status: String = r.get(1)?;
+    let outcome: Option<String> = r.get(2)?;
+    let limits: String = r.get(19)?;
+    Ok(Job {
+        id: parse_id(&id)?,
+        status: parse_status(&status)?,
+        outcome: outcome.as_deref().map(parse_outcome).transpose()?,
+        runtime: r.get(3)?,
+        attempt: r.get(4)?,
+        max_attempts: r.get(5)?,
+        priority: r.get(6)?,
+        created_at: r.get(7)?,
+        started_at: r.get(8)?,
+        finished_at: r.get(9)?,
+        exit_code: r.get(10)?,
+        signal: r.get(11)?,
+        stdout: r.get(12)?,
+        stderr: r.get(13)?,
+        stdout_truncated: r.get(14)?,
+        stderr_truncated: r.get(15)?,
+        wall_ms: opt_u64(r, 16)?,
+        cpu_ms: opt_u64(r, 17)?,
+        memory_kb: opt_u64(r, 18)?,
+        limits: from_json(&limits)?,
+        error: r.get(20)?,
+    })
+}
+
+pub(super) fn job_events(conn: &Connection, id: JobId) -> Result<Option<Vec<Event>>, StoreError> {
+    let exists = conn
+        .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")?
+        .exists([id.to_string()])?;
+    if !exists {
+        return Ok(None);
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, job_id, at, type, attempt, data FROM events WHERE job_id = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map([id.to_string()], |r| Ok(event_row(r)))?;
+    collect(rows).map(Some)
+}
+
+pub(super) fn events_after(
+    conn: &Connection,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<Event>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, job_id, at, type, attempt, data FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![after, limit], |r| Ok(event_row(r)))?;
+    collect(rows)
+}
+
+fn event_row(r: &Row) -> Result<Event, StoreError> {
+    let job_id: String = r.get(1)?;
+    let data: String = r.get(5)?;
+    Ok(Event {
+        id: r.get(0)?,
+        job_id: parse_id(&job_id)?,
+        at: r.get(2)?,
+        kind: r.get(3)?,
+        attempt: r.get(4)?,
+        data: from_json(&data)?,
+    })
+}
+
+pub(super) fn list_jobs(
+    conn: &Connection,
+    status: Option<Status>,
+    after: Option<JobId>,
+    limit: u32,
+) -> Result<Vec<JobSummary>, StoreError> {
+    // An empty string sorts before every UUID, so "no cursor" needs no second query.
+    let after = after.map(|id| id.to_string()).unwrap_or_default();
+    let columns = "id, status, outcome, runtime, attempt, priority, created_at, started_at,
+                   finished_at, exit_code";
+    match status {
+        Some(status) => {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {columns} FROM jobs WHERE status = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+            ))?;
+            collect(stmt.query_map(params![status.as_str(), after, limit], |r| {
+                Ok(summary_row(r))
+            })?)
+        }
+        None => {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {columns} FROM jobs WHERE id > ?1 ORDER BY id LIMIT ?2"
+            ))?;
+            collect(stmt.query_map(params![after, limit], |r| Ok(summary_row(r)))?)
+        }
+    }
+}
+
+fn summary_row(r: &Row) -> Result<JobSummary, StoreError> {
+    let id: String = r.get(0)?;
+    let status: String = r.get(1)?;
+    let outcome: Option<String> = r.get(2)?;
+    Ok(JobSummary {
+        id: parse_id(&id)?,
+        status: parse_status(&status)?,
+        outcome: outcome.as_deref().map(parse_outcome).transpose()?,
+        runtime: r.get(3)?,
+        attempt: r.get(4)?,
+        priority: r.get(5)?,
+        created_at: r.get(6)?,
+        started_at: r.get(7)?,
+        finished_at: r.get(8)?,
+        exit_code: r.get(9)?,
+    })
+}
+
+fn opt_u64(r: &Row, idx: usize) -> Result<Option<u64>, StoreError> {
+    let value: Option<i64> = r.get(idx)?;
+    value
+        .map(|v| u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative count {v}"))))
+        .transpose()
+}
+
+fn parse_outcome(s: &str) -> Result<Outcome, StoreError> {
+    Outcome::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown outcome {s:?}")))
+}
+
+fn collect<T>(
+    rows: impl Iterator<Item = rusqlite::Result<Result<T, StoreError>>>,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row??);
+    }
+    Ok(out)
+}

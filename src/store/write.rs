@@ -1,0 +1,444 @@
+//! The SQL of every state change. Each function runs inside the writer's transaction and writes
+//! the status change and its event together; none of them commits.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::json;
+
+use super::StoreError;
+use crate::bus::Notice;
+use crate::job::{EventKind, JobId, JobSpec, Limits, Outcome, RunResult, Status};
+
+/// What a submit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// A new job was stored.
+    Created(JobId),
+    /// The idempotency key was seen before with the same request: this is that job.
+    Replayed(JobId),
+    /// The idempotency key was seen before with a different request.
+    KeyReused(JobId),
+}
+
+/// A job a worker now holds, with everything needed to run it.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub id: JobId,
+    pub attempt: u32,
+    pub runtime: String,
+    pub code: String,
+    pub stdin: String,
+    pub args: Vec<String>,
+    pub files: BTreeMap<String, String>,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelResult {
+    /// Cancelled. If it was running, `running_attempt` names the run to stop.
+    Cancelled {
+        running_attempt: Option<u32>,
+    },
+    /// It had already ended with this status.
+    AlreadyFinished(Status),
+    NotFound,
+}
+
+/// A running attempt to requeue or end: (id, attempt, max_attempts).
+pub(super) type RunningRow = (JobId, u32, u32);
+
+pub(super) fn submit(
+    conn: &Connection,
+    notices: &mut Vec<Notice>,
+    spec: &JobSpec,
+    now: i64,
+) -> Result<Submitted, StoreError> {
+    let args = to_json(&spec.args)?;
+    let files = to_json(&spec.files)?;
+    let limits = to_json(&spec.limits)?;
+    if let Some(key) = &spec.idempotency_key {
+        let existing = conn
+            .prepare_cached(
+                "SELECT id, runtime, code, stdin, args, files, limits, priority, max_attempts
+                 FROM jobs WHERE idempotency_key = ?1",
+            )?
+            .query_row([key], |r| {
+                let same = r.get::<_, String>(1)? == spec.runtime
+                    && r.get::<_, String>(2)? == spec.code
+                    && r.get::<_, String>(3)? == spec.stdin
+                    && r.get::<_, String>(4)? == args
+                    && r.get::<_, String>(5)? == files
+                    && r.get::<_, String>(6)? == limits
+                    && r.get::<_, i32>(7)? == spec.priority
+                    && r.get::<_, u32>(8)? == spec.max_attempts;
+                Ok((r.get::<_, String>(0)?, same))
+            })
+            .optional()?;
+        if let Some((id, same)) = existing {
+            let id = parse_id(&id)?;
+            return Ok(if same {
+                Submitted::Replayed(id)
+            } else {
+                Submitted::KeyReused(id)
+            });
+        }
+    }
+    let id = JobId::now_v7();
+    conn.prepare_cached(
+        "INSERT INTO jobs (id, runtime, code, stdin, args, files, limits, priority, max_attempts,
+                           idempotency_key, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?
+    .execute(params![
+        id.to_string(),
+        spec.runtime,
+        spec.code,
+        spec.stdin,
+        args,
+        files,
+        limits,
+        spec.priority,
+        spec.max_attempts,
+        spec.idempotency_key,
+        now,
+    ])?;
+    let data = json!({"runtime": spec.runtime, "priority": spec.priority});
+    insert_event(conn, notices, id, now, EventKind::Queued, None, &data)?;
+    Ok(Submitted::Created(id))
+}
+
+pub(super) fn claim(
+    conn: &Connection,
+    notices: &mut Vec<Notice>,
+    owner: &str,
+    now: i64,
+    lease_until: i64,
+) -> Result<Option<ClaimedJob>, StoreError> {
+    let claimed = conn
+        .prepare_cached(CLAIM_SQL)?
+        .query_row(params![owner, lease_until, now], claimed_job)
+        .optional()?;
+    let Some(job) = claimed else {
+        return Ok(None);
+    };
+    let job = job?;
+    let data = json!({"worker": owner});
+    insert_event(
+        conn,
+        notices,
+        job.id,
+        now,
+        EventKind::Started,
+        Some(job.attempt),
+        &data,
+    )?;
+    Ok(Some(job))
+}
+
+/// Takes the next job in one statement. The subquery walks the `jobs_claim` index in order and
+/// stops at the first row; public so a test can check its query plan never sorts the queue.
+pub const CLAIM_SQL: &str = "UPDATE jobs
+     SET status = 'running', attempt = attempt + 1, lease_owner = ?1,
+         lease_expires_at = ?2, started_at = ?3
+     WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY priority DESC, id LIMIT 1)
+     RETURNING id, attempt, runtime, code, stdin, args, files, limits";
+
+fn claimed_job(r: &Row) -> rusqlite::Result<Result<ClaimedJob, StoreError>> {
+    let id: String = r.get(0)?;
+    let args: String = r.get(5)?;
+    let files: String = r.get(6)?;
+    let limits: String = r.get(7)?;
+    let (attempt, runtime, code, stdin) = (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+    Ok((|| {
+        Ok(ClaimedJob {
+            id: parse_id(&id)?,
+            attempt,
+            runtime,
+            code,
+            stdin,
+            args: from_json(&args)?,
+            files: from_json(&files)?,
+            limits: from_json(&limits)?,
+        })
+    })())
+}
+
+pub(super) fn renew(
+    conn: &Connection,
+    id: JobId,
+    attempt: u32,
+    owner: &str,
+    lease_until: i64,
+) -> Result<bool, StoreError> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE jobs SET lease_expires_at = ?1
+             WHERE id = ?2 AND attempt = ?3 AND status = 'running' AND lease_owner = ?4",
+        )?
+        .execute(params![lease_until, id.to_string(), attempt, owner])?;
+    Ok(n == 1)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn finish(
+    conn: &Connection,
+    notices: &mut Vec<Notice>,
+    id: JobId,
+    attempt: u32,
+    outcome: Outcome,
+    result: &RunResult,
+    error: Option<&str>,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let status = outcome.status();
+    let n = conn
+        .prepare_cached(
+            "UPDATE jobs
+             SET status = ?1, outcome = ?2, finished_at = ?3, exit_code = ?4, signal = ?5,
+                 error = ?6, stdout = ?7, stderr = ?8, stdout_truncated = ?9,
+                 stderr_truncated = ?10, wall_ms = ?11, cpu_ms = ?12, memory_kb = ?13,
+                 lease_owner = NULL, lease_expires_at = NULL
+             WHERE id = ?14 AND attempt = ?15 AND status = 'running'",
+        )?
+        .execute(params![
+            status.as_str(),
+            outcome.as_str(),
+            now,
+            result.exit_code,
+            result.signal,
+            error,
+            result.stdout,
+            result.stderr,
+            result.stdout_truncated,
+            result.stderr_truncated,
+            sql_int(result.wall_ms),
+            sql_int(result.cpu_ms),
+            sql_int(result.memory_kb),
+            id.to_string(),
+            attempt,
+        ])?;
+    if n == 0 {
+        return Ok(false);
+    }
+    let data = json!({
+        "outcome": outcome.as_str(),
+        "exit_code": result.exit_code,
+        "signal": result.signal,
+        "wall_ms": result.wall_ms,
+        "cpu_ms": result.cpu_ms,
+        "memory_kb": result.memory_kb,
+        "error": error,
+    });
+    let kind = terminal_event(status)?;
+    insert_event(conn, notices, id, now, kind, Some(attempt), &data)?;
+    Ok(true)
+}
+
+pub(super) fn cancel(
+    conn: &Connection,
+    notices: &mut Vec<Notice>,
+    id: JobId,
+    now: i64,
+) -> Result<CancelResult, StoreError> {
+    let found: Option<(String, u32)> = conn
+        .prepare_cached("SELECT status, attempt FROM jobs WHERE id = ?1")?
+        .query_row([id.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((status, attempt)) = found else {
+        return Ok(CancelResult::NotFound);
+    };
+    let status = parse_status(&status)?;
+    if status.is_terminal() {
+        return Ok(CancelResult::AlreadyFinished(status));
+    }
+    conn.prepare_cached(
+        "UPDATE jobs SET status = 'cancelled', outcome = 'cancelled', finished_at = ?1,
+                         lease_owner = NULL, lease_expires_at = NULL
+         WHERE id = ?2",
+    )?
+    .execute(params![now, id.to_string()])?;
+    let running = status == Status::Running;
+    let event_attempt = running.then_some(attempt);
+    let data = json!({"outcome": "cancelled", "from": status.as_str()});
+    insert_event(
+        conn,
+        notices,
+        id,
+        now,
+        EventKind::Cancelled,
+        event_attempt,
+        &data,
+    )?;
+    Ok(CancelResult::Cancelled {
+        running_attempt: event_attempt,
+    })
+}
+
+pub(super) fn running_attempt(
+    conn: &Connection,
+    id: JobId,
+    attempt: u32,
+) -> Result<Vec<RunningRow>, StoreError> {
+    select_running(
+        conn,
+        "SELECT id, attempt, max_attempts FROM jobs
+         WHERE id = ?1 AND attempt = ?2 AND status = 'running'",
+        params![id.to_string(), attempt],
+    )
+}
+
+pub(super) fn expired_leases(conn: &Connection, now: i64) -> Result<Vec<RunningRow>, StoreError> {
+    select_running(
+        conn,
+        "SELECT id, attempt, max_attempts FROM jobs
+         WHERE status = 'running' AND lease_expires_at < ?1",
+        params![now],
+    )
+}
+
+/// Running jobs leased by `node_prefix` (any instance of this node) but not by `current`.
+pub(super) fn leases_of_node(
+    conn: &Connection,
+    node_prefix: &str,
+    current: &str,
+) -> Result<Vec<RunningRow>, StoreError> {
+    select_running(
+        conn,
+        "SELECT id, attempt, max_attempts FROM jobs
+         WHERE status = 'running'
+           AND substr(lease_owner, 1, length(?1)) = ?1
+           AND substr(lease_owner, 1, length(?2)) <> ?2",
+        params![node_prefix, current],
+    )
+}
+
+fn select_running(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<RunningRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params, |r| {
+        Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, attempt, max_attempts) = row?;
+        out.push((parse_id(&id)?, attempt, max_attempts));
+    }
+    Ok(out)
+}
+
+/// Takes running attempts away from their workers: back to `queued` with a `job.retrying`
+/// event while attempts remain, else ended as `error` with `outcome` and `reason`.
+pub(super) fn requeue_or_end(
+    conn: &Connection,
+    notices: &mut Vec<Notice>,
+    rows: &[RunningRow],
+    outcome: Outcome,
+    reason: &str,
+    now: i64,
+) -> Result<usize, StoreError> {
+    for &(id, attempt, max_attempts) in rows {
+        if attempt < max_attempts {
+            conn.prepare_cached(
+                "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL
+                 WHERE id = ?1 AND attempt = ?2 AND status = 'running'",
+            )?
+            .execute(params![id.to_string(), attempt])?;
+            let data = json!({"reason": reason, "next_attempt": attempt + 1});
+            insert_event(
+                conn,
+                notices,
+                id,
+                now,
+                EventKind::Retrying,
+                Some(attempt),
+                &data,
+            )?;
+        } else {
+            conn.prepare_cached(
+                "UPDATE jobs SET status = 'error', outcome = ?1, error = ?2, finished_at = ?3,
+                                 lease_owner = NULL, lease_expires_at = NULL
+                 WHERE id = ?4 AND attempt = ?5 AND status = 'running'",
+            )?
+            .execute(params![
+                outcome.as_str(),
+                reason,
+                now,
+                id.to_string(),
+                attempt
+            ])?;
+            let data = json!({"outcome": outcome.as_str(), "error": reason});
+            insert_event(
+                conn,
+                notices,
+                id,
+                now,
+                EventKind::Error,
+                Some(attempt),
+                &data,
+            )?;
+        }
+    }
+    Ok(rows.len())
+}
+
+fn insert_event(
+    conn: &Connection,
+    notices: &mut Vec<Notice>,
+    job_id: JobId,
+    at: i64,
+    kind: EventKind,
+    attempt: Option<u32>,
+    data: &serde_json::Value,
+) -> Result<(), StoreError> {
+    let event_id: i64 = conn
+        .prepare_cached(
+            "INSERT INTO events (job_id, at, type, attempt, data) VALUES (?1, ?2, ?3, ?4, ?5)
+             RETURNING id",
+        )?
+        .query_row(
+            params![
+                job_id.to_string(),
+                at,
+                kind.as_str(),
+                attempt,
+                data.to_string()
+            ],
+            |r| r.get(0),
+        )?;
+    notices.push(Notice {
+        event_id,
+        job_id,
+        kind,
+    });
+    Ok(())
+}
+
+/// SQLite integers are signed; measurements never come near the limit, but saturate rather than wrap.
+fn sql_int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn terminal_event(status: Status) -> Result<EventKind, StoreError> {
+    EventKind::terminal(status)
+        .ok_or_else(|| StoreError::Corrupt(format!("{} is not a terminal status", status.as_str())))
+}
+
+pub(super) fn parse_id(id: &str) -> Result<JobId, StoreError> {
+    JobId::parse_str(id).map_err(|_| StoreError::Corrupt(format!("job id {id:?} is not a UUID")))
+}
+
+pub(super) fn parse_status(s: &str) -> Result<Status, StoreError> {
+    Status::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown status {s:?}")))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(super) fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{e} in {s:?}")))
+}

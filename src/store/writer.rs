@@ -1,0 +1,167 @@
+//! The single writer: one thread owns the only read-write connection and commits whatever
+//! operations are pending as one transaction (group commit), so concurrent submits, claims and
+//! finishes share one fsync instead of paying one each.
+//!
+//! Each operation runs inside its own savepoint: one that fails is rolled back alone and the rest
+//! of the batch still commits. A caller is answered only after the commit that holds its write
+//! (or with the error that prevented it), and the bus hears about the batch's events only then,
+//! so nobody ever observes a write that could still be rolled back.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use super::StoreError;
+use crate::bus::{Bus, Notice};
+
+/// At most this many operations share one transaction, which bounds how long one commit holds
+/// the write lock and how late the first caller of a busy batch is answered.
+const MAX_BATCH: usize = 1024;
+
+/// Pending operations are bounded so that a stalled disk pushes back on submitters instead of
+/// growing memory.
+const QUEUE_DEPTH: usize = 8192;
+
+trait Operation: Send {
+    /// Runs the operation inside the open transaction; false if it failed and must be undone.
+    fn apply(&mut self, conn: &Connection, notices: &mut Vec<Notice>) -> bool;
+    /// Answers the caller once the fate of the transaction is known.
+    fn reply(self: Box<Self>, commit: Result<(), StoreError>);
+}
+
+struct Pending<T, F> {
+    work: Option<F>,
+    result: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> Operation for Pending<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection, &mut Vec<Notice>) -> Result<T, StoreError> + Send,
+{
+    fn apply(&mut self, conn: &Connection, notices: &mut Vec<Notice>) -> bool {
+        let Some(work) = self.work.take() else {
+            return false;
+        };
+        let result = work(conn, notices);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn reply(self: Box<Self>, commit: Result<(), StoreError>) {
+        let answer = match (self.result, commit) {
+            (Some(Err(own)), _) => Err(own),
+            (Some(Ok(value)), Ok(())) => Ok(value),
+            (_, Err(commit)) => Err(commit),
+            (None, Ok(())) => Err(StoreError::WriterStopped),
+        };
+        // The caller may have gone away (a dropped request); the write stands regardless.
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// A handle for sending work to the writer thread. Cloning is cheap; the thread stops once every
+/// handle is dropped and the queue is drained.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    ops: mpsc::Sender<Box<dyn Operation>>,
+}
+
+impl Writer {
+    pub(crate) fn start(
+        conn: Connection,
+        bus: Arc<Bus>,
+    ) -> std::io::Result<(Writer, JoinHandle<()>)> {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let thread = std::thread::Builder::new()
+            .name("kiln-writer".into())
+            .spawn(move || run(conn, rx, &bus))?;
+        Ok((Writer { ops: tx }, thread))
+    }
+
+    /// Runs `work` in the next transaction and returns its result once that transaction commits.
+    pub(crate) async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut Vec<Notice>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let op = Box::new(Pending {
+            work: Some(work),
+            result: None,
+            reply,
+        });
+        self.ops
+            .send(op)
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
+    }
+}
+
+fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Operation>>, bus: &Bus) {
+    let mut batch: Vec<Box<dyn Operation>> = Vec::with_capacity(MAX_BATCH);
+    let mut notices = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let commit = commit_batch(&conn, &mut batch, &mut notices);
+        let committed = commit.is_ok();
+        for op in batch.drain(..) {
+            op.reply(commit.clone());
+        }
+        if committed {
+            bus.publish(&notices);
+        }
+        notices.clear();
+    }
+    // Every handle is gone: leave a compact file behind for the next start or for operators.
+    if let Err(e) = conn.execute_batch("PRAGMA optimize; PRAGMA wal_checkpoint(TRUNCATE);") {
+        tracing::warn!(error = %e, "final checkpoint failed");
+    }
+}
+
+fn commit_batch(
+    conn: &Connection,
+    batch: &mut [Box<dyn Operation>],
+    notices: &mut Vec<Notice>,
+) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    for op in batch.iter_mut() {
+        let mark = notices.len();
+        let step = conn.execute_batch("SAVEPOINT op").map_err(StoreError::from);
+        let applied = step.is_ok() && op.apply(conn, notices);
+        let end = if applied {
+            conn.execute_batch("RELEASE op")
+        } else {
+            notices.truncate(mark);
+            conn.execute_batch("ROLLBACK TO op; RELEASE op")
+        };
+        if let Err(e) = step.and(end.map_err(StoreError::from)) {
+            rollback(conn);
+            return Err(e);
+        }
+    }
+    if let Err(e) = conn.execute_batch("COMMIT") {
+        rollback(conn);
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+fn rollback(conn: &Connection) {
+    if !conn.is_autocommit()
+        && let Err(e) = conn.execute_batch("ROLLBACK")
+    {
+        tracing::error!(error = %e, "rollback failed");
+    }
+}

@@ -1,0 +1,288 @@
+//! Workers: claim a queued job, run it, record what happened. Also the rescuer, which takes back
+//! jobs whose worker stopped renewing its lease.
+//!
+//! A worker holds no transaction while code runs: claiming is one short write, the run happens
+//! outside the database, and finishing is another short write that only lands if the job is still
+//! running under the same attempt. While the code runs a separate task renews the lease; if the
+//! lease cannot be renewed before it expires, the run is killed, so a job the rescuer hands to
+//! someone else is never running twice.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::job::{JobId, Outcome, RunResult};
+use crate::runner::{RunRequest, Runner};
+use crate::runtime::Runtimes;
+use crate::store::{ClaimedJob, Store, StoreError};
+
+/// The runs in progress in this process, so that cancelling a job can stop its process.
+#[derive(Clone, Default)]
+pub struct Running(Arc<Mutex<HashMap<JobId, (u32, CancellationToken)>>>);
+
+impl Running {
+    /// Stops the run of `id` if it is this attempt's and runs here. True if there was one.
+    pub fn stop(&self, id: JobId, attempt: u32) -> bool {
+        let runs = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match runs.get(&id) {
+            Some((a, token)) if *a == attempt => {
+                token.cancel();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().map_or(0, |runs| runs.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn insert(&self, id: JobId, attempt: u32, token: CancellationToken) {
+        let mut runs = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        runs.insert(id, (attempt, token));
+    }
+
+    fn remove(&self, id: JobId) {
+        let mut runs = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        runs.remove(&id);
+    }
+}
+
+/// What every worker shares.
+pub struct Workers {
+    pub store: Store,
+    pub runner: Runner,
+    pub runtimes: Arc<Runtimes>,
+    pub running: Running,
+    pub lease: Duration,
+    pub poll_interval: Duration,
+    /// Lease owners are `<node>/<instance>/w<n>`: this is `<node>/<instance>/`.
+    pub owner_prefix: String,
+}
+
+/// The two stages of stopping: first stop taking new jobs, later kill what still runs.
+#[derive(Clone, Default)]
+pub struct Stopping {
+    pub claiming: CancellationToken,
+    pub running: CancellationToken,
+}
+
+impl Workers {
+    /// Starts `count` workers and the rescuer.
+    pub fn spawn(self: &Arc<Self>, count: usize, stopping: &Stopping) -> JoinSet<()> {
+        let mut tasks = JoinSet::new();
+        for index in 0..count {
+            let (workers, stopping) = (Arc::clone(self), stopping.clone());
+            tasks.spawn(async move { workers.work(index, stopping).await });
+        }
+        let (workers, stop) = (Arc::clone(self), stopping.claiming.clone());
+        tasks.spawn(async move { workers.rescue(stop).await });
+        tasks
+    }
+
+    async fn work(&self, index: usize, stopping: Stopping) {
+        let owner = format!("{}w{index}", self.owner_prefix);
+        let work = self.store.bus().work();
+        loop {
+            // Registered before claiming, so a job committed between an empty claim and the
+            // wait below still wakes this worker.
+            let notified = work.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if stopping.claiming.is_cancelled() {
+                return;
+            }
+            match self.run_next(&owner, &stopping.running).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, worker = %owner, "claim failed"),
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(self.poll_interval) => {}
+                _ = stopping.claiming.cancelled() => return,
+            }
+        }
+    }
+
+    /// Claims and runs one job to its end. False if nothing was queued.
+    pub async fn run_next(
+        &self,
+        owner: &str,
+        kill: &CancellationToken,
+    ) -> Result<bool, StoreError> {
+        let Some(job) = self.store.claim(owner, self.lease).await? else {
+            return Ok(false);
+        };
+        tracing::debug!(job = %job.id, attempt = job.attempt, "claimed");
+        self.run(owner, job, kill).await;
+        Ok(true)
+    }
+
+    async fn run(&self, owner: &str, job: ClaimedJob, kill: &CancellationToken) {
+        let Some(runtime) = self.runtimes.get(&job.runtime) else {
+            let error = format!("runtime {:?} is not available on this server", job.runtime);
+            let result = RunResult::default();
+            self.record(&job, Outcome::RunnerError, result, Some(error))
+                .await;
+            return;
+        };
+        let stop = kill.child_token();
+        let lease_lost = CancellationToken::new();
+        self.running.insert(job.id, job.attempt, stop.clone());
+        let keeper = tokio::spawn(keep_lease(
+            self.store.clone(),
+            job.id,
+            job.attempt,
+            owner.to_owned(),
+            self.lease,
+            stop.clone(),
+            lease_lost.clone(),
+        ));
+        let request = RunRequest {
+            job_id: job.id,
+            attempt: job.attempt,
+            runtime,
+            code: &job.code,
+            stdin: &job.stdin,
+            args: &job.args,
+            files: &job.files,
+            limits: job.limits,
+        };
+        let ran = self.runner.run(request, stop).await;
+        keeper.abort();
+        self.running.remove(job.id);
+
+        if lease_lost.is_cancelled() {
+            // Cancelled, or rescued and possibly running elsewhere: the job is not ours to record.
+            tracing::info!(job = %job.id, attempt = job.attempt, "stopped: no longer holds the job");
+            return;
+        }
+        match ran {
+            Ok(out) if out.outcome == Outcome::Cancelled && kill.is_cancelled() => {
+                let reason = "the server shut down while it ran".to_owned();
+                if let Err(e) = self
+                    .store
+                    .release(job.id, job.attempt, Outcome::Shutdown, reason)
+                    .await
+                {
+                    tracing::error!(job = %job.id, error = %e, "could not requeue at shutdown");
+                }
+            }
+            Ok(out) => self.record(&job, out.outcome, out.result, None).await,
+            Err(e) => {
+                tracing::warn!(job = %job.id, error = %e, "could not run");
+                let result = RunResult::default();
+                self.record(&job, Outcome::RunnerError, result, Some(e.to_string()))
+                    .await;
+            }
+        }
+    }
+
+    /// Writes the result, retrying for a while if the database is briefly unavailable: giving up
+    /// early would let the lease expire and the job run again.
+    async fn record(
+        &self,
+        job: &ClaimedJob,
+        outcome: Outcome,
+        result: RunResult,
+        error: Option<String>,
+    ) {
+        let mut delay = Duration::from_millis(50);
+        let deadline = Instant::now() + self.lease;
+        loop {
+            let attempt = self
+                .store
+                .finish(job.id, job.attempt, outcome, result.clone(), error.clone())
+                .await;
+            match attempt {
+                Ok(true) => {
+                    tracing::debug!(job = %job.id, outcome = outcome.as_str(), "finished");
+                    return;
+                }
+                Ok(false) => {
+                    tracing::info!(job = %job.id, "result discarded: the job was cancelled or rescued");
+                    return;
+                }
+                Err(e) if e.is_transient() && Instant::now() + delay < deadline => {
+                    tracing::warn!(job = %job.id, error = %e, "could not record the result yet");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    tracing::error!(job = %job.id, error = %e, "could not record the result");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn rescue(&self, stop: CancellationToken) {
+        let period = (self.lease / 3).max(Duration::from_millis(100));
+        loop {
+            match self.store.rescue_expired().await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(jobs = n, "rescued jobs whose lease expired"),
+                Err(e) => tracing::warn!(error = %e, "rescue failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Renews the lease every third of its length. Stops the run once the job is no longer ours
+/// (cancelled or rescued), or once the lease is about to run out without a successful renewal.
+async fn keep_lease(
+    store: Store,
+    id: JobId,
+    attempt: u32,
+    owner: String,
+    lease: Duration,
+    stop: CancellationToken,
+    lost: CancellationToken,
+) {
+    let period = lease / 3;
+    let mut expires = Instant::now() + lease;
+    loop {
+        // Wake early enough to stop the run before the lease runs out if renewals keep failing.
+        let margin = lease / 10;
+        let next = (Instant::now() + period).min(expires - margin);
+        tokio::time::sleep_until(next).await;
+        if Instant::now() + margin >= expires {
+            tracing::error!(job = %id, "lease about to expire without renewal: stopping the run");
+            lost.cancel();
+            stop.cancel();
+            return;
+        }
+        let asked = Instant::now();
+        match store.renew(id, attempt, &owner, lease).await {
+            Ok(true) => expires = asked + lease,
+            Ok(false) => {
+                lost.cancel();
+                stop.cancel();
+                return;
+            }
+            Err(e) => tracing::warn!(job = %id, error = %e, "lease renewal failed"),
+        }
+    }
+}

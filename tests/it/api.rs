@@ -1,0 +1,446 @@
+//! The HTTP API: what is accepted, what is refused and how, and the compatibility endpoints.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::util::{Server, assert_valid_history, sh};
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error body: {body}"))
+}
+
+#[tokio::test]
+async fn a_python_job_prints_hello_and_succeeds() {
+    let server = Server::start().await;
+    let (status, body) = server
+        .post(
+            "/v1/jobs",
+            &json!({"runtime": "python", "code": "print('hello')"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["status"], "queued");
+    let id = body["id"].as_str().unwrap();
+    let job = server.finished(id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["outcome"], "success");
+    assert_eq!(job["stdout"], "hello\n");
+    assert_eq!(job["exit_code"], 0);
+    assert_eq!(job["attempt"], 1);
+    assert!(
+        job["wall_ms"].as_u64().is_some() && job["started_at"].is_string(),
+        "{job}"
+    );
+    assert_eq!(
+        job["limits"]["wall_ms"], 10_000,
+        "defaults are recorded: {job}"
+    );
+    assert_valid_history(&server.events(id).await);
+}
+
+#[tokio::test]
+async fn the_accepted_answer_points_at_the_job() {
+    let server = Server::start().await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/jobs", server.url))
+        .json(&sh("true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        location,
+        format!("/v1/jobs/{}", body["id"].as_str().unwrap())
+    );
+}
+
+#[tokio::test]
+async fn a_failing_program_ends_failed_with_its_exit_code_and_stderr() {
+    let server = Server::start().await;
+    let id = server.submit(sh("echo oops >&2; exit 3")).await;
+    let job = server.finished(&id).await;
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["outcome"], "nonzero_exit");
+    assert_eq!(job["exit_code"], 3);
+    assert_eq!(job["stderr"], "oops\n");
+}
+
+#[tokio::test]
+async fn stdin_args_and_files_reach_the_program() {
+    let server = Server::start().await;
+    let id = server
+        .submit(json!({
+            "runtime": "bash",
+            "code": "read line; echo \"$line $1 $2\"; cat data/in.txt",
+            "stdin": "from-stdin\n",
+            "args": ["a1", "a2"],
+            "files": {"data/in.txt": "from-file"},
+        }))
+        .await;
+    let job = server.finished(&id).await;
+    assert_eq!(job["stdout"], "from-stdin a1 a2\nfrom-file", "{job}");
+}
+
+#[tokio::test]
+async fn submitting_without_code_is_rejected_with_422() {
+    let server = Server::start().await;
+    let (status, body) = server.post("/v1/jobs", &json!({"runtime": "python"})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error_code(&body), "invalid_request");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("code"),
+        "{body}"
+    );
+    let (status, _) = server
+        .post("/v1/jobs", &json!({"runtime": "sh", "code": "  "}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn each_kind_of_bad_submission_gets_its_own_status_and_nothing_is_stored() {
+    let server = Server::start_with(&["--max-wall-ms", "60000"]).await;
+    let big_code = "x".repeat((1 << 20) + 1);
+    let cases: Vec<(Vec<u8>, StatusCode, &str)> = vec![
+        (
+            b"{not json".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (b"".to_vec(), StatusCode::BAD_REQUEST, "invalid_json"),
+        (
+            vec![b'"', 0xff, 0xfe, b'"'],
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            format!(
+                "{{\"runtime\": {}1{}}}",
+                "[".repeat(10_000),
+                "]".repeat(10_000)
+            )
+            .into_bytes(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            json!([1, 2]).to_string().into_bytes(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            json!({"runtime": "cobol", "code": "x"})
+                .to_string()
+                .into_bytes(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            json!({"runtime": "sh", "code": 5}).to_string().into_bytes(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            json!({"runtime": "sh", "code": "x", "colour": 1})
+                .to_string()
+                .into_bytes(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            json!({"runtime": "sh", "code": big_code})
+                .to_string()
+                .into_bytes(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+        ),
+        (
+            json!({"runtime": "sh", "code": "x", "limits": {"wall_ms": 60001}})
+                .to_string()
+                .into_bytes(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            json!({"runtime": "sh", "code": "x", "limits": {"memory_mb": 0}})
+                .to_string()
+                .into_bytes(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            json!({"runtime": "sh", "code": "x", "limits": {"cpu_ms": -1}})
+                .to_string()
+                .into_bytes(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            json!({"runtime": "sh", "code": "x", "limits": {"wall_ms": 1e300}})
+                .to_string()
+                .into_bytes(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            json!({"runtime": "sh", "code": "x", "max_attempts": 0})
+                .to_string()
+                .into_bytes(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            json!({"runtime": "sh", "code": "x", "files": {"../escape": "x"}})
+                .to_string()
+                .into_bytes(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            json!({"runtime": "sh", "code": "x", "files": {"/etc/passwd": "x"}})
+                .to_string()
+                .into_bytes(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
+            json!({"runtime": "sh", "code": "x\u{0}y"})
+                .to_string()
+                .into_bytes(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+    ];
+    for (body, expected, code) in cases {
+        let shown = String::from_utf8_lossy(&body[..body.len().min(80)]).into_owned();
+        let (status, answer) = server.post_raw("/v1/jobs", body, &[]).await;
+        assert_eq!(status, expected, "{shown} → {answer}");
+        assert_eq!(error_code(&answer), code, "{shown} → {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    let over_body_limit = vec![b' '; (32 << 20) + 1];
+    let (status, answer) = server.post_raw("/v1/jobs", over_body_limit, &[]).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
+    assert_eq!(error_code(&answer), "too_large");
+
+    let (_, list) = server.get("/v1/jobs").await;
+    assert_eq!(list["jobs"], json!([]), "nothing half-written");
+}
+
+#[tokio::test]
+async fn unknown_ids_are_404_and_malformed_ids_are_400() {
+    let server = Server::start().await;
+    let missing = "0190f2a4-0000-7000-8000-000000000000";
+    for path in [
+        format!("/v1/jobs/{missing}"),
+        format!("/v1/jobs/{missing}/events"),
+        format!("/eval-status/{missing}"),
+    ] {
+        let (status, body) = server.get(&path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(error_code(&body), "job_not_found");
+    }
+    let (status, body) = server
+        .post(&format!("/v1/jobs/{missing}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&body), "job_not_found");
+    let (status, body) = server.get("/v1/jobs/not-a-uuid").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&body), "invalid_id");
+    let (status, body) = server.get("/v1/nothing-here").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&body), "not_found");
+    let (status, body) = server.get("/v1/jobs?limit=0").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&body), "invalid_query");
+    let (status, body) = server.get(&format!("/v1/jobs/{missing}?wait=-1")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+#[tokio::test]
+async fn a_retried_submit_with_the_same_idempotency_key_returns_the_same_job() {
+    let server = Server::start().await;
+    let body = sh("echo once").to_string().into_bytes();
+    let key = [("idempotency-key", "order-42")];
+    let (first, a) = server.post_raw("/v1/jobs", body.clone(), &key).await;
+    let (second, b) = server.post_raw("/v1/jobs", body, &key).await;
+    assert_eq!(
+        (first, second),
+        (StatusCode::ACCEPTED, StatusCode::ACCEPTED)
+    );
+    assert_eq!(a["id"], b["id"], "{a} {b}");
+    let (_, list) = server.get("/v1/jobs").await;
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 1);
+
+    let other = sh("echo twice").to_string().into_bytes();
+    let (status, conflict) = server.post_raw("/v1/jobs", other, &key).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(error_code(&conflict), "idempotency_key_reused");
+}
+
+#[tokio::test]
+async fn the_old_synchronous_eval_is_gone_and_names_the_async_endpoints() {
+    let server = Server::start().await;
+    let (status, body) = server.post("/eval", &json!({"code": "print(1)"})).await;
+    assert_eq!(status, StatusCode::GONE);
+    assert_eq!(error_code(&body), "gone");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("/eval-async") && message.contains("/v1/jobs"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn eval_async_and_eval_status_are_aliases_of_the_v1_api() {
+    let server = Server::start().await;
+    let (status, body) = server
+        .post("/eval-async", &json!({"code": "print(6 * 7)"}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["status"], "queued");
+    let id = body["eval_id"].as_str().unwrap().to_owned();
+    let (status, result) = server.get(&format!("/eval-status/{id}?wait=30")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(result["eval_id"], id.as_str());
+    assert_eq!(result["status"], "succeeded", "{result}");
+    assert_eq!(result["output"], "42\n");
+    assert_eq!(result["error"], Value::Null);
+
+    let (_, failed) = server
+        .post(
+            "/eval-async",
+            &json!({"code": "echo bad >&2; exit 1", "language": "bash"}),
+        )
+        .await;
+    let failed_id = failed["eval_id"].as_str().unwrap();
+    let (_, result) = server
+        .get(&format!("/eval-status/{failed_id}?wait=30"))
+        .await;
+    assert_eq!(result["status"], "failed");
+    assert_eq!(result["error"], "bad\n");
+
+    // The same job through the v1 API, and the old global feed.
+    let (status, job) = server.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!((status, &job["stdout"]), (StatusCode::OK, &json!("42\n")));
+    let (status, feed) = server.get("/events").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        feed["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["job_id"] == id.as_str())
+    );
+}
+
+#[tokio::test]
+async fn the_global_feed_pages_through_every_event_by_cursor() {
+    let server = Server::start().await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(server.submit(sh("true")).await);
+    }
+    for id in &ids {
+        server.finished(id).await;
+    }
+    let mut after = 0;
+    let mut seen = Vec::new();
+    loop {
+        let (status, page) = server
+            .get(&format!("/v1/events?after={after}&limit=4"))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let events = page["events"].as_array().unwrap().clone();
+        if events.is_empty() {
+            assert_eq!(page["next_after"], after);
+            break;
+        }
+        after = page["next_after"].as_i64().unwrap();
+        seen.extend(events);
+    }
+    assert_eq!(
+        seen.len(),
+        15,
+        "queued, started, succeeded for each of 5 jobs"
+    );
+    let cursors: Vec<i64> = seen.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    assert!(
+        cursors.windows(2).all(|w| w[0] < w[1]),
+        "strictly increasing: {cursors:?}"
+    );
+}
+
+#[tokio::test]
+async fn jobs_can_be_listed_by_status_in_pages() {
+    let server = Server::start().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(server.submit(sh(&format!("exit {}", i % 2))).await);
+    }
+    for id in &ids {
+        server.finished(id).await;
+    }
+    let (_, page) = server.get("/v1/jobs?status=succeeded&limit=2").await;
+    let first: Vec<_> = page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].clone())
+        .collect();
+    assert_eq!(first, vec![json!(ids[0]), json!(ids[2])]);
+    let next = page["next_after"].as_str().unwrap();
+    let (_, page) = server
+        .get(&format!("/v1/jobs?status=succeeded&limit=2&after={next}"))
+        .await;
+    let rest: Vec<_> = page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].clone())
+        .collect();
+    assert_eq!(rest, vec![json!(ids[4])]);
+    assert_eq!(page["next_after"], Value::Null);
+    let (status, body) = server.get("/v1/jobs?status=done").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+#[tokio::test]
+async fn runtimes_health_and_readiness_are_reported() {
+    let server = Server::start().await;
+    let (status, body) = server.get("/v1/runtimes").await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<&str> = body["runtimes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    for name in ["python", "bash", "sh"] {
+        assert!(names.contains(&name), "{names:?}");
+    }
+    let python = body["runtimes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "python")
+        .unwrap();
+    assert!(
+        python["program"].as_str().unwrap().starts_with("/usr/"),
+        "a real interpreter, not a shim: {python}"
+    );
+    let (status, _) = server.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, ready) = server.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ready["status"], "ready");
+}

@@ -1,0 +1,9 @@
+//! kiln's integration tests: every one drives the real `kiln` binary (a real SQLite file, real
+//! subprocesses, HTTP on a loopback port), as a user or operator would.
+
+mod api;
+mod durability;
+mod operators;
+mod runs;
+mod schema;
+mod util;

@@ -1,0 +1,56 @@
+//! Operators query the database with `sqlite3`: the README's examples must work on a real file.
+
+use std::process::Command;
+
+use crate::util::{Server, sh};
+
+/// The `sqlite3 kiln.db ...` command lines of the README's "Querying the history" section.
+fn readme_queries() -> Vec<String> {
+    let readme = include_str!("../../README.md");
+    let section = readme
+        .split("\n## Querying the history")
+        .nth(1)
+        .expect("README has a 'Querying the history' section");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    let mut queries = Vec::new();
+    let mut lines = section.lines();
+    while let Some(line) = lines.next() {
+        if let Some(start) = line.strip_prefix("sqlite3 ") {
+            // A query may continue over lines ending in a backslash.
+            let mut command = format!("sqlite3 {start}");
+            while command.ends_with('\\') {
+                command.pop();
+                command.push('\n');
+                command.push_str(lines.next().unwrap_or_default());
+            }
+            queries.push(command);
+        }
+    }
+    queries
+}
+
+#[tokio::test]
+async fn the_readme_queries_run_against_a_real_database() {
+    let queries = readme_queries();
+    assert!(queries.len() >= 4, "{queries:?}");
+    let server = Server::start().await;
+    let ok = server.submit(sh("echo hi")).await;
+    let bad = server.submit(sh("exit 2")).await;
+    server.finished(&ok).await;
+    server.finished(&bad).await;
+    for query in queries {
+        let query = query.replace("JOB_ID", &ok);
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(&query)
+            .current_dir(server.dir.path())
+            .output()
+            .expect("run sqlite3 (apt-get install sqlite3)");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "{query}\n{stderr}"
+        );
+        assert!(!out.stdout.is_empty(), "{query} printed nothing");
+    }
+}

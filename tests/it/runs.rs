@@ -1,0 +1,241 @@
+//! Running jobs: limits, cancellation, and many jobs at once.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::util::{Server, assert_valid_history, process_exists, sh};
+
+#[tokio::test]
+async fn a_job_over_its_wall_limit_ends_timed_out_and_leaves_no_process_behind() {
+    let server = Server::start().await;
+    let id = server
+        .submit(json!({
+            "runtime": "sh",
+            "code": "sleep 60 & echo $!; sleep 60",
+            "limits": {"wall_ms": 500},
+        }))
+        .await;
+    let started = Instant::now();
+    let job = server.finished(&id).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "killed promptly"
+    );
+    assert_eq!(job["status"], "timed_out", "{job}");
+    assert_eq!(job["outcome"], "wall_time_limit");
+    let pid: i32 = job["stdout"]
+        .as_str()
+        .unwrap()
+        .trim()
+        .parse()
+        .expect("the job printed a pid");
+    assert!(
+        !process_exists(pid),
+        "the background sleep {pid} survived its job"
+    );
+}
+
+#[tokio::test]
+async fn a_cpu_bound_job_over_its_cpu_limit_ends_timed_out() {
+    let server = Server::start().await;
+    let id = server
+        .submit(json!({
+            "runtime": "sh",
+            "code": "while :; do :; done",
+            "limits": {"cpu_ms": 1000, "wall_ms": 20000},
+        }))
+        .await;
+    let job = server.finished(&id).await;
+    assert_eq!(job["status"], "timed_out", "{job}");
+    assert_eq!(job["outcome"], "cpu_time_limit");
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn an_output_flood_ends_at_the_cap_without_growing_the_server() {
+    let server = Server::start().await;
+    let warm = server.submit(sh("true")).await;
+    server.finished(&warm).await;
+    let before = rss_kb(server.pid());
+    let cap = 65_536;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let flood = json!({"runtime": "sh", "code": "yes kiln", "limits": {"output_bytes": cap}});
+        ids.push(server.submit(flood).await);
+    }
+    for id in ids {
+        let job = server.finished(&id).await;
+        assert_eq!(job["status"], "failed", "{job}");
+        assert_eq!(job["outcome"], "output_limit");
+        assert_eq!(job["stdout_truncated"], true);
+        assert_eq!(job["stdout"].as_str().unwrap().len(), cap as usize);
+    }
+    let after = rss_kb(server.pid());
+    assert!(
+        after < before + 32 * 1024,
+        "server RSS grew from {before} kB to {after} kB"
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_queued_job_ends_it_at_once_without_running_it() {
+    let server = Server::start_with(&["--workers", "1"]).await;
+    let blocker = server.submit(sh("sleep 30")).await;
+    server.running(&blocker).await;
+    let queued = server.submit(sh("echo should-not-run")).await;
+    let (status, job) = server
+        .post(&format!("/v1/jobs/{queued}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    assert_eq!(job["status"], "cancelled");
+    assert_eq!(job["attempt"], 0, "never started");
+    let types: Vec<_> = server
+        .events(&queued)
+        .await
+        .iter()
+        .map(|e| e["type"].clone())
+        .collect();
+    assert_eq!(types, vec![json!("job.queued"), json!("job.cancelled")]);
+    server
+        .post(&format!("/v1/jobs/{blocker}/cancel"), &json!({}))
+        .await;
+}
+
+#[tokio::test]
+async fn cancelling_a_running_job_kills_its_processes() {
+    let server = Server::start().await;
+    let id = server.submit(sh("echo $$ > pid; sleep 60")).await;
+    server.running(&id).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let (status, job) = server
+        .post(&format!("/v1/jobs/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    assert_eq!(job["status"], "cancelled");
+    assert_eq!(job["outcome"], "cancelled");
+    // The work directory (and with it every file of the run) goes once the process is dead.
+    let work = server.dir.path().join("work");
+    while std::fs::read_dir(&work).unwrap().next().is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the run was not stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ready = server.get("/readyz").await.1;
+    assert_eq!(ready["running"], 0, "{ready}");
+    assert_valid_history(&server.events(&id).await);
+}
+
+#[tokio::test]
+async fn cancelling_a_finished_job_is_a_conflict() {
+    let server = Server::start().await;
+    let id = server.submit(sh("true")).await;
+    server.finished(&id).await;
+    let (status, body) = server
+        .post(&format!("/v1/jobs/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(body["error"]["code"], "already_finished");
+}
+
+#[tokio::test]
+async fn five_hundred_concurrent_jobs_each_end_exactly_once_with_a_valid_history() {
+    let server = std::sync::Arc::new(Server::start().await);
+    let mut submits = tokio::task::JoinSet::new();
+    for i in 0..500 {
+        let server = std::sync::Arc::clone(&server);
+        submits.spawn(async move {
+            let code = if i % 10 == 0 {
+                "exit 1".to_owned()
+            } else {
+                format!("echo {i}")
+            };
+            (i, server.submit(sh(&code)).await)
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(joined) = submits.join_next().await {
+        ids.push(joined.unwrap());
+    }
+    assert_eq!(ids.len(), 500);
+    for (i, id) in &ids {
+        let job = server.finished(id).await;
+        let expected = if i % 10 == 0 { "failed" } else { "succeeded" };
+        assert_eq!(job["status"], expected, "{job}");
+        if i % 10 != 0 {
+            assert_eq!(job["stdout"], format!("{i}\n"));
+        }
+    }
+    // One pass over the global feed: every job has exactly one terminal event, in order.
+    let mut by_job: std::collections::HashMap<String, Vec<serde_json::Value>> = Default::default();
+    let mut after = 0;
+    loop {
+        let (_, page) = server
+            .get(&format!("/v1/events?after={after}&limit=1000"))
+            .await;
+        let events = page["events"].as_array().unwrap();
+        if events.is_empty() {
+            break;
+        }
+        for e in events {
+            by_job
+                .entry(e["job_id"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(e.clone());
+        }
+        after = page["next_after"].as_i64().unwrap();
+    }
+    assert_eq!(by_job.len(), 500);
+    for events in by_job.values() {
+        assert_valid_history(events);
+    }
+}
+
+#[tokio::test]
+async fn sigterm_lets_running_jobs_finish_within_the_grace_period() {
+    let server = Server::start_with(&["--shutdown-grace-secs", "10"]).await;
+    let id = server.submit(sh("sleep 1; echo done")).await;
+    server.running(&id).await;
+    let (status, dir) = server.terminate();
+    assert!(status.success(), "clean exit: {status:?}");
+    let conn = rusqlite::Connection::open(dir.path().join("kiln.db")).unwrap();
+    let (status, stdout): (String, String) = conn
+        .query_row(
+            "SELECT status, stdout FROM jobs WHERE id = ?1",
+            [&id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((status.as_str(), stdout.as_str()), ("succeeded", "done\n"));
+}
+
+#[tokio::test]
+async fn sigterm_requeues_jobs_that_outlast_the_grace_period() {
+    let server = Server::start_with(&["--shutdown-grace-secs", "0"]).await;
+    let id = server.submit(sh("sleep 60")).await;
+    server.running(&id).await;
+    let (status, dir) = server.terminate();
+    assert!(status.success(), "clean exit: {status:?}");
+    let conn = rusqlite::Connection::open(dir.path().join("kiln.db")).unwrap();
+    let status: String = conn
+        .query_row("SELECT status FROM jobs WHERE id = ?1", [&id], |r| r.get(0))
+        .unwrap();
+    assert_eq!(status, "queued", "requeued for the next start");
+    let last: String = conn
+        .query_row(
+            "SELECT type FROM events WHERE job_id = ?1 ORDER BY id DESC LIMIT 1",
+            [&id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(last, "job.retrying");
+}

@@ -1,0 +1,269 @@
+//! The test harness: starts the real `kiln` binary on a loopback port with its own database file
+//! and work directory, and talks to it over HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+pub struct Server {
+    child: Child,
+    _stdout: BufReader<ChildStdout>,
+    pub url: String,
+    pub dir: TempDir,
+    http: reqwest::Client,
+}
+
+impl Server {
+    /// A server with two workers on a fresh database.
+    pub async fn start() -> Server {
+        Server::start_in(TempDir::new().expect("temp dir"), &[]).await
+    }
+
+    pub async fn start_with(args: &[&str]) -> Server {
+        Server::start_in(TempDir::new().expect("temp dir"), args).await
+    }
+
+    /// Starts a server on the database in `dir` (which may already hold one).
+    pub async fn start_in(dir: TempDir, args: &[&str]) -> Server {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("server.log"))
+            .expect("log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("serve")
+            .arg("--db")
+            .arg(dir.path().join("kiln.db"))
+            .arg("--work-root")
+            .arg(dir.path().join("work"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(defaults_not_in(args))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start kiln");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .expect("read the listening line");
+        let url = line
+            .trim()
+            .strip_prefix("kiln listening on ")
+            .unwrap_or_else(|| {
+                let log =
+                    std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+                panic!("kiln did not start: {line:?}\n{log}")
+            })
+            .to_owned();
+        Server {
+            child,
+            _stdout: stdout,
+            url,
+            dir,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("kiln.db")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no shutdown, no flush, nothing.
+    pub fn kill9(mut self) -> TempDir {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+        std::mem::replace(&mut self.dir, TempDir::new().expect("temp dir"))
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, TempDir) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().expect("wait for exit");
+        let dir = std::mem::replace(&mut self.dir, TempDir::new().expect("temp dir"));
+        (status, dir)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("GET");
+        decode(response).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.post_raw(path, body.to_string().into_bytes(), &[])
+            .await
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/json")
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        decode(request.send().await.expect("POST")).await
+    }
+
+    /// Submits a job and returns its id, asserting the 202.
+    pub async fn submit(&self, job: Value) -> String {
+        let (status, body) = self.post("/v1/jobs", &job).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "submit answered {body}");
+        body["id"].as_str().expect("job id").to_owned()
+    }
+
+    /// Waits (long-poll) until the job is terminal and returns it.
+    pub async fn finished(&self, id: &str) -> Value {
+        for _ in 0..12 {
+            let (status, job) = self.get(&format!("/v1/jobs/{id}?wait=10")).await;
+            assert_eq!(status, StatusCode::OK, "{job}");
+            if is_terminal(&job["status"]) {
+                return job;
+            }
+        }
+        panic!("job {id} did not finish in 2 minutes");
+    }
+
+    /// Polls until the job is running.
+    pub async fn running(&self, id: &str) -> Value {
+        for _ in 0..1000 {
+            let (_, job) = self.get(&format!("/v1/jobs/{id}")).await;
+            if job["status"] == "running" {
+                return job;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("job {id} never started");
+    }
+
+    pub async fn events(&self, id: &str) -> Vec<Value> {
+        let (status, body) = self.get(&format!("/v1/jobs/{id}/events")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["events"].as_array().expect("events").clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two workers and node id `test`, unless the test says otherwise.
+fn defaults_not_in(args: &[&str]) -> Vec<&'static str> {
+    [("--workers", "2"), ("--node-id", "test")]
+        .into_iter()
+        .filter(|(flag, _)| !args.contains(flag))
+        .flat_map(|(flag, value)| [flag, value])
+        .collect()
+}
+
+async fn decode(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let bytes = response.bytes().await.expect("body");
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
+    (status, body)
+}
+
+pub fn is_terminal(status: &Value) -> bool {
+    ["succeeded", "failed", "timed_out", "cancelled", "error"]
+        .iter()
+        .any(|s| status == s)
+}
+
+pub fn sh(code: &str) -> Value {
+    json!({"runtime": "sh", "code": code})
+}
+
+/// Checks that a job's events are a valid path through the state machine: queued first; each
+/// start followed by a retry or the end before the next start, attempts counting up from 1;
+/// exactly one terminal event, last.
+pub fn assert_valid_history(events: &[Value]) {
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(types.first(), Some(&"job.queued"), "history {types:?}");
+    let terminal = |t: &str| {
+        matches!(
+            t,
+            "job.succeeded" | "job.failed" | "job.timed_out" | "job.cancelled" | "job.error"
+        )
+    };
+    assert_eq!(
+        types.iter().filter(|t| terminal(t)).count(),
+        1,
+        "exactly one terminal event in {types:?}"
+    );
+    assert!(
+        terminal(types.last().unwrap_or(&"")),
+        "terminal last in {types:?}"
+    );
+    let mut running: Option<u64> = None;
+    let mut attempts = 0;
+    for event in &events[1..] {
+        let attempt = event["attempt"].as_u64();
+        match event["type"].as_str().unwrap_or("?") {
+            "job.started" => {
+                assert!(running.is_none(), "started while running: {types:?}");
+                attempts += 1;
+                assert_eq!(attempt, Some(attempts), "attempts count up: {events:?}");
+                running = attempt;
+            }
+            "job.retrying" => {
+                assert_eq!(
+                    running.take(),
+                    attempt,
+                    "retry of the running attempt: {events:?}"
+                );
+            }
+            "job.cancelled" if running.is_none() => assert_eq!(attempt, None),
+            t if terminal(t) => {
+                assert!(running.is_some(), "{t} without a start: {types:?}");
+                assert_eq!(
+                    running.take(),
+                    attempt,
+                    "end of the running attempt: {events:?}"
+                );
+            }
+            t => panic!("unexpected event {t}"),
+        }
+    }
+}
+
+/// True if `pid` is alive. A zombie (dead, waiting to be reaped by an init that may never do
+/// it in a container) counts as gone.
+pub fn process_exists(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
