@@ -213,17 +213,23 @@ pub enum Rejection {
 }
 
 impl JobSpec {
-    /// Checks a request against the deployment's policy and fills in defaults.
+    /// Checks a request against the deployment's policy and fills in defaults. `source_file_of`
+    /// names the file a runtime's code is written to, or `None` for a runtime not offered here.
     pub fn validate(
         request: JobRequest,
         idempotency_key: Option<String>,
         policy: &Policy,
-        runtime_available: impl Fn(&str) -> bool,
+        source_file_of: impl Fn(&str) -> Option<String>,
     ) -> Result<JobSpec, Rejection> {
-        if !runtime_available(&request.runtime) {
+        let Some(source_file) = source_file_of(&request.runtime) else {
             return Err(Rejection::Invalid(format!(
                 "unknown runtime {:?}; GET /v1/runtimes lists the available ones",
                 request.runtime
+            )));
+        };
+        if request.files.contains_key(&source_file) {
+            return Err(Rejection::Invalid(format!(
+                "files must not contain {source_file:?}: the code is written there"
             )));
         }
         if request.code.trim().is_empty() {

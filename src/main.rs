@@ -40,7 +40,7 @@ struct ServeArgs {
     /// Address to listen on
     #[arg(long, env = "KILN_LISTEN", default_value = "127.0.0.1:8000")]
     listen: SocketAddr,
-    /// Jobs run at once [default: number of CPUs]
+    /// Jobs run at once; 0 serves the API without running jobs [default: number of CPUs]
     #[arg(long, env = "KILN_WORKERS")]
     workers: Option<usize>,
     /// Directory for the per-run work directories [default: $TMPDIR/kiln-work]
@@ -156,7 +156,7 @@ fn config_from(args: ServeArgs) -> Config {
     let mut config = Config::new(args.db);
     config.listen = args.listen;
     if let Some(workers) = args.workers {
-        config.workers = workers.max(1);
+        config.workers = workers;
     }
     if let Some(work_root) = args.work_root {
         config.work_root = work_root;

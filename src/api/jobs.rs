@@ -55,7 +55,7 @@ pub(super) async fn accept(
     key: Option<String>,
 ) -> Result<(JobId, bool), ApiError> {
     let spec = JobSpec::validate(request, key, &state.config.policy, |name| {
-        state.runtimes.get(name).is_some()
+        state.runtimes.get(name).map(|r| r.source_file.clone())
     })?;
     match state.store.submit(spec).await? {
         Submitted::Created(id) => Ok((id, false)),

@@ -208,6 +208,13 @@ async fn each_kind_of_bad_submission_gets_its_own_status_and_nothing_is_stored()
             "invalid_request",
         ),
         (
+            json!({"runtime": "sh", "code": "x", "files": {"main.sh": "x"}})
+                .to_string()
+                .into_bytes(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+        ),
+        (
             json!({"runtime": "sh", "code": "x\u{0}y"})
                 .to_string()
                 .into_bytes(),
