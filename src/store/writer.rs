@@ -165,3 +165,78 @@ fn rollback(conn: &Connection) {
         tracing::error!(error = %e, "rollback failed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn writer_on_temp_file() -> (tempfile::TempDir, Writer, JoinHandle<()>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conn = Connection::open(dir.path().join("w.db")).expect("open");
+        conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v INTEGER NOT NULL);")
+            .expect("schema");
+        let (writer, thread) = Writer::start(conn, Arc::new(Bus::default())).expect("start");
+        (dir, writer, thread)
+    }
+
+    fn insert(v: i64) -> impl FnOnce(&Connection, &mut Vec<Notice>) -> Result<(), StoreError> {
+        move |conn, _| {
+            conn.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_operation_is_undone_alone_and_the_rest_of_its_batch_commits() {
+        let (dir, writer, thread) = writer_on_temp_file();
+        // Holds the writer busy so the next three operations queue up and share one batch.
+        let blocker = writer.write(|_, _| {
+            std::thread::sleep(Duration::from_millis(200));
+            Ok(())
+        });
+        let failing = writer.write(|conn, _| {
+            conn.execute("INSERT INTO t (v) VALUES (2)", [])?;
+            conn.execute("INSERT INTO t (v) VALUES (NULL)", [])?;
+            Ok(())
+        });
+        let (a, b, c, d) = tokio::join!(
+            blocker,
+            writer.write(insert(1)),
+            failing,
+            writer.write(insert(3))
+        );
+        assert!(a.is_ok() && b.is_ok() && d.is_ok());
+        assert!(matches!(c, Err(StoreError::Sqlite(_))), "{c:?}");
+        drop(writer);
+        thread.join().expect("writer thread");
+
+        let conn = Connection::open(dir.path().join("w.db")).expect("reopen");
+        let mut stmt = conn.prepare("SELECT v FROM t ORDER BY v").expect("select");
+        let values: Vec<i64> = stmt
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(
+            values,
+            [1, 3],
+            "the failed operation's first insert was rolled back too"
+        );
+    }
+
+    #[tokio::test]
+    async fn callers_are_answered_only_after_their_write_is_committed() {
+        let (dir, writer, thread) = writer_on_temp_file();
+        writer.write(insert(7)).await.expect("write");
+        // A separate connection sees the row the moment the caller has its answer.
+        let conn = Connection::open(dir.path().join("w.db")).expect("open");
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM t WHERE v = 7", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(n, 1);
+        drop(writer);
+        thread.join().expect("writer thread");
+    }
+}
