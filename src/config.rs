@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::job::Limits;
+use crate::sandbox::SandboxConfig;
 
 /// What a submission may ask for. Defaults apply to whatever a request leaves out; maxima are hard
 /// caps (a request above one is refused, never silently clamped).
@@ -81,6 +82,7 @@ pub struct Config {
     /// Runtimes added to (or replacing) the built-in ones: name and interpreter path.
     pub extra_runtimes: Vec<(String, PathBuf)>,
     pub policy: Policy,
+    pub sandbox: SandboxConfig,
 }
 
 impl Config {
@@ -100,6 +102,7 @@ impl Config {
             max_request_bytes: 32 << 20,
             extra_runtimes: Vec::new(),
             policy: Policy::default(),
+            sandbox: SandboxConfig::default(),
         }
     }
 }

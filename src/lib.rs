@@ -29,6 +29,7 @@ pub mod config;
 pub mod job;
 pub mod runner;
 pub mod runtime;
+pub mod sandbox;
 pub mod server;
 pub mod store;
 pub mod time;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use kiln::client::{self, ClientCommand, ClientOpts};
 use kiln::config::Config;
+use kiln::sandbox::{Mode, SandboxConfig};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -58,6 +59,18 @@ struct ServeArgs {
     /// Extra runtime NAME=INTERPRETER (the code is passed as its first argument); repeatable
     #[arg(long = "runtime", value_name = "NAME=PATH", value_parser = parse_runtime)]
     runtimes: Vec<(String, PathBuf)>,
+    /// Isolation of jobs: `full` (namespaces, seccomp, Landlock, cgroups) or `none`
+    /// (development only: submitted code runs with the server's privileges)
+    #[arg(long, env = "KILN_SANDBOX", value_enum, default_value = "full")]
+    sandbox: Mode,
+    /// Extra host path bound read-only into every sandbox (e.g. another interpreter's tree);
+    /// repeatable
+    #[arg(long = "sandbox-bind", value_name = "PATH")]
+    sandbox_binds: Vec<PathBuf>,
+    /// First unprivileged host uid/gid sandboxed jobs map to (uses the next 10001)
+    #[arg(long, env = "KILN_SANDBOX_UID_BASE", default_value_t = 200_000,
+          value_parser = clap::value_parser!(u32).range(1..4_000_000_000))]
+    sandbox_uid_base: u32,
     /// Log format
     #[arg(long, env = "KILN_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -165,6 +178,11 @@ fn config_from(args: ServeArgs) -> Config {
     config.lease = Duration::from_secs(args.lease_secs.max(1));
     config.shutdown_grace = Duration::from_secs(args.shutdown_grace_secs);
     config.extra_runtimes = args.runtimes;
+    config.sandbox = SandboxConfig {
+        mode: args.sandbox,
+        extra_binds: args.sandbox_binds,
+        uid_base: args.sandbox_uid_base,
+    };
     let l = args.limits;
     let (default, max) = (
         &mut config.policy.default_limits,

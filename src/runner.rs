@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::fs::{DirBuilder, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::job::{JobId, Limits, Outcome, RunResult};
 use crate::runtime::Runtime;
+use crate::sandbox::{Launch, Sandbox, Sandboxed};
 
 /// The only `PATH` a job sees: system directories, never the server's own (which may point into a
 /// developer's home or a virtualenv).
@@ -73,20 +74,35 @@ pub enum RunError {
     Capture(#[from] tokio::task::JoinError),
 }
 
+/// How a job's process is confined.
+pub enum Isolation {
+    /// The sandbox: namespaces, filters, cgroups. The default, and the only mode for strangers.
+    Sandbox(Sandbox),
+    /// A plain subprocess with rlimits, for development on hosts that cannot sandbox.
+    Unsandboxed,
+}
+
 /// Runs jobs in fresh directories under one work root.
-#[derive(Clone, Debug)]
 pub struct Runner {
     work_root: PathBuf,
+    isolation: Isolation,
 }
 
 impl Runner {
     /// Creates `work_root` (mode 0700, as jobs' inputs and outputs pass through it) if needed.
-    pub fn new(work_root: PathBuf) -> io::Result<Runner> {
+    pub fn new(work_root: PathBuf, isolation: Isolation) -> io::Result<Runner> {
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&work_root)?;
-        Ok(Runner { work_root })
+        Ok(Runner {
+            work_root,
+            isolation,
+        })
+    }
+
+    pub fn isolation(&self) -> &Isolation {
+        &self.isolation
     }
 
     /// Runs one attempt to completion. Limits, cancellation and output floods end in an `Ok` with
@@ -107,7 +123,7 @@ impl Runner {
         };
         let output = async {
             work_dir.populate(&req).await?;
-            execute(&req, &work_dir.path, &cancel).await
+            execute(&req, &work_dir.path, &self.isolation, &cancel).await
         }
         .await;
         work_dir.remove().await;
@@ -229,6 +245,7 @@ fn remove_logged(path: &Path) {
 async fn execute(
     req: &RunRequest<'_>,
     work_dir: &Path,
+    isolation: &Isolation,
     cancel: &CancellationToken,
 ) -> Result<RunOutput, RunError> {
     let limits = req.limits;
@@ -237,25 +254,67 @@ async fn execute(
         source,
     };
     let started = Instant::now();
-    let child = spawn_process(req.runtime, work_dir, req.args, &limits).map_err(spawn_error)?;
-    // Linux pids are at most 2^22, so they fit in pid_t.
-    let pid = child.id().cast_signed();
-    let mut process = Process { pid, reaped: false };
+    let (mut process, attached) = match isolation {
+        Isolation::Unsandboxed => {
+            let child =
+                spawn_process(req.runtime, work_dir, req.args, &limits).map_err(spawn_error)?;
+            // Linux pids are at most 2^22, so they fit in pid_t.
+            let pid = child.id().cast_signed();
+            let process = Process {
+                pid,
+                reaped: false,
+                sandbox: None,
+            };
+            (process, attach(child).map_err(spawn_error)?)
+        }
+        Isolation::Sandbox(sandbox) => {
+            let entries = staged_entries(&req.runtime.source_file, req.files);
+            let staged_bytes = req.code.len() + req.files.values().map(String::len).sum::<usize>();
+            let launch = Launch {
+                name: &format!("{}-{}", req.job_id, req.attempt),
+                staging: work_dir,
+                entries: &entries,
+                staged_bytes: staged_bytes as u64,
+                program: &req.runtime.program,
+                args: job_argv(req.runtime, req.args),
+                env: job_env("/work", "/tmp"),
+                limits,
+                rlimits: rlimits(&limits, sandbox.has_memory_cgroup(), true),
+            };
+            let mut launched = tokio::time::timeout(SANDBOX_START_TIMEOUT, sandbox.launch(launch))
+                .await
+                .unwrap_or_else(|_| Err(io::Error::other("the sandbox did not start in time")))
+                .map_err(spawn_error)?;
+            let attached = attach_sandbox(&mut launched).map_err(spawn_error)?;
+            let process = Process {
+                pid: launched.started.pid,
+                reaped: false,
+                sandbox: Some(launched),
+            };
+            (process, attached)
+        }
+    };
+    let pid = process.pid;
     let wait_error = |source| RunError::Wait { pid, source };
     let Attached {
         stdin,
         stdout,
         stderr,
         exited,
-    } = attach(child).map_err(spawn_error)?;
+    } = attached;
 
     // Ends the I/O tasks however this function returns, including its future being dropped.
     let stop = CancellationToken::new();
     let _stop_io = stop.clone().drop_guard();
     let overflow = CancellationToken::new();
     let cap = usize::try_from(limits.output_bytes).unwrap_or(usize::MAX);
-    let stdout = tokio::spawn(capture(stdout, cap, overflow.clone(), stop.clone()));
-    let stderr = tokio::spawn(capture(stderr, cap, overflow.clone(), stop.clone()));
+    // Cancelled once the process is dead: a capture that hit the cap holds its pipe open until
+    // then.
+    let killed = CancellationToken::new();
+    let _killed = killed.clone().drop_guard();
+    let capture_stream = |pipe| capture(pipe, cap, overflow.clone(), killed.clone(), stop.clone());
+    let stdout = tokio::spawn(capture_stream(stdout));
+    let stderr = tokio::spawn(capture_stream(stderr));
     if req.stdin.is_empty() {
         // Closing at once gives the program EOF instead of a read that never returns.
         drop(stdin);
@@ -280,7 +339,9 @@ async fn execute(
         wait_exit(&exited).await.map_err(wait_error)?;
     }
     let (status, usage) = process.reap().map_err(wait_error)?;
+    killed.cancel();
     let wall = started.elapsed();
+    let measured = process.measure(status, &usage);
 
     let outputs = async { (stdout.await, stderr.await) };
     tokio::pin!(outputs);
@@ -293,11 +354,12 @@ async fn execute(
     };
     let (stdout, stderr) = (stdout?, stderr?);
 
-    let cpu_ms = timeval_ms(usage.ru_utime).saturating_add(timeval_ms(usage.ru_stime));
     let truncated = stdout.truncated || stderr.truncated;
     let outcome = fired
         .or(truncated.then_some(Outcome::OutputLimit))
-        .unwrap_or_else(|| exit_outcome(status, cpu_ms, &limits));
+        .or(measured.oom_killed.then_some(Outcome::MemoryLimit))
+        .unwrap_or_else(|| exit_outcome(measured.status, measured.cpu_ms, &limits));
+    let status = measured.status;
     let result = RunResult {
         exit_code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
         signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
@@ -306,15 +368,88 @@ async fn execute(
         stdout: decode(stdout.bytes),
         stderr: decode(stderr.bytes),
         wall_ms: u64::try_from(wall.as_millis()).unwrap_or(u64::MAX),
-        cpu_ms,
-        memory_kb: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+        cpu_ms: measured.cpu_ms,
+        memory_kb: measured.memory_kb,
     };
     Ok(RunOutput { outcome, result })
 }
 
-/// Starts the job's process: the one place that decides how a job is confined, so the sandbox
-/// issue can replace it wholesale. Returns a running child with piped stdio, leading its own
-/// process group (pgid = pid).
+/// How long a sandbox may take to build its root and exec the job before the run is an error.
+const SANDBOX_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The program's arguments after its own path: the runtime's flags, the source file, the job's
+/// arguments.
+fn job_argv(runtime: &Runtime, args: &[String]) -> Vec<String> {
+    let mut argv = runtime.args.clone();
+    argv.push(runtime.source_file.clone());
+    argv.extend(args.iter().cloned());
+    argv
+}
+
+/// The whole environment a job sees.
+fn job_env(home: &str, tmp: &str) -> Vec<(String, String)> {
+    vec![
+        ("PATH".into(), JOB_PATH.into()),
+        ("HOME".into(), home.into()),
+        ("TMPDIR".into(), tmp.into()),
+        ("LANG".into(), "C.UTF-8".into()),
+    ]
+}
+
+/// What gets staged for a run, relative to its work directory: every directory (ending in `/`,
+/// parents first), then the source file and the submitted files.
+fn staged_entries(source_file: &str, files: &BTreeMap<String, String>) -> Vec<String> {
+    let mut dirs = std::collections::BTreeSet::new();
+    for name in files.keys() {
+        let mut prefix = String::new();
+        let parts: Vec<&str> = name.split('/').collect();
+        for part in &parts[..parts.len().saturating_sub(1)] {
+            prefix.push_str(part);
+            prefix.push('/');
+            dirs.insert(prefix.clone());
+        }
+    }
+    // BTreeSet order puts "a/" before "a/b/": parents first.
+    let mut entries: Vec<String> = dirs.into_iter().collect();
+    entries.push(source_file.to_owned());
+    entries.extend(files.keys().cloned());
+    entries
+}
+
+/// (resource, soft, hard) for a run. The CPU soft limit sends SIGXCPU; the hard limit one second
+/// later SIGKILLs a program that catches SIGXCPU. Where a memory cgroup enforces the memory
+/// limit (and reports its kills), the address-space limit is only a backstop: runtimes reserve
+/// far more address space than they touch.
+fn rlimits(
+    limits: &Limits,
+    memory_cgroup: bool,
+    own_uid: bool,
+) -> Vec<(libc::__rlimit_resource_t, u64, u64)> {
+    let cpu_secs = limits.cpu_ms.div_ceil(1000).max(1);
+    let memory_bytes = limits.memory_mb.saturating_mul(1 << 20);
+    let address_space = if memory_cgroup {
+        memory_bytes.saturating_mul(4).max(4 << 30)
+    } else {
+        memory_bytes
+    };
+    let mut rlimits = vec![
+        (libc::RLIMIT_CPU, cpu_secs, cpu_secs.saturating_add(1)),
+        (libc::RLIMIT_AS, address_space, address_space),
+        (libc::RLIMIT_FSIZE, limits.file_bytes, limits.file_bytes),
+        (libc::RLIMIT_NOFILE, MAX_OPEN_FILES, MAX_OPEN_FILES),
+        (libc::RLIMIT_CORE, 0, 0),
+    ];
+    // RLIMIT_NPROC counts every process of the uid: only meaningful when the job has a uid of
+    // its own, as in the sandbox.
+    if own_uid {
+        rlimits.push((libc::RLIMIT_NPROC, limits.processes, limits.processes));
+    }
+    rlimits
+}
+
+/// Starts the job's process without a sandbox (development mode): own process group, cleared
+/// environment, rlimits. Returns a running child with piped stdio, leading its own process group
+/// (pgid = pid).
 ///
 /// Called on the async thread, not in `spawn_blocking`: `PR_SET_PDEATHSIG` fires when the *thread*
 /// that forked the child exits, and blocking-pool threads exit after idling, which would kill
@@ -325,30 +460,16 @@ fn spawn_process(
     args: &[String],
     limits: &Limits,
 ) -> io::Result<std::process::Child> {
-    let cpu_secs = limits.cpu_ms.div_ceil(1000).max(1);
-    let memory_bytes = limits.memory_mb.saturating_mul(1 << 20);
-    // (resource, soft, hard). The CPU soft limit sends SIGXCPU; the hard limit one second later
-    // SIGKILLs a program that catches SIGXCPU.
-    let rlimits = [
-        (libc::RLIMIT_CPU, cpu_secs, cpu_secs.saturating_add(1)),
-        (libc::RLIMIT_AS, memory_bytes, memory_bytes),
-        (libc::RLIMIT_FSIZE, limits.file_bytes, limits.file_bytes),
-        (libc::RLIMIT_NOFILE, MAX_OPEN_FILES, MAX_OPEN_FILES),
-        (libc::RLIMIT_CORE, 0, 0),
-    ];
+    let rlimits = rlimits(limits, false, false);
     let server = std::process::id().cast_signed();
 
+    let home = work_dir.to_string_lossy();
     let mut command = Command::new(&runtime.program);
     command
-        .args(&runtime.args)
-        .arg(&runtime.source_file)
-        .args(args)
+        .args(job_argv(runtime, args))
         .current_dir(work_dir)
         .env_clear()
-        .env("PATH", JOB_PATH)
-        .env("HOME", work_dir)
-        .env("TMPDIR", work_dir)
-        .env("LANG", "C.UTF-8")
+        .envs(job_env(&home, &home))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -410,6 +531,25 @@ fn attach(mut child: std::process::Child) -> io::Result<Attached> {
     })
 }
 
+/// The same for a sandbox: init's pidfd (its exit ends the run) and the job's pipes, taken over
+/// so that dropping the stdin writer gives the job EOF.
+fn attach_sandbox(sandboxed: &mut Sandboxed) -> io::Result<Attached> {
+    let started = &mut sandboxed.started;
+    let [stdin, stdout, stderr] = started
+        .stdio
+        .take()
+        .ok_or_else(|| io::Error::other("the sandbox's stdio was already taken"))?;
+    Ok(Attached {
+        stdin: pipe::Sender::from_owned_fd(stdin)?,
+        stdout: pipe::Receiver::from_owned_fd(stdout)?,
+        stderr: pipe::Receiver::from_owned_fd(stderr)?,
+        // SAFETY: the OwnedFd keeps the descriptor open for as long as the AsyncFd lives.
+        exited: unsafe {
+            AsyncFd::register_with_interest(started.pidfd.try_clone()?, Interest::READABLE)
+        }?,
+    })
+}
+
 fn pidfd_open(pid: u32) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new close-on-exec descriptor or -1.
     // The child is not reaped yet, so its pid cannot name another process.
@@ -436,16 +576,32 @@ async fn wait_exit(pidfd: &AsyncFd<OwnedFd>) -> io::Result<()> {
     pidfd.readable().await.map(|_exited| ())
 }
 
-/// The job's process until it is reaped. Dropped earlier (an error, or `run`'s future dropped), it
-/// kills the group and reaps the leader in the background, leaving neither processes nor a zombie.
+/// The job's process until it is reaped (in a sandbox: the sandbox's init). Dropped earlier (an
+/// error, or `run`'s future dropped), it kills the group and reaps the leader in the background,
+/// leaving neither processes nor a zombie.
 struct Process {
     pid: libc::pid_t,
     reaped: bool,
+    sandbox: Option<Sandboxed>,
+}
+
+/// What a run used and how the job itself ended.
+struct Measured {
+    /// The job's wait status (in a sandbox, as init reported it).
+    status: libc::c_int,
+    cpu_ms: u64,
+    memory_kb: u64,
+    oom_killed: bool,
 }
 
 impl Process {
     fn kill(&self) {
         if self.reaped {
+            return;
+        }
+        if let Some(sandbox) = &self.sandbox {
+            // init's death takes the whole pid namespace with it.
+            sandbox.kill();
             return;
         }
         // SAFETY: plain syscalls. The leader is signalled by pid as well, in case it left its
@@ -462,6 +618,44 @@ impl Process {
         self.reaped = true;
         wait4(self.pid)
     }
+
+    /// After the reap: the job's own status, and its resource use. A sandbox's cgroup counts
+    /// every process of the run exactly; rusage counts those that were waited for.
+    fn measure(&self, status: libc::c_int, usage: &libc::rusage) -> Measured {
+        let mut measured = Measured {
+            status,
+            cpu_ms: timeval_ms(usage.ru_utime).saturating_add(timeval_ms(usage.ru_stime)),
+            memory_kb: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+            oom_killed: false,
+        };
+        let Some(sandbox) = &self.sandbox else {
+            return measured;
+        };
+        if let Some(job_status) = read_job_status(&sandbox.started.status) {
+            measured.status = job_status;
+        }
+        if let Some(cgroup) = &sandbox.cgroup {
+            let used = cgroup.usage();
+            measured.oom_killed = used.oom_killed;
+            if let Some(cpu_ms) = used.cpu_ms {
+                measured.cpu_ms = cpu_ms;
+            }
+            if let Some(peak) = used.memory_peak_bytes {
+                measured.memory_kb = peak / 1024;
+            }
+        }
+        measured
+    }
+}
+
+/// The 4-byte wait status init wrote before exiting, if the job ran to its own end (init killed
+/// by a limit or a cancel wrote nothing).
+fn read_job_status(status: &OwnedFd) -> Option<libc::c_int> {
+    let mut bytes = [0u8; 4];
+    // SAFETY: reads into a live buffer from a pipe we own; init has exited, so this cannot block
+    // (the write end is closed: no data means EOF).
+    let n = unsafe { libc::read(status.as_raw_fd(), bytes.as_mut_ptr().cast(), bytes.len()) };
+    (n == 4).then(|| libc::c_int::from_ne_bytes(bytes))
 }
 
 impl Drop for Process {
@@ -509,6 +703,7 @@ async fn capture(
     mut pipe: pipe::Receiver,
     cap: usize,
     overflow: CancellationToken,
+    killed: CancellationToken,
     stop: CancellationToken,
 ) -> Captured {
     let mut bytes = Vec::new();
@@ -526,9 +721,11 @@ async fn capture(
         reserve_within(&mut bytes, keep, cap);
         bytes.extend_from_slice(&chunk[..keep]);
         if n > room {
-            // Return at once: the run is killed for this, and reading on would only let the
-            // program go on writing.
+            // Stop reading at once: the run is killed for this, and reading on would only let
+            // the program go on writing. The pipe stays open until the kill, so the program
+            // does not see EPIPE first and write a complaint to its other stream.
             overflow.cancel();
+            killed.cancelled().await;
             return Captured {
                 bytes,
                 truncated: true,
@@ -595,6 +792,7 @@ fn decode(bytes: Vec<u8>) -> String {
 mod tests {
     use super::*;
     use crate::runtime::Runtimes;
+    use crate::sandbox::SandboxConfig;
 
     static NO_FILES: BTreeMap<String, String> = BTreeMap::new();
 
@@ -614,9 +812,31 @@ mod tests {
     }
 
     impl Harness {
+        /// Runs jobs in the sandbox, as the server does.
         fn new() -> Harness {
+            static RUNNERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = RUNNERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let root = tempfile::tempdir().expect("temp dir");
-            let runner = Runner::new(root.path().join("work")).expect("runner");
+            let work_root = root.path().join("work");
+            std::fs::create_dir_all(&work_root).expect("work root");
+            let config = SandboxConfig {
+                uid_base: 3_000_000 + (std::process::id() % 64) * 1_000_000 + n * 20_000,
+                ..SandboxConfig::default()
+            };
+            let sandbox = Sandbox::new(&config, &work_root).expect("this host can sandbox");
+            Harness::with(root, Isolation::Sandbox(sandbox))
+        }
+
+        /// Runs jobs as plain subprocesses: only for tests named after the development mode.
+        fn unsandboxed() -> Harness {
+            Harness::with(
+                tempfile::tempdir().expect("temp dir"),
+                Isolation::Unsandboxed,
+            )
+        }
+
+        fn with(root: tempfile::TempDir, isolation: Isolation) -> Harness {
+            let runner = Runner::new(root.path().join("work"), isolation).expect("runner");
             Harness {
                 root,
                 runner,
@@ -648,10 +868,12 @@ mod tests {
                 .expect("job runs")
         }
 
+        /// Run directories still in the work root (the sandbox's shared mount point aside).
         fn work_dirs_left(&self) -> Vec<PathBuf> {
             std::fs::read_dir(self.work_root())
                 .expect("work root")
                 .map(|entry| entry.expect("entry").path())
+                .filter(|path| !path.ends_with(".sandbox-root"))
                 .collect()
         }
     }
@@ -756,7 +978,7 @@ mod tests {
         ]);
         let code = r#"printf '[%s]' "$@"; echo
 cat data.txt sub/dir/deep.txt
-[ "$PWD" = "$HOME" ] && [ "$PWD" = "$TMPDIR" ] && echo in-work-dir"#;
+[ "$PWD" = "$HOME" ] && echo in-work-dir"#;
         let out = h
             .run(RunRequest {
                 args: &args,
@@ -796,13 +1018,6 @@ cat data.txt sub/dir/deep.txt
     async fn the_environment_holds_only_the_allowed_variables() {
         let h = Harness::new();
         let out = h.run(h.request("sh", "printenv")).await;
-        let req_dir = out
-            .result
-            .stdout
-            .lines()
-            .find_map(|line| line.strip_prefix("HOME="))
-            .expect("HOME set")
-            .to_owned();
         let mut env: Vec<&str> = out.result.stdout.lines().collect();
         // dash exports PWD itself; it did not come from the server.
         env.retain(|line| !line.starts_with("PWD="));
@@ -810,18 +1025,26 @@ cat data.txt sub/dir/deep.txt
         assert_eq!(
             env,
             [
-                format!("HOME={req_dir}"),
-                "LANG=C.UTF-8".to_owned(),
-                "PATH=/usr/local/bin:/usr/bin:/bin".to_owned(),
-                format!("TMPDIR={req_dir}"),
+                "HOME=/work",
+                "LANG=C.UTF-8",
+                "PATH=/usr/local/bin:/usr/bin:/bin",
+                "TMPDIR=/tmp",
             ]
         );
-        assert!(Path::new(&req_dir).starts_with(h.work_root()));
     }
 
     #[tokio::test]
-    async fn the_wall_limit_kills_a_sleeping_job_and_its_background_children() {
-        let h = Harness::new();
+    async fn in_development_mode_the_environment_points_at_the_run_directory() {
+        let h = Harness::unsandboxed();
+        let out = h.run(h.request("sh", "echo \"$HOME $TMPDIR\"")).await;
+        let (home, tmp) = out.result.stdout.trim().split_once(' ').expect("two paths");
+        assert_eq!(home, tmp);
+        assert!(Path::new(home).starts_with(h.work_root()), "{home}");
+    }
+
+    #[tokio::test]
+    async fn in_development_mode_the_wall_limit_kills_the_job_and_its_background_children() {
+        let h = Harness::unsandboxed();
         let started = Instant::now();
         let out = h
             .run(RunRequest {
@@ -845,8 +1068,8 @@ cat data.txt sub/dir/deep.txt
     }
 
     #[tokio::test]
-    async fn a_process_that_escaped_the_group_does_not_hold_the_run_open() {
-        let h = Harness::new();
+    async fn in_development_mode_a_process_that_escaped_the_group_does_not_hold_the_run_open() {
+        let h = Harness::unsandboxed();
         let started = Instant::now();
         // setsid leaves the process group while keeping stdout open.
         let out = h
@@ -987,8 +1210,8 @@ cat data.txt sub/dir/deep.txt
     }
 
     #[tokio::test]
-    async fn dropping_a_run_kills_its_process_and_removes_its_directory() {
-        let h = Harness::new();
+    async fn in_development_mode_dropping_a_run_kills_its_process_and_removes_its_directory() {
+        let h = Harness::unsandboxed();
         let pid_file = h.root.path().join("pid");
         let code = format!("echo $$ > {}; sleep 30", pid_file.display());
         let run = h.run(h.request("sh", &code));
@@ -1028,11 +1251,11 @@ cat data.txt sub/dir/deep.txt
     }
 
     #[test]
-    fn a_new_runner_creates_a_private_work_root() {
+    fn in_development_mode_a_new_runner_creates_a_private_work_root() {
         use std::os::unix::fs::PermissionsExt;
         let root = tempfile::tempdir().expect("temp dir");
         let work_root = root.path().join("a/b");
-        Runner::new(work_root.clone()).expect("runner");
+        Runner::new(work_root.clone(), Isolation::Unsandboxed).expect("runner");
         let mode = std::fs::metadata(&work_root)
             .expect("created")
             .permissions()

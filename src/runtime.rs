@@ -114,6 +114,19 @@ impl Runtimes {
         self.by_name.get(name)
     }
 
+    /// Withdraws the runtimes whose interpreter `visible` says jobs cannot reach (outside what the
+    /// sandbox binds), naming each in the log.
+    pub fn retain_visible(&mut self, visible: impl Fn(&Path) -> bool) {
+        self.by_name.retain(|name, runtime| {
+            let keep = visible(&runtime.program);
+            if !keep {
+                tracing::warn!(runtime = %name, program = %runtime.program.display(),
+                    "interpreter not visible inside the sandbox; runtime not offered");
+            }
+            keep
+        });
+    }
+
     /// In name order, so listings are stable.
     pub fn iter(&self) -> impl Iterator<Item = &Runtime> {
         self.by_name.values()

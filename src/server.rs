@@ -11,8 +11,9 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
-use crate::runner::Runner;
+use crate::runner::{Isolation, Runner};
 use crate::runtime::Runtimes;
+use crate::sandbox::{Mode, Sandbox, SandboxError};
 use crate::store::{Store, StoreError};
 use crate::worker::{Running, Stopping, Workers};
 
@@ -40,6 +41,28 @@ pub enum ServerError {
     Http(std::io::Error),
     #[error("no runtime is available on this host (looked for python3, bash, sh)")]
     NoRuntimes,
+    #[error(
+        "{0}; refusing to run jobs without it (--sandbox none turns it off, for development only)"
+    )]
+    Sandbox(#[from] SandboxError),
+}
+
+/// Probes the sandbox, or loudly does without it when the operator said so.
+fn isolation(config: &Config) -> Result<Isolation, ServerError> {
+    match config.sandbox.mode {
+        Mode::Full => {
+            let sandbox = Sandbox::new(&config.sandbox, &config.work_root)?;
+            tracing::info!(sandbox = ?sandbox.report(), "sandbox ready");
+            Ok(Isolation::Sandbox(sandbox))
+        }
+        Mode::None => {
+            tracing::warn!(
+                "SANDBOX DISABLED (--sandbox none): submitted code runs as a plain subprocess of \
+                 this server, with its privileges. Development only: never expose this server."
+            );
+            Ok(Isolation::Unsandboxed)
+        }
+    }
 }
 
 /// Runs the service until `shutdown` resolves, then stops it cleanly. `on_listening` is told the
@@ -50,13 +73,24 @@ pub async fn run(
     on_listening: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), ServerError> {
     let config = Arc::new(config);
-    let runtimes = Arc::new(Runtimes::detect(&config.extra_runtimes));
+    let mut runtimes = Runtimes::detect(&config.extra_runtimes);
+    let isolation = isolation(&config)?;
+    if let Isolation::Sandbox(sandbox) = &isolation {
+        runtimes.retain_visible(|program| sandbox.can_see(program));
+    }
+    let runtimes = Arc::new(runtimes);
     if runtimes.is_empty() {
         return Err(ServerError::NoRuntimes);
     }
-    let runner = Runner::new(config.work_root.clone()).map_err(|source| ServerError::WorkRoot {
-        path: config.work_root.clone(),
-        source,
+    let sandbox_report = match &isolation {
+        Isolation::Sandbox(sandbox) => serde_json::to_value(sandbox.report()).unwrap_or_default(),
+        Isolation::Unsandboxed => serde_json::json!({"level": "none"}),
+    };
+    let runner = Runner::new(config.work_root.clone(), isolation).map_err(|source| {
+        ServerError::WorkRoot {
+            path: config.work_root.clone(),
+            source,
+        }
     })?;
     let readers = u32::try_from(config.workers + 4).unwrap_or(16);
     let (store, writer_thread) =
@@ -101,6 +135,7 @@ pub async fn run(
     drop(workers);
 
     let state = AppState {
+        sandbox: Arc::new(sandbox_report),
         store,
         runtimes: Arc::clone(&runtimes),
         running,

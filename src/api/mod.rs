@@ -38,6 +38,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Cancelled when the server begins to shut down: long-polls answer at once.
     pub stopping: CancellationToken,
+    /// What the sandbox found this host supports, for `/readyz`.
+    pub sandbox: Arc<serde_json::Value>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -125,6 +127,7 @@ async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
         "status": "ready",
         "database": pragmas,
         "runtimes": names,
+        "sandbox": *state.sandbox,
         "workers": state.config.workers,
         "running": state.running.len(),
     })))

@@ -12,6 +12,8 @@ use tempfile::TempDir;
 
 pub struct Server {
     child: Child,
+    /// The host uids this server's sandboxed jobs run as: `uid_base..uid_base + UID_SPAN`.
+    pub uid_base: u32,
     _stdout: BufReader<ChildStdout>,
     pub url: String,
     pub dir: TempDir,
@@ -30,6 +32,7 @@ impl Server {
 
     /// Starts a server on the database in `dir` (which may already hold one).
     pub async fn start_in(dir: TempDir, args: &[&str]) -> Server {
+        let uid_base = next_uid_base();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -42,6 +45,7 @@ impl Server {
             .arg("--work-root")
             .arg(dir.path().join("work"))
             .args(["--listen", "127.0.0.1:0"])
+            .args(["--sandbox-uid-base", &uid_base.to_string()])
             .args(defaults_not_in(args))
             .args(args)
             .env("RUST_LOG", "info")
@@ -66,6 +70,7 @@ impl Server {
             .to_owned();
         Server {
             child,
+            uid_base,
             _stdout: stdout,
             url,
             dir,
@@ -256,14 +261,38 @@ pub fn assert_valid_history(events: &[Value]) {
     }
 }
 
-/// True if `pid` is alive. A zombie (dead, waiting to be reaped by an init that may never do
-/// it in a container) counts as gone.
-pub fn process_exists(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
+/// Host uids one server's jobs may use (its sandbox maps into 10,001 of them).
+pub const UID_SPAN: u32 = 10_001;
+
+/// A uid range no other server of this test run uses, so that "no process of this server's jobs
+/// is left" can be checked while other tests run jobs too.
+fn next_uid_base() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    400_000 + (std::process::id() % 64) * 40_000_000 + n * (UID_SPAN + 1)
+}
+
+/// Live (not zombie) processes whose real uid lies in `range`: what jobs left behind.
+pub fn processes_of_uids(range: std::ops::Range<u32>) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.split_whitespace().next().unwrap_or("").to_owned())
+        };
+        let uid = field("Uid:").and_then(|u| u.parse::<u32>().ok());
+        let zombie = field("State:").is_some_and(|s| s == "Z");
+        if uid.is_some_and(|u| range.contains(&u)) && !zombie {
+            found.push(pid);
+        }
     }
+    found
 }

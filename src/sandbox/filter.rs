@@ -1,0 +1,1124 @@
+//! The seccomp filter and the Landlock ruleset that confine a job's process from its `execve` on.
+//!
+//! This module owns *what* the kernel refuses a job once it runs: the system calls it may not make
+//! (seccomp) and the files it may not write (Landlock). Namespaces, mounts, ids and rlimits are
+//! [`super::namespace`]'s; this module only builds the two filters and applies them.
+//!
+//! # Why it is split between parent and child
+//!
+//! A job is started with a raw `clone()` from the multi-threaded server. Until its `execve`, the
+//! child may only make raw system calls: another thread of the parent may have held the allocator's
+//! lock (or any other) at the moment of the clone, and the child would deadlock on it. So
+//! everything that allocates happens in the parent:
+//!
+//! - [`Filters::new`], once at startup: compiles the seccomp programs with `seccompiler` and asks
+//!   the kernel for its Landlock ABI.
+//! - [`Filters::prepare_landlock`], once per run: creates the Landlock ruleset (an fd) that says
+//!   which accesses are restricted.
+//! - [`apply_in_child`], in the child right before `execve`: only `prctl`, `open`, `fstat`,
+//!   `close`, `landlock_add_rule`, `landlock_restrict_self` and `seccomp`, on data built above. It
+//!   does not use `seccompiler::apply_filter`, which is signal-safe today but builds `io::Error`s
+//!   and sets `PR_SET_NO_NEW_PRIVS` itself; the raw call keeps the child's contract obvious.
+//!
+//! # Seccomp policy
+//!
+//! Everything is allowed except what a submitted program never needs and what would widen the
+//! kernel attack surface a job can reach. Refused with `EPERM` unless noted:
+//!
+//! | system call | why |
+//! | --- | --- |
+//! | `ptrace` | inspecting or steering other processes (and the classic seccomp bypass) |
+//! | `process_vm_readv`, `process_vm_writev` | reading or writing another process's memory |
+//! | `mount`, `umount2`, `pivot_root`, `chroot` | changing the filesystem view the sandbox built |
+//! | `fsopen`, `fsconfig`, `fsmount`, `fspick`, `move_mount`, `open_tree`, `mount_setattr` | the new mount API: the same as `mount`, by other means |
+//! | `unshare`, `setns` | new or other namespaces: a job must stay in the ones it was given |
+//! | `clone` with any `CLONE_NEW*` flag | the same via `clone`; plain `fork` and threads stay allowed |
+//! | `clone3` (`ENOSYS`) | its flags sit in memory seccomp cannot read; `ENOSYS` makes glibc fall back to `clone`, which is filtered by flags |
+//! | `bpf` | loading BPF programs: a large, often-exploited kernel surface |
+//! | `perf_event_open` | profiling other code, side channels, a history of kernel bugs |
+//! | `userfaultfd` | a tool to win kernel race conditions in exploits |
+//! | `keyctl`, `add_key`, `request_key` | kernel keyrings are not namespaced |
+//! | `kexec_load`, `kexec_file_load` | replacing the running kernel |
+//! | `init_module`, `finit_module`, `delete_module` | loading or removing kernel modules |
+//! | `reboot` | rebooting or halting |
+//! | `swapon`, `swapoff` | host swap configuration |
+//! | `acct` | host process accounting |
+//! | `settimeofday`, `clock_settime`, `clock_adjtime`, `adjtimex` | the clock is not namespaced |
+//! | `syslog` | reading or clearing the kernel log |
+//! | `open_by_handle_at`, `name_to_handle_at` | opening files by handle bypasses path-based confinement |
+//! | `io_uring_setup`, `io_uring_enter`, `io_uring_register` | system calls that seccomp never sees, and a large kernel surface |
+//! | `quotactl` | filesystem quota administration |
+//! | `sethostname`, `setdomainname` | host identity (no need, even in a UTS namespace) |
+//! | `iopl`, `ioperm` (x86-64) | raw I/O port access |
+//! | `vhangup` | hanging up a terminal |
+//! | `lookup_dcookie` | kernel profiling internals |
+//! | `personality`, except `PER_LINUX` and the `0xffffffff` query | flags such as `READ_IMPLIES_EXEC` and `ADDR_NO_RANDOMIZE` weaken exploit mitigations |
+//! | `socket` with a family other than `AF_UNIX` (`EAFNOSUPPORT`) | no network; with [`FilterPolicy::allow_network`], other than `AF_UNIX`, `AF_INET`, `AF_INET6`, `AF_NETLINK` (raw packet, Bluetooth, VSOCK, crypto sockets…). `socketpair` stays allowed |
+//! | any call of another ABI (killed) | every program carries `seccompiler`'s check of the audit architecture, so i386 `int 0x80` calls kill the process; on x86-64 a number with the x32 bit (`0x4000_0000`, or above) does too, since x32 shares the x86-64 audit architecture and would bypass checks by number |
+//!
+//! `EAFNOSUPPORT` rather than `EPERM` for sockets because programs (and resolvers) read it as "no
+//! such network here" and carry on.
+//!
+//! `seccompiler` gives one filter a single action on match, so each action is its own program
+//! (`EPERM`, `ENOSYS`, `EAFNOSUPPORT`, plus the x32 guard); they match disjoint system calls, so
+//! the kernel's rule that the strictest result of all installed filters wins yields the table.
+//!
+//! # Landlock
+//!
+//! The ruleset handles every filesystem access the kernel's ABI defines (as far as the `landlock`
+//! crate knows them), plus all network accesses Landlock can restrict (TCP bind/connect from ABI 4)
+//! unless the network is allowed. The child grants read, list and execute beneath the read roots,
+//! and everything beneath the writable roots; all else is refused with `EACCES`. No port rule is
+//! added, so a handled TCP bind/connect is refused too (a second wall behind the socket filter).
+//! Landlock applies on top of the mounts, so a read-only bind stays read-only whatever is granted.
+
+use std::collections::BTreeMap;
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{OwnedFd, RawFd};
+
+use landlock::{
+    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetError,
+};
+use seccompiler::{
+    BackendError, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch, sock_filter,
+};
+
+/// What a deployment may let jobs do beyond the fixed policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilterPolicy {
+    /// Allow IP (and netlink) sockets and leave TCP out of the Landlock ruleset. Off by default:
+    /// jobs get `AF_UNIX` only.
+    pub allow_network: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("cannot compile the seccomp filter: {0}")]
+    Seccomp(#[from] BackendError),
+    #[error("cannot ask the kernel for its Landlock ABI: {0}")]
+    LandlockProbe(io::Error),
+    #[error("cannot create the Landlock ruleset: {0}")]
+    Landlock(#[from] RulesetError),
+    #[error("the kernel reports Landlock ABI {0} but created no ruleset")]
+    NoRuleset(u32),
+}
+
+/// A step of [`apply_in_child`] that failed, and its errno. Plain data, so that the child can
+/// report it through a pipe without allocating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{step} failed: {}", io::Error::from_raw_os_error(*.errno))]
+pub struct ChildError {
+    pub step: &'static str,
+    pub errno: i32,
+}
+
+/// The filters of one policy, built in the parent. Shared by every run.
+#[derive(Debug)]
+pub struct Filters {
+    /// Installed in this order; see the module doc for why there are several.
+    seccomp: Vec<BpfProgram>,
+    /// `None` when the kernel has no Landlock.
+    landlock: Option<LandlockAccess>,
+}
+
+/// The Landlock access masks for the kernel's ABI, computed once so that the child only copies
+/// integers into `landlock_add_rule`.
+#[derive(Clone, Copy, Debug)]
+struct LandlockAccess {
+    /// What the kernel reported, for [`Filters::landlock_abi`].
+    kernel_abi: u32,
+    /// The same ABI as the `landlock` crate knows it (capped at the newest it knows).
+    abi: ABI,
+    /// Every handled filesystem access: what writable roots get.
+    all: u64,
+    /// Read a file, list a directory, execute: what read roots get.
+    read_exec: u64,
+    /// The accesses that apply to a non-directory; the kernel refuses a rule on a file that
+    /// grants directory accesses, so a root that is a file (`/dev/null`) is masked with this.
+    file: u64,
+    handle_network: bool,
+}
+
+/// `landlock_create_ruleset` flag: return the ABI version instead of creating a ruleset.
+const LANDLOCK_CREATE_RULESET_VERSION: libc::c_ulong = 1;
+/// `landlock_add_rule` rule type for `struct landlock_path_beneath_attr`.
+const LANDLOCK_RULE_PATH_BENEATH: libc::c_ulong = 1;
+
+/// `struct landlock_path_beneath_attr`, which the kernel declares packed.
+#[repr(C, packed)]
+struct PathBeneathAttr {
+    allowed_access: u64,
+    parent_fd: i32,
+}
+
+/// `struct sock_fprog`, pointing at a `seccompiler` program (whose `sock_filter` has the kernel's
+/// layout).
+#[repr(C)]
+struct SockFprog {
+    len: libc::c_ushort,
+    filter: *const sock_filter,
+}
+
+/// Denied with `EPERM` whatever the arguments. Reasons: the table in the module doc.
+const DENIED: &[libc::c_long] = &[
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_chroot,
+    libc::SYS_fsopen,
+    libc::SYS_fsconfig,
+    libc::SYS_fsmount,
+    libc::SYS_fspick,
+    libc::SYS_move_mount,
+    libc::SYS_open_tree,
+    libc::SYS_mount_setattr,
+    libc::SYS_unshare,
+    libc::SYS_setns,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_userfaultfd,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_reboot,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_acct,
+    libc::SYS_settimeofday,
+    libc::SYS_clock_settime,
+    libc::SYS_clock_adjtime,
+    libc::SYS_adjtimex,
+    libc::SYS_syslog,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_name_to_handle_at,
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+    libc::SYS_quotactl,
+    libc::SYS_sethostname,
+    libc::SYS_setdomainname,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_iopl,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_ioperm,
+    libc::SYS_vhangup,
+    libc::SYS_lookup_dcookie,
+];
+
+/// Every flag that makes `clone` create a namespace. `CLONE_NEWTIME` is absent on purpose: its bit
+/// (0x80) is part of the exit signal in `clone`'s flags, and a time namespace can only be made
+/// with `clone3` or `unshare`, both refused.
+const CLONE_NEW_FLAGS: &[libc::c_int] = &[
+    libc::CLONE_NEWNS,
+    libc::CLONE_NEWCGROUP,
+    libc::CLONE_NEWUTS,
+    libc::CLONE_NEWIPC,
+    libc::CLONE_NEWUSER,
+    libc::CLONE_NEWPID,
+    libc::CLONE_NEWNET,
+];
+
+/// The `personality` values a job may pass: `PER_LINUX` (what it already has) and the query.
+const PERSONALITY_ALLOWED: &[u64] = &[0, 0xffff_ffff];
+
+impl Filters {
+    /// Compiles the seccomp programs for this machine's architecture and asks the kernel for its
+    /// Landlock ABI. Call once, at startup.
+    pub fn new(policy: &FilterPolicy) -> Result<Filters, FilterError> {
+        let arch = TargetArch::try_from(std::env::consts::ARCH)?;
+        // `mut` is for x86-64's extra program only.
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+        let mut seccomp = vec![
+            compile(denied_with_eperm()?, libc::EPERM, arch)?,
+            compile(
+                BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
+                libc::ENOSYS,
+                arch,
+            )?,
+            compile(
+                socket_families(policy.allow_network)?,
+                libc::EAFNOSUPPORT,
+                arch,
+            )?,
+        ];
+        #[cfg(target_arch = "x86_64")]
+        seccomp.push(x32_guard());
+        let landlock = kernel_landlock_abi()?
+            .map(|kernel_abi| LandlockAccess::new(kernel_abi, !policy.allow_network));
+        Ok(Filters { seccomp, landlock })
+    }
+
+    /// The kernel's Landlock ABI version; `None` when it has no Landlock (not built in, or not
+    /// enabled at boot), in which case a run's files are confined by its mounts alone.
+    pub fn landlock_abi(&self) -> Option<u32> {
+        self.landlock.map(|access| access.kernel_abi)
+    }
+
+    /// Creates one run's Landlock ruleset, for [`apply_in_child`] to fill and enforce. Its fd is
+    /// close-on-exec; drop it once the child has been started. `None` if the kernel has no
+    /// Landlock.
+    pub fn prepare_landlock(&self) -> Result<Option<OwnedFd>, FilterError> {
+        let Some(access) = self.landlock else {
+            return Ok(None);
+        };
+        // A hard requirement: the accesses asked for are exactly those of the kernel's ABI, so
+        // anything the crate would silently drop in its default best-effort mode is a bug here.
+        let mut ruleset = Ruleset::default()
+            .set_compatibility(CompatLevel::HardRequirement)
+            .handle_access(AccessFs::from_all(access.abi))?;
+        let network = AccessNet::from_all(access.abi);
+        if access.handle_network && !network.is_empty() {
+            ruleset = ruleset.handle_access(network)?;
+        }
+        let fd: Option<OwnedFd> = ruleset.create()?.into();
+        fd.map(Some)
+            .ok_or(FilterError::NoRuleset(access.kernel_abi))
+    }
+}
+
+impl LandlockAccess {
+    fn new(kernel_abi: u32, handle_network: bool) -> LandlockAccess {
+        // The crate only offers this conversion for tests, preferring ABIs fixed at build time.
+        // Here following the running kernel is the point: a job must not keep a right that the
+        // kernel could take away, and newer rights are granted in writable roots anyway.
+        let abi = ABI::from(i32::try_from(kernel_abi).unwrap_or(i32::MAX));
+        LandlockAccess {
+            kernel_abi,
+            abi,
+            all: AccessFs::from_all(abi).bits(),
+            read_exec: AccessFs::from_read(abi).bits(),
+            file: AccessFs::from_file(abi).bits(),
+            handle_network,
+        }
+    }
+}
+
+/// Restricts the calling process for good: sets `PR_SET_NO_NEW_PRIVS`, fills the Landlock ruleset
+/// from `prepare_landlock` with the roots and enforces it, then installs the seccomp programs
+/// (last, since they may refuse calls the steps before need). Only raw system calls: safe
+/// between `clone`/`fork` and `execve` in a multi-threaded program.
+///
+/// `read_exec_roots` get read, list and execute beneath them; `writable_roots` every access. Both
+/// are paths in the child's own root (after `pivot_root`); a root may also be a file, such as
+/// `/dev/null`. A root that cannot be opened fails the call rather than being skipped.
+///
+/// Landlock is all or nothing: a `landlock` fd while the kernel has none, or none while it has
+/// one, is refused (`EINVAL`) rather than running the job with less confinement than planned.
+///
+/// # Safety
+///
+/// Call it in a child that is about to `execve` (after `clone` or `fork`) and in which no other
+/// thread runs: every restriction here applies to the calling thread and what it starts
+/// afterwards, so elsewhere it would leave other threads unconfined and confine the caller for
+/// the rest of its life. `landlock` must be the (still open) fd returned by
+/// [`Filters::prepare_landlock`] on the same `filters`.
+pub unsafe fn apply_in_child(
+    filters: &Filters,
+    landlock: Option<RawFd>,
+    read_exec_roots: &[&CStr],
+    writable_roots: &[&CStr],
+) -> Result<(), ChildError> {
+    // Variadic prctl: pass full-width zeros, or the kernel may see garbage in the upper halves
+    // and refuse with EINVAL.
+    let (one, zero): (libc::c_ulong, libc::c_ulong) = (1, 0);
+    // SAFETY: integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, one, zero, zero, zero) } != 0 {
+        return Err(ChildError::last("prctl(PR_SET_NO_NEW_PRIVS)"));
+    }
+    match (filters.landlock, landlock) {
+        (Some(access), Some(ruleset)) => {
+            for root in read_exec_roots {
+                add_path_rule(ruleset, root, access.read_exec, access.file)?;
+            }
+            for root in writable_roots {
+                add_path_rule(ruleset, root, access.all, access.file)?;
+            }
+            // SAFETY: integer arguments only.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_landlock_restrict_self,
+                    libc::c_long::from(ruleset),
+                    zero,
+                )
+            };
+            if rc != 0 {
+                return Err(ChildError::last("landlock_restrict_self"));
+            }
+        }
+        (None, None) => {}
+        _ => {
+            return Err(ChildError {
+                step: "match the Landlock ruleset to the kernel",
+                errno: libc::EINVAL,
+            });
+        }
+    }
+    for program in &filters.seccomp {
+        let fprog = SockFprog {
+            // seccompiler refuses programs longer than the kernel's 4096 instructions.
+            len: program.len() as libc::c_ushort,
+            filter: program.as_ptr(),
+        };
+        // SAFETY: `fprog` points at a live program; the kernel copies it before returning.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::c_ulong::from(libc::SECCOMP_SET_MODE_FILTER),
+                zero,
+                &fprog as *const SockFprog,
+            )
+        };
+        if rc != 0 {
+            return Err(ChildError::last("seccomp(SECCOMP_SET_MODE_FILTER)"));
+        }
+    }
+    Ok(())
+}
+
+impl ChildError {
+    /// The failed step with the errno the last call left. Reads errno directly: no `io::Error`.
+    fn last(step: &'static str) -> ChildError {
+        // SAFETY: __errno_location returns this thread's errno slot, valid for the thread's life.
+        let errno = unsafe { *libc::__errno_location() };
+        ChildError { step, errno }
+    }
+}
+
+/// Adds a `PATH_BENEATH` rule granting `allowed` beneath `path` (only its file accesses if `path`
+/// is not a directory). Raw calls only; the path's fd is closed whatever happens.
+fn add_path_rule(
+    ruleset: RawFd,
+    path: &CStr,
+    allowed: u64,
+    file_accesses: u64,
+) -> Result<(), ChildError> {
+    // O_PATH: the rule needs an fd naming the inode, not read permission on it.
+    // SAFETY: `path` is NUL-terminated by construction.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(ChildError::last("open a Landlock root"));
+    }
+    let result = add_rule_for_fd(ruleset, fd, allowed, file_accesses);
+    // SAFETY: closes the fd opened above, which nothing else holds.
+    unsafe { libc::close(fd) };
+    result
+}
+
+fn add_rule_for_fd(
+    ruleset: RawFd,
+    fd: RawFd,
+    allowed: u64,
+    file_accesses: u64,
+) -> Result<(), ChildError> {
+    // SAFETY: `stat` is plain data, for which all zeroes is a valid value.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `stat` is a live, writable buffer of the right type.
+    if unsafe { libc::fstat(fd, &mut stat) } != 0 {
+        return Err(ChildError::last("fstat a Landlock root"));
+    }
+    let is_dir = stat.st_mode & libc::S_IFMT == libc::S_IFDIR;
+    let attr = PathBeneathAttr {
+        allowed_access: if is_dir {
+            allowed
+        } else {
+            allowed & file_accesses
+        },
+        parent_fd: fd,
+    };
+    // SAFETY: `attr` is live for the call and has the kernel's layout.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_add_rule,
+            libc::c_long::from(ruleset),
+            LANDLOCK_RULE_PATH_BENEATH,
+            &attr as *const PathBeneathAttr,
+            0 as libc::c_ulong,
+        )
+    };
+    if rc != 0 {
+        return Err(ChildError::last("landlock_add_rule"));
+    }
+    Ok(())
+}
+
+/// Asks the kernel for its Landlock ABI version. ENOSYS (not built in) and EOPNOTSUPP (not enabled
+/// at boot) mean no Landlock; any other error (say, an outer seccomp filter) is reported rather
+/// than taken for "no Landlock", which would quietly drop filesystem confinement.
+fn kernel_landlock_abi() -> Result<Option<u32>, FilterError> {
+    // SAFETY: with no attribute, size 0 and the VERSION flag the kernel only returns a number.
+    let version = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0 as libc::size_t,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    if version > 0 {
+        return Ok(Some(u32::try_from(version).unwrap_or(u32::MAX)));
+    }
+    let error = io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::ENOSYS | libc::EOPNOTSUPP) => Ok(None),
+        _ => Err(FilterError::LandlockProbe(error)),
+    }
+}
+
+/// One seccomp program: allow everything except `rules`, which fail with `errno`.
+fn compile(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    errno: i32,
+    arch: TargetArch,
+) -> Result<BpfProgram, FilterError> {
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(errno.unsigned_abs()),
+        arch,
+    )?;
+    Ok(BpfProgram::try_from(filter)?)
+}
+
+/// The `EPERM` program's rules: the unconditional list, `clone` with a namespace flag (one rule
+/// per flag, since seccompiler's rules are OR-ed and its conditions AND-ed), and `personality`
+/// with anything but the allowed values.
+fn denied_with_eperm() -> Result<BTreeMap<i64, Vec<SeccompRule>>, FilterError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        DENIED.iter().map(|&nr| (nr, Vec::new())).collect();
+    // Only the low 32 bits of clone's flags carry flags (the kernel truncates them), hence Dword.
+    let clone_new = CLONE_NEW_FLAGS
+        .iter()
+        .map(|&flag| {
+            let flag = u64::from(flag.unsigned_abs());
+            let condition = SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::MaskedEq(flag),
+                flag,
+            )?;
+            SeccompRule::new(vec![condition])
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    rules.insert(libc::SYS_clone, clone_new);
+    rules.insert(
+        libc::SYS_personality,
+        vec![all_differ_from(PERSONALITY_ALLOWED)?],
+    );
+    Ok(rules)
+}
+
+/// The `EAFNOSUPPORT` program's rule: `socket` with a family outside the allowed ones.
+fn socket_families(allow_network: bool) -> Result<BTreeMap<i64, Vec<SeccompRule>>, FilterError> {
+    let families: &[libc::c_int] = if allow_network {
+        &[
+            libc::AF_UNIX,
+            libc::AF_INET,
+            libc::AF_INET6,
+            libc::AF_NETLINK,
+        ]
+    } else {
+        &[libc::AF_UNIX]
+    };
+    let families: Vec<u64> = families
+        .iter()
+        .map(|&family| u64::from(family.unsigned_abs()))
+        .collect();
+    Ok(BTreeMap::from([(
+        libc::SYS_socket,
+        vec![all_differ_from(&families)?],
+    )]))
+}
+
+/// A rule matching when the first argument (an `int`, so compared on 32 bits) is none of `values`.
+fn all_differ_from(values: &[u64]) -> Result<SeccompRule, FilterError> {
+    let conditions = values
+        .iter()
+        .map(|&value| SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, value))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(SeccompRule::new(conditions)?)
+}
+
+/// Kills the process on any system call number with the x32 bit set (or above it: the negative
+/// numbers, which no real program uses). x32 calls carry the x86-64 audit architecture, so
+/// seccompiler's architecture check lets them through, and every check by number would then be
+/// bypassed by adding 0x4000_0000 on kernels built with x32 support. seccompiler can only match
+/// exact numbers, hence these four hand-written instructions.
+#[cfg(target_arch = "x86_64")]
+fn x32_guard() -> BpfProgram {
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    /// `offsetof(struct seccomp_data, nr)`.
+    const NR_OFFSET: u32 = 0;
+    let instruction = |code: u32, jt: u8, jf: u8, k: u32| sock_filter {
+        // BPF opcodes fit in 16 bits; libc declares them as u32.
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    vec![
+        instruction(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, NR_OFFSET),
+        instruction(
+            libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K,
+            0,
+            1,
+            X32_SYSCALL_BIT,
+        ),
+        instruction(
+            libc::BPF_RET | libc::BPF_K,
+            0,
+            0,
+            libc::SECCOMP_RET_KILL_PROCESS,
+        ),
+        instruction(libc::BPF_RET | libc::BPF_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::ffi::CString;
+    use std::fmt::Write as _;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    use std::path::Path;
+    use std::process::{Command, Output};
+    use std::sync::Arc;
+
+    /// Never `python3` on PATH: it may be a slow shim.
+    const PYTHON: &str = "/usr/bin/python3";
+
+    fn filters(allow_network: bool) -> Arc<Filters> {
+        Arc::new(Filters::new(&FilterPolicy { allow_network }).expect("build the filters"))
+    }
+
+    fn landlock_or_note(filters: &Filters) -> bool {
+        let available = filters.landlock_abi().is_some();
+        if !available {
+            println!("note: this kernel has no Landlock; skipping the Landlock assertions");
+        }
+        available
+    }
+
+    /// Runs `program` under the filters, with `/` readable and executable and `writable` (plus
+    /// `/dev/null`) writable: the filters alone, without the sandbox's namespaces.
+    fn run_filtered(
+        filters: &Arc<Filters>,
+        writable: &Path,
+        program: &str,
+        args: &[&str],
+    ) -> Output {
+        let ruleset = filters
+            .prepare_landlock()
+            .expect("prepare the Landlock ruleset");
+        let ruleset_fd = ruleset.as_ref().map(AsRawFd::as_raw_fd);
+        let writable = CString::new(writable.as_os_str().as_bytes()).expect("path without NUL");
+        let filters = Arc::clone(filters);
+        let mut command = Command::new(program);
+        command.args(args);
+        // SAFETY: the hook only makes raw system calls on data built before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                // No controlling terminal: the vhangup probe can then never hang up a real one,
+                // even if the filter were to let it through.
+                libc::setsid();
+                apply_in_child(
+                    &filters,
+                    ruleset_fd,
+                    &[c"/"],
+                    &[writable.as_c_str(), c"/dev/null"],
+                )
+                .map_err(|e| io::Error::from_raw_os_error(e.errno))
+            });
+        }
+        let output = command.output().expect("start the filtered program");
+        drop(ruleset);
+        output
+    }
+
+    /// Runs Python code under the filters and returns its output lines as `key → rest`, after
+    /// checking that it exited cleanly.
+    fn python(filters: &Arc<Filters>, writable: &Path, code: &str) -> BTreeMap<String, String> {
+        let output = run_filtered(filters, writable, PYTHON, &["-I", "-S", "-c", code]);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "python failed ({}):\nstdout: {stdout}\nstderr: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+            .lines()
+            .filter_map(|line| line.split_once(' '))
+            .map(|(key, rest)| (key.to_owned(), rest.to_owned()))
+            .collect()
+    }
+
+    fn tempdir() -> tempfile::TempDir {
+        tempfile::tempdir().expect("create a temporary directory")
+    }
+
+    /// Calls raw system calls from Python and prints `name result errno` for each.
+    const PROBE_PRELUDE: &str = "\
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def probe(name, nr, *args):
+    ctypes.set_errno(0)
+    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    print(name, r, ctypes.get_errno())
+";
+
+    /// Every system call denied outright, by the spec (not by the module's table). Each is called
+    /// with all arguments -1, which would make it fail with something else than EPERM (EINVAL,
+    /// EFAULT, EBADF, ESRCH, ENOSYS) were it let through, and harmlessly so.
+    const DENIED_BY_SPEC: &[(&str, libc::c_long)] = &[
+        ("ptrace", libc::SYS_ptrace),
+        ("process_vm_readv", libc::SYS_process_vm_readv),
+        ("process_vm_writev", libc::SYS_process_vm_writev),
+        ("mount", libc::SYS_mount),
+        ("umount2", libc::SYS_umount2),
+        ("pivot_root", libc::SYS_pivot_root),
+        ("chroot", libc::SYS_chroot),
+        ("unshare", libc::SYS_unshare),
+        ("setns", libc::SYS_setns),
+        ("bpf", libc::SYS_bpf),
+        ("perf_event_open", libc::SYS_perf_event_open),
+        ("userfaultfd", libc::SYS_userfaultfd),
+        ("keyctl", libc::SYS_keyctl),
+        ("add_key", libc::SYS_add_key),
+        ("request_key", libc::SYS_request_key),
+        ("kexec_load", libc::SYS_kexec_load),
+        ("kexec_file_load", libc::SYS_kexec_file_load),
+        ("init_module", libc::SYS_init_module),
+        ("finit_module", libc::SYS_finit_module),
+        ("delete_module", libc::SYS_delete_module),
+        ("reboot", libc::SYS_reboot),
+        ("swapon", libc::SYS_swapon),
+        ("swapoff", libc::SYS_swapoff),
+        ("acct", libc::SYS_acct),
+        ("settimeofday", libc::SYS_settimeofday),
+        ("clock_settime", libc::SYS_clock_settime),
+        ("clock_adjtime", libc::SYS_clock_adjtime),
+        ("adjtimex", libc::SYS_adjtimex),
+        ("syslog", libc::SYS_syslog),
+        ("open_by_handle_at", libc::SYS_open_by_handle_at),
+        ("name_to_handle_at", libc::SYS_name_to_handle_at),
+        ("io_uring_setup", libc::SYS_io_uring_setup),
+        ("io_uring_enter", libc::SYS_io_uring_enter),
+        ("io_uring_register", libc::SYS_io_uring_register),
+        ("fsopen", libc::SYS_fsopen),
+        ("fsconfig", libc::SYS_fsconfig),
+        ("fsmount", libc::SYS_fsmount),
+        ("fspick", libc::SYS_fspick),
+        ("move_mount", libc::SYS_move_mount),
+        ("open_tree", libc::SYS_open_tree),
+        ("mount_setattr", libc::SYS_mount_setattr),
+        ("quotactl", libc::SYS_quotactl),
+        ("sethostname", libc::SYS_sethostname),
+        ("setdomainname", libc::SYS_setdomainname),
+        #[cfg(target_arch = "x86_64")]
+        ("iopl", libc::SYS_iopl),
+        #[cfg(target_arch = "x86_64")]
+        ("ioperm", libc::SYS_ioperm),
+        ("vhangup", libc::SYS_vhangup),
+        ("lookup_dcookie", libc::SYS_lookup_dcookie),
+    ];
+
+    /// Every namespace flag `clone` must not be given.
+    const CLONE_NEW_BY_SPEC: &[(&str, libc::c_int)] = &[
+        ("NEWNS", libc::CLONE_NEWNS),
+        ("NEWCGROUP", libc::CLONE_NEWCGROUP),
+        ("NEWUTS", libc::CLONE_NEWUTS),
+        ("NEWIPC", libc::CLONE_NEWIPC),
+        ("NEWUSER", libc::CLONE_NEWUSER),
+        ("NEWPID", libc::CLONE_NEWPID),
+        ("NEWNET", libc::CLONE_NEWNET),
+    ];
+
+    #[test]
+    fn both_policies_build_and_agree_on_landlock() {
+        for allow_network in [false, true] {
+            let filters = filters(allow_network);
+            let ruleset = filters
+                .prepare_landlock()
+                .expect("prepare the Landlock ruleset");
+            assert_eq!(ruleset.is_some(), filters.landlock_abi().is_some());
+        }
+    }
+
+    /// `struct landlock_net_port_attr`.
+    #[repr(C, packed)]
+    struct NetPortAttr {
+        allowed_access: u64,
+        port: u64,
+    }
+
+    /// The kernel only takes a TCP port rule into a ruleset that handles TCP: so whether it does
+    /// shows whether the ruleset restricts the network.
+    #[test]
+    fn the_ruleset_handles_tcp_unless_the_network_is_allowed() {
+        const LANDLOCK_RULE_NET_PORT: libc::c_ulong = 2;
+        for allow_network in [false, true] {
+            let filters = filters(allow_network);
+            if !landlock_or_note(&filters) || filters.landlock_abi() < Some(4) {
+                println!("note: Landlock ABI < 4 cannot restrict TCP; skipping");
+                return;
+            }
+            let ruleset = filters
+                .prepare_landlock()
+                .expect("prepare")
+                .expect("a ruleset");
+            let attr = NetPortAttr {
+                allowed_access: landlock::BitFlags::from(AccessNet::ConnectTcp).bits(),
+                port: 80,
+            };
+            // SAFETY: `attr` is live for the call and has the kernel's layout.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_landlock_add_rule,
+                    libc::c_long::from(ruleset.as_raw_fd()),
+                    LANDLOCK_RULE_NET_PORT,
+                    &attr as *const NetPortAttr,
+                    0 as libc::c_ulong,
+                )
+            };
+            let handled = rc == 0;
+            assert_eq!(handled, !allow_network, "{}", io::Error::last_os_error());
+        }
+    }
+
+    #[test]
+    fn refuses_the_denied_system_calls() {
+        let writable = tempdir();
+        let mut code = PROBE_PRELUDE.to_owned();
+        for (name, nr) in DENIED_BY_SPEC {
+            writeln!(code, "probe('{name}', {nr}, -1, -1, -1, -1, -1, -1)").expect("write");
+        }
+        // CLONE_THREAD without CLONE_SIGHAND makes clone fail with EINVAL, so no process is
+        // created even if a flag got through.
+        for (flag, value) in CLONE_NEW_BY_SPEC {
+            let flags = value | libc::CLONE_THREAD;
+            writeln!(
+                code,
+                "probe('clone_{flag}', {}, {flags}, 0, 0, 0, 0)",
+                libc::SYS_clone
+            )
+            .expect("write");
+        }
+        writeln!(code, "probe('clone3', {}, -1, -1)", libc::SYS_clone3).expect("write");
+        let personality = libc::SYS_personality;
+        writeln!(
+            code,
+            "probe('personality_norandom', {personality}, 0x0040000)"
+        )
+        .expect("write");
+        writeln!(
+            code,
+            "probe('personality_query', {personality}, 0xffffffff)"
+        )
+        .expect("write");
+        writeln!(code, "probe('personality_linux', {personality}, 0)").expect("write");
+        // The brief's own example, through libc's wrapper.
+        code.push_str("ctypes.set_errno(0); print('unshare_user', libc.unshare(0x10000000), ctypes.get_errno())\n");
+
+        let results = python(&filters(false), writable.path(), &code);
+        let eperm = format!("-1 {}", libc::EPERM);
+        let mut wrong = Vec::new();
+        let expected = DENIED_BY_SPEC
+            .iter()
+            .map(|(name, _)| ((*name).to_owned(), eperm.clone()))
+            .chain(
+                CLONE_NEW_BY_SPEC
+                    .iter()
+                    .map(|(flag, _)| (format!("clone_{flag}"), eperm.clone())),
+            )
+            .chain([
+                ("clone3".to_owned(), format!("-1 {}", libc::ENOSYS)),
+                ("personality_norandom".to_owned(), eperm.clone()),
+                ("personality_query".to_owned(), "0 0".to_owned()),
+                ("personality_linux".to_owned(), "0 0".to_owned()),
+                ("unshare_user".to_owned(), eperm.clone()),
+            ]);
+        for (name, want) in expected {
+            let got = results
+                .get(&name)
+                .map(String::as_str)
+                .unwrap_or("(missing)");
+            if got != want {
+                wrong.push(format!("{name}: got {got}, want {want}"));
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "system calls not filtered as specified:\n{}",
+            wrong.join("\n")
+        );
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn kills_on_x32_system_calls() {
+        let writable = tempdir();
+        // getpid (39) through the x32 ABI. Without the guard this kernel would answer ENOSYS (or
+        // the pid, with x32 built in) and the script would go on to print.
+        let code = format!("{PROBE_PRELUDE}probe('x32_getpid', 0x40000000 | 39)\n");
+        let output = run_filtered(
+            &filters(false),
+            writable.path(),
+            PYTHON,
+            &["-I", "-S", "-c", &code],
+        );
+        assert_eq!(
+            output.status.signal(),
+            Some(libc::SIGSYS),
+            "status: {}",
+            output.status
+        );
+        assert!(
+            output.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
+
+    const SOCKETS: &str = "\
+import socket
+def attempt(name, family, kind):
+    try:
+        socket.socket(family, kind).close()
+        print(name, 'ok')
+    except OSError as e:
+        print(name, e.errno)
+attempt('inet', socket.AF_INET, socket.SOCK_STREAM)
+attempt('inet6', socket.AF_INET6, socket.SOCK_DGRAM)
+attempt('netlink', socket.AF_NETLINK, socket.SOCK_RAW)
+attempt('packet', socket.AF_PACKET, socket.SOCK_RAW)
+attempt('unix', socket.AF_UNIX, socket.SOCK_STREAM)
+a, b = socket.socketpair()
+a.sendall(b'x')
+print('socketpair', b.recv(1).decode())
+";
+
+    #[test]
+    fn without_network_only_unix_sockets() {
+        let writable = tempdir();
+        let results = python(&filters(false), writable.path(), SOCKETS);
+        let refused = libc::EAFNOSUPPORT.to_string();
+        for family in ["inet", "inet6", "netlink", "packet"] {
+            assert_eq!(results.get(family), Some(&refused), "{family}: {results:?}");
+        }
+        assert_eq!(
+            results.get("unix").map(String::as_str),
+            Some("ok"),
+            "{results:?}"
+        );
+        assert_eq!(
+            results.get("socketpair").map(String::as_str),
+            Some("x"),
+            "{results:?}"
+        );
+    }
+
+    #[test]
+    fn with_network_ip_sockets_but_no_raw_packets() {
+        let writable = tempdir();
+        let results = python(&filters(true), writable.path(), SOCKETS);
+        for family in ["inet", "netlink", "unix"] {
+            assert_eq!(
+                results.get(family).map(String::as_str),
+                Some("ok"),
+                "{family}: {results:?}"
+            );
+        }
+        // As root, without the filter, this would succeed.
+        let refused = libc::EAFNOSUPPORT.to_string();
+        assert_eq!(results.get("packet"), Some(&refused), "{results:?}");
+    }
+
+    #[test]
+    fn landlock_confines_writes_to_the_writable_roots() {
+        let filters = filters(false);
+        if !landlock_or_note(&filters) {
+            return;
+        }
+        let inside = tempdir();
+        let outside = tempdir();
+        let existing = outside.path().join("existing");
+        std::fs::write(&existing, "keep").expect("write a file outside");
+        let code = format!(
+            "\
+import os
+inside, outside = {inside:?}, {outside:?}
+def attempt(name, f):
+    try:
+        f()
+        print(name, 'ok')
+    except OSError as e:
+        print(name, e.errno)
+def write(path):
+    with open(path, 'w') as f:
+        f.write('x')
+attempt('write_inside', lambda: write(inside + '/new'))
+attempt('mkdir_inside', lambda: os.mkdir(inside + '/dir'))
+attempt('write_outside', lambda: write(outside + '/new'))
+attempt('mkdir_outside', lambda: os.mkdir(outside + '/dir'))
+attempt('truncate_outside', lambda: os.truncate(outside + '/existing', 0))
+attempt('unlink_outside', lambda: os.unlink(outside + '/existing'))
+attempt('read_hostname', lambda: open('/etc/hostname').read())
+attempt('dev_null', lambda: write('/dev/null'))
+",
+            inside = inside.path().to_str().expect("UTF-8 path"),
+            outside = outside.path().to_str().expect("UTF-8 path"),
+        );
+        let results = python(&filters, inside.path(), &code);
+        let eacces = libc::EACCES.to_string();
+        for name in ["write_inside", "mkdir_inside", "read_hostname", "dev_null"] {
+            assert_eq!(
+                results.get(name).map(String::as_str),
+                Some("ok"),
+                "{name}: {results:?}"
+            );
+        }
+        for name in [
+            "write_outside",
+            "mkdir_outside",
+            "truncate_outside",
+            "unlink_outside",
+        ] {
+            assert_eq!(results.get(name), Some(&eacces), "{name}: {results:?}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(&existing).expect("read back"),
+            "keep"
+        );
+        assert!(!outside.path().join("new").exists());
+
+        // A shell too: it executes from a read root and writes into the writable one.
+        let script = format!(
+            "echo hi > {inside}/sh.txt && cat /etc/hostname > /dev/null && ! echo no 2>/dev/null > {outside}/sh.txt",
+            inside = inside.path().display(),
+            outside = outside.path().display(),
+        );
+        let output = run_filtered(&filters, inside.path(), "/bin/sh", &["-c", &script]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(
+            std::fs::read_to_string(inside.path().join("sh.txt")).expect("read"),
+            "hi\n"
+        );
+        assert!(!outside.path().join("sh.txt").exists());
+    }
+
+    #[test]
+    fn fork_threads_and_subprocesses_still_work() {
+        let writable = tempdir();
+        let code = "\
+import os, subprocess, threading
+out = []
+t = threading.Thread(target=lambda: out.append(21 * 2))
+t.start()
+t.join()
+print('thread', out[0])
+pid = os.fork()
+if pid == 0:
+    os._exit(7)
+print('fork', os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+print('subprocess', subprocess.run(['/bin/sh', '-c', 'exit 3']).returncode)
+";
+        let results = python(&filters(false), writable.path(), code);
+        assert_eq!(
+            results.get("thread").map(String::as_str),
+            Some("42"),
+            "{results:?}"
+        );
+        assert_eq!(
+            results.get("fork").map(String::as_str),
+            Some("7"),
+            "{results:?}"
+        );
+        assert_eq!(
+            results.get("subprocess").map(String::as_str),
+            Some("3"),
+            "{results:?}"
+        );
+    }
+
+    /// Runs `/bin/true` after `apply_in_child` with the given Landlock fd and writable root, and
+    /// returns the errno it failed with if the failing step is `step` (ENOTRECOVERABLE if another
+    /// step failed, None if nothing did).
+    fn failing_errno(
+        filters: &Arc<Filters>,
+        landlock: Option<RawFd>,
+        writable: &'static CStr,
+        step: &'static str,
+    ) -> Option<i32> {
+        let filters = Arc::clone(filters);
+        let mut command = Command::new("/bin/true");
+        // SAFETY: the hook only makes raw system calls on data built before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                apply_in_child(&filters, landlock, &[c"/"], &[writable]).map_err(|e| {
+                    let errno = if e.step == step {
+                        e.errno
+                    } else {
+                        libc::ENOTRECOVERABLE
+                    };
+                    io::Error::from_raw_os_error(errno)
+                })
+            });
+        }
+        match command.status() {
+            Ok(status) => {
+                assert!(status.success(), "{status}");
+                None
+            }
+            Err(e) => e.raw_os_error(),
+        }
+    }
+
+    #[test]
+    fn the_child_reports_the_failing_step() {
+        let filters = filters(false);
+        if !landlock_or_note(&filters) {
+            return;
+        }
+        let ruleset = filters
+            .prepare_landlock()
+            .expect("prepare")
+            .expect("a ruleset");
+        let fd = Some(ruleset.as_raw_fd());
+        assert_eq!(
+            failing_errno(&filters, fd, c"/tmp", "open a Landlock root"),
+            None
+        );
+        assert_eq!(
+            failing_errno(&filters, fd, c"/nonexistent/kiln", "open a Landlock root"),
+            Some(libc::ENOENT)
+        );
+        // Landlock available but no ruleset passed: refused, not silently skipped.
+        assert_eq!(
+            failing_errno(
+                &filters,
+                None,
+                c"/tmp",
+                "match the Landlock ruleset to the kernel"
+            ),
+            Some(libc::EINVAL)
+        );
+    }
+}

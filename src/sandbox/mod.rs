@@ -1,0 +1,323 @@
+//! The sandbox: what confines a job's process. Submitted code is hostile by assumption; it runs in
+//! its own user, pid, mount, network, IPC, UTS and cgroup namespaces, as an unprivileged uid that
+//! maps to an unprivileged host uid, in a minimal read-only root with a private `/work` and `/tmp`,
+//! under seccomp and Landlock filters, rlimits and (where the host has them) cgroup limits.
+//!
+//! This module decides *what* a run gets (binds, ids, limits) and probes at startup what the host
+//! supports; [`namespace`] does the starting, [`filter`] builds the seccomp and Landlock filters,
+//! [`cgroup`] places each run in its own cgroup.
+//!
+//! `--sandbox none` turns all of this off for development on hosts that cannot do it: jobs then
+//! run as plain subprocesses of the server, with rlimits only.
+
+pub mod cgroup;
+pub mod filter;
+pub mod namespace;
+
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde::Serialize;
+
+use crate::job::Limits;
+use cgroup::{CgroupLimits, Cgroups, JobCgroup};
+use filter::{FilterPolicy, Filters};
+use namespace::{HostIds, Plan, RunSpec, Started};
+
+/// What the operator asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Namespaces, seccomp, Landlock where the kernel has it, cgroups where available. Required
+    /// unless explicitly turned off.
+    Full,
+    /// No isolation at all: development only.
+    None,
+}
+
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    pub mode: Mode,
+    /// Directories and files bound read-only into every sandbox besides the defaults.
+    pub extra_binds: Vec<PathBuf>,
+    /// First host uid/gid of the range jobs map to: the namespace's root maps to this one, each
+    /// run's job uid to one of the next [`UID_RANGE`].
+    pub uid_base: u32,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            mode: Mode::Full,
+            extra_binds: Vec::new(),
+            uid_base: 200_000,
+        }
+    }
+}
+
+/// How many distinct host uids runs rotate through.
+pub const UID_RANGE: u32 = 10_000;
+
+/// What runtimes need to exist inside: the system, the dynamic linker's cache, and a few files of
+/// `/etc` that programs read at start. Nothing else of the host (`/root`, `/home`, the database,
+/// other runs' files) is visible.
+const DEFAULT_BINDS: &[&str] = &[
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/localtime",
+    "/etc/alternatives",
+    "/etc/hosts",
+    "/etc/nsswitch.conf",
+    "/etc/python3",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("this host cannot create the sandbox's namespaces: {0}")]
+    Namespaces(std::io::Error),
+    #[error("cannot build the seccomp/Landlock filters: {0}")]
+    Filters(#[from] filter::FilterError),
+    #[error("the sandbox self-test failed: {0}")]
+    SelfTest(String),
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What this host supports, as reported by `/readyz` and the startup log.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub level: &'static str,
+    pub namespaces: Vec<&'static str>,
+    pub seccomp: bool,
+    pub landlock_abi: Option<u32>,
+    pub cgroups: Option<cgroup::Support>,
+}
+
+pub struct Sandbox {
+    binds: Vec<PathBuf>,
+    /// Canonical forms of `binds`, for deciding what a runtime can see.
+    visible: Vec<PathBuf>,
+    /// An empty directory each run mounts its new root on, in its own mount namespace.
+    root_dir: PathBuf,
+    filters: Filters,
+    cgroups: Option<Cgroups>,
+    uid_base: u32,
+    next_uid: AtomicU32,
+}
+
+impl Sandbox {
+    /// Probes the host and prepares what every run shares. `work_root` is the runner's directory.
+    pub fn new(config: &SandboxConfig, work_root: &Path) -> Result<Sandbox, SandboxError> {
+        namespace::namespaces_available().map_err(SandboxError::Namespaces)?;
+        let root_dir = work_root.join(".sandbox-root");
+        std::fs::create_dir_all(&root_dir).map_err(|source| SandboxError::Io {
+            path: root_dir.clone(),
+            source,
+        })?;
+        // Each run's init (an unprivileged host uid) must pass through to its own staging
+        // directory and to the root mount point; listing the work root stays refused.
+        std::fs::set_permissions(work_root, std::fs::Permissions::from_mode(0o711)).map_err(
+            |source| SandboxError::Io {
+                path: work_root.to_path_buf(),
+                source,
+            },
+        )?;
+        let mut binds: Vec<PathBuf> = DEFAULT_BINDS.iter().map(PathBuf::from).collect();
+        binds.extend(python_etc_dirs());
+        binds.extend(config.extra_binds.iter().cloned());
+        binds.retain(|p| p.exists() || p.is_symlink());
+        let visible = binds
+            .iter()
+            .filter_map(|p| std::fs::canonicalize(p).ok())
+            .collect();
+        Ok(Sandbox {
+            binds,
+            visible,
+            root_dir,
+            filters: Filters::new(&FilterPolicy::default())?,
+            cgroups: Cgroups::detect(),
+            uid_base: config.uid_base,
+            next_uid: AtomicU32::new(0),
+        })
+    }
+
+    pub fn report(&self) -> Report {
+        Report {
+            level: "full",
+            namespaces: vec!["user", "pid", "mount", "network", "ipc", "uts", "cgroup"],
+            seccomp: true,
+            landlock_abi: self.filters.landlock_abi(),
+            cgroups: self.cgroups.as_ref().map(Cgroups::support),
+        }
+    }
+
+    /// True if `program` lies in what is bound into every sandbox.
+    pub fn can_see(&self, program: &Path) -> bool {
+        std::fs::canonicalize(program)
+            .is_ok_and(|real| self.visible.iter().any(|root| real.starts_with(root)))
+    }
+
+    pub fn has_memory_cgroup(&self) -> bool {
+        self.cgroups.as_ref().is_some_and(|c| c.support().memory)
+    }
+
+    /// Starts a run: clones init, maps its ids, puts it in its cgroup and lets it go. Returns
+    /// once the job has exec'd (or with the setup error).
+    pub async fn launch(&self, launch: Launch<'_>) -> std::io::Result<Sandboxed> {
+        let limits = launch.limits;
+        let staged_bytes = launch.staged_bytes;
+        let plan = Plan::new(RunSpec {
+            root: &self.root_dir,
+            staging: launch.staging,
+            entries: launch.entries,
+            binds: &self.binds,
+            program: launch.program,
+            args: launch.args,
+            env: launch.env,
+            // A job may write files up to its file limit besides what it was given.
+            work_bytes: limits.file_bytes.saturating_add(staged_bytes).max(1 << 20),
+            tmp_bytes: limits.file_bytes.max(1 << 20),
+            rlimits: launch.rlimits,
+        })?;
+        let cgroup = match &self.cgroups {
+            Some(cgroups) => {
+                let cgroup_limits = CgroupLimits {
+                    memory_bytes: limits.memory_mb.saturating_mul(1 << 20),
+                    pids: limits.processes,
+                    cpu_millis_per_sec: None,
+                };
+                let created = cgroups.create(launch.name, &cgroup_limits);
+                Some(created.map_err(std::io::Error::other)?)
+            }
+            None => None,
+        };
+        let slot = self.next_uid.fetch_add(1, Ordering::Relaxed) % UID_RANGE;
+        let ids = HostIds {
+            root: self.uid_base,
+            job: self.uid_base + 1 + slot,
+        };
+        // init copies the staged files as the namespace's root: hand them to that host uid.
+        let staging = launch.staging;
+        let owned = std::iter::once(staging.to_path_buf())
+            .chain(launch.entries.iter().map(|e| staging.join(e)));
+        for path in owned {
+            std::os::unix::fs::lchown(&path, Some(ids.root), Some(ids.root))?;
+        }
+        let landlock = self
+            .filters
+            .prepare_landlock()
+            .map_err(std::io::Error::other)?;
+        let started = namespace::clone_init(&plan, &self.filters, landlock.as_ref())?;
+        drop(landlock);
+        let sandboxed = Sandboxed { started, cgroup };
+        if let Err(e) = sandboxed.release(ids) {
+            sandboxed.kill();
+            return Err(e);
+        }
+        if let Some(report) = read_setup_report(&sandboxed.started.setup).await? {
+            sandboxed.kill();
+            return Err(namespace::setup_error(&plan, report));
+        }
+        Ok(sandboxed)
+    }
+}
+
+/// Debian keeps parts of Python's standard setup under /etc/python3.X (sitecustomize.py).
+fn python_etc_dirs() -> Vec<PathBuf> {
+    std::fs::read_dir("/etc")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("python3."))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One run's request to the sandbox.
+pub struct Launch<'a> {
+    /// Names the run's cgroup.
+    pub name: &'a str,
+    /// Host directory with the code and submitted files, copied into the sandbox's `/work`.
+    pub staging: &'a Path,
+    /// Paths relative to `staging`, parents first; directories end with `/`.
+    pub entries: &'a [String],
+    pub staged_bytes: u64,
+    pub program: &'a Path,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub limits: Limits,
+    pub rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
+}
+
+/// A running sandbox as the runner holds it.
+pub struct Sandboxed {
+    pub started: Started,
+    pub cgroup: Option<JobCgroup>,
+}
+
+impl Sandboxed {
+    fn release(&self, ids: HostIds) -> std::io::Result<()> {
+        namespace::map_ids(self.started.pid, ids)?;
+        if let Some(cgroup) = &self.cgroup {
+            cgroup
+                .attach(self.started.pid)
+                .map_err(std::io::Error::other)?;
+        }
+        let go = [1u8];
+        // SAFETY: writes one byte from a live buffer to a pipe we own.
+        let n = unsafe {
+            libc::write(
+                std::os::fd::AsRawFd::as_raw_fd(&self.started.go),
+                go.as_ptr().cast(),
+                1,
+            )
+        };
+        if n != 1 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Kills everything of this run: init (and with it the pid namespace) and the cgroup.
+    pub fn kill(&self) {
+        // SAFETY: signalling our own child, not yet reaped, so the pid is still its.
+        unsafe { libc::kill(self.started.pid, libc::SIGKILL) };
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill();
+        }
+    }
+}
+
+/// Waits for the setup pipe: EOF means the job exec'd; 8 bytes are a setup failure.
+async fn read_setup_report(setup: &OwnedFd) -> std::io::Result<Option<[u8; 8]>> {
+    let fd = setup.try_clone()?;
+    let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
+    let mut report = [0u8; 8];
+    let mut filled = 0;
+    while filled < report.len() {
+        let n = tokio::io::AsyncReadExt::read(&mut pipe, &mut report[filled..]).await?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    Ok((filled == report.len()).then_some(report))
+}
