@@ -342,6 +342,9 @@ async fn execute(
     killed.cancel();
     let wall = started.elapsed();
     let measured = process.measure(status, &usage);
+    if let Some(sandbox) = process.sandbox.take() {
+        sandbox.dispose();
+    }
 
     let outputs = async { (stdout.await, stderr.await) };
     tokio::pin!(outputs);
@@ -665,10 +668,12 @@ impl Drop for Process {
         }
         self.kill();
         let pid = self.pid;
+        let sandbox = self.sandbox.take();
         let reap = move || {
             if let Err(error) = wait4(pid) {
                 tracing::warn!(%error, pid, "reaping a killed job process failed");
             }
+            drop(sandbox);
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn_blocking(reap)),

@@ -223,14 +223,20 @@ impl Sandbox {
         drop(landlock);
         let sandboxed = Sandboxed { started, cgroup };
         if let Err(e) = sandboxed.release(ids) {
-            sandboxed.kill();
+            sandboxed.abandon();
             return Err(e);
         }
-        if let Some(report) = read_setup_report(&sandboxed.started.setup).await? {
-            sandboxed.kill();
-            return Err(namespace::setup_error(&plan, report));
+        match read_setup_report(&sandboxed.started.setup).await {
+            Ok(None) => Ok(sandboxed),
+            Ok(Some(report)) => {
+                sandboxed.abandon();
+                Err(namespace::setup_error(&plan, report))
+            }
+            Err(e) => {
+                sandboxed.abandon();
+                Err(e)
+            }
         }
-        Ok(sandboxed)
     }
 }
 
@@ -296,12 +302,35 @@ impl Sandboxed {
         Ok(())
     }
 
-    /// Kills everything of this run: init (and with it the pid namespace) and the cgroup.
+    /// Kills everything of this run: init, and with it the whole pid namespace. (The cgroup is
+    /// killed again when the run is disposed of, for anything that left the namespace.)
     pub fn kill(&self) {
         // SAFETY: signalling our own child, not yet reaped, so the pid is still its.
         unsafe { libc::kill(self.started.pid, libc::SIGKILL) };
-        if let Some(cgroup) = &self.cgroup {
-            cgroup.kill();
+    }
+
+    /// Gives up on a run that failed to start: kill, reap and dispose of it.
+    fn abandon(self) {
+        self.kill();
+        let pid = self.started.pid;
+        let reap = move || {
+            let mut status = 0;
+            // SAFETY: reaping our own killed child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            drop(self);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(reap)),
+            Err(_) => reap(),
+        }
+    }
+
+    /// Removes what is left of the run (its cgroup) off the async threads: emptying and
+    /// removing a cgroup may wait for the kernel to finish killing its processes.
+    pub fn dispose(self) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(self))),
+            Err(_) => drop(self),
         }
     }
 }
