@@ -86,6 +86,8 @@ pub enum Outcome {
     MemoryLimit,
     /// Wrote more than `limits.output_bytes` to stdout or stderr.
     OutputLimit,
+    /// A compiled runtime's compiler refused the code (its output is the job's stdout/stderr).
+    CompileError,
     /// Cancelled by a user before it finished.
     Cancelled,
     /// Its worker (or the whole server) stopped renewing the lease and no attempts were left.
@@ -106,6 +108,7 @@ impl Outcome {
             Outcome::CpuTimeLimit => "cpu_time_limit",
             Outcome::MemoryLimit => "memory_limit",
             Outcome::OutputLimit => "output_limit",
+            Outcome::CompileError => "compile_error",
             Outcome::Cancelled => "cancelled",
             Outcome::LeaseExpired => "lease_expired",
             Outcome::Shutdown => "shutdown",
@@ -123,6 +126,7 @@ impl Outcome {
             CpuTimeLimit,
             MemoryLimit,
             OutputLimit,
+            CompileError,
             Cancelled,
             LeaseExpired,
             Shutdown,
@@ -139,7 +143,8 @@ impl Outcome {
             Outcome::NonzeroExit
             | Outcome::Signal
             | Outcome::MemoryLimit
-            | Outcome::OutputLimit => Status::Failed,
+            | Outcome::OutputLimit
+            | Outcome::CompileError => Status::Failed,
             Outcome::WallTimeLimit | Outcome::CpuTimeLimit => Status::TimedOut,
             Outcome::Cancelled => Status::Cancelled,
             Outcome::LeaseExpired | Outcome::Shutdown | Outcome::RunnerError => Status::Error,

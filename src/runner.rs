@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::job::{JobId, Limits, Outcome, RunResult};
 use crate::runtime::Runtime;
-use crate::sandbox::{Launch, Sandbox, Sandboxed};
+use crate::sandbox::{Launch, Sandbox, Sandboxed, WorkMount};
 
 /// The only `PATH` a job sees: system directories, never the server's own (which may point into a
 /// developer's home or a virtualenv).
@@ -123,7 +123,49 @@ impl Runner {
         };
         let output = async {
             work_dir.populate(&req).await?;
-            execute(&req, &work_dir.path, &self.isolation, &cancel).await
+            let mut entries = staged_entries(&req.runtime.source_file, req.files);
+            let staged_bytes = req.code.len() + req.files.values().map(String::len).sum::<usize>();
+            let name = format!("{}-{}", req.job_id, req.attempt);
+            let (program, argv) = match &req.runtime.compile {
+                None => (req.runtime.program.clone(), job_argv(req.runtime, req.args)),
+                Some(compile) => {
+                    let build = Step {
+                        name: format!("{name}-build"),
+                        program: req.runtime.program.clone(),
+                        argv: req.runtime.args.clone(),
+                        stdin: "",
+                        limits: COMPILE_LIMITS,
+                        entries: &entries,
+                        staged_bytes: staged_bytes as u64,
+                        work: WorkMount::Bind,
+                    };
+                    let built = execute(&build, &work_dir.path, &self.isolation, &cancel).await?;
+                    if built.outcome != Outcome::Success {
+                        let outcome = match built.outcome {
+                            Outcome::Cancelled => Outcome::Cancelled,
+                            _ => Outcome::CompileError,
+                        };
+                        return Ok(RunOutput { outcome, ..built });
+                    }
+                    entries.push(compile.binary.clone());
+                    let binary = match self.isolation {
+                        Isolation::Sandbox(_) => Path::new("/work").join(&compile.binary),
+                        Isolation::Unsandboxed => work_dir.path.join(&compile.binary),
+                    };
+                    (binary, req.args.to_vec())
+                }
+            };
+            let run = Step {
+                name,
+                program,
+                argv,
+                stdin: req.stdin,
+                limits: req.limits,
+                entries: &entries,
+                staged_bytes: staged_bytes as u64,
+                work: WorkMount::Copy,
+            };
+            execute(&run, &work_dir.path, &self.isolation, &cancel).await
         }
         .await;
         work_dir.remove().await;
@@ -242,22 +284,47 @@ fn remove_logged(path: &Path) {
     }
 }
 
+/// One process of a run: the job's program, or a compiled runtime's build before it.
+struct Step<'a> {
+    /// Names the run's cgroup.
+    name: String,
+    program: PathBuf,
+    /// Arguments after the program's own name.
+    argv: Vec<String>,
+    stdin: &'a str,
+    limits: Limits,
+    /// What is staged in the work directory (see [`staged_entries`]).
+    entries: &'a [String],
+    staged_bytes: u64,
+    work: WorkMount,
+}
+
+/// Limits of a compiled runtime's build step: kiln's own work, the same for every job.
+const COMPILE_LIMITS: Limits = Limits {
+    wall_ms: 30_000,
+    cpu_ms: 30_000,
+    memory_mb: 1024,
+    processes: 64,
+    output_bytes: 1 << 20,
+    file_bytes: 256 << 20,
+};
+
 async fn execute(
-    req: &RunRequest<'_>,
+    step: &Step<'_>,
     work_dir: &Path,
     isolation: &Isolation,
     cancel: &CancellationToken,
 ) -> Result<RunOutput, RunError> {
-    let limits = req.limits;
+    let limits = step.limits;
     let spawn_error = |source| RunError::Spawn {
-        program: req.runtime.program.clone(),
+        program: step.program.clone(),
         source,
     };
     let started = Instant::now();
     let (mut process, attached) = match isolation {
         Isolation::Unsandboxed => {
             let child =
-                spawn_process(req.runtime, work_dir, req.args, &limits).map_err(spawn_error)?;
+                spawn_process(&step.program, &step.argv, work_dir, &limits).map_err(spawn_error)?;
             // Linux pids are at most 2^22, so they fit in pid_t.
             let pid = child.id().cast_signed();
             let process = Process {
@@ -268,15 +335,14 @@ async fn execute(
             (process, attach(child).map_err(spawn_error)?)
         }
         Isolation::Sandbox(sandbox) => {
-            let entries = staged_entries(&req.runtime.source_file, req.files);
-            let staged_bytes = req.code.len() + req.files.values().map(String::len).sum::<usize>();
             let launch = Launch {
-                name: &format!("{}-{}", req.job_id, req.attempt),
+                name: &step.name,
                 staging: work_dir,
-                entries: &entries,
-                staged_bytes: staged_bytes as u64,
-                program: &req.runtime.program,
-                args: job_argv(req.runtime, req.args),
+                entries: step.entries,
+                work: step.work,
+                staged_bytes: step.staged_bytes,
+                program: &step.program,
+                args: step.argv.clone(),
                 env: job_env("/work", "/tmp"),
                 limits,
                 rlimits: rlimits(&limits, sandbox.has_memory_cgroup(), true),
@@ -315,11 +381,11 @@ async fn execute(
     let capture_stream = |pipe| capture(pipe, cap, overflow.clone(), killed.clone(), stop.clone());
     let stdout = tokio::spawn(capture_stream(stdout));
     let stderr = tokio::spawn(capture_stream(stderr));
-    if req.stdin.is_empty() {
+    if step.stdin.is_empty() {
         // Closing at once gives the program EOF instead of a read that never returns.
         drop(stdin);
     } else {
-        tokio::spawn(feed(stdin, req.stdin.as_bytes().to_vec(), stop.clone()));
+        tokio::spawn(feed(stdin, step.stdin.as_bytes().to_vec(), stop.clone()));
     }
 
     let fired = tokio::select! {
@@ -458,18 +524,18 @@ fn rlimits(
 /// that forked the child exits, and blocking-pool threads exit after idling, which would kill
 /// long-running jobs. (The same holds for a worker thread handed over by `block_in_place`.)
 fn spawn_process(
-    runtime: &Runtime,
+    program: &Path,
+    argv: &[String],
     work_dir: &Path,
-    args: &[String],
     limits: &Limits,
 ) -> io::Result<std::process::Child> {
     let rlimits = rlimits(limits, false, false);
     let server = std::process::id().cast_signed();
 
     let home = work_dir.to_string_lossy();
-    let mut command = Command::new(&runtime.program);
+    let mut command = Command::new(program);
     command
-        .args(job_argv(runtime, args))
+        .args(argv)
         .current_dir(work_dir)
         .env_clear()
         .envs(job_env(&home, &home))
@@ -1199,6 +1265,7 @@ cat data.txt sub/dir/deep.txt
             program: "/nonexistent/interpreter".into(),
             args: Vec::new(),
             source_file: "main".into(),
+            compile: None,
         };
         let result = h
             .runner

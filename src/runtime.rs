@@ -9,17 +9,30 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-/// One way to run code: `program args... source_file job-args...` inside the work directory.
+/// One way to run code. Interpreted: `program args... source_file job-args...` inside the work
+/// directory. Compiled: `program args...` (the compiler, whose arguments name the source file)
+/// produces [`Compile::binary`], which then runs as `binary job-args...`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Runtime {
     pub name: String,
     /// Always absolute, so spawning never searches `PATH` nor resolves against the work directory.
     pub program: PathBuf,
-    /// Interpreter flags placed before the source file; an implementation detail, not listed.
+    /// Interpreter flags placed before the source file, or the compiler's whole argument list; an
+    /// implementation detail, not listed.
     #[serde(skip)]
     pub args: Vec<String>,
     /// The name the code is written under in the work directory.
     pub source_file: String,
+    /// Set for compiled languages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compile: Option<Compile>,
+}
+
+/// How a compiled runtime's build step ends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Compile {
+    /// What the compiler writes in the work directory, and what then runs.
+    pub binary: String,
 }
 
 /// The runtimes offered on this host, by name.
@@ -34,6 +47,8 @@ struct Builtin {
     candidates: &'static [&'static str],
     args: &'static [&'static str],
     source_file: &'static str,
+    /// For compiled languages: the binary the compiler produces.
+    binary: Option<&'static str>,
 }
 
 const BUILTINS: &[Builtin] = &[
@@ -45,18 +60,29 @@ const BUILTINS: &[Builtin] = &[
         // would drop the script's directory from sys.path, and jobs import their own files.
         args: &["-E", "-s", "-B"],
         source_file: "main.py",
+        binary: None,
     },
     Builtin {
         name: "bash",
         candidates: &["/bin/bash", "/usr/bin/bash"],
         args: &[],
         source_file: "main.sh",
+        binary: None,
     },
     Builtin {
         name: "sh",
         candidates: &["/bin/sh"],
         args: &[],
         source_file: "main.sh",
+        binary: None,
+    },
+    Builtin {
+        name: "c",
+        candidates: &["/usr/bin/gcc"],
+        // Optimised as judges do; -lm last, where the linker looks for what main.c needs.
+        args: &["-O2", "-pipe", "-std=gnu17", "-o", "main", "main.c", "-lm"],
+        source_file: "main.c",
+        binary: Some("main"),
     },
 ];
 
@@ -82,6 +108,9 @@ impl Runtimes {
                     program: program.to_owned(),
                     args: builtin.args.iter().map(|&a| a.to_owned()).collect(),
                     source_file: builtin.source_file.to_owned(),
+                    compile: builtin.binary.map(|binary| Compile {
+                        binary: binary.to_owned(),
+                    }),
                 };
                 by_name.insert(runtime.name.clone(), runtime);
             }
@@ -104,6 +133,7 @@ impl Runtimes {
                 program,
                 args: Vec::new(),
                 source_file: EXTRA_SOURCE_FILE.to_owned(),
+                compile: None,
             };
             by_name.insert(name.clone(), runtime);
         }
@@ -204,6 +234,7 @@ mod tests {
             program: "/usr/bin/python3".into(),
             args: vec!["-I".into()],
             source_file: "main.py".into(),
+            compile: None,
         };
         let json = serde_json::to_value(&runtime).expect("serialize");
         assert_eq!(

@@ -24,6 +24,7 @@ use serde::Serialize;
 use crate::job::Limits;
 use cgroup::{CgroupLimits, Cgroups, JobCgroup};
 use filter::{FilterPolicy, Filters};
+pub use namespace::WorkMount;
 use namespace::{HostIds, Plan, RunSpec, Started};
 
 /// What the operator asks for.
@@ -182,6 +183,7 @@ impl Sandbox {
             root: &self.root_dir,
             staging: launch.staging,
             entries: launch.entries,
+            work: launch.work,
             binds: &self.binds,
             program: launch.program,
             args: launch.args,
@@ -208,12 +210,18 @@ impl Sandbox {
             root: self.uid_base,
             job: self.uid_base + 1 + slot,
         };
-        // init copies the staged files as the namespace's root: hand them to that host uid.
+        // init copies the staged files as the namespace's root: hand them to that host uid. A
+        // build step works in the staging directory itself, as the job's uid; init only needs
+        // to reach it (by group) to bind it.
         let staging = launch.staging;
-        let owned = std::iter::once(staging.to_path_buf())
-            .chain(launch.entries.iter().map(|e| staging.join(e)));
-        for path in owned {
-            std::os::unix::fs::lchown(&path, Some(ids.root), Some(ids.root))?;
+        let (owner, mode) = match launch.work {
+            WorkMount::Copy => (ids.root, 0o700),
+            WorkMount::Bind => (ids.job, 0o770),
+        };
+        std::os::unix::fs::lchown(staging, Some(owner), Some(ids.root))?;
+        std::fs::set_permissions(staging, std::fs::Permissions::from_mode(mode))?;
+        for entry in launch.entries {
+            std::os::unix::fs::lchown(staging.join(entry), Some(owner), Some(ids.root))?;
         }
         let landlock = self
             .filters
@@ -265,6 +273,7 @@ pub struct Launch<'a> {
     pub staging: &'a Path,
     /// Paths relative to `staging`, parents first; directories end with `/`.
     pub entries: &'a [String],
+    pub work: WorkMount,
     pub staged_bytes: u64,
     pub program: &'a Path,
     pub args: Vec<String>,

@@ -79,6 +79,12 @@ enum Step {
         source: CString,
         target: CString,
     },
+    /// The host staging directory itself as `/work`, writable: for a build step whose output
+    /// the next step runs.
+    BindWritable {
+        source: CString,
+        target: CString,
+    },
 }
 
 impl Step {
@@ -92,6 +98,7 @@ impl Step {
             Step::Symlink { .. } => "symlink",
             Step::File { .. } => "write file",
             Step::Copy { .. } => "copy file",
+            Step::BindWritable { .. } => "work directory bind",
         }
     }
 }
@@ -139,6 +146,15 @@ pub struct Plan {
     rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
 }
 
+/// How the staged files reach the sandbox's `/work`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkMount {
+    /// Copied into a private, size-limited tmpfs: what a job's run gets.
+    Copy,
+    /// The staging directory bound writable: what a compile step gets, so its output stays.
+    Bind,
+}
+
 /// What the runner asks for; [`Plan::new`] turns it into steps.
 pub struct RunSpec<'a> {
     /// An empty directory on the host to mount the new root on (in the child's mount namespace
@@ -148,6 +164,7 @@ pub struct RunSpec<'a> {
     pub staging: &'a Path,
     /// Paths relative to `staging`, parents before children (directories end with `/`).
     pub entries: &'a [String],
+    pub work: WorkMount,
     /// Read-only binds: host path → the same path inside.
     pub binds: &'a [PathBuf],
     pub program: &'a Path,
@@ -277,14 +294,21 @@ impl Plan {
         });
 
         mkdir_all(&mut steps, Path::new("/work"))?;
-        steps.push(Step::Tmpfs {
-            target: host(root, Path::new("/work"))?,
-            options: cstring(format!(
-                "size={},mode=0755,uid={JOB_ID},gid={JOB_ID},nr_inodes=16384",
-                spec.work_bytes
-            ))?,
-        });
-        for entry in spec.entries {
+        if spec.work == WorkMount::Bind {
+            steps.push(Step::BindWritable {
+                source: cstring(spec.staging.as_os_str().as_bytes())?,
+                target: host(root, Path::new("/work"))?,
+            });
+        } else {
+            steps.push(Step::Tmpfs {
+                target: host(root, Path::new("/work"))?,
+                options: cstring(format!(
+                    "size={},mode=0755,uid={JOB_ID},gid={JOB_ID},nr_inodes=16384",
+                    spec.work_bytes
+                ))?,
+            });
+        }
+        for entry in spec.entries.iter().filter(|_| spec.work == WorkMount::Copy) {
             let inside = Path::new("/work").join(entry);
             if entry.ends_with('/') {
                 steps.push(Step::Mkdir {
@@ -703,6 +727,17 @@ impl Child<'_> {
                     libc::close(fd);
                     result
                 }
+                Step::BindWritable { source, target } => {
+                    ok(libc::mount(
+                        source.as_ptr(),
+                        target.as_ptr(),
+                        null,
+                        libc::MS_BIND,
+                        no_data,
+                    ))?;
+                    let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV;
+                    ok(libc::mount(null, target.as_ptr(), null, flags, no_data))
+                }
                 Step::Copy { source, target } => {
                     let from = libc::open(
                         source.as_ptr(),
@@ -733,6 +768,14 @@ impl Child<'_> {
                         }
                     }
                     if result.is_ok() && libc::fchown(to, JOB_ID, JOB_ID) != 0 {
+                        result = Err(errno());
+                    }
+                    // Keep the execute bits: a compiled program is staged as a file too.
+                    let mut st: libc::stat = std::mem::zeroed();
+                    if result.is_ok()
+                        && (libc::fstat(from, &mut st) != 0
+                            || libc::fchmod(to, (st.st_mode & 0o755) | 0o644) != 0)
+                    {
                         result = Err(errno());
                     }
                     libc::close(from);

@@ -250,3 +250,34 @@ async fn sigterm_requeues_jobs_that_outlast_the_grace_period() {
         .unwrap();
     assert_eq!(last, "job.retrying");
 }
+
+#[tokio::test]
+async fn c_code_is_compiled_in_the_sandbox_then_run_with_its_stdin_and_args() {
+    let server = Server::start().await;
+    let code = r#"#include <stdio.h>
+#include <math.h>
+int main(int argc, char **argv) {
+    double x;
+    if (scanf("%lf", &x) != 1) return 2;
+    printf("%.3f %s\n", sqrt(x), argc > 1 ? argv[1] : "-");
+    return 0;
+}"#;
+    let id = server
+        .submit(json!({"runtime": "c", "code": code, "stdin": "2", "args": ["arg"]}))
+        .await;
+    let job = server.finished(&id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["stdout"], "1.414 arg\n");
+}
+
+#[tokio::test]
+async fn c_code_that_does_not_compile_fails_with_the_compilers_message() {
+    let server = Server::start().await;
+    let id = server
+        .submit(json!({"runtime": "c", "code": "int main( { return 0; }"}))
+        .await;
+    let job = server.finished(&id).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["outcome"], "compile_error");
+    assert!(job["stderr"].as_str().unwrap().contains("error"), "{job}");
+}
