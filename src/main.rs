@@ -59,8 +59,10 @@ struct ServeArgs {
     /// Extra runtime NAME=INTERPRETER (the code is passed as its first argument); repeatable
     #[arg(long = "runtime", value_name = "NAME=PATH", value_parser = parse_runtime)]
     runtimes: Vec<(String, PathBuf)>,
-    /// Isolation of jobs: `full` (namespaces, seccomp, Landlock, cgroups) or `none`
-    /// (development only: submitted code runs with the server's privileges)
+    /// Isolation of jobs: `full` (every namespace including a user namespace, seccomp, Landlock,
+    /// cgroups), `namespaces` (the same without a user namespace, for hosts that forbid them;
+    /// needs root) or `none` (development only: submitted code runs with the server's
+    /// privileges). kiln refuses to start if the host cannot give the level asked for.
     #[arg(long, env = "KILN_SANDBOX", value_enum, default_value = "full")]
     sandbox: Mode,
     /// Extra host path bound read-only into every sandbox (e.g. another interpreter's tree);

@@ -50,7 +50,7 @@ pub enum ServerError {
 /// Probes the sandbox, or loudly does without it when the operator said so.
 fn isolation(config: &Config) -> Result<Isolation, ServerError> {
     match config.sandbox.mode {
-        Mode::Full => {
+        Mode::Full | Mode::Namespaces => {
             let sandbox = Sandbox::new(&config.sandbox, &config.work_root)?;
             tracing::info!(sandbox = ?sandbox.report(), "sandbox ready");
             Ok(Isolation::Sandbox(sandbox))

@@ -30,9 +30,12 @@ use namespace::{HostIds, Plan, RunSpec, Started};
 /// What the operator asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
-    /// Namespaces, seccomp, Landlock where the kernel has it, cgroups where available. Required
-    /// unless explicitly turned off.
+    /// Every namespace including a user namespace, seccomp, Landlock where the kernel has it,
+    /// cgroups where available. The default.
     Full,
+    /// The same without a user namespace, for hosts that do not allow them: needs root, and
+    /// the job runs directly as an unprivileged host uid.
+    Namespaces,
     /// No isolation at all: development only.
     None,
 }
@@ -116,12 +119,20 @@ pub struct Sandbox {
     cgroups: Option<Cgroups>,
     uid_base: u32,
     next_uid: AtomicU32,
+    user_ns: bool,
 }
 
 impl Sandbox {
     /// Probes the host and prepares what every run shares. `work_root` is the runner's directory.
     pub fn new(config: &SandboxConfig, work_root: &Path) -> Result<Sandbox, SandboxError> {
-        namespace::namespaces_available().map_err(SandboxError::Namespaces)?;
+        let user_ns = config.mode == Mode::Full;
+        // SAFETY: geteuid cannot fail.
+        if !user_ns && unsafe { libc::geteuid() } != 0 {
+            return Err(SandboxError::Namespaces(std::io::Error::other(
+                "--sandbox namespaces (no user namespace) needs root",
+            )));
+        }
+        namespace::namespaces_available(user_ns).map_err(SandboxError::Namespaces)?;
         let root_dir = work_root.join(".sandbox-root");
         std::fs::create_dir_all(&root_dir).map_err(|source| SandboxError::Io {
             path: root_dir.clone(),
@@ -151,13 +162,18 @@ impl Sandbox {
             cgroups: Cgroups::detect(),
             uid_base: config.uid_base,
             next_uid: AtomicU32::new(0),
+            user_ns,
         })
     }
 
     pub fn report(&self) -> Report {
+        let mut namespaces = vec!["pid", "mount", "network", "ipc", "uts", "cgroup"];
+        if self.user_ns {
+            namespaces.insert(0, "user");
+        }
         Report {
-            level: "full",
-            namespaces: vec!["user", "pid", "mount", "network", "ipc", "uts", "cgroup"],
+            level: if self.user_ns { "full" } else { "namespaces" },
+            namespaces,
             seccomp: true,
             landlock_abi: self.filters.landlock_abi(),
             cgroups: self.cgroups.as_ref().map(Cgroups::support),
@@ -179,11 +195,22 @@ impl Sandbox {
     pub async fn launch(&self, launch: Launch<'_>) -> std::io::Result<Sandboxed> {
         let limits = launch.limits;
         let staged_bytes = launch.staged_bytes;
+        let slot = self.next_uid.fetch_add(1, Ordering::Relaxed) % UID_RANGE;
+        let ids = HostIds {
+            root: self.uid_base,
+            job: self.uid_base + 1 + slot,
+        };
         let plan = Plan::new(RunSpec {
             root: &self.root_dir,
             staging: launch.staging,
             entries: launch.entries,
             work: launch.work,
+            job_id: if self.user_ns {
+                namespace::JOB_ID
+            } else {
+                ids.job
+            },
+            user_ns: self.user_ns,
             binds: &self.binds,
             program: launch.program,
             args: launch.args,
@@ -205,11 +232,6 @@ impl Sandbox {
             }
             None => None,
         };
-        let slot = self.next_uid.fetch_add(1, Ordering::Relaxed) % UID_RANGE;
-        let ids = HostIds {
-            root: self.uid_base,
-            job: self.uid_base + 1 + slot,
-        };
         // init copies the staged files as the namespace's root: hand them to that host uid. A
         // build step works in the staging directory itself, as the job's uid; init only needs
         // to reach it (by group) to bind it.
@@ -230,7 +252,7 @@ impl Sandbox {
         let started = namespace::clone_init(&plan, &self.filters, landlock.as_ref())?;
         drop(landlock);
         let sandboxed = Sandboxed { started, cgroup };
-        if let Err(e) = sandboxed.release(ids) {
+        if let Err(e) = sandboxed.release(self.user_ns.then_some(ids)) {
             sandboxed.abandon();
             return Err(e);
         }
@@ -289,8 +311,10 @@ pub struct Sandboxed {
 }
 
 impl Sandboxed {
-    fn release(&self, ids: HostIds) -> std::io::Result<()> {
-        namespace::map_ids(self.started.pid, ids)?;
+    fn release(&self, ids: Option<HostIds>) -> std::io::Result<()> {
+        if let Some(ids) = ids {
+            namespace::map_ids(self.started.pid, ids)?;
+        }
         if let Some(cgroup) = &self.cgroup {
             cgroup
                 .attach(self.started.pid)

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use super::filter::{self, Filters};
 
-/// The uid and gid the job runs as inside its namespace.
+/// The uid and gid the job runs as inside its user namespace.
 pub const JOB_ID: u32 = 1000;
 
 /// Host ids the namespace's ids map to: `root` for init's setup work, `job` for the job itself.
@@ -139,6 +139,8 @@ const FIXED: [(Fixed, &str); 12] = [
 /// Everything about one run, prepared in the parent.
 pub struct Plan {
     root: CString,
+    job_id: u32,
+    user_ns: bool,
     steps: Vec<Step>,
     program: CString,
     argv: Vec<CString>,
@@ -165,6 +167,12 @@ pub struct RunSpec<'a> {
     /// Paths relative to `staging`, parents before children (directories end with `/`).
     pub entries: &'a [String],
     pub work: WorkMount,
+    /// The uid and gid the job runs as, as seen inside: [`JOB_ID`] in a user namespace, else the
+    /// host id itself.
+    pub job_id: u32,
+    /// Whether the run gets its own user namespace (else init is the host's root, in the other
+    /// namespaces only, and drops to `job_id` for the job).
+    pub user_ns: bool,
     /// Read-only binds: host path → the same path inside.
     pub binds: &'a [PathBuf],
     pub program: &'a Path,
@@ -187,6 +195,7 @@ fn host(root: &Path, inside: &Path) -> io::Result<CString> {
 impl Plan {
     pub fn new(spec: RunSpec<'_>) -> io::Result<Plan> {
         let root = spec.root;
+        let job = spec.job_id;
         let mut steps = Vec::new();
         let mut made = std::collections::BTreeSet::new();
         let mut mkdir_all = |steps: &mut Vec<Step>, inside: &Path| -> io::Result<()> {
@@ -243,10 +252,10 @@ impl Plan {
             (
                 "/etc/passwd",
                 format!(
-                    "root:x:0:0:root:/:/usr/sbin/nologin\nkiln:x:{JOB_ID}:{JOB_ID}:kiln:/work:/bin/sh\n"
+                    "root:x:0:0:root:/:/usr/sbin/nologin\nkiln:x:{job}:{job}:kiln:/work:/bin/sh\n"
                 ),
             ),
-            ("/etc/group", format!("root:x:0:\nkiln:x:{JOB_ID}:\n")),
+            ("/etc/group", format!("root:x:0:\nkiln:x:{job}:\n")),
             ("/etc/hostname", "kiln\n".to_owned()),
         ] {
             steps.push(Step::File {
@@ -303,7 +312,7 @@ impl Plan {
             steps.push(Step::Tmpfs {
                 target: host(root, Path::new("/work"))?,
                 options: cstring(format!(
-                    "size={},mode=0755,uid={JOB_ID},gid={JOB_ID},nr_inodes=16384",
+                    "size={},mode=0755,uid={job},gid={job},nr_inodes=16384",
                     spec.work_bytes
                 ))?,
             });
@@ -335,6 +344,8 @@ impl Plan {
             .collect::<io::Result<_>>()?;
         Ok(Plan {
             root: cstring(root.as_os_str().as_bytes())?,
+            job_id: spec.job_id,
+            user_ns: spec.user_ns,
             steps,
             program,
             argv,
@@ -443,14 +454,7 @@ pub fn clone_init(
         ],
     };
 
-    let flags = libc::CLONE_NEWUSER
-        | libc::CLONE_NEWPID
-        | libc::CLONE_NEWNS
-        | libc::CLONE_NEWNET
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWCGROUP
-        | libc::CLONE_PIDFD;
+    let flags = namespace_flags(plan.user_ns) | libc::CLONE_PIDFD;
     let mut pidfd: libc::c_int = -1;
     // SAFETY: a fork-like clone (no new stack: the child continues on a copy of this one). The
     // child only runs `Child::run`, which makes raw system calls on memory prepared above and
@@ -578,7 +582,7 @@ impl Child<'_> {
             // Until now init ran as the host's ids, which the namespace does not map (files it
             // created would fail with EOVERFLOW); become the namespace's root, which maps to an
             // unprivileged host id and keeps the capabilities of the namespace's creator.
-            if set_ids(0) != 0 {
+            if self.plan.user_ns && set_ids(0) != 0 {
                 self.fail(self.plan.fixed(Fixed::Ids), errno());
             }
             self.build_root();
@@ -767,7 +771,7 @@ impl Child<'_> {
                             break;
                         }
                     }
-                    if result.is_ok() && libc::fchown(to, JOB_ID, JOB_ID) != 0 {
+                    if result.is_ok() && libc::fchown(to, self.plan.job_id, self.plan.job_id) != 0 {
                         result = Err(errno());
                     }
                     // Keep the execute bits: a compiled program is staged as a file too.
@@ -797,7 +801,7 @@ impl Child<'_> {
                 self.fail(plan.fixed(Fixed::WorkDir), errno());
             }
             // Leaving uid 0 for a non-zero uid clears every capability.
-            if set_ids(JOB_ID) != 0 {
+            if set_ids(plan.job_id) != 0 {
                 self.fail(plan.fixed(Fixed::Ids), errno());
             }
             for &(resource, soft, hard) in &plan.rlimits {
@@ -894,16 +898,25 @@ unsafe fn write_all(fd: RawFd, mut bytes: &[u8]) -> Result<(), i32> {
     Ok(())
 }
 
-/// Whether this host can create the namespaces the sandbox needs, checked by cloning a child that
-/// exits at once.
-pub fn namespaces_available() -> Result<(), io::Error> {
-    let flags = libc::CLONE_NEWUSER
-        | libc::CLONE_NEWPID
+/// The namespaces of a run: all of them, or all but the user namespace.
+fn namespace_flags(user_ns: bool) -> libc::c_int {
+    let others = libc::CLONE_NEWPID
         | libc::CLONE_NEWNS
         | libc::CLONE_NEWNET
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWCGROUP;
+    if user_ns {
+        others | libc::CLONE_NEWUSER
+    } else {
+        others
+    }
+}
+
+/// Whether this host can create the namespaces the sandbox needs, checked by cloning a child that
+/// exits at once.
+pub fn namespaces_available(user_ns: bool) -> Result<(), io::Error> {
+    let flags = namespace_flags(user_ns);
     // SAFETY: fork-like clone; the child only calls _exit.
     let pid = unsafe {
         libc::syscall(

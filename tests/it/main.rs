@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod durability;
+mod levels;
 mod operators;
 mod runs;
 mod schema;
