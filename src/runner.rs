@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::job::{JobId, Limits, Outcome, RunResult};
 use crate::runtime::Runtime;
+use crate::sandbox::cgroup::JobCgroup;
 use crate::sandbox::{Launch, Sandbox, Sandboxed, WorkMount};
 
 /// The only `PATH` a job sees: system directories, never the server's own (which may point into a
@@ -37,6 +38,14 @@ const MAX_OPEN_FILES: u64 = 256;
 /// How long output is still read after the process group was killed. Only a process that escaped
 /// the group (setsid) can keep a pipe open that long; its output is not worth holding the run for.
 const DRAIN_GRACE: Duration = Duration::from_millis(150);
+
+/// How often a sandboxed run's CPU time is read against its limit: the run may overshoot the
+/// limit (plus [`CPU_GRACE`]) by this much times its number of busy cores.
+const CPU_POLL: Duration = Duration::from_millis(50);
+
+/// How far past its CPU limit a run is let go before it is killed as a whole, so that a single
+/// process meets its own RLIMIT_CPU first.
+const CPU_GRACE: Duration = Duration::from_millis(200);
 
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -388,6 +397,7 @@ async fn execute(
         tokio::spawn(feed(stdin, step.stdin.as_bytes().to_vec(), stop.clone()));
     }
 
+    let cgroup = process.sandbox.as_ref().and_then(|s| s.cgroup.as_ref());
     let fired = tokio::select! {
         biased;
         exit = wait_exit(&exited) => {
@@ -397,6 +407,7 @@ async fn execute(
         () = cancel.cancelled() => Some(Outcome::Cancelled),
         () = overflow.cancelled() => Some(Outcome::OutputLimit),
         () = tokio::time::sleep(Duration::from_millis(limits.wall_ms)) => Some(Outcome::WallTimeLimit),
+        () = cpu_limit_reached(cgroup, limits.cpu_ms) => Some(Outcome::CpuTimeLimit),
     };
     // Killed before reaping, not after: until the leader is reaped its pid cannot be reused, so
     // the signal can only reach this job's group, including anything it left in the background.
@@ -441,6 +452,29 @@ async fn execute(
         memory_kb: measured.memory_kb,
     };
     Ok(RunOutput { outcome, result })
+}
+
+/// Resolves once the run's processes together have used more than `limit_ms` of CPU time.
+/// RLIMIT_CPU holds each process to the limit, not the run: a job that forks, or hands its work
+/// over to a fresh child before the limit, would otherwise get its whole wall time on every core.
+/// A single process still meets its RLIMIT_CPU first (and its SIGXCPU, which it may catch): this
+/// only fires [`CPU_GRACE`] past the limit. Never resolves where the host does not count the
+/// run's CPU time (RLIMIT_CPU is all there is then).
+async fn cpu_limit_reached(cgroup: Option<&JobCgroup>, limit_ms: u64) {
+    let Some(cgroup) = cgroup else {
+        return std::future::pending().await;
+    };
+    let grace = u64::try_from(CPU_GRACE.as_millis()).unwrap_or(u64::MAX);
+    let mut poll = tokio::time::interval(CPU_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        poll.tick().await;
+        match cgroup.cpu_ms() {
+            Some(used) if used > limit_ms.saturating_add(grace) => return,
+            Some(_) => {}
+            None => return std::future::pending().await,
+        }
+    }
 }
 
 /// How long a sandbox may take to build its root and exec the job before the run is an error.

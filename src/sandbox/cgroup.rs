@@ -581,6 +581,20 @@ impl JobCgroup {
         usage
     }
 
+    /// CPU time of all its processes so far, where the host counts it. Cheap enough to poll
+    /// while the run goes, which is how the run as a whole (not each process) is held to its
+    /// CPU limit.
+    pub fn cpu_ms(&self) -> Option<u64> {
+        self.dirs.iter().find_map(|dir| {
+            let hierarchy = &self.cgroups.hierarchies[dir.hierarchy];
+            if hierarchy.features.cpu_usage {
+                cpu_ms(hierarchy.version, &dir.path)
+            } else {
+                None
+            }
+        })
+    }
+
     /// Kills every process in this cgroup and waits (up to a few seconds) until none is left.
     ///
     /// Where `cgroup.kill` exists one write kills the whole tree atomically, so even a fork bomb

@@ -710,12 +710,15 @@ impl Child<'_> {
                     libc::MS_NOSUID | libc::MS_NODEV,
                     options.as_ptr().cast(),
                 )),
+                // hidepid=2: a process the job may not ptrace is not listed. That hides init,
+                // whose command line is the server's (a copy made by clone): its flags and the
+                // host paths of the database and work root.
                 Step::Proc { target } => ok(libc::mount(
                     c"proc".as_ptr(),
                     target.as_ptr(),
                     c"proc".as_ptr(),
                     libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                    no_data,
+                    c"hidepid=2".as_ptr().cast(),
                 )),
                 Step::Symlink { target, link } => ok(libc::symlink(target.as_ptr(), link.as_ptr())),
                 Step::File { path, contents } => {
