@@ -2,6 +2,7 @@
 //! subprocesses, HTTP on a loopback port), as a user or operator would.
 
 mod api;
+mod attacks;
 mod cli;
 mod durability;
 mod levels;
