@@ -133,7 +133,8 @@ impl Runner {
         let output = async {
             work_dir.populate(&req).await?;
             let mut entries = staged_entries(&req.runtime.source_file, req.files);
-            let staged_bytes = req.code.len() + req.files.values().map(String::len).sum::<usize>();
+            let mut staged_bytes =
+                (req.code.len() + req.files.values().map(String::len).sum::<usize>()) as u64;
             let name = format!("{}-{}", req.job_id, req.attempt);
             let (program, argv) = match &req.runtime.compile {
                 None => (req.runtime.program.clone(), job_argv(req.runtime, req.args)),
@@ -145,7 +146,7 @@ impl Runner {
                         stdin: "",
                         limits: COMPILE_LIMITS,
                         entries: &entries,
-                        staged_bytes: staged_bytes as u64,
+                        staged_bytes,
                         work: WorkMount::Bind,
                     };
                     let built = execute(&build, &work_dir.path, &self.isolation, &cancel).await?;
@@ -156,6 +157,9 @@ impl Runner {
                         };
                         return Ok(RunOutput { outcome, ..built });
                     }
+                    // The run's /work must hold the binary besides the job's own room.
+                    let built_path = work_dir.path.join(&compile.binary);
+                    staged_bytes += std::fs::metadata(&built_path).map_or(0, |m| m.len());
                     entries.push(compile.binary.clone());
                     let binary = match self.isolation {
                         Isolation::Sandbox(_) => Path::new("/work").join(&compile.binary),
@@ -171,7 +175,7 @@ impl Runner {
                 stdin: req.stdin,
                 limits: req.limits,
                 entries: &entries,
-                staged_bytes: staged_bytes as u64,
+                staged_bytes,
                 work: WorkMount::Copy,
             };
             execute(&run, &work_dir.path, &self.isolation, &cancel).await

@@ -172,19 +172,32 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// SIGTERM first, so the server removes its cgroups as a real shutdown does; SIGKILL if it
+    /// takes too long.
     fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        for _ in 0..500 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-/// Two workers and node id `test`, unless the test says otherwise.
+/// Two workers, node id `test` and no shutdown grace, unless the test says otherwise.
 fn defaults_not_in(args: &[&str]) -> Vec<&'static str> {
-    [("--workers", "2"), ("--node-id", "test")]
-        .into_iter()
-        .filter(|(flag, _)| !args.contains(flag))
-        .flat_map(|(flag, value)| [flag, value])
-        .collect()
+    [
+        ("--workers", "2"),
+        ("--node-id", "test"),
+        ("--shutdown-grace-secs", "0"),
+    ]
+    .into_iter()
+    .filter(|(flag, _)| !args.contains(flag))
+    .flat_map(|(flag, value)| [flag, value])
+    .collect()
 }
 
 async fn decode(response: reqwest::Response) -> (StatusCode, Value) {

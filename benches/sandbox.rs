@@ -1,0 +1,500 @@
+//! What kiln's sandbox costs per run, each figure beside the bare spawn of the same program,
+//! measured in the same run on the same machine. Every figure is the rate of one job at a time,
+//! started, run to its end and torn down (work directory removed, cgroup gone) before the next:
+//!
+//! 1. **Sandboxed `/bin/true`, runs/s**: [`Runner::run`] under [`Isolation::Sandbox`] (new user,
+//!    pid, mount, network, IPC, UTS and cgroup namespaces, a fresh root, seccomp, Landlock,
+//!    cgroups), with an extra runtime whose program is `/bin/true` and the default limits. Limit:
+//!    bare spawns/s of `/bin/true` (`Command::status`). Goal: at most 3 times the bare time, so
+//!    that for the cheapest job the sandbox, not the program, is what a run costs, but not by more
+//!    than a small factor.
+//! 2. **Sandboxed `python3 -c pass`, runs/s**: the `python` runtime running `pass` (`/usr/bin/python3
+//!    -E -s -B main.py`). Limit: bare `/usr/bin/python3 -c pass`, never the `python3` on `PATH`
+//!    (possibly a slow pyenv shim). Goal: at most 1.3 times the bare time: for a real interpreter's
+//!    start the sandbox should be a minor cost.
+//! 3. **The runner without the sandbox** ([`Isolation::Unsandboxed`]) for both commands: the
+//!    runner's own cost (work directory, pipes, pidfd, output capture, `wait4`), so the sandbox's
+//!    share is visible as the difference from 1 and 2.
+//! 4. **bubblewrap** (`/usr/bin/bwrap`, when installed) running both commands in comparable
+//!    namespaces with a read-only `/usr`, a fresh `/proc`, `/dev` and `/tmp`: the widely used
+//!    sandbox to compare with; kiln should be faster for python.
+//!
+//! Why: the sandbox is paid on every run, and for short jobs it can dominate. The machine this
+//! runs on is shared and noisy, so an absolute rate says little: each figure is measured right
+//! after its limit, 3 times, and the ratio of the medians (limit runs/s over figure runs/s: how
+//! many times longer a run takes than the bare program) is the number to compare between runs. A
+//! few runs of each kind go first, unmeasured, so caches are warm for all of them.
+//!
+//! A kiln figure's clock stops only once the runner's background teardown (each sandbox's cgroup,
+//! removed off the async threads) has finished too: its tokio runtime is dropped inside the
+//! measurement, which waits for those tasks. Jobs follow each other back to back, the best case
+//! for kernel work that is cheap when repeated soon after (on cgroup hierarchies without
+//! `favordynmods`, moving a process into a cgroup waits for an RCU grace period unless another
+//! move happened within the last one): a server whose jobs come further apart pays more per start.
+//!
+//! The sandbox needs root (uid maps, cgroups): if it cannot be built the bench says why and exits
+//! non-zero. Run it with `scripts/bench-sandbox` (installs bubblewrap first) or
+//! `cargo bench --bench sandbox`. It prints a table and writes the same figures as JSON to
+//! `target/bench-sandbox.json`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+use kiln::config::Policy;
+use kiln::job::{JobId, Limits, Outcome};
+use kiln::runner::{Isolation, RunRequest, Runner};
+use kiln::runtime::{Runtime, Runtimes};
+use kiln::sandbox::{Sandbox, SandboxConfig};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+const RUNS: usize = 3;
+/// Jobs per measurement of `/bin/true`, one at a time.
+const TRUE_JOBS: usize = 300;
+/// Jobs per measurement of `python3 -c pass`, one at a time.
+const PYTHON_JOBS: usize = 100;
+/// Unmeasured jobs of each kind before the first measurement.
+const WARM_UP: usize = 10;
+/// Host uids the bench's sandbox maps to (this and the next 10 000): clear of a server's default
+/// range, which starts at 200 000.
+const UID_BASE: u32 = 7_000_000;
+const PYTHON: &str = "/usr/bin/python3";
+const BWRAP: &str = "/usr/bin/bwrap";
+/// bubblewrap's confinement closest to kiln's: every namespace, a read-only `/usr` with the
+/// merged-`/usr` links, a fresh `/proc`, a minimal `/dev`, a private `/tmp`, and the sandbox dies
+/// with its parent. The command follows.
+const BWRAP_ARGS: &[&str] = &[
+    "--unshare-all",
+    "--die-with-parent",
+    "--ro-bind",
+    "/usr",
+    "/usr",
+    "--symlink",
+    "usr/bin",
+    "/bin",
+    "--symlink",
+    "usr/lib",
+    "/lib",
+    "--symlink",
+    "usr/lib64",
+    "/lib64",
+    "--symlink",
+    "usr/sbin",
+    "/sbin",
+    "--proc",
+    "/proc",
+    "--dev",
+    "/dev",
+    "--tmpfs",
+    "/tmp",
+    "--chdir",
+    "/tmp",
+];
+
+/// One program as each contender runs it.
+struct Program {
+    /// As the table names it.
+    label: &'static str,
+    jobs: usize,
+    /// The kiln runtime and the code it is given.
+    runtime: &'static str,
+    code: &'static str,
+    /// The bare command line: the limit, and what bwrap runs.
+    bare: &'static [&'static str],
+    /// At most this many times the bare time, sandboxed.
+    goal: f64,
+}
+
+const PROGRAMS: [Program; 2] = [
+    Program {
+        label: "/bin/true",
+        jobs: TRUE_JOBS,
+        runtime: "true",
+        code: "",
+        bare: &["/bin/true"],
+        goal: 3.0,
+    },
+    Program {
+        label: "python3 -c pass",
+        jobs: PYTHON_JOBS,
+        runtime: "python",
+        code: "pass",
+        bare: &[PYTHON, "-c", "pass"],
+        goal: 1.3,
+    },
+];
+
+/// Who runs the command in a row.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Contender {
+    Sandboxed,
+    Unsandboxed,
+    Bwrap,
+}
+
+fn main() -> ExitCode {
+    let scratch = scratch();
+    let sandboxed = match sandboxed_runner(scratch.path()) {
+        Ok(runner) => runner,
+        Err(why) => {
+            eprintln!("bench-sandbox: cannot build kiln's sandbox: {why}");
+            eprintln!("bench-sandbox: it needs root (uid maps, cgroups) and user namespaces");
+            return ExitCode::FAILURE;
+        }
+    };
+    let unsandboxed = Runner::new(scratch.path().join("plain"), Isolation::Unsandboxed)
+        .expect("the unsandboxed runner's work root");
+    let runtimes = Runtimes::detect(&[("true".into(), "/bin/true".into())]);
+    for command in &PROGRAMS {
+        let Some(runtime) = runtimes.get(command.runtime) else {
+            eprintln!(
+                "bench-sandbox: no {} runtime on this host (is {} there?)",
+                command.runtime, command.bare[0]
+            );
+            return ExitCode::FAILURE;
+        };
+        if let Isolation::Sandbox(sandbox) = sandboxed.isolation()
+            && !sandbox.can_see(&runtime.program)
+        {
+            eprintln!(
+                "bench-sandbox: {} is not visible inside the sandbox",
+                runtime.program.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    }
+    let bwrap = bwrap_works();
+    let mut contenders = vec![Contender::Sandboxed, Contender::Unsandboxed];
+    match &bwrap {
+        Ok(()) => contenders.push(Contender::Bwrap),
+        Err(why) => println!("bubblewrap rows left out: {why}"),
+    }
+    let runner = |contender| match contender {
+        Contender::Sandboxed => Some(&sandboxed),
+        Contender::Unsandboxed => Some(&unsandboxed),
+        Contender::Bwrap => None,
+    };
+    let measure = |contender, command: &Program, jobs| match runner(contender) {
+        Some(runner) => kiln_runs(runner, &runtimes, command, jobs),
+        None => bwrap_runs(command, jobs),
+    };
+
+    println!(
+        "kiln sandbox bench: {RUNS} runs of {TRUE_JOBS} /bin/true and {PYTHON_JOBS} python jobs \
+         per figure, one job at a time"
+    );
+    for command in &PROGRAMS {
+        bare_runs(command, WARM_UP);
+        for &contender in &contenders {
+            measure(contender, command, WARM_UP);
+        }
+    }
+    let mut figures: Vec<Figure> = Vec::new();
+    for command in &PROGRAMS {
+        for &contender in &contenders {
+            figures.push(Figure::new(contender, command));
+        }
+    }
+    for run in 1..=RUNS {
+        for figure in &mut figures {
+            let command = figure.command;
+            let limit = bare_runs(command, command.jobs);
+            let rate = measure(figure.contender, command, command.jobs);
+            println!(
+                "run {run}: {:.0} runs/s {} vs {limit:.0} bare runs/s",
+                rate,
+                figure.name()
+            );
+            figure.runs.push(rate);
+            figure.limit_runs.push(limit);
+        }
+    }
+
+    let rows: Vec<Value> = figures.iter().map(Figure::to_json).collect();
+    print_table(&rows);
+    let derived = derived(&figures);
+    for line in derived.iter().filter_map(|d| d["text"].as_str()) {
+        println!("{line}");
+    }
+    println!();
+
+    let report = json!({
+        "runs": RUNS,
+        "jobs": {"true": TRUE_JOBS, "python": PYTHON_JOBS},
+        "warm_up_jobs": WARM_UP,
+        "limits": {
+            "true": "bare spawns/s of /bin/true (std::process::Command::status)",
+            "python": format!("bare spawns/s of {PYTHON} -c pass (std::process::Command::status)"),
+        },
+        "bwrap": match &bwrap {
+            Ok(()) => json!(format!("{BWRAP} {}", BWRAP_ARGS.join(" "))),
+            Err(why) => json!({"left_out": why}),
+        },
+        "figures": rows,
+        "derived": derived,
+    });
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target directory")
+        .join("bench-sandbox.json");
+    let text = serde_json::to_string_pretty(&report).expect("JSON");
+    std::fs::write(&path, text + "\n").expect("write the JSON report");
+    println!("written to {}", path.display());
+    ExitCode::SUCCESS
+}
+
+/// Where the runners' work roots go: the target directory's disk, as a deployment's would be on
+/// a disk, not a tmpfs. Traversable by everyone, as the sandbox's unprivileged init must reach
+/// its staging directory in the work root beneath.
+fn scratch() -> TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch directory");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+        .expect("scratch directory permissions");
+    dir
+}
+
+fn sandboxed_runner(scratch: &Path) -> Result<Runner, String> {
+    let work_root = scratch.join("sandboxed");
+    let config = SandboxConfig {
+        uid_base: UID_BASE,
+        ..SandboxConfig::default()
+    };
+    let sandbox = Sandbox::new(&config, &work_root).map_err(|e| e.to_string())?;
+    Runner::new(work_root.clone(), Isolation::Sandbox(sandbox))
+        .map_err(|e| format!("cannot create {}: {e}", work_root.display()))
+}
+
+/// bubblewrap is there and its flags work on this host: one `/bin/true` through it.
+fn bwrap_works() -> Result<(), String> {
+    if !Path::new(BWRAP).exists() {
+        return Err(format!("{BWRAP} is not installed"));
+    }
+    let output = Command::new(BWRAP)
+        .args(BWRAP_ARGS)
+        .arg("/bin/true")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {BWRAP}: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{BWRAP} {} /bin/true failed ({}): {}",
+            BWRAP_ARGS.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// One figure: a contender running a command, measured [`RUNS`] times, each time right after the
+/// bare command (its limit).
+struct Figure {
+    contender: Contender,
+    command: &'static Program,
+    runs: Vec<f64>,
+    limit_runs: Vec<f64>,
+}
+
+impl Figure {
+    fn new(contender: Contender, command: &'static Program) -> Figure {
+        Figure {
+            contender,
+            command,
+            runs: Vec::new(),
+            limit_runs: Vec::new(),
+        }
+    }
+
+    fn name(&self) -> String {
+        let label = self.command.label;
+        match self.contender {
+            Contender::Sandboxed => format!("kiln sandboxed {label}"),
+            Contender::Unsandboxed => format!("kiln runner unsandboxed {label}"),
+            Contender::Bwrap => format!("bwrap {label}"),
+        }
+    }
+
+    fn limit(&self) -> String {
+        format!("bare {}", self.command.bare.join(" "))
+    }
+
+    /// How many times longer a run takes than the bare program.
+    fn time_ratio(&self) -> f64 {
+        median(&self.limit_runs) / median(&self.runs)
+    }
+
+    fn goal(&self) -> Option<f64> {
+        (self.contender == Contender::Sandboxed).then_some(self.command.goal)
+    }
+
+    fn to_json(&self) -> Value {
+        let (figure, limit) = (median(&self.runs), median(&self.limit_runs));
+        let ratio = self.time_ratio();
+        json!({
+            "figure": self.name(),
+            "median": figure,
+            "runs": self.runs,
+            "ms_per_run": 1000.0 / figure,
+            "limit": self.limit(),
+            "limit_median": limit,
+            "limit_runs": self.limit_runs,
+            "limit_ms_per_run": 1000.0 / limit,
+            "time_ratio": ratio,
+            "goal_time_ratio_at_most": self.goal(),
+            "goal_met": self.goal().map(|goal| ratio <= goal),
+            "goal_note": match self.contender {
+                Contender::Sandboxed => None,
+                Contender::Unsandboxed => Some("none: the runner alone"),
+                Contender::Bwrap => Some("none: comparison"),
+            },
+        })
+    }
+}
+
+/// What the rows mean together: the sandbox's own cost per run, and kiln against bubblewrap.
+fn derived(figures: &[Figure]) -> Vec<Value> {
+    let ms = |contender, label| {
+        figures
+            .iter()
+            .find(|f| f.contender == contender && f.command.label == label)
+            .map(|f| 1000.0 / median(&f.runs))
+    };
+    let mut lines = Vec::new();
+    for command in &PROGRAMS {
+        let label = command.label;
+        let (Some(sandboxed), Some(plain)) = (
+            ms(Contender::Sandboxed, label),
+            ms(Contender::Unsandboxed, label),
+        ) else {
+            continue;
+        };
+        lines.push(json!({
+            "figure": format!("sandbox's own cost per run, {label}, ms"),
+            "value": sandboxed - plain,
+            "text": format!(
+                "{label}: {sandboxed:.2} ms per sandboxed run, {plain:.2} ms unsandboxed: the \
+                 sandbox costs {:.2} ms a run",
+                sandboxed - plain
+            ),
+        }));
+        if let Some(bwrap) = ms(Contender::Bwrap, label) {
+            lines.push(json!({
+                "figure": format!("bwrap time / kiln sandboxed time, {label}"),
+                "value": bwrap / sandboxed,
+                "text": format!(
+                    "{label}: bwrap takes {bwrap:.2} ms a run, {:.2}x kiln's sandboxed time \
+                     (kiln {})",
+                    bwrap / sandboxed,
+                    if bwrap > sandboxed { "faster" } else { "slower" }
+                ),
+            }));
+        }
+    }
+    lines
+}
+
+fn print_table(rows: &[Value]) {
+    let cell = |v: &Value, digits: usize| {
+        v.as_f64()
+            .map_or(String::new(), |x| format!("{x:.digits$}"))
+    };
+    println!();
+    println!("| figure | runs/s median | limit runs/s median | time ratio (limit/figure) | goal |");
+    println!("|---|---:|---:|---:|---|");
+    for row in rows {
+        let goal = match (
+            row["goal_time_ratio_at_most"].as_f64(),
+            row["goal_met"].as_bool(),
+        ) {
+            (Some(goal), Some(met)) => {
+                format!("≤ {goal}× ({})", if met { "met" } else { "missed" })
+            }
+            _ => row["goal_note"].as_str().unwrap_or("—").to_owned(),
+        };
+        println!(
+            "| {} | {} | {} | {}× | {goal} |",
+            row["figure"].as_str().unwrap_or_default(),
+            cell(&row["median"], 0),
+            cell(&row["limit_median"], 0),
+            cell(&row["time_ratio"], 2),
+        );
+    }
+    println!();
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    }
+}
+
+/// The limit: the bare command spawned and waited for, one at a time.
+fn bare_runs(command: &Program, jobs: usize) -> f64 {
+    spawn_runs(command.bare[0], &command.bare[1..], jobs)
+}
+
+/// bubblewrap running the bare command, one at a time.
+fn bwrap_runs(command: &Program, jobs: usize) -> f64 {
+    let args: Vec<&str> = BWRAP_ARGS.iter().chain(command.bare).copied().collect();
+    spawn_runs(BWRAP, &args, jobs)
+}
+
+fn spawn_runs(program: &str, args: &[&str], jobs: usize) -> f64 {
+    let start = Instant::now();
+    for _ in 0..jobs {
+        let status = Command::new(program)
+            .args(args)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        assert!(status.success(), "{program} {args:?}: {status}");
+    }
+    jobs as f64 / start.elapsed().as_secs_f64()
+}
+
+/// kiln's runner running the command as a job, one at a time, each to its end. A fresh tokio
+/// runtime per measurement, dropped before the clock stops: dropping it waits for the teardown
+/// the runner left in the background.
+fn kiln_runs(runner: &Runner, runtimes: &Runtimes, command: &Program, jobs: usize) -> f64 {
+    let runtime: &Runtime = runtimes.get(command.runtime).expect("runtime detected");
+    let limits: Limits = Policy::default().default_limits;
+    let files = BTreeMap::new();
+    let tokio = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let start = Instant::now();
+    tokio.block_on(async {
+        for _ in 0..jobs {
+            let request = RunRequest {
+                job_id: JobId::now_v7(),
+                attempt: 1,
+                runtime,
+                code: command.code,
+                stdin: "",
+                args: &[],
+                files: &files,
+                limits,
+            };
+            let output = runner
+                .run(request, CancellationToken::new())
+                .await
+                .unwrap_or_else(|e| panic!("kiln could not run {}: {e}", command.label));
+            assert_eq!(
+                output.outcome,
+                Outcome::Success,
+                "{}: {:?}",
+                command.label,
+                output.result
+            );
+        }
+    });
+    drop(tokio);
+    jobs as f64 / start.elapsed().as_secs_f64()
+}
