@@ -18,6 +18,9 @@
 //! Run it with `scripts/bench-core` (installs `wrk` first) or `cargo bench --bench core`. It prints
 //! a table and writes the same figures as JSON to `target/bench-core.json`.
 
+mod common;
+
+use common::median;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -212,17 +215,6 @@ fn print_table(rows: &[Value]) {
         );
     }
     println!();
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    if sorted.len() % 2 == 1 {
-        sorted[mid]
-    } else {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    }
 }
 
 /// Where databases and work directories go: the target directory's disk, not a tmpfs, so fsync

@@ -37,6 +37,9 @@
 //! `cargo bench --bench sandbox`. It prints a table and writes the same figures as JSON to
 //! `target/bench-sandbox.json`.
 
+mod common;
+
+use common::median;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
@@ -425,17 +428,6 @@ fn print_table(rows: &[Value]) {
         );
     }
     println!();
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    if sorted.len() % 2 == 1 {
-        sorted[mid]
-    } else {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    }
 }
 
 /// The limit: the bare command spawned and waited for, one at a time.

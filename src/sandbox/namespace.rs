@@ -664,8 +664,6 @@ impl Child<'_> {
 
     unsafe fn step(&self, step: &Step) -> Result<(), i32> {
         let ok = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(errno()) };
-        let null: *const libc::c_char = std::ptr::null();
-        let no_data: *const libc::c_void = std::ptr::null();
         unsafe {
             match step {
                 Step::Mkdir { path, mode } => ok(libc::mkdir(path.as_ptr(), *mode)),
@@ -676,32 +674,11 @@ impl Child<'_> {
                     extra_flags,
                 } => {
                     let rec = if *file { 0 } else { libc::MS_REC };
-                    ok(libc::mount(
-                        source.as_ptr(),
-                        target.as_ptr(),
-                        null,
-                        libc::MS_BIND | rec,
-                        no_data,
-                    ))?;
-                    let flags = libc::MS_BIND
-                        | libc::MS_REMOUNT
-                        | libc::MS_RDONLY
-                        | libc::MS_NOSUID
-                        | libc::MS_NODEV
-                        | extra_flags;
-                    ok(libc::mount(null, target.as_ptr(), null, flags, no_data))
+                    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | extra_flags;
+                    bind(source, target, rec, flags)
                 }
                 Step::BindDevice { source, target } => {
-                    ok(libc::mount(
-                        source.as_ptr(),
-                        target.as_ptr(),
-                        null,
-                        libc::MS_BIND,
-                        no_data,
-                    ))?;
-                    let flags =
-                        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NOEXEC;
-                    ok(libc::mount(null, target.as_ptr(), null, flags, no_data))
+                    bind(source, target, 0, libc::MS_NOSUID | libc::MS_NOEXEC)
                 }
                 Step::Tmpfs { target, options } => ok(libc::mount(
                     c"tmpfs".as_ptr(),
@@ -735,15 +712,7 @@ impl Child<'_> {
                     result
                 }
                 Step::BindWritable { source, target } => {
-                    ok(libc::mount(
-                        source.as_ptr(),
-                        target.as_ptr(),
-                        null,
-                        libc::MS_BIND,
-                        no_data,
-                    ))?;
-                    let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV;
-                    ok(libc::mount(null, target.as_ptr(), null, flags, no_data))
+                    bind(source, target, 0, libc::MS_NOSUID | libc::MS_NODEV)
                 }
                 Step::Copy { source, target } => {
                     let from = libc::open(
@@ -886,6 +855,30 @@ unsafe fn set_ids(id: u32) -> libc::c_long {
             return gid;
         }
         libc::syscall(libc::SYS_setresuid, id, id, id)
+    }
+}
+
+/// Binds `source` on `target`, then remounts the bind with `flags` (a bind ignores them at
+/// first).
+unsafe fn bind(
+    source: &CString,
+    target: &CString,
+    rec: libc::c_ulong,
+    flags: libc::c_ulong,
+) -> Result<(), i32> {
+    let null: *const libc::c_char = std::ptr::null();
+    let no_data: *const libc::c_void = std::ptr::null();
+    let ok = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(errno()) };
+    unsafe {
+        ok(libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            null,
+            libc::MS_BIND | rec,
+            no_data,
+        ))?;
+        let flags = libc::MS_BIND | libc::MS_REMOUNT | flags;
+        ok(libc::mount(null, target.as_ptr(), null, flags, no_data))
     }
 }
 
