@@ -357,6 +357,7 @@ impl Hierarchy {
     /// Creates our parent cgroup in `located` and probes `wanted` there; `None` if none of it works.
     fn set_up(located: &Located, parent: &str, mut wanted: Features) -> Option<Hierarchy> {
         let own = &located.dir;
+        sweep_dead_servers(own);
         if located.version == Version::V2 {
             for controller in wanted.limited() {
                 let on = enable(own, controller);
@@ -814,6 +815,40 @@ fn write(path: &Path, value: &str) -> io::Result<()> {
 }
 
 /// Creates a cgroup, accepting one left behind by an earlier process with the same pid.
+/// Removes what servers that died without shutting down (SIGKILL, a crash) left in `own`: their
+/// `kiln-<pid>-<n>` parents and the empty run cgroups beneath. Only a cgroup without processes
+/// can be removed, so a run still going is never touched; a parent whose pid is alive here is
+/// skipped. (A server in another pid namespace with the same pid number would lose its parent
+/// when idle; one server per cgroup is the supported setup.)
+fn sweep_dead_servers(own: &Path) {
+    let Ok(entries) = fs::read_dir(own) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("kiln-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let dir = entry.path();
+        if let Ok(runs) = fs::read_dir(&dir) {
+            for run in runs.flatten().filter(|r| r.path().is_dir()) {
+                let _ = fs::remove_dir(run.path());
+            }
+        }
+        if fs::remove_dir(&dir).is_ok() {
+            tracing::info!(path = %dir.display(), "removed the cgroup of a server that died");
+        }
+    }
+}
+
 fn create_dir_reusing(path: &Path) -> io::Result<()> {
     match fs::create_dir(path) {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
@@ -1058,6 +1093,29 @@ mod tests {
             assert!(Instant::now() < deadline, "timed out waiting until {what}");
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    #[test]
+    fn starting_removes_what_a_dead_server_left_behind() {
+        let Some(cgroups) = detect_or_skip("sweep") else {
+            return;
+        };
+        let Some(own) = cgroups.inner.hierarchies[0]
+            .parent
+            .parent()
+            .map(Path::to_path_buf)
+        else {
+            return;
+        };
+        // pid_max is at most 2^22: no process can have this pid.
+        let dead = own.join("kiln-4194999-0");
+        fs::create_dir_all(dead.join("run-1")).expect("a leftover cgroup");
+        let live = own.join(format!("kiln-{}-999", std::process::id()));
+        fs::create_dir_all(&live).expect("this server's own cgroup");
+        drop(Cgroups::detect());
+        assert!(!dead.exists(), "the dead server's cgroup was removed");
+        assert!(live.exists(), "a live server's cgroup is kept");
+        fs::remove_dir(&live).expect("clean up");
     }
 
     #[test]
