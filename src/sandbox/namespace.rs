@@ -121,20 +121,40 @@ enum Fixed {
     Exec,
 }
 
-const FIXED: [(Fixed, &str); 12] = [
-    (Fixed::WaitForParent, "waiting for the parent"),
-    (Fixed::Hostname, "sethostname"),
-    (Fixed::PrivateMounts, "making mounts private"),
-    (Fixed::NewRoot, "mounting the new root"),
-    (Fixed::Pivot, "pivot_root"),
-    (Fixed::ReadOnlyRoot, "remounting the root read-only"),
-    (Fixed::Fork, "fork"),
-    (Fixed::WorkDir, "entering /work"),
-    (Fixed::Ids, "switching to the job's uid"),
-    (Fixed::Rlimits, "setrlimit"),
-    (Fixed::Filters, "seccomp/Landlock"),
-    (Fixed::Exec, "execve"),
-];
+impl Fixed {
+    /// In declaration order, which is their numbering after the plan's steps.
+    const ALL: [Fixed; 12] = [
+        Fixed::WaitForParent,
+        Fixed::Hostname,
+        Fixed::PrivateMounts,
+        Fixed::NewRoot,
+        Fixed::Pivot,
+        Fixed::ReadOnlyRoot,
+        Fixed::Fork,
+        Fixed::WorkDir,
+        Fixed::Ids,
+        Fixed::Rlimits,
+        Fixed::Filters,
+        Fixed::Exec,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Fixed::WaitForParent => "waiting for the parent",
+            Fixed::Hostname => "sethostname",
+            Fixed::PrivateMounts => "making mounts private",
+            Fixed::NewRoot => "mounting the new root",
+            Fixed::Pivot => "pivot_root",
+            Fixed::ReadOnlyRoot => "remounting the root read-only",
+            Fixed::Fork => "fork",
+            Fixed::WorkDir => "entering /work",
+            Fixed::Ids => "switching to the job's uid",
+            Fixed::Rlimits => "setrlimit",
+            Fixed::Filters => "seccomp/Landlock",
+            Fixed::Exec => "execve",
+        }
+    }
+}
 
 /// Everything about one run, prepared in the parent.
 pub struct Plan {
@@ -359,9 +379,9 @@ impl Plan {
         let index = index as usize;
         match self.steps.get(index) {
             Some(step) => step.name(),
-            None => FIXED
+            None => Fixed::ALL
                 .get(index - self.steps.len())
-                .map_or("unknown step", |(_, name)| name),
+                .map_or("unknown step", |fixed| fixed.name()),
         }
     }
 
