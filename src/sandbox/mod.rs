@@ -25,7 +25,7 @@ use crate::job::Limits;
 use cgroup::{CgroupLimits, Cgroups, JobCgroup};
 use filter::{FilterPolicy, Filters};
 pub use namespace::WorkMount;
-use namespace::{HostIds, Plan, RunSpec, Started};
+use namespace::{HostIds, Plan, RunSpec, Skeleton, Started};
 
 /// What the operator asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -110,8 +110,9 @@ pub struct Report {
 }
 
 pub struct Sandbox {
-    binds: Vec<PathBuf>,
-    /// Canonical forms of `binds`, for deciding what a runtime can see.
+    /// The run-independent part of every run's root: what is bound and created.
+    skeleton: Skeleton,
+    /// Canonical forms of what is bound, for deciding what a runtime can see.
     visible: Vec<PathBuf>,
     /// An empty directory each run mounts its new root on, in its own mount namespace.
     root_dir: PathBuf,
@@ -154,8 +155,12 @@ impl Sandbox {
             .iter()
             .filter_map(|p| std::fs::canonicalize(p).ok())
             .collect();
+        let skeleton = Skeleton::new(&root_dir, &binds).map_err(|source| SandboxError::Io {
+            path: root_dir.clone(),
+            source,
+        })?;
         Ok(Sandbox {
-            binds,
+            skeleton,
             visible,
             root_dir,
             filters: Filters::new(&FilterPolicy::default())?,
@@ -211,7 +216,7 @@ impl Sandbox {
                 ids.job
             },
             user_ns: self.user_ns,
-            binds: &self.binds,
+            skeleton: &self.skeleton,
             program: launch.program,
             args: launch.args,
             env: launch.env,

@@ -41,6 +41,7 @@ pub struct HostIds {
 
 /// One step of building the new root, with every path absolute on the host (the new root is
 /// mounted at [`Plan::root`] until the pivot).
+#[derive(Clone)]
 enum Step {
     Mkdir {
         path: CString,
@@ -193,8 +194,8 @@ pub struct RunSpec<'a> {
     /// Whether the run gets its own user namespace (else init is the host's root, in the other
     /// namespaces only, and drops to `job_id` for the job).
     pub user_ns: bool,
-    /// Read-only binds: host path → the same path inside.
-    pub binds: &'a [PathBuf],
+    /// The run-independent part of the root, prepared at startup.
+    pub skeleton: &'a Skeleton,
     pub program: &'a Path,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
@@ -216,58 +217,7 @@ impl Plan {
     pub fn new(spec: RunSpec<'_>) -> io::Result<Plan> {
         let root = spec.root;
         let job = spec.job_id;
-        let mut steps = Vec::new();
-        let mut made = std::collections::BTreeSet::new();
-        let mut mkdir_all = |steps: &mut Vec<Step>, inside: &Path| -> io::Result<()> {
-            let mut current = PathBuf::from("/");
-            for part in inside.components().skip(1) {
-                current.push(part);
-                if made.insert(current.clone()) {
-                    steps.push(Step::Mkdir {
-                        path: host(root, &current)?,
-                        mode: 0o755,
-                    });
-                }
-            }
-            Ok(())
-        };
-
-        for bind in spec.binds {
-            let meta = match std::fs::symlink_metadata(bind) {
-                Ok(meta) => meta,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            if let Some(parent) = bind.parent() {
-                mkdir_all(&mut steps, parent)?;
-            }
-            if meta.file_type().is_symlink() {
-                // /bin -> usr/bin on merged-/usr systems: the same link, not a second bind.
-                let target = std::fs::read_link(bind)?;
-                steps.push(Step::Symlink {
-                    target: cstring(target.as_os_str().as_bytes())?,
-                    link: host(root, bind)?,
-                });
-                continue;
-            }
-            let file = !meta.is_dir();
-            if file {
-                steps.push(Step::File {
-                    path: host(root, bind)?,
-                    contents: Vec::new(),
-                });
-            } else {
-                mkdir_all(&mut steps, bind)?;
-            }
-            steps.push(Step::BindReadOnly {
-                source: cstring(bind.as_os_str().as_bytes())?,
-                target: host(root, bind)?,
-                file,
-                extra_flags: locked_flags(bind)?,
-            });
-        }
-
-        mkdir_all(&mut steps, Path::new("/etc"))?;
+        let mut steps = spec.skeleton.steps.clone();
         for (name, contents) in [
             (
                 "/etc/passwd",
@@ -284,45 +234,15 @@ impl Plan {
             });
         }
 
-        mkdir_all(&mut steps, Path::new("/dev"))?;
-        for device in ["null", "zero", "full", "random", "urandom"] {
-            let inside = Path::new("/dev").join(device);
-            steps.push(Step::File {
-                path: host(root, &inside)?,
-                contents: Vec::new(),
-            });
-            steps.push(Step::BindDevice {
-                source: cstring(inside.as_os_str().as_bytes())?,
-                target: host(root, &inside)?,
-            });
-        }
-        for (link, target) in [
-            ("/dev/fd", "/proc/self/fd"),
-            ("/dev/stdin", "/proc/self/fd/0"),
-            ("/dev/stdout", "/proc/self/fd/1"),
-            ("/dev/stderr", "/proc/self/fd/2"),
-        ] {
-            steps.push(Step::Symlink {
-                target: cstring(target)?,
-                link: host(root, Path::new(link))?,
-            });
-        }
         for (inside, bytes, mode) in [
             ("/dev/shm", spec.tmp_bytes, "1777"),
             ("/tmp", spec.tmp_bytes, "1777"),
         ] {
-            mkdir_all(&mut steps, Path::new(inside))?;
             steps.push(Step::Tmpfs {
                 target: host(root, Path::new(inside))?,
                 options: cstring(format!("size={bytes},mode={mode},nr_inodes=16384"))?,
             });
         }
-        mkdir_all(&mut steps, Path::new("/proc"))?;
-        steps.push(Step::Proc {
-            target: host(root, Path::new("/proc"))?,
-        });
-
-        mkdir_all(&mut steps, Path::new("/work"))?;
         if spec.work == WorkMount::Bind {
             steps.push(Step::BindWritable {
                 source: cstring(spec.staging.as_os_str().as_bytes())?,
@@ -387,6 +307,101 @@ impl Plan {
 
     fn fixed(&self, step: Fixed) -> u32 {
         (self.steps.len() + step as usize) as u32
+    }
+}
+
+/// The part of every run's root that does not depend on the run: binds of the host's system,
+/// the devices, `/proc`, and the mount points. Examining the host for it (symlinks, mount flags)
+/// is done once, at startup, not on every run.
+#[derive(Clone)]
+pub struct Skeleton {
+    steps: Vec<Step>,
+}
+
+impl Skeleton {
+    /// `root` is where every run mounts its new root; `binds` are host paths bound read-only at
+    /// the same path inside.
+    pub fn new(root: &Path, binds: &[PathBuf]) -> io::Result<Skeleton> {
+        let mut steps = Vec::new();
+        let mut made = std::collections::BTreeSet::new();
+        let mut mkdir_all = |steps: &mut Vec<Step>, inside: &Path| -> io::Result<()> {
+            let mut current = PathBuf::from("/");
+            for part in inside.components().skip(1) {
+                current.push(part);
+                if made.insert(current.clone()) {
+                    steps.push(Step::Mkdir {
+                        path: host(root, &current)?,
+                        mode: 0o755,
+                    });
+                }
+            }
+            Ok(())
+        };
+
+        for bind in binds {
+            let meta = match std::fs::symlink_metadata(bind) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if let Some(parent) = bind.parent() {
+                mkdir_all(&mut steps, parent)?;
+            }
+            if meta.file_type().is_symlink() {
+                // /bin -> usr/bin on merged-/usr systems: the same link, not a second bind.
+                let target = std::fs::read_link(bind)?;
+                steps.push(Step::Symlink {
+                    target: cstring(target.as_os_str().as_bytes())?,
+                    link: host(root, bind)?,
+                });
+                continue;
+            }
+            let file = !meta.is_dir();
+            if file {
+                steps.push(Step::File {
+                    path: host(root, bind)?,
+                    contents: Vec::new(),
+                });
+            } else {
+                mkdir_all(&mut steps, bind)?;
+            }
+            steps.push(Step::BindReadOnly {
+                source: cstring(bind.as_os_str().as_bytes())?,
+                target: host(root, bind)?,
+                file,
+                extra_flags: locked_flags(bind)?,
+            });
+        }
+        for dir in ["/etc", "/dev", "/dev/shm", "/tmp", "/proc", "/work"] {
+            mkdir_all(&mut steps, Path::new(dir))?;
+        }
+        for device in ["null", "zero", "full", "random", "urandom"] {
+            let inside = Path::new("/dev").join(device);
+            steps.push(Step::File {
+                path: host(root, &inside)?,
+                contents: Vec::new(),
+            });
+            steps.push(Step::BindDevice {
+                source: cstring(inside.as_os_str().as_bytes())?,
+                target: host(root, &inside)?,
+            });
+        }
+        for (link, target) in [
+            ("/dev/fd", "/proc/self/fd"),
+            ("/dev/stdin", "/proc/self/fd/0"),
+            ("/dev/stdout", "/proc/self/fd/1"),
+            ("/dev/stderr", "/proc/self/fd/2"),
+        ] {
+            steps.push(Step::Symlink {
+                target: cstring(target)?,
+                link: host(root, Path::new(link))?,
+            });
+        }
+        steps.push(Step::Proc {
+            target: host(root, Path::new("/proc"))?,
+        });
+
+        Ok(Skeleton { steps })
     }
 }
 
