@@ -17,7 +17,7 @@
 //! stopping the server.
 //!
 //! [`Cgroups::create`] then makes `<parent>/<run name>/` in every usable hierarchy and
-//! [`JobCgroup`] attaches the run's first process, reports usage, kills and removes it.
+//! [`JobCgroup`] lets the run's first process in, reports usage, kills and removes it.
 //!
 //! Everything here is blocking file-system work on cgroupfs, and [`JobCgroup::kill`] and
 //! [`JobCgroup::remove`] may sleep for up to a few seconds while processes die: call them from
@@ -542,6 +542,19 @@ pub struct JobCgroup {
     dirs: Vec<JobDir>,
 }
 
+/// What [`JobCgroup::entry`] hands to the sandbox.
+#[derive(Debug)]
+pub struct Entry {
+    /// The v2 cgroup's directory, for `clone3(CLONE_INTO_CGROUP)` of the sandbox's init, where
+    /// that cgroup limits no memory (a hybrid host, whose v2 hierarchy only kills and counts).
+    /// init shares the server's memory, and must never be where an OOM killer may choose it.
+    pub into: Option<OwnedFd>,
+    /// Files the job writes `0` (itself) into before it runs anything: each v1 hierarchy's
+    /// `tasks`, and v2's `cgroup.procs` where `into` is not used. Opened here: the kernel checks
+    /// the credentials of the opener (the server), not of the writer.
+    pub enter: Vec<OwnedFd>,
+}
+
 #[derive(Debug)]
 struct JobDir {
     /// Index into `cgroups.hierarchies`.
@@ -552,16 +565,39 @@ struct JobDir {
 }
 
 impl JobCgroup {
-    /// Moves process `pid` (with all its threads) into this cgroup in every hierarchy. Call it
-    /// before the process runs anything of the job: children it forked earlier stay outside. On
-    /// error the process may already be in some hierarchies: kill it yourself.
-    pub fn attach(&self, pid: libc::pid_t) -> Result<(), CgroupError> {
-        let pid = pid.to_string();
+    /// How a run's processes enter this cgroup without the server moving them.
+    ///
+    /// On cgroup v1, a move by another process takes a global lock whose writer waits for an
+    /// RCU grace period whenever no move happened in the last few milliseconds: 5–15 ms a run on
+    /// an idle host, measured. A single-threaded process moving itself does not take that lock,
+    /// and `clone3(CLONE_INTO_CGROUP)` creates a process in place. Writing itself into v2's
+    /// `cgroup.procs` does take it (mount cgroup2 with `favordynmods` to make that cheap); that
+    /// is only needed where the v2 cgroup limits memory, see [`Entry::into`].
+    pub fn entry(&self) -> Result<Entry, CgroupError> {
+        let mut entry = Entry {
+            into: None,
+            enter: Vec::new(),
+        };
         for dir in &self.dirs {
-            let procs = dir.path.join("cgroup.procs");
-            write(&procs, &pid).map_err(|e| CgroupError::io("attach a process to", &procs, e))?;
+            let hierarchy = &self.cgroups.hierarchies[dir.hierarchy];
+            let file = match hierarchy.version {
+                Version::V2 if !hierarchy.features.memory => {
+                    let opened = fs::File::open(&dir.path)
+                        .map_err(|e| CgroupError::io("open", &dir.path, e))?;
+                    entry.into = Some(opened.into());
+                    continue;
+                }
+                Version::V2 => "cgroup.procs",
+                Version::V1 => "tasks",
+            };
+            let path = dir.path.join(file);
+            let opened = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| CgroupError::io("open", &path, e))?;
+            entry.enter.push(opened.into());
         }
-        Ok(())
+        Ok(entry)
     }
 
     /// What the run used so far. The counters survive its processes, so read it after the run
@@ -1080,8 +1116,9 @@ mod tests {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn /bin/sh");
-        let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
-        job.attach(pid).expect("attach");
+        for dir in &job.dirs {
+            fs::write(dir.path.join("cgroup.procs"), child.id().to_string()).expect("attach");
+        }
         let mut stdin = child.stdin.take().expect("piped stdin");
         stdin.write_all(b"go\n").expect("release the shell");
         child

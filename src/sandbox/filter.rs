@@ -6,10 +6,10 @@
 //!
 //! # Why it is split between parent and child
 //!
-//! A job is started with a raw `clone()` from the multi-threaded server. Until its `execve`, the
-//! child may only make raw system calls: another thread of the parent may have held the allocator's
-//! lock (or any other) at the moment of the clone, and the child would deadlock on it. So
-//! everything that allocates happens in the parent:
+//! A job is started from the multi-threaded server and, until its `execve`, shares the server's
+//! memory (see [`super::namespace`]). It may only make raw system calls ([`super::sys`]): no
+//! allocation (another thread may hold the allocator's lock), no libc wrapper (they write `errno`
+//! into a server thread's storage). So everything that allocates happens in the parent:
 //!
 //! - [`Filters::new`], once at startup: compiles the seccomp programs with `seccompiler` and asks
 //!   the kernel for its Landlock ABI.
@@ -85,6 +85,8 @@ use seccompiler::{
     SeccompFilter, SeccompRule, TargetArch, sock_filter,
 };
 
+use super::sys;
+
 /// What a deployment may let jobs do beyond the fixed policy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FilterPolicy {
@@ -144,7 +146,7 @@ struct LandlockAccess {
 /// `landlock_create_ruleset` flag: return the ABI version instead of creating a ruleset.
 const LANDLOCK_CREATE_RULESET_VERSION: libc::c_ulong = 1;
 /// `landlock_add_rule` rule type for `struct landlock_path_beneath_attr`.
-const LANDLOCK_RULE_PATH_BENEATH: libc::c_ulong = 1;
+const LANDLOCK_RULE_PATH_BENEATH: u32 = 1;
 
 /// `struct landlock_path_beneath_attr`, which the kernel declares packed.
 #[repr(C, packed)]
@@ -328,13 +330,10 @@ pub unsafe fn apply_in_child(
     read_exec_roots: &[&CStr],
     writable_roots: &[&CStr],
 ) -> Result<(), ChildError> {
-    // Variadic prctl: pass full-width zeros, or the kernel may see garbage in the upper halves
-    // and refuse with EINVAL.
-    let (one, zero): (libc::c_ulong, libc::c_ulong) = (1, 0);
+    let fail = |step| move |errno| ChildError { step, errno };
     // SAFETY: integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, one, zero, zero, zero) } != 0 {
-        return Err(ChildError::last("prctl(PR_SET_NO_NEW_PRIVS)"));
-    }
+    unsafe { sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1) }
+        .map_err(fail("prctl(PR_SET_NO_NEW_PRIVS)"))?;
     match (filters.landlock, landlock) {
         (Some(access), Some(ruleset)) => {
             for root in read_exec_roots {
@@ -344,16 +343,8 @@ pub unsafe fn apply_in_child(
                 add_path_rule(ruleset, root, access.all, access.file)?;
             }
             // SAFETY: integer arguments only.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_landlock_restrict_self,
-                    libc::c_long::from(ruleset),
-                    zero,
-                )
-            };
-            if rc != 0 {
-                return Err(ChildError::last("landlock_restrict_self"));
-            }
+            unsafe { sys::landlock_restrict_self(ruleset) }
+                .map_err(fail("landlock_restrict_self"))?;
         }
         (None, None) => {}
         _ => {
@@ -370,28 +361,10 @@ pub unsafe fn apply_in_child(
             filter: program.as_ptr(),
         };
         // SAFETY: `fprog` points at a live program; the kernel copies it before returning.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::c_ulong::from(libc::SECCOMP_SET_MODE_FILTER),
-                zero,
-                &fprog as *const SockFprog,
-            )
-        };
-        if rc != 0 {
-            return Err(ChildError::last("seccomp(SECCOMP_SET_MODE_FILTER)"));
-        }
+        unsafe { sys::seccomp_set_filter((&raw const fprog).cast()) }
+            .map_err(fail("seccomp(SECCOMP_SET_MODE_FILTER)"))?;
     }
     Ok(())
-}
-
-impl ChildError {
-    /// The failed step with the errno the last call left. Reads errno directly: no `io::Error`.
-    fn last(step: &'static str) -> ChildError {
-        // SAFETY: __errno_location returns this thread's errno slot, valid for the thread's life.
-        let errno = unsafe { *libc::__errno_location() };
-        ChildError { step, errno }
-    }
 }
 
 /// Adds a `PATH_BENEATH` rule granting `allowed` beneath `path` (only its file accesses if `path`
@@ -404,13 +377,15 @@ fn add_path_rule(
 ) -> Result<(), ChildError> {
     // O_PATH: the rule needs an fd naming the inode, not read permission on it.
     // SAFETY: `path` is NUL-terminated by construction.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(ChildError::last("open a Landlock root"));
-    }
+    let fd = unsafe { sys::open(path, libc::O_PATH | libc::O_CLOEXEC, 0) }.map_err(|errno| {
+        ChildError {
+            step: "open a Landlock root",
+            errno,
+        }
+    })?;
     let result = add_rule_for_fd(ruleset, fd, allowed, file_accesses);
     // SAFETY: closes the fd opened above, which nothing else holds.
-    unsafe { libc::close(fd) };
+    unsafe { sys::close(fd) };
     result
 }
 
@@ -423,9 +398,10 @@ fn add_rule_for_fd(
     // SAFETY: `stat` is plain data, for which all zeroes is a valid value.
     let mut stat: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `stat` is a live, writable buffer of the right type.
-    if unsafe { libc::fstat(fd, &mut stat) } != 0 {
-        return Err(ChildError::last("fstat a Landlock root"));
-    }
+    unsafe { sys::fstat(fd, &mut stat) }.map_err(|errno| ChildError {
+        step: "fstat a Landlock root",
+        errno,
+    })?;
     let is_dir = stat.st_mode & libc::S_IFMT == libc::S_IFDIR;
     let attr = PathBeneathAttr {
         allowed_access: if is_dir {
@@ -436,18 +412,17 @@ fn add_rule_for_fd(
         parent_fd: fd,
     };
     // SAFETY: `attr` is live for the call and has the kernel's layout.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_add_rule,
-            libc::c_long::from(ruleset),
+    unsafe {
+        sys::landlock_add_rule(
+            ruleset,
             LANDLOCK_RULE_PATH_BENEATH,
-            &attr as *const PathBeneathAttr,
-            0 as libc::c_ulong,
+            (&raw const attr).cast(),
         )
-    };
-    if rc != 0 {
-        return Err(ChildError::last("landlock_add_rule"));
     }
+    .map_err(|errno| ChildError {
+        step: "landlock_add_rule",
+        errno,
+    })?;
     Ok(())
 }
 

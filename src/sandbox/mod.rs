@@ -13,10 +13,12 @@
 pub mod cgroup;
 pub mod filter;
 pub mod namespace;
+pub(crate) mod sys;
 
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde::Serialize;
@@ -116,7 +118,7 @@ pub struct Sandbox {
     visible: Vec<PathBuf>,
     /// An empty directory each run mounts its new root on, in its own mount namespace.
     root_dir: PathBuf,
-    filters: Filters,
+    filters: Arc<Filters>,
     cgroups: Option<Cgroups>,
     uid_base: u32,
     next_uid: AtomicU32,
@@ -163,7 +165,7 @@ impl Sandbox {
             skeleton,
             visible,
             root_dir,
-            filters: Filters::new(&FilterPolicy::default())?,
+            filters: Arc::new(Filters::new(&FilterPolicy::default())?),
             cgroups: Cgroups::detect(),
             uid_base: config.uid_base,
             next_uid: AtomicU32::new(0),
@@ -195,7 +197,7 @@ impl Sandbox {
         self.cgroups.as_ref().is_some_and(|c| c.support().memory)
     }
 
-    /// Starts a run: clones init, maps its ids, puts it in its cgroup and lets it go. Returns
+    /// Starts a run: clones init into its cgroup, maps its ids and lets it go. Returns
     /// once the job has exec'd (or with the setup error).
     pub async fn launch(&self, launch: Launch<'_>) -> std::io::Result<Sandboxed> {
         let limits = launch.limits;
@@ -254,8 +256,18 @@ impl Sandbox {
             .filters
             .prepare_landlock()
             .map_err(std::io::Error::other)?;
-        let started = namespace::clone_init(&plan, &self.filters, landlock.as_ref())?;
+        let entry = match &cgroup {
+            Some(cgroup) => Some(cgroup.entry().map_err(std::io::Error::other)?),
+            None => None,
+        };
+        let started = namespace::clone_init(
+            plan,
+            Arc::clone(&self.filters),
+            landlock.as_ref(),
+            entry.as_ref(),
+        )?;
         drop(landlock);
+        drop(entry);
         let sandboxed = Sandboxed { started, cgroup };
         if let Err(e) = sandboxed.release(self.user_ns.then_some(ids)) {
             sandboxed.abandon();
@@ -264,8 +276,9 @@ impl Sandbox {
         match read_setup_report(&sandboxed.started.setup).await {
             Ok(None) => Ok(sandboxed),
             Ok(Some(report)) => {
+                let error = sandboxed.started.setup_error(report);
                 sandboxed.abandon();
-                Err(namespace::setup_error(&plan, report))
+                Err(error)
             }
             Err(e) => {
                 sandboxed.abandon();
@@ -316,14 +329,10 @@ pub struct Sandboxed {
 }
 
 impl Sandboxed {
+    /// Lets init go once its ids are mapped (it entered its cgroups by itself).
     fn release(&self, ids: Option<HostIds>) -> std::io::Result<()> {
         if let Some(ids) = ids {
             namespace::map_ids(self.started.pid, ids)?;
-        }
-        if let Some(cgroup) = &self.cgroup {
-            cgroup
-                .attach(self.started.pid)
-                .map_err(std::io::Error::other)?;
         }
         let go = [1u8];
         // SAFETY: writes one byte from a live buffer to a pipe we own.

@@ -1,32 +1,43 @@
 //! Starting a job inside fresh Linux namespaces: the mechanics of the sandbox.
 //!
-//! The server is multi-threaded, so between `clone` and `execve` the child may only make raw
-//! system calls: no allocation, no locks, no logging. Everything the child needs — every path,
-//! mount option, argument and environment string — is therefore built beforehand in the parent as
-//! a [`Plan`], and the child walks through it.
+//! init is created with `CLONE_VM` and the job with `CLONE_VM | CLONE_VFORK`: both run in the
+//! server's own memory, on stacks of their own, until the job's `execve` gives it a fresh address
+//! space. Nothing is copied, which is what makes a start cheap (see [`clone_init`]), and it sets
+//! the rules for that code: it may only make raw system calls ([`super::sys`]) — no allocation,
+//! no locks, no logging, no libc wrapper (they write `errno` into a server thread's storage).
+//! Everything the child needs — every path, mount option, argument and environment string — is
+//! therefore built beforehand in the parent as a [`Plan`], and the child walks through it.
 //!
 //! The process tree of one run:
 //!
 //! ```text
-//! server ── clone(NEWUSER|NEWPID|NEWNS|NEWNET|NEWIPC|NEWUTS|NEWCGROUP) ──► init (pid 1, root in its
-//!           user namespace only)                                            │ builds the root, then
-//!                                                                           └─ fork ─► job (pid 2,
-//!                                                                              uid 1000, filtered)
+//! server ── clone3(VM | NEW{USER,PID,NS,NET,IPC,UTS,CGROUP}) ──► init (pid 1, root in its
+//!                                                                │  user namespace only)
+//!                                                                └─ clone3(VM | VFORK) ──► job
+//!                                                                   (pid 2, uid 1000, filtered,
+//!                                                                   then execve)
 //! ```
 //!
-//! `init` waits for the parent to write its uid/gid maps and put it into the job's cgroup, builds
+//! `init` enters the run's cgroups, waits for the parent to write its uid/gid maps, builds
 //! a new root on tmpfs (read-only binds of the system, a fresh `/proc`, a minimal `/dev`, a private
-//! `/work` and `/tmp`), pivots into it, then forks the job and reaps everything until the job
+//! `/work` and `/tmp`), pivots into it, then starts the job and reaps everything until the job
 //! exits. Then it reports the job's wait status on a pipe and exits, and the kernel kills whatever
 //! the job left behind in the pid namespace: nothing survives its run, however it forked.
+//!
+//! init goes on sharing the server's memory while the job runs. The job cannot reach it: it runs
+//! as another uid without capabilities, `ptrace` and `process_vm_*` are refused by seccomp,
+//! `/proc` does not list init (`hidepid=2`), init has no signal handlers (a pid namespace's init
+//! ignores every signal it does not handle), and all init does meanwhile is wait.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::filter::{self, Filters};
+use super::sys;
 
 /// The uid and gid the job runs as inside its user namespace.
 pub const JOB_ID: u32 = 1000;
@@ -108,6 +119,7 @@ impl Step {
 #[derive(Clone, Copy)]
 #[repr(u32)]
 enum Fixed {
+    Cgroup,
     WaitForParent,
     Hostname,
     PrivateMounts,
@@ -124,7 +136,8 @@ enum Fixed {
 
 impl Fixed {
     /// In declaration order, which is their numbering after the plan's steps.
-    const ALL: [Fixed; 12] = [
+    const ALL: [Fixed; 13] = [
+        Fixed::Cgroup,
         Fixed::WaitForParent,
         Fixed::Hostname,
         Fixed::PrivateMounts,
@@ -141,6 +154,7 @@ impl Fixed {
 
     fn name(self) -> &'static str {
         match self {
+            Fixed::Cgroup => "entering the run's cgroup",
             Fixed::WaitForParent => "waiting for the parent",
             Fixed::Hostname => "sethostname",
             Fixed::PrivateMounts => "making mounts private",
@@ -431,6 +445,10 @@ fn locked_flags(path: &Path) -> io::Result<libc::c_ulong> {
 }
 
 /// The parent's ends of a started sandbox.
+///
+/// It also owns what init (and the job, until its `execve`) read while they run in the server's
+/// memory: the plan, the filters and their stacks. Dropping it therefore kills init and waits for
+/// it first, unless it was reaped already.
 pub struct Started {
     /// init's pid (in the server's pid namespace).
     pub pid: libc::pid_t,
@@ -441,8 +459,43 @@ pub struct Started {
     pub status: OwnedFd,
     /// Readable once the job has exec'd (EOF) or setup failed (8 bytes: step, errno).
     pub setup: OwnedFd,
-    /// Write one byte once the uid map and cgroup are in place.
+    /// Write one byte once the uid map is in place.
     pub go: OwnedFd,
+    /// Read by init while it runs: freed only after it is gone (see Drop).
+    shared: Box<Shared>,
+    /// Where init and the job run until then; held only to be unmapped last.
+    _stacks: Stacks,
+}
+
+impl Started {
+    /// Decodes what the child wrote on the setup pipe: step index and errno.
+    pub fn setup_error(&self, report: [u8; 8]) -> io::Error {
+        let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
+        let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
+        let cause = io::Error::from_raw_os_error(errno);
+        io::Error::new(
+            cause.kind(),
+            format!(
+                "sandbox setup failed at {}: {cause}",
+                self.shared.plan.step_name(step)
+            ),
+        )
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let pidfd = self.pidfd.as_raw_fd();
+        // SAFETY: signalling and waiting through our own pidfd. Both fail at once (ESRCH,
+        // ECHILD) once init was reaped, and a pidfd never names another process.
+        unsafe {
+            libc::syscall(libc::SYS_pidfd_send_signal, pidfd, libc::SIGKILL, 0, 0);
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            while libc::waitid(libc::P_PIDFD, pidfd as libc::id_t, &mut info, libc::WEXITED) != 0
+                && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+            {}
+        }
+    }
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -455,12 +508,28 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Clones the sandbox's init. It stops at once to wait for `go`, so the caller can map its ids
-/// and move it into a cgroup before it does anything.
+/// How a run enters its cgroups: see [`super::cgroup::JobCgroup::entry`].
+pub use super::cgroup::Entry as CgroupEntry;
+
+/// `clone3` flags the `libc` crate does not spell as 64-bit values.
+const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Starts the sandbox's init. It stops at once to wait for `go`, so the caller can map its ids
+/// before it does anything.
+///
+/// init is created with `CLONE_VM`: it runs in the server's memory, on a stack of its own, and
+/// nothing of the server's address space is copied. A fork-like clone of the server copied its
+/// page tables and then made every page either side wrote afterwards fault and copy, with a TLB
+/// shootdown on every core: about a millisecond a run, growing with the server's size, and a
+/// slowdown of the whole server under load. Sharing the memory is what `posix_spawn` does too;
+/// the price is discipline in the child (raw system calls only, see [`super::sys`]) and that
+/// [`Started`] keeps what init reads alive until it is gone.
 pub fn clone_init(
-    plan: &Plan,
-    filters: &Filters,
+    plan: Plan,
+    filters: Arc<Filters>,
     landlock: Option<&OwnedFd>,
+    cgroup: Option<&CgroupEntry>,
 ) -> io::Result<Started> {
     let (stdin_r, stdin_w) = pipe()?;
     let (stdout_r, stdout_w) = pipe()?;
@@ -473,12 +542,20 @@ pub fn clone_init(
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = plan.env.iter().map(|e| e.as_ptr()).collect();
     envp.push(std::ptr::null());
-    let child = Child {
+    let mut enter = [-1; MAX_ENTER_FILES];
+    for (slot, fd) in enter
+        .iter_mut()
+        .zip(cgroup.iter().flat_map(|c| c.enter.iter()))
+    {
+        *slot = fd.as_raw_fd();
+    }
+    let stacks = Stacks::new()?;
+    let shared = Box::new(Shared {
         plan,
         filters,
         landlock: landlock.map(AsRawFd::as_raw_fd),
-        argv: &argv,
-        envp: &envp,
+        argv,
+        envp,
         fds: [
             stdin_r.as_raw_fd(),
             stdout_w.as_raw_fd(),
@@ -487,30 +564,39 @@ pub fn clone_init(
             setup_w.as_raw_fd(),
             go_r.as_raw_fd(),
         ],
-    };
+        enter,
+        job_stack: stacks.job,
+    });
 
-    let flags = namespace_flags(plan.user_ns) | libc::CLONE_PIDFD;
+    let mut flags = namespace_flags(shared.plan.user_ns) as u64
+        | libc::CLONE_VM as u64
+        | libc::CLONE_PIDFD as u64
+        // The server's signal handlers live in the shared memory and would act on its state
+        // (tokio's, say, writing to its own descriptors) if init ran one.
+        | CLONE_CLEAR_SIGHAND;
+    let into = cgroup.and_then(|c| c.into.as_ref());
+    if into.is_some() {
+        flags |= CLONE_INTO_CGROUP;
+    }
     let mut pidfd: libc::c_int = -1;
-    // SAFETY: a fork-like clone (no new stack: the child continues on a copy of this one). The
-    // child only runs `Child::run`, which makes raw system calls on memory prepared above and
-    // never returns.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (flags | libc::SIGCHLD) as libc::c_ulong,
-            0 as libc::c_ulong,
-            &mut pidfd as *mut libc::c_int,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        )
+    let args = libc::clone_args {
+        flags,
+        pidfd: &raw mut pidfd as u64,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: stacks.init.base as u64,
+        stack_size: STACK_SIZE as u64,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: into.map_or(0, |fd| fd.as_raw_fd() as u64),
     };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if pid == 0 {
-        // SAFETY: we are the child; see above.
-        unsafe { child.run() }
-    }
+    let arg: *const Shared = &*shared;
+    // SAFETY: init runs `init_main` on its own stack, on `shared`, both owned by the `Started`
+    // returned below, which outlives init (its Drop kills and waits for it).
+    let pid = unsafe { sys::clone3(&args, init_main, arg.cast()) }
+        .map_err(io::Error::from_raw_os_error)?;
     // SAFETY: CLONE_PIDFD stored a new descriptor owned by nobody else.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     Ok(Started {
@@ -520,6 +606,8 @@ pub fn clone_init(
         status: status_r,
         setup: setup_r,
         go: go_w,
+        shared,
+        _stacks: stacks,
     })
 }
 
@@ -536,49 +624,129 @@ pub fn map_ids(pid: libc::pid_t, ids: HostIds) -> io::Result<()> {
     Ok(())
 }
 
-/// Decodes what the child wrote on the setup pipe: step index and errno.
-pub fn setup_error(plan: &Plan, report: [u8; 8]) -> io::Error {
-    let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
-    let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
-    let cause = io::Error::from_raw_os_error(errno);
-    io::Error::new(
-        cause.kind(),
-        format!("sandbox setup failed at {}: {cause}", plan.step_name(step)),
-    )
+/// Enough for every cgroup hierarchy a host mounts (v1 has 13 controllers).
+const MAX_ENTER_FILES: usize = 16;
+
+/// Each stack's size. Touched pages only are ever backed by memory; the setup code needs a few.
+const STACK_SIZE: usize = 256 << 10;
+const GUARD_SIZE: usize = 64 << 10;
+
+/// One mapping for init's and the job's stacks, each below an inaccessible guard.
+struct Stacks {
+    mapping: *mut libc::c_void,
+    len: usize,
+    init: Stack,
+    job: Stack,
 }
 
-/// The child's view: borrowed, prepared data only.
-struct Child<'a> {
-    plan: &'a Plan,
-    filters: &'a Filters,
+#[derive(Clone, Copy)]
+struct Stack {
+    /// The lowest address; the stack grows down from `base + STACK_SIZE`.
+    base: *mut libc::c_void,
+}
+
+// SAFETY: a plain mapping, only freed by Drop; the pointers are addresses, not shared data.
+unsafe impl Send for Stacks {}
+// SAFETY: as above.
+unsafe impl Sync for Stacks {}
+
+impl Stacks {
+    fn new() -> io::Result<Stacks> {
+        let len = 2 * (GUARD_SIZE + STACK_SIZE);
+        // SAFETY: a fresh anonymous mapping; nothing else refers to it.
+        let mapping = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if mapping == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let stacks = Stacks {
+            mapping,
+            len,
+            // SAFETY (both): offsets within the mapping.
+            init: Stack {
+                base: unsafe { mapping.byte_add(GUARD_SIZE) },
+            },
+            job: Stack {
+                base: unsafe { mapping.byte_add(2 * GUARD_SIZE + STACK_SIZE) },
+            },
+        };
+        for stack in [stacks.init, stacks.job] {
+            // SAFETY: part of the mapping above.
+            let rc = unsafe {
+                libc::mprotect(stack.base, STACK_SIZE, libc::PROT_READ | libc::PROT_WRITE)
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(stacks)
+    }
+}
+
+impl Drop for Stacks {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`; `Started` drops it only after init is gone.
+        unsafe { libc::munmap(self.mapping, self.len) };
+    }
+}
+
+/// What init and the job read, prepared by the parent.
+struct Shared {
+    plan: Plan,
+    filters: Arc<Filters>,
     landlock: Option<RawFd>,
-    argv: &'a [*const libc::c_char],
-    envp: &'a [*const libc::c_char],
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
     /// stdin read end, stdout write end, stderr write end, status write end, setup write end,
     /// go read end.
     fds: [RawFd; 6],
+    /// The cgroup files the job writes itself into, `-1` past the last; at [`ENTER_FD`] on in
+    /// init.
+    enter: [RawFd; MAX_ENTER_FILES],
+    job_stack: Stack,
 }
+
+// SAFETY: the raw pointers point into `plan`, which `Shared` owns and never changes.
+unsafe impl Send for Shared {}
+// SAFETY: as above.
+unsafe impl Sync for Shared {}
 
 /// Where init keeps its pipes after tidying its descriptor table.
 const STATUS_FD: RawFd = 3;
 const SETUP_FD: RawFd = 4;
 const GO_FD: RawFd = 5;
 const LANDLOCK_FD: RawFd = 6;
+const ENTER_FD: RawFd = 7;
 
-fn errno() -> i32 {
-    // SAFETY: reads this thread's errno.
-    unsafe { *libc::__errno_location() }
+/// init's entry point, on its own stack.
+unsafe extern "C" fn init_main(shared: *const libc::c_void) -> ! {
+    // SAFETY: `clone_init` passes its `Shared`, alive while init runs.
+    unsafe { (*shared.cast::<Shared>()).run() }
 }
 
-impl Child<'_> {
+/// The job's entry point, on its own stack, until its `execve`.
+unsafe extern "C" fn job_main(shared: *const libc::c_void) -> ! {
+    // SAFETY: init passes the same `Shared`.
+    unsafe { (*shared.cast::<Shared>()).exec_job() }
+}
+
+impl Shared {
     /// init: never returns.
     unsafe fn run(&self) -> ! {
         unsafe {
-            // Move the pipes (and the Landlock ruleset) to fixed numbers and close everything
-            // else the server had open (database, sockets): nothing of the server reaches the
-            // sandbox. Duplicated to a high range first, as the targets may be among the sources.
-            let mut moved = [-1; 7];
-            let sources = [
+            // Move the pipes, the Landlock ruleset and the cgroup files to fixed numbers and
+            // close everything else the server had open (database, sockets): nothing of the
+            // server reaches the sandbox. Duplicated to a high range first, as the targets may be
+            // among the sources.
+            let fixed = [
                 self.fds[0],
                 self.fds[1],
                 self.fds[2],
@@ -587,121 +755,124 @@ impl Child<'_> {
                 self.fds[5],
                 self.landlock.unwrap_or(-1),
             ];
-            for (i, &fd) in sources.iter().enumerate() {
+            let mut moved = [-1; ENTER_FD as usize + MAX_ENTER_FILES];
+            for (slot, &fd) in moved.iter_mut().zip(fixed.iter().chain(&self.enter)) {
                 if fd >= 0 {
-                    moved[i] = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100);
-                    if moved[i] < 0 {
-                        libc::_exit(126);
+                    match sys::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100) {
+                        Ok(new) => *slot = new as RawFd,
+                        Err(_) => sys::exit(126),
                     }
                 }
             }
             for (target, &fd) in moved.iter().enumerate() {
-                if fd >= 0 && libc::dup3(fd, target as RawFd, libc::O_CLOEXEC) < 0 {
-                    libc::_exit(126);
+                if fd >= 0 && sys::dup3(fd, target as RawFd, libc::O_CLOEXEC).is_err() {
+                    sys::exit(126);
                 }
             }
-            libc::close_range(7, u32::MAX, 0);
+            let _ = sys::close_range(ENTER_FD as u32 + self.entered() as u32, u32::MAX);
             // stdio must survive exec; the rest must not.
             for fd in 0..3 {
-                libc::fcntl(fd, libc::F_SETFD, 0);
+                let _ = sys::fcntl(fd, libc::F_SETFD, 0);
             }
             // Dies with the server, so a crash never leaves a sandbox running unsupervised. Set
             // before waiting: a server that died earlier closed its end of `go`, and the read
             // below sees EOF.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-            let mut byte = 0u8;
-            if libc::read(GO_FD, (&raw mut byte).cast(), 1) != 1 {
-                self.fail(self.plan.fixed(Fixed::WaitForParent), errno());
+            let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as usize);
+            let mut byte = [0u8];
+            match sys::read(GO_FD, &mut byte) {
+                Ok(1) => {}
+                Ok(_) => self.fail(Fixed::WaitForParent, libc::EPIPE),
+                Err(e) => self.fail(Fixed::WaitForParent, e),
             }
-            libc::close(GO_FD);
+            sys::close(GO_FD);
             // Until now init ran as the host's ids, which the namespace does not map (files it
             // created would fail with EOVERFLOW); become the namespace's root, which maps to an
             // unprivileged host id and keeps the capabilities of the namespace's creator.
-            if self.plan.user_ns && set_ids(0) != 0 {
-                self.fail(self.plan.fixed(Fixed::Ids), errno());
+            if self.plan.user_ns
+                && let Err(e) = set_ids(0)
+            {
+                self.fail(Fixed::Ids, e);
             }
             self.build_root();
-            // A raw fork: glibc's fork() runs atfork handlers that take locks another server
-            // thread may have held at the moment of the clone, and would hang here forever.
-            let job = libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0)
-                as libc::pid_t;
-            if job < 0 {
-                self.fail(self.plan.fixed(Fixed::Fork), errno());
-            }
-            if job == 0 {
-                self.exec_job();
-            }
-            libc::close(SETUP_FD);
-            libc::close(0);
-            libc::close(1);
-            libc::close(2);
+            // The job shares this memory too, on its own stack, and init sleeps until it has
+            // exec'd (CLONE_VFORK): nothing is copied, and it cannot run ahead of init.
+            let args = libc::clone_args {
+                flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64,
+                pidfd: 0,
+                child_tid: 0,
+                parent_tid: 0,
+                exit_signal: libc::SIGCHLD as u64,
+                stack: self.job_stack.base as u64,
+                stack_size: STACK_SIZE as u64,
+                tls: 0,
+                set_tid: 0,
+                set_tid_size: 0,
+                cgroup: 0,
+            };
+            let job = match sys::clone3(&args, job_main, (self as *const Shared).cast()) {
+                Ok(pid) => pid as libc::pid_t,
+                Err(e) => self.fail(Fixed::Fork, e),
+            };
+            sys::close(SETUP_FD);
+            sys::close(0);
+            sys::close(1);
+            sys::close(2);
             self.reap(job)
         }
     }
 
     unsafe fn build_root(&self) {
         unsafe {
-            let plan = self.plan;
-            if libc::sethostname(c"kiln".as_ptr(), 4) != 0 {
-                self.fail(plan.fixed(Fixed::Hostname), errno());
+            let plan = &self.plan;
+            if let Err(e) = sys::sethostname(b"kiln") {
+                self.fail(Fixed::Hostname, e);
             }
-            let none = c"none".as_ptr();
-            if libc::mount(
-                none,
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ) != 0
-            {
-                self.fail(plan.fixed(Fixed::PrivateMounts), errno());
+            if let Err(e) = sys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None) {
+                self.fail(Fixed::PrivateMounts, e);
             }
-            if libc::mount(
-                c"tmpfs".as_ptr(),
-                plan.root.as_ptr(),
-                c"tmpfs".as_ptr(),
+            if let Err(e) = sys::mount(
+                Some(c"tmpfs"),
+                &plan.root,
+                Some(c"tmpfs"),
                 libc::MS_NOSUID | libc::MS_NODEV,
-                c"size=1m,mode=0755".as_ptr().cast(),
-            ) != 0
-            {
-                self.fail(plan.fixed(Fixed::NewRoot), errno());
+                Some(c"size=1m,mode=0755"),
+            ) {
+                self.fail(Fixed::NewRoot, e);
             }
             for (index, step) in plan.steps.iter().enumerate() {
                 if let Err(e) = self.step(step) {
-                    self.fail(index as u32, e);
+                    self.fail_at(index as u32, e);
                 }
             }
             // pivot_root(".", ".") stacks the old root under the new one; detaching it leaves
             // only the new root visible.
-            if libc::chdir(plan.root.as_ptr()) != 0
-                || libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) != 0
-                || libc::umount2(c".".as_ptr(), libc::MNT_DETACH) != 0
-                || libc::chdir(c"/".as_ptr()) != 0
-            {
-                self.fail(plan.fixed(Fixed::Pivot), errno());
+            let pivot = sys::chdir(&plan.root)
+                .and_then(|_| sys::pivot_root(c".", c"."))
+                .and_then(|_| sys::umount2(c".", libc::MNT_DETACH))
+                .and_then(|_| sys::chdir(c"/"));
+            if let Err(e) = pivot {
+                self.fail(Fixed::Pivot, e);
             }
-            if libc::mount(
-                none,
-                c"/".as_ptr(),
-                std::ptr::null(),
+            if let Err(e) = sys::mount(
+                None,
+                c"/",
+                None,
                 libc::MS_REMOUNT
                     | libc::MS_BIND
                     | libc::MS_RDONLY
                     | libc::MS_NOSUID
                     | libc::MS_NODEV,
-                std::ptr::null(),
-            ) != 0
-            {
-                self.fail(plan.fixed(Fixed::ReadOnlyRoot), errno());
+                None,
+            ) {
+                self.fail(Fixed::ReadOnlyRoot, e);
             }
         }
     }
 
-    unsafe fn step(&self, step: &Step) -> Result<(), i32> {
-        let ok = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(errno()) };
+    unsafe fn step(&self, step: &Step) -> sys::Result<()> {
         unsafe {
             match step {
-                Step::Mkdir { path, mode } => ok(libc::mkdir(path.as_ptr(), *mode)),
+                Step::Mkdir { path, mode } => sys::mkdir(path, *mode).map(drop),
                 Step::BindReadOnly {
                     source,
                     target,
@@ -715,132 +886,121 @@ impl Child<'_> {
                 Step::BindDevice { source, target } => {
                     bind(source, target, 0, libc::MS_NOSUID | libc::MS_NOEXEC)
                 }
-                Step::Tmpfs { target, options } => ok(libc::mount(
-                    c"tmpfs".as_ptr(),
-                    target.as_ptr(),
-                    c"tmpfs".as_ptr(),
+                Step::Tmpfs { target, options } => sys::mount(
+                    Some(c"tmpfs"),
+                    target,
+                    Some(c"tmpfs"),
                     libc::MS_NOSUID | libc::MS_NODEV,
-                    options.as_ptr().cast(),
-                )),
-                // hidepid=2: a process the job may not ptrace is not listed. That hides init,
-                // whose command line is the server's (a copy made by clone): its flags and the
-                // host paths of the database and work root.
-                Step::Proc { target } => ok(libc::mount(
-                    c"proc".as_ptr(),
-                    target.as_ptr(),
-                    c"proc".as_ptr(),
+                    Some(options),
+                )
+                .map(drop),
+                // hidepid=2: a process the job may not ptrace is not listed. That hides init.
+                Step::Proc { target } => sys::mount(
+                    Some(c"proc"),
+                    target,
+                    Some(c"proc"),
                     libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                    c"hidepid=2".as_ptr().cast(),
-                )),
-                Step::Symlink { target, link } => ok(libc::symlink(target.as_ptr(), link.as_ptr())),
+                    Some(c"hidepid=2"),
+                )
+                .map(drop),
+                Step::Symlink { target, link } => sys::symlink(target, link).map(drop),
                 Step::File { path, contents } => {
-                    let fd = libc::open(
-                        path.as_ptr(),
-                        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
-                        0o644,
-                    );
-                    if fd < 0 {
-                        return Err(errno());
-                    }
-                    let result = write_all(fd, contents);
-                    libc::close(fd);
+                    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC;
+                    let fd = sys::open(path, flags, 0o644)?;
+                    let result = sys::write_all(fd, contents);
+                    sys::close(fd);
                     result
                 }
                 Step::BindWritable { source, target } => {
                     bind(source, target, 0, libc::MS_NOSUID | libc::MS_NODEV)
                 }
                 Step::Copy { source, target } => {
-                    let from = libc::open(
-                        source.as_ptr(),
+                    let from = sys::open(
+                        source,
                         libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-                    );
-                    if from < 0 {
-                        return Err(errno());
-                    }
-                    let to = libc::open(
-                        target.as_ptr(),
-                        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
-                        0o644,
-                    );
-                    if to < 0 {
-                        let e = errno();
-                        libc::close(from);
-                        return Err(e);
-                    }
-                    let mut result = Ok(());
-                    loop {
-                        let n = libc::sendfile(to, from, std::ptr::null_mut(), 1 << 20);
-                        if n == 0 {
-                            break;
+                        0,
+                    )?;
+                    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC;
+                    let to = match sys::open(target, flags, 0o644) {
+                        Ok(to) => to,
+                        Err(e) => {
+                            sys::close(from);
+                            return Err(e);
                         }
-                        if n < 0 {
-                            result = Err(errno());
-                            break;
-                        }
-                    }
-                    if result.is_ok() && libc::fchown(to, self.plan.job_id, self.plan.job_id) != 0 {
-                        result = Err(errno());
-                    }
-                    // Keep the execute bits: a compiled program is staged as a file too.
-                    let mut st: libc::stat = std::mem::zeroed();
-                    if result.is_ok()
-                        && (libc::fstat(from, &mut st) != 0
-                            || libc::fchmod(to, (st.st_mode & 0o755) | 0o644) != 0)
-                    {
-                        result = Err(errno());
-                    }
-                    libc::close(from);
-                    libc::close(to);
+                    };
+                    let result = self.copy(from, to);
+                    sys::close(from);
+                    sys::close(to);
                     result
                 }
             }
         }
     }
 
+    /// Copies a staged file's contents, hands it to the job's uid and keeps its execute bits (a
+    /// compiled program is staged as a file too).
+    unsafe fn copy(&self, from: RawFd, to: RawFd) -> sys::Result<()> {
+        unsafe {
+            while sys::sendfile(to, from, 1 << 20)? > 0 {}
+            sys::fchown(to, self.plan.job_id, self.plan.job_id)?;
+            let mut st: libc::stat = std::mem::zeroed();
+            sys::fstat(from, &mut st)?;
+            sys::fchmod(to, (st.st_mode & 0o755) | 0o644).map(drop)
+        }
+    }
+
     /// The job: drop to its uid, apply limits and filters, exec. Never returns.
     unsafe fn exec_job(&self) -> ! {
         unsafe {
-            let plan = self.plan;
-            libc::close(STATUS_FD);
+            let plan = &self.plan;
+            // Into the run's cgroups before anything else, so all the job starts is born
+            // inside. init stays out of them: it shares the server's memory, and a memory
+            // cgroup's OOM killer that chose it would kill every process sharing that memory,
+            // the server included. (The job shares it only until its execve, while its cgroup
+            // holds nothing else.)
+            for fd in ENTER_FD..ENTER_FD + self.entered() as RawFd {
+                if let Err(e) = sys::write(fd, b"0") {
+                    self.fail(Fixed::Cgroup, e);
+                }
+                sys::close(fd);
+            }
+            sys::close(STATUS_FD);
             // Its own session and process group: a job cannot signal init's group.
-            libc::setsid();
-            if libc::chdir(c"/work".as_ptr()) != 0 {
-                self.fail(plan.fixed(Fixed::WorkDir), errno());
+            let _ = sys::setsid();
+            if let Err(e) = sys::chdir(c"/work") {
+                self.fail(Fixed::WorkDir, e);
             }
             // Leaving uid 0 for a non-zero uid clears every capability.
-            if set_ids(plan.job_id) != 0 {
-                self.fail(plan.fixed(Fixed::Ids), errno());
+            if let Err(e) = set_ids(plan.job_id) {
+                self.fail(Fixed::Ids, e);
             }
             for &(resource, soft, hard) in &plan.rlimits {
-                let mut current = libc::rlimit {
+                let current = sys::prlimit(resource, None).unwrap_or(libc::rlimit {
                     rlim_cur: 0,
                     rlim_max: 0,
-                };
-                libc::getrlimit(resource, &mut current);
+                });
                 let hard = hard.min(current.rlim_max);
                 let wanted = libc::rlimit {
                     rlim_cur: soft.min(hard),
                     rlim_max: hard,
                 };
-                if libc::setrlimit(resource, &wanted) != 0 {
-                    self.fail(plan.fixed(Fixed::Rlimits), errno());
+                if let Err(e) = sys::prlimit(resource, Some(&wanted)) {
+                    self.fail(Fixed::Rlimits, e);
                 }
             }
             let landlock = self.landlock.map(|_| LANDLOCK_FD);
             if let Err(e) = filter::apply_in_child(
-                self.filters,
+                &self.filters,
                 landlock,
                 &[c"/"],
                 &[c"/work", c"/tmp", c"/dev"],
             ) {
-                self.fail(plan.fixed(Fixed::Filters), e.errno);
+                self.fail(Fixed::Filters, e.errno);
             }
-            libc::execve(
-                plan.program.as_ptr(),
-                self.argv.as_ptr(),
-                self.envp.as_ptr(),
-            );
-            self.fail(plan.fixed(Fixed::Exec), errno())
+            let e = sys::execve(&plan.program, self.argv.as_ptr(), self.envp.as_ptr())
+                .err()
+                .unwrap_or(libc::EINVAL);
+            self.fail(Fixed::Exec, e)
         }
     }
 
@@ -849,84 +1009,69 @@ impl Child<'_> {
     unsafe fn reap(&self, job: libc::pid_t) -> ! {
         unsafe {
             loop {
-                let mut status = 0;
-                let pid = libc::waitpid(-1, &mut status, 0);
-                if pid == job {
-                    libc::kill(-1, libc::SIGKILL);
-                    let bytes = status.to_ne_bytes();
-                    libc::write(STATUS_FD, bytes.as_ptr().cast(), bytes.len());
-                    libc::_exit(0);
-                }
-                if pid < 0 && errno() != libc::EINTR {
-                    libc::_exit(125);
+                match sys::wait_any() {
+                    Ok((pid, status)) if pid == job => {
+                        let _ = sys::kill(-1, libc::SIGKILL);
+                        let _ = sys::write(STATUS_FD, &status.to_ne_bytes());
+                        sys::exit(0);
+                    }
+                    Ok(_) | Err(libc::EINTR) => {}
+                    Err(_) => sys::exit(125),
                 }
             }
         }
     }
 
-    unsafe fn fail(&self, step: u32, errno: i32) -> ! {
-        let mut report = [0u8; 8];
-        report[..4].copy_from_slice(&step.to_ne_bytes());
-        report[4..].copy_from_slice(&errno.to_ne_bytes());
-        unsafe {
-            libc::write(SETUP_FD, report.as_ptr().cast(), report.len());
-            libc::_exit(127)
-        }
+    unsafe fn fail(&self, step: Fixed, errno: i32) -> ! {
+        unsafe { self.fail_at(self.plan.fixed(step), errno) }
+    }
+
+    unsafe fn fail_at(&self, step: u32, errno: i32) -> ! {
+        unsafe { report(SETUP_FD, step, errno) }
+    }
+
+    /// How many cgroup files the job writes itself into.
+    fn entered(&self) -> usize {
+        self.enter.iter().take_while(|&&fd| fd >= 0).count()
     }
 }
 
-/// Sets every uid and gid to `id` (and no supplementary groups) with raw system calls: glibc's
-/// wrappers would try to make the server's other threads (which do not exist in the child) follow
-/// suit, and wait for them.
-unsafe fn set_ids(id: u32) -> libc::c_long {
+unsafe fn report(fd: RawFd, step: u32, errno: i32) -> ! {
+    let mut report = [0u8; 8];
+    report[..4].copy_from_slice(&step.to_ne_bytes());
+    report[4..].copy_from_slice(&errno.to_ne_bytes());
     unsafe {
-        let groups = libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>());
+        let _ = sys::write(fd, &report);
+        sys::exit(127)
+    }
+}
+
+/// Sets every uid and gid to `id` (and no supplementary groups).
+unsafe fn set_ids(id: u32) -> sys::Result<()> {
+    unsafe {
         // setgroups is refused once "deny" is written to setgroups; there are none to drop then.
-        if groups != 0 && errno() != libc::EPERM {
-            return groups;
+        match sys::setgroups_none() {
+            Ok(_) | Err(libc::EPERM) => {}
+            Err(e) => return Err(e),
         }
-        let gid = libc::syscall(libc::SYS_setresgid, id, id, id);
-        if gid != 0 {
-            return gid;
-        }
-        libc::syscall(libc::SYS_setresuid, id, id, id)
+        sys::setresgid(id)?;
+        sys::setresuid(id).map(drop)
     }
 }
 
 /// Binds `source` on `target`, then remounts the bind with `flags` (a bind ignores them at
 /// first).
 unsafe fn bind(
-    source: &CString,
-    target: &CString,
+    source: &CStr,
+    target: &CStr,
     rec: libc::c_ulong,
     flags: libc::c_ulong,
-) -> Result<(), i32> {
-    let null: *const libc::c_char = std::ptr::null();
-    let no_data: *const libc::c_void = std::ptr::null();
-    let ok = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(errno()) };
+) -> sys::Result<()> {
     unsafe {
-        ok(libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            null,
-            libc::MS_BIND | rec,
-            no_data,
-        ))?;
+        sys::mount(Some(source), target, None, libc::MS_BIND | rec, None)?;
         let flags = libc::MS_BIND | libc::MS_REMOUNT | flags;
-        ok(libc::mount(null, target.as_ptr(), null, flags, no_data))
+        sys::mount(None, target, None, flags, None).map(drop)
     }
-}
-
-unsafe fn write_all(fd: RawFd, mut bytes: &[u8]) -> Result<(), i32> {
-    while !bytes.is_empty() {
-        // SAFETY: `bytes` is valid for reads of its length.
-        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
-        if n < 0 {
-            return Err(errno());
-        }
-        bytes = &bytes[n as usize..];
-    }
-    Ok(())
 }
 
 /// The namespaces of a run: all of them, or all but the user namespace.
