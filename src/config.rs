@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::job::Limits;
 use crate::sandbox::SandboxConfig;
+use crate::webhook::{HostPolicy, WebhookConfig};
 
 /// What a submission may ask for. Defaults apply to whatever a request leaves out; maxima are hard
 /// caps (a request above one is refused, never silently clamped).
@@ -21,6 +22,8 @@ pub struct Policy {
     pub max_args: usize,
     pub default_max_attempts: u32,
     pub max_max_attempts: u32,
+    /// The hosts a `callback_url` may name.
+    pub callbacks: HostPolicy,
 }
 
 impl Default for Policy {
@@ -50,6 +53,7 @@ impl Default for Policy {
             max_args: 256,
             default_max_attempts: 3,
             max_max_attempts: 10,
+            callbacks: HostPolicy::default(),
         }
     }
 }
@@ -83,6 +87,7 @@ pub struct Config {
     pub extra_runtimes: Vec<(String, PathBuf)>,
     pub policy: Policy,
     pub sandbox: SandboxConfig,
+    pub webhooks: WebhookConfig,
 }
 
 impl Config {
@@ -103,6 +108,7 @@ impl Config {
             extra_runtimes: Vec::new(),
             policy: Policy::default(),
             sandbox: SandboxConfig::default(),
+            webhooks: WebhookConfig::default(),
         }
     }
 }

@@ -192,6 +192,8 @@ pub struct JobRequest {
     #[serde(default)]
     pub priority: i32,
     pub max_attempts: Option<u32>,
+    /// Where to POST the result when the job ends (see [`crate::webhook`]).
+    pub callback_url: Option<String>,
 }
 
 /// A validated job, ready to be stored.
@@ -206,6 +208,7 @@ pub struct JobSpec {
     pub priority: i32,
     pub max_attempts: u32,
     pub idempotency_key: Option<String>,
+    pub callback_url: Option<String>,
 }
 
 /// Why a submission was refused. The HTTP layer turns `TooLarge` into 413 and `Invalid` into 422.
@@ -285,6 +288,12 @@ impl JobSpec {
                 "Idempotency-Key must be 1 to 255 characters".into(),
             ));
         }
+        if let Some(url) = &request.callback_url {
+            policy
+                .callbacks
+                .check_url(url)
+                .map_err(Rejection::Invalid)?;
+        }
         Ok(JobSpec {
             runtime: request.runtime,
             code: request.code,
@@ -295,6 +304,7 @@ impl JobSpec {
             priority: request.priority,
             max_attempts,
             idempotency_key,
+            callback_url: request.callback_url,
         })
     }
 }
@@ -384,6 +394,10 @@ pub enum EventKind {
     TimedOut,
     Cancelled,
     Error,
+    /// A webhook call was answered with a 2xx.
+    WebhookDelivered,
+    /// A webhook call failed (no answer, or not a 2xx); its data says whether it will be retried.
+    WebhookFailed,
 }
 
 impl EventKind {
@@ -397,6 +411,8 @@ impl EventKind {
             EventKind::TimedOut => "job.timed_out",
             EventKind::Cancelled => "job.cancelled",
             EventKind::Error => "job.error",
+            EventKind::WebhookDelivered => "webhook.delivered",
+            EventKind::WebhookFailed => "webhook.failed",
         }
     }
 
@@ -412,10 +428,15 @@ impl EventKind {
         }
     }
 
+    /// True for the event that ends a job. Webhook events come after it and are not terminal.
     pub fn is_terminal(self) -> bool {
-        !matches!(
+        matches!(
             self,
-            EventKind::Queued | EventKind::Started | EventKind::Retrying
+            EventKind::Succeeded
+                | EventKind::Failed
+                | EventKind::TimedOut
+                | EventKind::Cancelled
+                | EventKind::Error
         )
     }
 }

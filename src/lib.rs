@@ -18,6 +18,9 @@
 //!    running under the same attempt.
 //! 7. [`api`] — pollers read it back (`GET /v1/jobs/{id}?wait=`, woken by the bus), or follow
 //!    the event feed.
+//! 8. [`webhook`] — if the job named a `callback_url`, the terminal transaction also wrote an
+//!    outbox row; the deliverer, woken by the bus, POSTs the signed result and retries until it
+//!    is answered with a 2xx or the retry horizon passes.
 //!
 //! [`server`] wires these together and shuts them down in order; [`client`] is the command-line
 //! client of a running server.
@@ -33,4 +36,5 @@ pub mod sandbox;
 pub mod server;
 pub mod store;
 pub mod time;
+pub mod webhook;
 pub mod worker;

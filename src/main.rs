@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use kiln::client::{self, ClientCommand, ClientOpts};
 use kiln::config::Config;
 use kiln::sandbox::{Mode, SandboxConfig};
+use kiln::webhook::{HostPolicy, HostRule};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -28,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the service: HTTP API, workers and the database
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -78,6 +79,48 @@ struct ServeArgs {
     log_format: LogFormat,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    webhooks: WebhookArgs,
+}
+
+/// Callbacks to a job's `callback_url` when it ends.
+#[derive(clap::Args)]
+struct WebhookArgs {
+    /// Key webhook calls are signed with (HMAC-SHA256) [default: one generated at the first
+    /// start and kept in the database, table settings]
+    #[arg(long, env = "KILN_WEBHOOK_SECRET", hide_env_values = true,
+          value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    webhook_secret: Option<String>,
+    /// Callback hosts allowed: NAME, *.NAME, ADDRESS or CIDR; once any is given, only these
+    /// [default: every host not denied]
+    #[arg(long = "webhook-allow-host", value_name = "HOST", env = "KILN_WEBHOOK_ALLOW_HOSTS",
+          value_delimiter = ',', value_parser = HostRule::parse)]
+    webhook_allow_hosts: Vec<HostRule>,
+    /// Callback hosts denied, on top of the cloud metadata services (always denied): NAME,
+    /// *.NAME, ADDRESS or CIDR
+    #[arg(long = "webhook-deny-host", value_name = "HOST", env = "KILN_WEBHOOK_DENY_HOSTS",
+          value_delimiter = ',', value_parser = HostRule::parse)]
+    webhook_deny_hosts: Vec<HostRule>,
+    /// How long after a job ends its webhook is retried, e.g. 24h, 30m
+    #[arg(long, env = "KILN_WEBHOOK_HORIZON", default_value = "24h",
+          value_parser = humantime::parse_duration)]
+    webhook_horizon: Duration,
+    /// Most attempts per webhook call
+    #[arg(long, env = "KILN_WEBHOOK_MAX_ATTEMPTS", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    webhook_max_attempts: u32,
+    /// Seconds a receiver has to answer one call
+    #[arg(long, env = "KILN_WEBHOOK_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    webhook_timeout_secs: u64,
+    /// Webhook calls in flight at once
+    #[arg(long, env = "KILN_WEBHOOK_CONCURRENCY", default_value_t = 32,
+          value_parser = clap::value_parser!(u64).range(1..10_000))]
+    webhook_concurrency: u64,
+    /// Delay before the first retry, ms; each later retry doubles it, up to an hour
+    #[arg(long, env = "KILN_WEBHOOK_RETRY_BASE_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    webhook_retry_base_ms: u64,
 }
 
 /// Default and maximum limits for submitted jobs.
@@ -138,7 +181,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Client(command) => match runtime.block_on(client::run(&cli.client, command)) {
             Ok(code) => code,
             Err(e) => {
@@ -185,6 +228,14 @@ fn config_from(args: ServeArgs) -> Config {
         extra_binds: args.sandbox_binds,
         uid_base: args.sandbox_uid_base,
     };
+    let w = args.webhooks;
+    config.policy.callbacks = HostPolicy::new(w.webhook_allow_hosts, w.webhook_deny_hosts);
+    config.webhooks.secret = w.webhook_secret;
+    config.webhooks.horizon = w.webhook_horizon;
+    config.webhooks.max_attempts = w.webhook_max_attempts;
+    config.webhooks.timeout = Duration::from_secs(w.webhook_timeout_secs);
+    config.webhooks.concurrency = usize::try_from(w.webhook_concurrency).unwrap_or(32);
+    config.webhooks.retry_base = Duration::from_millis(w.webhook_retry_base_ms);
     let l = args.limits;
     let (default, max) = (
         &mut config.policy.default_limits,

@@ -1,13 +1,15 @@
 //! Wires the parts into a running service and takes it down again in order.
 //!
 //! Start: open the store (migrations), rescue the jobs an earlier incarnation of this node left
-//! running, start the workers and the rescuer, then accept HTTP. Stop, in two stages: stop
-//! accepting and claiming; let running jobs finish within the grace period; kill and requeue
-//! what is left (with its events); then let the writer drain and close the database.
+//! running, start the workers, the rescuer and the webhook deliverer, then accept HTTP. Stop, in
+//! two stages: stop accepting and claiming; let running jobs finish within the grace period; kill
+//! and requeue what is left (with its events); stop delivering webhooks (what is pending stays in
+//! the outbox); then let the writer drain and close the database.
 
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
@@ -15,6 +17,7 @@ use crate::runner::{Isolation, Runner};
 use crate::runtime::Runtimes;
 use crate::sandbox::{Mode, Sandbox, SandboxError};
 use crate::store::{Store, StoreError};
+use crate::webhook::{Deliverer, WebhookError};
 use crate::worker::{Running, Stopping, Workers};
 
 /// How long shutdown waits for the writer to commit what is pending and close the file.
@@ -45,6 +48,8 @@ pub enum ServerError {
         "{0}; refusing to run jobs without it (--sandbox none turns it off, for development only)"
     )]
     Sandbox(#[from] SandboxError),
+    #[error("cannot start webhook delivery: {0}")]
+    Webhooks(#[from] WebhookError),
 }
 
 /// Probes the sandbox, or loudly does without it when the operator said so.
@@ -111,6 +116,15 @@ pub async fn run(
         Err(e) => tracing::error!(error = %e, "could not rescue the previous run's jobs"),
     }
 
+    let deliverer = Deliverer::new(
+        store.clone(),
+        config.policy.callbacks.clone(),
+        config.webhooks.clone(),
+    )
+    .await?;
+    let stop_delivering = CancellationToken::new();
+    let deliveries = tokio::spawn(Arc::new(deliverer).run(stop_delivering.clone()));
+
     let listener =
         TcpListener::bind(config.listen)
             .await
@@ -171,6 +185,10 @@ pub async fn run(
         tracing::warn!("grace period over: stopping the jobs still running");
         stopping.running.cancel();
         while worker_tasks.join_next().await.is_some() {}
+    }
+    stop_delivering.cancel();
+    if let Err(e) = deliveries.await {
+        tracing::error!(error = %e, "the webhook deliverer failed");
     }
     // Every store handle is gone now; the writer commits what is pending and closes the file.
     let closed = tokio::task::spawn_blocking(move || writer_thread.join());

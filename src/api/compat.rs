@@ -53,6 +53,7 @@ pub async fn submit(
         limits: LimitsRequest::default(),
         priority: 0,
         max_attempts: None,
+        callback_url: None,
     };
     let (id, _) = accept(&state, request, None).await?;
     let body = json!({"eval_id": id, "status": Status::Queued});

@@ -15,11 +15,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order. A test checks this list against the files in `schema/`.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_init.sql",
-    sql: include_str!("../../schema/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_init.sql",
+        sql: include_str!("../../schema/0001_init.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "0003_webhooks.sql",
+        sql: include_str!("../../schema/0003_webhooks.sql"),
+    },
+];
 
 /// Applies each migration newer than the file's `user_version`, each in its own transaction
 /// together with the version bump, so a crash leaves the file at a known version.

@@ -7,6 +7,7 @@
 
 mod migrate;
 mod read;
+mod webhooks;
 mod write;
 mod writer;
 
@@ -25,6 +26,7 @@ use writer::Writer;
 
 pub use migrate::{MIGRATIONS, Migration};
 pub use read::JobSummary;
+pub use webhooks::{Attempt, Delivery};
 pub use write::{CLAIM_SQL, CancelResult, ClaimedJob, Submitted};
 
 /// How long a connection waits for a lock held by another process (an operator's `sqlite3`,
@@ -278,6 +280,52 @@ impl Store {
     pub async fn cancel(&self, id: JobId) -> Result<CancelResult, StoreError> {
         self.writer
             .write(move |conn, notices| write::cancel(conn, notices, id, now_ms()))
+            .await
+    }
+
+    /// When the earliest pending webhook is due, if any is pending.
+    pub async fn next_webhook_due(&self) -> Result<Option<i64>, StoreError> {
+        self.read(webhooks::next_due).await
+    }
+
+    /// Takes up to `limit` due webhooks for delivery; nobody else takes them for `hold`, by
+    /// which time this attempt's outcome should be recorded.
+    pub async fn claim_webhooks(
+        &self,
+        limit: usize,
+        hold: Duration,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.writer
+            .write(move |conn, _| {
+                let now = now_ms();
+                webhooks::claim_due(conn, now, now + lease_ms(hold), limit)
+            })
+            .await
+    }
+
+    /// Records an attempt's outcome and its `webhook.*` event. False if that attempt was
+    /// already recorded by someone else, in which case nothing is written.
+    pub async fn record_webhook(
+        &self,
+        delivery: Delivery,
+        attempt: Attempt,
+    ) -> Result<bool, StoreError> {
+        self.writer
+            .write(move |conn, notices| {
+                webhooks::record(conn, notices, &delivery, &attempt, now_ms())
+            })
+            .await
+    }
+
+    /// The value stored under `name`; stores `initial` first if there is none, so that every
+    /// caller, now and after restarts, gets the same value.
+    pub async fn setting_or_insert(
+        &self,
+        name: &'static str,
+        initial: String,
+    ) -> Result<String, StoreError> {
+        self.writer
+            .write(move |conn, _| webhooks::setting_or_insert(conn, name, &initial))
             .await
     }
 

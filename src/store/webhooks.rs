@@ -1,0 +1,201 @@
+//! The SQL of the webhook outbox: the row written with a job's terminal state, taking due rows
+//! for delivery, and recording each attempt together with its event.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::json;
+
+use super::StoreError;
+use super::write::{insert_event, parse_id};
+use crate::bus::Notice;
+use crate::job::{EventKind, JobId};
+
+/// A call to make, as the deliverer takes it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: i64,
+    pub job_id: JobId,
+    pub event: String,
+    pub url: String,
+    pub payload: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    pub created_at: i64,
+}
+
+/// How one attempt went, and what happens next.
+#[derive(Debug, Clone)]
+pub enum Attempt {
+    Delivered {
+        status_code: u16,
+    },
+    Failed {
+        status_code: Option<u16>,
+        error: String,
+        /// When to try again; `None` gives up.
+        retry_at: Option<i64>,
+    },
+}
+
+/// Writes the outbox row for a job that has just ended, if it asked for a callback. Runs in the
+/// transaction of the terminal state, so the call is owed exactly when the end is recorded.
+pub(super) fn job_ended(
+    conn: &Connection,
+    id: JobId,
+    kind: EventKind,
+    now: i64,
+) -> Result<(), StoreError> {
+    let url: Option<String> = conn
+        .prepare_cached("SELECT callback_url FROM jobs WHERE id = ?1")?
+        .query_row([id.to_string()], |r| r.get(0))
+        .optional()?
+        .flatten();
+    let Some(url) = url else {
+        return Ok(());
+    };
+    let job = super::read::job(conn, id)?
+        .ok_or_else(|| StoreError::Corrupt(format!("job {id} ended but is not there")))?;
+    let payload = json!({"event": kind.as_str(), "job": job}).to_string();
+    conn.prepare_cached(
+        "INSERT INTO webhooks (job_id, event, url, payload, next_attempt_at, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5)",
+    )?
+    .execute(params![id.to_string(), kind.as_str(), url, payload, now])?;
+    Ok(())
+}
+
+/// The earliest time a pending row is due, if any row is pending.
+pub(super) fn next_due(conn: &Connection) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT min(next_attempt_at) FROM webhooks WHERE status = 'pending'")?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// Takes up to `limit` due rows for delivery, earliest first, by pushing their due time to
+/// `hold_until`: nobody else takes them before then unless the attempt's outcome is recorded.
+pub(super) fn claim_due(
+    conn: &Connection,
+    now: i64,
+    hold_until: i64,
+    limit: usize,
+) -> Result<Vec<Delivery>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE webhooks SET next_attempt_at = ?1, updated_at = ?2
+         WHERE id IN (SELECT id FROM webhooks
+                      WHERE status = 'pending' AND next_attempt_at <= ?2
+                      ORDER BY next_attempt_at LIMIT ?3)
+         RETURNING id, job_id, event, url, payload, attempts, created_at",
+    )?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = stmt.query_map(params![hold_until, now, limit], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, job_id, event, url, payload, attempts, created_at) = row?;
+        out.push(Delivery {
+            id,
+            job_id: parse_id(&job_id)?,
+            event,
+            url,
+            payload,
+            attempts,
+            created_at,
+        });
+    }
+    Ok(out)
+}
+
+/// Records attempt number `attempt` of `delivery` and its event. False, with nothing written,
+/// if that attempt was already recorded (another server made it after this one's hold ran out).
+pub(super) fn record(
+    conn: &Connection,
+    notices: &mut Vec<Notice>,
+    delivery: &Delivery,
+    attempt: &Attempt,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let number = delivery.attempts + 1;
+    let (status, status_code, error, retry_at) = match attempt {
+        Attempt::Delivered { status_code } => ("delivered", Some(*status_code), None, None),
+        Attempt::Failed {
+            status_code,
+            error,
+            retry_at: Some(at),
+        } => ("pending", *status_code, Some(error.as_str()), Some(*at)),
+        Attempt::Failed {
+            status_code,
+            error,
+            retry_at: None,
+        } => ("failed", *status_code, Some(error.as_str()), None),
+    };
+    let n = conn
+        .prepare_cached(
+            "UPDATE webhooks
+             SET status = ?1, attempts = ?2, next_attempt_at = ?3, last_status = ?4,
+                 last_error = ?5, updated_at = ?6
+             WHERE id = ?7 AND status = 'pending' AND attempts = ?8",
+        )?
+        .execute(params![
+            status,
+            number,
+            retry_at,
+            status_code,
+            error,
+            now,
+            delivery.id,
+            delivery.attempts
+        ])?;
+    if n == 0 {
+        return Ok(false);
+    }
+    let (kind, data) = match attempt {
+        Attempt::Delivered { status_code } => (
+            EventKind::WebhookDelivered,
+            json!({
+                "delivery": delivery.id,
+                "url": delivery.url,
+                "attempt": number,
+                "status_code": status_code,
+            }),
+        ),
+        Attempt::Failed {
+            status_code,
+            error,
+            retry_at,
+        } => (
+            EventKind::WebhookFailed,
+            json!({
+                "delivery": delivery.id,
+                "url": delivery.url,
+                "attempt": number,
+                "status_code": status_code,
+                "error": error,
+                "retry": retry_at.is_some(),
+                "next_attempt_at": retry_at.map(crate::time::rfc3339),
+            }),
+        ),
+    };
+    insert_event(conn, notices, delivery.job_id, now, kind, None, &data)?;
+    Ok(true)
+}
+
+/// The stored value of setting `name`, storing `value` first if there is none.
+pub(super) fn setting_or_insert(
+    conn: &Connection,
+    name: &str,
+    value: &str,
+) -> Result<String, StoreError> {
+    conn.prepare_cached("INSERT OR IGNORE INTO settings (name, value) VALUES (?1, ?2)")?
+        .execute(params![name, value])?;
+    Ok(conn
+        .prepare_cached("SELECT value FROM settings WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))?)
+}
