@@ -10,3 +10,4 @@ mod operators;
 mod runs;
 mod schema;
 mod util;
+mod webhooks;

@@ -4,14 +4,9 @@ use std::process::Command;
 
 use crate::util::{Server, sh};
 
-/// The `sqlite3 kiln.db ...` command lines of the README's "Querying the history" section.
-fn readme_queries() -> Vec<String> {
-    let readme = include_str!("../../README.md");
-    let section = readme
-        .split("\n## Querying the history")
-        .nth(1)
-        .expect("README has a 'Querying the history' section");
-    let section = section.split("\n## ").next().unwrap_or(section);
+/// The `sqlite3 kiln.db ...` command lines of the README's section `title`.
+pub fn readme_queries(title: &str) -> Vec<String> {
+    let section = readme_section(title);
     let mut queries = Vec::new();
     let mut lines = section.lines();
     while let Some(line) = lines.next() {
@@ -29,9 +24,36 @@ fn readme_queries() -> Vec<String> {
     queries
 }
 
+/// The README's section `title`, up to the next section.
+pub fn readme_section(title: &str) -> &'static str {
+    let readme = include_str!("../../README.md");
+    let section = readme
+        .split(&format!("\n## {title}\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("README has a '{title}' section"));
+    section.split("\n## ").next().unwrap_or(section)
+}
+
+/// Runs `query` (a `sqlite3 kiln.db` command line) in `dir`, asserting it succeeds and prints
+/// something.
+pub fn run_query(query: &str, dir: &std::path::Path) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(query)
+        .current_dir(dir)
+        .output()
+        .expect("run sqlite3 (apt-get install sqlite3)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.is_empty(),
+        "{query}\n{stderr}"
+    );
+    assert!(!out.stdout.is_empty(), "{query} printed nothing");
+}
+
 #[tokio::test]
 async fn the_readme_queries_run_against_a_real_database() {
-    let queries = readme_queries();
+    let queries = readme_queries("Querying the history");
     assert!(queries.len() >= 4, "{queries:?}");
     let server = Server::start().await;
     let ok = server.submit(sh("echo hi")).await;
@@ -39,18 +61,6 @@ async fn the_readme_queries_run_against_a_real_database() {
     server.finished(&ok).await;
     server.finished(&bad).await;
     for query in queries {
-        let query = query.replace("JOB_ID", &ok);
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(&query)
-            .current_dir(server.dir.path())
-            .output()
-            .expect("run sqlite3 (apt-get install sqlite3)");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() && stderr.is_empty(),
-            "{query}\n{stderr}"
-        );
-        assert!(!out.stdout.is_empty(), "{query} printed nothing");
+        run_query(&query.replace("JOB_ID", &ok), server.dir.path());
     }
 }
