@@ -80,6 +80,8 @@ pub enum WebhookError {
     Store(#[from] StoreError),
     #[error("cannot generate a webhook signing key: {0}")]
     Random(std::io::Error),
+    #[error("the webhook signing key cannot be used as an HMAC key")]
+    Secret,
     #[error("cannot build the webhook HTTP client: {0}")]
     Client(reqwest::Error),
 }
@@ -90,7 +92,7 @@ pub struct Deliverer {
     client: reqwest::Client,
     policy: Arc<HostPolicy>,
     config: WebhookConfig,
-    secret: String,
+    signer: signature::Signer,
 }
 
 impl Deliverer {
@@ -107,6 +109,7 @@ impl Deliverer {
                     .await?
             }
         };
+        let signer = signature::Signer::new(&secret).map_err(|_| WebhookError::Secret)?;
         let policy = Arc::new(policy);
         let client = reqwest::Client::builder()
             .dns_resolver(Arc::new(CheckedResolver(Arc::clone(&policy))))
@@ -122,7 +125,7 @@ impl Deliverer {
             client,
             policy,
             config,
-            secret,
+            signer,
         })
     }
 
@@ -217,7 +220,7 @@ impl Deliverer {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(
                 signature::HEADER,
-                signature::sign(&self.secret, unix_secs, delivery.payload.as_bytes()),
+                self.signer.sign(unix_secs, delivery.payload.as_bytes()),
             )
             .header("Kiln-Delivery", delivery.id)
             .header("Kiln-Event", &delivery.event)

@@ -536,3 +536,18 @@ async fn the_readme_verifier_accepts_kiln_signatures_and_its_outbox_queries_run(
         crate::operators::run_query(&query, server.dir.path());
     }
 }
+
+#[tokio::test]
+async fn an_idempotency_key_reused_with_another_callback_url_is_a_conflict() {
+    let server = Server::start_with(&["--workers", "0"]).await;
+    let first = with_callback("true", "http://127.0.0.1:9/a");
+    let key = [("idempotency-key", "hook-1")];
+    let submit = |job: &Value| server.post_raw("/v1/jobs", job.to_string().into_bytes(), &key);
+    let (status, created) = submit(&first).await;
+    assert_eq!(status, Status::ACCEPTED, "{created}");
+    let (status, replayed) = submit(&first).await;
+    assert_eq!(status, Status::ACCEPTED, "{replayed}");
+    assert_eq!(replayed["id"], created["id"]);
+    let (status, body) = submit(&with_callback("true", "http://127.0.0.1:9/b")).await;
+    assert_eq!(status, Status::CONFLICT, "{body}");
+}
