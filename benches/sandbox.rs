@@ -473,6 +473,7 @@ fn kiln_runs(runner: &Runner, runtimes: &Runtimes, command: &Program, jobs: usiz
                 args: &[],
                 files: &files,
                 limits,
+                reporting: None,
             };
             let output = runner
                 .run(request, CancellationToken::new())

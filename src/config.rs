@@ -85,6 +85,16 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// Runtimes added to (or replacing) the built-in ones: name and interpreter path.
     pub extra_runtimes: Vec<(String, PathBuf)>,
+    /// How often a live (SSE) stream sends a keep-alive comment, so proxies and clients can tell
+    /// a quiet stream from a dead one.
+    pub sse_keepalive: Duration,
+    /// How much a live stream may have waiting for its client.
+    pub sse_buffer_bytes: usize,
+    /// How long an event may wait for room in a full stream buffer; a client that makes none by
+    /// then is dropped (it may resume by event id).
+    pub sse_stall: Duration,
+    /// Live streams open at once; more are refused with 429.
+    pub sse_max_streams: usize,
     pub policy: Policy,
     pub sandbox: SandboxConfig,
     pub webhooks: WebhookConfig,
@@ -106,6 +116,10 @@ impl Config {
             request_timeout: Duration::from_secs(30),
             max_request_bytes: 32 << 20,
             extra_runtimes: Vec::new(),
+            sse_keepalive: Duration::from_secs(15),
+            sse_buffer_bytes: 256 << 10,
+            sse_stall: Duration::from_secs(10),
+            sse_max_streams: 10_000,
             policy: Policy::default(),
             sandbox: SandboxConfig::default(),
             webhooks: WebhookConfig::default(),

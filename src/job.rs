@@ -389,6 +389,8 @@ pub enum EventKind {
     Queued,
     Started,
     Retrying,
+    /// The running job reported how far it got (see [`Progress`]).
+    Progress,
     Succeeded,
     Failed,
     TimedOut,
@@ -406,6 +408,7 @@ impl EventKind {
             EventKind::Queued => "job.queued",
             EventKind::Started => "job.started",
             EventKind::Retrying => "job.retrying",
+            EventKind::Progress => "job.progress",
             EventKind::Succeeded => "job.succeeded",
             EventKind::Failed => "job.failed",
             EventKind::TimedOut => "job.timed_out",
@@ -414,6 +417,15 @@ impl EventKind {
             EventKind::WebhookDelivered => "webhook.delivered",
             EventKind::WebhookFailed => "webhook.failed",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<EventKind> {
+        use EventKind::*;
+        [
+            Queued, Started, Retrying, Progress, Succeeded, Failed, TimedOut, Cancelled, Error,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == s)
     }
 
     /// The event that records a job entering a terminal status.
@@ -482,6 +494,16 @@ pub struct Job {
     pub memory_kb: Option<u64>,
     pub limits: Limits,
     pub error: Option<String>,
+    /// The latest progress the job reported, of whichever attempt reported it last.
+    pub progress: Option<Progress>,
+}
+
+/// How far a running job says it got: a percentage and a short message, as it wrote them to its
+/// progress descriptor (see [`crate::progress`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub percent: u8,
+    pub message: String,
 }
 
 /// What a run produced, as the worker hands it to the store.

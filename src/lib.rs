@@ -17,7 +17,9 @@
 //! 6. [`store`] again — the result and the terminal event are written, only if the job is still
 //!    running under the same attempt.
 //! 7. [`api`] — pollers read it back (`GET /v1/jobs/{id}?wait=`, woken by the bus), or follow
-//!    the event feed.
+//!    the event feed, also live over Server-Sent Events: [`live`] fans each commit out to every
+//!    stream once, and carries a running job's output to its watchers; [`progress`] is how a
+//!    job reports how far it got while it runs.
 //! 8. [`webhook`] — if the job named a `callback_url`, the terminal transaction also wrote an
 //!    outbox row; the deliverer, woken by the bus, POSTs the signed result and retries until it
 //!    is answered with a 2xx or the retry horizon passes.
@@ -30,6 +32,8 @@ pub mod bus;
 pub mod client;
 pub mod config;
 pub mod job;
+pub mod live;
+pub mod progress;
 pub mod runner;
 pub mod runtime;
 pub mod sandbox;

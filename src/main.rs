@@ -74,6 +74,22 @@ struct ServeArgs {
     #[arg(long, env = "KILN_SANDBOX_UID_BASE", default_value_t = 200_000,
           value_parser = clap::value_parser!(u32).range(1..4_000_000_000))]
     sandbox_uid_base: u32,
+    /// Milliseconds between keep-alive comments on a live (SSE) stream
+    #[arg(long, env = "KILN_SSE_KEEPALIVE_MS", default_value_t = 15_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    sse_keepalive_ms: u64,
+    /// Bytes a live stream may have waiting for its client
+    #[arg(long, env = "KILN_SSE_BUFFER_BYTES", default_value_t = 256 << 10,
+          value_parser = clap::value_parser!(u64).range(4096..=(1 << 30)))]
+    sse_buffer_bytes: u64,
+    /// Milliseconds an event may wait for a full stream buffer to drain before its client is
+    /// dropped as too slow (it may resume by event id)
+    #[arg(long, env = "KILN_SSE_STALL_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    sse_stall_ms: u64,
+    /// Live streams open at once; more are refused with 429
+    #[arg(long, env = "KILN_SSE_MAX_STREAMS", default_value_t = 10_000)]
+    sse_max_streams: usize,
     /// Log format
     #[arg(long, env = "KILN_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -223,6 +239,10 @@ fn config_from(args: ServeArgs) -> Config {
     config.lease = Duration::from_secs(args.lease_secs.max(1));
     config.shutdown_grace = Duration::from_secs(args.shutdown_grace_secs);
     config.extra_runtimes = args.runtimes;
+    config.sse_keepalive = Duration::from_millis(args.sse_keepalive_ms);
+    config.sse_buffer_bytes = usize::try_from(args.sse_buffer_bytes).unwrap_or(usize::MAX);
+    config.sse_stall = Duration::from_millis(args.sse_stall_ms);
+    config.sse_max_streams = args.sse_max_streams;
     config.sandbox = SandboxConfig {
         mode: args.sandbox,
         extra_binds: args.sandbox_binds,

@@ -22,9 +22,11 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::unix::pipe;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{JobId, Limits, Outcome, RunResult};
+use crate::job::{JobId, Limits, Outcome, Progress, RunResult};
+use crate::live::{Live, OutputTap, Stream};
 use crate::runtime::Runtime;
 use crate::sandbox::cgroup::JobCgroup;
 use crate::sandbox::{Launch, Sandbox, Sandboxed, WorkMount};
@@ -62,6 +64,22 @@ pub struct RunRequest<'a> {
     /// [`crate::job::check_file_name`]).
     pub files: &'a BTreeMap<String, String>,
     pub limits: Limits,
+    /// Where the job's run reports while it runs; `None` runs it without a progress pipe.
+    pub reporting: Option<&'a Reporting>,
+}
+
+/// What a run tells the outside while it runs: its output to whoever watches the job live, and
+/// the latest progress line it wrote to its progress pipe ([`crate::progress`]).
+#[derive(Clone)]
+pub struct Reporting {
+    pub live: Live,
+    pub progress: watch::Sender<Option<Progress>>,
+}
+
+impl std::fmt::Debug for Reporting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reporting").finish_non_exhaustive()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -148,6 +166,7 @@ impl Runner {
                         entries: &entries,
                         staged_bytes,
                         work: WorkMount::Bind,
+                        reporting: None,
                     };
                     let built = execute(&build, &work_dir.path, &self.isolation, &cancel).await?;
                     if built.outcome != Outcome::Success {
@@ -177,6 +196,7 @@ impl Runner {
                 entries: &entries,
                 staged_bytes,
                 work: WorkMount::Copy,
+                reporting: req.reporting.map(|r| (req.job_id, r)),
             };
             execute(&run, &work_dir.path, &self.isolation, &cancel).await
         }
@@ -310,6 +330,8 @@ struct Step<'a> {
     entries: &'a [String],
     staged_bytes: u64,
     work: WorkMount,
+    /// The job and where its run reports; only the job's own program reports, not its build.
+    reporting: Option<(JobId, &'a Reporting)>,
 }
 
 /// Limits of a compiled runtime's build step: kiln's own work, the same for every job.
@@ -333,11 +355,14 @@ async fn execute(
         program: step.program.clone(),
         source,
     };
+    let progress_pipe = step.reporting.map(|_| cloexec_pipe()).transpose();
+    let (progress_read, progress_write) = progress_pipe.map_err(spawn_error)?.unzip();
+    let progress_fd = progress_write.as_ref().map(AsRawFd::as_raw_fd);
     let started = Instant::now();
     let (mut process, attached) = match isolation {
         Isolation::Unsandboxed => {
-            let child =
-                spawn_process(&step.program, &step.argv, work_dir, &limits).map_err(spawn_error)?;
+            let child = spawn_process(&step.program, &step.argv, work_dir, &limits, progress_fd)
+                .map_err(spawn_error)?;
             // Linux pids are at most 2^22, so they fit in pid_t.
             let pid = child.id().cast_signed();
             let process = Process {
@@ -356,8 +381,9 @@ async fn execute(
                 staged_bytes: step.staged_bytes,
                 program: &step.program,
                 args: step.argv.clone(),
-                env: job_env("/work", "/tmp"),
+                env: job_env("/work", "/tmp", progress_fd.is_some()),
                 limits,
+                progress: progress_fd,
                 rlimits: rlimits(&limits, sandbox.has_memory_cgroup(), true),
             };
             let mut launched = tokio::time::timeout(SANDBOX_START_TIMEOUT, sandbox.launch(launch))
@@ -373,6 +399,8 @@ async fn execute(
             (process, attached)
         }
     };
+    // The job holds the only write end now: its exit closes the pipe.
+    drop(progress_write);
     let pid = process.pid;
     let wait_error = |source| RunError::Wait { pid, source };
     let Attached {
@@ -391,9 +419,27 @@ async fn execute(
     // then.
     let killed = CancellationToken::new();
     let _killed = killed.clone().drop_guard();
-    let capture_stream = |pipe| capture(pipe, cap, overflow.clone(), killed.clone(), stop.clone());
-    let stdout = tokio::spawn(capture_stream(stdout));
-    let stderr = tokio::spawn(capture_stream(stderr));
+    let tap = |stream| {
+        step.reporting
+            .map(|(job, r)| r.live.output_tap(job, stream))
+    };
+    let capture_stream = |pipe, tap| {
+        capture(
+            pipe,
+            cap,
+            tap,
+            overflow.clone(),
+            killed.clone(),
+            stop.clone(),
+        )
+    };
+    let stdout = tokio::spawn(capture_stream(stdout, tap(Stream::Stdout)));
+    let stderr = tokio::spawn(capture_stream(stderr, tap(Stream::Stderr)));
+    if let (Some(fd), Some((_, reporting))) = (progress_read, step.reporting) {
+        let pipe = pipe::Receiver::from_owned_fd(fd).map_err(spawn_error)?;
+        let latest = reporting.progress.clone();
+        tokio::spawn(crate::progress::read(pipe, latest, stop.clone()));
+    }
     if step.stdin.is_empty() {
         // Closing at once gives the program EOF instead of a read that never returns.
         drop(stdin);
@@ -494,13 +540,31 @@ fn job_argv(runtime: &Runtime, args: &[String]) -> Vec<String> {
 }
 
 /// The whole environment a job sees.
-fn job_env(home: &str, tmp: &str) -> Vec<(String, String)> {
-    vec![
+fn job_env(home: &str, tmp: &str, progress: bool) -> Vec<(String, String)> {
+    let mut env = vec![
         ("PATH".into(), JOB_PATH.into()),
         ("HOME".into(), home.into()),
         ("TMPDIR".into(), tmp.into()),
         ("LANG".into(), "C.UTF-8".into()),
-    ]
+    ];
+    if progress {
+        env.push((
+            crate::progress::ENV_VAR.into(),
+            crate::progress::FD.to_string(),
+        ));
+    }
+    env
+}
+
+/// A pipe whose ends are not inherited across exec unless moved on purpose.
+fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into `fds`.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// What gets staged for a run, relative to its work directory: every directory (ending in `/`,
@@ -566,6 +630,7 @@ fn spawn_process(
     argv: &[String],
     work_dir: &Path,
     limits: &Limits,
+    progress: Option<RawFd>,
 ) -> io::Result<std::process::Child> {
     let rlimits = rlimits(limits, false, false);
     let server = std::process::id().cast_signed();
@@ -576,7 +641,7 @@ fn spawn_process(
         .args(argv)
         .current_dir(work_dir)
         .env_clear()
-        .envs(job_env(&home, &home))
+        .envs(job_env(&home, &home, progress.is_some()))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -610,6 +675,18 @@ fn spawn_process(
             // If the server died between fork and prctl, the death signal will never come.
             if libc::getppid() != server {
                 return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            // The progress pipe, at its fixed number and kept across exec (dup2 clears
+            // close-on-exec; a descriptor already at that number needs it cleared by hand).
+            if let Some(fd) = progress {
+                let moved = if fd == crate::progress::FD {
+                    libc::fcntl(fd, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, crate::progress::FD)
+                };
+                if moved < 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -811,6 +888,7 @@ struct Captured {
 async fn capture(
     mut pipe: pipe::Receiver,
     cap: usize,
+    mut tap: Option<OutputTap>,
     overflow: CancellationToken,
     killed: CancellationToken,
     stop: CancellationToken,
@@ -829,6 +907,9 @@ async fn capture(
         let keep = n.min(room);
         reserve_within(&mut bytes, keep, cap);
         bytes.extend_from_slice(&chunk[..keep]);
+        if let Some(tap) = &mut tap {
+            tap.push(&chunk[..keep]);
+        }
         if n > room {
             // Stop reading at once: the run is killed for this, and reading on would only let
             // the program go on writing. The pipe stays open until the kill, so the program
@@ -967,6 +1048,7 @@ mod tests {
                 args: &[],
                 files: &NO_FILES,
                 limits: LIMITS,
+                reporting: None,
             }
         }
 

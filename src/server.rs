@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::live::Live;
 use crate::runner::{Isolation, Runner};
 use crate::runtime::Runtimes;
 use crate::sandbox::{Mode, Sandbox, SandboxError};
@@ -136,11 +137,18 @@ pub async fn run(
 
     let running = Running::default();
     let stopping = Stopping::default();
+    let live = Live::default();
+    let follower = tokio::spawn(live.clone().follow(
+        store.clone(),
+        config.poll_interval,
+        stopping.claiming.clone(),
+    ));
     let workers = Arc::new(Workers {
         store: store.clone(),
         runner,
         runtimes: Arc::clone(&runtimes),
         running: running.clone(),
+        live: live.clone(),
         lease: config.lease,
         poll_interval: config.poll_interval,
         owner_prefix,
@@ -153,6 +161,8 @@ pub async fn run(
         store,
         runtimes: Arc::clone(&runtimes),
         running,
+        streams: Arc::new(tokio::sync::Semaphore::new(config.sse_max_streams)),
+        live,
         config: Arc::clone(&config),
         stopping: stopping.claiming.clone(),
     };
@@ -189,6 +199,9 @@ pub async fn run(
     stop_delivering.cancel();
     if let Err(e) = deliveries.await {
         tracing::error!(error = %e, "the webhook deliverer failed");
+    }
+    if let Err(e) = follower.await {
+        tracing::error!(error = %e, "the live stream follower failed");
     }
     // Every store handle is gone now; the writer commits what is pending and closes the file.
     let closed = tokio::task::spawn_blocking(move || writer_thread.join());

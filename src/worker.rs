@@ -11,12 +11,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::job::{JobId, Outcome, RunResult};
-use crate::runner::{RunRequest, Runner};
+use crate::live::Live;
+use crate::runner::{Reporting, RunRequest, Runner};
 use crate::runtime::Runtimes;
 use crate::store::{ClaimedJob, Store, StoreError};
 
@@ -71,6 +73,8 @@ pub struct Workers {
     pub runner: Runner,
     pub runtimes: Arc<Runtimes>,
     pub running: Running,
+    /// Where running jobs' output goes to live watchers.
+    pub live: Live,
     pub lease: Duration,
     pub poll_interval: Duration,
     /// Lease owners are `<node>/<instance>/w<n>`: this is `<node>/<instance>/`.
@@ -156,6 +160,19 @@ impl Workers {
             stop.clone(),
             lease_lost.clone(),
         ));
+        let (progress, latest) = watch::channel(None);
+        let run_ended = CancellationToken::new();
+        let recorder = tokio::spawn(crate::progress::record(
+            self.store.clone(),
+            job.id,
+            job.attempt,
+            latest,
+            run_ended.clone(),
+        ));
+        let reporting = Reporting {
+            live: self.live.clone(),
+            progress,
+        };
         let request = RunRequest {
             job_id: job.id,
             attempt: job.attempt,
@@ -165,8 +182,15 @@ impl Workers {
             args: &job.args,
             files: &job.files,
             limits: job.limits,
+            reporting: Some(&reporting),
         };
         let ran = self.runner.run(request, stop).await;
+        // The last progress is stored before the result, so it never follows the terminal event.
+        run_ended.cancel();
+        drop(reporting);
+        if let Err(e) = recorder.await {
+            tracing::warn!(job = %job.id, error = %e, "progress recording failed");
+        }
         keeper.abort();
         self.running.remove(job.id);
 

@@ -84,5 +84,6 @@ pub async fn status(
         "created_at": crate::time::rfc3339(job.created_at),
         "finished_at": job.finished_at.map(crate::time::rfc3339),
         "wall_ms": job.wall_ms,
+        "progress": job.progress,
     })))
 }

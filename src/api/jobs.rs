@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{self, PathId, Query};
+use super::streams;
 use crate::job::{Job, JobId, JobRequest, JobSpec, Status};
 use crate::store::{CancelResult, Submitted};
 
@@ -154,16 +155,29 @@ pub(super) async fn wait_for_end(
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    after: Option<i64>,
+}
+
+/// The job's events (after `?after=`), as JSON or, asked for `text/event-stream`, live.
 pub async fn events(
     State(state): State<AppState>,
     PathId(id): PathId,
-) -> Result<impl IntoResponse, ApiError> {
+    headers: HeaderMap,
+    Query(query): Query<EventsQuery>,
+) -> Result<Response, ApiError> {
+    if streams::wanted(&headers) {
+        let after = streams::resume_point(&headers, query.after)?;
+        return streams::job(state, id, after).await;
+    }
     let events = state
         .store
-        .job_events(id)
+        .job_events(id, query.after.unwrap_or(0))
         .await?
         .ok_or_else(ApiError::job_not_found)?;
-    Ok(Json(json!({ "events": events })))
+    Ok(Json(json!({ "events": events })).into_response())
 }
 
 #[derive(Deserialize)]
@@ -173,16 +187,22 @@ pub struct FeedQuery {
     limit: Option<u32>,
 }
 
-/// The global feed, for pollers: `?after=` the last event id seen.
+/// The global feed, for pollers: `?after=` the last event id seen. Asked for
+/// `text/event-stream`, it follows live instead of returning a page.
 pub async fn feed(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Query(query): Query<FeedQuery>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
+    if streams::wanted(&headers) {
+        let after = streams::resume_point(&headers, query.after)?;
+        return streams::feed(state, after).await;
+    }
     let after = query.after.unwrap_or(0);
     let limit = page_size(query.limit)?;
     let events = state.store.events_after(after, limit).await?;
     let next_after = events.last().map_or(after, |e| e.id);
-    Ok(Json(json!({ "events": events, "next_after": next_after })))
+    Ok(Json(json!({ "events": events, "next_after": next_after })).into_response())
 }
 
 #[derive(Deserialize)]

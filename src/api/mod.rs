@@ -2,13 +2,14 @@
 //! and reads results back; it holds no job state of its own. `POST /v1/jobs` answers `202` only
 //! after the job is committed to disk.
 //!
-//! Routes: `jobs` (the v1 API), `compat` (the replaced synchronous design's endpoints), and the
-//! health checks here.
+//! Routes: `jobs` (the v1 API), `streams` (the event endpoints as Server-Sent Events), `compat`
+//! (the replaced synchronous design's endpoints), and the health checks here.
 
 mod compat;
 mod error;
 mod extract;
 mod jobs;
+mod streams;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::ApiError;
 
 use crate::config::Config;
+use crate::live::Live;
 use crate::runtime::Runtimes;
 use crate::store::Store;
 use crate::worker::Running;
@@ -35,6 +37,10 @@ pub struct AppState {
     pub store: Store,
     pub runtimes: Arc<Runtimes>,
     pub running: Running,
+    /// Committed events and running jobs' output, for live streams.
+    pub live: Live,
+    /// One permit per open live stream (`sse_max_streams`).
+    pub streams: Arc<tokio::sync::Semaphore>,
     pub config: Arc<Config>,
     /// Cancelled when the server begins to shut down: long-polls answer at once.
     pub stopping: CancellationToken,

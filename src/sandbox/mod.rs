@@ -226,6 +226,7 @@ impl Sandbox {
             work_bytes: limits.file_bytes.saturating_add(staged_bytes).max(1 << 20),
             tmp_bytes: limits.file_bytes.max(1 << 20),
             rlimits: launch.rlimits,
+            progress: launch.progress,
         })?;
         let cgroup = match &self.cgroups {
             Some(cgroups) => {
@@ -320,6 +321,8 @@ pub struct Launch<'a> {
     pub env: Vec<(String, String)>,
     pub limits: Limits,
     pub rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
+    /// The write end of the job's progress pipe, given to the job as its fd 3.
+    pub progress: Option<std::os::fd::RawFd>,
 }
 
 /// A running sandbox as the runner holds it.

@@ -181,6 +181,8 @@ pub struct Plan {
     argv: Vec<CString>,
     env: Vec<CString>,
     rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
+    /// The write end of the job's progress pipe, handed to the job at [`PROGRESS_FD`].
+    progress: Option<RawFd>,
 }
 
 /// How the staged files reach the sandbox's `/work`.
@@ -216,6 +218,8 @@ pub struct RunSpec<'a> {
     pub work_bytes: u64,
     pub tmp_bytes: u64,
     pub rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
+    /// A descriptor the job gets at [`PROGRESS_FD`] (kept open by the caller until launched).
+    pub progress: Option<RawFd>,
 }
 
 fn cstring(bytes: impl Into<Vec<u8>>) -> io::Result<CString> {
@@ -305,6 +309,7 @@ impl Plan {
             argv,
             env,
             rlimits: spec.rlimits,
+            progress: spec.progress,
         })
     }
 
@@ -724,7 +729,11 @@ const STATUS_FD: RawFd = 3;
 const SETUP_FD: RawFd = 4;
 const GO_FD: RawFd = 5;
 const LANDLOCK_FD: RawFd = 6;
-const ENTER_FD: RawFd = 7;
+/// Where init keeps the progress pipe until the job takes it to [`PROGRESS_FD`].
+const PROGRESS_KEPT_FD: RawFd = 7;
+const ENTER_FD: RawFd = 8;
+/// The job's progress pipe.
+const PROGRESS_FD: RawFd = crate::progress::FD;
 
 /// init's entry point, on its own stack.
 unsafe extern "C" fn init_main(shared: *const libc::c_void) -> ! {
@@ -742,7 +751,8 @@ impl Shared {
     /// init: never returns.
     unsafe fn run(&self) -> ! {
         unsafe {
-            // Move the pipes, the Landlock ruleset and the cgroup files to fixed numbers and
+            // Move the pipes, the Landlock ruleset, the progress pipe and the cgroup files to
+            // fixed numbers and
             // close everything else the server had open (database, sockets): nothing of the
             // server reaches the sandbox. Duplicated to a high range first, as the targets may be
             // among the sources.
@@ -754,6 +764,7 @@ impl Shared {
                 self.fds[4],
                 self.fds[5],
                 self.landlock.unwrap_or(-1),
+                self.plan.progress.unwrap_or(-1),
             ];
             let mut moved = [-1; ENTER_FD as usize + MAX_ENTER_FILES];
             for (slot, &fd) in moved.iter_mut().zip(fixed.iter().chain(&self.enter)) {
@@ -814,6 +825,7 @@ impl Shared {
                 Err(e) => self.fail(Fixed::Fork, e),
             };
             sys::close(SETUP_FD);
+            sys::close(PROGRESS_KEPT_FD);
             sys::close(0);
             sys::close(1);
             sys::close(2);
@@ -965,6 +977,13 @@ impl Shared {
                 sys::close(fd);
             }
             sys::close(STATUS_FD);
+            // dup3 without flags leaves the copy open across exec, unlike the original.
+            if self.plan.progress.is_some()
+                && let Err(e) = sys::dup3(PROGRESS_KEPT_FD, PROGRESS_FD, 0)
+            {
+                self.fail(Fixed::Exec, e);
+            }
+            sys::close(PROGRESS_KEPT_FD);
             // Its own session and process group: a job cannot signal init's group.
             let _ = sys::setsid();
             if let Err(e) = sys::chdir(c"/work") {

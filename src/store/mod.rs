@@ -20,7 +20,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
 use crate::bus::Bus;
-use crate::job::{Event, Job, JobId, JobSpec, Outcome, RunResult, Status};
+use crate::job::{Event, Job, JobId, JobSpec, Outcome, Progress, RunResult, Status};
 use crate::time::now_ms;
 use writer::Writer;
 
@@ -276,6 +276,20 @@ impl Store {
             .await
     }
 
+    /// Records how far a running job got, if it still runs under this attempt (false if not).
+    pub async fn progress(
+        &self,
+        id: JobId,
+        attempt: u32,
+        progress: Progress,
+    ) -> Result<bool, StoreError> {
+        self.writer
+            .write(move |conn, notices| {
+                write::progress(conn, notices, id, attempt, &progress, now_ms())
+            })
+            .await
+    }
+
     /// Cancels a queued or running job. For a running job the caller must also stop the process.
     pub async fn cancel(&self, id: JobId) -> Result<CancelResult, StoreError> {
         self.writer
@@ -339,9 +353,25 @@ impl Store {
         self.read(move |conn| read::job(conn, id)).await
     }
 
-    /// The job's events, oldest first; `None` if there is no such job.
-    pub async fn job_events(&self, id: JobId) -> Result<Option<Vec<Event>>, StoreError> {
-        self.read(move |conn| read::job_events(conn, id)).await
+    /// The job's events with an id greater than `after`, oldest first; `None` if there is no
+    /// such job.
+    pub async fn job_events(
+        &self,
+        id: JobId,
+        after: i64,
+    ) -> Result<Option<Vec<Event>>, StoreError> {
+        self.read(move |conn| read::job_events(conn, id, after))
+            .await
+    }
+
+    /// The job's status alone; `None` if there is no such job.
+    pub async fn job_status(&self, id: JobId) -> Result<Option<Status>, StoreError> {
+        self.read(move |conn| read::job_status(conn, id)).await
+    }
+
+    /// The newest event's id (0 if there is none): where following the feed live begins.
+    pub async fn last_event_id(&self) -> Result<i64, StoreError> {
+        self.read(read::last_event_id).await
     }
 
     /// The global feed: events with an id greater than `after`, oldest first.

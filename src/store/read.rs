@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::StoreError;
 use super::write::{from_json, parse_id, parse_status};
-use crate::job::{Event, Job, JobId, Outcome, Status};
+use crate::job::{Event, Job, JobId, Outcome, Progress, Status};
 
 /// A job in a listing: its state, without code, input or output.
 #[derive(Debug, Clone, Serialize)]
@@ -36,7 +36,24 @@ pub(super) fn job(conn: &Connection, id: JobId) -> Result<Option<Job>, StoreErro
         )?
         .query_row([id.to_string()], |r| Ok(job_row(r)))
         .optional()?;
-    row.transpose()
+    let Some(mut job) = row.transpose()? else {
+        return Ok(None);
+    };
+    job.progress = latest_progress(conn, id)?;
+    Ok(Some(job))
+}
+
+/// The job's latest `job.progress` event: a short walk back along `events_job`, as a job stores
+/// only a bounded number of them.
+fn latest_progress(conn: &Connection, id: JobId) -> Result<Option<Progress>, StoreError> {
+    let data: Option<String> = conn
+        .prepare_cached(
+            "SELECT data FROM events WHERE job_id = ?1 AND type = 'job.progress'
+             ORDER BY id DESC LIMIT 1",
+        )?
+        .query_row([id.to_string()], |r| r.get(0))
+        .optional()?;
+    data.as_deref().map(from_json).transpose()
 }
 
 fn job_row(r: &Row) -> Result<Job, StoreError> {
@@ -66,10 +83,15 @@ fn job_row(r: &Row) -> Result<Job, StoreError> {
         memory_kb: opt_u64(r, 18)?,
         limits: from_json(&limits)?,
         error: r.get(20)?,
+        progress: None,
     })
 }
 
-pub(super) fn job_events(conn: &Connection, id: JobId) -> Result<Option<Vec<Event>>, StoreError> {
+pub(super) fn job_events(
+    conn: &Connection,
+    id: JobId,
+    after: i64,
+) -> Result<Option<Vec<Event>>, StoreError> {
     let exists = conn
         .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")?
         .exists([id.to_string()])?;
@@ -77,10 +99,27 @@ pub(super) fn job_events(conn: &Connection, id: JobId) -> Result<Option<Vec<Even
         return Ok(None);
     }
     let mut stmt = conn.prepare_cached(
-        "SELECT id, job_id, at, type, attempt, data FROM events WHERE job_id = ?1 ORDER BY id",
+        "SELECT id, job_id, at, type, attempt, data FROM events WHERE job_id = ?1 AND id > ?2
+         ORDER BY id",
     )?;
-    let rows = stmt.query_map([id.to_string()], |r| Ok(event_row(r)))?;
+    let rows = stmt.query_map(params![id.to_string(), after], |r| Ok(event_row(r)))?;
     collect(rows).map(Some)
+}
+
+/// The job's status, or `None` if there is no such job.
+pub(super) fn job_status(conn: &Connection, id: JobId) -> Result<Option<Status>, StoreError> {
+    let status: Option<String> = conn
+        .prepare_cached("SELECT status FROM jobs WHERE id = ?1")?
+        .query_row([id.to_string()], |r| r.get(0))
+        .optional()?;
+    status.as_deref().map(parse_status).transpose()
+}
+
+/// The newest event id, 0 for an empty history.
+pub(super) fn last_event_id(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT coalesce(max(id), 0) FROM events")?
+        .query_row([], |r| r.get(0))?)
 }
 
 pub(super) fn events_after(

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::StoreError;
 use crate::bus::Notice;
-use crate::job::{EventKind, JobId, JobSpec, Limits, Outcome, RunResult, Status};
+use crate::job::{EventKind, JobId, JobSpec, Limits, Outcome, Progress, RunResult, Status};
 
 /// What a submit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,6 +235,31 @@ pub(super) fn finish(
     });
     let kind = terminal_event(status)?;
     insert_event(conn, notices, id, now, kind, Some(attempt), &data)?;
+    Ok(true)
+}
+
+/// Records a `job.progress` event, if the job is still running under this attempt.
+pub(super) fn progress(
+    conn: &Connection,
+    notices: &mut Vec<Notice>,
+    id: JobId,
+    attempt: u32,
+    progress: &Progress,
+    now: i64,
+) -> Result<bool, StoreError> {
+    if running_attempt(conn, id, attempt)?.is_empty() {
+        return Ok(false);
+    }
+    let data = json!({"percent": progress.percent, "message": progress.message});
+    insert_event(
+        conn,
+        notices,
+        id,
+        now,
+        EventKind::Progress,
+        Some(attempt),
+        &data,
+    )?;
     Ok(true)
 }
 

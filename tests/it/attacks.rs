@@ -1099,8 +1099,8 @@ print('uid', os.getuid(), os.geteuid(), os.getgid())
     }
 }
 
-at_both_levels!(the_environment_is_exactly_path_home_tmpdir_lang_and_pwd);
-async fn the_environment_is_exactly_path_home_tmpdir_lang_and_pwd(level: Level) {
+at_both_levels!(the_environment_is_exactly_path_home_tmpdir_lang_pwd_and_the_progress_fd);
+async fn the_environment_is_exactly_path_home_tmpdir_lang_pwd_and_the_progress_fd(level: Level) {
     let server = level.start(&[]).await;
     let job = contained(&server, sh("printenv", json!({"wall_ms": 10_000}))).await;
     assert_eq!(job["status"], "succeeded", "{}", show(&job));
@@ -1111,11 +1111,16 @@ async fn the_environment_is_exactly_path_home_tmpdir_lang_and_pwd(level: Level) 
         .collect();
     assert_eq!(
         names,
-        BTreeSet::from(["HOME", "LANG", "PATH", "PWD", "TMPDIR"]),
+        BTreeSet::from(["HOME", "KILN_PROGRESS_FD", "LANG", "PATH", "PWD", "TMPDIR"]),
         "{}",
         show(&job)
     );
-    for expected in ["HOME=/work", "TMPDIR=/tmp", "PWD=/work"] {
+    for expected in [
+        "HOME=/work",
+        "TMPDIR=/tmp",
+        "PWD=/work",
+        "KILN_PROGRESS_FD=3",
+    ] {
         assert!(env.contains(expected), "{expected}: {}", show(&job));
     }
 }

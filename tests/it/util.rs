@@ -219,8 +219,8 @@ pub fn sh(code: &str) -> Value {
 }
 
 /// Checks that a job's events are a valid path through the state machine: queued first; each
-/// start followed by a retry or the end before the next start, attempts counting up from 1;
-/// exactly one terminal event, last.
+/// start followed by progress, then a retry or the end before the next start, attempts counting
+/// up from 1; exactly one terminal event, last.
 pub fn assert_valid_history(events: &[Value]) {
     let types: Vec<&str> = events
         .iter()
@@ -258,6 +258,13 @@ pub fn assert_valid_history(events: &[Value]) {
                     running.take(),
                     attempt,
                     "retry of the running attempt: {events:?}"
+                );
+            }
+            "job.progress" => {
+                assert!(running.is_some(), "progress while not running: {types:?}");
+                assert_eq!(
+                    running, attempt,
+                    "progress of the running attempt: {events:?}"
                 );
             }
             "job.cancelled" if running.is_none() => assert_eq!(attempt, None),

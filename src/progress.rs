@@ -1,0 +1,190 @@
+//! Progress reported from inside a running job, and how much of it is kept.
+//!
+//! The protocol, as a job sees it: file descriptor 3 is the write end of a pipe (its number is
+//! also in the environment as `KILN_PROGRESS_FD`). Each line written there is `PERCENT MESSAGE`:
+//! a number from 0 to 100 (a fraction is rounded down), white space, and an optional message of
+//! at most [`MAX_MESSAGE`] bytes (longer ones are cut). Lines that do not parse, or are longer
+//! than [`MAX_LINE`], are ignored. From a shell: `echo "40 linking" >&3`; from Python:
+//! `os.write(3, b"40 linking\n")`.
+//!
+//! What is kept: the latest line becomes the job's `progress`, and `job.progress` events are
+//! stored at most every [`MIN_INTERVAL`] and at most [`MAX_EVENTS`] per attempt, always
+//! including the last one of a run, so a job printing progress in a tight loop costs the
+//! database a few rows a second, not one per line.
+
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::job::{JobId, Progress};
+use crate::store::Store;
+
+/// The descriptor the job writes progress lines to.
+pub const FD: i32 = 3;
+/// The environment variable naming [`FD`] for the job.
+pub const ENV_VAR: &str = "KILN_PROGRESS_FD";
+pub const MAX_LINE: usize = 1024;
+pub const MAX_MESSAGE: usize = 200;
+pub const MIN_INTERVAL: Duration = Duration::from_millis(250);
+pub const MAX_EVENTS: u32 = 100;
+
+/// Parses one line (without its newline).
+pub fn parse_line(line: &[u8]) -> Option<Progress> {
+    let line = String::from_utf8_lossy(line);
+    let line = line.trim();
+    let (number, message) = line
+        .split_once(|c: char| c.is_whitespace())
+        .unwrap_or((line, ""));
+    let percent: f64 = number.strip_suffix('%').unwrap_or(number).parse().ok()?;
+    if !(0.0..=100.0).contains(&percent) {
+        return None;
+    }
+    let mut message: String = message.trim().chars().filter(|c| !c.is_control()).collect();
+    if message.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+    }
+    Some(Progress {
+        // In 0..=100, checked above.
+        percent: percent.floor() as u8,
+        message,
+    })
+}
+
+/// Reads progress lines from the job's pipe until it closes or `stop`, keeping the latest in
+/// `latest`.
+pub async fn read(
+    mut pipe: pipe::Receiver,
+    latest: watch::Sender<Option<Progress>>,
+    stop: CancellationToken,
+) {
+    let mut line = Vec::with_capacity(128);
+    let mut overlong = false;
+    let mut chunk = [0u8; 4096];
+    loop {
+        let read = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            read = pipe.read(&mut chunk) => read,
+        };
+        let Ok(n @ 1..) = read else { return };
+        for &byte in &chunk[..n] {
+            if byte == b'\n' {
+                if !overlong && let Some(progress) = parse_line(&line) {
+                    latest.send_replace(Some(progress));
+                }
+                line.clear();
+                overlong = false;
+            } else if line.len() < MAX_LINE {
+                line.push(byte);
+            } else {
+                overlong = true;
+            }
+        }
+    }
+}
+
+/// Stores what `latest` reports as `job.progress` events of this attempt, throttled (see the
+/// module doc), until `ended`; then stores the last value if it was not stored yet.
+pub async fn record(
+    store: Store,
+    job: JobId,
+    attempt: u32,
+    mut latest: watch::Receiver<Option<Progress>>,
+    ended: CancellationToken,
+) {
+    let mut stored = 0;
+    let mut last_stored: Option<Progress> = None;
+    loop {
+        tokio::select! {
+            changed = latest.changed() => if changed.is_err() { break },
+            () = ended.cancelled() => break,
+        }
+        let current = latest.borrow_and_update().clone();
+        // The last slot is kept for the run's final value.
+        if stored + 1 >= MAX_EVENTS || current.is_none() || current == last_stored {
+            continue;
+        }
+        match save(&store, job, attempt, current.clone()).await {
+            Some(true) => {
+                stored += 1;
+                last_stored = current;
+            }
+            Some(false) => return,
+            None => {}
+        }
+        tokio::select! {
+            () = tokio::time::sleep(MIN_INTERVAL) => {}
+            () = ended.cancelled() => break,
+        }
+    }
+    let current = latest.borrow().clone();
+    if current.is_some() && current != last_stored && stored < MAX_EVENTS {
+        save(&store, job, attempt, current).await;
+    }
+}
+
+/// Whether the event was stored (false: the job no longer runs under this attempt); `None` if
+/// the database refused.
+async fn save(store: &Store, job: JobId, attempt: u32, progress: Option<Progress>) -> Option<bool> {
+    let progress = progress?;
+    match store.progress(job, attempt, progress).await {
+        Ok(stored) => Some(stored),
+        Err(e) => {
+            tracing::warn!(%job, error = %e, "could not store progress");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(line: &str) -> Option<(u8, String)> {
+        parse_line(line.as_bytes()).map(|p| (p.percent, p.message))
+    }
+
+    #[test]
+    fn a_line_is_a_percentage_and_an_optional_message() {
+        assert_eq!(
+            parsed("42 compiling step 2"),
+            Some((42, "compiling step 2".into()))
+        );
+        assert_eq!(parsed("100"), Some((100, String::new())));
+        assert_eq!(
+            parsed("  7.9%\tnearly eight \r"),
+            Some((7, "nearly eight".into()))
+        );
+        assert_eq!(parsed("0 a\u{1b}[31mred"), Some((0, "a[31mred".into())));
+    }
+
+    #[test]
+    fn lines_that_are_not_progress_are_ignored() {
+        for line in [
+            "",
+            "done",
+            "101 too far",
+            "-1 negative",
+            "NaN x",
+            "inf",
+            "50x",
+        ] {
+            assert_eq!(parsed(line), None, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn a_long_message_is_cut_on_a_character_boundary() {
+        let message = "é".repeat(MAX_MESSAGE);
+        let (_, kept) = parsed(&format!("5 {message}")).expect("parses");
+        assert!(kept.len() <= MAX_MESSAGE && kept.len() >= MAX_MESSAGE - 1);
+        assert!(message.starts_with(&kept));
+    }
+}
