@@ -9,5 +9,6 @@ mod levels;
 mod operators;
 mod runs;
 mod schema;
+mod streams;
 mod util;
 mod webhooks;
