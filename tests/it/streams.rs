@@ -249,7 +249,9 @@ async fn resuming_the_feed_from_last_event_id_loses_and_repeats_nothing() {
 async fn live_output_arrives_while_the_job_still_runs() {
     let server = Server::start().await;
     let id = server
-        .submit(sh("echo first; sleep 2; echo second >&2; sleep 0.3; echo third"))
+        .submit(sh(
+            "echo first; sleep 2; echo second >&2; sleep 0.3; echo third",
+        ))
         .await;
     let mut stream = Sse::open(&server, &format!("/v1/jobs/{id}/events"), &[]).await;
 
@@ -468,4 +470,54 @@ async fn streams_of_unknown_jobs_and_bad_resume_points_are_refused_with_json() {
     let (status, body) = server.get("/v1/events?after=0").await;
     assert_eq!(status, StatusCode::OK, "JSON stays the default: {body}");
     assert!(body["events"].is_array());
+}
+
+#[tokio::test]
+async fn kiln_watch_follows_a_job_live_and_exits_like_status() {
+    let server = Server::start().await;
+    let watch = |id: String| {
+        let url = server.url.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+                .args(["watch", &id])
+                .env("KILN_URL", url)
+                .output()
+                .expect("run kiln watch")
+        })
+    };
+    let id = server
+        .submit(sh(
+            "echo hello; sleep 0.5; echo '50 half way' >&3; echo oops >&2; sleep 0.3; echo bye",
+        ))
+        .await;
+    let watched = watch(id.clone()).await.expect("kiln watch");
+    let stdout = String::from_utf8_lossy(&watched.stdout);
+    let stderr = String::from_utf8_lossy(&watched.stderr);
+    assert_eq!(watched.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.starts_with("hello\nbye\n"),
+        "the job's output: {stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{id}  succeeded (success)")),
+        "{stdout}"
+    );
+    for expected in [
+        "job.started",
+        "progress 50% half way",
+        "oops",
+        "job.succeeded",
+    ] {
+        assert!(stderr.contains(expected), "{expected} in {stderr}");
+    }
+
+    let failed = server.submit(sh("echo late; exit 4")).await;
+    server.finished(&failed).await;
+    let watched = watch(failed).await.expect("kiln watch");
+    assert_eq!(watched.status.code(), Some(1), "a failed job exits 1");
+    let stdout = String::from_utf8_lossy(&watched.stdout);
+    assert!(
+        stdout.contains("late\n"),
+        "a job that ended before it was watched shows its stored output: {stdout}"
+    );
 }
