@@ -474,6 +474,7 @@ fn kiln_runs(runner: &Runner, runtimes: &Runtimes, command: &Program, jobs: usiz
                 files: &files,
                 limits,
                 reporting: None,
+                batch: None,
             };
             let output = runner
                 .run(request, CancellationToken::new())

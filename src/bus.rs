@@ -7,13 +7,17 @@
 
 use tokio::sync::{Notify, broadcast};
 
+use crate::batch::BatchId;
 use crate::job::{EventKind, JobId};
 
 /// One committed event, as announced to subscribers.
 #[derive(Clone, Copy, Debug)]
 pub struct Notice {
     pub event_id: i64,
-    pub job_id: JobId,
+    /// `None` for a batch's own events.
+    pub job_id: Option<JobId>,
+    /// Set for a batch's own events and for those of its cases.
+    pub batch_id: Option<BatchId>,
     pub kind: EventKind,
 }
 

@@ -24,6 +24,8 @@ pub struct Policy {
     pub max_max_attempts: u32,
     /// The hosts a `callback_url` may name.
     pub callbacks: HostPolicy,
+    /// Most cases one batch may have (413 above).
+    pub max_batch_cases: usize,
 }
 
 impl Default for Policy {
@@ -54,6 +56,7 @@ impl Default for Policy {
             default_max_attempts: 3,
             max_max_attempts: 10,
             callbacks: HostPolicy::default(),
+            max_batch_cases: 10_000,
         }
     }
 }

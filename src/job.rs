@@ -164,7 +164,7 @@ pub struct Limits {
 }
 
 /// Limits as a submitter states them: any may be left out and then takes the configured default.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsRequest {
     pub wall_ms: Option<u64>,
@@ -244,7 +244,6 @@ impl JobSpec {
             return Err(Rejection::Invalid("code must not be empty".into()));
         }
         check_size("code", request.code.len(), policy.max_code_bytes)?;
-        check_size("stdin", request.stdin.len(), policy.max_stdin_bytes)?;
         let files_bytes: usize = request.files.iter().map(|(n, c)| n.len() + c.len()).sum();
         check_size("files", files_bytes, policy.max_files_bytes)?;
         if request.files.len() > policy.max_files {
@@ -257,19 +256,8 @@ impl JobSpec {
         for name in request.files.keys() {
             check_file_name(name)?;
         }
-        if request.args.len() > policy.max_args {
-            return Err(Rejection::TooLarge(format!(
-                "{} args given, at most {} allowed",
-                request.args.len(),
-                policy.max_args
-            )));
-        }
-        if request
-            .args
-            .iter()
-            .chain([&request.code, &request.stdin])
-            .any(|s| s.contains('\0'))
-        {
+        check_input(&request.stdin, &request.args, policy)?;
+        if request.code.contains('\0') {
             return Err(Rejection::Invalid(
                 "code, stdin and args must not contain NUL bytes".into(),
             ));
@@ -309,7 +297,30 @@ impl JobSpec {
     }
 }
 
-fn check_size(what: &str, len: usize, max: usize) -> Result<(), Rejection> {
+/// The checks on what one run is given besides the code: its stdin and arguments.
+pub(crate) fn check_input(stdin: &str, args: &[String], policy: &Policy) -> Result<(), Rejection> {
+    check_size("stdin", stdin.len(), policy.max_stdin_bytes)?;
+    if args.len() > policy.max_args {
+        return Err(Rejection::TooLarge(format!(
+            "{} args given, at most {} allowed",
+            args.len(),
+            policy.max_args
+        )));
+    }
+    if args
+        .iter()
+        .map(String::as_str)
+        .chain([stdin])
+        .any(|s| s.contains('\0'))
+    {
+        return Err(Rejection::Invalid(
+            "code, stdin and args must not contain NUL bytes".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_size(what: &str, len: usize, max: usize) -> Result<(), Rejection> {
     if len > max {
         return Err(Rejection::TooLarge(format!(
             "{what} is {len} bytes, at most {max} allowed"
@@ -340,7 +351,7 @@ pub fn check_file_name(name: &str) -> Result<(), Rejection> {
     Ok(())
 }
 
-fn resolve_limits(request: LimitsRequest, policy: &Policy) -> Result<Limits, Rejection> {
+pub(crate) fn resolve_limits(request: LimitsRequest, policy: &Policy) -> Result<Limits, Rejection> {
     let (default, max) = (&policy.default_limits, &policy.max_limits);
     let pick = |name: &str, asked: Option<u64>, default: u64, max: u64| match asked {
         Some(0) => Err(Rejection::Invalid(format!(
@@ -400,6 +411,10 @@ pub enum EventKind {
     WebhookDelivered,
     /// A webhook call failed (no answer, or not a 2xx); its data says whether it will be retried.
     WebhookFailed,
+    /// A suite's cases were all stored (one event for the whole batch).
+    BatchQueued,
+    /// A suite's last case ended; the data holds the totals.
+    BatchCompleted,
 }
 
 impl EventKind {
@@ -416,13 +431,25 @@ impl EventKind {
             EventKind::Error => "job.error",
             EventKind::WebhookDelivered => "webhook.delivered",
             EventKind::WebhookFailed => "webhook.failed",
+            EventKind::BatchQueued => "batch.queued",
+            EventKind::BatchCompleted => "batch.completed",
         }
     }
 
     pub fn parse(s: &str) -> Option<EventKind> {
         use EventKind::*;
         [
-            Queued, Started, Retrying, Progress, Succeeded, Failed, TimedOut, Cancelled, Error,
+            Queued,
+            Started,
+            Retrying,
+            Progress,
+            Succeeded,
+            Failed,
+            TimedOut,
+            Cancelled,
+            Error,
+            BatchQueued,
+            BatchCompleted,
         ]
         .into_iter()
         .find(|kind| kind.as_str() == s)
@@ -440,7 +467,7 @@ impl EventKind {
         }
     }
 
-    /// True for the event that ends a job. Webhook events come after it and are not terminal.
+    /// True for the event that ends a job. Webhook and batch events are not a job's end.
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -458,7 +485,11 @@ impl EventKind {
 pub struct Event {
     /// The global cursor: strictly increasing, never reused.
     pub id: i64,
-    pub job_id: JobId,
+    /// The job it is about; `None` for a batch's own events.
+    pub job_id: Option<JobId>,
+    /// The batch it belongs to: a batch's own events and those of its cases.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<crate::batch::BatchId>,
     #[serde(serialize_with = "crate::time::serialize_ms")]
     pub at: i64,
     #[serde(rename = "type")]
@@ -518,4 +549,17 @@ pub struct RunResult {
     pub wall_ms: u64,
     pub cpu_ms: u64,
     pub memory_kb: u64,
+    /// For a compiled runtime: whether this run compiled the code or ran a batch's shared build.
+    pub build: Option<BuildUse>,
+}
+
+/// How a compiled runtime's run got its binary. Recorded in the terminal event's data, so that
+/// "a batch compiles once" can be checked from the history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildUse {
+    /// This run compiled the code.
+    Compiled,
+    /// This run reused the binary an earlier case of its batch compiled.
+    Shared,
 }

@@ -28,6 +28,7 @@
 //! client of a running server.
 
 pub mod api;
+pub mod batch;
 pub mod bus;
 pub mod client;
 pub mod config;
@@ -40,5 +41,6 @@ pub mod sandbox;
 pub mod server;
 pub mod store;
 pub mod time;
+pub mod verdict;
 pub mod webhook;
 pub mod worker;

@@ -90,6 +90,9 @@ struct ServeArgs {
     /// Live streams open at once; more are refused with 429
     #[arg(long, env = "KILN_SSE_MAX_STREAMS", default_value_t = 10_000)]
     sse_max_streams: usize,
+    /// Most cases one batch (test suite) may have; more is refused with 413
+    #[arg(long, env = "KILN_MAX_BATCH_CASES", default_value_t = 10_000)]
+    max_batch_cases: usize,
     /// Log format
     #[arg(long, env = "KILN_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -243,6 +246,7 @@ fn config_from(args: ServeArgs) -> Config {
     config.sse_buffer_bytes = usize::try_from(args.sse_buffer_bytes).unwrap_or(usize::MAX);
     config.sse_stall = Duration::from_millis(args.sse_stall_ms);
     config.sse_max_streams = args.sse_max_streams;
+    config.policy.max_batch_cases = args.max_batch_cases;
     config.sandbox = SandboxConfig {
         mode: args.sandbox,
         extra_binds: args.sandbox_binds,

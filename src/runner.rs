@@ -17,6 +17,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
@@ -25,11 +26,16 @@ use tokio::net::unix::pipe;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{JobId, Limits, Outcome, Progress, RunResult};
+use crate::batch::BatchId;
+use crate::job::{BuildUse, JobId, Limits, Outcome, Progress, RunResult};
 use crate::live::{Live, OutputTap, Stream};
 use crate::runtime::Runtime;
 use crate::sandbox::cgroup::JobCgroup;
 use crate::sandbox::{Launch, Sandbox, Sandboxed, WorkMount};
+
+mod builds;
+pub use builds::Builds;
+use builds::{Built, NotBuilt};
 
 /// The only `PATH` a job sees: system directories, never the server's own (which may point into a
 /// developer's home or a virtualenv).
@@ -66,6 +72,8 @@ pub struct RunRequest<'a> {
     pub limits: Limits,
     /// Where the job's run reports while it runs; `None` runs it without a progress pipe.
     pub reporting: Option<&'a Reporting>,
+    /// The batch the job is a case of: a compiled runtime then builds once for the whole batch.
+    pub batch: Option<BatchId>,
 }
 
 /// What a run tells the outside while it runs: its output to whoever watches the job live, and
@@ -113,23 +121,32 @@ pub enum Isolation {
 pub struct Runner {
     work_root: PathBuf,
     isolation: Isolation,
+    builds: Builds,
 }
 
 impl Runner {
-    /// Creates `work_root` (mode 0700, as jobs' inputs and outputs pass through it) if needed.
+    /// Creates `work_root` (mode 0700, as jobs' inputs and outputs pass through it) if needed,
+    /// and removes the batch builds an earlier run of the server left there.
     pub fn new(work_root: PathBuf, isolation: Isolation) -> io::Result<Runner> {
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&work_root)?;
+        let builds = Builds::new(work_root.join(".builds"))?;
         Ok(Runner {
             work_root,
             isolation,
+            builds,
         })
     }
 
     pub fn isolation(&self) -> &Isolation {
         &self.isolation
+    }
+
+    /// The binaries compiled for batches, shared by their cases.
+    pub fn builds(&self) -> &Builds {
+        &self.builds
     }
 
     /// Runs one attempt to completion. Limits, cancellation and output floods end in an `Ok` with
@@ -151,42 +168,49 @@ impl Runner {
         let output = async {
             work_dir.populate(&req).await?;
             let mut entries = staged_entries(&req.runtime.source_file, req.files);
-            let mut staged_bytes =
-                (req.code.len() + req.files.values().map(String::len).sum::<usize>()) as u64;
+            let mut staged_bytes = staged_size(&req);
             let name = format!("{}-{}", req.job_id, req.attempt);
-            let (program, argv) = match &req.runtime.compile {
-                None => (req.runtime.program.clone(), job_argv(req.runtime, req.args)),
-                Some(compile) => {
-                    let build = Step {
-                        name: format!("{name}-build"),
-                        program: req.runtime.program.clone(),
-                        argv: req.runtime.args.clone(),
-                        stdin: "",
-                        limits: COMPILE_LIMITS,
-                        entries: &entries,
-                        staged_bytes,
-                        work: WorkMount::Bind,
-                        reporting: None,
-                    };
-                    let built = execute(&build, &work_dir.path, &self.isolation, &cancel).await?;
-                    if built.outcome != Outcome::Success {
-                        let outcome = match built.outcome {
-                            Outcome::Cancelled => Outcome::Cancelled,
-                            _ => Outcome::CompileError,
+            let mut build = None;
+            let (program, argv) =
+                match &req.runtime.compile {
+                    None => (req.runtime.program.clone(), job_argv(req.runtime, req.args)),
+                    Some(compile) => {
+                        let built_path = work_dir.path.join(&compile.binary);
+                        match req.batch {
+                            None => {
+                                build = Some(BuildUse::Compiled);
+                                let step = format!("{name}-build");
+                                let built = self
+                                    .compile(&step, &req, &work_dir.path, &entries, &cancel)
+                                    .await?;
+                                if built.outcome != Outcome::Success {
+                                    return Ok(with_build(built, build));
+                                }
+                            }
+                            Some(batch) => {
+                                let (built, used) = self.shared_build(batch, &req, &cancel).await?;
+                                build = Some(used);
+                                match built {
+                                    Ok(binary) => copy_binary(&binary, &built_path).await.map_err(
+                                        |source| RunError::WorkDir {
+                                            path: built_path.clone(),
+                                            source,
+                                        },
+                                    )?,
+                                    Err(failed) => return Ok(with_build(failed, build)),
+                                }
+                            }
+                        }
+                        // The run's /work must hold the binary besides the job's own room.
+                        staged_bytes += std::fs::metadata(&built_path).map_or(0, |m| m.len());
+                        entries.push(compile.binary.clone());
+                        let binary = match self.isolation {
+                            Isolation::Sandbox(_) => Path::new("/work").join(&compile.binary),
+                            Isolation::Unsandboxed => work_dir.path.join(&compile.binary),
                         };
-                        return Ok(RunOutput { outcome, ..built });
+                        (binary, req.args.to_vec())
                     }
-                    // The run's /work must hold the binary besides the job's own room.
-                    let built_path = work_dir.path.join(&compile.binary);
-                    staged_bytes += std::fs::metadata(&built_path).map_or(0, |m| m.len());
-                    entries.push(compile.binary.clone());
-                    let binary = match self.isolation {
-                        Isolation::Sandbox(_) => Path::new("/work").join(&compile.binary),
-                        Isolation::Unsandboxed => work_dir.path.join(&compile.binary),
-                    };
-                    (binary, req.args.to_vec())
-                }
-            };
+                };
             let run = Step {
                 name,
                 program,
@@ -198,12 +222,134 @@ impl Runner {
                 work: WorkMount::Copy,
                 reporting: req.reporting.map(|r| (req.job_id, r)),
             };
-            execute(&run, &work_dir.path, &self.isolation, &cancel).await
+            let ran = execute(&run, &work_dir.path, &self.isolation, &cancel).await?;
+            Ok(with_build(ran, build))
         }
         .await;
         work_dir.remove().await;
         output
     }
+
+    /// Compiles the code staged in `dir` (`entries`) in place: the binary lands beside it. The
+    /// outcome is `Success`, `CompileError` or `Cancelled`.
+    async fn compile(
+        &self,
+        name: &str,
+        req: &RunRequest<'_>,
+        dir: &Path,
+        entries: &[String],
+        cancel: &CancellationToken,
+    ) -> Result<RunOutput, RunError> {
+        let build = Step {
+            name: name.to_owned(),
+            program: req.runtime.program.clone(),
+            argv: req.runtime.args.clone(),
+            stdin: "",
+            limits: COMPILE_LIMITS,
+            entries,
+            staged_bytes: staged_size(req),
+            work: WorkMount::Bind,
+            reporting: None,
+        };
+        let built = execute(&build, dir, &self.isolation, cancel).await?;
+        let outcome = match built.outcome {
+            Outcome::Success => Outcome::Success,
+            Outcome::Cancelled => Outcome::Cancelled,
+            _ => Outcome::CompileError,
+        };
+        Ok(RunOutput { outcome, ..built })
+    }
+
+    /// The batch's binary, compiled by the first of its cases to get here while the others wait
+    /// for it; or the compile error every case of the batch then reports. Also says whether this
+    /// run compiled or shared. A build that was cancelled or could not run is not kept: the next
+    /// case tries again.
+    async fn shared_build(
+        &self,
+        batch: BatchId,
+        req: &RunRequest<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<(Result<PathBuf, RunOutput>, BuildUse), RunError> {
+        let entry = self.builds.entry(batch);
+        let compiled_here = AtomicBool::new(false);
+        let build = entry.get_or_build(|| async {
+            compiled_here.store(true, Ordering::Relaxed);
+            let staging = WorkDir {
+                path: entry.staging().to_owned(),
+                removed: false,
+            };
+            let built = async {
+                self.builds
+                    .prepare()
+                    .await
+                    .map_err(|source| RunError::WorkDir {
+                        path: staging.path.clone(),
+                        source,
+                    })?;
+                staging.populate(req).await?;
+                let entries = staged_entries(&req.runtime.source_file, req.files);
+                let name = format!("{batch}-build");
+                let built = self
+                    .compile(&name, req, &staging.path, &entries, cancel)
+                    .await?;
+                match built.outcome {
+                    Outcome::Success => {
+                        let binary = req.runtime.compile.as_ref().map(|c| c.binary.as_str());
+                        let from = staging.path.join(binary.unwrap_or_default());
+                        copy_binary(&from, entry.binary()).await.map_err(|source| {
+                            RunError::WorkDir {
+                                path: entry.binary().to_owned(),
+                                source,
+                            }
+                        })?;
+                        Ok(Built::Binary(entry.binary().to_owned()))
+                    }
+                    Outcome::CompileError => Ok(Built::Failed(built)),
+                    _ => Err(NotBuilt::Cancelled(built)),
+                }
+            }
+            .await;
+            staging.remove().await;
+            built
+        });
+        let built = tokio::select! {
+            biased;
+            built = build => built,
+            () = cancel.cancelled() => Err(NotBuilt::Cancelled(RunOutput {
+                outcome: Outcome::Cancelled,
+                result: RunResult::default(),
+            })),
+        };
+        let used = if compiled_here.load(Ordering::Relaxed) {
+            BuildUse::Compiled
+        } else {
+            BuildUse::Shared
+        };
+        match built {
+            Ok(Built::Binary(path)) => Ok((Ok(path.clone()), used)),
+            Ok(Built::Failed(failed)) => Ok((Err(failed.clone()), used)),
+            Err(NotBuilt::Cancelled(cancelled)) => Ok((Err(cancelled), used)),
+            Err(NotBuilt::Error(e)) => Err(e),
+        }
+    }
+}
+
+/// What the code and files of a request take on disk.
+fn staged_size(req: &RunRequest<'_>) -> u64 {
+    (req.code.len() + req.files.values().map(String::len).sum::<usize>()) as u64
+}
+
+fn with_build(mut output: RunOutput, build: Option<BuildUse>) -> RunOutput {
+    output.result.build = build;
+    output
+}
+
+/// Copies a built binary (keeping its mode) into a run's work directory or the build cache.
+async fn copy_binary(from: &Path, to: &Path) -> io::Result<()> {
+    let (from, to) = (from.to_owned(), to.to_owned());
+    tokio::task::spawn_blocking(move || std::fs::copy(from, to).map(drop))
+        .await
+        .unwrap_or_else(|panicked| Err(io::Error::other(panicked)))
 }
 
 /// A run's private directory. Removed explicitly at the end of a run; if the run is dropped before
@@ -500,6 +646,7 @@ async fn execute(
         wall_ms: u64::try_from(wall.as_millis()).unwrap_or(u64::MAX),
         cpu_ms: measured.cpu_ms,
         memory_kb: measured.memory_kb,
+        build: None,
     };
     Ok(RunOutput { outcome, result })
 }
@@ -1049,6 +1196,7 @@ mod tests {
                 files: &NO_FILES,
                 limits: LIMITS,
                 reporting: None,
+                batch: None,
             }
         }
 

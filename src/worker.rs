@@ -11,16 +11,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{JobId, Outcome, RunResult};
+use crate::bus::Notice;
+use crate::job::{EventKind, JobId, Outcome, RunResult};
 use crate::live::Live;
 use crate::runner::{Reporting, RunRequest, Runner};
 use crate::runtime::Runtimes;
 use crate::store::{ClaimedJob, Store, StoreError};
+use crate::verdict::judge;
 
 /// The runs in progress in this process, so that cancelling a job can stop its process.
 #[derive(Clone, Default)]
@@ -98,7 +101,39 @@ impl Workers {
         }
         let (workers, stop) = (Arc::clone(self), stopping.claiming.clone());
         tasks.spawn(async move { workers.rescue(stop).await });
+        let (workers, stop) = (Arc::clone(self), stopping.claiming.clone());
+        tasks.spawn(async move { workers.sweep_builds(stop).await });
         tasks
+    }
+
+    /// Drops a batch's shared build once the batch completes. Should notices be missed (a
+    /// lagging receiver), every cached batch is checked against the store instead.
+    async fn sweep_builds(&self, stop: CancellationToken) {
+        let mut notices = self.store.bus().subscribe();
+        loop {
+            let notice = tokio::select! {
+                notice = notices.recv() => notice,
+                () = stop.cancelled() => return,
+            };
+            match notice {
+                Ok(Notice {
+                    kind: EventKind::BatchCompleted,
+                    batch_id: Some(batch),
+                    ..
+                }) => self.runner.builds().forget(batch),
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => {
+                    for batch in self.runner.builds().batches() {
+                        match self.store.batch_is_done(batch).await {
+                            Ok(Some(false)) => {}
+                            Ok(_) => self.runner.builds().forget(batch),
+                            Err(e) => tracing::warn!(error = %e, "cannot check a batch"),
+                        }
+                    }
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
     }
 
     async fn work(&self, index: usize, stopping: Stopping) {
@@ -183,6 +218,7 @@ impl Workers {
             files: &job.files,
             limits: job.limits,
             reporting: Some(&reporting),
+            batch: job.case.as_ref().map(|case| case.batch_id),
         };
         let ran = self.runner.run(request, stop).await;
         // The last progress is stored before the result, so it never follows the terminal event.
@@ -229,12 +265,28 @@ impl Workers {
         result: RunResult,
         error: Option<String>,
     ) {
+        // A case is judged here, off the writer thread; kiln's own errors need no comparison.
+        let judged = job.case.as_ref().filter(|_| error.is_none()).map(|case| {
+            judge(
+                outcome,
+                &result,
+                case.expected_output.as_deref(),
+                case.compare,
+            )
+        });
         let mut delay = Duration::from_millis(50);
         let deadline = Instant::now() + self.lease;
         loop {
             let attempt = self
                 .store
-                .finish(job.id, job.attempt, outcome, result.clone(), error.clone())
+                .finish(
+                    job.id,
+                    job.attempt,
+                    outcome,
+                    result.clone(),
+                    error.clone(),
+                    judged.clone(),
+                )
                 .await;
             match attempt {
                 Ok(true) => {

@@ -40,6 +40,14 @@ impl ApiError {
         )
     }
 
+    pub fn batch_not_found() -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "batch_not_found",
+            "no batch with this id",
+        )
+    }
+
     pub fn unavailable(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             retry_after: Some(1),

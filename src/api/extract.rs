@@ -9,6 +9,7 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
+use crate::batch::BatchId;
 use crate::job::JobId;
 
 /// A JSON body. The content type is not insisted on (`curl -d` sends a form type by default);
@@ -63,12 +64,29 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let axum::extract::Path(raw) =
-            axum::extract::Path::<String>::from_request_parts(parts, state)
-                .await
-                .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
-        JobId::parse_str(&raw)
-            .map(PathId)
-            .map_err(|_| ApiError::bad_request("invalid_id", format!("{raw:?} is not a job id")))
+        uuid_in_path(parts, state, "job").await.map(PathId)
     }
+}
+
+/// A batch id from the path.
+pub struct BatchPath(pub BatchId);
+
+impl<S: Send + Sync> FromRequestParts<S> for BatchPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        uuid_in_path(parts, state, "batch").await.map(BatchPath)
+    }
+}
+
+async fn uuid_in_path<S: Send + Sync>(
+    parts: &mut Parts,
+    state: &S,
+    what: &str,
+) -> Result<uuid::Uuid, ApiError> {
+    let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
+        .await
+        .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
+    uuid::Uuid::parse_str(&raw)
+        .map_err(|_| ApiError::bad_request("invalid_id", format!("{raw:?} is not a {what} id")))
 }

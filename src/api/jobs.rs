@@ -69,7 +69,7 @@ pub(super) async fn accept(
     }
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     headers
         .get("idempotency-key")
         .map(|v| {
@@ -139,7 +139,7 @@ pub(super) async fn wait_for_end(
         let ended = async {
             loop {
                 match notices.recv().await {
-                    Ok(n) if n.job_id == id && n.kind.is_terminal() => return,
+                    Ok(n) if n.job_id == Some(id) && n.kind.is_terminal() => return,
                     Ok(_) => {}
                     // Missed some notices: read the job again to be sure.
                     Err(RecvError::Lagged(_)) => return,
@@ -241,7 +241,7 @@ pub async fn list(
     ))
 }
 
-fn page_size(limit: Option<u32>) -> Result<u32, ApiError> {
+pub(super) fn page_size(limit: Option<u32>) -> Result<u32, ApiError> {
     match limit.unwrap_or(DEFAULT_PAGE) {
         0 => Err(ApiError::bad_request(
             "invalid_query",

@@ -2,13 +2,16 @@
 //! and reads results back; it holds no job state of its own. `POST /v1/jobs` answers `202` only
 //! after the job is committed to disk.
 //!
-//! Routes: `jobs` (the v1 API), `streams` (the event endpoints as Server-Sent Events), `compat`
-//! (the replaced synchronous design's endpoints), and the health checks here.
+//! Routes: `jobs` (the v1 API), `batches` (test suites, with their `junit` reports), `streams`
+//! (the event endpoints as Server-Sent Events), `compat` (the replaced synchronous design's
+//! endpoints), and the health checks here.
 
+mod batches;
 mod compat;
 mod error;
 mod extract;
 mod jobs;
+mod junit;
 mod streams;
 
 use std::sync::Arc;
@@ -56,6 +59,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/jobs/{id}/events", get(jobs::events))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/v1/batches", post(batches::submit))
+        .route("/v1/batches/{id}", get(batches::get))
+        .route("/v1/batches/{id}/cases", get(batches::cases))
+        .route("/v1/batches/{id}/report", get(batches::report))
+        .route("/v1/batches/{id}/cancel", post(batches::cancel))
         .route("/v1/events", get(jobs::feed))
         .route("/v1/runtimes", get(runtimes))
         .route("/eval", post(compat::eval_gone))

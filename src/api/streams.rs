@@ -71,7 +71,7 @@ enum Scope {
 impl Scope {
     fn includes(self, event: &Event) -> bool {
         match self {
-            Scope::Job(id) => event.job_id == id,
+            Scope::Job(id) => event.job_id == Some(id),
             Scope::All => true,
         }
     }

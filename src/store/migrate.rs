@@ -22,6 +22,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../schema/0001_init.sql"),
     },
     Migration {
+        version: 2,
+        name: "0002_batches.sql",
+        sql: include_str!("../../schema/0002_batches.sql"),
+    },
+    Migration {
         version: 3,
         name: "0003_webhooks.sql",
         sql: include_str!("../../schema/0003_webhooks.sql"),

@@ -5,6 +5,7 @@
 //! Callers speak in domain terms (`submit`, `claim`, `finish`, ...); each write method returns
 //! only after the transaction holding it is durable on disk (`synchronous=FULL`).
 
+mod batch;
 mod migrate;
 mod read;
 mod webhooks;
@@ -19,11 +20,14 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
+use crate::batch::{Batch, BatchId, BatchSpec, Case, CaseReport};
 use crate::bus::Bus;
 use crate::job::{Event, Job, JobId, JobSpec, Outcome, Progress, RunResult, Status};
 use crate::time::now_ms;
+use crate::verdict::Judgement;
 use writer::Writer;
 
+pub use batch::{BatchCancel, BatchSubmitted};
 pub use migrate::{MIGRATIONS, Migration};
 pub use read::JobSummary;
 pub use webhooks::{Attempt, Delivery};
@@ -196,7 +200,9 @@ impl Store {
     }
 
     /// Records the end of a run, if the job is still running under this attempt. False if it
-    /// is not (cancelled or rescued meanwhile); the result is then discarded.
+    /// is not (cancelled or rescued meanwhile); the result is then discarded. A case of a batch
+    /// gets its verdict (`judged`, or one that follows from the outcome) in the same
+    /// transaction, and so does its batch's completion.
     pub async fn finish(
         &self,
         id: JobId,
@@ -204,6 +210,7 @@ impl Store {
         outcome: Outcome,
         result: RunResult,
         error: Option<String>,
+        judged: Option<Judgement>,
     ) -> Result<bool, StoreError> {
         self.writer
             .write(move |conn, notices| {
@@ -215,9 +222,57 @@ impl Store {
                     outcome,
                     &result,
                     error.as_deref(),
+                    judged,
                     now_ms(),
                 )
             })
+            .await
+    }
+
+    /// Stores a whole suite, every case with its `job.queued` event and the `batch.queued`
+    /// event, in one transaction: all of it or nothing.
+    pub async fn submit_batch(&self, spec: BatchSpec) -> Result<BatchSubmitted, StoreError> {
+        self.writer
+            .write(move |conn, notices| batch::submit(conn, notices, &spec, now_ms()))
+            .await
+    }
+
+    /// Cancels the batch's unfinished cases. Running ones must also be stopped by the caller.
+    pub async fn cancel_batch(&self, id: BatchId) -> Result<BatchCancel, StoreError> {
+        self.writer
+            .write(move |conn, notices| batch::cancel(conn, notices, id, now_ms()))
+            .await
+    }
+
+    pub async fn batch(&self, id: BatchId) -> Result<Option<Batch>, StoreError> {
+        self.read(move |conn| batch::batch(conn, id)).await
+    }
+
+    /// Whether every case of the batch has ended; `None` if there is no such batch.
+    pub async fn batch_is_done(&self, id: BatchId) -> Result<Option<bool>, StoreError> {
+        self.read(move |conn| batch::is_done(conn, id)).await
+    }
+
+    /// The batch's cases in suite order after position `after` (all, if `None`).
+    pub async fn batch_cases(
+        &self,
+        id: BatchId,
+        after: Option<u32>,
+        limit: u32,
+    ) -> Result<Option<Vec<Case>>, StoreError> {
+        let after = after.map_or(-1, i64::from);
+        self.read(move |conn| batch::cases(conn, id, after, limit))
+            .await
+    }
+
+    /// The batch and every case, with up to `excerpt` characters of each case's expected
+    /// output, stdout and stderr.
+    pub async fn batch_report(
+        &self,
+        id: BatchId,
+        excerpt: u32,
+    ) -> Result<Option<(Batch, Vec<CaseReport>)>, StoreError> {
+        self.read(move |conn| batch::report(conn, id, excerpt))
             .await
     }
 

@@ -99,8 +99,8 @@ pub(super) fn job_events(
         return Ok(None);
     }
     let mut stmt = conn.prepare_cached(
-        "SELECT id, job_id, at, type, attempt, data FROM events WHERE job_id = ?1 AND id > ?2
-         ORDER BY id",
+        "SELECT id, job_id, at, type, attempt, data, batch_id FROM events
+         WHERE job_id = ?1 AND id > ?2 ORDER BY id",
     )?;
     let rows = stmt.query_map(params![id.to_string(), after], |r| Ok(event_row(r)))?;
     collect(rows).map(Some)
@@ -128,18 +128,22 @@ pub(super) fn events_after(
     limit: u32,
 ) -> Result<Vec<Event>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, job_id, at, type, attempt, data FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+        "SELECT id, job_id, at, type, attempt, data, batch_id FROM events
+         WHERE id > ?1 ORDER BY id LIMIT ?2",
     )?;
     let rows = stmt.query_map(params![after, limit], |r| Ok(event_row(r)))?;
     collect(rows)
 }
 
-fn event_row(r: &Row) -> Result<Event, StoreError> {
-    let job_id: String = r.get(1)?;
+/// An event from `SELECT id, job_id, at, type, attempt, data, batch_id`.
+pub(super) fn event_row(r: &Row) -> Result<Event, StoreError> {
+    let job_id: Option<String> = r.get(1)?;
     let data: String = r.get(5)?;
+    let batch_id: Option<String> = r.get(6)?;
     Ok(Event {
         id: r.get(0)?,
-        job_id: parse_id(&job_id)?,
+        job_id: job_id.as_deref().map(parse_id).transpose()?,
+        batch_id: batch_id.as_deref().map(parse_id).transpose()?,
         at: r.get(2)?,
         kind: r.get(3)?,
         attempt: r.get(4)?,
@@ -193,18 +197,18 @@ fn summary_row(r: &Row) -> Result<JobSummary, StoreError> {
     })
 }
 
-fn opt_u64(r: &Row, idx: usize) -> Result<Option<u64>, StoreError> {
+pub(super) fn opt_u64(r: &Row, idx: usize) -> Result<Option<u64>, StoreError> {
     let value: Option<i64> = r.get(idx)?;
     value
         .map(|v| u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative count {v}"))))
         .transpose()
 }
 
-fn parse_outcome(s: &str) -> Result<Outcome, StoreError> {
+pub(super) fn parse_outcome(s: &str) -> Result<Outcome, StoreError> {
     Outcome::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown outcome {s:?}")))
 }
 
-fn collect<T>(
+pub(super) fn collect<T>(
     rows: impl Iterator<Item = rusqlite::Result<Result<T, StoreError>>>,
 ) -> Result<Vec<T>, StoreError> {
     let mut out = Vec::new();

@@ -6,9 +6,11 @@ use std::collections::BTreeMap;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::json;
 
-use super::StoreError;
+use super::{StoreError, batch};
+use crate::batch::{BatchId, CaseCheck};
 use crate::bus::Notice;
 use crate::job::{EventKind, JobId, JobSpec, Limits, Outcome, Progress, RunResult, Status};
+use crate::verdict::{Judgement, Verdict};
 
 /// What a submit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +34,8 @@ pub struct ClaimedJob {
     pub args: Vec<String>,
     pub files: BTreeMap<String, String>,
     pub limits: Limits,
+    /// Set when the job is a case of a batch: how to judge its output.
+    pub case: Option<CaseCheck>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,7 +129,18 @@ pub(super) fn claim(
     let Some(job) = claimed else {
         return Ok(None);
     };
-    let job = job?;
+    let (mut job, case) = job?;
+    if let Some((batch_id, expected_output)) = case {
+        // A case's code and files are stored once, with its batch.
+        let shared = batch::shared(conn, batch_id, now)?;
+        job.code = shared.code;
+        job.files = shared.files;
+        job.case = Some(CaseCheck {
+            batch_id,
+            expected_output,
+            compare: shared.compare,
+        });
+    }
     let data = json!({"worker": owner});
     insert_event(
         conn,
@@ -145,16 +160,21 @@ pub const CLAIM_SQL: &str = "UPDATE jobs
      SET status = 'running', attempt = attempt + 1, lease_owner = ?1,
          lease_expires_at = ?2, started_at = ?3
      WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY priority DESC, id LIMIT 1)
-     RETURNING id, attempt, runtime, code, stdin, args, files, limits";
+     RETURNING id, attempt, runtime, code, stdin, args, files, limits, batch_id, expected_output";
 
-fn claimed_job(r: &Row) -> rusqlite::Result<Result<ClaimedJob, StoreError>> {
+/// A claimed job, and for a case its batch and expected output.
+type ClaimedRow = (ClaimedJob, Option<(BatchId, Option<String>)>);
+
+fn claimed_job(r: &Row) -> rusqlite::Result<Result<ClaimedRow, StoreError>> {
     let id: String = r.get(0)?;
     let args: String = r.get(5)?;
     let files: String = r.get(6)?;
     let limits: String = r.get(7)?;
+    let batch_id: Option<String> = r.get(8)?;
+    let expected_output: Option<String> = r.get(9)?;
     let (attempt, runtime, code, stdin) = (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
     Ok((|| {
-        Ok(ClaimedJob {
+        let job = ClaimedJob {
             id: parse_id(&id)?,
             attempt,
             runtime,
@@ -163,7 +183,12 @@ fn claimed_job(r: &Row) -> rusqlite::Result<Result<ClaimedJob, StoreError>> {
             args: from_json(&args)?,
             files: from_json(&files)?,
             limits: from_json(&limits)?,
-        })
+            case: None,
+        };
+        let case = batch_id
+            .map(|b| parse_id(&b).map(|b| (b, expected_output)))
+            .transpose()?;
+        Ok((job, case))
     })())
 }
 
@@ -183,6 +208,9 @@ pub(super) fn renew(
     Ok(n == 1)
 }
 
+/// Records a run's end. For a case, `judged` is its verdict (absent, it follows from the
+/// outcome); it is written by the same statement, and the batch is settled in the same
+/// transaction.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn finish(
     conn: &Connection,
@@ -192,39 +220,53 @@ pub(super) fn finish(
     outcome: Outcome,
     result: &RunResult,
     error: Option<&str>,
+    judged: Option<Judgement>,
     now: i64,
 ) -> Result<bool, StoreError> {
     let status = outcome.status();
-    let n = conn
+    let judged = judged.unwrap_or_else(|| Judgement {
+        verdict: Verdict::of_outcome(outcome),
+        detail: error.map(str::to_owned),
+    });
+    let updated: Option<Option<String>> = conn
         .prepare_cached(
             "UPDATE jobs
              SET status = ?1, outcome = ?2, finished_at = ?3, exit_code = ?4, signal = ?5,
                  error = ?6, stdout = ?7, stderr = ?8, stdout_truncated = ?9,
                  stderr_truncated = ?10, wall_ms = ?11, cpu_ms = ?12, memory_kb = ?13,
-                 lease_owner = NULL, lease_expires_at = NULL
-             WHERE id = ?14 AND attempt = ?15 AND status = 'running'",
+                 lease_owner = NULL, lease_expires_at = NULL,
+                 verdict = CASE WHEN batch_id IS NULL THEN NULL ELSE ?16 END,
+                 verdict_detail = CASE WHEN batch_id IS NULL THEN NULL ELSE ?17 END
+             WHERE id = ?14 AND attempt = ?15 AND status = 'running'
+             RETURNING batch_id",
         )?
-        .execute(params![
-            status.as_str(),
-            outcome.as_str(),
-            now,
-            result.exit_code,
-            result.signal,
-            error,
-            result.stdout,
-            result.stderr,
-            result.stdout_truncated,
-            result.stderr_truncated,
-            sql_int(result.wall_ms),
-            sql_int(result.cpu_ms),
-            sql_int(result.memory_kb),
-            id.to_string(),
-            attempt,
-        ])?;
-    if n == 0 {
+        .query_row(
+            params![
+                status.as_str(),
+                outcome.as_str(),
+                now,
+                result.exit_code,
+                result.signal,
+                error,
+                result.stdout,
+                result.stderr,
+                result.stdout_truncated,
+                result.stderr_truncated,
+                sql_int(result.wall_ms),
+                sql_int(result.cpu_ms),
+                sql_int(result.memory_kb),
+                id.to_string(),
+                attempt,
+                judged.verdict.as_str(),
+                judged.detail,
+            ],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(batch_id) = updated else {
         return Ok(false);
-    }
-    let data = json!({
+    };
+    let mut data = json!({
         "outcome": outcome.as_str(),
         "exit_code": result.exit_code,
         "signal": result.signal,
@@ -233,8 +275,17 @@ pub(super) fn finish(
         "memory_kb": result.memory_kb,
         "error": error,
     });
+    if let Some(build) = result.build {
+        data["build"] = json!(build);
+    }
+    if batch_id.is_some() {
+        data["verdict"] = json!(judged.verdict);
+    }
     let kind = terminal_event(status)?;
     insert_event(conn, notices, id, now, kind, Some(attempt), &data)?;
+    if let Some(batch_id) = batch_id {
+        batch::settle_case(conn, notices, &batch_id, judged.verdict, now)?;
+    }
     Ok(true)
 }
 
@@ -280,12 +331,15 @@ pub(super) fn cancel(
     if status.is_terminal() {
         return Ok(CancelResult::AlreadyFinished(status));
     }
-    conn.prepare_cached(
-        "UPDATE jobs SET status = 'cancelled', outcome = 'cancelled', finished_at = ?1,
-                         lease_owner = NULL, lease_expires_at = NULL
-         WHERE id = ?2",
-    )?
-    .execute(params![now, id.to_string()])?;
+    let batch_id: Option<String> = conn
+        .prepare_cached(
+            "UPDATE jobs SET status = 'cancelled', outcome = 'cancelled', finished_at = ?1,
+                             lease_owner = NULL, lease_expires_at = NULL,
+                             verdict = CASE WHEN batch_id IS NULL THEN NULL ELSE 'cancelled' END
+             WHERE id = ?2
+             RETURNING batch_id",
+        )?
+        .query_row(params![now, id.to_string()], |r| r.get(0))?;
     let running = status == Status::Running;
     let event_attempt = running.then_some(attempt);
     let data = json!({"outcome": "cancelled", "from": status.as_str()});
@@ -298,6 +352,9 @@ pub(super) fn cancel(
         event_attempt,
         &data,
     )?;
+    if let Some(batch_id) = batch_id {
+        batch::settle_case(conn, notices, &batch_id, Verdict::Cancelled, now)?;
+    }
     Ok(CancelResult::Cancelled {
         running_attempt: event_attempt,
     })
@@ -386,18 +443,19 @@ pub(super) fn requeue_or_end(
                 &data,
             )?;
         } else {
-            conn.prepare_cached(
-                "UPDATE jobs SET status = 'error', outcome = ?1, error = ?2, finished_at = ?3,
-                                 lease_owner = NULL, lease_expires_at = NULL
-                 WHERE id = ?4 AND attempt = ?5 AND status = 'running'",
-            )?
-            .execute(params![
-                outcome.as_str(),
-                reason,
-                now,
-                id.to_string(),
-                attempt
-            ])?;
+            let batch_id: Option<String> = conn
+                .prepare_cached(
+                    "UPDATE jobs SET status = 'error', outcome = ?1, error = ?2, finished_at = ?3,
+                                     lease_owner = NULL, lease_expires_at = NULL,
+                                     verdict = CASE WHEN batch_id IS NULL THEN NULL ELSE 'error' END,
+                                     verdict_detail = CASE WHEN batch_id IS NULL THEN NULL ELSE ?2 END
+                     WHERE id = ?4 AND attempt = ?5 AND status = 'running'
+                     RETURNING batch_id",
+                )?
+                .query_row(
+                    params![outcome.as_str(), reason, now, id.to_string(), attempt],
+                    |r| r.get(0),
+                )?;
             let data = json!({"outcome": outcome.as_str(), "error": reason});
             insert_event(
                 conn,
@@ -408,12 +466,16 @@ pub(super) fn requeue_or_end(
                 Some(attempt),
                 &data,
             )?;
+            if let Some(batch_id) = batch_id {
+                batch::settle_case(conn, notices, &batch_id, Verdict::Error, now)?;
+            }
         }
     }
     Ok(rows.len())
 }
 
-/// Appends an event. A job's terminal event also writes the webhook it asked for, here, so that
+/// Appends a job's event; a case's events carry its batch id too, so a batch's whole history is
+/// one indexed query. A job's terminal event also writes the webhook it asked for, here, so that
 /// no way of ending a job can forget it.
 pub(super) fn insert_event(
     conn: &Connection,
@@ -424,10 +486,11 @@ pub(super) fn insert_event(
     attempt: Option<u32>,
     data: &serde_json::Value,
 ) -> Result<(), StoreError> {
-    let event_id: i64 = conn
+    let (event_id, batch_id): (i64, Option<String>) = conn
         .prepare_cached(
-            "INSERT INTO events (job_id, at, type, attempt, data) VALUES (?1, ?2, ?3, ?4, ?5)
-             RETURNING id",
+            "INSERT INTO events (job_id, batch_id, at, type, attempt, data)
+             VALUES (?1, (SELECT batch_id FROM jobs WHERE id = ?1), ?2, ?3, ?4, ?5)
+             RETURNING id, batch_id",
         )?
         .query_row(
             params![
@@ -437,16 +500,43 @@ pub(super) fn insert_event(
                 attempt,
                 data.to_string()
             ],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
     notices.push(Notice {
         event_id,
-        job_id,
+        job_id: Some(job_id),
+        batch_id: batch_id.as_deref().map(parse_id).transpose()?,
         kind,
     });
     if kind.is_terminal() {
         super::webhooks::job_ended(conn, job_id, kind, at)?;
     }
+    Ok(())
+}
+
+/// Appends a batch's own event (no job).
+pub(super) fn insert_batch_event(
+    conn: &Connection,
+    notices: &mut Vec<Notice>,
+    batch_id: BatchId,
+    at: i64,
+    kind: EventKind,
+    data: &serde_json::Value,
+) -> Result<(), StoreError> {
+    let event_id: i64 = conn
+        .prepare_cached(
+            "INSERT INTO events (batch_id, at, type, data) VALUES (?1, ?2, ?3, ?4) RETURNING id",
+        )?
+        .query_row(
+            params![batch_id.to_string(), at, kind.as_str(), data.to_string()],
+            |r| r.get(0),
+        )?;
+    notices.push(Notice {
+        event_id,
+        job_id: None,
+        batch_id: Some(batch_id),
+        kind,
+    });
     Ok(())
 }
 
@@ -468,7 +558,7 @@ pub(super) fn parse_status(s: &str) -> Result<Status, StoreError> {
     Status::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown status {s:?}")))
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+pub(super) fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 

@@ -1,0 +1,211 @@
+//! The v1 batch endpoints: submit a test suite, read its progress and totals (optionally waiting
+//! for its end), list its cases, render its JUnit report, cancel what has not finished.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{self, BatchPath, Query};
+use super::jobs::{WaitQuery, idempotency_key, page_size, wait_duration};
+use super::junit;
+use crate::batch::{Batch, BatchId, BatchRequest, BatchSpec};
+use crate::job::EventKind;
+use crate::store::{BatchCancel, BatchSubmitted};
+
+/// Characters of each case's expected output, stdout and stderr a report quotes.
+const REPORT_EXCERPT: u32 = 4096;
+
+pub async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    extract::Json(request): extract::Json<BatchRequest>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let spec = BatchSpec::validate(request, key, &state.config.policy, |name| {
+        state.runtimes.get(name).map(|r| r.source_file.clone())
+    })?;
+    let names: Vec<String> = spec.cases.iter().map(|c| c.name.clone()).collect();
+    let (id, cases, replayed) = match state.store.submit_batch(spec).await? {
+        BatchSubmitted::Created { id, cases } => {
+            let cases: Vec<_> = names
+                .into_iter()
+                .zip(cases)
+                .map(|(name, job_id)| json!({"name": name, "job_id": job_id}))
+                .collect();
+            (id, cases, false)
+        }
+        BatchSubmitted::Replayed(id) => {
+            let cases = state
+                .store
+                .batch_cases(id, None, u32::MAX)
+                .await?
+                .ok_or_else(ApiError::batch_not_found)?;
+            let cases = cases
+                .into_iter()
+                .map(|c| json!({"name": c.name, "job_id": c.job_id}))
+                .collect();
+            (id, cases, true)
+        }
+        BatchSubmitted::KeyReused(id) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_reused",
+                format!(
+                    "this Idempotency-Key was already used for batch {id} with a different suite"
+                ),
+            ));
+        }
+    };
+    let body = json!({"id": id, "done": false, "cases": cases});
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/batches/{id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    BatchPath(id): BatchPath,
+    Query(query): Query<WaitQuery>,
+) -> Result<Json<Batch>, ApiError> {
+    let wait = wait_duration(&state, query.wait)?;
+    Ok(Json(wait_for_batch(&state, id, wait).await?))
+}
+
+/// Reads the batch; if it is not done, holds on until it is, `wait` passes, or the server begins
+/// to stop. Woken by the commit of its `batch.completed` event.
+async fn wait_for_batch(state: &AppState, id: BatchId, wait: Duration) -> Result<Batch, ApiError> {
+    // Subscribed before the first read, so a completion committed in between is not missed.
+    let mut notices = state.store.bus().subscribe();
+    let deadline = Instant::now() + wait;
+    loop {
+        let batch = state
+            .store
+            .batch(id)
+            .await?
+            .ok_or_else(ApiError::batch_not_found)?;
+        if batch.done || Instant::now() >= deadline {
+            return Ok(batch);
+        }
+        let completed = async {
+            loop {
+                match notices.recv().await {
+                    Ok(n) if n.batch_id == Some(id) && n.kind == EventKind::BatchCompleted => {
+                        return;
+                    }
+                    Ok(_) => {}
+                    // Missed some notices: read the batch again to be sure.
+                    Err(RecvError::Lagged(_)) => return,
+                    Err(RecvError::Closed) => std::future::pending::<()>().await,
+                }
+            }
+        };
+        tokio::select! {
+            () = completed => {}
+            () = tokio::time::sleep_until(deadline) => {}
+            () = state.stopping.cancelled() => return Ok(batch),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CasesQuery {
+    /// The `index` of the last case seen: the page starts after it.
+    after: Option<u32>,
+    limit: Option<u32>,
+}
+
+/// The cases in suite order, a page at a time: pass `next_after` back as `after`.
+pub async fn cases(
+    State(state): State<AppState>,
+    BatchPath(id): BatchPath,
+    Query(query): Query<CasesQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let limit = page_size(query.limit)?;
+    let cases = state
+        .store
+        .batch_cases(id, query.after, limit)
+        .await?
+        .ok_or_else(ApiError::batch_not_found)?;
+    let next_after = (cases.len() == limit as usize)
+        .then(|| cases.last().map(|c| c.index))
+        .flatten();
+    Ok(Json(json!({"cases": cases, "next_after": next_after})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportQuery {
+    format: Option<String>,
+}
+
+/// The batch as a JUnit XML report, the format CI systems ingest.
+pub async fn report(
+    State(state): State<AppState>,
+    BatchPath(id): BatchPath,
+    Query(query): Query<ReportQuery>,
+) -> Result<Response, ApiError> {
+    match query.format.as_deref() {
+        None | Some("junit") => {}
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("unknown report format {other:?}; the one offered is junit"),
+            ));
+        }
+    }
+    let (batch, cases) = state
+        .store
+        .batch_report(id, REPORT_EXCERPT)
+        .await?
+        .ok_or_else(ApiError::batch_not_found)?;
+    let xml = junit::render(&batch, &cases);
+    Ok((
+        [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
+        xml,
+    )
+        .into_response())
+}
+
+/// Cancels every case that has not finished; running ones are stopped as a job cancel stops them.
+pub async fn cancel(
+    State(state): State<AppState>,
+    BatchPath(id): BatchPath,
+) -> Result<Json<Batch>, ApiError> {
+    match state.store.cancel_batch(id).await? {
+        BatchCancel::Cancelled { running } => {
+            for (job, attempt) in running {
+                // If another server runs it, that server notices when its lease renewal fails.
+                state.running.stop(job, attempt);
+            }
+            let batch = state
+                .store
+                .batch(id)
+                .await?
+                .ok_or_else(ApiError::batch_not_found)?;
+            Ok(Json(batch))
+        }
+        BatchCancel::AlreadyDone => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_finished",
+            "every case of the batch has already ended",
+        )),
+        BatchCancel::NotFound => Err(ApiError::batch_not_found()),
+    }
+}

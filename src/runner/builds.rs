@@ -1,0 +1,146 @@
+//! The build cache of batches: a compiled runtime's binary, built once per batch and run by every
+//! case, instead of recompiling the same code for each test case.
+//!
+//! One entry per batch, under `<work root>/.builds/`: the binary (`<batch id>`) and, while the
+//! compiler runs, its staging directory (`<batch id>.build`, bound into the compile's sandbox as
+//! `/work`). The first case to need the binary compiles it; cases arriving meanwhile wait for that
+//! build rather than start their own. A compile error is kept too, so every case reports it. The
+//! entry is forgotten when its batch completes ([`Builds::forget`], driven by the
+//! `batch.completed` event) and its files go with the last case still using them; whatever a
+//! crashed server left behind is swept when the next one starts.
+
+use std::collections::HashMap;
+use std::fs::DirBuilder;
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::OnceCell;
+
+use super::{RunError, RunOutput, remove_logged, remove_tree};
+use crate::batch::BatchId;
+
+/// A batch's build, once it has run: the binary, or the compiler's refusal.
+pub(super) enum Built {
+    Binary(PathBuf),
+    Failed(RunOutput),
+}
+
+/// Why a build left nothing to share: it was cancelled (the case's own outcome), or could not
+/// run at all. The next case to need it tries again.
+pub(super) enum NotBuilt {
+    Cancelled(RunOutput),
+    Error(RunError),
+}
+
+impl From<RunError> for NotBuilt {
+    fn from(e: RunError) -> Self {
+        NotBuilt::Error(e)
+    }
+}
+
+pub struct Builds {
+    root: PathBuf,
+    entries: Mutex<HashMap<BatchId, Arc<Entry>>>,
+}
+
+pub(super) struct Entry {
+    built: OnceCell<Built>,
+    binary: PathBuf,
+    staging: PathBuf,
+}
+
+impl Builds {
+    /// A cache under `root`, emptied of what an earlier server left there.
+    pub(super) fn new(root: PathBuf) -> io::Result<Builds> {
+        remove_tree(&root)?;
+        Ok(Builds {
+            root,
+            entries: Mutex::default(),
+        })
+    }
+
+    /// The batch's entry, created empty on first use.
+    pub(super) fn entry(&self, batch: BatchId) -> Arc<Entry> {
+        let mut entries = self.lock();
+        let entry = entries.entry(batch).or_insert_with(|| {
+            Arc::new(Entry {
+                built: OnceCell::new(),
+                binary: self.root.join(batch.to_string()),
+                staging: self.root.join(format!("{batch}.build")),
+            })
+        });
+        Arc::clone(entry)
+    }
+
+    /// Creates the cache directory; traversable but not listable, like the work root, so a
+    /// compile's sandbox can reach its staging directory.
+    pub(super) async fn prepare(&self) -> io::Result<()> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            DirBuilder::new().recursive(true).mode(0o711).create(root)
+        })
+        .await
+        .unwrap_or_else(|panicked| Err(io::Error::other(panicked)))
+    }
+
+    /// Drops the batch's build: its files are removed once no case holds it any more.
+    pub fn forget(&self, batch: BatchId) {
+        self.lock().remove(&batch);
+    }
+
+    /// The batches with a build in the cache.
+    pub fn batches(&self) -> Vec<BatchId> {
+        self.lock().keys().copied().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<BatchId, Arc<Entry>>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Entry {
+    /// The build, running `build` if no case has built it yet; waits while another case is
+    /// building it. A failed `build` leaves the entry empty for the next caller.
+    pub(super) async fn get_or_build<F, Fut>(&self, build: F) -> Result<&Built, NotBuilt>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Built, NotBuilt>>,
+    {
+        self.built.get_or_try_init(build).await
+    }
+
+    /// Where the binary is kept.
+    pub(super) fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    /// Where the compiler works.
+    pub(super) fn staging(&self) -> &Path {
+        &self.staging
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        let binary = std::mem::take(&mut self.binary);
+        let staging = std::mem::take(&mut self.staging);
+        let remove = move || {
+            match std::fs::remove_file(&binary) {
+                Err(error) if error.kind() != io::ErrorKind::NotFound => {
+                    tracing::warn!(%error, path = %binary.display(), "removing a batch build failed");
+                }
+                _ => {}
+            }
+            remove_logged(&staging);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(remove)),
+            Err(_) => remove(),
+        }
+    }
+}

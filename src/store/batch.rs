@@ -1,0 +1,417 @@
+//! The SQL of test suites: storing a whole suite in one transaction, settling a batch as each of
+//! its cases ends (in the transaction of that end), cancelling what is left, and reading batches
+//! and their cases back.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::json;
+
+use super::StoreError;
+use super::read::{collect, opt_u64, parse_outcome};
+use super::write::{self, from_json, parse_id, parse_status, to_json};
+use crate::batch::{Batch, BatchId, BatchSpec, Case, CaseReport, status_counts, verdict_counts};
+use crate::bus::Notice;
+use crate::job::{EventKind, JobId, Status};
+use crate::verdict::{CompareMode, Verdict};
+
+/// What storing a suite did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchSubmitted {
+    /// A new batch was stored, with the job ids of its cases in suite order.
+    Created { id: BatchId, cases: Vec<JobId> },
+    /// The idempotency key was seen before with the same suite: this is that batch.
+    Replayed(BatchId),
+    /// The idempotency key was seen before with a different suite.
+    KeyReused(BatchId),
+}
+
+/// What cancelling a batch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchCancel {
+    /// The unfinished cases were cancelled; those that were running, with their attempt, must
+    /// also be stopped.
+    Cancelled {
+        running: Vec<(JobId, u32)>,
+    },
+    AlreadyDone,
+    NotFound,
+}
+
+/// What a case's run needs from its batch.
+pub(super) struct Shared {
+    pub code: String,
+    pub files: BTreeMap<String, String>,
+    pub compare: CompareMode,
+}
+
+pub(super) fn submit(
+    conn: &Connection,
+    notices: &mut Vec<Notice>,
+    spec: &BatchSpec,
+    now: i64,
+) -> Result<BatchSubmitted, StoreError> {
+    let files = to_json(&spec.files)?;
+    let limits = to_json(&spec.limits)?;
+    if let Some(key) = &spec.idempotency_key {
+        let existing: Option<String> = conn
+            .prepare_cached("SELECT id FROM batches WHERE idempotency_key = ?1")?
+            .query_row([key], |r| r.get(0))
+            .optional()?;
+        if let Some(id) = existing {
+            let same = same_suite(conn, &id, spec, &files, &limits)?;
+            let id = parse_id(&id)?;
+            return Ok(if same {
+                BatchSubmitted::Replayed(id)
+            } else {
+                BatchSubmitted::KeyReused(id)
+            });
+        }
+    }
+    let id = BatchId::now_v7();
+    let batch = id.to_string();
+    let count = i64::try_from(spec.cases.len()).unwrap_or(i64::MAX);
+    conn.prepare_cached(
+        "INSERT INTO batches (id, runtime, code, files, limits, compare, cases, created_at,
+                              idempotency_key)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        batch,
+        spec.runtime,
+        spec.code,
+        files,
+        limits,
+        spec.compare.as_str(),
+        count,
+        now,
+        spec.idempotency_key,
+    ])?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO jobs (id, runtime, code, stdin, args, limits, max_attempts, created_at,
+                           batch_id, case_index, case_name, expected_output)
+         VALUES (?1, ?2, '', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    let mut cases = Vec::with_capacity(spec.cases.len());
+    let queued = json!({"runtime": spec.runtime, "priority": 0, "batch_id": batch});
+    for (index, case) in spec.cases.iter().enumerate() {
+        let job = JobId::now_v7();
+        insert.execute(params![
+            job.to_string(),
+            spec.runtime,
+            case.stdin,
+            to_json(&case.args)?,
+            to_json(&case.limits)?,
+            spec.max_attempts,
+            now,
+            batch,
+            i64::try_from(index).unwrap_or(i64::MAX),
+            case.name,
+            case.expected_output,
+        ])?;
+        write::insert_event(conn, notices, job, now, EventKind::Queued, None, &queued)?;
+        cases.push(job);
+    }
+    let data = json!({
+        "runtime": spec.runtime,
+        "compare": spec.compare,
+        "cases": spec.cases.len(),
+    });
+    write::insert_batch_event(conn, notices, id, now, EventKind::BatchQueued, &data)?;
+    Ok(BatchSubmitted::Created { id, cases })
+}
+
+/// True if the stored batch `id` is what `spec` asks for, case by case.
+fn same_suite(
+    conn: &Connection,
+    id: &str,
+    spec: &BatchSpec,
+    files: &str,
+    limits: &str,
+) -> Result<bool, StoreError> {
+    let same_batch = conn
+        .prepare_cached(
+            "SELECT runtime = ?2 AND code = ?3 AND files = ?4 AND limits = ?5 AND compare = ?6
+                    AND cases = ?7
+             FROM batches WHERE id = ?1",
+        )?
+        .query_row(
+            params![
+                id,
+                spec.runtime,
+                spec.code,
+                files,
+                limits,
+                spec.compare.as_str(),
+                i64::try_from(spec.cases.len()).unwrap_or(i64::MAX)
+            ],
+            |r| r.get::<_, bool>(0),
+        )?;
+    if !same_batch {
+        return Ok(false);
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT case_name, stdin, args, limits, expected_output FROM jobs
+         WHERE batch_id = ?1 ORDER BY case_index",
+    )?;
+    let mut rows = stmt.query([id])?;
+    for case in &spec.cases {
+        let Some(row) = rows.next()? else {
+            return Ok(false);
+        };
+        let same = row.get::<_, String>(0)? == case.name
+            && row.get::<_, String>(1)? == case.stdin
+            && row.get::<_, String>(2)? == to_json(&case.args)?
+            && row.get::<_, String>(3)? == to_json(&case.limits)?
+            && row.get::<_, Option<String>>(4)? == case.expected_output;
+        if !same {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The batch's shared code, files and comparison for a case being claimed; notes the batch's
+/// start at its first claim.
+pub(super) fn shared(conn: &Connection, id: BatchId, now: i64) -> Result<Shared, StoreError> {
+    let (code, files, compare): (String, String, String) = conn
+        .prepare_cached(
+            "UPDATE batches SET started_at = coalesce(started_at, ?2) WHERE id = ?1
+             RETURNING code, files, compare",
+        )?
+        .query_row(params![id.to_string(), now], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    Ok(Shared {
+        code,
+        files: from_json(&files)?,
+        compare: parse_compare(&compare)?,
+    })
+}
+
+/// Counts a case's end into its batch; the end of the last case completes the batch, with a
+/// `batch.completed` event holding the totals. Runs in the transaction that ended the case.
+pub(super) fn settle_case(
+    conn: &Connection,
+    notices: &mut Vec<Notice>,
+    batch_id: &str,
+    verdict: Verdict,
+    now: i64,
+) -> Result<(), StoreError> {
+    let (done, cases, created_at, started_at): (i64, i64, i64, Option<i64>) = conn
+        .prepare_cached(
+            "UPDATE batches
+             SET done = done + 1, passed = passed + ?2,
+                 finished_at = CASE WHEN done + 1 = cases THEN ?3 END
+             WHERE id = ?1
+             RETURNING done, cases, created_at, started_at",
+        )?
+        .query_row(params![batch_id, verdict == Verdict::Passed, now], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+    if done < cases {
+        return Ok(());
+    }
+    let verdicts = verdict_totals(conn, batch_id)?;
+    let passed = verdicts
+        .iter()
+        .find(|(v, _)| *v == Verdict::Passed)
+        .map_or(0, |(_, n)| *n);
+    let data = json!({
+        "cases": cases,
+        "passed": passed,
+        "failed": cases - i64::from(passed),
+        "by_verdict": verdict_counts(&verdicts),
+        "total_ms": now - created_at,
+        "run_ms": started_at.map(|started| now - started),
+    });
+    let id = parse_id(batch_id)?;
+    write::insert_batch_event(conn, notices, id, now, EventKind::BatchCompleted, &data)
+}
+
+/// Cancels every case of the batch that has not ended, each as a job cancel would (its event, its
+/// verdict), so the last one completes the batch.
+pub(super) fn cancel(
+    conn: &Connection,
+    notices: &mut Vec<Notice>,
+    id: BatchId,
+    now: i64,
+) -> Result<BatchCancel, StoreError> {
+    let found: Option<(i64, i64)> = conn
+        .prepare_cached("SELECT done, cases FROM batches WHERE id = ?1")?
+        .query_row([id.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((done, cases)) = found else {
+        return Ok(BatchCancel::NotFound);
+    };
+    if done == cases {
+        return Ok(BatchCancel::AlreadyDone);
+    }
+    let unfinished: Vec<String> = {
+        let mut stmt = conn.prepare_cached(
+            "SELECT id FROM jobs
+             WHERE batch_id = ?1 AND status IN ('queued', 'running') ORDER BY case_index",
+        )?;
+        stmt.query_map([id.to_string()], |r| r.get(0))?
+            .collect::<Result<_, _>>()?
+    };
+    let mut running = Vec::new();
+    for job in unfinished {
+        let job = parse_id(&job)?;
+        if let write::CancelResult::Cancelled {
+            running_attempt: Some(attempt),
+        } = write::cancel(conn, notices, job, now)?
+        {
+            running.push((job, attempt));
+        }
+    }
+    Ok(BatchCancel::Cancelled { running })
+}
+
+fn verdict_totals(conn: &Connection, batch_id: &str) -> Result<Vec<(Verdict, u32)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT verdict, count(*) FROM jobs
+         WHERE batch_id = ?1 AND verdict IS NOT NULL GROUP BY verdict",
+    )?;
+    let rows = stmt.query_map([batch_id], |r| {
+        let verdict: String = r.get(0)?;
+        let n: u32 = r.get(1)?;
+        Ok(parse_verdict(&verdict).map(|v| (v, n)))
+    })?;
+    collect(rows)
+}
+
+fn status_totals(conn: &Connection, batch_id: &str) -> Result<Vec<(Status, u32)>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT status, count(*) FROM jobs WHERE batch_id = ?1 GROUP BY status")?;
+    let rows = stmt.query_map([batch_id], |r| {
+        let status: String = r.get(0)?;
+        let n: u32 = r.get(1)?;
+        Ok(parse_status(&status).map(|s| (s, n)))
+    })?;
+    collect(rows)
+}
+
+pub(super) fn batch(conn: &Connection, id: BatchId) -> Result<Option<Batch>, StoreError> {
+    let key = id.to_string();
+    let row = conn
+        .prepare_cached(
+            "SELECT runtime, compare, done, cases, passed, created_at, started_at, finished_at
+             FROM batches WHERE id = ?1",
+        )?
+        .query_row([&key], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                (
+                    r.get::<_, u32>(2)?,
+                    r.get::<_, u32>(3)?,
+                    r.get::<_, u32>(4)?,
+                ),
+                (r.get(5)?, r.get(6)?, r.get(7)?),
+            ))
+        })
+        .optional()?;
+    let Some((runtime, compare, (done, total, passed), (created_at, started_at, finished_at))) =
+        row
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Batch {
+        id,
+        runtime,
+        compare: parse_compare(&compare)?,
+        done: done == total,
+        progress: crate::batch::Progress { done, total },
+        passed,
+        failed: done.saturating_sub(passed),
+        by_status: status_counts(&status_totals(conn, &key)?),
+        by_verdict: verdict_counts(&verdict_totals(conn, &key)?),
+        created_at,
+        started_at,
+        finished_at,
+    }))
+}
+
+/// Whether every case of the batch has ended; `None` if there is no such batch.
+pub(super) fn is_done(conn: &Connection, id: BatchId) -> Result<Option<bool>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT done = cases FROM batches WHERE id = ?1")?
+        .query_row([id.to_string()], |r| r.get(0))
+        .optional()?)
+}
+
+const CASE_COLUMNS: &str =
+    "case_index, case_name, id, status, outcome, verdict, verdict_detail, wall_ms";
+
+/// Cases in suite order after position `after` (-1: from the start); `None` if there is no such
+/// batch.
+pub(super) fn cases(
+    conn: &Connection,
+    id: BatchId,
+    after: i64,
+    limit: u32,
+) -> Result<Option<Vec<Case>>, StoreError> {
+    if is_done(conn, id)?.is_none() {
+        return Ok(None);
+    }
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CASE_COLUMNS} FROM jobs
+         WHERE batch_id = ?1 AND case_index > ?2 ORDER BY case_index LIMIT ?3"
+    ))?;
+    let rows = stmt.query_map(params![id.to_string(), after, limit], |r| Ok(case_row(r)))?;
+    collect(rows).map(Some)
+}
+
+/// Every case with excerpts of its expected output, stdout and stderr (at most `excerpt`
+/// characters each), for a report.
+pub(super) fn report(
+    conn: &Connection,
+    id: BatchId,
+    excerpt: u32,
+) -> Result<Option<(Batch, Vec<CaseReport>)>, StoreError> {
+    let Some(batch) = batch(conn, id)? else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CASE_COLUMNS}, substr(expected_output, 1, ?2), substr(stdout, 1, ?2),
+                substr(stderr, 1, ?2)
+         FROM jobs WHERE batch_id = ?1 ORDER BY case_index"
+    ))?;
+    let rows = stmt.query_map(params![id.to_string(), excerpt], |r| {
+        Ok(case_row(r).and_then(|case| {
+            Ok(CaseReport {
+                case,
+                expected_output: r.get(8)?,
+                stdout: r.get(9)?,
+                stderr: r.get(10)?,
+            })
+        }))
+    })?;
+    Ok(Some((batch, collect(rows)?)))
+}
+
+fn case_row(r: &Row) -> Result<Case, StoreError> {
+    let job_id: String = r.get(2)?;
+    let status: String = r.get(3)?;
+    let outcome: Option<String> = r.get(4)?;
+    let verdict: Option<String> = r.get(5)?;
+    Ok(Case {
+        index: r.get(0)?,
+        name: r.get(1)?,
+        job_id: parse_id(&job_id)?,
+        status: parse_status(&status)?,
+        outcome: outcome.as_deref().map(parse_outcome).transpose()?,
+        verdict: verdict.as_deref().map(parse_verdict).transpose()?,
+        detail: r.get(6)?,
+        wall_ms: opt_u64(r, 7)?,
+    })
+}
+
+fn parse_verdict(s: &str) -> Result<Verdict, StoreError> {
+    Verdict::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown verdict {s:?}")))
+}
+
+fn parse_compare(s: &str) -> Result<CompareMode, StoreError> {
+    CompareMode::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown compare mode {s:?}")))
+}
