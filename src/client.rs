@@ -1,10 +1,12 @@
-//! The client half of the `kiln` command line: `submit`, `status`, `events`, `watch` and `cancel`,
-//! spoken to a kiln server over its v1 HTTP API.
+//! The client half of the `kiln` command line: `submit`, `status`, `events`, `watch`, `cancel` and
+//! `batch` (in [`batch`]), spoken to a kiln server over its v1 HTTP API.
 //!
 //! It owns the subcommands' flags, the HTTP calls, turning the server's JSON into lines a person can
 //! read, and the exit code each command ends with. It deliberately knows nothing of the server's
 //! Rust types: it reads answers as plain JSON, so a client built from one version still talks to a
 //! server of another, and `--json` can pass the server's answer through untouched.
+
+mod batch;
 
 use std::error::Error as _;
 use std::io::{self, Write};
@@ -98,6 +100,21 @@ pub enum ClientCommand {
     Watch { id: String },
     /// Cancel a queued or running job
     Cancel { id: String },
+    /// Submit a test suite: a JSON file in the shape of POST /v1/batches (README: "Test suites")
+    Batch {
+        /// The suite file
+        suite: PathBuf,
+        /// Follow the batch with a progress bar, print a summary, and exit 0 only if every
+        /// case passed
+        #[arg(long)]
+        wait: bool,
+        /// Write the JUnit XML report to this file once the batch is done (implies --wait)
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Submitting again with the same key returns the first batch instead of a new one
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
 }
 
 /// Everything that can stop a client command. `main` prints it and exits 2; the variants separate
@@ -241,6 +258,22 @@ pub async fn run(opts: &ClientOpts, cmd: ClientCommand) -> Result<ExitCode, Clie
                 print_stdout(|out| writeln!(out, "{}", job_line(&job)))?;
             }
             Ok(job_exit_code(&job))
+        }
+        ClientCommand::Batch {
+            suite,
+            wait,
+            junit,
+            idempotency_key,
+        } => {
+            batch::run(
+                &api,
+                opts,
+                &suite,
+                wait,
+                junit.as_deref(),
+                idempotency_key.as_deref(),
+            )
+            .await
         }
         ClientCommand::Cancel { id } => {
             let job = api.cancel(&id).await?;

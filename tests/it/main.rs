@@ -3,6 +3,7 @@
 
 mod api;
 mod attacks;
+mod batches;
 mod cli;
 mod durability;
 mod levels;

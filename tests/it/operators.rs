@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+use serde_json::json;
+
 use crate::util::{Server, sh};
 
 /// The `sqlite3 kiln.db ...` command lines of the README's section `title`.
@@ -60,7 +62,15 @@ async fn the_readme_queries_run_against_a_real_database() {
     let bad = server.submit(sh("exit 2")).await;
     server.finished(&ok).await;
     server.finished(&bad).await;
+    let suite = json!({"runtime": "sh", "code": "cat", "cases": [
+        {"stdin": "a", "expected_output": "a"}, {"stdin": "b", "expected_output": "c"}]});
+    let (status, batch) = server.post("/v1/batches", &suite).await;
+    assert_eq!(status, 202, "{batch}");
+    let batch = batch["id"].as_str().expect("batch id").to_owned();
+    let (_, done) = server.get(&format!("/v1/batches/{batch}?wait=30")).await;
+    assert_eq!(done["done"], true, "{done}");
     for query in queries {
-        run_query(&query.replace("JOB_ID", &ok), server.dir.path());
+        let query = query.replace("JOB_ID", &ok).replace("BATCH_ID", &batch);
+        run_query(&query, server.dir.path());
     }
 }

@@ -47,6 +47,9 @@ async fn migrations_bring_a_fresh_file_to_the_latest_version_and_reapply_as_no_o
         "webhooks",
         "webhook_deliveries",
         "settings",
+        "batches",
+        "batch_summary",
+        "case_results",
     ] {
         let found: i64 = conn
             .query_row(

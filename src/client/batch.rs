@@ -1,0 +1,313 @@
+//! `kiln batch`: submits a test suite, and with `--wait` follows it to its end with a progress
+//! bar, then prints a summary (totals by verdict, the cases that did not pass) and exits 0 only if
+//! every case passed, so it drops into CI as a step. `--junit FILE` writes the report CI systems
+//! ingest.
+//!
+//! The suite file is the body of `POST /v1/batches`, except that `"code_file"` may name a file
+//! (relative to the suite) holding the code instead of `"code"`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{
+    Api, ClientError, ClientOpts, REQUEST_SLACK, api_error, note, print_json, print_stdout,
+    read_text, send, transport_error,
+};
+
+/// How long one progress poll may be held by the server; the bar moves at least this often.
+const PROGRESS_WAIT_SECS: u64 = 1;
+/// Cases fetched per page of the summary.
+const PAGE: u32 = 1000;
+/// Failing cases listed in the summary before the rest are only counted.
+const SHOWN_FAILURES: usize = 50;
+
+pub(super) async fn run(
+    api: &Api,
+    opts: &ClientOpts,
+    suite: &Path,
+    wait: bool,
+    junit: Option<&Path>,
+    idempotency_key: Option<&str>,
+) -> Result<ExitCode, ClientError> {
+    let body = load_suite(suite)?;
+    let total = body
+        .get("cases")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    let mut request = api
+        .http
+        .post(api.url(&["batches"]))
+        .timeout(REQUEST_SLACK)
+        .json(&body);
+    if let Some(key) = idempotency_key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let accepted = send(request).await?;
+    let id = accepted
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ClientError::BadResponse {
+            url: api.base.to_string(),
+            detail: "the accepted batch has no \"id\"".to_owned(),
+        })?
+        .to_owned();
+    if !wait && junit.is_none() {
+        if opts.json {
+            print_json(&accepted)?;
+        } else {
+            print_stdout(|out| writeln!(out, "{id}"))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let batch = match follow(api, &id, total).await {
+        Ok(batch) => batch,
+        Err(err) => {
+            note(&format!(
+                "batch {id} was submitted; see it with `curl {}`",
+                api.url(&["batches", &id])
+            ));
+            return Err(err);
+        }
+    };
+    if let Some(path) = junit {
+        let report = report(api, &id).await?;
+        std::fs::write(path, report).map_err(ClientError::Output)?;
+    }
+    if opts.json {
+        print_json(&batch)?;
+    } else {
+        let failing = failing_cases(api, &id).await?;
+        print_stdout(|out| summary(out, &id, &batch, &failing))?;
+    }
+    let all_passed = batch.get("failed").and_then(Value::as_u64) == Some(0)
+        && batch.get("done").and_then(Value::as_bool) == Some(true);
+    Ok(if all_passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The suite file as the request body, with `code_file` read in.
+fn load_suite(path: &Path) -> Result<Value, ClientError> {
+    let text = read_text(path)?;
+    let mut suite: Value = serde_json::from_str(&text).map_err(|err| {
+        ClientError::Usage(format!("{} is not a JSON suite: {err}", path.display()))
+    })?;
+    let Some(fields) = suite.as_object_mut() else {
+        return Err(ClientError::Usage(format!(
+            "{} must hold a JSON object",
+            path.display()
+        )));
+    };
+    if let Some(code_file) = fields.remove("code_file") {
+        let Some(name) = code_file.as_str() else {
+            return Err(ClientError::Usage("code_file must be a file name".into()));
+        };
+        if fields.contains_key("code") {
+            return Err(ClientError::Usage(
+                "give either code or code_file, not both".into(),
+            ));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let code = read_text(&base.join(PathBuf::from(name)))?;
+        fields.insert("code".to_owned(), Value::String(code));
+    }
+    Ok(suite)
+}
+
+/// Long-polls the batch until it is done, moving a progress bar on stderr (drawn only on a
+/// terminal).
+async fn follow(api: &Api, id: &str, total: usize) -> Result<Value, ClientError> {
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} cases  {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    loop {
+        let request = api
+            .http
+            .get(api.url(&["batches", id]))
+            .query(&[("wait", PROGRESS_WAIT_SECS)])
+            .timeout(Duration::from_secs(PROGRESS_WAIT_SECS) + REQUEST_SLACK);
+        let batch = send(request).await?;
+        let number = |name: &str| batch.get(name).and_then(Value::as_u64).unwrap_or(0);
+        let progress = batch.get("progress");
+        let done = progress
+            .and_then(|p| p.get("done"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        if let Some(total) = progress
+            .and_then(|p| p.get("total"))
+            .and_then(Value::as_u64)
+        {
+            bar.set_length(total);
+        }
+        bar.set_position(done);
+        bar.set_message(format!(
+            "{} passed, {} failed",
+            number("passed"),
+            number("failed")
+        ));
+        if batch.get("done").and_then(Value::as_bool) != Some(false) {
+            bar.finish_and_clear();
+            return Ok(batch);
+        }
+    }
+}
+
+/// Every case whose verdict is not `passed`, in suite order.
+async fn failing_cases(api: &Api, id: &str) -> Result<Vec<Value>, ClientError> {
+    let mut failing = Vec::new();
+    let mut after: Option<u64> = None;
+    loop {
+        let mut request = api
+            .http
+            .get(api.url(&["batches", id, "cases"]))
+            .query(&[("limit", PAGE)])
+            .timeout(REQUEST_SLACK);
+        if let Some(after) = after {
+            request = request.query(&[("after", after)]);
+        }
+        let page = send(request).await?;
+        let cases = page
+            .get("cases")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        failing.extend(
+            cases
+                .into_iter()
+                .filter(|case| case.get("verdict").and_then(Value::as_str) != Some("passed")),
+        );
+        match page.get("next_after").and_then(Value::as_u64) {
+            Some(next) => after = Some(next),
+            None => return Ok(failing),
+        }
+    }
+}
+
+async fn report(api: &Api, id: &str) -> Result<String, ClientError> {
+    let response = api
+        .http
+        .get(api.url(&["batches", id, "report"]))
+        .query(&[("format", "junit")])
+        .timeout(REQUEST_SLACK)
+        .send()
+        .await
+        .map_err(transport_error)?;
+    let status = response.status();
+    let body = response.bytes().await.map_err(transport_error)?;
+    if !status.is_success() {
+        return Err(api_error(status, &body));
+    }
+    String::from_utf8(body.to_vec()).map_err(|err| ClientError::BadResponse {
+        url: api.base.to_string(),
+        detail: format!("the report is not UTF-8: {err}"),
+    })
+}
+
+/// The totals by verdict, then one line per case that did not pass.
+fn summary(
+    out: &mut impl Write,
+    id: &str,
+    batch: &Value,
+    failing: &[Value],
+) -> std::io::Result<()> {
+    let number = |name: &str| batch.get(name).and_then(Value::as_u64).unwrap_or(0);
+    let total = batch
+        .get("progress")
+        .and_then(|p| p.get("total"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    writeln!(
+        out,
+        "batch {id}: {} of {total} passed, {} failed",
+        number("passed"),
+        number("failed")
+    )?;
+    if let Some(verdicts) = batch.get("by_verdict").and_then(Value::as_object) {
+        for (verdict, count) in verdicts {
+            let count = count.as_u64().unwrap_or(0);
+            if count > 0 {
+                writeln!(out, "  {verdict:<14} {count:>6}")?;
+            }
+        }
+    }
+    if failing.is_empty() {
+        return Ok(());
+    }
+    let width = failing
+        .iter()
+        .take(SHOWN_FAILURES)
+        .filter_map(|case| case.get("name").and_then(Value::as_str))
+        .map(|name| name.chars().count())
+        .max()
+        .unwrap_or(4)
+        .clamp(4, 40);
+    writeln!(out)?;
+    writeln!(out, "{:<width$}  {:<14}  detail", "case", "verdict")?;
+    for case in failing.iter().take(SHOWN_FAILURES) {
+        let text = |name: &str| case.get(name).and_then(Value::as_str).unwrap_or("-");
+        let verdict = case
+            .get("verdict")
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| text("status"));
+        writeln!(
+            out,
+            "{:<width$}  {verdict:<14}  {}",
+            text("name"),
+            text("detail")
+        )?;
+    }
+    if failing.len() > SHOWN_FAILURES {
+        writeln!(out, "... and {} more", failing.len() - SHOWN_FAILURES)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_summary_lists_totals_and_the_cases_that_did_not_pass() {
+        let batch = json!({"passed": 2, "failed": 1, "progress": {"done": 3, "total": 3},
+            "by_verdict": {"passed": 2, "wrong_answer": 1, "timed_out": 0}});
+        let failing = [json!({"name": "sums", "verdict": "wrong_answer",
+            "detail": "line 1, column 1: expected \"3\", got \"4\""})];
+        let mut out = Vec::new();
+        summary(&mut out, "b1", &batch, &failing).expect("write");
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "batch b1: 2 of 3 passed, 1 failed\n  \
+             passed              2\n  \
+             wrong_answer        1\n\n\
+             case  verdict         detail\n\
+             sums  wrong_answer    line 1, column 1: expected \"3\", got \"4\"\n"
+        );
+    }
+
+    #[test]
+    fn code_file_is_read_relative_to_the_suite() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("sol.py"), "print(1)").expect("code");
+        let suite = dir.path().join("suite.json");
+        std::fs::write(
+            &suite,
+            r#"{"runtime": "python", "code_file": "sol.py", "cases": [{}]}"#,
+        )
+        .expect("suite");
+        let body = load_suite(&suite).expect("loads");
+        assert_eq!(body["code"], "print(1)");
+        assert!(body.get("code_file").is_none());
+    }
+}
