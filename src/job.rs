@@ -527,6 +527,15 @@ pub struct Job {
     pub error: Option<String>,
     /// The latest progress the job reported, of whichever attempt reported it last.
     pub progress: Option<Progress>,
+    /// For a case of a batch: the batch, the case's name and, once it ended, its verdict.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<crate::batch::BatchId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub case_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<crate::verdict::Verdict>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict_detail: Option<String>,
 }
 
 /// How far a running job says it got: a percentage and a short message, as it wrote them to its

@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::json;
 
 use super::StoreError;
-use super::read::{collect, opt_u64, parse_outcome};
+use super::read::{collect, opt_u64, parse_outcome, parse_verdict};
 use super::write::{self, from_json, parse_id, parse_status, to_json};
 use crate::batch::{Batch, BatchId, BatchSpec, Case, CaseReport, status_counts, verdict_counts};
 use crate::bus::Notice;
@@ -406,10 +406,6 @@ fn case_row(r: &Row) -> Result<Case, StoreError> {
         detail: r.get(6)?,
         wall_ms: opt_u64(r, 7)?,
     })
-}
-
-fn parse_verdict(s: &str) -> Result<Verdict, StoreError> {
-    Verdict::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown verdict {s:?}")))
 }
 
 fn parse_compare(s: &str) -> Result<CompareMode, StoreError> {

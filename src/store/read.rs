@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::StoreError;
 use super::write::{from_json, parse_id, parse_status};
 use crate::job::{Event, Job, JobId, Outcome, Progress, Status};
+use crate::verdict::Verdict;
 
 /// A job in a listing: its state, without code, input or output.
 #[derive(Debug, Clone, Serialize)]
@@ -31,7 +32,8 @@ pub(super) fn job(conn: &Connection, id: JobId) -> Result<Option<Job>, StoreErro
         .prepare_cached(
             "SELECT id, status, outcome, runtime, attempt, max_attempts, priority, created_at,
                     started_at, finished_at, exit_code, signal, stdout, stderr,
-                    stdout_truncated, stderr_truncated, wall_ms, cpu_ms, memory_kb, limits, error
+                    stdout_truncated, stderr_truncated, wall_ms, cpu_ms, memory_kb, limits, error,
+                    batch_id, case_name, verdict, verdict_detail
              FROM jobs WHERE id = ?1",
         )?
         .query_row([id.to_string()], |r| Ok(job_row(r)))
@@ -61,6 +63,8 @@ fn job_row(r: &Row) -> Result<Job, StoreError> {
     let status: String = r.get(1)?;
     let outcome: Option<String> = r.get(2)?;
     let limits: String = r.get(19)?;
+    let batch_id: Option<String> = r.get(21)?;
+    let verdict: Option<String> = r.get(23)?;
     Ok(Job {
         id: parse_id(&id)?,
         status: parse_status(&status)?,
@@ -84,6 +88,10 @@ fn job_row(r: &Row) -> Result<Job, StoreError> {
         limits: from_json(&limits)?,
         error: r.get(20)?,
         progress: None,
+        batch_id: batch_id.as_deref().map(parse_id).transpose()?,
+        case_name: r.get(22)?,
+        verdict: verdict.as_deref().map(parse_verdict).transpose()?,
+        verdict_detail: r.get(24)?,
     })
 }
 
@@ -202,6 +210,10 @@ pub(super) fn opt_u64(r: &Row, idx: usize) -> Result<Option<u64>, StoreError> {
     value
         .map(|v| u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative count {v}"))))
         .transpose()
+}
+
+pub(super) fn parse_verdict(s: &str) -> Result<Verdict, StoreError> {
+    Verdict::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown verdict {s:?}")))
 }
 
 pub(super) fn parse_outcome(s: &str) -> Result<Outcome, StoreError> {

@@ -214,6 +214,16 @@ async fn a_200_case_suite_gets_a_verdict_per_case_totals_and_a_junit_report_that
         "the first difference, quoted: {wrong}"
     );
     assert_eq!(cases[150]["detail"], "exit code 3");
+    // Each case is a job, which knows its batch and verdict.
+    let (_, job) = server
+        .get(&format!("/v1/jobs/{}", wrong["job_id"].as_str().unwrap()))
+        .await;
+    assert_eq!(
+        (&job["batch_id"], &job["case_name"], &job["verdict"]),
+        (&json!(id), &json!("add 27 <28>"), &json!("wrong_answer")),
+        "{job}"
+    );
+    assert_eq!(job["stdout"], format!("{sum}\n"));
 
     let junit = parse_junit(&report(&server, &id).await);
     assert_eq!(junit.root["tests"], "200");
