@@ -251,6 +251,8 @@ fn config_from(args: ServeArgs) -> Config {
         mode: args.sandbox,
         extra_binds: args.sandbox_binds,
         uid_base: args.sandbox_uid_base,
+        // One per worker, so that no worker's next start waits for another's.
+        ready: config.workers.max(1),
     };
     let w = args.webhooks;
     config.policy.callbacks = HostPolicy::new(w.webhook_allow_hosts, w.webhook_deny_hosts);

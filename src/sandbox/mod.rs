@@ -3,9 +3,12 @@
 //! maps to an unprivileged host uid, in a minimal read-only root with a private `/work` and `/tmp`,
 //! under seccomp and Landlock filters, rlimits and (where the host has them) cgroup limits.
 //!
-//! This module decides *what* a run gets (binds, ids, limits) and probes at startup what the host
-//! supports; [`namespace`] does the starting, [`filter`] builds the seccomp and Landlock filters,
-//! [`cgroup`] places each run in its own cgroup.
+//! This module decides *what* a run gets (binds, ids, limits), probes at startup what the host
+//! supports, and keeps sandboxes started ahead of their runs (one per worker): everything that
+//! does not depend on the run — namespaces, the root, `/proc`, `/dev`, cgroups — is built while
+//! the previous job runs, so a start only adds the run's own files and limits. [`namespace`] does
+//! the starting, [`filter`] builds the seccomp and Landlock filters, [`cgroup`] gives each run
+//! its own cgroup, `sys` is the raw system calls of the code between `clone3` and `execve`.
 //!
 //! `--sandbox none` turns all of this off for development on hosts that cannot do it: jobs then
 //! run as plain subprocesses of the server, with rlimits only.
@@ -19,7 +22,9 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use tokio::sync::mpsc;
 
 use serde::Serialize;
 
@@ -27,7 +32,7 @@ use crate::job::Limits;
 use cgroup::{CgroupLimits, Cgroups, JobCgroup};
 use filter::{FilterPolicy, Filters};
 pub use namespace::WorkMount;
-use namespace::{HostIds, Plan, RunSpec, Skeleton, Started};
+use namespace::{HostIds, Plan, RunPlan, RunSpec, SandboxSpec, Skeleton, Started};
 
 /// What the operator asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -50,6 +55,9 @@ pub struct SandboxConfig {
     /// First host uid/gid of the range jobs map to: the namespace's root maps to this one, each
     /// run's job uid to one of the next [`UID_RANGE`].
     pub uid_base: u32,
+    /// How many sandboxes to keep started ahead of their runs: one per worker keeps every
+    /// worker's next start off the path of its job.
+    pub ready: usize,
 }
 
 impl Default for SandboxConfig {
@@ -58,6 +66,7 @@ impl Default for SandboxConfig {
             mode: Mode::Full,
             extra_binds: Vec::new(),
             uid_base: 200_000,
+            ready: 2,
         }
     }
 }
@@ -111,18 +120,47 @@ pub struct Report {
     pub cgroups: Option<cgroup::Support>,
 }
 
+/// The sandbox of a server: what every run shares, and runs started ahead of time.
 pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     /// The run-independent part of every run's root: what is bound and created.
     skeleton: Skeleton,
     /// Canonical forms of what is bound, for deciding what a runtime can see.
     visible: Vec<PathBuf>,
     /// An empty directory each run mounts its new root on, in its own mount namespace.
     root_dir: PathBuf,
+    /// The runner's directory, where each run's files are staged.
+    work_root: PathBuf,
     filters: Arc<Filters>,
     cgroups: Option<Cgroups>,
     uid_base: u32,
     next_uid: AtomicU32,
+    next_cgroup: AtomicU64,
     user_ns: bool,
+    ready: Ready,
+}
+
+/// Sandboxes started ahead of their runs: namespaces made, root built, init waiting. Taking one
+/// leaves a run only its own part to do (its files, `/work`, `/tmp`, then the job), so the
+/// rest of a start happens while the previous job still runs, off the path of the next one.
+struct Ready {
+    /// How many to keep ready (or under way).
+    target: usize,
+    sender: mpsc::UnboundedSender<std::io::Result<Prepared>>,
+    receiver: tokio::sync::Mutex<mpsc::UnboundedReceiver<std::io::Result<Prepared>>>,
+    /// Sent and not yet taken, and under way.
+    stocked: AtomicUsize,
+    preparing: AtomicUsize,
+}
+
+/// A sandbox whose init has built the run-independent part and waits for its run.
+struct Prepared {
+    started: Started,
+    cgroup: Option<JobCgroup>,
+    ids: HostIds,
 }
 
 impl Sandbox {
@@ -161,98 +199,204 @@ impl Sandbox {
             path: root_dir.clone(),
             source,
         })?;
-        Ok(Sandbox {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let inner = Inner {
             skeleton,
             visible,
             root_dir,
+            work_root: work_root.to_path_buf(),
             filters: Arc::new(Filters::new(&FilterPolicy::default())?),
             cgroups: Cgroups::detect(),
             uid_base: config.uid_base,
             next_uid: AtomicU32::new(0),
+            next_cgroup: AtomicU64::new(0),
             user_ns,
+            ready: Ready {
+                target: config.ready,
+                sender,
+                receiver: tokio::sync::Mutex::new(receiver),
+                stocked: AtomicUsize::new(0),
+                preparing: AtomicUsize::new(0),
+            },
+        };
+        Ok(Sandbox {
+            inner: Arc::new(inner),
         })
     }
 
     pub fn report(&self) -> Report {
+        let inner = &self.inner;
         let mut namespaces = vec!["pid", "mount", "network", "ipc", "uts", "cgroup"];
-        if self.user_ns {
+        if inner.user_ns {
             namespaces.insert(0, "user");
         }
         Report {
-            level: if self.user_ns { "full" } else { "namespaces" },
+            level: if inner.user_ns { "full" } else { "namespaces" },
             namespaces,
             seccomp: true,
-            landlock_abi: self.filters.landlock_abi(),
-            cgroups: self.cgroups.as_ref().map(Cgroups::support),
+            landlock_abi: inner.filters.landlock_abi(),
+            cgroups: inner.cgroups.as_ref().map(Cgroups::support),
         }
     }
 
     /// True if `program` lies in what is bound into every sandbox.
     pub fn can_see(&self, program: &Path) -> bool {
         std::fs::canonicalize(program)
-            .is_ok_and(|real| self.visible.iter().any(|root| real.starts_with(root)))
+            .is_ok_and(|real| self.inner.visible.iter().any(|root| real.starts_with(root)))
     }
 
     pub fn has_memory_cgroup(&self) -> bool {
-        self.cgroups.as_ref().is_some_and(|c| c.support().memory)
+        self.inner
+            .cgroups
+            .as_ref()
+            .is_some_and(|c| c.support().memory)
     }
 
-    /// Starts a run: clones init into its cgroup, maps its ids and lets it go. Returns
-    /// once the job has exec'd (or with the setup error).
+    /// Starts a run in a sandbox made ready ahead of time (or made now if none is), and has
+    /// another one made for the next run. Returns once the job has exec'd (or with the setup
+    /// error).
     pub async fn launch(&self, launch: Launch<'_>) -> std::io::Result<Sandboxed> {
+        let inner = &self.inner;
+        let prepared = inner.take().await?;
+        inner.replenish();
+        let Prepared {
+            mut started,
+            cgroup,
+            ids,
+        } = prepared;
         let limits = launch.limits;
-        let staged_bytes = launch.staged_bytes;
-        let slot = self.next_uid.fetch_add(1, Ordering::Relaxed) % UID_RANGE;
-        let ids = HostIds {
-            root: self.uid_base,
-            job: self.uid_base + 1 + slot,
-        };
-        let plan = Plan::new(RunSpec {
-            root: &self.root_dir,
-            staging: launch.staging,
-            entries: launch.entries,
-            work: launch.work,
-            job_id: if self.user_ns {
-                namespace::JOB_ID
-            } else {
-                ids.job
-            },
-            user_ns: self.user_ns,
-            skeleton: &self.skeleton,
-            program: launch.program,
-            args: launch.args,
-            env: launch.env,
-            // A job may write files up to its file limit besides what it was given.
-            work_bytes: limits.file_bytes.saturating_add(staged_bytes).max(1 << 20),
-            tmp_bytes: limits.file_bytes.max(1 << 20),
-            rlimits: launch.rlimits,
-            progress: launch.progress,
-        })?;
-        let cgroup = match &self.cgroups {
-            Some(cgroups) => {
+        let run = (|| {
+            if let Some(cgroup) = &cgroup {
                 let cgroup_limits = CgroupLimits {
                     memory_bytes: limits.memory_mb.saturating_mul(1 << 20),
                     pids: limits.processes,
                     cpu_millis_per_sec: None,
                 };
-                let created = cgroups.create(launch.name, &cgroup_limits);
-                Some(created.map_err(std::io::Error::other)?)
+                cgroup
+                    .limit(&cgroup_limits)
+                    .map_err(std::io::Error::other)?;
+            }
+            inner.hand_over(&launch, ids)?;
+            let staging = launch.staging.strip_prefix(&inner.work_root).map_err(|_| {
+                std::io::Error::other("a run's files must be staged under the work root")
+            })?;
+            let run = RunPlan::new(RunSpec {
+                staging,
+                entries: launch.entries,
+                work: launch.work,
+                job_id: inner.job_id(ids),
+                program: launch.program,
+                args: launch.args,
+                env: launch.env,
+                // A job may write files up to its file limit besides what it was given.
+                work_bytes: limits
+                    .file_bytes
+                    .saturating_add(launch.staged_bytes)
+                    .max(1 << 20),
+                tmp_bytes: limits.file_bytes.max(1 << 20),
+                rlimits: launch.rlimits,
+                progress: launch.progress,
+            })?;
+            started.start(run)
+        })();
+        let sandboxed = Sandboxed { started, cgroup };
+        if let Err(e) = run {
+            sandboxed.abandon();
+            return Err(e);
+        }
+        match read_setup_report(&sandboxed.started.setup).await {
+            Ok(None) => Ok(sandboxed),
+            Ok(Some(report)) => {
+                let error = sandboxed.started.setup_error(report);
+                sandboxed.abandon();
+                Err(error)
+            }
+            Err(e) => {
+                sandboxed.abandon();
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn job_id(&self, ids: HostIds) -> u32 {
+        if self.user_ns {
+            namespace::JOB_ID
+        } else {
+            ids.job
+        }
+    }
+
+    /// A ready sandbox: one already made, else one under way, else a new one.
+    async fn take(&self) -> std::io::Result<Prepared> {
+        let mut receiver = self.ready.receiver.lock().await;
+        loop {
+            let next = match receiver.try_recv() {
+                Ok(next) => next,
+                Err(_) if self.ready.preparing.load(Ordering::Acquire) > 0 => {
+                    match receiver.recv().await {
+                        Some(next) => next,
+                        None => break,
+                    }
+                }
+                Err(_) => break,
+            };
+            self.ready.stocked.fetch_sub(1, Ordering::AcqRel);
+            match next {
+                Ok(prepared) => return Ok(prepared),
+                Err(error) => {
+                    tracing::warn!(%error, "preparing a sandbox ahead of time failed");
+                }
+            }
+        }
+        drop(receiver);
+        self.prepare().await
+    }
+
+    /// Has sandboxes made in the background until `target` are ready or under way.
+    fn replenish(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let ready = &self.ready;
+        while ready.stocked.load(Ordering::Acquire) + ready.preparing.load(Ordering::Acquire)
+            < ready.target
+        {
+            ready.preparing.fetch_add(1, Ordering::AcqRel);
+            let inner = Arc::clone(self);
+            runtime.spawn(async move {
+                let prepared = inner.prepare().await;
+                inner.ready.stocked.fetch_add(1, Ordering::AcqRel);
+                // The receiver lives as long as `inner`, which this task holds.
+                let _ = inner.ready.sender.send(prepared);
+                inner.ready.preparing.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
+    }
+
+    /// Makes a sandbox up to its run: clones init into fresh cgroups, maps its ids, lets it
+    /// build the root and waits until it has.
+    async fn prepare(&self) -> std::io::Result<Prepared> {
+        let slot = self.next_uid.fetch_add(1, Ordering::Relaxed) % UID_RANGE;
+        let ids = HostIds {
+            root: self.uid_base,
+            job: self.uid_base + 1 + slot,
+        };
+        let plan = Plan::new(SandboxSpec {
+            root: &self.root_dir,
+            work_root: &self.work_root,
+            job_id: self.job_id(ids),
+            user_ns: self.user_ns,
+            skeleton: &self.skeleton,
+        })?;
+        let cgroup = match &self.cgroups {
+            Some(cgroups) => {
+                let name = format!("run-{}", self.next_cgroup.fetch_add(1, Ordering::Relaxed));
+                Some(cgroups.create(&name).map_err(std::io::Error::other)?)
             }
             None => None,
         };
-        // init copies the staged files as the namespace's root: hand them to that host uid. A
-        // build step works in the staging directory itself, as the job's uid; init only needs
-        // to reach it (by group) to bind it.
-        let staging = launch.staging;
-        let (owner, mode) = match launch.work {
-            WorkMount::Copy => (ids.root, 0o700),
-            WorkMount::Bind => (ids.job, 0o770),
-        };
-        std::os::unix::fs::lchown(staging, Some(owner), Some(ids.root))?;
-        std::fs::set_permissions(staging, std::fs::Permissions::from_mode(mode))?;
-        for entry in launch.entries {
-            std::os::unix::fs::lchown(staging.join(entry), Some(owner), Some(ids.root))?;
-        }
         let landlock = self
             .filters
             .prepare_landlock()
@@ -270,22 +414,58 @@ impl Sandbox {
         drop(landlock);
         drop(entry);
         let sandboxed = Sandboxed { started, cgroup };
-        if let Err(e) = sandboxed.release(self.user_ns.then_some(ids)) {
+        let released = match self.user_ns {
+            true => namespace::map_ids(sandboxed.started.pid, ids),
+            false => Ok(()),
+        };
+        if let Err(e) = released.and_then(|()| sandboxed.started.release()) {
             sandboxed.abandon();
             return Err(e);
         }
-        match read_setup_report(&sandboxed.started.setup).await {
-            Ok(None) => Ok(sandboxed),
-            Ok(Some(report)) => {
-                let error = sandboxed.started.setup_error(report);
-                sandboxed.abandon();
-                Err(error)
-            }
+        match read_ready(&sandboxed.started).await {
+            Ok(()) => Ok(Prepared {
+                started: sandboxed.started,
+                cgroup: sandboxed.cgroup,
+                ids,
+            }),
             Err(e) => {
                 sandboxed.abandon();
                 Err(e)
             }
         }
+    }
+
+    /// Gives the run's staged files to the sandbox's ids. init copies them as the namespace's
+    /// root; a build step works in the staging directory itself, as the job's uid, and init
+    /// only needs to reach it (by group) to bind it.
+    fn hand_over(&self, launch: &Launch<'_>, ids: HostIds) -> std::io::Result<()> {
+        let staging = launch.staging;
+        let (owner, mode) = match launch.work {
+            WorkMount::Copy => (ids.root, 0o700),
+            WorkMount::Bind => (ids.job, 0o770),
+        };
+        std::os::unix::fs::lchown(staging, Some(owner), Some(ids.root))?;
+        std::fs::set_permissions(staging, std::fs::Permissions::from_mode(mode))?;
+        for entry in launch.entries {
+            std::os::unix::fs::lchown(staging.join(entry), Some(owner), Some(ids.root))?;
+        }
+        Ok(())
+    }
+}
+
+/// Waits until init reports the run-independent part built, or fails with what went wrong.
+async fn read_ready(started: &Started) -> std::io::Result<()> {
+    let fd = started.ready.try_clone()?;
+    let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
+    let mut byte = [0u8];
+    if tokio::io::AsyncReadExt::read(&mut pipe, &mut byte).await? == 1 {
+        return Ok(());
+    }
+    match read_setup_report(&started.setup).await? {
+        Some(report) => Err(started.setup_error(report)),
+        None => Err(std::io::Error::other(
+            "the sandbox's init died while starting",
+        )),
     }
 }
 
@@ -308,8 +488,6 @@ fn python_etc_dirs() -> Vec<PathBuf> {
 
 /// One run's request to the sandbox.
 pub struct Launch<'a> {
-    /// Names the run's cgroup.
-    pub name: &'a str,
     /// Host directory with the code and submitted files, copied into the sandbox's `/work`.
     pub staging: &'a Path,
     /// Paths relative to `staging`, parents first; directories end with `/`.
@@ -321,8 +499,9 @@ pub struct Launch<'a> {
     pub env: Vec<(String, String)>,
     pub limits: Limits,
     pub rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
-    /// The write end of the job's progress pipe, given to the job as its fd 3.
-    pub progress: Option<std::os::fd::RawFd>,
+    /// Whether the job gets a progress pipe as its fd 3 (its read end is in
+    /// [`Started::progress`]).
+    pub progress: bool,
 }
 
 /// A running sandbox as the runner holds it.
@@ -332,26 +511,6 @@ pub struct Sandboxed {
 }
 
 impl Sandboxed {
-    /// Lets init go once its ids are mapped (it entered its cgroups by itself).
-    fn release(&self, ids: Option<HostIds>) -> std::io::Result<()> {
-        if let Some(ids) = ids {
-            namespace::map_ids(self.started.pid, ids)?;
-        }
-        let go = [1u8];
-        // SAFETY: writes one byte from a live buffer to a pipe we own.
-        let n = unsafe {
-            libc::write(
-                std::os::fd::AsRawFd::as_raw_fd(&self.started.go),
-                go.as_ptr().cast(),
-                1,
-            )
-        };
-        if n != 1 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
     /// Kills everything of this run: init, and with it the whole pid namespace. (The cgroup is
     /// killed again when the run is disposed of, for anything that left the namespace.)
     pub fn kill(&self) {

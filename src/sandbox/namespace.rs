@@ -3,7 +3,7 @@
 //! init is created with `CLONE_VM` and the job with `CLONE_VM | CLONE_VFORK`: both run in the
 //! server's own memory, on stacks of their own, until the job's `execve` gives it a fresh address
 //! space. Nothing is copied, which is what makes a start cheap (see [`clone_init`]), and it sets
-//! the rules for that code: it may only make raw system calls ([`super::sys`]) — no allocation,
+//! the rules for that code: it may only make raw system calls (`super::sys`) — no allocation,
 //! no locks, no logging, no libc wrapper (they write `errno` into a server thread's storage).
 //! Everything the child needs — every path, mount option, argument and environment string — is
 //! therefore built beforehand in the parent as a [`Plan`], and the child walks through it.
@@ -126,6 +126,8 @@ enum Fixed {
     NewRoot,
     Pivot,
     ReadOnlyRoot,
+    UnmountStaging,
+    WaitForRun,
     Fork,
     WorkDir,
     Ids,
@@ -136,7 +138,7 @@ enum Fixed {
 
 impl Fixed {
     /// In declaration order, which is their numbering after the plan's steps.
-    const ALL: [Fixed; 13] = [
+    const ALL: [Fixed; 15] = [
         Fixed::Cgroup,
         Fixed::WaitForParent,
         Fixed::Hostname,
@@ -144,6 +146,8 @@ impl Fixed {
         Fixed::NewRoot,
         Fixed::Pivot,
         Fixed::ReadOnlyRoot,
+        Fixed::UnmountStaging,
+        Fixed::WaitForRun,
         Fixed::Fork,
         Fixed::WorkDir,
         Fixed::Ids,
@@ -161,6 +165,8 @@ impl Fixed {
             Fixed::NewRoot => "mounting the new root",
             Fixed::Pivot => "pivot_root",
             Fixed::ReadOnlyRoot => "remounting the root read-only",
+            Fixed::UnmountStaging => "unmounting the staging area",
+            Fixed::WaitForRun => "waiting for the run",
             Fixed::Fork => "fork",
             Fixed::WorkDir => "entering /work",
             Fixed::Ids => "switching to the job's uid",
@@ -171,18 +177,23 @@ impl Fixed {
     }
 }
 
-/// Everything about one run, prepared in the parent.
+/// What a sandbox is built from before any run is known: its root and the ids inside.
 pub struct Plan {
     root: CString,
     job_id: u32,
     user_ns: bool,
     steps: Vec<Step>,
+}
+
+/// What one run adds to a started sandbox: its `/work`, `/tmp`, the program and its limits.
+pub struct RunPlan {
+    steps: Vec<Step>,
     program: CString,
     argv: Vec<CString>,
     env: Vec<CString>,
     rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
-    /// The write end of the job's progress pipe, handed to the job at [`PROGRESS_FD`].
-    progress: Option<RawFd>,
+    /// Whether the job gets the progress pipe at [`PROGRESS_FD`].
+    progress: bool,
 }
 
 /// How the staged files reach the sandbox's `/work`.
@@ -194,16 +205,13 @@ pub enum WorkMount {
     Bind,
 }
 
-/// What the runner asks for; [`Plan::new`] turns it into steps.
-pub struct RunSpec<'a> {
+/// What a sandbox is started with; [`Plan::new`] turns it into steps.
+pub struct SandboxSpec<'a> {
     /// An empty directory on the host to mount the new root on (in the child's mount namespace
-    /// only, so every run can use the same one).
+    /// only, so every sandbox can use the same one).
     pub root: &'a Path,
-    /// Host directory holding the code and submitted files, copied into `/work`.
-    pub staging: &'a Path,
-    /// Paths relative to `staging`, parents before children (directories end with `/`).
-    pub entries: &'a [String],
-    pub work: WorkMount,
+    /// The host directory the runs' staging directories are in.
+    pub work_root: &'a Path,
     /// The uid and gid the job runs as, as seen inside: [`JOB_ID`] in a user namespace, else the
     /// host id itself.
     pub job_id: u32,
@@ -212,14 +220,24 @@ pub struct RunSpec<'a> {
     pub user_ns: bool,
     /// The run-independent part of the root, prepared at startup.
     pub skeleton: &'a Skeleton,
+}
+
+/// What the runner asks for; [`RunPlan::new`] turns it into steps.
+pub struct RunSpec<'a> {
+    /// The run's staging directory (code and submitted files), relative to the work root.
+    pub staging: &'a Path,
+    /// Paths relative to `staging`, parents before children (directories end with `/`).
+    pub entries: &'a [String],
+    pub work: WorkMount,
+    /// As [`SandboxSpec::job_id`].
+    pub job_id: u32,
     pub program: &'a Path,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub work_bytes: u64,
     pub tmp_bytes: u64,
     pub rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
-    /// A descriptor the job gets at [`PROGRESS_FD`] (kept open by the caller until launched).
-    pub progress: Option<RawFd>,
+    pub progress: bool,
 }
 
 fn cstring(bytes: impl Into<Vec<u8>>) -> io::Result<CString> {
@@ -231,8 +249,12 @@ fn host(root: &Path, inside: &Path) -> io::Result<CString> {
     cstring(root.join(relative).as_os_str().as_bytes())
 }
 
+fn inside(path: &Path) -> io::Result<CString> {
+    cstring(path.as_os_str().as_bytes())
+}
+
 impl Plan {
-    pub fn new(spec: RunSpec<'_>) -> io::Result<Plan> {
+    pub fn new(spec: SandboxSpec<'_>) -> io::Result<Plan> {
         let root = spec.root;
         let job = spec.job_id;
         let mut steps = spec.skeleton.steps.clone();
@@ -251,24 +273,45 @@ impl Plan {
                 contents: contents.into_bytes(),
             });
         }
+        // The work root, where a run's files are staged, stays reachable after the pivot at
+        // STAGING until the run has taken its files; it is unmounted before the job starts.
+        steps.push(Step::BindWritable {
+            source: cstring(spec.work_root.as_os_str().as_bytes())?,
+            target: host(root, Path::new(STAGING))?,
+        });
+        Ok(Plan {
+            root: cstring(root.as_os_str().as_bytes())?,
+            job_id: spec.job_id,
+            user_ns: spec.user_ns,
+            steps,
+        })
+    }
+}
 
-        for (inside, bytes, mode) in [
+impl RunPlan {
+    /// Paths here are inside the sandbox: a run's steps come after the pivot, and staged files
+    /// are reached through `STAGING`.
+    pub fn new(spec: RunSpec<'_>) -> io::Result<RunPlan> {
+        let job = spec.job_id;
+        let mut steps = Vec::new();
+        for (target, bytes, mode) in [
             ("/dev/shm", spec.tmp_bytes, "1777"),
             ("/tmp", spec.tmp_bytes, "1777"),
         ] {
             steps.push(Step::Tmpfs {
-                target: host(root, Path::new(inside))?,
+                target: inside(Path::new(target))?,
                 options: cstring(format!("size={bytes},mode={mode},nr_inodes=16384"))?,
             });
         }
+        let staging = Path::new(STAGING).join(spec.staging);
         if spec.work == WorkMount::Bind {
             steps.push(Step::BindWritable {
-                source: cstring(spec.staging.as_os_str().as_bytes())?,
-                target: host(root, Path::new("/work"))?,
+                source: inside(&staging)?,
+                target: inside(Path::new("/work"))?,
             });
         } else {
             steps.push(Step::Tmpfs {
-                target: host(root, Path::new("/work"))?,
+                target: inside(Path::new("/work"))?,
                 options: cstring(format!(
                     "size={},mode=0755,uid={job},gid={job},nr_inodes=16384",
                     spec.work_bytes
@@ -276,16 +319,16 @@ impl Plan {
             });
         }
         for entry in spec.entries.iter().filter(|_| spec.work == WorkMount::Copy) {
-            let inside = Path::new("/work").join(entry);
+            let target = Path::new("/work").join(entry);
             if entry.ends_with('/') {
                 steps.push(Step::Mkdir {
-                    path: host(root, &inside)?,
+                    path: inside(&target)?,
                     mode: 0o755,
                 });
             } else {
                 steps.push(Step::Copy {
-                    source: cstring(spec.staging.join(entry).as_os_str().as_bytes())?,
-                    target: host(root, &inside)?,
+                    source: inside(&staging.join(entry))?,
+                    target: inside(&target)?,
                 });
             }
         }
@@ -300,10 +343,7 @@ impl Plan {
             .into_iter()
             .map(|(k, v)| cstring(format!("{k}={v}")))
             .collect::<io::Result<_>>()?;
-        Ok(Plan {
-            root: cstring(root.as_os_str().as_bytes())?,
-            job_id: spec.job_id,
-            user_ns: spec.user_ns,
+        Ok(RunPlan {
             steps,
             program,
             argv,
@@ -312,20 +352,27 @@ impl Plan {
             progress: spec.progress,
         })
     }
+}
 
-    /// Names the step a child reported failing at.
-    pub fn step_name(&self, index: u32) -> &'static str {
-        let index = index as usize;
-        match self.steps.get(index) {
-            Some(step) => step.name(),
-            None => Fixed::ALL
-                .get(index - self.steps.len())
-                .map_or("unknown step", |fixed| fixed.name()),
+/// Where a setup step failed, as init reports it: a step of the [`Plan`], of the [`RunPlan`],
+/// or a fixed one.
+#[derive(Clone, Copy)]
+enum At {
+    Plan(usize),
+    Run(usize),
+    Fixed(Fixed),
+}
+
+const RUN_STEP: u32 = 1 << 24;
+const FIXED_STEP: u32 = 2 << 24;
+
+impl At {
+    fn code(self) -> u32 {
+        match self {
+            At::Plan(index) => index as u32,
+            At::Run(index) => RUN_STEP | index as u32,
+            At::Fixed(fixed) => FIXED_STEP | fixed as u32,
         }
-    }
-
-    fn fixed(&self, step: Fixed) -> u32 {
-        (self.steps.len() + step as usize) as u32
     }
 }
 
@@ -391,7 +438,9 @@ impl Skeleton {
                 extra_flags: locked_flags(bind)?,
             });
         }
-        for dir in ["/etc", "/dev", "/dev/shm", "/tmp", "/proc", "/work"] {
+        for dir in [
+            "/etc", "/dev", "/dev/shm", "/tmp", "/proc", "/work", STAGING,
+        ] {
             mkdir_all(&mut steps, Path::new(dir))?;
         }
         for device in ["null", "zero", "full", "random", "urandom"] {
@@ -451,8 +500,13 @@ fn locked_flags(path: &Path) -> io::Result<libc::c_ulong> {
 
 /// The parent's ends of a started sandbox.
 ///
+/// A sandbox starts in two phases. [`clone_init`] creates init, which builds everything that does
+/// not depend on a run (namespaces, the root, `/proc`, `/dev`) and then waits; that can happen
+/// ahead of time, off the path of a job. [`Started::start`] hands it one run: init mounts the
+/// run's `/work` and `/tmp`, copies its files in and starts the job.
+///
 /// It also owns what init (and the job, until its `execve`) read while they run in the server's
-/// memory: the plan, the filters and their stacks. Dropping it therefore kills init and waits for
+/// memory: the plans, the filters and their stacks. Dropping it therefore kills init and waits for
 /// it first, unless it was reaped already.
 pub struct Started {
     /// init's pid (in the server's pid namespace).
@@ -460,31 +514,76 @@ pub struct Started {
     pub pidfd: OwnedFd,
     /// The job's stdin (write end), stdout and stderr (read ends), for the runner to take.
     pub stdio: Option<[OwnedFd; 3]>,
+    /// The read end of the job's progress pipe, for the runner to take if the run asked for it.
+    pub progress: Option<OwnedFd>,
     /// Readable once init has exited: 4 bytes, the job's wait status, if the job ran to its end.
     pub status: OwnedFd,
     /// Readable once the job has exec'd (EOF) or setup failed (8 bytes: step, errno).
     pub setup: OwnedFd,
-    /// Write one byte once the uid map is in place.
-    pub go: OwnedFd,
+    /// One byte once init has built the run-independent part (EOF: it failed, see `setup`).
+    pub ready: OwnedFd,
+    /// One byte once the uid map is in place, then the address of the run's [`RunShared`].
+    go: OwnedFd,
     /// Read by init while it runs: freed only after it is gone (see Drop).
     shared: Box<Shared>,
+    run: Option<Box<RunShared>>,
     /// Where init and the job run until then; held only to be unmapped last.
     _stacks: Stacks,
 }
 
 impl Started {
-    /// Decodes what the child wrote on the setup pipe: step index and errno.
+    /// Lets init go on once its ids are mapped.
+    pub fn release(&self) -> io::Result<()> {
+        write_exact(&self.go, &[1])
+    }
+
+    /// Hands init its run. Call it once, after `ready`.
+    pub fn start(&mut self, run: RunPlan) -> io::Result<()> {
+        let mut argv: Vec<*const libc::c_char> = run.argv.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = run.env.iter().map(|e| e.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        let run = self.run.insert(Box::new(RunShared {
+            plan: run,
+            argv,
+            envp,
+        }));
+        // init reads the run in place: the pipe orders this write after everything above.
+        let address = &**run as *const RunShared as usize;
+        write_exact(&self.go, &address.to_ne_bytes())
+    }
+
+    /// Decodes what init or the job wrote on the setup pipe: where it failed and the errno.
     pub fn setup_error(&self, report: [u8; 8]) -> io::Error {
-        let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
+        let code = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
         let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
         let cause = io::Error::from_raw_os_error(errno);
         io::Error::new(
             cause.kind(),
-            format!(
-                "sandbox setup failed at {}: {cause}",
-                self.shared.plan.step_name(step)
-            ),
+            format!("sandbox setup failed at {}: {cause}", self.step_name(code)),
         )
+    }
+
+    fn step_name(&self, code: u32) -> &'static str {
+        let index = (code & (RUN_STEP - 1)) as usize;
+        let step = match code & !(RUN_STEP - 1) {
+            0 => self.shared.plan.steps.get(index),
+            RUN_STEP => self.run.as_ref().and_then(|r| r.plan.steps.get(index)),
+            FIXED_STEP => return Fixed::ALL.get(index).map_or("unknown step", |f| f.name()),
+            _ => None,
+        };
+        step.map_or("unknown step", Step::name)
+    }
+}
+
+fn write_exact(fd: &OwnedFd, bytes: &[u8]) -> io::Result<()> {
+    // SAFETY: writes from a live buffer to a pipe we own.
+    let n = unsafe { libc::write(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+    // A pipe takes up to PIPE_BUF bytes at once or not at all.
+    if n == bytes.len() as isize {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -520,15 +619,16 @@ pub use super::cgroup::Entry as CgroupEntry;
 const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
-/// Starts the sandbox's init. It stops at once to wait for `go`, so the caller can map its ids
-/// before it does anything.
+/// Starts a sandbox's init. It stops at once to wait for [`Started::release`], so the caller
+/// can map its ids before it does anything; then it builds the run-independent part of the
+/// sandbox, reports `ready`, and waits for [`Started::start`].
 ///
 /// init is created with `CLONE_VM`: it runs in the server's memory, on a stack of its own, and
 /// nothing of the server's address space is copied. A fork-like clone of the server copied its
 /// page tables and then made every page either side wrote afterwards fault and copy, with a TLB
 /// shootdown on every core: about a millisecond a run, growing with the server's size, and a
 /// slowdown of the whole server under load. Sharing the memory is what `posix_spawn` does too;
-/// the price is discipline in the child (raw system calls only, see [`super::sys`]) and that
+/// the price is discipline in the child (raw system calls only, see `super::sys`) and that
 /// [`Started`] keeps what init reads alive until it is gone.
 pub fn clone_init(
     plan: Plan,
@@ -542,11 +642,9 @@ pub fn clone_init(
     let (status_r, status_w) = pipe()?;
     let (setup_r, setup_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
+    let (ready_r, ready_w) = pipe()?;
+    let (progress_r, progress_w) = pipe()?;
 
-    let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = plan.env.iter().map(|e| e.as_ptr()).collect();
-    envp.push(std::ptr::null());
     let mut enter = [-1; MAX_ENTER_FILES];
     for (slot, fd) in enter
         .iter_mut()
@@ -558,9 +656,6 @@ pub fn clone_init(
     let shared = Box::new(Shared {
         plan,
         filters,
-        landlock: landlock.map(AsRawFd::as_raw_fd),
-        argv,
-        envp,
         fds: [
             stdin_r.as_raw_fd(),
             stdout_w.as_raw_fd(),
@@ -568,6 +663,9 @@ pub fn clone_init(
             status_w.as_raw_fd(),
             setup_w.as_raw_fd(),
             go_r.as_raw_fd(),
+            landlock.map_or(-1, AsRawFd::as_raw_fd),
+            progress_w.as_raw_fd(),
+            ready_w.as_raw_fd(),
         ],
         enter,
         job_stack: stacks.job,
@@ -608,10 +706,13 @@ pub fn clone_init(
         pid: pid as libc::pid_t,
         pidfd,
         stdio: Some([stdin_w, stdout_r, stderr_r]),
+        progress: Some(progress_r),
         status: status_r,
         setup: setup_r,
+        ready: ready_r,
         go: go_w,
         shared,
+        run: None,
         _stacks: stacks,
     })
 }
@@ -707,22 +808,39 @@ impl Drop for Stacks {
 struct Shared {
     plan: Plan,
     filters: Arc<Filters>,
-    landlock: Option<RawFd>,
-    argv: Vec<*const libc::c_char>,
-    envp: Vec<*const libc::c_char>,
-    /// stdin read end, stdout write end, stderr write end, status write end, setup write end,
-    /// go read end.
-    fds: [RawFd; 6],
+    /// At their fixed numbers in init: stdin read end, stdout write end, stderr write end,
+    /// status write end, setup write end, go read end, the Landlock ruleset (or -1), progress
+    /// write end, ready write end.
+    fds: [RawFd; 9],
     /// The cgroup files the job writes itself into, `-1` past the last; at [`ENTER_FD`] on in
     /// init.
     enter: [RawFd; MAX_ENTER_FILES],
     job_stack: Stack,
 }
 
-// SAFETY: the raw pointers point into `plan`, which `Shared` owns and never changes.
+// SAFETY: `job_stack` is an address in a mapping the `Started` owning this value keeps alive;
+// nothing else in here is tied to a thread.
 unsafe impl Send for Shared {}
-// SAFETY: as above.
+// SAFETY: as above; it is never changed once built.
 unsafe impl Sync for Shared {}
+
+/// What init and the job read of one run.
+struct RunShared {
+    plan: RunPlan,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+}
+
+// SAFETY: the raw pointers point into the plans, which they own and never change.
+unsafe impl Send for RunShared {}
+// SAFETY: as above.
+unsafe impl Sync for RunShared {}
+
+/// The job's view: both, from init's stack.
+struct JobArgs<'a> {
+    shared: &'a Shared,
+    run: &'a RunShared,
+}
 
 /// Where init keeps its pipes after tidying its descriptor table.
 const STATUS_FD: RawFd = 3;
@@ -731,7 +849,10 @@ const GO_FD: RawFd = 5;
 const LANDLOCK_FD: RawFd = 6;
 /// Where init keeps the progress pipe until the job takes it to [`PROGRESS_FD`].
 const PROGRESS_KEPT_FD: RawFd = 7;
-const ENTER_FD: RawFd = 8;
+const READY_FD: RawFd = 8;
+const ENTER_FD: RawFd = 9;
+/// Where the work root is mounted in a sandbox until its run has taken its files.
+const STAGING: &str = "/.staging";
 /// The job's progress pipe.
 const PROGRESS_FD: RawFd = crate::progress::FD;
 
@@ -742,41 +863,35 @@ unsafe extern "C" fn init_main(shared: *const libc::c_void) -> ! {
 }
 
 /// The job's entry point, on its own stack, until its `execve`.
-unsafe extern "C" fn job_main(shared: *const libc::c_void) -> ! {
-    // SAFETY: init passes the same `Shared`.
-    unsafe { (*shared.cast::<Shared>()).exec_job() }
+unsafe extern "C" fn job_main(args: *const libc::c_void) -> ! {
+    // SAFETY: init passes its `JobArgs` and sleeps (CLONE_VFORK) until the job has exec'd.
+    unsafe {
+        let args = &*args.cast::<JobArgs<'_>>();
+        args.shared.exec_job(args.run)
+    }
 }
 
 impl Shared {
     /// init: never returns.
     unsafe fn run(&self) -> ! {
         unsafe {
-            // Move the pipes, the Landlock ruleset, the progress pipe and the cgroup files to
-            // fixed numbers and
+            // Move the pipes, the Landlock ruleset and the cgroup files to fixed numbers and
             // close everything else the server had open (database, sockets): nothing of the
-            // server reaches the sandbox. Duplicated to a high range first, as the targets may be
-            // among the sources.
-            let fixed = [
-                self.fds[0],
-                self.fds[1],
-                self.fds[2],
-                self.fds[3],
-                self.fds[4],
-                self.fds[5],
-                self.landlock.unwrap_or(-1),
-                self.plan.progress.unwrap_or(-1),
-            ];
-            let mut moved = [-1; ENTER_FD as usize + MAX_ENTER_FILES];
-            for (slot, &fd) in moved.iter_mut().zip(fixed.iter().chain(&self.enter)) {
+            // server reaches the sandbox. Duplicated to a high range first, as the targets may
+            // be among the sources.
+            let targets = (0..self.fds.len() as RawFd).chain(ENTER_FD..);
+            let sources = self.fds.iter().chain(&self.enter[..self.entered()]);
+            let mut moved = [(-1, -1); 9 + MAX_ENTER_FILES];
+            for ((slot, &fd), target) in moved.iter_mut().zip(sources).zip(targets) {
                 if fd >= 0 {
                     match sys::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100) {
-                        Ok(new) => *slot = new as RawFd,
+                        Ok(high) => *slot = (high as RawFd, target),
                         Err(_) => sys::exit(126),
                     }
                 }
             }
-            for (target, &fd) in moved.iter().enumerate() {
-                if fd >= 0 && sys::dup3(fd, target as RawFd, libc::O_CLOEXEC).is_err() {
+            for &(fd, target) in moved.iter().filter(|(fd, _)| *fd >= 0) {
+                if sys::dup3(fd, target, libc::O_CLOEXEC).is_err() {
                     sys::exit(126);
                 }
             }
@@ -792,19 +907,30 @@ impl Shared {
             let mut byte = [0u8];
             match sys::read(GO_FD, &mut byte) {
                 Ok(1) => {}
-                Ok(_) => self.fail(Fixed::WaitForParent, libc::EPIPE),
-                Err(e) => self.fail(Fixed::WaitForParent, e),
+                Ok(_) => self.fail(At::Fixed(Fixed::WaitForParent), libc::EPIPE),
+                Err(e) => self.fail(At::Fixed(Fixed::WaitForParent), e),
             }
-            sys::close(GO_FD);
             // Until now init ran as the host's ids, which the namespace does not map (files it
             // created would fail with EOVERFLOW); become the namespace's root, which maps to an
             // unprivileged host id and keeps the capabilities of the namespace's creator.
             if self.plan.user_ns
                 && let Err(e) = set_ids(0)
             {
-                self.fail(Fixed::Ids, e);
+                self.fail(At::Fixed(Fixed::Ids), e);
             }
             self.build_root();
+            let _ = sys::write(READY_FD, &[1]);
+            sys::close(READY_FD);
+            let run = self.wait_for_run();
+            sys::close(GO_FD);
+            for (index, step) in run.plan.steps.iter().enumerate() {
+                if let Err(e) = self.step(step) {
+                    self.fail(At::Run(index), e);
+                }
+            }
+            if let Err(e) = sys::umount2(c"/.staging", libc::MNT_DETACH) {
+                self.fail(At::Fixed(Fixed::UnmountStaging), e);
+            }
             // The job shares this memory too, on its own stack, and init sleeps until it has
             // exec'd (CLONE_VFORK): nothing is copied, and it cannot run ahead of init.
             let args = libc::clone_args {
@@ -820,9 +946,10 @@ impl Shared {
                 set_tid_size: 0,
                 cgroup: 0,
             };
-            let job = match sys::clone3(&args, job_main, (self as *const Shared).cast()) {
+            let job_args = JobArgs { shared: self, run };
+            let job = match sys::clone3(&args, job_main, (&raw const job_args).cast()) {
                 Ok(pid) => pid as libc::pid_t,
-                Err(e) => self.fail(Fixed::Fork, e),
+                Err(e) => self.fail(At::Fixed(Fixed::Fork), e),
             };
             sys::close(SETUP_FD);
             sys::close(PROGRESS_KEPT_FD);
@@ -833,14 +960,33 @@ impl Shared {
         }
     }
 
+    /// Waits for [`Started::start`] to hand over the run; exits quietly if the sandbox is
+    /// dropped unused instead.
+    unsafe fn wait_for_run(&self) -> &RunShared {
+        let mut address = [0u8; size_of::<usize>()];
+        let mut filled = 0;
+        while filled < address.len() {
+            // SAFETY: reads into the rest of a live buffer.
+            match unsafe { sys::read(GO_FD, &mut address[filled..]) } {
+                Ok(0) => unsafe { sys::exit(0) },
+                Ok(n) => filled += n,
+                Err(libc::EINTR) => {}
+                Err(e) => unsafe { self.fail(At::Fixed(Fixed::WaitForRun), e) },
+            }
+        }
+        // SAFETY: the parent wrote the address of the `RunShared` its `Started` owns, which
+        // outlives init.
+        unsafe { &*(usize::from_ne_bytes(address) as *const RunShared) }
+    }
+
     unsafe fn build_root(&self) {
         unsafe {
             let plan = &self.plan;
             if let Err(e) = sys::sethostname(b"kiln") {
-                self.fail(Fixed::Hostname, e);
+                self.fail(At::Fixed(Fixed::Hostname), e);
             }
             if let Err(e) = sys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None) {
-                self.fail(Fixed::PrivateMounts, e);
+                self.fail(At::Fixed(Fixed::PrivateMounts), e);
             }
             if let Err(e) = sys::mount(
                 Some(c"tmpfs"),
@@ -849,11 +995,11 @@ impl Shared {
                 libc::MS_NOSUID | libc::MS_NODEV,
                 Some(c"size=1m,mode=0755"),
             ) {
-                self.fail(Fixed::NewRoot, e);
+                self.fail(At::Fixed(Fixed::NewRoot), e);
             }
             for (index, step) in plan.steps.iter().enumerate() {
                 if let Err(e) = self.step(step) {
-                    self.fail_at(index as u32, e);
+                    self.fail(At::Plan(index), e);
                 }
             }
             // pivot_root(".", ".") stacks the old root under the new one; detaching it leaves
@@ -863,7 +1009,7 @@ impl Shared {
                 .and_then(|_| sys::umount2(c".", libc::MNT_DETACH))
                 .and_then(|_| sys::chdir(c"/"));
             if let Err(e) = pivot {
-                self.fail(Fixed::Pivot, e);
+                self.fail(At::Fixed(Fixed::Pivot), e);
             }
             if let Err(e) = sys::mount(
                 None,
@@ -876,7 +1022,7 @@ impl Shared {
                     | libc::MS_NODEV,
                 None,
             ) {
-                self.fail(Fixed::ReadOnlyRoot, e);
+                self.fail(At::Fixed(Fixed::ReadOnlyRoot), e);
             }
         }
     }
@@ -962,9 +1108,9 @@ impl Shared {
     }
 
     /// The job: drop to its uid, apply limits and filters, exec. Never returns.
-    unsafe fn exec_job(&self) -> ! {
+    unsafe fn exec_job(&self, run: &RunShared) -> ! {
         unsafe {
-            let plan = &self.plan;
+            let plan = &run.plan;
             // Into the run's cgroups before anything else, so all the job starts is born
             // inside. init stays out of them: it shares the server's memory, and a memory
             // cgroup's OOM killer that chose it would kill every process sharing that memory,
@@ -972,26 +1118,26 @@ impl Shared {
             // holds nothing else.)
             for fd in ENTER_FD..ENTER_FD + self.entered() as RawFd {
                 if let Err(e) = sys::write(fd, b"0") {
-                    self.fail(Fixed::Cgroup, e);
+                    self.fail(At::Fixed(Fixed::Cgroup), e);
                 }
                 sys::close(fd);
             }
             sys::close(STATUS_FD);
             // dup3 without flags leaves the copy open across exec, unlike the original.
-            if self.plan.progress.is_some()
+            if plan.progress
                 && let Err(e) = sys::dup3(PROGRESS_KEPT_FD, PROGRESS_FD, 0)
             {
-                self.fail(Fixed::Exec, e);
+                self.fail(At::Fixed(Fixed::Exec), e);
             }
             sys::close(PROGRESS_KEPT_FD);
             // Its own session and process group: a job cannot signal init's group.
             let _ = sys::setsid();
             if let Err(e) = sys::chdir(c"/work") {
-                self.fail(Fixed::WorkDir, e);
+                self.fail(At::Fixed(Fixed::WorkDir), e);
             }
             // Leaving uid 0 for a non-zero uid clears every capability.
-            if let Err(e) = set_ids(plan.job_id) {
-                self.fail(Fixed::Ids, e);
+            if let Err(e) = set_ids(self.plan.job_id) {
+                self.fail(At::Fixed(Fixed::Ids), e);
             }
             for &(resource, soft, hard) in &plan.rlimits {
                 let current = sys::prlimit(resource, None).unwrap_or(libc::rlimit {
@@ -1004,22 +1150,22 @@ impl Shared {
                     rlim_max: hard,
                 };
                 if let Err(e) = sys::prlimit(resource, Some(&wanted)) {
-                    self.fail(Fixed::Rlimits, e);
+                    self.fail(At::Fixed(Fixed::Rlimits), e);
                 }
             }
-            let landlock = self.landlock.map(|_| LANDLOCK_FD);
+            let landlock = (self.fds[6] >= 0).then_some(LANDLOCK_FD);
             if let Err(e) = filter::apply_in_child(
                 &self.filters,
                 landlock,
                 &[c"/"],
                 &[c"/work", c"/tmp", c"/dev"],
             ) {
-                self.fail(Fixed::Filters, e.errno);
+                self.fail(At::Fixed(Fixed::Filters), e.errno);
             }
-            let e = sys::execve(&plan.program, self.argv.as_ptr(), self.envp.as_ptr())
+            let e = sys::execve(&plan.program, run.argv.as_ptr(), run.envp.as_ptr())
                 .err()
                 .unwrap_or(libc::EINVAL);
-            self.fail(Fixed::Exec, e)
+            self.fail(At::Fixed(Fixed::Exec), e)
         }
     }
 
@@ -1041,12 +1187,8 @@ impl Shared {
         }
     }
 
-    unsafe fn fail(&self, step: Fixed, errno: i32) -> ! {
-        unsafe { self.fail_at(self.plan.fixed(step), errno) }
-    }
-
-    unsafe fn fail_at(&self, step: u32, errno: i32) -> ! {
-        unsafe { report(SETUP_FD, step, errno) }
+    unsafe fn fail(&self, at: At, errno: i32) -> ! {
+        unsafe { report(SETUP_FD, at.code(), errno) }
     }
 
     /// How many cgroup files the job writes itself into.

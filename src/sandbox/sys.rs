@@ -275,11 +275,21 @@ pub unsafe fn symlink(target: &CStr, link: &CStr) -> Result {
 }
 
 pub unsafe fn open(file: &CStr, flags: i32, mode: libc::mode_t) -> Result<i32> {
-    let at = libc::AT_FDCWD as usize;
+    unsafe { openat(libc::AT_FDCWD, file, flags, mode) }
+}
+
+pub unsafe fn openat(dir: i32, file: &CStr, flags: i32, mode: libc::mode_t) -> Result<i32> {
     let fd = unsafe {
         call(
             libc::SYS_openat,
-            [at, path(file), flags as usize, mode as usize, 0, 0],
+            [
+                dir as usize,
+                path(file),
+                flags as usize,
+                mode as usize,
+                0,
+                0,
+            ],
         )
     }?;
     Ok(fd as i32)

@@ -140,7 +140,7 @@ async fn assert_unaffected(server: &Server, honest: &str) {
 }
 
 async fn assert_no_job_process_left(server: &Server) {
-    let uids = server.uid_base..server.uid_base + UID_SPAN;
+    let uids = server.job_uids();
     // Whatever is left must be gone for good: a short grace for the kernel, then a hard check.
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut left = processes_of_uids(uids.clone());

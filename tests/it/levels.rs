@@ -59,6 +59,6 @@ async fn the_namespaces_level_runs_jobs_as_unprivileged_host_uids_without_a_user
     let id = server.submit(escape).await;
     let job = server.finished(&id).await;
     assert_eq!(job["outcome"], "wall_time_limit", "{job}");
-    let uids = server.uid_base..server.uid_base + UID_SPAN;
+    let uids = server.job_uids();
     assert_eq!(processes_of_uids(uids), Vec::<i32>::new());
 }

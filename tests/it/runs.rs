@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::util::{Server, UID_SPAN, assert_valid_history, processes_of_uids, sh};
+use crate::util::{Server, assert_valid_history, processes_of_uids, sh};
 
 #[tokio::test]
 async fn a_job_over_its_wall_limit_ends_timed_out_and_leaves_no_process_behind() {
@@ -28,7 +28,7 @@ async fn a_job_over_its_wall_limit_ends_timed_out_and_leaves_no_process_behind()
     assert_eq!(job["status"], "timed_out", "{job}");
     assert_eq!(job["outcome"], "wall_time_limit");
     assert_eq!(job["stdout"], "started\n");
-    let uids = server.uid_base..server.uid_base + UID_SPAN;
+    let uids = server.job_uids();
     assert_eq!(
         processes_of_uids(uids),
         Vec::<i32>::new(),

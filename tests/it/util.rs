@@ -293,6 +293,14 @@ fn next_uid_base() -> u32 {
 }
 
 /// Live (not zombie) processes whose real uid lies in `range`: what jobs left behind.
+impl Server {
+    /// The host uids its jobs run as. `uid_base` itself is the sandboxes' init (root in their
+    /// user namespace), of which a server keeps some started ahead of their jobs.
+    pub fn job_uids(&self) -> std::ops::Range<u32> {
+        self.uid_base + 1..self.uid_base + UID_SPAN
+    }
+}
+
 pub fn processes_of_uids(range: std::ops::Range<u32>) -> Vec<i32> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
