@@ -34,6 +34,11 @@ pub struct BatchRequest {
     pub limits: LimitsRequest,
     #[serde(default)]
     pub compare: CompareMode,
+    /// Where to POST the batch when its last case ends (see [`crate::webhook`]).
+    pub callback_url: Option<String>,
+    /// Also POST each case's end to `callback_url`, as a job's end is.
+    #[serde(default)]
+    pub callback_each_case: bool,
     pub cases: Vec<CaseRequest>,
 }
 
@@ -64,6 +69,9 @@ pub struct BatchSpec {
     pub max_attempts: u32,
     pub cases: Vec<CaseSpec>,
     pub idempotency_key: Option<String>,
+    pub callback_url: Option<String>,
+    /// Each case's end is reported to `callback_url` too; never set without it.
+    pub callback_each_case: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,6 +104,11 @@ impl BatchSpec {
         if request.cases.is_empty() {
             return Err(Rejection::Invalid("cases must not be empty".into()));
         }
+        if request.callback_each_case && request.callback_url.is_none() {
+            return Err(Rejection::Invalid(
+                "callback_each_case needs a callback_url to call".into(),
+            ));
+        }
         let shared = JobSpec::validate(
             JobRequest {
                 runtime: request.runtime,
@@ -106,7 +119,8 @@ impl BatchSpec {
                 limits: request.limits,
                 priority: 0,
                 max_attempts: None,
-                callback_url: None,
+                // Checked by the same rules as a job's.
+                callback_url: request.callback_url,
             },
             idempotency_key,
             policy,
@@ -153,6 +167,8 @@ impl BatchSpec {
             max_attempts: shared.max_attempts,
             cases,
             idempotency_key: shared.idempotency_key,
+            callback_url: shared.callback_url,
+            callback_each_case: request.callback_each_case,
         })
     }
 }

@@ -20,9 +20,9 @@
 //!    the event feed, also live over Server-Sent Events: [`live`] fans each commit out to every
 //!    stream once, and carries a running job's output to its watchers; [`progress`] is how a
 //!    job reports how far it got while it runs.
-//! 8. [`webhook`] — if the job named a `callback_url`, the terminal transaction also wrote an
-//!    outbox row; the deliverer, woken by the bus, POSTs the signed result and retries until it
-//!    is answered with a 2xx or the retry horizon passes.
+//! 8. [`webhook`] — if the job (or, for its last case, its [`batch`]) named a `callback_url`,
+//!    the terminal transaction also wrote an outbox row; the deliverer, woken by the bus, POSTs
+//!    the signed result and retries until it is answered with a 2xx or the retry horizon passes.
 //!
 //! [`server`] wires these together and shuts them down in order; [`client`] is the command-line
 //! client of a running server.

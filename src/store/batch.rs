@@ -73,8 +73,8 @@ pub(super) fn submit(
     let count = i64::try_from(spec.cases.len()).unwrap_or(i64::MAX);
     conn.prepare_cached(
         "INSERT INTO batches (id, runtime, code, files, limits, compare, cases, created_at,
-                              idempotency_key)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                              idempotency_key, callback_url, callback_each_case)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
         batch,
@@ -86,11 +86,19 @@ pub(super) fn submit(
         count,
         now,
         spec.idempotency_key,
+        spec.callback_url,
+        spec.callback_each_case,
     ])?;
+    // A case that is to be reported on carries the URL itself, so its end writes its outbox row
+    // exactly as a job's does.
+    let case_callback = spec
+        .callback_url
+        .as_deref()
+        .filter(|_| spec.callback_each_case);
     let mut insert = conn.prepare_cached(
         "INSERT INTO jobs (id, runtime, code, stdin, args, limits, max_attempts, created_at,
-                           batch_id, case_index, case_name, expected_output)
-         VALUES (?1, ?2, '', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                           batch_id, case_index, case_name, expected_output, callback_url)
+         VALUES (?1, ?2, '', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?;
     let mut cases = Vec::with_capacity(spec.cases.len());
     let queued = json!({"runtime": spec.runtime, "priority": 0, "batch_id": batch});
@@ -108,6 +116,7 @@ pub(super) fn submit(
             i64::try_from(index).unwrap_or(i64::MAX),
             case.name,
             case.expected_output,
+            case_callback,
         ])?;
         write::insert_event(conn, notices, job, now, EventKind::Queued, None, &queued)?;
         cases.push(job);
@@ -132,7 +141,7 @@ fn same_suite(
     let same_batch = conn
         .prepare_cached(
             "SELECT runtime = ?2 AND code = ?3 AND files = ?4 AND limits = ?5 AND compare = ?6
-                    AND cases = ?7
+                    AND cases = ?7 AND callback_url IS ?8 AND callback_each_case = ?9
              FROM batches WHERE id = ?1",
         )?
         .query_row(
@@ -143,7 +152,9 @@ fn same_suite(
                 files,
                 limits,
                 spec.compare.as_str(),
-                i64::try_from(spec.cases.len()).unwrap_or(i64::MAX)
+                i64::try_from(spec.cases.len()).unwrap_or(i64::MAX),
+                spec.callback_url,
+                spec.callback_each_case,
             ],
             |r| r.get::<_, bool>(0),
         )?;
@@ -226,7 +237,8 @@ pub(super) fn settle_case(
         "run_ms": started_at.map(|started| now - started),
     });
     let id = parse_id(batch_id)?;
-    write::insert_batch_event(conn, notices, id, now, EventKind::BatchCompleted, &data)
+    write::insert_batch_event(conn, notices, id, now, EventKind::BatchCompleted, &data)?;
+    super::webhooks::batch_completed(conn, id, now)
 }
 
 /// Cancels every case of the batch that has not ended, each as a job cancel would (its event, its

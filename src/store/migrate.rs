@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_webhooks.sql",
         sql: include_str!("../../schema/0003_webhooks.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_batch_webhooks.sql",
+        sql: include_str!("../../schema/0004_batch_webhooks.sql"),
+    },
 ];
 
 /// Applies each migration newer than the file's `user_version`, each in its own transaction

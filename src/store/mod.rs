@@ -30,7 +30,7 @@ use writer::Writer;
 pub use batch::{BatchCancel, BatchSubmitted};
 pub use migrate::{MIGRATIONS, Migration};
 pub use read::JobSummary;
-pub use webhooks::{Attempt, Delivery};
+pub use webhooks::{Attempt, Delivery, Subject};
 pub use write::{CLAIM_SQL, CancelResult, ClaimedJob, Submitted};
 
 /// How long a connection waits for a lock held by another process (an operator's `sqlite3`,

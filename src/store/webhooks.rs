@@ -1,11 +1,12 @@
-//! The SQL of the webhook outbox: the row written with a job's terminal state, taking due rows
-//! for delivery, and recording each attempt together with its event.
+//! The SQL of the webhook outbox: the row written with a job's terminal state or a batch's
+//! completion, taking due rows for delivery, and recording each attempt together with its event.
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 
 use super::StoreError;
-use super::write::{insert_event, parse_id};
+use super::write::{insert_batch_event, insert_event, parse_id};
+use crate::batch::BatchId;
 use crate::bus::Notice;
 use crate::job::{EventKind, JobId};
 
@@ -13,13 +14,20 @@ use crate::job::{EventKind, JobId};
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub id: i64,
-    pub job_id: JobId,
+    pub about: Subject,
     pub event: String,
     pub url: String,
     pub payload: String,
     /// Attempts made before this one.
     pub attempts: u32,
     pub created_at: i64,
+}
+
+/// What a call reports on, and so whose history records its attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    Job(JobId),
+    Batch(BatchId),
 }
 
 /// How one attempt went, and what happens next.
@@ -63,6 +71,28 @@ pub(super) fn job_ended(
     Ok(())
 }
 
+/// Writes the outbox row for a batch whose last case has just ended, if it asked for a
+/// callback. Runs in the transaction of its `batch.completed` event.
+pub(super) fn batch_completed(conn: &Connection, id: BatchId, now: i64) -> Result<(), StoreError> {
+    let url: Option<String> = conn
+        .prepare_cached("SELECT callback_url FROM batches WHERE id = ?1")?
+        .query_row([id.to_string()], |r| r.get(0))?;
+    let Some(url) = url else {
+        return Ok(());
+    };
+    let batch = super::batch::batch(conn, id)?
+        .ok_or_else(|| StoreError::Corrupt(format!("batch {id} completed but is not there")))?;
+    let event = EventKind::BatchCompleted.as_str();
+    let payload = json!({"event": event, "batch": batch}).to_string();
+    conn.prepare_cached(
+        "INSERT INTO webhooks (batch_id, event, url, payload, next_attempt_at, created_at,
+                               updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5)",
+    )?
+    .execute(params![id.to_string(), event, url, payload, now])?;
+    Ok(())
+}
+
 /// The earliest time a pending row is due, if any row is pending.
 pub(super) fn next_due(conn: &Connection) -> Result<Option<i64>, StoreError> {
     Ok(conn
@@ -83,26 +113,38 @@ pub(super) fn claim_due(
          WHERE id IN (SELECT id FROM webhooks
                       WHERE status = 'pending' AND next_attempt_at <= ?2
                       ORDER BY next_attempt_at LIMIT ?3)
-         RETURNING id, job_id, event, url, payload, attempts, created_at",
+         RETURNING id, job_id, batch_id, event, url, payload, attempts, created_at",
     )?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = stmt.query_map(params![hold_until, now, limit], |r| {
         Ok((
             r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get(2)?,
+            (
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ),
             r.get(3)?,
             r.get(4)?,
             r.get(5)?,
             r.get(6)?,
+            r.get(7)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, job_id, event, url, payload, attempts, created_at) = row?;
+        let (id, about, event, url, payload, attempts, created_at) = row?;
+        let about = match about {
+            (Some(job), None) => Subject::Job(parse_id(&job)?),
+            (None, Some(batch)) => Subject::Batch(parse_id(&batch)?),
+            _ => {
+                return Err(StoreError::Corrupt(format!(
+                    "webhook {id} must name either a job or a batch"
+                )));
+            }
+        };
         out.push(Delivery {
             id,
-            job_id: parse_id(&job_id)?,
+            about,
             event,
             url,
             payload,
@@ -183,7 +225,10 @@ pub(super) fn record(
             }),
         ),
     };
-    insert_event(conn, notices, delivery.job_id, now, kind, None, &data)?;
+    match delivery.about {
+        Subject::Job(job) => insert_event(conn, notices, job, now, kind, None, &data)?,
+        Subject::Batch(batch) => insert_batch_event(conn, notices, batch, now, kind, &data)?,
+    }
     Ok(true)
 }
 

@@ -1,9 +1,10 @@
-//! Webhooks: calling a job's `callback_url` when it ends. The store writes an outbox row in the
-//! same transaction as the job's terminal state; the [`Deliverer`] here takes due rows, POSTs
-//! their payload signed with HMAC-SHA256 ([`signature`]), and records every attempt's outcome
-//! with a `webhook.delivered` or `webhook.failed` event. Failures (no answer, or any answer but
-//! a 2xx) are retried with exponential backoff and jitter until a horizon; rows outlive the
-//! process, so a restarted server resumes what is pending.
+//! Webhooks: calling a job's `callback_url` when it ends, and a batch's when its last case ends.
+//! The store writes an outbox row in the same transaction as the job's terminal state or the
+//! batch's `batch.completed` event; the [`Deliverer`] here takes due rows, POSTs their payload
+//! signed with HMAC-SHA256 ([`signature`]), and records every attempt's outcome with a
+//! `webhook.delivered` or `webhook.failed` event. Failures (no answer, or any answer but a 2xx)
+//! are retried with exponential backoff and jitter until a horizon; rows outlive the process, so
+//! a restarted server resumes what is pending.
 //!
 //! Calls run on their own tasks, at most `concurrency` at once, each under a timeout: a slow or
 //! dead receiver holds one slot for at most that long and never a worker. Where calls may go
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 pub use policy::{HostPolicy, HostRule, MAX_URL_BYTES};
 
 use crate::bus::Notice;
+use crate::job::EventKind;
 use crate::store::{Attempt, Delivery, Store, StoreError};
 use crate::time::now_ms;
 
@@ -49,7 +51,7 @@ pub struct WebhookConfig {
     pub secret: Option<String>,
     /// Each call's limit, from connecting to the answer's status line.
     pub timeout: Duration,
-    /// No attempt is made later than this after the job ended.
+    /// No attempt is made later than this after the job ended (or the batch completed).
     pub horizon: Duration,
     /// No more attempts than this per call.
     pub max_attempts: u32,
@@ -166,7 +168,7 @@ impl Deliverer {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep_until(wake_at) => {}
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-                _ = job_ended(&mut notices) => {}
+                _ = outbox_written(&mut notices) => {}
             }
         }
         in_flight.shutdown().await;
@@ -259,12 +261,14 @@ impl Deliverer {
     }
 }
 
-/// Resolves after a job's terminal event (the only thing that writes outbox rows), or after
-/// missing some notices, which might have included one.
-async fn job_ended(notices: &mut broadcast::Receiver<Notice>) {
+/// Resolves after a job's terminal event or a batch's completion (the only things that write
+/// outbox rows), or after missing some notices, which might have included one.
+async fn outbox_written(notices: &mut broadcast::Receiver<Notice>) {
     loop {
         match notices.recv().await {
-            Ok(notice) if notice.kind.is_terminal() => break,
+            Ok(notice) if notice.kind.is_terminal() || notice.kind == EventKind::BatchCompleted => {
+                break;
+            }
             Ok(_) => {}
             Err(RecvError::Lagged(_)) => break,
             Err(RecvError::Closed) => std::future::pending::<()>().await,

@@ -551,3 +551,300 @@ async fn an_idempotency_key_reused_with_another_callback_url_is_a_conflict() {
     let (status, body) = submit(&with_callback("true", "http://127.0.0.1:9/b")).await;
     assert_eq!(status, Status::CONFLICT, "{body}");
 }
+
+/// Adds the two numbers on its stdin.
+const ADDER: &str = "read a b; echo $((a + b))";
+
+/// A suite of the adder whose completion is called back to `url`: `cases` are (stdin, expected).
+fn suite_with_callback(url: &str, cases: &[(&str, &str)]) -> Value {
+    let cases: Vec<Value> = cases
+        .iter()
+        .enumerate()
+        .map(|(n, (stdin, expected))| {
+            json!({"name": format!("sum {n}"), "stdin": stdin, "expected_output": expected})
+        })
+        .collect();
+    json!({"runtime": "sh", "code": ADDER, "callback_url": url, "cases": cases})
+}
+
+async fn submit_batch(server: &Server, suite: &Value) -> String {
+    let (status, body) = server.post("/v1/batches", suite).await;
+    assert_eq!(status, Status::ACCEPTED, "{body}");
+    body["id"].as_str().expect("batch id").to_owned()
+}
+
+async fn batch_done(server: &Server, id: &str) -> Value {
+    for _ in 0..12 {
+        let (status, batch) = server.get(&format!("/v1/batches/{id}?wait=10")).await;
+        assert_eq!(status, Status::OK, "{batch}");
+        if batch["done"] == true {
+            return batch;
+        }
+    }
+    panic!("batch {id} did not finish in 2 minutes");
+}
+
+/// The batch's own events (not its cases') from the global feed, oldest first.
+async fn batch_events(server: &Server, id: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut after = 0;
+    loop {
+        let (status, page) = server
+            .get(&format!("/v1/events?after={after}&limit=1000"))
+            .await;
+        assert_eq!(status, Status::OK, "{page}");
+        let page_events = page["events"].as_array().expect("events");
+        if page_events.is_empty() {
+            return events;
+        }
+        after = page["next_after"].as_i64().expect("next_after");
+        events.extend(
+            page_events
+                .iter()
+                .filter(|e| e["batch_id"] == id && e["job_id"].is_null())
+                .cloned(),
+        );
+    }
+}
+
+/// The batch's own `webhook.*` events, waiting as [`webhook_events`] does for a job's.
+async fn batch_webhook_events(server: &Server, id: &str, n: usize, settled: bool) -> Vec<Value> {
+    for _ in 0..1500 {
+        let events: Vec<Value> = batch_events(server, id)
+            .await
+            .into_iter()
+            .filter(|e| e["type"].as_str().unwrap_or("").starts_with("webhook."))
+            .collect();
+        let done = events
+            .last()
+            .is_some_and(|e| e["type"] == "webhook.delivered" || e["data"]["retry"] == false);
+        if events.len() >= n && (done || !settled) {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("batch {id} did not get {n} webhook events in 30 s");
+}
+
+#[tokio::test]
+async fn a_batch_with_a_callback_gets_exactly_one_signed_call_after_its_last_case_with_the_totals()
+{
+    let receiver = Receiver::start().await;
+    let server = Server::start_with(&["--webhook-secret", "suite-secret"]).await;
+    let suite = suite_with_callback(&receiver.url(), &[("1 2", "3"), ("2 2", "4"), ("2 2", "5")]);
+    let id = submit_batch(&server, &suite).await;
+    let batch = batch_done(&server, &id).await;
+
+    let events = batch_webhook_events(&server, &id, 1, true).await;
+    assert_eq!(types(&events), ["webhook.delivered"]);
+    assert_eq!(events[0]["job_id"], Value::Null, "{}", events[0]);
+    assert_eq!(events[0]["data"]["url"], receiver.url());
+    let history = batch_events(&server, &id).await;
+    assert_eq!(
+        types(&history),
+        ["batch.queued", "batch.completed", "webhook.delivered"],
+        "the call follows the batch's completion"
+    );
+
+    let calls = receiver.calls();
+    assert_eq!(
+        calls.len(),
+        1,
+        "one call for the whole batch, none per case"
+    );
+    let call = &calls[0];
+    verify_signature(call, "suite-secret");
+    assert_eq!(call.header("kiln-event"), "batch.completed");
+    let body = call.json();
+    assert_eq!(body["event"], "batch.completed");
+    assert_eq!(
+        body["batch"], batch,
+        "the batch as GET /v1/batches/{{id}} shows it"
+    );
+    assert_eq!(body["batch"]["done"], true);
+    assert_eq!(body["batch"]["progress"], json!({"done": 3, "total": 3}));
+    assert_eq!(
+        (&body["batch"]["passed"], &body["batch"]["failed"]),
+        (&json!(2), &json!(1))
+    );
+    assert_eq!(body["batch"]["by_verdict"]["wrong_answer"], 1);
+
+    // The outbox holds that one call, written by the transaction that completed the batch.
+    let conn = rusqlite::Connection::open(server.db_path()).unwrap();
+    let rows: Vec<(Option<String>, String, bool)> = conn
+        .prepare(
+            "SELECT w.job_id, w.status, w.created_at = b.finished_at
+             FROM webhooks w LEFT JOIN batches b ON b.id = w.batch_id",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows, [(None, "delivered".to_owned(), true)]);
+    let listed: String = conn
+        .query_row(
+            "SELECT batch_id FROM webhook_deliveries WHERE job_id IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(listed, id);
+}
+
+#[tokio::test]
+async fn with_callback_each_case_a_batch_of_n_cases_makes_n_plus_one_calls() {
+    let receiver = Receiver::start().await;
+    let server = Server::start_with(&["--webhook-secret", "suite-secret"]).await;
+    let mut suite =
+        suite_with_callback(&receiver.url(), &[("1 1", "2"), ("2 2", "4"), ("3 3", "7")]);
+    suite["callback_each_case"] = json!(true);
+    let (status, submitted) = server.post("/v1/batches", &suite).await;
+    assert_eq!(status, Status::ACCEPTED, "{submitted}");
+    let id = submitted["id"].as_str().unwrap().to_owned();
+    batch_done(&server, &id).await;
+
+    batch_webhook_events(&server, &id, 1, true).await;
+    for case in submitted["cases"].as_array().unwrap() {
+        let job = case["job_id"].as_str().unwrap();
+        let events = webhook_events(&server, job, 1, true).await;
+        assert_eq!(types(&events), ["webhook.delivered"]);
+        assert_eq!(events[0]["batch_id"], id.as_str(), "{}", events[0]);
+        crate::util::assert_valid_history(&server.events(job).await);
+    }
+
+    let calls = receiver.calls();
+    assert_eq!(calls.len(), 4, "three cases and the batch");
+    let mut case_calls: Vec<(String, String, String)> = Vec::new();
+    for call in &calls {
+        verify_signature(call, "suite-secret");
+        let body = call.json();
+        assert_eq!(call.header("kiln-event"), body["event"]);
+        if body["event"] == "batch.completed" {
+            assert_eq!(body["batch"]["id"], id.as_str());
+            assert_eq!(body["batch"]["passed"], 2);
+            continue;
+        }
+        let job = &body["job"];
+        assert_eq!(job["batch_id"], id.as_str(), "{body}");
+        case_calls.push((
+            job["case_name"].as_str().unwrap().to_owned(),
+            body["event"].as_str().unwrap().to_owned(),
+            job["verdict"].as_str().unwrap().to_owned(),
+        ));
+    }
+    case_calls.sort();
+    let expected = [
+        ("sum 0", "job.succeeded", "passed"),
+        ("sum 1", "job.succeeded", "passed"),
+        ("sum 2", "job.succeeded", "wrong_answer"),
+    ]
+    .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()));
+    assert_eq!(case_calls, expected, "one call per case, with its verdict");
+}
+
+#[tokio::test]
+async fn a_batch_delivery_pending_at_kill_9_is_made_after_restart() {
+    let receiver = Receiver::failing_first(usize::MAX).await;
+    let args = [
+        "--webhook-retry-base-ms",
+        "50",
+        "--webhook-timeout-secs",
+        "1",
+    ];
+    let server = Server::start_with(&args).await;
+    let id = submit_batch(
+        &server,
+        &suite_with_callback(&receiver.url(), &[("1 2", "3"), ("5 5", "10")]),
+    )
+    .await;
+    batch_done(&server, &id).await;
+    batch_webhook_events(&server, &id, 1, false).await;
+    let secret = stored_secret(&server);
+    let dir = server.kill9();
+
+    receiver.fail_next(0);
+    let before = receiver.calls().len();
+    let server = Server::start_in(dir, &args).await;
+    let events = batch_webhook_events(&server, &id, 2, true).await;
+    let (last, earlier) = types(&events)
+        .split_last()
+        .map(|(l, e)| (*l, e.to_vec()))
+        .unwrap();
+    assert_eq!(last, "webhook.delivered", "{events:?}");
+    assert!(earlier.iter().all(|t| *t == "webhook.failed"), "{events:?}");
+
+    let calls = receiver.calls();
+    assert!(calls.len() > before, "the restarted server called");
+    let call = calls.last().unwrap();
+    verify_signature(call, &secret);
+    assert_eq!(call.header("kiln-event"), "batch.completed");
+    assert_eq!(call.json()["batch"]["id"], id.as_str());
+    assert_eq!(call.json()["batch"]["passed"], 2);
+}
+
+#[tokio::test]
+async fn a_bad_batch_callback_url_is_refused_with_422_and_nothing_is_stored() {
+    let server = Server::start_with(&["--webhook-deny-host", "10.0.0.0/8"]).await;
+    let cases = [("1 2", "3")];
+    let mut without_url = suite_with_callback("http://127.0.0.1:9/", &cases);
+    without_url["callback_url"] = Value::Null;
+    without_url["callback_each_case"] = json!(true);
+    let mut refused: Vec<Value> = [
+        "http://10.20.30.40:8080/",
+        "http://169.254.169.254/latest/meta-data/",
+        "ftp://127.0.0.1/",
+        "not a url",
+        "http://user:password@127.0.0.1/",
+    ]
+    .iter()
+    .map(|url| suite_with_callback(url, &cases))
+    .collect();
+    refused.push(without_url);
+    for suite in refused {
+        let (status, body) = server.post("/v1/batches", &suite).await;
+        assert_eq!(status, Status::UNPROCESSABLE_ENTITY, "{suite}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("callback_url"),
+            "{body}"
+        );
+    }
+    let conn = rusqlite::Connection::open(server.db_path()).unwrap();
+    let stored: (i64, i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT count(*) FROM batches), (SELECT count(*) FROM jobs),
+                    (SELECT count(*) FROM events)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(stored, (0, 0, 0), "nothing was stored");
+}
+
+#[tokio::test]
+async fn a_batch_idempotency_key_reused_with_another_callback_is_a_conflict() {
+    let server = Server::start_with(&["--workers", "0"]).await;
+    let first = suite_with_callback("http://127.0.0.1:9/a", &[("1 2", "3")]);
+    let key = [("idempotency-key", "suite-hook-1")];
+    let submit =
+        |suite: &Value| server.post_raw("/v1/batches", suite.to_string().into_bytes(), &key);
+    let (status, created) = submit(&first).await;
+    assert_eq!(status, Status::ACCEPTED, "{created}");
+    let (status, replayed) = submit(&first).await;
+    assert_eq!(status, Status::ACCEPTED, "{replayed}");
+    assert_eq!(replayed["id"], created["id"]);
+
+    let other_url = suite_with_callback("http://127.0.0.1:9/b", &[("1 2", "3")]);
+    let mut each_case = first.clone();
+    each_case["callback_each_case"] = json!(true);
+    let mut no_callback = first.clone();
+    no_callback["callback_url"] = Value::Null;
+    for suite in [other_url, each_case, no_callback] {
+        let (status, body) = submit(&suite).await;
+        assert_eq!(status, Status::CONFLICT, "{suite}: {body}");
+    }
+}
