@@ -848,3 +848,25 @@ async fn a_batch_idempotency_key_reused_with_another_callback_is_a_conflict() {
         assert_eq!(status, Status::CONFLICT, "{suite}: {body}");
     }
 }
+
+#[tokio::test]
+async fn a_cancelled_batch_is_called_back_as_completed_with_its_cases_cancelled() {
+    let receiver = Receiver::start().await;
+    let server = Server::start_with(&["--workers", "0"]).await;
+    let id = submit_batch(
+        &server,
+        &suite_with_callback(&receiver.url(), &[("1 2", "3"), ("2 2", "4")]),
+    )
+    .await;
+    let (status, body) = server
+        .post(&format!("/v1/batches/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, Status::OK, "{body}");
+
+    let calls = receiver.wait_for_calls(1).await;
+    assert_eq!(calls[0].header("kiln-event"), "batch.completed");
+    let batch = &calls[0].json()["batch"];
+    assert_eq!(batch["id"], id.as_str());
+    assert_eq!(batch["done"], true);
+    assert_eq!(batch["by_verdict"]["cancelled"], 2, "{batch}");
+}
