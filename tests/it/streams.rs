@@ -485,9 +485,11 @@ async fn kiln_watch_follows_a_job_live_and_exits_like_status() {
                 .expect("run kiln watch")
         })
     };
+    // Live output is what is written while someone watches (README, Live streams), and jobs
+    // start within milliseconds: the job gives `kiln watch` a second to connect first.
     let id = server
         .submit(sh(
-            "echo hello; sleep 0.5; echo '50 half way' >&3; echo oops >&2; sleep 0.3; echo bye",
+            "sleep 1; echo hello; sleep 0.5; echo '50 half way' >&3; echo oops >&2; sleep 0.3; echo bye",
         ))
         .await;
     let watched = watch(id.clone()).await.expect("kiln watch");
