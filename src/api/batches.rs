@@ -17,6 +17,7 @@ use super::error::ApiError;
 use super::extract::{self, BatchPath, Query};
 use super::jobs::{WaitQuery, idempotency_key, page_size, wait_duration};
 use super::junit;
+use super::streams;
 use crate::batch::{Batch, BatchId, BatchRequest, BatchSpec};
 use crate::job::EventKind;
 use crate::store::{BatchCancel, BatchSubmitted};
@@ -121,6 +122,36 @@ async fn wait_for_batch(state: &AppState, id: BatchId, wait: Duration) -> Result
             () = state.stopping.cancelled() => return Ok(batch),
         }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// The batch's own events and every event of its cases, oldest first, a page at a time (pass
+/// `next_after` back as `after`); asked for `text/event-stream`, live until the batch completes.
+pub async fn events(
+    State(state): State<AppState>,
+    BatchPath(id): BatchPath,
+    headers: HeaderMap,
+    Query(query): Query<EventsQuery>,
+) -> Result<Response, ApiError> {
+    if streams::wanted(&headers) {
+        let after = streams::resume_point(&headers, query.after)?;
+        return streams::batch(state, id, after).await;
+    }
+    let after = query.after.unwrap_or(0);
+    let limit = page_size(query.limit)?;
+    let events = state
+        .store
+        .batch_events(id, after, limit)
+        .await?
+        .ok_or_else(ApiError::batch_not_found)?;
+    let next_after = events.last().map_or(after, |e| e.id);
+    Ok(Json(json!({"events": events, "next_after": next_after})).into_response())
 }
 
 #[derive(Deserialize)]

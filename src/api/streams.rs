@@ -31,6 +31,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 
 use super::AppState;
 use super::error::ApiError;
+use crate::batch::BatchId;
 use crate::job::{Event, EventKind, JobId};
 use crate::live::{LiveEvent, OutputChunk, OutputWatch};
 use crate::store::StoreError;
@@ -61,10 +62,12 @@ pub(super) fn resume_point(headers: &HeaderMap, after: Option<i64>) -> Result<i6
         .ok_or_else(|| ApiError::bad_request("invalid_header", "Last-Event-ID must be an event id"))
 }
 
-/// Which events a stream carries, and which one ends it. Batches add a scope here.
+/// Which events a stream carries, and which one ends it.
 #[derive(Clone, Copy)]
 enum Scope {
     Job(JobId),
+    /// The batch's own events and its cases', up to `batch.completed`.
+    Batch(BatchId),
     All,
 }
 
@@ -72,6 +75,7 @@ impl Scope {
     fn includes(self, event: &Event) -> bool {
         match self {
             Scope::Job(id) => event.job_id == Some(id),
+            Scope::Batch(id) => event.batch_id == Some(id),
             Scope::All => true,
         }
     }
@@ -79,6 +83,7 @@ impl Scope {
     fn ends_with(self, event: &Event) -> bool {
         match self {
             Scope::Job(_) => EventKind::parse(&event.kind).is_some_and(EventKind::is_terminal),
+            Scope::Batch(_) => EventKind::parse(&event.kind) == Some(EventKind::BatchCompleted),
             Scope::All => false,
         }
     }
@@ -87,6 +92,11 @@ impl Scope {
     async fn history(self, state: &AppState, after: i64) -> Result<Vec<Event>, StoreError> {
         match self {
             Scope::Job(id) => Ok(state.store.job_events(id, after).await?.unwrap_or_default()),
+            Scope::Batch(id) => Ok(state
+                .store
+                .batch_events(id, after, PAGE)
+                .await?
+                .unwrap_or_default()),
             Scope::All => state.store.events_after(after, PAGE).await,
         }
     }
@@ -95,7 +105,7 @@ impl Scope {
     fn may_have_more(self, page: &[Event]) -> bool {
         match self {
             Scope::Job(_) => false,
-            Scope::All => page.len() == PAGE as usize,
+            Scope::Batch(_) | Scope::All => page.len() == PAGE as usize,
         }
     }
 }
@@ -126,6 +136,27 @@ pub(super) async fn job(state: AppState, id: JobId, after: i64) -> Result<Respon
         Some(output),
         permit,
     ))
+}
+
+/// `GET /v1/batches/{id}/events` as a stream, ending after `batch.completed`. Resumed after
+/// that event, it answers `204`. The cases' output is not carried: it is watched job by job.
+pub(super) async fn batch(state: AppState, id: BatchId, after: i64) -> Result<Response, ApiError> {
+    let permit = admit(&state)?;
+    let events = state.live.events();
+    // Read after subscribing: a completion committed after this read arrives live.
+    let completed = state
+        .store
+        .batch_completed_event(id)
+        .await?
+        .ok_or_else(ApiError::batch_not_found)?;
+    // Compared with the completion's id, not with "is there more history": events of the
+    // batch may follow its completion (webhook attempts), and they must not reopen its stream.
+    if completed.is_some_and(|end| end <= after) {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let scope = Scope::Batch(id);
+    let first = scope.history(&state, after).await?;
+    Ok(start(state, scope, after, first, events, None, permit))
 }
 
 /// `GET /v1/events` as a stream: every event, never ending on its own.
@@ -367,7 +398,7 @@ impl Stream {
     fn send_output(&mut self, chunk: &OutputChunk) -> Result<(), Stop> {
         let job = match self.scope {
             Scope::Job(id) => Some(id),
-            Scope::All => None,
+            Scope::Batch(_) | Scope::All => None,
         };
         if self.lost > 0 {
             let data = json!({"job_id": job, "chunks": self.lost});

@@ -8,11 +8,11 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::json;
 
 use super::StoreError;
-use super::read::{collect, opt_u64, parse_outcome, parse_verdict};
+use super::read::{collect, event_row, opt_u64, parse_outcome, parse_verdict};
 use super::write::{self, from_json, parse_id, parse_status, to_json};
 use crate::batch::{Batch, BatchId, BatchSpec, Case, CaseReport, status_counts, verdict_counts};
 use crate::bus::Notice;
-use crate::job::{EventKind, JobId, Status};
+use crate::job::{Event, EventKind, JobId, Status};
 use crate::verdict::{CompareMode, Verdict};
 
 /// What storing a suite did.
@@ -422,4 +422,45 @@ fn case_row(r: &Row) -> Result<Case, StoreError> {
 
 fn parse_compare(s: &str) -> Result<CompareMode, StoreError> {
     CompareMode::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown compare mode {s:?}")))
+}
+
+/// The batch's events (its own and its cases') with an id greater than `after`, oldest first, at
+/// most `limit`; `None` if there is no such batch.
+pub(super) fn events(
+    conn: &Connection,
+    id: BatchId,
+    after: i64,
+    limit: u32,
+) -> Result<Option<Vec<Event>>, StoreError> {
+    if is_done(conn, id)?.is_none() {
+        return Ok(None);
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, job_id, at, type, attempt, data, batch_id FROM events
+         WHERE batch_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![id.to_string(), after, limit], |r| Ok(event_row(r)))?;
+    collect(rows).map(Some)
+}
+
+/// The id of the batch's `batch.completed` event, if it has completed; `None` if there is no
+/// such batch.
+pub(super) fn completed_event(
+    conn: &Connection,
+    id: BatchId,
+) -> Result<Option<Option<i64>>, StoreError> {
+    if is_done(conn, id)?.is_none() {
+        return Ok(None);
+    }
+    // Walks the batch's events from the newest, where the completion almost always is.
+    let event = conn
+        .prepare_cached(
+            "SELECT id FROM events WHERE batch_id = ?1 AND type = ?2 ORDER BY id DESC LIMIT 1",
+        )?
+        .query_row(
+            params![id.to_string(), EventKind::BatchCompleted.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(Some(event))
 }

@@ -253,6 +253,28 @@ impl Store {
         self.read(move |conn| batch::is_done(conn, id)).await
     }
 
+    /// The batch's events (its own and its cases') with an id greater than `after`, oldest
+    /// first, at most `limit`; `None` if there is no such batch.
+    pub async fn batch_events(
+        &self,
+        id: BatchId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Option<Vec<Event>>, StoreError> {
+        self.read(move |conn| batch::events(conn, id, after, limit))
+            .await
+    }
+
+    /// The id of the batch's `batch.completed` event (`None` inside while it has not completed);
+    /// `None` if there is no such batch.
+    pub async fn batch_completed_event(
+        &self,
+        id: BatchId,
+    ) -> Result<Option<Option<i64>>, StoreError> {
+        self.read(move |conn| batch::completed_event(conn, id))
+            .await
+    }
+
     /// The batch's cases in suite order after position `after` (all, if `None`).
     pub async fn batch_cases(
         &self,

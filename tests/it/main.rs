@@ -3,6 +3,7 @@
 
 mod api;
 mod attacks;
+mod batch_streams;
 mod batches;
 mod cli;
 mod durability;

@@ -10,7 +10,7 @@ use crate::util::{Server, assert_valid_history, sh};
 
 /// One thing read from an event stream.
 #[derive(Debug, Clone)]
-enum Item {
+pub(crate) enum Item {
     Message {
         id: Option<i64>,
         event: String,
@@ -20,21 +20,21 @@ enum Item {
 }
 
 impl Item {
-    fn event(&self) -> Option<&str> {
+    pub(crate) fn event(&self) -> Option<&str> {
         match self {
             Item::Message { event, .. } => Some(event),
             Item::Comment(_) => None,
         }
     }
 
-    fn id(&self) -> Option<i64> {
+    pub(crate) fn id(&self) -> Option<i64> {
         match self {
             Item::Message { id, .. } => *id,
             Item::Comment(_) => None,
         }
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         match self {
             Item::Message { data, .. } => serde_json::from_str(data).expect("JSON data"),
             Item::Comment(_) => Value::Null,
@@ -42,14 +42,14 @@ impl Item {
     }
 }
 
-/// A client of one event stream, parsing messages as they arrive.
-struct Sse {
+/// A client of one event stream, parsing messages as they arrive (also used by `batch_streams`).
+pub(crate) struct Sse {
     response: reqwest::Response,
     buffer: String,
 }
 
 impl Sse {
-    async fn open(server: &Server, path: &str, headers: &[(&str, &str)]) -> Sse {
+    pub(crate) async fn open(server: &Server, path: &str, headers: &[(&str, &str)]) -> Sse {
         let response = Sse::request(server, path, headers).await;
         assert_eq!(response.status(), StatusCode::OK, "{path}");
         assert_eq!(
@@ -63,7 +63,11 @@ impl Sse {
         }
     }
 
-    async fn request(server: &Server, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    pub(crate) async fn request(
+        server: &Server,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
         let mut request = reqwest::Client::new()
             .get(format!("{}{path}", server.url))
             .header("accept", "text/event-stream");
@@ -74,7 +78,7 @@ impl Sse {
     }
 
     /// The next message or comment; `None` once the server ended the stream.
-    async fn next(&mut self) -> Option<Item> {
+    pub(crate) async fn next(&mut self) -> Option<Item> {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
@@ -101,7 +105,7 @@ impl Sse {
     }
 
     /// Messages (not comments) until the stream ends.
-    async fn rest(&mut self) -> Vec<Item> {
+    pub(crate) async fn rest(&mut self) -> Vec<Item> {
         let mut items = Vec::new();
         while let Some(item) = self.next().await {
             if item.event().is_some() {
@@ -112,7 +116,7 @@ impl Sse {
     }
 
     /// Messages until (and including) the first one `stop` accepts.
-    async fn until(&mut self, stop: impl Fn(&Item) -> bool) -> Vec<Item> {
+    pub(crate) async fn until(&mut self, stop: impl Fn(&Item) -> bool) -> Vec<Item> {
         let mut items = Vec::new();
         while let Some(item) = self.next().await {
             if item.event().is_none() {
@@ -145,11 +149,11 @@ fn parse(block: &str) -> Item {
     Item::Message { id, event, data }
 }
 
-fn ids(items: &[Item]) -> Vec<i64> {
+pub(crate) fn ids(items: &[Item]) -> Vec<i64> {
     items.iter().filter_map(Item::id).collect()
 }
 
-fn events_of(items: &[Item]) -> Vec<&str> {
+pub(crate) fn events_of(items: &[Item]) -> Vec<&str> {
     items.iter().filter_map(Item::event).collect()
 }
 

@@ -1,0 +1,234 @@
+//! A batch's event stream: its own events and its cases', as JSON pages or live over Server-Sent
+//! Events until `batch.completed`.
+
+use reqwest::StatusCode;
+use rusqlite::Connection;
+use serde_json::{Value, json};
+
+use crate::streams::{Item, Sse, events_of, ids};
+use crate::util::{Server, sh};
+
+/// Echoes its first word; `slow` first sleeps 2 s, long enough to watch the batch while it runs.
+const ECHO: &str = r#"read w; [ "$w" = slow ] && sleep 2; echo "$w""#;
+
+/// Submits a suite of ECHO over these `(name, stdin, expected)` cases; returns the batch id and
+/// the case job ids.
+async fn submit(server: &Server, cases: &[(&str, &str, &str)]) -> (String, Vec<String>) {
+    let cases: Vec<Value> = cases
+        .iter()
+        .map(|(name, stdin, expected)| {
+            json!({"name": name, "stdin": stdin, "expected_output": expected})
+        })
+        .collect();
+    let (status, body) = server
+        .post(
+            "/v1/batches",
+            &json!({"runtime": "sh", "code": ECHO, "cases": cases}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let jobs = body["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .map(|c| c["job_id"].as_str().expect("job id").to_owned())
+        .collect();
+    (body["id"].as_str().expect("id").to_owned(), jobs)
+}
+
+/// The batch's event ids as operators would read them.
+fn stored_ids(server: &Server, batch: &str) -> Vec<i64> {
+    let db = Connection::open(server.db_path()).expect("open the database");
+    let mut stmt = db
+        .prepare("SELECT id FROM events WHERE batch_id = ?1 ORDER BY id")
+        .expect("prepare");
+    stmt.query_map([batch], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+async fn batch_done(server: &Server, id: &str) -> bool {
+    let (status, batch) = server.get(&format!("/v1/batches/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{batch}");
+    batch["done"] == true
+}
+
+fn is_end_of(job: &str) -> impl Fn(&Item) -> bool + '_ {
+    move |item| {
+        item.id().is_some()
+            && item.json()["job_id"] == job
+            && matches!(item.event(), Some("job.succeeded" | "job.failed"))
+    }
+}
+
+#[tokio::test]
+async fn a_batch_stream_sends_the_history_then_live_events_of_the_batch_only_and_ends_after_batch_completed()
+ {
+    let server = Server::start().await;
+    let (id, jobs) = submit(
+        &server,
+        &[
+            ("quick", "quick", "quick"),
+            ("slow", "slow", "slow"),
+            ("wrong", "wrong", "right"),
+        ],
+    )
+    .await;
+    server.finished(&jobs[0]).await;
+
+    let mut stream = Sse::open(&server, &format!("/v1/batches/{id}/events"), &[]).await;
+    let history = stream.until(is_end_of(&jobs[0])).await;
+    assert_eq!(
+        &events_of(&history)[..4],
+        ["job.queued", "job.queued", "job.queued", "batch.queued"],
+        "{history:?}"
+    );
+    assert!(
+        !batch_done(&server, &id).await,
+        "the slow case still runs: the rest is yet to happen"
+    );
+    // Committed while the stream is live, and not the batch's.
+    let other = server.submit(sh("true")).await;
+    server.finished(&other).await;
+
+    let live = stream.rest().await;
+    let end = live.last().expect("the stream's last message");
+    assert_eq!(end.event(), Some("batch.completed"), "{live:?}");
+    assert_eq!(end.json()["data"]["passed"], 2);
+    assert_eq!(end.json()["data"]["failed"], 1);
+    assert!(
+        live.iter()
+            .any(|m| m.json()["job_id"] == jobs[1] && m.event() == Some("job.succeeded")),
+        "the slow case's end came live: {live:?}"
+    );
+
+    let sent: Vec<Item> = history.into_iter().chain(live).collect();
+    assert_eq!(
+        ids(&sent),
+        stored_ids(&server, &id),
+        "every event of the batch once, in order, and nothing else"
+    );
+    for message in &sent {
+        assert_eq!(message.json()["batch_id"], id.as_str(), "{message:?}");
+        assert_ne!(message.json()["job_id"], other.as_str());
+    }
+}
+
+#[tokio::test]
+async fn resuming_a_batch_stream_loses_and_repeats_nothing_and_after_the_end_answers_204() {
+    let server = Server::start().await;
+    let (id, _) = submit(
+        &server,
+        &[("a", "a", "a"), ("slow", "slow", "slow"), ("b", "b", "b")],
+    )
+    .await;
+    let path = format!("/v1/batches/{id}/events");
+
+    let mut first = Sse::open(&server, &path, &[]).await;
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.push(first.next().await.expect("a message"));
+    }
+    drop(first);
+
+    // Resumed while the batch still runs: history up to now, then live, then the end.
+    let last = ids(&seen).last().copied().expect("ids").to_string();
+    let mut resumed = Sse::open(&server, &path, &[("last-event-id", &last)]).await;
+    seen.extend(resumed.rest().await);
+    assert_eq!(
+        seen.last().and_then(Item::event),
+        Some("batch.completed"),
+        "{seen:?}"
+    );
+    let stored = stored_ids(&server, &id);
+    assert_eq!(ids(&seen), stored, "no gap, no duplicate");
+
+    let end = stored.last().copied().expect("events").to_string();
+    let after_end = Sse::request(&server, &path, &[("last-event-id", &end)]).await;
+    assert_eq!(
+        after_end.status(),
+        StatusCode::NO_CONTENT,
+        "nothing left: an EventSource stops reconnecting"
+    );
+    let by_query = Sse::request(&server, &format!("{path}?after={end}"), &[]).await;
+    assert_eq!(by_query.status(), StatusCode::NO_CONTENT);
+
+    // `?after=` is the same resume point as the header.
+    let mut middle = Sse::open(&server, &format!("{path}?after={}", stored[2]), &[]).await;
+    assert_eq!(middle.next().await.and_then(|m| m.id()), Some(stored[3]));
+}
+
+#[tokio::test]
+async fn a_batch_history_longer_than_a_page_streams_whole_and_pages_as_json() {
+    let server = Server::start().await;
+    // Cancelled at once: 520 cases make over a thousand events without running any.
+    let cases: Vec<Value> = (0..520)
+        .map(|i| json!({"name": format!("case {i}")}))
+        .collect();
+    let (status, body) = server
+        .post(
+            "/v1/batches",
+            &json!({"runtime": "sh", "code": "sleep 30", "cases": cases}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["id"].as_str().expect("id").to_owned();
+    let (status, body) = server
+        .post(&format!("/v1/batches/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let stored = stored_ids(&server, &id);
+    assert!(
+        stored.len() > 1000,
+        "more than one page of history: {}",
+        stored.len()
+    );
+
+    let items = Sse::open(&server, &format!("/v1/batches/{id}/events"), &[])
+        .await
+        .rest()
+        .await;
+    assert_eq!(ids(&items), stored);
+    assert_eq!(events_of(&items).last(), Some(&"batch.completed"));
+
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let (status, page) = server
+            .get(&format!("/v1/batches/{id}/events?after={after}&limit=300"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let events = page["events"].as_array().expect("events");
+        if events.is_empty() {
+            assert_eq!(page["next_after"], after, "an empty page keeps the cursor");
+            break;
+        }
+        assert!(events.len() <= 300);
+        paged.extend(events.iter().map(|e| e["id"].as_i64().expect("id")));
+        after = page["next_after"].as_i64().expect("next_after");
+    }
+    assert_eq!(paged, stored, "the JSON pages hold the same events");
+}
+
+#[tokio::test]
+async fn events_of_an_unknown_batch_are_404_json_and_a_bad_id_is_400() {
+    let server = Server::start().await;
+    let unknown = "/v1/batches/01900000-0000-7000-8000-000000000000/events";
+    let streamed = Sse::request(&server, unknown, &[]).await;
+    assert_eq!(streamed.status(), StatusCode::NOT_FOUND);
+    let body: Value = streamed.json().await.expect("JSON");
+    assert_eq!(body["error"]["code"], "batch_not_found");
+    let (status, body) = server.get(unknown).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "batch_not_found");
+
+    let (status, body) = server.get("/v1/batches/nope/events").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "invalid_id");
+    let (id, _) = submit(&server, &[("a", "a", "a")]).await;
+    let (status, body) = server
+        .get(&format!("/v1/batches/{id}/events?limit=0"))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
