@@ -7,6 +7,7 @@
 //! server of another, and `--json` can pass the server's answer through untouched.
 
 mod batch;
+mod stream;
 
 use std::error::Error as _;
 use std::io::{self, Write};
@@ -96,7 +97,9 @@ pub enum ClientCommand {
         limit: u32,
     },
     /// Follow a job live until it ends: its output on stdout and stderr as it is written, its
-    /// events and progress on stderr; exits like `status` with the final state
+    /// events and progress on stderr; exits like `status` with the final state. Given a batch
+    /// id, follow the batch: each case's verdict as it ends, then the summary; exits like
+    /// `batch --wait`
     Watch { id: String },
     /// Cancel a queued or running job
     Cancel { id: String },
@@ -252,13 +255,7 @@ pub async fn run(opts: &ClientOpts, cmd: ClientCommand) -> Result<ExitCode, Clie
             }
             Ok(ExitCode::SUCCESS)
         }
-        ClientCommand::Watch { id } => {
-            let job = watch(&api, &id, opts.json).await?;
-            if !opts.json {
-                print_stdout(|out| writeln!(out, "{}", job_line(&job)))?;
-            }
-            Ok(job_exit_code(&job))
-        }
+        ClientCommand::Watch { id } => watch(&api, &id, opts.json).await,
         ClientCommand::Batch {
             suite,
             wait,
@@ -428,32 +425,6 @@ impl Api {
         send(request).await
     }
 
-    /// Opens the job's event stream after event `after`; `None` if the job ended and every event
-    /// is already seen (204).
-    async fn job_stream(
-        &self,
-        id: &str,
-        after: i64,
-    ) -> Result<Option<reqwest::Response>, ClientError> {
-        let response = self
-            .http
-            .get(self.url(&["jobs", id, "events"]))
-            .header("accept", "text/event-stream")
-            .header("last-event-id", after.to_string())
-            .send()
-            .await
-            .map_err(transport_error)?;
-        let status = response.status();
-        if status == StatusCode::NO_CONTENT {
-            return Ok(None);
-        }
-        if !status.is_success() {
-            let body = response.bytes().await.map_err(transport_error)?;
-            return Err(api_error(status, &body));
-        }
-        Ok(Some(response))
-    }
-
     async fn cancel(&self, id: &str) -> Result<Value, ClientError> {
         let request = self
             .http
@@ -463,60 +434,36 @@ impl Api {
     }
 }
 
-/// How many times in a row `watch` reconnects to a stream that ended early before giving up.
-const WATCH_RECONNECTS: u32 = 5;
+/// Follows a job, or else a batch, with this id to its end. Job and batch ids look alike, so
+/// the server is asked: a job's stream first, and a batch's if there is no such job.
+async fn watch(api: &Api, id: &str, json: bool) -> Result<ExitCode, ClientError> {
+    match watch_job(api, id, json).await {
+        Ok(job) => {
+            if !json {
+                print_stdout(|out| writeln!(out, "{}", job_line(&job)))?;
+            }
+            Ok(job_exit_code(&job))
+        }
+        Err(err) if is_not_found(&err, "job_not_found") => batch::watch(api, id, json).await,
+        Err(err) => Err(err),
+    }
+}
 
-/// Follows a job's event stream to the job's end and returns the job as it ended. A stream that
-/// ends early (the server restarting, or dropping a client that fell behind) is resumed after
-/// the last event seen.
-async fn watch(api: &Api, id: &str, json: bool) -> Result<Value, ClientError> {
-    let (mut after, mut failures, mut saw_output) = (0, 0, false);
-    loop {
-        let stream = match api.job_stream(id, after).await {
-            Ok(stream) => stream,
-            Err(err @ ClientError::Unreachable { .. }) if failures < WATCH_RECONNECTS => {
-                failures += 1;
-                note(&format!("{err}; reconnecting"));
-                tokio::time::sleep(Duration::from_secs(1 << failures)).await;
-                continue;
-            }
-            Err(err) => return Err(err),
-        };
-        let Some(mut response) = stream else { break };
-        let mut parser = SseParser::default();
-        let mut ended = false;
-        while !ended {
-            let chunk = match response.chunk().await {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) | Err(_) => break,
-            };
-            for message in parser.push(&chunk) {
-                failures = 0;
-                if let Some(id) = message.id {
-                    after = after.max(id);
-                }
-                let data: Value = serde_json::from_str(&message.data).unwrap_or(Value::Null);
-                if json {
-                    let line =
-                        serde_json::json!({"id": message.id, "event": message.event, "data": data});
-                    print_stdout(|out| writeln!(out, "{line}"))?;
-                } else {
-                    saw_output |= message.event == "output";
-                    show_stream_message(&message.event, &data)?;
-                }
-                ended |= message.id.is_some() && is_terminal_event(&message.event);
-            }
+/// Follows a job's event stream to the job's end and returns the job as it ended.
+async fn watch_job(api: &Api, id: &str, json: bool) -> Result<Value, ClientError> {
+    let mut saw_output = false;
+    let followed = stream::follow(api, &["jobs", id, "events"], |message, data| {
+        if json {
+            print_stream_json(message, data)?;
+        } else {
+            saw_output |= message.event == "output";
+            show_stream_message(&message.event, data)?;
         }
-        if ended {
-            break;
-        }
-        failures += 1;
-        if failures > WATCH_RECONNECTS {
-            return Err(ClientError::BadResponse {
-                url: api.base.to_string(),
-                detail: "the event stream kept ending before the job did".to_owned(),
-            });
-        }
+        Ok(message.id.is_some() && is_terminal_event(&message.event))
+    })
+    .await?;
+    if let stream::Followed::Refused(err) = followed {
+        return Err(err);
     }
     let job = api.get_job(id, None).await?;
     if !json && !saw_output {
@@ -524,6 +471,18 @@ async fn watch(api: &Api, id: &str, json: bool) -> Result<Value, ClientError> {
         show_output(&job)?;
     }
     Ok(job)
+}
+
+/// One stream message as a line of JSON, for `watch --json`.
+fn print_stream_json(message: &stream::SseMessage, data: &Value) -> Result<(), ClientError> {
+    let line = serde_json::json!({"id": message.id, "event": message.event, "data": data});
+    print_stdout(|out| writeln!(out, "{line}"))
+}
+
+/// True if the server said there is no such thing, with this error code.
+fn is_not_found(err: &ClientError, code: &str) -> bool {
+    matches!(err, ClientError::Api { status, code: Some(c), .. }
+        if *status == StatusCode::NOT_FOUND && c == code)
 }
 
 fn is_terminal_event(event: &str) -> bool {
@@ -547,7 +506,6 @@ fn show_stream_message(event: &str, data: &Value) -> Result<(), ClientError> {
             "{} output chunks were skipped while this client fell behind",
             data.get("chunks").unwrap_or(&Value::Null)
         )),
-        "dropped" => note("the server dropped this stream as too slow; resuming"),
         "job.progress" => {
             let progress = data.get("data").unwrap_or(&Value::Null);
             let percent = progress.get("percent").unwrap_or(&Value::Null);
@@ -560,57 +518,6 @@ fn show_stream_message(event: &str, data: &Value) -> Result<(), ClientError> {
         _ => note(&event_line(data, false)),
     }
     Ok(())
-}
-
-/// One message of a Server-Sent Events stream (the fields kiln sends).
-#[derive(Debug, PartialEq, Eq)]
-struct SseMessage {
-    id: Option<i64>,
-    event: String,
-    data: String,
-}
-
-/// Splits a byte stream into SSE messages; comments (keep-alives) are skipped.
-#[derive(Default)]
-struct SseParser {
-    buffer: Vec<u8>,
-}
-
-impl SseParser {
-    fn push(&mut self, bytes: &[u8]) -> Vec<SseMessage> {
-        self.buffer
-            .extend(bytes.iter().copied().filter(|&b| b != b'\r'));
-        let mut messages = Vec::new();
-        while let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
-            let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
-            let block = String::from_utf8_lossy(&block);
-            let mut message = SseMessage {
-                id: None,
-                event: "message".to_owned(),
-                data: String::new(),
-            };
-            let mut fields = 0;
-            for line in block.lines().filter(|line| !line.starts_with(':')) {
-                let (field, value) = line.split_once(':').unwrap_or((line, ""));
-                let value = value.strip_prefix(' ').unwrap_or(value);
-                fields += 1;
-                match field {
-                    "id" => message.id = value.parse().ok(),
-                    "event" => message.event = value.to_owned(),
-                    "data" if message.data.is_empty() => message.data = value.to_owned(),
-                    "data" => {
-                        message.data.push('\n');
-                        message.data.push_str(value);
-                    }
-                    _ => fields -= 1,
-                }
-            }
-            if fields > 0 {
-                messages.push(message);
-            }
-        }
-        messages
-    }
 }
 
 /// Sends a request and decodes a 2xx JSON answer; anything else becomes the matching error.
@@ -930,32 +837,6 @@ mod tests {
         let queued = json!({"id": 1, "job_id": "j1", "at": "t", "type": "queued",
             "attempt": null, "data": {}});
         assert_eq!(event_line(&queued, true), "1  j1  t  queued  attempt -");
-    }
-
-    #[test]
-    fn sse_messages_are_split_across_reads_and_comments_skipped() {
-        let mut parser = SseParser::default();
-        assert!(
-            parser
-                .push(b": keep-alive\n\nid: 7\nevent: job.qu")
-                .is_empty()
-        );
-        let messages = parser.push(b"eued\ndata: {\"a\":1}\r\n\r\nevent: output\ndata: x\n\n");
-        assert_eq!(
-            messages,
-            [
-                SseMessage {
-                    id: Some(7),
-                    event: "job.queued".into(),
-                    data: r#"{"a":1}"#.into()
-                },
-                SseMessage {
-                    id: None,
-                    event: "output".into(),
-                    data: "x".into()
-                },
-            ]
-        );
     }
 
     #[test]

@@ -3,9 +3,14 @@
 //! every case passed, so it drops into CI as a step. `--junit FILE` writes the report CI systems
 //! ingest.
 //!
+//! `kiln watch BATCH_ID` lands here too: it prints each case's verdict as the case ends, then
+//! the same summary. Both follow the batch's event stream; `--wait` falls back to long-polling
+//! the batch if the server will not stream it.
+//!
 //! The suite file is the body of `POST /v1/batches`, except that `"code_file"` may name a file
 //! (relative to the suite) holding the code instead of `"code"`.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,9 +18,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::stream::{self, Followed};
 use super::{
-    Api, ClientError, ClientOpts, REQUEST_SLACK, api_error, note, print_json, print_stdout,
-    read_text, send, transport_error,
+    Api, ClientError, ClientOpts, REQUEST_SLACK, api_error, is_not_found, note, print_json,
+    print_stdout, print_stream_json, read_text, send, transport_error,
 };
 
 /// How long one progress poll may be held by the server; the bar moves at least this often.
@@ -80,16 +86,91 @@ pub(super) async fn run(
     if opts.json {
         print_json(&batch)?;
     } else {
-        let failing = failing_cases(api, &id).await?;
-        print_stdout(|out| summary(out, &id, &batch, &failing))?;
+        show_summary(api, &id, &batch).await?;
     }
+    Ok(exit_code(&batch))
+}
+
+/// `kiln watch` of a batch: each case's verdict as it ends (or, with `--json`, every stream
+/// message as a line of JSON), then the summary.
+pub(super) async fn watch(api: &Api, id: &str, json: bool) -> Result<ExitCode, ClientError> {
+    let names: HashMap<String, String> = match cases(api, id, |_| true).await {
+        Ok(cases) => cases
+            .into_iter()
+            .filter_map(|case| Some((text(&case, "job_id")?, text(&case, "name")?)))
+            .collect(),
+        Err(err) if is_not_found(&err, "batch_not_found") => {
+            return Err(ClientError::Usage(format!(
+                "no job or batch has the id {id}"
+            )));
+        }
+        Err(err) => return Err(err),
+    };
+    let followed = stream::follow(api, &["batches", id, "events"], |message, data| {
+        if json {
+            print_stream_json(message, data)?;
+        } else if let Some(verdict) = case_verdict(&message.event, data) {
+            let job = data.get("job_id").and_then(Value::as_str).unwrap_or("-");
+            let name = names.get(job).map_or(job, String::as_str);
+            print_stdout(|out| writeln!(out, "{verdict:<14}  {name}"))?;
+        }
+        Ok(ends_batch(message))
+    })
+    .await?;
+    if let Followed::Refused(err) = followed {
+        return Err(err);
+    }
+    let batch = send(
+        api.http
+            .get(api.url(&["batches", id]))
+            .timeout(REQUEST_SLACK),
+    )
+    .await?;
+    if !json {
+        show_summary(api, id, &batch).await?;
+    }
+    Ok(exit_code(&batch))
+}
+
+/// 0 only if the batch is done and every case passed.
+fn exit_code(batch: &Value) -> ExitCode {
     let all_passed = batch.get("failed").and_then(Value::as_u64) == Some(0)
         && batch.get("done").and_then(Value::as_bool) == Some(true);
-    Ok(if all_passed {
+    if all_passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+async fn show_summary(api: &Api, id: &str, batch: &Value) -> Result<(), ClientError> {
+    let failing = cases(api, id, |case| {
+        case.get("verdict").and_then(Value::as_str) != Some("passed")
     })
+    .await?;
+    print_stdout(|out| summary(out, id, batch, &failing))
+}
+
+fn text(value: &Value, name: &str) -> Option<String> {
+    value.get(name).and_then(Value::as_str).map(str::to_owned)
+}
+
+/// The verdict of a case whose end this stream message is; `None` for any other message.
+fn case_verdict<'a>(event: &str, data: &'a Value) -> Option<&'a str> {
+    data.get("job_id").and_then(Value::as_str)?;
+    match event {
+        // Cancelled and lost cases are not judged: their verdict is their end.
+        "job.cancelled" => Some("cancelled"),
+        "job.error" => Some("error"),
+        "job.succeeded" | "job.failed" | "job.timed_out" => {
+            data.get("data")?.get("verdict")?.as_str()
+        }
+        _ => None,
+    }
+}
+
+fn ends_batch(message: &stream::SseMessage) -> bool {
+    message.id.is_some() && message.event == "batch.completed"
 }
 
 /// The suite file as the request body, with `code_file` read in.
@@ -120,8 +201,9 @@ fn load_suite(path: &Path) -> Result<Value, ClientError> {
     Ok(suite)
 }
 
-/// Long-polls the batch until it is done, moving a progress bar on stderr (drawn only on a
-/// terminal).
+/// Follows the batch to its end, moving a progress bar on stderr (drawn only on a terminal)
+/// as its cases end, and returns the batch as it ended. The bar is fed by the batch's event
+/// stream, or by long-polling if the server will not stream it.
 async fn follow(api: &Api, id: &str, total: usize) -> Result<Value, ClientError> {
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(
@@ -130,6 +212,26 @@ async fn follow(api: &Api, id: &str, total: usize) -> Result<Value, ClientError>
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    let (mut done, mut passed) = (0, 0);
+    let followed = stream::follow(api, &["batches", id, "events"], |message, data| {
+        if let Some(verdict) = case_verdict(&message.event, data) {
+            done += 1;
+            passed += u64::from(verdict == "passed");
+            bar.set_position(done);
+            bar.set_message(format!("{passed} passed, {} failed", done - passed));
+        }
+        Ok(ends_batch(message))
+    })
+    .await?;
+    if let Followed::Refused(err) = followed {
+        note(&format!("{err}; following the batch by polling instead"));
+    }
+    // At once if the stream saw the batch to its end.
+    poll(api, id, &bar).await
+}
+
+/// Long-polls the batch until it is done, moving the progress bar.
+async fn poll(api: &Api, id: &str, bar: &indicatif::ProgressBar) -> Result<Value, ClientError> {
     loop {
         let request = api
             .http
@@ -162,9 +264,13 @@ async fn follow(api: &Api, id: &str, total: usize) -> Result<Value, ClientError>
     }
 }
 
-/// Every case whose verdict is not `passed`, in suite order.
-async fn failing_cases(api: &Api, id: &str) -> Result<Vec<Value>, ClientError> {
-    let mut failing = Vec::new();
+/// The cases `keep` accepts, in suite order.
+async fn cases(
+    api: &Api,
+    id: &str,
+    keep: impl Fn(&Value) -> bool,
+) -> Result<Vec<Value>, ClientError> {
+    let mut kept = Vec::new();
     let mut after: Option<u64> = None;
     loop {
         let mut request = api
@@ -181,14 +287,10 @@ async fn failing_cases(api: &Api, id: &str) -> Result<Vec<Value>, ClientError> {
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        failing.extend(
-            cases
-                .into_iter()
-                .filter(|case| case.get("verdict").and_then(Value::as_str) != Some("passed")),
-        );
+        kept.extend(cases.into_iter().filter(&keep));
         match page.get("next_after").and_then(Value::as_u64) {
             Some(next) => after = Some(next),
-            None => return Ok(failing),
+            None => return Ok(kept),
         }
     }
 }
@@ -294,6 +396,24 @@ mod tests {
              case  verdict         detail\n\
              sums  wrong_answer    line 1, column 1: expected \"3\", got \"4\"\n"
         );
+    }
+
+    #[test]
+    fn a_cases_end_carries_its_verdict_and_nothing_else_does() {
+        let ended = |verdict: Value| json!({"job_id": "j1", "data": {"verdict": verdict}});
+        assert_eq!(
+            case_verdict("job.failed", &ended(json!("wrong_answer"))),
+            Some("wrong_answer")
+        );
+        assert_eq!(
+            case_verdict("job.succeeded", &ended(json!("passed"))),
+            Some("passed")
+        );
+        let unjudged = json!({"job_id": "j1", "data": {"outcome": "cancelled"}});
+        assert_eq!(case_verdict("job.cancelled", &unjudged), Some("cancelled"));
+        assert_eq!(case_verdict("job.started", &unjudged), None);
+        let batch_event = json!({"job_id": null, "data": {"passed": 2}});
+        assert_eq!(case_verdict("batch.completed", &batch_event), None);
     }
 
     #[test]

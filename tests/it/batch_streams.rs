@@ -1,9 +1,14 @@
 //! A batch's event stream: its own events and its cases', as JSON pages or live over Server-Sent
-//! Events until `batch.completed`.
+//! Events until `batch.completed`; and the client commands that follow it (`kiln batch --wait`,
+//! `kiln watch BATCH_ID`).
+
+use std::process::Stdio;
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use rusqlite::Connection;
 use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::streams::{Item, Sse, events_of, ids};
 use crate::util::{Server, sh};
@@ -231,4 +236,120 @@ async fn events_of_an_unknown_batch_are_404_json_and_a_bad_id_is_400() {
         .get(&format!("/v1/batches/{id}/events?limit=0"))
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+fn kiln(server: &Server, args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+    command
+        .args(args)
+        .env("KILN_URL", &server.url)
+        .current_dir(server.dir.path())
+        .kill_on_drop(true);
+    command
+}
+
+fn write_suite(server: &Server, name: &str, cases: Value) {
+    let suite = json!({"runtime": "sh", "code": ECHO, "cases": cases});
+    std::fs::write(server.dir.path().join(name), suite.to_string()).expect("write the suite");
+}
+
+#[tokio::test]
+async fn kiln_batch_wait_follows_the_stream_and_polls_only_when_the_server_refuses_streams() {
+    const REFUSED: &str = "following the batch by polling instead";
+    for (flags, streams) in [(&[][..], true), (&["--sse-max-streams", "0"][..], false)] {
+        let server = Server::start_with(flags).await;
+        write_suite(
+            &server,
+            "good.json",
+            json!([{"name": "one", "stdin": "one", "expected_output": "one"},
+                   {"name": "slow", "stdin": "slow", "expected_output": "slow"}]),
+        );
+        write_suite(
+            &server,
+            "bad.json",
+            json!([{"name": "one", "stdin": "one", "expected_output": "one"},
+                   {"name": "off", "stdin": "slow", "expected_output": "fast"}]),
+        );
+
+        let good = kiln(&server, &["batch", "good.json", "--wait"])
+            .output()
+            .await
+            .expect("run kiln batch");
+        let stdout = String::from_utf8_lossy(&good.stdout);
+        let stderr = String::from_utf8_lossy(&good.stderr);
+        assert_eq!(good.status.code(), Some(0), "{stdout}\n{stderr}");
+        assert!(stdout.contains("2 of 2 passed"), "{stdout}");
+        assert_eq!(stderr.contains(REFUSED), !streams, "{flags:?}: {stderr}");
+
+        let bad = kiln(&server, &["batch", "bad.json", "--wait"])
+            .output()
+            .await
+            .expect("run kiln batch");
+        let stdout = String::from_utf8_lossy(&bad.stdout);
+        assert_eq!(bad.status.code(), Some(1), "{stdout}");
+        assert!(
+            stdout.contains("1 of 2 passed") && stdout.contains("off   wrong_answer"),
+            "{stdout}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn kiln_watch_follows_a_batch_printing_each_verdict_as_it_ends_then_the_summary() {
+    let server = Server::start().await;
+    let (id, _) = submit(
+        &server,
+        &[("quick", "quick", "quick"), ("slow one", "slow", "fast")],
+    )
+    .await;
+    let mut watch = kiln(&server, &["watch", &id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kiln watch");
+    let mut lines = BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("a verdict within 20 s")
+        .expect("read stdout");
+    assert_eq!(first.as_deref(), Some("passed          quick"));
+    assert!(
+        !batch_done(&server, &id).await,
+        "the verdict came while the batch still ran"
+    );
+
+    let mut rest = Vec::new();
+    while let Some(line) = lines.next_line().await.expect("read stdout") {
+        rest.push(line);
+    }
+    let status = watch.wait().await.expect("kiln watch exits");
+    assert_eq!(status.code(), Some(1), "a case failed: {rest:?}");
+    assert_eq!(rest[0], "wrong_answer    slow one");
+    assert_eq!(rest[1], format!("batch {id}: 1 of 2 passed, 1 failed"));
+    assert!(
+        rest.iter()
+            .any(|l| l.starts_with("slow one") && l.contains("expected \"fast\", got \"slow\"")),
+        "the failing case with its detail: {rest:?}"
+    );
+
+    let done = kiln(&server, &["watch", &id])
+        .output()
+        .await
+        .expect("run kiln watch");
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert_eq!(done.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.starts_with("passed          quick\nwrong_answer    slow one\n"),
+        "a batch that already ended replays its verdicts: {stdout}"
+    );
+
+    let unknown = kiln(&server, &["watch", "01900000-0000-7000-8000-000000000000"])
+        .output()
+        .await
+        .expect("run kiln watch");
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no job or batch"),
+        "{unknown:?}"
+    );
 }
