@@ -110,8 +110,8 @@ impl Scope {
     }
 }
 
-/// `GET /v1/jobs/{id}/events` as a stream. A job that already ended and whose events the client
-/// has all seen answers `204`, which tells an EventSource to stop reconnecting.
+/// `GET /v1/jobs/{id}/events` as a stream. A job that already ended and whose terminal event
+/// the client has seen answers `204`, which tells an EventSource to stop reconnecting.
 pub(super) async fn job(state: AppState, id: JobId, after: i64) -> Result<Response, ApiError> {
     let permit = admit(&state)?;
     let events = state.live.events();
@@ -124,7 +124,8 @@ pub(super) async fn job(state: AppState, id: JobId, after: i64) -> Result<Respon
         .ok_or_else(ApiError::job_not_found)?;
     let scope = Scope::Job(id);
     let first = scope.history(&state, after).await?;
-    if status.is_terminal() && first.is_empty() {
+    // Not "no history left": webhook attempts are events of the job that follow its end.
+    if status.is_terminal() && !first.iter().any(|e| scope.ends_with(e)) {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     Ok(start(

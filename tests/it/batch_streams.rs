@@ -216,6 +216,60 @@ async fn a_batch_history_longer_than_a_page_streams_whole_and_pages_as_json() {
     assert_eq!(paged, stored, "the JSON pages hold the same events");
 }
 
+/// Polls the JSON events at `path` until one of type `kind` is stored; returns them all.
+async fn events_until(server: &Server, path: &str, kind: &str) -> Vec<Value> {
+    for _ in 0..200 {
+        let (status, body) = server.get(path).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let events = body["events"].as_array().expect("events").clone();
+        if events.iter().any(|e| e["type"] == kind) {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no {kind} event at {path} in 20 s");
+}
+
+#[tokio::test]
+async fn webhook_attempts_after_the_end_neither_extend_nor_reopen_a_finished_stream() {
+    let server = Server::start().await;
+    // Nothing listens there: every call fails and is recorded after the end it reports.
+    let callback = "http://127.0.0.1:9/hook";
+    let (status, body) = server
+        .post(
+            "/v1/batches",
+            &json!({"runtime": "sh", "code": ECHO, "callback_url": callback,
+                    "cases": [{"stdin": "a", "expected_output": "a"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let batch = body["id"].as_str().expect("id").to_owned();
+    let mut job = sh("true");
+    job["callback_url"] = json!(callback);
+    let job = server.submit(job).await;
+
+    for (path, end) in [
+        (format!("/v1/batches/{batch}/events"), "batch.completed"),
+        (format!("/v1/jobs/{job}/events"), "job.succeeded"),
+    ] {
+        let stored = events_until(&server, &path, "webhook.failed").await;
+        let end_id = stored
+            .iter()
+            .find(|e| e["type"] == end)
+            .and_then(|e| e["id"].as_i64())
+            .expect("the end is stored");
+        assert!(
+            stored.last().and_then(|e| e["id"].as_i64()) > Some(end_id),
+            "an attempt follows the end"
+        );
+
+        let items = Sse::open(&server, &path, &[]).await.rest().await;
+        assert_eq!(events_of(&items).last(), Some(&end), "{path}: {items:?}");
+        let resumed = Sse::request(&server, &path, &[("last-event-id", &end_id.to_string())]).await;
+        assert_eq!(resumed.status(), StatusCode::NO_CONTENT, "{path}");
+    }
+}
+
 #[tokio::test]
 async fn events_of_an_unknown_batch_are_404_json_and_a_bad_id_is_400() {
     let server = Server::start().await;
