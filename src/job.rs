@@ -436,6 +436,7 @@ impl EventKind {
         }
     }
 
+    /// The kind [`EventKind::as_str`] names.
     pub fn parse(s: &str) -> Option<EventKind> {
         use EventKind::*;
         [
@@ -448,6 +449,8 @@ impl EventKind {
             TimedOut,
             Cancelled,
             Error,
+            WebhookDelivered,
+            WebhookFailed,
             BatchQueued,
             BatchCompleted,
         ]
