@@ -224,7 +224,9 @@ impl Runner {
             Ok(with_build(ran, build))
         }
         .await;
-        work_dir.remove().await;
+        // Removed in the background: the result does not wait for it, and a retry gets a
+        // directory of its own (the attempt is in its name).
+        drop(work_dir);
         output
     }
 
@@ -1252,6 +1254,18 @@ mod tests {
                 .expect("job runs")
         }
 
+        /// Waits (up to 1 s) until no run directory is left in the work root: a run's
+        /// directory is removed in the background once its result is in.
+        async fn work_dirs_removed(&self) -> bool {
+            for _ in 0..100 {
+                if self.work_dirs_left().is_empty() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            false
+        }
+
         /// Run directories still in the work root (the sandbox's shared mount point aside).
         fn work_dirs_left(&self) -> Vec<PathBuf> {
             std::fs::read_dir(self.work_root())
@@ -1395,7 +1409,7 @@ cat data.txt sub/dir/deep.txt
             matches!(result, Err(RunError::WorkDir { .. })),
             "{result:?}"
         );
-        assert!(h.work_dirs_left().is_empty());
+        assert!(h.work_dirs_removed().await, "{:?}", h.work_dirs_left());
     }
 
     #[tokio::test]
@@ -1569,7 +1583,7 @@ cat data.txt sub/dir/deep.txt
             })
             .await;
         assert_eq!(out.result.stdout, "main.sh\nsub\n");
-        assert!(h.work_dirs_left().is_empty());
+        assert!(h.work_dirs_removed().await, "{:?}", h.work_dirs_left());
     }
 
     #[tokio::test]
@@ -1593,7 +1607,7 @@ cat data.txt sub/dir/deep.txt
             )
             .await;
         assert!(matches!(result, Err(RunError::Spawn { .. })), "{result:?}");
-        assert!(h.work_dirs_left().is_empty());
+        assert!(h.work_dirs_removed().await, "{:?}", h.work_dirs_left());
     }
 
     #[tokio::test]
@@ -1606,13 +1620,7 @@ cat data.txt sub/dir/deep.txt
         assert!(dropped.is_err(), "job should still have been running");
         let pid = std::fs::read_to_string(&pid_file).expect("pid written");
         assert!(stops_running(pid.trim().parse().expect("pid")).await);
-        for _ in 0..100 {
-            if h.work_dirs_left().is_empty() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("work directory left behind: {:?}", h.work_dirs_left());
+        assert!(h.work_dirs_removed().await, "{:?}", h.work_dirs_left());
     }
 
     #[tokio::test]

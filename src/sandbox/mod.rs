@@ -364,13 +364,13 @@ impl Inner {
             < ready.target
         {
             ready.preparing.fetch_add(1, Ordering::AcqRel);
-            let inner = Arc::clone(self);
+            let preparing = Preparing {
+                inner: Arc::clone(self),
+                result: None,
+            };
             runtime.spawn(async move {
-                let prepared = inner.prepare().await;
-                inner.ready.stocked.fetch_add(1, Ordering::AcqRel);
-                // The receiver lives as long as `inner`, which this task holds.
-                let _ = inner.ready.sender.send(prepared);
-                inner.ready.preparing.fetch_sub(1, Ordering::AcqRel);
+                let mut preparing = preparing;
+                preparing.result = Some(preparing.inner.prepare().await);
             });
         }
     }
@@ -450,6 +450,27 @@ impl Inner {
             std::os::unix::fs::lchown(staging.join(entry), Some(owner), Some(ids.root))?;
         }
         Ok(())
+    }
+}
+
+/// A sandbox being made in the background. Whatever becomes of its task — it may be dropped
+/// unfinished with its runtime — a taker waiting for it gets an answer: the sandbox, or an error.
+struct Preparing {
+    inner: Arc<Inner>,
+    result: Option<std::io::Result<Prepared>>,
+}
+
+impl Drop for Preparing {
+    fn drop(&mut self) {
+        let ready = &self.inner.ready;
+        let result = self
+            .result
+            .take()
+            .unwrap_or_else(|| Err(std::io::Error::other("preparing a sandbox was cancelled")));
+        ready.stocked.fetch_add(1, Ordering::AcqRel);
+        // The receiver lives as long as `inner`, which this holds.
+        let _ = ready.sender.send(result);
+        ready.preparing.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
