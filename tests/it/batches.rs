@@ -2,7 +2,6 @@
 //! totals, JUnit reports, compile-once for compiled runtimes, cancel, limits, and the CLI.
 
 use std::collections::HashMap;
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -545,15 +544,6 @@ async fn a_case_cannot_be_ended_without_a_verdict() {
     assert!(err.to_string().contains("CHECK"), "{err}");
 }
 
-fn kiln(server: &Server, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .env("KILN_URL", &server.url)
-        .current_dir(server.dir.path())
-        .output()
-        .expect("run kiln")
-}
-
 #[tokio::test]
 async fn kiln_batch_wait_exits_by_whether_every_case_passed_and_writes_junit() {
     let server = Server::start().await;
@@ -579,10 +569,7 @@ async fn kiln_batch_wait_exits_by_whether_every_case_passed_and_writes_junit() {
     )
     .unwrap();
 
-    let good = kiln(
-        &server,
-        &["batch", "good.json", "--wait", "--junit", "good.xml"],
-    );
+    let good = server.kiln(&["batch", "good.json", "--wait", "--junit", "good.xml"]);
     assert!(good.status.success(), "{good:?}");
     let stdout = String::from_utf8_lossy(&good.stdout);
     assert!(stdout.contains("2 of 2 passed"), "{stdout}");
@@ -590,7 +577,7 @@ async fn kiln_batch_wait_exits_by_whether_every_case_passed_and_writes_junit() {
     assert_eq!(junit.root["tests"], "2");
     assert_eq!(junit.root["failures"], "0");
 
-    let bad = kiln(&server, &["batch", "bad.json", "--junit", "bad.xml"]);
+    let bad = server.kiln(&["batch", "bad.json", "--junit", "bad.xml"]);
     assert_eq!(bad.status.code(), Some(1), "{bad:?}");
     let stdout = String::from_utf8_lossy(&bad.stdout);
     assert!(
@@ -606,13 +593,13 @@ async fn kiln_batch_wait_exits_by_whether_every_case_passed_and_writes_junit() {
     );
 
     // Without --wait it prints the id, for scripts.
-    let submitted = kiln(&server, &["batch", "good.json"]);
+    let submitted = server.kiln(&["batch", "good.json"]);
     assert!(submitted.status.success(), "{submitted:?}");
     let id = String::from_utf8(submitted.stdout).unwrap();
     let (status, _) = server.get(&format!("/v1/batches/{}", id.trim())).await;
     assert_eq!(status, StatusCode::OK);
 
-    let missing = kiln(&server, &["batch", "nowhere.json", "--wait"]);
+    let missing = server.kiln(&["batch", "nowhere.json", "--wait"]);
     assert_eq!(missing.status.code(), Some(2), "{missing:?}");
 }
 
@@ -620,7 +607,7 @@ async fn kiln_batch_wait_exits_by_whether_every_case_passed_and_writes_junit() {
 async fn the_example_suite_in_examples_passes() {
     let server = Server::start().await;
     let suite = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/sum/suite.json");
-    let out = kiln(&server, &["batch", suite, "--wait"]);
+    let out = server.kiln(&["batch", suite, "--wait"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{out:?}");
     assert!(stdout.contains("5 of 5 passed"), "{stdout}");

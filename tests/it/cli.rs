@@ -1,17 +1,6 @@
 //! The command-line client against a real server: what scripts rely on (output, exit codes).
 
-use std::process::{Command, Output};
-
 use crate::util::Server;
-
-fn kiln(server: &Server, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .env("KILN_URL", &server.url)
-        .current_dir(server.dir.path())
-        .output()
-        .expect("run kiln")
-}
 
 #[tokio::test]
 async fn submit_wait_prints_the_output_and_exits_by_the_jobs_success() {
@@ -23,7 +12,7 @@ async fn submit_wait_prints_the_output_and_exits_by_the_jobs_success() {
     .unwrap();
     std::fs::write(server.dir.path().join("fail.sh"), "echo nope >&2; exit 4").unwrap();
 
-    let ok = kiln(&server, &["submit", "hello.py", "--wait"]);
+    let ok = server.kiln(&["submit", "hello.py", "--wait"]);
     assert!(ok.status.success(), "{ok:?}");
     let stdout = String::from_utf8_lossy(&ok.stdout);
     assert!(
@@ -31,7 +20,7 @@ async fn submit_wait_prints_the_output_and_exits_by_the_jobs_success() {
         "{stdout}"
     );
 
-    let failed = kiln(&server, &["submit", "fail.sh", "--wait"]);
+    let failed = server.kiln(&["submit", "fail.sh", "--wait"]);
     assert_eq!(failed.status.code(), Some(1), "{failed:?}");
     assert!(String::from_utf8_lossy(&failed.stderr).contains("nope"));
 }
@@ -40,7 +29,7 @@ async fn submit_wait_prints_the_output_and_exits_by_the_jobs_success() {
 async fn submit_prints_the_id_for_scripts_and_status_events_and_cancel_use_it() {
     let server = Server::start().await;
     std::fs::write(server.dir.path().join("slow.sh"), "sleep 30").unwrap();
-    let submitted = kiln(&server, &["submit", "slow.sh"]);
+    let submitted = server.kiln(&["submit", "slow.sh"]);
     assert!(submitted.status.success(), "{submitted:?}");
     let id = String::from_utf8(submitted.stdout)
         .unwrap()
@@ -48,9 +37,9 @@ async fn submit_prints_the_id_for_scripts_and_status_events_and_cancel_use_it() 
         .to_owned();
     assert_eq!(id.len(), 36, "just the id: {id:?}");
 
-    let cancelled = kiln(&server, &["cancel", &id]);
+    let cancelled = server.kiln(&["cancel", &id]);
     assert!(cancelled.status.success(), "{cancelled:?}");
-    let status = kiln(&server, &["--json", "status", &id]);
+    let status = server.kiln(&["--json", "status", &id]);
     assert_eq!(
         status.status.code(),
         Some(1),
@@ -59,14 +48,14 @@ async fn submit_prints_the_id_for_scripts_and_status_events_and_cancel_use_it() 
     let job: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(job["status"], "cancelled");
 
-    let events = kiln(&server, &["events", &id]);
+    let events = server.kiln(&["events", &id]);
     let text = String::from_utf8_lossy(&events.stdout);
     assert!(
         text.contains("job.queued") && text.contains("job.cancelled"),
         "{text}"
     );
 
-    let again = kiln(&server, &["cancel", &id]);
+    let again = server.kiln(&["cancel", &id]);
     assert_eq!(
         again.status.code(),
         Some(2),

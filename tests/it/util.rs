@@ -306,6 +306,16 @@ fn next_uid_base() -> u32 {
 
 /// Live (not zombie) processes whose real uid lies in `range`: what jobs left behind.
 impl Server {
+    /// Runs the command-line client against this server, in its directory, to its end.
+    pub fn kiln(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            .env("KILN_URL", &self.url)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run kiln")
+    }
+
     /// The host uids its jobs run as. `uid_base` itself is the sandboxes' init (root in their
     /// user namespace), of which a server keeps some started ahead of their jobs.
     pub fn job_uids(&self) -> std::ops::Range<u32> {
