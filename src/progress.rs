@@ -58,37 +58,78 @@ pub fn parse_line(line: &[u8]) -> Option<Progress> {
 }
 
 /// Reads progress lines from the job's pipe until it closes or `stop`, keeping the latest in
-/// `latest`.
+/// `latest`. On `stop` it still takes what the pipe holds: lines the job wrote before it exited
+/// belong to the run however late this task got to run.
 pub async fn read(
     mut pipe: pipe::Receiver,
     latest: watch::Sender<Option<Progress>>,
     stop: CancellationToken,
 ) {
-    let mut line = Vec::with_capacity(128);
-    let mut overlong = false;
+    let mut lines = Lines {
+        line: Vec::with_capacity(128),
+        overlong: false,
+        latest,
+    };
     let mut chunk = [0u8; 4096];
     loop {
         let read = tokio::select! {
             biased;
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => return lines.drain(pipe, &mut chunk),
             read = pipe.read(&mut chunk) => read,
         };
         let Ok(n @ 1..) = read else { return };
-        for &byte in &chunk[..n] {
+        lines.take(&chunk[..n]);
+    }
+}
+
+/// Splits what the pipe yields into lines and keeps the latest that parses.
+struct Lines {
+    line: Vec<u8>,
+    overlong: bool,
+    latest: watch::Sender<Option<Progress>>,
+}
+
+impl Lines {
+    fn take(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
             if byte == b'\n' {
-                if !overlong && let Some(progress) = parse_line(&line) {
-                    latest.send_replace(Some(progress));
+                if !self.overlong
+                    && let Some(progress) = parse_line(&self.line)
+                {
+                    self.latest.send_replace(Some(progress));
                 }
-                line.clear();
-                overlong = false;
-            } else if line.len() < MAX_LINE {
-                line.push(byte);
+                self.line.clear();
+                self.overlong = false;
+            } else if self.line.len() < MAX_LINE {
+                self.line.push(byte);
             } else {
-                overlong = true;
+                self.overlong = true;
+            }
+        }
+    }
+
+    /// Takes what the pipe holds now, reading the descriptor directly: tokio does not try a
+    /// read until its reactor has seen the pipe readable. Bounded, so a writer that escaped
+    /// the run cannot keep it going.
+    fn drain(&mut self, pipe: pipe::Receiver, chunk: &mut [u8]) {
+        let Ok(fd) = pipe.into_nonblocking_fd() else {
+            return;
+        };
+        let mut pipe = std::fs::File::from(fd);
+        for _ in 0..MAX_DRAIN_READS {
+            match std::io::Read::read(&mut pipe, chunk) {
+                Ok(0) => return,
+                Ok(n) => self.take(&chunk[..n]),
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                // WouldBlock: all that was written is read.
+                Err(_) => return,
             }
         }
     }
 }
+
+/// At most this many reads of leftover progress at the end of a run (a pipe holds 64 KiB).
+const MAX_DRAIN_READS: usize = 32;
 
 /// Stores what `latest` reports as `job.progress` events of this attempt, throttled (see the
 /// module doc), until `ended`; then stores the last value if it was not stored yet.
@@ -146,6 +187,21 @@ async fn save(store: &Store, job: JobId, attempt: u32, progress: Option<Progress
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn lines_written_before_the_end_are_kept_however_late_the_reader_runs() {
+        let (reader, mut writer) = std::io::pipe().expect("pipe");
+        std::io::Write::write_all(&mut writer, b"10 start\n90 almost done\n").expect("write");
+        drop(writer);
+        let receiver = pipe::Receiver::from_owned_fd(reader.into()).expect("receiver");
+        let (latest, seen) = watch::channel(None);
+        // The run is already over when the reader first runs: the state a busy server leaves.
+        let stop = CancellationToken::new();
+        stop.cancel();
+        read(receiver, latest, stop).await;
+        let last = seen.borrow().clone().expect("the last line");
+        assert_eq!((last.percent, last.message.as_str()), (90, "almost done"));
+    }
 
     fn parsed(line: &str) -> Option<(u8, String)> {
         parse_line(line.as_bytes()).map(|p| (p.percent, p.message))

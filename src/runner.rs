@@ -580,11 +580,18 @@ async fn execute(
     };
     let stdout = tokio::spawn(capture_stream(stdout, tap(Stream::Stdout)));
     let stderr = tokio::spawn(capture_stream(stderr, tap(Stream::Stderr)));
-    if let (Some(fd), Some((_, reporting))) = (progress_read, step.reporting) {
-        let pipe = pipe::Receiver::from_owned_fd(fd).map_err(spawn_error)?;
-        let latest = reporting.progress.clone();
-        tokio::spawn(crate::progress::read(pipe, latest, stop.clone()));
-    }
+    let progress = match (progress_read, step.reporting) {
+        (Some(fd), Some((_, reporting))) => {
+            let pipe = pipe::Receiver::from_owned_fd(fd).map_err(spawn_error)?;
+            let latest = reporting.progress.clone();
+            Some(tokio::spawn(crate::progress::read(
+                pipe,
+                latest,
+                stop.clone(),
+            )))
+        }
+        _ => None,
+    };
     if step.stdin.is_empty() {
         // Closing at once gives the program EOF instead of a read that never returns.
         drop(stdin);
@@ -618,7 +625,14 @@ async fn execute(
         sandbox.dispose();
     }
 
-    let outputs = async { (stdout.await, stderr.await) };
+    // The last progress line is read before the run is over, like the output: the worker
+    // stores it when the run returns.
+    let outputs = async {
+        if let Some(progress) = progress {
+            let _ = progress.await;
+        }
+        (stdout.await, stderr.await)
+    };
     tokio::pin!(outputs);
     let (stdout, stderr) = tokio::select! {
         outputs = &mut outputs => outputs,
