@@ -257,8 +257,16 @@ impl Sandbox {
     /// error).
     pub async fn launch(&self, launch: Launch<'_>) -> std::io::Result<Sandboxed> {
         let inner = &self.inner;
-        let prepared = inner.take().await?;
-        inner.replenish();
+        // A run that binds its staging directory as `/work` (a compile step) needs the work root
+        // mounted in its sandbox until it starts: a sandbox of its own, made now.
+        let prepared = match launch.work {
+            WorkMount::Copy => {
+                let prepared = inner.take().await?;
+                inner.replenish();
+                prepared
+            }
+            WorkMount::Bind => inner.prepare(true).await?,
+        };
         let Prepared {
             mut started,
             cgroup,
@@ -351,7 +359,7 @@ impl Inner {
             }
         }
         drop(receiver);
-        self.prepare().await
+        self.prepare(false).await
     }
 
     /// Has sandboxes made in the background until `target` are ready or under way.
@@ -370,14 +378,15 @@ impl Inner {
             };
             runtime.spawn(async move {
                 let mut preparing = preparing;
-                preparing.result = Some(preparing.inner.prepare().await);
+                preparing.result = Some(preparing.inner.prepare(false).await);
             });
         }
     }
 
     /// Makes a sandbox up to its run: clones init into fresh cgroups, maps its ids, lets it
-    /// build the root and waits until it has.
-    async fn prepare(&self) -> std::io::Result<Prepared> {
+    /// build the root and waits until it has. `bind_work_root` is for a run with
+    /// [`WorkMount::Bind`].
+    async fn prepare(&self, bind_work_root: bool) -> std::io::Result<Prepared> {
         let slot = self.next_uid.fetch_add(1, Ordering::Relaxed) % UID_RANGE;
         let ids = HostIds {
             root: self.uid_base,
@@ -386,6 +395,7 @@ impl Inner {
         let plan = Plan::new(SandboxSpec {
             root: &self.root_dir,
             work_root: &self.work_root,
+            bind_work_root,
             job_id: self.job_id(ids),
             user_ns: self.user_ns,
             skeleton: &self.skeleton,

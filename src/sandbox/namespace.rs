@@ -126,6 +126,7 @@ enum Fixed {
     NewRoot,
     Pivot,
     ReadOnlyRoot,
+    OpenStaging,
     UnmountStaging,
     WaitForRun,
     Fork,
@@ -138,7 +139,7 @@ enum Fixed {
 
 impl Fixed {
     /// In declaration order, which is their numbering after the plan's steps.
-    const ALL: [Fixed; 15] = [
+    const ALL: [Fixed; 16] = [
         Fixed::Cgroup,
         Fixed::WaitForParent,
         Fixed::Hostname,
@@ -146,6 +147,7 @@ impl Fixed {
         Fixed::NewRoot,
         Fixed::Pivot,
         Fixed::ReadOnlyRoot,
+        Fixed::OpenStaging,
         Fixed::UnmountStaging,
         Fixed::WaitForRun,
         Fixed::Fork,
@@ -165,6 +167,7 @@ impl Fixed {
             Fixed::NewRoot => "mounting the new root",
             Fixed::Pivot => "pivot_root",
             Fixed::ReadOnlyRoot => "remounting the root read-only",
+            Fixed::OpenStaging => "opening the work root",
             Fixed::UnmountStaging => "unmounting the staging area",
             Fixed::WaitForRun => "waiting for the run",
             Fixed::Fork => "fork",
@@ -180,6 +183,14 @@ impl Fixed {
 /// What a sandbox is built from before any run is known: its root and the ids inside.
 pub struct Plan {
     root: CString,
+    /// The host directory the runs' files are staged in; init keeps it open at [`STAGING_FD`]
+    /// to copy a run's files after the pivot.
+    work_root: CString,
+    /// Whether the work root is also bound at `STAGING` until the run starts, for a run that
+    /// binds its staging directory as `/work` (a bind's source must be in the sandbox's own
+    /// mount namespace). Unmounting it costs the run's path about half a millisecond, so only
+    /// sandboxes for such runs have it.
+    bind_work_root: bool,
     job_id: u32,
     user_ns: bool,
     steps: Vec<Step>,
@@ -212,6 +223,8 @@ pub struct SandboxSpec<'a> {
     pub root: &'a Path,
     /// The host directory the runs' staging directories are in.
     pub work_root: &'a Path,
+    /// Whether the sandbox is for a run with [`WorkMount::Bind`].
+    pub bind_work_root: bool,
     /// The uid and gid the job runs as, as seen inside: [`JOB_ID`] in a user namespace, else the
     /// host id itself.
     pub job_id: u32,
@@ -273,14 +286,16 @@ impl Plan {
                 contents: contents.into_bytes(),
             });
         }
-        // The work root, where a run's files are staged, stays reachable after the pivot at
-        // STAGING until the run has taken its files; it is unmounted before the job starts.
-        steps.push(Step::BindWritable {
-            source: cstring(spec.work_root.as_os_str().as_bytes())?,
-            target: host(root, Path::new(STAGING))?,
-        });
+        if spec.bind_work_root {
+            steps.push(Step::BindWritable {
+                source: cstring(spec.work_root.as_os_str().as_bytes())?,
+                target: host(root, Path::new(STAGING))?,
+            });
+        }
         Ok(Plan {
             root: cstring(root.as_os_str().as_bytes())?,
+            work_root: cstring(spec.work_root.as_os_str().as_bytes())?,
+            bind_work_root: spec.bind_work_root,
             job_id: spec.job_id,
             user_ns: spec.user_ns,
             steps,
@@ -289,8 +304,9 @@ impl Plan {
 }
 
 impl RunPlan {
-    /// Paths here are inside the sandbox: a run's steps come after the pivot, and staged files
-    /// are reached through `STAGING`.
+    /// Paths here are inside the sandbox: a run's steps come after the pivot. Staged files are
+    /// copied from [`STAGING_FD`]; a staging directory bound as `/work` is reached at
+    /// `STAGING`.
     pub fn new(spec: RunSpec<'_>) -> io::Result<RunPlan> {
         let job = spec.job_id;
         let mut steps = Vec::new();
@@ -303,10 +319,9 @@ impl RunPlan {
                 options: cstring(format!("size={bytes},mode={mode},nr_inodes=16384"))?,
             });
         }
-        let staging = Path::new(STAGING).join(spec.staging);
         if spec.work == WorkMount::Bind {
             steps.push(Step::BindWritable {
-                source: inside(&staging)?,
+                source: inside(&Path::new(STAGING).join(spec.staging))?,
                 target: inside(Path::new("/work"))?,
             });
         } else {
@@ -327,7 +342,7 @@ impl RunPlan {
                 });
             } else {
                 steps.push(Step::Copy {
-                    source: inside(&staging.join(entry))?,
+                    source: inside(&spec.staging.join(entry))?,
                     target: inside(&target)?,
                 });
             }
@@ -850,8 +865,11 @@ const LANDLOCK_FD: RawFd = 6;
 /// Where init keeps the progress pipe until the job takes it to [`PROGRESS_FD`].
 const PROGRESS_KEPT_FD: RawFd = 7;
 const READY_FD: RawFd = 8;
-const ENTER_FD: RawFd = 9;
-/// Where the work root is mounted in a sandbox until its run has taken its files.
+/// The work root, opened before the pivot: a run's files are copied from it.
+const STAGING_FD: RawFd = 9;
+const ENTER_FD: RawFd = 10;
+/// Where the work root is mounted, in a sandbox for a run that binds its staging directory,
+/// until the run has taken it.
 const STAGING: &str = "/.staging";
 /// The job's progress pipe.
 const PROGRESS_FD: RawFd = crate::progress::FD;
@@ -895,6 +913,7 @@ impl Shared {
                     sys::exit(126);
                 }
             }
+            let _ = sys::close_range(STAGING_FD as u32, STAGING_FD as u32);
             let _ = sys::close_range(ENTER_FD as u32 + self.entered() as u32, u32::MAX);
             // stdio must survive exec; the rest must not.
             for fd in 0..3 {
@@ -928,7 +947,10 @@ impl Shared {
                     self.fail(At::Run(index), e);
                 }
             }
-            if let Err(e) = sys::umount2(c"/.staging", libc::MNT_DETACH) {
+            sys::close(STAGING_FD);
+            if self.plan.bind_work_root
+                && let Err(e) = sys::umount2(c"/.staging", libc::MNT_DETACH)
+            {
                 self.fail(At::Fixed(Fixed::UnmountStaging), e);
             }
             // The job shares this memory too, on its own stack, and init sleeps until it has
@@ -1002,6 +1024,19 @@ impl Shared {
                     self.fail(At::Plan(index), e);
                 }
             }
+            let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+            // It lands at the lowest free number, which is STAGING_FD unless a descriptor
+            // before it is unused (no Landlock, say).
+            let staging = sys::open(&plan.work_root, flags, 0).and_then(|fd| {
+                if fd != STAGING_FD {
+                    sys::dup3(fd, STAGING_FD, libc::O_CLOEXEC)?;
+                    sys::close(fd);
+                }
+                Ok(())
+            });
+            if let Err(e) = staging {
+                self.fail(At::Fixed(Fixed::OpenStaging), e);
+            }
             // pivot_root(".", ".") stacks the old root under the new one; detaching it leaves
             // only the new root visible.
             let pivot = sys::chdir(&plan.root)
@@ -1073,7 +1108,8 @@ impl Shared {
                     bind(source, target, 0, libc::MS_NOSUID | libc::MS_NODEV)
                 }
                 Step::Copy { source, target } => {
-                    let from = sys::open(
+                    let from = sys::openat(
+                        STAGING_FD,
                         source,
                         libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
                         0,
