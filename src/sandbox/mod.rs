@@ -352,7 +352,15 @@ impl Inner {
             };
             self.ready.stocked.fetch_sub(1, Ordering::AcqRel);
             match next {
-                Ok(prepared) => return Ok(prepared),
+                Ok(prepared) if prepared.started.is_alive() => return Ok(prepared),
+                Ok(dead) => {
+                    tracing::warn!(pid = dead.started.pid, "a ready sandbox's init had died");
+                    Sandboxed {
+                        started: dead.started,
+                        cgroup: dead.cgroup,
+                    }
+                    .abandon();
+                }
                 Err(error) => {
                     tracing::warn!(%error, "preparing a sandbox ahead of time failed");
                 }

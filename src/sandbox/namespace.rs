@@ -547,6 +547,17 @@ pub struct Started {
 }
 
 impl Started {
+    /// Whether init still runs: a sandbox kept ready may have been killed meanwhile.
+    pub fn is_alive(&self) -> bool {
+        let mut poll = libc::pollfd {
+            fd: self.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: polls one live descriptor without waiting; a pidfd turns readable at exit.
+        unsafe { libc::poll(&mut poll, 1, 0) == 0 }
+    }
+
     /// Lets init go on once its ids are mapped.
     pub fn release(&self) -> io::Result<()> {
         write_exact(&self.go, &[1])

@@ -281,3 +281,31 @@ async fn c_code_that_does_not_compile_fails_with_the_compilers_message() {
     assert_eq!(job["outcome"], "compile_error");
     assert!(job["stderr"].as_str().unwrap().contains("error"), "{job}");
 }
+
+#[tokio::test]
+async fn a_ready_sandbox_killed_while_it_waits_is_replaced_and_the_next_job_runs_at_once() {
+    let server = Server::start().await;
+    // The first run has the server keep sandboxes started ahead of the next ones.
+    let first = server.submit(sh("true")).await;
+    assert_eq!(server.finished(&first).await["status"], "succeeded");
+    let inits = server.uid_base..server.uid_base + 1;
+    let started = Instant::now();
+    let mut ready = processes_of_uids(inits.clone());
+    while ready.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no sandbox was kept ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        ready = processes_of_uids(inits.clone());
+    }
+    for pid in ready {
+        // SAFETY: signalling a process of this test's own server.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let next = server.submit(sh("echo ran")).await;
+    let job = server.finished(&next).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["stdout"], "ran\n");
+    assert_eq!(job["attempt"], 1, "started without a retry: {job}");
+}

@@ -304,7 +304,6 @@ fn next_uid_base() -> u32 {
     400_000 + (std::process::id() % 64) * 40_000_000 + n * (UID_SPAN + 1)
 }
 
-/// Live (not zombie) processes whose real uid lies in `range`: what jobs left behind.
 impl Server {
     /// Runs the command-line client against this server, in its directory, to its end.
     pub fn kiln(&self, args: &[&str]) -> std::process::Output {
@@ -323,6 +322,7 @@ impl Server {
     }
 }
 
+/// Live (not zombie) processes whose real uid lies in `range`: what jobs left behind.
 pub fn processes_of_uids(range: std::ops::Range<u32>) -> Vec<i32> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
