@@ -924,6 +924,11 @@ impl Shared {
                     sys::exit(126);
                 }
             }
+            // A fixed number with nothing to hold (no Landlock, say) may still hold a server
+            // descriptor.
+            for (target, _) in self.fds.iter().enumerate().filter(|(_, fd)| **fd < 0) {
+                sys::close(target as RawFd);
+            }
             let _ = sys::close_range(STAGING_FD as u32, STAGING_FD as u32);
             let _ = sys::close_range(ENTER_FD as u32 + self.entered() as u32, u32::MAX);
             // stdio must survive exec; the rest must not.
