@@ -19,8 +19,10 @@
 //! a table and writes the same figures as JSON to `target/bench-core.json`.
 
 mod common;
+mod latency;
 
 use common::median;
+use latency::Percentiles;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -581,24 +583,6 @@ fn bare_spawns() -> f64 {
         }
     });
     E2E_JOBS as f64 / start.elapsed().as_secs_f64()
-}
-
-/// Percentiles of one run's latencies, in milliseconds.
-struct Percentiles {
-    p50: f64,
-    p99: f64,
-}
-
-impl Percentiles {
-    /// Nearest-rank percentiles.
-    fn of(mut samples: Vec<f64>) -> Percentiles {
-        samples.sort_by(f64::total_cmp);
-        let rank = |p: f64| samples[((p * samples.len() as f64).ceil() as usize).max(1) - 1];
-        Percentiles {
-            p50: rank(0.5),
-            p99: rank(0.99),
-        }
-    }
 }
 
 struct Latency {

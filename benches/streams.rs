@@ -18,8 +18,10 @@
 //! figures as JSON to `target/bench-streams.json`.
 
 mod common;
+mod latency;
 
 use common::median;
+use latency::Percentiles;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -134,24 +136,6 @@ fn raise_open_files_limit() {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
             limit.rlim_cur = limit.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
-/// Percentiles of one run's latencies, in milliseconds.
-struct Percentiles {
-    p50: f64,
-    p99: f64,
-}
-
-impl Percentiles {
-    /// Nearest-rank percentiles.
-    fn of(mut samples: Vec<f64>) -> Percentiles {
-        samples.sort_by(f64::total_cmp);
-        let rank = |p: f64| samples[((p * samples.len() as f64).ceil() as usize).max(1) - 1];
-        Percentiles {
-            p50: rank(0.5),
-            p99: rank(0.99),
         }
     }
 }

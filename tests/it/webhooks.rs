@@ -175,9 +175,17 @@ fn with_callback(code: &str, url: &str) -> Value {
 /// The job's `webhook.*` events, waiting until there are at least `n` and the last one
 /// settles the call (delivered, or failed with no retry) if `settled`.
 async fn webhook_events(server: &Server, id: &str, n: usize, settled: bool) -> Vec<Value> {
+    settled_webhook_events(&format!("job {id}"), n, settled, || server.events(id)).await
+}
+
+/// The `webhook.*` events among what `fetch` returns, waiting as [`webhook_events`] says.
+async fn settled_webhook_events<F, Fut>(what: &str, n: usize, settled: bool, fetch: F) -> Vec<Value>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Vec<Value>>,
+{
     for _ in 0..1500 {
-        let events: Vec<Value> = server
-            .events(id)
+        let events: Vec<Value> = fetch()
             .await
             .into_iter()
             .filter(|e| e["type"].as_str().unwrap_or("").starts_with("webhook."))
@@ -190,7 +198,7 @@ async fn webhook_events(server: &Server, id: &str, n: usize, settled: bool) -> V
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("job {id} did not get {n} webhook events in 30 s");
+    panic!("{what} did not get {n} webhook events in 30 s");
 }
 
 fn types(events: &[Value]) -> Vec<&str> {
@@ -609,21 +617,10 @@ async fn batch_events(server: &Server, id: &str) -> Vec<Value> {
 
 /// The batch's own `webhook.*` events, waiting as [`webhook_events`] does for a job's.
 async fn batch_webhook_events(server: &Server, id: &str, n: usize, settled: bool) -> Vec<Value> {
-    for _ in 0..1500 {
-        let events: Vec<Value> = batch_events(server, id)
-            .await
-            .into_iter()
-            .filter(|e| e["type"].as_str().unwrap_or("").starts_with("webhook."))
-            .collect();
-        let done = events
-            .last()
-            .is_some_and(|e| e["type"] == "webhook.delivered" || e["data"]["retry"] == false);
-        if events.len() >= n && (done || !settled) {
-            return events;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("batch {id} did not get {n} webhook events in 30 s");
+    settled_webhook_events(&format!("batch {id}"), n, settled, || {
+        batch_events(server, id)
+    })
+    .await
 }
 
 #[tokio::test]
