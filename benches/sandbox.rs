@@ -5,12 +5,12 @@
 //! 1. **Sandboxed `/bin/true`, runs/s**: [`Runner::run`] under [`Isolation::Sandbox`] (new user,
 //!    pid, mount, network, IPC, UTS and cgroup namespaces, a fresh root, seccomp, Landlock,
 //!    cgroups), with an extra runtime whose program is `/bin/true` and the default limits. Limit:
-//!    bare spawns/s of `/bin/true` (`Command::status`). Goal: at most 3 times the bare time, so
+//!    bare spawns/s of `/bin/true` (`Command::status`). Goal: within 3 times the bare time, so
 //!    that for the cheapest job the sandbox, not the program, is what a run costs, but not by more
 //!    than a small factor.
 //! 2. **Sandboxed `python3 -c pass`, runs/s**: the `python` runtime running `pass` (`/usr/bin/python3
 //!    -E -s -B main.py`). Limit: bare `/usr/bin/python3 -c pass`, never the `python3` on `PATH`
-//!    (possibly a slow pyenv shim). Goal: at most 1.3 times the bare time: for a real interpreter's
+//!    (possibly a slow pyenv shim). Goal: within 1.3 times the bare time: for a real interpreter's
 //!    start the sandbox should be a minor cost.
 //! 3. **The runner without the sandbox** ([`Isolation::Unsandboxed`]) for both commands: the
 //!    runner's own cost (work directory, pipes, pidfd, output capture, `wait4`), so the sandbox's
@@ -21,9 +21,10 @@
 //!
 //! Why: the sandbox is paid on every run, and for short jobs it can dominate. The machine this
 //! runs on is shared and noisy, so an absolute rate says little: each figure is measured right
-//! after its limit, 3 times, and the ratio of the medians (limit runs/s over figure runs/s: how
-//! many times longer a run takes than the bare program) is the number to compare between runs. A
-//! few runs of each kind go first, unmeasured, so caches are warm for all of them.
+//! after its limit, `KILN_BENCH_RUNS` (3) times, and the ratio of the medians (the bare time over
+//! the figure's: 1 is as fast as the bare program, 0.25 four times slower) is the number to
+//! compare between runs. A few runs of each kind go first, unmeasured, so caches are warm for
+//! all of them.
 //!
 //! A kiln figure's clock stops only once the runner's background teardown (each sandbox's cgroup,
 //! removed off the async threads) has finished too: its tokio runtime is dropped inside the
@@ -33,13 +34,14 @@
 //! move happened within the last one): a server whose jobs come further apart pays more per start.
 //!
 //! The sandbox needs root (uid maps, cgroups): if it cannot be built the bench says why and exits
-//! non-zero. Run it with `scripts/bench-sandbox` (installs bubblewrap first) or
-//! `cargo bench --bench sandbox`. It prints a table and writes the same figures as JSON to
-//! `target/bench-sandbox.json`.
+//! non-zero. Run it with `scripts/bench --only sandbox` (installs bubblewrap first) or
+//! `cargo bench --bench sandbox`. Its rows (row 3 of the benchmark issue, as milliseconds per run)
+//! go to `target/bench-sandbox.json` (see `benches/report`).
 
 mod common;
+mod report;
 
-use common::median;
+use report::{Better, Goal, Row};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
@@ -50,11 +52,9 @@ use kiln::job::{JobId, Limits, Outcome};
 use kiln::runner::{Isolation, RunRequest, Runner};
 use kiln::runtime::{Runtime, Runtimes};
 use kiln::sandbox::{Sandbox, SandboxConfig};
-use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
-const RUNS: usize = 3;
 /// Jobs per measurement of `/bin/true`, one at a time.
 const TRUE_JOBS: usize = 300;
 /// Jobs per measurement of `python3 -c pass`, one at a time.
@@ -107,8 +107,8 @@ struct Program {
     code: &'static str,
     /// The bare command line: the limit, and what bwrap runs.
     bare: &'static [&'static str],
-    /// At most this many times the bare time, sandboxed.
-    goal: f64,
+    /// Sandboxed, at most this many times the bare time.
+    within: f64,
 }
 
 const PROGRAMS: [Program; 2] = [
@@ -118,7 +118,7 @@ const PROGRAMS: [Program; 2] = [
         runtime: "true",
         code: "",
         bare: &["/bin/true"],
-        goal: 3.0,
+        within: 3.0,
     },
     Program {
         label: "python3 -c pass",
@@ -126,7 +126,7 @@ const PROGRAMS: [Program; 2] = [
         runtime: "python",
         code: "pass",
         bare: &[PYTHON, "-c", "pass"],
-        goal: 1.3,
+        within: 1.3,
     },
 ];
 
@@ -185,9 +185,13 @@ fn main() -> ExitCode {
         None => bwrap_runs(command, jobs),
     };
 
+    let runs = report::runs();
+    let jobs = |program: &Program| report::size(program.jobs);
     println!(
-        "kiln sandbox bench: {RUNS} runs of {TRUE_JOBS} /bin/true and {PYTHON_JOBS} python jobs \
-         per figure, one job at a time"
+        "kiln sandbox bench: {runs} runs of {} /bin/true and {} python jobs per figure, one job \
+         at a time",
+        jobs(&PROGRAMS[0]),
+        jobs(&PROGRAMS[1]),
     );
     for command in &PROGRAMS {
         bare_runs(command, WARM_UP);
@@ -201,51 +205,30 @@ fn main() -> ExitCode {
             figures.push(Figure::new(contender, command));
         }
     }
-    for run in 1..=RUNS {
+    for run in 1..=runs {
         for figure in &mut figures {
             let command = figure.command;
-            let limit = bare_runs(command, command.jobs);
-            let rate = measure(figure.contender, command, command.jobs);
+            let limit = bare_runs(command, jobs(command));
+            let rate = measure(figure.contender, command, jobs(command));
             println!(
                 "run {run}: {:.0} runs/s {} vs {limit:.0} bare runs/s",
                 rate,
                 figure.name()
             );
-            figure.runs.push(rate);
-            figure.limit_runs.push(limit);
+            figure.runs.push(1000.0 / rate);
+            figure.limit_runs.push(1000.0 / limit);
         }
     }
 
-    let rows: Vec<Value> = figures.iter().map(Figure::to_json).collect();
-    print_table(&rows);
-    let derived = derived(&figures);
-    for line in derived.iter().filter_map(|d| d["text"].as_str()) {
-        println!("{line}");
+    let mut rows: Vec<Row> = figures.iter().map(Figure::row).collect();
+    rows.extend(derived(&figures));
+    if bwrap.is_ok() {
+        println!(
+            "bubblewrap ran as: {BWRAP} {} COMMAND",
+            BWRAP_ARGS.join(" ")
+        );
     }
-    println!();
-
-    let report = json!({
-        "runs": RUNS,
-        "jobs": {"true": TRUE_JOBS, "python": PYTHON_JOBS},
-        "warm_up_jobs": WARM_UP,
-        "limits": {
-            "true": "bare spawns/s of /bin/true (std::process::Command::status)",
-            "python": format!("bare spawns/s of {PYTHON} -c pass (std::process::Command::status)"),
-        },
-        "bwrap": match &bwrap {
-            Ok(()) => json!(format!("{BWRAP} {}", BWRAP_ARGS.join(" "))),
-            Err(why) => json!({"left_out": why}),
-        },
-        "figures": rows,
-        "derived": derived,
-    });
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("the target directory")
-        .join("bench-sandbox.json");
-    let text = serde_json::to_string_pretty(&report).expect("JSON");
-    std::fs::write(&path, text + "\n").expect("write the JSON report");
-    println!("written to {}", path.display());
+    report::write("sandbox", &rows);
     ExitCode::SUCCESS
 }
 
@@ -294,8 +277,8 @@ fn bwrap_works() -> Result<(), String> {
     }
 }
 
-/// One figure: a contender running a command, measured [`RUNS`] times, each time right after the
-/// bare command (its limit).
+/// One figure: a contender running a command, measured `KILN_BENCH_RUNS` times, each time right
+/// after the bare command (its limit); milliseconds per run.
 struct Figure {
     contender: Contender,
     command: &'static Program,
@@ -316,118 +299,67 @@ impl Figure {
     fn name(&self) -> String {
         let label = self.command.label;
         match self.contender {
-            Contender::Sandboxed => format!("kiln sandboxed {label}"),
-            Contender::Unsandboxed => format!("kiln runner unsandboxed {label}"),
-            Contender::Bwrap => format!("bwrap {label}"),
+            Contender::Sandboxed => format!("kiln sandboxed `{label}`"),
+            Contender::Unsandboxed => format!("kiln runner unsandboxed `{label}`"),
+            Contender::Bwrap => format!("bubblewrap `{label}`"),
         }
     }
 
-    fn limit(&self) -> String {
-        format!("bare {}", self.command.bare.join(" "))
-    }
-
-    /// How many times longer a run takes than the bare program.
-    fn time_ratio(&self) -> f64 {
-        median(&self.limit_runs) / median(&self.runs)
-    }
-
-    fn goal(&self) -> Option<f64> {
-        (self.contender == Contender::Sandboxed).then_some(self.command.goal)
-    }
-
-    fn to_json(&self) -> Value {
-        let (figure, limit) = (median(&self.runs), median(&self.limit_runs));
-        let ratio = self.time_ratio();
-        json!({
-            "figure": self.name(),
-            "median": figure,
-            "runs": self.runs,
-            "ms_per_run": 1000.0 / figure,
-            "limit": self.limit(),
-            "limit_median": limit,
-            "limit_runs": self.limit_runs,
-            "limit_ms_per_run": 1000.0 / limit,
-            "time_ratio": ratio,
-            "goal_time_ratio_at_most": self.goal(),
-            "goal_met": self.goal().map(|goal| ratio <= goal),
-            "goal_note": match self.contender {
-                Contender::Sandboxed => None,
-                Contender::Unsandboxed => Some("none: the runner alone"),
-                Contender::Bwrap => Some("none: comparison"),
-            },
-        })
+    fn row(&self) -> Row {
+        let goal = match self.contender {
+            Contender::Sandboxed => Goal::Within(self.command.within),
+            Contender::Unsandboxed | Contender::Bwrap => Goal::None,
+        };
+        Row::measured(
+            3,
+            format!("{}, per run, one at a time", self.name()),
+            "ms",
+            self.runs.clone(),
+            Better::Lower,
+            Some((
+                format!("bare `{}`", self.command.bare.join(" ")),
+                self.limit_runs.clone(),
+            )),
+            goal,
+        )
     }
 }
 
-/// What the rows mean together: the sandbox's own cost per run, and kiln against bubblewrap.
-fn derived(figures: &[Figure]) -> Vec<Value> {
-    let ms = |contender, label| {
+/// What the rows mean together: the sandbox's own cost per run, and bubblewrap's time over
+/// kiln's, run by run.
+fn derived(figures: &[Figure]) -> Vec<Row> {
+    let runs = |contender, label| {
         figures
             .iter()
             .find(|f| f.contender == contender && f.command.label == label)
-            .map(|f| 1000.0 / median(&f.runs))
+            .map(|f| f.runs.clone())
     };
-    let mut lines = Vec::new();
+    let mut rows = Vec::new();
     for command in &PROGRAMS {
         let label = command.label;
-        let (Some(sandboxed), Some(plain)) = (
-            ms(Contender::Sandboxed, label),
-            ms(Contender::Unsandboxed, label),
-        ) else {
+        let Some(sandboxed) = runs(Contender::Sandboxed, label) else {
             continue;
         };
-        lines.push(json!({
-            "figure": format!("sandbox's own cost per run, {label}, ms"),
-            "value": sandboxed - plain,
-            "text": format!(
-                "{label}: {sandboxed:.2} ms per sandboxed run, {plain:.2} ms unsandboxed: the \
-                 sandbox costs {:.2} ms a run",
-                sandboxed - plain
-            ),
-        }));
-        if let Some(bwrap) = ms(Contender::Bwrap, label) {
-            lines.push(json!({
-                "figure": format!("bwrap time / kiln sandboxed time, {label}"),
-                "value": bwrap / sandboxed,
-                "text": format!(
-                    "{label}: bwrap takes {bwrap:.2} ms a run, {:.2}x kiln's sandboxed time \
-                     (kiln {})",
-                    bwrap / sandboxed,
-                    if bwrap > sandboxed { "faster" } else { "slower" }
-                ),
-            }));
+        if let Some(plain) = runs(Contender::Unsandboxed, label) {
+            let cost = sandboxed.iter().zip(&plain).map(|(s, p)| s - p).collect();
+            rows.push(Row::plain(
+                3,
+                format!("the sandbox's own cost per run, `{label}` (sandboxed − unsandboxed)"),
+                "ms",
+                cost,
+            ));
+        }
+        if let Some(bwrap) = runs(Contender::Bwrap, label) {
+            let times = bwrap.iter().zip(&sandboxed).map(|(b, s)| b / s).collect();
+            rows.push(Row::plain(
+                3,
+                format!("bubblewrap's time over kiln's, `{label}` (> 1: kiln faster)"),
+                "×",
+                times,
+            ));
         }
     }
-    lines
-}
-
-fn print_table(rows: &[Value]) {
-    let cell = |v: &Value, digits: usize| {
-        v.as_f64()
-            .map_or(String::new(), |x| format!("{x:.digits$}"))
-    };
-    println!();
-    println!("| figure | runs/s median | limit runs/s median | time ratio (limit/figure) | goal |");
-    println!("|---|---:|---:|---:|---|");
-    for row in rows {
-        let goal = match (
-            row["goal_time_ratio_at_most"].as_f64(),
-            row["goal_met"].as_bool(),
-        ) {
-            (Some(goal), Some(met)) => {
-                format!("≤ {goal}× ({})", if met { "met" } else { "missed" })
-            }
-            _ => row["goal_note"].as_str().unwrap_or("—").to_owned(),
-        };
-        println!(
-            "| {} | {} | {} | {}× | {goal} |",
-            row["figure"].as_str().unwrap_or_default(),
-            cell(&row["median"], 0),
-            cell(&row["limit_median"], 0),
-            cell(&row["time_ratio"], 2),
-        );
-    }
-    println!();
+    rows
 }
 
 /// The limit: the bare command spawned and waited for, one at a time.

@@ -1,47 +1,48 @@
-//! Live streams under load: how late a committed event reaches 1,000 concurrent Server-Sent
-//! Events subscribers of `GET /v1/events`, and what the server's memory costs with them
-//! connected.
+//! Live streams and the server's memory: the commit→SSE row (4) and row 6 of the benchmark
+//! issue.
 //!
-//! 1. **commit→SSE latency**, p50 and p99 over every (event, subscriber) pair: one job is
-//!    submitted at a time to the release server (`--workers 0`: only the commit happens) and
-//!    each subscriber notes when the job's `job.queued` message arrives. Measured from the
-//!    submitter receiving its `202` (sent right after the commit, as the stream's notice is)
-//!    and, as an upper bound, from sending the submit.
-//!    Limit: **bare loopback fan-out**: a minimal server (this binary re-run as a child, two
-//!    threads, blocking writes) writes a message of the same size to the same 1,000 subscriber
-//!    sockets, read by the same client code; measured from the trigger. What 1,000 sockets on
-//!    this machine cost with no HTTP, no database and no per-stream task.
-//! 2. **server RSS** with the subscribers connected, and its growth per subscriber.
+//! - **commit→SSE latency**, p50 and p99 over every (event, subscriber) pair, with 1,000
+//!   concurrent Server-Sent Events subscribers of `GET /v1/events`: one job is submitted at a
+//!   time to the release server (`--workers 0`: only the commit happens) and each subscriber
+//!   notes when the job's `job.queued` message arrives, measured from the submitter receiving its
+//!   `202` (sent right after the commit, as the stream's notice is).
+//!   Limit: **bare loopback fan-out**: a minimal server (this binary re-run as a child, two
+//!   threads, blocking writes) writes a message of the same size to the same 1,000 subscriber
+//!   sockets, read by the same client code; measured from the trigger. What 1,000 sockets on
+//!   this machine cost with no HTTP, no database and no per-stream task.
+//! - **server RSS** idle, with 100,000 jobs queued (submitted over HTTP by 64 clients to a fresh
+//!   server with `--workers 0`), and with the 1,000 subscribers connected, and its growth per
+//!   subscriber. No limit: the figures to watch between versions.
 //!
-//! Each run starts fresh servers; the figures are the median of 3 runs. Run it with
-//! `scripts/bench-streams` or `cargo bench --bench streams`. It prints a table and writes the
-//! figures as JSON to `target/bench-streams.json`.
+//! Each run starts fresh servers; the figures are the median of `KILN_BENCH_RUNS` (3) runs. Rows
+//! go to `target/bench-streams.json` (see `benches/report`).
 
 mod common;
 mod latency;
+mod report;
+mod server;
 
-use common::median;
 use latency::Percentiles;
+use report::{Better, Goal, Row};
+use server::{Server, scratch};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
-const RUNS: usize = 3;
 const SUBSCRIBERS: usize = 1000;
 /// Events measured per run, each delivered to every subscriber.
 const ROUNDS: usize = 100;
 /// Events sent first and not measured (connections and caches warm up).
 const WARMUP: usize = 10;
 const SUBMIT_BODY: &str = r#"{"runtime":"sh","code":"true"}"#;
+/// Jobs queued for the memory figure.
+const QUEUED: usize = 100_000;
 /// What every subscriber looks for, in kiln's stream and in the fan-out's.
 const MARKER: &[u8] = b"event: job.queued\n";
 const FANOUT_ENV: &str = "KILN_BENCH_FANOUT";
@@ -51,78 +52,94 @@ fn main() {
         return fanout_server();
     }
     raise_open_files_limit();
+    let runs = report::runs();
+    let queued = report::size(QUEUED);
     let runtime = Runtime::new().expect("tokio runtime");
-    println!("kiln streams bench: {RUNS} runs, {SUBSCRIBERS} subscribers, {ROUNDS} events each");
-    let (mut kiln, mut submit, mut limit) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut idle_rss, mut rss) = (Vec::new(), Vec::new());
-    for run in 1..=RUNS {
+    println!("kiln streams bench: {runs} runs, {SUBSCRIBERS} subscribers, {ROUNDS} events each");
+    let (mut kiln, mut limit) = (Vec::new(), Vec::new());
+    let (mut idle_rss, mut queued_rss, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=runs {
         let measured = runtime.block_on(kiln_run());
         let bare = runtime.block_on(fanout_run());
+        let with_queue = runtime.block_on(queued_rss_kib(queued));
         println!(
-            "run {run}: commit->SSE p50 {:.2} ms, p99 {:.2} ms (submit->SSE p50 {:.2}, p99 {:.2}); \
-             bare fan-out p50 {:.2} ms, p99 {:.2} ms; RSS {:.1} MiB idle, {:.1} MiB with {SUBSCRIBERS}",
+            "run {run}: commit->SSE p50 {:.2} ms, p99 {:.2} ms; bare fan-out p50 {:.2} ms, p99 \
+             {:.2} ms; RSS {:.1} MiB idle, {:.1} MiB with {queued} queued, {:.1} MiB with \
+             {SUBSCRIBERS} subscribers",
             measured.from_commit.p50,
             measured.from_commit.p99,
-            measured.from_submit.p50,
-            measured.from_submit.p99,
             bare.p50,
             bare.p99,
             measured.idle_rss_kib / 1024.0,
+            with_queue / 1024.0,
             measured.rss_kib / 1024.0,
         );
         kiln.push(measured.from_commit);
-        submit.push(measured.from_submit);
         limit.push(bare);
-        idle_rss.push(measured.idle_rss_kib);
-        rss.push(measured.rss_kib);
+        idle_rss.push(measured.idle_rss_kib / 1024.0);
+        queued_rss.push(with_queue / 1024.0);
+        rss.push(measured.rss_kib / 1024.0);
     }
-    let p50 = |runs: &[Percentiles]| median(&runs.iter().map(|p| p.p50).collect::<Vec<_>>());
-    let p99 = |runs: &[Percentiles]| median(&runs.iter().map(|p| p.p99).collect::<Vec<_>>());
-    let per_subscriber = (median(&rss) - median(&idle_rss)) / SUBSCRIBERS as f64;
+    let p50 = |runs: &[Percentiles]| runs.iter().map(|p| p.p50).collect::<Vec<_>>();
+    let p99 = |runs: &[Percentiles]| runs.iter().map(|p| p.p99).collect::<Vec<_>>();
+    let fan_out = format!(
+        "bare loopback fan-out to the same {} sockets",
+        report::number(SUBSCRIBERS as f64)
+    );
+    let per_subscriber = rss
+        .iter()
+        .zip(&idle_rss)
+        .map(|(with, idle)| (with - idle) * 1024.0 / SUBSCRIBERS as f64)
+        .collect();
     let rows = vec![
-        row("commit→SSE p50, ms", p50(&kiln), Some(p50(&limit))),
-        row("commit→SSE p99, ms", p99(&kiln), Some(p99(&limit))),
-        row("submit→SSE p50, ms (upper bound)", p50(&submit), None),
-        row("submit→SSE p99, ms (upper bound)", p99(&submit), None),
-        row("server RSS idle, MiB", median(&idle_rss) / 1024.0, None),
-        row(
-            "server RSS with 1,000 subscribers, MiB",
-            median(&rss) / 1024.0,
-            None,
+        Row::measured(
+            4,
+            "commit→SSE p50, 1,000 subscribers of `GET /v1/events`",
+            "ms",
+            p50(&kiln),
+            Better::Lower,
+            Some((fan_out.clone(), p50(&limit))),
+            Goal::None,
         ),
-        row("RSS per subscriber, KiB", per_subscriber, None),
+        Row::measured(
+            4,
+            "commit→SSE p99, 1,000 subscribers of `GET /v1/events`",
+            "ms",
+            p99(&kiln),
+            Better::Lower,
+            Some((fan_out, p99(&limit))),
+            Goal::None,
+        ),
+        Row::plain(6, "server RSS idle", "MiB", idle_rss),
+        Row::plain(
+            6,
+            format!(
+                "server RSS with {} jobs queued",
+                report::number(queued as f64)
+            ),
+            "MiB",
+            queued_rss,
+        ),
+        Row::plain(
+            6,
+            format!(
+                "server RSS with {} SSE subscribers",
+                report::number(SUBSCRIBERS as f64)
+            ),
+            "MiB",
+            rss,
+        ),
+        Row::plain(6, "server RSS per SSE subscriber", "KiB", per_subscriber),
     ];
-    println!();
-    println!("| figure | kiln | bare loopback fan-out | ratio |");
-    println!("|---|---:|---:|---:|");
-    for row in &rows {
-        let cell = |v: &Value| v.as_f64().map_or(String::new(), |x| format!("{x:.2}"));
-        println!(
-            "| {} | {} | {} | {} |",
-            row["figure"].as_str().unwrap_or_default(),
-            cell(&row["median"]),
-            cell(&row["limit_median"]),
-            cell(&row["ratio"]),
-        );
-    }
-    let report =
-        json!({"runs": RUNS, "subscribers": SUBSCRIBERS, "events": ROUNDS, "figures": rows});
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("the target directory")
-        .join("bench-streams.json");
-    let text = serde_json::to_string_pretty(&report).expect("JSON");
-    std::fs::write(&path, text + "\n").expect("write the JSON report");
-    println!("\nwritten to {}", path.display());
+    report::write("streams", &rows);
 }
 
-fn row(figure: &str, value: f64, limit: Option<f64>) -> Value {
-    json!({
-        "figure": figure,
-        "median": value,
-        "limit_median": limit,
-        "ratio": limit.map(|limit| value / limit),
-    })
+/// The resident memory of a fresh server once `jobs` jobs are queued in it, KiB.
+async fn queued_rss_kib(jobs: usize) -> f64 {
+    let dir = scratch();
+    let server = Server::start_in(dir.path(), &["--workers", "0"]);
+    server::submit_many(&server.url, SUBMIT_BODY, jobs).await;
+    server.rss_kib()
 }
 
 /// 1,000 subscribers and both server processes need more descriptors than the usual 1,024.
@@ -150,24 +167,27 @@ fn signed_ms(from: Instant, to: Instant) -> f64 {
 
 struct KilnRun {
     from_commit: Percentiles,
-    from_submit: Percentiles,
     idle_rss_kib: f64,
     rss_kib: f64,
 }
 
 async fn kiln_run() -> KilnRun {
-    let server = Server::start();
-    let addr = server.addr.clone();
-    let idle_rss_kib = rss_kib(server.pid());
+    let dir = scratch();
+    let server = Server::start_in(dir.path(), &["--workers", "0"]);
+    let addr = server
+        .url
+        .strip_prefix("http://")
+        .expect("an http URL")
+        .to_owned();
+    let idle_rss_kib = server.rss_kib();
     let request =
         "GET /v1/events HTTP/1.1\r\nHost: kiln\r\nAccept: text/event-stream\r\n\r\n".to_owned();
     let receipts = subscribe(&addr, Some(request)).await;
 
     let client = reqwest::Client::new();
-    let (mut from_commit, mut from_submit) = (Vec::new(), Vec::new());
+    let mut from_commit = Vec::new();
     let mut receipts = receipts;
     for round in 0..WARMUP + ROUNDS {
-        let sent = Instant::now();
         let answer = client
             .post(format!("http://{addr}/v1/jobs"))
             .header("content-type", "application/json")
@@ -180,15 +200,13 @@ async fn kiln_run() -> KilnRun {
         let arrived = collect(&mut receipts).await;
         if round >= WARMUP {
             from_commit.extend(arrived.iter().map(|&at| signed_ms(committed, at)));
-            from_submit.extend(arrived.iter().map(|&at| signed_ms(sent, at)));
         }
     }
     // With every subscriber still connected, after the streams have carried traffic.
-    let rss_kib = rss_kib(server.pid());
+    let rss_kib = server.rss_kib();
     drop(server);
     KilnRun {
         from_commit: Percentiles::of(from_commit),
-        from_submit: Percentiles::of(from_submit),
         idle_rss_kib,
         rss_kib,
     }
@@ -342,77 +360,4 @@ fn fanout_server() {
     for writer in writers {
         let _ = writer.join();
     }
-}
-
-/// The release server on a fresh database, accepting jobs and running none; stopped when
-/// dropped.
-struct Server {
-    child: Child,
-    addr: String,
-    _dir: TempDir,
-}
-
-impl Server {
-    fn start() -> Server {
-        let dir = TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch directory");
-        let log = std::fs::File::create(dir.path().join("server.log")).expect("server log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .arg("serve")
-            .arg("--db")
-            .arg(dir.path().join("kiln.db"))
-            .arg("--work-root")
-            .arg(dir.path().join("work"))
-            .args(["--listen", "127.0.0.1:0", "--workers", "0"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("start kiln serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().expect("stdout"))
-            .read_line(&mut line)
-            .expect("the listening line");
-        let addr = line
-            .trim()
-            .strip_prefix("kiln listening on http://")
-            .unwrap_or_else(|| panic!("kiln did not start: {line:?}"))
-            .to_owned();
-        Server {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
-        // SAFETY: signals our own child, which has not been reaped yet.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Resident memory of a process, KiB.
-fn rss_kib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
 }
