@@ -121,8 +121,9 @@ fn main() {
         rows.push(Row::measured(
             3,
             format!(
-                "end-to-end sandboxed `{}` jobs/s, {PARALLELISM} workers, 64 clients",
-                program.label
+                "end-to-end sandboxed `{}` jobs/s, {PARALLELISM} workers, {} clients",
+                program.label,
+                server::CLIENTS
             ),
             "jobs/s",
             figure,

@@ -73,7 +73,7 @@ fn main() {
         machine["cpus"],
         machine["kernel"].as_str().unwrap_or("?"),
         report::runs(),
-        if report::size(10) < 10 {
+        if report::quick() {
             ", quick sizes (KILN_BENCH_QUICK)"
         } else {
             ""
@@ -100,7 +100,7 @@ fn main() {
         "date": date,
         "machine": machine,
         "runs": report::runs(),
-        "quick": report::size(10) < 10,
+        "quick": report::quick(),
         "targets": targets,
         "rows": rows,
     });

@@ -23,13 +23,14 @@ pub fn runs() -> usize {
         .unwrap_or(3)
 }
 
-/// `full`, or a tenth of it (at least 1) with `KILN_BENCH_QUICK=1`.
+/// Whether `KILN_BENCH_QUICK=1` asks for a tenth of the sizes.
+pub fn quick() -> bool {
+    std::env::var_os("KILN_BENCH_QUICK").is_some_and(|v| v != "0")
+}
+
+/// `full`, or a tenth of it (at least 1) when [`quick`].
 pub fn size(full: usize) -> usize {
-    if std::env::var_os("KILN_BENCH_QUICK").is_some_and(|v| v != "0") {
-        (full / 10).max(1)
-    } else {
-        full
-    }
+    if quick() { (full / 10).max(1) } else { full }
 }
 
 /// Which way a figure improves: this decides how its ratio to the limit is taken, so that a
