@@ -6,6 +6,7 @@ mod attacks;
 mod batch_streams;
 mod batches;
 mod cli;
+mod crash;
 mod durability;
 mod levels;
 mod operators;

@@ -223,74 +223,102 @@ pub fn sh(code: &str) -> Value {
 /// up from 1; exactly one terminal event, last but for the attempts of its webhook call, which
 /// only follow it.
 pub fn assert_valid_history(events: &[Value]) {
+    if let Err(fault) = check_history(events) {
+        panic!("{fault}");
+    }
+}
+
+/// Why a job's history is not a valid path through the state machine.
+#[derive(Debug)]
+pub enum HistoryFault {
+    /// An attempt started while an earlier one had not ended: the job ran twice at once.
+    Overlap(String),
+    Invalid(String),
+}
+
+impl std::fmt::Display for HistoryFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HistoryFault::Overlap(m) => write!(f, "two attempts at once: {m}"),
+            HistoryFault::Invalid(m) => write!(f, "invalid history: {m}"),
+        }
+    }
+}
+
+/// [`assert_valid_history`], answering instead of panicking, for checkers that count faults.
+pub fn check_history(events: &[Value]) -> Result<(), HistoryFault> {
+    let invalid = |what: &str| Err(HistoryFault::Invalid(format!("{what}: {events:?}")));
     let webhook = |e: &Value| {
         e["type"]
             .as_str()
             .is_some_and(|t| t.starts_with("webhook."))
     };
     let own = events.iter().take_while(|e| !webhook(e)).count();
-    assert!(
-        events[own..].iter().all(webhook),
-        "webhook attempts only after the job's end: {events:?}"
-    );
+    if !events[own..].iter().all(webhook) {
+        return invalid("webhook attempts only after the job's end");
+    }
     let events = &events[..own];
     let types: Vec<&str> = events
         .iter()
         .map(|e| e["type"].as_str().unwrap_or("?"))
         .collect();
-    assert_eq!(types.first(), Some(&"job.queued"), "history {types:?}");
+    if types.first() != Some(&"job.queued") {
+        return invalid("queued first");
+    }
     let terminal = |t: &str| {
         matches!(
             t,
             "job.succeeded" | "job.failed" | "job.timed_out" | "job.cancelled" | "job.error"
         )
     };
-    assert_eq!(
-        types.iter().filter(|t| terminal(t)).count(),
-        1,
-        "exactly one terminal event in {types:?}"
-    );
-    assert!(
-        terminal(types.last().unwrap_or(&"")),
-        "terminal last in {types:?}"
-    );
+    if types.iter().filter(|t| terminal(t)).count() != 1 {
+        return invalid("exactly one terminal event");
+    }
+    if !terminal(types.last().unwrap_or(&"")) {
+        return invalid("terminal last");
+    }
     let mut running: Option<u64> = None;
     let mut attempts = 0;
     for event in &events[1..] {
         let attempt = event["attempt"].as_u64();
         match event["type"].as_str().unwrap_or("?") {
             "job.started" => {
-                assert!(running.is_none(), "started while running: {types:?}");
+                if running.is_some() {
+                    return Err(HistoryFault::Overlap(format!("{events:?}")));
+                }
                 attempts += 1;
-                assert_eq!(attempt, Some(attempts), "attempts count up: {events:?}");
+                if attempt != Some(attempts) {
+                    return invalid("attempts count up");
+                }
                 running = attempt;
             }
             "job.retrying" => {
-                assert_eq!(
-                    running.take(),
-                    attempt,
-                    "retry of the running attempt: {events:?}"
-                );
+                if running.take() != attempt {
+                    return invalid("retry of the running attempt");
+                }
             }
             "job.progress" => {
-                assert!(running.is_some(), "progress while not running: {types:?}");
-                assert_eq!(
-                    running, attempt,
-                    "progress of the running attempt: {events:?}"
-                );
+                if running.is_none() || running != attempt {
+                    return invalid("progress of the running attempt");
+                }
             }
-            "job.cancelled" if running.is_none() => assert_eq!(attempt, None),
+            "job.cancelled" if running.is_none() => {
+                if attempt.is_some() {
+                    return invalid("a queued job's cancel belongs to no attempt");
+                }
+            }
             t if terminal(t) => {
-                assert!(running.is_some(), "{t} without a start: {types:?}");
-                assert_eq!(
-                    running.take(),
-                    attempt,
-                    "end of the running attempt: {events:?}"
-                );
+                if running.is_none() {
+                    return invalid("an end without a start");
+                }
+                if running.take() != attempt {
+                    return invalid("end of the running attempt");
+                }
             }
-            t => panic!("unexpected event {t}"),
+            _ => return invalid("an unexpected event"),
         }
     }
+    Ok(())
 }
 
 /// Host uids one server's jobs may use (its sandbox maps into 10,001 of them).

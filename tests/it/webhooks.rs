@@ -19,7 +19,7 @@ use crate::util::Server;
 
 /// One call a receiver got.
 #[derive(Clone, Debug)]
-struct Call {
+pub(crate) struct Call {
     headers: HeaderMap,
     body: Bytes,
 }
@@ -32,7 +32,7 @@ impl Call {
             .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).expect("the body is JSON")
     }
 }
@@ -47,7 +47,7 @@ struct Script {
 }
 
 /// A webhook receiver on a loopback port, answering as the test says.
-struct Receiver {
+pub(crate) struct Receiver {
     port: u16,
     script: Arc<Script>,
     release: Option<watch::Sender<bool>>,
@@ -55,7 +55,7 @@ struct Receiver {
 
 impl Receiver {
     /// Answers every call with 200.
-    async fn start() -> Receiver {
+    pub(crate) async fn start() -> Receiver {
         Receiver::with(Script::default(), None).await
     }
 
@@ -93,11 +93,11 @@ impl Receiver {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}/hooks/kiln", self.port)
     }
 
-    fn calls(&self) -> Vec<Call> {
+    pub(crate) fn calls(&self) -> Vec<Call> {
         self.script.calls.lock().unwrap().clone()
     }
 
