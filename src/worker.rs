@@ -25,6 +25,11 @@ use crate::runtime::Runtimes;
 use crate::store::{ClaimedJob, Store, StoreError};
 use crate::verdict::judge;
 
+/// The delay before a job whose run could not be set up goes back to the queue, doubling with
+/// each attempt up to [`RUN_RETRY_MAX`].
+const RUN_RETRY_BASE: Duration = Duration::from_millis(250);
+const RUN_RETRY_MAX: Duration = Duration::from_secs(30);
+
 /// The runs in progress in this process, so that cancelling a job can stop its process.
 #[derive(Clone, Default)]
 pub struct Running(Arc<Mutex<HashMap<JobId, (u32, CancellationToken)>>>);
@@ -247,12 +252,32 @@ impl Workers {
                 }
             }
             Ok(out) => self.record(&job, out.outcome, out.result, None).await,
-            Err(e) => {
-                tracing::warn!(job = %job.id, error = %e, "could not run");
-                let result = RunResult::default();
-                self.record(&job, Outcome::RunnerError, result, Some(e.to_string()))
-                    .await;
-            }
+            Err(e) => self.run_failed(&job, e.to_string(), kill).await,
+        }
+    }
+
+    /// kiln could not set up the run (work directory, sandbox, interpreter): the job is not to
+    /// blame, so it goes back to the queue while attempts remain, after a delay that doubles with
+    /// each attempt so a broken host does not spin through them; then it ends `error` with the
+    /// reason. The job stays claimed during the delay; its lease was kept until the run ended and
+    /// is far longer than the delay.
+    async fn run_failed(&self, job: &ClaimedJob, reason: String, kill: &CancellationToken) {
+        let delay = RUN_RETRY_BASE
+            .saturating_mul(1 << job.attempt.saturating_sub(1).min(6))
+            .min(RUN_RETRY_MAX)
+            .min(self.lease / 2);
+        tracing::warn!(job = %job.id, attempt = job.attempt, error = %reason, ?delay, "could not run");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = kill.cancelled() => {}
+        }
+        let reason = format!("kiln could not run it: {reason}");
+        if let Err(e) = self
+            .store
+            .release(job.id, job.attempt, Outcome::RunnerError, reason)
+            .await
+        {
+            tracing::error!(job = %job.id, error = %e, "could not requeue after a failed start");
         }
     }
 

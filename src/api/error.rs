@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::job::Rejection;
-use crate::store::StoreError;
+use crate::store::{StoreError, Unavailable};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -71,18 +71,29 @@ impl From<Rejection> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        if e.is_transient() {
-            tracing::warn!(error = %e, "database unavailable");
-            ApiError::unavailable(
-                "database_unavailable",
-                format!("the database cannot take this request right now: {e}"),
-            )
-        } else {
+        let Some(cause) = e.unavailable() else {
             tracing::error!(error = %e, "store error");
-            ApiError::new(
+            return ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
                 "internal error; the server log has the details",
+            );
+        };
+        tracing::warn!(error = %e, "database unavailable");
+        // A lock usually goes within a second; a full disk or a stuck reader needs someone to act.
+        let (why, retry_after) = match cause {
+            Unavailable::Busy => ("another process holds the database lock", 1),
+            Unavailable::Pool => ("every database connection is busy", 1),
+            Unavailable::DiskFull => ("the disk holding the database is full", 10),
+            Unavailable::ReadOnly => ("the database has become read-only", 10),
+            Unavailable::Io => ("the database file cannot be read or written", 10),
+        };
+        ApiError {
+            retry_after: Some(retry_after),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                format!("{why}; nothing was written, try again later"),
             )
         }
     }

@@ -71,18 +71,41 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// Why the database cannot take a request right now, for conditions that pass on their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Another process holds the lock (an operator's write transaction, a backup).
+    Busy,
+    /// The disk holding the database or its log is full.
+    DiskFull,
+    /// The file or its file system has become read-only.
+    ReadOnly,
+    /// Reading or writing the file failed.
+    Io,
+    /// Every read connection is in use.
+    Pool,
+}
+
 impl StoreError {
     /// True for conditions that pass on their own (lock held by another process, disk full,
     /// read-only file): callers should answer "try again later", not "broken".
     pub fn is_transient(&self) -> bool {
+        self.unavailable().is_some()
+    }
+
+    /// What keeps the database from taking the request, if it is something that passes.
+    pub fn unavailable(&self) -> Option<Unavailable> {
         use rusqlite::ErrorCode::*;
         match self {
-            StoreError::Sqlite(e) => matches!(
-                e.sqlite_error_code(),
-                Some(DatabaseBusy | DatabaseLocked | DiskFull | ReadOnly | SystemIoFailure)
-            ),
-            StoreError::Pool(_) => true,
-            _ => false,
+            StoreError::Sqlite(e) => match e.sqlite_error_code()? {
+                DatabaseBusy | DatabaseLocked => Some(Unavailable::Busy),
+                DiskFull => Some(Unavailable::DiskFull),
+                ReadOnly => Some(Unavailable::ReadOnly),
+                SystemIoFailure => Some(Unavailable::Io),
+                _ => None,
+            },
+            StoreError::Pool(_) => Some(Unavailable::Pool),
+            _ => None,
         }
     }
 }

@@ -8,6 +8,7 @@ mod batches;
 mod cli;
 mod crash;
 mod durability;
+mod faults;
 mod levels;
 mod operators;
 mod runs;

@@ -12,6 +12,7 @@ use tempfile::TempDir;
 
 pub struct Server {
     child: Child,
+    db: PathBuf,
     /// The host uids this server's sandboxed jobs run as: `uid_base..uid_base + UID_SPAN`.
     pub uid_base: u32,
     _stdout: BufReader<ChildStdout>,
@@ -38,12 +39,23 @@ impl Server {
             .append(true)
             .open(dir.path().join("server.log"))
             .expect("log file");
+        // A test may put the database elsewhere (a small file system, say).
+        let db = flag_value(args, "--db").map_or_else(|| dir.path().join("kiln.db"), PathBuf::from);
+        let mut own = vec!["--db".into(), db.clone().into_os_string()];
+        if flag_value(args, "--work-root").is_none() {
+            own.extend([
+                "--work-root".into(),
+                dir.path().join("work").into_os_string(),
+            ]);
+        }
+        let mut rest = args.to_vec();
+        if let Some(i) = rest.iter().position(|a| *a == "--db") {
+            rest.drain(i..(i + 2).min(rest.len()));
+        }
+        let args = rest.as_slice();
         let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .arg("serve")
-            .arg("--db")
-            .arg(dir.path().join("kiln.db"))
-            .arg("--work-root")
-            .arg(dir.path().join("work"))
+            .args(own)
             .args(["--listen", "127.0.0.1:0"])
             .args(["--sandbox-uid-base", &uid_base.to_string()])
             .args(defaults_not_in(args))
@@ -70,6 +82,7 @@ impl Server {
             .to_owned();
         Server {
             child,
+            db,
             uid_base,
             _stdout: stdout,
             url,
@@ -79,7 +92,7 @@ impl Server {
     }
 
     pub fn db_path(&self) -> PathBuf {
-        self.dir.path().join("kiln.db")
+        self.db.clone()
     }
 
     pub fn pid(&self) -> u32 {
@@ -185,6 +198,12 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value given for `flag` in `args`.
+fn flag_value<'a>(args: &[&'a str], flag: &str) -> Option<&'a str> {
+    let i = args.iter().position(|a| *a == flag)?;
+    args.get(i + 1).copied()
 }
 
 /// Two workers, node id `test` and no shutdown grace, unless the test says otherwise.
