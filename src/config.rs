@@ -98,6 +98,8 @@ pub struct Config {
     pub sse_stall: Duration,
     /// Live streams open at once; more are refused with 429.
     pub sse_max_streams: usize,
+    /// How large the write-ahead log may grow while readers keep it from being checkpointed.
+    pub wal_max_bytes: u64,
     pub policy: Policy,
     pub sandbox: SandboxConfig,
     pub webhooks: WebhookConfig,
@@ -123,6 +125,7 @@ impl Config {
             sse_buffer_bytes: 256 << 10,
             sse_stall: Duration::from_secs(10),
             sse_max_streams: 10_000,
+            wal_max_bytes: crate::store::DEFAULT_WAL_MAX_BYTES,
             policy: Policy::default(),
             sandbox: SandboxConfig::default(),
             webhooks: WebhookConfig::default(),

@@ -93,6 +93,12 @@ struct ServeArgs {
     /// Most cases one batch (test suite) may have; more is refused with 413
     #[arg(long, env = "KILN_MAX_BATCH_CASES", default_value_t = 10_000)]
     max_batch_cases: usize,
+    /// MiB the database's write-ahead log may reach while a reader keeps it from being
+    /// checkpointed; past a quarter of it the log is truncated as soon as readers allow, and at
+    /// it new jobs are refused with 503
+    #[arg(long, env = "KILN_WAL_MAX_MB", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    wal_max_mb: u64,
     /// Log format
     #[arg(long, env = "KILN_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -247,6 +253,7 @@ fn config_from(args: ServeArgs) -> Config {
     config.sse_stall = Duration::from_millis(args.sse_stall_ms);
     config.sse_max_streams = args.sse_max_streams;
     config.policy.max_batch_cases = args.max_batch_cases;
+    config.wal_max_bytes = args.wal_max_mb.saturating_mul(1 << 20);
     config.sandbox = SandboxConfig {
         mode: args.sandbox,
         extra_binds: args.sandbox_binds,

@@ -104,6 +104,7 @@ pub async fn run(
             path: config.db_path.clone(),
             source,
         })?;
+    store.set_wal_max(config.wal_max_bytes);
 
     let instance = uuid::Uuid::new_v4().simple().to_string();
     let node_prefix = format!("{}/", config.node_id);

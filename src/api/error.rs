@@ -87,6 +87,10 @@ impl From<StoreError> for ApiError {
             Unavailable::DiskFull => ("the disk holding the database is full", 10),
             Unavailable::ReadOnly => ("the database has become read-only", 10),
             Unavailable::Io => ("the database file cannot be read or written", 10),
+            Unavailable::WalFull => (
+                "the database's write-ahead log is at its limit while a reader holds it",
+                5,
+            ),
         };
         ApiError {
             retry_after: Some(retry_after),

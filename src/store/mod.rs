@@ -8,6 +8,7 @@
 mod batch;
 mod migrate;
 mod read;
+mod wal;
 mod webhooks;
 mod write;
 mod writer;
@@ -30,6 +31,7 @@ use writer::Writer;
 pub use batch::{BatchCancel, BatchSubmitted};
 pub use migrate::{MIGRATIONS, Migration};
 pub use read::JobSummary;
+pub use wal::DEFAULT_WAL_MAX_BYTES;
 pub use webhooks::{Attempt, Delivery, Subject};
 pub use write::{CLAIM_SQL, CancelResult, ClaimedJob, Submitted};
 
@@ -63,6 +65,11 @@ pub enum StoreError {
     WriterStopped,
     #[error("a database task failed: {0}")]
     Task(String),
+    #[error(
+        "the write-ahead log has reached {bytes} bytes (limit {limit}): another connection keeps \
+         a read transaction open, so it cannot be checkpointed"
+    )]
+    WalFull { bytes: u64, limit: u64 },
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -82,6 +89,8 @@ pub enum Unavailable {
     ReadOnly,
     /// Reading or writing the file failed.
     Io,
+    /// The write-ahead log is at its limit (see `--wal-max-mb`).
+    WalFull,
     /// Every read connection is in use.
     Pool,
 }
@@ -105,6 +114,7 @@ impl StoreError {
                 _ => None,
             },
             StoreError::Pool(_) => Some(Unavailable::Pool),
+            StoreError::WalFull { .. } => Some(Unavailable::WalFull),
             _ => None,
         }
     }
@@ -127,6 +137,8 @@ pub struct Store {
     readers: r2d2::Pool<SqliteConnectionManager>,
     bus: Arc<Bus>,
     path: PathBuf,
+    wal: PathBuf,
+    wal_limit: wal::Limit,
 }
 
 /// Owned by whoever opened the store: joining it waits until every write has been committed and
@@ -163,13 +175,18 @@ impl Store {
             .build(manager)
             .map_err(|e| StoreError::Pool(Arc::new(e)))?;
         let bus = Arc::new(Bus::default());
-        let (writer, thread) = Writer::start(conn, Arc::clone(&bus))
+        let wal = wal::wal_path(path);
+        let wal_limit = wal::Limit::default();
+        let checkpointer = wal::Checkpointer::new(wal.clone(), wal_limit.clone());
+        let (writer, thread) = Writer::start(conn, Arc::clone(&bus), Some(checkpointer))
             .map_err(|e| StoreError::Task(format!("cannot start the writer thread: {e}")))?;
         let store = Store {
             writer,
             readers,
             bus,
             path: path.to_path_buf(),
+            wal,
+            wal_limit,
         };
         Ok((store, WriterThread(thread)))
     }
@@ -182,9 +199,34 @@ impl Store {
         &self.path
     }
 
+    /// The write-ahead log's size on disk now, in bytes.
+    pub fn wal_bytes(&self) -> u64 {
+        wal::size(&self.wal)
+    }
+
+    /// Sets the size at which the write-ahead log stops taking new jobs (see [`wal`]).
+    pub fn set_wal_max(&self, bytes: u64) {
+        self.wal_limit.set(bytes);
+    }
+
+    /// Refuses new work while the write-ahead log is at its limit. A pass through the writer
+    /// first gives it the chance to truncate the log, should the reader holding it back be gone.
+    async fn wal_has_room(&self) -> Result<(), StoreError> {
+        let limit = self.wal_limit.get();
+        if self.wal_bytes() < limit {
+            return Ok(());
+        }
+        self.writer.write(|_, _| Ok(())).await?;
+        match self.wal_bytes() {
+            bytes if bytes >= limit => Err(StoreError::WalFull { bytes, limit }),
+            _ => Ok(()),
+        }
+    }
+
     /// Stores a new job (or finds the one an earlier request with the same idempotency key
     /// created) and returns once it is durable.
     pub async fn submit(&self, spec: JobSpec) -> Result<Submitted, StoreError> {
+        self.wal_has_room().await?;
         self.writer
             .write(move |conn, notices| write::submit(conn, notices, &spec, now_ms()))
             .await
@@ -255,6 +297,7 @@ impl Store {
     /// Stores a whole suite, every case with its `job.queued` event and the `batch.queued`
     /// event, in one transaction: all of it or nothing.
     pub async fn submit_batch(&self, spec: BatchSpec) -> Result<BatchSubmitted, StoreError> {
+        self.wal_has_room().await?;
         self.writer
             .write(move |conn, notices| batch::submit(conn, notices, &spec, now_ms()))
             .await

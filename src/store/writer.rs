@@ -14,6 +14,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
+use super::wal::Checkpointer;
 use crate::bus::{Bus, Notice};
 
 /// At most this many operations share one transaction, which bounds how long one commit holds
@@ -75,11 +76,12 @@ impl Writer {
     pub(crate) fn start(
         conn: Connection,
         bus: Arc<Bus>,
+        checkpointer: Option<Checkpointer>,
     ) -> std::io::Result<(Writer, JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let thread = std::thread::Builder::new()
             .name("kiln-writer".into())
-            .spawn(move || run(conn, rx, &bus))?;
+            .spawn(move || run(conn, rx, &bus, checkpointer))?;
         Ok((Writer { ops: tx }, thread))
     }
 
@@ -103,7 +105,12 @@ impl Writer {
     }
 }
 
-fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Operation>>, bus: &Bus) {
+fn run(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Box<dyn Operation>>,
+    bus: &Bus,
+    mut checkpointer: Option<Checkpointer>,
+) {
     let mut batch: Vec<Box<dyn Operation>> = Vec::with_capacity(MAX_BATCH);
     let mut notices = Vec::new();
     while let Some(first) = rx.blocking_recv() {
@@ -121,6 +128,9 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn Operation>>, bus: &Bus) 
         }
         if committed {
             bus.publish(&notices);
+            if let Some(checkpointer) = &mut checkpointer {
+                checkpointer.after_commit(&conn);
+            }
         }
         notices.clear();
     }
@@ -177,7 +187,7 @@ mod tests {
         let conn = Connection::open(dir.path().join("w.db")).expect("open");
         conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v INTEGER NOT NULL);")
             .expect("schema");
-        let (writer, thread) = Writer::start(conn, Arc::new(Bus::default())).expect("start");
+        let (writer, thread) = Writer::start(conn, Arc::new(Bus::default()), None).expect("start");
         (dir, writer, thread)
     }
 

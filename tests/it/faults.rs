@@ -221,6 +221,67 @@ async fn an_operators_write_lock_answers_503_until_it_goes() {
     assert_eq!(server.get("/readyz").await.0, 200);
 }
 
+fn wal_bytes(db: &Path) -> u64 {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::metadata(PathBuf::from(wal)).map_or(0, |m| m.len())
+}
+
+#[tokio::test]
+async fn a_reader_holding_a_transaction_open_cannot_grow_the_wal_past_its_limit() {
+    const LIMIT: u64 = 4 << 20;
+    // No workers: only the submits write, so the log's size is theirs alone.
+    let server = Server::start_with(&["--wal-max-mb", "4", "--workers", "0"]).await;
+    server.submit(sh("echo first")).await;
+
+    let mut reader = Sqlite3::open(&server.db_path());
+    assert_eq!(reader.run("BEGIN; SELECT count(*) FROM jobs;"), "1");
+    let mut refusal = None;
+    for i in 0..100 {
+        let (status, body, retry_after) = submit(&server, &bulky(200, &i.to_string())).await;
+        if status != 202 {
+            refusal = Some((status, body, retry_after));
+            break;
+        }
+    }
+    let (status, body, retry_after) = refusal.expect("submits stop at the WAL limit");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("write-ahead log")),
+        "{body}"
+    );
+    assert!(retry_after.is_some());
+    let held = wal_bytes(&server.db_path());
+    assert!(
+        (LIMIT..LIMIT + (1 << 20)).contains(&held),
+        "the WAL stopped at its limit, give or take one job: {held}"
+    );
+    let log = std::fs::read_to_string(server.dir.path().join("server.log")).expect("log");
+    assert!(log.contains("cannot be checkpointed"), "{log}");
+
+    reader.quit();
+    let mut after = None;
+    for _ in 0..50 {
+        let (status, body, _) = submit(&server, &sh("echo after")).await;
+        if status == 202 {
+            after = body["id"].as_str().map(str::to_owned);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = after.expect("submits are taken again once the reader is gone");
+    assert_eq!(server.get(&format!("/v1/jobs/{after}")).await.0, 200);
+    assert!(
+        wal_bytes(&server.db_path()) < LIMIT / 4,
+        "the WAL was truncated: {}",
+        wal_bytes(&server.db_path())
+    );
+    let log = std::fs::read_to_string(server.dir.path().join("server.log")).expect("log");
+    assert!(log.contains("checkpointed and truncated"), "{log}");
+}
+
 #[tokio::test]
 async fn a_run_that_cannot_be_set_up_is_retried_with_backoff_then_ends_error_with_the_reason() {
     // Not under /tmp, which every sandbox gets empty of its own.
