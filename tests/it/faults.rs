@@ -95,7 +95,10 @@ async fn a_full_disk_answers_503_writes_nothing_by_halves_and_recovers_without_r
     let db = disk.0.join("kiln.db");
     let db_arg = db.to_str().expect("utf-8 path").to_owned();
     let server = Server::start_in(dir, &["--db", &db_arg]).await;
-    let running = server.submit(sh("sleep 2; echo survived")).await;
+    // Its output is too large to fit in what is left of the log once the disk is full.
+    let running = server
+        .submit(sh("sleep 1; yes survived | head -c 300000"))
+        .await;
     server.running(&running).await;
 
     let filler = disk.fill();
@@ -129,10 +132,25 @@ async fn a_full_disk_answers_503_writes_nothing_by_halves_and_recovers_without_r
         "the refused job left nothing behind"
     );
 
+    // The run ends while the disk is still full: its result waits to be recorded.
+    let log = server.dir.path().join("server.log");
+    for _ in 0..200 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("could not record the result yet") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, job) = server.get(&format!("/v1/jobs/{running}")).await;
+    assert_eq!(
+        job["status"], "running",
+        "not recorded while the disk is full: {job}"
+    );
+
     std::fs::remove_file(filler).expect("free the disk");
     let job = server.finished(&running).await;
     assert_eq!(job["status"], "succeeded", "{job}");
-    assert_eq!(job["stdout"], "survived\n");
+    assert_eq!(job["stdout"].as_str().map(str::len), Some(300_000));
     let after = server.submit(bulky(256, "after")).await;
     let job = server.finished(&after).await;
     assert_eq!(job["stdout"], "after\n", "{job}");
