@@ -39,6 +39,8 @@ struct Ledger {
     batches: Vec<Accepted>,
     /// Jobs whose cancel was answered `200`: they must end `cancelled`.
     cancelled: HashSet<String>,
+    /// Suites whose cancel was answered `200`.
+    batches_cancelled: usize,
 }
 
 /// A small deterministic generator, so that a failing run can be replayed from its seed.
@@ -109,7 +111,8 @@ async fn every_promise_holds_across_repeated_kill_9_under_load() {
     let mut rng = Rng(seed);
     let mut orphans = 0;
     for _ in 0..cycles {
-        tokio::time::sleep(Duration::from_millis(300 + rng.below(1200))).await;
+        // From just after startup (rescue, first claims) to well into a busy run.
+        tokio::time::sleep(Duration::from_millis(50 + rng.below(1450))).await;
         let uids = server.job_uids();
         let dir = server.kill9();
         orphans += surviving_processes(uids).await;
@@ -123,8 +126,8 @@ async fn every_promise_holds_across_repeated_kill_9_under_load() {
     let report = check(&server, &ledger, &receiver).await;
     println!(
         "crash loop: cycles {cycles}, jobs accepted {} (+{} batches of {} cases), jobs lost {}, \
-         double runs {}, rescued {}, invalid histories {}, orphaned processes {orphans}, cancels {}, \
-         webhooks {} delivered of {}, statuses {:?}, integrity {}, {:.0} s",
+         double runs {}, rescued {}, invalid histories {}, orphaned processes {orphans}, cancels {} (+{} suites), \
+         webhooks {} delivered of {} ({} undelivered in the outbox), statuses {:?}, integrity {}, {:.0} s",
         ledger.jobs.len(),
         ledger.batches.len(),
         report.cases,
@@ -133,8 +136,10 @@ async fn every_promise_holds_across_repeated_kill_9_under_load() {
         report.rescued,
         report.invalid.len(),
         ledger.cancelled.len(),
+        ledger.batches_cancelled,
         report.webhooks_delivered,
         report.webhooks_expected,
+        report.undelivered,
         report.statuses,
         report.integrity,
         began.elapsed().as_secs_f64(),
@@ -151,6 +156,10 @@ async fn every_promise_holds_across_repeated_kill_9_under_load() {
     assert!(report.wrong.is_empty(), "{:?}", report.wrong);
     assert_eq!(orphans, 0, "job processes outlived their killed server");
     assert_eq!(report.webhooks_delivered, report.webhooks_expected);
+    assert_eq!(
+        report.undelivered, 0,
+        "every webhook in the outbox was delivered"
+    );
     assert_eq!(report.integrity, "ok");
 }
 
@@ -182,6 +191,9 @@ async fn submit_loop(
         };
         if callback {
             body["callback_url"] = json!(hook);
+            if batch && rng.below(2) == 0 {
+                body["callback_each_case"] = json!(true);
+            }
         }
         let path = if batch { "/v1/batches" } else { "/v1/jobs" };
         let base = url.borrow().clone();
@@ -207,7 +219,8 @@ async fn submit_loop(
     }
 }
 
-/// Cancels a random accepted job now and then; a `200` is a promise that it ends `cancelled`.
+/// Cancels a random accepted job or suite now and then; for a job, a `200` is a promise that it
+/// ends `cancelled`.
 async fn cancel_loop(
     url: watch::Receiver<String>,
     ledger: Arc<Mutex<Ledger>>,
@@ -217,24 +230,31 @@ async fn cancel_loop(
     let http = reqwest::Client::new();
     while !stop.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(100 + rng.below(200))).await;
+        let batch = rng.below(4) == 0;
         let target = {
             let ledger = ledger.lock().expect("ledger");
-            let jobs = &ledger.jobs;
-            // The newest jobs: those most likely still queued or running.
-            let recent = jobs.len().saturating_sub(10);
-            jobs.get(recent + rng.below(10) as usize)
+            let list = if batch { &ledger.batches } else { &ledger.jobs };
+            // The newest: those most likely still queued or running.
+            let recent = list.len().saturating_sub(10);
+            list.get(recent + rng.below(10) as usize)
                 .map(|j| j.id.clone())
         };
         let Some(id) = target else { continue };
         let base = url.borrow().clone();
+        let path = if batch { "batches" } else { "jobs" };
         let sent = http
-            .post(format!("{base}/v1/jobs/{id}/cancel"))
+            .post(format!("{base}/v1/{path}/{id}/cancel"))
             .send()
             .await;
         if let Ok(response) = sent
             && response.status() == 200
         {
-            ledger.lock().expect("ledger").cancelled.insert(id);
+            let mut ledger = ledger.lock().expect("ledger");
+            if batch {
+                ledger.batches_cancelled += 1;
+            } else {
+                ledger.cancelled.insert(id);
+            }
         }
     }
 }
@@ -264,6 +284,8 @@ struct Report {
     rescued: usize,
     webhooks_expected: usize,
     webhooks_delivered: usize,
+    /// Outbox rows (a suite's per-case calls included) not delivered in the end.
+    undelivered: i64,
     integrity: String,
 }
 
@@ -376,6 +398,13 @@ async fn check(server: &Server, ledger: &Ledger, receiver: &Receiver) -> Report 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    report.undelivered = db
+        .query_row(
+            "SELECT count(*) FROM webhooks WHERE status <> 'delivered'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("undelivered webhooks");
     report.integrity = db
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .expect("integrity_check");
