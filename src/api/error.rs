@@ -79,7 +79,11 @@ impl From<StoreError> for ApiError {
                 "internal error; the server log has the details",
             );
         };
-        tracing::warn!(error = %e, "database unavailable");
+        if cause == Unavailable::Io {
+            tracing::error!(error = %e, "the database file cannot be read or written");
+        } else {
+            tracing::warn!(error = %e, "database unavailable");
+        }
         // A lock usually goes within a second; a full disk or a stuck reader needs someone to act.
         let (why, retry_after) = match cause {
             Unavailable::Busy => ("another process holds the database lock", 1),

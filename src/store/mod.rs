@@ -87,7 +87,7 @@ pub enum Unavailable {
     DiskFull,
     /// The file or its file system has become read-only.
     ReadOnly,
-    /// Reading or writing the file failed.
+    /// Reading or writing the file failed, or what was read back made no sense.
     Io,
     /// The write-ahead log is at its limit (see `--wal-max-mb`).
     WalFull,
@@ -96,8 +96,9 @@ pub enum Unavailable {
 }
 
 impl StoreError {
-    /// True for conditions that pass on their own (lock held by another process, disk full,
-    /// read-only file): callers should answer "try again later", not "broken".
+    /// True for conditions outside kiln that pass on their own or once an operator acts (lock
+    /// held by another process, disk full, read-only or failing disk): callers should answer
+    /// "try again later", not "broken".
     pub fn is_transient(&self) -> bool {
         self.unavailable().is_some()
     }
@@ -110,7 +111,12 @@ impl StoreError {
                 DatabaseBusy | DatabaseLocked => Some(Unavailable::Busy),
                 DiskFull => Some(Unavailable::DiskFull),
                 ReadOnly => Some(Unavailable::ReadOnly),
-                SystemIoFailure => Some(Unavailable::Io),
+                // A failing disk shows as I/O errors, and pages read back from it as corrupt or
+                // missing: none of it is kiln's bug, and all of it may pass once the disk is
+                // back, so it is answered like the rest here rather than as an internal error.
+                SystemIoFailure | DatabaseCorrupt | NotADatabase | CannotOpen => {
+                    Some(Unavailable::Io)
+                }
                 _ => None,
             },
             StoreError::Pool(_) => Some(Unavailable::Pool),

@@ -161,6 +161,144 @@ async fn a_full_disk_answers_503_writes_nothing_by_halves_and_recovers_without_r
     assert_eq!(integrity(&db), "ok");
 }
 
+/// An ext4 file system on a loop device the test creates, which the test can make fail under
+/// the server as a dying disk would; unmounted and detached when dropped.
+struct LoopDisk {
+    image: PathBuf,
+    device: String,
+    mount: PathBuf,
+}
+
+impl LoopDisk {
+    /// `None` (after saying why) where loop devices or mounting are not permitted.
+    fn mount(dir: &Path) -> Option<LoopDisk> {
+        let image = dir.join("disk.img");
+        let mount = dir.join("disk");
+        std::fs::create_dir_all(&mount).expect("mount point");
+        let run = |program: &str, args: &[&str]| -> Option<String> {
+            let out = Command::new(program).args(args).output().ok()?;
+            if out.status.success() {
+                Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            } else {
+                eprintln!(
+                    "{program} {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                None
+            }
+        };
+        let (image_s, mount_s) = (image.to_str()?.to_owned(), mount.to_str()?.to_owned());
+        let made = std::fs::File::create(&image)
+            .and_then(|f| f.set_len(32 << 20))
+            .is_ok()
+            && run("mkfs.ext4", &["-q", "-F", &image_s]).is_some();
+        let device = made
+            .then(|| run("losetup", &["-f", "--show", &image_s]))
+            .flatten();
+        let Some(device) = device else {
+            eprintln!("SKIPPED: cannot make an ext4 file system on a loop device (needs root)");
+            return None;
+        };
+        let disk = LoopDisk {
+            image,
+            device,
+            mount,
+        };
+        if run("mount", &[&disk.device, &mount_s]).is_none() {
+            eprintln!("SKIPPED: cannot mount {}", disk.device);
+            return None;
+        }
+        Some(disk)
+    }
+
+    /// Shuts the file system down without flushing its journal (`EXT4_IOC_SHUTDOWN`): from now
+    /// on every read and write of it fails, as on a disk that has gone away.
+    fn fail(&self) {
+        const EXT4_IOC_SHUTDOWN: libc::c_ulong = 0x8004_587d;
+        const EXT4_GOING_FLAGS_NOLOGFLUSH: u32 = 2;
+        let root = std::fs::File::open(&self.mount).expect("open the mount point");
+        let flags = EXT4_GOING_FLAGS_NOLOGFLUSH;
+        let rc = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&root),
+                EXT4_IOC_SHUTDOWN,
+                &flags,
+            )
+        };
+        assert_eq!(rc, 0, "shut the file system down");
+    }
+
+    /// What an operator does once the disk is back: mount it again (replaying its journal).
+    /// A sandbox's mount namespace still holding the old mount keeps the shut-down file system
+    /// alive, and mounting the device again would bring that back: so this retries until the
+    /// file system it gets is a fresh, writable one.
+    async fn remount(&self) {
+        for _ in 0..100 {
+            let umount = Command::new("umount").arg(&self.mount).status();
+            assert!(umount.is_ok_and(|s| s.success()), "umount");
+            let mount = Command::new("mount")
+                .arg(&self.device)
+                .arg(&self.mount)
+                .status();
+            assert!(mount.is_ok_and(|s| s.success()), "mount again");
+            if std::fs::write(self.mount.join("probe"), "ok").is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the file system never came back writable");
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+#[tokio::test]
+async fn a_disk_that_fails_under_the_database_answers_503_and_loses_nothing_committed() {
+    let dir = TempDir::new().expect("temp dir");
+    let Some(disk) = LoopDisk::mount(dir.path()) else {
+        return;
+    };
+    let db = disk.mount.join("kiln.db");
+    let db_arg = db.to_str().expect("utf-8 path").to_owned();
+    // No workers: the accepted jobs wait in the queue through the failure.
+    let server = Server::start_in(dir, &["--db", &db_arg, "--workers", "0"]).await;
+    let mut accepted = Vec::new();
+    for i in 0..5 {
+        accepted.push(server.submit(sh(&format!("echo {i}"))).await);
+    }
+
+    disk.fail();
+    let (status, body, retry_after) = submit(&server, &sh("echo lost")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "database_unavailable", "{body}");
+    assert!(retry_after.is_some());
+    let (status, _, _) = submit(&server, &sh("echo lost")).await;
+    assert_eq!(status, 503, "still refused, and still answering");
+    assert_eq!(
+        server.get("/healthz").await.0,
+        200,
+        "the server did not crash"
+    );
+
+    // The operator brings the disk back and restarts kiln: every 202 is there and runs.
+    let dir = server.kill9();
+    disk.remount().await;
+    let server = Server::start_in(dir, &["--db", &db_arg]).await;
+    for (i, id) in accepted.iter().enumerate() {
+        let job = server.finished(id).await;
+        assert_eq!(job["stdout"], format!("{i}\n"), "{job}");
+        assert_valid_history(&server.events(id).await);
+    }
+    assert_eq!(jobs_in(&db), 5, "nothing of the refused submits");
+    assert_eq!(integrity(&db), "ok");
+}
+
 /// An operator's `sqlite3` session on the server's database, fed statements line by line.
 struct Sqlite3 {
     child: Child,
