@@ -13,6 +13,7 @@ use crate::job::{
     JobId, JobRequest, JobSpec, Limits, LimitsRequest, Outcome, Rejection, Status, check_input,
     check_size, resolve_limits,
 };
+use crate::names::{self, shown};
 use crate::verdict::{CompareMode, Verdict};
 
 /// Batch ids are UUIDv7, like job ids.
@@ -131,7 +132,7 @@ impl BatchSpec {
         for (index, case) in request.cases.into_iter().enumerate() {
             let name = case.name.unwrap_or_else(|| format!("case {}", index + 1));
             let in_case = |rejection: Rejection| {
-                let label = format!("case {} ({name:?})", index + 1);
+                let label = format!("case {} ({})", index + 1, shown(&name));
                 match rejection {
                     Rejection::TooLarge(m) => Rejection::TooLarge(format!("{label}: {m}")),
                     Rejection::Invalid(m) => Rejection::Invalid(format!("{label}: {m}")),
@@ -179,10 +180,8 @@ fn check_name(name: &str) -> Result<(), Rejection> {
             "name must be 1 to {MAX_NAME_BYTES} bytes"
         )));
     }
-    if name.chars().any(char::is_control) {
-        return Err(Rejection::Invalid(
-            "name must not contain control characters".into(),
-        ));
+    if let Some(why) = names::hidden_character(name) {
+        return Err(Rejection::Invalid(format!("name {why}")));
     }
     Ok(())
 }

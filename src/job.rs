@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Policy;
+use crate::names::{self, shown};
 
 /// Job ids are UUIDv7: they sort by creation time, so the primary key doubles as the FIFO order.
 pub type JobId = uuid::Uuid;
@@ -231,8 +232,8 @@ impl JobSpec {
     ) -> Result<JobSpec, Rejection> {
         let Some(source_file) = source_file_of(&request.runtime) else {
             return Err(Rejection::Invalid(format!(
-                "unknown runtime {:?}; GET /v1/runtimes lists the available ones",
-                request.runtime
+                "unknown runtime {}; GET /v1/runtimes lists the available ones",
+                shown(&request.runtime)
             )));
         };
         if request.files.contains_key(&source_file) {
@@ -330,17 +331,26 @@ pub(crate) fn check_size(what: &str, len: usize, max: usize) -> Result<(), Rejec
 }
 
 /// File names are relative paths inside the work directory: no absolute paths, no `..`, no empty or
-/// `.` components, no control characters. The runner trusts names that passed this check.
+/// `.` components, no backslashes, and nothing [`names::hidden_character`] refuses. The runner
+/// trusts names that passed this check.
 pub fn check_file_name(name: &str) -> Result<(), Rejection> {
-    let invalid = |why: &str| Err(Rejection::Invalid(format!("file name {name:?} {why}")));
+    let invalid = |why: &str| {
+        Err(Rejection::Invalid(format!(
+            "file name {} {why}",
+            shown(name)
+        )))
+    };
     if name.is_empty() || name.len() > 255 {
         return invalid("must be 1 to 255 bytes");
     }
     if name.starts_with('/') {
         return invalid("must be relative");
     }
-    if name.chars().any(|c| c.is_control() || c == '\\') {
-        return invalid("must not contain control characters or backslashes");
+    if let Some(why) = names::hidden_character(name) {
+        return invalid(why);
+    }
+    if name.contains('\\') {
+        return invalid("must not contain backslashes");
     }
     if name
         .split('/')

@@ -34,6 +34,7 @@ pub mod client;
 pub mod config;
 pub mod job;
 pub mod live;
+pub mod names;
 pub mod progress;
 pub mod runner;
 pub mod runtime;

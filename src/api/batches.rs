@@ -20,6 +20,7 @@ use super::junit;
 use super::streams;
 use crate::batch::{Batch, BatchId, BatchRequest, BatchSpec};
 use crate::job::EventKind;
+use crate::names::shown;
 use crate::store::{BatchCancel, BatchSubmitted};
 
 /// Characters of each case's expected output, stdout and stderr a report quotes.
@@ -197,7 +198,10 @@ pub async fn report(
         Some(other) => {
             return Err(ApiError::bad_request(
                 "invalid_query",
-                format!("unknown report format {other:?}; the one offered is junit"),
+                format!(
+                    "unknown report format {}; the one offered is junit",
+                    shown(other)
+                ),
             ));
         }
     }

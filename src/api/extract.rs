@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use super::error::ApiError;
 use crate::batch::BatchId;
 use crate::job::JobId;
+use crate::names::shown;
 
 /// A JSON body. The content type is not insisted on (`curl -d` sends a form type by default);
 /// the bytes must be JSON. Syntax errors are 400, well-formed JSON of the wrong shape is 422.
@@ -87,6 +88,7 @@ async fn uuid_in_path<S: Send + Sync>(
     let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
         .await
         .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
-    uuid::Uuid::parse_str(&raw)
-        .map_err(|_| ApiError::bad_request("invalid_id", format!("{raw:?} is not a {what} id")))
+    uuid::Uuid::parse_str(&raw).map_err(|_| {
+        ApiError::bad_request("invalid_id", format!("{} is not a {what} id", shown(&raw)))
+    })
 }

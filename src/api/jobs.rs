@@ -17,6 +17,7 @@ use super::error::ApiError;
 use super::extract::{self, PathId, Query};
 use super::streams;
 use crate::job::{Job, JobId, JobRequest, JobSpec, Status};
+use crate::names::shown;
 use crate::store::{CancelResult, Submitted};
 
 const MAX_PAGE: u32 = 1000;
@@ -73,9 +74,14 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
     headers
         .get("idempotency-key")
         .map(|v| {
-            v.to_str().map(str::to_owned).map_err(|_| {
-                ApiError::bad_request("invalid_header", "Idempotency-Key must be visible ASCII")
-            })
+            // `to_str` lets a tab through; a key is compared and shown, so no control characters.
+            v.to_str()
+                .ok()
+                .filter(|key| !key.contains('\t'))
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    ApiError::bad_request("invalid_header", "Idempotency-Key must be visible ASCII")
+                })
         })
         .transpose()
 }
@@ -221,7 +227,7 @@ pub async fn list(
         .status
         .map(|s| {
             Status::parse(&s).ok_or_else(|| {
-                ApiError::bad_request("invalid_query", format!("unknown status {s:?}"))
+                ApiError::bad_request("invalid_query", format!("unknown status {}", shown(&s)))
             })
         })
         .transpose()?;
@@ -229,7 +235,10 @@ pub async fn list(
         .after
         .map(|a| {
             JobId::parse_str(&a).map_err(|_| {
-                ApiError::bad_request("invalid_query", format!("after={a:?} is not a job id"))
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("after={} is not a job id", shown(&a)),
+                )
             })
         })
         .transpose()?;
