@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::http::HttpLimits;
 use crate::job::Limits;
 use crate::sandbox::SandboxConfig;
 use crate::webhook::{HostPolicy, WebhookConfig};
@@ -100,6 +101,8 @@ pub struct Config {
     pub sse_max_streams: usize,
     /// How large the write-ahead log may grow while readers keep it from being checkpointed.
     pub wal_max_bytes: u64,
+    /// Limits on clients' connections: how many, how slow, how large their headers.
+    pub http: HttpLimits,
     pub policy: Policy,
     pub sandbox: SandboxConfig,
     pub webhooks: WebhookConfig,
@@ -126,6 +129,7 @@ impl Config {
             sse_stall: Duration::from_secs(10),
             sse_max_streams: 10_000,
             wal_max_bytes: crate::store::DEFAULT_WAL_MAX_BYTES,
+            http: HttpLimits::default(),
             policy: Policy::default(),
             sandbox: SandboxConfig::default(),
             webhooks: WebhookConfig::default(),

@@ -4,8 +4,9 @@
 //!
 //! The modules, in the order a job passes through them:
 //!
-//! 1. [`api`] — `POST /v1/jobs` decodes the request and validates it into a [`job::JobSpec`]
-//!    against the deployment's [`config::Policy`].
+//! 1. [`http`] accepts the connection under its limits; [`api`] — `POST /v1/jobs` decodes the
+//!    request and validates it into a [`job::JobSpec`] against the deployment's
+//!    [`config::Policy`].
 //! 2. [`store`] — the single writer commits the job and its `job.queued` event in one
 //!    transaction, shared with whatever else is pending (group commit); only then does the API
 //!    answer `202 Accepted`.
@@ -32,6 +33,7 @@ pub mod batch;
 pub mod bus;
 pub mod client;
 pub mod config;
+pub mod http;
 pub mod job;
 pub mod live;
 pub mod names;

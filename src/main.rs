@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use kiln::client::{self, ClientCommand, ClientOpts};
 use kiln::config::Config;
+use kiln::http::HttpLimits;
 use kiln::sandbox::{Mode, SandboxConfig};
 use kiln::webhook::{HostPolicy, HostRule};
 use tracing_subscriber::EnvFilter;
@@ -106,6 +107,34 @@ struct ServeArgs {
     limits: LimitArgs,
     #[command(flatten)]
     webhooks: WebhookArgs,
+    #[command(flatten)]
+    http: HttpArgs,
+}
+
+/// What a client may hold of the server: connections, time, header bytes.
+#[derive(clap::Args)]
+struct HttpArgs {
+    /// Connections served at once (each live stream holds one); more wait to be accepted
+    #[arg(long, env = "KILN_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Milliseconds a client has to send a request's headers; also how long an idle
+    /// keep-alive connection stays open
+    #[arg(long, env = "KILN_HEADER_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout_ms: u64,
+    /// Milliseconds a client has to send a request's whole body (408 after)
+    #[arg(long, env = "KILN_BODY_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout_ms: u64,
+    /// Largest request line and headers, bytes (431 above)
+    #[arg(long, env = "KILN_MAX_HEADER_BYTES", default_value_t = 16 << 10,
+          value_parser = clap::value_parser!(u32).range(1024..=(1 << 20)))]
+    max_header_bytes: u32,
+    /// Milliseconds a request may take (long-polls get their wait on top); 503 after
+    #[arg(long, env = "KILN_REQUEST_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    request_timeout_ms: u64,
 }
 
 /// Callbacks to a job's `callback_url` when it ends.
@@ -261,6 +290,14 @@ fn config_from(args: ServeArgs) -> Config {
         // One per worker, so that no worker's next start waits for another's.
         ready: config.workers.max(1),
     };
+    let h = args.http;
+    config.http = HttpLimits {
+        max_connections: h.max_connections as usize,
+        header_read_timeout: Duration::from_millis(h.header_timeout_ms),
+        body_read_timeout: Duration::from_millis(h.body_timeout_ms),
+        max_header_bytes: h.max_header_bytes as usize,
+    };
+    config.request_timeout = Duration::from_millis(h.request_timeout_ms);
     let w = args.webhooks;
     config.policy.callbacks = HostPolicy::new(w.webhook_allow_hosts, w.webhook_deny_hosts);
     config.webhooks.secret = w.webhook_secret;

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::http;
 use crate::live::Live;
 use crate::runner::{Isolation, Runner};
 use crate::runtime::Runtimes;
@@ -183,9 +184,13 @@ pub async fn run(
         tracing::info!("shutting down: no new jobs are accepted or claimed");
         stop_accepting.cancel();
     });
-    let http = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(stopping.claiming.clone().cancelled_owned())
-        .await;
+    http::serve(
+        listener,
+        api::router(state),
+        config.http,
+        stopping.claiming.clone(),
+    )
+    .await;
 
     // Stage two: running jobs get the grace period, then are killed and requeued.
     let drained = tokio::time::timeout(config.shutdown_grace, async {
@@ -213,5 +218,5 @@ pub async fn run(
         tracing::error!("the database writer did not finish in time; exiting without it");
     }
     tracing::info!("stopped");
-    http.map_err(ServerError::Http)
+    Ok(())
 }

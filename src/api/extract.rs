@@ -1,12 +1,20 @@
 //! Request extractors that fail with [`ApiError`] instead of axum's plain-text rejections, so a
-//! malformed body, query or path gets the same JSON error shape as everything else.
+//! malformed body, query or path gets the same JSON error shape as everything else; and the
+//! deadline on reading a request's body, which those extractors turn into `408`.
 
-use axum::body::Bytes;
+use std::time::Duration;
+
+use axum::body::HttpBody;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::StatusCode;
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
+use tokio::time::Instant;
 
 use super::error::ApiError;
 use crate::batch::BatchId;
@@ -24,7 +32,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|e: BytesRejection| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                if let Some(late) = cause::<BodyTimedOut>(&e) {
+                    ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "body_timeout",
+                        late.to_string(),
+                    )
+                } else if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.body_text())
                 } else {
                     ApiError::bad_request("invalid_body", e.body_text())
@@ -32,6 +46,59 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
             })?;
         parse_json(&bytes).map(Json)
     }
+}
+
+/// The first error of type `E` in `error`'s chain of causes.
+fn cause<'a, E: std::error::Error + 'static>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
+        }
+        next = e.source();
+    }
+    None
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0:?}")]
+struct BodyTimedOut(Duration);
+
+/// Middleware: the whole body must arrive within `limit` of the headers. One deadline for all
+/// of it rather than one per chunk, so a client cannot hold a request open by sending a byte
+/// now and then. A late body fails the read; [`Json`] answers it with `408` and closes the
+/// connection, as the rest of the body may still be on its way.
+pub async fn body_deadline(
+    State(limit): State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let deadline = Instant::now() + limit;
+    let (parts, body) = request.into_parts();
+    if body.is_end_stream() {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let chunks =
+        futures_util::stream::unfold(Some(body.into_data_stream()), move |chunks| async move {
+            let mut chunks = chunks?;
+            match tokio::time::timeout_at(deadline, chunks.next()).await {
+                Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(chunks))),
+                Ok(Some(Err(e))) => Some((Err(axum::BoxError::from(e)), None)),
+                Ok(None) => None,
+                Err(_) => Some((Err(BodyTimedOut(limit).into()), None)),
+            }
+        });
+    let mut response = next
+        .run(Request::from_parts(parts, Body::from_stream(chunks)))
+        .await;
+    if response.status() == StatusCode::REQUEST_TIMEOUT {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {

@@ -9,6 +9,7 @@ mod cli;
 mod crash;
 mod durability;
 mod faults;
+mod hostile;
 mod levels;
 mod operators;
 mod runs;
