@@ -111,11 +111,16 @@ pub async fn get(
 }
 
 pub(super) fn wait_duration(state: &AppState, wait: Option<f64>) -> Result<Duration, ApiError> {
+    wait_within(wait, state.config.max_wait)
+}
+
+/// `?wait=` seconds as a duration of at most `max`.
+pub(super) fn wait_within(wait: Option<f64>, max: Duration) -> Result<Duration, ApiError> {
     match wait {
         None => Ok(Duration::ZERO),
-        Some(s) if s.is_finite() && s >= 0.0 => Ok(Duration::from_secs_f64(
-            s.min(state.config.max_wait.as_secs_f64()),
-        )),
+        Some(s) if s.is_finite() && s >= 0.0 => {
+            Ok(Duration::from_secs_f64(s.min(max.as_secs_f64())))
+        }
         Some(_) => Err(ApiError::bad_request(
             "invalid_query",
             "wait must be a non-negative number of seconds",

@@ -10,6 +10,8 @@ mod batches;
 mod compat;
 mod error;
 mod extract;
+#[cfg(test)]
+mod fuzz;
 mod jobs;
 mod junit;
 mod streams;
