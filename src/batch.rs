@@ -127,7 +127,8 @@ impl BatchSpec {
             policy,
             source_file_of,
         )?;
-        let mut names = HashSet::with_capacity(request.cases.len());
+        let mut taken = HashSet::with_capacity(request.cases.len());
+        let mut look_alikes = names::LookAlikes::with_capacity(request.cases.len());
         let mut cases = Vec::with_capacity(request.cases.len());
         for (index, case) in request.cases.into_iter().enumerate() {
             let name = case.name.unwrap_or_else(|| format!("case {}", index + 1));
@@ -139,10 +140,16 @@ impl BatchSpec {
                 }
             };
             check_name(&name).map_err(in_case)?;
-            if !names.insert(name.clone()) {
+            if !taken.insert(name.clone()) {
                 return Err(in_case(Rejection::Invalid(
                     "another case has the same name".into(),
                 )));
+            }
+            if let Some(other) = look_alikes.check(&name) {
+                return Err(in_case(Rejection::Invalid(format!(
+                    "the name looks like another case's, {}: use names a reader can tell apart",
+                    shown(other)
+                ))));
             }
             check_input(&case.stdin, &case.args, policy).map_err(in_case)?;
             if let Some(expected) = &case.expected_output {

@@ -254,8 +254,17 @@ impl JobSpec {
                 policy.max_files
             )));
         }
+        let mut look_alikes = names::LookAlikes::with_capacity(request.files.len() + 1);
+        look_alikes.check(&source_file);
         for name in request.files.keys() {
             check_file_name(name)?;
+            if let Some(other) = look_alikes.check(name) {
+                return Err(Rejection::Invalid(format!(
+                    "file name {} looks like {}: use names a reader can tell apart",
+                    shown(name),
+                    shown(other)
+                )));
+            }
         }
         check_input(&request.stdin, &request.args, policy)?;
         if request.code.contains('\0') {

@@ -5,6 +5,11 @@
 //! control characters, characters that display as nothing or as a blank other than the space,
 //! and Unicode format characters; everything else, any script included, is allowed.
 //!
+//! Two names of one submission (two file names, a file name and the code's file, two case
+//! names) must also not be *confusable*: different, yet alike once each character is replaced
+//! by its prototype in Unicode's confusables data (UTS #39 skeletons: Cyrillic `а` and Latin
+//! `a`, `1` and `l`, `rn` and `m`). A reader could not tell which one a report or listing means.
+//!
 //! Content is different: code, stdin, args and expected output may hold any text, bidi
 //! characters too (a program may print them), except NUL where the operating system cannot pass
 //! it on (argv, and the code file kiln writes); [`crate::job`] applies those rules.
@@ -48,6 +53,34 @@ fn is_blank_letter(c: char) -> bool {
     )
 }
 
+/// Finds names that look alike: remembers each name it is given and answers, for a name
+/// different from every earlier one but confusable with one of them, that earlier name.
+#[derive(Default)]
+pub struct LookAlikes {
+    by_skeleton: HashMap<String, String>,
+}
+
+impl LookAlikes {
+    pub fn with_capacity(n: usize) -> LookAlikes {
+        LookAlikes {
+            by_skeleton: HashMap::with_capacity(n),
+        }
+    }
+
+    /// The earlier name `name` can be mistaken for, if any; an identical name is not one (the
+    /// callers refuse duplicates in their own words).
+    pub fn check(&mut self, name: &str) -> Option<&str> {
+        match self.by_skeleton.entry(skeleton(name).collect()) {
+            Entry::Occupied(earlier) if earlier.get() != name => Some(earlier.into_mut()),
+            Entry::Occupied(_) => None,
+            Entry::Vacant(slot) => {
+                slot.insert(name.to_owned());
+                None
+            }
+        }
+    }
+}
+
 /// Characters of a refused value quoted in an error message.
 const SHOWN_CHARS: usize = 64;
 
@@ -59,6 +92,11 @@ pub fn shown(value: &str) -> String {
         Some((end, _)) => format!("{:?}… ({} bytes)", &value[..end], value.len()),
     }
 }
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use unicode_security::skeleton;
 
 #[cfg(test)]
 mod tests {
@@ -94,6 +132,27 @@ mod tests {
         ] {
             assert!(hidden_character(name).is_some(), "{name:?}");
         }
+    }
+
+    #[test]
+    fn names_that_only_look_alike_are_found() {
+        let mut seen = LookAlikes::default();
+        assert_eq!(seen.check("main.py"), None);
+        assert_eq!(seen.check("m\u{430}in.py"), Some("main.py"), "Cyrillic a");
+        assert_eq!(
+            seen.check("main.py"),
+            None,
+            "the same name is not a look-alike"
+        );
+        assert_eq!(seen.check("test1"), None);
+        assert_eq!(seen.check("testl"), Some("test1"));
+        assert_eq!(seen.check("données"), None);
+        assert_eq!(
+            seen.check("donne\u{301}es"),
+            Some("données"),
+            "decomposed é"
+        );
+        assert_eq!(seen.check("case 2"), None, "different names stay apart");
     }
 
     #[test]

@@ -410,6 +410,29 @@ async fn malformed_bodies_each_get_a_4xx_json_error_and_nothing_is_stored() {
             "invalid_request",
         ),
         (
+            "a file name that looks like the code's file",
+            "/v1/jobs",
+            job_with("files", json!({"m\u{430}in.sh": "x"})),
+            422,
+            "invalid_request",
+        ),
+        (
+            "two file names that look alike",
+            "/v1/jobs",
+            job_with("files", json!({"data1.txt": "x", "datal.txt": "y"})),
+            422,
+            "invalid_request",
+        ),
+        (
+            "two case names that look alike",
+            "/v1/batches",
+            json!({"runtime": "sh", "code": "cat", "cases": [{"name": "test_O"}, {"name": "test_0"}]})
+                .to_string()
+                .into_bytes(),
+            422,
+            "invalid_request",
+        ),
+        (
             "a NUL in a case name",
             "/v1/batches",
             batch_with_case(json!({"name": "a\u{0}"})),
