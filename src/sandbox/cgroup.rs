@@ -16,8 +16,10 @@
 //! unsupported and left alone, so a host with few or no cgroups degrades the sandbox instead of
 //! stopping the server.
 //!
-//! [`Cgroups::create`] then makes `<parent>/<run name>/` in every usable hierarchy and
-//! [`JobCgroup`] lets the run's first process in, reports usage, kills and removes it.
+//! [`Cgroups::create`] then makes `<parent>/<run name>/` in every usable hierarchy the run needs
+//! (one that only offers a CPU quota only for a run with a quota, and v1's `cpuacct` only where
+//! no v2 `cpu.stat` counts the run: each cgroup costs every run kernel work) and [`JobCgroup`]
+//! lets the run's first process in, reports usage, kills and removes it.
 //!
 //! Everything here is blocking file-system work on cgroupfs, and [`JobCgroup::kill`] and
 //! [`JobCgroup::remove`] may sleep for up to a few seconds while processes die: call them from
@@ -71,6 +73,8 @@ pub enum CgroupError {
         "invalid cgroup name {0:?}: use 1 to 128 ASCII letters, digits, '-', '_' or '.', not starting with '.'"
     )]
     InvalidName(String),
+    #[error("cgroup {0} was created without a CPU quota and cannot take one")]
+    NoQuota(String),
     #[error("cannot {action} {}: {source}", .path.display())]
     Io {
         action: &'static str,
@@ -161,6 +165,13 @@ struct Features {
 impl Features {
     fn any(self) -> bool {
         self.memory || self.pids || self.cpu || self.cpu_usage || self.kill
+    }
+
+    /// Whether a run needs its own cgroup here. A hierarchy that only offers the CPU quota is
+    /// needed only by runs with a quota: each cgroup costs a run a `mkdir`, a `rmdir` and the
+    /// kernel's work behind them.
+    fn per_run(self, cpu_quota: bool) -> bool {
+        self.memory || self.pids || self.cpu_usage || self.kill || (self.cpu && cpu_quota)
     }
 
     fn limited(self) -> impl Iterator<Item = Controller> {
@@ -285,7 +296,9 @@ impl Cgroups {
                             memory: here("memory"),
                             pids: here("pids"),
                             cpu: here("cpu"),
-                            cpu_usage: !on_v1("cpuacct"),
+                            // cpu.stat comes with every v2 cgroup and counts its tasks
+                            // whichever v1 hierarchy holds their cpu controller.
+                            cpu_usage: true,
                             kill: true,
                         }
                     }
@@ -296,6 +309,23 @@ impl Cgroups {
                 Hierarchy::set_up(l, parent, wanted)
             })
             .collect();
+        // One count of a run's CPU time is enough: where v2 counts it, v1's cpuacct cgroups
+        // would only add work to every run.
+        if hierarchies
+            .iter()
+            .any(|h| h.version == Version::V2 && h.features.cpu_usage)
+        {
+            for hierarchy in hierarchies.iter_mut().filter(|h| h.version == Version::V1) {
+                hierarchy.features.cpu_usage = false;
+            }
+            hierarchies.retain(|h| {
+                let used = h.features.any();
+                if !used {
+                    remove_dir_logged(&h.parent);
+                }
+                used
+            });
+        }
         if hierarchies.is_empty() {
             return None;
         }
@@ -323,19 +353,21 @@ impl Cgroups {
     }
 
     /// A fresh cgroup named `name` (one path component, see [`CgroupError::InvalidName`]) in every
-    /// usable hierarchy, with `limits` written for the controllers this host supports. Fails if
-    /// the name is already taken: two runs must never share a cgroup. On any failure whatever was
-    /// already created is removed.
-    pub fn create(&self, name: &str) -> Result<JobCgroup, CgroupError> {
+    /// usable hierarchy a run needs: one that only offers the CPU quota only if `cpu_quota`. Fails
+    /// if the name is already taken: two runs must never share a cgroup. On any failure whatever
+    /// was already created is removed.
+    pub fn create(&self, name: &str, cpu_quota: bool) -> Result<JobCgroup, CgroupError> {
         check_name(name)?;
         // Built up in place so that an early return drops it, which removes what exists so far.
         let mut job = JobCgroup {
             name: name.to_owned(),
             cgroups: Arc::clone(&self.inner),
             dirs: Vec::new(),
+            cpu_quota,
+            cpu_start_us: 0,
         };
         for (index, hierarchy) in self.inner.hierarchies.iter().enumerate() {
-            if !hierarchy.features.any() {
+            if !hierarchy.features.per_run(cpu_quota) {
                 continue;
             }
             let path = hierarchy.parent.join(name);
@@ -433,7 +465,7 @@ fn probe(version: Version, parent: &Path, wanted: Features) -> Features {
             works.set(controller, false);
         }
     }
-    works.cpu_usage = wanted.cpu_usage && cpu_ms(version, &dir).is_some();
+    works.cpu_usage = wanted.cpu_usage && cpu_us(version, &dir).is_some();
     works.kill = wanted.kill && dir.join("cgroup.kill").exists();
     remove_dir_logged(&dir);
     works
@@ -537,6 +569,10 @@ pub struct JobCgroup {
     name: String,
     cgroups: Arc<Inner>,
     dirs: Vec<JobDir>,
+    /// Whether it was created for a CPU quota (see [`Cgroups::create`]).
+    cpu_quota: bool,
+    /// The CPU time its processes had used when the run started, in microseconds.
+    cpu_start_us: u64,
 }
 
 /// What [`JobCgroup::entry`] hands to the sandbox.
@@ -565,6 +601,9 @@ impl JobCgroup {
     /// Sets the run's limits. A cgroup is made before its run is known (see
     /// [`super::Sandbox`]), so this comes separately, before the job starts.
     pub fn limit(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        if limits.cpu_millis_per_sec.is_some() && !self.cpu_quota {
+            return Err(CgroupError::NoQuota(self.name.clone()));
+        }
         for dir in &self.dirs {
             let hierarchy = &self.cgroups.hierarchies[dir.hierarchy];
             for controller in hierarchy.features.limited() {
@@ -620,21 +659,31 @@ impl JobCgroup {
                 usage.memory_peak_bytes = memory_peak(hierarchy.version, &dir.path);
                 usage.oom_killed = oom_killed(hierarchy.version, &dir.path);
             }
-            if features.cpu_usage && usage.cpu_ms.is_none() {
-                usage.cpu_ms = cpu_ms(hierarchy.version, &dir.path);
-            }
         }
+        usage.cpu_ms = self.cpu_ms();
         usage
     }
 
-    /// CPU time of all its processes so far, where the host counts it. Cheap enough to poll
-    /// while the run goes, which is how the run as a whole (not each process) is held to its
-    /// CPU limit.
+    /// CPU time of all its processes since [`JobCgroup::start_counting`] (or its creation),
+    /// where the host counts it. Cheap enough to poll while the run goes, which is how the run
+    /// as a whole (not each process) is held to its CPU limit.
     pub fn cpu_ms(&self) -> Option<u64> {
+        let used = self.cpu_us()?;
+        Some(used.saturating_sub(self.cpu_start_us) / 1000)
+    }
+
+    /// Counts the run's CPU time from now on. A sandbox's init is born into the cgroup that
+    /// counts CPU time where that is v2's, and builds the sandbox there before its run is
+    /// known: that work is not the run's.
+    pub fn start_counting(&mut self) {
+        self.cpu_start_us = self.cpu_us().unwrap_or(0);
+    }
+
+    fn cpu_us(&self) -> Option<u64> {
         self.dirs.iter().find_map(|dir| {
             let hierarchy = &self.cgroups.hierarchies[dir.hierarchy];
             if hierarchy.features.cpu_usage {
-                cpu_ms(hierarchy.version, &dir.path)
+                cpu_us(hierarchy.version, &dir.path)
             } else {
                 None
             }
@@ -748,13 +797,12 @@ fn oom_killed(version: Version, dir: &Path) -> bool {
     }
 }
 
-fn cpu_ms(version: Version, dir: &Path) -> Option<u64> {
+fn cpu_us(version: Version, dir: &Path) -> Option<u64> {
     match version {
-        Version::V1 => read_u64(&dir.join("cpuacct.usage")).map(|ns| ns / 1_000_000),
+        Version::V1 => read_u64(&dir.join("cpuacct.usage")).map(|ns| ns / 1000),
         Version::V2 => fs::read_to_string(dir.join("cpu.stat"))
             .ok()
-            .and_then(|stat| keyed(&stat, "usage_usec"))
-            .map(|us| us / 1000),
+            .and_then(|stat| keyed(&stat, "usage_usec")),
     }
 }
 
@@ -1079,7 +1127,7 @@ mod tests {
             name: &str,
             limits: &CgroupLimits,
         ) -> Result<JobCgroup, CgroupError> {
-            let job = self.create(name)?;
+            let job = self.create(name, limits.cpu_millis_per_sec.is_some())?;
             job.limit(limits)?;
             Ok(job)
         }
@@ -1347,6 +1395,55 @@ mod tests {
         assert!(child.wait().unwrap().success());
         let elapsed = started.elapsed();
         assert!(elapsed >= Duration::from_millis(450), "{elapsed:?}");
+        job.remove().unwrap();
+    }
+
+    #[test]
+    fn cpu_time_used_before_the_run_started_is_not_the_runs() {
+        let Some(cgroups) = detect_or_skip("cpu start") else {
+            return;
+        };
+        if !cgroups.measures_cpu() {
+            eprintln!("cpu start: skipped: no CPU accounting");
+            return;
+        }
+        let busy = "import time\n\
+                    t = time.process_time()\n\
+                    while time.process_time() - t < 0.2: pass\n";
+        let mut job = cgroups
+            .create_limited("before-start", &limits(256 << 20, 64, None))
+            .unwrap();
+        let mut child = start_in(&job, &[PYTHON, "-c", busy]);
+        assert!(child.wait().unwrap().success());
+        assert!(job.cpu_ms() >= Some(200), "{:?}", job.usage());
+        job.start_counting();
+        assert!(job.cpu_ms() < Some(20), "{:?}", job.usage());
+        let mut child = start_in(&job, &[PYTHON, "-c", busy]);
+        assert!(child.wait().unwrap().success());
+        let cpu_ms = job.cpu_ms().expect("cpu time");
+        assert!((200..2_000).contains(&cpu_ms), "{cpu_ms} ms");
+        job.remove().unwrap();
+    }
+
+    #[test]
+    fn a_run_without_a_cpu_quota_is_only_created_where_it_is_limited_or_counted() {
+        let Some(cgroups) = detect_or_skip("no quota") else {
+            return;
+        };
+        let hierarchies = &cgroups.inner.hierarchies;
+        let counting = hierarchies.iter().filter(|h| h.features.cpu_usage).count();
+        assert!(counting <= 1, "{counting} hierarchies count CPU time");
+        let job = cgroups.create("no-quota", false).unwrap();
+        for dir in &job.dirs {
+            let features = hierarchies[dir.hierarchy].features;
+            let needed = features.memory || features.pids || features.cpu_usage || features.kill;
+            assert!(needed, "{} serves only the CPU quota", dir.path.display());
+        }
+        let refused = job.limit(&limits(64 << 20, 16, Some(100)));
+        assert!(
+            matches!(refused, Err(CgroupError::NoQuota(_))),
+            "{refused:?}"
+        );
         job.remove().unwrap();
     }
 

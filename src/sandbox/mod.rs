@@ -269,9 +269,12 @@ impl Sandbox {
         };
         let Prepared {
             mut started,
-            cgroup,
+            mut cgroup,
             ids,
         } = prepared;
+        if let Some(cgroup) = &mut cgroup {
+            cgroup.start_counting();
+        }
         let limits = launch.limits;
         let run = (|| {
             if let Some(cgroup) = &cgroup {
@@ -411,7 +414,12 @@ impl Inner {
         let cgroup = match &self.cgroups {
             Some(cgroups) => {
                 let name = format!("run-{}", self.next_cgroup.fetch_add(1, Ordering::Relaxed));
-                Some(cgroups.create(&name).map_err(std::io::Error::other)?)
+                // Runs get no CPU quota: their CPU time is held by their `cpu_ms` limit.
+                Some(
+                    cgroups
+                        .create(&name, false)
+                        .map_err(std::io::Error::other)?,
+                )
             }
             None => None,
         };
