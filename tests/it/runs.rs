@@ -299,9 +299,25 @@ async fn a_ready_sandbox_killed_while_it_waits_is_replaced_and_the_next_job_runs
         tokio::time::sleep(Duration::from_millis(20)).await;
         ready = processes_of_uids(inits.clone());
     }
-    for pid in ready {
+    for &pid in &ready {
         // SAFETY: signalling a process of this test's own server.
         unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    // A signal is delivered when its target next runs: wait until each one has died (a zombie
+    // until the server reaps it), as it would have long before a job came in real life.
+    let dead = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
+    };
+    while !ready.iter().all(|&pid| dead(pid)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the killed sandbox did not die"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let next = server.submit(sh("echo ran")).await;
     let job = server.finished(&next).await;
