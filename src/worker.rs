@@ -6,8 +6,13 @@
 //! running under the same attempt. While the code runs a separate task renews the lease; if the
 //! lease cannot be renewed before it expires, the run is killed, so a job the rescuer hands to
 //! someone else is never running twice.
+//!
+//! What runs a claimed job is an [`Execute`]: the server's is the sandboxed [`Runner`]. The
+//! queue benchmark supplies one that runs nothing in-process, so the claim, lease and finish path
+//! it measures is this very code, without a runtime name the HTTP API could ever select.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::Notice;
 use crate::job::{EventKind, JobId, Outcome, RunResult};
 use crate::live::Live;
-use crate::runner::{Reporting, RunRequest, Runner};
+use crate::runner::{Builds, Reporting, RunError, RunOutput, RunRequest, Runner};
 use crate::runtime::Runtimes;
 use crate::store::{ClaimedJob, Store, StoreError};
 use crate::verdict::judge;
@@ -75,10 +80,37 @@ impl Running {
     }
 }
 
+/// Runs one attempt of a claimed job to its end.
+pub trait Execute: Send + Sync + 'static {
+    /// As [`Runner::run`]: `Err` only when the job could not be run at all.
+    fn execute(
+        &self,
+        request: RunRequest<'_>,
+        stop: CancellationToken,
+    ) -> impl Future<Output = Result<RunOutput, RunError>> + Send;
+
+    /// The binaries this executor compiled for batches, dropped when their batch completes.
+    fn builds(&self) -> Option<&Builds>;
+}
+
+impl Execute for Runner {
+    fn execute(
+        &self,
+        request: RunRequest<'_>,
+        stop: CancellationToken,
+    ) -> impl Future<Output = Result<RunOutput, RunError>> + Send {
+        self.run(request, stop)
+    }
+
+    fn builds(&self) -> Option<&Builds> {
+        Some(Runner::builds(self))
+    }
+}
+
 /// What every worker shares.
-pub struct Workers {
+pub struct Workers<E = Runner> {
     pub store: Store,
-    pub runner: Runner,
+    pub runner: E,
     pub runtimes: Arc<Runtimes>,
     pub running: Running,
     /// Where running jobs' output goes to live watchers.
@@ -96,7 +128,7 @@ pub struct Stopping {
     pub running: CancellationToken,
 }
 
-impl Workers {
+impl<E: Execute> Workers<E> {
     /// Starts `count` workers and the rescuer.
     pub fn spawn(self: &Arc<Self>, count: usize, stopping: &Stopping) -> JoinSet<()> {
         let mut tasks = JoinSet::new();
@@ -106,14 +138,19 @@ impl Workers {
         }
         let (workers, stop) = (Arc::clone(self), stopping.claiming.clone());
         tasks.spawn(async move { workers.rescue(stop).await });
-        let (workers, stop) = (Arc::clone(self), stopping.claiming.clone());
-        tasks.spawn(async move { workers.sweep_builds(stop).await });
+        if self.runner.builds().is_some() {
+            let (workers, stop) = (Arc::clone(self), stopping.claiming.clone());
+            tasks.spawn(async move { workers.sweep_builds(stop).await });
+        }
         tasks
     }
 
     /// Drops a batch's shared build once the batch completes. Should notices be missed (a
     /// lagging receiver), every cached batch is checked against the store instead.
     async fn sweep_builds(&self, stop: CancellationToken) {
+        let Some(builds) = self.runner.builds() else {
+            return;
+        };
         let mut notices = self.store.bus().subscribe();
         loop {
             let notice = tokio::select! {
@@ -125,13 +162,13 @@ impl Workers {
                     kind: EventKind::BatchCompleted,
                     batch_id: Some(batch),
                     ..
-                }) => self.runner.builds().forget(batch),
+                }) => builds.forget(batch),
                 Ok(_) => {}
                 Err(RecvError::Lagged(_)) => {
-                    for batch in self.runner.builds().batches() {
+                    for batch in builds.batches() {
                         match self.store.batch_is_done(batch).await {
                             Ok(Some(false)) => {}
-                            Ok(_) => self.runner.builds().forget(batch),
+                            Ok(_) => builds.forget(batch),
                             Err(e) => tracing::warn!(error = %e, "cannot check a batch"),
                         }
                     }
@@ -225,7 +262,7 @@ impl Workers {
             reporting: Some(&reporting),
             batch: job.case.as_ref().map(|case| case.batch_id),
         };
-        let ran = self.runner.run(request, stop).await;
+        let ran = self.runner.execute(request, stop).await;
         // The last progress is stored before the result, so it never follows the terminal event.
         run_ended.cancel();
         drop(reporting);
