@@ -1,7 +1,7 @@
 //! The SQL of the webhook outbox: the row written with a job's terminal state or a batch's
 //! completion, taking due rows for delivery, and recording each attempt together with its event.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use serde_json::json;
 
 use super::StoreError;
@@ -44,22 +44,15 @@ pub enum Attempt {
     },
 }
 
-/// Writes the outbox row for a job that has just ended, if it asked for a callback. Runs in the
-/// transaction of the terminal state, so the call is owed exactly when the end is recorded.
+/// Writes the outbox row for a job that has just ended and asked for a callback to `url`. Runs in
+/// the transaction of the terminal state, so the call is owed exactly when the end is recorded.
 pub(super) fn job_ended(
     conn: &Connection,
     id: JobId,
     kind: EventKind,
+    url: &str,
     now: i64,
 ) -> Result<(), StoreError> {
-    let url: Option<String> = conn
-        .prepare_cached("SELECT callback_url FROM jobs WHERE id = ?1")?
-        .query_row([id.to_string()], |r| r.get(0))
-        .optional()?
-        .flatten();
-    let Some(url) = url else {
-        return Ok(());
-    };
     let job = super::read::job(conn, id)?
         .ok_or_else(|| StoreError::Corrupt(format!("job {id} ended but is not there")))?;
     let payload = json!({"event": kind.as_str(), "job": job}).to_string();

@@ -111,7 +111,7 @@ pub(super) fn submit(
         spec.callback_url,
     ])?;
     let data = json!({"runtime": spec.runtime, "priority": spec.priority});
-    insert_event(conn, notices, id, now, EventKind::Queued, None, &data)?;
+    append_event(conn, notices, id, None, now, EventKind::Queued, None, &data)?;
     Ok(Submitted::Created(id))
 }
 
@@ -142,10 +142,12 @@ pub(super) fn claim(
         });
     }
     let data = json!({"worker": owner});
-    insert_event(
+    let batch_id = job.case.as_ref().map(|case| case.batch_id);
+    append_event(
         conn,
         notices,
         job.id,
+        batch_id,
         now,
         EventKind::Started,
         Some(job.attempt),
@@ -228,7 +230,10 @@ pub(super) fn finish(
         verdict: Verdict::of_outcome(outcome),
         detail: error.map(str::to_owned),
     });
-    let updated: Option<Option<String>> = conn
+    let id_text = id.to_string();
+    // No RETURNING: SQLite gathers returned rows in a temporary table of their own, which costs
+    // more than reading the two columns back by primary key.
+    let updated = conn
         .prepare_cached(
             "UPDATE jobs
              SET status = ?1, outcome = ?2, finished_at = ?3, exit_code = ?4, signal = ?5,
@@ -237,35 +242,31 @@ pub(super) fn finish(
                  lease_owner = NULL, lease_expires_at = NULL,
                  verdict = CASE WHEN batch_id IS NULL THEN NULL ELSE ?16 END,
                  verdict_detail = CASE WHEN batch_id IS NULL THEN NULL ELSE ?17 END
-             WHERE id = ?14 AND attempt = ?15 AND status = 'running'
-             RETURNING batch_id",
+             WHERE id = ?14 AND attempt = ?15 AND status = 'running'",
         )?
-        .query_row(
-            params![
-                status.as_str(),
-                outcome.as_str(),
-                now,
-                result.exit_code,
-                result.signal,
-                error,
-                result.stdout,
-                result.stderr,
-                result.stdout_truncated,
-                result.stderr_truncated,
-                sql_int(result.wall_ms),
-                sql_int(result.cpu_ms),
-                sql_int(result.memory_kb),
-                id.to_string(),
-                attempt,
-                judged.verdict.as_str(),
-                judged.detail,
-            ],
-            |r| r.get(0),
-        )
-        .optional()?;
-    let Some(batch_id) = updated else {
+        .execute(params![
+            status.as_str(),
+            outcome.as_str(),
+            now,
+            result.exit_code,
+            result.signal,
+            error,
+            result.stdout,
+            result.stderr,
+            result.stdout_truncated,
+            result.stderr_truncated,
+            sql_int(result.wall_ms),
+            sql_int(result.cpu_ms),
+            sql_int(result.memory_kb),
+            id_text,
+            attempt,
+            judged.verdict.as_str(),
+            judged.detail,
+        ])?;
+    if updated == 0 {
         return Ok(false);
-    };
+    }
+    let (batch_id, callback_url) = batch_and_callback(conn, &id_text)?;
     let mut data = json!({
         "outcome": outcome.as_str(),
         "exit_code": result.exit_code,
@@ -282,11 +283,27 @@ pub(super) fn finish(
         data["verdict"] = json!(judged.verdict);
     }
     let kind = terminal_event(status)?;
-    insert_event(conn, notices, id, now, kind, Some(attempt), &data)?;
+    let batch = batch_id.as_deref().map(parse_id).transpose()?;
+    append_event(conn, notices, id, batch, now, kind, Some(attempt), &data)?;
+    if let Some(url) = callback_url {
+        super::webhooks::job_ended(conn, id, kind, &url, now)?;
+    }
     if let Some(batch_id) = batch_id {
         batch::settle_case(conn, notices, &batch_id, judged.verdict, now)?;
     }
     Ok(true)
+}
+
+/// The job's batch and callback URL, which decide what else its events write.
+fn batch_and_callback(
+    conn: &Connection,
+    id: &str,
+) -> Result<(Option<String>, Option<String>), StoreError> {
+    let found = conn
+        .prepare_cached("SELECT batch_id, callback_url FROM jobs WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(found.unwrap_or_default())
 }
 
 /// Records a `job.progress` event, if the job is still running under this attempt.
@@ -476,7 +493,8 @@ pub(super) fn requeue_or_end(
 
 /// Appends a job's event; a case's events carry its batch id too, so a batch's whole history is
 /// one indexed query. A job's terminal event also writes the webhook it asked for, here, so that
-/// no way of ending a job can forget it.
+/// no way of ending a job can forget it. The paths every job takes (submit, claim, finish) know
+/// the job's batch and call [`append_event`] directly instead.
 pub(super) fn insert_event(
     conn: &Connection,
     notices: &mut Vec<Notice>,
@@ -486,31 +504,48 @@ pub(super) fn insert_event(
     attempt: Option<u32>,
     data: &serde_json::Value,
 ) -> Result<(), StoreError> {
-    let (event_id, batch_id): (i64, Option<String>) = conn
-        .prepare_cached(
-            "INSERT INTO events (job_id, batch_id, at, type, attempt, data)
-             VALUES (?1, (SELECT batch_id FROM jobs WHERE id = ?1), ?2, ?3, ?4, ?5)
-             RETURNING id, batch_id",
-        )?
-        .query_row(
-            params![
-                job_id.to_string(),
-                at,
-                kind.as_str(),
-                attempt,
-                data.to_string()
-            ],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+    let (batch_id, callback_url) = batch_and_callback(conn, &job_id.to_string())?;
+    let batch = batch_id.as_deref().map(parse_id).transpose()?;
+    append_event(conn, notices, job_id, batch, at, kind, attempt, data)?;
+    if kind.is_terminal()
+        && let Some(url) = callback_url
+    {
+        super::webhooks::job_ended(conn, job_id, kind, &url, at)?;
+    }
+    Ok(())
+}
+
+/// Appends a job's event and nothing else: the caller names the job's batch and writes a
+/// terminal event's webhook. A plain insert, as `RETURNING` would cost a temporary table.
+#[allow(clippy::too_many_arguments)]
+fn append_event(
+    conn: &Connection,
+    notices: &mut Vec<Notice>,
+    job_id: JobId,
+    batch_id: Option<BatchId>,
+    at: i64,
+    kind: EventKind,
+    attempt: Option<u32>,
+    data: &serde_json::Value,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO events (job_id, batch_id, at, type, attempt, data)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        job_id.to_string(),
+        batch_id.map(|b| b.to_string()),
+        at,
+        kind.as_str(),
+        attempt,
+        data.to_string()
+    ])?;
     notices.push(Notice {
-        event_id,
+        event_id: conn.last_insert_rowid(),
         job_id: Some(job_id),
-        batch_id: batch_id.as_deref().map(parse_id).transpose()?,
+        batch_id,
         kind,
     });
-    if kind.is_terminal() {
-        super::webhooks::job_ended(conn, job_id, kind, at)?;
-    }
     Ok(())
 }
 
