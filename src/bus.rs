@@ -46,11 +46,13 @@ impl Bus {
     }
 
     pub(crate) fn publish(&self, notices: &[Notice]) {
-        if notices
+        // One idle worker per new job: waking them all would send every idle worker's claim to
+        // the writer for a single job. Busy workers claim as they finish.
+        for _ in notices
             .iter()
-            .any(|n| matches!(n.kind, EventKind::Queued | EventKind::Retrying))
+            .filter(|n| matches!(n.kind, EventKind::Queued | EventKind::Retrying))
         {
-            self.work.notify_waiters();
+            self.work.notify_one();
         }
         if self.events.receiver_count() > 0 {
             for notice in notices {

@@ -27,7 +27,7 @@ use crate::job::{EventKind, JobId, Outcome, RunResult};
 use crate::live::Live;
 use crate::runner::{Builds, Reporting, RunError, RunOutput, RunRequest, Runner};
 use crate::runtime::Runtimes;
-use crate::store::{ClaimedJob, Store, StoreError};
+use crate::store::{ClaimedJob, Store};
 use crate::verdict::judge;
 
 /// The delay before a job whose run could not be set up goes back to the queue, doubling with
@@ -181,7 +181,14 @@ impl<E: Execute> Workers<E> {
     async fn work(&self, index: usize, stopping: Stopping) {
         let owner = format!("{}w{index}", self.owner_prefix);
         let work = self.store.bus().work();
+        let mut next = None;
         loop {
+            // A job claimed together with the previous result is this worker's already, so it
+            // runs even if stopping has begun; shutdown's second stage handles it like any other.
+            if let Some(job) = next.take() {
+                next = self.run(&owner, job, &stopping).await;
+                continue;
+            }
             // Registered before claiming, so a job committed between an empty claim and the
             // wait below still wakes this worker.
             let notified = work.notified();
@@ -190,9 +197,12 @@ impl<E: Execute> Workers<E> {
             if stopping.claiming.is_cancelled() {
                 return;
             }
-            match self.run_next(&owner, &stopping.running).await {
-                Ok(true) => continue,
-                Ok(false) => {}
+            match self.store.claim(&owner, self.lease).await {
+                Ok(Some(job)) => {
+                    next = Some(job);
+                    continue;
+                }
+                Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, worker = %owner, "claim failed"),
             }
             tokio::select! {
@@ -203,27 +213,19 @@ impl<E: Execute> Workers<E> {
         }
     }
 
-    /// Claims and runs one job to its end. False if nothing was queued.
-    pub async fn run_next(
-        &self,
-        owner: &str,
-        kill: &CancellationToken,
-    ) -> Result<bool, StoreError> {
-        let Some(job) = self.store.claim(owner, self.lease).await? else {
-            return Ok(false);
-        };
+    /// Runs a claimed job to its end and records the result; returns the next job if it was
+    /// claimed along with that result.
+    async fn run(&self, owner: &str, job: ClaimedJob, stopping: &Stopping) -> Option<ClaimedJob> {
         tracing::debug!(job = %job.id, attempt = job.attempt, "claimed");
-        self.run(owner, job, kill).await;
-        Ok(true)
-    }
-
-    async fn run(&self, owner: &str, job: ClaimedJob, kill: &CancellationToken) {
+        let kill = &stopping.running;
+        // Not while stopping: then the next job must stay queued.
+        let claim_next = (!stopping.claiming.is_cancelled()).then_some(owner);
         let Some(runtime) = self.runtimes.get(&job.runtime) else {
             let error = format!("runtime {:?} is not available on this server", job.runtime);
             let result = RunResult::default();
-            self.record(&job, Outcome::RunnerError, result, Some(error))
+            return self
+                .record(&job, Outcome::RunnerError, result, Some(error), claim_next)
                 .await;
-            return;
         };
         let stop = kill.child_token();
         let lease_lost = CancellationToken::new();
@@ -275,8 +277,9 @@ impl<E: Execute> Workers<E> {
         if lease_lost.is_cancelled() {
             // Cancelled, or rescued and possibly running elsewhere: the job is not ours to record.
             tracing::info!(job = %job.id, attempt = job.attempt, "stopped: no longer holds the job");
-            return;
+            return None;
         }
+        let claim_next = claim_next.filter(|_| !stopping.claiming.is_cancelled());
         match ran {
             Ok(out) if out.outcome == Outcome::Cancelled && kill.is_cancelled() => {
                 let reason = "the server shut down while it ran".to_owned();
@@ -287,9 +290,16 @@ impl<E: Execute> Workers<E> {
                 {
                     tracing::error!(job = %job.id, error = %e, "could not requeue at shutdown");
                 }
+                None
             }
-            Ok(out) => self.record(&job, out.outcome, out.result, None).await,
-            Err(e) => self.run_failed(&job, e.to_string(), kill).await,
+            Ok(out) => {
+                self.record(&job, out.outcome, out.result, None, claim_next)
+                    .await
+            }
+            Err(e) => {
+                self.run_failed(&job, e.to_string(), kill).await;
+                None
+            }
         }
     }
 
@@ -319,14 +329,16 @@ impl<E: Execute> Workers<E> {
     }
 
     /// Writes the result, retrying for a while if the database is briefly unavailable: giving up
-    /// early would let the lease expire and the job run again.
+    /// early would let the lease expire and the job run again. With `claim_next` (the worker's
+    /// lease owner), the same write claims the worker's next job and this returns it.
     async fn record(
         &self,
         job: &ClaimedJob,
         outcome: Outcome,
         result: RunResult,
         error: Option<String>,
-    ) {
+        mut claim_next: Option<&str>,
+    ) -> Option<ClaimedJob> {
         // A case is judged here, off the writer thread; kiln's own errors need no comparison.
         let judged = job.case.as_ref().filter(|_| error.is_none()).map(|case| {
             judge(
@@ -339,25 +351,34 @@ impl<E: Execute> Workers<E> {
         let mut delay = Duration::from_millis(50);
         let deadline = Instant::now() + self.lease;
         loop {
-            let attempt = self
-                .store
-                .finish(
-                    job.id,
-                    job.attempt,
-                    outcome,
-                    result.clone(),
-                    error.clone(),
-                    judged.clone(),
-                )
-                .await;
-            match attempt {
-                Ok(true) => {
-                    tracing::debug!(job = %job.id, outcome = outcome.as_str(), "finished");
-                    return;
+            let (id, attempt) = (job.id, job.attempt);
+            let (result, error, judged) = (result.clone(), error.clone(), judged.clone());
+            let written = match claim_next {
+                Some(owner) => {
+                    let lease = self.lease;
+                    self.store
+                        .finish_and_claim(id, attempt, outcome, result, error, judged, owner, lease)
+                        .await
                 }
-                Ok(false) => {
+                None => self
+                    .store
+                    .finish(id, attempt, outcome, result, error, judged)
+                    .await
+                    .map(|finished| (finished, None)),
+            };
+            match written {
+                Ok((true, next)) => {
+                    tracing::debug!(job = %job.id, outcome = outcome.as_str(), "finished");
+                    return next;
+                }
+                Ok((false, next)) => {
                     tracing::info!(job = %job.id, "result discarded: the job was cancelled or rescued");
-                    return;
+                    return next;
+                }
+                // A claim that fails must not keep the result from being written: retried alone.
+                Err(e) if claim_next.is_some() => {
+                    tracing::warn!(job = %job.id, error = %e, "could not record the result and claim");
+                    claim_next = None;
                 }
                 Err(e) if e.is_transient() && Instant::now() + delay < deadline => {
                     tracing::warn!(job = %job.id, error = %e, "could not record the result yet");
@@ -366,7 +387,7 @@ impl<E: Execute> Workers<E> {
                 }
                 Err(e) => {
                     tracing::error!(job = %job.id, error = %e, "could not record the result");
-                    return;
+                    return None;
                 }
             }
         }

@@ -6,6 +6,8 @@
 //! only after the transaction holding it is durable on disk (`synchronous=FULL`).
 
 mod batch;
+#[cfg(test)]
+mod claim_tests;
 mod migrate;
 mod read;
 mod wal;
@@ -296,6 +298,42 @@ impl Store {
                     judged,
                     now_ms(),
                 )
+            })
+            .await
+    }
+
+    /// [`Store::finish`], and in the same transaction the claim of the next queued job for
+    /// `owner`, as [`Store::claim`]: a busy worker then waits for one commit per job, not two,
+    /// and the writer runs one operation instead of two.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn finish_and_claim(
+        &self,
+        id: JobId,
+        attempt: u32,
+        outcome: Outcome,
+        result: RunResult,
+        error: Option<String>,
+        judged: Option<Judgement>,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<(bool, Option<ClaimedJob>), StoreError> {
+        let owner = owner.to_owned();
+        self.writer
+            .write(move |conn, notices| {
+                let now = now_ms();
+                let finished = write::finish(
+                    conn,
+                    notices,
+                    id,
+                    attempt,
+                    outcome,
+                    &result,
+                    error.as_deref(),
+                    judged,
+                    now,
+                )?;
+                let next = write::claim(conn, notices, &owner, now, now + lease_ms(lease))?;
+                Ok((finished, next))
             })
             .await
     }
