@@ -26,17 +26,16 @@
 //! limits), for profiling one of them.
 
 mod common;
+mod report;
+mod server;
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Row, median, write_rows};
 use kiln::config::Policy;
 use kiln::job::{JobId, JobSpec, Outcome, RunResult};
 use kiln::live::Live;
@@ -44,31 +43,30 @@ use kiln::runner::{Builds, RunError, RunOutput, RunRequest};
 use kiln::runtime::Runtimes;
 use kiln::store::{CLAIM_SQL, Store, Submitted};
 use kiln::worker::{Execute, Running, Stopping, Workers};
+use report::{Better, Goal, Row};
 use reqwest::StatusCode;
 use rusqlite::{Connection, params};
 use serde_json::json;
-use tempfile::TempDir;
+use server::{CLIENTS, Server, scratch};
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
 
-/// Concurrent keep-alive clients (row 1) and concurrent submitters (rows 2 and 7).
-const CLIENTS: usize = 64;
 const SUBMIT_BODY: &str = r#"{"runtime":"sh","code":"true"}"#;
 /// How long each HTTP submit load lasts.
 const LOAD: Duration = Duration::from_secs(5);
 const RAW_INSERTS: usize = 50_000;
 /// Jobs through the queue per run of rows 2 and 7, and through the raw life cycle; a tenth with
 /// `KILN_BENCH_QUICK=1`, for trying the bench on a busy machine.
-static QUEUE_JOBS: LazyLock<usize> = LazyLock::new(|| {
-    let quick = std::env::var_os("KILN_BENCH_QUICK").is_some_and(|v| v != "0");
-    if quick { 6_000 } else { 60_000 }
-});
+static QUEUE_JOBS: LazyLock<usize> = LazyLock::new(|| report::size(60_000));
 const WORKERS: usize = 64;
 /// Jobs per transaction of the raw life cycle.
 const RAW_BATCH: usize = 1_000;
 const POLLS_PER_SEC: u64 = 5_000;
 /// Anything near this means the queue is stuck.
 const DEADLINE: Duration = Duration::from_secs(300);
+/// What the WAL must stay under. kiln leaves SQLite's automatic checkpoint at 1,000 pages (4 MiB);
+/// readers that held a snapshot for long would keep it from resetting the log, which then grows.
+const WAL_BOUND_MIB: f64 = 16.0;
 
 /// Submits `SUBMIT_BODY`, counts the answers by status, thread by thread, and prints the totals.
 const WRK_SCRIPT: &str = r#"
@@ -89,11 +87,7 @@ end
 "#;
 
 fn main() {
-    let runs = std::env::var("KILN_BENCH_RUNS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .filter(|&n: &usize| n > 0)
-        .unwrap_or(3);
+    let runs = report::runs();
     let runtime = Runtime::new().expect("tokio runtime");
     let use_wrk = Command::new("wrk")
         .arg("--version")
@@ -102,9 +96,9 @@ fn main() {
         .status()
         .is_ok();
     let generator = if use_wrk {
-        "wrk -t2 -c64"
+        "wrk"
     } else {
-        "in-process client (wrk missing)"
+        "in-process client, wrk missing"
     };
     let only = std::env::var("KILN_BENCH_ROWS").unwrap_or_else(|_| "1,2,7".into());
     let wanted = |row: &str| only.split(',').any(|r| r.trim() == row);
@@ -143,71 +137,67 @@ fn main() {
         }
     }
 
-    // A row not measured has no runs, and no median.
-    let middle = |runs: &[f64]| {
-        if runs.is_empty() {
-            f64::NAN
-        } else {
-            median(runs)
-        }
-    };
-    let (row1, limit1) = (middle(&submits), middle(&inserts));
-    let (row2, limit2) = (middle(&queue), middle(&raw));
-    let row7 = middle(&polled);
+    let wal_row = (wal > 0).then(|| {
+        let mut row = Row::plain(7, "largest WAL during rows 2 and 7", "MiB", vec![mib(wal)]);
+        row.limit_name = Some(format!("WAL bound: {WAL_BOUND_MIB} MiB"));
+        row.limit = Some(WAL_BOUND_MIB);
+        row.ratio = Some(WAL_BOUND_MIB / mib(wal));
+        row.goal = Some("bounded under constant load".into());
+        row.met = Some(mib(wal) <= WAL_BOUND_MIB);
+        row
+    });
     let rows = vec![
-        (!submits.is_empty()).then(|| Row {
-            row: 1,
-            figure: format!("durable submits/s over HTTP, 64 clients ({generator})"),
-            value: row1,
-            unit: "submits/s",
-            limit_name: "raw SQLite inserts/s of the same rows, one transaction".into(),
-            limit: limit1,
-            ratio: row1 / limit1,
-            goal: ">= 20,000/s",
-            met: row1 >= 20_000.0,
-            runs: submits,
+        (!submits.is_empty()).then(|| {
+            let mut row = Row::measured(
+                1,
+                format!("durable submits/s over HTTP, 64 clients ({generator})"),
+                "submits/s",
+                submits,
+                Better::Higher,
+                Some((
+                    "raw SQLite inserts/s of the same rows, one transaction".into(),
+                    inserts,
+                )),
+                Goal::None,
+            );
+            row.goal = Some("≥ 20,000/s".into());
+            row.met = Some(row.value >= 20_000.0);
+            row
         }),
-        (!queue.is_empty()).then(|| Row {
-            row: 2,
-            figure: "queue jobs/s, submit -> claim -> finish, no-op executor, 64 workers".into(),
-            value: row2,
-            unit: "jobs/s",
-            limit_name: "raw durable life cycle, transactions of 1,000, one thread".into(),
-            limit: limit2,
-            ratio: row2 / limit2,
-            goal: ">= 30,000 jobs/s and >= 0.75 of the limit",
-            met: row2 >= 30_000.0 && row2 / limit2 >= 0.75,
-            runs: queue,
+        (!queue.is_empty()).then(|| {
+            let mut row = Row::measured(
+                2,
+                "queue jobs/s, submit -> claim -> finish, no-op executor, 64 workers",
+                "jobs/s",
+                queue.clone(),
+                Better::Higher,
+                Some((
+                    "raw durable life cycle, transactions of 1,000, one thread".into(),
+                    raw,
+                )),
+                Goal::RatioAtLeast(0.75),
+            );
+            row.goal = Some("≥ 30,000 jobs/s and ≥ 0.75 of the limit".into());
+            row.met = row.met.map(|ratio_met| ratio_met && row.value >= 30_000.0);
+            row
         }),
-        (!polled.is_empty()).then(|| Row {
-            row: 7,
-            figure: "row 2's jobs/s while polling 5,000 job reads/s".into(),
-            value: row7,
-            unit: "jobs/s",
-            limit_name: "row 2's jobs/s without polling".into(),
-            limit: row2,
-            ratio: row7 / row2,
-            goal: ">= 0.80 of the limit (polling costs <= 20%)",
-            met: row7 / row2 >= 0.8,
-            runs: polled,
+        (!polled.is_empty() && !queue.is_empty()).then(|| {
+            let mut row = Row::measured(
+                7,
+                "row 2's jobs/s while polling 5,000 job reads/s",
+                "jobs/s",
+                polled,
+                Better::Higher,
+                Some(("row 2's jobs/s without polling".into(), queue)),
+                Goal::RatioAtLeast(0.8),
+            );
+            row.goal = Some("≥ 0.8 of the limit".into());
+            row
         }),
-        (wal > 0).then(|| Row {
-            row: 7,
-            figure: "largest WAL during rows 2 and 7".into(),
-            value: mib(wal),
-            unit: "MiB",
-            limit_name: "WAL bound: 64 MiB".into(),
-            limit: 64.0,
-            ratio: 64.0 / mib(wal),
-            goal: "bounded: <= 64 MiB under constant load",
-            met: mib(wal) <= 64.0,
-            runs: Vec::new(),
-        }),
+        wal_row,
     ];
     let rows: Vec<Row> = rows.into_iter().flatten().collect();
-    print_table(&rows);
-    let path = write_rows("bench-queue.json", &rows);
-    println!("written to {}", path.display());
+    report::write("queue", &rows);
 }
 
 /// One run of row 7: its jobs/s; raises `wal` to the largest WAL seen.
@@ -234,27 +224,8 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-fn print_table(rows: &[Row]) {
-    println!();
-    println!("| row | figure | value | limit | ratio | goal | met |");
-    println!("|---|---|---:|---:|---:|---|---|");
-    for r in rows {
-        println!(
-            "| {} | {} | {:.1} {} | {:.1} ({}) | {:.3} | {} | {} |",
-            r.row, r.figure, r.value, r.unit, r.limit, r.limit_name, r.ratio, r.goal, r.met
-        );
-    }
-    println!();
-}
-
-/// Where databases go: the target directory's disk, not a tmpfs, so fsync costs what it costs
-/// for a real deployment.
-fn scratch() -> TempDir {
-    TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch directory")
-}
-
 /// A fresh database with kiln's schema and pragmas, for the raw limits to write into directly.
-fn raw_database(dir: &TempDir) -> Connection {
+fn raw_database(dir: &tempfile::TempDir) -> Connection {
     let path = dir.path().join("raw.db");
     let (store, writer) = Store::open(&path, 1).expect("create the database");
     drop(store);
@@ -617,91 +588,20 @@ impl WalWatch {
     }
 }
 
-/// The release server on a fresh database with `--workers 0`, stopped (SIGTERM, then SIGKILL)
-/// when dropped, panics included.
-struct Server {
-    process: ServerProcess,
-    url: String,
-    dir: TempDir,
-}
-
-struct ServerProcess(Child);
-
-impl Server {
-    fn start() -> Server {
-        let dir = scratch();
-        let log = File::create(dir.path().join("server.log")).expect("server log");
-        let mut process = ServerProcess(
-            Command::new(env!("CARGO_BIN_EXE_kiln"))
-                .arg("serve")
-                .arg("--db")
-                .arg(dir.path().join("kiln.db"))
-                .arg("--work-root")
-                .arg(dir.path().join("work"))
-                .args(["--listen", "127.0.0.1:0", "--workers", "0"])
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(log)
-                .spawn()
-                .expect("start kiln serve"),
-        );
-        // The pipe stays open with the child: kiln prints nothing after this line.
-        let stdout = process.0.stdout.as_mut().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("the listening line");
-        let Some(url) = line.trim().strip_prefix("kiln listening on ") else {
-            let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
-            panic!("kiln did not start: {line:?}\n{log}");
-        };
-        Server {
-            url: url.to_owned(),
-            process,
-            dir,
-        }
-    }
-
-    /// Stops the server cleanly (the writer drains and checkpoints) and keeps its directory.
-    fn stop(self) -> TempDir {
-        let Server { process, dir, .. } = self;
-        drop(process);
-        dir
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let child = &mut self.0;
-        let pid = libc::pid_t::try_from(child.id()).expect("pid");
-        // SAFETY: signals our own child, which has not been reaped yet.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        eprintln!("kiln did not stop within 10 s of SIGTERM: killing it");
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
 /// Row 1: durable submits/s against a server that accepts jobs and runs none, so the whole
 /// machine goes to accepting. Checks afterwards that every 202 left its row behind.
 fn submit_load(runtime: &Runtime, use_wrk: bool) -> f64 {
     settle();
-    let server = Server::start();
+    let dir = scratch();
+    let server = Server::start_in(dir.path(), &["--workers", "0"]);
     let (rate, accepted, rejected, socket_errors) = if use_wrk {
         wrk(&server)
     } else {
         runtime.block_on(reqwest_load(&server.url))
     };
     assert_eq!(rejected, 0, "every submit must be answered 202");
-    let dir = server.stop();
+    // Stopped cleanly: the writer drains and checkpoints.
+    drop(server);
     let db = Connection::open(dir.path().join("kiln.db")).expect("open the database");
     let rows: i64 = db
         .query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))
@@ -718,7 +618,7 @@ fn submit_load(runtime: &Runtime, use_wrk: bool) -> f64 {
 
 /// Requests/s, 202s, other answers and socket errors, as wrk reports them.
 fn wrk(server: &Server) -> (f64, u64, u64, u64) {
-    let script = server.dir.path().join("submit.lua");
+    let script = server.dir.join("submit.lua");
     let lua = WRK_SCRIPT.replace("SUBMIT_BODY", SUBMIT_BODY);
     std::fs::write(&script, lua).expect("write the wrk script");
     let output = Command::new("wrk")
