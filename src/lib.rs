@@ -37,6 +37,7 @@ pub mod http;
 pub mod job;
 pub mod live;
 pub mod names;
+pub mod ops;
 pub mod progress;
 pub mod runner;
 pub mod runtime;

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use kiln::client::{self, ClientCommand, ClientOpts};
 use kiln::config::Config;
 use kiln::http::HttpLimits;
+use kiln::ops::OpsCommand;
 use kiln::sandbox::{Mode, SandboxConfig};
 use kiln::webhook::{HostPolicy, HostRule};
 use tracing_subscriber::EnvFilter;
@@ -31,6 +32,8 @@ struct Cli {
 enum Command {
     /// Run the service: HTTP API, workers and the database
     Serve(Box<ServeArgs>),
+    #[command(flatten)]
+    Ops(OpsCommand),
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -236,6 +239,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(*args)),
+        Command::Ops(command) => runtime.block_on(kiln::ops::run(&cli.client, command)),
         Command::Client(command) => match runtime.block_on(client::run(&cli.client, command)) {
             Ok(code) => code,
             Err(e) => {

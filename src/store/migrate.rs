@@ -36,6 +36,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_batch_webhooks.sql",
         sql: include_str!("../../schema/0004_batch_webhooks.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_prune.sql",
+        sql: include_str!("../../schema/0006_prune.sql"),
+    },
 ];
 
 /// Applies each migration newer than the file's `user_version`, each in its own transaction

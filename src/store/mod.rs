@@ -8,7 +8,9 @@
 mod batch;
 #[cfg(test)]
 mod claim_tests;
+mod maintenance;
 mod migrate;
+mod prune;
 mod read;
 mod wal;
 mod webhooks;
@@ -31,7 +33,9 @@ use crate::verdict::Judgement;
 use writer::Writer;
 
 pub use batch::{BatchCancel, BatchSubmitted};
+pub use maintenance::{Backup, Health, backup, inspect};
 pub use migrate::{MIGRATIONS, Migration};
+pub use prune::{PruneOptions, PruneReport, prune};
 pub use read::JobSummary;
 pub use wal::DEFAULT_WAL_MAX_BYTES;
 pub use webhooks::{Attempt, Delivery, Subject};
@@ -72,6 +76,12 @@ pub enum StoreError {
          a read transaction open, so it cannot be checkpointed"
     )]
     WalFull { bytes: u64, limit: u64 },
+    #[error("no database at {}", .0.display())]
+    Missing(PathBuf),
+    #[error("{} already exists; kiln does not overwrite it", .0.display())]
+    Exists(PathBuf),
+    #[error("{path}: {message}", path = .0.display(), message = .1)]
+    Io(PathBuf, String),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -229,6 +239,11 @@ impl Store {
             bytes if bytes >= limit => Err(StoreError::WalFull { bytes, limit }),
             _ => Ok(()),
         }
+    }
+
+    /// How many jobs are in each status, by status name (every status, 0 for none).
+    pub async fn queue_depth(&self) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
+        self.read(maintenance::queue_depth).await
     }
 
     /// Stores a new job (or finds the one an earlier request with the same idempotency key

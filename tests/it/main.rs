@@ -12,6 +12,7 @@ mod faults;
 mod hostile;
 mod levels;
 mod operators;
+mod ops;
 mod runs;
 mod schema;
 mod streams;

@@ -1,0 +1,137 @@
+//! The operator's commands that work on the database file itself rather than through a server:
+//! `kiln prune` (retention) and `kiln backup`. They parse their flags here, call the store, and
+//! print what happened for people, or as JSON with `--json`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::client::ClientOpts;
+use crate::store::{self, PruneOptions, StoreError};
+
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum OpsCommand {
+    /// Remove old finished jobs and batches with their events, optionally copying them to an
+    /// archive file first; safe while servers run (small transactions)
+    Prune {
+        /// The database file
+        #[arg(long, env = "KILN_DB", default_value = "kiln.db")]
+        db: PathBuf,
+        /// What goes: jobs and batches that finished more than this long ago (e.g. 30d, 12h) or
+        /// before this time (RFC 3339, e.g. 2026-01-31T00:00:00Z)
+        #[arg(long, value_name = "AGE|TIME", value_parser = parse_cutoff)]
+        finished_before: i64,
+        /// Copy what is removed to this SQLite file first (created if missing, appended to if not)
+        #[arg(long, value_name = "FILE")]
+        archive: Option<PathBuf>,
+        /// Jobs (or batches) removed per transaction
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        chunk: u64,
+    },
+    /// Write a consistent copy of the database to FILE while servers go on using it; the copy is
+    /// checked with integrity_check before it is put in place
+    Backup {
+        /// Where to write the backup; must not exist yet
+        file: PathBuf,
+        /// The database file
+        #[arg(long, env = "KILN_DB", default_value = "kiln.db")]
+        db: PathBuf,
+    },
+}
+
+/// Why an operator's command could not do its work (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the command did not finish: {0}")]
+    Task(String),
+}
+
+/// Runs an operator's command.
+pub async fn run(opts: &ClientOpts, command: OpsCommand) -> ExitCode {
+    let result =
+        match command {
+            OpsCommand::Prune {
+                db,
+                finished_before,
+                archive,
+                chunk,
+            } => {
+                let mut options = PruneOptions::new(finished_before);
+                options.archive = archive;
+                options.chunk = usize::try_from(chunk).unwrap_or(500);
+                blocking(move || store::prune(&db, &options))
+                    .await
+                    .map(|report| {
+                        match opts.json {
+                            true => println!("{}", serde_json::json!(report)),
+                            false => {
+                                println!(
+                                    "pruned {} jobs, {} batches and {} events in {} transactions \
+                                 (longest {} ms); recorded as prune {} in table prunes",
+                                    report.jobs,
+                                    report.batches,
+                                    report.events,
+                                    report.transactions,
+                                    report.longest_transaction_ms,
+                                    report.prune_id
+                                );
+                                if let Some(archive) = &report.archive {
+                                    println!("archived to {}", archive.display());
+                                }
+                            }
+                        }
+                        ExitCode::SUCCESS
+                    })
+            }
+            OpsCommand::Backup { file, db } => blocking(move || store::backup(&db, &file))
+                .await
+                .map(|backup| {
+                    match opts.json {
+                        true => println!("{}", serde_json::json!(backup)),
+                        false => println!(
+                            "backed up {} jobs and {} events (schema version {}, {} bytes) to {}; \
+                         integrity_check: ok",
+                            backup.jobs,
+                            backup.events,
+                            backup.user_version,
+                            backup.bytes,
+                            backup.path.display()
+                        ),
+                    }
+                    ExitCode::SUCCESS
+                }),
+        };
+    result.unwrap_or_else(|e| {
+        eprintln!("kiln: {e}");
+        ExitCode::from(2)
+    })
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, OpsError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| OpsError::Task(e.to_string()))?
+        .map_err(OpsError::from)
+}
+
+/// `30d`, `12h`... ago, or an RFC 3339 time; as milliseconds since the epoch.
+fn parse_cutoff(s: &str) -> Result<i64, String> {
+    let to_ms = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .map_err(|_| format!("{s} is before 1970"))
+    };
+    if let Ok(age) = humantime::parse_duration(s) {
+        let now = std::time::SystemTime::now();
+        return to_ms(now.checked_sub(age).unwrap_or(std::time::UNIX_EPOCH));
+    }
+    match humantime::parse_rfc3339_weak(s) {
+        Ok(time) => to_ms(time),
+        Err(_) => Err(format!(
+            "expected an age such as 30d or 12h, or a time such as 2026-01-31T00:00:00Z; got {s:?}"
+        )),
+    }
+}

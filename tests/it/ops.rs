@@ -1,0 +1,320 @@
+//! Operations on a live deployment: pruning old history and backing up, each against the real
+//! server binary and its database file.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use serde_json::{Value, json};
+
+use crate::util::{Server, sh};
+
+/// Submits `sh("true")` jobs one after another until `stop`, counting answers that were not 202.
+fn keep_submitting(
+    server: &Server,
+    stop: Arc<AtomicBool>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    Arc<AtomicUsize>,
+    Arc<AtomicUsize>,
+) {
+    let (url, accepted, refused) = (
+        server.url.clone(),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let (ok, bad) = (Arc::clone(&accepted), Arc::clone(&refused));
+    let task = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        while !stop.load(Ordering::Relaxed) {
+            let answer = http
+                .post(format!("{url}/v1/jobs"))
+                .json(&sh("true"))
+                .send()
+                .await;
+            match answer {
+                Ok(r) if r.status() == 202 => ok.fetch_add(1, Ordering::Relaxed),
+                _ => bad.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+    });
+    (task, accepted, refused)
+}
+
+fn count(conn: &Connection, sql: &str, id: &str) -> i64 {
+    conn.query_row(sql, [id], |r| r.get(0)).expect(sql)
+}
+
+fn scalar(conn: &Connection, sql: &str) -> i64 {
+    conn.query_row(sql, [], |r| r.get(0)).expect(sql)
+}
+
+// Two threads: the submitter goes on while the test waits for the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_removes_old_finished_jobs_and_batches_into_an_archive_while_the_server_runs() {
+    let server = Server::start().await;
+    // Before the cut-off: a job still running when the prune comes, finished jobs, a batch.
+    let running = server.submit(sh("sleep 20")).await;
+    server.running(&running).await;
+    let mut old = Vec::new();
+    for i in 0..3 {
+        old.push(server.submit(sh(&format!("echo old-{i}"))).await);
+    }
+    let suite = json!({"runtime": "sh", "code": "cat", "cases": [
+        {"stdin": "a", "expected_output": "a"}, {"stdin": "b", "expected_output": "b"}]});
+    let (status, batch) = server.post("/v1/batches", &suite).await;
+    assert_eq!(status, 202, "{batch}");
+    let batch_id = batch["id"].as_str().expect("batch id").to_owned();
+    let cases: Vec<String> = batch["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .map(|c| c["job_id"].as_str().expect("case job id").to_owned())
+        .collect();
+    for id in old.iter().chain(&cases) {
+        server.finished(id).await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cutoff = kiln::time::rfc3339(kiln::time::now_ms());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // After it: a recent job, whose history must stay whole.
+    let recent = server.submit(sh("echo recent")).await;
+    server.finished(&recent).await;
+    let recent_events = server.events(&recent).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (submitter, accepted, refused) = keep_submitting(&server, Arc::clone(&stop));
+    let archive = server.dir.path().join("archive.db");
+    let db = server.db_path();
+    let out = server.kiln(&[
+        "prune",
+        "--db",
+        db.to_str().expect("utf-8 path"),
+        "--finished-before",
+        &cutoff,
+        "--archive",
+        archive.to_str().expect("utf-8 path"),
+        "--chunk",
+        "2",
+        "--json",
+    ]);
+    stop.store(true, Ordering::Relaxed);
+    submitter.await.expect("submitter");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["jobs"], 5, "3 jobs and 2 cases: {report}");
+    assert_eq!(report["batches"], 1, "{report}");
+    assert!(report["transactions"].as_u64() >= Some(4), "{report}");
+    assert_eq!(
+        refused.load(Ordering::Relaxed),
+        0,
+        "every submit meanwhile got 202"
+    );
+    assert!(
+        accepted.load(Ordering::Relaxed) > 0,
+        "submits went on meanwhile"
+    );
+
+    for id in old.iter().chain(&cases) {
+        let (status, _) = server.get(&format!("/v1/jobs/{id}")).await;
+        assert_eq!(status, 404, "{id} was pruned");
+    }
+    let (status, _) = server.get(&format!("/v1/batches/{batch_id}")).await;
+    assert_eq!(status, 404, "the batch was pruned");
+    assert_eq!(
+        server.events(&recent).await,
+        recent_events,
+        "recent history untouched"
+    );
+    let (_, still) = server.get(&format!("/v1/jobs/{running}")).await;
+    assert_eq!(
+        still["status"], "running",
+        "an unfinished job stays: {still}"
+    );
+
+    let archived = Connection::open_with_flags(&archive, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("the archive opens");
+    let stdout: String = archived
+        .query_row("SELECT stdout FROM jobs WHERE id = ?1", [&old[0]], |r| {
+            r.get(0)
+        })
+        .expect("an archived job");
+    assert_eq!(stdout, "old-0\n");
+    assert_eq!(scalar(&archived, "SELECT count(*) FROM jobs"), 5);
+    assert_eq!(
+        count(
+            &archived,
+            "SELECT count(*) FROM events WHERE job_id = ?1",
+            &old[1]
+        ),
+        3,
+        "queued, started, succeeded"
+    );
+    assert_eq!(
+        count(
+            &archived,
+            "SELECT count(*) FROM events WHERE batch_id = ?1",
+            &batch_id
+        ),
+        2 + 2 * 3,
+        "batch.queued, batch.completed and each case's three"
+    );
+    assert_eq!(
+        count(
+            &archived,
+            "SELECT count(*) FROM batches WHERE id = ?1",
+            &batch_id
+        ),
+        1
+    );
+
+    let conn = Connection::open(&db).expect("open the database");
+    let (jobs, finished): (i64, Option<i64>) = conn
+        .query_row(
+            "SELECT jobs, finished_at FROM prunes WHERE id = ?1",
+            [report["prune_id"].as_i64()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("the prune is on record");
+    assert_eq!((jobs, finished.is_some()), (5, true));
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT count(*) FROM events WHERE job_id = ?1",
+            &old[0]
+        ),
+        0
+    );
+    assert_eq!(scalar(&conn, "SELECT count(*) FROM prune_in_progress"), 0);
+}
+
+#[tokio::test]
+async fn after_a_prune_an_operators_delete_on_events_still_fails() {
+    let server = Server::start().await;
+    let id = server.submit(sh("true")).await;
+    server.finished(&id).await;
+    let out = server.kiln(&["prune", "--db", "kiln.db", "--finished-before", "0s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = server.submit(sh("true")).await;
+    server.finished(&after).await;
+    let delete = Command::new("sqlite3")
+        .arg(server.db_path())
+        .arg("DELETE FROM events")
+        .output()
+        .expect("run sqlite3");
+    let stderr = String::from_utf8_lossy(&delete.stderr);
+    assert!(!delete.status.success(), "DELETE must fail");
+    assert!(stderr.contains("append-only"), "{stderr}");
+    let conn = Connection::open(server.db_path()).expect("open");
+    assert_eq!(
+        count(&conn, "SELECT count(*) FROM events WHERE job_id = ?1", &id),
+        0
+    );
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT count(*) FROM events WHERE job_id = ?1",
+            &after
+        ),
+        3,
+        "the prune took the first job's events; the operator could not take the second's"
+    );
+}
+
+#[tokio::test]
+async fn a_job_whose_webhook_is_still_pending_is_not_pruned() {
+    // Nothing listens on port 9: the call fails and stays pending, to be retried in an hour.
+    let server = Server::start_with(&["--webhook-retry-base-ms", "3600000"]).await;
+    let id = server
+        .submit(json!({"runtime": "sh", "code": "true", "callback_url": "http://127.0.0.1:9/hook"}))
+        .await;
+    server.finished(&id).await;
+    let out = server.kiln(&[
+        "prune",
+        "--db",
+        "kiln.db",
+        "--finished-before",
+        "0s",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["jobs"], 0, "{report}");
+    let (status, _) = server.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_while_jobs_are_submitted_opens_and_passes_integrity_check() {
+    let server = Server::start().await;
+    for _ in 0..5 {
+        let id = server.submit(sh("echo before")).await;
+        server.finished(&id).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (submitter, accepted, refused) = keep_submitting(&server, Arc::clone(&stop));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let out = server.kiln(&["backup", "copy.db", "--db", "kiln.db"]);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, Ordering::Relaxed);
+    submitter.await.expect("submitter");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        refused.load(Ordering::Relaxed),
+        0,
+        "every submit meanwhile got 202"
+    );
+    assert!(
+        accepted.load(Ordering::Relaxed) > 0,
+        "submits went on meanwhile"
+    );
+
+    let copy = Connection::open_with_flags(
+        server.dir.path().join("copy.db"),
+        OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("the backup opens");
+    let integrity: String = copy
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check");
+    assert_eq!(integrity, "ok");
+    let version: u32 = copy
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("user_version");
+    assert_eq!(
+        version,
+        kiln::store::MIGRATIONS.last().expect("migrations").version
+    );
+    let before = count(
+        &copy,
+        "SELECT count(*) FROM jobs WHERE stdout = ?1",
+        "before\n",
+    );
+    assert_eq!(before, 5, "every job finished before the backup is in it");
+
+    let again = server.kiln(&["backup", "copy.db", "--db", "kiln.db"]);
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "an existing file is never overwritten"
+    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+}
