@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use kiln::client::{self, ClientCommand, ClientOpts};
 use kiln::config::Config;
 use kiln::http::HttpLimits;
@@ -62,7 +63,7 @@ struct ServeArgs {
     #[arg(long, env = "KILN_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     shutdown_grace_secs: u64,
     /// Extra runtime NAME=INTERPRETER (the code is passed as its first argument); repeatable
-    #[arg(long = "runtime", value_name = "NAME=PATH", value_parser = parse_runtime)]
+    #[arg(long = "runtime", value_name = "NAME=PATH", value_parser = kiln::runtime::parse_extra)]
     runtimes: Vec<(String, PathBuf)>,
     /// Isolation of jobs: `full` (every namespace including a user namespace, seccomp, Landlock,
     /// cgroups), `namespaces` (the same without a user namespace, for hosts that forbid them;
@@ -215,18 +216,14 @@ enum LogFormat {
     Json,
 }
 
-fn parse_runtime(s: &str) -> Result<(String, PathBuf), String> {
-    let (name, path) = s
-        .split_once('=')
-        .ok_or_else(|| format!("expected NAME=PATH, got {s:?}"))?;
-    if name.is_empty() || !PathBuf::from(path).is_absolute() {
-        return Err("the runtime needs a name and an absolute interpreter path".into());
-    }
-    Ok((name.to_owned(), PathBuf::from(path)))
-}
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    // `kiln doctor` checks a server only if one was named.
+    let url_given = matches.value_source("url") != Some(ValueSource::DefaultValue);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -239,7 +236,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(*args)),
-        Command::Ops(command) => runtime.block_on(kiln::ops::run(&cli.client, command)),
+        Command::Ops(command) => runtime.block_on(kiln::ops::run(&cli.client, url_given, command)),
         Command::Client(command) => match runtime.block_on(client::run(&cli.client, command)) {
             Ok(code) => code,
             Err(e) => {

@@ -167,6 +167,22 @@ impl Runtimes {
     }
 }
 
+/// The built-in runtimes by name, with the interpreters looked for (first found wins).
+pub fn builtins() -> impl Iterator<Item = (&'static str, &'static [&'static str])> {
+    BUILTINS.iter().map(|b| (b.name, b.candidates))
+}
+
+/// An extra runtime as given on the command line: `NAME=PATH`, PATH absolute.
+pub fn parse_extra(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=PATH, got {s:?}"))?;
+    if name.is_empty() || !PathBuf::from(path).is_absolute() {
+        return Err("the runtime needs a name and an absolute interpreter path".into());
+    }
+    Ok((name.to_owned(), PathBuf::from(path)))
+}
+
 fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }

@@ -1,12 +1,17 @@
 //! The operator's commands that work on the database file itself rather than through a server:
-//! `kiln prune` (retention) and `kiln backup`. They parse their flags here, call the store, and
-//! print what happened for people, or as JSON with `--json`.
+//! `kiln prune` (retention), `kiln backup` and `kiln doctor` (is this host ready to run kiln?).
+//! They parse their flags here, call the store (or the sandbox's own probe), and print what
+//! happened for people, or as JSON with `--json`.
+
+mod doctor;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::client::ClientOpts;
 use crate::store::{self, PruneOptions, StoreError};
+
+pub use doctor::{Check, DoctorArgs, Verdict};
 
 #[derive(Clone, Debug, clap::Subcommand)]
 pub enum OpsCommand {
@@ -36,6 +41,9 @@ pub enum OpsCommand {
         #[arg(long, env = "KILN_DB", default_value = "kiln.db")]
         db: PathBuf,
     },
+    /// Check that this host can run kiln (sandbox, cgroups, runtimes, disk, database, server) and
+    /// say what to fix; exits 1 if a check fails
+    Doctor(DoctorArgs),
 }
 
 /// Why an operator's command could not do its work (exit code 2).
@@ -47,8 +55,9 @@ pub enum OpsError {
     Task(String),
 }
 
-/// Runs an operator's command.
-pub async fn run(opts: &ClientOpts, command: OpsCommand) -> ExitCode {
+/// Runs an operator's command. `url_given` says whether `--url` (or `KILN_URL`) named a server
+/// for `doctor` to check.
+pub async fn run(opts: &ClientOpts, url_given: bool, command: OpsCommand) -> ExitCode {
     let result =
         match command {
             OpsCommand::Prune {
@@ -101,6 +110,10 @@ pub async fn run(opts: &ClientOpts, command: OpsCommand) -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }),
+            OpsCommand::Doctor(args) => {
+                let url = url_given.then(|| opts.url.clone());
+                return doctor::run(args, url, opts.json).await;
+            }
         };
     result.unwrap_or_else(|e| {
         eprintln!("kiln: {e}");

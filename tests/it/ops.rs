@@ -1,5 +1,5 @@
-//! Operations on a live deployment: pruning old history and backing up, each against the real
-//! server binary and its database file.
+//! Operations on a live deployment: pruning old history, backing up, and the doctor's checks of
+//! the host, each against the real server binary and its database file.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -317,4 +317,88 @@ async fn a_backup_taken_while_jobs_are_submitted_opens_and_passes_integrity_chec
         "an existing file is never overwritten"
     );
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+}
+
+/// A uid range for the doctor's test runs (`test` of this file) that no test server uses.
+fn doctor_uid_base(test: u32) -> String {
+    (3_000_000_000 + (std::process::id() % 64) * 40_000 + test * 20_000).to_string()
+}
+
+#[tokio::test]
+async fn the_doctor_finds_a_working_host_database_and_server() {
+    let server = Server::start().await;
+    let id = server.submit(sh("true")).await;
+    server.finished(&id).await;
+    let work = server.dir.path().join("doctor-work");
+    let out = server.kiln(&[
+        "doctor",
+        "--db",
+        "kiln.db",
+        "--work-root",
+        work.to_str().expect("utf-8 path"),
+        "--sandbox-uid-base",
+        &doctor_uid_base(0),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "ok    sandbox   level full",
+        "ok    runtimes  sh: /bin/sh runs",
+        "ok    database  integrity_check: ok",
+        &format!("ok    server    {} is ready", server.url),
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} in\n{stdout}");
+    }
+    let left: Vec<_> = std::fs::read_dir(&work).expect("work root").collect();
+    assert!(
+        left.is_empty(),
+        "the doctor's runs leave nothing behind: {left:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_doctor_says_what_is_missing_and_exits_non_zero() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["doctor", "--json", "--url", "http://127.0.0.1:9"])
+        .args(["--runtime", "ghost=/nonexistent/ghost"])
+        .args(["--sandbox-uid-base", &doctor_uid_base(1)])
+        .arg("--work-root")
+        .arg(dir.path().join("work"))
+        .current_dir(dir.path())
+        .output()
+        .expect("run kiln doctor");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let failed: Vec<&Value> = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter(|c| c["verdict"] == "fail")
+        .collect();
+    let said = |area: &str, words: &str| {
+        failed.iter().any(|c| {
+            c["area"] == area
+                && c["detail"].as_str().is_some_and(|d| d.contains(words))
+                && c["fix"].as_str().is_some_and(|f| !f.is_empty())
+        })
+    };
+    assert!(
+        said("runtimes", "ghost: /nonexistent/ghost is missing"),
+        "{report}"
+    );
+    assert!(
+        said("server", "no answer from http://127.0.0.1:9"),
+        "{report}"
+    );
+    assert_eq!(failed.len(), 2, "nothing else fails: {report}");
 }

@@ -1,0 +1,608 @@
+//! `kiln doctor`: whether this host can run kiln as configured, in plain words, with what to do
+//! about each thing that is missing.
+//!
+//! It asks the same code the server asks at start instead of guessing from the outside: the
+//! sandbox's own probe ([`Sandbox::new`]) with its report of namespaces, filters and cgroups,
+//! runtime detection with the sandbox's view of what is visible, and a real run of each built-in
+//! runtime through the [`Runner`] in that sandbox. Those runs happen in a directory of their own
+//! under the work root, so a server using the same work root is not disturbed.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Policy;
+use crate::runner::{Isolation, RunRequest, Runner};
+use crate::runtime::{Runtime, Runtimes};
+use crate::sandbox::{Mode, Report, Sandbox, SandboxConfig};
+use crate::store;
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct DoctorArgs {
+    /// The database file to check (it is fine if it does not exist yet)
+    #[arg(long, env = "KILN_DB", default_value = "kiln.db")]
+    db: PathBuf,
+    /// The work root the server uses [default: $TMPDIR/kiln-work]
+    #[arg(long, env = "KILN_WORK_ROOT")]
+    work_root: Option<PathBuf>,
+    /// The sandbox level the server is to run with
+    #[arg(long, env = "KILN_SANDBOX", value_enum, default_value = "full")]
+    sandbox: Mode,
+    /// Extra host path bound into every sandbox, as given to `kiln serve`; repeatable
+    #[arg(long = "sandbox-bind", value_name = "PATH")]
+    sandbox_binds: Vec<PathBuf>,
+    /// First host uid the test runs map to
+    #[arg(long, env = "KILN_SANDBOX_UID_BASE", default_value_t = 200_000,
+          value_parser = clap::value_parser!(u32).range(1..4_000_000_000))]
+    sandbox_uid_base: u32,
+    /// Extra runtime NAME=INTERPRETER, as given to `kiln serve`; repeatable
+    #[arg(long = "runtime", value_name = "NAME=PATH", value_parser = crate::runtime::parse_extra)]
+    runtimes: Vec<(String, PathBuf)>,
+    /// Check the database with quick_check instead of the full integrity_check (which reads
+    /// every index against its table, and takes a while on a large file)
+    #[arg(long)]
+    quick: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Ok,
+    /// Works, but not as well as it could: a limit not enforced, a runtime not offered.
+    Warn,
+    /// kiln will not start, or will not run jobs safely.
+    Fail,
+}
+
+/// One finding.
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    pub area: &'static str,
+    pub verdict: Verdict,
+    pub detail: String,
+    /// What to do about it, for warnings and failures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn ok(area: &'static str, detail: impl Into<String>) -> Check {
+        Check {
+            area,
+            verdict: Verdict::Ok,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+
+    fn warn(area: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check {
+            area,
+            verdict: Verdict::Warn,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+
+    fn fail(area: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+        Check {
+            area,
+            verdict: Verdict::Fail,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+/// Free space below which a check fails (SQLite cannot grow the file, runs cannot write), and
+/// below which it warns.
+const DISK_FAIL_BYTES: u64 = 100 << 20;
+const DISK_WARN_BYTES: u64 = 1 << 30;
+
+/// A WAL larger than this means checkpoints are held back (a long-lived reader).
+const WAL_WARN_BYTES: u64 = 256 << 20;
+
+/// Runs every check, prints them, and exits 1 if any failed.
+pub async fn run(args: DoctorArgs, url: Option<String>, json: bool) -> ExitCode {
+    let checks = checks(args, url).await;
+    if json {
+        println!("{}", serde_json::json!({ "checks": checks }));
+    } else {
+        for check in &checks {
+            let verdict = match check.verdict {
+                Verdict::Ok => "ok  ",
+                Verdict::Warn => "warn",
+                Verdict::Fail => "FAIL",
+            };
+            println!("{verdict}  {:<9} {}", check.area, check.detail);
+            if let Some(fix) = &check.fix {
+                println!("      {:<9} fix: {fix}", "");
+            }
+        }
+    }
+    match checks.iter().any(|c| c.verdict == Verdict::Fail) {
+        true => ExitCode::FAILURE,
+        false => ExitCode::SUCCESS,
+    }
+}
+
+async fn checks(args: DoctorArgs, url: Option<String>) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let work_root = args
+        .work_root
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("kiln-work"));
+    let scratch = work_root.join(format!(".doctor-{}", std::process::id()));
+    match std::fs::create_dir_all(&scratch) {
+        Ok(()) => {
+            let (sandbox, found) = sandbox_checks(&args, &scratch);
+            checks.extend(found);
+            checks.extend(runtime_checks(&args, sandbox, &scratch).await);
+            if let Err(e) = std::fs::remove_dir_all(&scratch) {
+                tracing::warn!(path = %scratch.display(), error = %e, "cannot remove");
+            }
+        }
+        Err(e) => checks.push(Check::fail(
+            "work root",
+            format!("cannot create {}: {e}", scratch.display()),
+            "give --work-root a directory kiln may write to (on a local disk, not NFS)",
+        )),
+    }
+    let db_dir = match args.db.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    checks.push(disk_check("database directory", &db_dir));
+    checks.push(disk_check("work root", &work_root));
+    checks.extend(database_checks(&args.db, args.quick).await);
+    if let Some(url) = url {
+        checks.push(server_check(&url).await);
+    }
+    checks
+}
+
+/// The sandbox's own startup probe, and what its report says about cgroups and Landlock.
+fn sandbox_checks(args: &DoctorArgs, scratch: &Path) -> (Option<Sandbox>, Vec<Check>) {
+    if args.sandbox == Mode::None {
+        let check = Check::warn(
+            "sandbox",
+            "--sandbox none: submitted code would run unconfined, with the server's privileges",
+            "development only; run with --sandbox full (or namespaces) anywhere others submit code",
+        );
+        return (None, vec![check]);
+    }
+    let config = SandboxConfig {
+        mode: args.sandbox,
+        extra_binds: args.sandbox_binds.clone(),
+        uid_base: args.sandbox_uid_base,
+        ready: 1,
+    };
+    let sandbox = match Sandbox::new(&config, scratch) {
+        Ok(sandbox) => sandbox,
+        Err(e) => {
+            let fix = match args.sandbox {
+                Mode::Full if nested_namespaces_work(scratch) => {
+                    "this host forbids unprivileged user namespaces: allow them \
+                     (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0, \
+                     or kernel.apparmor_restrict_unprivileged_userns=0), or run kiln as root \
+                     with --sandbox namespaces, which works here"
+                }
+                Mode::Full => {
+                    "allow user namespaces (sysctl user.max_user_namespaces > 0, \
+                     kernel.unprivileged_userns_clone=1, kernel.apparmor_restrict_unprivileged_userns=0); \
+                     inside a container, give it CAP_SYS_ADMIN or run it with --privileged"
+                }
+                _ => {
+                    "run kiln as root, on a host (or privileged container) that may create namespaces"
+                }
+            };
+            let check = Check::fail("sandbox", format!("cannot start: {e}"), fix);
+            return (None, vec![check]);
+        }
+    };
+    let report = sandbox.report();
+    let mut checks = vec![Check::ok(
+        "sandbox",
+        format!(
+            "level {}: {} namespaces, seccomp",
+            report.level,
+            report.namespaces.join(", ")
+        ),
+    )];
+    checks.push(landlock_check(&report));
+    checks.push(cgroup_check(&report));
+    (Some(sandbox), checks)
+}
+
+/// Whether `--sandbox namespaces` would work where `full` does not.
+fn nested_namespaces_work(scratch: &Path) -> bool {
+    let config = SandboxConfig {
+        mode: Mode::Namespaces,
+        ..SandboxConfig::default()
+    };
+    Sandbox::new(&config, scratch).is_ok()
+}
+
+fn landlock_check(report: &Report) -> Check {
+    match report.landlock_abi {
+        Some(abi) => Check::ok("landlock", format!("ABI {abi}")),
+        None => Check::warn(
+            "landlock",
+            "not available: a job's file access is confined by its mounts alone",
+            "use a kernel of 5.13 or later with Landlock enabled (lsm=...,landlock on the \
+             kernel command line)",
+        ),
+    }
+}
+
+fn cgroup_check(report: &Report) -> Check {
+    let Some(cgroups) = report.cgroups else {
+        return Check::warn(
+            "cgroups",
+            "none usable: memory is limited by RLIMIT_AS only, processes by RLIMIT_NPROC, \
+             and a run cannot be killed as a whole",
+            "run kiln as root on a host with a writable cgroup filesystem; under systemd give \
+             its unit Delegate=yes; in a container, mount /sys/fs/cgroup read-write",
+        );
+    };
+    let missing: Vec<&str> = [
+        (cgroups.memory, "memory"),
+        (cgroups.pids, "pids"),
+        (cgroups.cpu, "cpu"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| (!on).then_some(name))
+    .collect();
+    if missing.is_empty() {
+        return Check::ok(
+            "cgroups",
+            format!(
+                "{}: memory, pids and cpu controllers{}",
+                cgroups.version,
+                if cgroups.kill { ", cgroup.kill" } else { "" }
+            ),
+        );
+    }
+    let fix = match cgroups.version {
+        "v1" => format!(
+            "mount the {} controller hierarchy (or boot with systemd.unified_cgroup_hierarchy=1)",
+            missing.join(", ")
+        ),
+        _ => format!(
+            "enable them for kiln's cgroup: `echo '+{}' > <parent>/cgroup.subtree_control` along \
+             the path from /sys/fs/cgroup, or Delegate=yes in its systemd unit",
+            missing.join(" +")
+        ),
+    };
+    Check::warn(
+        "cgroups",
+        format!(
+            "{} without the {} controller: those limits are enforced by rlimits alone",
+            cgroups.version,
+            missing.join(", ")
+        ),
+        fix,
+    )
+}
+
+/// A program per built-in runtime that prints `ok`, to prove the runtime works in the sandbox.
+fn hello(runtime: &str) -> Option<&'static str> {
+    match runtime {
+        "python" => Some("print('ok')"),
+        "bash" | "sh" => Some("echo ok"),
+        "c" => Some("#include <stdio.h>\nint main(void) { puts(\"ok\"); return 0; }\n"),
+        _ => None,
+    }
+}
+
+async fn runtime_checks(args: &DoctorArgs, sandbox: Option<Sandbox>, scratch: &Path) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let mut runtimes = Runtimes::detect(&args.runtimes);
+    for (name, candidates) in crate::runtime::builtins() {
+        if runtimes.get(name).is_none() && !args.runtimes.iter().any(|(n, _)| n == name) {
+            checks.push(Check::warn(
+                "runtimes",
+                format!(
+                    "{name}: not installed (looked for {})",
+                    candidates.join(", ")
+                ),
+                format!(
+                    "install it to offer {name} (e.g. apt-get install {})",
+                    package(name)
+                ),
+            ));
+        }
+    }
+    for (name, path) in &args.runtimes {
+        if runtimes.get(name).is_none() {
+            checks.push(Check::fail(
+                "runtimes",
+                format!("{name}: {} is missing or not executable", path.display()),
+                "correct the --runtime path",
+            ));
+        }
+    }
+    if args.sandbox == Mode::None || sandbox.is_some() {
+        let mut hidden = Vec::new();
+        if let Some(sandbox) = &sandbox {
+            hidden = runtimes
+                .iter()
+                .filter(|r| !sandbox.can_see(&r.program))
+                .map(|r| r.program.clone())
+                .collect();
+            runtimes.retain_visible(|program| sandbox.can_see(program));
+        }
+        for program in hidden {
+            checks.push(Check::warn(
+                "runtimes",
+                format!(
+                    "{} is outside what the sandbox binds: not offered",
+                    program.display()
+                ),
+                format!(
+                    "bind its directory with --sandbox-bind {}",
+                    program.parent().unwrap_or(&program).display()
+                ),
+            ));
+        }
+        let isolation = match sandbox {
+            Some(sandbox) => Isolation::Sandbox(sandbox),
+            None => Isolation::Unsandboxed,
+        };
+        match Runner::new(scratch.to_path_buf(), isolation) {
+            Ok(runner) => {
+                for runtime in runtimes.iter() {
+                    checks.push(try_runtime(&runner, runtime).await);
+                }
+            }
+            Err(e) => checks.push(Check::fail(
+                "runtimes",
+                format!("cannot prepare a work directory: {e}"),
+                "give --work-root a directory kiln may write to",
+            )),
+        }
+    }
+    if runtimes.is_empty() {
+        checks.push(Check::fail(
+            "runtimes",
+            "no runtime is available: kiln serve will refuse to start",
+            "install python3 (or bash), or name an interpreter with --runtime NAME=PATH",
+        ));
+    }
+    checks
+}
+
+fn package(runtime: &str) -> &str {
+    match runtime {
+        "python" => "python3",
+        "c" => "gcc",
+        other => other,
+    }
+}
+
+/// Runs a small program of `runtime` exactly as a job would run, and checks it printed `ok`.
+async fn try_runtime(runner: &Runner, runtime: &Runtime) -> Check {
+    let Some(code) = hello(&runtime.name) else {
+        return Check::ok(
+            "runtimes",
+            format!(
+                "{}: {} (visible; not test-run)",
+                runtime.name,
+                runtime.program.display()
+            ),
+        );
+    };
+    let files = Default::default();
+    let request = RunRequest {
+        job_id: uuid::Uuid::now_v7(),
+        attempt: 1,
+        runtime,
+        code,
+        stdin: "",
+        args: &[],
+        files: &files,
+        limits: Policy::default().default_limits,
+        reporting: None,
+        batch: None,
+    };
+    let name = &runtime.name;
+    match runner.run(request, CancellationToken::new()).await {
+        Ok(out) if out.result.stdout.trim() == "ok" => Check::ok(
+            "runtimes",
+            format!(
+                "{name}: {} runs ({} ms)",
+                runtime.program.display(),
+                out.result.wall_ms
+            ),
+        ),
+        Ok(out) => Check::fail(
+            "runtimes",
+            format!(
+                "{name}: a test run ended {} (exit {:?}): {}",
+                out.outcome.as_str(),
+                out.result.exit_code,
+                out.result.stderr.trim()
+            ),
+            "run the same with --sandbox none to tell the sandbox from the runtime; a library \
+             outside /usr needs --sandbox-bind",
+        ),
+        Err(e) => Check::fail(
+            "runtimes",
+            format!("{name}: cannot run: {e}"),
+            "see the sandbox check above; the server log has the details of failed starts",
+        ),
+    }
+}
+
+fn disk_check(area: &'static str, path: &Path) -> Check {
+    let free = match free_bytes(path) {
+        Ok(free) => free,
+        Err(e) => {
+            return Check::fail(
+                "disk",
+                format!("{area} {}: {e}", path.display()),
+                "create the directory, or point kiln at one that exists",
+            );
+        }
+    };
+    let detail = format!("{area} {}: {} MiB free", path.display(), free >> 20);
+    let fix = "free space there, or move it to a larger disk: a full disk makes submits fail \
+               with 503 until space returns";
+    match free {
+        f if f < DISK_FAIL_BYTES => Check::fail("disk", detail, fix),
+        f if f < DISK_WARN_BYTES => Check::warn("disk", detail, fix),
+        _ => Check::ok("disk", detail),
+    }
+}
+
+/// Space available to an unprivileged writer on the file system holding `path` (or its closest
+/// existing ancestor).
+fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let existing = path
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    let c = std::ffi::CString::new(existing.as_os_str().as_bytes())?;
+    // SAFETY: statvfs is plain C data and `c` is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+async fn database_checks(db: &Path, quick: bool) -> Vec<Check> {
+    if !db.exists() {
+        return vec![Check::ok(
+            "database",
+            format!("{}: none yet; kiln serve creates it", db.display()),
+        )];
+    }
+    let path = db.to_path_buf();
+    let health = match tokio::task::spawn_blocking(move || store::inspect(&path, quick)).await {
+        Ok(Ok(health)) => health,
+        Ok(Err(e)) => {
+            return vec![Check::fail(
+                "database",
+                format!("{}: {e}", db.display()),
+                "check the path and its permissions; a file that is not a kiln database \
+                 needs another --db",
+            )];
+        }
+        Err(e) => {
+            return vec![Check::fail(
+                "database",
+                e.to_string(),
+                "report this as a bug",
+            )];
+        }
+    };
+    let mut checks = Vec::new();
+    let size = health.pages * health.page_size;
+    let version = health.user_version;
+    let known = health.known_version;
+    checks.push(match version {
+        v if v > known => Check::fail(
+            "database",
+            format!("schema version {v} is newer than this kiln knows ({known})"),
+            "run the kiln version that wrote it, or a newer one",
+        ),
+        v if v < known => Check::ok(
+            "database",
+            format!("schema version {v}: kiln serve migrates it to {known} at start"),
+        ),
+        v => Check::ok(
+            "database",
+            format!(
+                "{}: schema version {v}, {} MiB, {} free pages",
+                db.display(),
+                size >> 20,
+                health.free_pages
+            ),
+        ),
+    });
+    checks.push(match health.journal_mode.as_str() {
+        "wal" => Check::ok("database", "journal_mode wal"),
+        mode => Check::warn(
+            "database",
+            format!("journal_mode {mode}: readers and the writer block each other"),
+            "kiln serve switches it to wal at start; if this file is not served yet, that is fine",
+        ),
+    });
+    let check_name = if quick {
+        "quick_check"
+    } else {
+        "integrity_check"
+    };
+    checks.push(match health.integrity.as_slice() {
+        [ok] if ok == "ok" => Check::ok("database", format!("{check_name}: ok")),
+        problems => Check::fail(
+            "database",
+            format!("{check_name} found: {}", problems.join("; ")),
+            "stop the servers and restore the latest `kiln backup`",
+        ),
+    });
+    checks.push(match health.wal_bytes {
+        w if w > WAL_WARN_BYTES => Check::warn(
+            "database",
+            format!("the WAL holds {} MiB not yet checkpointed", w >> 20),
+            "a long-lived reader (an open sqlite3 shell, a slow backup) is holding checkpoints \
+             back: end it",
+        ),
+        w => Check::ok("database", format!("WAL {} KiB", w >> 10)),
+    });
+    if health.prune_markers > 0 {
+        checks.push(Check::warn(
+            "database",
+            "prune_in_progress has rows outside a prune: events may be deleted by anyone",
+            "DELETE FROM prune_in_progress once no `kiln prune` runs",
+        ));
+    }
+    checks
+}
+
+async fn server_check(url: &str) -> Check {
+    let readyz = format!("{}/readyz", url.trim_end_matches('/'));
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build();
+    let answer = match client {
+        Ok(client) => client.get(&readyz).send().await,
+        Err(e) => return Check::fail("server", e.to_string(), "report this as a bug"),
+    };
+    match answer {
+        Ok(response) if response.status().is_success() => {
+            Check::ok("server", format!("{url} is ready"))
+        }
+        Ok(response) => {
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            Check::fail(
+                "server",
+                format!("{readyz} answered {status}: {}", body.trim()),
+                "read the server's log; /readyz fails while the database cannot be written or \
+                 no runtime is available",
+            )
+        }
+        Err(e) => Check::fail(
+            "server",
+            format!("no answer from {url}: {}", causes(&e)),
+            "start it with `kiln serve`, or give the URL it listens on with --url",
+        ),
+    }
+}
+
+/// An error with its causes, since reqwest's own message ("error sending request") names none.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
