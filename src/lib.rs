@@ -36,6 +36,7 @@ pub mod config;
 pub mod http;
 pub mod job;
 pub mod live;
+pub mod metrics;
 pub mod names;
 pub mod ops;
 pub mod progress;

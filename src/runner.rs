@@ -531,6 +531,7 @@ async fn execute(
             let mut launched = tokio::time::timeout(SANDBOX_START_TIMEOUT, sandbox.launch(launch))
                 .await
                 .unwrap_or_else(|_| Err(io::Error::other("the sandbox did not start in time")))
+                .inspect_err(|_| crate::metrics::METRICS.sandbox_start_failed())
                 .map_err(spawn_error)?;
             let attached = attach_sandbox(&mut launched).map_err(spawn_error)?;
             if step.reporting.is_some() {

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::Notice;
 use crate::job::{EventKind, JobId, Outcome, RunResult};
 use crate::live::Live;
+use crate::metrics::METRICS;
 use crate::runner::{Builds, Reporting, RunError, RunOutput, RunRequest, Runner};
 use crate::runtime::Runtimes;
 use crate::store::{ClaimedJob, Store};
@@ -217,6 +218,7 @@ impl<E: Execute> Workers<E> {
     /// claimed along with that result.
     async fn run(&self, owner: &str, job: ClaimedJob, stopping: &Stopping) -> Option<ClaimedJob> {
         tracing::debug!(job = %job.id, attempt = job.attempt, "claimed");
+        METRICS.claimed(job.id, job.attempt);
         let kill = &stopping.running;
         // Not while stopping: then the next job must stay queued.
         let claim_next = (!stopping.claiming.is_cancelled()).then_some(owner);
@@ -350,6 +352,7 @@ impl<E: Execute> Workers<E> {
         });
         let mut delay = Duration::from_millis(50);
         let deadline = Instant::now() + self.lease;
+        let ran_ms = result.wall_ms;
         loop {
             let (id, attempt) = (job.id, job.attempt);
             let (result, error, judged) = (result.clone(), error.clone(), judged.clone());
@@ -369,6 +372,7 @@ impl<E: Execute> Workers<E> {
             match written {
                 Ok((true, next)) => {
                     tracing::debug!(job = %job.id, outcome = outcome.as_str(), "finished");
+                    METRICS.run_recorded(outcome, ran_ms);
                     return next;
                 }
                 Ok((false, next)) => {

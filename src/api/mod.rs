@@ -4,7 +4,7 @@
 //!
 //! Routes: `jobs` (the v1 API), `batches` (test suites, with their `junit` reports), `streams`
 //! (the event endpoints as Server-Sent Events), `compat` (the replaced synchronous design's
-//! endpoints), and the health checks here.
+//! endpoints), `metrics` (Prometheus), and the health checks here.
 
 mod batches;
 mod compat;
@@ -14,6 +14,7 @@ mod extract;
 mod fuzz;
 mod jobs;
 mod junit;
+mod metrics;
 mod streams;
 
 use std::sync::Arc;
@@ -75,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .route("/events", get(jobs::feed))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::StoreError;
 use super::wal::Checkpointer;
 use crate::bus::{Bus, Notice};
+use crate::metrics::METRICS;
 
 /// At most this many operations share one transaction, which bounds how long one commit holds
 /// the write lock and how late the first caller of a busy batch is answered.
@@ -121,8 +122,10 @@ fn run(
                 Err(_) => break,
             }
         }
+        let began = std::time::Instant::now();
         let commit = commit_batch(&conn, &mut batch, &mut notices);
         let committed = commit.is_ok();
+        METRICS.writer_commit(began.elapsed(), batch.len(), committed.then_some(&notices));
         for op in batch.drain(..) {
             op.reply(commit.clone());
         }

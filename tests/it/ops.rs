@@ -1,5 +1,5 @@
-//! Operations on a live deployment: pruning old history, backing up, and the doctor's checks of
-//! the host, each against the real server binary and its database file.
+//! Operations on a live deployment: pruning old history, backing up, metrics, and the doctor's
+//! checks of the host, each against the real server binary and its database file.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -401,4 +401,105 @@ async fn the_doctor_says_what_is_missing_and_exits_non_zero() {
         "{report}"
     );
     assert_eq!(failed.len(), 2, "nothing else fails: {report}");
+}
+
+/// A scrape of `GET /metrics`, checked to be well-formed text exposition: every sample belongs
+/// to a family declared by a `# TYPE` line before it and has a numeric value.
+async fn scrape(server: &Server) -> std::collections::HashMap<String, f64> {
+    let response = reqwest::get(format!("{}/metrics", server.url))
+        .await
+        .expect("GET /metrics");
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"].to_str().unwrap_or("");
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let text = response.text().await.expect("body");
+    let mut families = Vec::new();
+    let mut samples = std::collections::HashMap::new();
+    for line in text.lines() {
+        if let Some(declared) = line.strip_prefix("# TYPE ") {
+            families.push(declared.split(' ').next().unwrap_or("").to_owned());
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("a sample line");
+        let name = series.split('{').next().unwrap_or(series);
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .filter(|base| families.iter().any(|f| f == base))
+            .unwrap_or(name);
+        assert!(families.iter().any(|f| f == family), "{line} has no # TYPE");
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+        samples.insert(series.to_owned(), value);
+    }
+    samples
+}
+
+#[tokio::test]
+async fn metrics_count_submits_claims_runs_and_webhook_failures_as_they_happen() {
+    let server = Server::start().await;
+    let before = scrape(&server).await;
+    let get = |m: &std::collections::HashMap<String, f64>, series: &str| {
+        m.get(series).copied().unwrap_or(0.0)
+    };
+    assert_eq!(get(&before, "kiln_jobs_submitted_total"), 0.0);
+    assert_eq!(get(&before, "kiln_jobs{status=\"queued\"}"), 0.0);
+
+    let ok = server.submit(sh("echo hi")).await;
+    let bad = server.submit(sh("exit 3")).await;
+    // Nothing listens on port 9: the callback fails at once.
+    let called = server
+        .submit(json!({"runtime": "sh", "code": "true", "callback_url": "http://127.0.0.1:9/"}))
+        .await;
+    for id in [&ok, &bad, &called] {
+        server.finished(id).await;
+    }
+    let stream = reqwest::Client::new()
+        .get(format!("{}/v1/events", server.url))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("open a live stream");
+    let mut after = scrape(&server).await;
+    for _ in 0..100 {
+        if get(&after, "kiln_webhook_failures_total") >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after = scrape(&server).await;
+    }
+    for (series, expected) in [
+        ("kiln_jobs_submitted_total", 3.0),
+        ("kiln_jobs_claimed_total", 3.0),
+        ("kiln_jobs_finished_total{status=\"succeeded\"}", 2.0),
+        ("kiln_jobs_finished_total{status=\"failed\"}", 1.0),
+        ("kiln_runs_total{outcome=\"success\"}", 2.0),
+        ("kiln_runs_total{outcome=\"nonzero_exit\"}", 1.0),
+        ("kiln_jobs{status=\"succeeded\"}", 2.0),
+        ("kiln_jobs{status=\"failed\"}", 1.0),
+        ("kiln_job_run_seconds_count", 3.0),
+        ("kiln_job_run_seconds_bucket{le=\"+Inf\"}", 3.0),
+        ("kiln_job_queue_wait_seconds_count", 3.0),
+        ("kiln_sse_streams", 1.0),
+    ] {
+        assert_eq!(get(&after, series), expected, "{series}");
+    }
+    assert!(
+        get(&after, "kiln_webhook_failures_total") >= 1.0,
+        "the failed call"
+    );
+    assert!(get(&after, "kiln_job_run_seconds_sum") > 0.0);
+    let commits = get(&after, "kiln_writer_commit_seconds_count");
+    assert!(commits >= 7.0, "submits, claims, ends: {commits} commits");
+    assert_eq!(get(&after, "kiln_writer_batch_operations_count"), commits);
+    assert!(
+        get(&after, "kiln_wal_bytes") > 0.0,
+        "the WAL holds the commits"
+    );
+    drop(stream);
 }

@@ -1,0 +1,26 @@
+//! `GET /metrics`: the Prometheus scrape. The figures are kept by [`crate::metrics`]; this adds
+//! what is read at scrape time (jobs by status, WAL size, open streams) and answers in the text
+//! exposition format.
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+
+use super::{ApiError, AppState};
+use crate::metrics::{Gauges, METRICS};
+
+pub(super) async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let gauges = Gauges {
+        jobs: state.store.queue_depth().await?,
+        wal_bytes: state.store.wal_bytes(),
+        sse_streams: state
+            .config
+            .sse_max_streams
+            .saturating_sub(state.streams.available_permits()),
+        running: state.running.len(),
+    };
+    Ok((
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        METRICS.render(&gauges),
+    ))
+}
