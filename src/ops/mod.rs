@@ -77,11 +77,13 @@ pub async fn run(opts: &ClientOpts, url_given: bool, command: OpsCommand) -> Exi
                             false => {
                                 println!(
                                     "pruned {} jobs, {} batches and {} events in {} transactions \
-                                 (longest {} ms); recorded as prune {} in table prunes",
+                                 (holding the write lock {:.0} ms in all, {} ms at most); \
+                                 recorded as prune {} in table prunes",
                                     report.jobs,
                                     report.batches,
                                     report.events,
                                     report.transactions,
+                                    report.locked_ms,
                                     report.longest_transaction_ms,
                                     report.prune_id
                                 );

@@ -60,6 +60,8 @@ pub struct PruneReport {
     pub transactions: u64,
     /// The longest any one transaction held the write lock, in milliseconds.
     pub longest_transaction_ms: u64,
+    /// How long its transactions held the write lock in all, in milliseconds.
+    pub locked_ms: f64,
     pub archive: Option<PathBuf>,
 }
 
@@ -193,10 +195,11 @@ pub fn prune(db: &Path, options: &PruneOptions) -> Result<PruneReport, StoreErro
             if report.archive.is_some() {
                 copy_to_archive(&conn, &kind, &ids)?;
             }
-            let began = Instant::now();
-            let (removed, events) = delete_chunk(&conn, &kind, &ids, options, report.prune_id)?;
-            let held = u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX);
-            report.longest_transaction_ms = report.longest_transaction_ms.max(held);
+            let (removed, events, held) =
+                delete_chunk(&conn, &kind, &ids, options, report.prune_id)?;
+            let held_ms = u64::try_from(held.as_millis()).unwrap_or(u64::MAX);
+            report.longest_transaction_ms = report.longest_transaction_ms.max(held_ms);
+            report.locked_ms += held.as_secs_f64() * 1000.0;
             report.transactions += 1;
             report.events += events;
             match kind.table {
@@ -222,17 +225,19 @@ fn id_bound(ms: i64) -> String {
 }
 
 /// One transaction: the marker row, the chunk's rows that may still go (rechecked under the
-/// write lock), their dependents, the marker gone, the tally. Returns (rows, events) removed.
+/// write lock), their dependents, the marker gone, the tally. Returns the rows and events
+/// removed, and how long the write lock was held (not counting the wait for it).
 fn delete_chunk(
     conn: &Connection,
     kind: &Kind,
     ids: &str,
     options: &PruneOptions,
     prune_id: i64,
-) -> Result<(u64, u64), StoreError> {
+) -> Result<(u64, u64, Duration), StoreError> {
     // Immediate: the write lock from the start, never a read upgraded to a write, which fails
     // without waiting when another writer committed in between.
     let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+    let locked = Instant::now();
     tx.execute_batch("PRAGMA defer_foreign_keys = ON")?;
     // Rows go before what refers to them so that the recheck decides; the references are
     // checked at commit, when both are gone.
@@ -267,7 +272,7 @@ fn delete_chunk(
         params![jobs as i64, batches as i64, events as i64, prune_id],
     )?;
     tx.commit()?;
-    Ok((rows, events))
+    Ok((rows, events, locked.elapsed()))
 }
 
 /// Attaches the archive as `archive`, creating it and its tables if needed and adding any
