@@ -42,6 +42,9 @@ pub struct ClientOpts {
     /// Print raw JSON for scripts
     #[arg(long, global = true)]
     pub json: bool,
+    /// API token, for a server that requires one (`kiln token create`)
+    #[arg(long, env = "KILN_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Clone, Debug, clap::Subcommand)]
@@ -157,7 +160,7 @@ fn api_message(status: StatusCode, code: Option<&str>, message: &str) -> String 
 
 /// Runs one client subcommand and returns the exit code it should end with (see the module doc).
 pub async fn run(opts: &ClientOpts, cmd: ClientCommand) -> Result<ExitCode, ClientError> {
-    let api = Api::new(&opts.url)?;
+    let api = Api::new(&opts.url, opts.token.as_deref())?;
     match cmd {
         ClientCommand::Submit {
             file,
@@ -323,7 +326,7 @@ struct Api {
 }
 
 impl Api {
-    fn new(base: &str) -> Result<Api, ClientError> {
+    fn new(base: &str, token: Option<&str>) -> Result<Api, ClientError> {
         let base = Url::parse(base)
             .map_err(|err| ClientError::Usage(format!("invalid server URL {base:?}: {err}")))?;
         if base.cannot_be_a_base() {
@@ -331,8 +334,16 @@ impl Api {
                 "invalid server URL {base}: expected something like http://127.0.0.1:8000"
             )));
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ClientError::Usage("the token must be printable ASCII".into()))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
+            .default_headers(headers)
             .build()
             .map_err(|err| ClientError::Unreachable {
                 url: base.to_string(),
@@ -914,13 +925,16 @@ mod tests {
 
     #[test]
     fn urls_keep_a_mount_prefix_and_escape_ids() {
-        let api = Api::new("http://h:1/kiln/").map_err(|err| err.to_string());
+        let api = Api::new("http://h:1/kiln/", None).map_err(|err| err.to_string());
         let url = api.map(|api| api.url(&["jobs", "a/b?c", "events"]).to_string());
         assert_eq!(
             url.as_deref(),
             Ok("http://h:1/kiln/v1/jobs/a%2Fb%3Fc/events")
         );
-        assert!(matches!(Api::new("not a url"), Err(ClientError::Usage(_))));
+        assert!(matches!(
+            Api::new("not a url", None),
+            Err(ClientError::Usage(_))
+        ));
     }
 
     #[test]

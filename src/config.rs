@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::auth::RateLimit;
 use crate::http::HttpLimits;
 use crate::job::Limits;
 use crate::sandbox::SandboxConfig;
@@ -103,6 +104,14 @@ pub struct Config {
     pub wal_max_bytes: u64,
     /// Limits on clients' connections: how many, how slow, how large their headers.
     pub http: HttpLimits,
+    /// Serve without API tokens on an address other than loopback (when none exists yet).
+    pub insecure: bool,
+    /// Requests a second (and at once) each API token may make; `None`: no limit.
+    pub token_rate: Option<RateLimit>,
+    /// Jobs that may wait in the queue; submits beyond it are refused with 429.
+    pub max_queued_jobs: u64,
+    /// Batches that may have cases not yet ended; more are refused with 429.
+    pub max_batches_in_flight: u64,
     pub policy: Policy,
     pub sandbox: SandboxConfig,
     pub webhooks: WebhookConfig,
@@ -130,6 +139,10 @@ impl Config {
             sse_max_streams: 10_000,
             wal_max_bytes: crate::store::DEFAULT_WAL_MAX_BYTES,
             http: HttpLimits::default(),
+            insecure: false,
+            token_rate: None,
+            max_queued_jobs: 1_000_000,
+            max_batches_in_flight: 1000,
             policy: Policy::default(),
             sandbox: SandboxConfig::default(),
             webhooks: WebhookConfig::default(),

@@ -518,6 +518,9 @@ pub struct Event {
     pub kind: String,
     pub attempt: Option<u32>,
     pub data: serde_json::Value,
+    /// Whose it is: the tenant of its job or batch (`None` on an open server).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// A job with its result, as stored.

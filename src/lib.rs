@@ -25,10 +25,14 @@
 //!    the terminal transaction also wrote an outbox row; the deliverer, woken by the bus, POSTs
 //!    the signed result and retries until it is answered with a 2xx or the retry horizon passes.
 //!
+//! Before any of it, [`auth`] says on whose behalf a request acts: with API tokens, each
+//! tenant sees only its own jobs, batches and events.
+//!
 //! [`server`] wires these together and shuts them down in order; [`client`] is the command-line
 //! client of a running server.
 
 pub mod api;
+pub mod auth;
 pub mod batch;
 pub mod bus;
 pub mod client;

@@ -19,7 +19,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 
 use crate::job::{Event, EventKind, JobId};
-use crate::store::Store;
+use crate::store::{Store, Visibility};
 
 /// Committed events kept for subscribers that are a little behind; further behind, they read
 /// the database.
@@ -177,7 +177,7 @@ impl Live {
     /// Broadcasts every event after `last`; returns the new last id.
     async fn broadcast_after(&self, store: &Store, mut last: i64) -> i64 {
         loop {
-            let page = match store.events_after(last, PAGE).await {
+            let page = match store.events_after(Visibility::All, last, PAGE).await {
                 Ok(page) => page,
                 Err(e) => {
                     // Left for the next wake-up: subscribers lose nothing, only wait.

@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use kiln::auth::RateLimit;
 use kiln::client::{self, ClientCommand, ClientOpts};
 use kiln::config::Config;
 use kiln::http::HttpLimits;
 use kiln::ops::OpsCommand;
 use kiln::sandbox::{Mode, SandboxConfig};
+use kiln::store::Store;
 use kiln::webhook::{HostPolicy, HostRule};
 use tracing_subscriber::EnvFilter;
 
@@ -33,6 +35,8 @@ struct Cli {
 enum Command {
     /// Run the service: HTTP API, workers and the database
     Serve(Box<ServeArgs>),
+    /// Make, list and revoke API tokens, in the database file (the server need not run)
+    Token(TokenArgs),
     #[command(flatten)]
     Ops(OpsCommand),
     #[command(flatten)]
@@ -104,6 +108,25 @@ struct ServeArgs {
     #[arg(long, env = "KILN_WAL_MAX_MB", default_value_t = 1024,
           value_parser = clap::value_parser!(u64).range(1..))]
     wal_max_mb: u64,
+    /// Most jobs waiting in the queue (cases of batches included); submits beyond it are
+    /// refused with 429 and Retry-After
+    #[arg(long, env = "KILN_MAX_QUEUED_JOBS", default_value_t = 1_000_000)]
+    max_queued_jobs: u64,
+    /// Most batches with cases not yet ended; more are refused with 429 and Retry-After
+    #[arg(long, env = "KILN_MAX_BATCHES_IN_FLIGHT", default_value_t = 1000)]
+    max_batches_in_flight: u64,
+    /// Requests a second each API token may make, sustained (429 and Retry-After beyond);
+    /// 0 for no limit
+    #[arg(long, env = "KILN_TOKEN_RATE", default_value_t = 0.0)]
+    token_rate: f64,
+    /// Requests an API token may make at once after a quiet spell [default: twice the rate,
+    /// at least 1]
+    #[arg(long, env = "KILN_TOKEN_BURST")]
+    token_burst: Option<f64>,
+    /// Serve without API tokens on an address other than loopback while none exists. Anyone
+    /// who reaches the address can then run code and read every job
+    #[arg(long, env = "KILN_INSECURE")]
+    insecure: bool,
     /// Log format
     #[arg(long, env = "KILN_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -210,10 +233,47 @@ struct LimitArgs {
     max_output_bytes: Option<u64>,
 }
 
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The SQLite database file of the server
+    #[arg(long, env = "KILN_DB", default_value = "kiln.db", global = true)]
+    db: PathBuf,
+    #[command(subcommand)]
+    command: TokenCommand,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a token for a tenant and print it, once: only its hash is kept
+    Create {
+        /// Whose jobs the token submits and sees (letters, digits, '.', '_', '-')
+        #[arg(long, value_parser = parse_tenant)]
+        tenant: String,
+        /// The token sees every tenant's jobs and the global event feed
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List the tokens made: id, tenant, first characters, and whether revoked
+    List,
+    /// Revoke a token by its id; a running server refuses it within a second
+    Revoke { id: i64 },
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
     Text,
     Json,
+}
+
+fn parse_tenant(s: &str) -> Result<String, String> {
+    let fine = (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if fine {
+        Ok(s.to_owned())
+    } else {
+        Err("1 to 64 letters, digits, '.', '_' or '-'".into())
+    }
 }
 
 fn main() -> ExitCode {
@@ -237,6 +297,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Ops(command) => runtime.block_on(kiln::ops::run(&cli.client, url_given, command)),
+        Command::Token(args) => match runtime.block_on(token(args, cli.client.json)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kiln: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Client(command) => match runtime.block_on(client::run(&cli.client, command)) {
             Ok(code) => code,
             Err(e) => {
@@ -265,6 +332,70 @@ async fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
+async fn token(args: TokenArgs, json: bool) -> Result<(), String> {
+    let (store, writer) =
+        Store::open(&args.db, 1).map_err(|e| format!("cannot open {}: {e}", args.db.display()))?;
+    let done = token_command(&store, args.command, json).await;
+    drop(store);
+    writer.join();
+    done
+}
+
+async fn token_command(store: &Store, command: TokenCommand, json: bool) -> Result<(), String> {
+    match command {
+        TokenCommand::Create { tenant, admin } => {
+            let made = kiln::auth::new_token().map_err(|e| format!("no randomness: {e}"))?;
+            let secret = kiln::auth::random_hex(32).map_err(|e| format!("no randomness: {e}"))?;
+            let id = store
+                .create_token(tenant.clone(), admin, made.hash, made.prefix, secret)
+                .await
+                .map_err(|e| e.to_string())?;
+            if json {
+                let out = serde_json::json!({"id": id, "tenant": tenant, "admin": admin,
+                                             "token": made.token});
+                println!("{out}");
+            } else {
+                println!("{}", made.token);
+                eprintln!(
+                    "kiln: token {id} for tenant {tenant:?}{}: shown this once, keep it secret",
+                    if admin { " (admin)" } else { "" }
+                );
+            }
+        }
+        TokenCommand::List => {
+            let tokens = store.tokens().await.map_err(|e| e.to_string())?;
+            if json {
+                let out = serde_json::to_string(&tokens).map_err(|e| e.to_string())?;
+                println!("{out}");
+                return Ok(());
+            }
+            println!(
+                "{:>4}  {:<13}  {:<20}  {:<5}  {:<24}  revoked",
+                "id", "token", "tenant", "admin", "created"
+            );
+            let when = kiln::time::rfc3339;
+            for t in tokens {
+                println!(
+                    "{:>4}  {:<13}  {:<20}  {:<5}  {:<24}  {}",
+                    t.id,
+                    format!("{}…", t.prefix),
+                    t.tenant,
+                    if t.admin { "yes" } else { "no" },
+                    when(t.created_at),
+                    t.revoked_at.map_or_else(|| "-".to_owned(), when),
+                );
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            if !store.revoke_token(id).await.map_err(|e| e.to_string())? {
+                return Err(format!("no token {id} in force (see `kiln token list`)"));
+            }
+            eprintln!("kiln: token {id} revoked");
+        }
+    }
+    Ok(())
+}
+
 fn config_from(args: ServeArgs) -> Config {
     let mut config = Config::new(args.db);
     config.listen = args.listen;
@@ -284,6 +415,13 @@ fn config_from(args: ServeArgs) -> Config {
     config.sse_max_streams = args.sse_max_streams;
     config.policy.max_batch_cases = args.max_batch_cases;
     config.wal_max_bytes = args.wal_max_mb.saturating_mul(1 << 20);
+    config.max_queued_jobs = args.max_queued_jobs;
+    config.max_batches_in_flight = args.max_batches_in_flight;
+    config.insecure = args.insecure;
+    config.token_rate = (args.token_rate > 0.0).then(|| RateLimit {
+        rate: args.token_rate,
+        burst: args.token_burst.unwrap_or(2.0 * args.token_rate).max(1.0),
+    });
     config.sandbox = SandboxConfig {
         mode: args.sandbox,
         extra_binds: args.sandbox_binds,

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
+use crate::auth::Guard;
 use crate::config::Config;
 use crate::http;
 use crate::live::Live;
@@ -52,6 +53,12 @@ pub enum ServerError {
     Sandbox(#[from] SandboxError),
     #[error("cannot start webhook delivery: {0}")]
     Webhooks(#[from] WebhookError),
+    #[error(
+        "refusing to serve {0} without API tokens: anyone who can reach it could run code. \
+         Create one with `kiln token create --tenant NAME`, listen on loopback, or pass \
+         --insecure"
+    )]
+    Insecure(std::net::SocketAddr),
 }
 
 /// Probes the sandbox, or loudly does without it when the operator said so.
@@ -119,6 +126,29 @@ pub async fn run(
         Err(e) => tracing::error!(error = %e, "could not rescue the previous run's jobs"),
     }
 
+    let loopback = config.listen.ip().is_loopback();
+    let guard = Guard::load(&store, loopback || config.insecure, config.token_rate)
+        .await
+        .map_err(|source| ServerError::Store {
+            path: config.db_path.clone(),
+            source,
+        })?;
+    match (guard.tokens_exist(), loopback, config.insecure) {
+        (true, _, _) => tracing::info!("API tokens are required"),
+        (false, true, _) => {
+            tracing::info!("no API token exists: open to whoever can reach loopback");
+        }
+        (false, false, true) => tracing::warn!(
+            listen = %config.listen,
+            "no API token exists and --insecure was given: OPEN to whoever can reach this address"
+        ),
+        (false, false, false) => return Err(ServerError::Insecure(config.listen)),
+    }
+    let guard = Arc::new(guard);
+    let stop_guarding = CancellationToken::new();
+    let guarding =
+        tokio::spawn(Arc::clone(&guard).keep_fresh(store.clone(), stop_guarding.clone()));
+
     let deliverer = Deliverer::new(
         store.clone(),
         config.policy.callbacks.clone(),
@@ -167,6 +197,7 @@ pub async fn run(
         live,
         config: Arc::clone(&config),
         stopping: stopping.claiming.clone(),
+        guard,
     };
     let names: Vec<_> = runtimes.iter().map(|r| r.name.clone()).collect();
     tracing::info!(
@@ -203,6 +234,10 @@ pub async fn run(
         while worker_tasks.join_next().await.is_some() {}
     }
     stop_delivering.cancel();
+    stop_guarding.cancel();
+    if let Err(e) = guarding.await {
+        tracing::error!(error = %e, "the token refresher failed");
+    }
     if let Err(e) = deliveries.await {
         tracing::error!(error = %e, "the webhook deliverer failed");
     }

@@ -12,12 +12,13 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
-use super::AppState;
 use super::error::ApiError;
 use super::extract::{self, BatchPath, Query};
-use super::jobs::{WaitQuery, idempotency_key, page_size, wait_duration};
+use super::jobs::{WaitQuery, admission, idempotency_key, page_size, wait_duration};
 use super::junit;
 use super::streams;
+use super::{AppState, access};
+use crate::auth::Principal;
 use crate::batch::{Batch, BatchId, BatchRequest, BatchSpec};
 use crate::job::EventKind;
 use crate::names::shown;
@@ -28,6 +29,7 @@ const REPORT_EXCERPT: u32 = 4096;
 
 pub async fn submit(
     State(state): State<AppState>,
+    principal: Principal,
     headers: HeaderMap,
     extract::Json(request): extract::Json<BatchRequest>,
 ) -> Result<Response, ApiError> {
@@ -36,7 +38,8 @@ pub async fn submit(
         state.runtimes.get(name).map(|r| r.source_file.clone())
     })?;
     let names: Vec<String> = spec.cases.iter().map(|c| c.name.clone()).collect();
-    let (id, cases, replayed) = match state.store.submit_batch(spec).await? {
+    let admission = admission(&state, &principal);
+    let (id, cases, replayed) = match state.store.submit_batch(spec, admission).await? {
         BatchSubmitted::Created { id, cases } => {
             let cases: Vec<_> = names
                 .into_iter()
@@ -57,6 +60,7 @@ pub async fn submit(
                 .collect();
             (id, cases, true)
         }
+        BatchSubmitted::Full(full) => return Err(access::full(full)),
         BatchSubmitted::KeyReused(id) => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,

@@ -13,6 +13,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{self, PathId, Query};
 use super::jobs::{WaitQuery, accept, wait_duration, wait_for_end};
+use crate::auth::Principal;
 use crate::job::{JobRequest, LimitsRequest, Status};
 
 pub async fn eval_gone() -> Response {
@@ -42,6 +43,7 @@ pub struct EvalRequest {
 
 pub async fn submit(
     State(state): State<AppState>,
+    principal: Principal,
     extract::Json(request): extract::Json<EvalRequest>,
 ) -> Result<Response, ApiError> {
     let request = JobRequest {
@@ -55,7 +57,7 @@ pub async fn submit(
         max_attempts: None,
         callback_url: None,
     };
-    let (id, _) = accept(&state, request, None).await?;
+    let (id, _) = accept(&state, &principal, request, None).await?;
     let body = json!({"eval_id": id, "status": Status::Queued});
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }

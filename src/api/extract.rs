@@ -16,10 +16,13 @@ use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
+use super::AppState;
 use super::error::ApiError;
+use crate::auth::Principal;
 use crate::batch::BatchId;
 use crate::job::JobId;
 use crate::names::shown;
+use crate::store::Visibility;
 
 /// A JSON body. The content type is not insisted on (`curl -d` sends a form type by default);
 /// the bytes must be JSON. Syntax errors are 400, well-formed JSON of the wrong shape is 422.
@@ -125,25 +128,41 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     }
 }
 
-/// A job id from the path.
+/// A job id from the path, of a job the caller may see: another tenant's job is `404`, as one
+/// that does not exist is. Every handler of a job's path takes its id this way, so none can
+/// forget the check.
 pub struct PathId(pub JobId);
 
-impl<S: Send + Sync> FromRequestParts<S> for PathId {
+impl FromRequestParts<AppState> for PathId {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        uuid_in_path(parts, state, "job").await.map(PathId)
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let id = uuid_in_path(parts, state, "job").await?;
+        let who = Principal::from_request_parts(parts, state)
+            .await?
+            .visibility();
+        if who != Visibility::All && !state.store.job_visible(id, who).await? {
+            return Err(ApiError::job_not_found());
+        }
+        Ok(PathId(id))
     }
 }
 
-/// A batch id from the path.
+/// A batch id from the path, of a batch the caller may see (else `404`).
 pub struct BatchPath(pub BatchId);
 
-impl<S: Send + Sync> FromRequestParts<S> for BatchPath {
+impl FromRequestParts<AppState> for BatchPath {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        uuid_in_path(parts, state, "batch").await.map(BatchPath)
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let id = uuid_in_path(parts, state, "batch").await?;
+        let who = Principal::from_request_parts(parts, state)
+            .await?
+            .visibility();
+        if who != Visibility::All && !state.store.batch_visible(id, who).await? {
+            return Err(ApiError::batch_not_found());
+        }
+        Ok(BatchPath(id))
     }
 }
 

@@ -12,24 +12,26 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
-use super::AppState;
 use super::error::ApiError;
 use super::extract::{self, PathId, Query};
 use super::streams;
+use super::{AppState, access};
+use crate::auth::Principal;
 use crate::job::{Job, JobId, JobRequest, JobSpec, Status};
 use crate::names::shown;
-use crate::store::{CancelResult, Submitted};
+use crate::store::{Admission, CancelResult, Submitted};
 
 const MAX_PAGE: u32 = 1000;
 const DEFAULT_PAGE: u32 = 100;
 
 pub async fn submit(
     State(state): State<AppState>,
+    principal: Principal,
     headers: HeaderMap,
     extract::Json(request): extract::Json<JobRequest>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    let (id, replayed) = accept(&state, request, key).await?;
+    let (id, replayed) = accept(&state, &principal, request, key).await?;
     if !replayed {
         // Built from what was just committed: reading it back would double the cost of a submit.
         return Ok(accepted_response(
@@ -53,20 +55,35 @@ pub async fn submit(
 /// same idempotency key had already created it.
 pub(super) async fn accept(
     state: &AppState,
+    principal: &Principal,
     request: JobRequest,
     key: Option<String>,
 ) -> Result<(JobId, bool), ApiError> {
     let spec = JobSpec::validate(request, key, &state.config.policy, |name| {
         state.runtimes.get(name).map(|r| r.source_file.clone())
     })?;
-    match state.store.submit(spec).await? {
+    match state
+        .store
+        .submit(spec, admission(state, principal))
+        .await?
+    {
         Submitted::Created(id) => Ok((id, false)),
         Submitted::Replayed(id) => Ok((id, true)),
+        Submitted::Full(full) => Err(access::full(full)),
         Submitted::KeyReused(id) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "idempotency_key_reused",
             format!("this Idempotency-Key was already used for job {id} with a different request"),
         )),
+    }
+}
+
+/// What a submit by `principal` may add, and whose it is.
+pub(super) fn admission(state: &AppState, principal: &Principal) -> Admission {
+    Admission {
+        tenant: principal.tenant().map(str::to_owned),
+        max_queued_jobs: state.config.max_queued_jobs,
+        max_batches_in_flight: state.config.max_batches_in_flight,
     }
 }
 
@@ -202,16 +219,19 @@ pub struct FeedQuery {
 /// `text/event-stream`, it follows live instead of returning a page.
 pub async fn feed(
     State(state): State<AppState>,
+    principal: Principal,
     headers: HeaderMap,
     Query(query): Query<FeedQuery>,
 ) -> Result<Response, ApiError> {
+    // A tenant's feed holds its own events only; the whole feed is for admins.
+    let who = principal.visibility();
     if streams::wanted(&headers) {
         let after = streams::resume_point(&headers, query.after)?;
-        return streams::feed(state, after).await;
+        return streams::feed(state, who, after).await;
     }
     let after = query.after.unwrap_or(0);
     let limit = page_size(query.limit)?;
-    let events = state.store.events_after(after, limit).await?;
+    let events = state.store.events_after(who, after, limit).await?;
     let next_after = events.last().map_or(after, |e| e.id);
     Ok(Json(json!({ "events": events, "next_after": next_after })).into_response())
 }
@@ -226,6 +246,7 @@ pub struct ListQuery {
 
 pub async fn list(
     State(state): State<AppState>,
+    principal: Principal,
     Query(query): Query<ListQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let status = query
@@ -248,7 +269,10 @@ pub async fn list(
         })
         .transpose()?;
     let limit = page_size(query.limit)?;
-    let jobs = state.store.list_jobs(status, after, limit).await?;
+    let jobs = state
+        .store
+        .list_jobs(principal.visibility(), status, after, limit)
+        .await?;
     let next_after = (jobs.len() == limit as usize).then(|| jobs.last().map(|j| j.id));
     Ok(Json(
         json!({ "jobs": jobs, "next_after": next_after.flatten() }),

@@ -6,6 +6,7 @@
 //! (the event endpoints as Server-Sent Events), `compat` (the replaced synchronous design's
 //! endpoints), `metrics` (Prometheus), and the health checks here.
 
+mod access;
 mod batches;
 mod compat;
 mod error;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
 
+use crate::auth::{Guard, Principal};
 use crate::config::Config;
 use crate::live::Live;
 use crate::runtime::Runtimes;
@@ -52,6 +54,8 @@ pub struct AppState {
     pub stopping: CancellationToken,
     /// What the sandbox found this host supports, for `/readyz`.
     pub sandbox: Arc<serde_json::Value>,
+    /// Who may ask, and how fast.
+    pub guard: Arc<Guard>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -70,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/batches/{id}/cancel", post(batches::cancel))
         .route("/v1/events", get(jobs::feed))
         .route("/v1/runtimes", get(runtimes))
+        .route("/v1/tenant", get(tenant))
         .route("/eval", post(compat::eval_gone))
         .route("/eval-async", post(compat::submit))
         .route("/eval-status/{id}", get(compat::status))
@@ -79,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), access::check))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(
             state.config.http.body_read_timeout,
@@ -122,6 +128,28 @@ async fn method_not_allowed() -> ApiError {
 async fn runtimes(State(state): State<AppState>) -> impl IntoResponse {
     let runtimes: Vec<_> = state.runtimes.iter().collect();
     Json(json!({ "runtimes": runtimes }))
+}
+
+/// Whom the caller's token acts for, and the key its tenant's webhook calls are signed with.
+async fn tenant(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<impl IntoResponse, ApiError> {
+    let Principal::Token { tenant, admin, .. } = principal else {
+        return Ok(Json(json!({"tenant": null, "admin": true})));
+    };
+    let initial = crate::auth::random_hex(32).map_err(|e| {
+        tracing::error!(error = %e, "cannot generate a webhook signing key");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; the server log has the details",
+        )
+    })?;
+    let secret = state.store.tenant_secret(tenant.clone(), initial).await?;
+    Ok(Json(
+        json!({"tenant": tenant, "admin": admin, "webhook_secret": secret}),
+    ))
 }
 
 /// Alive: the process answers HTTP.

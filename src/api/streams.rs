@@ -34,7 +34,7 @@ use super::error::ApiError;
 use crate::batch::BatchId;
 use crate::job::{Event, EventKind, JobId};
 use crate::live::{LiveEvent, OutputChunk, OutputWatch};
-use crate::store::StoreError;
+use crate::store::{StoreError, Visibility};
 
 /// History rows read at a time.
 const PAGE: u32 = 1000;
@@ -63,49 +63,55 @@ pub(super) fn resume_point(headers: &HeaderMap, after: Option<i64>) -> Result<i6
 }
 
 /// Which events a stream carries, and which one ends it.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Scope {
     Job(JobId),
     /// The batch's own events and its cases', up to `batch.completed`.
     Batch(BatchId),
-    All,
+    /// The feed: every event the caller may see.
+    Feed(Visibility),
 }
 
 impl Scope {
-    fn includes(self, event: &Event) -> bool {
+    fn includes(&self, event: &Event) -> bool {
         match self {
-            Scope::Job(id) => event.job_id == Some(id),
-            Scope::Batch(id) => event.batch_id == Some(id),
-            Scope::All => true,
+            Scope::Job(id) => event.job_id == Some(*id),
+            Scope::Batch(id) => event.batch_id == Some(*id),
+            Scope::Feed(Visibility::All) => true,
+            Scope::Feed(Visibility::Tenant(tenant)) => event.tenant.as_ref() == Some(tenant),
         }
     }
 
-    fn ends_with(self, event: &Event) -> bool {
+    fn ends_with(&self, event: &Event) -> bool {
         match self {
             Scope::Job(_) => EventKind::parse(&event.kind).is_some_and(EventKind::is_terminal),
             Scope::Batch(_) => EventKind::parse(&event.kind) == Some(EventKind::BatchCompleted),
-            Scope::All => false,
+            Scope::Feed(_) => false,
         }
     }
 
     /// The next page of history after `after`.
-    async fn history(self, state: &AppState, after: i64) -> Result<Vec<Event>, StoreError> {
+    async fn history(&self, state: &AppState, after: i64) -> Result<Vec<Event>, StoreError> {
         match self {
-            Scope::Job(id) => Ok(state.store.job_events(id, after).await?.unwrap_or_default()),
-            Scope::Batch(id) => Ok(state
+            Scope::Job(id) => Ok(state
                 .store
-                .batch_events(id, after, PAGE)
+                .job_events(*id, after)
                 .await?
                 .unwrap_or_default()),
-            Scope::All => state.store.events_after(after, PAGE).await,
+            Scope::Batch(id) => Ok(state
+                .store
+                .batch_events(*id, after, PAGE)
+                .await?
+                .unwrap_or_default()),
+            Scope::Feed(who) => state.store.events_after(who.clone(), after, PAGE).await,
         }
     }
 
     /// False if the history just read was all there is (a job's comes in one page).
-    fn may_have_more(self, page: &[Event]) -> bool {
+    fn may_have_more(&self, page: &[Event]) -> bool {
         match self {
             Scope::Job(_) => false,
-            Scope::Batch(_) | Scope::All => page.len() == PAGE as usize,
+            Scope::Batch(_) | Scope::Feed(_) => page.len() == PAGE as usize,
         }
     }
 }
@@ -160,12 +166,17 @@ pub(super) async fn batch(state: AppState, id: BatchId, after: i64) -> Result<Re
     Ok(start(state, scope, after, first, events, None, permit))
 }
 
-/// `GET /v1/events` as a stream: every event, never ending on its own.
-pub(super) async fn feed(state: AppState, after: i64) -> Result<Response, ApiError> {
+/// `GET /v1/events` as a stream: every event `who` may see, never ending on its own.
+pub(super) async fn feed(
+    state: AppState,
+    who: Visibility,
+    after: i64,
+) -> Result<Response, ApiError> {
     let permit = admit(&state)?;
     let events = state.live.events();
-    let first = Scope::All.history(&state, after).await?;
-    Ok(start(state, Scope::All, after, first, events, None, permit))
+    let scope = Scope::Feed(who);
+    let first = scope.history(&state, after).await?;
+    Ok(start(state, scope, after, first, events, None, permit))
 }
 
 fn admit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
@@ -399,7 +410,7 @@ impl Stream {
     fn send_output(&mut self, chunk: &OutputChunk) -> Result<(), Stop> {
         let job = match self.scope {
             Scope::Job(id) => Some(id),
-            Scope::Batch(_) | Scope::All => None,
+            Scope::Batch(_) | Scope::Feed(_) => None,
         };
         if self.lost > 0 {
             let data = json!({"job_id": job, "chunks": self.lost});

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::StoreError;
 use super::read::{collect, event_row, opt_u64, parse_outcome, parse_verdict};
+use super::tenants::{self, Admission, Full};
 use super::write::{self, from_json, parse_id, parse_status, to_json};
 use crate::batch::{Batch, BatchId, BatchSpec, Case, CaseReport, status_counts, verdict_counts};
 use crate::bus::Notice;
@@ -24,6 +25,8 @@ pub enum BatchSubmitted {
     Replayed(BatchId),
     /// The idempotency key was seen before with a different suite.
     KeyReused(BatchId),
+    /// Not stored: its cases would overfill the queue, or too many batches are in flight.
+    Full(Full),
 }
 
 /// What cancelling a batch did.
@@ -49,14 +52,18 @@ pub(super) fn submit(
     conn: &Connection,
     notices: &mut Vec<Notice>,
     spec: &BatchSpec,
+    admission: &Admission,
     now: i64,
 ) -> Result<BatchSubmitted, StoreError> {
     let files = to_json(&spec.files)?;
     let limits = to_json(&spec.limits)?;
     if let Some(key) = &spec.idempotency_key {
         let existing: Option<String> = conn
-            .prepare_cached("SELECT id FROM batches WHERE idempotency_key = ?1")?
-            .query_row([key], |r| r.get(0))
+            .prepare_cached(
+                "SELECT id FROM batches
+                 WHERE coalesce(tenant, '') = coalesce(?2, '') AND idempotency_key = ?1",
+            )?
+            .query_row(params![key, admission.tenant], |r| r.get(0))
             .optional()?;
         if let Some(id) = existing {
             let same = same_suite(conn, &id, spec, &files, &limits)?;
@@ -68,13 +75,17 @@ pub(super) fn submit(
             });
         }
     }
+    let cases = u64::try_from(spec.cases.len()).unwrap_or(u64::MAX);
+    if let Some(full) = tenants::admit(conn, admission, cases, true)? {
+        return Ok(BatchSubmitted::Full(full));
+    }
     let id = BatchId::now_v7();
     let batch = id.to_string();
     let count = i64::try_from(spec.cases.len()).unwrap_or(i64::MAX);
     conn.prepare_cached(
         "INSERT INTO batches (id, runtime, code, files, limits, compare, cases, created_at,
-                              idempotency_key, callback_url, callback_each_case)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                              idempotency_key, callback_url, callback_each_case, tenant)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
     .execute(params![
         batch,
@@ -88,6 +99,7 @@ pub(super) fn submit(
         spec.idempotency_key,
         spec.callback_url,
         spec.callback_each_case,
+        admission.tenant,
     ])?;
     // A case that is to be reported on carries the URL itself, so its end writes its outbox row
     // exactly as a job's does.
@@ -97,8 +109,8 @@ pub(super) fn submit(
         .filter(|_| spec.callback_each_case);
     let mut insert = conn.prepare_cached(
         "INSERT INTO jobs (id, runtime, code, stdin, args, limits, max_attempts, created_at,
-                           batch_id, case_index, case_name, expected_output, callback_url)
-         VALUES (?1, ?2, '', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                           batch_id, case_index, case_name, expected_output, callback_url, tenant)
+         VALUES (?1, ?2, '', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?;
     let mut cases = Vec::with_capacity(spec.cases.len());
     let queued = json!({"runtime": spec.runtime, "priority": 0, "batch_id": batch});
@@ -117,6 +129,7 @@ pub(super) fn submit(
             case.name,
             case.expected_output,
             case_callback,
+            admission.tenant,
         ])?;
         write::insert_event(conn, notices, job, now, EventKind::Queued, None, &queued)?;
         cases.push(job);
@@ -436,7 +449,7 @@ pub(super) fn events(
         return Ok(None);
     }
     let mut stmt = conn.prepare_cached(
-        "SELECT id, job_id, at, type, attempt, data, batch_id FROM events
+        "SELECT id, job_id, at, type, attempt, data, batch_id, tenant FROM events
          WHERE batch_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
     )?;
     let rows = stmt.query_map(params![id.to_string(), after, limit], |r| Ok(event_row(r)))?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::Store;
 use crate::config::Policy;
 use crate::job::{JobId, JobSpec, Outcome, RunResult, Status};
-use crate::store::{CancelResult, Submitted};
+use crate::store::{Admission, CancelResult, Submitted, Visibility};
 
 const OWNER: &str = "node/instance/w0";
 const LEASE: Duration = Duration::from_secs(30);
@@ -27,8 +27,21 @@ fn spec() -> JobSpec {
     }
 }
 
+/// A submit on an open server, far from any limit.
+fn open_admission() -> Admission {
+    Admission {
+        tenant: None,
+        max_queued_jobs: u64::MAX,
+        max_batches_in_flight: u64::MAX,
+    }
+}
+
 async fn submit(store: &Store) -> JobId {
-    match store.submit(spec()).await.expect("submit") {
+    match store
+        .submit(spec(), open_admission())
+        .await
+        .expect("submit")
+    {
         Submitted::Created(id) => id,
         other => panic!("a plain submit was {other:?}"),
     }
@@ -74,7 +87,10 @@ async fn finishing_a_job_claims_the_next_queued_one_in_the_same_write() {
     assert_eq!(next.map(|j| (j.id, j.attempt)), Some((second, 1)));
     assert_eq!(status(&store, first).await, Status::Succeeded);
     assert_eq!(status(&store, second).await, Status::Running);
-    let events = store.events_after(0, 100).await.expect("events");
+    let events = store
+        .events_after(Visibility::All, 0, 100)
+        .await
+        .expect("events");
     let history: Vec<_> = events.iter().map(|e| (e.job_id, e.kind.as_str())).collect();
     assert_eq!(
         history,

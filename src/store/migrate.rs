@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../schema/0004_batch_webhooks.sql"),
     },
     Migration {
+        version: 5,
+        name: "0005_tenants.sql",
+        sql: include_str!("../../schema/0005_tenants.sql"),
+    },
+    Migration {
         version: 6,
         name: "0006_prune.sql",
         sql: include_str!("../../schema/0006_prune.sql"),

@@ -12,6 +12,7 @@ mod maintenance;
 mod migrate;
 mod prune;
 mod read;
+mod tenants;
 mod wal;
 mod webhooks;
 mod write;
@@ -37,6 +38,7 @@ pub use maintenance::{Backup, Health, backup, inspect};
 pub use migrate::{MIGRATIONS, Migration};
 pub use prune::{PruneOptions, PruneReport, prune};
 pub use read::JobSummary;
+pub use tenants::{ActiveToken, Admission, Full, TokenInfo, Visibility};
 pub use wal::DEFAULT_WAL_MAX_BYTES;
 pub use webhooks::{Attempt, Delivery, Subject};
 pub use write::{CLAIM_SQL, CancelResult, ClaimedJob, Submitted};
@@ -246,12 +248,17 @@ impl Store {
         self.read(maintenance::queue_depth).await
     }
 
-    /// Stores a new job (or finds the one an earlier request with the same idempotency key
-    /// created) and returns once it is durable.
-    pub async fn submit(&self, spec: JobSpec) -> Result<Submitted, StoreError> {
+    /// Stores a new job for `admission.tenant` (or finds the one an earlier request of that
+    /// tenant with the same idempotency key created) if the queue has room, and returns once it
+    /// is durable.
+    pub async fn submit(
+        &self,
+        spec: JobSpec,
+        admission: Admission,
+    ) -> Result<Submitted, StoreError> {
         self.wal_has_room().await?;
         self.writer
-            .write(move |conn, notices| write::submit(conn, notices, &spec, now_ms()))
+            .write(move |conn, notices| write::submit(conn, notices, &spec, &admission, now_ms()))
             .await
     }
 
@@ -354,11 +361,15 @@ impl Store {
     }
 
     /// Stores a whole suite, every case with its `job.queued` event and the `batch.queued`
-    /// event, in one transaction: all of it or nothing.
-    pub async fn submit_batch(&self, spec: BatchSpec) -> Result<BatchSubmitted, StoreError> {
+    /// event, in one transaction: all of it or nothing (nothing if it does not fit the limits).
+    pub async fn submit_batch(
+        &self,
+        spec: BatchSpec,
+        admission: Admission,
+    ) -> Result<BatchSubmitted, StoreError> {
         self.wal_has_room().await?;
         self.writer
-            .write(move |conn, notices| batch::submit(conn, notices, &spec, now_ms()))
+            .write(move |conn, notices| batch::submit(conn, notices, &spec, &admission, now_ms()))
             .await
     }
 
@@ -576,19 +587,83 @@ impl Store {
         self.read(read::last_event_id).await
     }
 
-    /// The global feed: events with an id greater than `after`, oldest first.
-    pub async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Event>, StoreError> {
-        self.read(move |conn| read::events_after(conn, after, limit))
+    /// The feed: the events `who` may see with an id greater than `after`, oldest first.
+    pub async fn events_after(
+        &self,
+        who: Visibility,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.read(move |conn| read::events_after(conn, &who, after, limit))
             .await
     }
 
     pub async fn list_jobs(
         &self,
+        who: Visibility,
         status: Option<Status>,
         after: Option<JobId>,
         limit: u32,
     ) -> Result<Vec<JobSummary>, StoreError> {
-        self.read(move |conn| read::list_jobs(conn, status, after, limit))
+        self.read(move |conn| read::list_jobs(conn, &who, status, after, limit))
+            .await
+    }
+
+    /// True if the job exists and `who` may see it. A row's tenant never changes, so the
+    /// answer holds for as long as the job exists.
+    pub async fn job_visible(&self, id: JobId, who: Visibility) -> Result<bool, StoreError> {
+        self.read(move |conn| tenants::job_visible(conn, &id.to_string(), &who))
+            .await
+    }
+
+    /// True if the batch exists and `who` may see it.
+    pub async fn batch_visible(&self, id: BatchId, who: Visibility) -> Result<bool, StoreError> {
+        self.read(move |conn| tenants::batch_visible(conn, &id.to_string(), &who))
+            .await
+    }
+
+    /// Stores a token's hash for `tenant`, and the tenant with `secret` as its webhook signing
+    /// key if it is new; returns the token's id.
+    pub async fn create_token(
+        &self,
+        tenant: String,
+        admin: bool,
+        hash: String,
+        prefix: String,
+        secret: String,
+    ) -> Result<i64, StoreError> {
+        self.writer
+            .write(move |conn, _| {
+                tenants::create_token(conn, &tenant, admin, &hash, &prefix, &secret, now_ms())
+            })
+            .await
+    }
+
+    /// Revokes a token; false if there is no such token or it was revoked already.
+    pub async fn revoke_token(&self, id: i64) -> Result<bool, StoreError> {
+        self.writer
+            .write(move |conn, _| tenants::revoke_token(conn, id, now_ms()))
+            .await
+    }
+
+    /// Every token ever made, revoked ones included, oldest first.
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
+        self.read(tenants::tokens).await
+    }
+
+    /// The tokens that may be used, and whether any token was ever made.
+    pub async fn active_tokens(&self) -> Result<(Vec<ActiveToken>, bool), StoreError> {
+        self.read(tenants::active_tokens).await
+    }
+
+    /// The tenant's webhook signing key; stores `initial` first if it has none.
+    pub async fn tenant_secret(
+        &self,
+        tenant: String,
+        initial: String,
+    ) -> Result<String, StoreError> {
+        self.writer
+            .write(move |conn, _| tenants::tenant_secret(conn, &tenant, &initial, now_ms()))
             .await
     }
 

@@ -5,6 +5,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 
 use super::StoreError;
+use super::tenants::Visibility;
 use super::write::{from_json, parse_id, parse_status};
 use crate::job::{Event, Job, JobId, Outcome, Progress, Status};
 use crate::verdict::Verdict;
@@ -107,7 +108,7 @@ pub(super) fn job_events(
         return Ok(None);
     }
     let mut stmt = conn.prepare_cached(
-        "SELECT id, job_id, at, type, attempt, data, batch_id FROM events
+        "SELECT id, job_id, at, type, attempt, data, batch_id, tenant FROM events
          WHERE job_id = ?1 AND id > ?2 ORDER BY id",
     )?;
     let rows = stmt.query_map(params![id.to_string(), after], |r| Ok(event_row(r)))?;
@@ -132,18 +133,29 @@ pub(super) fn last_event_id(conn: &Connection) -> Result<i64, StoreError> {
 
 pub(super) fn events_after(
     conn: &Connection,
+    who: &Visibility,
     after: i64,
     limit: u32,
 ) -> Result<Vec<Event>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, job_id, at, type, attempt, data, batch_id FROM events
-         WHERE id > ?1 ORDER BY id LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![after, limit], |r| Ok(event_row(r)))?;
-    collect(rows)
+    match who {
+        Visibility::All => {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, job_id, at, type, attempt, data, batch_id, tenant FROM events
+                 WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?;
+            collect(stmt.query_map(params![after, limit], |r| Ok(event_row(r)))?)
+        }
+        Visibility::Tenant(tenant) => {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, job_id, at, type, attempt, data, batch_id, tenant FROM events
+                 WHERE tenant = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            )?;
+            collect(stmt.query_map(params![tenant, after, limit], |r| Ok(event_row(r)))?)
+        }
+    }
 }
 
-/// An event from `SELECT id, job_id, at, type, attempt, data, batch_id`.
+/// An event from `SELECT id, job_id, at, type, attempt, data, batch_id, tenant`.
 pub(super) fn event_row(r: &Row) -> Result<Event, StoreError> {
     let job_id: Option<String> = r.get(1)?;
     let data: String = r.get(5)?;
@@ -156,11 +168,13 @@ pub(super) fn event_row(r: &Row) -> Result<Event, StoreError> {
         kind: r.get(3)?,
         attempt: r.get(4)?,
         data: from_json(&data)?,
+        tenant: r.get(7)?,
     })
 }
 
 pub(super) fn list_jobs(
     conn: &Connection,
+    who: &Visibility,
     status: Option<Status>,
     after: Option<JobId>,
     limit: u32,
@@ -169,22 +183,23 @@ pub(super) fn list_jobs(
     let after = after.map(|id| id.to_string()).unwrap_or_default();
     let columns = "id, status, outcome, runtime, attempt, priority, created_at, started_at,
                    finished_at, exit_code";
-    match status {
-        Some(status) => {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {columns} FROM jobs WHERE status = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
-            ))?;
-            collect(stmt.query_map(params![status.as_str(), after, limit], |r| {
-                Ok(summary_row(r))
-            })?)
-        }
-        None => {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {columns} FROM jobs WHERE id > ?1 ORDER BY id LIMIT ?2"
-            ))?;
-            collect(stmt.query_map(params![after, limit], |r| Ok(summary_row(r)))?)
-        }
+    let status = status.map(Status::as_str);
+    // Built from the filters given, so each shape walks its own index: `jobs_status` for a
+    // status, `jobs_tenant` for a tenant.
+    let mut sql = format!("SELECT {columns} FROM jobs WHERE id > ?1");
+    let mut args: Vec<&dyn rusqlite::ToSql> = vec![&after];
+    if let Some(status) = &status {
+        args.push(status);
+        sql.push_str(&format!(" AND status = ?{}", args.len()));
     }
+    if let Visibility::Tenant(tenant) = who {
+        args.push(tenant);
+        sql.push_str(&format!(" AND tenant = ?{}", args.len()));
+    }
+    args.push(&limit);
+    sql.push_str(&format!(" ORDER BY id LIMIT ?{}", args.len()));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    collect(stmt.query_map(&*args, |r| Ok(summary_row(r)))?)
 }
 
 fn summary_row(r: &Row) -> Result<JobSummary, StoreError> {

@@ -21,6 +21,8 @@ pub struct Delivery {
     /// Attempts made before this one.
     pub attempts: u32,
     pub created_at: i64,
+    /// Whose key signs it; `None` for the server's own.
+    pub tenant: Option<String>,
 }
 
 /// What a call reports on, and so whose history records its attempts.
@@ -57,8 +59,9 @@ pub(super) fn job_ended(
         .ok_or_else(|| StoreError::Corrupt(format!("job {id} ended but is not there")))?;
     let payload = json!({"event": kind.as_str(), "job": job}).to_string();
     conn.prepare_cached(
-        "INSERT INTO webhooks (job_id, event, url, payload, next_attempt_at, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5)",
+        "INSERT INTO webhooks (job_id, event, url, payload, next_attempt_at, created_at, updated_at,
+                               tenant)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5, (SELECT tenant FROM jobs WHERE id = ?1))",
     )?
     .execute(params![id.to_string(), kind.as_str(), url, payload, now])?;
     Ok(())
@@ -67,9 +70,9 @@ pub(super) fn job_ended(
 /// Writes the outbox row for a batch whose last case has just ended, if it asked for a
 /// callback. Runs in the transaction of its `batch.completed` event.
 pub(super) fn batch_completed(conn: &Connection, id: BatchId, now: i64) -> Result<(), StoreError> {
-    let url: Option<String> = conn
-        .prepare_cached("SELECT callback_url FROM batches WHERE id = ?1")?
-        .query_row([id.to_string()], |r| r.get(0))?;
+    let (url, tenant): (Option<String>, Option<String>) = conn
+        .prepare_cached("SELECT callback_url, tenant FROM batches WHERE id = ?1")?
+        .query_row([id.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let Some(url) = url else {
         return Ok(());
     };
@@ -79,10 +82,10 @@ pub(super) fn batch_completed(conn: &Connection, id: BatchId, now: i64) -> Resul
     let payload = json!({"event": event, "batch": batch}).to_string();
     conn.prepare_cached(
         "INSERT INTO webhooks (batch_id, event, url, payload, next_attempt_at, created_at,
-                               updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5)",
+                               updated_at, tenant)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5, ?6)",
     )?
-    .execute(params![id.to_string(), event, url, payload, now])?;
+    .execute(params![id.to_string(), event, url, payload, now, tenant])?;
     Ok(())
 }
 
@@ -106,7 +109,7 @@ pub(super) fn claim_due(
          WHERE id IN (SELECT id FROM webhooks
                       WHERE status = 'pending' AND next_attempt_at <= ?2
                       ORDER BY next_attempt_at LIMIT ?3)
-         RETURNING id, job_id, batch_id, event, url, payload, attempts, created_at",
+         RETURNING id, job_id, batch_id, event, url, payload, attempts, created_at, tenant",
     )?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = stmt.query_map(params![hold_until, now, limit], |r| {
@@ -121,11 +124,12 @@ pub(super) fn claim_due(
             r.get(5)?,
             r.get(6)?,
             r.get(7)?,
+            r.get(8)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, about, event, url, payload, attempts, created_at) = row?;
+        let (id, about, event, url, payload, attempts, created_at, tenant) = row?;
         let about = match about {
             (Some(job), None) => Subject::Job(parse_id(&job)?),
             (None, Some(batch)) => Subject::Batch(parse_id(&batch)?),
@@ -143,6 +147,7 @@ pub(super) fn claim_due(
             payload,
             attempts,
             created_at,
+            tenant,
         });
     }
     Ok(out)

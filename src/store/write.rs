@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::json;
 
+use super::tenants::{self, Admission, Full};
 use super::{StoreError, batch};
 use crate::batch::{BatchId, CaseCheck};
 use crate::bus::Notice;
@@ -21,6 +22,8 @@ pub enum Submitted {
     Replayed(JobId),
     /// The idempotency key was seen before with a different request.
     KeyReused(JobId),
+    /// Not stored: the queue is at its limit.
+    Full(Full),
 }
 
 /// A job a worker now holds, with everything needed to run it.
@@ -56,6 +59,7 @@ pub(super) fn submit(
     conn: &Connection,
     notices: &mut Vec<Notice>,
     spec: &JobSpec,
+    admission: &Admission,
     now: i64,
 ) -> Result<Submitted, StoreError> {
     let args = to_json(&spec.args)?;
@@ -66,9 +70,9 @@ pub(super) fn submit(
             .prepare_cached(
                 "SELECT id, runtime, code, stdin, args, files, limits, priority, max_attempts,
                         callback_url
-                 FROM jobs WHERE idempotency_key = ?1",
+                 FROM jobs WHERE coalesce(tenant, '') = coalesce(?2, '') AND idempotency_key = ?1",
             )?
-            .query_row([key], |r| {
+            .query_row(params![key, admission.tenant], |r| {
                 let same = r.get::<_, String>(1)? == spec.runtime
                     && r.get::<_, String>(2)? == spec.code
                     && r.get::<_, String>(3)? == spec.stdin
@@ -90,11 +94,14 @@ pub(super) fn submit(
             });
         }
     }
+    if let Some(full) = tenants::admit(conn, admission, 1, false)? {
+        return Ok(Submitted::Full(full));
+    }
     let id = JobId::now_v7();
     conn.prepare_cached(
         "INSERT INTO jobs (id, runtime, code, stdin, args, files, limits, priority, max_attempts,
-                           idempotency_key, created_at, callback_url)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                           idempotency_key, created_at, callback_url, tenant)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?
     .execute(params![
         id.to_string(),
@@ -109,6 +116,7 @@ pub(super) fn submit(
         spec.idempotency_key,
         now,
         spec.callback_url,
+        admission.tenant,
     ])?;
     let data = json!({"runtime": spec.runtime, "priority": spec.priority});
     append_event(conn, notices, id, None, now, EventKind::Queued, None, &data)?;
@@ -529,8 +537,8 @@ fn append_event(
     data: &serde_json::Value,
 ) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "INSERT INTO events (job_id, batch_id, at, type, attempt, data)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO events (job_id, batch_id, at, type, attempt, data, tenant)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, (SELECT tenant FROM jobs WHERE id = ?1))",
     )?
     .execute(params![
         job_id.to_string(),
@@ -560,7 +568,8 @@ pub(super) fn insert_batch_event(
 ) -> Result<(), StoreError> {
     let event_id: i64 = conn
         .prepare_cached(
-            "INSERT INTO events (batch_id, at, type, data) VALUES (?1, ?2, ?3, ?4) RETURNING id",
+            "INSERT INTO events (batch_id, tenant, at, type, data)
+             SELECT ?1, tenant, ?2, ?3, ?4 FROM batches WHERE id = ?1 RETURNING id",
         )?
         .query_row(
             params![batch_id.to_string(), at, kind.as_str(), data.to_string()],

@@ -13,11 +13,11 @@
 mod policy;
 mod signature;
 
+use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::io::Read;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
@@ -94,7 +94,10 @@ pub struct Deliverer {
     client: reqwest::Client,
     policy: Arc<HostPolicy>,
     config: WebhookConfig,
+    /// Signs the calls of jobs and batches without a tenant.
     signer: signature::Signer,
+    /// Each tenant's, as first needed: a tenant's calls are signed with its own key.
+    tenant_signers: Mutex<HashMap<String, signature::Signer>>,
 }
 
 impl Deliverer {
@@ -106,9 +109,8 @@ impl Deliverer {
         let secret = match &config.secret {
             Some(secret) => secret.clone(),
             None => {
-                store
-                    .setting_or_insert(SECRET_SETTING, random_hex(32)?)
-                    .await?
+                let initial = crate::auth::random_hex(32).map_err(WebhookError::Random)?;
+                store.setting_or_insert(SECRET_SETTING, initial).await?
             }
         };
         let signer = signature::Signer::new(&secret).map_err(|_| WebhookError::Secret)?;
@@ -128,7 +130,27 @@ impl Deliverer {
             policy,
             config,
             signer,
+            tenant_signers: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The key `tenant`'s calls are signed with; made and stored on first use if its first
+    /// token did not make it.
+    async fn tenant_signer(&self, tenant: &str) -> Result<signature::Signer, WebhookError> {
+        if let Some(signer) = self.signers().get(tenant) {
+            return Ok(signer.clone());
+        }
+        let initial = crate::auth::random_hex(32).map_err(WebhookError::Random)?;
+        let secret = self.store.tenant_secret(tenant.to_owned(), initial).await?;
+        let signer = signature::Signer::new(&secret).map_err(|_| WebhookError::Secret)?;
+        self.signers().insert(tenant.to_owned(), signer.clone());
+        Ok(signer)
+    }
+
+    fn signers(&self) -> std::sync::MutexGuard<'_, HashMap<String, signature::Signer>> {
+        self.tenant_signers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Delivers until `stop` is cancelled. Calls still in flight then are abandoned: their rows
@@ -215,6 +237,29 @@ impl Deliverer {
         if let Err(why) = self.policy.check_url(&delivery.url) {
             return give_up(None, why);
         }
+        let retry = || {
+            retry_at(
+                &self.config,
+                delivery.attempts + 1,
+                delivery.created_at,
+                now_ms(),
+                RandomState::new().hash_one(delivery.id),
+            )
+        };
+        let signer = match &delivery.tenant {
+            None => self.signer.clone(),
+            Some(tenant) => match self.tenant_signer(tenant).await {
+                Ok(signer) => signer,
+                // Never sent unsigned, nor signed with a key its receiver does not know.
+                Err(e) => {
+                    return Attempt::Failed {
+                        status_code: None,
+                        error: e.to_string(),
+                        retry_at: retry(),
+                    };
+                }
+            },
+        };
         let unix_secs = u64::try_from(now_ms() / 1000).unwrap_or(0);
         let sent = self
             .client
@@ -222,7 +267,7 @@ impl Deliverer {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(
                 signature::HEADER,
-                self.signer.sign(unix_secs, delivery.payload.as_bytes()),
+                signer.sign(unix_secs, delivery.payload.as_bytes()),
             )
             .header("Kiln-Delivery", delivery.id)
             .header("Kiln-Event", &delivery.event)
@@ -250,13 +295,7 @@ impl Deliverer {
         Attempt::Failed {
             status_code,
             error,
-            retry_at: retry_at(
-                &self.config,
-                delivery.attempts + 1,
-                delivery.created_at,
-                now_ms(),
-                RandomState::new().hash_one(delivery.id),
-            ),
+            retry_at: retry(),
         }
     }
 }
@@ -363,15 +402,6 @@ impl Resolve for CheckedResolver {
     }
 }
 
-/// `bytes` random bytes from the kernel, as hex.
-fn random_hex(bytes: usize) -> Result<String, WebhookError> {
-    let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .map_err(WebhookError::Random)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,13 +439,5 @@ mod tests {
         let hour = 3_600_000;
         assert_eq!(retry_at(&c, 1, 0, hour - 999, 0), None, "past the horizon");
         assert_eq!(retry_at(&c, 1, 0, hour - 1000, 0), Some(hour));
-    }
-
-    #[test]
-    fn a_generated_secret_is_256_random_bits_in_hex() {
-        let a = random_hex(32).unwrap();
-        assert_eq!(a.len(), 64);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(a, random_hex(32).unwrap());
     }
 }

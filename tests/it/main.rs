@@ -3,6 +3,8 @@
 
 mod api;
 mod attacks;
+mod auth;
+mod backpressure;
 mod batch_streams;
 mod batches;
 mod cli;

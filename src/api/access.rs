@@ -1,0 +1,97 @@
+//! Access control at the door: every request but the health checks passes the [`Guard`]
+//! (`crate::auth`) before any handler runs or any body is read. The principal it finds rides
+//! in the request's extensions; handlers take it as an extractor, and the path extractors of
+//! job and batch ids use it to answer `404` for another tenant's ids, exactly as for ids that
+//! do not exist, so nothing tells a tenant what others have.
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::auth::{Principal, Refusal};
+use crate::store::Full;
+
+/// Paths anyone may ask: a load balancer's probes carry no token.
+const PUBLIC: [&str; 2] = ["/healthz", "/readyz"];
+
+pub(super) async fn check(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if PUBLIC.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    match state.guard.check(authorization) {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(refusal) => refused(&refusal),
+    }
+}
+
+fn refused(refusal: &Refusal) -> Response {
+    match refusal {
+        Refusal::Missing | Refusal::Invalid => {
+            let mut response = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                refusal.to_string(),
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+        Refusal::RateLimited { retry_after } => ApiError {
+            retry_after: Some(*retry_after),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                refusal.to_string(),
+            )
+        }
+        .into_response(),
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        // Only a route the door did not guard lacks one; refuse rather than guess.
+        parts.extensions.get::<Principal>().cloned().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                Refusal::Missing.to_string(),
+            )
+        })
+    }
+}
+
+/// A submit the queue has no room for: 429, to come back once workers have made room.
+pub(super) fn full(full: Full) -> ApiError {
+    let message = match full {
+        Full::Queue { queued, max } => {
+            format!("the queue is full ({queued} jobs queued, at most {max}); try again later")
+        }
+        Full::Batches { max } => {
+            format!("{max} batches are already running, the most allowed; try again later")
+        }
+    };
+    ApiError {
+        retry_after: Some(2),
+        ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", message)
+    }
+}
