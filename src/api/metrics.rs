@@ -1,15 +1,29 @@
 //! `GET /metrics`: the Prometheus scrape. The figures are kept by [`crate::metrics`]; this adds
 //! what is read at scrape time (jobs by status, WAL size, open streams) and answers in the text
-//! exposition format.
+//! exposition format. The figures are the whole server's, every tenant's together, so once
+//! tokens exist only an admin token may read them.
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 
 use super::{ApiError, AppState};
+use crate::auth::Principal;
 use crate::metrics::{Gauges, METRICS};
+use crate::store::Visibility;
 
-pub(super) async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+pub(super) async fn metrics(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<impl IntoResponse, ApiError> {
+    if !matches!(principal.visibility(), Visibility::All) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the metrics cover every tenant: reading them needs an admin token",
+        ));
+    }
     let gauges = Gauges {
         jobs: state.store.queue_depth().await?,
         wal_bytes: state.store.wal_bytes(),

@@ -201,6 +201,28 @@ async fn once_a_token_exists_requests_without_a_valid_one_are_refused_with_401()
 }
 
 #[tokio::test]
+async fn the_metrics_cover_every_tenant_so_only_an_admin_token_reads_them() {
+    let (server, acme, _, admin) = server_with_tokens().await;
+    let scrape = |token: Option<String>| {
+        let request = reqwest::Client::new().get(format!("{}/metrics", server.url));
+        let request = match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        async move { request.send().await.expect("GET /metrics") }
+    };
+    assert_eq!(scrape(None).await.status(), StatusCode::UNAUTHORIZED);
+    let tenant = scrape(Some(acme)).await;
+    assert_eq!(tenant.status(), StatusCode::FORBIDDEN);
+    let body: Value = tenant.json().await.expect("a JSON error");
+    assert_eq!(body["error"]["code"], "forbidden", "{body}");
+    let admin = scrape(Some(admin)).await;
+    assert_eq!(admin.status(), StatusCode::OK);
+    let text = admin.text().await.expect("text");
+    assert!(text.contains("kiln_jobs{"), "{text}");
+}
+
+#[tokio::test]
 async fn a_tenant_sees_and_cancels_only_its_own_jobs_and_another_tenants_ids_answer_404() {
     let (server, acme, globex, admin) = server_with_tokens().await;
     let (acme, globex, admin) = (
