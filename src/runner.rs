@@ -397,9 +397,16 @@ fn populate_work_dir(
     code: &str,
     files: &BTreeMap<String, String>,
 ) -> io::Result<()> {
+    let create = || DirBuilder::new().mode(0o700).create(dir);
     // A directory left by a crashed earlier run of this attempt may hold anything: start clean.
-    remove_tree(dir)?;
-    DirBuilder::new().mode(0o700).create(dir)?;
+    // Looked for only when creating fails, which spares the usual run a lookup.
+    if let Err(error) = create() {
+        if error.kind() != io::ErrorKind::AlreadyExists {
+            return Err(error);
+        }
+        remove_tree(dir)?;
+        create()?;
+    }
     write_new_file(dir, source_file, code)?;
     for (name, contents) in files {
         write_new_file(dir, name, contents)?;
@@ -421,16 +428,17 @@ fn write_new_file(dir: &Path, name: &str, contents: &str) -> io::Result<()> {
             "file name leaves the work directory",
         )));
     }
-    let path = dir.join(relative);
-    if let Some(parent) = path.parent() {
+    // A file at the top needs no directory made: `dir` itself exists.
+    if let Some(parent) = relative.parent().filter(|p| !p.as_os_str().is_empty()) {
         // Everything under `dir` was created by this function moments ago, so no component can be
         // a symlink planted by a job.
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(parent)
+            .create(dir.join(parent))
             .map_err(context)?;
     }
+    let path = dir.join(relative);
     // create_new (O_EXCL) plus O_NOFOLLOW: never write through a link, never clobber the source
     // file with a same-named extra file.
     let mut file = OpenOptions::new()
@@ -676,7 +684,9 @@ async fn cpu_limit_reached(cgroup: Option<&JobCgroup>, limit_ms: u64) {
         return std::future::pending().await;
     };
     let grace = u64::try_from(CPU_GRACE.as_millis()).unwrap_or(u64::MAX);
-    let mut poll = tokio::time::interval(CPU_POLL);
+    // No look at the start: a run cannot be over its limit yet, and reading the cgroup then
+    // would only delay the job's first moments.
+    let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + CPU_POLL, CPU_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         poll.tick().await;
