@@ -14,18 +14,16 @@
 //! figures as JSON to `target/bench-flood.json`.
 
 mod common;
+mod server;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::median;
 use serde_json::json;
-use tempfile::TempDir;
+use server::{CLIENTS, Server, rss_kib_of};
 
-const CLIENTS: usize = 64;
 const OVERFLOW: u64 = 20_000;
 const SUBMIT_BODY: &str = r#"{"runtime":"sh","code":"true"}"#;
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
@@ -94,10 +92,13 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 fn flood(jobs: u64) -> Run {
-    let dir = TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch directory");
-    let server = Server::start(&dir, jobs);
+    let dir = server::scratch();
+    let server = Server::start_in(
+        dir.path(),
+        &["--workers", "0", "--max-queued-jobs", &jobs.to_string()],
+    );
     std::thread::sleep(Duration::from_millis(500));
-    let idle = rss_kib(server.pid());
+    let idle = server.rss_kib();
 
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(0));
@@ -105,7 +106,7 @@ fn flood(jobs: u64) -> Run {
         let (stop, peak, pid) = (Arc::clone(&stop), Arc::clone(&peak), server.pid());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_kib(pid) as u64, Ordering::Relaxed);
+                peak.fetch_max(rss_kib_of(pid).unwrap_or(0.0) as u64, Ordering::Relaxed);
                 std::thread::sleep(SAMPLE_EVERY);
             }
         })
@@ -175,73 +176,4 @@ async fn submit(url: &str, n: u64) -> (u64, u64) {
         accepted.load(Ordering::Relaxed),
         refused.load(Ordering::Relaxed),
     )
-}
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(dir: &TempDir, max_queued: u64) -> Server {
-        let log = std::fs::File::create(dir.path().join("server.log")).expect("server log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .arg("serve")
-            .arg("--db")
-            .arg(dir.path().join("kiln.db"))
-            .arg("--work-root")
-            .arg(dir.path().join("work"))
-            .args(["--listen", "127.0.0.1:0", "--workers", "0"])
-            .args(["--max-queued-jobs", &max_queued.to_string()])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("start kiln serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().expect("stdout"))
-            .read_line(&mut line)
-            .expect("the listening line");
-        let url = line
-            .trim()
-            .strip_prefix("kiln listening on ")
-            .unwrap_or_else(|| panic!("kiln did not start: {line:?}"))
-            .to_owned();
-        Server { child, url }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
-        // SAFETY: signals our own child, which has not been reaped yet.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Resident memory of a process, KiB (0 once it is gone).
-fn rss_kib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0.0)
 }

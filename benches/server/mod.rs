@@ -18,6 +18,15 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tempfile::TempDir;
 
+/// Resident memory of process `pid`, KiB; `None` once it is gone.
+pub fn rss_kib_of(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// Concurrent keep-alive clients submitting, as in row 1.
 pub const CLIENTS: usize = 64;
 
@@ -80,14 +89,7 @@ impl Server {
 
     /// Resident memory of the server, KiB.
     pub fn rss_kib(&self) -> f64 {
-        let pid = self.pid();
-        let status =
-            std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
+        rss_kib_of(self.pid()).expect("the server's VmRSS")
     }
 }
 
