@@ -14,6 +14,12 @@ use tempfile::TempDir;
 use crate::util::{Server, assert_valid_history, sh};
 
 /// A `POST /v1/jobs`, with the answer's `Retry-After` header.
+/// Prints what a fault test injected and what kiln did, so a run of the tests shows the
+/// figures (`cargo test --test it faults -- --nocapture`).
+fn report(fault: &str, outcome: String) {
+    println!("fault injected: {fault}\n  outcome: {outcome}");
+}
+
 async fn submit(server: &Server, job: &Value) -> (u16, Value, Option<String>) {
     let response = reqwest::Client::new()
         .post(format!("{}/v1/jobs", server.url))
@@ -116,13 +122,18 @@ async fn a_full_disk_answers_503_writes_nothing_by_halves_and_recovers_without_r
     }
     let (status, body, retry_after) = refusal.expect("a submit is refused once the disk is full");
     assert_eq!(status, 503, "{body}");
+    let refused = status;
     assert_eq!(body["error"]["code"], "database_unavailable", "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(
         message.contains("disk") && message.contains("full"),
         "{body}"
     );
-    assert!(retry_after.is_some_and(|s| s.parse::<u32>().is_ok_and(|s| s > 0)));
+    assert!(
+        retry_after
+            .as_ref()
+            .is_some_and(|s| s.parse::<u32>().is_ok_and(|s| s > 0))
+    );
     // Reads go on while writes cannot.
     let (status, job) = server.get(&format!("/v1/jobs/{running}")).await;
     assert_eq!(status, 200, "{job}");
@@ -159,6 +170,17 @@ async fn a_full_disk_answers_503_writes_nothing_by_halves_and_recovers_without_r
         assert_valid_history(&server.events(id).await);
     }
     assert_eq!(integrity(&db), "ok");
+    report(
+        "the disk holding the database fills up (8 MiB tmpfs)",
+        format!(
+            "jobs accepted: {}; then {refused} \"{message}\" (Retry-After {}); refused submits \
+             left nothing; the running job's result was recorded once space returned; {} jobs \
+             ran to a valid end; integrity ok; no restart",
+            accepted.len(),
+            retry_after.unwrap_or_default(),
+            accepted.len() + 1
+        ),
+    );
 }
 
 /// An ext4 file system on a loop device the test creates, which the test can make fail under
@@ -297,6 +319,15 @@ async fn a_disk_that_fails_under_the_database_answers_503_and_loses_nothing_comm
     }
     assert_eq!(jobs_in(&db), 5, "nothing of the refused submits");
     assert_eq!(integrity(&db), "ok");
+    report(
+        "the disk under the database fails (ext4 on a loop device, EXT4_IOC_SHUTDOWN)",
+        format!(
+            "submits answered {status} while it was down, the server kept answering; after \
+             remount and restart {} of {} accepted jobs ran, 0 lost; integrity ok",
+            accepted.len(),
+            accepted.len()
+        ),
+    );
 }
 
 /// An operator's `sqlite3` session on the server's database, fed statements line by line.
@@ -349,6 +380,7 @@ async fn an_operators_write_lock_answers_503_until_it_goes() {
     assert_eq!(operator.run("BEGIN IMMEDIATE; SELECT 'locked';"), "locked");
     let (status, body, retry_after) = submit(&server, &sh("echo during")).await;
     assert_eq!(status, 503, "{body}");
+    let refused = status;
     assert_eq!(body["error"]["code"], "database_unavailable", "{body}");
     assert!(
         body["error"]["message"]
@@ -375,6 +407,14 @@ async fn an_operators_write_lock_answers_503_until_it_goes() {
         "the refused job left nothing"
     );
     assert_eq!(server.get("/readyz").await.0, 200);
+    report(
+        "an operator's sqlite3 holds the write lock (BEGIN IMMEDIATE)",
+        format!(
+            "submits answered {refused} (Retry-After {}), reads went on, /readyz 503; the next \
+             submit after the lock went was accepted and ran; nothing half-written",
+            retry_after.unwrap_or_default()
+        ),
+    );
 }
 
 fn wal_bytes(db: &Path) -> u64 {
@@ -436,6 +476,15 @@ async fn a_reader_holding_a_transaction_open_cannot_grow_the_wal_past_its_limit(
     );
     let log = std::fs::read_to_string(server.dir.path().join("server.log")).expect("log");
     assert!(log.contains("checkpointed and truncated"), "{log}");
+    report(
+        "an operator's sqlite3 holds a read transaction open (--wal-max-mb 4)",
+        format!(
+            "the WAL stopped at {held} bytes (limit {LIMIT}); submits answered {status} at the \
+             limit; once the reader let go the WAL was truncated to {} bytes and submits were \
+             taken again",
+            wal_bytes(&server.db_path())
+        ),
+    );
 }
 
 #[tokio::test]
@@ -518,6 +567,15 @@ async fn a_run_that_cannot_be_set_up_is_retried_with_backoff_then_ends_error_wit
     assert_eq!(job["stdout"], "mended\n");
     assert!(job["attempt"].as_u64() >= Some(2), "{job}");
     assert_valid_history(&server.events(&mended).await);
+    report(
+        "a run cannot be set up (the interpreter vanishes from the host)",
+        format!(
+            "retried after 250 ms, then 500 ms; ended error/runner_error after 2 attempts with \
+             \"{error}\"; other jobs ran meanwhile; once mended, a retrying job succeeded at \
+             attempt {}",
+            job["attempt"]
+        ),
+    );
 }
 
 #[tokio::test]
@@ -549,4 +607,11 @@ async fn a_job_for_a_runtime_its_server_lacks_ends_error_at_once_with_the_reason
     );
     let again = runner.submit(sh("echo next")).await;
     assert_eq!(runner.finished(&again).await["stdout"], "next\n");
+    report(
+        "the server that claims a job lacks its runtime",
+        format!(
+            "ended error/runner_error at attempt 1 with {}; the next job ran",
+            job["error"]
+        ),
+    );
 }
