@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::Store;
 use crate::config::Policy;
 use crate::job::{JobId, JobSpec, Outcome, RunResult, Status};
-use crate::store::{Admission, CancelResult, Submitted, Visibility};
+use crate::store::{Admission, CancelResult, ClaimedJob, Submitted, Visibility};
 
 const OWNER: &str = "node/instance/w0";
 const LEASE: Duration = Duration::from_secs(30);
@@ -54,6 +54,23 @@ fn success() -> RunResult {
     }
 }
 
+/// Records a successful run of `id` and claims the next job in the same write.
+async fn succeed_and_claim(store: &Store, id: JobId, attempt: u32) -> (bool, Option<ClaimedJob>) {
+    store
+        .finish_and_claim(
+            id,
+            attempt,
+            Outcome::Success,
+            success(),
+            None,
+            None,
+            OWNER,
+            LEASE,
+        )
+        .await
+        .expect("finish and claim")
+}
+
 async fn status(store: &Store, id: JobId) -> Status {
     store.job_status(id).await.expect("read").expect("the job")
 }
@@ -70,19 +87,7 @@ async fn finishing_a_job_claims_the_next_queued_one_in_the_same_write() {
         .expect("a job");
     assert_eq!(job.id, first, "the oldest job is claimed first");
 
-    let (finished, next) = store
-        .finish_and_claim(
-            first,
-            job.attempt,
-            Outcome::Success,
-            success(),
-            None,
-            None,
-            OWNER,
-            LEASE,
-        )
-        .await
-        .expect("finish and claim");
+    let (finished, next) = succeed_and_claim(&store, first, job.attempt).await;
     assert!(finished);
     assert_eq!(next.map(|j| (j.id, j.attempt)), Some((second, 1)));
     assert_eq!(status(&store, first).await, Status::Succeeded);
@@ -103,19 +108,7 @@ async fn finishing_a_job_claims_the_next_queued_one_in_the_same_write() {
         ]
     );
 
-    let (finished, next) = store
-        .finish_and_claim(
-            second,
-            1,
-            Outcome::Success,
-            success(),
-            None,
-            None,
-            OWNER,
-            LEASE,
-        )
-        .await
-        .expect("finish and claim");
+    let (finished, next) = succeed_and_claim(&store, second, 1).await;
     assert!(finished);
     assert!(next.is_none(), "nothing was left to claim");
     drop(store);
@@ -140,19 +133,7 @@ async fn a_result_for_a_job_cancelled_meanwhile_is_discarded_but_the_next_job_is
         }
     );
 
-    let (finished, next) = store
-        .finish_and_claim(
-            first,
-            job.attempt,
-            Outcome::Success,
-            success(),
-            None,
-            None,
-            OWNER,
-            LEASE,
-        )
-        .await
-        .expect("finish and claim");
+    let (finished, next) = succeed_and_claim(&store, first, job.attempt).await;
     assert!(!finished, "the cancelled job keeps its cancellation");
     assert_eq!(status(&store, first).await, Status::Cancelled);
     assert_eq!(next.map(|j| j.id), Some(second));
