@@ -45,7 +45,7 @@ use kiln::store::{Admission, CLAIM_SQL, Store, Submitted};
 use kiln::worker::{Execute, Running, Stopping, Workers};
 use report::{Better, Goal, Row};
 use reqwest::StatusCode;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, Statement, params};
 use serde_json::json;
 use server::{CLIENTS, Server, scratch};
 use tokio::runtime::Runtime;
@@ -262,29 +262,34 @@ fn raw_inserts() -> f64 {
         let mut job = tx.prepare(INSERT_JOB).expect("prepare the job insert");
         let mut event = tx.prepare(INSERT_EVENT).expect("prepare the event insert");
         for _ in 0..RAW_INSERTS {
-            let id = uuid::Uuid::now_v7().to_string();
-            let now = kiln::time::now_ms();
-            job.execute(params![
-                id,
-                "sh",
-                "true",
-                "",
-                "[]",
-                "{}",
-                limits,
-                0,
-                3,
-                None::<String>,
-                now
-            ])
-            .expect("insert a job");
-            event
-                .execute(params![id, now, "job.queued", None::<u32>, data])
-                .expect("insert an event");
+            insert_queued(&mut job, &mut event, &limits, &data);
         }
     }
     tx.commit().expect("commit");
     RAW_INSERTS as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Inserts one queued job and its `job.queued` event as a submit writes them.
+fn insert_queued(job: &mut Statement, event: &mut Statement, limits: &str, data: &str) {
+    let id = uuid::Uuid::now_v7().to_string();
+    let now = kiln::time::now_ms();
+    job.execute(params![
+        id,
+        "sh",
+        "true",
+        "",
+        "[]",
+        "{}",
+        limits,
+        0,
+        3,
+        None::<String>,
+        now
+    ])
+    .expect("insert a job");
+    event
+        .execute(params![id, now, "job.queued", None::<u32>, data])
+        .expect("insert an event");
 }
 
 /// Limit of row 2: every job's life written straight into a fresh database from one thread, in
@@ -305,25 +310,7 @@ fn raw_life_cycle() -> f64 {
             let mut job = tx.prepare_cached(INSERT_JOB).expect("prepare");
             let mut event = tx.prepare_cached(INSERT_EVENT).expect("prepare");
             for _ in 0..RAW_BATCH {
-                let id = uuid::Uuid::now_v7().to_string();
-                let now = kiln::time::now_ms();
-                let job_row = params![
-                    id,
-                    "sh",
-                    "true",
-                    "",
-                    "[]",
-                    "{}",
-                    limits,
-                    0,
-                    3,
-                    None::<String>,
-                    now
-                ];
-                job.execute(job_row).expect("insert a job");
-                event
-                    .execute(params![id, now, "job.queued", None::<u32>, queued])
-                    .expect("insert an event");
+                insert_queued(&mut job, &mut event, &limits, &queued);
             }
         }
         tx.commit().expect("commit the inserts");
