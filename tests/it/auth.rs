@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use tempfile::TempDir;
 
-use crate::util::{Server, sh};
+use crate::util::{Server, decode, sh};
 
 /// A client that sends one token (or none).
 pub struct As {
@@ -108,14 +108,6 @@ impl As {
         }
         (status, text)
     }
-}
-
-async fn decode(response: reqwest::Response) -> (StatusCode, Value) {
-    let status = response.status();
-    let bytes = response.bytes().await.expect("body");
-    let body = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
-    (status, body)
 }
 
 /// `kiln token ...` on the database in `dir`.

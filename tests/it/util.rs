@@ -219,7 +219,8 @@ fn defaults_not_in(args: &[&str]) -> Vec<&'static str> {
     .collect()
 }
 
-async fn decode(response: reqwest::Response) -> (StatusCode, Value) {
+/// An answer's status and JSON body (`{"raw": text}` when the body is not JSON).
+pub async fn decode(response: reqwest::Response) -> (StatusCode, Value) {
     let status = response.status();
     let bytes = response.bytes().await.expect("body");
     let body = serde_json::from_slice(&bytes)
