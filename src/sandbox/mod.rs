@@ -16,6 +16,7 @@
 pub mod cgroup;
 pub mod filter;
 pub mod namespace;
+mod netns;
 pub(crate) mod sys;
 
 use std::os::fd::OwnedFd;
@@ -141,6 +142,7 @@ struct Inner {
     next_cgroup: AtomicU64,
     user_ns: bool,
     ready: Ready,
+    net: Arc<netns::NetPool>,
 }
 
 /// Sandboxes started ahead of their runs: namespaces made, root built, init waiting. Taking one
@@ -211,6 +213,7 @@ impl Sandbox {
             next_uid: AtomicU32::new(0),
             next_cgroup: AtomicU64::new(0),
             user_ns,
+            net: netns::NetPool::new().map_err(SandboxError::Namespaces)?,
             ready: Ready {
                 target: config.ready,
                 sender,
@@ -436,6 +439,7 @@ impl Inner {
             Arc::clone(&self.filters),
             landlock.as_ref(),
             entry.as_ref(),
+            (&self.net, self.net.take()?),
         )?;
         drop(landlock);
         drop(entry);

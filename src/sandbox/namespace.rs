@@ -11,11 +11,12 @@
 //! The process tree of one run:
 //!
 //! ```text
-//! server ── clone3(VM | NEW{USER,PID,NS,NET,IPC,UTS,CGROUP}) ──► init (pid 1, root in its
-//!                                                                │  user namespace only)
-//!                                                                └─ clone3(VM | VFORK) ──► job
-//!                                                                   (pid 2, uid 1000, filtered,
-//!                                                                   then execve)
+//! server ── clone3(VM | NEW{USER,PID,NS,IPC,UTS,CGROUP}) ──► init (pid 1, root in its
+//! (the calling thread in a pooled                             │  user namespace only)
+//! network namespace: see super::netns)                        │
+//!                                                             └─ clone3(VM | VFORK) ──► job
+//!                                                                (pid 2, uid 1000, filtered,
+//!                                                                then execve)
 //! ```
 //!
 //! `init` enters the run's cgroups, waits for the parent to write its uid/gid maps, builds
@@ -37,6 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::filter::{self, Filters};
+use super::netns::{NetLease, NetPool};
 use super::sys;
 
 /// The uid and gid the job runs as inside its user namespace.
@@ -544,6 +546,8 @@ pub struct Started {
     run: Option<Box<RunShared>>,
     /// Where init and the job run until then; held only to be unmapped last.
     _stacks: Stacks,
+    /// The network namespace init was started in, given back once init is gone.
+    net: Option<NetLease>,
 }
 
 impl Started {
@@ -618,12 +622,25 @@ impl Drop for Started {
         let pidfd = self.pidfd.as_raw_fd();
         // SAFETY: signalling and waiting through our own pidfd. Both fail at once (ESRCH,
         // ECHILD) once init was reaped, and a pidfd never names another process.
-        unsafe {
+        let gone = unsafe {
             libc::syscall(libc::SYS_pidfd_send_signal, pidfd, libc::SIGKILL, 0, 0);
             let mut info: libc::siginfo_t = std::mem::zeroed();
-            while libc::waitid(libc::P_PIDFD, pidfd as libc::id_t, &mut info, libc::WEXITED) != 0
-                && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
-            {}
+            loop {
+                if libc::waitid(libc::P_PIDFD, pidfd as libc::id_t, &mut info, libc::WEXITED) == 0 {
+                    break true;
+                }
+                match io::Error::last_os_error().raw_os_error() {
+                    Some(libc::EINTR) => {}
+                    // Reaped already (by the runner): gone all the same.
+                    Some(libc::ECHILD) => break true,
+                    _ => break false,
+                }
+            }
+        };
+        // init reaped means the kernel has killed and released every process of its pid
+        // namespace: no socket of the run is left in its network namespace.
+        if let Some(net) = self.net.take().filter(|_| gone) {
+            net.release();
         }
     }
 }
@@ -661,6 +678,7 @@ pub fn clone_init(
     filters: Arc<Filters>,
     landlock: Option<&OwnedFd>,
     cgroup: Option<&CgroupEntry>,
+    net: (&NetPool, NetLease),
 ) -> io::Result<Started> {
     let (stdin_r, stdin_w) = pipe()?;
     let (stdout_r, stdout_w) = pipe()?;
@@ -697,7 +715,8 @@ pub fn clone_init(
         job_stack: stacks.job,
     });
 
-    let mut flags = namespace_flags(shared.plan.user_ns) as u64
+    // The network namespace is not made here but taken from the pool: see [`super::netns`].
+    let mut flags = (namespace_flags(shared.plan.user_ns) & !libc::CLONE_NEWNET) as u64
         | libc::CLONE_VM as u64
         | libc::CLONE_PIDFD as u64
         // The server's signal handlers live in the shared memory and would act on its state
@@ -722,9 +741,13 @@ pub fn clone_init(
         cgroup: into.map_or(0, |fd| fd.as_raw_fd() as u64),
     };
     let arg: *const Shared = &*shared;
+    let (pool, lease) = net;
     // SAFETY: init runs `init_main` on its own stack, on `shared`, both owned by the `Started`
     // returned below, which outlives init (its Drop kills and waits for it).
-    let pid = unsafe { sys::clone3(&args, init_main, arg.cast()) }
+    let pid = pool
+        .within(&lease, || unsafe {
+            sys::clone3(&args, init_main, arg.cast())
+        })?
         .map_err(io::Error::from_raw_os_error)?;
     // SAFETY: CLONE_PIDFD stored a new descriptor owned by nobody else.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
@@ -740,6 +763,7 @@ pub fn clone_init(
         shared,
         run: None,
         _stacks: stacks,
+        net: Some(lease),
     })
 }
 
