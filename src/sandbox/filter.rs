@@ -15,10 +15,14 @@
 //!   the kernel for its Landlock ABI.
 //! - [`Filters::prepare_landlock`], once per run: creates the Landlock ruleset (an fd) that says
 //!   which accesses are restricted.
-//! - [`apply_in_child`], in the child right before `execve`: only `prctl`, `open`, `fstat`,
-//!   `close`, `landlock_add_rule`, `landlock_restrict_self` and `seccomp`, on data built above. It
-//!   does not use `seccompiler::apply_filter`, which is signal-safe today but builds `io::Error`s
-//!   and sets `PR_SET_NO_NEW_PRIVS` itself; the raw call keeps the child's contract obvious.
+//! - [`apply_seccomp`] and [`apply_landlock`], in the child before `execve`: only `prctl`, `open`,
+//!   `fstat`, `close`, `landlock_add_rule`, `landlock_restrict_self` and `seccomp`, on data built
+//!   above. The sandbox's job applies seccomp while its sandbox is made ready, ahead of its run
+//!   (attaching the programs costs a few hundred microseconds), and Landlock at its run, once its
+//!   `/work` and `/tmp` are mounted: a Landlock rule on a directory does not reach into a mount
+//!   made on it afterwards. They do not use `seccompiler::apply_filter`, which is signal-safe
+//!   today but builds `io::Error`s and sets `PR_SET_NO_NEW_PRIVS` itself; the raw call keeps the
+//!   child's contract obvious.
 //!
 //! # Seccomp policy
 //!
@@ -107,7 +111,7 @@ pub enum FilterError {
     NoRuleset(u32),
 }
 
-/// A step of [`apply_in_child`] that failed, and its errno. Plain data, so that the child can
+/// A step of [`apply_seccomp`] or [`apply_landlock`] that failed, and its errno. Plain data, so that the child can
 /// report it through a pipe without allocating.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{step} failed: {}", io::Error::from_raw_os_error(*.errno))]
@@ -266,7 +270,7 @@ impl Filters {
         self.landlock.map(|access| access.kernel_abi)
     }
 
-    /// Creates one run's Landlock ruleset, for [`apply_in_child`] to fill and enforce. Its fd is
+    /// Creates one run's Landlock ruleset, for [`apply_landlock`] to fill and enforce. Its fd is
     /// close-on-exec; drop it once the child has been started. `None` if the kernel has no
     /// Landlock.
     pub fn prepare_landlock(&self) -> Result<Option<OwnedFd>, FilterError> {
@@ -305,55 +309,21 @@ impl LandlockAccess {
     }
 }
 
-/// Restricts the calling process for good: sets `PR_SET_NO_NEW_PRIVS`, fills the Landlock ruleset
-/// from `prepare_landlock` with the roots and enforces it, then installs the seccomp programs
-/// (last, since they may refuse calls the steps before need). Only raw system calls: safe
-/// between `clone`/`fork` and `execve` in a multi-threaded program.
-///
-/// `read_exec_roots` get read, list and execute beneath them; `writable_roots` every access. Both
-/// are paths in the child's own root (after `pivot_root`); a root may also be a file, such as
-/// `/dev/null`. A root that cannot be opened fails the call rather than being skipped.
-///
-/// Landlock is all or nothing: a `landlock` fd while the kernel has none, or none while it has
-/// one, is refused (`EINVAL`) rather than running the job with less confinement than planned.
+/// Sets `PR_SET_NO_NEW_PRIVS` and installs the seccomp programs, for good. Only raw system
+/// calls: safe between `clone`/`fork` and `execve` in a multi-threaded program. Nothing
+/// [`apply_landlock`] and the rest of a job's start need is refused by the programs.
 ///
 /// # Safety
 ///
 /// Call it in a child that is about to `execve` (after `clone` or `fork`) and in which no other
 /// thread runs: every restriction here applies to the calling thread and what it starts
 /// afterwards, so elsewhere it would leave other threads unconfined and confine the caller for
-/// the rest of its life. `landlock` must be the (still open) fd returned by
-/// [`Filters::prepare_landlock`] on the same `filters`.
-pub unsafe fn apply_in_child(
-    filters: &Filters,
-    landlock: Option<RawFd>,
-    read_exec_roots: &[&CStr],
-    writable_roots: &[&CStr],
-) -> Result<(), ChildError> {
+/// the rest of its life.
+pub unsafe fn apply_seccomp(filters: &Filters) -> Result<(), ChildError> {
     let fail = |step| move |errno| ChildError { step, errno };
     // SAFETY: integer arguments only.
     unsafe { sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1) }
         .map_err(fail("prctl(PR_SET_NO_NEW_PRIVS)"))?;
-    match (filters.landlock, landlock) {
-        (Some(access), Some(ruleset)) => {
-            for root in read_exec_roots {
-                add_path_rule(ruleset, root, access.read_exec, access.file)?;
-            }
-            for root in writable_roots {
-                add_path_rule(ruleset, root, access.all, access.file)?;
-            }
-            // SAFETY: integer arguments only.
-            unsafe { sys::landlock_restrict_self(ruleset) }
-                .map_err(fail("landlock_restrict_self"))?;
-        }
-        (None, None) => {}
-        _ => {
-            return Err(ChildError {
-                step: "match the Landlock ruleset to the kernel",
-                errno: libc::EINVAL,
-            });
-        }
-    }
     for program in &filters.seccomp {
         let fprog = SockFprog {
             // seccompiler refuses programs longer than the kernel's 4096 instructions.
@@ -365,6 +335,50 @@ pub unsafe fn apply_in_child(
             .map_err(fail("seccomp(SECCOMP_SET_MODE_FILTER)"))?;
     }
     Ok(())
+}
+
+/// Fills the Landlock ruleset from `prepare_landlock` with the roots and enforces it, for good.
+/// Only raw system calls. Call it after [`apply_seccomp`], which sets the `PR_SET_NO_NEW_PRIVS`
+/// that Landlock needs from a process without `CAP_SYS_ADMIN`.
+///
+/// `read_exec_roots` get read, list and execute beneath them; `writable_roots` every access. Both
+/// are paths in the child's own root (after `pivot_root`); a root may also be a file, such as
+/// `/dev/null`. A root that cannot be opened fails the call rather than being skipped. A rule
+/// holds beneath the mount a root names when the rule is added, not in one mounted on it later.
+///
+/// Landlock is all or nothing: a `landlock` fd while the kernel has none, or none while it has
+/// one, is refused (`EINVAL`) rather than running the job with less confinement than planned.
+///
+/// # Safety
+///
+/// As [`apply_seccomp`]. `landlock` must be the (still open) fd returned by
+/// [`Filters::prepare_landlock`] on the same `filters`.
+pub unsafe fn apply_landlock(
+    filters: &Filters,
+    landlock: Option<RawFd>,
+    read_exec_roots: &[&CStr],
+    writable_roots: &[&CStr],
+) -> Result<(), ChildError> {
+    let fail = |step| move |errno| ChildError { step, errno };
+    match (filters.landlock, landlock) {
+        (Some(access), Some(ruleset)) => {
+            for root in read_exec_roots {
+                add_path_rule(ruleset, root, access.read_exec, access.file)?;
+            }
+            for root in writable_roots {
+                add_path_rule(ruleset, root, access.all, access.file)?;
+            }
+            // SAFETY: integer arguments only.
+            unsafe { sys::landlock_restrict_self(ruleset) }
+                .map(drop)
+                .map_err(fail("landlock_restrict_self"))
+        }
+        (None, None) => Ok(()),
+        _ => Err(ChildError {
+            step: "match the Landlock ruleset to the kernel",
+            errno: libc::EINVAL,
+        }),
+    }
 }
 
 /// Adds a `PATH_BENEATH` rule granting `allowed` beneath `path` (only its file accesses if `path`
@@ -586,6 +600,24 @@ mod tests {
         available
     }
 
+    /// Both filters, in the sandbox's order.
+    ///
+    /// # Safety
+    ///
+    /// As [`apply_landlock`].
+    unsafe fn apply_both(
+        filters: &Filters,
+        landlock: Option<RawFd>,
+        read_exec_roots: &[&CStr],
+        writable_roots: &[&CStr],
+    ) -> Result<(), ChildError> {
+        // SAFETY: passed on from the caller.
+        unsafe {
+            apply_seccomp(filters)?;
+            apply_landlock(filters, landlock, read_exec_roots, writable_roots)
+        }
+    }
+
     /// Runs `program` under the filters, with `/` readable and executable and `writable` (plus
     /// `/dev/null`) writable: the filters alone, without the sandbox's namespaces.
     fn run_filtered(
@@ -608,7 +640,7 @@ mod tests {
                 // No controlling terminal: the vhangup probe can then never hang up a real one,
                 // even if the filter were to let it through.
                 libc::setsid();
-                apply_in_child(
+                apply_both(
                     &filters,
                     ruleset_fd,
                     &[c"/"],
@@ -1033,7 +1065,7 @@ print('subprocess', subprocess.run(['/bin/sh', '-c', 'exit 3']).returncode)
         );
     }
 
-    /// Runs `/bin/true` after `apply_in_child` with the given Landlock fd and writable root, and
+    /// Runs `/bin/true` after both filters with the given Landlock fd and writable root, and
     /// returns the errno it failed with if the failing step is `step` (ENOTRECOVERABLE if another
     /// step failed, None if nothing did).
     fn failing_errno(
@@ -1047,7 +1079,7 @@ print('subprocess', subprocess.run(['/bin/sh', '-c', 'exit 3']).returncode)
         // SAFETY: the hook only makes raw system calls on data built before the fork.
         unsafe {
             command.pre_exec(move || {
-                apply_in_child(&filters, landlock, &[c"/"], &[writable]).map_err(|e| {
+                apply_both(&filters, landlock, &[c"/"], &[writable]).map_err(|e| {
                     let errno = if e.step == step {
                         e.errno
                     } else {

@@ -132,6 +132,7 @@ enum Fixed {
     UnmountStaging,
     WaitForRun,
     Fork,
+    StartJob,
     WorkDir,
     Ids,
     Rlimits,
@@ -141,7 +142,7 @@ enum Fixed {
 
 impl Fixed {
     /// In declaration order, which is their numbering after the plan's steps.
-    const ALL: [Fixed; 16] = [
+    const ALL: [Fixed; 17] = [
         Fixed::Cgroup,
         Fixed::WaitForParent,
         Fixed::Hostname,
@@ -153,6 +154,7 @@ impl Fixed {
         Fixed::UnmountStaging,
         Fixed::WaitForRun,
         Fixed::Fork,
+        Fixed::StartJob,
         Fixed::WorkDir,
         Fixed::Ids,
         Fixed::Rlimits,
@@ -173,6 +175,7 @@ impl Fixed {
             Fixed::UnmountStaging => "unmounting the staging area",
             Fixed::WaitForRun => "waiting for the run",
             Fixed::Fork => "fork",
+            Fixed::StartJob => "handing the run to the job",
             Fixed::WorkDir => "entering /work",
             Fixed::Ids => "switching to the job's uid",
             Fixed::Rlimits => "setrlimit",
@@ -886,10 +889,11 @@ unsafe impl Send for RunShared {}
 // SAFETY: as above.
 unsafe impl Sync for RunShared {}
 
-/// The job's view: both, from init's stack.
+/// The job's view, from init's stack (alive as long as init): the sandbox, and the pipe on
+/// which init hands it its run.
 struct JobArgs<'a> {
     shared: &'a Shared,
-    run: &'a RunShared,
+    go: RawFd,
 }
 
 /// Where init keeps its pipes after tidying its descriptor table.
@@ -917,10 +921,11 @@ unsafe extern "C" fn init_main(shared: *const libc::c_void) -> ! {
 
 /// The job's entry point, on its own stack, until its `execve`.
 unsafe extern "C" fn job_main(args: *const libc::c_void) -> ! {
-    // SAFETY: init passes its `JobArgs` and sleeps (CLONE_VFORK) until the job has exec'd.
+    // SAFETY: init passes its `JobArgs`, which live on init's stack until init is gone, and
+    // init's death takes the job with it.
     unsafe {
         let args = &*args.cast::<JobArgs<'_>>();
-        args.shared.exec_job(args.run)
+        args.shared.job(args.go)
     }
 }
 
@@ -963,6 +968,9 @@ impl Shared {
             // before waiting: a server that died earlier closed its end of `go`, and the read
             // below sees EOF.
             let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as usize);
+            // A job that died before its run makes handing it the run fail with EPIPE, which
+            // init reports, instead of a SIGPIPE that would kill init without a word.
+            let _ = sys::sigprocmask(libc::SIG_BLOCK, 1 << (libc::SIGPIPE - 1));
             let mut byte = [0u8];
             match sys::read(GO_FD, &mut byte) {
                 Ok(1) => {}
@@ -978,9 +986,39 @@ impl Shared {
                 self.fail(At::Fixed(Fixed::Ids), e);
             }
             self.build_root();
-            let _ = sys::write(READY_FD, &[1]);
+            // The job is started now, ahead of its run, to attach its seccomp programs off the
+            // run's path; it reports the sandbox ready (see `job`). It shares this memory too,
+            // on its own stack: nothing is copied. Without CLONE_VFORK both go on at once, which
+            // the rules of this code allow (neither writes anything the other reads).
+            let go = match sys::pipe() {
+                Ok(go) => go,
+                Err(e) => self.fail(At::Fixed(Fixed::Fork), e),
+            };
+            let args = libc::clone_args {
+                flags: libc::CLONE_VM as u64,
+                pidfd: 0,
+                child_tid: 0,
+                parent_tid: 0,
+                exit_signal: libc::SIGCHLD as u64,
+                stack: self.job_stack.base as u64,
+                stack_size: STACK_SIZE as u64,
+                tls: 0,
+                set_tid: 0,
+                set_tid_size: 0,
+                cgroup: 0,
+            };
+            let job_args = JobArgs {
+                shared: self,
+                go: go[0],
+            };
+            let job = match sys::clone3(&args, job_main, (&raw const job_args).cast()) {
+                Ok(pid) => pid as libc::pid_t,
+                Err(e) => self.fail(At::Fixed(Fixed::Fork), e),
+            };
+            sys::close(go[0]);
+            // The job's copy is now the only one: its EOF means the job failed.
             sys::close(READY_FD);
-            let run = self.wait_for_run();
+            let run = self.wait_for_address(GO_FD);
             sys::close(GO_FD);
             for (index, step) in run.plan.steps.iter().enumerate() {
                 if let Err(e) = self.step(step) {
@@ -993,26 +1031,11 @@ impl Shared {
             {
                 self.fail(At::Fixed(Fixed::UnmountStaging), e);
             }
-            // The job shares this memory too, on its own stack, and init sleeps until it has
-            // exec'd (CLONE_VFORK): nothing is copied, and it cannot run ahead of init.
-            let args = libc::clone_args {
-                flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64,
-                pidfd: 0,
-                child_tid: 0,
-                parent_tid: 0,
-                exit_signal: libc::SIGCHLD as u64,
-                stack: self.job_stack.base as u64,
-                stack_size: STACK_SIZE as u64,
-                tls: 0,
-                set_tid: 0,
-                set_tid_size: 0,
-                cgroup: 0,
-            };
-            let job_args = JobArgs { shared: self, run };
-            let job = match sys::clone3(&args, job_main, (&raw const job_args).cast()) {
-                Ok(pid) => pid as libc::pid_t,
-                Err(e) => self.fail(At::Fixed(Fixed::Fork), e),
-            };
+            let address = (run as *const RunShared as usize).to_ne_bytes();
+            if let Err(e) = sys::write_all(go[1], &address) {
+                self.fail(At::Fixed(Fixed::StartJob), e);
+            }
+            sys::close(go[1]);
             sys::close(SETUP_FD);
             sys::close(PROGRESS_KEPT_FD);
             sys::close(0);
@@ -1022,14 +1045,37 @@ impl Shared {
         }
     }
 
-    /// Waits for [`Started::start`] to hand over the run; exits quietly if the sandbox is
-    /// dropped unused instead.
-    unsafe fn wait_for_run(&self) -> &RunShared {
+    /// The job, from its clone at the sandbox's start: takes its uid and attaches the seccomp
+    /// programs, so that it waits for its run as unprivileged as it runs, reports the sandbox
+    /// ready, waits, then starts the run.
+    unsafe fn job(&self, go: RawFd) -> ! {
+        unsafe {
+            // Neither belongs to the job: init holds what it needs of both.
+            sys::close(GO_FD);
+            sys::close(STAGING_FD);
+            // Leaving uid 0 for a non-zero uid clears every capability.
+            if let Err(e) = set_ids(self.plan.job_id) {
+                self.fail(At::Fixed(Fixed::Ids), e);
+            }
+            if let Err(e) = filter::apply_seccomp(&self.filters) {
+                self.fail(At::Fixed(Fixed::Filters), e.errno);
+            }
+            let _ = sys::write(READY_FD, &[1]);
+            sys::close(READY_FD);
+            let run = self.wait_for_address(go);
+            sys::close(go);
+            self.exec_job(run)
+        }
+    }
+
+    /// Waits for the run's address on `fd`: from [`Started::start`] for init, from init for the
+    /// job. Exits quietly if the sandbox is dropped unused instead.
+    unsafe fn wait_for_address(&self, fd: RawFd) -> &RunShared {
         let mut address = [0u8; size_of::<usize>()];
         let mut filled = 0;
         while filled < address.len() {
             // SAFETY: reads into the rest of a live buffer.
-            match unsafe { sys::read(GO_FD, &mut address[filled..]) } {
+            match unsafe { sys::read(fd, &mut address[filled..]) } {
                 Ok(0) => unsafe { sys::exit(0) },
                 Ok(n) => filled += n,
                 Err(libc::EINTR) => {}
@@ -1037,7 +1083,7 @@ impl Shared {
             }
         }
         // SAFETY: the parent wrote the address of the `RunShared` its `Started` owns, which
-        // outlives init.
+        // outlives init and the job (init passes on the same).
         unsafe { &*(usize::from_ne_bytes(address) as *const RunShared) }
     }
 
@@ -1188,7 +1234,8 @@ impl Shared {
         unsafe {
             let plan = &run.plan;
             // Into the run's cgroups before anything else, so all the job starts is born
-            // inside. init stays out of them: it shares the server's memory, and a memory
+            // inside. (A process may move itself whatever its uid: the files were opened by
+            // the server.) init stays out of them: it shares the server's memory, and a memory
             // cgroup's OOM killer that chose it would kill every process sharing that memory,
             // the server included. (The job shares it only until its execve, while its cgroup
             // holds nothing else.)
@@ -1211,10 +1258,6 @@ impl Shared {
             if let Err(e) = sys::chdir(c"/work") {
                 self.fail(At::Fixed(Fixed::WorkDir), e);
             }
-            // Leaving uid 0 for a non-zero uid clears every capability.
-            if let Err(e) = set_ids(self.plan.job_id) {
-                self.fail(At::Fixed(Fixed::Ids), e);
-            }
             for &(resource, soft, hard) in &plan.rlimits {
                 let current = sys::prlimit(resource, None).unwrap_or(libc::rlimit {
                     rlim_cur: 0,
@@ -1229,14 +1272,20 @@ impl Shared {
                     self.fail(At::Fixed(Fixed::Rlimits), e);
                 }
             }
+            // Now that /work and /tmp are mounted: a rule reaches into the mount a path names
+            // when it is added. (seccomp was attached when the sandbox was made.)
             let landlock = (self.fds[6] >= 0).then_some(LANDLOCK_FD);
-            if let Err(e) = filter::apply_in_child(
+            if let Err(e) = filter::apply_landlock(
                 &self.filters,
                 landlock,
                 &[c"/"],
                 &[c"/work", c"/tmp", c"/dev"],
             ) {
                 self.fail(At::Fixed(Fixed::Filters), e.errno);
+            }
+            // init blocks SIGPIPE for itself; the job starts with no signal blocked.
+            if let Err(e) = sys::sigprocmask(libc::SIG_SETMASK, 0) {
+                self.fail(At::Fixed(Fixed::Exec), e);
             }
             let e = sys::execve(&plan.program, run.argv.as_ptr(), run.envp.as_ptr())
                 .err()

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::util::{Server, UID_SPAN, assert_valid_history, processes_of_uids};
+use crate::util::{Server, UID_SPAN, assert_valid_history, job_processes};
 
 // ---------------------------------------------------------------------------------------------
 // The harness of the suite
@@ -143,10 +143,10 @@ async fn assert_no_job_process_left(server: &Server) {
     let uids = server.job_uids();
     // Whatever is left must be gone for good: a short grace for the kernel, then a hard check.
     let deadline = Instant::now() + Duration::from_secs(2);
-    let mut left = processes_of_uids(uids.clone());
+    let mut left = job_processes(uids.clone());
     while !left.is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        left = processes_of_uids(uids.clone());
+        left = job_processes(uids.clone());
     }
     let described: Vec<String> = left
         .iter()

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::util::{Server, UID_SPAN, processes_of_uids};
+use crate::util::{Server, UID_SPAN, job_processes};
 
 #[tokio::test]
 async fn the_full_level_is_the_default_and_reports_every_namespace() {
@@ -60,5 +60,5 @@ async fn the_namespaces_level_runs_jobs_as_unprivileged_host_uids_without_a_user
     let job = server.finished(&id).await;
     assert_eq!(job["outcome"], "wall_time_limit", "{job}");
     let uids = server.job_uids();
-    assert_eq!(processes_of_uids(uids), Vec::<i32>::new());
+    assert_eq!(job_processes(uids), Vec::<i32>::new());
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::util::{Server, assert_valid_history, processes_of_uids, sh};
+use crate::util::{Server, assert_valid_history, job_processes, processes_of_uids, sh};
 
 #[tokio::test]
 async fn a_job_over_its_wall_limit_ends_timed_out_and_leaves_no_process_behind() {
@@ -30,7 +30,7 @@ async fn a_job_over_its_wall_limit_ends_timed_out_and_leaves_no_process_behind()
     assert_eq!(job["stdout"], "started\n");
     let uids = server.job_uids();
     assert_eq!(
-        processes_of_uids(uids),
+        job_processes(uids),
         Vec::<i32>::new(),
         "processes survived their job"
     );

@@ -370,7 +370,19 @@ impl Server {
     }
 }
 
-/// Live (not zombie) processes whose real uid lies in `range`: what jobs left behind.
+/// Processes of jobs whose real uid lies in `range`, as [`processes_of_uids`], but without a
+/// sandbox's job still waiting for its run: that process runs the server's own executable until
+/// its `execve`, and never anything submitted. What a running server's jobs left behind.
+pub fn job_processes(range: std::ops::Range<u32>) -> Vec<i32> {
+    let server = std::fs::canonicalize(env!("CARGO_BIN_EXE_kiln")).expect("the server's binary");
+    processes_of_uids(range)
+        .into_iter()
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe != server))
+        .collect()
+}
+
+/// Live (not zombie) processes whose real uid lies in `range`, whatever they run: after a server
+/// is gone, nothing of its sandboxes may be left.
 pub fn processes_of_uids(range: std::ops::Range<u32>) -> Vec<i32> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
