@@ -1,5 +1,7 @@
 //! Runs one attempt of a job as a plain subprocess and reports what happened. This module owns the
-//! whole life of that process: its private work directory, how it is started and limited
+//! whole life of that process: its private work directory (on disk for a plain subprocess or a
+//! compile step; a sandbox writes the submitted files into its own `/work` from memory, which
+//! spares a job's start the disk), how it is started and limited
 //! (`spawn_process`, the one function the sandbox issue replaces with namespaces, seccomp and
 //! cgroups), feeding its stdin, capturing bounded stdout/stderr, enforcing the wall-clock and output
 //! limits, honouring cancellation, and reaping it with `wait4` to learn its CPU time and peak
@@ -31,7 +33,7 @@ use crate::job::{BuildUse, JobId, Limits, Outcome, Progress, RunResult};
 use crate::live::{Live, OutputTap, Stream};
 use crate::runtime::Runtime;
 use crate::sandbox::cgroup::JobCgroup;
-use crate::sandbox::{Launch, Sandbox, Sandboxed, WorkMount};
+use crate::sandbox::{Launch, Sandbox, Sandboxed, WorkFile, WorkMount};
 
 mod builds;
 pub use builds::Builds;
@@ -127,12 +129,23 @@ pub struct Runner {
 
 impl Runner {
     /// Creates `work_root` (mode 0700, as jobs' inputs and outputs pass through it) if needed,
-    /// and removes the batch builds an earlier run of the server left there.
+    /// and removes the run directories and batch builds an earlier run of the server left there
+    /// (one that crashed had no time to).
     pub fn new(work_root: PathBuf, isolation: Isolation) -> io::Result<Runner> {
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&work_root)?;
+        for entry in std::fs::read_dir(&work_root)? {
+            let path = entry?.path();
+            if path
+                .file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(is_run_directory)
+            {
+                remove_tree(&path)?;
+            }
+        }
         let builds = Builds::new(work_root.join(".builds"))?;
         Ok(Runner {
             work_root,
@@ -160,56 +173,75 @@ impl Runner {
         req: RunRequest<'_>,
         cancel: CancellationToken,
     ) -> Result<RunOutput, RunError> {
-        let work_dir = WorkDir {
+        let mut work_dir = WorkDir {
             path: self
                 .work_root
                 .join(format!("{}-{}", req.job_id, req.attempt)),
-            removed: false,
+            on_disk: false,
         };
+        // A sandbox writes the submitted code and files into its `/work` from memory; only a
+        // plain subprocess (which runs in the directory) and a compiled runtime (whose build
+        // step binds it) need them on disk first.
+        let inline =
+            matches!(self.isolation, Isolation::Sandbox(_)) && req.runtime.compile.is_none();
         let output = async {
-            work_dir.populate(&req).await?;
-            let mut entries = staged_entries(&req.runtime.source_file, req.files);
+            if inline {
+                check_inline(&req).map_err(|source| RunError::WorkDir {
+                    path: work_dir.path.clone(),
+                    source,
+                })?;
+            } else {
+                work_dir.populate(&req).await?;
+            }
+            let names = staged_entries(&req.runtime.source_file, req.files);
+            let mut entries: Vec<WorkFile<'_>> = names
+                .iter()
+                .map(|name| match (name.ends_with('/'), inline) {
+                    (true, _) => WorkFile::Dir(name),
+                    (false, false) => WorkFile::Staged(name),
+                    (false, true) => WorkFile::Inline(name, submitted(&req, name)),
+                })
+                .collect();
             let mut staged_bytes = staged_size(&req);
             let mut build = None;
-            let (program, argv) =
-                match &req.runtime.compile {
-                    None => (req.runtime.program.clone(), job_argv(req.runtime, req.args)),
-                    Some(compile) => {
-                        let built_path = work_dir.path.join(&compile.binary);
-                        match req.batch {
-                            None => {
-                                build = Some(BuildUse::Compiled);
-                                let built = self
-                                    .compile(&req, &work_dir.path, &entries, &cancel)
-                                    .await?;
-                                if built.outcome != Outcome::Success {
-                                    return Ok(with_build(built, build));
-                                }
-                            }
-                            Some(batch) => {
-                                let (built, used) = self.shared_build(batch, &req, &cancel).await?;
-                                build = Some(used);
-                                match built {
-                                    Ok(binary) => copy_binary(&binary, &built_path).await.map_err(
-                                        |source| RunError::WorkDir {
-                                            path: built_path.clone(),
-                                            source,
-                                        },
-                                    )?,
-                                    Err(failed) => return Ok(with_build(failed, build)),
-                                }
+            let (program, argv) = match &req.runtime.compile {
+                None => (req.runtime.program.clone(), job_argv(req.runtime, req.args)),
+                Some(compile) => {
+                    let built_path = work_dir.path.join(&compile.binary);
+                    match req.batch {
+                        None => {
+                            build = Some(BuildUse::Compiled);
+                            let built = self.compile(&req, &work_dir.path, &names, &cancel).await?;
+                            if built.outcome != Outcome::Success {
+                                return Ok(with_build(built, build));
                             }
                         }
-                        // The run's /work must hold the binary besides the job's own room.
-                        staged_bytes += std::fs::metadata(&built_path).map_or(0, |m| m.len());
-                        entries.push(compile.binary.clone());
-                        let binary = match self.isolation {
-                            Isolation::Sandbox(_) => Path::new("/work").join(&compile.binary),
-                            Isolation::Unsandboxed => work_dir.path.join(&compile.binary),
-                        };
-                        (binary, req.args.to_vec())
+                        Some(batch) => {
+                            let (built, used) = self.shared_build(batch, &req, &cancel).await?;
+                            build = Some(used);
+                            match built {
+                                Ok(binary) => {
+                                    copy_binary(&binary, &built_path).await.map_err(|source| {
+                                        RunError::WorkDir {
+                                            path: built_path.clone(),
+                                            source,
+                                        }
+                                    })?
+                                }
+                                Err(failed) => return Ok(with_build(failed, build)),
+                            }
+                        }
                     }
-                };
+                    // The run's /work must hold the binary besides the job's own room.
+                    staged_bytes += std::fs::metadata(&built_path).map_or(0, |m| m.len());
+                    entries.push(WorkFile::Staged(&compile.binary));
+                    let binary = match self.isolation {
+                        Isolation::Sandbox(_) => Path::new("/work").join(&compile.binary),
+                        Isolation::Unsandboxed => work_dir.path.join(&compile.binary),
+                    };
+                    (binary, req.args.to_vec())
+                }
+            };
             let run = Step {
                 program,
                 argv,
@@ -236,15 +268,22 @@ impl Runner {
         &self,
         req: &RunRequest<'_>,
         dir: &Path,
-        entries: &[String],
+        names: &[String],
         cancel: &CancellationToken,
     ) -> Result<RunOutput, RunError> {
+        let entries: Vec<WorkFile<'_>> = names
+            .iter()
+            .map(|name| match name.ends_with('/') {
+                true => WorkFile::Dir(name),
+                false => WorkFile::Staged(name),
+            })
+            .collect();
         let build = Step {
             program: req.runtime.program.clone(),
             argv: req.runtime.args.clone(),
             stdin: "",
             limits: COMPILE_LIMITS,
-            entries,
+            entries: &entries,
             staged_bytes: staged_size(req),
             work: WorkMount::Bind,
             reporting: None,
@@ -272,9 +311,9 @@ impl Runner {
         let compiled_here = AtomicBool::new(false);
         let build = entry.get_or_build(|| async {
             compiled_here.store(true, Ordering::Relaxed);
-            let staging = WorkDir {
+            let mut staging = WorkDir {
                 path: entry.staging().to_owned(),
-                removed: false,
+                on_disk: false,
             };
             let built = async {
                 self.builds
@@ -329,6 +368,25 @@ impl Runner {
     }
 }
 
+/// Whether `name` is that of a run's directory: `{job id}-{attempt}`.
+fn is_run_directory(name: &str) -> bool {
+    name.rsplit_once('-').is_some_and(|(job, attempt)| {
+        uuid::Uuid::try_parse(job).is_ok() && attempt.parse::<u32>().is_ok()
+    })
+}
+
+/// The submitted contents of `name`: the code under the runtime's source file name, or one of
+/// the files.
+fn submitted<'a>(req: &RunRequest<'a>, name: &str) -> &'a [u8] {
+    if name == req.runtime.source_file {
+        req.code.as_bytes()
+    } else {
+        req.files
+            .get(name)
+            .map_or(&[], |contents| contents.as_bytes())
+    }
+}
+
 /// What the code and files of a request take on disk.
 fn staged_size(req: &RunRequest<'_>) -> u64 {
     (req.code.len() + req.files.values().map(String::len).sum::<usize>()) as u64
@@ -347,15 +405,17 @@ async fn copy_binary(from: &Path, to: &Path) -> io::Result<()> {
         .unwrap_or_else(|panicked| Err(io::Error::other(panicked)))
 }
 
-/// A run's private directory. Removed explicitly at the end of a run; if the run is dropped before
-/// that, `Drop` removes it in the background instead.
+/// A run's private directory, once populated. Removed explicitly at the end of a run; if the run
+/// is dropped before that, `Drop` removes it in the background instead.
 struct WorkDir {
     path: PathBuf,
-    removed: bool,
+    /// Whether anything of it may be on disk.
+    on_disk: bool,
 }
 
 impl WorkDir {
-    async fn populate(&self, req: &RunRequest<'_>) -> Result<(), RunError> {
+    async fn populate(&mut self, req: &RunRequest<'_>) -> Result<(), RunError> {
+        self.on_disk = true;
         let path = self.path.clone();
         let source_file = req.runtime.source_file.clone();
         let code = req.code.to_owned();
@@ -370,7 +430,7 @@ impl WorkDir {
     }
 
     async fn remove(mut self) {
-        self.removed = true;
+        self.on_disk = false;
         let path = self.path.clone();
         if let Err(error) = tokio::task::spawn_blocking(move || remove_logged(&path)).await {
             tracing::warn!(%error, path = %self.path.display(), "removing work directory failed");
@@ -380,7 +440,7 @@ impl WorkDir {
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        if self.removed {
+        if !self.on_disk {
             return;
         }
         let path = std::mem::take(&mut self.path);
@@ -414,20 +474,37 @@ fn populate_work_dir(
     Ok(())
 }
 
-fn write_new_file(dir: &Path, name: &str, contents: &str) -> io::Result<()> {
-    let context = |error: io::Error| io::Error::new(error.kind(), format!("{name}: {error}"));
-    let relative = Path::new(name);
-    // Names were validated on submission; checked again because a bad one here would write
-    // outside the work directory.
-    if !relative
+/// Names were validated on submission; checked again because a bad one would write outside
+/// the work directory.
+fn check_name(name: &str) -> io::Result<()> {
+    if Path::new(name)
         .components()
         .all(|c| matches!(c, Component::Normal(_)))
     {
-        return Err(context(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "file name leaves the work directory",
-        )));
+        return Ok(());
     }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{name}: file name leaves the work directory"),
+    ))
+}
+
+/// The checks [`populate_work_dir`] makes on the way, for files a sandbox writes from memory.
+fn check_inline(req: &RunRequest<'_>) -> io::Result<()> {
+    let source = &req.runtime.source_file;
+    if req.files.contains_key(source) {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{source}: a submitted file has the source file's name"),
+        ));
+    }
+    req.files.keys().try_for_each(|name| check_name(name))
+}
+
+fn write_new_file(dir: &Path, name: &str, contents: &str) -> io::Result<()> {
+    let context = |error: io::Error| io::Error::new(error.kind(), format!("{name}: {error}"));
+    let relative = Path::new(name);
+    check_name(name)?;
     // A file at the top needs no directory made: `dir` itself exists.
     if let Some(parent) = relative.parent().filter(|p| !p.as_os_str().is_empty()) {
         // Everything under `dir` was created by this function moments ago, so no component can be
@@ -473,8 +550,8 @@ struct Step<'a> {
     argv: Vec<String>,
     stdin: &'a str,
     limits: Limits,
-    /// What is staged in the work directory (see [`staged_entries`]).
-    entries: &'a [String],
+    /// What the run's `/work` holds at the start (see [`staged_entries`]).
+    entries: &'a [WorkFile<'a>],
     staged_bytes: u64,
     work: WorkMount,
     /// The job and where its run reports; only the job's own program reports, not its build.
@@ -524,8 +601,13 @@ async fn execute(
             (process, attach(child).map_err(spawn_error)?)
         }
         Isolation::Sandbox(sandbox) => {
+            let staged = step.work == WorkMount::Bind
+                || step
+                    .entries
+                    .iter()
+                    .any(|e| matches!(e, WorkFile::Staged(_)));
             let launch = Launch {
-                staging: work_dir,
+                staging: staged.then_some(work_dir),
                 entries: step.entries,
                 work: step.work,
                 staged_bytes: step.staged_bytes,
@@ -1223,9 +1305,13 @@ mod tests {
     impl Harness {
         /// Runs jobs in the sandbox, as the server does.
         fn new() -> Harness {
+            Harness::sandboxed_in(tempfile::tempdir().expect("temp dir"))
+        }
+
+        /// The same, with its work root in `root` (which may hold an earlier server's leftovers).
+        fn sandboxed_in(root: tempfile::TempDir) -> Harness {
             static RUNNERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
             let n = RUNNERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let root = tempfile::tempdir().expect("temp dir");
             let work_root = root.path().join("work");
             std::fs::create_dir_all(&work_root).expect("work root");
             let config = SandboxConfig {
@@ -1591,8 +1677,31 @@ cat data.txt sub/dir/deep.txt
     }
 
     #[tokio::test]
-    async fn the_work_directory_is_fresh_and_removed_afterwards() {
-        let h = Harness::new();
+    async fn run_directories_an_earlier_server_left_are_removed_at_start_and_never_seen() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let stale = root.path().join(format!("work/{}-1", JobId::now_v7()));
+        std::fs::create_dir_all(stale.join("sub")).expect("stale dir");
+        std::fs::write(stale.join("sub/stale.txt"), "old").expect("stale file");
+        let other = root.path().join("work/not-a-run");
+        std::fs::write(&other, "kept").expect("other file");
+        let h = Harness::sandboxed_in(root);
+        assert!(!stale.exists(), "the leftover run directory was removed");
+        assert!(other.exists(), "nothing else in the work root was touched");
+        let files = BTreeMap::from([("sub/new.txt".to_owned(), String::new())]);
+        let out = h
+            .run(RunRequest {
+                files: &files,
+                ..h.request("sh", "ls -A . sub")
+            })
+            .await;
+        assert_eq!(out.result.stdout, ".:\nmain.sh\nsub\n\nsub:\nnew.txt\n");
+        std::fs::remove_file(&other).expect("remove the other file");
+        assert!(h.work_dirs_removed().await, "{:?}", h.work_dirs_left());
+    }
+
+    #[tokio::test]
+    async fn in_development_mode_the_work_directory_is_fresh_and_removed_afterwards() {
+        let h = Harness::unsandboxed();
         let req = h.request("sh", "ls -A");
         // As if an earlier run of this attempt had crashed.
         let stale = h

@@ -32,8 +32,8 @@ use serde::Serialize;
 use crate::job::Limits;
 use cgroup::{CgroupLimits, Cgroups, JobCgroup};
 use filter::{FilterPolicy, Filters};
-pub use namespace::WorkMount;
 use namespace::{HostIds, Plan, RunPlan, RunSpec, SandboxSpec, Skeleton, Started};
+pub use namespace::{WorkFile, WorkMount};
 
 /// What the operator asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -290,10 +290,16 @@ impl Sandbox {
                     .limit(&cgroup_limits)
                     .map_err(std::io::Error::other)?;
             }
-            inner.hand_over(&launch, ids)?;
-            let staging = launch.staging.strip_prefix(&inner.work_root).map_err(|_| {
-                std::io::Error::other("a run's files must be staged under the work root")
-            })?;
+            let staging = match launch.staging {
+                Some(staging) => {
+                    inner.hand_over(staging, &launch, ids)?;
+                    let relative = staging.strip_prefix(&inner.work_root).map_err(|_| {
+                        std::io::Error::other("a run's files must be staged under the work root")
+                    })?;
+                    Some(relative)
+                }
+                None => None,
+            };
             let run = RunPlan::new(RunSpec {
                 staging,
                 entries: launch.entries,
@@ -468,15 +474,14 @@ impl Inner {
     /// Gives the run's staged files to the sandbox's ids. init copies them as the namespace's
     /// root; a build step works in the staging directory itself, as the job's uid, and init
     /// only needs to reach it (by group) to bind it.
-    fn hand_over(&self, launch: &Launch<'_>, ids: HostIds) -> std::io::Result<()> {
-        let staging = launch.staging;
+    fn hand_over(&self, staging: &Path, launch: &Launch<'_>, ids: HostIds) -> std::io::Result<()> {
         let (owner, mode) = match launch.work {
             WorkMount::Copy => (ids.root, 0o700),
             WorkMount::Bind => (ids.job, 0o770),
         };
         std::os::unix::fs::lchown(staging, Some(owner), Some(ids.root))?;
         std::fs::set_permissions(staging, std::fs::Permissions::from_mode(mode))?;
-        for entry in launch.entries {
+        for entry in launch.entries.iter().filter_map(WorkFile::staged) {
             std::os::unix::fs::lchown(staging.join(entry), Some(owner), Some(ids.root))?;
         }
         Ok(())
@@ -539,10 +544,11 @@ fn python_etc_dirs() -> Vec<PathBuf> {
 
 /// One run's request to the sandbox.
 pub struct Launch<'a> {
-    /// Host directory with the code and submitted files, copied into the sandbox's `/work`.
-    pub staging: &'a Path,
-    /// Paths relative to `staging`, parents first; directories end with `/`.
-    pub entries: &'a [String],
+    /// Host directory with what is staged for the sandbox's `/work` (the entries that are not
+    /// inline), if anything is.
+    pub staging: Option<&'a Path>,
+    /// What `/work` holds at the start, parents first.
+    pub entries: &'a [WorkFile<'a>],
     pub work: WorkMount,
     pub staged_bytes: u64,
     pub program: &'a Path,

@@ -93,6 +93,11 @@ enum Step {
         source: CString,
         target: CString,
     },
+    /// A submitted file written into the job's `/work` from the server's memory.
+    Write {
+        target: CString,
+        contents: Vec<u8>,
+    },
     /// The host staging directory itself as `/work`, writable: for a build step whose output
     /// the next step runs.
     BindWritable {
@@ -112,6 +117,7 @@ impl Step {
             Step::Symlink { .. } => "symlink",
             Step::File { .. } => "write file",
             Step::Copy { .. } => "copy file",
+            Step::Write { .. } => "write file",
             Step::BindWritable { .. } => "work directory bind",
         }
     }
@@ -240,12 +246,35 @@ pub struct SandboxSpec<'a> {
     pub skeleton: &'a Skeleton,
 }
 
+/// One entry of a run's `/work`, by its path relative to it.
+#[derive(Clone, Copy, Debug)]
+pub enum WorkFile<'a> {
+    /// A directory (the path ends with `/`).
+    Dir(&'a str),
+    /// A file copied from the run's staging directory, at the same path there: what a compile
+    /// step left, or what it was given.
+    Staged(&'a str),
+    /// A file written from memory: a run needs no staging directory for the code and files it
+    /// was submitted with.
+    Inline(&'a str, &'a [u8]),
+}
+
+impl WorkFile<'_> {
+    /// The path relative to the staging directory of what is there.
+    pub fn staged(&self) -> Option<&str> {
+        match *self {
+            WorkFile::Dir(path) | WorkFile::Staged(path) => Some(path),
+            WorkFile::Inline(..) => None,
+        }
+    }
+}
+
 /// What the runner asks for; [`RunPlan::new`] turns it into steps.
 pub struct RunSpec<'a> {
-    /// The run's staging directory (code and submitted files), relative to the work root.
-    pub staging: &'a Path,
-    /// Paths relative to `staging`, parents before children (directories end with `/`).
-    pub entries: &'a [String],
+    /// The run's staging directory, relative to the work root, if anything is staged.
+    pub staging: Option<&'a Path>,
+    /// Parents before children.
+    pub entries: &'a [WorkFile<'a>],
     pub work: WorkMount,
     /// As [`SandboxSpec::job_id`].
     pub job_id: u32,
@@ -324,9 +353,16 @@ impl RunPlan {
                 options: cstring(format!("size={bytes},mode={mode},nr_inodes=16384"))?,
             });
         }
+        let staged = |path: &str| match spec.staging {
+            Some(staging) => Ok(staging.join(path)),
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a staged file without a staging directory",
+            )),
+        };
         if spec.work == WorkMount::Bind {
             steps.push(Step::BindWritable {
-                source: inside(&Path::new(STAGING).join(spec.staging))?,
+                source: inside(&Path::new(STAGING).join(staged("")?))?,
                 target: inside(Path::new("/work"))?,
             });
         } else {
@@ -339,18 +375,21 @@ impl RunPlan {
             });
         }
         for entry in spec.entries.iter().filter(|_| spec.work == WorkMount::Copy) {
-            let target = Path::new("/work").join(entry);
-            if entry.ends_with('/') {
-                steps.push(Step::Mkdir {
-                    path: inside(&target)?,
+            let target = |path: &str| inside(&Path::new("/work").join(path));
+            steps.push(match *entry {
+                WorkFile::Dir(path) => Step::Mkdir {
+                    path: target(path)?,
                     mode: 0o755,
-                });
-            } else {
-                steps.push(Step::Copy {
-                    source: inside(&spec.staging.join(entry))?,
-                    target: inside(&target)?,
-                });
-            }
+                },
+                WorkFile::Staged(path) => Step::Copy {
+                    source: inside(&staged(path)?)?,
+                    target: target(path)?,
+                },
+                WorkFile::Inline(path, contents) => Step::Write {
+                    target: target(path)?,
+                    contents: contents.to_vec(),
+                },
+            });
         }
 
         let program = cstring(spec.program.as_os_str().as_bytes())?;
@@ -1212,6 +1251,14 @@ impl Shared {
                     sys::close(from);
                     sys::close(to);
                     result
+                }
+                Step::Write { target, contents } => {
+                    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC;
+                    let fd = sys::open(target, flags, 0o644)?;
+                    let result = sys::write_all(fd, contents)
+                        .and_then(|()| sys::fchown(fd, self.plan.job_id, self.plan.job_id));
+                    sys::close(fd);
+                    result.map(drop)
                 }
             }
         }
