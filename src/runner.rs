@@ -33,7 +33,7 @@ use crate::job::{BuildUse, JobId, Limits, Outcome, Progress, RunResult};
 use crate::live::{Live, OutputTap, Stream};
 use crate::runtime::Runtime;
 use crate::sandbox::cgroup::JobCgroup;
-use crate::sandbox::{Launch, Sandbox, Sandboxed, WorkFile, WorkMount};
+use crate::sandbox::{Ended, Launch, Sandbox, Sandboxed, WorkFile, WorkMount};
 
 mod builds;
 pub use builds::Builds;
@@ -644,6 +644,7 @@ async fn execute(
         stdout,
         stderr,
         exited,
+        mut report,
     } = attached;
 
     // Ends the I/O tasks however this function returns, including its future being dropped.
@@ -691,10 +692,11 @@ async fn execute(
     }
 
     let cgroup = process.sandbox.as_ref().and_then(|s| s.cgroup.as_ref());
+    let mut ended = None;
     let fired = tokio::select! {
         biased;
-        exit = wait_exit(&exited) => {
-            exit.map_err(wait_error)?;
+        over = run_over(&exited, report.as_mut()) => {
+            ended = over.map_err(wait_error)?;
             None
         }
         () = cancel.cancelled() => Some(Outcome::Cancelled),
@@ -706,12 +708,19 @@ async fn execute(
     // the signal can only reach this job's group, including anything it left in the background.
     process.kill();
     if fired.is_some() {
-        wait_exit(&exited).await.map_err(wait_error)?;
+        ended = run_over(&exited, report.as_mut())
+            .await
+            .map_err(wait_error)?;
     }
-    let (status, usage) = process.reap().map_err(wait_error)?;
+    let measured = match ended {
+        Some(ended) => process.ended(ended),
+        None => {
+            let (status, usage) = process.reap().map_err(wait_error)?;
+            process.measure(status, &usage)
+        }
+    };
     killed.cancel();
     let wall = started.elapsed();
-    let measured = process.measure(status, &usage);
     if let Some(sandbox) = process.sandbox.take() {
         sandbox.dispose();
     }
@@ -953,6 +962,8 @@ struct Attached {
     stdout: pipe::Receiver,
     stderr: pipe::Receiver,
     exited: AsyncFd<OwnedFd>,
+    /// A sandbox's report of the run's end.
+    report: Option<EndReport>,
 }
 
 fn attach(mut child: std::process::Child) -> io::Result<Attached> {
@@ -965,11 +976,12 @@ fn attach(mut child: std::process::Child) -> io::Result<Attached> {
         stdout: pipe::Receiver::from_owned_fd(stdout.into())?,
         stderr: pipe::Receiver::from_owned_fd(stderr.into())?,
         exited: pidfd_open(child.id())?,
+        report: None,
     })
 }
 
-/// The same for a sandbox: init's pidfd (its exit ends the run) and the job's pipes, taken over
-/// so that dropping the stdin writer gives the job EOF.
+/// The same for a sandbox: the job's pipes, taken over so that dropping the stdin writer gives
+/// the job EOF; init's report of the run's end, and its pidfd for when it dies without one.
 fn attach_sandbox(sandboxed: &mut Sandboxed) -> io::Result<Attached> {
     let started = &mut sandboxed.started;
     let [stdin, stdout, stderr] = started
@@ -984,6 +996,11 @@ fn attach_sandbox(sandboxed: &mut Sandboxed) -> io::Result<Attached> {
         exited: unsafe {
             AsyncFd::register_with_interest(started.pidfd.try_clone()?, Interest::READABLE)
         }?,
+        report: Some(EndReport {
+            pipe: pipe::Receiver::from_owned_fd(started.status.try_clone()?)?,
+            bytes: [0; Ended::SIZE],
+            filled: 0,
+        }),
     })
 }
 
@@ -1056,22 +1073,31 @@ impl Process {
         wait4(self.pid)
     }
 
+    /// A sandbox's run as its init reported the end: nothing of the run is left, and init
+    /// itself is reaped when the sandbox is disposed of, off the run's path.
+    fn ended(&mut self, ended: Ended) -> Measured {
+        self.reaped = true;
+        self.with_cgroup(Measured {
+            status: ended.status,
+            cpu_ms: ended.cpu_us / 1000,
+            memory_kb: ended.max_rss_kb,
+            oom_killed: false,
+        })
+    }
+
     /// After the reap: the job's own status, and its resource use. A sandbox's cgroup counts
     /// every process of the run exactly; rusage counts those that were waited for.
     fn measure(&self, status: libc::c_int, usage: &libc::rusage) -> Measured {
-        let mut measured = Measured {
+        self.with_cgroup(Measured {
             status,
             cpu_ms: timeval_ms(usage.ru_utime).saturating_add(timeval_ms(usage.ru_stime)),
             memory_kb: u64::try_from(usage.ru_maxrss).unwrap_or(0),
             oom_killed: false,
-        };
-        let Some(sandbox) = &self.sandbox else {
-            return measured;
-        };
-        if let Some(job_status) = read_job_status(&sandbox.started.status) {
-            measured.status = job_status;
-        }
-        if let Some(cgroup) = &sandbox.cgroup {
+        })
+    }
+
+    fn with_cgroup(&self, mut measured: Measured) -> Measured {
+        if let Some(cgroup) = self.sandbox.as_ref().and_then(|s| s.cgroup.as_ref()) {
             let used = cgroup.usage();
             measured.oom_killed = used.oom_killed;
             // Each is a lower bound of what the run used: init's rusage misses processes it never
@@ -1087,14 +1113,42 @@ impl Process {
     }
 }
 
-/// The 4-byte wait status init wrote before exiting, if the job ran to its own end (init killed
-/// by a limit or a cancel wrote nothing).
-fn read_job_status(status: &OwnedFd) -> Option<libc::c_int> {
-    let mut bytes = [0u8; 4];
-    // SAFETY: reads into a live buffer from a pipe we own; init has exited, so this cannot block
-    // (the write end is closed: no data means EOF).
-    let n = unsafe { libc::read(status.as_raw_fd(), bytes.as_mut_ptr().cast(), bytes.len()) };
-    (n == 4).then(|| libc::c_int::from_ne_bytes(bytes))
+/// A sandbox's status pipe, on which init reports the run's end. What arrived survives a read
+/// interrupted by another branch of a `select!`.
+struct EndReport {
+    pipe: pipe::Receiver,
+    bytes: [u8; Ended::SIZE],
+    filled: usize,
+}
+
+impl EndReport {
+    /// The report, or `None` at EOF without one: init died first (killed by a limit or a
+    /// cancel), and only its death ends the run then.
+    async fn read(&mut self) -> io::Result<Option<Ended>> {
+        while self.filled < Ended::SIZE {
+            let n = self.pipe.read(&mut self.bytes[self.filled..]).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.filled += n;
+        }
+        Ok(Some(Ended::decode(&self.bytes)))
+    }
+}
+
+/// Resolves once the run is over: a plain process at its exit; a sandbox's once init reports
+/// the job's end (nothing of the run is left then), or once init is dead.
+async fn run_over(
+    exited: &AsyncFd<OwnedFd>,
+    report: Option<&mut EndReport>,
+) -> io::Result<Option<Ended>> {
+    if let Some(report) = report
+        && let Some(ended) = report.read().await?
+    {
+        return Ok(Some(ended));
+    }
+    wait_exit(exited).await?;
+    Ok(None)
 }
 
 impl Drop for Process {

@@ -32,8 +32,8 @@ use serde::Serialize;
 use crate::job::Limits;
 use cgroup::{CgroupLimits, Cgroups, JobCgroup};
 use filter::{FilterPolicy, Filters};
+pub use namespace::{Ended, WorkFile, WorkMount};
 use namespace::{HostIds, Plan, RunPlan, RunSpec, SandboxSpec, Skeleton, Started};
-pub use namespace::{WorkFile, WorkMount};
 
 /// What the operator asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

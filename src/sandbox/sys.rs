@@ -397,16 +397,26 @@ pub unsafe fn execve(
     }
 }
 
-/// Waits for any child; returns its pid and wait status.
-pub unsafe fn wait_any() -> Result<(i32, i32)> {
+/// Waits for any child; returns its pid, wait status and resource use (with that of the
+/// children it waited for).
+pub unsafe fn wait_any() -> Result<(i32, i32, libc::rusage)> {
     let mut status: i32 = 0;
+    // SAFETY: all zeroes is a valid rusage.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let pid = unsafe {
         call(
             libc::SYS_wait4,
-            [-1isize as usize, ptr(&raw mut status), 0, 0, 0, 0],
+            [
+                -1isize as usize,
+                ptr(&raw mut status),
+                0,
+                ptr(&raw mut usage),
+                0,
+                0,
+            ],
         )
     }?;
-    Ok((pid as i32, status))
+    Ok((pid as i32, status, usage))
 }
 
 pub unsafe fn kill(pid: i32, signal: i32) -> Result {
