@@ -365,6 +365,7 @@ impl Cgroups {
             dirs: Vec::new(),
             cpu_quota,
             cpu_start_us: 0,
+            limited: None,
         };
         for (index, hierarchy) in self.inner.hierarchies.iter().enumerate() {
             if !hierarchy.features.per_run(cpu_quota) {
@@ -496,8 +497,10 @@ fn knobs(version: Version, controller: Controller, limits: &CgroupLimits) -> Vec
     let memory = limits.memory_bytes.to_string();
     match (version, controller) {
         (Version::V1, Controller::Memory) => vec![
-            // memsw must never be below the memory limit, so memory goes first. Equal values
-            // leave no room for swap.
+            // memsw may never be below the memory limit, whether the new limit is above or
+            // below the cgroup's present one: lifted first, set equal last. Equal values leave
+            // no room for swap.
+            knob("memory.memsw.limit_in_bytes", "-1".into(), Need::IfPresent),
             knob("memory.limit_in_bytes", memory.clone(), Need::Required),
             knob("memory.memsw.limit_in_bytes", memory, Need::IfPresent),
             // Without memsw (swap accounting off) this at least keeps the run's memory out of
@@ -573,6 +576,8 @@ pub struct JobCgroup {
     cpu_quota: bool,
     /// The CPU time its processes had used when the run started, in microseconds.
     cpu_start_us: u64,
+    /// The limits it has now, if any were set.
+    limited: Option<CgroupLimits>,
 }
 
 /// What [`JobCgroup::entry`] hands to the sandbox.
@@ -599,17 +604,25 @@ struct JobDir {
 
 impl JobCgroup {
     /// Sets the run's limits. A cgroup is made before its run is known (see
-    /// [`super::Sandbox`]), so this comes separately, before the job starts.
-    pub fn limit(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+    /// [`super::Sandbox`]), so this comes separately; limits it has already are not written
+    /// again, so a sandbox made ready with the limits its run turns out to have spares the
+    /// run's start the writes.
+    pub fn limit(&mut self, limits: &CgroupLimits) -> Result<(), CgroupError> {
         if limits.cpu_millis_per_sec.is_some() && !self.cpu_quota {
             return Err(CgroupError::NoQuota(self.name.clone()));
         }
+        if self.limited.as_ref() == Some(limits) {
+            return Ok(());
+        }
+        // Whatever fails below leaves the limits unknown.
+        self.limited = None;
         for dir in &self.dirs {
             let hierarchy = &self.cgroups.hierarchies[dir.hierarchy];
             for controller in hierarchy.features.limited() {
                 apply(&dir.path, &knobs(hierarchy.version, controller, limits))?;
             }
         }
+        self.limited = Some(*limits);
         Ok(())
     }
 
@@ -674,7 +687,8 @@ impl JobCgroup {
 
     /// Counts the run's CPU time from now on. A sandbox's init is born into the cgroup that
     /// counts CPU time where that is v2's, and builds the sandbox there before its run is
-    /// known: that work is not the run's.
+    /// known: that work is not the run's. Called once the sandbox is ready, when nothing in it
+    /// uses CPU until the run.
     pub fn start_counting(&mut self) {
         self.cpu_start_us = self.cpu_us().unwrap_or(0);
     }
@@ -1127,7 +1141,7 @@ mod tests {
             name: &str,
             limits: &CgroupLimits,
         ) -> Result<JobCgroup, CgroupError> {
-            let job = self.create(name, limits.cpu_millis_per_sec.is_some())?;
+            let mut job = self.create(name, limits.cpu_millis_per_sec.is_some())?;
             job.limit(limits)?;
             Ok(job)
         }
@@ -1433,7 +1447,7 @@ mod tests {
         let hierarchies = &cgroups.inner.hierarchies;
         let counting = hierarchies.iter().filter(|h| h.features.cpu_usage).count();
         assert!(counting <= 1, "{counting} hierarchies count CPU time");
-        let job = cgroups.create("no-quota", false).unwrap();
+        let mut job = cgroups.create("no-quota", false).unwrap();
         for dir in &job.dirs {
             let features = hierarchies[dir.hierarchy].features;
             let needed = features.memory || features.pids || features.cpu_usage || features.kill;
@@ -1444,6 +1458,39 @@ mod tests {
             matches!(refused, Err(CgroupError::NoQuota(_))),
             "{refused:?}"
         );
+        job.remove().unwrap();
+    }
+
+    #[test]
+    fn limits_already_in_place_are_not_written_again() {
+        let Some(cgroups) = detect_or_skip("in place") else {
+            return;
+        };
+        let wanted = limits(256 << 20, 64, None);
+        let mut job = cgroups.create_limited("in-place", &wanted).unwrap();
+        let Some(pids) = job
+            .dirs
+            .iter()
+            .find(|d| cgroups.inner.hierarchies[d.hierarchy].features.pids)
+            .map(|d| d.path.join("pids.max"))
+        else {
+            eprintln!("in place: skipped: no pids controller");
+            return job.remove().unwrap();
+        };
+        // Changed behind its back: a write of the same limits would put 64 back.
+        fs::write(&pids, "63").unwrap();
+        job.limit(&wanted).unwrap();
+        assert_eq!(
+            read_u64(&pids),
+            Some(63),
+            "the same limits were written again"
+        );
+        job.limit(&limits(256 << 20, 32, None)).unwrap();
+        assert_eq!(read_u64(&pids), Some(32), "other limits are written");
+        // A ready sandbox has its limits from the run before: a higher memory limit must
+        // still go in (cgroup v1 refuses one above the memory+swap limit).
+        job.limit(&limits(64 << 20, 32, None)).unwrap();
+        job.limit(&limits(1 << 30, 32, None)).unwrap();
         job.remove().unwrap();
     }
 
@@ -1630,7 +1677,7 @@ mod tests {
     }
 
     #[test]
-    fn v1_memory_sets_memsw_after_memory_and_keeps_the_oom_killer_on() {
+    fn v1_memory_lifts_memsw_sets_memory_then_memsw_and_keeps_the_oom_killer_on() {
         let files: Vec<(&str, String)> = knobs(Version::V1, Controller::Memory, &PROBE_LIMITS)
             .into_iter()
             .map(|k| (k.file, k.value))
@@ -1638,6 +1685,7 @@ mod tests {
         assert_eq!(
             files,
             vec![
+                ("memory.memsw.limit_in_bytes", "-1".to_owned()),
                 ("memory.limit_in_bytes", "1073741824".to_owned()),
                 ("memory.memsw.limit_in_bytes", "1073741824".to_owned()),
                 ("memory.swappiness", "0".to_owned()),

@@ -143,6 +143,9 @@ struct Inner {
     user_ns: bool,
     ready: Ready,
     net: Arc<netns::NetPool>,
+    /// The cgroup limits of the latest run: a sandbox made ready gets them ahead of its run,
+    /// which then has nothing to write if it asks for the same (most runs do).
+    last_limits: std::sync::Mutex<Option<CgroupLimits>>,
 }
 
 /// Sandboxes started ahead of their runs: namespaces made, root built, init waiting. Taking one
@@ -214,6 +217,7 @@ impl Sandbox {
             next_cgroup: AtomicU64::new(0),
             user_ns,
             net: netns::NetPool::new().map_err(SandboxError::Namespaces)?,
+            last_limits: std::sync::Mutex::new(None),
             ready: Ready {
                 target: config.ready,
                 sender,
@@ -275,12 +279,9 @@ impl Sandbox {
             mut cgroup,
             ids,
         } = prepared;
-        if let Some(cgroup) = &mut cgroup {
-            cgroup.start_counting();
-        }
         let limits = launch.limits;
         let run = (|| {
-            if let Some(cgroup) = &cgroup {
+            if let Some(cgroup) = &mut cgroup {
                 let cgroup_limits = CgroupLimits {
                     memory_bytes: limits.memory_mb.saturating_mul(1 << 20),
                     pids: limits.processes,
@@ -289,6 +290,7 @@ impl Sandbox {
                 cgroup
                     .limit(&cgroup_limits)
                     .map_err(std::io::Error::other)?;
+                *inner.last_limits.lock().unwrap_or_else(|e| e.into_inner()) = Some(cgroup_limits);
             }
             let staging = match launch.staging {
                 Some(staging) => {
@@ -424,11 +426,14 @@ impl Inner {
             Some(cgroups) => {
                 let name = format!("run-{}", self.next_cgroup.fetch_add(1, Ordering::Relaxed));
                 // Runs get no CPU quota: their CPU time is held by their `cpu_ms` limit.
-                Some(
-                    cgroups
-                        .create(&name, false)
-                        .map_err(std::io::Error::other)?,
-                )
+                let mut cgroup = cgroups
+                    .create(&name, false)
+                    .map_err(std::io::Error::other)?;
+                let last = *self.last_limits.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(limits) = last {
+                    cgroup.limit(&limits).map_err(std::io::Error::other)?;
+                }
+                Some(cgroup)
             }
             None => None,
         };
@@ -459,11 +464,17 @@ impl Inner {
             return Err(e);
         }
         match read_ready(&sandboxed.started).await {
-            Ok(()) => Ok(Prepared {
-                started: sandboxed.started,
-                cgroup: sandboxed.cgroup,
-                ids,
-            }),
+            Ok(()) => {
+                let mut cgroup = sandboxed.cgroup;
+                if let Some(cgroup) = &mut cgroup {
+                    cgroup.start_counting();
+                }
+                Ok(Prepared {
+                    started: sandboxed.started,
+                    cgroup,
+                    ids,
+                })
+            }
             Err(e) => {
                 sandboxed.abandon();
                 Err(e)

@@ -120,29 +120,27 @@ async fn cancelling_a_running_job_kills_its_processes() {
     assert_eq!(status, StatusCode::OK, "{job}");
     assert_eq!(job["status"], "cancelled");
     assert_eq!(job["outcome"], "cancelled");
-    // The work directory (and with it every file of the run) goes once the process is dead.
-    let work = server.dir.path().join("work");
-    let runs_left = || {
-        std::fs::read_dir(&work)
-            .unwrap()
-            .filter(|e| {
-                !e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with('.')
-            })
-            .count()
-    };
-    while runs_left() > 0 {
+    // The worker is free again once the run is over: its processes are dead by then.
+    loop {
+        let ready = server.get("/readyz").await.1;
+        if ready["running"] == 0 {
+            break;
+        }
         assert!(
             started.elapsed() < Duration::from_secs(5),
-            "the run was not stopped"
+            "the run was not stopped: {ready}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let ready = server.get("/readyz").await.1;
-    assert_eq!(ready["running"], 0, "{ready}");
+    assert_eq!(job_processes(server.job_uids()), Vec::<i32>::new());
+    // Nothing of the run is left in the work root either.
+    let work = server.dir.path().join("work");
+    let runs_left: Vec<_> = std::fs::read_dir(&work)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|name| !name.to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(runs_left.is_empty(), "{runs_left:?}");
     assert_valid_history(&server.events(&id).await);
 }
 
