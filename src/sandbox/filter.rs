@@ -18,9 +18,10 @@
 //! - [`apply_seccomp`] and [`apply_landlock`], in the child before `execve`: only `prctl`, `open`,
 //!   `fstat`, `close`, `landlock_add_rule`, `landlock_restrict_self` and `seccomp`, on data built
 //!   above. The sandbox's job applies seccomp while its sandbox is made ready, ahead of its run
-//!   (attaching the programs costs a few hundred microseconds), and Landlock at its run, once its
-//!   `/work` and `/tmp` are mounted: a Landlock rule on a directory does not reach into a mount
-//!   made on it afterwards. They do not use `seccompiler::apply_filter`, which is signal-safe
+//!   (attaching the programs costs a few hundred microseconds), all but a small program refusing
+//!   `mount` and `umount2`, which it attaches at its run once it has mounted its `/work` and
+//!   `/tmp`; then Landlock: a Landlock rule on a directory does not reach into a mount made on
+//!   it afterwards. They do not use `seccompiler::apply_filter`, which is signal-safe
 //!   today but builds `io::Error`s and sets `PR_SET_NO_NEW_PRIVS` itself; the raw call keeps the
 //!   child's contract obvious.
 //!
@@ -123,8 +124,12 @@ pub struct ChildError {
 /// The filters of one policy, built in the parent. Shared by every run.
 #[derive(Debug)]
 pub struct Filters {
-    /// Installed in this order; see the module doc for why there are several.
+    /// Installed in this order while the sandbox is made ready; see the module doc for why
+    /// there are several. Everything is refused but `mount` and `umount2`, which the job's own
+    /// setup at its run still needs.
     seccomp: Vec<BpfProgram>,
+    /// Installed at the run, once the job has mounted its `/work` and `/tmp`: refuses those two.
+    seccomp_run: BpfProgram,
     /// `None` when the kernel has no Landlock.
     landlock: Option<LandlockAccess>,
 }
@@ -221,6 +226,10 @@ const DENIED: &[libc::c_long] = &[
     libc::SYS_lookup_dcookie,
 ];
 
+/// What the `EPERM` list refuses only from the run on: the job mounts its own `/work`, `/tmp`
+/// and `/dev/shm` (and, for a build step, unmounts the staging area) right before.
+const DENIED_FROM_THE_RUN: &[libc::c_long] = &[libc::SYS_mount, libc::SYS_umount2];
+
 /// Every flag that makes `clone` create a namespace. `CLONE_NEWTIME` is absent on purpose: its bit
 /// (0x80) is part of the exit signal in `clone`'s flags, and a time namespace can only be made
 /// with `clone3` or `unshare`, both refused.
@@ -244,8 +253,14 @@ impl Filters {
         let arch = TargetArch::try_from(std::env::consts::ARCH)?;
         // `mut` is for x86-64's extra program only.
         #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+        let mut denied = denied_with_eperm()?;
+        let mounting = DENIED_FROM_THE_RUN
+            .iter()
+            .map(|nr| (*nr, denied.remove(nr).unwrap_or_default()))
+            .collect();
+        let seccomp_run = compile(mounting, libc::EPERM, arch)?;
         let mut seccomp = vec![
-            compile(denied_with_eperm()?, libc::EPERM, arch)?,
+            compile(denied, libc::EPERM, arch)?,
             compile(
                 BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
                 libc::ENOSYS,
@@ -261,7 +276,11 @@ impl Filters {
         seccomp.push(x32_guard());
         let landlock = kernel_landlock_abi()?
             .map(|kernel_abi| LandlockAccess::new(kernel_abi, !policy.allow_network));
-        Ok(Filters { seccomp, landlock })
+        Ok(Filters {
+            seccomp,
+            seccomp_run,
+            landlock,
+        })
     }
 
     /// The kernel's Landlock ABI version; `None` when it has no Landlock (not built in, or not
@@ -309,8 +328,17 @@ impl LandlockAccess {
     }
 }
 
-/// Sets `PR_SET_NO_NEW_PRIVS` and installs the seccomp programs, for good. Only raw system
-/// calls: safe between `clone`/`fork` and `execve` in a multi-threaded program. Nothing
+/// When a seccomp program is installed: see [`Filters::seccomp`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// While the sandbox is made ready: all but the mount calls.
+    Ready,
+    /// At the run, once the job's mounts are done: the mount calls.
+    Run,
+}
+
+/// Sets `PR_SET_NO_NEW_PRIVS` and installs the seccomp programs of `stage`, for good. Only raw
+/// system calls: safe between `clone`/`fork` and `execve` in a multi-threaded program. Nothing
 /// [`apply_landlock`] and the rest of a job's start need is refused by the programs.
 ///
 /// # Safety
@@ -319,12 +347,16 @@ impl LandlockAccess {
 /// thread runs: every restriction here applies to the calling thread and what it starts
 /// afterwards, so elsewhere it would leave other threads unconfined and confine the caller for
 /// the rest of its life.
-pub unsafe fn apply_seccomp(filters: &Filters) -> Result<(), ChildError> {
+pub unsafe fn apply_seccomp(filters: &Filters, stage: Stage) -> Result<(), ChildError> {
     let fail = |step| move |errno| ChildError { step, errno };
     // SAFETY: integer arguments only.
     unsafe { sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1) }
         .map_err(fail("prctl(PR_SET_NO_NEW_PRIVS)"))?;
-    for program in &filters.seccomp {
+    let programs = match stage {
+        Stage::Ready => filters.seccomp.as_slice(),
+        Stage::Run => std::slice::from_ref(&filters.seccomp_run),
+    };
+    for program in programs {
         let fprog = SockFprog {
             // seccompiler refuses programs longer than the kernel's 4096 instructions.
             len: program.len() as libc::c_ushort,
@@ -613,7 +645,8 @@ mod tests {
     ) -> Result<(), ChildError> {
         // SAFETY: passed on from the caller.
         unsafe {
-            apply_seccomp(filters)?;
+            apply_seccomp(filters, Stage::Ready)?;
+            apply_seccomp(filters, Stage::Run)?;
             apply_landlock(filters, landlock, read_exec_roots, writable_roots)
         }
     }

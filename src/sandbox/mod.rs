@@ -482,9 +482,9 @@ impl Inner {
         }
     }
 
-    /// Gives the run's staged files to the sandbox's ids. init copies them as the namespace's
-    /// root; a build step works in the staging directory itself, as the job's uid, and init
-    /// only needs to reach it (by group) to bind it.
+    /// Gives the run's staged files to the sandbox's ids. The job's process copies them as the
+    /// namespace's root; a build step works in the staging directory itself, as the job's uid,
+    /// and the namespace's root only needs to reach it (by group) to bind it.
     fn hand_over(&self, staging: &Path, launch: &Launch<'_>, ids: HostIds) -> std::io::Result<()> {
         let (owner, mode) = match launch.work {
             WorkMount::Copy => (ids.root, 0o700),

@@ -21,8 +21,9 @@
 //!
 //! `init` enters the run's cgroups, waits for the parent to write its uid/gid maps, builds
 //! a new root on tmpfs (read-only binds of the system, a fresh `/proc`, a minimal `/dev`, a private
-//! `/work` and `/tmp`), pivots into it, starts the job's process (which waits for its run), and
-//! hands it its run when one comes. It reaps everything until the job exits, then kills and
+//! `/work` and `/tmp`), pivots into it and starts the job's process, which waits for its run and
+//! then mounts the run's `/work` and `/tmp` itself. init reaps everything until the job exits,
+//! then kills and
 //! reaps whatever the job left behind, reports the job's end ([`Ended`]) on a pipe and exits:
 //! nothing survives its run, however it forked, and should init die first the kernel kills the
 //! whole pid namespace with it.
@@ -140,7 +141,6 @@ enum Fixed {
     UnmountStaging,
     WaitForRun,
     Fork,
-    StartJob,
     WorkDir,
     Ids,
     Rlimits,
@@ -150,7 +150,7 @@ enum Fixed {
 
 impl Fixed {
     /// In declaration order, which is their numbering after the plan's steps.
-    const ALL: [Fixed; 17] = [
+    const ALL: [Fixed; 16] = [
         Fixed::Cgroup,
         Fixed::WaitForParent,
         Fixed::Hostname,
@@ -162,7 +162,6 @@ impl Fixed {
         Fixed::UnmountStaging,
         Fixed::WaitForRun,
         Fixed::Fork,
-        Fixed::StartJob,
         Fixed::WorkDir,
         Fixed::Ids,
         Fixed::Rlimits,
@@ -183,7 +182,6 @@ impl Fixed {
             Fixed::UnmountStaging => "unmounting the staging area",
             Fixed::WaitForRun => "waiting for the run",
             Fixed::Fork => "fork",
-            Fixed::StartJob => "handing the run to the job",
             Fixed::WorkDir => "entering /work",
             Fixed::Ids => "switching to the job's uid",
             Fixed::Rlimits => "setrlimit",
@@ -625,8 +623,8 @@ impl Ended {
 ///
 /// A sandbox starts in two phases. [`clone_init`] creates init, which builds everything that does
 /// not depend on a run (namespaces, the root, `/proc`, `/dev`) and then waits; that can happen
-/// ahead of time, off the path of a job. [`Started::start`] hands it one run: init mounts the
-/// run's `/work` and `/tmp`, copies its files in and starts the job.
+/// ahead of time, off the path of a job. [`Started::start`] hands the job's waiting process one
+/// run: it mounts the run's `/work` and `/tmp`, writes its files in and execs.
 ///
 /// It also owns what init (and the job, until its `execve`) read while they run in the server's
 /// memory: the plans, the filters and their stacks. Dropping it therefore kills init and waits for
@@ -644,9 +642,11 @@ pub struct Started {
     pub status: OwnedFd,
     /// Readable once the job has exec'd (EOF) or setup failed (8 bytes: step, errno).
     pub setup: OwnedFd,
-    /// One byte once init has built the run-independent part (EOF: it failed, see `setup`).
+    /// One byte once init has built the run-independent part and the job's process waits
+    /// (EOF: it failed, see `setup`).
     pub ready: OwnedFd,
-    /// One byte once the uid map is in place, then the address of the run's [`RunShared`].
+    /// One byte once the uid map is in place (for init), then the address of the run's
+    /// [`RunShared`] (for the job).
     go: OwnedFd,
     /// Read by init while it runs: freed only after it is gone (see Drop).
     shared: Box<Shared>,
@@ -674,7 +674,7 @@ impl Started {
         write_exact(&self.go, &[1])
     }
 
-    /// Hands init its run. Call it once, after `ready`.
+    /// Hands the job its run. Call it once, after `ready`.
     pub fn start(&mut self, run: RunPlan) -> io::Result<()> {
         let mut argv: Vec<*const libc::c_char> = run.argv.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
@@ -993,13 +993,6 @@ unsafe impl Send for RunShared {}
 // SAFETY: as above.
 unsafe impl Sync for RunShared {}
 
-/// The job's view, from init's stack (alive as long as init): the sandbox, and the pipe on
-/// which init hands it its run.
-struct JobArgs<'a> {
-    shared: &'a Shared,
-    go: RawFd,
-}
-
 /// Where init keeps its pipes after tidying its descriptor table.
 const STATUS_FD: RawFd = 3;
 const SETUP_FD: RawFd = 4;
@@ -1024,13 +1017,10 @@ unsafe extern "C" fn init_main(shared: *const libc::c_void) -> ! {
 }
 
 /// The job's entry point, on its own stack, until its `execve`.
-unsafe extern "C" fn job_main(args: *const libc::c_void) -> ! {
-    // SAFETY: init passes its `JobArgs`, which live on init's stack until init is gone, and
-    // init's death takes the job with it.
-    unsafe {
-        let args = &*args.cast::<JobArgs<'_>>();
-        args.shared.job(args.go)
-    }
+unsafe extern "C" fn job_main(shared: *const libc::c_void) -> ! {
+    // SAFETY: init passes its `Shared`, alive while init runs, and init's death takes the job
+    // with it.
+    unsafe { (*shared.cast::<Shared>()).job() }
 }
 
 impl Shared {
@@ -1072,9 +1062,6 @@ impl Shared {
             // before waiting: a server that died earlier closed its end of `go`, and the read
             // below sees EOF.
             let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as usize);
-            // A job that died before its run makes handing it the run fail with EPIPE, which
-            // init reports, instead of a SIGPIPE that would kill init without a word.
-            let _ = sys::sigprocmask(libc::SIG_BLOCK, 1 << (libc::SIGPIPE - 1));
             let mut byte = [0u8];
             match sys::read(GO_FD, &mut byte) {
                 Ok(1) => {}
@@ -1091,13 +1078,10 @@ impl Shared {
             }
             self.build_root();
             // The job is started now, ahead of its run, to attach its seccomp programs off the
-            // run's path; it reports the sandbox ready (see `job`). It shares this memory too,
-            // on its own stack: nothing is copied. Without CLONE_VFORK both go on at once, which
-            // the rules of this code allow (neither writes anything the other reads).
-            let go = match sys::pipe() {
-                Ok(go) => go,
-                Err(e) => self.fail(At::Fixed(Fixed::Fork), e),
-            };
+            // run's path; it reports the sandbox ready and takes its run from the parent (see
+            // `job`). It shares this memory too, on its own stack: nothing is copied. Without
+            // CLONE_VFORK both go on at once, which the rules of this code allow (neither writes
+            // anything the other reads).
             let args = libc::clone_args {
                 flags: libc::CLONE_VM as u64,
                 pidfd: 0,
@@ -1111,16 +1095,38 @@ impl Shared {
                 set_tid_size: 0,
                 cgroup: 0,
             };
-            let job_args = JobArgs {
-                shared: self,
-                go: go[0],
-            };
-            let job = match sys::clone3(&args, job_main, (&raw const job_args).cast()) {
+            let job = match sys::clone3(&args, job_main, (self as *const Shared).cast()) {
                 Ok(pid) => pid as libc::pid_t,
                 Err(e) => self.fail(At::Fixed(Fixed::Fork), e),
             };
-            sys::close(go[0]);
-            // The job's copy is now the only one: its EOF means the job failed.
+            // The job's copies are now the only ones: EOF on `ready` means it failed, and
+            // only it reads `go` and the staging directory.
+            for fd in [
+                READY_FD,
+                GO_FD,
+                STAGING_FD,
+                SETUP_FD,
+                PROGRESS_KEPT_FD,
+                0,
+                1,
+                2,
+            ] {
+                sys::close(fd);
+            }
+            self.reap(job)
+        }
+    }
+
+    /// The job, from its clone at the sandbox's start: attaches the seccomp programs, reports
+    /// the sandbox ready and waits for its run. Then it builds the run's part of the root
+    /// itself (still the namespace's root; it may mount until the last seccomp program is in)
+    /// and starts the run: one hand-over, from the parent to the job, on a run's path.
+    unsafe fn job(&self) -> ! {
+        unsafe {
+            if let Err(e) = filter::apply_seccomp(&self.filters, filter::Stage::Ready) {
+                self.fail(At::Fixed(Fixed::Filters), e.errno);
+            }
+            let _ = sys::write(READY_FD, &[1]);
             sys::close(READY_FD);
             let run = self.wait_for_address(GO_FD);
             sys::close(GO_FD);
@@ -1135,45 +1141,15 @@ impl Shared {
             {
                 self.fail(At::Fixed(Fixed::UnmountStaging), e);
             }
-            let address = (run as *const RunShared as usize).to_ne_bytes();
-            if let Err(e) = sys::write_all(go[1], &address) {
-                self.fail(At::Fixed(Fixed::StartJob), e);
-            }
-            sys::close(go[1]);
-            sys::close(SETUP_FD);
-            sys::close(PROGRESS_KEPT_FD);
-            sys::close(0);
-            sys::close(1);
-            sys::close(2);
-            self.reap(job)
-        }
-    }
-
-    /// The job, from its clone at the sandbox's start: takes its uid and attaches the seccomp
-    /// programs, so that it waits for its run as unprivileged as it runs, reports the sandbox
-    /// ready, waits, then starts the run.
-    unsafe fn job(&self, go: RawFd) -> ! {
-        unsafe {
-            // Neither belongs to the job: init holds what it needs of both.
-            sys::close(GO_FD);
-            sys::close(STAGING_FD);
-            // Leaving uid 0 for a non-zero uid clears every capability.
-            if let Err(e) = set_ids(self.plan.job_id) {
-                self.fail(At::Fixed(Fixed::Ids), e);
-            }
-            if let Err(e) = filter::apply_seccomp(&self.filters) {
+            if let Err(e) = filter::apply_seccomp(&self.filters, filter::Stage::Run) {
                 self.fail(At::Fixed(Fixed::Filters), e.errno);
             }
-            let _ = sys::write(READY_FD, &[1]);
-            sys::close(READY_FD);
-            let run = self.wait_for_address(go);
-            sys::close(go);
             self.exec_job(run)
         }
     }
 
-    /// Waits for the run's address on `fd`: from [`Started::start`] for init, from init for the
-    /// job. Exits quietly if the sandbox is dropped unused instead.
+    /// Waits for the run's address on `fd`, from [`Started::start`]. Exits quietly if the
+    /// sandbox is dropped unused instead.
     unsafe fn wait_for_address(&self, fd: RawFd) -> &RunShared {
         let mut address = [0u8; size_of::<usize>()];
         let mut filled = 0;
@@ -1187,7 +1163,7 @@ impl Shared {
             }
         }
         // SAFETY: the parent wrote the address of the `RunShared` its `Started` owns, which
-        // outlives init and the job (init passes on the same).
+        // outlives init and the job.
         unsafe { &*(usize::from_ne_bytes(address) as *const RunShared) }
     }
 
@@ -1346,8 +1322,7 @@ impl Shared {
         unsafe {
             let plan = &run.plan;
             // Into the run's cgroups before anything else, so all the job starts is born
-            // inside. (A process may move itself whatever its uid: the files were opened by
-            // the server.) init stays out of them: it shares the server's memory, and a memory
+            // inside. init stays out of them: it shares the server's memory, and a memory
             // cgroup's OOM killer that chose it would kill every process sharing that memory,
             // the server included. (The job shares it only until its execve, while its cgroup
             // holds nothing else.)
@@ -1369,6 +1344,10 @@ impl Shared {
             let _ = sys::setsid();
             if let Err(e) = sys::chdir(c"/work") {
                 self.fail(At::Fixed(Fixed::WorkDir), e);
+            }
+            // Leaving uid 0 for a non-zero uid clears every capability.
+            if let Err(e) = set_ids(self.plan.job_id) {
+                self.fail(At::Fixed(Fixed::Ids), e);
             }
             for &(resource, soft, hard) in &plan.rlimits {
                 let current = sys::prlimit(resource, None).unwrap_or(libc::rlimit {
@@ -1395,7 +1374,8 @@ impl Shared {
             ) {
                 self.fail(At::Fixed(Fixed::Filters), e.errno);
             }
-            // init blocks SIGPIPE for itself; the job starts with no signal blocked.
+            // Whatever the server's thread that made init had blocked, the job starts with
+            // nothing blocked.
             if let Err(e) = sys::sigprocmask(libc::SIG_SETMASK, 0) {
                 self.fail(At::Fixed(Fixed::Exec), e);
             }

@@ -193,18 +193,6 @@ pub unsafe fn close_range(first: u32, last: u32) -> Result {
     }
 }
 
-/// A pipe, both ends close-on-exec: `[read, write]`.
-pub unsafe fn pipe() -> Result<[i32; 2]> {
-    let mut fds = [-1i32; 2];
-    unsafe {
-        call(
-            libc::SYS_pipe2,
-            [ptr(fds.as_mut_ptr()), libc::O_CLOEXEC as usize, 0, 0, 0, 0],
-        )
-    }?;
-    Ok(fds)
-}
-
 /// Sets the signal mask (`how`: `SIG_BLOCK`, `SIG_UNBLOCK`, `SIG_SETMASK`) from a bit set in the
 /// kernel's layout (bit `n - 1` for signal `n`).
 pub unsafe fn sigprocmask(how: i32, set: u64) -> Result {

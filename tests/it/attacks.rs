@@ -1225,12 +1225,16 @@ async fn the_job_runs_as_an_unprivileged_host_uid_from_the_servers_range(level: 
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let range = server.uid_base..server.uid_base + UID_SPAN;
+    let server_exe = std::fs::read_link(format!("/proc/{server_pid}/exe")).unwrap();
     let mut checked = 0;
     for pid in processes {
         let Some(status) = proc_status(pid) else {
             continue;
         };
-        let init = status["PPid"] == server_pid.to_string();
+        // A ready sandbox's job process waits for its run in the server's own code, as the
+        // namespace's root, like init; what runs submitted code has exec'd something else.
+        let waiting = std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == server_exe);
+        let init = waiting || status["PPid"] == server_pid.to_string();
         for field in ["Uid", "Gid"] {
             let ids: Vec<u32> = status[field]
                 .split_whitespace()
