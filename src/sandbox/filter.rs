@@ -18,10 +18,10 @@
 //! - [`apply_seccomp`] and [`apply_landlock`], in the child before `execve`: only `prctl`, `open`,
 //!   `fstat`, `close`, `landlock_add_rule`, `landlock_restrict_self` and `seccomp`, on data built
 //!   above. The sandbox's job applies seccomp while its sandbox is made ready, ahead of its run
-//!   (attaching the programs costs a few hundred microseconds), all but a small program refusing
-//!   `mount` and `umount2`, which it attaches at its run once it has mounted its `/work` and
-//!   `/tmp`; then Landlock: a Landlock rule on a directory does not reach into a mount made on
-//!   it afterwards. They do not use `seccompiler::apply_filter`, which is signal-safe
+//!   (attaching a program costs around a hundred microseconds), and Landlock at its run: the
+//!   rules name `/work` and `/tmp`, and a Landlock rule on a directory does not reach into a
+//!   mount made on it afterwards (a build step binds its `/work` at its run: its job leaves the
+//!   refusal of `mount` and `umount2` until then). They do not use `seccompiler::apply_filter`, which is signal-safe
 //!   today but builds `io::Error`s and sets `PR_SET_NO_NEW_PRIVS` itself; the raw call keeps the
 //!   child's contract obvious.
 //!
@@ -124,12 +124,13 @@ pub struct ChildError {
 /// The filters of one policy, built in the parent. Shared by every run.
 #[derive(Debug)]
 pub struct Filters {
-    /// Installed in this order while the sandbox is made ready; see the module doc for why
-    /// there are several. Everything is refused but `mount` and `umount2`, which the job's own
-    /// setup at its run still needs.
+    /// Installed in this order; see the module doc for why there are several.
     seccomp: Vec<BpfProgram>,
-    /// Installed at the run, once the job has mounted its `/work` and `/tmp`: refuses those two.
-    seccomp_run: BpfProgram,
+    /// The same without refusing `mount` and `umount2`, for a job that mounts its `/work` at
+    /// its run (a build step binding its staging directory) ...
+    seccomp_but_mounting: Vec<BpfProgram>,
+    /// ... and installs this afterwards, refusing those two.
+    seccomp_mounting: BpfProgram,
     /// `None` when the kernel has no Landlock.
     landlock: Option<LandlockAccess>,
 }
@@ -226,9 +227,9 @@ const DENIED: &[libc::c_long] = &[
     libc::SYS_lookup_dcookie,
 ];
 
-/// What the `EPERM` list refuses only from the run on: the job mounts its own `/work`, `/tmp`
-/// and `/dev/shm` (and, for a build step, unmounts the staging area) right before.
-const DENIED_FROM_THE_RUN: &[libc::c_long] = &[libc::SYS_mount, libc::SYS_umount2];
+/// What a build step's job still calls at its run, after the other programs are in: it binds
+/// its staging directory as `/work` and unmounts the staging area.
+const MOUNTING: &[libc::c_long] = &[libc::SYS_mount, libc::SYS_umount2];
 
 /// Every flag that makes `clone` create a namespace. `CLONE_NEWTIME` is absent on purpose: its bit
 /// (0x80) is part of the exit signal in `clone`'s flags, and a time namespace can only be made
@@ -253,12 +254,13 @@ impl Filters {
         let arch = TargetArch::try_from(std::env::consts::ARCH)?;
         // `mut` is for x86-64's extra program only.
         #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
-        let mut denied = denied_with_eperm()?;
-        let mounting = DENIED_FROM_THE_RUN
+        let denied = denied_with_eperm()?;
+        let mut denied_but_mounting = denied.clone();
+        let mounting = MOUNTING
             .iter()
-            .map(|nr| (*nr, denied.remove(nr).unwrap_or_default()))
+            .map(|nr| (*nr, denied_but_mounting.remove(nr).unwrap_or_default()))
             .collect();
-        let seccomp_run = compile(mounting, libc::EPERM, arch)?;
+        let seccomp_mounting = compile(mounting, libc::EPERM, arch)?;
         let mut seccomp = vec![
             compile(denied, libc::EPERM, arch)?,
             compile(
@@ -274,11 +276,14 @@ impl Filters {
         ];
         #[cfg(target_arch = "x86_64")]
         seccomp.push(x32_guard());
+        let mut seccomp_but_mounting = seccomp.clone();
+        seccomp_but_mounting[0] = compile(denied_but_mounting, libc::EPERM, arch)?;
         let landlock = kernel_landlock_abi()?
             .map(|kernel_abi| LandlockAccess::new(kernel_abi, !policy.allow_network));
         Ok(Filters {
             seccomp,
-            seccomp_run,
+            seccomp_but_mounting,
+            seccomp_mounting,
             landlock,
         })
     }
@@ -328,13 +333,15 @@ impl LandlockAccess {
     }
 }
 
-/// When a seccomp program is installed: see [`Filters::seccomp`].
+/// Which seccomp programs are installed: see [`Filters::seccomp`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
-    /// While the sandbox is made ready: all but the mount calls.
-    Ready,
-    /// At the run, once the job's mounts are done: the mount calls.
-    Run,
+    /// Everything, at once.
+    All,
+    /// All but the refusal of `mount` and `umount2`, for a job that still mounts ...
+    AllButMounting,
+    /// ... and that refusal, once it is done.
+    Mounting,
 }
 
 /// Sets `PR_SET_NO_NEW_PRIVS` and installs the seccomp programs of `stage`, for good. Only raw
@@ -353,8 +360,9 @@ pub unsafe fn apply_seccomp(filters: &Filters, stage: Stage) -> Result<(), Child
     unsafe { sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1) }
         .map_err(fail("prctl(PR_SET_NO_NEW_PRIVS)"))?;
     let programs = match stage {
-        Stage::Ready => filters.seccomp.as_slice(),
-        Stage::Run => std::slice::from_ref(&filters.seccomp_run),
+        Stage::All => filters.seccomp.as_slice(),
+        Stage::AllButMounting => filters.seccomp_but_mounting.as_slice(),
+        Stage::Mounting => std::slice::from_ref(&filters.seccomp_mounting),
     };
     for program in programs {
         let fprog = SockFprog {
@@ -645,8 +653,7 @@ mod tests {
     ) -> Result<(), ChildError> {
         // SAFETY: passed on from the caller.
         unsafe {
-            apply_seccomp(filters, Stage::Ready)?;
-            apply_seccomp(filters, Stage::Run)?;
+            apply_seccomp(filters, Stage::All)?;
             apply_landlock(filters, landlock, read_exec_roots, writable_roots)
         }
     }

@@ -20,7 +20,7 @@ mod netns;
 pub(crate) mod sys;
 
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -33,7 +33,9 @@ use crate::job::Limits;
 use cgroup::{CgroupLimits, Cgroups, JobCgroup};
 use filter::{FilterPolicy, Filters};
 pub use namespace::{Ended, WorkFile, WorkMount};
-use namespace::{HostIds, Plan, RunPlan, RunSpec, SandboxSpec, Skeleton, Started};
+use namespace::{
+    HostIds, Plan, RunPlan, RunSpec, SandboxSpec, Skeleton, Started, TMPFS_MOUNTS, TmpfsSizes,
+};
 
 /// What the operator asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -146,6 +148,8 @@ struct Inner {
     /// The cgroup limits of the latest run: a sandbox made ready gets them ahead of its run,
     /// which then has nothing to write if it asks for the same (most runs do).
     last_limits: std::sync::Mutex<Option<CgroupLimits>>,
+    /// The same for the sizes of the tmpfs mounts.
+    last_sizes: std::sync::Mutex<TmpfsSizes>,
 }
 
 /// Sandboxes started ahead of their runs: namespaces made, root built, init waiting. Taking one
@@ -166,6 +170,48 @@ struct Prepared {
     started: Started,
     cgroup: Option<JobCgroup>,
     ids: HostIds,
+    tmpfs: Tmpfs,
+}
+
+/// A ready sandbox's private tmpfs mounts, held from the server's side, and their sizes.
+struct Tmpfs {
+    /// By [`TMPFS_MOUNTS`]; `None` for a `/work` that is not a tmpfs (a build step's).
+    mounts: [Option<OwnedFd>; 3],
+    sizes: TmpfsSizes,
+}
+
+impl Tmpfs {
+    /// Opens the mounts of init's root, from the server's `/proc`.
+    fn open(pid: libc::pid_t, sizes: TmpfsSizes, bind_work_root: bool) -> std::io::Result<Tmpfs> {
+        let mut mounts = [None, None, None];
+        for (slot, inside) in mounts.iter_mut().zip(TMPFS_MOUNTS) {
+            if inside == "/work" && bind_work_root {
+                continue;
+            }
+            let path = format!("/proc/{pid}/root{inside}");
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
+                .open(&path)?;
+            *slot = Some(OwnedFd::from(file));
+        }
+        Ok(Tmpfs { mounts, sizes })
+    }
+
+    /// Gives the mounts the sizes a run needs, changing only those that differ.
+    fn fit(&mut self, wanted: TmpfsSizes) -> std::io::Result<()> {
+        for (mount, inside) in self.mounts.iter().zip(TMPFS_MOUNTS) {
+            let (now, want) = match inside {
+                "/work" => (self.sizes.work, wanted.work),
+                _ => (self.sizes.tmp, wanted.tmp),
+            };
+            if let Some(mount) = mount.as_ref().filter(|_| now != want) {
+                namespace::resize_tmpfs(mount, want)?;
+            }
+        }
+        self.sizes = wanted;
+        Ok(())
+    }
 }
 
 impl Sandbox {
@@ -218,6 +264,10 @@ impl Sandbox {
             user_ns,
             net: netns::NetPool::new().map_err(SandboxError::Namespaces)?,
             last_limits: std::sync::Mutex::new(None),
+            last_sizes: std::sync::Mutex::new(TmpfsSizes {
+                work: 1 << 20,
+                tmp: 1 << 20,
+            }),
             ready: Ready {
                 target: config.ready,
                 sender,
@@ -278,6 +328,7 @@ impl Sandbox {
             mut started,
             mut cgroup,
             ids,
+            mut tmpfs,
         } = prepared;
         let limits = launch.limits;
         let run = (|| {
@@ -302,6 +353,16 @@ impl Sandbox {
                 }
                 None => None,
             };
+            // A job may write files up to its file limit besides what it was given.
+            let sizes = TmpfsSizes {
+                work: limits
+                    .file_bytes
+                    .saturating_add(launch.staged_bytes)
+                    .max(1 << 20),
+                tmp: limits.file_bytes.max(1 << 20),
+            };
+            tmpfs.fit(sizes)?;
+            *inner.last_sizes.lock().unwrap_or_else(|e| e.into_inner()) = sizes;
             let run = RunPlan::new(RunSpec {
                 staging,
                 entries: launch.entries,
@@ -310,12 +371,6 @@ impl Sandbox {
                 program: launch.program,
                 args: launch.args,
                 env: launch.env,
-                // A job may write files up to its file limit besides what it was given.
-                work_bytes: limits
-                    .file_bytes
-                    .saturating_add(launch.staged_bytes)
-                    .max(1 << 20),
-                tmp_bytes: limits.file_bytes.max(1 << 20),
                 rlimits: launch.rlimits,
                 progress: launch.progress,
             })?;
@@ -414,6 +469,7 @@ impl Inner {
             root: self.uid_base,
             job: self.uid_base + 1 + slot,
         };
+        let sizes = *self.last_sizes.lock().unwrap_or_else(|e| e.into_inner());
         let plan = Plan::new(SandboxSpec {
             root: &self.root_dir,
             work_root: &self.work_root,
@@ -421,6 +477,7 @@ impl Inner {
             job_id: self.job_id(ids),
             user_ns: self.user_ns,
             skeleton: &self.skeleton,
+            sizes,
         })?;
         let cgroup = match &self.cgroups {
             Some(cgroups) => {
@@ -463,8 +520,11 @@ impl Inner {
             sandboxed.abandon();
             return Err(e);
         }
-        match read_ready(&sandboxed.started).await {
-            Ok(()) => {
+        let ready = read_ready(&sandboxed.started)
+            .await
+            .and_then(|()| Tmpfs::open(sandboxed.started.pid, sizes, bind_work_root));
+        match ready {
+            Ok(tmpfs) => {
                 let mut cgroup = sandboxed.cgroup;
                 if let Some(cgroup) = &mut cgroup {
                     cgroup.start_counting();
@@ -473,6 +533,7 @@ impl Inner {
                     started: sandboxed.started,
                     cgroup,
                     ids,
+                    tmpfs,
                 })
             }
             Err(e) => {

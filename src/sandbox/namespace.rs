@@ -244,6 +244,73 @@ pub struct SandboxSpec<'a> {
     pub user_ns: bool,
     /// The run-independent part of the root, prepared at startup.
     pub skeleton: &'a Skeleton,
+    /// What the job's tmpfs mounts start with; a run that needs other sizes has them changed
+    /// from outside ([`resize_tmpfs`]).
+    pub sizes: TmpfsSizes,
+}
+
+/// The sizes of a sandbox's private tmpfs mounts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TmpfsSizes {
+    /// `/work`: what the job may write besides what it was given, plus what it was given.
+    pub work: u64,
+    /// `/tmp` and `/dev/shm`, each.
+    pub tmp: u64,
+}
+
+/// The private tmpfs mounts of a sandbox, by their path inside.
+pub const TMPFS_MOUNTS: [&str; 3] = ["/work", "/tmp", "/dev/shm"];
+
+/// Sets the size of the tmpfs mounted at `mount` (a descriptor of its root, from the server's
+/// side, such as `/proc/PID/root/work`) without entering the sandbox: a size is a mount
+/// option, and the server, root in the namespace's parent, may reconfigure the mount.
+pub fn resize_tmpfs(mount: &OwnedFd, bytes: u64) -> io::Result<()> {
+    const FSPICK_CLOEXEC: libc::c_long = 1;
+    const FSPICK_EMPTY_PATH: libc::c_long = 8;
+    const FSCONFIG_SET_STRING: libc::c_long = 1;
+    const FSCONFIG_CMD_RECONFIGURE: libc::c_long = 7;
+    let check = |ret: libc::c_long| {
+        if ret < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(ret)
+        }
+    };
+    // SAFETY: fspick on a live descriptor with an empty path; returns a new descriptor or -1.
+    let context = check(unsafe {
+        libc::syscall(
+            libc::SYS_fspick,
+            mount.as_raw_fd(),
+            c"".as_ptr(),
+            FSPICK_CLOEXEC | FSPICK_EMPTY_PATH,
+        )
+    })?;
+    // SAFETY: the descriptor (an int) was just created and nothing else owns it.
+    let context = unsafe { OwnedFd::from_raw_fd(context as RawFd) };
+    let size = cstring(bytes.to_string())?;
+    // SAFETY: fsconfig on the context just made, with NUL-terminated strings.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            context.as_raw_fd(),
+            FSCONFIG_SET_STRING,
+            c"size".as_ptr(),
+            size.as_ptr(),
+            0,
+        )
+    })?;
+    // SAFETY: as above, a command without arguments.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            context.as_raw_fd(),
+            FSCONFIG_CMD_RECONFIGURE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    })
+    .map(drop)
 }
 
 /// One entry of a run's `/work`, by its path relative to it.
@@ -281,8 +348,6 @@ pub struct RunSpec<'a> {
     pub program: &'a Path,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
-    pub work_bytes: u64,
-    pub tmp_bytes: u64,
     pub rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
     pub progress: bool,
 }
@@ -320,6 +385,25 @@ impl Plan {
                 contents: contents.into_bytes(),
             });
         }
+        // Private, size-limited, and new with each sandbox. A build step's `/work` is its
+        // staging directory instead, bound at its run.
+        let sizes = spec.sizes;
+        for (target, options) in [
+            ("/dev/shm", format!("size={},mode=1777", sizes.tmp)),
+            ("/tmp", format!("size={},mode=1777", sizes.tmp)),
+            (
+                "/work",
+                format!("size={},mode=0755,uid={job},gid={job}", sizes.work),
+            ),
+        ] {
+            if target == "/work" && spec.bind_work_root {
+                continue;
+            }
+            steps.push(Step::Tmpfs {
+                target: host(root, Path::new(target))?,
+                options: cstring(format!("{options},nr_inodes=16384"))?,
+            });
+        }
         if spec.bind_work_root {
             steps.push(Step::BindWritable {
                 source: cstring(spec.work_root.as_os_str().as_bytes())?,
@@ -342,17 +426,7 @@ impl RunPlan {
     /// copied from [`STAGING_FD`]; a staging directory bound as `/work` is reached at
     /// `STAGING`.
     pub fn new(spec: RunSpec<'_>) -> io::Result<RunPlan> {
-        let job = spec.job_id;
         let mut steps = Vec::new();
-        for (target, bytes, mode) in [
-            ("/dev/shm", spec.tmp_bytes, "1777"),
-            ("/tmp", spec.tmp_bytes, "1777"),
-        ] {
-            steps.push(Step::Tmpfs {
-                target: inside(Path::new(target))?,
-                options: cstring(format!("size={bytes},mode={mode},nr_inodes=16384"))?,
-            });
-        }
         let staged = |path: &str| match spec.staging {
             Some(staging) => Ok(staging.join(path)),
             None => Err(io::Error::new(
@@ -364,14 +438,6 @@ impl RunPlan {
             steps.push(Step::BindWritable {
                 source: inside(&Path::new(STAGING).join(staged("")?))?,
                 target: inside(Path::new("/work"))?,
-            });
-        } else {
-            steps.push(Step::Tmpfs {
-                target: inside(Path::new("/work"))?,
-                options: cstring(format!(
-                    "size={},mode=0755,uid={job},gid={job},nr_inodes=16384",
-                    spec.work_bytes
-                ))?,
             });
         }
         for entry in spec.entries.iter().filter(|_| spec.work == WorkMount::Copy) {
@@ -1123,7 +1189,12 @@ impl Shared {
     /// and starts the run: one hand-over, from the parent to the job, on a run's path.
     unsafe fn job(&self) -> ! {
         unsafe {
-            if let Err(e) = filter::apply_seccomp(&self.filters, filter::Stage::Ready) {
+            // A build step's job binds its `/work` at its run: it refuses itself mounting then.
+            let stage = match self.plan.bind_work_root {
+                true => filter::Stage::AllButMounting,
+                false => filter::Stage::All,
+            };
+            if let Err(e) = filter::apply_seccomp(&self.filters, stage) {
                 self.fail(At::Fixed(Fixed::Filters), e.errno);
             }
             let _ = sys::write(READY_FD, &[1]);
@@ -1136,13 +1207,13 @@ impl Shared {
                 }
             }
             sys::close(STAGING_FD);
-            if self.plan.bind_work_root
-                && let Err(e) = sys::umount2(c"/.staging", libc::MNT_DETACH)
-            {
-                self.fail(At::Fixed(Fixed::UnmountStaging), e);
-            }
-            if let Err(e) = filter::apply_seccomp(&self.filters, filter::Stage::Run) {
-                self.fail(At::Fixed(Fixed::Filters), e.errno);
+            if self.plan.bind_work_root {
+                if let Err(e) = sys::umount2(c"/.staging", libc::MNT_DETACH) {
+                    self.fail(At::Fixed(Fixed::UnmountStaging), e);
+                }
+                if let Err(e) = filter::apply_seccomp(&self.filters, filter::Stage::Mounting) {
+                    self.fail(At::Fixed(Fixed::Filters), e.errno);
+                }
             }
             self.exec_job(run)
         }
