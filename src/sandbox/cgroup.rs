@@ -589,8 +589,12 @@ pub struct Entry {
     pub into: Option<OwnedFd>,
     /// Files the job writes `0` (itself) into before it runs anything: each v1 hierarchy's
     /// `tasks`, and v2's `cgroup.procs` where `into` is not used. Opened here: the kernel checks
-    /// the credentials of the opener (the server), not of the writer.
+    /// the credentials of the opener (the server), not of the writer. Those of hierarchies
+    /// without a memory controller come first ([`Entry::early`] of them): the job may enter
+    /// those while its sandbox is made ready, the others only at its run (see
+    /// [`Entry::into`] for why memory is different).
     pub enter: Vec<OwnedFd>,
+    pub early: usize,
 }
 
 #[derive(Debug)]
@@ -638,7 +642,9 @@ impl JobCgroup {
         let mut entry = Entry {
             into: None,
             enter: Vec::new(),
+            early: 0,
         };
+        let mut late = Vec::new();
         for dir in &self.dirs {
             let hierarchy = &self.cgroups.hierarchies[dir.hierarchy];
             let file = match hierarchy.version {
@@ -656,8 +662,13 @@ impl JobCgroup {
                 .write(true)
                 .open(&path)
                 .map_err(|e| CgroupError::io("open", &path, e))?;
-            entry.enter.push(opened.into());
+            match hierarchy.features.memory {
+                false => entry.enter.push(opened.into()),
+                true => late.push(opened.into()),
+            }
         }
+        entry.early = entry.enter.len();
+        entry.enter.extend(late);
         Ok(entry)
     }
 

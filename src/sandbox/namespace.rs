@@ -885,6 +885,7 @@ pub fn clone_init(
             ready_w.as_raw_fd(),
         ],
         enter,
+        enter_early: cgroup.map_or(0, |c| c.early),
         job_stack: stacks.job,
     });
 
@@ -1038,6 +1039,9 @@ struct Shared {
     /// The cgroup files the job writes itself into, `-1` past the last; at [`ENTER_FD`] on in
     /// init.
     enter: [RawFd; MAX_ENTER_FILES],
+    /// How many of `enter` the job enters while its sandbox is made ready (the rest, memory,
+    /// at its run).
+    enter_early: usize,
     job_stack: Stack,
 }
 
@@ -1189,6 +1193,10 @@ impl Shared {
     /// and starts the run: one hand-over, from the parent to the job, on a run's path.
     unsafe fn job(&self) -> ! {
         unsafe {
+            // Its own session and process group: a job cannot signal init's group. Done now:
+            // with autogroup scheduling a new session costs a new task group, ~0.1 ms.
+            let _ = sys::setsid();
+            self.enter_cgroups(0..self.enter_early);
             // A build step's job binds its `/work` at its run: it refuses itself mounting then.
             let stage = match self.plan.bind_work_root {
                 true => filter::Stage::AllButMounting,
@@ -1392,17 +1400,12 @@ impl Shared {
     unsafe fn exec_job(&self, run: &RunShared) -> ! {
         unsafe {
             let plan = &run.plan;
-            // Into the run's cgroups before anything else, so all the job starts is born
-            // inside. init stays out of them: it shares the server's memory, and a memory
-            // cgroup's OOM killer that chose it would kill every process sharing that memory,
-            // the server included. (The job shares it only until its execve, while its cgroup
-            // holds nothing else.)
-            for fd in ENTER_FD..ENTER_FD + self.entered() as RawFd {
-                if let Err(e) = sys::write(fd, b"0") {
-                    self.fail(At::Fixed(Fixed::Cgroup), e);
-                }
-                sys::close(fd);
-            }
+            // Into the rest of the run's cgroups (memory) before anything else, so all the job
+            // starts is born inside. init stays out of a memory cgroup: it shares the server's
+            // memory, and a memory cgroup's OOM killer that chose it would kill every process
+            // sharing that memory, the server included. The job shares it only until its
+            // execve, and enters after writing its files, so its cgroup holds nothing else then.
+            self.enter_cgroups(self.enter_early..self.entered());
             sys::close(STATUS_FD);
             // dup3 without flags leaves the copy open across exec, unlike the original.
             if plan.progress
@@ -1411,8 +1414,6 @@ impl Shared {
                 self.fail(At::Fixed(Fixed::Exec), e);
             }
             sys::close(PROGRESS_KEPT_FD);
-            // Its own session and process group: a job cannot signal init's group.
-            let _ = sys::setsid();
             if let Err(e) = sys::chdir(c"/work") {
                 self.fail(At::Fixed(Fixed::WorkDir), e);
             }
@@ -1497,6 +1498,19 @@ impl Shared {
     }
 
     /// How many cgroup files the job writes itself into.
+    /// Writes the job into the cgroups of `enter[range]`.
+    unsafe fn enter_cgroups(&self, range: std::ops::Range<usize>) {
+        for fd in range.map(|i| ENTER_FD + i as RawFd) {
+            // SAFETY: plain system calls on descriptors of this process.
+            unsafe {
+                if let Err(e) = sys::write(fd, b"0") {
+                    self.fail(At::Fixed(Fixed::Cgroup), e);
+                }
+                sys::close(fd);
+            }
+        }
+    }
+
     fn entered(&self) -> usize {
         self.enter.iter().take_while(|&&fd| fd >= 0).count()
     }
