@@ -64,9 +64,13 @@
 //! `EAFNOSUPPORT` rather than `EPERM` for sockets because programs (and resolvers) read it as "no
 //! such network here" and carry on.
 //!
-//! `seccompiler` gives one filter a single action on match, so each action is its own program
-//! (`EPERM`, `ENOSYS`, `EAFNOSUPPORT`, plus the x32 guard); they match disjoint system calls, so
-//! the kernel's rule that the strictest result of all installed filters wins yields the table.
+//! `seccompiler` gives one filter a single action on match, so each action is compiled as its
+//! own program (`EPERM`, `ENOSYS`, `EAFNOSUPPORT`, plus the x32 guard); they match disjoint
+//! system calls. They are then chained into one program ([`chain`]): each one's "allow" jumps to
+//! the start of the next, so a call is allowed only if it gets through all of them, and the
+//! first that refuses it decides. One program instead of four saves three of what attaching one
+//! costs (the kernel's conversion, JIT and cache of each: about 0.1 ms a sandbox), and every
+//! system call runs one filter.
 //!
 //! # Landlock
 //!
@@ -104,6 +108,8 @@ pub struct FilterPolicy {
 pub enum FilterError {
     #[error("cannot compile the seccomp filter: {0}")]
     Seccomp(#[from] BackendError),
+    #[error("the seccomp filter has {0} instructions, over the kernel's 4096")]
+    TooLong(usize),
     #[error("cannot ask the kernel for its Landlock ABI: {0}")]
     LandlockProbe(io::Error),
     #[error("cannot create the Landlock ruleset: {0}")]
@@ -124,11 +130,11 @@ pub struct ChildError {
 /// The filters of one policy, built in the parent. Shared by every run.
 #[derive(Debug)]
 pub struct Filters {
-    /// Installed in this order; see the module doc for why there are several.
-    seccomp: Vec<BpfProgram>,
+    /// Every refusal, in one program (see the module doc).
+    seccomp: BpfProgram,
     /// The same without refusing `mount` and `umount2`, for a job that mounts its `/work` at
     /// its run (a build step binding its staging directory) ...
-    seccomp_but_mounting: Vec<BpfProgram>,
+    seccomp_but_mounting: BpfProgram,
     /// ... and installs this afterwards, refusing those two.
     seccomp_mounting: BpfProgram,
     /// `None` when the kernel has no Landlock.
@@ -252,8 +258,6 @@ impl Filters {
     /// Landlock ABI. Call once, at startup.
     pub fn new(policy: &FilterPolicy) -> Result<Filters, FilterError> {
         let arch = TargetArch::try_from(std::env::consts::ARCH)?;
-        // `mut` is for x86-64's extra program only.
-        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let denied = denied_with_eperm()?;
         let mut denied_but_mounting = denied.clone();
         let mounting = MOUNTING
@@ -261,8 +265,9 @@ impl Filters {
             .map(|nr| (*nr, denied_but_mounting.remove(nr).unwrap_or_default()))
             .collect();
         let seccomp_mounting = compile(mounting, libc::EPERM, arch)?;
-        let mut seccomp = vec![
-            compile(denied, libc::EPERM, arch)?,
+        // `mut` is for x86-64's extra program only.
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+        let mut others = vec![
             compile(
                 BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
                 libc::ENOSYS,
@@ -274,10 +279,16 @@ impl Filters {
                 arch,
             )?,
         ];
+        // First, so that a call with the x32 bit is killed before anything looks at its number.
         #[cfg(target_arch = "x86_64")]
-        seccomp.push(x32_guard());
-        let mut seccomp_but_mounting = seccomp.clone();
-        seccomp_but_mounting[0] = compile(denied_but_mounting, libc::EPERM, arch)?;
+        others.insert(0, x32_guard());
+        let with = |eperm: BpfProgram| {
+            let mut programs = others.clone();
+            programs.push(eperm);
+            chain(&programs)
+        };
+        let seccomp = with(compile(denied, libc::EPERM, arch)?)?;
+        let seccomp_but_mounting = with(compile(denied_but_mounting, libc::EPERM, arch)?)?;
         let landlock = kernel_landlock_abi()?
             .map(|kernel_abi| LandlockAccess::new(kernel_abi, !policy.allow_network));
         Ok(Filters {
@@ -359,22 +370,20 @@ pub unsafe fn apply_seccomp(filters: &Filters, stage: Stage) -> Result<(), Child
     // SAFETY: integer arguments only.
     unsafe { sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1) }
         .map_err(fail("prctl(PR_SET_NO_NEW_PRIVS)"))?;
-    let programs = match stage {
-        Stage::All => filters.seccomp.as_slice(),
-        Stage::AllButMounting => filters.seccomp_but_mounting.as_slice(),
-        Stage::Mounting => std::slice::from_ref(&filters.seccomp_mounting),
+    let program = match stage {
+        Stage::All => &filters.seccomp,
+        Stage::AllButMounting => &filters.seccomp_but_mounting,
+        Stage::Mounting => &filters.seccomp_mounting,
     };
-    for program in programs {
-        let fprog = SockFprog {
-            // seccompiler refuses programs longer than the kernel's 4096 instructions.
-            len: program.len() as libc::c_ushort,
-            filter: program.as_ptr(),
-        };
-        // SAFETY: `fprog` points at a live program; the kernel copies it before returning.
-        unsafe { sys::seccomp_set_filter((&raw const fprog).cast()) }
-            .map_err(fail("seccomp(SECCOMP_SET_MODE_FILTER)"))?;
-    }
-    Ok(())
+    let fprog = SockFprog {
+        // No longer than the kernel's 4096 instructions: see `chain`.
+        len: program.len() as libc::c_ushort,
+        filter: program.as_ptr(),
+    };
+    // SAFETY: `fprog` points at a live program; the kernel copies it before returning.
+    unsafe { sys::seccomp_set_filter((&raw const fprog).cast()) }
+        .map(drop)
+        .map_err(fail("seccomp(SECCOMP_SET_MODE_FILTER)"))
 }
 
 /// Fills the Landlock ruleset from `prepare_landlock` with the roots and enforces it, for good.
@@ -516,6 +525,37 @@ fn compile(
         arch,
     )?;
     Ok(BpfProgram::try_from(filter)?)
+}
+
+/// One program doing what `programs` installed one after the other would: each one's
+/// `RET ALLOW` becomes a jump to the start of the next (classic BPF jumps only forward, so
+/// nothing else changes), and the last one's stays. The first to return anything else decides,
+/// which matches the kernel's strictest-wins rule as long as the programs refuse disjoint calls.
+fn chain(programs: &[BpfProgram]) -> Result<BpfProgram, FilterError> {
+    const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
+    let mut chained = Vec::new();
+    for (index, program) in programs.iter().enumerate() {
+        let last = index + 1 == programs.len();
+        for (at, instruction) in program.iter().enumerate() {
+            let allow = instruction.code == RET_K && instruction.k == libc::SECCOMP_RET_ALLOW;
+            chained.push(match allow && !last {
+                true => sock_filter {
+                    code: JA,
+                    jt: 0,
+                    jf: 0,
+                    // Over the rest of this program: lands on the next one's first instruction.
+                    k: (program.len() - at - 1) as u32,
+                },
+                false => instruction.clone(),
+            });
+        }
+    }
+    // The kernel's limit (BPF_MAXINSNS).
+    if chained.len() > 4096 {
+        return Err(FilterError::TooLong(chained.len()));
+    }
+    Ok(chained)
 }
 
 /// The `EPERM` program's rules: the unconditional list, `clone` with a namespace flag (one rule
