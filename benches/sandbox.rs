@@ -20,8 +20,8 @@
 //!    sandbox to compare with; kiln should be faster for python.
 //!
 //! Why: the sandbox is paid on every run, and for short jobs it can dominate. The machine this
-//! runs on is shared and noisy, so an absolute rate says little: each figure is measured right
-//! after its limit, `KILN_BENCH_RUNS` (3) times, and the ratio of the medians (the bare time over
+//! runs on is shared and noisy, so an absolute rate says little: each figure is measured
+//! interleaved with its limit (five alternating slices of each), `KILN_BENCH_RUNS` (3) times, and the ratio of the medians (the bare time over
 //! the figure's: 1 is as fast as the bare program, 0.25 four times slower) is the number to
 //! compare between runs. A few runs of each kind go first, unmeasured, so caches are warm for
 //! all of them.
@@ -61,6 +61,8 @@ const TRUE_JOBS: usize = 300;
 const PYTHON_JOBS: usize = 100;
 /// Unmeasured jobs of each kind before the first measurement.
 const WARM_UP: usize = 10;
+/// How many alternating slices of bare and contender runs a measurement takes.
+const SLICES: usize = 5;
 /// Host uids the bench's sandbox maps to (this and the next 10 000): clear of a server's default
 /// range, which starts at 200 000.
 const UID_BASE: u32 = 7_000_000;
@@ -208,8 +210,16 @@ fn main() -> ExitCode {
     for run in 1..=runs {
         for figure in &mut figures {
             let command = figure.command;
-            let limit = bare_runs(command, jobs(command));
-            let rate = measure(figure.contender, command, jobs(command));
+            // In alternating slices, so that the shared machine's drift in speed (which moves
+            // over seconds) falls on both alike: each rate is over its slices' total time.
+            let (mut bare_s, mut figure_s) = (0.0, 0.0);
+            let slice = jobs(command).div_ceil(SLICES);
+            for _ in 0..SLICES {
+                bare_s += slice as f64 / bare_runs(command, slice);
+                figure_s += slice as f64 / measure(figure.contender, command, slice);
+            }
+            let total = (slice * SLICES) as f64;
+            let (limit, rate) = (total / bare_s, total / figure_s);
             println!(
                 "run {run}: {:.0} runs/s {} vs {limit:.0} bare runs/s",
                 rate,
