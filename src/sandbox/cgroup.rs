@@ -375,6 +375,7 @@ impl Cgroups {
             fs::create_dir(&path).map_err(|e| CgroupError::io("create", &path, e))?;
             job.dirs.push(JobDir {
                 hierarchy: index,
+                counters: Counters::open(hierarchy.version, hierarchy.features, &path),
                 path,
                 cgroup: format!("{}/{name}", hierarchy.parent_name),
             });
@@ -466,7 +467,9 @@ fn probe(version: Version, parent: &Path, wanted: Features) -> Features {
             works.set(controller, false);
         }
     }
-    works.cpu_usage = wanted.cpu_usage && cpu_us(version, &dir).is_some();
+    works.cpu_usage = wanted.cpu_usage
+        && fs::read_to_string(dir.join(cpu_file(version)))
+            .is_ok_and(|text| cpu_us(version, &text).is_some());
     works.kill = wanted.kill && dir.join("cgroup.kill").exists();
     remove_dir_logged(&dir);
     works
@@ -604,6 +607,49 @@ struct JobDir {
     path: PathBuf,
     /// As `/proc/<pid>/cgroup` names it.
     cgroup: String,
+    counters: Counters,
+}
+
+/// The files a run's usage is read from, opened with the cgroup (before its run is known): a
+/// reading is then one `pread`, without looking paths up in cgroupfs when the run has just
+/// ended (or every poll of its CPU time).
+#[derive(Debug, Default)]
+struct Counters {
+    peak: Option<Counter>,
+    oom: Option<Counter>,
+    cpu: Option<Counter>,
+}
+
+#[derive(Debug)]
+struct Counter(fs::File);
+
+impl Counter {
+    fn open(dir: &Path, file: &str) -> Option<Counter> {
+        fs::File::open(dir.join(file)).ok().map(Counter)
+    }
+
+    /// The whole file as it is now: cgroupfs makes it anew for each read from its start.
+    fn text(&self) -> Option<String> {
+        use std::os::unix::fs::FileExt;
+        // The largest of these (v2's cpu.stat) is a few hundred bytes.
+        let mut buf = [0u8; 2048];
+        let n = self.0.read_at(&mut buf, 0).ok()?;
+        String::from_utf8(buf[..n].to_vec()).ok()
+    }
+}
+
+impl Counters {
+    fn open(version: Version, features: Features, dir: &Path) -> Counters {
+        let mut counters = Counters::default();
+        if features.memory {
+            counters.peak = Counter::open(dir, peak_file(version));
+            counters.oom = Counter::open(dir, oom_file(version));
+        }
+        if features.cpu_usage {
+            counters.cpu = Counter::open(dir, cpu_file(version));
+        }
+        counters
+    }
 }
 
 impl JobCgroup {
@@ -680,8 +726,8 @@ impl JobCgroup {
             let hierarchy = &self.cgroups.hierarchies[dir.hierarchy];
             let features = hierarchy.features;
             if features.memory {
-                usage.memory_peak_bytes = memory_peak(hierarchy.version, &dir.path);
-                usage.oom_killed = oom_killed(hierarchy.version, &dir.path);
+                usage.memory_peak_bytes = dir.counters.peak.as_ref().and_then(memory_peak);
+                usage.oom_killed = oom_killed(hierarchy.version, dir);
             }
         }
         usage.cpu_ms = self.cpu_ms();
@@ -708,7 +754,8 @@ impl JobCgroup {
         self.dirs.iter().find_map(|dir| {
             let hierarchy = &self.cgroups.hierarchies[dir.hierarchy];
             if hierarchy.features.cpu_usage {
-                cpu_us(hierarchy.version, &dir.path)
+                let cpu = dir.counters.cpu.as_ref()?.text()?;
+                cpu_us(hierarchy.version, &cpu)
             } else {
                 None
             }
@@ -797,37 +844,51 @@ fn check_name(name: &str) -> Result<(), CgroupError> {
     }
 }
 
-fn memory_peak(version: Version, dir: &Path) -> Option<u64> {
-    let file = match version {
+fn peak_file(version: Version) -> &'static str {
+    match version {
         Version::V1 => "memory.max_usage_in_bytes",
         Version::V2 => "memory.peak",
-    };
-    read_u64(&dir.join(file))
-}
-
-fn oom_killed(version: Version, dir: &Path) -> bool {
-    match version {
-        Version::V1 => {
-            let control = fs::read_to_string(dir.join("memory.oom_control")).unwrap_or_default();
-            match keyed(&control, "oom_kill") {
-                Some(kills) => kills > 0,
-                // Kernels before 4.13 do not count OOM kills; hitting the limit is the best hint.
-                None => read_u64(&dir.join("memory.failcnt")).is_some_and(|n| n > 0),
-            }
-        }
-        Version::V2 => fs::read_to_string(dir.join("memory.events"))
-            .ok()
-            .and_then(|events| keyed(&events, "oom_kill"))
-            .is_some_and(|kills| kills > 0),
     }
 }
 
-fn cpu_us(version: Version, dir: &Path) -> Option<u64> {
+fn oom_file(version: Version) -> &'static str {
     match version {
-        Version::V1 => read_u64(&dir.join("cpuacct.usage")).map(|ns| ns / 1000),
-        Version::V2 => fs::read_to_string(dir.join("cpu.stat"))
-            .ok()
-            .and_then(|stat| keyed(&stat, "usage_usec")),
+        Version::V1 => "memory.oom_control",
+        Version::V2 => "memory.events",
+    }
+}
+
+fn cpu_file(version: Version) -> &'static str {
+    match version {
+        Version::V1 => "cpuacct.usage",
+        Version::V2 => "cpu.stat",
+    }
+}
+
+fn memory_peak(peak: &Counter) -> Option<u64> {
+    peak.text()?.trim().parse().ok()
+}
+
+fn oom_killed(version: Version, dir: &JobDir) -> bool {
+    let kills = dir
+        .counters
+        .oom
+        .as_ref()
+        .and_then(Counter::text)
+        .and_then(|text| keyed(&text, "oom_kill"));
+    match (kills, version) {
+        (Some(kills), _) => kills > 0,
+        // Kernels before 4.13 do not count OOM kills; hitting the limit is the best hint.
+        (None, Version::V1) => read_u64(&dir.path.join("memory.failcnt")).is_some_and(|n| n > 0),
+        (None, Version::V2) => false,
+    }
+}
+
+/// CPU time in microseconds, from the text of [`cpu_file`].
+fn cpu_us(version: Version, text: &str) -> Option<u64> {
+    match version {
+        Version::V1 => text.trim().parse::<u64>().ok().map(|ns| ns / 1000),
+        Version::V2 => keyed(text, "usage_usec"),
     }
 }
 
