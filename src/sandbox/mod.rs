@@ -367,7 +367,6 @@ impl Sandbox {
                 staging,
                 entries: launch.entries,
                 work: launch.work,
-                job_id: inner.job_id(ids),
                 program: launch.program,
                 args: launch.args,
                 env: launch.env,

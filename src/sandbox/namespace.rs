@@ -343,8 +343,6 @@ pub struct RunSpec<'a> {
     /// Parents before children.
     pub entries: &'a [WorkFile<'a>],
     pub work: WorkMount,
-    /// As [`SandboxSpec::job_id`].
-    pub job_id: u32,
     pub program: &'a Path,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
