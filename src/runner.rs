@@ -194,14 +194,7 @@ impl Runner {
                 work_dir.populate(&req).await?;
             }
             let names = staged_entries(&req.runtime.source_file, req.files);
-            let mut entries: Vec<WorkFile<'_>> = names
-                .iter()
-                .map(|name| match (name.ends_with('/'), inline) {
-                    (true, _) => WorkFile::Dir(name),
-                    (false, false) => WorkFile::Staged(name),
-                    (false, true) => WorkFile::Inline(name, submitted(&req, name)),
-                })
-                .collect();
+            let mut entries = work_files(&names, &req, inline);
             let mut staged_bytes = staged_size(&req);
             let mut build = None;
             let (program, argv) = match &req.runtime.compile {
@@ -271,13 +264,7 @@ impl Runner {
         names: &[String],
         cancel: &CancellationToken,
     ) -> Result<RunOutput, RunError> {
-        let entries: Vec<WorkFile<'_>> = names
-            .iter()
-            .map(|name| match name.ends_with('/') {
-                true => WorkFile::Dir(name),
-                false => WorkFile::Staged(name),
-            })
-            .collect();
+        let entries = work_files(names, req, false);
         let build = Step {
             program: req.runtime.program.clone(),
             argv: req.runtime.args.clone(),
@@ -373,6 +360,19 @@ fn is_run_directory(name: &str) -> bool {
     name.rsplit_once('-').is_some_and(|(job, attempt)| {
         uuid::Uuid::try_parse(job).is_ok() && attempt.parse::<u32>().is_ok()
     })
+}
+
+/// What `/work` starts with, from [`staged_entries`]' names: the files staged on disk, or
+/// (`inline`) written from the request's memory.
+fn work_files<'a>(names: &'a [String], req: &RunRequest<'a>, inline: bool) -> Vec<WorkFile<'a>> {
+    names
+        .iter()
+        .map(|name| match (name.ends_with('/'), inline) {
+            (true, _) => WorkFile::Dir(name),
+            (false, false) => WorkFile::Staged(name),
+            (false, true) => WorkFile::Inline(name, submitted(req, name)),
+        })
+        .collect()
 }
 
 /// The submitted contents of `name`: the code under the runtime's source file name, or one of

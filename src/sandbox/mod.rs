@@ -145,11 +145,9 @@ struct Inner {
     user_ns: bool,
     ready: Ready,
     net: Arc<netns::NetPool>,
-    /// The cgroup limits of the latest run: a sandbox made ready gets them ahead of its run,
-    /// which then has nothing to write if it asks for the same (most runs do).
-    last_limits: std::sync::Mutex<Option<CgroupLimits>>,
-    /// The same for the sizes of the tmpfs mounts.
-    last_sizes: std::sync::Mutex<TmpfsSizes>,
+    /// What the latest run asked for: a sandbox made ready gets it ahead of its run, which then
+    /// has nothing to change if it asks for the same (most runs do).
+    latest: std::sync::Mutex<LatestRun>,
 }
 
 /// Sandboxes started ahead of their runs: namespaces made, root built, init waiting. Taking one
@@ -166,6 +164,13 @@ struct Ready {
 }
 
 /// A sandbox whose init has built the run-independent part and waits for its run.
+/// The cgroup limits and tmpfs sizes of the latest run.
+#[derive(Clone, Copy)]
+struct LatestRun {
+    limits: Option<CgroupLimits>,
+    sizes: TmpfsSizes,
+}
+
 struct Prepared {
     started: Started,
     cgroup: Option<JobCgroup>,
@@ -263,10 +268,12 @@ impl Sandbox {
             next_cgroup: AtomicU64::new(0),
             user_ns,
             net: netns::NetPool::new().map_err(SandboxError::Namespaces)?,
-            last_limits: std::sync::Mutex::new(None),
-            last_sizes: std::sync::Mutex::new(TmpfsSizes {
-                work: 1 << 20,
-                tmp: 1 << 20,
+            latest: std::sync::Mutex::new(LatestRun {
+                limits: None,
+                sizes: TmpfsSizes {
+                    work: 1 << 20,
+                    tmp: 1 << 20,
+                },
             }),
             ready: Ready {
                 target: config.ready,
@@ -341,7 +348,7 @@ impl Sandbox {
                 cgroup
                     .limit(&cgroup_limits)
                     .map_err(std::io::Error::other)?;
-                *inner.last_limits.lock().unwrap_or_else(|e| e.into_inner()) = Some(cgroup_limits);
+                inner.latest().limits = Some(cgroup_limits);
             }
             let staging = match launch.staging {
                 Some(staging) => {
@@ -362,7 +369,7 @@ impl Sandbox {
                 tmp: limits.file_bytes.max(1 << 20),
             };
             tmpfs.fit(sizes)?;
-            *inner.last_sizes.lock().unwrap_or_else(|e| e.into_inner()) = sizes;
+            inner.latest().sizes = sizes;
             let run = RunPlan::new(RunSpec {
                 staging,
                 entries: launch.entries,
@@ -396,6 +403,10 @@ impl Sandbox {
 }
 
 impl Inner {
+    fn latest(&self) -> std::sync::MutexGuard<'_, LatestRun> {
+        self.latest.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn job_id(&self, ids: HostIds) -> u32 {
         if self.user_ns {
             namespace::JOB_ID
@@ -468,7 +479,8 @@ impl Inner {
             root: self.uid_base,
             job: self.uid_base + 1 + slot,
         };
-        let sizes = *self.last_sizes.lock().unwrap_or_else(|e| e.into_inner());
+        let latest = *self.latest();
+        let sizes = latest.sizes;
         let plan = Plan::new(SandboxSpec {
             root: &self.root_dir,
             work_root: &self.work_root,
@@ -485,8 +497,7 @@ impl Inner {
                 let mut cgroup = cgroups
                     .create(&name, false)
                     .map_err(std::io::Error::other)?;
-                let last = *self.last_limits.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(limits) = last {
+                if let Some(limits) = latest.limits {
                     cgroup.limit(&limits).map_err(std::io::Error::other)?;
                 }
                 Some(cgroup)
