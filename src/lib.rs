@@ -49,6 +49,8 @@ pub mod runtime;
 pub mod sandbox;
 pub mod server;
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod time;
 pub mod verdict;
 pub mod webhook;

@@ -1199,9 +1199,12 @@ mod tests {
         if cgroups.is_none() {
             // SAFETY: geteuid has no preconditions.
             let euid = unsafe { libc::geteuid() };
-            eprintln!(
-                "{test}: skipped: Cgroups::detect() found no usable cgroup hierarchy \
-                 (running as uid {euid}; needs root or a delegated, writable cgroupfs)"
+            crate::testing::skip(
+                test,
+                &format!(
+                    "Cgroups::detect() found no usable cgroup hierarchy (running as uid {euid}; \
+                     needs root or a delegated, writable cgroupfs)"
+                ),
             );
         }
         cgroups
