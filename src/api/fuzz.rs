@@ -7,12 +7,15 @@
 //! Each property runs 256 cases in `cargo test`; `PROPTEST_CASES=100000 cargo test --lib
 //! api::fuzz` runs longer.
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::extract::FromRequestParts;
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
+use futures_util::FutureExt;
 use proptest::prelude::*;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::error::ApiError;
-use super::extract::parse_json;
+use super::extract::{Query, parse_json};
 use super::{batches, jobs, streams};
 use crate::batch::{BatchRequest, BatchSpec, CaseRequest};
 use crate::config::Policy;
@@ -21,6 +24,22 @@ use crate::names::hidden_character;
 
 fn is_client_error(e: &ApiError) -> bool {
     e.status.is_client_error() && !e.code.is_empty() && !e.message.is_empty()
+}
+
+fn is_invalid_query(e: &ApiError) -> bool {
+    e.status == StatusCode::BAD_REQUEST && e.code == "invalid_query" && is_client_error(e)
+}
+
+/// A query decoded by the extractor every handler uses: the value, or the error a request gets.
+fn decode_query<T: DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
+    let (mut parts, ()) = Request::get(uri.clone())
+        .body(())
+        .expect("a request")
+        .into_parts();
+    Query::<T>::from_request_parts(&mut parts, &())
+        .now_or_never()
+        .expect("decoding a query never waits")
+        .map(|Query(value)| value)
 }
 
 fn source_file_of(runtime: &str) -> Option<String> {
@@ -365,19 +384,26 @@ proptest! {
         ],
     ) {
         let Ok(uri) = format!("/x?{query}").parse::<Uri>() else { return Ok(()) };
-        let _ = axum::extract::Query::<jobs::FeedQuery>::try_from_uri(&uri);
-        let _ = axum::extract::Query::<jobs::ListQuery>::try_from_uri(&uri);
-        let _ = axum::extract::Query::<jobs::EventsQuery>::try_from_uri(&uri);
-        let _ = axum::extract::Query::<batches::CasesQuery>::try_from_uri(&uri);
-        let _ = axum::extract::Query::<batches::ReportQuery>::try_from_uri(&uri);
-        if let Ok(axum::extract::Query(wait)) =
-            axum::extract::Query::<jobs::WaitQuery>::try_from_uri(&uri)
-        {
-            let max = std::time::Duration::from_secs(60);
-            match jobs::wait_within(wait.wait, max) {
-                Ok(d) => prop_assert!(d <= max),
-                Err(e) => prop_assert_eq!(e.status, StatusCode::BAD_REQUEST),
+        // Each either decodes or is refused as a request with that query is: a `400`.
+        let refusals = [
+            decode_query::<jobs::FeedQuery>(&uri).err(),
+            decode_query::<jobs::ListQuery>(&uri).err(),
+            decode_query::<jobs::EventsQuery>(&uri).err(),
+            decode_query::<batches::CasesQuery>(&uri).err(),
+            decode_query::<batches::ReportQuery>(&uri).err(),
+        ];
+        for e in refusals.iter().flatten() {
+            prop_assert!(is_invalid_query(e), "{} {} {:?}", e.status, e.code, e.message);
+        }
+        match decode_query::<jobs::WaitQuery>(&uri) {
+            Ok(wait) => {
+                let max = std::time::Duration::from_secs(60);
+                match jobs::wait_within(wait.wait, max) {
+                    Ok(d) => prop_assert!(d <= max),
+                    Err(e) => prop_assert_eq!(e.status, StatusCode::BAD_REQUEST),
+                }
             }
+            Err(e) => prop_assert!(is_invalid_query(&e), "{} {} {:?}", e.status, e.code, e.message),
         }
     }
 
