@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use crate::util::{Server, assert_valid_history, sh};
+use crate::util::{Server, assert_valid_history, sh, skip};
 
 /// A `POST /v1/jobs`, with the answer's `Retry-After` header.
 /// Prints what a fault test injected and what kiln did, so a run of the tests shows the
@@ -58,19 +58,18 @@ fn integrity(db: &Path) -> String {
 struct SmallDisk(PathBuf);
 
 impl SmallDisk {
-    /// `None` (after saying why) where mounting is not permitted.
-    fn mount(dir: PathBuf, size: &str) -> Option<SmallDisk> {
+    /// Why not, where mounting is not permitted.
+    fn mount(dir: PathBuf, size: &str) -> Result<SmallDisk, String> {
         std::fs::create_dir_all(&dir).expect("mount point");
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(&dir)
             .output();
         match out {
-            Ok(out) if out.status.success() => Some(SmallDisk(dir)),
-            other => {
-                eprintln!("SKIPPED: cannot mount a tmpfs to fill up (needs root): {other:?}");
-                None
-            }
+            Ok(out) if out.status.success() => Ok(SmallDisk(dir)),
+            other => Err(format!(
+                "cannot mount a tmpfs to fill up (needs root): {other:?}"
+            )),
         }
     }
 
@@ -95,8 +94,14 @@ impl Drop for SmallDisk {
 #[tokio::test]
 async fn a_full_disk_answers_503_writes_nothing_by_halves_and_recovers_without_restart() {
     let dir = TempDir::new().expect("temp dir");
-    let Some(disk) = SmallDisk::mount(dir.path().join("disk"), "8m") else {
-        return;
+    let disk = match SmallDisk::mount(dir.path().join("disk"), "8m") {
+        Ok(disk) => disk,
+        Err(why) => {
+            return skip(
+                "a_full_disk_answers_503_writes_nothing_by_halves_and_recovers_without_restart",
+                &why,
+            );
+        }
     };
     let db = disk.0.join("kiln.db");
     let db_arg = db.to_str().expect("utf-8 path").to_owned();
@@ -192,45 +197,45 @@ struct LoopDisk {
 }
 
 impl LoopDisk {
-    /// `None` (after saying why) where loop devices or mounting are not permitted.
-    fn mount(dir: &Path) -> Option<LoopDisk> {
+    /// Why not, where loop devices or mounting are not permitted.
+    fn mount(dir: &Path) -> Result<LoopDisk, String> {
         let image = dir.join("disk.img");
         let mount = dir.join("disk");
         std::fs::create_dir_all(&mount).expect("mount point");
-        let run = |program: &str, args: &[&str]| -> Option<String> {
-            let out = Command::new(program).args(args).output().ok()?;
+        let run = |program: &str, args: &[&str]| -> Result<String, String> {
+            let out = Command::new(program)
+                .args(args)
+                .output()
+                .map_err(|e| format!("{program}: {e}"))?;
             if out.status.success() {
-                Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+                Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
             } else {
-                eprintln!(
+                Err(format!(
                     "{program} {args:?}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                None
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
             }
         };
-        let (image_s, mount_s) = (image.to_str()?.to_owned(), mount.to_str()?.to_owned());
-        let made = std::fs::File::create(&image)
+        let (image_s, mount_s) = (
+            image.to_str().expect("utf-8 path").to_owned(),
+            mount.to_str().expect("utf-8 path").to_owned(),
+        );
+        let device = std::fs::File::create(&image)
             .and_then(|f| f.set_len(32 << 20))
-            .is_ok()
-            && run("mkfs.ext4", &["-q", "-F", &image_s]).is_some();
-        let device = made
-            .then(|| run("losetup", &["-f", "--show", &image_s]))
-            .flatten();
-        let Some(device) = device else {
-            eprintln!("SKIPPED: cannot make an ext4 file system on a loop device (needs root)");
-            return None;
-        };
+            .map_err(|e| format!("{}: {e}", image.display()))
+            .and_then(|()| run("mkfs.ext4", &["-q", "-F", &image_s]))
+            .and_then(|_| run("losetup", &["-f", "--show", &image_s]))
+            .map_err(|e| {
+                format!("cannot make an ext4 file system on a loop device (needs root): {e}")
+            })?;
         let disk = LoopDisk {
             image,
             device,
             mount,
         };
-        if run("mount", &[&disk.device, &mount_s]).is_none() {
-            eprintln!("SKIPPED: cannot mount {}", disk.device);
-            return None;
-        }
-        Some(disk)
+        run("mount", &[&disk.device, &mount_s])
+            .map_err(|e| format!("cannot mount {}: {e}", disk.device))?;
+        Ok(disk)
     }
 
     /// Shuts the file system down without flushing its journal (`EXT4_IOC_SHUTDOWN`): from now
@@ -283,8 +288,14 @@ impl Drop for LoopDisk {
 #[tokio::test]
 async fn a_disk_that_fails_under_the_database_answers_503_and_loses_nothing_committed() {
     let dir = TempDir::new().expect("temp dir");
-    let Some(disk) = LoopDisk::mount(dir.path()) else {
-        return;
+    let disk = match LoopDisk::mount(dir.path()) {
+        Ok(disk) => disk,
+        Err(why) => {
+            return skip(
+                "a_disk_that_fails_under_the_database_answers_503_and_loses_nothing_committed",
+                &why,
+            );
+        }
     };
     let db = disk.mount.join("kiln.db");
     let db_arg = db.to_str().expect("utf-8 path").to_owned();
