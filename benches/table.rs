@@ -1,7 +1,7 @@
 //! The one table of every headline figure: merges the rows the bench targets wrote
 //! (`target/bench-NAME.json`, see `benches/report`) in the order of the benchmark issue's list,
-//! prints them as the README's Markdown table, and writes them with the machine and the date to
-//! `target/bench.json`. Not a benchmark itself: `scripts/bench` runs it last.
+//! prints them as the Markdown table of docs/benchmarks.md, and writes them with the machine and
+//! the date to `target/bench.json`. Not a benchmark itself: `scripts/bench` runs it last.
 //!
 //! `KILN_BENCH_TARGETS` names the targets that ran this time (space-separated; default all); a
 //! target whose file is missing is reported as missing rows rather than failing the table, so a

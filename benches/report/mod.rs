@@ -144,8 +144,8 @@ pub fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// The rows as a Markdown table, the README's format: `benches/table.rs` prints every target's
-/// rows with this too.
+/// The rows as a Markdown table, the format of docs/benchmarks.md: `benches/table.rs` prints
+/// every target's rows with this too.
 pub fn print_table(rows: &[Value]) {
     println!();
     println!("| row | figure | value | limit, measured in the same run | ratio | goal | met |");

@@ -1,7 +1,7 @@
 //! The signature on every webhook call, so a receiver can tell kiln's calls from forgeries and
 //! replays: `Kiln-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
 //! Signing the timestamp with the body lets a receiver refuse old calls replayed by whoever saw
-//! one; the README shows how to verify.
+//! one; docs/webhooks.md shows how to verify.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;

@@ -489,7 +489,7 @@ async fn kiln_watch_follows_a_job_live_and_exits_like_status() {
                 .expect("run kiln watch")
         })
     };
-    // Live output is what is written while someone watches (README, Live streams), and jobs
+    // Live output is what is written while someone watches (docs/streams.md), and jobs
     // start within milliseconds: the job gives `kiln watch` a second to connect first.
     let id = server
         .submit(sh(

@@ -140,7 +140,7 @@ async fn receive(State(script): State<Arc<Script>>, headers: HeaderMap, body: By
     }
 }
 
-/// The README's recipe: HMAC-SHA256 over `<t>.<body>` under the secret, compared with `v1`, and
+/// The recipe of docs/webhooks.md: HMAC-SHA256 over `<t>.<body>` under the secret, compared with `v1`, and
 /// `t` no further than five minutes from now.
 fn verify_signature(call: &Call, secret: &str) {
     let header = call.header("kiln-signature");
@@ -500,7 +500,7 @@ async fn every_way_a_job_ends_calls_back_with_its_terminal_event() {
 }
 
 #[tokio::test]
-async fn the_readme_verifier_accepts_kiln_signatures_and_its_outbox_queries_run() {
+async fn the_documented_verifier_accepts_kiln_signatures_and_its_outbox_queries_run() {
     let delivered = Receiver::start().await;
     let refusing = Receiver::failing_first(usize::MAX).await;
     let server = Server::start_with(&["--webhook-max-attempts", "1"]).await;
@@ -510,12 +510,11 @@ async fn the_readme_verifier_accepts_kiln_signatures_and_its_outbox_queries_run(
     webhook_events(&server, &given_up, 1, true).await;
 
     // The Python snippet, run as documented on the call as received, then on a tampered body.
-    let section = crate::operators::readme_section("Webhooks");
-    let snippet = section
+    let snippet = crate::docs::WEBHOOKS
         .split("```python\n")
         .nth(1)
         .and_then(|rest| rest.split("```").next())
-        .expect("a Python snippet in the README's Webhooks section");
+        .expect("a Python snippet in docs/webhooks.md");
     let call = &delivered.calls()[0];
     let check = format!(
         "{snippet}\nimport sys\nsecret, signature = sys.argv[1], sys.argv[2]\n\
@@ -538,10 +537,10 @@ async fn the_readme_verifier_accepts_kiln_signatures_and_its_outbox_queries_run(
     let out = python.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "True False\n");
 
-    let queries = crate::operators::readme_queries("Webhooks");
+    let queries = crate::docs::sqlite3_commands(crate::docs::WEBHOOKS);
     assert!(queries.len() >= 3, "{queries:?}");
     for query in queries {
-        crate::operators::run_query(&query, server.dir.path());
+        crate::docs::run_query(&query, server.dir.path());
     }
 }
 
