@@ -583,3 +583,468 @@ fn locked_flags(path: &Path) -> io::Result<libc::c_ulong> {
     }
     Ok(flags)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    /// A step as a line of text, so that a test can say what a plan holds.
+    fn describe(step: &Step) -> String {
+        let s = |c: &CString| c.to_str().expect("a test's paths are UTF-8").to_owned();
+        match step {
+            Step::Mkdir { path, mode } => format!("mkdir {} {mode:o}", s(path)),
+            Step::BindReadOnly {
+                source,
+                target,
+                file,
+                ..
+            } => {
+                let file = if *file { " (a file)" } else { "" };
+                format!("bind {} read-only at {}{file}", s(source), s(target))
+            }
+            Step::BindDevice { source, target } => format!("device {} at {}", s(source), s(target)),
+            Step::Tmpfs { target, options } => {
+                format!("tmpfs at {} with {}", s(target), s(options))
+            }
+            Step::Proc { target } => format!("proc at {}", s(target)),
+            Step::Symlink { target, link } => format!("symlink {} to {}", s(link), s(target)),
+            Step::File { path, contents } => {
+                format!(
+                    "file {} with {:?}",
+                    s(path),
+                    String::from_utf8_lossy(contents)
+                )
+            }
+            Step::Copy { source, target } => format!("copy {} to {}", s(source), s(target)),
+            Step::Write { target, contents } => {
+                format!(
+                    "write {} with {:?}",
+                    s(target),
+                    String::from_utf8_lossy(contents)
+                )
+            }
+            Step::BindWritable { source, target } => {
+                format!("bind {} writable at {}", s(source), s(target))
+            }
+        }
+    }
+
+    fn lines(steps: &[Step]) -> Vec<String> {
+        steps.iter().map(describe).collect()
+    }
+
+    fn position(lines: &[String], line: &str) -> usize {
+        lines
+            .iter()
+            .position(|l| l == line)
+            .unwrap_or_else(|| panic!("no step {line:?} in {lines:#?}"))
+    }
+
+    /// A host layout of the kinds a runtime's paths come in: a directory, a file, a symlink to
+    /// the directory (as `/bin -> usr/bin`), and a path the host lacks.
+    struct Host {
+        dir: tempfile::TempDir,
+        root: PathBuf,
+    }
+
+    impl Host {
+        fn new() -> Host {
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            std::fs::create_dir_all(dir.path().join("runtime/lib")).expect("runtime dir");
+            std::fs::write(dir.path().join("runtime.conf"), "x").expect("runtime.conf");
+            std::os::unix::fs::symlink("runtime", dir.path().join("link")).expect("link");
+            let root = dir.path().join("root");
+            Host { dir, root }
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+
+        /// Where `path` (absolute on the host) is under the new root.
+        fn under_root(&self, path: &Path) -> String {
+            format!("{}{}", self.root.display(), path.display())
+        }
+    }
+
+    fn spec<'a>(root: &'a Path, skeleton: &'a Skeleton) -> SandboxSpec<'a> {
+        SandboxSpec {
+            root,
+            work_root: Path::new("/var/lib/kiln/work"),
+            bind_work_root: false,
+            job_id: super::super::JOB_ID,
+            user_ns: true,
+            skeleton,
+            sizes: TmpfsSizes {
+                work: 5 << 20,
+                tmp: 2 << 20,
+            },
+        }
+    }
+
+    fn run_spec<'a>(staging: Option<&'a Path>, entries: &'a [WorkFile<'a>]) -> RunSpec<'a> {
+        RunSpec {
+            staging,
+            entries,
+            work: WorkMount::Copy,
+            program: Path::new("/usr/bin/python3"),
+            args: vec!["-I".into(), "main.py".into()],
+            env: vec![
+                ("PATH".into(), "/usr/bin".into()),
+                ("HOME".into(), "/work".into()),
+            ],
+            rlimits: vec![(libc::RLIMIT_NOFILE, 64, 64)],
+            progress: true,
+        }
+    }
+
+    #[test]
+    fn the_skeleton_binds_the_runtimes_directories_read_only_at_the_same_path_inside() {
+        let host = Host::new();
+        let runtime = host.path("runtime");
+        let skeleton =
+            Skeleton::new(&host.root, &[PathBuf::from("/usr"), runtime.clone()]).expect("skeleton");
+        let lines = lines(&skeleton.steps);
+        let usr = position(
+            &lines,
+            &format!("bind /usr read-only at {}/usr", host.root.display()),
+        );
+        let inside = host.under_root(&runtime);
+        let bind = position(
+            &lines,
+            &format!("bind {} read-only at {inside}", runtime.display()),
+        );
+        // The mount point is made before it is mounted on.
+        assert!(position(&lines, &format!("mkdir {}/usr 755", host.root.display())) < usr);
+        assert!(position(&lines, &format!("mkdir {inside} 755")) < bind);
+    }
+
+    #[test]
+    fn a_file_is_bound_on_an_empty_file_and_without_recursion() {
+        let host = Host::new();
+        let conf = host.path("runtime.conf");
+        let skeleton = Skeleton::new(&host.root, std::slice::from_ref(&conf)).expect("skeleton");
+        let lines = lines(&skeleton.steps);
+        let inside = host.under_root(&conf);
+        let file = position(&lines, &format!("file {inside} with \"\""));
+        let bind = position(
+            &lines,
+            &format!("bind {} read-only at {inside} (a file)", conf.display()),
+        );
+        assert!(file < bind);
+    }
+
+    #[test]
+    fn a_symlink_is_made_again_inside_instead_of_bound() {
+        let host = Host::new();
+        let link = host.path("link");
+        let skeleton = Skeleton::new(&host.root, std::slice::from_ref(&link)).expect("skeleton");
+        let lines = lines(&skeleton.steps);
+        position(
+            &lines,
+            &format!("symlink {} to runtime", host.under_root(&link)),
+        );
+        let link = link.display().to_string();
+        assert!(!lines.iter().any(|l| l.starts_with(&format!("bind {link}"))));
+    }
+
+    #[test]
+    fn a_path_the_host_lacks_is_left_out() {
+        let host = Host::new();
+        let missing = host.path("missing");
+        let skeleton =
+            Skeleton::new(&host.root, &[missing, host.path("runtime")]).expect("skeleton");
+        let lines = lines(&skeleton.steps);
+        assert!(!lines.iter().any(|l| l.contains("missing")), "{lines:#?}");
+        assert!(lines.iter().any(|l| l.contains("runtime")));
+    }
+
+    #[test]
+    fn every_directory_is_made_once_and_after_its_parent() {
+        let host = Host::new();
+        let binds = [
+            host.path("runtime"),
+            host.path("runtime/lib"),
+            host.path("runtime.conf"),
+            host.path("link"),
+        ];
+        let skeleton = Skeleton::new(&host.root, &binds).expect("skeleton");
+        let made: Vec<PathBuf> = skeleton
+            .steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::Mkdir { path, .. } => Some(PathBuf::from(OsStr::from_bytes(path.as_bytes()))),
+                _ => None,
+            })
+            .collect();
+        for (index, dir) in made.iter().enumerate() {
+            assert!(!made[..index].contains(dir), "{dir:?} is made twice");
+            let parent = dir.parent().expect("a path under the root");
+            if parent != host.root {
+                assert!(
+                    made[..index].contains(&parent.to_path_buf()),
+                    "{dir:?} before its parent"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_skeleton_has_the_mount_points_five_devices_the_dev_links_and_a_fresh_proc() {
+        let root = Path::new("/srv/root");
+        let skeleton = Skeleton::new(root, &[]).expect("skeleton");
+        let lines = lines(&skeleton.steps);
+        for dir in ["/etc", "/dev/shm", "/tmp", "/proc", "/work", STAGING] {
+            position(&lines, &format!("mkdir /srv/root{dir} 755"));
+        }
+        for device in ["null", "zero", "full", "random", "urandom"] {
+            position(
+                &lines,
+                &format!("device /dev/{device} at /srv/root/dev/{device}"),
+            );
+        }
+        let devices = lines.iter().filter(|l| l.starts_with("device ")).count();
+        assert_eq!(devices, 5, "no other host device is bound");
+        position(&lines, "symlink /srv/root/dev/fd to /proc/self/fd");
+        position(&lines, "symlink /srv/root/dev/stdout to /proc/self/fd/1");
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some("proc at /srv/root/proc")
+        );
+    }
+
+    #[test]
+    fn a_bind_keeps_the_flags_its_host_mount_has() {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let mut checked = 0;
+        for point in ["/", "/proc", "/sys", "/dev", "/dev/shm", "/run"] {
+            // The mount on top is the last one listed at its mount point.
+            let Some(options) = mountinfo.lines().rev().find_map(|line| {
+                let fields: Vec<&str> = line.split(' ').collect();
+                (fields.get(4) == Some(&point)).then(|| fields[5].to_owned())
+            }) else {
+                continue;
+            };
+            let mut expected = 0;
+            for option in options.split(',') {
+                expected |= match option {
+                    "nosuid" => libc::MS_NOSUID,
+                    "nodev" => libc::MS_NODEV,
+                    "noexec" => libc::MS_NOEXEC,
+                    "noatime" => libc::MS_NOATIME,
+                    "nodiratime" => libc::MS_NODIRATIME,
+                    "relatime" => libc::MS_RELATIME,
+                    _ => 0,
+                };
+            }
+            let kept = locked_flags(Path::new(point)).expect("statvfs");
+            assert_eq!(kept, expected, "{point} is mounted {options}");
+            checked += 1;
+        }
+        assert!(checked > 0, "no mount point to compare with");
+    }
+
+    #[test]
+    fn a_plan_is_the_skeleton_then_the_sandboxs_own_files_and_mounts() {
+        let root = Path::new("/srv/root");
+        let skeleton = Skeleton::new(root, &[PathBuf::from("/usr")]).expect("skeleton");
+        let plan = Plan::new(spec(root, &skeleton)).expect("plan");
+        let skeleton = lines(&skeleton.steps);
+        let plan_lines = lines(&plan.steps);
+        assert_eq!(plan_lines[..skeleton.len()], skeleton[..]);
+        assert_eq!(
+            plan_lines[skeleton.len()..],
+            [
+                "file /srv/root/etc/passwd with \"root:x:0:0:root:/:/usr/sbin/nologin\\n\
+                 kiln:x:1000:1000:kiln:/work:/bin/sh\\n\"",
+                "file /srv/root/etc/group with \"root:x:0:\\nkiln:x:1000:\\n\"",
+                "file /srv/root/etc/hostname with \"kiln\\n\"",
+                "tmpfs at /srv/root/dev/shm with size=2097152,mode=1777,nr_inodes=16384",
+                "tmpfs at /srv/root/tmp with size=2097152,mode=1777,nr_inodes=16384",
+                "tmpfs at /srv/root/work with size=5242880,mode=0755,uid=1000,gid=1000,\
+                 nr_inodes=16384",
+            ]
+        );
+        assert_eq!(plan.root.as_bytes(), b"/srv/root");
+        assert_eq!(plan.work_root.as_bytes(), b"/var/lib/kiln/work");
+        assert!(plan.user_ns && !plan.bind_work_root);
+    }
+
+    #[test]
+    fn without_a_user_namespace_the_job_is_named_with_its_host_id() {
+        let root = Path::new("/srv/root");
+        let skeleton = Skeleton::new(root, &[]).expect("skeleton");
+        let plan = Plan::new(SandboxSpec {
+            job_id: 100_042,
+            user_ns: false,
+            ..spec(root, &skeleton)
+        })
+        .expect("plan");
+        let lines = lines(&plan.steps);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("kiln:x:100042:100042:kiln:/work"))
+        );
+        assert!(lines.iter().any(|l| l.contains("uid=100042,gid=100042")));
+        assert_eq!(plan.job_id, 100_042);
+    }
+
+    #[test]
+    fn every_mount_the_server_resizes_is_a_tmpfs_of_the_plan() {
+        let root = Path::new("/srv/root");
+        let skeleton = Skeleton::new(root, &[]).expect("skeleton");
+        let plan = Plan::new(spec(root, &skeleton)).expect("plan");
+        for inside in TMPFS_MOUNTS {
+            let target = host(root, Path::new(inside)).expect("path");
+            let tmpfs = plan
+                .steps
+                .iter()
+                .filter(|step| matches!(step, Step::Tmpfs { target: t, .. } if *t == target))
+                .count();
+            assert_eq!(tmpfs, 1, "{inside}");
+        }
+    }
+
+    #[test]
+    fn a_sandbox_for_a_build_step_binds_the_work_root_instead_of_a_work_tmpfs() {
+        let root = Path::new("/srv/root");
+        let skeleton = Skeleton::new(root, &[]).expect("skeleton");
+        let plan = Plan::new(SandboxSpec {
+            bind_work_root: true,
+            ..spec(root, &skeleton)
+        })
+        .expect("plan");
+        let lines = lines(&plan.steps);
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.starts_with("tmpfs at /srv/root/work "))
+        );
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some("bind /var/lib/kiln/work writable at /srv/root/.staging")
+        );
+        position(
+            &lines,
+            "tmpfs at /srv/root/tmp with size=2097152,mode=1777,nr_inodes=16384",
+        );
+        assert!(plan.bind_work_root);
+    }
+
+    #[test]
+    fn a_root_with_a_nul_in_its_path_is_refused() {
+        let skeleton = Skeleton::new(Path::new("/srv/root"), &[]).expect("skeleton");
+        let root = Path::new(OsStr::from_bytes(b"/srv/ro\0ot"));
+        let error = Plan::new(spec(root, &skeleton)).err().expect("refused");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(error.to_string(), "NUL in a path");
+    }
+
+    #[test]
+    fn a_run_puts_its_files_under_work_written_or_copied_from_its_staging_directory() {
+        let entries = [
+            WorkFile::Dir("src/"),
+            WorkFile::Inline("main.py", b"print(1)\n"),
+            WorkFile::Staged("src/data.bin"),
+        ];
+        let run = RunPlan::new(run_spec(Some(Path::new("run-7")), &entries)).expect("run plan");
+        assert_eq!(
+            lines(&run.steps),
+            [
+                "mkdir /work/src/ 755",
+                "write /work/main.py with \"print(1)\\n\"",
+                "copy run-7/src/data.bin to /work/src/data.bin",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_run_of_inline_files_needs_no_staging_directory() {
+        let entries = [WorkFile::Dir("lib/"), WorkFile::Inline("lib/a.py", b"")];
+        let run = RunPlan::new(run_spec(None, &entries)).expect("run plan");
+        assert_eq!(
+            lines(&run.steps),
+            ["mkdir /work/lib/ 755", "write /work/lib/a.py with \"\""]
+        );
+    }
+
+    #[test]
+    fn a_staged_file_without_a_staging_directory_is_refused() {
+        let entries = [WorkFile::Inline("main.py", b""), WorkFile::Staged("main")];
+        let error = RunPlan::new(run_spec(None, &entries))
+            .err()
+            .expect("refused");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(
+            error.to_string(),
+            "a staged file without a staging directory"
+        );
+    }
+
+    #[test]
+    fn a_build_step_binds_its_staging_directory_as_work_and_copies_nothing() {
+        let entries = [WorkFile::Staged("main.c"), WorkFile::Inline("x.h", b"")];
+        let run = RunPlan::new(RunSpec {
+            work: WorkMount::Bind,
+            ..run_spec(Some(Path::new("build-3")), &entries)
+        })
+        .expect("run plan");
+        assert_eq!(
+            lines(&run.steps),
+            ["bind /.staging/build-3/ writable at /work"]
+        );
+    }
+
+    #[test]
+    fn a_build_step_without_a_staging_directory_is_refused() {
+        let error = RunPlan::new(RunSpec {
+            work: WorkMount::Bind,
+            ..run_spec(None, &[])
+        })
+        .err()
+        .expect("refused");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn the_program_is_its_own_first_argument_and_the_environment_is_name_equals_value() {
+        let run = RunPlan::new(run_spec(None, &[])).expect("run plan");
+        let strings = |v: &[CString]| -> Vec<String> {
+            v.iter().map(|c| c.to_string_lossy().into_owned()).collect()
+        };
+        assert_eq!(run.program.as_bytes(), b"/usr/bin/python3");
+        assert_eq!(strings(&run.argv), ["/usr/bin/python3", "-I", "main.py"]);
+        assert_eq!(strings(&run.env), ["PATH=/usr/bin", "HOME=/work"]);
+        assert_eq!(run.rlimits, [(libc::RLIMIT_NOFILE, 64, 64)]);
+        assert!(run.progress);
+    }
+
+    #[test]
+    fn an_argument_or_variable_with_a_nul_is_refused_rather_than_cut_short() {
+        let argument = RunPlan::new(RunSpec {
+            args: vec!["main.py\0--unsafe".into()],
+            ..run_spec(None, &[])
+        });
+        let variable = RunPlan::new(RunSpec {
+            env: vec![("LANG".into(), "C\0X=1".into())],
+            ..run_spec(None, &[])
+        });
+        for result in [argument, variable] {
+            let error = result.err().expect("refused");
+            assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+        }
+    }
+
+    #[test]
+    fn a_setup_failure_code_keeps_plan_run_and_fixed_steps_apart() {
+        assert_eq!(At::Plan(3).code(), 3);
+        assert_eq!(At::Run(3).code(), RUN_STEP | 3);
+        assert_eq!(At::Fixed(Fixed::Exec).code(), FIXED_STEP | 15);
+        for (index, fixed) in Fixed::ALL.into_iter().enumerate() {
+            // `Started::step_name` finds a fixed step by its place in `ALL`.
+            assert_eq!(fixed as usize, index, "{}", fixed.name());
+        }
+    }
+}
