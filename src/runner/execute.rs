@@ -2,24 +2,17 @@
 //! its output captured, held to its wall-clock, CPU and output limits and to cancellation, then
 //! killed, reaped and measured into a [`RunOutput`].
 
-use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
-use tokio::net::unix::pipe;
 use tokio_util::sync::CancellationToken;
 
 use super::capture::{capture, decode, feed};
-use super::plain::{attach, cloexec_pipe, job_env, rlimits, spawn_process};
-use super::process::{Attached, EndReport, Process, run_over};
-use super::{Isolation, Reporting, RunError, RunOutput};
+use super::process::{Attached, Process};
+use super::{Isolation, Reporting, RunError, RunOutput, launch, plain};
 use crate::job::{JobId, Limits, Outcome, RunResult};
 use crate::live::Stream;
-use crate::sandbox::cgroup::JobCgroup;
-use crate::sandbox::{Ended, Launch, Sandboxed, WorkFile, WorkMount};
+use crate::sandbox::{WorkFile, WorkMount};
 
 /// How long a run waits for its output pipes to close after the process group was killed. Only a
 /// process that escaped the group (setsid) can keep a pipe open that long; what it writes later
@@ -70,73 +63,21 @@ pub(super) async fn execute(
         program: step.program.clone(),
         source,
     };
-    // A sandbox comes with its own progress pipe; a plain subprocess gets one here.
-    let progress_pipe = match isolation {
-        Isolation::Unsandboxed => step.reporting.map(|_| cloexec_pipe()).transpose(),
-        Isolation::Sandbox(_) => Ok(None),
-    };
-    let (mut progress_read, progress_write) = progress_pipe.map_err(spawn_error)?.unzip();
-    let progress_fd = progress_write.as_ref().map(AsRawFd::as_raw_fd);
     let started = Instant::now();
-    let (mut process, attached) = match isolation {
-        Isolation::Unsandboxed => {
-            let child = spawn_process(&step.program, &step.argv, work_dir, &limits, progress_fd)
-                .map_err(spawn_error)?;
-            // Linux pids are at most 2^22, so they fit in pid_t.
-            let pid = child.id().cast_signed();
-            let process = Process {
-                pid,
-                reaped: false,
-                sandbox: None,
-            };
-            (process, attach(child).map_err(spawn_error)?)
-        }
-        Isolation::Sandbox(sandbox) => {
-            let staged = step.work == WorkMount::Bind
-                || step
-                    .entries
-                    .iter()
-                    .any(|e| matches!(e, WorkFile::Staged(_)));
-            let launch = Launch {
-                staging: staged.then_some(work_dir),
-                entries: step.entries,
-                work: step.work,
-                staged_bytes: step.staged_bytes,
-                program: &step.program,
-                args: step.argv.clone(),
-                env: job_env("/work", "/tmp", step.reporting.is_some()),
-                limits,
-                progress: step.reporting.is_some(),
-                rlimits: rlimits(&limits, sandbox.has_memory_cgroup(), true),
-            };
-            let mut launched = tokio::time::timeout(SANDBOX_START_TIMEOUT, sandbox.launch(launch))
-                .await
-                .unwrap_or_else(|_| Err(io::Error::other("the sandbox did not start in time")))
-                .inspect_err(|_| crate::metrics::METRICS.sandbox_start_failed())
-                .map_err(spawn_error)?;
-            let attached = attach_sandbox(&mut launched).map_err(spawn_error)?;
-            if step.reporting.is_some() {
-                progress_read = launched.started.progress.take();
-            }
-            let process = Process {
-                pid: launched.started.pid,
-                reaped: false,
-                sandbox: Some(launched),
-            };
-            (process, attached)
-        }
-    };
-    // The job holds the only write end now: its exit closes the pipe.
-    drop(progress_write);
-    let pid = process.pid;
-    let wait_error = |source| RunError::Wait { pid, source };
+    let attached = match isolation {
+        Isolation::Unsandboxed => plain::start(step, work_dir),
+        Isolation::Sandbox(sandbox) => launch::start(sandbox, step, work_dir).await,
+    }
+    .map_err(spawn_error)?;
     let Attached {
         stdin,
         stdout,
         stderr,
-        exited,
-        mut report,
+        progress,
+        mut process,
     } = attached;
+    let pid = process.pid();
+    let wait_error = |source| RunError::Wait { pid, source };
 
     // Ends the I/O tasks however this function returns, including its future being dropped.
     let stop = CancellationToken::new();
@@ -163,9 +104,8 @@ pub(super) async fn execute(
     };
     let stdout = tokio::spawn(capture_stream(stdout, tap(Stream::Stdout)));
     let stderr = tokio::spawn(capture_stream(stderr, tap(Stream::Stderr)));
-    let progress = match (progress_read, step.reporting) {
-        (Some(fd), Some((_, reporting))) => {
-            let pipe = pipe::Receiver::from_owned_fd(fd).map_err(spawn_error)?;
+    let progress = match (progress, step.reporting) {
+        (Some(pipe), Some((_, reporting))) => {
             let latest = reporting.progress.clone();
             Some(tokio::spawn(crate::progress::read(
                 pipe,
@@ -182,39 +122,31 @@ pub(super) async fn execute(
         tokio::spawn(feed(stdin, step.stdin.as_bytes().to_vec(), stop.clone()));
     }
 
-    let cgroup = process.sandbox.as_ref().and_then(|s| s.cgroup.as_ref());
-    let mut ended = None;
+    let ended = process.ended().map_err(spawn_error)?;
+    tokio::pin!(ended);
+    let mut over = None;
     let fired = tokio::select! {
         biased;
-        over = run_over(&exited, report.as_mut()) => {
-            ended = over.map_err(wait_error)?;
+        ended = &mut ended => {
+            over = Some(ended.map_err(wait_error)?);
             None
         }
         () = cancel.cancelled() => Some(Outcome::Cancelled),
         () = overflow.cancelled() => Some(Outcome::OutputLimit),
         () = tokio::time::sleep(Duration::from_millis(limits.wall_ms)) => Some(Outcome::WallTimeLimit),
-        () = cpu_limit_reached(cgroup, limits.cpu_ms) => Some(Outcome::CpuTimeLimit),
+        () = cpu_limit_reached(&process, limits.cpu_ms) => Some(Outcome::CpuTimeLimit),
     };
     // Killed before reaping, not after: until the leader is reaped its pid cannot be reused, so
     // the signal can only reach this job's group, including anything it left in the background.
     process.kill();
-    if fired.is_some() {
-        ended = run_over(&exited, report.as_mut())
-            .await
-            .map_err(wait_error)?;
-    }
-    let measured = match ended {
-        Some(ended) => process.ended(ended),
-        None => {
-            let (status, usage) = process.reap().map_err(wait_error)?;
-            process.measure(status, &usage)
-        }
+    let over = match over {
+        Some(over) => over,
+        None => ended.await.map_err(wait_error)?,
     };
+    let measured = process.exit(over).map_err(wait_error)?;
     killed.cancel();
     let wall = started.elapsed();
-    if let Some(sandbox) = process.sandbox.take() {
-        sandbox.dispose();
-    }
+    process.dispose();
 
     // The last progress line is read before the run is over, like the output: the worker
     // stores it when the run returns.
@@ -261,10 +193,10 @@ pub(super) async fn execute(
 /// A single process still meets its RLIMIT_CPU first (and its SIGXCPU, which it may catch): this
 /// only fires [`CPU_GRACE`] past the limit. Never resolves where the host does not count the
 /// run's CPU time (RLIMIT_CPU is all there is then).
-async fn cpu_limit_reached(cgroup: Option<&JobCgroup>, limit_ms: u64) {
-    let Some(cgroup) = cgroup else {
+async fn cpu_limit_reached(process: &Process, limit_ms: u64) {
+    if !process.counts_cpu() {
         return std::future::pending().await;
-    };
+    }
     let grace = u64::try_from(CPU_GRACE.as_millis()).unwrap_or(u64::MAX);
     // No look at the start: a run cannot be over its limit yet, and reading the cgroup then
     // would only delay the job's first moments.
@@ -272,39 +204,12 @@ async fn cpu_limit_reached(cgroup: Option<&JobCgroup>, limit_ms: u64) {
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         poll.tick().await;
-        match cgroup.cpu_ms() {
+        match process.cpu_ms() {
             Some(used) if used > limit_ms.saturating_add(grace) => return,
             Some(_) => {}
             None => return std::future::pending().await,
         }
     }
-}
-
-/// How long a sandbox may take to build its root and exec the job before the run is an error.
-const SANDBOX_START_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The same for a sandbox: the job's pipes, taken over so that dropping the stdin writer gives
-/// the job EOF; init's report of the run's end, and its pidfd for when it dies without one.
-fn attach_sandbox(sandboxed: &mut Sandboxed) -> io::Result<Attached> {
-    let started = &mut sandboxed.started;
-    let [stdin, stdout, stderr] = started
-        .stdio
-        .take()
-        .ok_or_else(|| io::Error::other("the sandbox's stdio was already taken"))?;
-    Ok(Attached {
-        stdin: pipe::Sender::from_owned_fd(stdin)?,
-        stdout: pipe::Receiver::from_owned_fd(stdout)?,
-        stderr: pipe::Receiver::from_owned_fd(stderr)?,
-        // SAFETY: the OwnedFd keeps the descriptor open for as long as the AsyncFd lives.
-        exited: unsafe {
-            AsyncFd::register_with_interest(started.pidfd.try_clone()?, Interest::READABLE)
-        }?,
-        report: Some(EndReport {
-            pipe: pipe::Receiver::from_owned_fd(started.status.try_clone()?)?,
-            bytes: [0; Ended::SIZE],
-            filled: 0,
-        }),
-    })
 }
 
 /// Why a process ended when kiln did not end it.

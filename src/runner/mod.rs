@@ -30,6 +30,7 @@ use crate::sandbox::{Sandbox, WorkFile, WorkMount};
 mod builds;
 mod capture;
 mod execute;
+mod launch;
 mod plain;
 mod process;
 mod workdir;

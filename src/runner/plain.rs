@@ -3,7 +3,7 @@
 //! environment and its rlimits.
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -12,7 +12,8 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 
-use super::process::Attached;
+use super::execute::Step;
+use super::process::{Attached, Process};
 use crate::job::Limits;
 
 /// The only `PATH` a job sees: system directories, never the server's own (which may point into a
@@ -87,7 +88,7 @@ pub(super) fn rlimits(
 /// Called on the async thread, not in `spawn_blocking`: `PR_SET_PDEATHSIG` fires when the *thread*
 /// that forked the child exits, and blocking-pool threads exit after idling, which would kill
 /// long-running jobs. (The same holds for a worker thread handed over by `block_in_place`.)
-pub(super) fn spawn_process(
+fn spawn_process(
     program: &Path,
     argv: &[String],
     work_dir: &Path,
@@ -156,17 +157,36 @@ pub(super) fn spawn_process(
     command.spawn()
 }
 
-pub(super) fn attach(mut child: std::process::Child) -> io::Result<Attached> {
+/// Starts `step` as a plain subprocess working in `work_dir`, with a progress pipe of its own if
+/// the run reports.
+pub(super) fn start(step: &Step<'_>, work_dir: &Path) -> io::Result<Attached> {
+    let (progress, progress_write) = step.reporting.map(|_| cloexec_pipe()).transpose()?.unzip();
+    let progress_fd = progress_write.as_ref().map(AsRawFd::as_raw_fd);
+    let mut child = spawn_process(
+        &step.program,
+        &step.argv,
+        work_dir,
+        &step.limits,
+        progress_fd,
+    )?;
+    // The job holds the only write end now: its exit closes the pipe.
+    drop(progress_write);
+    // Linux pids are at most 2^22, so they fit in pid_t.
+    let mut process = Process::plain(child.id().cast_signed());
     let missing = || io::Error::other("child was spawned without a stdio pipe");
     let stdin = child.stdin.take().ok_or_else(missing)?;
     let stdout = child.stdout.take().ok_or_else(missing)?;
     let stderr = child.stderr.take().ok_or_else(missing)?;
+    let stdin = pipe::Sender::from_owned_fd(stdin.into())?;
+    let stdout = pipe::Receiver::from_owned_fd(stdout.into())?;
+    let stderr = pipe::Receiver::from_owned_fd(stderr.into())?;
+    process.exits_on(pidfd_open(child.id())?);
     Ok(Attached {
-        stdin: pipe::Sender::from_owned_fd(stdin.into())?,
-        stdout: pipe::Receiver::from_owned_fd(stdout.into())?,
-        stderr: pipe::Receiver::from_owned_fd(stderr.into())?,
-        exited: pidfd_open(child.id())?,
-        report: None,
+        stdin,
+        stdout,
+        stderr,
+        progress: progress.map(pipe::Receiver::from_owned_fd).transpose()?,
+        process,
     })
 }
 

@@ -803,7 +803,9 @@ impl JobCgroup {
 
     /// Kills what is left, waits briefly for it to be gone and removes the directories. On error
     /// the directories that could not be removed are left behind (and logged when the parent
-    /// cannot be removed either).
+    /// cannot be removed either). A run's cgroup is removed by its drop, which logs the error
+    /// instead: only the tests, which check it, remove one this way.
+    #[cfg(test)]
     pub fn remove(mut self) -> Result<(), CgroupError> {
         self.tear_down()
     }
