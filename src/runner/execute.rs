@@ -28,7 +28,7 @@ const CPU_POLL: Duration = Duration::from_millis(50);
 const CPU_GRACE: Duration = Duration::from_millis(200);
 
 /// One process of a run: the job's program, or a compiled runtime's build before it.
-pub(super) struct Step<'a> {
+pub(super) struct Invocation<'a> {
     pub(super) program: PathBuf,
     /// Arguments after the program's own name.
     pub(super) argv: Vec<String>,
@@ -53,20 +53,20 @@ pub(super) const COMPILE_LIMITS: Limits = Limits {
 };
 
 pub(super) async fn execute(
-    step: &Step<'_>,
+    invocation: &Invocation<'_>,
     work_dir: &Path,
     isolation: &Isolation,
     cancel: &CancellationToken,
 ) -> Result<RunOutput, RunError> {
-    let limits = step.limits;
+    let limits = invocation.limits;
     let spawn_error = |source| RunError::Spawn {
-        program: step.program.clone(),
+        program: invocation.program.clone(),
         source,
     };
     let started = Instant::now();
     let attached = match isolation {
-        Isolation::Unsandboxed => plain::start(step, work_dir),
-        Isolation::Sandbox(sandbox) => launch::start(sandbox, step, work_dir).await,
+        Isolation::None => plain::start(invocation, work_dir),
+        Isolation::Sandbox(sandbox) => launch::start(sandbox, invocation, work_dir).await,
     }
     .map_err(spawn_error)?;
     let Attached {
@@ -89,7 +89,8 @@ pub(super) async fn execute(
     let killed = CancellationToken::new();
     let _killed = killed.clone().drop_guard();
     let tap = |stream| {
-        step.reporting
+        invocation
+            .reporting
             .map(|(job, r)| r.live.output_tap(job, stream))
     };
     let capture_stream = |pipe, tap| {
@@ -104,7 +105,7 @@ pub(super) async fn execute(
     };
     let stdout = tokio::spawn(capture_stream(stdout, tap(Stream::Stdout)));
     let stderr = tokio::spawn(capture_stream(stderr, tap(Stream::Stderr)));
-    let progress = match (progress, step.reporting) {
+    let progress = match (progress, invocation.reporting) {
         (Some(pipe), Some((_, reporting))) => {
             let latest = reporting.progress.clone();
             Some(tokio::spawn(crate::progress::read(
@@ -115,11 +116,15 @@ pub(super) async fn execute(
         }
         _ => None,
     };
-    if step.stdin.is_empty() {
+    if invocation.stdin.is_empty() {
         // Closing at once gives the program EOF instead of a read that never returns.
         drop(stdin);
     } else {
-        tokio::spawn(feed(stdin, step.stdin.as_bytes().to_vec(), stop.clone()));
+        tokio::spawn(feed(
+            stdin,
+            invocation.stdin.as_bytes().to_vec(),
+            stop.clone(),
+        ));
     }
 
     let ended = process.ended().map_err(spawn_error)?;

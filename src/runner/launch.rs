@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::net::unix::pipe;
 
-use super::execute::Step;
+use super::execute::Invocation;
 use super::plain::{job_env, rlimits};
 use super::process::{Attached, Process};
 use crate::sandbox::{Launch, Sandbox, WorkFile, WorkMount};
@@ -15,28 +15,28 @@ use crate::sandbox::{Launch, Sandbox, WorkFile, WorkMount};
 /// How long a sandbox may take to build its root and exec the job before the run is an error.
 const SANDBOX_START_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Starts `step` in `sandbox`, with the files staged in `work_dir` if it has any there.
+/// Starts `invocation` in `sandbox`, with the files staged in `work_dir` if it has any there.
 pub(super) async fn start(
     sandbox: &Sandbox,
-    step: &Step<'_>,
+    invocation: &Invocation<'_>,
     work_dir: &Path,
 ) -> io::Result<Attached> {
-    let staged = step.work == WorkMount::Bind
-        || step
+    let staged = invocation.work == WorkMount::Bind
+        || invocation
             .entries
             .iter()
             .any(|e| matches!(e, WorkFile::Staged(_)));
     let launch = Launch {
         staging: staged.then_some(work_dir),
-        entries: step.entries,
-        work: step.work,
-        staged_bytes: step.staged_bytes,
-        program: &step.program,
-        args: step.argv.clone(),
-        env: job_env("/work", "/tmp", step.reporting.is_some()),
-        limits: step.limits,
-        progress: step.reporting.is_some(),
-        rlimits: rlimits(&step.limits, sandbox.has_memory_cgroup(), true),
+        entries: invocation.entries,
+        work: invocation.work,
+        staged_bytes: invocation.staged_bytes,
+        program: &invocation.program,
+        args: invocation.argv.clone(),
+        env: job_env("/work", "/tmp", invocation.reporting.is_some()),
+        limits: invocation.limits,
+        progress: invocation.reporting.is_some(),
+        rlimits: rlimits(&invocation.limits, sandbox.has_memory_cgroup(), true),
     };
     let mut launched = tokio::time::timeout(SANDBOX_START_TIMEOUT, sandbox.launch(launch))
         .await

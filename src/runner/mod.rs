@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::BatchId;
 use crate::job::{BuildUse, JobId, Limits, Outcome, Progress, RunResult};
 use crate::live::Live;
-use crate::runtime::Runtime;
+use crate::runtime::{Compile, Runtime};
 use crate::sandbox::{Sandbox, WorkFile, WorkMount};
 
 mod builds;
@@ -37,7 +37,7 @@ mod workdir;
 
 pub use builds::Builds;
 use builds::{Built, NotBuilt};
-use execute::{COMPILE_LIMITS, Step, execute};
+use execute::{COMPILE_LIMITS, Invocation, execute};
 use workdir::{
     WorkDir, check_inline, is_run_directory, remove_logged, remove_tree, staged_entries,
     staged_size, work_files,
@@ -99,8 +99,9 @@ pub enum RunError {
 pub enum Isolation {
     /// The sandbox: namespaces, filters, cgroups. The default, and the only mode for strangers.
     Sandbox(Sandbox),
-    /// A plain subprocess with rlimits, for development on hosts that cannot sandbox.
-    Unsandboxed,
+    /// `--sandbox none`: a plain subprocess with rlimits, for development on hosts that cannot
+    /// sandbox.
+    None,
 }
 
 /// Runs jobs in fresh directories under one work root.
@@ -193,7 +194,8 @@ impl Runner {
                             }
                         }
                         Some(batch) => {
-                            let (built, used) = self.shared_build(batch, &req, &cancel).await?;
+                            let (built, used) =
+                                self.shared_build(batch, &req, compile, &cancel).await?;
                             build = Some(used);
                             match built {
                                 Ok(binary) => {
@@ -213,12 +215,12 @@ impl Runner {
                     entries.push(WorkFile::Staged(&compile.binary));
                     let binary = match self.isolation {
                         Isolation::Sandbox(_) => Path::new("/work").join(&compile.binary),
-                        Isolation::Unsandboxed => work_dir.path.join(&compile.binary),
+                        Isolation::None => work_dir.path.join(&compile.binary),
                     };
                     (binary, req.args.to_vec())
                 }
             };
-            let run = Step {
+            let run = Invocation {
                 program,
                 argv,
                 stdin: req.stdin,
@@ -248,7 +250,7 @@ impl Runner {
         cancel: &CancellationToken,
     ) -> Result<RunOutput, RunError> {
         let entries = work_files(names, req, false);
-        let build = Step {
+        let build = Invocation {
             program: req.runtime.program.clone(),
             argv: req.runtime.args.clone(),
             stdin: "",
@@ -267,14 +269,15 @@ impl Runner {
         Ok(RunOutput { outcome, ..built })
     }
 
-    /// The batch's binary, compiled by the first of its cases to get here while the others wait
-    /// for it; or the compile error every case of the batch then reports. Also says whether this
+    /// The batch's binary (what `compile`, the build step of `req`'s runtime, produces),
+    /// compiled by the first of its cases to get here while the others wait for it; or the compile error every case of the batch then reports. Also says whether this
     /// run compiled or shared. A build that was cancelled or could not run is not kept: the next
     /// case tries again.
     async fn shared_build(
         &self,
         batch: BatchId,
         req: &RunRequest<'_>,
+        compile: &Compile,
         cancel: &CancellationToken,
     ) -> Result<(Result<PathBuf, RunOutput>, BuildUse), RunError> {
         let entry = self.builds.entry(batch);
@@ -298,8 +301,7 @@ impl Runner {
                 let built = self.compile(req, &staging.path, &entries, cancel).await?;
                 match built.outcome {
                     Outcome::Success => {
-                        let binary = req.runtime.compile.as_ref().map(|c| c.binary.as_str());
-                        let from = staging.path.join(binary.unwrap_or_default());
+                        let from = staging.path.join(&compile.binary);
                         copy_binary(&from, entry.binary()).await.map_err(|source| {
                             RunError::WorkDir {
                                 path: entry.binary().to_owned(),
@@ -405,12 +407,9 @@ mod tests {
             Harness::with(root, Isolation::Sandbox(sandbox))
         }
 
-        /// Runs jobs as plain subprocesses: only for tests named after the development mode.
-        fn unsandboxed() -> Harness {
-            Harness::with(
-                tempfile::tempdir().expect("temp dir"),
-                Isolation::Unsandboxed,
-            )
+        /// Runs jobs as plain subprocesses (`--sandbox none`): only for tests named after it.
+        fn sandbox_none() -> Harness {
+            Harness::with(tempfile::tempdir().expect("temp dir"), Isolation::None)
         }
 
         fn with(root: tempfile::TempDir, isolation: Isolation) -> Harness {
@@ -626,8 +625,8 @@ cat data.txt sub/dir/deep.txt
     }
 
     #[tokio::test]
-    async fn in_development_mode_the_environment_points_at_the_run_directory() {
-        let h = Harness::unsandboxed();
+    async fn with_sandbox_none_the_environment_points_at_the_run_directory() {
+        let h = Harness::sandbox_none();
         let out = h.run(h.request("sh", "echo \"$HOME $TMPDIR\"")).await;
         let (home, tmp) = out.result.stdout.trim().split_once(' ').expect("two paths");
         assert_eq!(home, tmp);
@@ -635,8 +634,8 @@ cat data.txt sub/dir/deep.txt
     }
 
     #[tokio::test]
-    async fn in_development_mode_the_wall_limit_kills_the_job_and_its_background_children() {
-        let h = Harness::unsandboxed();
+    async fn with_sandbox_none_the_wall_limit_kills_the_job_and_its_background_children() {
+        let h = Harness::sandbox_none();
         let started = Instant::now();
         let out = h
             .run(RunRequest {
@@ -660,8 +659,8 @@ cat data.txt sub/dir/deep.txt
     }
 
     #[tokio::test]
-    async fn in_development_mode_a_process_that_escaped_the_group_does_not_hold_the_run_open() {
-        let h = Harness::unsandboxed();
+    async fn with_sandbox_none_a_process_that_escaped_the_group_does_not_hold_the_run_open() {
+        let h = Harness::sandbox_none();
         let started = Instant::now();
         // setsid leaves the process group while keeping stdout open.
         let out = h
@@ -783,8 +782,8 @@ cat data.txt sub/dir/deep.txt
     }
 
     #[tokio::test]
-    async fn in_development_mode_the_work_directory_is_fresh_and_removed_afterwards() {
-        let h = Harness::unsandboxed();
+    async fn with_sandbox_none_the_work_directory_is_fresh_and_removed_afterwards() {
+        let h = Harness::sandbox_none();
         let req = h.request("sh", "ls -A");
         // As if an earlier run of this attempt had crashed.
         let stale = h
@@ -828,8 +827,8 @@ cat data.txt sub/dir/deep.txt
     }
 
     #[tokio::test]
-    async fn in_development_mode_dropping_a_run_kills_its_process_and_removes_its_directory() {
-        let h = Harness::unsandboxed();
+    async fn with_sandbox_none_dropping_a_run_kills_its_process_and_removes_its_directory() {
+        let h = Harness::sandbox_none();
         let pid_file = h.root.path().join("pid");
         let code = format!("echo $$ > {}; sleep 30", pid_file.display());
         let run = h.run(h.request("sh", &code));
@@ -863,11 +862,11 @@ cat data.txt sub/dir/deep.txt
     }
 
     #[test]
-    fn in_development_mode_a_new_runner_creates_a_private_work_root() {
+    fn with_sandbox_none_a_new_runner_creates_a_private_work_root() {
         use std::os::unix::fs::PermissionsExt;
         let root = tempfile::tempdir().expect("temp dir");
         let work_root = root.path().join("a/b");
-        Runner::new(work_root.clone(), Isolation::Unsandboxed).expect("runner");
+        Runner::new(work_root.clone(), Isolation::None).expect("runner");
         let mode = std::fs::metadata(&work_root)
             .expect("created")
             .permissions()

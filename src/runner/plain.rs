@@ -12,7 +12,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 
-use super::execute::Step;
+use super::execute::Invocation;
 use super::process::{Attached, Process};
 use crate::job::Limits;
 
@@ -81,7 +81,7 @@ pub(super) fn rlimits(
     rlimits
 }
 
-/// Starts the job's process without a sandbox (development mode): own process group, cleared
+/// Starts the job's process without a sandbox (`--sandbox none`): own process group, cleared
 /// environment, rlimits. Returns a running child with piped stdio, leading its own process group
 /// (pgid = pid).
 ///
@@ -157,16 +157,20 @@ fn spawn_process(
     command.spawn()
 }
 
-/// Starts `step` as a plain subprocess working in `work_dir`, with a progress pipe of its own if
+/// Starts `invocation` as a plain subprocess working in `work_dir`, with a progress pipe of its own if
 /// the run reports.
-pub(super) fn start(step: &Step<'_>, work_dir: &Path) -> io::Result<Attached> {
-    let (progress, progress_write) = step.reporting.map(|_| cloexec_pipe()).transpose()?.unzip();
+pub(super) fn start(invocation: &Invocation<'_>, work_dir: &Path) -> io::Result<Attached> {
+    let (progress, progress_write) = invocation
+        .reporting
+        .map(|_| cloexec_pipe())
+        .transpose()?
+        .unzip();
     let progress_fd = progress_write.as_ref().map(AsRawFd::as_raw_fd);
     let mut child = spawn_process(
-        &step.program,
-        &step.argv,
+        &invocation.program,
+        &invocation.argv,
         work_dir,
-        &step.limits,
+        &invocation.limits,
         progress_fd,
     )?;
     // The job holds the only write end now: its exit closes the pipe.

@@ -124,7 +124,7 @@ fn populate_work_dir(
 
 /// Names were validated on submission; checked again because a bad one would write outside
 /// the work directory.
-fn check_name(name: &str) -> io::Result<()> {
+fn stays_inside(name: &str) -> io::Result<()> {
     if Path::new(name)
         .components()
         .all(|c| matches!(c, Component::Normal(_)))
@@ -146,13 +146,13 @@ pub(super) fn check_inline(req: &RunRequest<'_>) -> io::Result<()> {
             format!("{source}: a submitted file has the source file's name"),
         ));
     }
-    req.files.keys().try_for_each(|name| check_name(name))
+    req.files.keys().try_for_each(|name| stays_inside(name))
 }
 
 fn write_new_file(dir: &Path, name: &str, contents: &str) -> io::Result<()> {
     let context = |error: io::Error| io::Error::new(error.kind(), format!("{name}: {error}"));
     let relative = Path::new(name);
-    check_name(name)?;
+    stays_inside(name)?;
     // A file at the top needs no directory made: `dir` itself exists.
     if let Some(parent) = relative.parent().filter(|p| !p.as_os_str().is_empty()) {
         // Everything under `dir` was created by this function moments ago, so no component can be

@@ -357,7 +357,7 @@ impl Cgroups {
     /// if the name is already taken: two runs must never share a cgroup. On any failure whatever
     /// was already created is removed.
     pub fn create(&self, name: &str, cpu_quota: bool) -> Result<JobCgroup, CgroupError> {
-        check_name(name)?;
+        check_plain_component(name)?;
         // Built up in place so that an early return drops it, which removes what exists so far.
         let mut job = JobCgroup {
             name: name.to_owned(),
@@ -835,7 +835,7 @@ impl Drop for JobCgroup {
 
 /// A run's name becomes a directory in cgroupfs and a path in `/proc/<pid>/cgroup`: one plain
 /// component, nothing that could climb out of our parent or be confused with a control file.
-fn check_name(name: &str) -> Result<(), CgroupError> {
+fn check_plain_component(name: &str) -> Result<(), CgroupError> {
     let plain = name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
