@@ -1,15 +1,20 @@
-//! Runs one attempt of a job as a plain subprocess and reports what happened. This module owns the
-//! whole life of that process: its private work directory (on disk for a plain subprocess or a
-//! compile step; a sandbox writes the submitted files into its own `/work` from memory, which
-//! spares a job's start the disk), how it is started and limited
-//! (`spawn_process`, the one function the sandbox issue replaces with namespaces, seccomp and
-//! cgroups), feeding its stdin, capturing bounded stdout/stderr, enforcing the wall-clock and output
-//! limits, honouring cancellation, and reaping it with `wait4` to learn its CPU time and peak
-//! memory. Whatever way a run ends, the process group is killed, the child reaped and the work
-//! directory removed, so nothing of a job outlives its run.
+//! Runs one attempt of a job and reports what happened. This module owns the whole life of that
+//! attempt: a compiled runtime's build first (for a batch once, shared by its cases: [`Builds`]),
+//! then the job's own program, each executed under the same rules — started in the server's
+//! sandbox ([`Isolation::Sandbox`], the default) or, with `--sandbox none`, as a plain
+//! subprocess; fed its stdin; its stdout and stderr captured up to the output cap; held to its
+//! wall-clock, CPU and output limits and to cancellation; then killed and measured (status, CPU
+//! time, peak memory).
 //!
-//! The child is reaped here rather than through `tokio::process` because only `wait4` reports the
-//! rusage of exactly this child (and the descendants it waited for); tokio's reaper would discard it.
+//! The parts, one file each: `workdir` (a run's directory on disk, which a plain subprocess or a
+//! compile step works in; a sandbox writes the submitted files into its own `/work` from memory,
+//! sparing a job's start the disk), `execute` (one process from start to end), `plain` and
+//! `launch` (the two ways to start it, which both return the same `Attached`), `process` (the
+//! wait for its end, the kill and the reaping), `capture` (its output and input).
+//!
+//! Whatever way a run ends, nothing of it outlives the run: a sandbox's init is killed, taking
+//! the pid namespace and the run's cgroup with it, or a plain subprocess's whole process group is
+//! killed and its leader reaped; the work directory is removed.
 
 use std::collections::BTreeMap;
 use std::fs::DirBuilder;

@@ -22,8 +22,8 @@
 //! lets the run's first process in, reports usage, kills and removes it.
 //!
 //! Everything here is blocking file-system work on cgroupfs, and [`JobCgroup::kill`] and
-//! [`JobCgroup::remove`] may sleep for up to a few seconds while processes die: call them from
-//! `spawn_blocking` in async code.
+//! dropping a [`JobCgroup`] (which removes it) may sleep for up to a few seconds while processes
+//! die: do them from `spawn_blocking` in async code.
 
 use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
@@ -568,8 +568,8 @@ fn apply(dir: &Path, knobs: &[Knob]) -> Result<(), CgroupError> {
 
 /// One run's cgroup, a directory in each hierarchy kiln uses.
 ///
-/// Dropping it kills whatever is still in it and removes it, logging failures; call
-/// [`JobCgroup::remove`] to learn about them instead. Read [`JobCgroup::usage`] before either.
+/// Dropping it kills whatever is still in it and removes it, logging failures. Read
+/// [`JobCgroup::usage`] before.
 #[derive(Debug)]
 pub struct JobCgroup {
     name: String,

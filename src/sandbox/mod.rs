@@ -171,7 +171,6 @@ struct Ready {
     preparing: AtomicUsize,
 }
 
-/// A sandbox whose init has built the run-independent part and waits for its run.
 /// The cgroup limits and tmpfs sizes of the latest run.
 #[derive(Clone, Copy)]
 struct LatestRun {
@@ -179,6 +178,7 @@ struct LatestRun {
     sizes: TmpfsSizes,
 }
 
+/// A sandbox whose init has built the run-independent part and waits for its run.
 struct Prepared {
     started: Started,
     cgroup: Option<JobCgroup>,
