@@ -848,7 +848,10 @@ cat data.txt sub/dir/deep.txt
     async fn a_python_job_runs_if_python_is_available() {
         let h = Harness::new();
         if h.runtimes.get("python").is_none() {
-            eprintln!("no python on this host; skipped");
+            crate::testing::skip(
+                "a_python_job_runs_if_python_is_available",
+                "no python runtime on this host",
+            );
             return;
         }
         let out = h.run(h.request("python", "print(\"hello\")")).await;

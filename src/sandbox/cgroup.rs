@@ -1318,7 +1318,7 @@ mod tests {
             return;
         };
         if !cgroups.support().memory {
-            eprintln!("oom: skipped: no memory controller");
+            crate::testing::skip("oom", "no memory controller");
             return;
         }
         const LIMIT: u64 = 64 << 20;
@@ -1341,7 +1341,7 @@ mod tests {
             return;
         };
         if !cgroups.support().pids {
-            eprintln!("fork bomb: skipped: no pids controller");
+            crate::testing::skip("fork bomb", "no pids controller");
             return;
         }
         // Bounded so that a missing limit shows up as a failure, not a dead machine.
@@ -1446,7 +1446,7 @@ mod tests {
             return;
         };
         if !cgroups.measures_cpu() {
-            eprintln!("cpu usage: skipped: no CPU accounting");
+            crate::testing::skip("cpu usage", "no CPU accounting");
             return;
         }
         let busy = "import time\n\
@@ -1471,7 +1471,7 @@ mod tests {
             return;
         };
         if !cgroups.support().cpu {
-            eprintln!("cpu quota: skipped: no cpu controller");
+            crate::testing::skip("cpu quota", "no cpu controller");
             return;
         }
         // 60 ms of CPU take about 0.1 s unthrottled; at 10 ms per 100 ms period at least 0.5 s.
@@ -1495,7 +1495,7 @@ mod tests {
             return;
         };
         if !cgroups.measures_cpu() {
-            eprintln!("cpu start: skipped: no CPU accounting");
+            crate::testing::skip("cpu start", "no CPU accounting");
             return;
         }
         let busy = "import time\n\
@@ -1551,7 +1551,7 @@ mod tests {
             .find(|d| cgroups.inner.hierarchies[d.hierarchy].features.pids)
             .map(|d| d.path.join("pids.max"))
         else {
-            eprintln!("in place: skipped: no pids controller");
+            crate::testing::skip("in place", "no pids controller");
             return job.remove().unwrap();
         };
         // Changed behind its back: a write of the same limits would put 64 back.
