@@ -56,8 +56,10 @@ pub(super) async fn capture(
 
 /// Ends a capture told to stop waiting for the pipe's EOF: keeps what the pipe holds right now.
 /// The job wrote that before it died, so it belongs to the result however late this task got to
-/// run after the exit (on a busy server, [`DRAIN_GRACE`](super::execute::DRAIN_GRACE) may be over before it ran at all). Only
+/// run after the exit (on a busy server, [`DRAIN_GRACE`] may be over before it ran at all). Only
 /// what a process that escaped the run writes from now on is left unread.
+///
+/// [`DRAIN_GRACE`]: super::execute::DRAIN_GRACE
 fn drain(pipe: pipe::Receiver, chunk: &mut [u8], mut kept: Kept) -> Captured {
     // Read the descriptor directly: tokio does not even try a read until its reactor has seen
     // the pipe become readable, and a late reactor is how a run gets here with output unread.
@@ -153,8 +155,10 @@ mod tests {
     }
 
     /// Captures `pipe` as a run does whose drain grace has already run out when the capture
-    /// first gets to run: on a starved server, reaping the job and waiting [`DRAIN_GRACE`](crate::runner::execute::DRAIN_GRACE) can
+    /// first gets to run: on a starved server, reaping the job and waiting [`DRAIN_GRACE`] can
     /// happen before the capture task was ever polled.
+    ///
+    /// [`DRAIN_GRACE`]: crate::runner::execute::DRAIN_GRACE
     async fn capture_after_the_grace(pipe: pipe::Receiver, cap: usize) -> Captured {
         let stop = CancellationToken::new();
         stop.cancel();

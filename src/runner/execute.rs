@@ -34,7 +34,8 @@ pub(super) struct Invocation<'a> {
     pub(super) argv: Vec<String>,
     pub(super) stdin: &'a str,
     pub(super) limits: Limits,
-    /// What the run's `/work` holds at the start (see [`staged_entries`](super::workdir::staged_entries)).
+    /// What the run's `/work` holds at the start (see
+    /// [`staged_entries`](super::workdir::staged_entries)).
     pub(super) entries: &'a [WorkFile<'a>],
     pub(super) staged_bytes: u64,
     pub(super) work: WorkMount,

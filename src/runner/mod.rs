@@ -275,9 +275,10 @@ impl Runner {
     }
 
     /// The batch's binary (what `compile`, the build step of `req`'s runtime, produces),
-    /// compiled by the first of its cases to get here while the others wait for it; or the compile error every case of the batch then reports. Also says whether this
-    /// run compiled or shared. A build that was cancelled or could not run is not kept: the next
-    /// case tries again.
+    /// compiled by the first of its cases to get here while the others wait for it; or the
+    /// compile error every case of the batch then reports. Also says whether this run compiled
+    /// or shared. A build that was cancelled or could not run is not kept: the next case tries
+    /// again.
     async fn shared_build(
         &self,
         batch: BatchId,

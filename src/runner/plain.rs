@@ -157,8 +157,8 @@ fn spawn_process(
     command.spawn()
 }
 
-/// Starts `invocation` as a plain subprocess working in `work_dir`, with a progress pipe of its own if
-/// the run reports.
+/// Starts `invocation` as a plain subprocess working in `work_dir`, with a progress pipe of its
+/// own if the run reports.
 pub(super) fn start(invocation: &Invocation<'_>, work_dir: &Path) -> io::Result<Attached> {
     let (progress, progress_write) = invocation
         .reporting

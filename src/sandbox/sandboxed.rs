@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, Interest};
@@ -71,11 +71,6 @@ impl Sandboxed {
     /// init's pid, in the server's pid namespace.
     pub fn pid(&self) -> libc::pid_t {
         self.started.pid
-    }
-
-    /// init's pidfd: readable once init is dead.
-    pub fn pidfd(&self) -> BorrowedFd<'_> {
-        self.started.pidfd.as_fd()
     }
 
     /// The job's stdin (write end), stdout and stderr (read ends); `None` once taken. Whoever
