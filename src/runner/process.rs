@@ -3,9 +3,9 @@
 //! with `wait4`; a sandboxed one is the sandbox's init, which the sandbox kills, reaps and
 //! measures behind [`Sandboxed`]'s methods.
 //!
-//! The child is reaped with `wait4` rather than through `tokio::process` because only `wait4`
-//! reports the rusage of exactly this child (and the descendants it waited for); tokio's reaper
-//! would discard it.
+//! A plain child is reaped with `wait4` ([`Exit::reap`]) rather than through `tokio::process`
+//! because only `wait4` reports the rusage of exactly this child (and the descendants it waited
+//! for); tokio's reaper would discard it.
 
 use std::future::Future;
 use std::io;
@@ -40,7 +40,7 @@ enum Kind {
     /// A plain subprocess leading its own process group, and a pidfd that becomes readable on
     /// its exit (until [`Process::ended`] takes it).
     Plain(Option<AsyncFd<OwnedFd>>),
-    /// `None` only while being dropped.
+    /// `None` once disposed of, or while being dropped.
     Sandboxed(Option<Sandboxed>),
 }
 
@@ -93,7 +93,11 @@ impl Process {
     ) -> io::Result<impl Future<Output = io::Result<Ended>> + Send + use<>> {
         let sandbox = self.sandbox().map(Sandboxed::ended).transpose()?;
         let exited = match &mut self.kind {
-            Kind::Plain(exited) => exited.take(),
+            Kind::Plain(exited) => Some(
+                exited
+                    .take()
+                    .ok_or_else(|| io::Error::other("the process's exit was already awaited"))?,
+            ),
             Kind::Sandboxed(_) => None,
         };
         Ok(async move {
