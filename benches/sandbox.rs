@@ -12,7 +12,7 @@
 //!    -E -s -B main.py`). Limit: bare `/usr/bin/python3 -c pass`, never the `python3` on `PATH`
 //!    (possibly a slow pyenv shim). Goal: within 1.3 times the bare time: for a real interpreter's
 //!    start the sandbox should be a minor cost.
-//! 3. **The runner without the sandbox** ([`Isolation::Unsandboxed`]) for both commands: the
+//! 3. **The runner without the sandbox** ([`Isolation::None`]) for both commands: the
 //!    runner's own cost (work directory, pipes, pidfd, output capture, `wait4`), so the sandbox's
 //!    share is visible as the difference from 1 and 2.
 //! 4. **bubblewrap** (`/usr/bin/bwrap`, when installed) running both commands in comparable
@@ -150,7 +150,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let unsandboxed = Runner::new(scratch.path().join("plain"), Isolation::Unsandboxed)
+    let unsandboxed = Runner::new(scratch.path().join("plain"), Isolation::None)
         .expect("the unsandboxed runner's work root");
     let runtimes = Runtimes::detect(&[("true".into(), "/bin/true".into())]);
     for command in &PROGRAMS {

@@ -74,7 +74,7 @@ fn isolation(config: &Config) -> Result<Isolation, ServerError> {
                 "SANDBOX DISABLED (--sandbox none): submitted code runs as a plain subprocess of \
                  this server, with its privileges. Development only: never expose this server."
             );
-            Ok(Isolation::Unsandboxed)
+            Ok(Isolation::None)
         }
     }
 }
@@ -98,7 +98,7 @@ pub async fn run(
     }
     let sandbox_report = match &isolation {
         Isolation::Sandbox(sandbox) => serde_json::to_value(sandbox.report()).unwrap_or_default(),
-        Isolation::Unsandboxed => serde_json::json!({"level": "none"}),
+        Isolation::None => serde_json::json!({"level": "none"}),
     };
     let runner = Runner::new(config.work_root.clone(), isolation).map_err(|source| {
         ServerError::WorkRoot {

@@ -349,7 +349,7 @@ async fn runtime_checks(args: &DoctorArgs, sandbox: Option<Sandbox>, scratch: &P
         }
         let isolation = match sandbox {
             Some(sandbox) => Isolation::Sandbox(sandbox),
-            None => Isolation::Unsandboxed,
+            None => Isolation::None,
         };
         match Runner::new(scratch.to_path_buf(), isolation) {
             Ok(runner) => {

@@ -22,8 +22,8 @@
 //! lets the run's first process in, reports usage, kills and removes it.
 //!
 //! Everything here is blocking file-system work on cgroupfs, and [`JobCgroup::kill`] and
-//! [`JobCgroup::remove`] may sleep for up to a few seconds while processes die: call them from
-//! `spawn_blocking` in async code.
+//! dropping a [`JobCgroup`] (which removes it) may sleep for up to a few seconds while processes
+//! die: do them from `spawn_blocking` in async code.
 
 use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
@@ -357,7 +357,7 @@ impl Cgroups {
     /// if the name is already taken: two runs must never share a cgroup. On any failure whatever
     /// was already created is removed.
     pub fn create(&self, name: &str, cpu_quota: bool) -> Result<JobCgroup, CgroupError> {
-        check_name(name)?;
+        check_plain_component(name)?;
         // Built up in place so that an early return drops it, which removes what exists so far.
         let mut job = JobCgroup {
             name: name.to_owned(),
@@ -568,8 +568,8 @@ fn apply(dir: &Path, knobs: &[Knob]) -> Result<(), CgroupError> {
 
 /// One run's cgroup, a directory in each hierarchy kiln uses.
 ///
-/// Dropping it kills whatever is still in it and removes it, logging failures; call
-/// [`JobCgroup::remove`] to learn about them instead. Read [`JobCgroup::usage`] before either.
+/// Dropping it kills whatever is still in it and removes it, logging failures. Read
+/// [`JobCgroup::usage`] before.
 #[derive(Debug)]
 pub struct JobCgroup {
     name: String,
@@ -803,7 +803,9 @@ impl JobCgroup {
 
     /// Kills what is left, waits briefly for it to be gone and removes the directories. On error
     /// the directories that could not be removed are left behind (and logged when the parent
-    /// cannot be removed either).
+    /// cannot be removed either). A run's cgroup is removed by its drop, which logs the error
+    /// instead: only the tests, which check it, remove one this way.
+    #[cfg(test)]
     pub fn remove(mut self) -> Result<(), CgroupError> {
         self.tear_down()
     }
@@ -833,7 +835,7 @@ impl Drop for JobCgroup {
 
 /// A run's name becomes a directory in cgroupfs and a path in `/proc/<pid>/cgroup`: one plain
 /// component, nothing that could climb out of our parent or be confused with a control file.
-fn check_name(name: &str) -> Result<(), CgroupError> {
+fn check_plain_component(name: &str) -> Result<(), CgroupError> {
     let plain = name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
@@ -1316,7 +1318,7 @@ mod tests {
             return;
         };
         if !cgroups.support().memory {
-            eprintln!("oom: skipped: no memory controller");
+            crate::testing::skip("oom", "no memory controller");
             return;
         }
         const LIMIT: u64 = 64 << 20;
@@ -1339,7 +1341,7 @@ mod tests {
             return;
         };
         if !cgroups.support().pids {
-            eprintln!("fork bomb: skipped: no pids controller");
+            crate::testing::skip("fork bomb", "no pids controller");
             return;
         }
         // Bounded so that a missing limit shows up as a failure, not a dead machine.
@@ -1444,7 +1446,7 @@ mod tests {
             return;
         };
         if !cgroups.measures_cpu() {
-            eprintln!("cpu usage: skipped: no CPU accounting");
+            crate::testing::skip("cpu usage", "no CPU accounting");
             return;
         }
         let busy = "import time\n\
@@ -1469,7 +1471,7 @@ mod tests {
             return;
         };
         if !cgroups.support().cpu {
-            eprintln!("cpu quota: skipped: no cpu controller");
+            crate::testing::skip("cpu quota", "no cpu controller");
             return;
         }
         // 60 ms of CPU take about 0.1 s unthrottled; at 10 ms per 100 ms period at least 0.5 s.
@@ -1493,7 +1495,7 @@ mod tests {
             return;
         };
         if !cgroups.measures_cpu() {
-            eprintln!("cpu start: skipped: no CPU accounting");
+            crate::testing::skip("cpu start", "no CPU accounting");
             return;
         }
         let busy = "import time\n\
@@ -1549,7 +1551,7 @@ mod tests {
             .find(|d| cgroups.inner.hierarchies[d.hierarchy].features.pids)
             .map(|d| d.path.join("pids.max"))
         else {
-            eprintln!("in place: skipped: no pids controller");
+            crate::testing::skip("in place", "no pids controller");
             return job.remove().unwrap();
         };
         // Changed behind its back: a write of the same limits would put 64 back.

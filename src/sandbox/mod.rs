@@ -6,18 +6,23 @@
 //! This module decides *what* a run gets (binds, ids, limits), probes at startup what the host
 //! supports, and keeps sandboxes started ahead of their runs (one per worker): everything that
 //! does not depend on the run — namespaces, the root, `/proc`, `/dev`, cgroups — is built while
-//! the previous job runs, so a start only adds the run's own files and limits. [`namespace`] does
-//! the starting, [`filter`] builds the seccomp and Landlock filters, [`cgroup`] gives each run
-//! its own cgroup, `sys` is the raw system calls of the code between `clone3` and `execve`.
+//! the previous job runs, so a start only adds the run's own files and limits. `namespace` does
+//! the starting, `filter` builds the seccomp and Landlock filters, `cgroup` gives each run its
+//! own cgroup, `sys` is the raw system calls of the code between `clone3` and `execve`.
+//!
+//! Those parts are private. From outside, a [`Sandbox`] launches runs and each run is the
+//! [`Sandboxed`] handle it returns, whose methods are the only way to its pipes, its end and its
+//! usage: how init reports a run's end, for one, is known in this module alone.
 //!
 //! `--sandbox none` turns all of this off for development on hosts that cannot do it: jobs then
 //! run as plain subprocesses of the server, with rlimits only.
 
-pub mod cgroup;
-pub mod filter;
-pub mod namespace;
+mod cgroup;
+mod filter;
+mod namespace;
 mod netns;
-pub(crate) mod sys;
+mod sandboxed;
+mod sys;
 
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -30,12 +35,15 @@ use tokio::sync::mpsc;
 use serde::Serialize;
 
 use crate::job::Limits;
+pub use cgroup::Support as CgroupSupport;
 use cgroup::{CgroupLimits, Cgroups, JobCgroup};
+pub use filter::FilterError;
 use filter::{FilterPolicy, Filters};
-pub use namespace::{Ended, WorkFile, WorkMount};
 use namespace::{
     HostIds, Plan, RunPlan, RunSpec, SandboxSpec, Skeleton, Started, TMPFS_MOUNTS, TmpfsSizes,
 };
+pub use namespace::{WorkFile, WorkMount};
+pub use sandboxed::{Ending, Exit, Sandboxed};
 
 /// What the operator asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -103,7 +111,7 @@ pub enum SandboxError {
     #[error("this host cannot create the sandbox's namespaces: {0}")]
     Namespaces(std::io::Error),
     #[error("cannot build the seccomp/Landlock filters: {0}")]
-    Filters(#[from] filter::FilterError),
+    Filters(#[from] FilterError),
     #[error("the sandbox self-test failed: {0}")]
     SelfTest(String),
     #[error("cannot prepare {path}: {source}")]
@@ -120,7 +128,7 @@ pub struct Report {
     pub namespaces: Vec<&'static str>,
     pub seccomp: bool,
     pub landlock_abi: Option<u32>,
-    pub cgroups: Option<cgroup::Support>,
+    pub cgroups: Option<CgroupSupport>,
 }
 
 /// The sandbox of a server: what every run shares, and runs started ahead of time.
@@ -163,7 +171,6 @@ struct Ready {
     preparing: AtomicUsize,
 }
 
-/// A sandbox whose init has built the run-independent part and waits for its run.
 /// The cgroup limits and tmpfs sizes of the latest run.
 #[derive(Clone, Copy)]
 struct LatestRun {
@@ -171,6 +178,7 @@ struct LatestRun {
     sizes: TmpfsSizes,
 }
 
+/// A sandbox whose init has built the run-independent part and waits for its run.
 struct Prepared {
     started: Started,
     cgroup: Option<JobCgroup>,
@@ -638,49 +646,9 @@ pub struct Launch<'a> {
     pub env: Vec<(String, String)>,
     pub limits: Limits,
     pub rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
-    /// Whether the job gets a progress pipe as its fd 3 (its read end is in
-    /// [`Started::progress`]).
+    /// Whether the job gets a progress pipe as its fd 3 (its read end is
+    /// [`Sandboxed::take_progress`]).
     pub progress: bool,
-}
-
-/// A running sandbox as the runner holds it.
-pub struct Sandboxed {
-    pub started: Started,
-    pub cgroup: Option<JobCgroup>,
-}
-
-impl Sandboxed {
-    /// Kills everything of this run: init, and with it the whole pid namespace. (The cgroup is
-    /// killed again when the run is disposed of, for anything that left the namespace.)
-    pub fn kill(&self) {
-        // SAFETY: signalling our own child, not yet reaped, so the pid is still its.
-        unsafe { libc::kill(self.started.pid, libc::SIGKILL) };
-    }
-
-    /// Gives up on a run that failed to start: kill, reap and dispose of it.
-    fn abandon(self) {
-        self.kill();
-        let pid = self.started.pid;
-        let reap = move || {
-            let mut status = 0;
-            // SAFETY: reaping our own killed child.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
-            drop(self);
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(reap)),
-            Err(_) => reap(),
-        }
-    }
-
-    /// Removes what is left of the run (its cgroup) off the async threads: emptying and
-    /// removing a cgroup may wait for the kernel to finish killing its processes.
-    pub fn dispose(self) {
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(move || drop(self))),
-            Err(_) => drop(self),
-        }
-    }
 }
 
 /// Waits for the setup pipe: EOF means the job exec'd; 8 bytes are a setup failure.

@@ -1,4 +1,6 @@
-//! Progress reported from inside a running job, and how much of it is kept.
+//! Progress reported from inside a running job: the protocol, and the reading of it while the job
+//! runs. This half depends on nothing but the job's types, so the sandbox, which gives the job
+//! its pipe, can take [`FD`] from here without reaching the store; [`record`] is the other half.
 //!
 //! The protocol, as a job sees it: file descriptor 3 is the write end of a pipe (its number is
 //! also in the environment as `KILN_PROGRESS_FD`). Each line written there is `PERCENT MESSAGE`:
@@ -6,21 +8,18 @@
 //! at most [`MAX_MESSAGE`] bytes (longer ones are cut). Lines that do not parse, or are longer
 //! than [`MAX_LINE`], are ignored. From a shell: `echo "40 linking" >&3`; from Python:
 //! `os.write(3, b"40 linking\n")`.
-//!
-//! What is kept: the latest line becomes the job's `progress`, and `job.progress` events are
-//! stored at most every [`MIN_INTERVAL`] and at most [`MAX_EVENTS`] per attempt, always
-//! including the last one of a run, so a job printing progress in a tight loop costs the
-//! database a few rows a second, not one per line.
-
-use std::time::Duration;
+//! The latest line that parses becomes the job's `progress`; what of it is stored is
+//! [`record`]'s to decide.
 
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{JobId, Progress};
-use crate::store::Store;
+use crate::job::Progress;
+
+mod record;
+pub use record::{MAX_EVENTS, MIN_INTERVAL, record};
 
 /// The descriptor the job writes progress lines to.
 pub const FD: i32 = 3;
@@ -28,8 +27,6 @@ pub const FD: i32 = 3;
 pub const ENV_VAR: &str = "KILN_PROGRESS_FD";
 pub const MAX_LINE: usize = 1024;
 pub const MAX_MESSAGE: usize = 200;
-pub const MIN_INTERVAL: Duration = Duration::from_millis(250);
-pub const MAX_EVENTS: u32 = 100;
 
 /// Parses one line (without its newline).
 pub fn parse_line(line: &[u8]) -> Option<Progress> {
@@ -130,59 +127,6 @@ impl Lines {
 
 /// At most this many reads of leftover progress at the end of a run (a pipe holds 64 KiB).
 const MAX_DRAIN_READS: usize = 32;
-
-/// Stores what `latest` reports as `job.progress` events of this attempt, throttled (see the
-/// module doc), until `ended`; then stores the last value if it was not stored yet.
-pub async fn record(
-    store: Store,
-    job: JobId,
-    attempt: u32,
-    mut latest: watch::Receiver<Option<Progress>>,
-    ended: CancellationToken,
-) {
-    let mut stored = 0;
-    let mut last_stored: Option<Progress> = None;
-    loop {
-        tokio::select! {
-            changed = latest.changed() => if changed.is_err() { break },
-            () = ended.cancelled() => break,
-        }
-        let current = latest.borrow_and_update().clone();
-        // The last slot is kept for the run's final value.
-        if stored + 1 >= MAX_EVENTS || current.is_none() || current == last_stored {
-            continue;
-        }
-        match save(&store, job, attempt, current.clone()).await {
-            Some(true) => {
-                stored += 1;
-                last_stored = current;
-            }
-            Some(false) => return,
-            None => {}
-        }
-        tokio::select! {
-            () = tokio::time::sleep(MIN_INTERVAL) => {}
-            () = ended.cancelled() => break,
-        }
-    }
-    let current = latest.borrow().clone();
-    if current.is_some() && current != last_stored && stored < MAX_EVENTS {
-        save(&store, job, attempt, current).await;
-    }
-}
-
-/// Whether the event was stored (false: the job no longer runs under this attempt); `None` if
-/// the database refused.
-async fn save(store: &Store, job: JobId, attempt: u32, progress: Option<Progress>) -> Option<bool> {
-    let progress = progress?;
-    match store.progress(job, attempt, progress).await {
-        Ok(stored) => Some(stored),
-        Err(e) => {
-            tracing::warn!(%job, error = %e, "could not store progress");
-            None
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,58 @@
+//! The default start: the job in one of the server's sandboxes, its pipes taken from the
+//! sandbox's handle into the same [`Attached`] a plain start returns.
+
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::net::unix::pipe;
+
+use super::execute::Invocation;
+use super::plain::{job_env, rlimits};
+use super::process::{Attached, Process};
+use crate::sandbox::{Launch, Sandbox, WorkFile, WorkMount};
+
+/// How long a sandbox may take to build its root and exec the job before the run is an error.
+const SANDBOX_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Starts `invocation` in `sandbox`, with the files staged in `work_dir` if it has any there.
+pub(super) async fn start(
+    sandbox: &Sandbox,
+    invocation: &Invocation<'_>,
+    work_dir: &Path,
+) -> io::Result<Attached> {
+    let staged = invocation.work == WorkMount::Bind
+        || invocation
+            .entries
+            .iter()
+            .any(|e| matches!(e, WorkFile::Staged(_)));
+    let launch = Launch {
+        staging: staged.then_some(work_dir),
+        entries: invocation.entries,
+        work: invocation.work,
+        staged_bytes: invocation.staged_bytes,
+        program: &invocation.program,
+        args: invocation.argv.clone(),
+        env: job_env("/work", "/tmp", invocation.reporting.is_some()),
+        limits: invocation.limits,
+        progress: invocation.reporting.is_some(),
+        rlimits: rlimits(&invocation.limits, sandbox.has_memory_cgroup(), true),
+    };
+    let mut launched = tokio::time::timeout(SANDBOX_START_TIMEOUT, sandbox.launch(launch))
+        .await
+        .unwrap_or_else(|_| Err(io::Error::other("the sandbox did not start in time")))
+        .inspect_err(|_| crate::metrics::METRICS.sandbox_start_failed())?;
+    // Taken over, so that dropping the stdin writer gives the job EOF.
+    let stdio = launched.take_stdio();
+    let progress = launched.take_progress();
+    let process = Process::sandboxed(launched);
+    let [stdin, stdout, stderr] =
+        stdio.ok_or_else(|| io::Error::other("the sandbox's stdio was already taken"))?;
+    Ok(Attached {
+        stdin: pipe::Sender::from_owned_fd(stdin)?,
+        stdout: pipe::Receiver::from_owned_fd(stdout)?,
+        stderr: pipe::Receiver::from_owned_fd(stderr)?,
+        progress: progress.map(pipe::Receiver::from_owned_fd).transpose()?,
+        process,
+    })
+}

@@ -1,0 +1,885 @@
+//! Runs one attempt of a job and reports what happened. This module owns the whole life of that
+//! attempt: a compiled runtime's build first (for a batch once, shared by its cases: [`Builds`]),
+//! then the job's own program, each executed under the same rules — started in the server's
+//! sandbox ([`Isolation::Sandbox`], the default) or, with `--sandbox none`, as a plain
+//! subprocess; fed its stdin; its stdout and stderr captured up to the output cap; held to its
+//! wall-clock, CPU and output limits and to cancellation; then killed and measured (status, CPU
+//! time, peak memory).
+//!
+//! The parts, one file each: `workdir` (a run's directory on disk, which a plain subprocess or a
+//! compile step works in; a sandbox writes the submitted files into its own `/work` from memory,
+//! sparing a job's start the disk), `execute` (one process from start to end), `plain` and
+//! `launch` (the two ways to start it, which both return the same `Attached`), `process` (the
+//! wait for its end, the kill and the reaping), `capture` (its output and input).
+//!
+//! Whatever way a run ends, nothing of it outlives the run: a sandbox's init is killed, taking
+//! the pid namespace and the run's cgroup with it, or a plain subprocess's whole process group is
+//! killed and its leader reaped; the work directory is removed.
+
+use std::collections::BTreeMap;
+use std::fs::DirBuilder;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::BatchId;
+use crate::job::{BuildUse, JobId, Limits, Outcome, Progress, RunResult};
+use crate::live::Live;
+use crate::runtime::{Compile, Runtime};
+use crate::sandbox::{Sandbox, WorkFile, WorkMount};
+
+mod builds;
+mod capture;
+mod execute;
+mod launch;
+mod plain;
+mod process;
+mod workdir;
+
+pub use builds::Builds;
+use builds::{Built, NotBuilt};
+use execute::{COMPILE_LIMITS, Invocation, execute};
+use workdir::{
+    WorkDir, check_inline, is_run_directory, remove_logged, remove_tree, staged_entries,
+    staged_size, work_files,
+};
+
+/// One attempt of one job, borrowing the stored job's fields.
+#[derive(Clone, Copy, Debug)]
+pub struct RunRequest<'a> {
+    pub job_id: JobId,
+    pub attempt: u32,
+    pub runtime: &'a Runtime,
+    pub code: &'a str,
+    pub stdin: &'a str,
+    pub args: &'a [String],
+    /// Extra files for the work directory, by relative path (already checked by
+    /// [`crate::job::check_file_name`]).
+    pub files: &'a BTreeMap<String, String>,
+    pub limits: Limits,
+    /// Where the job's run reports while it runs; `None` runs it without a progress pipe.
+    pub reporting: Option<&'a Reporting>,
+    /// The batch the job is a case of: a compiled runtime then builds once for the whole batch.
+    pub batch: Option<BatchId>,
+}
+
+/// What a run tells the outside while it runs: its output to whoever watches the job live, and
+/// the latest progress line it wrote to its progress pipe ([`crate::progress`]).
+#[derive(Clone)]
+pub struct Reporting {
+    pub live: Live,
+    pub progress: watch::Sender<Option<Progress>>,
+}
+
+impl std::fmt::Debug for Reporting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reporting").finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RunOutput {
+    pub outcome: Outcome,
+    pub result: RunResult,
+}
+
+/// Why a job could not be run at all (as opposed to running and failing, which is a [`RunOutput`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("could not set up work directory {}: {source}", path.display())]
+    WorkDir { path: PathBuf, source: io::Error },
+    #[error("could not start {}: {source}", program.display())]
+    Spawn { program: PathBuf, source: io::Error },
+    #[error("could not wait for process {pid}: {source}")]
+    Wait { pid: i32, source: io::Error },
+    #[error("output capture failed: {0}")]
+    Capture(#[from] tokio::task::JoinError),
+}
+
+/// How a job's process is confined.
+pub enum Isolation {
+    /// The sandbox: namespaces, filters, cgroups. The default, and the only mode for strangers.
+    Sandbox(Sandbox),
+    /// `--sandbox none`: a plain subprocess with rlimits, for development on hosts that cannot
+    /// sandbox.
+    None,
+}
+
+/// Runs jobs in fresh directories under one work root.
+pub struct Runner {
+    work_root: PathBuf,
+    isolation: Isolation,
+    builds: Builds,
+}
+
+impl Runner {
+    /// Creates `work_root` (mode 0700, as jobs' inputs and outputs pass through it) if needed,
+    /// and removes the run directories and batch builds an earlier run of the server left there
+    /// (one that crashed had no time to).
+    pub fn new(work_root: PathBuf, isolation: Isolation) -> io::Result<Runner> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&work_root)?;
+        for entry in std::fs::read_dir(&work_root)? {
+            let path = entry?.path();
+            if path
+                .file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(is_run_directory)
+            {
+                remove_tree(&path)?;
+            }
+        }
+        let builds = Builds::new(work_root.join(".builds"))?;
+        Ok(Runner {
+            work_root,
+            isolation,
+            builds,
+        })
+    }
+
+    pub fn isolation(&self) -> &Isolation {
+        &self.isolation
+    }
+
+    /// The binaries compiled for batches, shared by their cases.
+    pub fn builds(&self) -> &Builds {
+        &self.builds
+    }
+
+    /// Runs one attempt to completion. Limits, cancellation and output floods end in an `Ok` with
+    /// the matching [`Outcome`]; `Err` means kiln itself could not run the job.
+    ///
+    /// Dropping the returned future midway is safe: the process group is killed and reaped and the
+    /// work directory removed in the background.
+    pub async fn run(
+        &self,
+        req: RunRequest<'_>,
+        cancel: CancellationToken,
+    ) -> Result<RunOutput, RunError> {
+        let mut work_dir = WorkDir {
+            path: self
+                .work_root
+                .join(format!("{}-{}", req.job_id, req.attempt)),
+            on_disk: false,
+        };
+        // A sandbox writes the submitted code and files into its `/work` from memory; only a
+        // plain subprocess (which runs in the directory) and a compiled runtime (whose build
+        // step binds it) need them on disk first.
+        let inline =
+            matches!(self.isolation, Isolation::Sandbox(_)) && req.runtime.compile.is_none();
+        let output = async {
+            if inline {
+                check_inline(&req).map_err(|source| RunError::WorkDir {
+                    path: work_dir.path.clone(),
+                    source,
+                })?;
+            } else {
+                work_dir.populate(&req).await?;
+            }
+            let names = staged_entries(&req.runtime.source_file, req.files);
+            let mut entries = work_files(&names, &req, inline);
+            let mut staged_bytes = staged_size(&req);
+            let mut build = None;
+            let (program, argv) = match &req.runtime.compile {
+                None => (req.runtime.program.clone(), job_argv(req.runtime, req.args)),
+                Some(compile) => {
+                    let built_path = work_dir.path.join(&compile.binary);
+                    match req.batch {
+                        None => {
+                            build = Some(BuildUse::Compiled);
+                            let built = self.compile(&req, &work_dir.path, &names, &cancel).await?;
+                            if built.outcome != Outcome::Success {
+                                return Ok(with_build(built, build));
+                            }
+                        }
+                        Some(batch) => {
+                            let (built, used) =
+                                self.shared_build(batch, &req, compile, &cancel).await?;
+                            build = Some(used);
+                            match built {
+                                Ok(binary) => {
+                                    copy_binary(&binary, &built_path).await.map_err(|source| {
+                                        RunError::WorkDir {
+                                            path: built_path.clone(),
+                                            source,
+                                        }
+                                    })?
+                                }
+                                Err(failed) => return Ok(with_build(failed, build)),
+                            }
+                        }
+                    }
+                    // The run's /work must hold the binary besides the job's own room.
+                    staged_bytes += std::fs::metadata(&built_path).map_or(0, |m| m.len());
+                    entries.push(WorkFile::Staged(&compile.binary));
+                    let binary = match self.isolation {
+                        Isolation::Sandbox(_) => Path::new("/work").join(&compile.binary),
+                        Isolation::None => work_dir.path.join(&compile.binary),
+                    };
+                    (binary, req.args.to_vec())
+                }
+            };
+            let run = Invocation {
+                program,
+                argv,
+                stdin: req.stdin,
+                limits: req.limits,
+                entries: &entries,
+                staged_bytes,
+                work: WorkMount::Copy,
+                reporting: req.reporting.map(|r| (req.job_id, r)),
+            };
+            let ran = execute(&run, &work_dir.path, &self.isolation, &cancel).await?;
+            Ok(with_build(ran, build))
+        }
+        .await;
+        // Removed in the background: the result does not wait for it, and a retry gets a
+        // directory of its own (the attempt is in its name).
+        drop(work_dir);
+        output
+    }
+
+    /// Compiles the code staged in `dir` (`entries`) in place: the binary lands beside it. The
+    /// outcome is `Success`, `CompileError` or `Cancelled`.
+    async fn compile(
+        &self,
+        req: &RunRequest<'_>,
+        dir: &Path,
+        names: &[String],
+        cancel: &CancellationToken,
+    ) -> Result<RunOutput, RunError> {
+        let entries = work_files(names, req, false);
+        let build = Invocation {
+            program: req.runtime.program.clone(),
+            argv: req.runtime.args.clone(),
+            stdin: "",
+            limits: COMPILE_LIMITS,
+            entries: &entries,
+            staged_bytes: staged_size(req),
+            work: WorkMount::Bind,
+            reporting: None,
+        };
+        let built = execute(&build, dir, &self.isolation, cancel).await?;
+        let outcome = match built.outcome {
+            Outcome::Success => Outcome::Success,
+            Outcome::Cancelled => Outcome::Cancelled,
+            _ => Outcome::CompileError,
+        };
+        Ok(RunOutput { outcome, ..built })
+    }
+
+    /// The batch's binary (what `compile`, the build step of `req`'s runtime, produces),
+    /// compiled by the first of its cases to get here while the others wait for it; or the
+    /// compile error every case of the batch then reports. Also says whether this run compiled
+    /// or shared. A build that was cancelled or could not run is not kept: the next case tries
+    /// again.
+    async fn shared_build(
+        &self,
+        batch: BatchId,
+        req: &RunRequest<'_>,
+        compile: &Compile,
+        cancel: &CancellationToken,
+    ) -> Result<(Result<PathBuf, RunOutput>, BuildUse), RunError> {
+        let entry = self.builds.entry(batch);
+        let compiled_here = AtomicBool::new(false);
+        let build = entry.get_or_build(|| async {
+            compiled_here.store(true, Ordering::Relaxed);
+            let mut staging = WorkDir {
+                path: entry.staging().to_owned(),
+                on_disk: false,
+            };
+            let built = async {
+                self.builds
+                    .prepare()
+                    .await
+                    .map_err(|source| RunError::WorkDir {
+                        path: staging.path.clone(),
+                        source,
+                    })?;
+                staging.populate(req).await?;
+                let entries = staged_entries(&req.runtime.source_file, req.files);
+                let built = self.compile(req, &staging.path, &entries, cancel).await?;
+                match built.outcome {
+                    Outcome::Success => {
+                        let from = staging.path.join(&compile.binary);
+                        copy_binary(&from, entry.binary()).await.map_err(|source| {
+                            RunError::WorkDir {
+                                path: entry.binary().to_owned(),
+                                source,
+                            }
+                        })?;
+                        Ok(Built::Binary(entry.binary().to_owned()))
+                    }
+                    Outcome::CompileError => Ok(Built::Failed(built)),
+                    _ => Err(NotBuilt::Cancelled(built)),
+                }
+            }
+            .await;
+            staging.remove().await;
+            built
+        });
+        let built = tokio::select! {
+            biased;
+            built = build => built,
+            () = cancel.cancelled() => Err(NotBuilt::Cancelled(RunOutput {
+                outcome: Outcome::Cancelled,
+                result: RunResult::default(),
+            })),
+        };
+        let used = if compiled_here.load(Ordering::Relaxed) {
+            BuildUse::Compiled
+        } else {
+            BuildUse::Shared
+        };
+        match built {
+            Ok(Built::Binary(path)) => Ok((Ok(path.clone()), used)),
+            Ok(Built::Failed(failed)) => Ok((Err(failed.clone()), used)),
+            Err(NotBuilt::Cancelled(cancelled)) => Ok((Err(cancelled), used)),
+            Err(NotBuilt::Error(e)) => Err(e),
+        }
+    }
+}
+
+fn with_build(mut output: RunOutput, build: Option<BuildUse>) -> RunOutput {
+    output.result.build = build;
+    output
+}
+
+/// Copies a built binary (keeping its mode) into a run's work directory or the build cache.
+async fn copy_binary(from: &Path, to: &Path) -> io::Result<()> {
+    let (from, to) = (from.to_owned(), to.to_owned());
+    tokio::task::spawn_blocking(move || std::fs::copy(from, to).map(drop))
+        .await
+        .unwrap_or_else(|panicked| Err(io::Error::other(panicked)))
+}
+
+/// The program's arguments after its own path: the runtime's flags, the source file, the job's
+/// arguments.
+fn job_argv(runtime: &Runtime, args: &[String]) -> Vec<String> {
+    let mut argv = runtime.args.clone();
+    argv.push(runtime.source_file.clone());
+    argv.extend(args.iter().cloned());
+    argv
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::runtime::Runtimes;
+    use crate::sandbox::SandboxConfig;
+
+    static NO_FILES: BTreeMap<String, String> = BTreeMap::new();
+
+    const LIMITS: Limits = Limits {
+        wall_ms: 10_000,
+        cpu_ms: 10_000,
+        memory_mb: 512,
+        processes: 64,
+        output_bytes: 1 << 20,
+        file_bytes: 1 << 20,
+    };
+
+    struct Harness {
+        root: tempfile::TempDir,
+        runner: Runner,
+        runtimes: Runtimes,
+    }
+
+    impl Harness {
+        /// Runs jobs in the sandbox, as the server does.
+        fn new() -> Harness {
+            Harness::sandboxed_in(tempfile::tempdir().expect("temp dir"))
+        }
+
+        /// The same, with its work root in `root` (which may hold an earlier server's leftovers).
+        fn sandboxed_in(root: tempfile::TempDir) -> Harness {
+            static RUNNERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = RUNNERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let work_root = root.path().join("work");
+            std::fs::create_dir_all(&work_root).expect("work root");
+            let config = SandboxConfig {
+                uid_base: 3_000_000 + (std::process::id() % 64) * 1_000_000 + n * 20_000,
+                ..SandboxConfig::default()
+            };
+            let sandbox = Sandbox::new(&config, &work_root).expect("this host can sandbox");
+            Harness::with(root, Isolation::Sandbox(sandbox))
+        }
+
+        /// Runs jobs as plain subprocesses (`--sandbox none`): only for tests named after it.
+        fn sandbox_none() -> Harness {
+            Harness::with(tempfile::tempdir().expect("temp dir"), Isolation::None)
+        }
+
+        fn with(root: tempfile::TempDir, isolation: Isolation) -> Harness {
+            let runner = Runner::new(root.path().join("work"), isolation).expect("runner");
+            Harness {
+                root,
+                runner,
+                runtimes: Runtimes::detect(&[]),
+            }
+        }
+
+        fn work_root(&self) -> PathBuf {
+            self.root.path().join("work")
+        }
+
+        fn request<'a>(&'a self, runtime: &str, code: &'a str) -> RunRequest<'a> {
+            RunRequest {
+                job_id: JobId::now_v7(),
+                attempt: 1,
+                runtime: self.runtimes.get(runtime).expect("runtime detected"),
+                code,
+                stdin: "",
+                args: &[],
+                files: &NO_FILES,
+                limits: LIMITS,
+                reporting: None,
+                batch: None,
+            }
+        }
+
+        async fn run(&self, req: RunRequest<'_>) -> RunOutput {
+            self.runner
+                .run(req, CancellationToken::new())
+                .await
+                .expect("job runs")
+        }
+
+        /// Waits (up to 1 s) until no run directory is left in the work root: a run's
+        /// directory is removed in the background once its result is in.
+        async fn work_dirs_removed(&self) -> bool {
+            for _ in 0..100 {
+                if self.work_dirs_left().is_empty() {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            false
+        }
+
+        /// Run directories still in the work root (the sandbox's shared mount point aside).
+        fn work_dirs_left(&self) -> Vec<PathBuf> {
+            std::fs::read_dir(self.work_root())
+                .expect("work root")
+                .map(|entry| entry.expect("entry").path())
+                .filter(|path| !path.ends_with(".sandbox-root"))
+                .collect()
+        }
+    }
+
+    /// Running means signalable and not a zombie: orphans go to pid 1, which may never reap them.
+    fn is_running(pid: libc::pid_t) -> bool {
+        // SAFETY: signal 0 only checks whether the pid exists.
+        if unsafe { libc::kill(pid, 0) } != 0 {
+            return false;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, fields)| !fields.starts_with('Z'))
+    }
+
+    async fn stops_running(pid: libc::pid_t) -> bool {
+        for _ in 0..100 {
+            if !is_running(pid) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    fn printed_pid(stdout: &str, key: &str) -> libc::pid_t {
+        stdout
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {stdout:?}"))
+    }
+
+    #[tokio::test]
+    async fn a_zero_exit_is_success_with_stdout_and_stderr_captured() {
+        let h = Harness::new();
+        let out = h.run(h.request("sh", "echo out; echo err >&2")).await;
+        assert_eq!(out.outcome, Outcome::Success);
+        assert_eq!(out.result.exit_code, Some(0));
+        assert_eq!(out.result.signal, None);
+        assert_eq!(out.result.stdout, "out\n");
+        assert_eq!(out.result.stderr, "err\n");
+        assert!(!out.result.stdout_truncated && !out.result.stderr_truncated);
+        assert!(out.result.memory_kb > 0, "{:?}", out.result);
+        assert!(out.result.wall_ms < 5_000, "{:?}", out.result);
+    }
+
+    #[tokio::test]
+    async fn a_nonzero_exit_reports_its_code() {
+        let h = Harness::new();
+        let out = h.run(h.request("sh", "echo failing >&2; exit 3")).await;
+        assert_eq!(out.outcome, Outcome::NonzeroExit);
+        assert_eq!(out.result.exit_code, Some(3));
+        assert_eq!(out.result.signal, None);
+        assert_eq!(out.result.stderr, "failing\n");
+    }
+
+    #[tokio::test]
+    async fn a_crash_by_signal_is_reported_as_signal() {
+        let h = Harness::new();
+        let out = h.run(h.request("sh", "kill -SEGV $$")).await;
+        assert_eq!(out.outcome, Outcome::Signal);
+        assert_eq!(out.result.exit_code, None);
+        assert_eq!(out.result.signal, Some(libc::SIGSEGV));
+    }
+
+    #[tokio::test]
+    async fn stdin_is_fed_to_the_program_while_its_output_is_read() {
+        let h = Harness::new();
+        // Larger than a pipe buffer both ways: feeding and reading must run concurrently.
+        let input = "0123456789abcdef\n".repeat(16 * 1024);
+        let out = h
+            .run(RunRequest {
+                stdin: &input,
+                ..h.request("sh", "cat")
+            })
+            .await;
+        assert_eq!(out.outcome, Outcome::Success);
+        assert!(out.result.stdout == input, "stdin did not round-trip");
+    }
+
+    #[tokio::test]
+    async fn a_program_that_ignores_its_stdin_still_succeeds() {
+        let h = Harness::new();
+        let input = "x".repeat(1 << 20);
+        let out = h
+            .run(RunRequest {
+                stdin: &input,
+                ..h.request("sh", "exit 0")
+            })
+            .await;
+        assert_eq!(out.outcome, Outcome::Success);
+    }
+
+    #[tokio::test]
+    async fn args_and_files_are_visible_to_the_program() {
+        let h = Harness::new();
+        let args = ["one".to_owned(), "two words".to_owned()];
+        let files = BTreeMap::from([
+            ("data.txt".to_owned(), "top\n".to_owned()),
+            ("sub/dir/deep.txt".to_owned(), "deep\n".to_owned()),
+        ]);
+        let code = r#"printf '[%s]' "$@"; echo
+cat data.txt sub/dir/deep.txt
+[ "$PWD" = "$HOME" ] && echo in-work-dir"#;
+        let out = h
+            .run(RunRequest {
+                args: &args,
+                files: &files,
+                ..h.request("sh", code)
+            })
+            .await;
+        assert_eq!(out.outcome, Outcome::Success, "{:?}", out.result);
+        assert_eq!(
+            out.result.stdout,
+            "[one][two words]\ntop\ndeep\nin-work-dir\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_named_like_the_source_file_is_refused() {
+        let h = Harness::new();
+        let files = BTreeMap::from([("main.sh".to_owned(), "echo clobbered".to_owned())]);
+        let result = h
+            .runner
+            .run(
+                RunRequest {
+                    files: &files,
+                    ..h.request("sh", "echo original")
+                },
+                CancellationToken::new(),
+            )
+            .await;
+        assert!(
+            matches!(result, Err(RunError::WorkDir { .. })),
+            "{result:?}"
+        );
+        assert!(h.work_dirs_removed().await, "{:?}", h.work_dirs_left());
+    }
+
+    #[tokio::test]
+    async fn the_environment_holds_only_the_allowed_variables() {
+        let h = Harness::new();
+        let out = h.run(h.request("sh", "printenv")).await;
+        let mut env: Vec<&str> = out.result.stdout.lines().collect();
+        // dash exports PWD itself; it did not come from the server.
+        env.retain(|line| !line.starts_with("PWD="));
+        env.sort_unstable();
+        assert_eq!(
+            env,
+            [
+                "HOME=/work",
+                "LANG=C.UTF-8",
+                "PATH=/usr/local/bin:/usr/bin:/bin",
+                "TMPDIR=/tmp",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn with_sandbox_none_the_environment_points_at_the_run_directory() {
+        let h = Harness::sandbox_none();
+        let out = h.run(h.request("sh", "echo \"$HOME $TMPDIR\"")).await;
+        let (home, tmp) = out.result.stdout.trim().split_once(' ').expect("two paths");
+        assert_eq!(home, tmp);
+        assert!(Path::new(home).starts_with(h.work_root()), "{home}");
+    }
+
+    #[tokio::test]
+    async fn with_sandbox_none_the_wall_limit_kills_the_job_and_its_background_children() {
+        let h = Harness::sandbox_none();
+        let started = Instant::now();
+        let out = h
+            .run(RunRequest {
+                limits: Limits {
+                    wall_ms: 300,
+                    ..LIMITS
+                },
+                ..h.request("sh", "sleep 30 & echo \"background=$!\"; sleep 30")
+            })
+            .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(out.outcome, Outcome::WallTimeLimit);
+        assert_eq!(out.result.signal, Some(libc::SIGKILL));
+        assert!(out.result.wall_ms >= 300, "{:?}", out.result);
+        let background = printed_pid(&out.result.stdout, "background=");
+        assert!(stops_running(background).await, "background child survived");
+    }
+
+    #[tokio::test]
+    async fn with_sandbox_none_a_process_that_escaped_the_group_does_not_hold_the_run_open() {
+        let h = Harness::sandbox_none();
+        let started = Instant::now();
+        // setsid leaves the process group while keeping stdout open.
+        let out = h
+            .run(h.request("sh", "setsid sleep 5 & echo \"escaped=$!\""))
+            .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(out.outcome, Outcome::Success);
+        let escaped = printed_pid(&out.result.stdout, "escaped=");
+        // SAFETY: plain syscall; the pid was printed by this test's own job moments ago.
+        unsafe { libc::kill(escaped, libc::SIGKILL) };
+    }
+
+    #[tokio::test]
+    async fn an_output_flood_is_cut_at_the_cap_and_ends_with_output_limit() {
+        let h = Harness::new();
+        let code = "head -c 5000 /dev/zero | tr '\\0' e >&2; yes";
+        let out = h
+            .run(RunRequest {
+                limits: Limits {
+                    output_bytes: 10_000,
+                    ..LIMITS
+                },
+                ..h.request("sh", code)
+            })
+            .await;
+        assert_eq!(out.outcome, Outcome::OutputLimit);
+        assert_eq!(out.result.stdout.len(), 10_000);
+        assert!(out.result.stdout.lines().all(|line| line == "y"));
+        assert!(out.result.stdout_truncated);
+        // Each stream has its own cap.
+        assert_eq!(out.result.stderr, "e".repeat(5000));
+        assert!(!out.result.stderr_truncated);
+    }
+
+    #[tokio::test]
+    async fn output_of_exactly_the_cap_is_not_truncated() {
+        let h = Harness::new();
+        let out = h
+            .run(RunRequest {
+                limits: Limits {
+                    output_bytes: 10_000,
+                    ..LIMITS
+                },
+                ..h.request("sh", "head -c 10000 /dev/zero | tr '\\0' x")
+            })
+            .await;
+        assert_eq!(out.outcome, Outcome::Success);
+        assert_eq!(out.result.stdout.len(), 10_000);
+        assert!(!out.result.stdout_truncated);
+    }
+
+    #[tokio::test]
+    async fn a_cpu_busy_loop_hits_the_cpu_limit() {
+        let h = Harness::new();
+        let out = h
+            .run(RunRequest {
+                limits: Limits {
+                    cpu_ms: 1000,
+                    ..LIMITS
+                },
+                ..h.request("sh", "while :; do :; done")
+            })
+            .await;
+        assert_eq!(out.outcome, Outcome::CpuTimeLimit, "{:?}", out.result);
+        assert_eq!(out.result.signal, Some(libc::SIGXCPU));
+        // The kernel checks RLIMIT_CPU against its scheduler clock at ticks; on a loaded VM the
+        // counted time has been seen ~12% under the limit when SIGXCPU came.
+        assert!(out.result.cpu_ms >= 750, "{:?}", out.result);
+    }
+
+    #[tokio::test]
+    async fn cancelling_kills_a_long_job() {
+        let h = Harness::new();
+        let cancel = CancellationToken::new();
+        let trigger = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            trigger.cancel();
+        });
+        let started = Instant::now();
+        let out = h
+            .runner
+            .run(h.request("sh", "sleep 30"), cancel)
+            .await
+            .expect("job runs");
+        assert_eq!(out.outcome, Outcome::Cancelled);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn run_directories_an_earlier_server_left_are_removed_at_start_and_never_seen() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let stale = root.path().join(format!("work/{}-1", JobId::now_v7()));
+        std::fs::create_dir_all(stale.join("sub")).expect("stale dir");
+        std::fs::write(stale.join("sub/stale.txt"), "old").expect("stale file");
+        let other = root.path().join("work/not-a-run");
+        std::fs::write(&other, "kept").expect("other file");
+        let h = Harness::sandboxed_in(root);
+        assert!(!stale.exists(), "the leftover run directory was removed");
+        assert!(other.exists(), "nothing else in the work root was touched");
+        let files = BTreeMap::from([("sub/new.txt".to_owned(), String::new())]);
+        let out = h
+            .run(RunRequest {
+                files: &files,
+                ..h.request("sh", "ls -A . sub")
+            })
+            .await;
+        assert_eq!(out.result.stdout, ".:\nmain.sh\nsub\n\nsub:\nnew.txt\n");
+        std::fs::remove_file(&other).expect("remove the other file");
+        assert!(h.work_dirs_removed().await, "{:?}", h.work_dirs_left());
+    }
+
+    #[tokio::test]
+    async fn with_sandbox_none_the_work_directory_is_fresh_and_removed_afterwards() {
+        let h = Harness::sandbox_none();
+        let req = h.request("sh", "ls -A");
+        // As if an earlier run of this attempt had crashed.
+        let stale = h
+            .work_root()
+            .join(format!("{}-{}", req.job_id, req.attempt));
+        std::fs::create_dir_all(stale.join("sub")).expect("stale dir");
+        std::fs::write(stale.join("sub/stale.txt"), "old").expect("stale file");
+        let files = BTreeMap::from([("sub/new.txt".to_owned(), String::new())]);
+        let out = h
+            .run(RunRequest {
+                files: &files,
+                ..req
+            })
+            .await;
+        assert_eq!(out.result.stdout, "main.sh\nsub\n");
+        assert!(h.work_dirs_removed().await, "{:?}", h.work_dirs_left());
+    }
+
+    #[tokio::test]
+    async fn a_missing_interpreter_is_a_spawn_error() {
+        let h = Harness::new();
+        let missing = Runtime {
+            name: "missing".into(),
+            program: "/nonexistent/interpreter".into(),
+            args: Vec::new(),
+            source_file: "main".into(),
+            compile: None,
+        };
+        let result = h
+            .runner
+            .run(
+                RunRequest {
+                    runtime: &missing,
+                    ..h.request("sh", "true")
+                },
+                CancellationToken::new(),
+            )
+            .await;
+        assert!(matches!(result, Err(RunError::Spawn { .. })), "{result:?}");
+        assert!(h.work_dirs_removed().await, "{:?}", h.work_dirs_left());
+    }
+
+    #[tokio::test]
+    async fn with_sandbox_none_dropping_a_run_kills_its_process_and_removes_its_directory() {
+        let h = Harness::sandbox_none();
+        let pid_file = h.root.path().join("pid");
+        let code = format!("echo $$ > {}; sleep 30", pid_file.display());
+        let run = h.run(h.request("sh", &code));
+        let dropped = tokio::time::timeout(Duration::from_millis(300), run).await;
+        assert!(dropped.is_err(), "job should still have been running");
+        let pid = std::fs::read_to_string(&pid_file).expect("pid written");
+        assert!(stops_running(pid.trim().parse().expect("pid")).await);
+        assert!(h.work_dirs_removed().await, "{:?}", h.work_dirs_left());
+    }
+
+    #[tokio::test]
+    async fn a_python_job_runs_if_python_is_available() {
+        let h = Harness::new();
+        if h.runtimes.get("python").is_none() {
+            crate::testing::skip(
+                "a_python_job_runs_if_python_is_available",
+                "no python runtime on this host",
+            );
+            return;
+        }
+        let out = h.run(h.request("python", "print(\"hello\")")).await;
+        assert_eq!(out.outcome, Outcome::Success, "{:?}", out.result);
+        assert_eq!(out.result.stdout, "hello\n");
+    }
+
+    #[test]
+    fn a_run_can_move_between_worker_threads() {
+        fn assert_send<T: Send>(_: T) {}
+        let h = Harness::new();
+        assert_send(
+            h.runner
+                .run(h.request("sh", "true"), CancellationToken::new()),
+        );
+    }
+
+    #[test]
+    fn with_sandbox_none_a_new_runner_creates_a_private_work_root() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().expect("temp dir");
+        let work_root = root.path().join("a/b");
+        Runner::new(work_root.clone(), Isolation::None).expect("runner");
+        let mode = std::fs::metadata(&work_root)
+            .expect("created")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+}

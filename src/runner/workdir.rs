@@ -1,0 +1,212 @@
+//! A run's work directory on disk, under the runner's work root: `{job id}-{attempt}`, private
+//! (0700), holding the submitted code and files for a plain subprocess or a compile step, and
+//! removed whatever way the run ends. Also what a run's `/work` starts with, for a sandbox that
+//! writes the submitted files from memory instead.
+
+use std::collections::BTreeMap;
+use std::fs::{DirBuilder, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use super::{RunError, RunRequest};
+use crate::sandbox::WorkFile;
+
+/// Whether `name` is that of a run's directory: `{job id}-{attempt}`.
+pub(super) fn is_run_directory(name: &str) -> bool {
+    name.rsplit_once('-').is_some_and(|(job, attempt)| {
+        uuid::Uuid::try_parse(job).is_ok() && attempt.parse::<u32>().is_ok()
+    })
+}
+
+/// What `/work` starts with, from [`staged_entries`]' names: the files staged on disk, or
+/// (`inline`) written from the request's memory.
+pub(super) fn work_files<'a>(
+    names: &'a [String],
+    req: &RunRequest<'a>,
+    inline: bool,
+) -> Vec<WorkFile<'a>> {
+    names
+        .iter()
+        .map(|name| match (name.ends_with('/'), inline) {
+            (true, _) => WorkFile::Dir(name),
+            (false, false) => WorkFile::Staged(name),
+            (false, true) => WorkFile::Inline(name, submitted(req, name)),
+        })
+        .collect()
+}
+
+/// The submitted contents of `name`: the code under the runtime's source file name, or one of
+/// the files.
+fn submitted<'a>(req: &RunRequest<'a>, name: &str) -> &'a [u8] {
+    if name == req.runtime.source_file {
+        req.code.as_bytes()
+    } else {
+        req.files
+            .get(name)
+            .map_or(&[], |contents| contents.as_bytes())
+    }
+}
+
+/// What the code and files of a request take on disk.
+pub(super) fn staged_size(req: &RunRequest<'_>) -> u64 {
+    (req.code.len() + req.files.values().map(String::len).sum::<usize>()) as u64
+}
+
+/// A run's private directory, once populated. Removed explicitly at the end of a run; if the run
+/// is dropped before that, `Drop` removes it in the background instead.
+pub(super) struct WorkDir {
+    pub(super) path: PathBuf,
+    /// Whether anything of it may be on disk.
+    pub(super) on_disk: bool,
+}
+
+impl WorkDir {
+    pub(super) async fn populate(&mut self, req: &RunRequest<'_>) -> Result<(), RunError> {
+        self.on_disk = true;
+        let path = self.path.clone();
+        let source_file = req.runtime.source_file.clone();
+        let code = req.code.to_owned();
+        let files = req.files.clone();
+        tokio::task::spawn_blocking(move || populate_work_dir(&path, &source_file, &code, &files))
+            .await
+            .unwrap_or_else(|panicked| Err(io::Error::other(panicked)))
+            .map_err(|source| RunError::WorkDir {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    pub(super) async fn remove(mut self) {
+        self.on_disk = false;
+        let path = self.path.clone();
+        if let Err(error) = tokio::task::spawn_blocking(move || remove_logged(&path)).await {
+            tracing::warn!(%error, path = %self.path.display(), "removing work directory failed");
+        }
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if !self.on_disk {
+            return;
+        }
+        let path = std::mem::take(&mut self.path);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || remove_logged(&path))),
+            Err(_) => remove_logged(&path),
+        }
+    }
+}
+
+fn populate_work_dir(
+    dir: &Path,
+    source_file: &str,
+    code: &str,
+    files: &BTreeMap<String, String>,
+) -> io::Result<()> {
+    let create = || DirBuilder::new().mode(0o700).create(dir);
+    // A directory left by a crashed earlier run of this attempt may hold anything: start clean.
+    // Looked for only when creating fails, which spares the usual run a lookup.
+    if let Err(error) = create() {
+        if error.kind() != io::ErrorKind::AlreadyExists {
+            return Err(error);
+        }
+        remove_tree(dir)?;
+        create()?;
+    }
+    write_new_file(dir, source_file, code)?;
+    for (name, contents) in files {
+        write_new_file(dir, name, contents)?;
+    }
+    Ok(())
+}
+
+/// Names were validated on submission; checked again because a bad one would write outside
+/// the work directory.
+fn stays_inside(name: &str) -> io::Result<()> {
+    if Path::new(name)
+        .components()
+        .all(|c| matches!(c, Component::Normal(_)))
+    {
+        return Ok(());
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{name}: file name leaves the work directory"),
+    ))
+}
+
+/// The checks [`populate_work_dir`] makes on the way, for files a sandbox writes from memory.
+pub(super) fn check_inline(req: &RunRequest<'_>) -> io::Result<()> {
+    let source = &req.runtime.source_file;
+    if req.files.contains_key(source) {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{source}: a submitted file has the source file's name"),
+        ));
+    }
+    req.files.keys().try_for_each(|name| stays_inside(name))
+}
+
+fn write_new_file(dir: &Path, name: &str, contents: &str) -> io::Result<()> {
+    let context = |error: io::Error| io::Error::new(error.kind(), format!("{name}: {error}"));
+    let relative = Path::new(name);
+    stays_inside(name)?;
+    // A file at the top needs no directory made: `dir` itself exists.
+    if let Some(parent) = relative.parent().filter(|p| !p.as_os_str().is_empty()) {
+        // Everything under `dir` was created by this function moments ago, so no component can be
+        // a symlink planted by a job.
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir.join(parent))
+            .map_err(context)?;
+    }
+    let path = dir.join(relative);
+    // create_new (O_EXCL) plus O_NOFOLLOW: never write through a link, never clobber the source
+    // file with a same-named extra file.
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(context)?;
+    file.write_all(contents.as_bytes()).map_err(context)
+}
+
+pub(super) fn remove_tree(path: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        result => result,
+    }
+}
+
+/// Removal failure must not turn a finished run into an error: the job's result is what matters,
+/// and a crashed-run leftover is cleared by the next attempt anyway.
+pub(super) fn remove_logged(path: &Path) {
+    if let Err(error) = remove_tree(path) {
+        tracing::warn!(%error, path = %path.display(), "removing work directory failed");
+    }
+}
+
+/// What gets staged for a run, relative to its work directory: every directory (ending in `/`,
+/// parents first), then the source file and the submitted files.
+pub(super) fn staged_entries(source_file: &str, files: &BTreeMap<String, String>) -> Vec<String> {
+    let mut dirs = std::collections::BTreeSet::new();
+    for name in files.keys() {
+        let mut prefix = String::new();
+        let parts: Vec<&str> = name.split('/').collect();
+        for part in &parts[..parts.len().saturating_sub(1)] {
+            prefix.push_str(part);
+            prefix.push('/');
+            dirs.insert(prefix.clone());
+        }
+    }
+    // BTreeSet order puts "a/" before "a/b/": parents first.
+    let mut entries: Vec<String> = dirs.into_iter().collect();
+    entries.push(source_file.to_owned());
+    entries.extend(files.keys().cloned());
+    entries
+}
