@@ -620,3 +620,6 @@ async fn keep_lease(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
