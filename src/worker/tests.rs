@@ -267,6 +267,18 @@ impl Harness {
     }
 }
 
+/// Makes every lease renewal fail, as a database that keeps refusing writes would.
+fn refuse_renewals(path: &std::path::Path) {
+    let db = rusqlite::Connection::open(path).expect("open");
+    db.busy_timeout(Duration::from_secs(10)).expect("timeout");
+    db.execute_batch(
+        "CREATE TRIGGER test_refuse_renewal BEFORE UPDATE OF lease_expires_at ON jobs
+         WHEN OLD.status = 'running' AND NEW.status = 'running' AND OLD.attempt = NEW.attempt
+         BEGIN SELECT RAISE(ABORT, 'the test refuses renewals'); END;",
+    )
+    .expect("refuse renewals");
+}
+
 /// Adds to the test's database a count of lease renewals: an update of a running job's lease
 /// that keeps it running under the same attempt (claims, ends and requeues change one of them).
 fn count_renewals(path: &std::path::Path) {
@@ -342,6 +354,36 @@ async fn a_run_whose_job_was_taken_over_is_stopped_and_its_result_discarded() {
     assert_eq!((job.status, job.attempt), (Status::Succeeded, 2));
     assert_eq!(job.stdout, "attempt 2");
     assert_eq!(h.terminal_events(id).await, [Some(2)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_whose_lease_cannot_be_renewed_is_stopped_before_it_expires_and_its_result_discarded()
+{
+    const LEASE: Duration = Duration::from_secs(30);
+    let mut h = Harness::new(LEASE);
+    refuse_renewals(&h.dir.path().join("q.db"));
+    let held = h.submit(HOLD, 3).await;
+    let next = h.submit(SUCCEED, 3).await;
+    h.start_worker();
+    let started = h.next_call().await;
+    assert_eq!((started.job, started.seen), (held, Seen::Started));
+
+    let stopped = h.next_call().await;
+    assert_eq!((stopped.job, stopped.seen), (held, Seen::Stopped));
+    assert!(
+        stopped.at - started.at < LEASE,
+        "stopped after the lease ran out"
+    );
+    // The worker's next claim follows whatever it did with the stopped run's result.
+    h.until_ended(next).await;
+    let job = h.job(held).await;
+    assert_eq!(
+        (job.status, job.attempt),
+        (Status::Running, 1),
+        "left to the rescuer"
+    );
+    assert!(h.terminal_events(held).await.is_empty());
+    assert!(h.workers.running.is_empty());
 }
 
 #[tokio::test(start_paused = true)]
