@@ -367,11 +367,16 @@ impl<E: Execute> Workers<E> {
         ));
         match attempt.await {
             Ok(next) => next,
-            Err(e) => {
+            Err(e) if e.is_panic() => {
                 let panic = join_error_message(e);
                 tracing::error!(job = %job.id, attempt = job.attempt, %panic, "{PANICKED}");
                 self.run_failed(&job, PANICKED.to_owned(), &stopping.running)
                     .await;
+                None
+            }
+            // Only a runtime that shuts down cancels it: the job is left to the rescuer.
+            Err(e) => {
+                tracing::warn!(job = %job.id, error = %e, "the run's task was cancelled");
                 None
             }
         }
