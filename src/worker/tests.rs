@@ -460,3 +460,62 @@ async fn a_failed_start_keeps_its_job_claimed_for_a_delay_that_doubles_before_it
         ]
     );
 }
+
+/// Log lines, kept for a test to read.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn text(&self) -> String {
+        let bytes = self.0.lock().expect("logs").clone();
+        String::from_utf8(bytes).expect("text")
+    }
+}
+
+impl io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().expect("logs").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_task_that_ends_before_shutdown_is_logged_as_an_error_and_then_once_stopped() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let stopping = Stopping::default();
+    let mut tasks = Tasks::new();
+    tasks.spawn(async { "worker" });
+    tasks.spawn(async { panic!("a bug in a worker") });
+
+    let both_seen = async {
+        while logs.text().lines().count() < 2 {
+            tokio::task::yield_now().await;
+        }
+        stopping.claiming.cancel();
+    };
+    tokio::join!(stopping.watch(&mut tasks), both_seen);
+    let text = logs.text();
+    let ended = text
+        .lines()
+        .find(|l| l.contains("a worker task ended before shutdown"));
+    assert!(ended.is_some_and(|l| l.contains("ERROR")), "{text}");
+    let failed = text.lines().find(|l| l.contains("a worker task failed"));
+    assert!(failed.is_some_and(|l| l.contains("ERROR") && l.contains("a bug in a worker")));
+
+    tasks.spawn(async { "rescuer" });
+    stopping.drain(&mut tasks, Duration::from_secs(1)).await;
+    let stopped = logs.text();
+    let stopped = stopped.lines().find(|l| l.contains("rescuer"));
+    assert!(stopped.is_some_and(|l| l.contains("DEBUG") && l.contains("stopped")));
+}
