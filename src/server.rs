@@ -215,24 +215,21 @@ pub async fn run(
         tracing::info!("shutting down: no new jobs are accepted or claimed");
         stop_accepting.cancel();
     });
-    http::serve(
-        listener,
-        api::router(state),
-        config.http,
-        stopping.claiming.clone(),
-    )
-    .await;
+    // Serves until shutdown begins. A worker task that ends meanwhile is a bug, and is logged.
+    tokio::join!(
+        http::serve(
+            listener,
+            api::router(state),
+            config.http,
+            stopping.claiming.clone(),
+        ),
+        stopping.watch(&mut worker_tasks),
+    );
 
     // Stage two: running jobs get the grace period, then are killed and requeued.
-    let drained = tokio::time::timeout(config.shutdown_grace, async {
-        while worker_tasks.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!("grace period over: stopping the jobs still running");
-        stopping.running.cancel();
-        while worker_tasks.join_next().await.is_some() {}
-    }
+    stopping
+        .drain(&mut worker_tasks, config.shutdown_grace)
+        .await;
     stop_delivering.cancel();
     stop_guarding.cancel();
     if let Err(e) = guarding.await {

@@ -7,18 +7,27 @@
 //! lease cannot be renewed before it expires, the run is killed, so a job the rescuer hands to
 //! someone else is never running twice.
 //!
+//! Each attempt runs in a task of its own, the job's panic boundary (river's `jobexecutor`
+//! recovers the same way): a panic on the way, which is a bug in kiln, ends that job like a run
+//! that could not be set up, and its worker goes on to the next. The helper tasks of a run (the
+//! lease keeper, the progress recorder) are aborted when their run ends, however it ends, so no
+//! lease outlives its run.
+//!
 //! What runs a claimed job is an [`Execute`]: the server's is the sandboxed [`Runner`]. The
 //! queue benchmark supplies one that runs nothing in-process, so the claim, lease and finish path
 //! it measures is this very code, without a runtime name the HTTP API could ever select.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +44,13 @@ use crate::verdict::judge;
 /// each attempt up to [`RUN_RETRY_MAX`].
 const RUN_RETRY_BASE: Duration = Duration::from_millis(250);
 const RUN_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// The error a job ends with when running it panicked; the panic's own message goes to the log.
+const PANICKED: &str = "kiln panicked while running this job";
+
+/// The tasks [`Workers::spawn`] starts, each named by what it is (a worker, the rescuer, the
+/// build sweeper) for the log line when it ends.
+pub type Tasks = JoinSet<&'static str>;
 
 /// The runs in progress in this process, so that cancelling a job can stop its process.
 #[derive(Clone, Default)]
@@ -64,20 +80,84 @@ impl Running {
         self.len() == 0
     }
 
-    fn insert(&self, id: JobId, attempt: u32, token: CancellationToken) {
+    /// Enters the run of this attempt; it leaves when the returned entry is dropped, which
+    /// happens on every way out of a run, a panic's unwinding included.
+    fn enter(&self, id: JobId, attempt: u32, token: CancellationToken) -> Entry<'_> {
         let mut runs = self
             .0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         runs.insert(id, (attempt, token));
+        Entry {
+            running: self,
+            id,
+            attempt,
+        }
     }
 
-    fn remove(&self, id: JobId) {
+    /// Leaves only this attempt's run: a later attempt of the same job may run here by now.
+    fn leave(&self, id: JobId, attempt: u32) {
         let mut runs = self
             .0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        runs.remove(&id);
+        if runs.get(&id).is_some_and(|(a, _)| *a == attempt) {
+            runs.remove(&id);
+        }
+    }
+}
+
+/// A run's place in [`Running`], given up on drop.
+struct Entry<'a> {
+    running: &'a Running,
+    id: JobId,
+    attempt: u32,
+}
+
+impl Drop for Entry<'_> {
+    fn drop(&mut self) {
+        self.running.leave(self.id, self.attempt);
+    }
+}
+
+/// A task that is aborted when its handle is dropped: a run's helper tasks end with the run.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T: Send + 'static> AbortOnDrop<T> {
+    fn spawn(task: impl Future<Output = T> + Send + 'static) -> Self {
+        AbortOnDrop(tokio::spawn(task))
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+/// What a task's panic said, for the log.
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(a panic without a message)")
+}
+
+/// What a task's end that is not its return says, for the log: its panic's message, or that
+/// it was cancelled.
+fn join_error_message(error: JoinError) -> String {
+    match error.try_into_panic() {
+        Ok(panic) => panic_message(&*panic).to_owned(),
+        Err(error) => error.to_string(),
     }
 }
 
@@ -129,19 +209,74 @@ pub struct Stopping {
     pub running: CancellationToken,
 }
 
+impl Stopping {
+    /// Looks at every task of `tasks` that ends until claiming stops. None of them ends before
+    /// that, so one that does is a bug, logged as an error: that worker no longer serves.
+    pub async fn watch(&self, tasks: &mut Tasks) {
+        loop {
+            let ended = tokio::select! {
+                ended = tasks.join_next() => ended,
+                () = self.claiming.cancelled() => return,
+            };
+            match ended {
+                Some(ended) => self.ended(ended),
+                None => return self.claiming.cancelled().await,
+            }
+        }
+    }
+
+    /// Shutdown's second stage, once claiming has stopped: running jobs get `grace` to finish,
+    /// then they are killed and their workers put them back in the queue. Returns when every
+    /// task has ended.
+    pub async fn drain(&self, tasks: &mut Tasks, grace: Duration) {
+        let drained = tokio::time::timeout(grace, self.join_all(tasks)).await;
+        if drained.is_err() {
+            tracing::warn!("grace period over: stopping the jobs still running");
+            self.running.cancel();
+            self.join_all(tasks).await;
+        }
+    }
+
+    async fn join_all(&self, tasks: &mut Tasks) {
+        while let Some(ended) = tasks.join_next().await {
+            self.ended(ended);
+        }
+    }
+
+    fn ended(&self, ended: Result<&'static str, JoinError>) {
+        match ended {
+            Ok(task) if self.claiming.is_cancelled() => tracing::debug!(task, "stopped"),
+            Ok(task) => tracing::error!(task, "a worker task ended before shutdown"),
+            Err(e) => {
+                let error = join_error_message(e);
+                tracing::error!(%error, "a worker task failed");
+            }
+        }
+    }
+}
+
 impl<E: Execute> Workers<E> {
     /// Starts `count` workers and the rescuer.
-    pub fn spawn(self: &Arc<Self>, count: usize, stopping: &Stopping) -> JoinSet<()> {
+    pub fn spawn(self: &Arc<Self>, count: usize, stopping: &Stopping) -> Tasks {
         let mut tasks = JoinSet::new();
         for index in 0..count {
             let (workers, stopping) = (Arc::clone(self), stopping.clone());
-            tasks.spawn(async move { workers.work(index, stopping).await });
+            tasks.spawn(async move {
+                workers.work(index, stopping).await;
+                "worker"
+            });
         }
         let (workers, stop) = (Arc::clone(self), stopping.claiming.clone());
-        tasks.spawn(async move { workers.rescue(stop).await });
+        tasks.spawn(async move {
+            workers.rescue(stop).await;
+            "rescuer"
+        });
         if self.runner.builds().is_some() {
             let (workers, stop) = (Arc::clone(self), stopping.claiming.clone());
-            tasks.spawn(async move { workers.sweep_builds(stop).await });
+            tasks.spawn(async move {
+                workers.sweep_builds(stop).await;
+                "build sweeper"
+            });
         }
         tasks
     }
@@ -179,7 +314,7 @@ impl<E: Execute> Workers<E> {
         }
     }
 
-    async fn work(&self, index: usize, stopping: Stopping) {
+    async fn work(self: &Arc<Self>, index: usize, stopping: Stopping) {
         let owner = format!("{}w{index}", self.owner_prefix);
         let work = self.store.bus().work();
         let mut next = None;
@@ -187,7 +322,7 @@ impl<E: Execute> Workers<E> {
             // A job claimed together with the previous result is this worker's already, so it
             // runs even if stopping has begun; shutdown's second stage handles it like any other.
             if let Some(job) = next.take() {
-                next = self.run(&owner, job, &stopping).await;
+                next = self.work_job(&owner, job, &stopping).await;
                 continue;
             }
             // Registered before claiming, so a job committed between an empty claim and the
@@ -214,14 +349,51 @@ impl<E: Execute> Workers<E> {
         }
     }
 
-    /// Runs a claimed job to its end and records the result; returns the next job if it was
-    /// claimed along with that result.
-    async fn run(&self, owner: &str, job: ClaimedJob, stopping: &Stopping) -> Option<ClaimedJob> {
+    /// Takes a claimed job to its recorded end; returns the next job if it was claimed along
+    /// with that end. The attempt runs in a task of its own: should it panic, the job is treated
+    /// as one kiln could not run (the store takes that end only if the job still runs under this
+    /// attempt, so it never ends twice) and the worker goes on.
+    async fn work_job(
+        self: &Arc<Self>,
+        owner: &str,
+        job: ClaimedJob,
+        stopping: &Stopping,
+    ) -> Option<ClaimedJob> {
+        let job = Arc::new(job);
+        let attempt = AbortOnDrop::spawn(Arc::clone(self).attempt(
+            owner.to_owned(),
+            Arc::clone(&job),
+            stopping.clone(),
+        ));
+        match attempt.await {
+            Ok(next) => next,
+            Err(e) if e.is_panic() => {
+                let panic = join_error_message(e);
+                tracing::error!(job = %job.id, attempt = job.attempt, %panic, "{PANICKED}");
+                self.run_failed(&job, PANICKED.to_owned(), &stopping.running)
+                    .await;
+                None
+            }
+            // Only a runtime that shuts down cancels it: the job is left to the rescuer.
+            Err(e) => {
+                tracing::warn!(job = %job.id, error = %e, "the run's task was cancelled");
+                None
+            }
+        }
+    }
+
+    /// Runs one attempt of a claimed job and records its end (see [`Workers::work_job`]).
+    async fn attempt(
+        self: Arc<Self>,
+        owner: String,
+        job: Arc<ClaimedJob>,
+        stopping: Stopping,
+    ) -> Option<ClaimedJob> {
         tracing::debug!(job = %job.id, attempt = job.attempt, "claimed");
         METRICS.claimed(job.id, job.attempt);
         let kill = &stopping.running;
         // Not while stopping: then the next job must stay queued.
-        let claim_next = (!stopping.claiming.is_cancelled()).then_some(owner);
+        let claim_next = (!stopping.claiming.is_cancelled()).then_some(owner.as_str());
         let Some(runtime) = self.runtimes.get(&job.runtime) else {
             let error = format!("runtime {:?} is not available on this server", job.runtime);
             let result = RunResult::default();
@@ -231,19 +403,19 @@ impl<E: Execute> Workers<E> {
         };
         let stop = kill.child_token();
         let lease_lost = CancellationToken::new();
-        self.running.insert(job.id, job.attempt, stop.clone());
-        let keeper = tokio::spawn(keep_lease(
+        let entry = self.running.enter(job.id, job.attempt, stop.clone());
+        let keeper = AbortOnDrop::spawn(keep_lease(
             self.store.clone(),
             job.id,
             job.attempt,
-            owner.to_owned(),
+            owner.clone(),
             self.lease,
             stop.clone(),
             lease_lost.clone(),
         ));
         let (progress, latest) = watch::channel(None);
         let run_ended = CancellationToken::new();
-        let recorder = tokio::spawn(crate::progress::record(
+        let recorder = AbortOnDrop::spawn(crate::progress::record(
             self.store.clone(),
             job.id,
             job.attempt,
@@ -273,8 +445,8 @@ impl<E: Execute> Workers<E> {
         if let Err(e) = recorder.await {
             tracing::warn!(job = %job.id, error = %e, "progress recording failed");
         }
-        keeper.abort();
-        self.running.remove(job.id);
+        drop(keeper);
+        drop(entry);
 
         if lease_lost.is_cancelled() {
             // Cancelled, or rescued and possibly running elsewhere: the job is not ours to record.
@@ -299,17 +471,18 @@ impl<E: Execute> Workers<E> {
                     .await
             }
             Err(e) => {
-                self.run_failed(&job, e.to_string(), kill).await;
+                let reason = format!("kiln could not run it: {e}");
+                self.run_failed(&job, reason, kill).await;
                 None
             }
         }
     }
 
-    /// kiln could not set up the run (work directory, sandbox, interpreter): the job is not to
-    /// blame, so it goes back to the queue while attempts remain, after a delay that doubles with
-    /// each attempt so a broken host does not spin through them; then it ends `error` with the
-    /// reason. The job stays claimed during the delay; its lease was kept until the run ended and
-    /// is far longer than the delay.
+    /// kiln could not run the job (work directory, sandbox, interpreter, or a panic): the job is
+    /// not to blame, so it goes back to the queue while attempts remain, after a delay that
+    /// doubles with each attempt so a broken host does not spin through them; then it ends
+    /// `error` with `reason`. The job stays claimed during the delay; its lease was kept until
+    /// the run ended and is far longer than the delay.
     async fn run_failed(&self, job: &ClaimedJob, reason: String, kill: &CancellationToken) {
         let delay = RUN_RETRY_BASE
             .saturating_mul(1 << job.attempt.saturating_sub(1).min(6))
@@ -320,7 +493,6 @@ impl<E: Execute> Workers<E> {
             () = tokio::time::sleep(delay) => {}
             () = kill.cancelled() => {}
         }
-        let reason = format!("kiln could not run it: {reason}");
         if let Err(e) = self
             .store
             .release(job.id, job.attempt, Outcome::RunnerError, reason)
@@ -413,7 +585,8 @@ impl<E: Execute> Workers<E> {
     }
 }
 
-/// Renews the lease every third of its length. Stops the run once the job is no longer ours
+/// Renews the lease every third of its length, until the run is stopped (its end is then near,
+/// and the task is aborted when it comes). Stops the run once the job is no longer ours
 /// (cancelled or rescued), or once the lease is about to run out without a successful renewal.
 async fn keep_lease(
     store: Store,
@@ -430,7 +603,10 @@ async fn keep_lease(
         // Wake early enough to stop the run before the lease runs out if renewals keep failing.
         let margin = lease / 10;
         let next = (Instant::now() + period).min(expires - margin);
-        tokio::time::sleep_until(next).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            () = stop.cancelled() => return,
+        }
         if Instant::now() + margin >= expires {
             tracing::error!(job = %id, "lease about to expire without renewal: stopping the run");
             lost.cancel();
@@ -449,3 +625,6 @@ async fn keep_lease(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
