@@ -370,9 +370,16 @@ impl<E: Execute> Workers<E> {
             Err(e) if e.is_panic() => {
                 let panic = join_error_message(e);
                 tracing::error!(job = %job.id, attempt = job.attempt, %panic, "{PANICKED}");
-                self.run_failed(&job, PANICKED.to_owned(), &stopping.running)
-                    .await;
-                None
+                // A bug, not the job's fault, and likely to recur: ended at once, not retried.
+                let error = Some(PANICKED.to_owned());
+                self.record(
+                    &job,
+                    Outcome::RunnerError,
+                    RunResult::default(),
+                    error,
+                    None,
+                )
+                .await
             }
             // Only a runtime that shuts down cancels it: the job is left to the rescuer.
             Err(e) => {

@@ -296,10 +296,10 @@ fn count_renewals(path: &std::path::Path) {
 #[tokio::test(start_paused = true)]
 async fn a_panicking_run_ends_its_job_in_error_once_renews_no_lease_and_its_worker_serves_the_next()
 {
-    // A renewal every 200 ms. The panic is treated like a failed start, which keeps the job
-    // claimed for 250 ms before it ends: a lease keeper that outlived the run would renew then.
+    // A renewal every 200 ms, so a lease keeper that outlived the run would renew while the
+    // next job runs. Three attempts allowed: a panic is a bug of kiln's, ended at once, not retried.
     let mut h = Harness::new(Duration::from_millis(600));
-    let panics = h.submit(PANIC, 1).await;
+    let panics = h.submit(PANIC, 3).await;
     // Runs over several renewal periods, which shows that renewals are counted.
     let next = h.submit(SLEEP, 1).await;
     h.start_worker();
