@@ -7,8 +7,7 @@
 
 use tokio::sync::{Notify, broadcast};
 
-use crate::batch::BatchId;
-use crate::job::{EventKind, JobId};
+use crate::job::{BatchId, EventKind, JobId};
 
 /// One committed event, as announced to subscribers.
 #[derive(Clone, Copy, Debug)]

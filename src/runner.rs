@@ -28,8 +28,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::BatchId;
-use crate::job::{BuildUse, JobId, Limits, Outcome, Progress, RunResult};
+use crate::job::{BatchId, BuildUse, JobId, Limits, Outcome, Progress, RunResult};
 use crate::live::{Live, OutputTap, Stream};
 use crate::runtime::Runtime;
 use crate::sandbox::cgroup::JobCgroup;
@@ -70,7 +69,7 @@ pub struct RunRequest<'a> {
     pub stdin: &'a str,
     pub args: &'a [String],
     /// Extra files for the work directory, by relative path (already checked by
-    /// [`crate::job::check_file_name`]).
+    /// [`crate::job::validate::check_file_name`]).
     pub files: &'a BTreeMap<String, String>,
     pub limits: Limits,
     /// Where the job's run reports while it runs; `None` runs it without a progress pipe.

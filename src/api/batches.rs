@@ -19,9 +19,10 @@ use super::junit;
 use super::streams;
 use super::{AppState, access};
 use crate::auth::Principal;
-use crate::batch::{Batch, BatchId, BatchRequest, BatchSpec};
-use crate::job::EventKind;
-use crate::names::shown;
+use crate::job::batch::{Batch, BatchSpec};
+use crate::job::names::shown;
+use crate::job::validate::BatchRequest;
+use crate::job::{BatchId, EventKind};
 use crate::store::{BatchCancel, BatchSubmitted};
 
 /// Characters of each case's expected output, stdout and stderr a report quotes.

@@ -6,7 +6,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::job::Rejection;
+use crate::job::validate::{MAX_IDEMPOTENCY_KEY_BYTES, Rejection};
 use crate::store::{StoreError, Unavailable};
 
 #[derive(Debug)]
@@ -65,6 +65,17 @@ impl From<Rejection> for ApiError {
             Rejection::Invalid(message) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
             }
+            // The domain says what is wrong; where to look and which header is meant are HTTP's.
+            Rejection::UnknownRuntime(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("{rejection}; GET /v1/runtimes lists the available ones"),
+            ),
+            Rejection::IdempotencyKey => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} characters"),
+            ),
         }
     }
 }
@@ -117,5 +128,23 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejections_the_domain_words_plainly_get_their_http_wording_here() {
+        let unknown = ApiError::from(Rejection::UnknownRuntime("cobol".into()));
+        assert_eq!(unknown.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            unknown.message,
+            "unknown runtime \"cobol\"; GET /v1/runtimes lists the available ones"
+        );
+        let key = ApiError::from(Rejection::IdempotencyKey);
+        assert_eq!(key.code, "invalid_request");
+        assert_eq!(key.message, "Idempotency-Key must be 1 to 255 characters");
     }
 }

@@ -19,9 +19,8 @@ use tokio::time::Instant;
 use super::AppState;
 use super::error::ApiError;
 use crate::auth::Principal;
-use crate::batch::BatchId;
-use crate::job::JobId;
-use crate::names::shown;
+use crate::job::names::shown;
+use crate::job::{BatchId, JobId};
 use crate::store::Visibility;
 
 /// A JSON body. The content type is not insisted on (`curl -d` sends a form type by default);

@@ -14,10 +14,13 @@ use serde_json::Value;
 use super::error::ApiError;
 use super::extract::parse_json;
 use super::{batches, jobs, streams};
-use crate::batch::{BatchRequest, BatchSpec, CaseRequest};
-use crate::config::Policy;
-use crate::job::{JobRequest, JobSpec, LimitsRequest, Rejection, check_file_name};
-use crate::names::hidden_character;
+use crate::job::JobSpec;
+use crate::job::batch::BatchSpec;
+use crate::job::names::hidden_character;
+use crate::job::policy::Policy;
+use crate::job::validate::{
+    BatchRequest, CaseRequest, JobRequest, LimitsRequest, Rejection, check_file_name,
+};
 
 fn is_client_error(e: &ApiError) -> bool {
     e.status.is_client_error() && !e.code.is_empty() && !e.message.is_empty()
@@ -297,6 +300,7 @@ proptest! {
             }
             Err(Rejection::TooLarge(message)) => prop_assert!(asked > 4, "{}", message),
             Err(Rejection::Invalid(message)) => prop_assert!(!message.is_empty()),
+            Err(rejection) => prop_assert!(!rejection.to_string().is_empty()),
         }
     }
 

@@ -17,8 +17,9 @@ use super::extract::{self, PathId, Query};
 use super::streams;
 use super::{AppState, access};
 use crate::auth::Principal;
-use crate::job::{Job, JobId, JobRequest, JobSpec, Status};
-use crate::names::shown;
+use crate::job::names::shown;
+use crate::job::validate::JobRequest;
+use crate::job::{Job, JobId, JobSpec, Status};
 use crate::store::{Admission, CancelResult, Submitted};
 
 const MAX_PAGE: u32 = 1000;

@@ -31,8 +31,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 
 use super::AppState;
 use super::error::ApiError;
-use crate::batch::BatchId;
-use crate::job::{Event, EventKind, JobId};
+use crate::job::{BatchId, Event, EventKind, JobId};
 use crate::live::{LiveEvent, OutputChunk, OutputWatch};
 use crate::store::{StoreError, Visibility};
 

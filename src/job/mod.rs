@@ -1,18 +1,37 @@
-//! The job as the rest of kiln sees it: what a submitter asks for ([`JobSpec`]), the [`Limits`] it
-//! runs under, the [`Status`] it moves through, why it ended ([`Outcome`]), and the [`Event`]s that
-//! record each step. Plain data: no SQL, no HTTP, no processes. Validation of a submission lives
-//! here too, so every entry point (the v1 API, the compatibility aliases, later batches) applies the
-//! same rules.
+//! The domain, at the bottom of kiln: the job as the rest of kiln sees it. What a submitter asks
+//! for once validated ([`JobSpec`]), the [`Limits`] it runs under, the [`Status`] it moves
+//! through, why it ended ([`Outcome`]), the [`Event`]s that record each step, and the job as
+//! stored ([`Job`]). Plain data and pure rules: no SQL, no HTTP, no processes.
+//!
+//! Beside it: suites of cases ([`batch`]) and how a case is judged ([`verdict`]); what a
+//! deployment lets a submission ask for ([`policy`], with the hosts a callback may reach in
+//! [`hosts`]) and the checks that hold a submission to it ([`validate`], one set of rules for
+//! every entry point); what a name may look like ([`names`]); timestamps as kiln keeps them
+//! ([`time`]).
+//!
+//! Nothing here imports anything of kiln outside `src/job/`: the configuration, the store, the
+//! API, the runner and the rest depend on this module and it on none of them, so a change up
+//! there never reaches the domain (`tests/it/architecture.rs` holds the crate to it).
+
+pub mod batch;
+pub mod hosts;
+pub mod names;
+pub mod policy;
+pub mod time;
+pub mod validate;
+pub mod verdict;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Policy;
-use crate::names::{self, shown};
+use verdict::Verdict;
 
 /// Job ids are UUIDv7: they sort by creation time, so the primary key doubles as the FIFO order.
 pub type JobId = uuid::Uuid;
+
+/// Batch ids are UUIDv7, like job ids.
+pub type BatchId = uuid::Uuid;
 
 /// Where a job is in its life. The allowed transitions:
 ///
@@ -164,39 +183,6 @@ pub struct Limits {
     pub file_bytes: u64,
 }
 
-/// Limits as a submitter states them: any may be left out and then takes the configured default.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsRequest {
-    pub wall_ms: Option<u64>,
-    pub cpu_ms: Option<u64>,
-    pub memory_mb: Option<u64>,
-    pub processes: Option<u64>,
-    pub output_bytes: Option<u64>,
-    pub file_bytes: Option<u64>,
-}
-
-/// A submission as decoded from the wire, before validation.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JobRequest {
-    pub runtime: String,
-    pub code: String,
-    #[serde(default)]
-    pub stdin: String,
-    #[serde(default)]
-    pub args: Vec<String>,
-    #[serde(default)]
-    pub files: BTreeMap<String, String>,
-    #[serde(default)]
-    pub limits: LimitsRequest,
-    #[serde(default)]
-    pub priority: i32,
-    pub max_attempts: Option<u32>,
-    /// Where to POST the result when the job ends (see [`crate::webhook`]).
-    pub callback_url: Option<String>,
-}
-
 /// A validated job, ready to be stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobSpec {
@@ -210,206 +196,6 @@ pub struct JobSpec {
     pub max_attempts: u32,
     pub idempotency_key: Option<String>,
     pub callback_url: Option<String>,
-}
-
-/// Why a submission was refused. The HTTP layer turns `TooLarge` into 413 and `Invalid` into 422.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum Rejection {
-    #[error("{0}")]
-    TooLarge(String),
-    #[error("{0}")]
-    Invalid(String),
-}
-
-impl JobSpec {
-    /// Checks a request against the deployment's policy and fills in defaults. `source_file_of`
-    /// names the file a runtime's code is written to, or `None` for a runtime not offered here.
-    pub fn validate(
-        request: JobRequest,
-        idempotency_key: Option<String>,
-        policy: &Policy,
-        source_file_of: impl Fn(&str) -> Option<String>,
-    ) -> Result<JobSpec, Rejection> {
-        let Some(source_file) = source_file_of(&request.runtime) else {
-            return Err(Rejection::Invalid(format!(
-                "unknown runtime {}; GET /v1/runtimes lists the available ones",
-                shown(&request.runtime)
-            )));
-        };
-        if request.files.contains_key(&source_file) {
-            return Err(Rejection::Invalid(format!(
-                "files must not contain {source_file:?}: the code is written there"
-            )));
-        }
-        if request.code.trim().is_empty() {
-            return Err(Rejection::Invalid("code must not be empty".into()));
-        }
-        check_size("code", request.code.len(), policy.max_code_bytes)?;
-        let files_bytes: usize = request.files.iter().map(|(n, c)| n.len() + c.len()).sum();
-        check_size("files", files_bytes, policy.max_files_bytes)?;
-        if request.files.len() > policy.max_files {
-            return Err(Rejection::TooLarge(format!(
-                "{} files given, at most {} allowed",
-                request.files.len(),
-                policy.max_files
-            )));
-        }
-        let mut look_alikes = names::LookAlikes::with_capacity(request.files.len() + 1);
-        look_alikes.check(&source_file);
-        for name in request.files.keys() {
-            check_file_name(name)?;
-            if let Some(other) = look_alikes.check(name) {
-                return Err(Rejection::Invalid(format!(
-                    "file name {} looks like {}: use names a reader can tell apart",
-                    shown(name),
-                    shown(other)
-                )));
-            }
-        }
-        check_input(&request.stdin, &request.args, policy)?;
-        if request.code.contains('\0') {
-            return Err(Rejection::Invalid(
-                "code, stdin and args must not contain NUL bytes".into(),
-            ));
-        }
-        let max_attempts = request.max_attempts.unwrap_or(policy.default_max_attempts);
-        if max_attempts == 0 || max_attempts > policy.max_max_attempts {
-            return Err(Rejection::Invalid(format!(
-                "max_attempts must be between 1 and {}",
-                policy.max_max_attempts
-            )));
-        }
-        if let Some(key) = &idempotency_key
-            && (key.is_empty() || key.len() > 255)
-        {
-            return Err(Rejection::Invalid(
-                "Idempotency-Key must be 1 to 255 characters".into(),
-            ));
-        }
-        if let Some(url) = &request.callback_url {
-            policy
-                .callbacks
-                .check_url(url)
-                .map_err(Rejection::Invalid)?;
-        }
-        Ok(JobSpec {
-            runtime: request.runtime,
-            code: request.code,
-            stdin: request.stdin,
-            args: request.args,
-            files: request.files,
-            limits: resolve_limits(request.limits, policy)?,
-            priority: request.priority,
-            max_attempts,
-            idempotency_key,
-            callback_url: request.callback_url,
-        })
-    }
-}
-
-/// The checks on what one run is given besides the code: its stdin and arguments.
-pub(crate) fn check_input(stdin: &str, args: &[String], policy: &Policy) -> Result<(), Rejection> {
-    check_size("stdin", stdin.len(), policy.max_stdin_bytes)?;
-    if args.len() > policy.max_args {
-        return Err(Rejection::TooLarge(format!(
-            "{} args given, at most {} allowed",
-            args.len(),
-            policy.max_args
-        )));
-    }
-    if args
-        .iter()
-        .map(String::as_str)
-        .chain([stdin])
-        .any(|s| s.contains('\0'))
-    {
-        return Err(Rejection::Invalid(
-            "code, stdin and args must not contain NUL bytes".into(),
-        ));
-    }
-    Ok(())
-}
-
-pub(crate) fn check_size(what: &str, len: usize, max: usize) -> Result<(), Rejection> {
-    if len > max {
-        return Err(Rejection::TooLarge(format!(
-            "{what} is {len} bytes, at most {max} allowed"
-        )));
-    }
-    Ok(())
-}
-
-/// File names are relative paths inside the work directory: no absolute paths, no `..`, no empty or
-/// `.` components, no backslashes, and nothing [`names::hidden_character`] refuses. The runner
-/// trusts names that passed this check.
-pub fn check_file_name(name: &str) -> Result<(), Rejection> {
-    let invalid = |why: &str| {
-        Err(Rejection::Invalid(format!(
-            "file name {} {why}",
-            shown(name)
-        )))
-    };
-    if name.is_empty() || name.len() > 255 {
-        return invalid("must be 1 to 255 bytes");
-    }
-    if name.starts_with('/') {
-        return invalid("must be relative");
-    }
-    if let Some(why) = names::hidden_character(name) {
-        return invalid(why);
-    }
-    if name.contains('\\') {
-        return invalid("must not contain backslashes");
-    }
-    if name
-        .split('/')
-        .any(|part| part.is_empty() || part == "." || part == "..")
-    {
-        return invalid("must not contain empty, '.' or '..' components");
-    }
-    Ok(())
-}
-
-pub(crate) fn resolve_limits(request: LimitsRequest, policy: &Policy) -> Result<Limits, Rejection> {
-    let (default, max) = (&policy.default_limits, &policy.max_limits);
-    let pick = |name: &str, asked: Option<u64>, default: u64, max: u64| match asked {
-        Some(0) => Err(Rejection::Invalid(format!(
-            "limits.{name} must be positive"
-        ))),
-        Some(v) if v > max => Err(Rejection::Invalid(format!(
-            "limits.{name} is {v}, at most {max} allowed"
-        ))),
-        Some(v) => Ok(v),
-        None => Ok(default.min(max)),
-    };
-    Ok(Limits {
-        wall_ms: pick("wall_ms", request.wall_ms, default.wall_ms, max.wall_ms)?,
-        cpu_ms: pick("cpu_ms", request.cpu_ms, default.cpu_ms, max.cpu_ms)?,
-        memory_mb: pick(
-            "memory_mb",
-            request.memory_mb,
-            default.memory_mb,
-            max.memory_mb,
-        )?,
-        processes: pick(
-            "processes",
-            request.processes,
-            default.processes,
-            max.processes,
-        )?,
-        output_bytes: pick(
-            "output_bytes",
-            request.output_bytes,
-            default.output_bytes,
-            max.output_bytes,
-        )?,
-        file_bytes: pick(
-            "file_bytes",
-            request.file_bytes,
-            default.file_bytes,
-            max.file_bytes,
-        )?,
-    })
 }
 
 /// What kind of step an [`Event`] records. Stored as text (`job.started`, ...), so operators can
@@ -511,8 +297,8 @@ pub struct Event {
     pub job_id: Option<JobId>,
     /// The batch it belongs to: a batch's own events and those of its cases.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub batch_id: Option<crate::batch::BatchId>,
-    #[serde(serialize_with = "crate::time::serialize_ms")]
+    pub batch_id: Option<BatchId>,
+    #[serde(serialize_with = "crate::job::time::serialize_ms")]
     pub at: i64,
     #[serde(rename = "type")]
     pub kind: String,
@@ -533,11 +319,11 @@ pub struct Job {
     pub attempt: u32,
     pub max_attempts: u32,
     pub priority: i32,
-    #[serde(serialize_with = "crate::time::serialize_ms")]
+    #[serde(serialize_with = "crate::job::time::serialize_ms")]
     pub created_at: i64,
-    #[serde(serialize_with = "crate::time::serialize_opt_ms")]
+    #[serde(serialize_with = "crate::job::time::serialize_opt_ms")]
     pub started_at: Option<i64>,
-    #[serde(serialize_with = "crate::time::serialize_opt_ms")]
+    #[serde(serialize_with = "crate::job::time::serialize_opt_ms")]
     pub finished_at: Option<i64>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
@@ -554,11 +340,11 @@ pub struct Job {
     pub progress: Option<Progress>,
     /// For a case of a batch: the batch, the case's name and, once it ended, its verdict.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub batch_id: Option<crate::batch::BatchId>,
+    pub batch_id: Option<BatchId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub case_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub verdict: Option<crate::verdict::Verdict>,
+    pub verdict: Option<Verdict>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verdict_detail: Option<String>,
 }

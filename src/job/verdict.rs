@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::{Outcome, RunResult};
+use super::{Outcome, RunResult};
 
 /// How stdout is compared with the expected output.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
