@@ -13,6 +13,9 @@
 //! API, the runner and the rest depend on this module and it on none of them, so a change up
 //! there never reaches the domain (`tests/it/architecture.rs` holds the crate to it).
 
+#[macro_use]
+mod text;
+
 pub mod batch;
 pub mod hosts;
 pub mod names;
@@ -33,129 +36,70 @@ pub type JobId = uuid::Uuid;
 /// Batch ids are UUIDv7, like job ids.
 pub type BatchId = uuid::Uuid;
 
-/// Where a job is in its life. The allowed transitions:
-///
-/// ```text
-///            claim              finish
-/// queued ──────────► running ──────────► succeeded | failed | timed_out | error
-///   │  ▲                │
-///   │  └── retrying ────┤ lease expired / shutdown, attempts left
-///   │                   │ (no attempts left → error)
-///   └──── cancel ───────┴──► cancelled
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    TimedOut,
-    Cancelled,
-    Error,
+text_enum! {
+    /// Where a job is in its life. The allowed transitions:
+    ///
+    /// ```text
+    ///            claim              finish
+    /// queued ──────────► running ──────────► succeeded | failed | timed_out | error
+    ///   │  ▲                │
+    ///   │  └── retrying ────┤ lease expired / shutdown, attempts left
+    ///   │                   │ (no attempts left → error)
+    ///   └──── cancel ───────┴──► cancelled
+    /// ```
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Status {
+        Queued => "queued",
+        Running => "running",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        TimedOut => "timed_out",
+        Cancelled => "cancelled",
+        Error => "error",
+    }
 }
 
 impl Status {
-    pub const ALL: [Status; 7] = [
-        Status::Queued,
-        Status::Running,
-        Status::Succeeded,
-        Status::Failed,
-        Status::TimedOut,
-        Status::Cancelled,
-        Status::Error,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Queued => "queued",
-            Status::Running => "running",
-            Status::Succeeded => "succeeded",
-            Status::Failed => "failed",
-            Status::TimedOut => "timed_out",
-            Status::Cancelled => "cancelled",
-            Status::Error => "error",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Status> {
-        Status::ALL.into_iter().find(|status| status.as_str() == s)
-    }
-
     pub fn is_terminal(self) -> bool {
         !matches!(self, Status::Queued | Status::Running)
     }
 }
 
-/// Why a job ended. The status says *how* it ended; the outcome says *why*, precisely enough to
-/// tell a wall-clock kill from a CPU-time kill, or a crash from an output flood.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// Exited with status 0.
-    Success,
-    /// Exited with a non-zero status.
-    NonzeroExit,
-    /// Killed by a signal it did not ask for from us (a crash, `kill -9` from inside, ...).
-    Signal,
-    /// Ran longer than `limits.wall_ms`.
-    WallTimeLimit,
-    /// Used more than `limits.cpu_ms` of CPU.
-    CpuTimeLimit,
-    /// Killed for using more than `limits.memory_mb`.
-    MemoryLimit,
-    /// Wrote more than `limits.output_bytes` to stdout or stderr.
-    OutputLimit,
-    /// A compiled runtime's compiler refused the code (its output is the job's stdout/stderr).
-    CompileError,
-    /// Cancelled by a user before it finished.
-    Cancelled,
-    /// Its worker (or the whole server) stopped renewing the lease and no attempts were left.
-    LeaseExpired,
-    /// The server shut down while it ran and no attempts were left.
-    Shutdown,
-    /// kiln could not run it: runtime missing, work directory or process could not be set up.
-    RunnerError,
+text_enum! {
+    /// Why a job ended. The status says *how* it ended; the outcome says *why*, precisely enough to
+    /// tell a wall-clock kill from a CPU-time kill, or a crash from an output flood.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Outcome {
+        /// Exited with status 0.
+        Success => "success",
+        /// Exited with a non-zero status.
+        NonzeroExit => "nonzero_exit",
+        /// Killed by a signal it did not ask for from us (a crash, `kill -9` from inside, ...).
+        Signal => "signal",
+        /// Ran longer than `limits.wall_ms`.
+        WallTimeLimit => "wall_time_limit",
+        /// Used more than `limits.cpu_ms` of CPU.
+        CpuTimeLimit => "cpu_time_limit",
+        /// Killed for using more than `limits.memory_mb`.
+        MemoryLimit => "memory_limit",
+        /// Wrote more than `limits.output_bytes` to stdout or stderr.
+        OutputLimit => "output_limit",
+        /// A compiled runtime's compiler refused the code (its output is the job's stdout/stderr).
+        CompileError => "compile_error",
+        /// Cancelled by a user before it finished.
+        Cancelled => "cancelled",
+        /// Its worker (or the whole server) stopped renewing the lease and no attempts were left.
+        LeaseExpired => "lease_expired",
+        /// The server shut down while it ran and no attempts were left.
+        Shutdown => "shutdown",
+        /// kiln could not run it: runtime missing, work directory or process could not be set up.
+        RunnerError => "runner_error",
+    }
 }
 
 impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::NonzeroExit => "nonzero_exit",
-            Outcome::Signal => "signal",
-            Outcome::WallTimeLimit => "wall_time_limit",
-            Outcome::CpuTimeLimit => "cpu_time_limit",
-            Outcome::MemoryLimit => "memory_limit",
-            Outcome::OutputLimit => "output_limit",
-            Outcome::CompileError => "compile_error",
-            Outcome::Cancelled => "cancelled",
-            Outcome::LeaseExpired => "lease_expired",
-            Outcome::Shutdown => "shutdown",
-            Outcome::RunnerError => "runner_error",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Outcome> {
-        use Outcome::*;
-        [
-            Success,
-            NonzeroExit,
-            Signal,
-            WallTimeLimit,
-            CpuTimeLimit,
-            MemoryLimit,
-            OutputLimit,
-            CompileError,
-            Cancelled,
-            LeaseExpired,
-            Shutdown,
-            RunnerError,
-        ]
-        .into_iter()
-        .find(|outcome| outcome.as_str() == s)
-    }
-
     /// The terminal status a job with this outcome ends in.
     pub fn status(self) -> Status {
         match self {
@@ -198,71 +142,34 @@ pub struct JobSpec {
     pub callback_url: Option<String>,
 }
 
-/// What kind of step an [`Event`] records. Stored as text (`job.started`, ...), so operators can
-/// filter on it and later kinds can be added without a schema change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EventKind {
-    Queued,
-    Started,
-    Retrying,
-    /// The running job reported how far it got (see [`Progress`]).
-    Progress,
-    Succeeded,
-    Failed,
-    TimedOut,
-    Cancelled,
-    Error,
-    /// A webhook call was answered with a 2xx.
-    WebhookDelivered,
-    /// A webhook call failed (no answer, or not a 2xx); its data says whether it will be retried.
-    WebhookFailed,
-    /// A suite's cases were all stored (one event for the whole batch).
-    BatchQueued,
-    /// A suite's last case ended; the data holds the totals.
-    BatchCompleted,
+text_enum! {
+    /// What kind of step an [`Event`] records. Stored as text (`job.started`, ...), so operators
+    /// can filter on it and later kinds can be added without a schema change.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum EventKind {
+        Queued => "job.queued",
+        Started => "job.started",
+        Retrying => "job.retrying",
+        /// The running job reported how far it got (see [`Progress`]).
+        Progress => "job.progress",
+        Succeeded => "job.succeeded",
+        Failed => "job.failed",
+        TimedOut => "job.timed_out",
+        Cancelled => "job.cancelled",
+        Error => "job.error",
+        /// A webhook call was answered with a 2xx.
+        WebhookDelivered => "webhook.delivered",
+        /// A webhook call failed (no answer, or not a 2xx); its data says whether it will be
+        /// retried.
+        WebhookFailed => "webhook.failed",
+        /// A suite's cases were all stored (one event for the whole batch).
+        BatchQueued => "batch.queued",
+        /// A suite's last case ended; the data holds the totals.
+        BatchCompleted => "batch.completed",
+    }
 }
 
 impl EventKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Queued => "job.queued",
-            EventKind::Started => "job.started",
-            EventKind::Retrying => "job.retrying",
-            EventKind::Progress => "job.progress",
-            EventKind::Succeeded => "job.succeeded",
-            EventKind::Failed => "job.failed",
-            EventKind::TimedOut => "job.timed_out",
-            EventKind::Cancelled => "job.cancelled",
-            EventKind::Error => "job.error",
-            EventKind::WebhookDelivered => "webhook.delivered",
-            EventKind::WebhookFailed => "webhook.failed",
-            EventKind::BatchQueued => "batch.queued",
-            EventKind::BatchCompleted => "batch.completed",
-        }
-    }
-
-    /// The kind [`EventKind::as_str`] names.
-    pub fn parse(s: &str) -> Option<EventKind> {
-        use EventKind::*;
-        [
-            Queued,
-            Started,
-            Retrying,
-            Progress,
-            Succeeded,
-            Failed,
-            TimedOut,
-            Cancelled,
-            Error,
-            WebhookDelivered,
-            WebhookFailed,
-            BatchQueued,
-            BatchCompleted,
-        ]
-        .into_iter()
-        .find(|kind| kind.as_str() == s)
-    }
-
     /// The event that records a job entering a terminal status.
     pub fn terminal(status: Status) -> Option<EventKind> {
         match status {
