@@ -54,7 +54,8 @@ pub struct Batch {
     pub compare: CompareMode,
     /// True once every case is terminal.
     pub done: bool,
-    pub progress: Progress,
+    /// How many cases have ended, of how many.
+    pub progress: Tally,
     /// Cases whose verdict is `passed`, and those that ended otherwise.
     pub passed: u32,
     pub failed: u32,
@@ -70,8 +71,10 @@ pub struct Batch {
     pub finished_at: Option<i64>,
 }
 
+/// Cases ended and cases in all. Not a job's [`super::Progress`], which is what a running
+/// program reports of itself.
 #[derive(Clone, Copy, Debug, Serialize)]
-pub struct Progress {
+pub struct Tally {
     pub done: u32,
     pub total: u32,
 }

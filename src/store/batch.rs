@@ -12,7 +12,7 @@ use super::read::{collect, event_row, opt_u64, parse_outcome, parse_verdict};
 use super::tenants::{self, Admission, Full};
 use super::write::{self, from_json, parse_id, parse_status, to_json};
 use crate::bus::Notice;
-use crate::job::batch::{Batch, BatchSpec, Case, CaseReport, status_counts, verdict_counts};
+use crate::job::batch::{Batch, BatchSpec, Case, CaseReport, Tally, status_counts, verdict_counts};
 use crate::job::verdict::{CompareMode, Verdict};
 use crate::job::{BatchId, Event, EventKind, JobId, Status};
 
@@ -347,7 +347,7 @@ pub(super) fn batch(conn: &Connection, id: BatchId) -> Result<Option<Batch>, Sto
         runtime,
         compare: parse_compare(&compare)?,
         done: done == total,
-        progress: crate::job::batch::Progress { done, total },
+        progress: Tally { done, total },
         passed,
         failed: done.saturating_sub(passed),
         by_status: status_counts(&status_totals(conn, &key)?),
