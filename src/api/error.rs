@@ -48,6 +48,16 @@ impl ApiError {
         )
     }
 
+    /// A failure on the server's side. The caller logs what happened; the client learns only
+    /// that it was not its fault, never the details.
+    pub fn internal() -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; the server log has the details",
+        )
+    }
+
     pub fn unavailable(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             retry_after: Some(1),
@@ -84,11 +94,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let Some(cause) = e.unavailable() else {
             tracing::error!(error = %e, "store error");
-            return ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error; the server log has the details",
-            );
+            return ApiError::internal();
         };
         if cause == Unavailable::Io {
             tracing::error!(error = %e, "the database file cannot be read or written");

@@ -45,7 +45,13 @@ pub async fn submit(
         .job(id)
         .await?
         .ok_or_else(ApiError::job_not_found)?;
-    let mut response = accepted_response(id, serde_json::to_value(&job).unwrap_or_default());
+    // Through a `Value`, whose keys are sorted: a replay has always answered in that order, unlike
+    // `GET /v1/jobs/{id}` (the job's field order).
+    let body = serde_json::to_value(&job).map_err(|e| {
+        tracing::error!(error = %e, job = %id, "cannot render a job as JSON");
+        ApiError::internal()
+    })?;
+    let mut response = accepted_response(id, body);
     response
         .headers_mut()
         .insert("idempotent-replayed", HeaderValue::from_static("true"));

@@ -105,12 +105,7 @@ async fn request_timeout(State(limit): State<Duration>, request: Request, next: 
 
 fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("a request handler panicked");
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "internal error; the server log has the details",
-    )
-    .into_response()
+    ApiError::internal().into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -140,11 +135,7 @@ async fn tenant(
     };
     let initial = crate::auth::random_hex(32).map_err(|e| {
         tracing::error!(error = %e, "cannot generate a webhook signing key");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error; the server log has the details",
-        )
+        ApiError::internal()
     })?;
     let secret = state.store.tenant_secret(tenant.clone(), initial).await?;
     Ok(Json(
