@@ -1,6 +1,7 @@
 //! In-process signals about what the store has just committed. The writer publishes here after
-//! each commit; workers wait on [`Bus::work`] to claim without a polling delay, and pollers
-//! (long-poll, later streams) follow [`Bus::subscribe`] to wake the moment a job changes.
+//! each commit; workers wait on [`Bus::work`] to claim without a polling delay, and whatever
+//! waits for a change (long-polls, the follower that feeds the live streams in [`crate::live`],
+//! the webhook deliverer) follows [`Bus::subscribe`] to wake the moment a job changes.
 //!
 //! The bus carries only notices (which event, which job, what kind); the database stays the
 //! source of truth, so a receiver that lags behind simply reads the state again.
