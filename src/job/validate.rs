@@ -495,4 +495,78 @@ mod tests {
         let err = validate(request(serde_json::json!([{}, {}, {}])), &policy);
         assert!(matches!(err, Err(Rejection::TooLarge(_))), "{err:?}");
     }
+
+    fn job(request: serde_json::Value, key: Option<&str>) -> Result<JobSpec, Rejection> {
+        let request: JobRequest = serde_json::from_value(request).expect("request");
+        JobSpec::validate(
+            request,
+            key.map(str::to_owned),
+            &Policy::default(),
+            |runtime| (runtime == "sh").then(|| "main.sh".to_owned()),
+        )
+    }
+
+    #[test]
+    fn a_job_takes_the_default_limits_and_attempts_for_what_it_leaves_out() {
+        let spec = job(serde_json::json!({"runtime": "sh", "code": "echo"}), None).expect("valid");
+        assert_eq!(spec.limits, Policy::default().default_limits);
+        assert_eq!(spec.max_attempts, Policy::default().default_max_attempts);
+    }
+
+    #[test]
+    fn an_unknown_runtime_and_a_bad_key_are_refused_in_the_domains_own_words() {
+        let unknown = job(serde_json::json!({"runtime": "cobol", "code": "x"}), None);
+        assert_eq!(unknown, Err(Rejection::UnknownRuntime("cobol".into())));
+        assert_eq!(
+            unknown.expect_err("refused").to_string(),
+            "unknown runtime \"cobol\""
+        );
+        let long = "k".repeat(MAX_IDEMPOTENCY_KEY_BYTES + 1);
+        for key in ["", long.as_str()] {
+            let refused = job(serde_json::json!({"runtime": "sh", "code": "x"}), Some(key));
+            assert_eq!(refused, Err(Rejection::IdempotencyKey));
+        }
+        let longest = "k".repeat(MAX_IDEMPOTENCY_KEY_BYTES);
+        let accepted = job(
+            serde_json::json!({"runtime": "sh", "code": "x"}),
+            Some(&longest),
+        );
+        assert!(accepted.is_ok(), "{accepted:?}");
+    }
+
+    #[test]
+    fn files_may_not_take_the_codes_place_or_look_like_it() {
+        let taken = job(
+            serde_json::json!({"runtime": "sh", "code": "x", "files": {"main.sh": ""}}),
+            None,
+        );
+        assert!(
+            matches!(&taken, Err(Rejection::Invalid(m)) if m.contains("the code is written there")),
+            "{taken:?}"
+        );
+        let look_alike = job(
+            serde_json::json!({"runtime": "sh", "code": "x", "files": {"m\u{430}in.sh": ""}}),
+            None,
+        );
+        assert!(
+            matches!(&look_alike, Err(Rejection::Invalid(m)) if m.contains("looks like \"main.sh\"")),
+            "{look_alike:?}"
+        );
+    }
+
+    #[test]
+    fn a_limit_above_the_maximum_is_refused_never_clamped() {
+        let max = Policy::default().max_limits.wall_ms;
+        let refused = job(
+            serde_json::json!({"runtime": "sh", "code": "x", "limits": {"wall_ms": max + 1}}),
+            None,
+        );
+        assert_eq!(
+            refused,
+            Err(Rejection::Invalid(format!(
+                "limits.wall_ms is {}, at most {max} allowed",
+                max + 1
+            )))
+        );
+    }
 }
