@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use super::extract::{self, PathId, Query};
 use super::jobs::{WaitQuery, accept, wait_duration, wait_for_end};
 use crate::auth::Principal;
@@ -20,7 +20,7 @@ use crate::job::validate::{JobRequest, LimitsRequest};
 pub async fn eval_gone() -> Response {
     let body = json!({
         "error": {
-            "code": "gone",
+            "code": ErrorCode::Gone.as_str(),
             "message": "POST /eval was removed: submit with POST /eval-async or POST /v1/jobs, \
                         then poll GET /eval-status/{eval_id} or GET /v1/jobs/{id}",
         },

@@ -23,7 +23,7 @@ use crate::job::validate::{
 };
 
 fn is_client_error(e: &ApiError) -> bool {
-    e.status.is_client_error() && !e.code.is_empty() && !e.message.is_empty()
+    e.status.is_client_error() && !e.code.as_str().is_empty() && !e.message.is_empty()
 }
 
 fn source_file_of(runtime: &str) -> Option<String> {

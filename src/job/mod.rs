@@ -13,13 +13,11 @@
 //! API, the runner and the rest depend on this module and it on none of them, so a change up
 //! there never reaches the domain (`tests/it/architecture.rs` holds the crate to it).
 
-#[macro_use]
-mod text;
-
 pub mod batch;
 pub mod hosts;
 pub mod names;
 pub mod policy;
+pub(crate) mod text;
 pub mod time;
 pub mod validate;
 pub mod verdict;
@@ -28,6 +26,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use text::text_enum;
 use verdict::Verdict;
 
 /// Job ids are UUIDv7: they sort by creation time, so the primary key doubles as the FIFO order.

@@ -4,7 +4,7 @@
 //! would read back from the database as corruption; here it cannot be left out.
 //!
 //! serde spells the same variants through `rename_all`; the test below holds the two to one
-//! spelling.
+//! spelling. The API's error codes are declared with it too.
 
 /// Declares an enum whose variants each have one text spelling (`Variant => "text"`), and
 /// generates `ALL` (every variant, in order), `as_str` and `parse` from that one list. Attributes
@@ -48,6 +48,8 @@ macro_rules! text_enum {
         }
     };
 }
+
+pub(crate) use text_enum;
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::text::text_enum;
 use super::{Outcome, RunResult};
 
 text_enum! {
