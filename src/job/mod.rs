@@ -289,3 +289,120 @@ pub enum BuildUse {
     /// This run reused the binary an earlier case of its batch compiled.
     Shared,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(value: &impl Serialize) -> String {
+        serde_json::to_string(value).expect("serialize")
+    }
+
+    fn job() -> Job {
+        Job {
+            id: JobId::from_u128(1),
+            status: Status::Failed,
+            outcome: Some(Outcome::NonzeroExit),
+            runtime: "sh".into(),
+            attempt: 1,
+            max_attempts: 3,
+            priority: 0,
+            created_at: 1_700_000_000_000,
+            started_at: Some(1_700_000_000_100),
+            finished_at: None,
+            exit_code: Some(2),
+            signal: None,
+            stdout: "out".into(),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: true,
+            wall_ms: Some(5),
+            cpu_ms: None,
+            memory_kb: Some(1024),
+            limits: Limits {
+                wall_ms: 1,
+                cpu_ms: 2,
+                memory_mb: 3,
+                processes: 4,
+                output_bytes: 5,
+                file_bytes: 6,
+            },
+            error: None,
+            progress: Some(Progress {
+                percent: 50,
+                message: "half".into(),
+            }),
+            batch_id: None,
+            case_name: None,
+            verdict: None,
+            verdict_detail: None,
+        }
+    }
+
+    // The JSON of a job and of an event is what the API answers and what a webhook posts: a
+    // field renamed, reordered or no longer skipped here changes both, so their shapes are
+    // pinned byte for byte.
+    #[test]
+    fn a_job_and_an_event_keep_their_json_shape() {
+        let plain = concat!(
+            r#"{"id":"00000000-0000-0000-0000-000000000001","status":"failed","#,
+            r#""outcome":"nonzero_exit","runtime":"sh","attempt":1,"max_attempts":3,"#,
+            r#""priority":0,"created_at":"2023-11-14T22:13:20.000Z","#,
+            r#""started_at":"2023-11-14T22:13:20.100Z","finished_at":null,"exit_code":2,"#,
+            r#""signal":null,"stdout":"out","stderr":"","stdout_truncated":false,"#,
+            r#""stderr_truncated":true,"wall_ms":5,"cpu_ms":null,"memory_kb":1024,"#,
+            r#""limits":{"wall_ms":1,"cpu_ms":2,"memory_mb":3,"processes":4,"#,
+            r#""output_bytes":5,"file_bytes":6},"error":null,"#,
+            r#""progress":{"percent":50,"message":"half"}}"#,
+        );
+        assert_eq!(json(&job()), plain);
+        let case = Job {
+            batch_id: Some(BatchId::from_u128(2)),
+            case_name: Some("case 1".into()),
+            verdict: Some(Verdict::RuntimeError),
+            verdict_detail: Some("exit code 2".into()),
+            ..job()
+        };
+        let case_fields = concat!(
+            r#","batch_id":"00000000-0000-0000-0000-000000000002","case_name":"case 1","#,
+            r#""verdict":"runtime_error","verdict_detail":"exit code 2"}"#,
+        );
+        assert_eq!(
+            json(&case),
+            format!("{}{case_fields}", &plain[..plain.len() - 1])
+        );
+
+        let event = Event {
+            id: 7,
+            job_id: Some(JobId::from_u128(1)),
+            batch_id: None,
+            at: 1_700_000_000_000,
+            kind: EventKind::Queued.as_str().into(),
+            attempt: None,
+            data: serde_json::json!({"a": 1}),
+            tenant: None,
+        };
+        assert_eq!(
+            json(&event),
+            concat!(
+                r#"{"id":7,"job_id":"00000000-0000-0000-0000-000000000001","#,
+                r#""at":"2023-11-14T22:13:20.000Z","type":"job.queued","attempt":null,"#,
+                r#""data":{"a":1}}"#,
+            )
+        );
+        let of_a_tenants_case = Event {
+            batch_id: Some(BatchId::from_u128(2)),
+            tenant: Some("acme".into()),
+            ..event
+        };
+        assert_eq!(
+            json(&of_a_tenants_case),
+            concat!(
+                r#"{"id":7,"job_id":"00000000-0000-0000-0000-000000000001","#,
+                r#""batch_id":"00000000-0000-0000-0000-000000000002","#,
+                r#""at":"2023-11-14T22:13:20.000Z","type":"job.queued","attempt":null,"#,
+                r#""data":{"a":1},"tenant":"acme"}"#,
+            )
+        );
+    }
+}
