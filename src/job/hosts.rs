@@ -128,7 +128,7 @@ impl HostPolicy {
     }
 
     /// Checks a callback URL as submitted: its form, and whatever can be told about its host
-    /// without resolving it. The error says why, for a 422.
+    /// without resolving it. The error says why.
     pub fn check_url(&self, url: &str) -> Result<(), String> {
         if url.len() > MAX_URL_BYTES {
             return Err(format!(

@@ -20,7 +20,7 @@ pub struct Policy {
     pub max_max_attempts: u32,
     /// The hosts a `callback_url` may name.
     pub callbacks: HostPolicy,
-    /// Most cases one batch may have (413 above).
+    /// Most cases one batch may have (more is refused as too large).
     pub max_batch_cases: usize,
 }
 

@@ -296,7 +296,7 @@ fn resolve_limits(request: LimitsRequest, policy: &Policy) -> Result<Limits, Rej
 impl BatchSpec {
     /// Checks a suite against the deployment's policy. The shared part (runtime, code, files,
     /// suite limits) is checked once with the same rules as a job; then each case, and a refusal
-    /// names the case. More cases than `policy.max_batch_cases` is `TooLarge` (413).
+    /// names the case. More cases than `policy.max_batch_cases` is `TooLarge`.
     pub fn validate(
         request: BatchRequest,
         idempotency_key: Option<String>,
