@@ -101,6 +101,7 @@ impl ApiError {
     }
 }
 
+/// A refused submission: `413` when something is too large, `422` for anything else wrong.
 impl From<Rejection> for ApiError {
     fn from(rejection: Rejection) -> Self {
         match rejection {
