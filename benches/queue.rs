@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use kiln::config::Policy;
+use kiln::job::policy::Policy;
 use kiln::job::{JobId, JobSpec, Outcome, RunResult};
 use kiln::live::Live;
 use kiln::runner::{Builds, RunError, RunOutput, RunRequest};
@@ -272,7 +272,7 @@ fn raw_inserts() -> f64 {
 /// Inserts one queued job and its `job.queued` event as a submit writes them.
 fn insert_queued(job: &mut Statement, event: &mut Statement, limits: &str, data: &str) {
     let id = uuid::Uuid::now_v7().to_string();
-    let now = kiln::time::now_ms();
+    let now = kiln::job::time::now_ms();
     job.execute(params![
         id,
         "sh",
@@ -321,7 +321,7 @@ fn raw_life_cycle() -> f64 {
             let mut claim = tx.prepare_cached(CLAIM_SQL).expect("prepare");
             let mut event = tx.prepare_cached(INSERT_EVENT).expect("prepare");
             for _ in 0..RAW_BATCH {
-                let now = kiln::time::now_ms();
+                let now = kiln::job::time::now_ms();
                 let (id, attempt): (String, u32) = claim
                     .query_row(params!["raw", now + 30_000, now], |r| {
                         Ok((r.get(0)?, r.get(1)?))
@@ -347,7 +347,7 @@ fn raw_life_cycle() -> f64 {
                 .expect("prepare");
             let mut event = tx.prepare_cached(INSERT_EVENT).expect("prepare");
             for (id, attempt) in &claimed {
-                let now = kiln::time::now_ms();
+                let now = kiln::job::time::now_ms();
                 let n = finish
                     .execute(params![now, id, attempt])
                     .expect("complete a job");

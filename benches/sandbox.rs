@@ -47,7 +47,7 @@ use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
-use kiln::config::Policy;
+use kiln::job::policy::Policy;
 use kiln::job::{JobId, Limits, Outcome};
 use kiln::runner::{Isolation, RunRequest, Runner};
 use kiln::runtime::{Runtime, Runtimes};

@@ -271,7 +271,7 @@ fn build(templates: &Templates, dir: &Path, finished: usize, queued: usize) {
                     .expect("prepare the events clone");
                 for _ in 0..left.min(JOBS_PER_TRANSACTION) {
                     let id = uuid::Uuid::now_v7().to_string();
-                    let shift = kiln::time::now_ms() - created;
+                    let shift = kiln::job::time::now_ms() - created;
                     job.execute(params![id, shift, template])
                         .expect("clone a job");
                     events

@@ -1,14 +1,14 @@
 //! In-process signals about what the store has just committed. The writer publishes here after
-//! each commit; workers wait on [`Bus::work`] to claim without a polling delay, and pollers
-//! (long-poll, later streams) follow [`Bus::subscribe`] to wake the moment a job changes.
+//! each commit; workers wait on [`Bus::work`] to claim without a polling delay, and whatever
+//! waits for a change (long-polls, the follower that feeds the live streams in [`crate::live`],
+//! the webhook deliverer) follows [`Bus::subscribe`] to wake the moment a job changes.
 //!
 //! The bus carries only notices (which event, which job, what kind); the database stays the
 //! source of truth, so a receiver that lags behind simply reads the state again.
 
 use tokio::sync::{Notify, broadcast};
 
-use crate::batch::BatchId;
-use crate::job::{EventKind, JobId};
+use crate::job::{BatchId, EventKind, JobId};
 
 /// One committed event, as announced to subscribers.
 #[derive(Clone, Copy, Debug)]

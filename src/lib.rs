@@ -33,7 +33,6 @@
 
 pub mod api;
 pub mod auth;
-pub mod batch;
 pub mod bus;
 pub mod client;
 pub mod config;
@@ -41,7 +40,6 @@ pub mod http;
 pub mod job;
 pub mod live;
 pub mod metrics;
-pub mod names;
 pub mod ops;
 pub mod progress;
 pub mod runner;
@@ -51,7 +49,5 @@ pub mod server;
 pub mod store;
 #[cfg(test)]
 mod testing;
-pub mod time;
-pub mod verdict;
 pub mod webhook;
 pub mod worker;

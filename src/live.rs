@@ -7,14 +7,16 @@
 //! falls behind it is told it lagged and reads the rows it missed from the database by event id;
 //! nobody ever waits for a subscriber.
 //!
-//! Output: stdout and stderr chunks are not stored one by one (the run's final output is, as
-//! before), so they go from the runner straight to the job's watchers through a small per-job
-//! ring that exists only while somebody watches. They carry no event id and cannot be resumed.
+//! Output: stdout and stderr chunks are not stored one by one (only the run's final output is,
+//! with its result), so they go from the runner straight to the job's watchers through a small
+//! per-job ring that exists only while somebody watches. They carry no event id and cannot be
+//! resumed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 
@@ -35,7 +37,7 @@ const PAGE: u32 = 1000;
 pub struct LiveEvent {
     pub event: Event,
     pub kind: Option<EventKind>,
-    pub rendered: OnceLock<axum::body::Bytes>,
+    pub rendered: OnceLock<Bytes>,
 }
 
 impl LiveEvent {

@@ -12,10 +12,10 @@ use kiln::auth::RateLimit;
 use kiln::client::{self, ClientCommand, ClientOpts};
 use kiln::config::Config;
 use kiln::http::HttpLimits;
+use kiln::job::hosts::{HostPolicy, HostRule};
 use kiln::ops::OpsCommand;
 use kiln::sandbox::{Mode, SandboxConfig};
 use kiln::store::Store;
-use kiln::webhook::{HostPolicy, HostRule};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -373,7 +373,7 @@ async fn token_command(store: &Store, command: TokenCommand, json: bool) -> Resu
                 "{:>4}  {:<13}  {:<20}  {:<5}  {:<24}  revoked",
                 "id", "token", "tenant", "admin", "created"
             );
-            let when = kiln::time::rfc3339;
+            let when = kiln::job::time::rfc3339;
             for t in tokens {
                 println!(
                     "{:>4}  {:<13}  {:<20}  {:<5}  {:<24}  {}",

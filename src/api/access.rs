@@ -11,7 +11,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use crate::auth::{Principal, Refusal};
 use crate::store::Full;
 
@@ -44,7 +44,7 @@ fn refused(refusal: &Refusal) -> Response {
         Refusal::Missing | Refusal::Invalid => {
             let mut response = ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                ErrorCode::Unauthorized,
                 refusal.to_string(),
             )
             .into_response();
@@ -57,7 +57,7 @@ fn refused(refusal: &Refusal) -> Response {
             retry_after: Some(*retry_after),
             ..ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+                ErrorCode::RateLimited,
                 refusal.to_string(),
             )
         }
@@ -73,7 +73,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
         parts.extensions.get::<Principal>().cloned().ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                ErrorCode::Unauthorized,
                 Refusal::Missing.to_string(),
             )
         })
@@ -92,6 +92,6 @@ pub(super) fn full(full: Full) -> ApiError {
     };
     ApiError {
         retry_after: Some(2),
-        ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", message)
+        ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::QueueFull, message)
     }
 }

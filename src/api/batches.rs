@@ -12,16 +12,17 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use super::extract::{self, BatchPath, Query};
 use super::jobs::{WaitQuery, admission, idempotency_key, page_size, wait_duration};
 use super::junit;
 use super::streams;
 use super::{AppState, access};
 use crate::auth::Principal;
-use crate::batch::{Batch, BatchId, BatchRequest, BatchSpec};
-use crate::job::EventKind;
-use crate::names::shown;
+use crate::job::batch::{Batch, BatchSpec};
+use crate::job::names::shown;
+use crate::job::validate::BatchRequest;
+use crate::job::{BatchId, EventKind};
 use crate::store::{BatchCancel, BatchSubmitted};
 
 /// Characters of each case's expected output, stdout and stderr a report quotes.
@@ -64,7 +65,7 @@ pub async fn submit(
         BatchSubmitted::KeyReused(id) => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
-                "idempotency_key_reused",
+                ErrorCode::IdempotencyKeyReused,
                 format!(
                     "this Idempotency-Key was already used for batch {id} with a different suite"
                 ),
@@ -201,7 +202,7 @@ pub async fn report(
         None | Some("junit") => {}
         Some(other) => {
             return Err(ApiError::bad_request(
-                "invalid_query",
+                ErrorCode::InvalidQuery,
                 format!(
                     "unknown report format {}; the one offered is junit",
                     shown(other)
@@ -242,7 +243,7 @@ pub async fn cancel(
         }
         BatchCancel::AlreadyDone => Err(ApiError::new(
             StatusCode::CONFLICT,
-            "already_finished",
+            ErrorCode::AlreadyFinished,
             "every case of the batch has already ended",
         )),
         BatchCancel::NotFound => Err(ApiError::batch_not_found()),

@@ -10,16 +10,17 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use super::extract::{self, PathId, Query};
 use super::jobs::{WaitQuery, accept, wait_duration, wait_for_end};
 use crate::auth::Principal;
-use crate::job::{JobRequest, LimitsRequest, Status};
+use crate::job::Status;
+use crate::job::validate::{JobRequest, LimitsRequest};
 
 pub async fn eval_gone() -> Response {
     let body = json!({
         "error": {
-            "code": "gone",
+            "code": ErrorCode::Gone.as_str(),
             "message": "POST /eval was removed: submit with POST /eval-async or POST /v1/jobs, \
                         then poll GET /eval-status/{eval_id} or GET /v1/jobs/{id}",
         },
@@ -83,8 +84,8 @@ pub async fn status(
         "output": job.stdout,
         "error": error,
         "exit_code": job.exit_code,
-        "created_at": crate::time::rfc3339(job.created_at),
-        "finished_at": job.finished_at.map(crate::time::rfc3339),
+        "created_at": crate::job::time::rfc3339(job.created_at),
+        "finished_at": job.finished_at.map(crate::job::time::rfc3339),
         "wall_ms": job.wall_ms,
         "progress": job.progress,
     })))

@@ -1,25 +1,60 @@
 //! The one error type of the HTTP layer. Every failure a client can see has the same JSON shape,
-//! `{"error": {"code": "...", "message": "..."}}`, with a stable machine-readable code. Client
-//! errors explain themselves; server errors are logged in full and shown generically.
+//! `{"error": {"code": "...", "message": "..."}}`, with a stable machine-readable [`ErrorCode`].
+//! Client errors explain themselves; server errors are logged in full and shown generically.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::job::Rejection;
+use crate::job::text::text_enum;
+use crate::job::validate::{MAX_IDEMPOTENCY_KEY_BYTES, Rejection};
 use crate::store::{StoreError, Unavailable};
+
+text_enum! {
+    /// The machine-readable half of an error answer. Clients branch on it, so a code once
+    /// answered stays; the message beside it is for people and may be reworded.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum ErrorCode {
+        AlreadyFinished => "already_finished",
+        BatchNotFound => "batch_not_found",
+        BodyTimeout => "body_timeout",
+        DatabaseUnavailable => "database_unavailable",
+        Forbidden => "forbidden",
+        Gone => "gone",
+        IdempotencyKeyReused => "idempotency_key_reused",
+        Internal => "internal",
+        InvalidBody => "invalid_body",
+        InvalidHeader => "invalid_header",
+        InvalidId => "invalid_id",
+        InvalidJson => "invalid_json",
+        InvalidPath => "invalid_path",
+        InvalidQuery => "invalid_query",
+        InvalidRequest => "invalid_request",
+        JobNotFound => "job_not_found",
+        MethodNotAllowed => "method_not_allowed",
+        NoRuntimes => "no_runtimes",
+        NotFound => "not_found",
+        QueueFull => "queue_full",
+        RateLimited => "rate_limited",
+        Stopping => "stopping",
+        Timeout => "timeout",
+        TooLarge => "too_large",
+        TooManyStreams => "too_many_streams",
+        Unauthorized => "unauthorized",
+    }
+}
 
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     /// Seconds, for 429/503 answers: when trying again makes sense.
     pub retry_after: Option<u32>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             code,
@@ -28,14 +63,14 @@ impl ApiError {
         }
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
     pub fn job_not_found() -> ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,
-            "job_not_found",
+            ErrorCode::JobNotFound,
             "no job with this id",
         )
     }
@@ -43,12 +78,22 @@ impl ApiError {
     pub fn batch_not_found() -> ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,
-            "batch_not_found",
+            ErrorCode::BatchNotFound,
             "no batch with this id",
         )
     }
 
-    pub fn unavailable(code: &'static str, message: impl Into<String>) -> ApiError {
+    /// A failure on the server's side. The caller logs what happened; the client learns only
+    /// that it was not its fault, never the details.
+    pub fn internal() -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "internal error; the server log has the details",
+        )
+    }
+
+    pub fn unavailable(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
             retry_after: Some(1),
             ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
@@ -56,15 +101,29 @@ impl ApiError {
     }
 }
 
+/// A refused submission: `413` when something is too large, `422` for anything else wrong.
 impl From<Rejection> for ApiError {
     fn from(rejection: Rejection) -> Self {
         match rejection {
             Rejection::TooLarge(message) => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, message)
             }
-            Rejection::Invalid(message) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
-            }
+            Rejection::Invalid(message) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::InvalidRequest,
+                message,
+            ),
+            // The domain says what is wrong; where to look and which header is meant are HTTP's.
+            Rejection::UnknownRuntime(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::InvalidRequest,
+                format!("{rejection}; GET /v1/runtimes lists the available ones"),
+            ),
+            Rejection::IdempotencyKey => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::InvalidRequest,
+                format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} characters"),
+            ),
         }
     }
 }
@@ -73,11 +132,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let Some(cause) = e.unavailable() else {
             tracing::error!(error = %e, "store error");
-            return ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error; the server log has the details",
-            );
+            return ApiError::internal();
         };
         if cause == Unavailable::Io {
             tracing::error!(error = %e, "the database file cannot be read or written");
@@ -100,7 +155,7 @@ impl From<StoreError> for ApiError {
             retry_after: Some(retry_after),
             ..ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "database_unavailable",
+                ErrorCode::DatabaseUnavailable,
                 format!("{why}; nothing was written, try again later"),
             )
         }
@@ -109,7 +164,7 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let body = json!({"error": {"code": self.code.as_str(), "message": self.message}});
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response
@@ -117,5 +172,37 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejections_the_domain_words_plainly_get_their_http_wording_here() {
+        let unknown = ApiError::from(Rejection::UnknownRuntime("cobol".into()));
+        assert_eq!(unknown.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            unknown.message,
+            "unknown runtime \"cobol\"; GET /v1/runtimes lists the available ones"
+        );
+        let key = ApiError::from(Rejection::IdempotencyKey);
+        assert_eq!(key.code, ErrorCode::InvalidRequest);
+        assert_eq!(key.message, "Idempotency-Key must be 1 to 255 characters");
+    }
+
+    #[test]
+    fn error_codes_are_distinct_snake_case_words() {
+        let codes: std::collections::BTreeSet<&str> =
+            ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(codes.len(), ErrorCode::ALL.len());
+        for code in codes {
+            assert!(
+                code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{code}"
+            );
+            assert_eq!(ErrorCode::parse(code).map(ErrorCode::as_str), Some(code));
+        }
     }
 }

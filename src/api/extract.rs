@@ -17,11 +17,10 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use crate::auth::Principal;
-use crate::batch::BatchId;
-use crate::job::JobId;
-use crate::names::shown;
+use crate::job::names::shown;
+use crate::job::{BatchId, JobId};
 use crate::store::Visibility;
 
 /// A JSON body. The content type is not insisted on (`curl -d` sends a form type by default);
@@ -38,13 +37,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
                 if let Some(late) = cause::<BodyTimedOut>(&e) {
                     ApiError::new(
                         StatusCode::REQUEST_TIMEOUT,
-                        "body_timeout",
+                        ErrorCode::BodyTimeout,
                         late.to_string(),
                     )
                 } else if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.body_text())
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        ErrorCode::TooLarge,
+                        e.body_text(),
+                    )
                 } else {
-                    ApiError::bad_request("invalid_body", e.body_text())
+                    ApiError::bad_request(ErrorCode::InvalidBody, e.body_text())
                 }
             })?;
         parse_json(&bytes).map(Json)
@@ -108,10 +111,13 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             e.to_string(),
         ),
-        _ => ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}")),
+        _ => ApiError::bad_request(
+            ErrorCode::InvalidJson,
+            format!("the body is not valid JSON: {e}"),
+        ),
     })
 }
 
@@ -124,7 +130,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         axum::extract::Query::try_from_uri(&parts.uri)
             .map(|axum::extract::Query(value)| Query(value))
-            .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+            .map_err(|e| ApiError::bad_request(ErrorCode::InvalidQuery, e.body_text()))
     }
 }
 
@@ -173,8 +179,11 @@ async fn uuid_in_path<S: Send + Sync>(
 ) -> Result<uuid::Uuid, ApiError> {
     let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
         .await
-        .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
+        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidPath, e.body_text()))?;
     uuid::Uuid::parse_str(&raw).map_err(|_| {
-        ApiError::bad_request("invalid_id", format!("{} is not a {what} id", shown(&raw)))
+        ApiError::bad_request(
+            ErrorCode::InvalidId,
+            format!("{} is not a {what} id", shown(&raw)),
+        )
     })
 }

@@ -14,20 +14,23 @@ use proptest::prelude::*;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use super::extract::{Query, parse_json};
 use super::{batches, jobs, streams};
-use crate::batch::{BatchRequest, BatchSpec, CaseRequest};
-use crate::config::Policy;
-use crate::job::{JobRequest, JobSpec, LimitsRequest, Rejection, check_file_name};
-use crate::names::hidden_character;
+use crate::job::JobSpec;
+use crate::job::batch::BatchSpec;
+use crate::job::names::hidden_character;
+use crate::job::policy::Policy;
+use crate::job::validate::{
+    BatchRequest, CaseRequest, JobRequest, LimitsRequest, Rejection, check_file_name,
+};
 
 fn is_client_error(e: &ApiError) -> bool {
-    e.status.is_client_error() && !e.code.is_empty() && !e.message.is_empty()
+    e.status.is_client_error() && !e.code.as_str().is_empty() && !e.message.is_empty()
 }
 
 fn is_invalid_query(e: &ApiError) -> bool {
-    e.status == StatusCode::BAD_REQUEST && e.code == "invalid_query" && is_client_error(e)
+    e.status == StatusCode::BAD_REQUEST && e.code == ErrorCode::InvalidQuery && is_client_error(e)
 }
 
 /// A query decoded by the extractor every handler uses: the value, or the error a request gets.
@@ -316,6 +319,7 @@ proptest! {
             }
             Err(Rejection::TooLarge(message)) => prop_assert!(asked > 4, "{}", message),
             Err(Rejection::Invalid(message)) => prop_assert!(!message.is_empty()),
+            Err(rejection) => prop_assert!(!rejection.to_string().is_empty()),
         }
     }
 
@@ -393,7 +397,7 @@ proptest! {
             decode_query::<batches::ReportQuery>(&uri).err(),
         ];
         for e in refusals.iter().flatten() {
-            prop_assert!(is_invalid_query(e), "{} {} {:?}", e.status, e.code, e.message);
+            prop_assert!(is_invalid_query(e), "{} {} {:?}", e.status, e.code.as_str(), e.message);
         }
         match decode_query::<jobs::WaitQuery>(&uri) {
             Ok(wait) => {
@@ -403,7 +407,7 @@ proptest! {
                     Err(e) => prop_assert_eq!(e.status, StatusCode::BAD_REQUEST),
                 }
             }
-            Err(e) => prop_assert!(is_invalid_query(&e), "{} {} {:?}", e.status, e.code, e.message),
+            Err(e) => prop_assert!(is_invalid_query(&e), "{} {} {:?}", e.status, e.code.as_str(), e.message),
         }
     }
 

@@ -12,13 +12,14 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use super::extract::{self, PathId, Query};
 use super::streams;
 use super::{AppState, access};
 use crate::auth::Principal;
-use crate::job::{Job, JobId, JobRequest, JobSpec, Status};
-use crate::names::shown;
+use crate::job::names::shown;
+use crate::job::validate::JobRequest;
+use crate::job::{Job, JobId, JobSpec, Status};
 use crate::store::{Admission, CancelResult, Submitted};
 
 const MAX_PAGE: u32 = 1000;
@@ -44,7 +45,13 @@ pub async fn submit(
         .job(id)
         .await?
         .ok_or_else(ApiError::job_not_found)?;
-    let mut response = accepted_response(id, serde_json::to_value(&job).unwrap_or_default());
+    // Through a `Value`, whose keys are sorted: a replay has always answered in that order, unlike
+    // `GET /v1/jobs/{id}` (the job's field order).
+    let body = serde_json::to_value(&job).map_err(|e| {
+        tracing::error!(error = %e, job = %id, "cannot render a job as JSON");
+        ApiError::internal()
+    })?;
+    let mut response = accepted_response(id, body);
     response
         .headers_mut()
         .insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -72,7 +79,7 @@ pub(super) async fn accept(
         Submitted::Full(full) => Err(access::full(full)),
         Submitted::KeyReused(id) => Err(ApiError::new(
             StatusCode::CONFLICT,
-            "idempotency_key_reused",
+            ErrorCode::IdempotencyKeyReused,
             format!("this Idempotency-Key was already used for job {id} with a different request"),
         )),
     }
@@ -97,7 +104,10 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
                 .filter(|key| !key.contains('\t'))
                 .map(str::to_owned)
                 .ok_or_else(|| {
-                    ApiError::bad_request("invalid_header", "Idempotency-Key must be visible ASCII")
+                    ApiError::bad_request(
+                        ErrorCode::InvalidHeader,
+                        "Idempotency-Key must be visible ASCII",
+                    )
                 })
         })
         .transpose()
@@ -139,7 +149,7 @@ pub(super) fn wait_within(wait: Option<f64>, max: Duration) -> Result<Duration, 
             Ok(Duration::from_secs_f64(s.min(max.as_secs_f64())))
         }
         Some(_) => Err(ApiError::bad_request(
-            "invalid_query",
+            ErrorCode::InvalidQuery,
             "wait must be a non-negative number of seconds",
         )),
     }
@@ -253,7 +263,10 @@ pub async fn list(
         .status
         .map(|s| {
             Status::parse(&s).ok_or_else(|| {
-                ApiError::bad_request("invalid_query", format!("unknown status {}", shown(&s)))
+                ApiError::bad_request(
+                    ErrorCode::InvalidQuery,
+                    format!("unknown status {}", shown(&s)),
+                )
             })
         })
         .transpose()?;
@@ -262,7 +275,7 @@ pub async fn list(
         .map(|a| {
             JobId::parse_str(&a).map_err(|_| {
                 ApiError::bad_request(
-                    "invalid_query",
+                    ErrorCode::InvalidQuery,
                     format!("after={} is not a job id", shown(&a)),
                 )
             })
@@ -282,11 +295,11 @@ pub async fn list(
 pub(super) fn page_size(limit: Option<u32>) -> Result<u32, ApiError> {
     match limit.unwrap_or(DEFAULT_PAGE) {
         0 => Err(ApiError::bad_request(
-            "invalid_query",
+            ErrorCode::InvalidQuery,
             "limit must be positive",
         )),
         n if n > MAX_PAGE => Err(ApiError::bad_request(
-            "invalid_query",
+            ErrorCode::InvalidQuery,
             format!("limit must be at most {MAX_PAGE}"),
         )),
         n => Ok(n),
@@ -312,7 +325,7 @@ pub async fn cancel(
         }
         CancelResult::AlreadyFinished(status) => Err(ApiError::new(
             StatusCode::CONFLICT,
-            "already_finished",
+            ErrorCode::AlreadyFinished,
             format!("the job already ended with status {}", status.as_str()),
         )),
         CancelResult::NotFound => Err(ApiError::job_not_found()),

@@ -8,9 +8,9 @@
 
 use std::fmt::Write;
 
-use crate::batch::{Batch, CaseReport};
 use crate::job::Status;
-use crate::verdict::Verdict;
+use crate::job::batch::{Batch, CaseReport};
+use crate::job::verdict::Verdict;
 
 pub fn render(batch: &Batch, cases: &[CaseReport]) -> String {
     let (mut failures, mut errors, mut skipped) = (0, 0, 0);
@@ -39,7 +39,7 @@ pub fn render(batch: &Batch, cases: &[CaseReport]) -> String {
         xml,
         r#"  <testsuite name="{}" {totals} timestamp="{}">"#,
         escape(&format!("kiln batch {}", batch.id)),
-        escape(&crate::time::rfc3339(batch.created_at))
+        escape(&crate::job::time::rfc3339(batch.created_at))
     );
     xml.push_str("    <properties>\n");
     for (name, value) in [

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorCode};
 use crate::auth::Principal;
 use crate::metrics::{Gauges, METRICS};
 use crate::store::Visibility;
@@ -20,7 +20,7 @@ pub(super) async fn metrics(
     if !matches!(principal.visibility(), Visibility::All) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             "the metrics cover every tenant: reading them needs an admin token",
         ));
     }

@@ -30,7 +30,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorCode};
 
 use crate::auth::{Guard, Principal};
 use crate::config::Config;
@@ -99,28 +99,29 @@ pub fn router(state: AppState) -> Router {
 async fn request_timeout(State(limit): State<Duration>, request: Request, next: Next) -> Response {
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => ApiError::unavailable("timeout", "the request took too long").into_response(),
+        Err(_) => {
+            ApiError::unavailable(ErrorCode::Timeout, "the request took too long").into_response()
+        }
     }
 }
 
 fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("a request handler panicked");
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "internal error; the server log has the details",
-    )
-    .into_response()
+    ApiError::internal().into_response()
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        "no such endpoint",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "this endpoint does not accept that method",
     )
 }
@@ -140,11 +141,7 @@ async fn tenant(
     };
     let initial = crate::auth::random_hex(32).map_err(|e| {
         tracing::error!(error = %e, "cannot generate a webhook signing key");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error; the server log has the details",
-        )
+        ApiError::internal()
     })?;
     let secret = state.store.tenant_secret(tenant.clone(), initial).await?;
     Ok(Json(
@@ -162,14 +159,14 @@ async fn healthz() -> impl IntoResponse {
 async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     if state.stopping.is_cancelled() {
         return Err(ApiError::unavailable(
-            "stopping",
+            ErrorCode::Stopping,
             "the server is shutting down",
         ));
     }
     let pragmas = state.store.pragmas().await?;
     if state.runtimes.is_empty() {
         return Err(ApiError::unavailable(
-            "no_runtimes",
+            ErrorCode::NoRuntimes,
             "no runtime is available on this host",
         ));
     }

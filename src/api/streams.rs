@@ -30,9 +30,8 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 
 use super::AppState;
-use super::error::ApiError;
-use crate::batch::BatchId;
-use crate::job::{Event, EventKind, JobId};
+use super::error::{ApiError, ErrorCode};
+use crate::job::{BatchId, Event, EventKind, JobId};
 use crate::live::{LiveEvent, OutputChunk, OutputWatch};
 use crate::store::{StoreError, Visibility};
 
@@ -59,7 +58,12 @@ pub(super) fn resume_point(headers: &HeaderMap, after: Option<i64>) -> Result<i6
         .ok()
         .and_then(|v| v.trim().parse::<i64>().ok())
         .filter(|id| *id >= 0)
-        .ok_or_else(|| ApiError::bad_request("invalid_header", "Last-Event-ID must be an event id"))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                ErrorCode::InvalidHeader,
+                "Last-Event-ID must be an event id",
+            )
+        })
 }
 
 /// Which events a stream carries, and which one ends it.
@@ -186,7 +190,7 @@ fn admit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
             retry_after: Some(5),
             ..ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "too_many_streams",
+                ErrorCode::TooManyStreams,
                 "the server has as many live streams open as it allows; try again later",
             )
         })

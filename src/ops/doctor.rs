@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Policy;
+use crate::job::policy::Policy;
 use crate::runner::{Isolation, RunRequest, Runner};
 use crate::runtime::{Runtime, Runtimes};
 use crate::sandbox::{Mode, Report, Sandbox, SandboxConfig};

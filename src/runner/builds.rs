@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
 use super::{RunError, RunOutput, remove_logged, remove_tree};
-use crate::batch::BatchId;
+use crate::job::BatchId;
 
 /// A batch's build, once it has run: the binary, or the compiler's refusal.
 pub(super) enum Built {

@@ -26,8 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::BatchId;
-use crate::job::{BuildUse, JobId, Limits, Outcome, Progress, RunResult};
+use crate::job::{BatchId, BuildUse, JobId, Limits, Outcome, Progress, RunResult};
 use crate::live::Live;
 use crate::runtime::{Compile, Runtime};
 use crate::sandbox::{Sandbox, WorkFile, WorkMount};
@@ -58,7 +57,7 @@ pub struct RunRequest<'a> {
     pub stdin: &'a str,
     pub args: &'a [String],
     /// Extra files for the work directory, by relative path (already checked by
-    /// [`crate::job::check_file_name`]).
+    /// [`crate::job::validate::check_file_name`]).
     pub files: &'a BTreeMap<String, String>,
     pub limits: Limits,
     /// Where the job's run reports while it runs; `None` runs it without a progress pipe.

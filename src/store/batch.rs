@@ -11,10 +11,10 @@ use super::StoreError;
 use super::read::{collect, event_row, opt_u64, parse_outcome, parse_verdict};
 use super::tenants::{self, Admission, Full};
 use super::write::{self, from_json, parse_id, parse_status, to_json};
-use crate::batch::{Batch, BatchId, BatchSpec, Case, CaseReport, status_counts, verdict_counts};
 use crate::bus::Notice;
-use crate::job::{Event, EventKind, JobId, Status};
-use crate::verdict::{CompareMode, Verdict};
+use crate::job::batch::{Batch, BatchSpec, Case, CaseReport, Tally, status_counts, verdict_counts};
+use crate::job::verdict::{CompareMode, Verdict};
+use crate::job::{BatchId, Event, EventKind, JobId, Status};
 
 /// What storing a suite did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -347,7 +347,7 @@ pub(super) fn batch(conn: &Connection, id: BatchId) -> Result<Option<Batch>, Sto
         runtime,
         compare: parse_compare(&compare)?,
         done: done == total,
-        progress: crate::batch::Progress { done, total },
+        progress: Tally { done, total },
         passed,
         failed: done.saturating_sub(passed),
         by_status: status_counts(&status_totals(conn, &key)?),

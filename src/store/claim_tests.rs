@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::Store;
-use crate::config::Policy;
+use crate::job::policy::Policy;
 use crate::job::{JobId, JobSpec, Outcome, RunResult, Status};
 use crate::store::{Admission, CancelResult, ClaimedJob, Submitted, Visibility};
 

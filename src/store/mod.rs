@@ -26,11 +26,11 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
-use crate::batch::{Batch, BatchId, BatchSpec, Case, CaseReport};
 use crate::bus::Bus;
-use crate::job::{Event, Job, JobId, JobSpec, Outcome, Progress, RunResult, Status};
-use crate::time::now_ms;
-use crate::verdict::Judgement;
+use crate::job::batch::{Batch, BatchSpec, Case, CaseReport};
+use crate::job::time::now_ms;
+use crate::job::verdict::Judgement;
+use crate::job::{BatchId, Event, Job, JobId, JobSpec, Outcome, Progress, RunResult, Status};
 use writer::Writer;
 
 pub use batch::{BatchCancel, BatchSubmitted};

@@ -159,7 +159,7 @@ pub fn prune(db: &Path, options: &PruneOptions) -> Result<PruneReport, StoreErro
         Some(path) => Some(attach_archive(&conn, db, path)?),
         None => None,
     };
-    let started = crate::time::now_ms();
+    let started = crate::job::time::now_ms();
     conn.execute(
         "INSERT INTO prunes (started_at, finished_before, archive) VALUES (?1, ?2, ?3)",
         params![
@@ -211,7 +211,7 @@ pub fn prune(db: &Path, options: &PruneOptions) -> Result<PruneReport, StoreErro
     }
     conn.execute(
         "UPDATE prunes SET finished_at = ?1 WHERE id = ?2",
-        params![crate::time::now_ms(), report.prune_id],
+        params![crate::job::time::now_ms(), report.prune_id],
     )?;
     Ok(report)
 }

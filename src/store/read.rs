@@ -7,8 +7,8 @@ use serde::Serialize;
 use super::StoreError;
 use super::tenants::Visibility;
 use super::write::{from_json, parse_id, parse_status};
+use crate::job::verdict::Verdict;
 use crate::job::{Event, Job, JobId, Outcome, Progress, Status};
-use crate::verdict::Verdict;
 
 /// A job in a listing: its state, without code, input or output.
 #[derive(Debug, Clone, Serialize)]
@@ -19,11 +19,11 @@ pub struct JobSummary {
     pub runtime: String,
     pub attempt: u32,
     pub priority: i32,
-    #[serde(serialize_with = "crate::time::serialize_ms")]
+    #[serde(serialize_with = "crate::job::time::serialize_ms")]
     pub created_at: i64,
-    #[serde(serialize_with = "crate::time::serialize_opt_ms")]
+    #[serde(serialize_with = "crate::job::time::serialize_opt_ms")]
     pub started_at: Option<i64>,
-    #[serde(serialize_with = "crate::time::serialize_opt_ms")]
+    #[serde(serialize_with = "crate::job::time::serialize_opt_ms")]
     pub finished_at: Option<i64>,
     pub exit_code: Option<i32>,
 }

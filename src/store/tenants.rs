@@ -16,9 +16,9 @@ pub struct TokenInfo {
     pub admin: bool,
     /// The token's first characters, to tell it apart.
     pub prefix: String,
-    #[serde(serialize_with = "crate::time::serialize_ms")]
+    #[serde(serialize_with = "crate::job::time::serialize_ms")]
     pub created_at: i64,
-    #[serde(serialize_with = "crate::time::serialize_opt_ms")]
+    #[serde(serialize_with = "crate::job::time::serialize_opt_ms")]
     pub revoked_at: Option<i64>,
 }
 

@@ -6,9 +6,8 @@ use serde_json::json;
 
 use super::StoreError;
 use super::write::{insert_batch_event, insert_event, parse_id};
-use crate::batch::BatchId;
 use crate::bus::Notice;
-use crate::job::{EventKind, JobId};
+use crate::job::{BatchId, EventKind, JobId};
 
 /// A call to make, as the deliverer takes it.
 #[derive(Debug, Clone)]
@@ -219,7 +218,7 @@ pub(super) fn record(
                 "status_code": status_code,
                 "error": error,
                 "retry": retry_at.is_some(),
-                "next_attempt_at": retry_at.map(crate::time::rfc3339),
+                "next_attempt_at": retry_at.map(crate::job::time::rfc3339),
             }),
         ),
     };

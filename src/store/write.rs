@@ -8,10 +8,12 @@ use serde_json::json;
 
 use super::tenants::{self, Admission, Full};
 use super::{StoreError, batch};
-use crate::batch::{BatchId, CaseCheck};
 use crate::bus::Notice;
-use crate::job::{EventKind, JobId, JobSpec, Limits, Outcome, Progress, RunResult, Status};
-use crate::verdict::{Judgement, Verdict};
+use crate::job::batch::CaseCheck;
+use crate::job::verdict::{Judgement, Verdict};
+use crate::job::{
+    BatchId, EventKind, JobId, JobSpec, Limits, Outcome, Progress, RunResult, Status,
+};
 
 /// What a submit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,9 +9,8 @@
 //!
 //! Calls run on their own tasks, at most `concurrency` at once, each under a timeout: a slow or
 //! dead receiver holds one slot for at most that long and never a worker. Where calls may go
-//! is decided by [`policy`], on the name at submit and on the resolved address at delivery.
+//! is decided by [`crate::job::hosts`], on the name at submit and on the resolved address at delivery.
 
-mod policy;
 mod signature;
 
 use std::collections::HashMap;
@@ -27,12 +26,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use policy::{HostPolicy, HostRule, MAX_URL_BYTES};
-
 use crate::bus::Notice;
 use crate::job::EventKind;
+use crate::job::hosts::HostPolicy;
+use crate::job::time::now_ms;
 use crate::store::{Attempt, Delivery, Store, StoreError};
-use crate::time::now_ms;
 
 /// Looks for due rows at least this often even when nothing was announced: rows written by
 /// another server on the same file, and retries that came due, are found within this time.

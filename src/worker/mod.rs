@@ -32,13 +32,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::Notice;
+use crate::job::verdict::judge;
 use crate::job::{EventKind, JobId, Outcome, RunResult};
 use crate::live::Live;
 use crate::metrics::METRICS;
 use crate::runner::{Builds, Reporting, RunError, RunOutput, RunRequest, Runner};
 use crate::runtime::Runtimes;
 use crate::store::{ClaimedJob, Store};
-use crate::verdict::judge;
 
 /// The delay before a job whose run could not be set up goes back to the queue, doubling with
 /// each attempt up to [`RUN_RETRY_MAX`].

@@ -16,7 +16,7 @@ use std::io;
 use tokio::sync::{broadcast, mpsc};
 
 use super::*;
-use crate::config::Policy;
+use crate::job::policy::Policy;
 use crate::job::{JobSpec, Status};
 use crate::runner::Builds;
 use crate::store::{Admission, Submitted};

@@ -1,7 +1,9 @@
-//! kiln's integration tests: every one drives the real `kiln` binary (a real SQLite file, real
-//! subprocesses, HTTP on a loopback port), as a user or operator would.
+//! kiln's integration tests: all but one drive the real `kiln` binary (a real SQLite file, real
+//! subprocesses, HTTP on a loopback port), as a user or operator would. The exception,
+//! `architecture`, reads the source and holds the module graph to its layering.
 
 mod api;
+mod architecture;
 mod attacks;
 mod auth;
 mod backpressure;

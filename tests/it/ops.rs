@@ -77,7 +77,7 @@ async fn prune_removes_old_finished_jobs_and_batches_into_an_archive_while_the_s
         server.finished(id).await;
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let cutoff = kiln::time::rfc3339(kiln::time::now_ms());
+    let cutoff = kiln::job::time::rfc3339(kiln::job::time::now_ms());
     tokio::time::sleep(Duration::from_millis(20)).await;
     // After it: a recent job, whose history must stay whole.
     let recent = server.submit(sh("echo recent")).await;

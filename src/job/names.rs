@@ -12,7 +12,7 @@
 //!
 //! Content is different: code, stdin, args and expected output may hold any text, bidi
 //! characters too (a program may print them), except NUL where the operating system cannot pass
-//! it on (argv, and the code file kiln writes); [`crate::job`] applies those rules.
+//! it on (argv, and the code file kiln writes); [`super::validate`] applies those rules.
 //!
 //! Error messages quote what was refused through [`shown`], which cuts it short, so a megabyte
 //! of name is not echoed back in the answer.

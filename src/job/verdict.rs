@@ -7,89 +7,48 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::{Outcome, RunResult};
+use super::text::text_enum;
+use super::{Outcome, RunResult};
 
-/// How stdout is compared with the expected output.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CompareMode {
-    /// Byte for byte.
-    Exact,
-    /// Trailing white space of every line, and empty lines at the end, do not count.
-    #[default]
-    Trim,
-    /// Only the sequence of white-space separated tokens counts.
-    Tokens,
-}
-
-impl CompareMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CompareMode::Exact => "exact",
-            CompareMode::Trim => "trim",
-            CompareMode::Tokens => "tokens",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<CompareMode> {
-        [CompareMode::Exact, CompareMode::Trim, CompareMode::Tokens]
-            .into_iter()
-            .find(|mode| mode.as_str() == s)
+text_enum! {
+    /// How stdout is compared with the expected output.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum CompareMode {
+        /// Byte for byte.
+        Exact => "exact",
+        /// Trailing white space of every line, and empty lines at the end, do not count.
+        #[default]
+        Trim => "trim",
+        /// Only the sequence of white-space separated tokens counts.
+        Tokens => "tokens",
     }
 }
 
-/// What a case's run amounts to, as a judge reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Verdict {
-    /// Exited 0 and, if an output was expected, printed it.
-    Passed,
-    /// Exited 0 with other output than expected.
-    WrongAnswer,
-    /// The compiler refused the code.
-    CompileError,
-    /// Exited non-zero or was killed by a signal.
-    RuntimeError,
-    /// Ran out of wall-clock or CPU time.
-    TimedOut,
-    MemoryLimit,
-    OutputLimit,
-    Cancelled,
-    /// kiln could not run it (runtime missing, setup failed, lost with no attempts left).
-    Error,
+text_enum! {
+    /// What a case's run amounts to, as a judge reports it.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Verdict {
+        /// Exited 0 and, if an output was expected, printed it.
+        Passed => "passed",
+        /// Exited 0 with other output than expected.
+        WrongAnswer => "wrong_answer",
+        /// The compiler refused the code.
+        CompileError => "compile_error",
+        /// Exited non-zero or was killed by a signal.
+        RuntimeError => "runtime_error",
+        /// Ran out of wall-clock or CPU time.
+        TimedOut => "timed_out",
+        MemoryLimit => "memory_limit",
+        OutputLimit => "output_limit",
+        Cancelled => "cancelled",
+        /// kiln could not run it (runtime missing, setup failed, lost with no attempts left).
+        Error => "error",
+    }
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 9] = [
-        Verdict::Passed,
-        Verdict::WrongAnswer,
-        Verdict::CompileError,
-        Verdict::RuntimeError,
-        Verdict::TimedOut,
-        Verdict::MemoryLimit,
-        Verdict::OutputLimit,
-        Verdict::Cancelled,
-        Verdict::Error,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Passed => "passed",
-            Verdict::WrongAnswer => "wrong_answer",
-            Verdict::CompileError => "compile_error",
-            Verdict::RuntimeError => "runtime_error",
-            Verdict::TimedOut => "timed_out",
-            Verdict::MemoryLimit => "memory_limit",
-            Verdict::OutputLimit => "output_limit",
-            Verdict::Cancelled => "cancelled",
-            Verdict::Error => "error",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Verdict> {
-        Verdict::ALL.into_iter().find(|v| v.as_str() == s)
-    }
-
     /// The verdict of a run that did not end cleanly, or of a case that ended without running
     /// to the end (cancelled, lost). `Success` alone needs the output compared, see [`judge`].
     pub fn of_outcome(outcome: Outcome) -> Verdict {

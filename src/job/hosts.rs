@@ -9,6 +9,9 @@
 //! submit; addresses both at submit (literal addresses) and at delivery, after DNS resolution,
 //! where the connection is then made only to the addresses that passed (no second lookup an
 //! attacker's DNS server could answer differently).
+//!
+//! Part of the domain because validation applies it to every submitted `callback_url`; the
+//! webhook deliverer applies the same policy to the addresses a name resolves to.
 
 use std::net::IpAddr;
 
@@ -125,7 +128,7 @@ impl HostPolicy {
     }
 
     /// Checks a callback URL as submitted: its form, and whatever can be told about its host
-    /// without resolving it. The error says why, for a 422.
+    /// without resolving it. The error says why.
     pub fn check_url(&self, url: &str) -> Result<(), String> {
         if url.len() > MAX_URL_BYTES {
             return Err(format!(
