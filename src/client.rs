@@ -2,7 +2,8 @@
 //! `batch` (in [`batch`]), spoken to a kiln server over its v1 HTTP API.
 //!
 //! It owns the subcommands' flags, the HTTP calls, turning the server's JSON into lines a person can
-//! read, and the exit code each command ends with. It deliberately knows nothing of the server's
+//! read, and what each command concludes (whether the job succeeded; `main` makes it the exit
+//! code). It deliberately knows nothing of the server's
 //! Rust types: it reads answers as plain JSON, so a client built from one version still talks to a
 //! server of another, and `--json` can pass the server's answer through untouched.
 
@@ -12,12 +13,13 @@ mod stream;
 use std::error::Error as _;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde_json::Value;
+
+use crate::cli::{self, Conclusion, Format, note};
 
 /// The longest `?wait=` the server honours; longer waits are made of several requests.
 const SERVER_MAX_WAIT: Duration = Duration::from_secs(60);
@@ -28,20 +30,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// older one, or one behind a proxy that drops the query) is not hammered in a tight loop.
 const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Flags shared by every client subcommand.
+/// The flags every client subcommand takes: which server, with what token, printing how. Global,
+/// so they may come anywhere after the subcommand's name.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ClientOpts {
     /// Server URL
-    #[arg(
-        long,
-        env = "KILN_URL",
-        default_value = "http://127.0.0.1:8000",
-        global = true
-    )]
+    #[arg(long, env = "KILN_URL", default_value_t = cli::default_url(), global = true)]
     pub url: String,
-    /// Print raw JSON for scripts
-    #[arg(long, global = true)]
-    pub json: bool,
+    #[command(flatten)]
+    pub format: Format,
     /// API token, for a server that requires one (`kiln token create`)
     #[arg(long, env = "KILN_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
@@ -80,6 +77,8 @@ pub enum ClientCommand {
         /// Limit on each of stdout and stderr, in bytes
         #[arg(long)]
         output_bytes: Option<u64>,
+        #[command(flatten)]
+        opts: ClientOpts,
     },
     /// Show a job and its result
     Status {
@@ -87,6 +86,8 @@ pub enum ClientCommand {
         /// Wait up to this many seconds for the job to finish
         #[arg(long)]
         wait: Option<u64>,
+        #[command(flatten)]
+        opts: ClientOpts,
     },
     /// Show a job's events, or the global feed
     Events {
@@ -98,14 +99,24 @@ pub enum ClientCommand {
         /// Global feed: at most this many events
         #[arg(long, default_value_t = 100, conflicts_with = "id")]
         limit: u32,
+        #[command(flatten)]
+        opts: ClientOpts,
     },
     /// Follow a job live until it ends: its output on stdout and stderr as it is written, its
     /// events and progress on stderr; exits like `status` with the final state. Given a batch
     /// id, follow the batch: each case's verdict as it ends, then the summary; exits like
     /// `batch --wait`
-    Watch { id: String },
+    Watch {
+        id: String,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
     /// Cancel a queued or running job
-    Cancel { id: String },
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
     /// Submit a test suite: a JSON file in the shape of POST /v1/batches (README: "Test suites")
     Batch {
         /// The suite file
@@ -120,6 +131,8 @@ pub enum ClientCommand {
         /// Submitting again with the same key returns the first batch instead of a new one
         #[arg(long)]
         idempotency_key: Option<String>,
+        #[command(flatten)]
+        opts: ClientOpts,
     },
 }
 
@@ -158,9 +171,25 @@ fn api_message(status: StatusCode, code: Option<&str>, message: &str) -> String 
     }
 }
 
-/// Runs one client subcommand and returns the exit code it should end with (see the module doc).
-pub async fn run(opts: &ClientOpts, cmd: ClientCommand) -> Result<ExitCode, ClientError> {
+impl ClientCommand {
+    fn opts(&self) -> &ClientOpts {
+        use ClientCommand::*;
+        match self {
+            Submit { opts, .. }
+            | Status { opts, .. }
+            | Events { opts, .. }
+            | Watch { opts, .. }
+            | Cancel { opts, .. }
+            | Batch { opts, .. } => opts,
+        }
+    }
+}
+
+/// Runs one client subcommand and returns what it concluded (see the module doc).
+pub async fn run(cmd: ClientCommand) -> Result<Conclusion, ClientError> {
+    let opts = cmd.opts();
     let api = Api::new(&opts.url, opts.token.as_deref())?;
+    let json = opts.format.json;
     match cmd {
         ClientCommand::Submit {
             file,
@@ -173,6 +202,7 @@ pub async fn run(opts: &ClientOpts, cmd: ClientCommand) -> Result<ExitCode, Clie
             cpu_ms,
             memory_mb,
             output_bytes,
+            ..
         } => {
             let runtime = match runtime {
                 Some(runtime) => runtime,
@@ -192,13 +222,13 @@ pub async fn run(opts: &ClientOpts, cmd: ClientCommand) -> Result<ExitCode, Clie
             };
             let accepted = api.submit(&submission, idempotency_key.as_deref()).await?;
             if !wait {
-                if opts.json {
+                if json {
                     print_json(&accepted)?;
                 } else {
                     let id = job_id(&accepted, &api.base)?;
                     print_stdout(|out| writeln!(out, "{id}"))?;
                 }
-                return Ok(ExitCode::SUCCESS);
+                return Ok(Conclusion::Success);
             }
             let id = job_id(&accepted, &api.base)?;
             let job = match api.poll_job(id, None).await {
@@ -212,10 +242,10 @@ pub async fn run(opts: &ClientOpts, cmd: ClientCommand) -> Result<ExitCode, Clie
                     return Err(err);
                 }
             };
-            show_job(&job, opts.json)?;
-            Ok(job_exit_code(&job))
+            show_job(&job, json)?;
+            Ok(conclusion(&job))
         }
-        ClientCommand::Status { id, wait } => {
+        ClientCommand::Status { id, wait, .. } => {
             let job = match wait {
                 None | Some(0) => api.get_job(&id, None).await?,
                 Some(secs) => {
@@ -223,17 +253,19 @@ pub async fn run(opts: &ClientOpts, cmd: ClientCommand) -> Result<ExitCode, Clie
                     api.poll_job(&id, Some(deadline)).await?
                 }
             };
-            show_job(&job, opts.json)?;
-            Ok(job_exit_code(&job))
+            show_job(&job, json)?;
+            Ok(conclusion(&job))
         }
-        ClientCommand::Events { id, after, limit } => {
+        ClientCommand::Events {
+            id, after, limit, ..
+        } => {
             let feed = match &id {
                 Some(id) => api.job_events(id).await?,
                 None => api.global_events(after, limit).await?,
             };
-            if opts.json {
+            if json {
                 print_json(&feed)?;
-                return Ok(ExitCode::SUCCESS);
+                return Ok(Conclusion::Success);
             }
             let events = feed
                 .get("events")
@@ -256,18 +288,19 @@ pub async fn run(opts: &ClientOpts, cmd: ClientCommand) -> Result<ExitCode, Clie
             {
                 note(&format!("more events may follow: use --after {next}"));
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(Conclusion::Success)
         }
-        ClientCommand::Watch { id } => watch(&api, &id, opts.json).await,
+        ClientCommand::Watch { id, .. } => watch(&api, &id, json).await,
         ClientCommand::Batch {
             suite,
             wait,
             junit,
             idempotency_key,
+            ..
         } => {
             batch::run(
                 &api,
-                opts,
+                json,
                 &suite,
                 wait,
                 junit.as_deref(),
@@ -275,14 +308,14 @@ pub async fn run(opts: &ClientOpts, cmd: ClientCommand) -> Result<ExitCode, Clie
             )
             .await
         }
-        ClientCommand::Cancel { id } => {
+        ClientCommand::Cancel { id, .. } => {
             let job = api.cancel(&id).await?;
-            if opts.json {
+            if json {
                 print_json(&job)?;
             } else {
                 print_stdout(|out| writeln!(out, "{}", job_line(&job)))?;
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(Conclusion::Success)
         }
     }
 }
@@ -447,13 +480,13 @@ impl Api {
 
 /// Follows a job, or else a batch, with this id to its end. Job and batch ids look alike, so
 /// the server is asked: a job's stream first, and a batch's if there is no such job.
-async fn watch(api: &Api, id: &str, json: bool) -> Result<ExitCode, ClientError> {
+async fn watch(api: &Api, id: &str, json: bool) -> Result<Conclusion, ClientError> {
     match watch_job(api, id, json).await {
         Ok(job) => {
             if !json {
                 print_stdout(|out| writeln!(out, "{}", job_line(&job)))?;
             }
-            Ok(job_exit_code(&job))
+            Ok(conclusion(&job))
         }
         Err(err) if is_not_found(&err, "job_not_found") => batch::watch(api, id, json).await,
         Err(err) => Err(err),
@@ -625,11 +658,11 @@ fn is_terminal(job: &Value) -> bool {
     )
 }
 
-fn job_exit_code(job: &Value) -> ExitCode {
+fn conclusion(job: &Value) -> Conclusion {
     if job.get("status").and_then(Value::as_str) == Some("succeeded") {
-        ExitCode::SUCCESS
+        Conclusion::Success
     } else {
-        ExitCode::FAILURE
+        Conclusion::Failure
     }
 }
 
@@ -763,22 +796,11 @@ fn print_json(value: &Value) -> Result<(), ClientError> {
     })
 }
 
-/// Writes to stdout and flushes. A reader that went away (`kiln events | head`) is not an error:
-/// the command did its work, and the exit code should still say how the job went.
+/// [`cli::print`], failing with this layer's error.
 fn print_stdout(
     write: impl FnOnce(&mut io::StdoutLock<'static>) -> io::Result<()>,
 ) -> Result<(), ClientError> {
-    let mut out = io::stdout().lock();
-    match write(&mut out).and_then(|()| out.flush()) {
-        Err(err) if err.kind() != io::ErrorKind::BrokenPipe => Err(ClientError::Output(err)),
-        _ => Ok(()),
-    }
-}
-
-/// A remark for the person at the terminal, kept off stdout so scripts reading it are not confused.
-fn note(message: &str) {
-    // If stderr itself is gone there is no one left to tell.
-    let _ = writeln!(io::stderr().lock(), "kiln: {message}");
+    cli::print(write).map_err(ClientError::Output)
 }
 
 #[cfg(test)]
@@ -790,8 +812,6 @@ mod tests {
 
     #[derive(Debug, Parser)]
     struct Cli {
-        #[command(flatten)]
-        opts: ClientOpts,
         #[command(subcommand)]
         cmd: ClientCommand,
     }
@@ -864,11 +884,11 @@ mod tests {
             let job = json!({ "status": status });
             assert_eq!(is_terminal(&job), terminal, "{status}");
             let expected = if success {
-                ExitCode::SUCCESS
+                Conclusion::Success
             } else {
-                ExitCode::FAILURE
+                Conclusion::Failure
             };
-            assert_eq!(job_exit_code(&job), expected, "{status}");
+            assert_eq!(conclusion(&job), expected, "{status}");
         }
     }
 
@@ -952,7 +972,7 @@ mod tests {
             "--wait",
             "--json",
         ]);
-        match cli.map(|cli| (cli.opts.json, cli.cmd)) {
+        match cli.map(|cli| (cli.cmd.opts().format.json, cli.cmd)) {
             Ok((
                 true,
                 ClientCommand::Submit {

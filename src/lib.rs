@@ -35,6 +35,7 @@ pub mod api;
 pub mod auth;
 pub mod batch;
 pub mod bus;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod http;
