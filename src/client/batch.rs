@@ -17,11 +17,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::api::{Api, REQUEST_SLACK, api_error, send, transport_error};
+use super::show::{print_json, print_stdout};
 use super::stream::{self, Followed};
-use super::{
-    Api, ClientError, REQUEST_SLACK, api_error, is_not_found, note, print_json, print_stdout,
-    print_stream_json, read_text, send, transport_error,
-};
+use super::submit::read_text;
+use super::watch::{is_not_found, print_stream_json};
+use super::{ClientError, note};
 use crate::cli::Conclusion;
 
 /// How long one progress poll may be held by the server; the bar moves at least this often.
