@@ -32,6 +32,30 @@ fn as_u64(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }
 
+/// A span of time as a flag takes it, in humantime's syntax (`24h`, `30m`), and as `--help` shows
+/// it: in hours when it is whole hours, as people write it, rather than humantime's `1day`.
+#[derive(Clone, Copy, Debug)]
+struct Span(Duration);
+
+impl std::str::FromStr for Span {
+    type Err = humantime::DurationError;
+
+    fn from_str(s: &str) -> Result<Span, Self::Err> {
+        humantime::parse_duration(s).map(Span)
+    }
+}
+
+impl std::fmt::Display for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.0.as_secs();
+        if self.0.subsec_nanos() == 0 && secs > 0 && secs.is_multiple_of(3600) {
+            write!(f, "{}h", secs / 3600)
+        } else {
+            write!(f, "{}", humantime::format_duration(self.0))
+        }
+    }
+}
+
 #[derive(Clone, Debug, clap::Args)]
 pub struct ServeArgs {
     /// The SQLite database file (created if missing)
@@ -175,9 +199,8 @@ pub struct WebhookArgs {
     webhook_deny_hosts: Vec<HostRule>,
     /// How long after a job ends its webhook is retried, e.g. 24h, 30m
     #[arg(long, env = "KILN_WEBHOOK_HORIZON",
-          default_value_t = WebhookConfig::default().horizon.into(),
-          value_parser = <humantime::Duration as std::str::FromStr>::from_str)]
-    webhook_horizon: humantime::Duration,
+          default_value_t = Span(WebhookConfig::default().horizon))]
+    webhook_horizon: Span,
     /// Most attempts per webhook call
     #[arg(long, env = "KILN_WEBHOOK_MAX_ATTEMPTS",
           default_value_t = WebhookConfig::default().max_attempts,
@@ -284,7 +307,7 @@ impl WebhookArgs {
             HostPolicy::new(self.webhook_allow_hosts, self.webhook_deny_hosts);
         let webhooks = &mut config.webhooks;
         webhooks.secret = self.webhook_secret;
-        webhooks.horizon = self.webhook_horizon.into();
+        webhooks.horizon = self.webhook_horizon.0;
         webhooks.max_attempts = self.webhook_max_attempts;
         webhooks.timeout = Duration::from_secs(self.webhook_timeout_secs);
         webhooks.concurrency = usize::try_from(self.webhook_concurrency).unwrap_or(usize::MAX);
@@ -401,5 +424,15 @@ mod tests {
             Some((0.2, 1.0)),
             "a burst of twice the rate, at least 1"
         );
+    }
+
+    #[test]
+    fn a_span_shows_as_people_write_it_and_reads_back() {
+        for (text, secs) in [("24h", 86_400), ("30m", 1800), ("1day 1s", 86_401)] {
+            let span = Span(Duration::from_secs(secs));
+            assert_eq!(span.to_string(), text);
+            let back = text.parse::<Span>().map(|span| span.0);
+            assert_eq!(back.ok(), Some(span.0), "{text}");
+        }
     }
 }
