@@ -35,7 +35,8 @@ pub enum OpsCommand {
         #[arg(long, value_name = "FILE")]
         archive: Option<PathBuf>,
         /// Jobs (or batches) removed per transaction
-        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        #[arg(long, default_value_t = PruneOptions::new(0).chunk as u64,
+              value_parser = clap::value_parser!(u64).range(1..=100_000))]
         chunk: u64,
         #[command(flatten)]
         format: Format,
@@ -89,7 +90,7 @@ pub async fn run(command: OpsCommand) -> Result<Conclusion, OpsError> {
         } => {
             let mut options = PruneOptions::new(finished_before);
             options.archive = archive;
-            options.chunk = usize::try_from(chunk).unwrap_or(500);
+            options.chunk = usize::try_from(chunk).unwrap_or(options.chunk);
             let report = blocking(move || store::prune(&db, &options)).await?;
             print(|out| {
                 if format.json {
