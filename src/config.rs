@@ -11,6 +11,15 @@ use crate::job::policy::Policy;
 use crate::sandbox::SandboxConfig;
 use crate::webhook::WebhookConfig;
 
+/// The database file the commands use unless told otherwise: `kiln.db` in the working directory.
+pub const DEFAULT_DB: &str = "kiln.db";
+
+/// Where runs get their work directories unless told otherwise: `kiln-work` in the temporary
+/// directory.
+pub fn default_work_root() -> PathBuf {
+    std::env::temp_dir().join("kiln-work")
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     /// The SQLite file holding jobs and events.
@@ -66,13 +75,13 @@ pub struct Config {
 }
 
 impl Config {
-    /// The embedded default: a `kiln.db` in the working directory, served on loopback.
+    /// The embedded default: the database at `db_path`, served on loopback.
     pub fn new(db_path: PathBuf) -> Config {
         Config {
             db_path,
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            work_root: std::env::temp_dir().join("kiln-work"),
+            work_root: default_work_root(),
             node_id: "kiln".into(),
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_millis(500),

@@ -34,6 +34,7 @@
 pub mod api;
 pub mod auth;
 pub mod bus;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod http;

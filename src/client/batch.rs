@@ -13,16 +13,17 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use super::api::{Api, REQUEST_SLACK, api_error, send, transport_error};
+use super::show::{print_json, print_stdout};
 use super::stream::{self, Followed};
-use super::{
-    Api, ClientError, ClientOpts, REQUEST_SLACK, api_error, is_not_found, note, print_json,
-    print_stdout, print_stream_json, read_text, send, transport_error,
-};
+use super::submit::read_text;
+use super::watch::{is_not_found, print_stream_json};
+use super::{ClientError, note};
+use crate::cli::Conclusion;
 
 /// How long one progress poll may be held by the server; the bar moves at least this often.
 const PROGRESS_WAIT_SECS: u64 = 1;
@@ -33,12 +34,12 @@ const SHOWN_FAILURES: usize = 50;
 
 pub(super) async fn run(
     api: &Api,
-    opts: &ClientOpts,
+    json: bool,
     suite: &Path,
     wait: bool,
     junit: Option<&Path>,
     idempotency_key: Option<&str>,
-) -> Result<ExitCode, ClientError> {
+) -> Result<Conclusion, ClientError> {
     let body = load_suite(suite)?;
     let total = body
         .get("cases")
@@ -62,12 +63,12 @@ pub(super) async fn run(
         })?
         .to_owned();
     if !wait && junit.is_none() {
-        if opts.json {
+        if json {
             print_json(&accepted)?;
         } else {
             print_stdout(|out| writeln!(out, "{id}"))?;
         }
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Conclusion::Success);
     }
     let batch = match follow(api, &id, total).await {
         Ok(batch) => batch,
@@ -83,17 +84,17 @@ pub(super) async fn run(
         let report = report(api, &id).await?;
         std::fs::write(path, report).map_err(ClientError::Output)?;
     }
-    if opts.json {
+    if json {
         print_json(&batch)?;
     } else {
         show_summary(api, &id, &batch).await?;
     }
-    Ok(exit_code(&batch))
+    Ok(conclusion(&batch))
 }
 
 /// `kiln watch` of a batch: each case's verdict as it ends (or, with `--json`, every stream
 /// message as a line of JSON), then the summary.
-pub(super) async fn watch(api: &Api, id: &str, json: bool) -> Result<ExitCode, ClientError> {
+pub(super) async fn watch(api: &Api, id: &str, json: bool) -> Result<Conclusion, ClientError> {
     let names: HashMap<String, String> = match cases(api, id, |_| true).await {
         Ok(cases) => cases
             .into_iter()
@@ -129,17 +130,17 @@ pub(super) async fn watch(api: &Api, id: &str, json: bool) -> Result<ExitCode, C
     if !json {
         show_summary(api, id, &batch).await?;
     }
-    Ok(exit_code(&batch))
+    Ok(conclusion(&batch))
 }
 
-/// 0 only if the batch is done and every case passed.
-fn exit_code(batch: &Value) -> ExitCode {
+/// A success only if the batch is done and every case passed.
+fn conclusion(batch: &Value) -> Conclusion {
     let all_passed = batch.get("failed").and_then(Value::as_u64) == Some(0)
         && batch.get("done").and_then(Value::as_bool) == Some(true);
     if all_passed {
-        ExitCode::SUCCESS
+        Conclusion::Success
     } else {
-        ExitCode::FAILURE
+        Conclusion::Failure
     }
 }
 

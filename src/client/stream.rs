@@ -11,7 +11,8 @@ use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use serde_json::Value;
 
-use super::{Api, ClientError, api_error, note, transport_error};
+use super::api::{Api, api_error, transport_error};
+use super::{ClientError, note};
 
 /// How many times in a row a stream is reopened after ending early or not answering.
 const RECONNECTS: u32 = 5;

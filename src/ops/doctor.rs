@@ -7,12 +7,15 @@
 //! runtime through the [`Runner`] in that sandbox. Those runs happen in a directory of their own
 //! under the work root, so a server using the same work root is not disturbed.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use super::OpsError;
+use crate::cli::{Conclusion, Format, SandboxArgs, print};
+use crate::config::{DEFAULT_DB, default_work_root};
 use crate::job::policy::Policy;
 use crate::runner::{Isolation, RunRequest, Runner};
 use crate::runtime::{Runtime, Runtimes};
@@ -22,33 +25,29 @@ use crate::store;
 #[derive(Clone, Debug, clap::Args)]
 pub struct DoctorArgs {
     /// The database file to check (it is fine if it does not exist yet)
-    #[arg(long, env = "KILN_DB", default_value = "kiln.db")]
+    #[arg(long, env = "KILN_DB", default_value = DEFAULT_DB)]
     db: PathBuf,
     /// The work root the server uses [default: $TMPDIR/kiln-work]
     #[arg(long, env = "KILN_WORK_ROOT")]
     work_root: Option<PathBuf>,
-    /// The sandbox level the server is to run with
-    #[arg(long, env = "KILN_SANDBOX", value_enum, default_value = "full")]
-    sandbox: Mode,
-    /// Extra host path bound into every sandbox, as given to `kiln serve`; repeatable
-    #[arg(long = "sandbox-bind", value_name = "PATH")]
-    sandbox_binds: Vec<PathBuf>,
-    /// First host uid the test runs map to
-    #[arg(long, env = "KILN_SANDBOX_UID_BASE", default_value_t = 200_000,
-          value_parser = clap::value_parser!(u32).range(1..4_000_000_000))]
-    sandbox_uid_base: u32,
-    /// Extra runtime NAME=INTERPRETER, as given to `kiln serve`; repeatable
-    #[arg(long = "runtime", value_name = "NAME=PATH", value_parser = crate::runtime::parse_extra)]
-    runtimes: Vec<(String, PathBuf)>,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
     /// Check the database with quick_check instead of the full integrity_check (which reads
     /// every index against its table, and takes a while on a large file)
     #[arg(long)]
     quick: bool,
+    /// Check the kiln server at this URL too (that it answers /readyz)
+    // Global, so that clap carries `kiln --url URL doctor` here (see `main`).
+    #[arg(long, env = "KILN_URL", global = true)]
+    url: Option<String>,
+    #[command(flatten)]
+    format: Format,
 }
 
+/// How bad a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Verdict {
+pub enum Severity {
     Ok,
     /// Works, but not as well as it could: a limit not enforced, a runtime not offered.
     Warn,
@@ -60,7 +59,8 @@ pub enum Verdict {
 #[derive(Clone, Debug, Serialize)]
 pub struct Check {
     pub area: &'static str,
-    pub verdict: Verdict,
+    #[serde(rename = "verdict")]
+    pub severity: Severity,
     pub detail: String,
     /// What to do about it, for warnings and failures.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -71,7 +71,7 @@ impl Check {
     fn ok(area: &'static str, detail: impl Into<String>) -> Check {
         Check {
             area,
-            verdict: Verdict::Ok,
+            severity: Severity::Ok,
             detail: detail.into(),
             fix: None,
         }
@@ -80,7 +80,7 @@ impl Check {
     fn warn(area: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
         Check {
             area,
-            verdict: Verdict::Warn,
+            severity: Severity::Warn,
             detail: detail.into(),
             fix: Some(fix.into()),
         }
@@ -89,7 +89,7 @@ impl Check {
     fn fail(area: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
         Check {
             area,
-            verdict: Verdict::Fail,
+            severity: Severity::Fail,
             detail: detail.into(),
             fix: Some(fix.into()),
         }
@@ -104,36 +104,37 @@ const DISK_WARN_BYTES: u64 = 1 << 30;
 /// A WAL larger than this means checkpoints are held back (a long-lived reader).
 const WAL_WARN_BYTES: u64 = 256 << 20;
 
-/// Runs every check, prints them, and exits 1 if any failed.
-pub async fn run(args: DoctorArgs, url: Option<String>, json: bool) -> ExitCode {
-    let checks = checks(args, url).await;
-    if json {
-        println!("{}", serde_json::json!({ "checks": checks }));
-    } else {
+/// Runs every check and prints them; a failure if any check failed.
+pub async fn run(args: DoctorArgs) -> Result<Conclusion, OpsError> {
+    let json = args.format.json;
+    let checks = checks(args).await;
+    print(|out| {
+        if json {
+            return writeln!(out, "{}", serde_json::json!({ "checks": checks }));
+        }
         for check in &checks {
-            let verdict = match check.verdict {
-                Verdict::Ok => "ok  ",
-                Verdict::Warn => "warn",
-                Verdict::Fail => "FAIL",
+            let severity = match check.severity {
+                Severity::Ok => "ok  ",
+                Severity::Warn => "warn",
+                Severity::Fail => "FAIL",
             };
-            println!("{verdict}  {:<9} {}", check.area, check.detail);
+            writeln!(out, "{severity}  {:<9} {}", check.area, check.detail)?;
             if let Some(fix) = &check.fix {
-                println!("      {:<9} fix: {fix}", "");
+                writeln!(out, "      {:<9} fix: {fix}", "")?;
             }
         }
-    }
-    match checks.iter().any(|c| c.verdict == Verdict::Fail) {
-        true => ExitCode::FAILURE,
-        false => ExitCode::SUCCESS,
+        Ok(())
+    })
+    .map_err(OpsError::Output)?;
+    match checks.iter().any(|c| c.severity == Severity::Fail) {
+        true => Ok(Conclusion::Failure),
+        false => Ok(Conclusion::Success),
     }
 }
 
-async fn checks(args: DoctorArgs, url: Option<String>) -> Vec<Check> {
+async fn checks(args: DoctorArgs) -> Vec<Check> {
     let mut checks = Vec::new();
-    let work_root = args
-        .work_root
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join("kiln-work"));
+    let work_root = args.work_root.clone().unwrap_or_else(default_work_root);
     let scratch = work_root.join(format!(".doctor-{}", std::process::id()));
     match std::fs::create_dir_all(&scratch) {
         Ok(()) => {
@@ -157,15 +158,15 @@ async fn checks(args: DoctorArgs, url: Option<String>) -> Vec<Check> {
     checks.push(disk_check("database directory", &db_dir));
     checks.push(disk_check("work root", &work_root));
     checks.extend(database_checks(&args.db, args.quick).await);
-    if let Some(url) = url {
-        checks.push(server_check(&url).await);
+    if let Some(url) = &args.url {
+        checks.push(server_check(url).await);
     }
     checks
 }
 
 /// The sandbox's own startup probe, and what its report says about cgroups and Landlock.
 fn sandbox_checks(args: &DoctorArgs, scratch: &Path) -> (Option<Sandbox>, Vec<Check>) {
-    if args.sandbox == Mode::None {
+    if args.sandbox.sandbox == Mode::None {
         let check = Check::warn(
             "sandbox",
             "--sandbox none: submitted code would run unconfined, with the server's privileges",
@@ -173,16 +174,11 @@ fn sandbox_checks(args: &DoctorArgs, scratch: &Path) -> (Option<Sandbox>, Vec<Ch
         );
         return (None, vec![check]);
     }
-    let config = SandboxConfig {
-        mode: args.sandbox,
-        extra_binds: args.sandbox_binds.clone(),
-        uid_base: args.sandbox_uid_base,
-        ready: 1,
-    };
+    let config = args.sandbox.config(1);
     let sandbox = match Sandbox::new(&config, scratch) {
         Ok(sandbox) => sandbox,
         Err(e) => {
-            let fix = match args.sandbox {
+            let fix = match config.mode {
                 Mode::Full if nested_namespaces_work(scratch) => {
                     "this host forbids unprivileged user namespaces: allow them \
                      (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0, \
@@ -299,9 +295,10 @@ fn hello(runtime: &str) -> Option<&'static str> {
 
 async fn runtime_checks(args: &DoctorArgs, sandbox: Option<Sandbox>, scratch: &Path) -> Vec<Check> {
     let mut checks = Vec::new();
-    let mut runtimes = Runtimes::detect(&args.runtimes);
+    let extra = &args.sandbox.runtimes;
+    let mut runtimes = Runtimes::detect(extra);
     for (name, candidates) in crate::runtime::builtins() {
-        if runtimes.get(name).is_none() && !args.runtimes.iter().any(|(n, _)| n == name) {
+        if runtimes.get(name).is_none() && !extra.iter().any(|(n, _)| n == name) {
             checks.push(Check::warn(
                 "runtimes",
                 format!(
@@ -315,7 +312,7 @@ async fn runtime_checks(args: &DoctorArgs, sandbox: Option<Sandbox>, scratch: &P
             ));
         }
     }
-    for (name, path) in &args.runtimes {
+    for (name, path) in extra {
         if runtimes.get(name).is_none() {
             checks.push(Check::fail(
                 "runtimes",
@@ -324,7 +321,7 @@ async fn runtime_checks(args: &DoctorArgs, sandbox: Option<Sandbox>, scratch: &P
             ));
         }
     }
-    if args.sandbox == Mode::None || sandbox.is_some() {
+    if args.sandbox.sandbox == Mode::None || sandbox.is_some() {
         let mut hidden = Vec::new();
         if let Some(sandbox) = &sandbox {
             hidden = runtimes

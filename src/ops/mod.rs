@@ -1,25 +1,31 @@
 //! The operator's commands that work on the database file itself rather than through a server:
-//! `kiln prune` (retention), `kiln backup` and `kiln doctor` (is this host ready to run kiln?).
-//! They parse their flags here, call the store (or the sandbox's own probe), and print what
-//! happened for people, or as JSON with `--json`.
+//! `kiln token` (API tokens), `kiln prune` (retention), `kiln backup` and `kiln doctor` (is this
+//! host ready to run kiln?). They parse their flags here, call the store (or the sandbox's own
+//! probe), and print what happened for people, or as JSON with `--json`; what they conclude, or
+//! why they could not, goes back to `main`.
 
 mod doctor;
+mod token;
 
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
-use crate::client::ClientOpts;
+use crate::cli::{Conclusion, Format, print};
+use crate::config::DEFAULT_DB;
 use crate::store::{self, PruneOptions, StoreError};
 
-pub use doctor::{Check, DoctorArgs, Verdict};
+pub use doctor::{Check, DoctorArgs, Severity};
+pub use token::TokenArgs;
 
 #[derive(Clone, Debug, clap::Subcommand)]
 pub enum OpsCommand {
+    /// Make, list and revoke API tokens, in the database file (the server need not run)
+    Token(TokenArgs),
     /// Remove old finished jobs and batches with their events, optionally copying them to an
     /// archive file first; safe while servers run (small transactions)
     Prune {
         /// The database file
-        #[arg(long, env = "KILN_DB", default_value = "kiln.db")]
+        #[arg(long, env = "KILN_DB", default_value = DEFAULT_DB)]
         db: PathBuf,
         /// What goes: jobs and batches that finished more than this long ago (e.g. 30d, 12h) or
         /// before this time (RFC 3339, e.g. 2026-01-31T00:00:00Z)
@@ -29,8 +35,11 @@ pub enum OpsCommand {
         #[arg(long, value_name = "FILE")]
         archive: Option<PathBuf>,
         /// Jobs (or batches) removed per transaction
-        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        #[arg(long, default_value_t = PruneOptions::new(0).chunk as u64,
+              value_parser = clap::value_parser!(u64).range(1..=100_000))]
         chunk: u64,
+        #[command(flatten)]
+        format: Format,
     },
     /// Write a consistent copy of the database to FILE while servers go on using it; the copy is
     /// checked with integrity_check before it is put in place
@@ -38,8 +47,10 @@ pub enum OpsCommand {
         /// Where to write the backup; must not exist yet
         file: PathBuf,
         /// The database file
-        #[arg(long, env = "KILN_DB", default_value = "kiln.db")]
+        #[arg(long, env = "KILN_DB", default_value = DEFAULT_DB)]
         db: PathBuf,
+        #[command(flatten)]
+        format: Format,
     },
     /// Check that this host can run kiln (sandbox, cgroups, runtimes, disk, database, server) and
     /// say what to fix; exits 1 if a check fails
@@ -51,76 +62,80 @@ pub enum OpsCommand {
 pub enum OpsError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot open {}: {source}", path.display())]
+    Open { path: PathBuf, source: StoreError },
+    #[error("no randomness: {0}")]
+    Randomness(#[source] std::io::Error),
+    #[error("no token {0} in force (see `kiln token list`)")]
+    NoSuchToken(i64),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("cannot write output: {0}")]
+    Output(#[source] std::io::Error),
     #[error("the command did not finish: {0}")]
     Task(String),
 }
 
-/// Runs an operator's command. `url_given` says whether `--url` (or `KILN_URL`) named a server
-/// for `doctor` to check.
-pub async fn run(opts: &ClientOpts, url_given: bool, command: OpsCommand) -> ExitCode {
-    let result =
-        match command {
-            OpsCommand::Prune {
-                db,
-                finished_before,
-                archive,
-                chunk,
-            } => {
-                let mut options = PruneOptions::new(finished_before);
-                options.archive = archive;
-                options.chunk = usize::try_from(chunk).unwrap_or(500);
-                blocking(move || store::prune(&db, &options))
-                    .await
-                    .map(|report| {
-                        match opts.json {
-                            true => println!("{}", serde_json::json!(report)),
-                            false => {
-                                println!(
-                                    "pruned {} jobs, {} batches and {} events in {} transactions \
-                                 (holding the write lock {:.0} ms in all, {} ms at most); \
-                                 recorded as prune {} in table prunes",
-                                    report.jobs,
-                                    report.batches,
-                                    report.events,
-                                    report.transactions,
-                                    report.locked_ms,
-                                    report.longest_transaction_ms,
-                                    report.prune_id
-                                );
-                                if let Some(archive) = &report.archive {
-                                    println!("archived to {}", archive.display());
-                                }
-                            }
-                        }
-                        ExitCode::SUCCESS
-                    })
-            }
-            OpsCommand::Backup { file, db } => blocking(move || store::backup(&db, &file))
-                .await
-                .map(|backup| {
-                    match opts.json {
-                        true => println!("{}", serde_json::json!(backup)),
-                        false => println!(
-                            "backed up {} jobs and {} events (schema version {}, {} bytes) to {}; \
-                         integrity_check: ok",
-                            backup.jobs,
-                            backup.events,
-                            backup.user_version,
-                            backup.bytes,
-                            backup.path.display()
-                        ),
-                    }
-                    ExitCode::SUCCESS
-                }),
-            OpsCommand::Doctor(args) => {
-                let url = url_given.then(|| opts.url.clone());
-                return doctor::run(args, url, opts.json).await;
-            }
-        };
-    result.unwrap_or_else(|e| {
-        eprintln!("kiln: {e}");
-        ExitCode::from(2)
-    })
+/// Runs an operator's command and returns what it concluded: a failure only for a doctor that
+/// found a check failing.
+pub async fn run(command: OpsCommand) -> Result<Conclusion, OpsError> {
+    match command {
+        OpsCommand::Token(args) => token::run(args).await?,
+        OpsCommand::Prune {
+            db,
+            finished_before,
+            archive,
+            chunk,
+            format,
+        } => {
+            let mut options = PruneOptions::new(finished_before);
+            options.archive = archive;
+            options.chunk = usize::try_from(chunk).unwrap_or(options.chunk);
+            let report = blocking(move || store::prune(&db, &options)).await?;
+            print(|out| {
+                if format.json {
+                    return writeln!(out, "{}", serde_json::json!(report));
+                }
+                writeln!(
+                    out,
+                    "pruned {} jobs, {} batches and {} events in {} transactions \
+                     (holding the write lock {:.0} ms in all, {} ms at most); \
+                     recorded as prune {} in table prunes",
+                    report.jobs,
+                    report.batches,
+                    report.events,
+                    report.transactions,
+                    report.locked_ms,
+                    report.longest_transaction_ms,
+                    report.prune_id
+                )?;
+                if let Some(archive) = &report.archive {
+                    writeln!(out, "archived to {}", archive.display())?;
+                }
+                Ok(())
+            })
+            .map_err(OpsError::Output)?;
+        }
+        OpsCommand::Backup { file, db, format } => {
+            let backup = blocking(move || store::backup(&db, &file)).await?;
+            print(|out| match format.json {
+                true => writeln!(out, "{}", serde_json::json!(backup)),
+                false => writeln!(
+                    out,
+                    "backed up {} jobs and {} events (schema version {}, {} bytes) to {}; \
+                     integrity_check: ok",
+                    backup.jobs,
+                    backup.events,
+                    backup.user_version,
+                    backup.bytes,
+                    backup.path.display()
+                ),
+            })
+            .map_err(OpsError::Output)?;
+        }
+        OpsCommand::Doctor(args) => return doctor::run(args).await,
+    }
+    Ok(Conclusion::Success)
 }
 
 async fn blocking<T: Send + 'static>(

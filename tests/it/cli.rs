@@ -66,3 +66,71 @@ async fn submit_prints_the_id_for_scripts_and_status_events_and_cancel_use_it() 
         "{again:?}"
     );
 }
+
+/// `kiln …` on its own: no server, no `KILN_URL`.
+fn kiln(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env_remove("KILN_URL")
+        .env_remove("KILN_TOKEN")
+        .output()
+        .expect("run kiln")
+}
+
+/// The flags a `--help` lists, by their long names.
+fn flags_in_help(args: &[&str]) -> Vec<String> {
+    let out = kiln(args);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|word| word.starts_with("--"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn each_commands_help_lists_only_its_own_flags() {
+    let client = ["--url", "--json", "--token"];
+    let serve = flags_in_help(&["serve", "--help"]);
+    assert!(serve.iter().any(|f| f == "--token-rate"), "{serve:?}");
+    for flag in client {
+        assert!(!serve.iter().any(|f| f == flag), "{flag} in {serve:?}");
+    }
+    let status = flags_in_help(&["status", "--help"]);
+    for flag in client {
+        assert!(status.iter().any(|f| f == flag), "{flag} in {status:?}");
+    }
+    let doctor = flags_in_help(&["doctor", "--help"]);
+    assert!(doctor.iter().any(|f| f == "--url"), "{doctor:?}");
+    assert!(
+        doctor.iter().any(|f| f == "--sandbox-uid-base"),
+        "{doctor:?}"
+    );
+    assert!(!doctor.iter().any(|f| f == "--token"), "{doctor:?}");
+    let token = flags_in_help(&["token", "list", "--help"]);
+    assert!(token.iter().any(|f| f == "--json"), "{token:?}");
+    assert!(!token.iter().any(|f| f == "--url"), "{token:?}");
+}
+
+#[tokio::test]
+async fn the_client_flags_work_before_the_subcommand_and_after_it() {
+    let server = Server::start().await;
+    let id = server.submit(crate::util::sh("true")).await;
+    server.finished(&id).await;
+    let url = server.url.as_str();
+    for args in [
+        ["--url", url, "--json", "status", &id],
+        ["status", &id, "--url", url, "--json"],
+        ["--json", "status", "--url", url, &id],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            // Where the flag given is not: the flag wins over the variable.
+            .env("KILN_URL", "http://127.0.0.1:9")
+            .output()
+            .expect("run kiln");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let job: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(job["status"], "succeeded", "{args:?}");
+    }
+}

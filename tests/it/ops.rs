@@ -503,3 +503,33 @@ async fn metrics_count_submits_claims_runs_and_webhook_failures_as_they_happen()
     );
     drop(stream);
 }
+
+/// Runs `kiln` with its stdout a pipe whose reader is already gone, as `kiln … | head -1` is
+/// once `head` has its line.
+fn into_a_closed_pipe(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .current_dir(dir)
+        .stdout(writer)
+        .output()
+        .expect("run kiln")
+}
+
+#[test]
+fn a_reader_that_went_away_is_a_quiet_success_for_the_operators_commands() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    crate::auth::create_token(dir.path(), "acme", false);
+    for args in [
+        &["token", "list"][..],
+        &["token", "list", "--json"],
+        &["prune", "--finished-before", "30d"],
+        &["backup", "copy.db"],
+    ] {
+        let out = into_a_closed_pipe(dir.path(), args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

@@ -1,0 +1,165 @@
+//! How the client shows a job and its events to a person: one line per job or event, the stored
+//! output after it, and the notes that tell what was cut. Everything goes through
+//! [`cli::print`], so a reader that went away ends nothing.
+
+use std::io::{self, Write};
+
+use serde_json::Value;
+
+use super::{ClientError, note};
+use crate::cli;
+
+/// `<id>  <status> (<outcome>)  exit <code>  <wall> ms  <runtime>`, leaving out what the job does
+/// not have yet (a queued job has no outcome, exit code or time).
+pub(super) fn job_line(job: &Value) -> String {
+    let text = |name: &str| job.get(name).and_then(Value::as_str);
+    let number = |name: &str| job.get(name).and_then(Value::as_i64);
+    let mut parts = vec![text("id").unwrap_or("?").to_owned()];
+    let status = text("status").unwrap_or("?");
+    parts.push(match text("outcome") {
+        Some(outcome) => format!("{status} ({outcome})"),
+        None => status.to_owned(),
+    });
+    if let Some(code) = number("exit_code") {
+        parts.push(format!("exit {code}"));
+    } else if let Some(signal) = number("signal") {
+        parts.push(format!("signal {signal}"));
+    }
+    if let Some(wall) = number("wall_ms") {
+        parts.push(format!("{wall} ms"));
+    }
+    if let Some(runtime) = text("runtime") {
+        parts.push(runtime.to_owned());
+    }
+    if let Some(attempt) = number("attempt").filter(|&attempt| attempt > 1) {
+        parts.push(format!("attempt {attempt}"));
+    }
+    parts.join("  ")
+}
+
+/// `<event id>  [<job id>]  <at>  <type>  attempt <n>  <data>`.
+pub(super) fn event_line(event: &Value, with_job: bool) -> String {
+    let field = |name: &str| match event.get(name) {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Null) | None => "-".to_owned(),
+        Some(other) => other.to_string(),
+    };
+    let mut parts = vec![field("id")];
+    if with_job {
+        parts.push(field("job_id"));
+    }
+    parts.push(field("at"));
+    parts.push(field("type"));
+    parts.push(format!("attempt {}", field("attempt")));
+    match event.get("data") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) if map.is_empty() => {}
+        Some(data) => parts.push(data.to_string()),
+    }
+    parts.join("  ")
+}
+
+pub(super) fn show_job(job: &Value, json: bool) -> Result<(), ClientError> {
+    if json {
+        return print_json(job);
+    }
+    print_stdout(|out| writeln!(out, "{}", job_line(job)))?;
+    show_output(job)
+}
+
+/// The job's stored error, stdout and stderr, and whether they were cut at the limit.
+pub(super) fn show_output(job: &Value) -> Result<(), ClientError> {
+    let text = |name: &str| {
+        job.get(name)
+            .and_then(Value::as_str)
+            .filter(|text| !text.is_empty())
+    };
+    print_stdout(|out| {
+        if let Some(error) = text("error") {
+            writeln!(out, "error: {error}")?;
+        }
+        if let Some(stdout) = text("stdout") {
+            out.write_all(stdout.as_bytes())?;
+        }
+        Ok(())
+    })?;
+    if let Some(stderr) = text("stderr") {
+        // Nowhere better to report a failing stderr, so the write is best effort.
+        let _ = io::stderr().lock().write_all(stderr.as_bytes());
+    }
+    let limit = job
+        .get("limits")
+        .and_then(|limits| limits.get("output_bytes"))
+        .and_then(Value::as_u64);
+    for stream in ["stdout", "stderr"] {
+        let truncated = job
+            .get(format!("{stream}_truncated"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if truncated {
+            note(&match limit {
+                Some(limit) => format!("the job's {stream} was cut at its limit of {limit} bytes"),
+                None => format!("the job's {stream} was cut at its output limit"),
+            });
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn print_json(value: &Value) -> Result<(), ClientError> {
+    print_stdout(|out| {
+        serde_json::to_writer_pretty(&mut *out, value).map_err(io::Error::from)?;
+        writeln!(out)
+    })
+}
+
+/// [`cli::print`], failing with this layer's error.
+pub(super) fn print_stdout(
+    write: impl FnOnce(&mut io::StdoutLock<'static>) -> io::Result<()>,
+) -> Result<(), ClientError> {
+    cli::print(write).map_err(ClientError::Output)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn finished_job_line_has_every_part() {
+        let job = json!({
+            "id": "0190-abc", "status": "succeeded", "outcome": "success", "runtime": "python",
+            "attempt": 1, "exit_code": 0, "signal": null, "wall_ms": 123,
+        });
+        assert_eq!(
+            job_line(&job),
+            "0190-abc  succeeded (success)  exit 0  123 ms  python"
+        );
+    }
+    #[test]
+    fn job_line_leaves_out_what_a_job_does_not_have() {
+        let queued = json!({"id": "j1", "status": "queued", "outcome": null, "runtime": "bash",
+            "attempt": 0, "exit_code": null, "signal": null, "wall_ms": null});
+        assert_eq!(job_line(&queued), "j1  queued  bash");
+
+        let killed = json!({"id": "j2", "status": "failed", "outcome": "signal", "runtime": "bash",
+            "attempt": 2, "exit_code": null, "signal": 9, "wall_ms": 40});
+        assert_eq!(
+            job_line(&killed),
+            "j2  failed (signal)  signal 9  40 ms  bash  attempt 2"
+        );
+    }
+    #[test]
+    fn event_lines() {
+        let event = json!({"id": 7, "job_id": "j1", "at": "2025-01-01T00:00:00.000Z",
+            "type": "finished", "attempt": 1, "data": {"exit_code": 0}});
+        assert_eq!(
+            event_line(&event, false),
+            r#"7  2025-01-01T00:00:00.000Z  finished  attempt 1  {"exit_code":0}"#
+        );
+        let queued = json!({"id": 1, "job_id": "j1", "at": "t", "type": "queued",
+            "attempt": null, "data": {}});
+        assert_eq!(event_line(&queued, true), "1  j1  t  queued  attempt -");
+    }
+}
