@@ -2,34 +2,51 @@
 //!
 //! # Life of a job
 //!
-//! The modules, in the order a job passes through them:
+//! At the bottom sits [`job`], the domain: ids, states, outcomes, limits, events, suites
+//! ([`job::batch`]), verdicts ([`job::verdict`]), what a deployment allows
+//! ([`job::policy::Policy`]) and the validation of a request against it. It imports nothing of
+//! kiln above it; everything below names it. The modules above it, in the order a job passes
+//! through them:
 //!
 //! 1. [`http`] accepts the connection under its limits; [`api`] — `POST /v1/jobs` decodes the
-//!    request and validates it into a [`job::JobSpec`] against the deployment's
-//!    [`config::Policy`].
-//! 2. [`store`] — the single writer commits the job and its `job.queued` event in one
-//!    transaction, shared with whatever else is pending (group commit); only then does the API
-//!    answer `202 Accepted`.
+//!    request and validates it into a [`job::JobSpec`] against the deployment's policy.
+//! 2. [`store`] — the single writer admits the job against the queue's limits and commits it
+//!    with its `job.queued` event in one transaction, shared with whatever else is pending (group
+//!    commit); only then does the API answer `202 Accepted`.
 //! 3. [`bus`] — after the commit, idle workers are woken (no polling delay).
 //! 4. [`worker`] — a worker claims the job (`queued → running`, attempt + 1, a lease) in one
-//!    short statement and keeps renewing the lease while the job runs.
-//! 5. [`runner`] — runs the code for the job's [`runtime`] in a fresh work directory under
-//!    limits, captures capped output, and kills the whole process group at the end.
-//! 6. [`store`] again — the result and the terminal event are written, only if the job is still
-//!    running under the same attempt.
-//! 7. [`api`] — pollers read it back (`GET /v1/jobs/{id}?wait=`, woken by the bus), or follow
+//!    short statement, usually in the same write that finished its previous job, and keeps
+//!    renewing the lease while the job runs. Each attempt runs in a task of its own, so a panic
+//!    ends that job `error` and the worker goes on.
+//! 5. [`runner`] — runs the code for the job's [`runtime`] (a compiled one's build first, shared
+//!    by a suite's cases) under its limits, feeds its stdin, captures capped output, and measures
+//!    it.
+//! 6. [`sandbox`] — where the runner starts it: new namespaces, a read-only root with the
+//!    submitted files written into `/work` from memory, seccomp, Landlock, a cgroup of its own.
+//!    The run ends by killing the sandbox's init, which takes every process of the job with it.
+//!    (`--sandbox none`, for development, runs a plain subprocess and kills its process group.)
+//! 7. [`store`] again — the result and the terminal event are written, only if the job is still
+//!    running under the same attempt; a suite's case is first judged against its expected output
+//!    ([`job::verdict`]), and the same transaction settles its suite.
+//! 8. [`api`] — pollers read it back (`GET /v1/jobs/{id}?wait=`, woken by the bus), or follow
 //!    the event feed, also live over Server-Sent Events: [`live`] fans each commit out to every
 //!    stream once, and carries a running job's output to its watchers; [`progress`] is how a
 //!    job reports how far it got while it runs.
-//! 8. [`webhook`] — if the job (or, for its last case, its [`batch`]) named a `callback_url`,
-//!    the terminal transaction also wrote an outbox row; the deliverer, woken by the bus, POSTs
-//!    the signed result and retries until it is answered with a 2xx or the retry horizon passes.
+//! 9. [`webhook`] — if the job (or, for its last case, its suite) named a `callback_url`, the
+//!    terminal transaction also wrote an outbox row; the deliverer, woken by the bus, POSTs the
+//!    signed result and retries until it is answered with a 2xx or the retry horizon passes.
+//!
+//! When a worker dies instead (its server killed, its lease not renewed), the rescuer in
+//! [`worker`] takes the job back once the lease has run out: queued again for another attempt,
+//! or ended `error` when it has none left.
 //!
 //! Before any of it, [`auth`] says on whose behalf a request acts: with API tokens, each
 //! tenant sees only its own jobs, batches and events.
 //!
-//! [`server`] wires these together and shuts them down in order; [`client`] is the command-line
-//! client of a running server.
+//! [`config`] holds everything a deployment can tune and [`server`] wires the parts together and
+//! shuts them down in order. The `kiln` binary's commands are [`cli`] (the flags they share),
+//! [`client`] (a client of a running server) and [`ops`] (the operator's commands on the
+//! database and the host); [`metrics`] counts for `GET /metrics`.
 
 pub mod api;
 pub mod auth;

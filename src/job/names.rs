@@ -85,7 +85,7 @@ impl LookAlikes {
 const SHOWN_CHARS: usize = 64;
 
 /// `value` quoted for an error message (escaped as Rust's `Debug` does), cut after
-/// [`SHOWN_CHARS`] characters.
+/// `SHOWN_CHARS` characters.
 pub fn shown(value: &str) -> String {
     match value.char_indices().nth(SHOWN_CHARS) {
         None => format!("{value:?}"),

@@ -94,17 +94,17 @@ impl CgroupError {
     }
 }
 
-/// What this host lets us limit and measure, as found by [`Cgroups::detect`].
+/// What this host lets us limit and measure, as found by `Cgroups::detect`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Support {
     /// Memory (and memory+swap) limits, peak memory and OOM kills.
     pub memory: bool,
     /// The task count limit.
     pub pids: bool,
-    /// The CPU quota ([`CgroupLimits::cpu_millis_per_sec`]).
+    /// The CPU quota (`CgroupLimits::cpu_millis_per_sec`).
     pub cpu: bool,
     /// `cgroup.kill`: one write kills the whole run, even processes forking at that moment.
-    /// Without it [`JobCgroup::kill`] signals the processes one by one until none is left.
+    /// Without it `JobCgroup::kill` signals the processes one by one until none is left.
     pub kill: bool,
     /// The cgroup versions of the hierarchies in use: `"v1"`, `"v2"`, or `"hybrid"` for both.
     pub version: &'static str,

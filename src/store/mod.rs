@@ -224,7 +224,7 @@ impl Store {
         wal::size(&self.wal)
     }
 
-    /// Sets the size at which the write-ahead log stops taking new jobs (see [`wal`]).
+    /// Sets the size at which the write-ahead log stops taking new jobs (see `store::wal`).
     pub fn set_wal_max(&self, bytes: u64) {
         self.wal_limit.set(bytes);
     }

@@ -1,7 +1,7 @@
 //! Webhooks: calling a job's `callback_url` when it ends, and a batch's when its last case ends.
 //! The store writes an outbox row in the same transaction as the job's terminal state or the
 //! batch's `batch.completed` event; the [`Deliverer`] here takes due rows, POSTs their payload
-//! signed with HMAC-SHA256 ([`signature`]) under the key of the row's tenant (or the server's,
+//! signed with HMAC-SHA256 (`webhook::signature`) under the key of the row's tenant (or the server's,
 //! for rows without one), and records every attempt's outcome with a
 //! `webhook.delivered` or `webhook.failed` event. Failures (no answer, or any answer but a 2xx)
 //! are retried with exponential backoff and jitter until a horizon; rows outlive the process, so

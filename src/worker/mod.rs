@@ -8,8 +8,8 @@
 //! someone else is never running twice.
 //!
 //! Each attempt runs in a task of its own, the job's panic boundary (river's `jobexecutor`
-//! recovers the same way): a panic on the way, which is a bug in kiln, ends that job like a run
-//! that could not be set up, and its worker goes on to the next. The helper tasks of a run (the
+//! recovers the same way): a panic on the way, which is a bug in kiln, ends that job `error` at
+//! once (it would likely panic again if retried), and its worker goes on to the next. The helper tasks of a run (the
 //! lease keeper, the progress recorder) are aborted when their run ends, however it ends, so no
 //! lease outlives its run.
 //!
