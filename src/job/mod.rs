@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use text::text_enum;
-use verdict::Verdict;
+use verdict::{Judgement, Verdict};
 
 /// Job ids are UUIDv7: they sort by creation time, so the primary key doubles as the FIFO order.
 pub type JobId = uuid::Uuid;
@@ -277,6 +277,18 @@ pub struct RunResult {
     pub memory_kb: u64,
     /// For a compiled runtime: whether this run compiled the code or ran a batch's shared build.
     pub build: Option<BuildUse>,
+}
+
+/// How an attempt ended, as the worker records it: the one value that travels from the worker to
+/// the store's terminal write, shared rather than copied when that write is retried.
+#[derive(Debug)]
+pub struct Finish {
+    pub outcome: Outcome,
+    pub result: RunResult,
+    /// kiln's own reason when it could not run the job (the job's `error`).
+    pub error: Option<String>,
+    /// For a suite's case, its verdict; absent, the verdict follows from the outcome.
+    pub judged: Option<Judgement>,
 }
 
 /// How a compiled runtime's run got its binary. Recorded in the terminal event's data, so that

@@ -2,11 +2,12 @@
 //! the next claim share one write.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::Store;
 use crate::job::policy::Policy;
-use crate::job::{JobId, JobSpec, Outcome, RunResult, Status};
+use crate::job::{Finish, JobId, JobSpec, Outcome, RunResult, Status};
 use crate::store::{Admission, CancelResult, ClaimedJob, Submitted, Visibility};
 
 const OWNER: &str = "node/instance/w0";
@@ -47,26 +48,22 @@ async fn submit(store: &Store) -> JobId {
     }
 }
 
-fn success() -> RunResult {
-    RunResult {
-        exit_code: Some(0),
-        ..RunResult::default()
+fn success() -> Finish {
+    Finish {
+        outcome: Outcome::Success,
+        result: RunResult {
+            exit_code: Some(0),
+            ..RunResult::default()
+        },
+        error: None,
+        judged: None,
     }
 }
 
 /// Records a successful run of `id` and claims the next job in the same write.
 async fn succeed_and_claim(store: &Store, id: JobId, attempt: u32) -> (bool, Option<ClaimedJob>) {
     store
-        .finish_and_claim(
-            id,
-            attempt,
-            Outcome::Success,
-            success(),
-            None,
-            None,
-            OWNER,
-            LEASE,
-        )
+        .finish_and_claim(id, attempt, Arc::new(success()), OWNER, LEASE)
         .await
         .expect("finish and claim")
 }

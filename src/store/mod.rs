@@ -29,8 +29,7 @@ use serde::Serialize;
 use crate::bus::Bus;
 use crate::job::batch::{Batch, BatchSpec, Case, CaseReport};
 use crate::job::time::now_ms;
-use crate::job::verdict::Judgement;
-use crate::job::{BatchId, Event, Job, JobId, JobSpec, Outcome, Progress, RunResult, Status};
+use crate::job::{BatchId, Event, Finish, Job, JobId, JobSpec, Outcome, Progress, Status};
 use writer::Writer;
 
 pub use batch::{BatchCancel, BatchSubmitted};
@@ -302,40 +301,21 @@ impl Store {
         &self,
         id: JobId,
         attempt: u32,
-        outcome: Outcome,
-        result: RunResult,
-        error: Option<String>,
-        judged: Option<Judgement>,
+        end: Arc<Finish>,
     ) -> Result<bool, StoreError> {
         self.writer
-            .write(move |conn, notices| {
-                write::finish(
-                    conn,
-                    notices,
-                    id,
-                    attempt,
-                    outcome,
-                    &result,
-                    error.as_deref(),
-                    judged,
-                    now_ms(),
-                )
-            })
+            .write(move |conn, notices| write::finish(conn, notices, id, attempt, &end, now_ms()))
             .await
     }
 
     /// [`Store::finish`], and in the same transaction the claim of the next queued job for
     /// `owner`, as [`Store::claim`]: a busy worker then waits for one commit per job, not two,
     /// and the writer runs one operation instead of two.
-    #[allow(clippy::too_many_arguments)]
     pub async fn finish_and_claim(
         &self,
         id: JobId,
         attempt: u32,
-        outcome: Outcome,
-        result: RunResult,
-        error: Option<String>,
-        judged: Option<Judgement>,
+        end: Arc<Finish>,
         owner: &str,
         lease: Duration,
     ) -> Result<(bool, Option<ClaimedJob>), StoreError> {
@@ -343,17 +323,7 @@ impl Store {
         self.writer
             .write(move |conn, notices| {
                 let now = now_ms();
-                let finished = write::finish(
-                    conn,
-                    notices,
-                    id,
-                    attempt,
-                    outcome,
-                    &result,
-                    error.as_deref(),
-                    judged,
-                    now,
-                )?;
+                let finished = write::finish(conn, notices, id, attempt, &end, now)?;
                 let next = write::claim(conn, notices, &owner, now, now + lease_ms(lease))?;
                 Ok((finished, next))
             })

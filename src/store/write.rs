@@ -11,9 +11,7 @@ use super::{StoreError, batch};
 use crate::bus::Notice;
 use crate::job::batch::CaseCheck;
 use crate::job::verdict::{Judgement, Verdict};
-use crate::job::{
-    BatchId, EventKind, JobId, JobSpec, Limits, Outcome, Progress, RunResult, Status,
-};
+use crate::job::{BatchId, EventKind, Finish, JobId, JobSpec, Limits, Outcome, Progress, Status};
 
 /// What a submit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,23 +218,26 @@ pub(super) fn renew(
     Ok(n == 1)
 }
 
-/// Records a run's end. For a case, `judged` is its verdict (absent, it follows from the
+/// Records a run's end. For a case, `end.judged` is its verdict (absent, it follows from the
 /// outcome); it is written by the same statement, and the batch is settled in the same
 /// transaction.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn finish(
     conn: &Connection,
     notices: &mut Vec<Notice>,
     id: JobId,
     attempt: u32,
-    outcome: Outcome,
-    result: &RunResult,
-    error: Option<&str>,
-    judged: Option<Judgement>,
+    end: &Finish,
     now: i64,
 ) -> Result<bool, StoreError> {
+    let Finish {
+        outcome,
+        ref result,
+        ref error,
+        ref judged,
+    } = *end;
+    let error = error.as_deref();
     let status = outcome.status();
-    let judged = judged.unwrap_or_else(|| Judgement {
+    let judged = judged.clone().unwrap_or_else(|| Judgement {
         verdict: Verdict::of_outcome(outcome),
         detail: error.map(str::to_owned),
     });

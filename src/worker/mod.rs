@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::Notice;
 use crate::job::verdict::judge;
-use crate::job::{EventKind, JobId, Outcome, RunResult};
+use crate::job::{EventKind, Finish, JobId, Outcome, RunResult};
 use crate::live::Live;
 use crate::metrics::METRICS;
 use crate::runner::{Builds, Reporting, RunError, RunOutput, RunRequest, Runner};
@@ -529,22 +529,27 @@ impl<E: Execute> Workers<E> {
                 case.compare,
             )
         });
+        let ran_ms = result.wall_ms;
+        let end = Arc::new(Finish {
+            outcome,
+            result,
+            error,
+            judged,
+        });
         let mut delay = Duration::from_millis(50);
         let deadline = Instant::now() + self.lease;
-        let ran_ms = result.wall_ms;
         loop {
-            let (id, attempt) = (job.id, job.attempt);
-            let (result, error, judged) = (result.clone(), error.clone(), judged.clone());
+            let (id, attempt, end) = (job.id, job.attempt, Arc::clone(&end));
             let written = match claim_next {
                 Some(owner) => {
                     let lease = self.lease;
                     self.store
-                        .finish_and_claim(id, attempt, outcome, result, error, judged, owner, lease)
+                        .finish_and_claim(id, attempt, end, owner, lease)
                         .await
                 }
                 None => self
                     .store
-                    .finish(id, attempt, outcome, result, error, judged)
+                    .finish(id, attempt, end)
                     .await
                     .map(|finished| (finished, None)),
             };
