@@ -355,13 +355,28 @@ echo "100 finished" >&3"#;
 
 #[tokio::test]
 async fn a_slow_consumer_is_dropped_while_a_reading_one_gets_every_event() {
-    let server = Server::start_with(&["--sse-stall-ms", "500"]).await;
+    // The smallest buffer the server takes, smaller than one output chunk, which then costs
+    // all of it: once the slow client's connection takes no more, a chunk fills what is left,
+    // or `output.lost` notices eat it (a few dozen; over a hundred chunks come after that
+    // point), and the end cannot fit. A larger buffer could keep up to a chunk's worth free,
+    // where the end fits at once. Two streams at most: the slow one and the reading one, then
+    // the slow one and a holder, so that a probe is admitted only once the slow stream is over.
+    let server = Server::start_with(&[
+        "--sse-stall-ms",
+        "500",
+        "--sse-buffer-bytes",
+        "4096",
+        "--sse-max-streams",
+        "2",
+    ])
+    .await;
     // 12 MB of output at a steady pace: more than the socket buffers of a client that reads
-    // nothing can hold.
+    // nothing can hold. Each 60 kB is one write (cat's buffer is larger), read as one chunk:
+    // the reading client's buffer holds one at a time, and gets each whole.
     let steady_flood = json!({
         "runtime": "bash",
-        "code": "sleep 0.5; for i in $(seq 200); do head -c 60000 /dev/zero | tr '\\0' x; \
-                 sleep 0.01; done",
+        "code": "head -c 60000 /dev/zero | tr '\\0' x > chunk; sleep 0.5; \
+                 for i in $(seq 200); do cat chunk; sleep 0.01; done",
         "limits": {"output_bytes": 16_000_000},
     });
     let id = server.submit(steady_flood).await;
@@ -403,6 +418,27 @@ async fn a_slow_consumer_is_dropped_while_a_reading_one_gets_every_event() {
     );
     let job = server.finished(&id).await;
     assert_eq!(job["stdout"].as_str().map(str::len), Some(12_000_000));
+
+    // The slow client reads only once its stream is over: reading makes room, and the end,
+    // waiting for room, would then fit within the stall (while it reads nothing, the kernel
+    // makes none: the server's send queue stays full). A stream is over when its slot is free:
+    // with a holder in the reading stream's slot, a probe is admitted only then.
+    let admitted = || async {
+        for _ in 0..1000 {
+            let stream = Sse::request(&server, "/v1/events", &[]).await;
+            if stream.status() != StatusCode::TOO_MANY_REQUESTS {
+                assert_eq!(stream.status(), StatusCode::OK);
+                return Some(stream);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    };
+    let _holder = admitted()
+        .await
+        .expect("the reading stream's slot came free");
+    let over = admitted().await.is_some();
+    assert!(over, "the slow stream ended within 20 s");
 
     // Only now does the slow client read: its stream was cut short, saying where to resume.
     let mut bytes = Vec::new();
