@@ -127,7 +127,7 @@ impl Metrics {
     /// at all.
     pub fn run_recorded(&self, outcome: Outcome, wall_ms: u64) {
         self.runs.add(outcome.as_str());
-        if outcome != Outcome::RunnerError {
+        if !matches!(outcome, Outcome::RunnerError | Outcome::InvalidRequest) {
             self.run_time.observe(wall_ms as f64 / 1000.0);
         }
     }

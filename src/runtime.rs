@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::job::validate::RuntimeFiles;
+
 /// One way to run code. Interpreted: `program args... source_file job-args...` inside the work
 /// directory. Compiled: `program args...` (the compiler, whose arguments name the source file)
 /// produces [`Compile::binary`], which then runs as `binary job-args...`.
@@ -26,6 +28,17 @@ pub struct Runtime {
     /// Set for compiled languages.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compile: Option<Compile>,
+}
+
+impl Runtime {
+    /// What this runtime writes into a run's work directory itself, which submitted files must
+    /// leave free.
+    pub fn own_files(&self) -> RuntimeFiles {
+        RuntimeFiles {
+            source_file: self.source_file.clone(),
+            binary: self.compile.as_ref().map(|c| c.binary.clone()),
+        }
+    }
 }
 
 /// How a compiled runtime's build step ends.

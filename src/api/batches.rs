@@ -23,6 +23,7 @@ use crate::job::batch::{Batch, BatchSpec};
 use crate::job::names::shown;
 use crate::job::validate::BatchRequest;
 use crate::job::{BatchId, EventKind};
+use crate::runtime::Runtime;
 use crate::store::{BatchCancel, BatchSubmitted};
 
 /// Characters of each case's expected output, stdout and stderr a report quotes.
@@ -36,7 +37,7 @@ pub async fn submit(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let spec = BatchSpec::validate(request, key, &state.config.policy, |name| {
-        state.runtimes.get(name).map(|r| r.source_file.clone())
+        state.runtimes.get(name).map(Runtime::own_files)
     })?;
     let names: Vec<String> = spec.cases.iter().map(|c| c.name.clone()).collect();
     let admission = admission(&state, &principal);

@@ -22,7 +22,7 @@ use crate::job::batch::BatchSpec;
 use crate::job::names::hidden_character;
 use crate::job::policy::Policy;
 use crate::job::validate::{
-    BatchRequest, CaseRequest, JobRequest, LimitsRequest, Rejection, check_file_name,
+    BatchRequest, CaseRequest, JobRequest, LimitsRequest, Rejection, RuntimeFiles, check_file_name,
 };
 
 fn is_client_error(e: &ApiError) -> bool {
@@ -45,8 +45,11 @@ fn decode_query<T: DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
         .map(|Query(value)| value)
 }
 
-fn source_file_of(runtime: &str) -> Option<String> {
-    (runtime == "sh").then(|| "main.sh".to_owned())
+fn source_file_of(runtime: &str) -> Option<RuntimeFiles> {
+    (runtime == "sh").then(|| RuntimeFiles {
+        source_file: "main.sh".to_owned(),
+        binary: None,
+    })
 }
 
 /// Text that reaches the interesting branches: names and paths, their tricks, and anything.
@@ -213,6 +216,14 @@ fn check_job(spec: &JobSpec, policy: &Policy) -> Result<(), TestCaseError> {
     for name in spec.files.keys() {
         prop_assert!(check_file_name(name).is_ok());
         prop_assert_ne!(name, "main.sh");
+        for (end, _) in name.match_indices('/') {
+            let dir = &name[..end];
+            prop_assert!(
+                !spec.files.contains_key(dir) && dir != "main.sh",
+                "{:?}",
+                name
+            );
+        }
     }
     Ok(())
 }

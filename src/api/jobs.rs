@@ -20,6 +20,7 @@ use crate::auth::Principal;
 use crate::job::names::shown;
 use crate::job::validate::JobRequest;
 use crate::job::{Job, JobId, JobSpec, Status};
+use crate::runtime::Runtime;
 use crate::store::{Admission, CancelResult, Submitted};
 
 const MAX_PAGE: u32 = 1000;
@@ -67,7 +68,7 @@ pub(super) async fn accept(
     key: Option<String>,
 ) -> Result<(JobId, bool), ApiError> {
     let spec = JobSpec::validate(request, key, &state.config.policy, |name| {
-        state.runtimes.get(name).map(|r| r.source_file.clone())
+        state.runtimes.get(name).map(Runtime::own_files)
     })?;
     match state
         .store

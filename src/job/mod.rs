@@ -87,6 +87,10 @@ text_enum! {
         OutputLimit => "output_limit",
         /// A compiled runtime's compiler refused the code (its output is the job's stdout/stderr).
         CompileError => "compile_error",
+        /// The run could not be set up as the job asked: the kernel refused its args or the
+        /// files it named. The submitter's doing, which validation refuses at submit wherever it
+        /// is known then; one found only at the run ends the job at once, never retried.
+        InvalidRequest => "invalid_request",
         /// Cancelled by a user before it finished.
         Cancelled => "cancelled",
         /// Its worker (or the whole server) stopped renewing the lease and no attempts were left.
@@ -107,7 +111,8 @@ impl Outcome {
             | Outcome::Signal
             | Outcome::MemoryLimit
             | Outcome::OutputLimit
-            | Outcome::CompileError => Status::Failed,
+            | Outcome::CompileError
+            | Outcome::InvalidRequest => Status::Failed,
             Outcome::WallTimeLimit | Outcome::CpuTimeLimit => Status::TimedOut,
             Outcome::Cancelled => Status::Cancelled,
             Outcome::LeaseExpired | Outcome::Shutdown | Outcome::RunnerError => Status::Error,

@@ -15,7 +15,16 @@ pub struct Policy {
     pub max_stdin_bytes: usize,
     pub max_files_bytes: usize,
     pub max_files: usize,
+    /// Most directories the files' names may make in the work directory.
+    pub max_dirs: usize,
     pub max_args: usize,
+    /// What a run's args may take to pass to its program, each counted as `execve` counts it:
+    /// its length plus [`ARG_OVERHEAD_BYTES`](super::validate::ARG_OVERHEAD_BYTES), its NUL and
+    /// its pointer. The kernel takes at least 128 KiB of args and environment together whatever
+    /// the stack limit (ARG_MAX, 32 pages; a quarter of the stack limit where that is more): the
+    /// default leaves the other half to what kiln adds (the interpreter's path and flags, the
+    /// source file, the environment), so an accepted job's args always reach its program.
+    pub max_args_bytes: usize,
     pub default_max_attempts: u32,
     pub max_max_attempts: u32,
     /// The hosts a `callback_url` may name.
@@ -48,7 +57,9 @@ impl Default for Policy {
             max_stdin_bytes: 8 * MIB as usize,
             max_files_bytes: 16 * MIB as usize,
             max_files: 256,
+            max_dirs: 256,
             max_args: 256,
+            max_args_bytes: 64 << 10,
             default_max_attempts: 3,
             max_max_attempts: 10,
             callbacks: HostPolicy::default(),

@@ -3,8 +3,19 @@
 //! [`BatchSpec`], or refused with a [`Rejection`]. Every entry point (the v1 API, the
 //! compatibility aliases, suites) applies these same rules; a suite is checked whole, every case
 //! before anything is stored, so it is accepted whole or not at all.
+//!
+//! What is the submitter's doing is refused here, not found out by a run: besides the policy's
+//! sizes, every way the request's files and args could keep the kernel from setting the run up.
+//! Files must make a tree that can be built (no name both a file and another's directory, none
+//! on or under what the runtime writes itself, [`RuntimeFiles`]), within NAME_MAX and PATH_MAX
+//! by their length; args must be what `execve` passes (no NUL, none over MAX_ARG_STRLEN, all
+//! together within [`Policy::max_args_bytes`], well under the kernel's least ARG_MAX). The
+//! environment is kiln's own and stdin goes through a pipe, so neither can fail a run's start.
+//! File names are bytes to the kernel (no case folding, no Unicode normalisation on the
+//! tmpfs a run gets), so two names that differ only so are different files; that they could
+//! be mistaken for each other is refused all the same ([`LookAlikes`]), directories included.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +27,26 @@ use super::{JobSpec, Limits};
 
 /// The longest case name accepted.
 const MAX_CASE_NAME_BYTES: usize = 200;
+
+/// The longest file name accepted, in bytes. Being the kernel's NAME_MAX, no component of it is
+/// over NAME_MAX, and `/work/` and it are far within PATH_MAX (4096).
+pub const MAX_FILE_NAME_BYTES: usize = 255;
+
+/// The longest single argument `execve` passes, its NUL included (MAX_ARG_STRLEN: 32 pages, of
+/// 4 KiB at least).
+const MAX_ARG_STRLEN: usize = 32 * 4096;
+
+/// What one argument costs `execve` besides its bytes: its NUL and its pointer in `argv`.
+pub const ARG_OVERHEAD_BYTES: usize = 1 + 8;
+
+/// What a runtime itself writes into a run's work directory, beside the submitted files: the
+/// file the code is written to and, for a compiled runtime, the binary its build leaves there.
+/// Submitted files must leave both free.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeFiles {
+    pub source_file: String,
+    pub binary: Option<String>,
+}
 
 /// Limits as a submitter states them: any may be left out and then takes the configured default.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,20 +139,31 @@ pub enum Rejection {
 }
 
 impl JobSpec {
-    /// Checks a request against the deployment's policy and fills in defaults. `source_file_of`
-    /// names the file a runtime's code is written to, or `None` for a runtime not offered here.
+    /// Checks a request against the deployment's policy and fills in defaults. `runtime_files`
+    /// names what a runtime writes into the work directory itself, or `None` for a runtime not
+    /// offered here.
     pub fn validate(
         request: JobRequest,
         idempotency_key: Option<String>,
         policy: &Policy,
-        source_file_of: impl Fn(&str) -> Option<String>,
+        runtime_files: impl Fn(&str) -> Option<RuntimeFiles>,
     ) -> Result<JobSpec, Rejection> {
-        let Some(source_file) = source_file_of(&request.runtime) else {
+        let Some(own) = runtime_files(&request.runtime) else {
             return Err(Rejection::UnknownRuntime(request.runtime));
         };
-        if request.files.contains_key(&source_file) {
+        let source_file = &own.source_file;
+        if request.files.contains_key(source_file) {
             return Err(Rejection::Invalid(format!(
                 "files must not contain {source_file:?}: the code is written there"
+            )));
+        }
+        if let Some(binary) = own
+            .binary
+            .as_ref()
+            .filter(|b| request.files.contains_key(*b))
+        {
+            return Err(Rejection::Invalid(format!(
+                "files must not contain {binary:?}: the compiled program is written there"
             )));
         }
         if request.code.trim().is_empty() {
@@ -137,13 +179,23 @@ impl JobSpec {
                 policy.max_files
             )));
         }
-        let mut look_alikes = LookAlikes::with_capacity(request.files.len() + 1);
-        look_alikes.check(&source_file);
         for name in request.files.keys() {
             check_file_name(name)?;
+        }
+        let dirs = check_tree(&request.files, &own, policy)?;
+        let mut look_alikes = LookAlikes::with_capacity(request.files.len() + dirs.len() + 2);
+        look_alikes.check(source_file);
+        if let Some(binary) = &own.binary {
+            look_alikes.check(binary);
+        }
+        let names = request
+            .files
+            .keys()
+            .map(|name| ("file name", name.as_str()));
+        for (what, name) in names.chain(dirs.iter().map(|dir| ("directory", *dir))) {
             if let Some(other) = look_alikes.check(name) {
                 return Err(Rejection::Invalid(format!(
-                    "file name {} looks like {}: use names a reader can tell apart",
+                    "{what} {} looks like {}: use names a reader can tell apart",
                     shown(name),
                     shown(other)
                 )));
@@ -188,6 +240,49 @@ impl JobSpec {
     }
 }
 
+/// The directories the files make in the work directory, once it is known that the kernel can
+/// make them: no name is both a file and the directory of another (`a` and `a/b`), none puts a
+/// directory where the runtime writes a file of its own, and there are at most
+/// `policy.max_dirs` of them. Identical names cannot occur: they are the keys of one map, and
+/// [`check_file_name`] refuses every other way to write one path twice (`a//b`, `./a`, `a/`).
+fn check_tree<'a>(
+    files: &'a BTreeMap<String, String>,
+    own: &RuntimeFiles,
+    policy: &Policy,
+) -> Result<BTreeSet<&'a str>, Rejection> {
+    let is_own = |dir: &str| dir == own.source_file || own.binary.as_deref() == Some(dir);
+    let mut dirs = BTreeSet::new();
+    for name in files.keys() {
+        for (end, _) in name.match_indices('/') {
+            let dir = &name[..end];
+            if files.contains_key(dir) {
+                return Err(Rejection::Invalid(format!(
+                    "files {} and {} cannot both be given: {} would be a file and a directory",
+                    shown(dir),
+                    shown(name),
+                    shown(dir)
+                )));
+            }
+            if is_own(dir) {
+                return Err(Rejection::Invalid(format!(
+                    "file name {} makes a directory of {}, which the runtime writes itself",
+                    shown(name),
+                    shown(dir)
+                )));
+            }
+            dirs.insert(dir);
+        }
+    }
+    if dirs.len() > policy.max_dirs {
+        return Err(Rejection::Invalid(format!(
+            "files make {} directories, at most {} allowed",
+            dirs.len(),
+            policy.max_dirs
+        )));
+    }
+    Ok(dirs)
+}
+
 /// The checks on what one run is given besides the code: its stdin and arguments.
 fn check_input(stdin: &str, args: &[String], policy: &Policy) -> Result<(), Rejection> {
     check_size("stdin", stdin.len(), policy.max_stdin_bytes)?;
@@ -196,6 +291,25 @@ fn check_input(stdin: &str, args: &[String], policy: &Policy) -> Result<(), Reje
             "{} args given, at most {} allowed",
             args.len(),
             policy.max_args
+        )));
+    }
+    if let Some((index, arg)) = args
+        .iter()
+        .enumerate()
+        .find(|(_, arg)| arg.len() >= MAX_ARG_STRLEN)
+    {
+        return Err(Rejection::Invalid(format!(
+            "args[{index}] is {} bytes, at most {} allowed: the kernel passes no longer argument",
+            arg.len(),
+            MAX_ARG_STRLEN - 1
+        )));
+    }
+    let args_bytes: usize = args.iter().map(|a| a.len() + ARG_OVERHEAD_BYTES).sum();
+    if args_bytes > policy.max_args_bytes {
+        return Err(Rejection::Invalid(format!(
+            "args take {args_bytes} bytes to pass to the program (each its length plus \
+             {ARG_OVERHEAD_BYTES}), at most {} allowed",
+            policy.max_args_bytes
         )));
     }
     if args
@@ -230,7 +344,7 @@ pub fn check_file_name(name: &str) -> Result<(), Rejection> {
             shown(name)
         )))
     };
-    if name.is_empty() || name.len() > 255 {
+    if name.is_empty() || name.len() > MAX_FILE_NAME_BYTES {
         return invalid("must be 1 to 255 bytes");
     }
     if name.starts_with('/') {
@@ -301,7 +415,7 @@ impl BatchSpec {
         request: BatchRequest,
         idempotency_key: Option<String>,
         policy: &Policy,
-        source_file_of: impl Fn(&str) -> Option<String>,
+        runtime_files: impl Fn(&str) -> Option<RuntimeFiles>,
     ) -> Result<BatchSpec, Rejection> {
         if request.cases.len() > policy.max_batch_cases {
             return Err(Rejection::TooLarge(format!(
@@ -333,7 +447,7 @@ impl BatchSpec {
             },
             idempotency_key,
             policy,
-            source_file_of,
+            runtime_files,
         )?;
         let mut taken = HashSet::with_capacity(request.cases.len());
         let mut look_alikes = LookAlikes::with_capacity(request.cases.len());
@@ -428,8 +542,19 @@ mod tests {
     }
 
     fn validate(request: BatchRequest, policy: &Policy) -> Result<BatchSpec, Rejection> {
-        BatchSpec::validate(request, None, policy, |runtime| {
-            (runtime == "sh").then(|| "main.sh".to_owned())
+        BatchSpec::validate(request, None, policy, runtime_files)
+    }
+
+    /// `sh`, and `c` with its binary.
+    fn runtime_files(runtime: &str) -> Option<RuntimeFiles> {
+        let (source_file, binary) = match runtime {
+            "sh" => ("main.sh", None),
+            "c" => ("main.c", Some("main".to_owned())),
+            _ => return None,
+        };
+        Some(RuntimeFiles {
+            source_file: source_file.to_owned(),
+            binary,
         })
     }
 
@@ -502,7 +627,7 @@ mod tests {
             request,
             key.map(str::to_owned),
             &Policy::default(),
-            |runtime| (runtime == "sh").then(|| "main.sh".to_owned()),
+            runtime_files,
         )
     }
 
@@ -567,6 +692,160 @@ mod tests {
                 "limits.wall_ms is {}, at most {max} allowed",
                 max + 1
             )))
+        );
+    }
+
+    fn refusal(result: Result<JobSpec, Rejection>) -> String {
+        match result {
+            Err(Rejection::Invalid(message)) => message,
+            other => panic!("not refused as invalid: {other:?}"),
+        }
+    }
+
+    fn with_files(runtime: &str, files: serde_json::Value) -> Result<JobSpec, Rejection> {
+        job(
+            serde_json::json!({"runtime": runtime, "code": "x", "files": files}),
+            None,
+        )
+    }
+
+    // Each of these passed validation once and then failed every attempt to set its run up.
+    #[test]
+    fn a_name_that_is_both_a_file_and_a_directory_is_refused() {
+        for files in [
+            serde_json::json!({"a": "", "a/b": ""}),
+            serde_json::json!({"x/a": "", "x/a/b/c": "", "y": ""}),
+        ] {
+            let message = refusal(with_files("sh", files.clone()));
+            assert!(
+                message.contains("cannot both be given")
+                    && message.contains("a file and a directory"),
+                "{files}: {message}"
+            );
+        }
+        let siblings = with_files("sh", serde_json::json!({"a/b": "", "a/c": "", "ab": ""}));
+        assert!(siblings.is_ok(), "{siblings:?}");
+    }
+
+    #[test]
+    fn files_leave_the_runtimes_own_files_free() {
+        let under_code = refusal(with_files("sh", serde_json::json!({"main.sh/x": ""})));
+        assert!(
+            under_code.contains("makes a directory of \"main.sh\""),
+            "{under_code}"
+        );
+        let on_binary = refusal(with_files("c", serde_json::json!({"main": ""})));
+        assert!(
+            on_binary.contains("the compiled program is written there"),
+            "{on_binary}"
+        );
+        let under_binary = refusal(with_files("c", serde_json::json!({"main/x.h": ""})));
+        assert!(
+            under_binary.contains("which the runtime writes itself"),
+            "{under_binary}"
+        );
+        let a_header = with_files("c", serde_json::json!({"lib/main.h": "", "main.h": ""}));
+        assert!(a_header.is_ok(), "{a_header:?}");
+    }
+
+    #[test]
+    fn more_directories_than_allowed_are_refused() {
+        let max_dirs = Policy::default().max_dirs;
+        // Two directories each, within the number of files allowed.
+        let files = |n: usize| -> serde_json::Value {
+            let files: serde_json::Map<_, _> = (0..n)
+                .map(|i| (format!("p{i}/q/f"), serde_json::Value::from("")))
+                .collect();
+            files.into()
+        };
+        assert!(with_files("sh", files(max_dirs / 2)).is_ok());
+        let message = refusal(with_files("sh", files(max_dirs / 2 + 1)));
+        assert_eq!(
+            message,
+            format!(
+                "files make {} directories, at most {max_dirs} allowed",
+                max_dirs + 2
+            )
+        );
+    }
+
+    #[test]
+    fn a_directory_that_looks_like_a_file_is_refused_as_files_are() {
+        let message = refusal(with_files(
+            "sh",
+            serde_json::json!({"data/in.txt": "", "d\u{430}ta": ""}),
+        ));
+        assert!(message.contains("looks like"), "{message}");
+        // Names are bytes to the kernel: names that only differ in case are two files.
+        let cased = with_files("sh", serde_json::json!({"Makefile": "", "makefile": ""}));
+        assert!(cased.is_ok(), "{cased:?}");
+    }
+
+    #[test]
+    fn the_longest_file_name_keeps_within_name_max_and_path_max() {
+        let longest = "n".repeat(MAX_FILE_NAME_BYTES);
+        assert!(with_files("sh", serde_json::json!({ longest.clone(): "" })).is_ok());
+        let message = refusal(with_files(
+            "sh",
+            serde_json::json!({ format!("{longest}n"): "" }),
+        ));
+        assert!(message.contains("must be 1 to 255 bytes"), "{message}");
+    }
+
+    #[test]
+    fn args_execve_would_refuse_are_refused() {
+        let with_args = |args: Vec<String>| {
+            job(
+                serde_json::json!({"runtime": "sh", "code": "x", "args": args}),
+                None,
+            )
+        };
+        let max = Policy::default().max_args_bytes;
+        let message = refusal(with_args(vec!["a".into(), "x".repeat(MAX_ARG_STRLEN)]));
+        assert!(
+            message.starts_with("args[1] is 131072 bytes, at most 131071"),
+            "{message}"
+        );
+        let exactly = vec!["y".repeat(max - ARG_OVERHEAD_BYTES)];
+        assert!(with_args(exactly).is_ok());
+        let over = vec!["y".repeat(max - ARG_OVERHEAD_BYTES), String::new()];
+        let message = refusal(with_args(over));
+        assert!(
+            message.starts_with(&format!("args take {} bytes", max + ARG_OVERHEAD_BYTES)),
+            "{message}"
+        );
+        // Many short ones count their NULs and pointers too.
+        let many = vec!["z".repeat(max / 256 - ARG_OVERHEAD_BYTES + 1); 256];
+        assert!(refusal(with_args(many)).starts_with("args take"));
+    }
+
+    #[test]
+    fn a_case_whose_args_execve_would_refuse_is_named() {
+        let long = "x".repeat(Policy::default().max_args_bytes);
+        let err = validate(
+            request(serde_json::json!([{"name": "fine"}, {"name": "long", "args": [long]}])),
+            &Policy::default(),
+        );
+        let Err(Rejection::Invalid(message)) = err else {
+            panic!("{err:?}")
+        };
+        assert!(
+            message.starts_with("case 2 (\"long\"): args take"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_suites_shared_files_are_checked_as_a_jobs() {
+        let mut suite = request(serde_json::json!([{}]));
+        suite.files = BTreeMap::from([
+            ("a".to_owned(), String::new()),
+            ("a/b".to_owned(), String::new()),
+        ]);
+        let err = validate(suite, &Policy::default());
+        assert!(
+            matches!(&err, Err(Rejection::Invalid(m)) if m.contains("cannot both be given")),
+            "{err:?}"
         );
     }
 }

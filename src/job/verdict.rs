@@ -43,7 +43,8 @@ text_enum! {
         MemoryLimit => "memory_limit",
         OutputLimit => "output_limit",
         Cancelled => "cancelled",
-        /// kiln could not run it (runtime missing, setup failed, lost with no attempts left).
+        /// kiln could not run it (runtime missing, setup failed, lost with no attempts left), or
+        /// could not run it as the case asked (`invalid_request`).
         Error => "error",
     }
 }
@@ -60,7 +61,11 @@ impl Verdict {
             Outcome::OutputLimit => Verdict::OutputLimit,
             Outcome::CompileError => Verdict::CompileError,
             Outcome::Cancelled => Verdict::Cancelled,
-            Outcome::LeaseExpired | Outcome::Shutdown | Outcome::RunnerError => Verdict::Error,
+            // The case could not be run as it asked: nothing of the code was judged.
+            Outcome::InvalidRequest
+            | Outcome::LeaseExpired
+            | Outcome::Shutdown
+            | Outcome::RunnerError => Verdict::Error,
         }
     }
 }

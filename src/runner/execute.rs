@@ -60,9 +60,12 @@ pub(super) async fn execute(
     cancel: &CancellationToken,
 ) -> Result<RunOutput, RunError> {
     let limits = invocation.limits;
-    let spawn_error = |source| RunError::Spawn {
-        program: invocation.program.clone(),
-        source,
+    let spawn_error = |source: std::io::Error| match refused_by_request(&source) {
+        true => RunError::Refused { source },
+        false => RunError::Spawn {
+            program: invocation.program.clone(),
+            source,
+        },
     };
     let started = Instant::now();
     let attached = match isolation {
@@ -191,6 +194,13 @@ pub(super) async fn execute(
         build: None,
     };
     Ok(RunOutput { outcome, result })
+}
+
+/// Whether a start failed on what the job itself asked for: an argument list `execve` refused
+/// (E2BIG, which nothing else on the way to it returns), or the sandbox unable to write the
+/// job's files into its `/work` as named.
+fn refused_by_request(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::ArgumentListTooLong || crate::sandbox::is_work_files(error)
 }
 
 /// Resolves once the run's processes together have used more than `limit_ms` of CPU time.

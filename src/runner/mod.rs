@@ -43,7 +43,7 @@ pub use builds::Builds;
 use builds::{Built, NotBuilt};
 use execute::{COMPILE_LIMITS, Invocation, execute};
 use workdir::{
-    WorkDir, check_inline, is_run_directory, remove_logged, remove_tree, staged_entries,
+    WorkDir, check_inline, in_pages, is_run_directory, remove_logged, remove_tree, staged_entries,
     staged_size, work_files,
 };
 
@@ -93,6 +93,12 @@ pub enum RunError {
     WorkDir { path: PathBuf, source: io::Error },
     #[error("could not start {}: {source}", program.display())]
     Spawn { program: PathBuf, source: io::Error },
+    /// The kernel refused to set the run up as the job asked: its arguments (`execve`'s E2BIG)
+    /// or the files it named (writing them into the sandbox's `/work`). The job's own doing,
+    /// which running it again would not change; validation refuses every such request it can
+    /// tell at submit, so this is what it could not.
+    #[error("the run could not be set up as the job asked: {source}")]
+    Refused { source: io::Error },
     #[error("could not wait for process {pid}: {source}")]
     Wait { pid: i32, source: io::Error },
     #[error("output capture failed: {0}")]
@@ -215,7 +221,7 @@ impl Runner {
                         }
                     }
                     // The run's /work must hold the binary besides the job's own room.
-                    staged_bytes += std::fs::metadata(&built_path).map_or(0, |m| m.len());
+                    staged_bytes += std::fs::metadata(&built_path).map_or(0, |m| in_pages(m.len()));
                     entries.push(WorkFile::Staged(&compile.binary));
                     let binary = match self.isolation {
                         Isolation::Sandbox(_) => Path::new("/work").join(&compile.binary),
@@ -608,6 +614,74 @@ cat data.txt sub/dir/deep.txt
             "{result:?}"
         );
         assert!(h.work_dirs_removed().await, "{:?}", h.work_dirs_left());
+    }
+
+    // Validation refuses these at submit; a run given one anyway ends as the job's doing.
+    #[tokio::test]
+    async fn args_the_kernel_will_not_pass_are_refused_as_the_jobs_doing_in_both_modes() {
+        let args = ["x".repeat(256 << 10)];
+        for h in [Harness::new(), Harness::sandbox_none()] {
+            let result = h
+                .runner
+                .run(
+                    RunRequest {
+                        args: &args,
+                        ..h.request("sh", "true")
+                    },
+                    CancellationToken::new(),
+                )
+                .await;
+            assert!(
+                matches!(&result, Err(RunError::Refused { source })
+                    if source.kind() == io::ErrorKind::ArgumentListTooLong),
+                "{result:?}"
+            );
+            assert!(h.work_dirs_removed().await, "{:?}", h.work_dirs_left());
+        }
+    }
+
+    #[tokio::test]
+    async fn as_many_small_files_as_a_job_may_have_fit_its_work_directory_at_the_least_file_limit()
+    {
+        let h = Harness::new();
+        let files: BTreeMap<String, String> = (0..256)
+            .map(|i| (format!("f{i}"), "x".to_owned()))
+            .collect();
+        let out = h
+            .run(RunRequest {
+                files: &files,
+                limits: Limits {
+                    file_bytes: 1,
+                    ..LIMITS
+                },
+                ..h.request("sh", "cat f0 f255")
+            })
+            .await;
+        assert_eq!(out.outcome, Outcome::Success, "{:?}", out.result);
+        assert_eq!(out.result.stdout, "xx");
+    }
+
+    #[tokio::test]
+    async fn files_the_sandbox_cannot_write_as_named_are_refused_as_the_jobs_doing() {
+        let h = Harness::new();
+        let files = BTreeMap::from([
+            ("a".to_owned(), "a file".to_owned()),
+            ("a/b".to_owned(), "under a file".to_owned()),
+        ]);
+        let result = h
+            .runner
+            .run(
+                RunRequest {
+                    files: &files,
+                    ..h.request("sh", "true")
+                },
+                CancellationToken::new(),
+            )
+            .await;
+        assert!(
+            matches!(result, Err(RunError::Refused { .. })),
+            "{result:?}"
+        );
     }
 
     #[tokio::test]

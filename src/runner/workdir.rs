@@ -48,9 +48,22 @@ fn submitted<'a>(req: &RunRequest<'a>, name: &str) -> &'a [u8] {
     }
 }
 
-/// What the code and files of a request take on disk.
+/// What the code and files of a request take on the run's tmpfs, which keeps each file in whole
+/// pages: counted in bytes, 257 one-byte files would not fit in the megabyte a run with a small
+/// `file_bytes` gets.
 pub(super) fn staged_size(req: &RunRequest<'_>) -> u64 {
-    (req.code.len() + req.files.values().map(String::len).sum::<usize>()) as u64
+    let files = req.files.values().map(String::len);
+    std::iter::once(req.code.len())
+        .chain(files)
+        .map(|len| in_pages(len as u64))
+        .sum()
+}
+
+/// `len` bytes rounded up to whole pages.
+pub(super) fn in_pages(len: u64) -> u64 {
+    // SAFETY: sysconf has no preconditions; glibc reads the page size from the auxiliary vector.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    len.div_ceil(page).saturating_mul(page)
 }
 
 /// A run's private directory, once populated. Removed explicitly at the end of a run; if the run

@@ -42,7 +42,7 @@ use filter::{FilterPolicy, Filters};
 use namespace::{
     HostIds, Plan, RunPlan, RunSpec, SandboxSpec, Skeleton, Started, TMPFS_MOUNTS, TmpfsSizes,
 };
-pub use namespace::{WorkFile, WorkMount};
+pub use namespace::{WorkFile, WorkMount, is_work_files};
 pub use sandboxed::{Ending, Exit, Sandboxed};
 
 /// What the operator asks for.

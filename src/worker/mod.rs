@@ -477,6 +477,19 @@ impl<E: Execute> Workers<E> {
                 self.record(&job, out.outcome, out.result, None, claim_next)
                     .await
             }
+            // The job's own doing, which another attempt would meet again: ended at once.
+            Err(e @ RunError::Refused { .. }) => {
+                tracing::info!(job = %job.id, error = %e, "refused by the kernel");
+                let result = RunResult::default();
+                self.record(
+                    &job,
+                    Outcome::InvalidRequest,
+                    result,
+                    Some(e.to_string()),
+                    claim_next,
+                )
+                .await
+            }
             Err(e) => {
                 let reason = format!("kiln could not run it: {e}");
                 self.run_failed(&job, reason, kill).await;
@@ -485,10 +498,11 @@ impl<E: Execute> Workers<E> {
         }
     }
 
-    /// kiln could not run the job (work directory, sandbox, interpreter, or a panic): the job is
-    /// not to blame, so it goes back to the queue while attempts remain, after a delay that
-    /// doubles with each attempt so a broken host does not spin through them; then it ends
-    /// `error` with `reason`. The job stays claimed during the delay; its lease was kept until
+    /// kiln could not run the job (work directory, sandbox, interpreter): the job is not to
+    /// blame, so it goes back to the queue while attempts remain, after a delay that doubles
+    /// with each attempt so a broken host does not spin through them; then it ends `error` with
+    /// `reason`. (A run the kernel refused for what the job asked is ended at once instead, see
+    /// [`RunError::Refused`].) The job stays claimed during the delay; its lease was kept until
     /// the run ended and is far longer than the delay.
     async fn run_failed(&self, job: &ClaimedJob, reason: String, kill: &CancellationToken) {
         let delay = RUN_RETRY_BASE

@@ -51,6 +51,8 @@ const FAIL_TWICE: &str = "fail twice";
 const HOLD: &str = "hold";
 /// How long a held run waits to be stopped, in real time.
 const HOLD_AT_MOST: Duration = Duration::from_secs(30);
+/// Is refused by the kernel for what it asks, as an argument list `execve` will not take is.
+const REFUSED: &str = "refused";
 /// Runs for a second.
 const SLEEP: &str = "sleep";
 const SUCCEED: &str = "succeed";
@@ -93,6 +95,9 @@ impl Execute for Script {
             FAIL_TWICE if attempt < 3 => Err(RunError::Spawn {
                 program: "/nowhere/interpreter".into(),
                 source: io::Error::from(io::ErrorKind::NotFound),
+            }),
+            REFUSED => Err(RunError::Refused {
+                source: io::Error::from_raw_os_error(libc::E2BIG),
             }),
             SLEEP => {
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -518,4 +523,27 @@ async fn a_worker_task_that_ends_before_shutdown_is_logged_as_an_error_and_then_
     let stopped = logs.text();
     let stopped = stopped.lines().find(|l| l.contains("rescuer"));
     assert!(stopped.is_some_and(|l| l.contains("DEBUG") && l.contains("stopped")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_the_kernel_refuses_for_what_the_job_asked_ends_it_at_once_as_its_own_fault() {
+    let mut h = Harness::new(Duration::from_secs(60));
+    let refused = h.submit(REFUSED, 3).await;
+    let next = h.submit(SUCCEED, 1).await;
+    h.start_worker();
+    h.until_ended(next).await;
+
+    let job = h.job(refused).await;
+    assert_eq!(
+        (job.status, job.outcome, job.attempt),
+        (Status::Failed, Some(Outcome::InvalidRequest), 1),
+        "not retried though attempts were left"
+    );
+    let error = job.error.expect("the reason");
+    assert!(error.contains("Argument list too long"), "{error}");
+    let kinds: Vec<EventKind> = h.events(refused).await.into_iter().map(|e| e.0).collect();
+    assert_eq!(
+        kinds,
+        [EventKind::Queued, EventKind::Started, EventKind::Failed]
+    );
 }

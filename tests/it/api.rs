@@ -242,6 +242,63 @@ async fn each_kind_of_bad_submission_gets_its_own_status_and_nothing_is_stored()
     assert_eq!(list["jobs"], json!([]), "nothing half-written");
 }
 
+// Each of these once passed validation, then failed every attempt to set its run up.
+#[tokio::test]
+async fn files_and_args_the_kernel_would_refuse_at_the_run_are_refused_at_submit() {
+    let server = Server::start().await;
+    let with = |extra: Value| {
+        let mut job = json!({"runtime": "sh", "code": "true"});
+        for (key, value) in extra.as_object().expect("fields") {
+            job[key] = value.clone();
+        }
+        job
+    };
+    let cases = [
+        (
+            json!({"files": {"a": "", "a/b": ""}}),
+            "cannot both be given",
+        ),
+        (
+            json!({"files": {"main.sh/x": ""}}),
+            "which the runtime writes itself",
+        ),
+        (
+            json!({"files": {"data/in": "", "d\u{430}ta": ""}}),
+            "looks like",
+        ),
+        (json!({"files": {"n".repeat(256): ""}}), "1 to 255 bytes"),
+        (
+            json!({"args": ["x".repeat(128 << 10)]}),
+            "args[0] is 131072 bytes",
+        ),
+        (
+            json!({"args": vec!["y".repeat(1000); 100]}),
+            "args take 100900 bytes",
+        ),
+    ];
+    for (extra, why) in cases {
+        let (status, body) = server.post("/v1/jobs", &with(extra.clone())).await;
+        let shown: String = extra.to_string().chars().take(80).collect();
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{shown}: {body}");
+        assert_eq!(error_code(&body), "invalid_request", "{shown}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(why), "{shown}: {message}");
+    }
+    let (_, list) = server.get("/v1/jobs").await;
+    assert_eq!(list["jobs"], json!([]), "nothing stored");
+
+    // What is close to those but fine runs, and its args reach the program whole.
+    let fine = with(json!({
+        "code": "cat a/b; printf ' %s' \"${#1}\" \"$#\"",
+        "files": {"a/b": "b", "ab": ""},
+        "args": ["x".repeat(60 << 10), "second"],
+    }));
+    let id = server.submit(fine).await;
+    let job = server.finished(&id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["stdout"], "b 61440 2");
+}
+
 #[tokio::test]
 async fn unknown_ids_are_404_and_malformed_ids_are_400() {
     let server = Server::start().await;

@@ -335,6 +335,36 @@ async fn an_invalid_case_rejects_the_whole_suite_and_nothing_is_stored() {
 }
 
 #[tokio::test]
+async fn a_case_or_shared_files_the_kernel_would_refuse_reject_the_whole_suite_unstored() {
+    let server = Server::start().await;
+    let long_args = json!({"name": "long args", "args": vec!["y".repeat(1000); 100]});
+    let refused = [
+        (
+            json!({"runtime": "sh", "code": ADDER, "cases": [{"name": "fine"}, long_args]}),
+            "case 2 (\"long args\"): args take",
+        ),
+        (
+            json!({"runtime": "sh", "code": ADDER, "files": {"a": "", "a/b": ""}, "cases": [{}]}),
+            "cannot both be given",
+        ),
+    ];
+    for (suite, why) in refused {
+        let (status, body) = server.post("/v1/batches", &suite).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_request");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(why), "{message}");
+    }
+    let conn = Connection::open(server.db_path()).unwrap();
+    for table in ["batches", "jobs", "events"] {
+        let rows: i64 = conn
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 0, "{table} holds nothing");
+    }
+}
+
+#[tokio::test]
 async fn more_cases_than_the_configured_maximum_is_refused_with_413() {
     let server = Server::start_with(&["--max-batch-cases", "5"]).await;
     let suite = |n: usize| json!({"runtime": "sh", "code": "true", "cases": vec![json!({}); n]});

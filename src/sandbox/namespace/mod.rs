@@ -207,19 +207,30 @@ impl Started {
         write_exact(&self.go, &address.to_ne_bytes())
     }
 
-    /// Decodes what init or the job wrote on the setup pipe: where it failed and the errno.
+    /// Decodes what init or the job wrote on the setup pipe: where it failed and the errno. A
+    /// failure to write the run's own files into `/work` carries a [`WorkFilesError`].
     pub fn setup_error(&self, report: [u8; 8]) -> io::Error {
         let code = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
         let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
         let cause = io::Error::from_raw_os_error(errno);
-        io::Error::new(
-            cause.kind(),
-            format!("sandbox setup failed at {}: {cause}", self.step_name(code)),
-        )
+        let message = format!("sandbox setup failed at {}: {cause}", self.step_name(code));
+        let step = match code & !(RUN_STEP - 1) {
+            RUN_STEP => self
+                .run
+                .as_ref()
+                .and_then(|r| r.plan.steps.get(index_of(code))),
+            _ => None,
+        };
+        match step {
+            Some(Step::Mkdir { .. } | Step::Write { .. } | Step::Copy { .. }) => {
+                io::Error::new(cause.kind(), WorkFilesError(message))
+            }
+            _ => io::Error::new(cause.kind(), message),
+        }
     }
 
     fn step_name(&self, code: u32) -> &'static str {
-        let index = (code & (RUN_STEP - 1)) as usize;
+        let index = index_of(code);
         let step = match code & !(RUN_STEP - 1) {
             0 => self.shared.plan.steps.get(index),
             RUN_STEP => self.run.as_ref().and_then(|r| r.plan.steps.get(index)),
@@ -228,6 +239,22 @@ impl Started {
         };
         step.map_or("unknown step", Step::name)
     }
+}
+
+/// The step's index within its part of a setup report's code.
+fn index_of(code: u32) -> usize {
+    (code & (RUN_STEP - 1)) as usize
+}
+
+/// What a run's setup failure holds when writing the run's own files into `/work` failed: what
+/// those files are is the job's, so the failure is too (see [`is_work_files`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct WorkFilesError(String);
+
+/// Whether `error` is a run's setup failing to write the run's own files into `/work`.
+pub fn is_work_files(error: &io::Error) -> bool {
+    error.get_ref().is_some_and(|e| e.is::<WorkFilesError>())
 }
 
 fn write_exact(fd: &OwnedFd, bytes: &[u8]) -> io::Result<()> {
