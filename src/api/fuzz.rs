@@ -83,16 +83,28 @@ fn limit() -> impl Strategy<Value = Option<u64>> {
 
 /// Limits, mostly none given.
 fn limits() -> impl Strategy<Value = LimitsRequest> {
-    let given = (limit(), limit(), limit(), limit(), limit(), limit()).prop_map(
-        |(wall_ms, cpu_ms, memory_mb, processes, output_bytes, file_bytes)| LimitsRequest {
-            wall_ms,
-            cpu_ms,
-            memory_mb,
-            processes,
-            output_bytes,
-            file_bytes,
-        },
-    );
+    let given = (
+        limit(),
+        limit(),
+        limit(),
+        limit(),
+        limit(),
+        limit(),
+        limit(),
+    )
+        .prop_map(
+            |(wall_ms, cpu_ms, memory_mb, processes, output_bytes, file_bytes, cpu_percent)| {
+                LimitsRequest {
+                    wall_ms,
+                    cpu_ms,
+                    memory_mb,
+                    processes,
+                    output_bytes,
+                    file_bytes,
+                    cpu_percent,
+                }
+            },
+        );
     prop_oneof![2 => Just(LimitsRequest::default()), 1 => given]
 }
 

@@ -251,6 +251,15 @@ pub struct LimitArgs {
     /// Maximum output cap a job may ask for, bytes
     #[arg(long, env = "KILN_MAX_OUTPUT_BYTES")]
     max_output_bytes: Option<u64>,
+    /// Default CPU quota per job, percent of one core [default: none]
+    #[arg(long, env = "KILN_DEFAULT_CPU_PERCENT",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    default_cpu_percent: Option<u64>,
+    /// Maximum CPU quota a job may ask for, percent of one core; with it, a job that asks for
+    /// none gets the default or else this [default: none]
+    #[arg(long, env = "KILN_MAX_CPU_PERCENT",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_cpu_percent: Option<u64>,
 }
 
 impl ServeArgs {
@@ -335,6 +344,12 @@ impl LimitArgs {
         set(&mut max.memory_mb, self.max_memory_mb);
         set(&mut default.output_bytes, self.default_output_bytes);
         set(&mut max.output_bytes, self.max_output_bytes);
+        if self.default_cpu_percent.is_some() {
+            default.cpu_percent = self.default_cpu_percent;
+        }
+        if self.max_cpu_percent.is_some() {
+            max.cpu_percent = self.max_cpu_percent;
+        }
     }
 }
 
@@ -406,6 +421,8 @@ mod tests {
             "30m",
             "--default-wall-ms",
             "1234",
+            "--max-cpu-percent",
+            "150",
             "--token-rate",
             "0.2",
         ]);
@@ -414,6 +431,8 @@ mod tests {
         assert_eq!(config.http.max_connections, 7);
         assert_eq!(config.webhooks.horizon, Duration::from_secs(1800));
         assert_eq!(config.policy.default_limits.wall_ms, 1234);
+        assert_eq!(config.policy.max_limits.cpu_percent, Some(150));
+        assert_eq!(config.policy.default_limits.cpu_percent, None);
         let defaults = Config::new(PathBuf::from("kiln.db"));
         assert_eq!(
             config.policy.max_limits.wall_ms,

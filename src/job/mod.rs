@@ -129,6 +129,10 @@ pub struct Limits {
     pub processes: u64,
     pub output_bytes: u64,
     pub file_bytes: u64,
+    /// The CPU the run may use, in percent of one core (50 is half a core, 200 two cores),
+    /// held by its cgroup's quota; `None` for no quota. Absent from jobs stored before it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<u64>,
 }
 
 /// A validated job, ready to be stored.
@@ -343,6 +347,7 @@ mod tests {
                 processes: 4,
                 output_bytes: 5,
                 file_bytes: 6,
+                cpu_percent: None,
             },
             error: None,
             progress: Some(Progress {

@@ -6,7 +6,9 @@ use super::Limits;
 use super::hosts::HostPolicy;
 
 /// What a submission may ask for. Defaults apply to whatever a request leaves out; maxima are hard
-/// caps (a request above one is refused, never silently clamped).
+/// caps (a request above one is refused, never silently clamped). The CPU quota is optional at
+/// both ends: no default is no quota, no maximum no cap; with a maximum and no default, a job
+/// that asks for none gets the maximum.
 #[derive(Clone, Debug)]
 pub struct Policy {
     pub default_limits: Limits,
@@ -44,6 +46,7 @@ impl Default for Policy {
                 processes: 64,
                 output_bytes: MIB,
                 file_bytes: 16 * MIB,
+                cpu_percent: None,
             },
             max_limits: Limits {
                 wall_ms: 600_000,
@@ -52,6 +55,7 @@ impl Default for Policy {
                 processes: 1024,
                 output_bytes: 16 * MIB,
                 file_bytes: 1024 * MIB,
+                cpu_percent: None,
             },
             max_code_bytes: MIB as usize,
             max_stdin_bytes: 8 * MIB as usize,

@@ -58,6 +58,10 @@ pub struct LimitsRequest {
     pub processes: Option<u64>,
     pub output_bytes: Option<u64>,
     pub file_bytes: Option<u64>,
+    /// Left out of a stored suite's JSON when not given, so a suite stored before it was a
+    /// limit still compares equal when its submit is replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<u64>,
 }
 
 /// A submission as decoded from the wire, before validation.
@@ -404,6 +408,21 @@ fn resolve_limits(request: LimitsRequest, policy: &Policy) -> Result<Limits, Rej
             default.file_bytes,
             max.file_bytes,
         )?,
+        cpu_percent: match (request.cpu_percent, max.cpu_percent) {
+            (Some(0), _) => {
+                return Err(Rejection::Invalid(
+                    "limits.cpu_percent must be positive".into(),
+                ));
+            }
+            (Some(v), Some(max)) if v > max => {
+                return Err(Rejection::Invalid(format!(
+                    "limits.cpu_percent is {v}, at most {max} allowed"
+                )));
+            }
+            (Some(v), _) => Some(v),
+            (None, None) => default.cpu_percent,
+            (None, Some(max)) => Some(default.cpu_percent.map_or(max, |d| d.min(max))),
+        },
     })
 }
 
@@ -527,6 +546,7 @@ fn overlay(case: LimitsRequest, suite: LimitsRequest) -> LimitsRequest {
         processes: case.processes.or(suite.processes),
         output_bytes: case.output_bytes.or(suite.output_bytes),
         file_bytes: case.file_bytes.or(suite.file_bytes),
+        cpu_percent: case.cpu_percent.or(suite.cpu_percent),
     }
 }
 
@@ -847,5 +867,40 @@ mod tests {
             matches!(&err, Err(Rejection::Invalid(m)) if m.contains("cannot both be given")),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn a_cpu_quota_is_optional_and_held_to_the_maximum_where_there_is_one() {
+        let asking = |percent: Option<u64>, policy: &Policy| {
+            let request = LimitsRequest {
+                cpu_percent: percent,
+                ..LimitsRequest::default()
+            };
+            resolve_limits(request, policy).map(|limits| limits.cpu_percent)
+        };
+        let open = Policy::default();
+        assert_eq!(asking(None, &open), Ok(None), "no quota unless asked");
+        assert_eq!(asking(Some(50), &open), Ok(Some(50)));
+        assert_eq!(
+            asking(Some(400), &open),
+            Ok(Some(400)),
+            "no maximum by default"
+        );
+        assert!(matches!(asking(Some(0), &open), Err(Rejection::Invalid(_))));
+        let mut capped = Policy::default();
+        capped.max_limits.cpu_percent = Some(100);
+        assert_eq!(
+            asking(None, &capped),
+            Ok(Some(100)),
+            "the cap holds the unasking too"
+        );
+        assert_eq!(
+            asking(Some(101), &capped),
+            Err(Rejection::Invalid(
+                "limits.cpu_percent is 101, at most 100 allowed".into()
+            ))
+        );
+        capped.default_limits.cpu_percent = Some(25);
+        assert_eq!(asking(None, &capped), Ok(Some(25)));
     }
 }

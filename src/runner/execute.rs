@@ -51,6 +51,7 @@ pub(super) const COMPILE_LIMITS: Limits = Limits {
     processes: 64,
     output_bytes: 1 << 20,
     file_bytes: 256 << 20,
+    cpu_percent: None,
 };
 
 pub(super) async fn execute(

@@ -390,6 +390,7 @@ mod tests {
         processes: 64,
         output_bytes: 1 << 20,
         file_bytes: 1 << 20,
+        cpu_percent: None,
     };
 
     struct Harness {

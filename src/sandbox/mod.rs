@@ -329,15 +329,26 @@ impl Sandbox {
     /// error).
     pub async fn launch(&self, launch: Launch<'_>) -> std::io::Result<Sandboxed> {
         let inner = &self.inner;
+        // Where the host cannot hold a run to a CPU quota, the run goes without (documented).
+        let cpu_quota = launch
+            .limits
+            .cpu_percent
+            .filter(|_| inner.cgroups.as_ref().is_some_and(|c| c.support().cpu));
         // A run that binds its staging directory as `/work` (a compile step) needs the work root
-        // mounted in its sandbox until it starts: a sandbox of its own, made now.
-        let prepared = match launch.work {
-            WorkMount::Copy => {
+        // mounted in its sandbox until it starts, and one with a CPU quota a cgroup that takes
+        // one (most runs have none, and on cgroup v1 it costs a hierarchy more): a sandbox of its
+        // own, made now.
+        let prepared = match (launch.work, cpu_quota) {
+            (WorkMount::Copy, None) => {
                 let prepared = inner.take().await?;
                 inner.replenish();
                 prepared
             }
-            WorkMount::Bind => inner.prepare(true).await?,
+            (work, quota) => {
+                inner
+                    .prepare(work == WorkMount::Bind, quota.is_some())
+                    .await?
+            }
         };
         let Prepared {
             mut started,
@@ -351,7 +362,7 @@ impl Sandbox {
                 let cgroup_limits = CgroupLimits {
                     memory_bytes: limits.memory_mb.saturating_mul(1 << 20),
                     pids: limits.processes,
-                    cpu_millis_per_sec: None,
+                    cpu_millis_per_sec: cpu_quota.map(|percent| percent.saturating_mul(10)),
                 };
                 cgroup
                     .limit(&cgroup_limits)
@@ -454,7 +465,7 @@ impl Inner {
             }
         }
         drop(receiver);
-        self.prepare(false).await
+        self.prepare(false, false).await
     }
 
     /// Has sandboxes made in the background until `target` are ready or under way.
@@ -473,15 +484,15 @@ impl Inner {
             };
             runtime.spawn(async move {
                 let mut preparing = preparing;
-                preparing.result = Some(preparing.inner.prepare(false).await);
+                preparing.result = Some(preparing.inner.prepare(false, false).await);
             });
         }
     }
 
     /// Makes a sandbox up to its run: clones init into fresh cgroups, maps its ids, lets it
     /// build the root and waits until it has. `bind_work_root` is for a run with
-    /// [`WorkMount::Bind`].
-    async fn prepare(&self, bind_work_root: bool) -> std::io::Result<Prepared> {
+    /// [`WorkMount::Bind`], `cpu_quota` for one with a CPU quota.
+    async fn prepare(&self, bind_work_root: bool, cpu_quota: bool) -> std::io::Result<Prepared> {
         let slot = self.next_uid.fetch_add(1, Ordering::Relaxed) % UID_RANGE;
         let ids = HostIds {
             root: self.uid_base,
@@ -501,11 +512,16 @@ impl Inner {
         let cgroup = match &self.cgroups {
             Some(cgroups) => {
                 let name = format!("run-{}", self.next_cgroup.fetch_add(1, Ordering::Relaxed));
-                // Runs get no CPU quota: their CPU time is held by their `cpu_ms` limit.
+                // Only a run that asks for it gets a CPU quota; every run's CPU time is held by
+                // its `cpu_ms` limit.
                 let mut cgroup = cgroups
-                    .create(&name, false)
+                    .create(&name, cpu_quota)
                     .map_err(std::io::Error::other)?;
                 if let Some(limits) = latest.limits {
+                    let limits = CgroupLimits {
+                        cpu_millis_per_sec: limits.cpu_millis_per_sec.filter(|_| cpu_quota),
+                        ..limits
+                    };
                     cgroup.limit(&limits).map_err(std::io::Error::other)?;
                 }
                 Some(cgroup)

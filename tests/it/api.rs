@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::util::{Server, assert_valid_history, sh};
+use crate::util::{Server, assert_valid_history, sh, skip};
 
 fn error_code(body: &Value) -> &str {
     body["error"]["code"]
@@ -507,4 +507,33 @@ async fn runtimes_health_and_readiness_are_reported() {
     let (status, ready) = server.get("/readyz").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(ready["status"], "ready");
+}
+
+#[tokio::test]
+async fn a_job_with_a_quota_of_half_a_core_gets_about_half_of_one() {
+    let server = Server::start().await;
+    let (_, ready) = server.get("/readyz").await;
+    if ready["sandbox"]["cgroups"]["cpu"] != true {
+        return skip(
+            "a_job_with_a_quota_of_half_a_core_gets_about_half_of_one",
+            "this host has no CPU controller for kiln",
+        );
+    }
+    let busy = json!({
+        "runtime": "sh", "code": "while :; do :; done",
+        "limits": {"wall_ms": 2000, "cpu_percent": 50},
+    });
+    let id = server.submit(busy).await;
+    let job = server.finished(&id).await;
+    assert_eq!(job["outcome"], "wall_time_limit", "{job}");
+    assert_eq!(job["limits"]["cpu_percent"], 50, "{job}");
+    let (cpu, wall) = (job["cpu_ms"].as_f64(), job["wall_ms"].as_f64());
+    let held = cpu
+        .zip(wall)
+        .map(|(cpu, wall)| cpu / wall)
+        .expect("measured");
+    eprintln!("a busy loop got {held:.2} of a core with a quota of half of one");
+    // Generous below: other tests share the host's cores, and a run without a quota can get less
+    // than half of one while they run.
+    assert!((0.2..=0.65).contains(&held), "{held:.2} of a core: {job}");
 }
