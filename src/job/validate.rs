@@ -15,6 +15,7 @@
 //! tmpfs a run gets), so two names that differ only so are different files; that they could
 //! be mistaken for each other is refused all the same ([`LookAlikes`]), directories included.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde::{Deserialize, Serialize};
@@ -74,7 +75,7 @@ pub struct JobRequest {
     pub stdin: String,
     #[serde(default)]
     pub args: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_names")]
     pub files: BTreeMap<String, String>,
     #[serde(default)]
     pub limits: LimitsRequest,
@@ -91,7 +92,7 @@ pub struct JobRequest {
 pub struct BatchRequest {
     pub runtime: String,
     pub code: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_names")]
     pub files: BTreeMap<String, String>,
     /// Defaults for every case; a case's own limits override them one by one.
     #[serde(default)]
@@ -119,6 +120,42 @@ pub struct CaseRequest {
     pub expected_output: Option<String>,
     #[serde(default)]
     pub limits: LimitsRequest,
+}
+
+/// `files` as decoded, refusing a name given twice: a JSON object may repeat a key, and a map
+/// would keep the last and lose the other without a word.
+fn unique_names<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    struct Files;
+    impl<'de> serde::de::Visitor<'de> for Files {
+        type Value = BTreeMap<String, String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object of file names and contents")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut files = BTreeMap::new();
+            while let Some((name, contents)) = map.next_entry::<String, String>()? {
+                match files.entry(name) {
+                    Entry::Vacant(slot) => {
+                        slot.insert(contents);
+                    }
+                    Entry::Occupied(taken) => {
+                        let name = shown(taken.key());
+                        let message = format!("files gives the file name {name} twice");
+                        return Err(serde::de::Error::custom(message));
+                    }
+                }
+            }
+            Ok(files)
+        }
+    }
+    deserializer.deserialize_map(Files)
 }
 
 /// The longest idempotency key accepted, in bytes.
@@ -247,8 +284,9 @@ impl JobSpec {
 /// The directories the files make in the work directory, once it is known that the kernel can
 /// make them: no name is both a file and the directory of another (`a` and `a/b`), none puts a
 /// directory where the runtime writes a file of its own, and there are at most
-/// `policy.max_dirs` of them. Identical names cannot occur: they are the keys of one map, and
-/// [`check_file_name`] refuses every other way to write one path twice (`a//b`, `./a`, `a/`).
+/// `policy.max_dirs` of them. Identical names cannot occur: one given twice is refused as it is
+/// decoded ([`unique_names`]), and [`check_file_name`] refuses every other way to write one path
+/// twice (`a//b`, `./a`, `a/`).
 fn check_tree<'a>(
     files: &'a BTreeMap<String, String>,
     own: &RuntimeFiles,
@@ -902,5 +940,19 @@ mod tests {
         );
         capped.default_limits.cpu_percent = Some(25);
         assert_eq!(asking(None, &capped), Ok(Some(25)));
+    }
+
+    #[test]
+    fn a_file_name_given_twice_is_refused_not_one_of_the_two_lost() {
+        let twice = r#"{"runtime": "sh", "code": "x", "files": {"a": "1", "b": "", "a": "2"}}"#;
+        let job = serde_json::from_str::<JobRequest>(twice).expect_err("refused");
+        assert!(
+            job.to_string()
+                .contains("files gives the file name \"a\" twice"),
+            "{job}"
+        );
+        let suite = r#"{"runtime": "sh", "code": "x", "files": {"a": "", "a": ""}, "cases": [{}]}"#;
+        let suite = serde_json::from_str::<BatchRequest>(suite).expect_err("refused");
+        assert!(suite.to_string().contains("twice"), "{suite}");
     }
 }

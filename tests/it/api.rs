@@ -284,6 +284,10 @@ async fn files_and_args_the_kernel_would_refuse_at_the_run_are_refused_at_submit
         let message = body["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(why), "{shown}: {message}");
     }
+    let twice = br#"{"runtime": "sh", "code": "true", "files": {"a": "1", "a": "2"}}"#;
+    let (status, body) = server.post_raw("/v1/jobs", twice.to_vec(), &[]).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(error_code(&body), "invalid_request");
     let (_, list) = server.get("/v1/jobs").await;
     assert_eq!(list["jobs"], json!([]), "nothing stored");
 
