@@ -1405,3 +1405,46 @@ async fn the_compile_step_is_confined_like_the_run() {
     }
     assert_unaffected(&server, &honest).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The kernel surface a job reaches (issue 13)
+
+at_both_levels!(newer_and_unknown_system_calls_are_refused_and_the_job_goes_on);
+async fn newer_and_unknown_system_calls_are_refused_and_the_job_goes_on(level: Level) {
+    let server = level.start(&[]).await;
+    // Each named call with arguments that would fail otherwise (EBADF, EFAULT, EINVAL) were it
+    // let through, or succeed (`fanotify_init` for an unprivileged group, `memfd_secret`).
+    // Numbers above the newest known stand for a newer kernel's calls.
+    let code = "\
+import ctypes, errno, platform
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+fanotify_init = {'x86_64': 300, 'aarch64': 262}[platform.machine()]
+def call(label, nr, *args):
+    ctypes.set_errno(0)
+    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    print(label, r, errno.errorcode.get(ctypes.get_errno(), ctypes.get_errno()), flush=True)
+call('open_tree_attr', 467, -1, 0, 0, 0, 0)
+call('quotactl_fd', 443, -1, 0, 0, 0)
+call('statmount', 457, 0, 0, 0, 0)
+call('listmount', 458, 0, 0, 0, 0)
+call('memfd_secret', 447, 0)
+call('fanotify_init', fanotify_init, 0x200, 0)
+call('pidfd_getfd', 438, -1, 0, 0)
+for nr in [470, 471, 512, 1000, 0x3fffffff]:
+    call(f'unknown_{nr}', nr, 0, 0, 0, 0, 0, 0)
+print('after', 0, 'going on')
+";
+    let job = contained(&server, python(code, json!({"wall_ms": 10_000}))).await;
+    assert_eq!(job["status"], "succeeded", "{}", show(&job));
+    let lines = probe_lines(&job);
+    assert_eq!(lines.len(), 13, "{}", show(&job));
+    for (name, result) in &lines {
+        let expected = match name.as_str() {
+            "after" => "0 going on",
+            unknown if unknown.starts_with("unknown_") => "-1 ENOSYS",
+            _ => "-1 EPERM",
+        };
+        assert_eq!(result, expected, "{name}: {}", show(&job));
+    }
+}
