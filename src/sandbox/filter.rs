@@ -37,7 +37,7 @@
 //! | `mount`, `umount2`, `pivot_root`, `chroot` | changing the filesystem view the sandbox built |
 //! | `fsopen`, `fsconfig`, `fsmount`, `fspick`, `move_mount`, `open_tree`, `open_tree_attr`, `mount_setattr` | the new mount API: the same as `mount`, by other means |
 //! | `statmount`, `listmount` | reading the mount table by mount id: the sandbox's own mounts are no business of a job's |
-//! | `unshare`, `setns` | new or other namespaces: a job must stay in the ones it was given |
+//! | `unshare`, `setns` | new or other namespaces: a job must stay in the ones it was given. `unshare(CLONE_NEWCGROUP)` alone passes: the job's process makes its own cgroup namespace at its run, after this is attached (see `namespace::child`); without capabilities, a job's program is refused it by the kernel, and such a namespace only narrows what it sees |
 //! | `clone` with any `CLONE_NEW*` flag | the same via `clone`; plain `fork` and threads stay allowed |
 //! | `clone3` (`ENOSYS`) | its flags sit in memory seccomp cannot read; `ENOSYS` makes glibc fall back to `clone`, which is filtered by flags |
 //! | `bpf` | loading BPF programs: a large, often-exploited kernel surface |
@@ -199,7 +199,6 @@ const DENIED: &[libc::c_long] = &[
     libc::SYS_move_mount,
     libc::SYS_open_tree,
     libc::SYS_mount_setattr,
-    libc::SYS_unshare,
     libc::SYS_setns,
     libc::SYS_bpf,
     libc::SYS_perf_event_open,
@@ -582,8 +581,8 @@ fn chain(programs: &[BpfProgram]) -> Result<BpfProgram, FilterError> {
 }
 
 /// The `EPERM` program's rules: the unconditional list, `clone` with a namespace flag (one rule
-/// per flag, since seccompiler's rules are OR-ed and its conditions AND-ed), and `personality`
-/// with anything but the allowed values.
+/// per flag, since seccompiler's rules are OR-ed and its conditions AND-ed), `personality`
+/// with anything but the allowed values, and `unshare` of anything but a cgroup namespace.
 fn denied_with_eperm() -> Result<BTreeMap<i64, Vec<SeccompRule>>, FilterError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         DENIED.iter().map(|&nr| (nr, Vec::new())).collect();
@@ -605,6 +604,12 @@ fn denied_with_eperm() -> Result<BTreeMap<i64, Vec<SeccompRule>>, FilterError> {
     rules.insert(
         libc::SYS_personality,
         vec![all_differ_from(PERSONALITY_ALLOWED)?],
+    );
+    rules.insert(
+        libc::SYS_unshare,
+        vec![all_differ_from(&[u64::from(
+            libc::CLONE_NEWCGROUP.unsigned_abs(),
+        )])?],
     );
     Ok(rules)
 }
@@ -979,6 +984,17 @@ def probe(name, nr, *args):
         writeln!(code, "probe('personality_linux', {personality}, 0)").expect("write");
         // The brief's own example, through libc's wrapper.
         code.push_str("ctypes.set_errno(0); print('unshare_user', libc.unshare(0x10000000), ctypes.get_errno())\n");
+        // What the job's process does for itself at its run: let through (as root here, the
+        // kernel makes the namespace), and the same flag with another refused.
+        let newcgroup = libc::CLONE_NEWCGROUP;
+        let unshare = libc::SYS_unshare;
+        writeln!(code, "probe('unshare_cgroup', {unshare}, {newcgroup})").expect("write");
+        writeln!(
+            code,
+            "probe('unshare_cgroup_ipc', {unshare}, {})",
+            newcgroup | libc::CLONE_NEWIPC
+        )
+        .expect("write");
 
         let results = python(&filters(false), writable.path(), &code);
         let eperm = format!("-1 {}", libc::EPERM);
@@ -997,6 +1013,8 @@ def probe(name, nr, *args):
                 ("personality_query".to_owned(), "0 0".to_owned()),
                 ("personality_linux".to_owned(), "0 0".to_owned()),
                 ("unshare_user".to_owned(), eperm.clone()),
+                ("unshare_cgroup".to_owned(), "0 0".to_owned()),
+                ("unshare_cgroup_ipc".to_owned(), eperm.clone()),
             ]);
         for (name, want) in expected {
             let got = results

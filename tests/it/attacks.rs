@@ -1448,3 +1448,94 @@ print('after', 0, 'going on')
         assert_eq!(result, expected, "{name}: {}", show(&job));
     }
 }
+
+/// Reads each path given as an argument and prints one JSON object: path → `["READ", text]`,
+/// `["LISTED", names]` or `["ERR", errno]`.
+const PROC_PROBE: &str = "\
+import json, os, sys
+def read(p):
+    try:
+        if os.path.isdir(p):
+            return ['LISTED', sorted(os.listdir(p))]
+        with open(p, 'rb') as f:
+            return ['READ', f.read().decode('latin-1')]
+    except OSError as e:
+        return ['ERR', e.errno]
+print(json.dumps({p: read(p) for p in sys.argv[1:]}))
+";
+
+at_both_levels!(proc_tells_a_job_nothing_of_the_host_its_boot_or_the_servers_cgroups);
+async fn proc_tells_a_job_nothing_of_the_host_its_boot_or_the_servers_cgroups(level: Level) {
+    let server = level.start(&[]).await;
+    let masked_files = [
+        "kcore",
+        "keys",
+        "key-users",
+        "latency_stats",
+        "locks",
+        "sched_debug",
+        "timer_list",
+        "timer_stats",
+    ];
+    let masked_dirs = ["acpi", "asound", "scsi", "bus", "fs", "irq"];
+    let mut paths = vec![
+        "/proc/cmdline".to_owned(),
+        "/proc/sys/kernel/random/boot_id".to_owned(),
+        "/proc/self/cgroup".to_owned(),
+        // What programs read of /proc stays.
+        "/proc/cpuinfo".to_owned(),
+        "/proc/meminfo".to_owned(),
+        "/proc/self/status".to_owned(),
+    ];
+    paths.extend(masked_files.iter().map(|f| format!("/proc/{f}")));
+    paths.extend(masked_dirs.iter().map(|d| format!("/proc/{d}")));
+    // Something the host has for a job to find: a lock in /proc/locks.
+    let held = tempfile::tempfile().expect("a host file to lock");
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_SH) },
+        0
+    );
+    let job = contained(
+        &server,
+        json!({"runtime": "python", "code": PROC_PROBE, "args": paths, "limits": {"wall_ms": 10_000}}),
+    )
+    .await;
+    drop(held);
+    assert_eq!(job["status"], "succeeded", "{}", show(&job));
+    let seen: Value = serde_json::from_str(stdout(&job).trim()).expect("the probe's JSON");
+    let read = |path: &str| -> &str {
+        assert_eq!(seen[path][0], "READ", "{path}: {}", seen[path]);
+        seen[path][1].as_str().unwrap_or("")
+    };
+
+    let host_cmdline = std::fs::read_to_string("/proc/cmdline").expect("host cmdline");
+    let host_boot_id =
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("host boot_id");
+    assert_eq!(read("/proc/cmdline"), "kiln\n");
+    assert_ne!(read("/proc/cmdline"), host_cmdline);
+    let boot_id = read("/proc/sys/kernel/random/boot_id");
+    assert_eq!(boot_id, "00000000-0000-4000-8000-000000000000\n");
+    assert_ne!(boot_id, host_boot_id);
+    // Every hierarchy reads as its namespace's root: no `kiln-<pid>-<n>/run-<count>`.
+    let cgroup = read("/proc/self/cgroup");
+    assert!(!cgroup.is_empty());
+    for line in cgroup.lines() {
+        assert!(line.ends_with(":/"), "{cgroup}");
+    }
+    for path in ["/proc/cpuinfo", "/proc/meminfo", "/proc/self/status"] {
+        assert!(!read(path).is_empty(), "{path}");
+    }
+    for file in masked_files {
+        let path = format!("/proc/{file}");
+        if std::path::Path::new(&path).exists() {
+            assert_eq!(read(&path), "", "{path} is not masked");
+        }
+    }
+    for dir in masked_dirs {
+        let path = format!("/proc/{dir}");
+        if std::path::Path::new(&path).exists() {
+            assert_eq!(seen[&path], json!(["LISTED", []]), "{path} is not masked");
+        }
+    }
+}
