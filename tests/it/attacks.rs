@@ -1539,3 +1539,62 @@ async fn proc_tells_a_job_nothing_of_the_host_its_boot_or_the_servers_cgroups(le
         }
     }
 }
+
+at_both_levels!(locks_work_on_a_jobs_own_files_and_no_job_sees_anothers_or_the_hosts);
+async fn locks_work_on_a_jobs_own_files_and_no_job_sees_anothers_or_the_hosts(level: Level) {
+    let server = level.start(&[]).await;
+    // An honest user of locks: SQLite (POSIX locks, F_GETLK included), flock and lockf on the
+    // job's own files, held while another job looks.
+    let holder = "\
+import fcntl, sqlite3, time
+db = sqlite3.connect('/work/t.db')
+db.execute('create table t (x)')
+with db:
+    db.executemany('insert into t values (?)', [(i,) for i in range(100)])
+print('sqlite', db.execute('select sum(x) from t').fetchone()[0], flush=True)
+f = open('/tmp/lock', 'w')
+fcntl.flock(f, fcntl.LOCK_EX)
+g = open('/work/lock', 'w')
+fcntl.lockf(g, fcntl.LOCK_EX)
+db.execute('begin exclusive')
+print('locked', flush=True)
+time.sleep(4)
+";
+    let looker = "\
+import time
+most = 0
+end = time.time() + 2
+while time.time() < end:
+    with open('/proc/locks') as f:
+        most = max(most, len(f.read().splitlines()))
+    time.sleep(0.05)
+print('seen', most)
+";
+    let held = tempfile::tempfile().expect("a host file to lock");
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) },
+        0
+    );
+    let honest = start_honest(&server).await;
+    let holder = server
+        .submit(python(holder, json!({"wall_ms": 20_000})))
+        .await;
+    server.running(&holder).await;
+    let looker = server
+        .submit(python(looker, json!({"wall_ms": 20_000})))
+        .await;
+    let looked = server.finished(&looker).await;
+    let held_job = server.finished(&holder).await;
+    drop(held);
+    assert_eq!(held_job["status"], "succeeded", "{}", show(&held_job));
+    assert_eq!(
+        stdout(&held_job),
+        "sqlite 4950\nlocked\n",
+        "{}",
+        show(&held_job)
+    );
+    assert_eq!(looked["status"], "succeeded", "{}", show(&looked));
+    assert_eq!(stdout(&looked), "seen 0\n", "{}", show(&looked));
+    assert_unaffected(&server, &honest).await;
+}
