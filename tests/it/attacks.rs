@@ -1476,6 +1476,12 @@ async fn proc_tells_a_job_nothing_of_the_host_its_boot_or_the_servers_cgroups(le
         "sched_debug",
         "timer_list",
         "timer_stats",
+        "interrupts",
+        "kallsyms",
+        "modules",
+        "partitions",
+        "diskstats",
+        "swaps",
     ];
     let masked_dirs = ["acpi", "asound", "scsi", "bus", "fs", "irq"];
     let mut paths = vec![

@@ -569,9 +569,11 @@ impl Skeleton {
 }
 
 /// Files of a fresh `/proc` that show the host rather than the job: the kernel's memory image,
-/// every key and lock on the host, its timers and scheduler. Masked with `/dev/null` (they read
-/// empty), as OCI runtimes do (runc's `maskedPaths`); `locks` also lists every job's locks to
-/// every other job.
+/// every key and lock on the host, its timers and scheduler (runc's `maskedPaths`, and
+/// `interrupts` as containerd's), and what the host is made of: its disks and swap, its
+/// devices' interrupts, the modules and symbols its kernel loaded. Masked with `/dev/null` (they
+/// read empty). `locks` also lists every job's locks to every other job, `diskstats` every
+/// disk's traffic.
 const MASKED_PROC_FILES: &[&str] = &[
     "kcore",
     "keys",
@@ -581,6 +583,12 @@ const MASKED_PROC_FILES: &[&str] = &[
     "sched_debug",
     "timer_list",
     "timer_stats",
+    "interrupts",
+    "kallsyms",
+    "modules",
+    "partitions",
+    "diskstats",
+    "swaps",
 ];
 
 /// Directories of a fresh `/proc` describing the host's hardware and file systems (ACPI, sound,
