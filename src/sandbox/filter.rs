@@ -33,10 +33,11 @@
 //! | system call | why |
 //! | --- | --- |
 //! | `ptrace` | inspecting or steering other processes (and the classic seccomp bypass) |
-//! | `process_vm_readv`, `process_vm_writev` | reading or writing another process's memory |
+//! | `process_vm_readv`, `process_vm_writev`, `pidfd_getfd` | reading or writing another process's memory, taking its descriptors |
 //! | `mount`, `umount2`, `pivot_root`, `chroot` | changing the filesystem view the sandbox built |
-//! | `fsopen`, `fsconfig`, `fsmount`, `fspick`, `move_mount`, `open_tree`, `mount_setattr` | the new mount API: the same as `mount`, by other means |
-//! | `unshare`, `setns` | new or other namespaces: a job must stay in the ones it was given |
+//! | `fsopen`, `fsconfig`, `fsmount`, `fspick`, `move_mount`, `open_tree`, `open_tree_attr`, `mount_setattr` | the new mount API: the same as `mount`, by other means |
+//! | `statmount`, `listmount` | reading the mount table by mount id: the sandbox's own mounts are no business of a job's |
+//! | `unshare`, `setns` | new or other namespaces: a job must stay in the ones it was given. `unshare(CLONE_NEWCGROUP)` alone passes: the job's process makes its own cgroup namespace at its run, after this is attached (see `namespace::child`); without capabilities, a job's program is refused it by the kernel, and such a namespace only narrows what it sees |
 //! | `clone` with any `CLONE_NEW*` flag | the same via `clone`; plain `fork` and threads stay allowed |
 //! | `clone3` (`ENOSYS`) | its flags sit in memory seccomp cannot read; `ENOSYS` makes glibc fall back to `clone`, which is filtered by flags |
 //! | `bpf` | loading BPF programs: a large, often-exploited kernel surface |
@@ -52,25 +53,28 @@
 //! | `syslog` | reading or clearing the kernel log |
 //! | `open_by_handle_at`, `name_to_handle_at` | opening files by handle bypasses path-based confinement |
 //! | `io_uring_setup`, `io_uring_enter`, `io_uring_register` | system calls that seccomp never sees, and a large kernel surface |
-//! | `quotactl` | filesystem quota administration |
+//! | `quotactl`, `quotactl_fd` | filesystem quota administration |
+//! | `memfd_secret` | memory the kernel itself unmaps from its direct map: no use to a program under test, and pages no one can inspect |
+//! | `fanotify_init` | watching the file accesses of everyone on a filesystem, the shared read-only binds included |
 //! | `sethostname`, `setdomainname` | host identity (no need, even in a UTS namespace) |
 //! | `iopl`, `ioperm` (x86-64) | raw I/O port access |
 //! | `vhangup` | hanging up a terminal |
 //! | `lookup_dcookie` | kernel profiling internals |
 //! | `personality`, except `PER_LINUX` and the `0xffffffff` query | flags such as `READ_IMPLIES_EXEC` and `ADDR_NO_RANDOMIZE` weaken exploit mitigations |
 //! | `socket` with a family other than `AF_UNIX` (`EAFNOSUPPORT`) | no network; with [`FilterPolicy::allow_network`], other than `AF_UNIX`, `AF_INET`, `AF_INET6`, `AF_NETLINK` (raw packet, Bluetooth, VSOCK, crypto sockets…). `socketpair` stays allowed |
-//! | any call of another ABI (killed) | every program carries `seccompiler`'s check of the audit architecture, so i386 `int 0x80` calls kill the process; on x86-64 a number with the x32 bit (`0x4000_0000`, or above) does too, since x32 shares the x86-64 audit architecture and would bypass checks by number |
+//! | any number above the newest this filter knows (`ENOSYS`) | a call of a newer kernel is refused until it has been looked at, not allowed because no list names it; `ENOSYS`, as from a kernel without it, so programs fall back to older calls |
+//! | any call of another ABI (killed) | each `seccompiler` program carries its check of the audit architecture, so i386 `int 0x80` calls kill the process; on x86-64 a number with the x32 bit (`0x4000_0000`, or above) does too, since x32 shares the x86-64 audit architecture and would bypass checks by number |
 //!
 //! `EAFNOSUPPORT` rather than `EPERM` for sockets because programs (and resolvers) read it as "no
 //! such network here" and carry on.
 //!
 //! `seccompiler` gives one filter a single action on match, so each action is compiled as its
-//! own program (`EPERM`, `ENOSYS`, `EAFNOSUPPORT`, plus the x32 guard); they match disjoint
-//! system calls. They are then chained into one program ([`chain`]): each one's "allow" jumps to
-//! the start of the next, so a call is allowed only if it gets through all of them, and the
-//! first that refuses it decides. One program instead of four saves three of what attaching one
-//! costs (the kernel's conversion, JIT and cache of each: about 0.1 ms a sandbox), and every
-//! system call runs one filter.
+//! own program (`EPERM`, `ENOSYS`, `EAFNOSUPPORT`), and two guards are written by hand (x32 and
+//! unknown numbers); they match disjoint system calls. They are then chained into one program
+//! ([`chain`]): each one's "allow" jumps to the start of the next, so a call is allowed only if
+//! it gets through all of them, and the first that refuses it decides. One program instead of
+//! five saves four of what attaching one costs (the kernel's conversion, JIT and cache of each:
+//! about 0.1 ms a sandbox), and every system call runs one filter.
 //!
 //! # Landlock
 //!
@@ -195,7 +199,6 @@ const DENIED: &[libc::c_long] = &[
     libc::SYS_move_mount,
     libc::SYS_open_tree,
     libc::SYS_mount_setattr,
-    libc::SYS_unshare,
     libc::SYS_setns,
     libc::SYS_bpf,
     libc::SYS_perf_event_open,
@@ -231,7 +234,25 @@ const DENIED: &[libc::c_long] = &[
     libc::SYS_ioperm,
     libc::SYS_vhangup,
     libc::SYS_lookup_dcookie,
+    libc::SYS_quotactl_fd,
+    SYS_OPEN_TREE_ATTR,
+    SYS_STATMOUNT,
+    SYS_LISTMOUNT,
+    libc::SYS_memfd_secret,
+    libc::SYS_fanotify_init,
+    libc::SYS_pidfd_getfd,
 ];
+
+/// System calls newer than the `libc` crate knows. Every architecture numbers a call added since
+/// Linux 5.1 (424) the same.
+const SYS_STATMOUNT: libc::c_long = 457;
+const SYS_LISTMOUNT: libc::c_long = 458;
+const SYS_OPEN_TREE_ATTR: libc::c_long = 467;
+
+/// The newest system call this filter was written against: `file_setattr`, Linux 6.17 (the same
+/// number on every architecture). Whatever a newer kernel adds above it is refused with `ENOSYS`
+/// until it has been looked at and this moved: see [`unknown_guard`].
+const NEWEST_KNOWN: u32 = 469;
 
 /// What a build step's job still calls at its run, after the other programs are in: it binds
 /// its staging directory as `/work` and unmounts the staging area.
@@ -265,8 +286,6 @@ impl Filters {
             .map(|nr| (*nr, denied_but_mounting.remove(nr).unwrap_or_default()))
             .collect();
         let seccomp_mounting = compile(mounting, libc::EPERM, arch)?;
-        // `mut` is for x86-64's extra program only.
-        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut others = vec![
             compile(
                 BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
@@ -279,6 +298,9 @@ impl Filters {
                 arch,
             )?,
         ];
+        // After the programs that check the architecture, which kill a call of another ABI
+        // before a number of its table means anything here.
+        others.push(unknown_guard(NEWEST_KNOWN));
         // First, so that a call with the x32 bit is killed before anything looks at its number.
         #[cfg(target_arch = "x86_64")]
         others.insert(0, x32_guard());
@@ -559,8 +581,8 @@ fn chain(programs: &[BpfProgram]) -> Result<BpfProgram, FilterError> {
 }
 
 /// The `EPERM` program's rules: the unconditional list, `clone` with a namespace flag (one rule
-/// per flag, since seccompiler's rules are OR-ed and its conditions AND-ed), and `personality`
-/// with anything but the allowed values.
+/// per flag, since seccompiler's rules are OR-ed and its conditions AND-ed), `personality`
+/// with anything but the allowed values, and `unshare` of anything but a cgroup namespace.
 fn denied_with_eperm() -> Result<BTreeMap<i64, Vec<SeccompRule>>, FilterError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         DENIED.iter().map(|&nr| (nr, Vec::new())).collect();
@@ -582,6 +604,12 @@ fn denied_with_eperm() -> Result<BTreeMap<i64, Vec<SeccompRule>>, FilterError> {
     rules.insert(
         libc::SYS_personality,
         vec![all_differ_from(PERSONALITY_ALLOWED)?],
+    );
+    rules.insert(
+        libc::SYS_unshare,
+        vec![all_differ_from(&[u64::from(
+            libc::CLONE_NEWCGROUP.unsigned_abs(),
+        )])?],
     );
     Ok(rules)
 }
@@ -617,23 +645,48 @@ fn all_differ_from(values: &[u64]) -> Result<SeccompRule, FilterError> {
     Ok(SeccompRule::new(conditions)?)
 }
 
-/// Kills the process on any system call number with the x32 bit set (or above it: the negative
-/// numbers, which no real program uses). x32 calls carry the x86-64 audit architecture, so
-/// seccompiler's architecture check lets them through, and every check by number would then be
-/// bypassed by adding 0x4000_0000 on kernels built with x32 support. seccompiler can only match
-/// exact numbers, hence these four hand-written instructions.
-#[cfg(target_arch = "x86_64")]
-fn x32_guard() -> BpfProgram {
-    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
-    /// `offsetof(struct seccomp_data, nr)`.
-    const NR_OFFSET: u32 = 0;
-    let instruction = |code: u32, jt: u8, jf: u8, k: u32| sock_filter {
+/// Refuses with `ENOSYS` every system call number above `newest` ([`NEWEST_KNOWN`]): a call a
+/// newer kernel adds is refused until it has been looked at, rather than allowed because no list
+/// names it.
+/// `ENOSYS` is what a kernel without the call answers, so a program that probes for it (as
+/// glibc does for `clone3`) falls back to the older calls this filter knows. seccompiler can
+/// only match exact numbers, hence these hand-written instructions.
+fn unknown_guard(newest: u32) -> BpfProgram {
+    vec![
+        instruction(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, NR_OFFSET),
+        instruction(libc::BPF_JMP | libc::BPF_JGT | libc::BPF_K, 0, 1, newest),
+        instruction(
+            libc::BPF_RET | libc::BPF_K,
+            0,
+            0,
+            libc::SECCOMP_RET_ERRNO | libc::ENOSYS.unsigned_abs(),
+        ),
+        instruction(libc::BPF_RET | libc::BPF_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ]
+}
+
+/// `offsetof(struct seccomp_data, nr)`.
+const NR_OFFSET: u32 = 0;
+
+/// One classic BPF instruction.
+fn instruction(code: u32, jt: u8, jf: u8, k: u32) -> sock_filter {
+    sock_filter {
         // BPF opcodes fit in 16 bits; libc declares them as u32.
         code: code as u16,
         jt,
         jf,
         k,
-    };
+    }
+}
+
+/// Kills the process on any system call number with the x32 bit set (or above it: the negative
+/// numbers, which no real program uses). x32 calls carry the x86-64 audit architecture, so
+/// seccompiler's architecture check lets them through, and every check by number would then be
+/// bypassed by adding 0x4000_0000 on kernels built with x32 support. seccompiler can only match
+/// exact numbers, hence these hand-written instructions.
+#[cfg(target_arch = "x86_64")]
+fn x32_guard() -> BpfProgram {
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
     vec![
         instruction(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, NR_OFFSET),
         instruction(
@@ -822,6 +875,13 @@ def probe(name, nr, *args):
         ("ioperm", libc::SYS_ioperm),
         ("vhangup", libc::SYS_vhangup),
         ("lookup_dcookie", libc::SYS_lookup_dcookie),
+        ("quotactl_fd", libc::SYS_quotactl_fd),
+        ("open_tree_attr", 467),
+        ("statmount", 457),
+        ("listmount", 458),
+        ("memfd_secret", libc::SYS_memfd_secret),
+        ("fanotify_init", libc::SYS_fanotify_init),
+        ("pidfd_getfd", libc::SYS_pidfd_getfd),
     ];
 
     /// Every namespace flag `clone` must not be given.
@@ -924,6 +984,17 @@ def probe(name, nr, *args):
         writeln!(code, "probe('personality_linux', {personality}, 0)").expect("write");
         // The brief's own example, through libc's wrapper.
         code.push_str("ctypes.set_errno(0); print('unshare_user', libc.unshare(0x10000000), ctypes.get_errno())\n");
+        // What the job's process does for itself at its run: let through (as root here, the
+        // kernel makes the namespace), and the same flag with another refused.
+        let newcgroup = libc::CLONE_NEWCGROUP;
+        let unshare = libc::SYS_unshare;
+        writeln!(code, "probe('unshare_cgroup', {unshare}, {newcgroup})").expect("write");
+        writeln!(
+            code,
+            "probe('unshare_cgroup_ipc', {unshare}, {})",
+            newcgroup | libc::CLONE_NEWIPC
+        )
+        .expect("write");
 
         let results = python(&filters(false), writable.path(), &code);
         let eperm = format!("-1 {}", libc::EPERM);
@@ -942,6 +1013,8 @@ def probe(name, nr, *args):
                 ("personality_query".to_owned(), "0 0".to_owned()),
                 ("personality_linux".to_owned(), "0 0".to_owned()),
                 ("unshare_user".to_owned(), eperm.clone()),
+                ("unshare_cgroup".to_owned(), "0 0".to_owned()),
+                ("unshare_cgroup_ipc".to_owned(), eperm.clone()),
             ]);
         for (name, want) in expected {
             let got = results
@@ -956,6 +1029,78 @@ def probe(name, nr, *args):
             wrong.is_empty(),
             "system calls not filtered as specified:\n{}",
             wrong.join("\n")
+        );
+    }
+
+    /// A number this filter does not know, as a newer kernel's call would have, fails as on a
+    /// kernel without it, and the program goes on; the newest known and older ones still run.
+    #[test]
+    fn refuses_numbers_above_the_newest_known_with_enosys() {
+        let writable = tempdir();
+        let mut code = PROBE_PRELUDE.to_owned();
+        for nr in [NEWEST_KNOWN + 1, NEWEST_KNOWN + 100, 0x3fff_ffff] {
+            writeln!(code, "probe('nr_{nr}', {nr}, -1, -1, -1, -1, -1, -1)").expect("write");
+        }
+        writeln!(code, "probe('getpid', {})", libc::SYS_getpid).expect("write");
+        let results = python(&filters(false), writable.path(), &code);
+        let enosys = format!("-1 {}", libc::ENOSYS);
+        for nr in [NEWEST_KNOWN + 1, NEWEST_KNOWN + 100, 0x3fff_ffff] {
+            assert_eq!(
+                results.get(&format!("nr_{nr}")),
+                Some(&enosys),
+                "{results:?}"
+            );
+        }
+        let getpid = results.get("getpid").expect("getpid probed");
+        assert!(
+            getpid.ends_with(" 0") && !getpid.starts_with('-'),
+            "{getpid}"
+        );
+    }
+
+    /// What the newest known call itself answers in a child under the guard for `newest`: the
+    /// kernel's error (bad arguments) if it is let through, the guard's ENOSYS if not.
+    fn newest_known_under_guard(newest: u32) -> Option<i32> {
+        let program = unknown_guard(newest);
+        let mut command = Command::new("/bin/true");
+        // SAFETY: the hook makes only system calls, on a program built before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                let fprog = SockFprog {
+                    len: program.len() as libc::c_ushort,
+                    filter: program.as_ptr(),
+                };
+                sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).map_err(io::Error::from_raw_os_error)?;
+                sys::seccomp_set_filter((&raw const fprog).cast())
+                    .map_err(io::Error::from_raw_os_error)?;
+                // `file_setattr` on no file: EBADF or EFAULT from a kernel that has it.
+                let nr = libc::c_long::from(NEWEST_KNOWN);
+                match libc::syscall(nr, -1, 0, 0, 0, 0) {
+                    0 => Ok(()),
+                    _ => Err(io::Error::last_os_error()),
+                }
+            });
+        }
+        command.status().err().and_then(|e| e.raw_os_error())
+    }
+
+    /// The numbers above the newest known fail as the kernel fails a call it lacks, so only a
+    /// call this kernel has shows the guard at work: the newest known, under a guard that knows
+    /// one fewer.
+    #[test]
+    fn the_guard_refuses_a_call_the_kernel_has_once_it_is_above_the_newest() {
+        let let_through = newest_known_under_guard(NEWEST_KNOWN);
+        if let_through == Some(libc::ENOSYS) {
+            crate::testing::skip(
+                "the_guard_refuses_a_call_the_kernel_has_once_it_is_above_the_newest",
+                "this kernel predates the newest known system call",
+            );
+            return;
+        }
+        assert!(let_through.is_some(), "file_setattr(-1, NULL) succeeded");
+        assert_eq!(
+            newest_known_under_guard(NEWEST_KNOWN - 1),
+            Some(libc::ENOSYS)
         );
     }
 

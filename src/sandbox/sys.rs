@@ -338,6 +338,10 @@ pub unsafe fn fstat(fd: i32, st: &mut libc::stat) -> Result {
     }
 }
 
+pub unsafe fn unshare(flags: i32) -> Result {
+    unsafe { call(libc::SYS_unshare, [flags as usize, 0, 0, 0, 0, 0]) }
+}
+
 pub unsafe fn setsid() -> Result {
     unsafe { call(libc::SYS_setsid, [0; 6]) }
 }

@@ -1405,3 +1405,202 @@ async fn the_compile_step_is_confined_like_the_run() {
     }
     assert_unaffected(&server, &honest).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The kernel surface a job reaches (issue 13)
+
+at_both_levels!(newer_and_unknown_system_calls_are_refused_and_the_job_goes_on);
+async fn newer_and_unknown_system_calls_are_refused_and_the_job_goes_on(level: Level) {
+    let server = level.start(&[]).await;
+    // Each named call with arguments that would fail otherwise (EBADF, EFAULT, EINVAL) were it
+    // let through, or succeed (`fanotify_init` for an unprivileged group, `memfd_secret`).
+    // Numbers above the newest known stand for a newer kernel's calls.
+    let code = "\
+import ctypes, errno, platform
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+fanotify_init = {'x86_64': 300, 'aarch64': 262}[platform.machine()]
+def call(label, nr, *args):
+    ctypes.set_errno(0)
+    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
+    print(label, r, errno.errorcode.get(ctypes.get_errno(), ctypes.get_errno()), flush=True)
+call('open_tree_attr', 467, -1, 0, 0, 0, 0)
+call('quotactl_fd', 443, -1, 0, 0, 0)
+call('statmount', 457, 0, 0, 0, 0)
+call('listmount', 458, 0, 0, 0, 0)
+call('memfd_secret', 447, 0)
+call('fanotify_init', fanotify_init, 0x200, 0)
+call('pidfd_getfd', 438, -1, 0, 0)
+for nr in [470, 471, 512, 1000, 0x3fffffff]:
+    call(f'unknown_{nr}', nr, 0, 0, 0, 0, 0, 0)
+print('after', 0, 'going on')
+";
+    let job = contained(&server, python(code, json!({"wall_ms": 10_000}))).await;
+    assert_eq!(job["status"], "succeeded", "{}", show(&job));
+    let lines = probe_lines(&job);
+    assert_eq!(lines.len(), 13, "{}", show(&job));
+    for (name, result) in &lines {
+        let expected = match name.as_str() {
+            "after" => "0 going on",
+            unknown if unknown.starts_with("unknown_") => "-1 ENOSYS",
+            _ => "-1 EPERM",
+        };
+        assert_eq!(result, expected, "{name}: {}", show(&job));
+    }
+}
+
+/// Reads each path given as an argument and prints one JSON object: path → `["READ", text]`,
+/// `["LISTED", names]` or `["ERR", errno]`.
+const PROC_PROBE: &str = "\
+import json, os, sys
+def read(p):
+    try:
+        if os.path.isdir(p):
+            return ['LISTED', sorted(os.listdir(p))]
+        with open(p, 'rb') as f:
+            return ['READ', f.read().decode('latin-1')]
+    except OSError as e:
+        return ['ERR', e.errno]
+print(json.dumps({p: read(p) for p in sys.argv[1:]}))
+";
+
+at_both_levels!(proc_tells_a_job_nothing_of_the_host_its_boot_or_the_servers_cgroups);
+async fn proc_tells_a_job_nothing_of_the_host_its_boot_or_the_servers_cgroups(level: Level) {
+    let server = level.start(&[]).await;
+    let masked_files = [
+        "kcore",
+        "keys",
+        "key-users",
+        "latency_stats",
+        "locks",
+        "sched_debug",
+        "timer_list",
+        "timer_stats",
+        "interrupts",
+        "kallsyms",
+        "modules",
+        "partitions",
+        "diskstats",
+        "swaps",
+    ];
+    let masked_dirs = ["acpi", "asound", "scsi", "bus", "fs", "irq"];
+    let mut paths = vec![
+        "/proc/cmdline".to_owned(),
+        "/proc/sys/kernel/random/boot_id".to_owned(),
+        "/proc/self/cgroup".to_owned(),
+        // What programs read of /proc stays.
+        "/proc/cpuinfo".to_owned(),
+        "/proc/meminfo".to_owned(),
+        "/proc/self/status".to_owned(),
+    ];
+    paths.extend(masked_files.iter().map(|f| format!("/proc/{f}")));
+    paths.extend(masked_dirs.iter().map(|d| format!("/proc/{d}")));
+    // Something the host has for a job to find: a lock in /proc/locks.
+    let held = tempfile::tempfile().expect("a host file to lock");
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_SH) },
+        0
+    );
+    let job = contained(
+        &server,
+        json!({"runtime": "python", "code": PROC_PROBE, "args": paths, "limits": {"wall_ms": 10_000}}),
+    )
+    .await;
+    drop(held);
+    assert_eq!(job["status"], "succeeded", "{}", show(&job));
+    let seen: Value = serde_json::from_str(stdout(&job).trim()).expect("the probe's JSON");
+    let read = |path: &str| -> &str {
+        assert_eq!(seen[path][0], "READ", "{path}: {}", seen[path]);
+        seen[path][1].as_str().unwrap_or("")
+    };
+
+    let host_cmdline = std::fs::read_to_string("/proc/cmdline").expect("host cmdline");
+    let host_boot_id =
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("host boot_id");
+    assert_eq!(read("/proc/cmdline"), "kiln\n");
+    assert_ne!(read("/proc/cmdline"), host_cmdline);
+    let boot_id = read("/proc/sys/kernel/random/boot_id");
+    assert_eq!(boot_id, "00000000-0000-4000-8000-000000000000\n");
+    assert_ne!(boot_id, host_boot_id);
+    // Every hierarchy reads as its namespace's root: no `kiln-<pid>-<n>/run-<count>`.
+    let cgroup = read("/proc/self/cgroup");
+    assert!(!cgroup.is_empty());
+    for line in cgroup.lines() {
+        assert!(line.ends_with(":/"), "{cgroup}");
+    }
+    for path in ["/proc/cpuinfo", "/proc/meminfo", "/proc/self/status"] {
+        assert!(!read(path).is_empty(), "{path}");
+    }
+    for file in masked_files {
+        let path = format!("/proc/{file}");
+        if std::path::Path::new(&path).exists() {
+            assert_eq!(read(&path), "", "{path} is not masked");
+        }
+    }
+    for dir in masked_dirs {
+        let path = format!("/proc/{dir}");
+        if std::path::Path::new(&path).exists() {
+            assert_eq!(seen[&path], json!(["LISTED", []]), "{path} is not masked");
+        }
+    }
+}
+
+at_both_levels!(locks_work_on_a_jobs_own_files_and_no_job_sees_anothers_or_the_hosts);
+async fn locks_work_on_a_jobs_own_files_and_no_job_sees_anothers_or_the_hosts(level: Level) {
+    let server = level.start(&[]).await;
+    // An honest user of locks: SQLite (POSIX locks, F_GETLK included), flock and lockf on the
+    // job's own files, held while another job looks.
+    let holder = "\
+import fcntl, sqlite3, time
+db = sqlite3.connect('/work/t.db')
+db.execute('create table t (x)')
+with db:
+    db.executemany('insert into t values (?)', [(i,) for i in range(100)])
+print('sqlite', db.execute('select sum(x) from t').fetchone()[0], flush=True)
+f = open('/tmp/lock', 'w')
+fcntl.flock(f, fcntl.LOCK_EX)
+g = open('/work/lock', 'w')
+fcntl.lockf(g, fcntl.LOCK_EX)
+db.execute('begin exclusive')
+print('locked', flush=True)
+time.sleep(4)
+";
+    let looker = "\
+import time
+most = 0
+end = time.time() + 2
+while time.time() < end:
+    with open('/proc/locks') as f:
+        most = max(most, len(f.read().splitlines()))
+    time.sleep(0.05)
+print('seen', most)
+";
+    let held = tempfile::tempfile().expect("a host file to lock");
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) },
+        0
+    );
+    let honest = start_honest(&server).await;
+    let holder = server
+        .submit(python(holder, json!({"wall_ms": 20_000})))
+        .await;
+    server.running(&holder).await;
+    let looker = server
+        .submit(python(looker, json!({"wall_ms": 20_000})))
+        .await;
+    let looked = server.finished(&looker).await;
+    let held_job = server.finished(&holder).await;
+    drop(held);
+    assert_eq!(held_job["status"], "succeeded", "{}", show(&held_job));
+    assert_eq!(
+        stdout(&held_job),
+        "sqlite 4950\nlocked\n",
+        "{}",
+        show(&held_job)
+    );
+    assert_eq!(looked["status"], "succeeded", "{}", show(&looked));
+    assert_eq!(stdout(&looked), "seen 0\n", "{}", show(&looked));
+    assert_unaffected(&server, &honest).await;
+}

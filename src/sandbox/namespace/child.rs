@@ -327,6 +327,9 @@ impl Shared {
                 Step::BindDevice { source, target } => {
                     bind(source, target, 0, libc::MS_NOSUID | libc::MS_NOEXEC)
                 }
+                Step::Mask { source, target } => {
+                    sys::mount(Some(source), target, None, libc::MS_BIND, None).map(drop)
+                }
                 Step::Tmpfs { target, options } => sys::mount(
                     Some(c"tmpfs"),
                     target,
@@ -409,6 +412,15 @@ impl Shared {
             // sharing that memory, the server included. The job shares it only until its
             // execve, and enters after writing its files, so its cgroup holds nothing else then.
             self.enter_cgroups(self.enter_early..self.entered());
+            // A cgroup namespace of its own, rooted where it now is: `/proc/self/cgroup` then
+            // reads `/` rather than the server's cgroups and run count. init's namespace is
+            // rooted at the server's cgroups (or init's v2 one), and the job's memory cgroup is
+            // entered only now, so this cannot be done ahead of the run: one cheap call.
+            if self.entered() > 0
+                && let Err(e) = sys::unshare(libc::CLONE_NEWCGROUP)
+            {
+                self.fail(At::Fixed(Fixed::Cgroup), e);
+            }
             sys::close(STATUS_FD);
             // dup3 without flags leaves the copy open across exec, unlike the original.
             if plan.progress

@@ -38,6 +38,12 @@ pub(super) enum Step {
         source: CString,
         target: CString,
     },
+    /// `/dev/null` bound over a file of `/proc`, which then reads empty: one bind, with the
+    /// flags of the host's `/dev` (a device node cannot be executed whatever they are).
+    Mask {
+        source: CString,
+        target: CString,
+    },
     Tmpfs {
         target: CString,
         options: CString,
@@ -77,6 +83,7 @@ impl Step {
             Step::Mkdir { .. } => "mkdir",
             Step::BindReadOnly { .. } => "bind mount",
             Step::BindDevice { .. } => "device bind",
+            Step::Mask { .. } => "proc mask",
             Step::Tmpfs { .. } => "tmpfs mount",
             Step::Proc { .. } => "proc mount",
             Step::Symlink { .. } => "symlink",
@@ -347,7 +354,8 @@ impl Plan {
             });
         }
         // Private, size-limited, and new with each sandbox. A build step's `/work` is its
-        // staging directory instead, bound at its run.
+        // staging directory instead, bound at its run. `/tmp`'s also hides the sources of the
+        // fixed `/proc` files the skeleton bound (see `FIXED_PROC_SOURCES`).
         let sizes = spec.sizes;
         for (target, options) in [
             ("/dev/shm", format!("size={},mode=1777", sizes.tmp)),
@@ -463,7 +471,7 @@ impl At {
 }
 
 /// The part of every run's root that does not depend on the run: binds of the host's system,
-/// the devices, `/proc`, and the mount points. Examining the host for it (symlinks, mount flags)
+/// the devices, `/proc` (with what it tells of the host masked), and the mount points. Examining the host for it (symlinks, mount flags)
 /// is done once, at startup, not on every run.
 #[derive(Clone)]
 pub struct Skeleton {
@@ -554,9 +562,97 @@ impl Skeleton {
         steps.push(Step::Proc {
             target: host(root, Path::new("/proc"))?,
         });
+        steps.extend(proc_masks(root, Path::new("/proc"))?);
 
         Ok(Skeleton { steps })
     }
+}
+
+/// Files of a fresh `/proc` that show the host rather than the job: the kernel's memory image,
+/// every key and lock on the host, its timers and scheduler (runc's `maskedPaths`, and
+/// `interrupts` as containerd's), and what the host is made of: its disks and swap, its
+/// devices' interrupts, the modules and symbols its kernel loaded. Masked with `/dev/null` (they
+/// read empty). `locks` also lists every job's locks to every other job, `diskstats` every
+/// disk's traffic.
+const MASKED_PROC_FILES: &[&str] = &[
+    "kcore",
+    "keys",
+    "key-users",
+    "latency_stats",
+    "locks",
+    "sched_debug",
+    "timer_list",
+    "timer_stats",
+    "interrupts",
+    "kallsyms",
+    "modules",
+    "partitions",
+    "diskstats",
+    "swaps",
+];
+
+/// Directories of a fresh `/proc` describing the host's hardware and file systems (ACPI, sound,
+/// SCSI and PCI devices, interrupts, the host's ext4/xfs/NFS mounts). Each gets an empty
+/// read-only tmpfs. runc hides the first three and leaves the others read-only, which a job
+/// already gets: it is not root in its namespace, and Landlock refuses writes beneath `/proc`.
+const MASKED_PROC_DIRS: &[&str] = &["acpi", "asound", "scsi", "bus", "fs", "irq"];
+
+/// Files of `/proc` that identify the host, and what a job reads there instead: the kernel's
+/// command line (the host's boot configuration) and the boot id (one fingerprint of the host's
+/// boot shared by every job). The same for every sandbox of every server.
+const FIXED_PROC_FILES: &[(&str, &str)] = &[
+    ("cmdline", "kiln\n"),
+    (
+        "sys/kernel/random/boot_id",
+        "00000000-0000-4000-8000-000000000000\n",
+    ),
+];
+
+/// Where the fixed files' contents are written in the new root before they are bound over
+/// `/proc`: under the mount point of the sandbox's `/tmp`, whose tmpfs, mounted later (see
+/// [`Plan::new`]), hides them from the job.
+const FIXED_PROC_SOURCES: &str = "/tmp";
+
+/// The steps that mask what of `host_proc` (the host's `/proc`, which names what the sandbox's
+/// own will have: the same kernel) tells of the host, once the sandbox's `/proc` is mounted.
+/// Done while a sandbox is made, never at a run.
+fn proc_masks(root: &Path, host_proc: &Path) -> io::Result<Vec<Step>> {
+    let mut steps = Vec::new();
+    let inside = |name: &str| host(root, &Path::new("/proc").join(name));
+    for name in MASKED_PROC_FILES {
+        if host_proc.join(name).exists() {
+            steps.push(Step::Mask {
+                source: cstring("/dev/null")?,
+                target: inside(name)?,
+            });
+        }
+    }
+    for name in MASKED_PROC_DIRS {
+        if host_proc.join(name).is_dir() {
+            steps.push(Step::Tmpfs {
+                target: inside(name)?,
+                options: cstring("ro,size=4k,nr_inodes=1,mode=0555")?,
+            });
+        }
+    }
+    for (name, contents) in FIXED_PROC_FILES {
+        if !host_proc.join(name).exists() {
+            continue;
+        }
+        let flat = name.replace('/', "-");
+        let source = host(root, &Path::new(FIXED_PROC_SOURCES).join(flat))?;
+        steps.push(Step::File {
+            path: source.clone(),
+            contents: contents.as_bytes().to_vec(),
+        });
+        steps.push(Step::BindReadOnly {
+            source,
+            target: inside(name)?,
+            file: true,
+            extra_flags: 0,
+        });
+    }
+    Ok(steps)
 }
 
 /// Mount flags a bind of `path` must keep: a user namespace may not clear nosuid, nodev or
@@ -604,6 +700,7 @@ mod tests {
                 format!("bind {} read-only at {}{file}", s(source), s(target))
             }
             Step::BindDevice { source, target } => format!("device {} at {}", s(source), s(target)),
+            Step::Mask { source, target } => format!("mask {} with {}", s(target), s(source)),
             Step::Tmpfs { target, options } => {
                 format!("tmpfs at {} with {}", s(target), s(options))
             }
@@ -808,10 +905,73 @@ mod tests {
         assert_eq!(devices, 5, "no other host device is bound");
         position(&lines, "symlink /srv/root/dev/fd to /proc/self/fd");
         position(&lines, "symlink /srv/root/dev/stdout to /proc/self/fd/1");
+        // The fresh /proc comes last, followed only by what masks parts of it.
+        let proc = position(&lines, "proc at /srv/root/proc");
+        let masks: Vec<String> = proc_masks(root, Path::new("/proc"))
+            .expect("masks")
+            .iter()
+            .map(describe)
+            .collect();
+        assert_eq!(lines[proc + 1..], masks[..]);
+    }
+
+    #[test]
+    fn what_proc_tells_of_the_host_is_masked_or_replaced_if_the_host_has_it() {
+        let host_proc = tempfile::tempdir().expect("a temporary directory");
+        let at = |name: &str| host_proc.path().join(name);
+        for file in ["kcore", "locks", "cmdline"] {
+            std::fs::write(at(file), "").expect("a file");
+        }
+        for dir in ["acpi", "fs", "sys/kernel/random"] {
+            std::fs::create_dir_all(at(dir)).expect("a directory");
+        }
+        std::fs::write(at("sys/kernel/random/boot_id"), "").expect("boot_id");
+        let masks = proc_masks(Path::new("/srv/root"), host_proc.path()).expect("masks");
         assert_eq!(
-            lines.last().map(String::as_str),
-            Some("proc at /srv/root/proc")
+            lines(&masks),
+            [
+                "mask /srv/root/proc/kcore with /dev/null",
+                "mask /srv/root/proc/locks with /dev/null",
+                "tmpfs at /srv/root/proc/acpi with ro,size=4k,nr_inodes=1,mode=0555",
+                "tmpfs at /srv/root/proc/fs with ro,size=4k,nr_inodes=1,mode=0555",
+                "file /srv/root/tmp/cmdline with \"kiln\\n\"",
+                "bind /srv/root/tmp/cmdline read-only at /srv/root/proc/cmdline (a file)",
+                "file /srv/root/tmp/sys-kernel-random-boot_id with \
+                 \"00000000-0000-4000-8000-000000000000\\n\"",
+                "bind /srv/root/tmp/sys-kernel-random-boot_id read-only at \
+                 /srv/root/proc/sys/kernel/random/boot_id (a file)",
+            ]
         );
+    }
+
+    /// The fixed files' sources are written into the new root where the job never sees them:
+    /// every sandbox mounts a tmpfs over them after they are bound.
+    #[test]
+    fn the_fixed_proc_files_sources_are_hidden_under_a_tmpfs_mounted_afterwards() {
+        let root = Path::new("/srv/root");
+        let skeleton = Skeleton::new(root, &[]).expect("skeleton");
+        for bind_work_root in [false, true] {
+            let plan = Plan::new(SandboxSpec {
+                bind_work_root,
+                ..spec(root, &skeleton)
+            })
+            .expect("plan");
+            let hidden_under = host(root, Path::new(FIXED_PROC_SOURCES)).expect("path");
+            let tmpfs = plan
+                .steps
+                .iter()
+                .position(
+                    |step| matches!(step, Step::Tmpfs { target, .. } if *target == hidden_under),
+                )
+                .expect("a tmpfs over the sources");
+            for (index, step) in plan.steps.iter().enumerate() {
+                if let Step::BindReadOnly { source, .. } = step
+                    && source.as_bytes().starts_with(hidden_under.as_bytes())
+                {
+                    assert!(index < tmpfs, "{}", describe(step));
+                }
+            }
+        }
     }
 
     #[test]
