@@ -10,7 +10,7 @@ use tokio::net::unix::pipe;
 use super::execute::Invocation;
 use super::plain::{job_env, rlimits};
 use super::process::{Attached, Process};
-use crate::sandbox::{Launch, Sandbox, WorkFile, WorkMount};
+use crate::sandbox::{Launch, OverMemory, Sandbox, WorkFile, WorkMount};
 
 /// How long a sandbox may take to build its root and exec the job before the run is an error.
 const SANDBOX_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,7 +41,12 @@ pub(super) async fn start(
     let mut launched = tokio::time::timeout(SANDBOX_START_TIMEOUT, sandbox.launch(launch))
         .await
         .unwrap_or_else(|_| Err(io::Error::other("the sandbox did not start in time")))
-        .inspect_err(|_| crate::metrics::METRICS.sandbox_start_failed())?;
+        .inspect_err(|e| {
+            // A run refused for its memory limit is the job's doing, not a failed start.
+            if OverMemory::of(e).is_none() {
+                crate::metrics::METRICS.sandbox_start_failed();
+            }
+        })?;
     // Taken over, so that dropping the stdin writer gives the job EOF.
     let stdio = launched.take_stdio();
     let progress = launched.take_progress();

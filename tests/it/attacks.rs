@@ -1405,3 +1405,146 @@ async fn the_compile_step_is_confined_like_the_run() {
     }
     assert_unaffected(&server, &honest).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Memory charged to the run
+//
+// What a run holds before its program starts is memory too: its files and a compiled binary
+// (its `/work` is a tmpfs), and what its execve copies. All of it counts against the run's
+// memory limit, however it got there.
+
+/// `bytes` of files, in pieces of at most 4 MiB.
+fn files_of(bytes: usize) -> Value {
+    let mut files = serde_json::Map::new();
+    let mut left = bytes;
+    while left > 0 {
+        let piece = left.min(4 << 20);
+        files.insert(
+            format!("data{}", files.len()),
+            Value::String("x".repeat(piece)),
+        );
+        left -= piece;
+    }
+    Value::Object(files)
+}
+
+#[tokio::test]
+async fn files_the_memory_limit_cannot_hold_are_refused_at_submit_or_end_with_the_memory_limit() {
+    let server = Server::start().await;
+    let honest = start_honest(&server).await;
+    let (status, body) = server
+        .post(
+            "/v1/jobs",
+            &json!({"runtime": "sh", "code": "true", "files": files_of(2 << 20),
+                "limits": {"memory_mb": 1}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+    // Within the limit by the bytes submitted, not with the pages and inodes they take.
+    let id = server
+        .submit(
+            json!({"runtime": "sh", "code": "echo ran", "files": files_of((1 << 20) - 64),
+            "limits": {"memory_mb": 1}}),
+        )
+        .await;
+    let job = server.finished(&id).await;
+    assert_eq!(job["status"], "failed", "{}", show(&job));
+    assert_eq!(job["outcome"], "memory_limit", "{}", show(&job));
+    assert_eq!(stdout(&job), "", "{}", show(&job));
+    assert_eq!(
+        job["attempt"],
+        1,
+        "refused once, never retried: {}",
+        show(&job)
+    );
+    assert_unaffected(&server, &honest).await;
+}
+
+#[tokio::test]
+async fn the_files_of_a_run_count_against_its_memory_limit_and_show_in_its_memory_kb() {
+    let server = Server::start().await;
+    let honest = start_honest(&server).await;
+    // Fits 48 MiB alone (with the interpreter), not beside 15 MiB of files.
+    let code = "data = b'x' * (36 << 20)\nprint(len(data) >> 20)\n";
+    let limits = json!({"memory_mb": 48, "wall_ms": 20_000});
+    let alone = server.submit(python(code, limits.clone())).await;
+    let mut with_files = python(code, limits);
+    with_files["files"] = files_of(15 << 20);
+    let with_files = server.submit(with_files).await;
+    let mut idle = sh("true", json!({}));
+    idle["files"] = files_of(12 << 20);
+    let idle = server.submit(idle).await;
+
+    let job = server.finished(&alone).await;
+    assert_eq!(job["status"], "succeeded", "alone: {}", show(&job));
+    assert_eq!(stdout(&job), "36\n", "alone: {}", show(&job));
+    let job = server.finished(&with_files).await;
+    assert_eq!(job["status"], "failed", "with files: {}", show(&job));
+    assert_eq!(job["outcome"], "memory_limit", "with files: {}", show(&job));
+    let job = server.finished(&idle).await;
+    assert_eq!(job["status"], "succeeded", "idle: {}", show(&job));
+    assert!(
+        job["memory_kb"].as_u64().is_some_and(|kb| kb >= 12 << 10),
+        "the files are the run's memory: {}",
+        show(&job)
+    );
+    assert_unaffected(&server, &honest).await;
+}
+
+#[tokio::test]
+async fn arguments_the_memory_limit_cannot_hold_end_with_the_memory_limit_and_the_server_lives() {
+    let server = Server::start().await;
+    // The job's execve copies them into the run's memory while its process still shares the
+    // server's: an OOM kill there would kill the server with it.
+    let args: Vec<String> = (0..16).map(|_| "x".repeat(100_000)).collect();
+    let job = contained(
+        &server,
+        json!({"runtime": "sh", "code": "echo $#", "args": args, "limits": {"memory_mb": 1}}),
+    )
+    .await;
+    assert_eq!(job["status"], "failed", "{}", show(&job));
+    assert_eq!(job["outcome"], "memory_limit", "{}", show(&job));
+    assert_eq!(job["attempt"], 1, "never retried: {}", show(&job));
+    // The same arguments under a limit that holds them.
+    let id = server
+        .submit(json!({"runtime": "sh", "code": "echo $#", "args": args,
+            "limits": {"memory_mb": 64}}))
+        .await;
+    let job = server.finished(&id).await;
+    assert_eq!(job["status"], "succeeded", "{}", show(&job));
+    assert_eq!(stdout(&job), "16\n", "{}", show(&job));
+}
+
+#[tokio::test]
+async fn a_binary_holding_more_than_the_memory_limit_ends_with_the_memory_limit() {
+    let server = Server::start().await;
+    let test = "a_binary_holding_more_than_the_memory_limit_ends_with_the_memory_limit";
+    if !offers_c(&server, test).await {
+        return;
+    }
+    // Initialised data is in the binary, so in the run's `/work` before the program starts.
+    let program = |mib: u32| {
+        format!(
+            "#include <stdio.h>\nstatic char big[{mib} << 20] = {{1}};\n\
+             int main(void) {{ big[4096] = 2; printf(\"%d\\n\", big[0] + big[4096]); return 0; }}\n"
+        )
+    };
+    let limits = json!({"memory_mb": 64, "wall_ms": 30_000});
+    let honest = start_honest(&server).await;
+    let hostile = server.submit(c(&program(200), &[], limits.clone())).await;
+    let fitting = server.submit(c(&program(16), &[], limits)).await;
+    let job = server.finished(&hostile).await;
+    assert_eq!(job["status"], "failed", "{}", show(&job));
+    assert_eq!(job["outcome"], "memory_limit", "{}", show(&job));
+    assert_eq!(stdout(&job), "", "{}", show(&job));
+    let job = server.finished(&fitting).await;
+    assert_eq!(job["status"], "succeeded", "{}", show(&job));
+    assert_eq!(stdout(&job), "3\n", "{}", show(&job));
+    assert!(
+        job["memory_kb"].as_u64().is_some_and(|kb| kb >= 16 << 10),
+        "the binary is the run's memory: {}",
+        show(&job)
+    );
+    assert_unaffected(&server, &honest).await;
+}

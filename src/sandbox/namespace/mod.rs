@@ -14,9 +14,10 @@
 //! server ── clone3(VM | NEW{USER,PID,NS,IPC,UTS,CGROUP}) ──► init (pid 1, root in its
 //! (the calling thread in a pooled                             │  user namespace only)
 //! network namespace: see super::netns)                        │
-//!                                                             └─ clone3(VM) ──► job
+//!                                                             └─ clone3(VM | VFORK) ──► job
 //!                                                                (pid 2, uid 1000, filtered,
-//!                                                                then execve)
+//!                                                                then execve; init waits
+//!                                                                until then)
 //! ```
 //!
 //! A sandbox is made ready ahead of its run. init waits for the parent to write its uid/gid maps,
@@ -210,8 +211,7 @@ impl Started {
     /// Decodes what init or the job wrote on the setup pipe: where it failed and the errno.
     pub fn setup_error(&self, report: [u8; 8]) -> io::Error {
         let code = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
-        let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
-        let cause = io::Error::from_raw_os_error(errno);
+        let cause = io::Error::from_raw_os_error(setup_errno(report));
         io::Error::new(
             cause.kind(),
             format!("sandbox setup failed at {}: {cause}", self.step_name(code)),
@@ -228,6 +228,11 @@ impl Started {
         };
         step.map_or("unknown step", Step::name)
     }
+}
+
+/// The errno of a setup failure's report (see [`Started::setup`]).
+pub fn setup_errno(report: [u8; 8]) -> i32 {
+    i32::from_ne_bytes([report[4], report[5], report[6], report[7]])
 }
 
 fn write_exact(fd: &OwnedFd, bytes: &[u8]) -> io::Result<()> {
