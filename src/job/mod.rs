@@ -126,6 +126,20 @@ pub struct Limits {
     pub file_bytes: u64,
 }
 
+impl Limits {
+    /// Each of these limits, none above the one of `caps`.
+    pub fn within(self, caps: &Limits) -> Limits {
+        Limits {
+            wall_ms: self.wall_ms.min(caps.wall_ms),
+            cpu_ms: self.cpu_ms.min(caps.cpu_ms),
+            memory_mb: self.memory_mb.min(caps.memory_mb),
+            processes: self.processes.min(caps.processes),
+            output_bytes: self.output_bytes.min(caps.output_bytes),
+            file_bytes: self.file_bytes.min(caps.file_bytes),
+        }
+    }
+}
+
 /// A validated job, ready to be stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobSpec {

@@ -41,17 +41,9 @@ pub(super) struct Invocation<'a> {
     pub(super) work: WorkMount,
     /// The job and where its run reports; only the job's own program reports, not its build.
     pub(super) reporting: Option<(JobId, &'a Reporting)>,
+    /// A compiled runtime's build step, rather than the job's own program.
+    pub(super) build: bool,
 }
-
-/// Limits of a compiled runtime's build step: kiln's own work, the same for every job.
-pub(super) const COMPILE_LIMITS: Limits = Limits {
-    wall_ms: 30_000,
-    cpu_ms: 30_000,
-    memory_mb: 1024,
-    processes: 64,
-    output_bytes: 1 << 20,
-    file_bytes: 256 << 20,
-};
 
 pub(super) async fn execute(
     invocation: &Invocation<'_>,

@@ -26,6 +26,17 @@ pub(super) async fn start(
             .entries
             .iter()
             .any(|e| matches!(e, WorkFile::Staged(_)));
+    let mut rlimits = rlimits(&invocation.limits, sandbox.has_memory_cgroup(), true);
+    // A compiler runs its passes as children and takes a pass killed by SIGXCPU for an error of
+    // its own: where the run's CPU time is counted, that count ends a build at its limit first,
+    // so the build ends with the limit it reached. RLIMIT_CPU stays, a second later, a backstop.
+    if invocation.build && sandbox.counts_cpu() {
+        for (resource, soft, hard) in &mut rlimits {
+            if *resource == libc::RLIMIT_CPU {
+                (*soft, *hard) = (soft.saturating_add(1), hard.saturating_add(1));
+            }
+        }
+    }
     let launch = Launch {
         staging: staged.then_some(work_dir),
         entries: invocation.entries,
@@ -36,7 +47,7 @@ pub(super) async fn start(
         env: job_env("/work", "/tmp", invocation.reporting.is_some()),
         limits: invocation.limits,
         progress: invocation.reporting.is_some(),
-        rlimits: rlimits(&invocation.limits, sandbox.has_memory_cgroup(), true),
+        rlimits,
     };
     let mut launched = tokio::time::timeout(SANDBOX_START_TIMEOUT, sandbox.launch(launch))
         .await

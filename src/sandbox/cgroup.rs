@@ -352,6 +352,11 @@ impl Cgroups {
         }
     }
 
+    /// Whether a run's CPU time is counted as a whole ([`JobCgroup::cpu_ms`]).
+    pub fn counts_cpu(&self) -> bool {
+        self.inner.hierarchies.iter().any(|h| h.features.cpu_usage)
+    }
+
     /// A fresh cgroup named `name` (one path component, see [`CgroupError::InvalidName`]) in every
     /// usable hierarchy a run needs: one that only offers the CPU quota only if `cpu_quota`. Fails
     /// if the name is already taken: two runs must never share a cgroup. On any failure whatever

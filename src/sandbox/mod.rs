@@ -317,6 +317,12 @@ impl Sandbox {
             .is_ok_and(|real| self.inner.visible.iter().any(|root| real.starts_with(root)))
     }
 
+    /// Whether a run's CPU time is counted for all its processes together, which holds the run
+    /// to its CPU limit as a whole (see `Sandboxed::cpu_ms`).
+    pub fn counts_cpu(&self) -> bool {
+        self.inner.cgroups.as_ref().is_some_and(Cgroups::counts_cpu)
+    }
+
     pub fn has_memory_cgroup(&self) -> bool {
         self.inner
             .cgroups

@@ -1392,7 +1392,12 @@ async fn the_compile_step_is_confined_like_the_run() {
     for (include, id) in ids {
         let job = server.finished(&id).await;
         assert_eq!(job["status"], "failed", "{include}: {}", show(&job));
-        assert_eq!(job["outcome"], "compile_error", "{include}: {}", show(&job));
+        // An endless include ends the build at its memory limit, with that outcome (issue 13).
+        let outcome = match include.as_str() {
+            "/dev/zero" => "memory_limit",
+            _ => "compile_error",
+        };
+        assert_eq!(job["outcome"], outcome, "{include}: {}", show(&job));
         let stderr = job["stderr"].as_str().unwrap_or("");
         if include != "/dev/zero" {
             assert!(
@@ -1547,4 +1552,85 @@ async fn a_binary_holding_more_than_the_memory_limit_ends_with_the_memory_limit(
         show(&job)
     );
     assert_unaffected(&server, &honest).await;
+}
+
+/// The self-including header of issue 13: 2^190 inclusions.
+const SELF_INCLUDE: &str =
+    "#if __INCLUDE_LEVEL__ < 190\n#include \"a.h\"\n#include \"a.h\"\n#endif\n";
+
+/// A string of 64 MiB from 2 M tokens: the compiler needs about 600 MB for it.
+fn macro_bomb() -> String {
+    let mut code = String::from("#define A0 \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"\n");
+    for level in 1..8 {
+        let previous = format!("A{} ", level - 1).repeat(8);
+        code.push_str(&format!("#define A{level} {previous}\n"));
+    }
+    code + "const char *s = A7;\nint main(void) { return s[0]; }\n"
+}
+
+#[tokio::test]
+async fn the_compile_step_stays_within_the_operators_caps_and_ends_with_the_limit_it_reached() {
+    let server = Server::start_with(&["--max-wall-ms", "5000", "--max-cpu-ms", "2000"]).await;
+    let test =
+        "the_compile_step_stays_within_the_operators_caps_and_ends_with_the_limit_it_reached";
+    if !offers_c(&server, test).await {
+        return;
+    }
+    let honest = server
+        .submit(python(HONEST, json!({"wall_ms": 5000, "cpu_ms": 2000})))
+        .await;
+    server.running(&honest).await;
+    let limits = json!({"wall_ms": 1000, "cpu_ms": 1000, "memory_mb": 64});
+    let mut endless = c(
+        "#include \"a.h\"\nint main(void) { return 0; }\n",
+        &[],
+        limits.clone(),
+    );
+    endless["files"] = json!({"a.h": SELF_INCLUDE});
+    let endless = server.submit(endless).await;
+    let job = server.finished(&endless).await;
+    assert_eq!(job["status"], "timed_out", "{}", show(&job));
+    assert!(
+        ["cpu_time_limit", "wall_time_limit"].contains(&job["outcome"].as_str().unwrap_or("")),
+        "{}",
+        show(&job)
+    );
+    // Held to the caps, not to the 30 s a build gets where nothing caps it.
+    assert!(
+        job["wall_ms"].as_u64().is_some_and(|ms| ms < 5000 + 1500),
+        "{}",
+        show(&job)
+    );
+    assert_unaffected(&server, &honest).await;
+}
+
+#[tokio::test]
+async fn a_build_killed_for_memory_ends_with_the_memory_limit_under_a_capped_server() {
+    let server = Server::start_with(&["--max-memory-mb", "128"]).await;
+    if !offers_c(
+        &server,
+        "a_build_killed_for_memory_ends_with_the_memory_limit_under_a_capped_server",
+    )
+    .await
+    {
+        return;
+    }
+    let job = contained(
+        &server,
+        c(
+            &macro_bomb(),
+            &[],
+            json!({"memory_mb": 64, "wall_ms": 30_000}),
+        ),
+    )
+    .await;
+    assert_eq!(job["status"], "failed", "{}", show(&job));
+    assert_eq!(job["outcome"], "memory_limit", "{}", show(&job));
+    assert!(
+        job["memory_kb"]
+            .as_u64()
+            .is_some_and(|kb| kb <= (128 + 8) * 1024),
+        "{}",
+        show(&job)
+    );
 }
