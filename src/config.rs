@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use crate::auth::RateLimit;
 use crate::http::HttpLimits;
+use crate::job::Limits;
 use crate::job::policy::Policy;
+use crate::runner::DEFAULT_COMPILE_LIMITS;
 use crate::sandbox::SandboxConfig;
 use crate::webhook::WebhookConfig;
 
@@ -70,6 +72,10 @@ pub struct Config {
     /// Batches that may have cases not yet ended; more are refused with 429.
     pub max_batches_in_flight: u64,
     pub policy: Policy,
+    /// Limits of a compiled runtime's build step, the same for every job: the build is kiln's
+    /// work, not the job's, and its time is not the job's either. Held under the caps for jobs,
+    /// see [`Config::build_limits`].
+    pub compile_limits: Limits,
     pub sandbox: SandboxConfig,
     pub webhooks: WebhookConfig,
 }
@@ -101,8 +107,15 @@ impl Config {
             max_queued_jobs: 1_000_000,
             max_batches_in_flight: 1000,
             policy: Policy::default(),
+            compile_limits: DEFAULT_COMPILE_LIMITS,
             sandbox: SandboxConfig::default(),
             webhooks: WebhookConfig::default(),
         }
+    }
+
+    /// What a build step runs under: [`Config::compile_limits`], none above the maximum a job
+    /// may ask for, so that the operator's caps hold for every process a job makes run.
+    pub fn build_limits(&self) -> Limits {
+        self.compile_limits.within(&self.policy.max_limits)
     }
 }

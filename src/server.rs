@@ -100,12 +100,12 @@ pub async fn run(
         Isolation::Sandbox(sandbox) => serde_json::to_value(sandbox.report()).unwrap_or_default(),
         Isolation::None => serde_json::json!({"level": "none"}),
     };
-    let runner = Runner::new(config.work_root.clone(), isolation).map_err(|source| {
-        ServerError::WorkRoot {
+    let runner = Runner::new(config.work_root.clone(), isolation)
+        .map_err(|source| ServerError::WorkRoot {
             path: config.work_root.clone(),
             source,
-        }
-    })?;
+        })?
+        .with_compile_limits(config.build_limits());
     let readers = u32::try_from(config.workers + 4).unwrap_or(16);
     let (store, writer_thread) =
         Store::open(&config.db_path, readers).map_err(|source| ServerError::Store {

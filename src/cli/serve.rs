@@ -260,6 +260,22 @@ pub struct LimitArgs {
     #[arg(long, env = "KILN_MAX_CPU_PERCENT",
           value_parser = clap::value_parser!(u64).range(1..))]
     max_cpu_percent: Option<u64>,
+    /// Wall-clock limit of a compiled runtime's build step, ms (at most --max-wall-ms)
+    #[arg(long, env = "KILN_COMPILE_WALL_MS",
+          default_value_t = defaults().compile_limits.wall_ms)]
+    compile_wall_ms: u64,
+    /// CPU-time limit of a build step, ms (at most --max-cpu-ms)
+    #[arg(long, env = "KILN_COMPILE_CPU_MS",
+          default_value_t = defaults().compile_limits.cpu_ms)]
+    compile_cpu_ms: u64,
+    /// Memory limit of a build step, MiB (at most --max-memory-mb)
+    #[arg(long, env = "KILN_COMPILE_MEMORY_MB",
+          default_value_t = defaults().compile_limits.memory_mb)]
+    compile_memory_mb: u64,
+    /// Cap on each of a build step's stdout and stderr, bytes (at most --max-output-bytes)
+    #[arg(long, env = "KILN_COMPILE_OUTPUT_BYTES",
+          default_value_t = defaults().compile_limits.output_bytes)]
+    compile_output_bytes: u64,
 }
 
 impl ServeArgs {
@@ -350,6 +366,11 @@ impl LimitArgs {
         if self.max_cpu_percent.is_some() {
             max.cpu_percent = self.max_cpu_percent;
         }
+        let build = &mut config.compile_limits;
+        build.wall_ms = self.compile_wall_ms;
+        build.cpu_ms = self.compile_cpu_ms;
+        build.memory_mb = self.compile_memory_mb;
+        build.output_bytes = self.compile_output_bytes;
     }
 }
 
@@ -443,6 +464,19 @@ mod tests {
             rate,
             Some((0.2, 1.0)),
             "a burst of twice the rate, at least 1"
+        );
+    }
+
+    #[test]
+    fn a_build_runs_under_its_own_limits_never_above_the_caps_for_jobs() {
+        let config = parse(&["--max-memory-mb", "128", "--compile-wall-ms", "5000"]);
+        let build = config.build_limits();
+        assert_eq!(build.memory_mb, 128, "the cap for jobs");
+        assert_eq!(build.wall_ms, 5000, "its own");
+        assert_eq!(
+            build.cpu_ms,
+            defaults().compile_limits.cpu_ms,
+            "its default"
         );
     }
 

@@ -135,6 +135,25 @@ pub struct Limits {
     pub cpu_percent: Option<u64>,
 }
 
+impl Limits {
+    /// Each of these limits, none above the one of `caps`.
+    pub fn within(self, caps: &Limits) -> Limits {
+        Limits {
+            wall_ms: self.wall_ms.min(caps.wall_ms),
+            cpu_ms: self.cpu_ms.min(caps.cpu_ms),
+            memory_mb: self.memory_mb.min(caps.memory_mb),
+            processes: self.processes.min(caps.processes),
+            output_bytes: self.output_bytes.min(caps.output_bytes),
+            file_bytes: self.file_bytes.min(caps.file_bytes),
+            // No quota is above any cap.
+            cpu_percent: match caps.cpu_percent {
+                Some(cap) => Some(self.cpu_percent.map_or(cap, |percent| percent.min(cap))),
+                None => self.cpu_percent,
+            },
+        }
+    }
+}
+
 /// A validated job, ready to be stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobSpec {

@@ -266,13 +266,15 @@ impl JobSpec {
                 .check_url(url)
                 .map_err(Rejection::Invalid)?;
         }
+        let limits = resolve_limits(request.limits, policy)?;
+        check_fits_memory(request.code.len() + files_bytes, &limits)?;
         Ok(JobSpec {
             runtime: request.runtime,
             code: request.code,
             stdin: request.stdin,
             args: request.args,
             files: request.files,
-            limits: resolve_limits(request.limits, policy)?,
+            limits,
             priority: request.priority,
             max_attempts,
             idempotency_key,
@@ -371,6 +373,20 @@ fn check_size(what: &str, len: usize, max: usize) -> Result<(), Rejection> {
     if len > max {
         return Err(Rejection::TooLarge(format!(
             "{what} is {len} bytes, at most {max} allowed"
+        )));
+    }
+    Ok(())
+}
+
+/// A run's code and files are in its memory (the sandbox's `/work` is a tmpfs) and count
+/// against its memory limit: more than the limit holds could never run.
+fn check_fits_memory(bytes: usize, limits: &Limits) -> Result<(), Rejection> {
+    let memory = limits.memory_mb.saturating_mul(1 << 20);
+    if bytes as u64 > memory {
+        return Err(Rejection::Invalid(format!(
+            "code and files are {bytes} bytes, more than limits.memory_mb ({} MiB) holds: \
+             they are in the run's memory",
+            limits.memory_mb
         )));
     }
     Ok(())
@@ -506,6 +522,12 @@ impl BatchSpec {
             policy,
             runtime_files,
         )?;
+        let shared_bytes = shared.code.len()
+            + shared
+                .files
+                .iter()
+                .map(|(n, c)| n.len() + c.len())
+                .sum::<usize>();
         let mut taken = HashSet::with_capacity(request.cases.len());
         let mut look_alikes = LookAlikes::with_capacity(request.cases.len());
         let mut cases = Vec::with_capacity(request.cases.len());
@@ -539,6 +561,7 @@ impl BatchSpec {
             }
             let limits =
                 resolve_limits(overlay(case.limits, request.limits), policy).map_err(in_case)?;
+            check_fits_memory(shared_bytes, &limits).map_err(in_case)?;
             cases.push(CaseSpec {
                 name,
                 stdin: case.stdin,
@@ -954,5 +977,36 @@ mod tests {
         let suite = r#"{"runtime": "sh", "code": "x", "files": {"a": "", "a": ""}, "cases": [{}]}"#;
         let suite = serde_json::from_str::<BatchRequest>(suite).expect_err("refused");
         assert!(suite.to_string().contains("twice"), "{suite}");
+    }
+
+    #[test]
+    fn code_and_files_the_memory_limit_cannot_hold_are_refused() {
+        let files = serde_json::json!({"data": "x".repeat(2 << 20)});
+        let refused = job(
+            serde_json::json!({"runtime": "sh", "code": "x", "files": files,
+                "limits": {"memory_mb": 1}}),
+            None,
+        );
+        assert!(
+            matches!(&refused, Err(Rejection::Invalid(m)) if m.contains("memory_mb")),
+            "{refused:?}"
+        );
+        let held = job(
+            serde_json::json!({"runtime": "sh", "code": "x", "files": files,
+                "limits": {"memory_mb": 3}}),
+            None,
+        );
+        assert!(held.is_ok(), "{held:?}");
+        let case = validate(
+            BatchRequest {
+                files: BTreeMap::from([("data".to_owned(), "x".repeat(2 << 20))]),
+                ..request(serde_json::json!([{}, {"limits": {"memory_mb": 1}}]))
+            },
+            &Policy::default(),
+        );
+        assert!(
+            matches!(&case, Err(Rejection::Invalid(m)) if m.starts_with("case 2")),
+            "{case:?}"
+        );
     }
 }

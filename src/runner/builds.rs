@@ -22,7 +22,8 @@ use tokio::sync::OnceCell;
 use super::{RunError, RunOutput, remove_logged, remove_tree};
 use crate::job::BatchId;
 
-/// A batch's build, once it has run: the binary, or the compiler's refusal.
+/// A batch's build, once it has run: the binary, or how it failed (the compiler's refusal, or
+/// a limit the build reached).
 pub(super) enum Built {
     Binary(PathBuf),
     Failed(RunOutput),

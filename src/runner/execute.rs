@@ -12,7 +12,7 @@ use super::process::{Attached, Process};
 use super::{Isolation, Reporting, RunError, RunOutput, launch, plain};
 use crate::job::{JobId, Limits, Outcome, RunResult};
 use crate::live::Stream;
-use crate::sandbox::{WorkFile, WorkMount};
+use crate::sandbox::{OverMemory, WorkFile, WorkMount};
 
 /// How long a run waits for its output pipes to close after the process group was killed. Only a
 /// process that escaped the group (setsid) can keep a pipe open that long; what it writes later
@@ -41,18 +41,9 @@ pub(super) struct Invocation<'a> {
     pub(super) work: WorkMount,
     /// The job and where its run reports; only the job's own program reports, not its build.
     pub(super) reporting: Option<(JobId, &'a Reporting)>,
+    /// A compiled runtime's build step, rather than the job's own program.
+    pub(super) build: bool,
 }
-
-/// Limits of a compiled runtime's build step: kiln's own work, the same for every job.
-pub(super) const COMPILE_LIMITS: Limits = Limits {
-    wall_ms: 30_000,
-    cpu_ms: 30_000,
-    memory_mb: 1024,
-    processes: 64,
-    output_bytes: 1 << 20,
-    file_bytes: 256 << 20,
-    cpu_percent: None,
-};
 
 pub(super) async fn execute(
     invocation: &Invocation<'_>,
@@ -72,8 +63,26 @@ pub(super) async fn execute(
     let attached = match isolation {
         Isolation::None => plain::start(invocation, work_dir),
         Isolation::Sandbox(sandbox) => launch::start(sandbox, invocation, work_dir).await,
-    }
-    .map_err(spawn_error)?;
+    };
+    let attached = match attached {
+        Ok(attached) => attached,
+        // What the run was given (or its start) took its memory limit before its program
+        // started: the run's own doing, ended as if killed for it.
+        Err(e) => match OverMemory::of(&e) {
+            Some(over) => {
+                let result = RunResult {
+                    wall_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    memory_kb: over.memory_kb,
+                    ..RunResult::default()
+                };
+                return Ok(RunOutput {
+                    outcome: Outcome::MemoryLimit,
+                    result,
+                });
+            }
+            None => return Err(spawn_error(e)),
+        },
+    };
     let Attached {
         stdin,
         stdout,

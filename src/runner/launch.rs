@@ -10,7 +10,7 @@ use tokio::net::unix::pipe;
 use super::execute::Invocation;
 use super::plain::{job_env, rlimits};
 use super::process::{Attached, Process};
-use crate::sandbox::{Launch, Sandbox, WorkFile, WorkMount};
+use crate::sandbox::{Launch, OverMemory, Sandbox, WorkFile, WorkMount};
 
 /// How long a sandbox may take to build its root and exec the job before the run is an error.
 const SANDBOX_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,6 +26,17 @@ pub(super) async fn start(
             .entries
             .iter()
             .any(|e| matches!(e, WorkFile::Staged(_)));
+    let mut rlimits = rlimits(&invocation.limits, sandbox.has_memory_cgroup(), true);
+    // A compiler runs its passes as children and takes a pass killed by SIGXCPU for an error of
+    // its own: where the run's CPU time is counted, that count ends a build at its limit first,
+    // so the build ends with the limit it reached. RLIMIT_CPU stays, a second later, a backstop.
+    if invocation.build && sandbox.counts_cpu() {
+        for (resource, soft, hard) in &mut rlimits {
+            if *resource == libc::RLIMIT_CPU {
+                (*soft, *hard) = (soft.saturating_add(1), hard.saturating_add(1));
+            }
+        }
+    }
     let launch = Launch {
         staging: staged.then_some(work_dir),
         entries: invocation.entries,
@@ -36,12 +47,17 @@ pub(super) async fn start(
         env: job_env("/work", "/tmp", invocation.reporting.is_some()),
         limits: invocation.limits,
         progress: invocation.reporting.is_some(),
-        rlimits: rlimits(&invocation.limits, sandbox.has_memory_cgroup(), true),
+        rlimits,
     };
     let mut launched = tokio::time::timeout(SANDBOX_START_TIMEOUT, sandbox.launch(launch))
         .await
         .unwrap_or_else(|_| Err(io::Error::other("the sandbox did not start in time")))
-        .inspect_err(|_| crate::metrics::METRICS.sandbox_start_failed())?;
+        .inspect_err(|e| {
+            // A run refused for its memory limit is the job's doing, not a failed start.
+            if OverMemory::of(e).is_none() {
+                crate::metrics::METRICS.sandbox_start_failed();
+            }
+        })?;
     // Taken over, so that dropping the stdin writer gives the job EOF.
     let stdio = launched.take_stdio();
     let progress = launched.take_progress();

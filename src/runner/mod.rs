@@ -41,7 +41,7 @@ mod workdir;
 
 pub use builds::Builds;
 use builds::{Built, NotBuilt};
-use execute::{COMPILE_LIMITS, Invocation, execute};
+use execute::{Invocation, execute};
 use workdir::{
     WorkDir, check_inline, in_pages, is_run_directory, remove_logged, remove_tree, staged_entries,
     staged_size, work_files,
@@ -114,11 +114,24 @@ pub enum Isolation {
     None,
 }
 
+/// Limits of a compiled runtime's build step unless the operator sets others
+/// ([`Runner::with_compile_limits`]): the build is the same for every job, whatever the job asks.
+pub const DEFAULT_COMPILE_LIMITS: Limits = Limits {
+    wall_ms: 30_000,
+    cpu_ms: 30_000,
+    memory_mb: 1024,
+    processes: 64,
+    output_bytes: 1 << 20,
+    file_bytes: 256 << 20,
+    cpu_percent: None,
+};
+
 /// Runs jobs in fresh directories under one work root.
 pub struct Runner {
     work_root: PathBuf,
     isolation: Isolation,
     builds: Builds,
+    compile_limits: Limits,
 }
 
 impl Runner {
@@ -145,7 +158,16 @@ impl Runner {
             work_root,
             isolation,
             builds,
+            compile_limits: DEFAULT_COMPILE_LIMITS,
         })
+    }
+
+    /// Builds run under `limits` instead of [`DEFAULT_COMPILE_LIMITS`].
+    pub fn with_compile_limits(self, limits: Limits) -> Runner {
+        Runner {
+            compile_limits: limits,
+            ..self
+        }
     }
 
     pub fn isolation(&self) -> &Isolation {
@@ -239,6 +261,7 @@ impl Runner {
                 staged_bytes,
                 work: WorkMount::Copy,
                 reporting: req.reporting.map(|r| (req.job_id, r)),
+                build: false,
             };
             let ran = execute(&run, &work_dir.path, &self.isolation, &cancel).await?;
             Ok(with_build(ran, build))
@@ -251,7 +274,9 @@ impl Runner {
     }
 
     /// Compiles the code staged in `dir` (`entries`) in place: the binary lands beside it. The
-    /// outcome is `Success`, `CompileError` or `Cancelled`.
+    /// outcome is `Success`, `CompileError` (the compiler refused the code, or crashed on it),
+    /// `Cancelled`, or the limit the build reached (a build killed for memory ends
+    /// `memory_limit`, as the job's own program would).
     async fn compile(
         &self,
         req: &RunRequest<'_>,
@@ -264,26 +289,26 @@ impl Runner {
             program: req.runtime.program.clone(),
             argv: req.runtime.args.clone(),
             stdin: "",
-            limits: COMPILE_LIMITS,
+            limits: self.compile_limits,
             entries: &entries,
             staged_bytes: staged_size(req),
             work: WorkMount::Bind,
             reporting: None,
+            build: true,
         };
         let built = execute(&build, dir, &self.isolation, cancel).await?;
         let outcome = match built.outcome {
-            Outcome::Success => Outcome::Success,
-            Outcome::Cancelled => Outcome::Cancelled,
-            _ => Outcome::CompileError,
+            Outcome::NonzeroExit | Outcome::Signal => Outcome::CompileError,
+            other => other,
         };
         Ok(RunOutput { outcome, ..built })
     }
 
     /// The batch's binary (what `compile`, the build step of `req`'s runtime, produces),
     /// compiled by the first of its cases to get here while the others wait for it; or the
-    /// compile error every case of the batch then reports. Also says whether this run compiled
-    /// or shared. A build that was cancelled or could not run is not kept: the next case tries
-    /// again.
+    /// failed build (refused, or at its limits) every case of the batch then reports. Also says
+    /// whether this run compiled or shared. A build that was cancelled or could not run is not
+    /// kept: the next case tries again.
     async fn shared_build(
         &self,
         batch: BatchId,
@@ -321,8 +346,9 @@ impl Runner {
                         })?;
                         Ok(Built::Binary(entry.binary().to_owned()))
                     }
-                    Outcome::CompileError => Ok(Built::Failed(built)),
-                    _ => Err(NotBuilt::Cancelled(built)),
+                    Outcome::Cancelled => Err(NotBuilt::Cancelled(built)),
+                    // The same for every case: a build at its limits is not tried again.
+                    _ => Ok(Built::Failed(built)),
                 }
             }
             .await;

@@ -352,6 +352,11 @@ impl Cgroups {
         }
     }
 
+    /// Whether a run's CPU time is counted as a whole ([`JobCgroup::cpu_ms`]).
+    pub fn counts_cpu(&self) -> bool {
+        self.inner.hierarchies.iter().any(|h| h.features.cpu_usage)
+    }
+
     /// A fresh cgroup named `name` (one path component, see [`CgroupError::InvalidName`]) in every
     /// usable hierarchy a run needs: one that only offers the CPU quota only if `cpu_quota`. Fails
     /// if the name is already taken: two runs must never share a cgroup. On any failure whatever
@@ -732,6 +737,39 @@ impl JobCgroup {
         }
         usage.cpu_ms = self.cpu_ms();
         usage
+    }
+
+    /// Whether the run's memory reached its limit at some time, so that a charge had to
+    /// reclaim or fail. v2 counts that in `memory.events` (`max`). v1 was seen to count no
+    /// charge that failed for want of a process to kill (a task in a vfork is none:
+    /// `memory.failcnt` stays 0), so there it is the peak within a charge batch (64 pages) of
+    /// the limit.
+    pub fn reached_memory_limit(&self) -> bool {
+        const CHARGE_BATCH: u64 = 64 * 4096;
+        self.dirs.iter().any(|dir| {
+            let hierarchy = &self.cgroups.hierarchies[dir.hierarchy];
+            if !hierarchy.features.memory {
+                return false;
+            }
+            match hierarchy.version {
+                Version::V2 => dir
+                    .counters
+                    .oom
+                    .as_ref()
+                    .and_then(Counter::text)
+                    .and_then(|text| keyed(&text, "max"))
+                    .is_some_and(|n| n > 0),
+                Version::V1 => {
+                    let peak = dir.counters.peak.as_ref().and_then(memory_peak);
+                    match (peak, self.limited) {
+                        (Some(peak), Some(limits)) => {
+                            peak.saturating_add(CHARGE_BATCH) >= limits.memory_bytes
+                        }
+                        _ => false,
+                    }
+                }
+            }
+        })
     }
 
     /// CPU time of all its processes since [`JobCgroup::start_counting`] (or its creation),

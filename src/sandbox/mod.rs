@@ -317,6 +317,12 @@ impl Sandbox {
             .is_ok_and(|real| self.inner.visible.iter().any(|root| real.starts_with(root)))
     }
 
+    /// Whether a run's CPU time is counted for all its processes together, which holds the run
+    /// to its CPU limit as a whole (see `Sandboxed::cpu_ms`).
+    pub fn counts_cpu(&self) -> bool {
+        self.inner.cgroups.as_ref().is_some_and(Cgroups::counts_cpu)
+    }
+
     pub fn has_memory_cgroup(&self) -> bool {
         self.inner
             .cgroups
@@ -334,6 +340,14 @@ impl Sandbox {
             .limits
             .cpu_percent
             .filter(|_| inner.cgroups.as_ref().is_some_and(|c| c.support().cpu));
+        let memory = launch.limits.memory_mb.saturating_mul(1 << 20);
+        let files = match launch.work {
+            WorkMount::Copy => files_charge(launch.entries, launch.staged_bytes),
+            WorkMount::Bind => 0,
+        };
+        if files.next_multiple_of(CHARGE_GRANULE) >= memory {
+            return Err(OverMemory::error(files));
+        }
         // A run that binds its staging directory as `/work` (a compile step) needs the work root
         // mounted in its sandbox until it starts, and one with a CPU quota a cgroup that takes
         // one (most runs have none, and on cgroup v1 it costs a hierarchy more): a sandbox of its
@@ -360,7 +374,7 @@ impl Sandbox {
         let run = (|| {
             if let Some(cgroup) = &mut cgroup {
                 let cgroup_limits = CgroupLimits {
-                    memory_bytes: limits.memory_mb.saturating_mul(1 << 20),
+                    memory_bytes: memory - files.next_multiple_of(CHARGE_GRANULE),
                     pids: limits.processes,
                     cpu_millis_per_sec: cpu_quota.map(|percent| percent.saturating_mul(10)),
                 };
@@ -401,7 +415,11 @@ impl Sandbox {
             })?;
             started.start(run)
         })();
-        let sandboxed = Sandboxed { started, cgroup };
+        let sandboxed = Sandboxed {
+            started,
+            cgroup,
+            files_bytes: files,
+        };
         if let Err(e) = run {
             sandboxed.abandon();
             return Err(e);
@@ -409,7 +427,10 @@ impl Sandbox {
         match read_setup_report(&sandboxed.started.setup).await {
             Ok(None) => Ok(sandboxed),
             Ok(Some(report)) => {
-                let error = sandboxed.started.setup_error(report);
+                let error = match sandboxed.out_of_memory(report) {
+                    Some(used) => OverMemory::error(used),
+                    None => sandboxed.started.setup_error(report),
+                };
                 sandboxed.abandon();
                 Err(error)
             }
@@ -456,6 +477,7 @@ impl Inner {
                     Sandboxed {
                         started: dead.started,
                         cgroup: dead.cgroup,
+                        files_bytes: 0,
                     }
                     .abandon();
                 }
@@ -545,7 +567,11 @@ impl Inner {
         )?;
         drop(landlock);
         drop(entry);
-        let sandboxed = Sandboxed { started, cgroup };
+        let sandboxed = Sandboxed {
+            started,
+            cgroup,
+            files_bytes: 0,
+        };
         let released = match self.user_ns {
             true => namespace::map_ids(sandboxed.started.pid, ids),
             false => Ok(()),
@@ -646,6 +672,52 @@ fn python_etc_dirs() -> Vec<PathBuf> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// What a run's files are rounded up to when they are taken off its memory limit: runs whose
+/// files differ by less get the same limit, which a sandbox made ready with the latest run's
+/// limits then already has.
+const CHARGE_GRANULE: u64 = 64 << 10;
+
+/// What the files of a run's `/work` (`bytes` in all, in `entries`) take of its memory, at
+/// most: their bytes, and a page for each entry's last part and its inode.
+///
+/// They are in memory (tmpfs) for the whole run, so they count against its memory limit. They
+/// do not count by themselves: the job's process writes them before its execve, while its
+/// memory is still the server's, and the kernel charges a file's page to the cgroup of the
+/// owner of its writer's memory, the server. So the run's own limit is lowered by this much
+/// (rounded up to [`CHARGE_GRANULE`]), its peak memory raised by it, and a run whose files do
+/// not fit is refused ([`OverMemory`]) before anything is written.
+fn files_charge(entries: &[WorkFile<'_>], bytes: u64) -> u64 {
+    const PAGE: u64 = 4096;
+    bytes.saturating_add(PAGE.saturating_mul(entries.len() as u64))
+}
+
+/// A run that does not fit its memory limit before its program even starts: its files (with a
+/// compiled runtime's binary) take it all, or its start failed for want of memory under the
+/// limit (the job's execve copying its arguments, say). The run's outcome is then
+/// `memory_limit`, as if it had been killed for it; nothing of kiln failed.
+#[derive(Debug, thiserror::Error)]
+#[error("the run needs more memory than its limit before its program starts ({memory_kb} KiB)")]
+pub struct OverMemory {
+    /// What the run held when it was refused: its files, and what its start had charged.
+    pub memory_kb: u64,
+}
+
+impl OverMemory {
+    fn error(bytes: u64) -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::OutOfMemory,
+            OverMemory {
+                memory_kb: bytes / 1024,
+            },
+        )
+    }
+
+    /// The refusal `error` carries, if it is one from [`Sandbox::launch`].
+    pub fn of(error: &std::io::Error) -> Option<&OverMemory> {
+        error.get_ref()?.downcast_ref()
+    }
 }
 
 /// One run's request to the sandbox.

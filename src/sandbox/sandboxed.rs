@@ -12,12 +12,15 @@ use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::unix::pipe;
 
 use super::cgroup::JobCgroup;
-use super::namespace::{Ended, Started};
+use super::namespace::{Ended, Started, setup_errno};
 
 /// A running sandbox, from [`super::Sandbox::launch`] until it is disposed of.
 pub struct Sandboxed {
     pub(super) started: Started,
     pub(super) cgroup: Option<JobCgroup>,
+    /// What the run's files take of its memory, charged to the server rather than to the
+    /// run's cgroup (see [`super::files_charge`]): part of what the run uses.
+    pub(super) files_bytes: u64,
 }
 
 /// How the job of a run ended and what the run used.
@@ -137,7 +140,22 @@ impl Sandboxed {
                 exit.memory_kb = peak / 1024;
             }
         }
+        exit.memory_kb = exit.memory_kb.saturating_add(self.files_bytes / 1024);
         Ok(exit)
+    }
+
+    /// What the run held, if its setup (`report`, from the setup pipe) failed for want of
+    /// memory under its limit: a step after the job entered its memory cgroup (its execve,
+    /// mostly) failed with ENOMEM, or E2BIG (what an execve answers whose arguments cannot be
+    /// charged), while the cgroup was at its limit.
+    pub(super) fn out_of_memory(&self, report: [u8; 8]) -> Option<u64> {
+        let cgroup = self.cgroup.as_ref()?;
+        let errno = setup_errno(report);
+        if !matches!(errno, libc::ENOMEM | libc::E2BIG) || !cgroup.reached_memory_limit() {
+            return None;
+        }
+        let peak = cgroup.usage().memory_peak_bytes.unwrap_or(0);
+        Some(peak.saturating_add(self.files_bytes))
     }
 
     /// Whether the host counts this run's CPU time as a whole ([`Sandboxed::cpu_ms`]).

@@ -1392,7 +1392,12 @@ async fn the_compile_step_is_confined_like_the_run() {
     for (include, id) in ids {
         let job = server.finished(&id).await;
         assert_eq!(job["status"], "failed", "{include}: {}", show(&job));
-        assert_eq!(job["outcome"], "compile_error", "{include}: {}", show(&job));
+        // An endless include ends the build at its memory limit, with that outcome (issue 13).
+        let outcome = match include.as_str() {
+            "/dev/zero" => "memory_limit",
+            _ => "compile_error",
+        };
+        assert_eq!(job["outcome"], outcome, "{include}: {}", show(&job));
         let stderr = job["stderr"].as_str().unwrap_or("");
         if include != "/dev/zero" {
             assert!(
@@ -1603,4 +1608,228 @@ print('seen', most)
     assert_eq!(looked["status"], "succeeded", "{}", show(&looked));
     assert_eq!(stdout(&looked), "seen 0\n", "{}", show(&looked));
     assert_unaffected(&server, &honest).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory charged to the run
+//
+// What a run holds before its program starts is memory too: its files and a compiled binary
+// (its `/work` is a tmpfs), and what its execve copies. All of it counts against the run's
+// memory limit, however it got there.
+
+/// `bytes` of files, in pieces of at most 4 MiB.
+fn files_of(bytes: usize) -> Value {
+    let mut files = serde_json::Map::new();
+    let mut left = bytes;
+    while left > 0 {
+        let piece = left.min(4 << 20);
+        files.insert(
+            format!("data{}", files.len()),
+            Value::String("x".repeat(piece)),
+        );
+        left -= piece;
+    }
+    Value::Object(files)
+}
+
+#[tokio::test]
+async fn files_the_memory_limit_cannot_hold_are_refused_at_submit_or_end_with_the_memory_limit() {
+    let server = Server::start().await;
+    let honest = start_honest(&server).await;
+    let (status, body) = server
+        .post(
+            "/v1/jobs",
+            &json!({"runtime": "sh", "code": "true", "files": files_of(2 << 20),
+                "limits": {"memory_mb": 1}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+    // Within the limit by the bytes submitted, not with the pages and inodes they take.
+    let id = server
+        .submit(
+            json!({"runtime": "sh", "code": "echo ran", "files": files_of((1 << 20) - 64),
+            "limits": {"memory_mb": 1}}),
+        )
+        .await;
+    let job = server.finished(&id).await;
+    assert_eq!(job["status"], "failed", "{}", show(&job));
+    assert_eq!(job["outcome"], "memory_limit", "{}", show(&job));
+    assert_eq!(stdout(&job), "", "{}", show(&job));
+    assert_eq!(
+        job["attempt"],
+        1,
+        "refused once, never retried: {}",
+        show(&job)
+    );
+    assert_unaffected(&server, &honest).await;
+}
+
+#[tokio::test]
+async fn the_files_of_a_run_count_against_its_memory_limit_and_show_in_its_memory_kb() {
+    let server = Server::start().await;
+    let honest = start_honest(&server).await;
+    // Fits 48 MiB alone (with the interpreter), not beside 15 MiB of files.
+    let code = "data = b'x' * (36 << 20)\nprint(len(data) >> 20)\n";
+    let limits = json!({"memory_mb": 48, "wall_ms": 20_000});
+    let alone = server.submit(python(code, limits.clone())).await;
+    let mut with_files = python(code, limits);
+    with_files["files"] = files_of(15 << 20);
+    let with_files = server.submit(with_files).await;
+    let mut idle = sh("true", json!({}));
+    idle["files"] = files_of(12 << 20);
+    let idle = server.submit(idle).await;
+
+    let job = server.finished(&alone).await;
+    assert_eq!(job["status"], "succeeded", "alone: {}", show(&job));
+    assert_eq!(stdout(&job), "36\n", "alone: {}", show(&job));
+    let job = server.finished(&with_files).await;
+    assert_eq!(job["status"], "failed", "with files: {}", show(&job));
+    assert_eq!(job["outcome"], "memory_limit", "with files: {}", show(&job));
+    let job = server.finished(&idle).await;
+    assert_eq!(job["status"], "succeeded", "idle: {}", show(&job));
+    assert!(
+        job["memory_kb"].as_u64().is_some_and(|kb| kb >= 12 << 10),
+        "the files are the run's memory: {}",
+        show(&job)
+    );
+    assert_unaffected(&server, &honest).await;
+}
+
+#[tokio::test]
+async fn arguments_the_memory_limit_cannot_hold_end_with_the_memory_limit_and_the_server_lives() {
+    let server = Server::start().await;
+    // The job's execve copies them into the run's memory while its process still shares the
+    // server's: an OOM kill there would kill the server with it.
+    let args: Vec<String> = (0..16).map(|_| "x".repeat(100_000)).collect();
+    let job = contained(
+        &server,
+        json!({"runtime": "sh", "code": "echo $#", "args": args, "limits": {"memory_mb": 1}}),
+    )
+    .await;
+    assert_eq!(job["status"], "failed", "{}", show(&job));
+    assert_eq!(job["outcome"], "memory_limit", "{}", show(&job));
+    assert_eq!(job["attempt"], 1, "never retried: {}", show(&job));
+    // The same arguments under a limit that holds them.
+    let id = server
+        .submit(json!({"runtime": "sh", "code": "echo $#", "args": args,
+            "limits": {"memory_mb": 64}}))
+        .await;
+    let job = server.finished(&id).await;
+    assert_eq!(job["status"], "succeeded", "{}", show(&job));
+    assert_eq!(stdout(&job), "16\n", "{}", show(&job));
+}
+
+#[tokio::test]
+async fn a_binary_holding_more_than_the_memory_limit_ends_with_the_memory_limit() {
+    let server = Server::start().await;
+    let test = "a_binary_holding_more_than_the_memory_limit_ends_with_the_memory_limit";
+    if !offers_c(&server, test).await {
+        return;
+    }
+    // Initialised data is in the binary, so in the run's `/work` before the program starts.
+    let program = |mib: u32| {
+        format!(
+            "#include <stdio.h>\nstatic char big[{mib} << 20] = {{1}};\n\
+             int main(void) {{ big[4096] = 2; printf(\"%d\\n\", big[0] + big[4096]); return 0; }}\n"
+        )
+    };
+    let limits = json!({"memory_mb": 64, "wall_ms": 30_000});
+    let honest = start_honest(&server).await;
+    let hostile = server.submit(c(&program(200), &[], limits.clone())).await;
+    let fitting = server.submit(c(&program(16), &[], limits)).await;
+    let job = server.finished(&hostile).await;
+    assert_eq!(job["status"], "failed", "{}", show(&job));
+    assert_eq!(job["outcome"], "memory_limit", "{}", show(&job));
+    assert_eq!(stdout(&job), "", "{}", show(&job));
+    let job = server.finished(&fitting).await;
+    assert_eq!(job["status"], "succeeded", "{}", show(&job));
+    assert_eq!(stdout(&job), "3\n", "{}", show(&job));
+    assert!(
+        job["memory_kb"].as_u64().is_some_and(|kb| kb >= 16 << 10),
+        "the binary is the run's memory: {}",
+        show(&job)
+    );
+    assert_unaffected(&server, &honest).await;
+}
+
+/// The self-including header of issue 13: 2^190 inclusions.
+const SELF_INCLUDE: &str =
+    "#if __INCLUDE_LEVEL__ < 190\n#include \"a.h\"\n#include \"a.h\"\n#endif\n";
+
+/// A string of 64 MiB from 2 M tokens: the compiler needs about 600 MB for it.
+fn macro_bomb() -> String {
+    let mut code = String::from("#define A0 \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"\n");
+    for level in 1..8 {
+        let previous = format!("A{} ", level - 1).repeat(8);
+        code.push_str(&format!("#define A{level} {previous}\n"));
+    }
+    code + "const char *s = A7;\nint main(void) { return s[0]; }\n"
+}
+
+#[tokio::test]
+async fn the_compile_step_stays_within_the_operators_caps_and_ends_with_the_limit_it_reached() {
+    let server = Server::start_with(&["--max-wall-ms", "5000", "--max-cpu-ms", "2000"]).await;
+    let test =
+        "the_compile_step_stays_within_the_operators_caps_and_ends_with_the_limit_it_reached";
+    if !offers_c(&server, test).await {
+        return;
+    }
+    let honest = server
+        .submit(python(HONEST, json!({"wall_ms": 5000, "cpu_ms": 2000})))
+        .await;
+    server.running(&honest).await;
+    let limits = json!({"wall_ms": 1000, "cpu_ms": 1000, "memory_mb": 64});
+    let mut endless = c(
+        "#include \"a.h\"\nint main(void) { return 0; }\n",
+        &[],
+        limits.clone(),
+    );
+    endless["files"] = json!({"a.h": SELF_INCLUDE});
+    let endless = server.submit(endless).await;
+    let job = server.finished(&endless).await;
+    assert_eq!(job["status"], "timed_out", "{}", show(&job));
+    assert!(
+        ["cpu_time_limit", "wall_time_limit"].contains(&job["outcome"].as_str().unwrap_or("")),
+        "{}",
+        show(&job)
+    );
+    // Held to the caps, not to the 30 s a build gets where nothing caps it.
+    assert!(
+        job["wall_ms"].as_u64().is_some_and(|ms| ms < 5000 + 1500),
+        "{}",
+        show(&job)
+    );
+    assert_unaffected(&server, &honest).await;
+}
+
+#[tokio::test]
+async fn a_build_killed_for_memory_ends_with_the_memory_limit_under_a_capped_server() {
+    let server = Server::start_with(&["--max-memory-mb", "128"]).await;
+    if !offers_c(
+        &server,
+        "a_build_killed_for_memory_ends_with_the_memory_limit_under_a_capped_server",
+    )
+    .await
+    {
+        return;
+    }
+    let job = contained(
+        &server,
+        c(
+            &macro_bomb(),
+            &[],
+            json!({"memory_mb": 64, "wall_ms": 30_000}),
+        ),
+    )
+    .await;
+    assert_eq!(job["status"], "failed", "{}", show(&job));
+    assert_eq!(job["outcome"], "memory_limit", "{}", show(&job));
+    assert!(
+        job["memory_kb"]
+            .as_u64()
+            .is_some_and(|kb| kb <= (128 + 8) * 1024),
+        "{}",
+        show(&job)
+    );
 }

@@ -372,12 +372,13 @@ async fn a_slow_consumer_is_dropped_while_a_reading_one_gets_every_event() {
     .await;
     // 12 MB of output at a steady pace: more than the socket buffers of a client that reads
     // nothing can hold. Each 60 kB is one write (cat's buffer is larger), read as one chunk:
-    // the reading client's buffer holds one at a time, and gets each whole.
+    // the reading client's buffer holds one at a time, and gets each whole if the server hands
+    // it on before the next, which the pause between them leaves time for on a busy machine.
     let steady_flood = json!({
         "runtime": "bash",
         "code": "head -c 60000 /dev/zero | tr '\\0' x > chunk; sleep 0.5; \
-                 for i in $(seq 200); do cat chunk; sleep 0.01; done",
-        "limits": {"output_bytes": 16_000_000},
+                 for i in $(seq 200); do cat chunk; sleep 0.03; done",
+        "limits": {"output_bytes": 16_000_000, "wall_ms": 60_000},
     });
     let id = server.submit(steady_flood).await;
     let path = format!("/v1/jobs/{id}/events");

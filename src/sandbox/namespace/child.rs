@@ -152,11 +152,15 @@ impl Shared {
             self.build_root();
             // The job is started now, ahead of its run, to attach its seccomp programs off the
             // run's path; it reports the sandbox ready and takes its run from the parent (see
-            // `job`). It shares this memory too, on its own stack: nothing is copied. Without
-            // CLONE_VFORK both go on at once, which the rules of this code allow (neither writes
-            // anything the other reads).
+            // `job`). It shares this memory too, on its own stack: nothing is copied.
+            // CLONE_VFORK keeps the server alive through the job's part until its execve: the
+            // OOM killer kills every process sharing its victim's memory, and a job that hits its
+            // memory cgroup's limit there (its execve copying the arguments, say) would take the
+            // server with it; a task in a vfork is never a victim, and the charge fails instead
+            // (ENOMEM or E2BIG). init waits meanwhile, so it closes its copies of the pipes
+            // below only once the job has exec'd or died.
             let args = libc::clone_args {
-                flags: libc::CLONE_VM as u64,
+                flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64,
                 pidfd: 0,
                 child_tid: 0,
                 parent_tid: 0,
@@ -172,8 +176,8 @@ impl Shared {
                 Ok(pid) => pid as libc::pid_t,
                 Err(e) => self.fail(At::Fixed(Fixed::Fork), e),
             };
-            // The job's copies are now the only ones: EOF on `ready` means it failed, and
-            // only it reads `go` and the staging directory.
+            // The job has exec'd or died: EOF on `ready` means it failed before the sandbox
+            // was ready, EOF on `setup` that it exec'd.
             for fd in [
                 READY_FD,
                 GO_FD,
@@ -409,8 +413,11 @@ impl Shared {
             // Into the rest of the run's cgroups (memory) before anything else, so all the job
             // starts is born inside. init stays out of a memory cgroup: it shares the server's
             // memory, and a memory cgroup's OOM killer that chose it would kill every process
-            // sharing that memory, the server included. The job shares it only until its
-            // execve, and enters after writing its files, so its cgroup holds nothing else then.
+            // sharing that memory, the server included (the job is safe from that in its vfork,
+            // see `run`). Entering earlier would not charge the files it wrote to the run: a
+            // page of a file goes to the cgroup of the owner of its writer's memory, which is
+            // the server's until the execve; the sandbox takes them off the run's limit instead
+            // (`Sandbox::launch`).
             self.enter_cgroups(self.enter_early..self.entered());
             // A cgroup namespace of its own, rooted where it now is: `/proc/self/cgroup` then
             // reads `/` rather than the server's cgroups and run count. init's namespace is

@@ -14,9 +14,10 @@
 //! server ── clone3(VM | NEW{USER,PID,NS,IPC,UTS,CGROUP}) ──► init (pid 1, root in its
 //! (the calling thread in a pooled                             │  user namespace only)
 //! network namespace: see super::netns)                        │
-//!                                                             └─ clone3(VM) ──► job
+//!                                                             └─ clone3(VM | VFORK) ──► job
 //!                                                                (pid 2, uid 1000, filtered,
-//!                                                                then execve)
+//!                                                                then execve; init waits
+//!                                                                until then)
 //! ```
 //!
 //! A sandbox is made ready ahead of its run. init waits for the parent to write its uid/gid maps,
@@ -211,8 +212,7 @@ impl Started {
     /// failure to write the run's own files into `/work` carries a [`WorkFilesError`].
     pub fn setup_error(&self, report: [u8; 8]) -> io::Error {
         let code = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]);
-        let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
-        let cause = io::Error::from_raw_os_error(errno);
+        let cause = io::Error::from_raw_os_error(setup_errno(report));
         let message = format!("sandbox setup failed at {}: {cause}", self.step_name(code));
         let step = match code & !(RUN_STEP - 1) {
             RUN_STEP => self
@@ -255,6 +255,11 @@ pub struct WorkFilesError(String);
 /// Whether `error` is a run's setup failing to write the run's own files into `/work`.
 pub fn is_work_files(error: &io::Error) -> bool {
     error.get_ref().is_some_and(|e| e.is::<WorkFilesError>())
+}
+
+/// The errno of a setup failure's report (see [`Started::setup`]).
+pub fn setup_errno(report: [u8; 8]) -> i32 {
+    i32::from_ne_bytes([report[4], report[5], report[6], report[7]])
 }
 
 fn write_exact(fd: &OwnedFd, bytes: &[u8]) -> io::Result<()> {
