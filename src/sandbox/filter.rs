@@ -57,6 +57,7 @@
 //! | `iopl`, `ioperm` (x86-64) | raw I/O port access |
 //! | `vhangup` | hanging up a terminal |
 //! | `lookup_dcookie` | kernel profiling internals |
+//! | `inotify_init`, `inotify_init1`, `inotify_add_watch`, `fanotify_init`, `fanotify_mark` | watching files: the read-only binds are the host's own inodes, so a watch on `/usr/bin` saw every program other jobs and the host started; no job needs to watch what it did not write ([`WATCHING`]) |
 //! | `personality`, except `PER_LINUX` and the `0xffffffff` query | flags such as `READ_IMPLIES_EXEC` and `ADDR_NO_RANDOMIZE` weaken exploit mitigations |
 //! | `socket` with a family other than `AF_UNIX` (`EAFNOSUPPORT`) | no network; with [`FilterPolicy::allow_network`], other than `AF_UNIX`, `AF_INET`, `AF_INET6`, `AF_NETLINK` (raw packet, Bluetooth, VSOCK, crypto sockets…). `socketpair` stays allowed |
 //! | any call of another ABI (killed) | every program carries `seccompiler`'s check of the audit architecture, so i386 `int 0x80` calls kill the process; on x86-64 a number with the x32 bit (`0x4000_0000`, or above) does too, since x32 shares the x86-64 audit architecture and would bypass checks by number |
@@ -231,6 +232,20 @@ const DENIED: &[libc::c_long] = &[
     libc::SYS_ioperm,
     libc::SYS_vhangup,
     libc::SYS_lookup_dcookie,
+];
+
+/// Denied with `EPERM` like [`DENIED`]: creating an inotify or fanotify instance and adding a
+/// watch or mark. A watch on the shared read-only binds (`/usr`, `/lib`, `/etc`: the host's
+/// inodes) reports every open of them by other jobs and the host, with its time; the kernel has
+/// no way to allow one on `/work` alone. Programs that watch files fall back to polling when
+/// they cannot (`tail -f`, glib, watchdog's polling observer).
+const WATCHING: &[libc::c_long] = &[
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_inotify_init,
+    libc::SYS_inotify_init1,
+    libc::SYS_inotify_add_watch,
+    libc::SYS_fanotify_init,
+    libc::SYS_fanotify_mark,
 ];
 
 /// What a build step's job still calls at its run, after the other programs are in: it binds
@@ -562,8 +577,11 @@ fn chain(programs: &[BpfProgram]) -> Result<BpfProgram, FilterError> {
 /// per flag, since seccompiler's rules are OR-ed and its conditions AND-ed), and `personality`
 /// with anything but the allowed values.
 fn denied_with_eperm() -> Result<BTreeMap<i64, Vec<SeccompRule>>, FilterError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        DENIED.iter().map(|&nr| (nr, Vec::new())).collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED
+        .iter()
+        .chain(WATCHING)
+        .map(|&nr| (nr, Vec::new()))
+        .collect();
     // Only the low 32 bits of clone's flags carry flags (the kernel truncates them), hence Dword.
     let clone_new = CLONE_NEW_FLAGS
         .iter()
@@ -824,6 +842,16 @@ def probe(name, nr, *args):
         ("lookup_dcookie", libc::SYS_lookup_dcookie),
     ];
 
+    /// Watching files, denied for what a watch on the shared binds shows of other jobs.
+    const WATCHING_BY_SPEC: &[(&str, libc::c_long)] = &[
+        #[cfg(target_arch = "x86_64")]
+        ("inotify_init", libc::SYS_inotify_init),
+        ("inotify_init1", libc::SYS_inotify_init1),
+        ("inotify_add_watch", libc::SYS_inotify_add_watch),
+        ("fanotify_init", libc::SYS_fanotify_init),
+        ("fanotify_mark", libc::SYS_fanotify_mark),
+    ];
+
     /// Every namespace flag `clone` must not be given.
     const CLONE_NEW_BY_SPEC: &[(&str, libc::c_int)] = &[
         ("NEWNS", libc::CLONE_NEWNS),
@@ -895,7 +923,7 @@ def probe(name, nr, *args):
     fn refuses_the_denied_system_calls() {
         let writable = tempdir();
         let mut code = PROBE_PRELUDE.to_owned();
-        for (name, nr) in DENIED_BY_SPEC {
+        for (name, nr) in DENIED_BY_SPEC.iter().chain(WATCHING_BY_SPEC) {
             writeln!(code, "probe('{name}', {nr}, -1, -1, -1, -1, -1, -1)").expect("write");
         }
         // CLONE_THREAD without CLONE_SIGHAND makes clone fail with EINVAL, so no process is
@@ -930,6 +958,7 @@ def probe(name, nr, *args):
         let mut wrong = Vec::new();
         let expected = DENIED_BY_SPEC
             .iter()
+            .chain(WATCHING_BY_SPEC)
             .map(|(name, _)| ((*name).to_owned(), eperm.clone()))
             .chain(
                 CLONE_NEW_BY_SPEC

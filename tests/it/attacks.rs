@@ -1294,6 +1294,98 @@ async fn the_job_runs_as_an_unprivileged_host_uid_from_the_servers_range(level: 
 }
 
 // ---------------------------------------------------------------------------------------------
+// Kernel counts: what the kernel keeps per user, outside any cgroup
+
+/// Waits until the job `id` reports `message` as its progress (it has taken what it wanted and
+/// holds it); false if it ends first or never does.
+async fn reports(server: &Server, id: &str, message: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let (_, job) = server.get(&format!("/v1/jobs/{id}")).await;
+        if job["progress"]["message"] == message {
+            return job["status"] == "running";
+        }
+        if crate::util::is_terminal(&job["status"]) {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+at_both_levels!(a_job_cannot_watch_the_shared_binds_for_what_other_jobs_and_the_host_open);
+/// L1 of issue 13: `/usr`, `/lib` and `/etc` are bound from the host's own inodes, so an inotify
+/// watch (or a fanotify mark) on `/usr/bin` showed a spy every program another tenant's job or
+/// the host started. Both are refused from their first call; while the spy would be watching,
+/// the host and another job open files there, and it sees nothing.
+async fn a_job_cannot_watch_the_shared_binds_for_what_other_jobs_and_the_host_open(level: Level) {
+    let server = level.start(&["--workers", "3"]).await;
+    let honest = start_honest(&server).await;
+    let spy = "\
+import ctypes, errno, os, platform, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def call(label, f):
+    ctypes.set_errno(0)
+    r = f()
+    print(label, r, errno.errorcode.get(ctypes.get_errno(), 'OK') if r < 0 else 'OK', flush=True)
+    return r
+fds = []
+for label, make in [('inotify_init1', lambda: libc.inotify_init1(os.O_NONBLOCK)),
+                    ('fanotify_init_fid', lambda: libc.fanotify_init(0x202, 0)),
+                    ('fanotify_init_notif', lambda: libc.fanotify_init(0x2, 0))]:
+    fd = call(label, make)
+    fds.append(fd)
+if platform.machine() == 'x86_64':
+    call('inotify_init', lambda: libc.syscall(ctypes.c_long(253)))
+for path in [b'/usr/bin', b'/usr/lib', b'/etc', b'/bin']:
+    name = path.decode().replace('/', '_')
+    call('inotify_add_watch' + name, lambda: libc.inotify_add_watch(fds[0], path, 0x21))
+    for fd, kind in [(fds[1], 'fid'), (fds[2], 'notif')]:
+        call(f'fanotify_mark_{kind}' + name,
+             lambda: libc.fanotify_mark(fd, 1, ctypes.c_uint64(0x20 | 0x08000000), -100, path))
+os.write(3, b'50 watching\\n')
+time.sleep(3)
+seen = 0
+for fd in fds:
+    if fd >= 0:
+        try:
+            seen += len(os.read(fd, 65536))
+        except BlockingIOError:
+            pass
+print('events', seen)
+";
+    let id = server.submit(python(spy, json!({"wall_ms": 20_000}))).await;
+    assert!(
+        reports(&server, &id, "watching").await,
+        "the spy never got to watch: {}",
+        show(&server.finished(&id).await)
+    );
+    // What the spy would have seen: the host and another job opening programs there.
+    std::fs::read("/usr/bin/env").expect("read /usr/bin/env");
+    let other = server
+        .submit(sh(
+            "ls /usr/bin /usr/lib >/dev/null; cat /usr/bin/env /etc/hosts >/dev/null",
+            json!({"wall_ms": 10_000}),
+        ))
+        .await;
+    let other = server.finished(&other).await;
+    assert_eq!(other["status"], "succeeded", "{}", show(&other));
+    let job = server.finished(&id).await;
+    assert_eq!(job["status"], "succeeded", "{}", show(&job));
+    let lines = probe_lines(&job);
+    assert_eq!(
+        lines.len(),
+        3 + 12 + usize::from(cfg!(target_arch = "x86_64")) + 1
+    );
+    for (name, result) in &lines {
+        let want = if name == "events" { "0" } else { "-1 EPERM" };
+        assert_eq!(result, want, "{name}: {}", show(&job));
+    }
+    assert_unaffected(&server, &honest).await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Native code (the `c` runtime, where the host has a compiler)
 
 /// Whether the server offers the `c` runtime; a skip of `test` when it does not.
