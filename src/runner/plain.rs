@@ -92,6 +92,10 @@ pub(super) fn rlimits(
             MAX_MESSAGE_QUEUE_BYTES,
         ),
         (libc::RLIMIT_MEMLOCK, MAX_LOCKED_BYTES, MAX_LOCKED_BYTES),
+        // No real-time scheduling and no raising its priority, whatever the server may: a job
+        // under SCHED_FIFO would starve every other run of its core.
+        (libc::RLIMIT_RTPRIO, 0, 0),
+        (libc::RLIMIT_NICE, 0, 0),
     ];
     // RLIMIT_NPROC counts every process of the uid: only meaningful when the job has a uid of
     // its own, as in the sandbox.

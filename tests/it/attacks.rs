@@ -1413,7 +1413,8 @@ fn host_allowances() -> Vec<(&'static str, std::io::Result<u64>)> {
 
 /// Takes as much of every per-user count as it can get — inotify instances and watches, fanotify
 /// groups and marks, queued signals, message queues, locked shared memory — prints how many of
-/// each it got and the errno that stopped it, and holds them all for a few seconds.
+/// each it got and the errno that stopped it, tries to raise its priority, and holds it all for
+/// a few seconds.
 const HOARD: &str = "\
 import ctypes, errno, itertools, os, signal, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -1440,6 +1441,13 @@ def lock():
     segment = libc.shmget(0, ctypes.c_size_t(1 << 20), 0o1600)
     return libc.shmctl(segment, 11, None) if segment >= 0 else -1
 take('locked_mib', lock, 64)
+for label, raise_priority in [('realtime', lambda: os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))),
+                              ('nice', lambda: os.nice(-1))]:
+    try:
+        raise_priority()
+        print(label, 'raised', flush=True)
+    except OSError as e:
+        print(label, errno.errorcode[e.errno], flush=True)
 os.write(3, b'50 holding\\n')
 time.sleep(6)
 ";
@@ -1552,6 +1560,10 @@ async fn a_job_hoarding_per_user_kernel_counts_leaves_the_host_and_other_jobs_th
     // made outside the writable directories) where the kernel has it.
     for watching in ["inotify", "fanotify", "watches", "marks"] {
         assert_eq!(took[watching], "0 EPERM", "{}", show(&hoarder));
+    }
+    // Nor does it get the CPU before everyone else.
+    for priority in ["realtime", "nice"] {
+        assert_eq!(took[priority], "EPERM", "{}", show(&hoarder));
     }
     for owned in ["signals", "locked_mib"] {
         assert!(number(owned) > 0, "{owned}: {}", show(&hoarder));
