@@ -22,6 +22,15 @@ const JOB_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 const MAX_OPEN_FILES: u64 = 256;
 
+/// Per-user allowances the kernel keeps outside any cgroup: signals queued, POSIX message queue
+/// bytes, locked shared memory. A sandboxed run's are its own (its uid, which also owns its user
+/// namespace, is no other run's: see `sandbox::namespace::owner`); these make their size the
+/// same whatever the server was started with: Linux's defaults for the last two, and far more
+/// queued signals than a program waits on.
+const MAX_PENDING_SIGNALS: u64 = 4096;
+const MAX_MESSAGE_QUEUE_BYTES: u64 = 819_200;
+const MAX_LOCKED_BYTES: u64 = 8 << 20;
+
 /// The whole environment a job sees.
 pub(super) fn job_env(home: &str, tmp: &str, progress: bool) -> Vec<(String, String)> {
     let mut env = vec![
@@ -72,6 +81,21 @@ pub(super) fn rlimits(
         (libc::RLIMIT_FSIZE, limits.file_bytes, limits.file_bytes),
         (libc::RLIMIT_NOFILE, MAX_OPEN_FILES, MAX_OPEN_FILES),
         (libc::RLIMIT_CORE, 0, 0),
+        (
+            libc::RLIMIT_SIGPENDING,
+            MAX_PENDING_SIGNALS,
+            MAX_PENDING_SIGNALS,
+        ),
+        (
+            libc::RLIMIT_MSGQUEUE,
+            MAX_MESSAGE_QUEUE_BYTES,
+            MAX_MESSAGE_QUEUE_BYTES,
+        ),
+        (libc::RLIMIT_MEMLOCK, MAX_LOCKED_BYTES, MAX_LOCKED_BYTES),
+        // No real-time scheduling and no raising its priority, whatever the server may: a job
+        // under SCHED_FIFO would starve every other run of its core.
+        (libc::RLIMIT_RTPRIO, 0, 0),
+        (libc::RLIMIT_NICE, 0, 0),
     ];
     // RLIMIT_NPROC counts every process of the uid: only meaningful when the job has a uid of
     // its own, as in the sandbox.

@@ -55,11 +55,11 @@
 //! | `io_uring_setup`, `io_uring_enter`, `io_uring_register` | system calls that seccomp never sees, and a large kernel surface |
 //! | `quotactl`, `quotactl_fd` | filesystem quota administration |
 //! | `memfd_secret` | memory the kernel itself unmaps from its direct map: no use to a program under test, and pages no one can inspect |
-//! | `fanotify_init` | watching the file accesses of everyone on a filesystem, the shared read-only binds included |
 //! | `sethostname`, `setdomainname` | host identity (no need, even in a UTS namespace) |
 //! | `iopl`, `ioperm` (x86-64) | raw I/O port access |
 //! | `vhangup` | hanging up a terminal |
 //! | `lookup_dcookie` | kernel profiling internals |
+//! | `inotify_init`, `inotify_init1`, `inotify_add_watch`, `fanotify_init`, `fanotify_mark` | watching files: the read-only binds are the host's own inodes, so a watch on `/usr/bin` saw every program other jobs and the host started; no job needs to watch what it did not write ([`WATCHING`]) |
 //! | `personality`, except `PER_LINUX` and the `0xffffffff` query | flags such as `READ_IMPLIES_EXEC` and `ADDR_NO_RANDOMIZE` weaken exploit mitigations |
 //! | `socket` with a family other than `AF_UNIX` (`EAFNOSUPPORT`) | no network; with [`FilterPolicy::allow_network`], other than `AF_UNIX`, `AF_INET`, `AF_INET6`, `AF_NETLINK` (raw packet, Bluetooth, VSOCK, crypto sockets…). `socketpair` stays allowed |
 //! | any number above the newest this filter knows (`ENOSYS`) | a call of a newer kernel is refused until it has been looked at, not allowed because no list names it; `ENOSYS`, as from a kernel without it, so programs fall back to older calls |
@@ -239,7 +239,6 @@ const DENIED: &[libc::c_long] = &[
     SYS_STATMOUNT,
     SYS_LISTMOUNT,
     libc::SYS_memfd_secret,
-    libc::SYS_fanotify_init,
     libc::SYS_pidfd_getfd,
 ];
 
@@ -253,6 +252,20 @@ const SYS_OPEN_TREE_ATTR: libc::c_long = 467;
 /// number on every architecture). Whatever a newer kernel adds above it is refused with `ENOSYS`
 /// until it has been looked at and this moved: see [`unknown_guard`].
 const NEWEST_KNOWN: u32 = 469;
+
+/// Denied with `EPERM` like [`DENIED`]: creating an inotify or fanotify instance and adding a
+/// watch or mark. A watch on the shared read-only binds (`/usr`, `/lib`, `/etc`: the host's
+/// inodes) reports every open of them by other jobs and the host, with its time; the kernel has
+/// no way to allow one on `/work` alone. Programs that watch files fall back to polling when
+/// they cannot (`tail -f`, glib, watchdog's polling observer).
+const WATCHING: &[libc::c_long] = &[
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_inotify_init,
+    libc::SYS_inotify_init1,
+    libc::SYS_inotify_add_watch,
+    libc::SYS_fanotify_init,
+    libc::SYS_fanotify_mark,
+];
 
 /// What a build step's job still calls at its run, after the other programs are in: it binds
 /// its staging directory as `/work` and unmounts the staging area.
@@ -584,8 +597,11 @@ fn chain(programs: &[BpfProgram]) -> Result<BpfProgram, FilterError> {
 /// per flag, since seccompiler's rules are OR-ed and its conditions AND-ed), `personality`
 /// with anything but the allowed values, and `unshare` of anything but a cgroup namespace.
 fn denied_with_eperm() -> Result<BTreeMap<i64, Vec<SeccompRule>>, FilterError> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        DENIED.iter().map(|&nr| (nr, Vec::new())).collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED
+        .iter()
+        .chain(WATCHING)
+        .map(|&nr| (nr, Vec::new()))
+        .collect();
     // Only the low 32 bits of clone's flags carry flags (the kernel truncates them), hence Dword.
     let clone_new = CLONE_NEW_FLAGS
         .iter()
@@ -880,8 +896,17 @@ def probe(name, nr, *args):
         ("statmount", 457),
         ("listmount", 458),
         ("memfd_secret", libc::SYS_memfd_secret),
-        ("fanotify_init", libc::SYS_fanotify_init),
         ("pidfd_getfd", libc::SYS_pidfd_getfd),
+    ];
+
+    /// Watching files, denied for what a watch on the shared binds shows of other jobs.
+    const WATCHING_BY_SPEC: &[(&str, libc::c_long)] = &[
+        #[cfg(target_arch = "x86_64")]
+        ("inotify_init", libc::SYS_inotify_init),
+        ("inotify_init1", libc::SYS_inotify_init1),
+        ("inotify_add_watch", libc::SYS_inotify_add_watch),
+        ("fanotify_init", libc::SYS_fanotify_init),
+        ("fanotify_mark", libc::SYS_fanotify_mark),
     ];
 
     /// Every namespace flag `clone` must not be given.
@@ -955,7 +980,7 @@ def probe(name, nr, *args):
     fn refuses_the_denied_system_calls() {
         let writable = tempdir();
         let mut code = PROBE_PRELUDE.to_owned();
-        for (name, nr) in DENIED_BY_SPEC {
+        for (name, nr) in DENIED_BY_SPEC.iter().chain(WATCHING_BY_SPEC) {
             writeln!(code, "probe('{name}', {nr}, -1, -1, -1, -1, -1, -1)").expect("write");
         }
         // CLONE_THREAD without CLONE_SIGHAND makes clone fail with EINVAL, so no process is
@@ -1001,6 +1026,7 @@ def probe(name, nr, *args):
         let mut wrong = Vec::new();
         let expected = DENIED_BY_SPEC
             .iter()
+            .chain(WATCHING_BY_SPEC)
             .map(|(name, _)| ((*name).to_owned(), eperm.clone()))
             .chain(
                 CLONE_NEW_BY_SPEC

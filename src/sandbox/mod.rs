@@ -564,6 +564,7 @@ impl Inner {
             landlock.as_ref(),
             entry.as_ref(),
             (&self.net, self.net.take()?),
+            self.user_ns.then_some(ids.job),
         )?;
         drop(landlock);
         drop(entry);

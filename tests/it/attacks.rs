@@ -1294,6 +1294,367 @@ async fn the_job_runs_as_an_unprivileged_host_uid_from_the_servers_range(level: 
 }
 
 // ---------------------------------------------------------------------------------------------
+// Kernel counts: what the kernel keeps per user, outside any cgroup
+
+/// Waits until the job `id` reports `message` as its progress (it has taken what it wanted and
+/// holds it); false if it ends first or never does.
+async fn reports(server: &Server, id: &str, message: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let (_, job) = server.get(&format!("/v1/jobs/{id}")).await;
+        if job["progress"]["message"] == message {
+            return job["status"] == "running";
+        }
+        if crate::util::is_terminal(&job["status"]) {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// How many signals the host's probe queues at most: more than the usual `RLIMIT_SIGPENDING`.
+const MOST_SIGNALS_QUEUED: u64 = 1 << 20;
+
+/// What a root process on the host gets of each per-user count while a job holds all it can:
+/// an inotify instance with a watch, a fanotify group with a mark, as many queued real-time
+/// signals as it can queue (their number), a POSIX message queue. On a thread of its own, which
+/// alone blocks the signal it queues itself, and takes them all back.
+fn host_allowances() -> Vec<(&'static str, std::io::Result<u64>)> {
+    fn check(rc: libc::c_long) -> std::io::Result<libc::c_long> {
+        match rc {
+            0.. => Ok(rc),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    }
+    std::thread::spawn(|| {
+        let mut got = Vec::new();
+        // SAFETY: plain system calls on descriptors this thread opens and closes, and on a
+        // signal set and siginfo of its own stack.
+        unsafe {
+            let inotify = check(libc::inotify_init1(libc::IN_CLOEXEC).into()).and_then(|fd| {
+                let watch = libc::inotify_add_watch(fd as i32, c"/usr/bin".as_ptr(), libc::IN_OPEN);
+                libc::close(fd as i32);
+                check(watch.into())
+            });
+            got.push(("inotify", inotify.map(|_| 1)));
+            // FAN_REPORT_FID | FAN_CLOEXEC; an inode mark for FAN_OPEN.
+            let fanotify = check(libc::fanotify_init(0x201, libc::O_RDONLY as u32).into())
+                .and_then(|fd| {
+                    let mark = libc::fanotify_mark(
+                        fd as i32,
+                        libc::FAN_MARK_ADD,
+                        libc::FAN_OPEN,
+                        libc::AT_FDCWD,
+                        c"/usr/bin".as_ptr(),
+                    );
+                    libc::close(fd as i32);
+                    check(mark.into())
+                });
+            got.push(("fanotify", fanotify.map(|_| 1)));
+            let signal = libc::SIGRTMIN() + 1;
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, signal);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            info.si_signo = signal;
+            info.si_code = -1; // SI_QUEUE
+            // Probes of tests running at once would share root's count: one at a time.
+            static QUEUEING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+            let _alone = QUEUEING.lock().unwrap_or_else(|e| e.into_inner());
+            let mut queued = 0u64;
+            let stopped = loop {
+                if queued > MOST_SIGNALS_QUEUED {
+                    break std::io::Error::other("queued enough");
+                }
+                let rc = libc::syscall(
+                    libc::SYS_rt_tgsigqueueinfo,
+                    libc::getpid(),
+                    libc::gettid(),
+                    signal,
+                    &raw const info,
+                );
+                match check(rc) {
+                    Ok(_) => queued += 1,
+                    Err(e) => break e,
+                }
+            };
+            let now = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            while libc::sigtimedwait(&set, std::ptr::null_mut(), &now) == signal {}
+            got.push((
+                "signals",
+                match queued {
+                    0 => Err(stopped),
+                    _ => Ok(queued),
+                },
+            ));
+            let name = std::ffi::CString::new(format!("/{}", unique("kiln-probe"))).unwrap();
+            let queue = check(libc::mq_open(
+                name.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+                0o600 as libc::mode_t,
+                std::ptr::null::<libc::mq_attr>(),
+            ) as libc::c_long);
+            if let Ok(queue) = queue {
+                libc::mq_close(queue as libc::mqd_t);
+                libc::mq_unlink(name.as_ptr());
+            }
+            got.push(("message_queue", queue.map(|_| 1)));
+        }
+        got
+    })
+    .join()
+    .expect("the probing thread")
+}
+
+/// Takes as much of every per-user count as it can get — inotify instances and watches, fanotify
+/// groups and marks, queued signals, message queues, locked shared memory — prints how many of
+/// each it got and the errno that stopped it, tries to raise its priority, and holds it all for
+/// a few seconds.
+const HOARD: &str = "\
+import ctypes, errno, itertools, os, signal, time
+libc = ctypes.CDLL(None, use_errno=True)
+def take(label, make, most):
+    n = 0
+    ctypes.set_errno(0)
+    while n < most and make() >= 0:
+        n += 1
+    print(label, n, errno.errorcode.get(ctypes.get_errno(), ctypes.get_errno()), flush=True)
+take('inotify', lambda: libc.inotify_init1(0), 1000)
+take('fanotify', lambda: libc.fanotify_init(0x200, 0), 1000)
+watcher = libc.inotify_init1(0)
+marker = libc.fanotify_init(0x200, 0)
+paths = (os.path.join(d, f).encode() for d, _, fs in os.walk('/usr') for f in fs)
+take('watches', lambda: libc.inotify_add_watch(watcher, next(paths, b'/'), 0x20), 100000)
+take('marks', lambda: libc.fanotify_mark(marker, 1, ctypes.c_uint64(0x20), -100, next(paths, b'/')), 100000)
+sig = signal.SIGRTMIN + 1
+signal.pthread_sigmask(signal.SIG_BLOCK, [sig])
+pid = os.getpid()
+take('signals', lambda: libc.sigqueue(pid, sig, None), 1000000)
+names = itertools.count()
+take('queues', lambda: libc.mq_open(b'/kiln-%d' % next(names), os.O_CREAT | os.O_RDWR, 0o600, None), 1000)
+def lock():
+    segment = libc.shmget(0, ctypes.c_size_t(1 << 20), 0o1600)
+    return libc.shmctl(segment, 11, None) if segment >= 0 else -1
+take('locked_mib', lock, 64)
+for label, raise_priority in [('realtime', lambda: os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))),
+                              ('nice', lambda: os.nice(-1))]:
+    try:
+        raise_priority()
+        print(label, 'raised', flush=True)
+    except OSError as e:
+        print(label, errno.errorcode[e.errno], flush=True)
+os.write(3, b'50 holding\\n')
+time.sleep(6)
+";
+
+/// Another job's share of the same counts, taken while the hoarder holds everything it could.
+const NEIGHBOUR: &str = "\
+import ctypes, errno, os, signal
+libc = ctypes.CDLL(None, use_errno=True)
+def probe(label, r):
+    print(label, 'ok' if r >= 0 else errno.errorcode.get(ctypes.get_errno()), flush=True)
+sig = signal.SIGRTMIN + 1
+signal.pthread_sigmask(signal.SIG_BLOCK, [sig])
+probe('signal', libc.sigqueue(os.getpid(), sig, None))
+probe('queue', libc.mq_open(b'/kiln-neighbour', os.O_CREAT | os.O_RDWR, 0o600, None))
+segment = libc.shmget(0, ctypes.c_size_t(1 << 20), 0o1600)
+probe('locked', libc.shmctl(segment, 11, None) if segment >= 0 else -1)
+";
+
+/// `NS_GET_OWNER_UID`: the uid that created a user namespace, as the caller's namespace sees it.
+const NS_GET_OWNER_UID: libc::c_ulong = 0xb704;
+
+at_both_levels!(a_job_hoarding_per_user_kernel_counts_leaves_the_host_and_other_jobs_theirs);
+/// D1 of issue 13: the kernel charges a user namespace's per-user counts to the uid that created
+/// it as well, so sandboxes made by the server as root spent root's allowances: one job holding
+/// 128 inotify instances left the host's root with EMFILE, and the same for signals, message
+/// queues and locked memory. Each sandbox's namespace is now its job's own host uid's, and what a
+/// job hoards is that uid's alone: a root process on the host (this test) and a job beside it
+/// still get every count, and the honest job finishes untouched.
+async fn a_job_hoarding_per_user_kernel_counts_leaves_the_host_and_other_jobs_theirs(level: Level) {
+    let server = level.start(&["--workers", "3"]).await;
+    let honest = start_honest(&server).await;
+    let hoarder_id = server
+        .submit(python(HOARD, json!({"wall_ms": 30_000})))
+        .await;
+    assert!(
+        reports(&server, &hoarder_id, "holding").await,
+        "the hoarder never held: {}",
+        show(&server.finished(&hoarder_id).await)
+    );
+    let host = host_allowances();
+    let neighbour = server
+        .submit(python(NEIGHBOUR, json!({"wall_ms": 10_000})))
+        .await;
+    let neighbour = server.finished(&neighbour).await;
+    if level == Level::Full {
+        // Every job process's user namespace was created by its own host uid.
+        for pid in job_processes(server.job_uids()) {
+            let (Some(status), Ok(ns)) = (
+                proc_status(pid),
+                std::fs::File::open(format!("/proc/{pid}/ns/user")),
+            ) else {
+                continue;
+            };
+            let mut owner: libc::uid_t = 0;
+            // SAFETY: the ioctl writes one uid into `owner`.
+            let rc = unsafe {
+                libc::ioctl(
+                    std::os::fd::AsRawFd::as_raw_fd(&ns),
+                    NS_GET_OWNER_UID,
+                    &mut owner,
+                )
+            };
+            assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+            let uid = status["Uid"].split_whitespace().next().unwrap_or("");
+            assert_eq!(owner.to_string(), uid, "process {pid}'s namespace owner");
+        }
+    }
+    let hoarder = server.finished(&hoarder_id).await;
+    assert_valid_history(&server.events(&hoarder_id).await);
+    assert_eq!(hoarder["status"], "succeeded", "{}", show(&hoarder));
+    let took: std::collections::BTreeMap<String, String> =
+        probe_lines(&hoarder).into_iter().collect();
+    let number = |count: &str| -> u64 {
+        took[count]
+            .split(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    for (count, got) in &host {
+        assert!(
+            got.is_ok(),
+            "the host's root got no {count} ({got:?}) while a job held: {}",
+            show(&hoarder)
+        );
+    }
+    // The signals the job held were not the host's root's: it could still queue more than its
+    // limit less those.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_SIGPENDING, &mut limit) },
+        0
+    );
+    let root_queued = host
+        .iter()
+        .find_map(|(count, got)| (*count == "signals").then(|| *got.as_ref().unwrap_or(&0)))
+        .unwrap_or(0);
+    assert!(
+        limit.rlim_cur > MOST_SIGNALS_QUEUED || root_queued + number("signals") > limit.rlim_cur,
+        "the host's root queued {root_queued} of {} signals beside {}",
+        limit.rlim_cur,
+        show(&hoarder)
+    );
+    // Watching is refused outright (see the shared binds' test below); the rest is the job's
+    // own allowance, which it did take. Landlock refuses message queues (a queue is a file
+    // made outside the writable directories) where the kernel has it.
+    for watching in ["inotify", "fanotify", "watches", "marks"] {
+        assert_eq!(took[watching], "0 EPERM", "{}", show(&hoarder));
+    }
+    // Nor does it get the CPU before everyone else.
+    for priority in ["realtime", "nice"] {
+        assert_eq!(took[priority], "EPERM", "{}", show(&hoarder));
+    }
+    for owned in ["signals", "locked_mib"] {
+        assert!(number(owned) > 0, "{owned}: {}", show(&hoarder));
+    }
+    let queues = match took["queues"].as_str() {
+        "0 EACCES" => "EACCES",
+        _ => "ok",
+    };
+    assert_eq!(neighbour["status"], "succeeded", "{}", show(&neighbour));
+    assert_eq!(
+        stdout(&neighbour),
+        format!("signal ok\nqueue {queues}\nlocked ok\n"),
+        "the neighbour, beside {}",
+        show(&hoarder)
+    );
+    assert_unaffected(&server, &honest).await;
+}
+
+at_both_levels!(a_job_cannot_watch_the_shared_binds_for_what_other_jobs_and_the_host_open);
+/// L1 of issue 13: `/usr`, `/lib` and `/etc` are bound from the host's own inodes, so an inotify
+/// watch (or a fanotify mark) on `/usr/bin` showed a spy every program another tenant's job or
+/// the host started. Both are refused from their first call; while the spy would be watching,
+/// the host and another job open files there, and it sees nothing.
+async fn a_job_cannot_watch_the_shared_binds_for_what_other_jobs_and_the_host_open(level: Level) {
+    let server = level.start(&["--workers", "3"]).await;
+    let honest = start_honest(&server).await;
+    let spy = "\
+import ctypes, errno, os, platform, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def call(label, f):
+    ctypes.set_errno(0)
+    r = f()
+    print(label, r, errno.errorcode.get(ctypes.get_errno(), 'OK') if r < 0 else 'OK', flush=True)
+    return r
+fds = []
+for label, make in [('inotify_init1', lambda: libc.inotify_init1(os.O_NONBLOCK)),
+                    ('fanotify_init_fid', lambda: libc.fanotify_init(0x202, 0)),
+                    ('fanotify_init_notif', lambda: libc.fanotify_init(0x2, 0))]:
+    fd = call(label, make)
+    fds.append(fd)
+if platform.machine() == 'x86_64':
+    call('inotify_init', lambda: libc.syscall(ctypes.c_long(253)))
+for path in [b'/usr/bin', b'/usr/lib', b'/etc', b'/bin']:
+    name = path.decode().replace('/', '_')
+    call('inotify_add_watch' + name, lambda: libc.inotify_add_watch(fds[0], path, 0x21))
+    for fd, kind in [(fds[1], 'fid'), (fds[2], 'notif')]:
+        call(f'fanotify_mark_{kind}' + name,
+             lambda: libc.fanotify_mark(fd, 1, ctypes.c_uint64(0x20 | 0x08000000), -100, path))
+os.write(3, b'50 watching\\n')
+time.sleep(3)
+seen = 0
+for fd in fds:
+    if fd >= 0:
+        try:
+            seen += len(os.read(fd, 65536))
+        except BlockingIOError:
+            pass
+print('events', seen)
+";
+    let id = server.submit(python(spy, json!({"wall_ms": 20_000}))).await;
+    assert!(
+        reports(&server, &id, "watching").await,
+        "the spy never got to watch: {}",
+        show(&server.finished(&id).await)
+    );
+    // What the spy would have seen: the host and another job opening programs there.
+    std::fs::read("/usr/bin/env").expect("read /usr/bin/env");
+    let other = server
+        .submit(sh(
+            "ls /usr/bin /usr/lib >/dev/null; cat /usr/bin/env /etc/hosts >/dev/null",
+            json!({"wall_ms": 10_000}),
+        ))
+        .await;
+    let other = server.finished(&other).await;
+    assert_eq!(other["status"], "succeeded", "{}", show(&other));
+    let job = server.finished(&id).await;
+    assert_eq!(job["status"], "succeeded", "{}", show(&job));
+    let lines = probe_lines(&job);
+    assert_eq!(
+        lines.len(),
+        3 + 12 + usize::from(cfg!(target_arch = "x86_64")) + 1
+    );
+    for (name, result) in &lines {
+        let want = if name == "events" { "0" } else { "-1 EPERM" };
+        assert_eq!(result, want, "{name}: {}", show(&job));
+    }
+    assert_unaffected(&server, &honest).await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Native code (the `c` runtime, where the host has a compiler)
 
 /// Whether the server offers the `c` runtime; a skip of `test` when it does not.

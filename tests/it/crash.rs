@@ -261,6 +261,34 @@ async fn cancel_loop(
 
 /// Waits for the killed server's job processes to go, as the kernel tears down their sandboxes;
 /// any still alive after that ran on with nobody holding their job.
+/// A sandbox's init dies with its server, and its job with it, at both levels: a job sleeping
+/// through a `kill -9` of the server is gone within moments. (At level `full`, init's change to
+/// the namespace's root cleared its parent-death signal, and the two ran on unsupervised.)
+#[tokio::test]
+async fn a_running_job_dies_with_its_killed_server() {
+    for args in [&[][..], &["--sandbox", "namespaces"][..]] {
+        let server = Server::start_with(args).await;
+        let id = server
+            .submit(
+                json!({"runtime": "sh", "code": "exec sleep 30", "limits": {"wall_ms": 60_000}}),
+            )
+            .await;
+        server.running(&id).await;
+        let uids = server.job_uids();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while processes_of_uids(uids.clone()).is_empty() {
+            assert!(Instant::now() < deadline, "the job never ran ({args:?})");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _dir = server.kill9();
+        assert_eq!(
+            surviving_processes(uids).await,
+            0,
+            "the job outlived its killed server ({args:?})"
+        );
+    }
+}
+
 async fn surviving_processes(uids: std::ops::Range<u32>) -> usize {
     for _ in 0..100 {
         if processes_of_uids(uids.clone()).is_empty() {

@@ -144,10 +144,14 @@ impl Shared {
             // Until now init ran as the host's ids, which the namespace does not map (files it
             // created would fail with EOVERFLOW); become the namespace's root, which maps to an
             // unprivileged host id and keeps the capabilities of the namespace's creator.
-            if self.plan.user_ns
-                && let Err(e) = set_ids(0)
-            {
-                self.fail(At::Fixed(Fixed::Ids), e);
+            if self.plan.user_ns {
+                if let Err(e) = set_ids(0) {
+                    self.fail(At::Fixed(Fixed::Ids), e);
+                }
+                // A change of effective uid clears the parent-death signal: without it again,
+                // a killed server left init and its job running. Should the server have died in
+                // between, the job finds `go` closed and exits, and init with it.
+                let _ = sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as usize);
             }
             self.build_root();
             // The job is started now, ahead of its run, to attach its seccomp programs off the

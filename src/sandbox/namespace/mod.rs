@@ -40,10 +40,13 @@
 //! The files follow the line between the parent and the child. This one is the parent's side of
 //! a sandbox's life: [`clone_init`], the id maps, the [`Started`] handle and the [`Ended`] report.
 //! `plan` builds what the child walks through, in ordinary allocating Rust; `stacks` maps the
-//! stacks init and the job run on; `child` is all the code that runs between `clone3` and the
-//! job's `execve`, under the raw-syscall rule, to be audited with `super::sys` alone.
+//! stacks init and the job run on; `owner` makes the user namespace the job's own host uid's, so
+//! that the kernel's per-user counts of a run are that uid's alone; `child` is all the code that
+//! runs between `clone3` and the job's `execve`, under the raw-syscall rule, to be audited with
+//! `super::sys` alone.
 
 mod child;
+mod owner;
 mod plan;
 mod stacks;
 
@@ -66,8 +69,9 @@ use stacks::{STACK_SIZE, Stacks};
 /// The uid and gid the job runs as inside its user namespace.
 pub const JOB_ID: u32 = 1000;
 
-/// Host ids the namespace's ids map to: `root` for init's setup work, `job` for the job itself.
-/// Both unprivileged on the host; never 0.
+/// Host ids the namespace's ids map to: `root` for init's setup work, `job` for the job itself,
+/// which also creates (owns) the user namespace: see `owner`. Both unprivileged on the host;
+/// never 0.
 #[derive(Clone, Copy, Debug)]
 pub struct HostIds {
     pub root: u32,
@@ -329,12 +333,15 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// slowdown of the whole server under load. Sharing the memory is what `posix_spawn` does too;
 /// the price is discipline in the child (raw system calls only, see `super::sys`) and that
 /// [`Started`] keeps what init reads alive until it is gone.
+///
+/// `owner` is the host uid that creates the user namespace (see `owner`), where there is one.
 pub fn clone_init(
     plan: Plan,
     filters: Arc<Filters>,
     landlock: Option<&OwnedFd>,
     cgroup: Option<&CgroupEntry>,
     net: (&NetPool, NetLease),
+    owner: Option<u32>,
 ) -> io::Result<Started> {
     let (stdin_r, stdin_w) = pipe()?;
     let (stdout_r, stdout_w) = pipe()?;
@@ -401,10 +408,12 @@ pub fn clone_init(
     let (pool, lease) = net;
     // SAFETY: init runs `init_main` on its own stack, on `shared`, both owned by the `Started`
     // returned below, which outlives init (its Drop kills and waits for it).
+    let clone = || unsafe { sys::clone3(&args, init_main, arg.cast()) };
     let pid = pool
-        .within(&lease, || unsafe {
-            sys::clone3(&args, init_main, arg.cast())
-        })?
+        .within(&lease, || match owner {
+            Some(owner) => owner::as_owner(owner, clone),
+            None => Ok(clone()),
+        })??
         .map_err(io::Error::from_raw_os_error)?;
     // SAFETY: CLONE_PIDFD stored a new descriptor owned by nobody else.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
