@@ -9,8 +9,11 @@
 //!
 //! Output: stdout and stderr chunks are not stored one by one (only the run's final output is,
 //! with its result), so they go from the runner straight to the job's watchers through a small
-//! per-job ring that exists only while somebody watches. They carry no event id and cannot be
-//! resumed.
+//! per-job ring. They carry no event id and cannot be resumed. The current run's output so far
+//! is also kept in memory (up to [`REPLAY_BYTES`]) while the run lasts, so that a watcher who
+//! joins late, or a moment after submitting, still gets it from its start: a watcher takes its
+//! copy of it and subscribes under the same lock the runner appends under, so no chunk falls
+//! between the two or comes twice.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -28,6 +31,9 @@ use crate::store::{Store, Visibility};
 const EVENT_RING: usize = 4096;
 /// Output chunks (each at most one pipe read, 64 KiB) kept per watched job.
 const OUTPUT_RING: usize = 32;
+/// A run's output kept for watchers who join late; what follows is only counted. The start is
+/// what a late watcher lacks most; the whole output is in the job's result when it ends.
+pub const REPLAY_BYTES: usize = 1 << 20;
 /// Rows read from the database at a time while following.
 const PAGE: u32 = 1000;
 
@@ -69,7 +75,27 @@ pub struct OutputChunk {
     pub text: String,
 }
 
-type OutputSender = broadcast::Sender<Arc<OutputChunk>>;
+/// One job's output: the ring to its watchers, and what its current run wrote so far.
+struct Channel {
+    sender: broadcast::Sender<Arc<OutputChunk>>,
+    replay: Mutex<Replay>,
+}
+
+#[derive(Default)]
+struct Replay {
+    chunks: Vec<Arc<OutputChunk>>,
+    bytes: usize,
+    /// Chunks of this run not kept, once it had written [`REPLAY_BYTES`].
+    skipped: u64,
+}
+
+impl Channel {
+    fn replay(&self) -> std::sync::MutexGuard<'_, Replay> {
+        self.replay
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
 
 /// Shared handle; cheap to clone.
 #[derive(Clone)]
@@ -77,7 +103,7 @@ pub struct Live(Arc<Inner>);
 
 struct Inner {
     events: broadcast::Sender<Arc<LiveEvent>>,
-    outputs: Mutex<HashMap<JobId, OutputSender>>,
+    outputs: Mutex<HashMap<JobId, Arc<Channel>>>,
 }
 
 impl Default for Live {
@@ -95,39 +121,54 @@ impl Live {
         self.0.events.subscribe()
     }
 
-    /// Output of `job` written from now on, while this watch lives.
+    /// Output of `job`: what its current run wrote so far, and all it writes from now on,
+    /// while this watch lives.
     pub fn watch_output(&self, job: JobId) -> OutputWatch {
-        let receiver = self
-            .outputs()
-            .entry(job)
-            .or_insert_with(|| broadcast::Sender::new(OUTPUT_RING))
-            .subscribe();
+        let held = self.hold(job);
+        let (receiver, replay, skipped) = {
+            let replay = held.channel.replay();
+            (
+                held.channel.sender.subscribe(),
+                replay.chunks.clone(),
+                replay.skipped,
+            )
+        };
         OutputWatch {
             receiver,
-            live: self.clone(),
-            job,
+            replay,
+            skipped,
+            _held: held,
         }
     }
 
-    /// A tap for one output stream of a run of `job`.
-    pub fn output_tap(&self, job: JobId, stream: Stream) -> OutputTap {
-        OutputTap {
+    /// Where a run of `job` writes its output, from its start: what an earlier attempt wrote
+    /// is forgotten. Kept until dropped, after the run's result is stored, so that a watcher
+    /// who joins between the two still gets the output.
+    pub fn run_output(&self, job: JobId) -> RunFeed {
+        let held = self.hold(job);
+        *held.channel.replay() = Replay::default();
+        RunFeed { held }
+    }
+
+    fn hold(&self, job: JobId) -> Held {
+        let channel = Arc::clone(self.outputs().entry(job).or_insert_with(|| {
+            Arc::new(Channel {
+                sender: broadcast::Sender::new(OUTPUT_RING),
+                replay: Mutex::new(Replay::default()),
+            })
+        }));
+        Held {
             live: self.clone(),
             job,
-            stream,
-            pending: Vec::new(),
+            channel,
         }
     }
 
-    fn outputs(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, OutputSender>> {
+    fn outputs(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Arc<Channel>>> {
         self.0
             .outputs
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn output_sender(&self, job: JobId) -> Option<OutputSender> {
-        self.outputs().get(&job).cloned()
     }
 
     /// Follows the database's event log from its current end, broadcasting each new row, until
@@ -200,31 +241,62 @@ impl Live {
     }
 }
 
-/// A subscription to one job's output. Dropping the last one for a job frees its ring.
-pub struct OutputWatch {
-    pub receiver: broadcast::Receiver<Arc<OutputChunk>>,
+/// A share in one job's output channel; the last one dropped frees it.
+struct Held {
     live: Live,
     job: JobId,
+    channel: Arc<Channel>,
 }
 
-impl Drop for OutputWatch {
+impl Drop for Held {
     fn drop(&mut self) {
         let mut outputs = self.live.outputs();
-        // This watch's own receiver is still counted here.
-        if outputs
-            .get(&self.job)
-            .is_some_and(|sender| sender.receiver_count() <= 1)
-        {
+        // Shares are only made under this lock, so the count cannot grow meanwhile: two are
+        // the map's and this one.
+        if Arc::strong_count(&self.channel) <= 2 {
             outputs.remove(&self.job);
         }
     }
 }
 
-/// Where the runner puts what one output stream of a job produced. Costs a map lookup per read
-/// while nobody watches the job.
+/// A subscription to one job's output, with what its current run wrote before it began.
+pub struct OutputWatch {
+    pub receiver: broadcast::Receiver<Arc<OutputChunk>>,
+    /// The current run's output written before this watch, oldest first.
+    pub replay: Vec<Arc<OutputChunk>>,
+    /// Chunks of the current run written before this watch and not kept for it.
+    pub skipped: u64,
+    _held: Held,
+}
+
+/// The output of one run of a job, for its taps.
+pub struct RunFeed {
+    held: Held,
+}
+
+impl RunFeed {
+    /// A tap for one of the run's output streams.
+    pub fn tap(&self, stream: Stream) -> OutputTap {
+        OutputTap {
+            channel: Arc::clone(&self.held.channel),
+            stream,
+            pending: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RunFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunFeed")
+            .field("job", &self.held.job)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the runner puts what one output stream of a run produced: a copy for late watchers
+/// and a chunk for those watching now. One lock and one decode per pipe read.
 pub struct OutputTap {
-    live: Live,
-    job: JobId,
+    channel: Arc<Channel>,
     stream: Stream,
     /// The start of a UTF-8 character split between two reads, held for the next one.
     pending: Vec<u8>,
@@ -232,10 +304,6 @@ pub struct OutputTap {
 
 impl OutputTap {
     pub fn push(&mut self, bytes: &[u8]) {
-        let Some(sender) = self.live.output_sender(self.job) else {
-            self.pending.clear();
-            return;
-        };
         let mut buf = std::mem::take(&mut self.pending);
         buf.extend_from_slice(bytes);
         let split = buf.len() - incomplete_tail(&buf);
@@ -243,12 +311,20 @@ impl OutputTap {
         if buf.is_empty() {
             return;
         }
-        let chunk = OutputChunk {
+        let chunk = Arc::new(OutputChunk {
             stream: self.stream,
             text: String::from_utf8_lossy(&buf).into_owned(),
-        };
-        // An error only means the last watcher just left.
-        let _ = sender.send(Arc::new(chunk));
+        });
+        let mut replay = self.channel.replay();
+        if replay.skipped == 0 && replay.bytes + chunk.text.len() <= REPLAY_BYTES {
+            replay.bytes += chunk.text.len();
+            replay.chunks.push(Arc::clone(&chunk));
+        } else {
+            replay.skipped += 1;
+        }
+        // An error only means nobody watches now. Sent under the lock, so a watcher's copy
+        // and its subscription meet exactly here.
+        let _ = self.channel.sender.send(chunk);
     }
 }
 
@@ -290,13 +366,19 @@ mod tests {
         assert_eq!(incomplete_tail(b"abc"), 0);
     }
 
+    fn texts(chunks: &[Arc<OutputChunk>]) -> Vec<&str> {
+        chunks.iter().map(|c| c.text.as_str()).collect()
+    }
+
     #[tokio::test]
-    async fn output_reaches_a_watcher_whole_and_the_ring_goes_with_the_last_watcher() {
+    async fn a_watcher_gets_the_run_so_far_then_the_rest_whole_and_once() {
         let live = Live::default();
         let job = JobId::now_v7();
-        let mut tap = live.output_tap(job, Stream::Stdout);
-        tap.push(b"nobody watches yet");
+        let run = live.run_output(job);
+        let mut tap = run.tap(Stream::Stdout);
+        tap.push(b"before anyone watched\n");
         let mut watch = live.watch_output(job);
+        assert_eq!(texts(&watch.replay), ["before anyone watched\n"]);
         let euro = "€".as_bytes();
         tap.push(&[b"x = 5".as_slice(), &euro[..1]].concat());
         tap.push(&euro[1..]);
@@ -304,7 +386,46 @@ mod tests {
         let second = watch.receiver.recv().await.expect("chunk");
         assert_eq!((first.text.as_str(), second.text.as_str()), ("x = 5", "€"));
         assert_eq!(first.stream, Stream::Stdout);
-        drop(watch);
-        assert!(live.output_sender(job).is_none(), "the ring was freed");
+        let late = live.watch_output(job);
+        assert_eq!(
+            texts(&late.replay),
+            ["before anyone watched\n", "x = 5", "€"]
+        );
+    }
+
+    #[test]
+    fn a_new_run_starts_from_nothing_and_the_channel_goes_with_its_last_holder() {
+        let live = Live::default();
+        let job = JobId::now_v7();
+        let first = live.run_output(job);
+        first.tap(Stream::Stderr).push(b"attempt 1");
+        drop(first);
+        assert!(live.outputs().is_empty(), "nobody holds it: freed");
+
+        let watch = live.watch_output(job);
+        let second = live.run_output(job);
+        second.tap(Stream::Stdout).push(b"attempt 2");
+        drop(second);
+        let late = live.watch_output(job);
+        assert_eq!(texts(&late.replay), ["attempt 2"]);
+        drop((watch, late));
+        assert!(live.outputs().is_empty());
+    }
+
+    #[test]
+    fn past_the_replay_budget_a_late_watcher_is_told_how_much_it_missed() {
+        let live = Live::default();
+        let job = JobId::now_v7();
+        let run = live.run_output(job);
+        let mut tap = run.tap(Stream::Stdout);
+        let block = vec![b'x'; 64 * 1024];
+        let fit = REPLAY_BYTES / block.len();
+        for _ in 0..fit + 3 {
+            tap.push(&block);
+        }
+        tap.push(b"small, but after the budget ran out");
+        let watch = live.watch_output(job);
+        assert_eq!(watch.replay.len(), fit, "the start is kept");
+        assert_eq!(watch.skipped, 4);
     }
 }

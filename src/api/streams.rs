@@ -5,8 +5,8 @@
 //! event id and whose `event:` is its type. It subscribes to live events *before* reading the
 //! history and skips ids it already sent, so nothing falls between the two and nothing comes
 //! twice. A job's stream also carries the job's output while it runs (`event: output`, no id:
-//! output is not stored piecewise and cannot be resumed), and ends after the job's terminal
-//! event.
+//! output is not stored piecewise and cannot be resumed) — from the run's start, however late
+//! the stream begins — and ends after the job's terminal event.
 //!
 //! Each stream is a task writing into a buffer of at most `sse_buffer_bytes` that the response
 //! body drains at the client's pace. An event waits for room, but at most `sse_stall`: a client
@@ -108,6 +108,14 @@ impl Scope {
                 .await?
                 .unwrap_or_default()),
             Scope::Feed(who) => state.store.events_after(who.clone(), after, PAGE).await,
+        }
+    }
+
+    /// The job whose output the stream carries.
+    fn job(&self) -> Option<JobId> {
+        match self {
+            Scope::Job(id) => Some(*id),
+            Scope::Batch(_) | Scope::Feed(_) => None,
         }
     }
 
@@ -292,11 +300,25 @@ impl Outbox {
 
     /// Sends only if there is room now; false if there was none.
     fn try_send(&self, frame: Bytes) -> Result<bool, Stop> {
-        match self.room.try_acquire_many(self.cost(&frame)) {
+        self.try_send_all(vec![frame])
+    }
+
+    /// Sends all of `frames` if there is room for all of them now; false, sending none, if
+    /// there was not.
+    fn try_send_all(&self, frames: Vec<Bytes>) -> Result<bool, Stop> {
+        // At most the whole budget, as for one frame, so that they still go once it is empty.
+        let whole = u32::try_from(permits(self.budget, self.budget)).unwrap_or(u32::MAX);
+        let cost = frames
+            .iter()
+            .fold(0u32, |sum, frame| sum.saturating_add(self.cost(frame)))
+            .min(whole);
+        match self.room.try_acquire_many(cost) {
             Ok(permit) => permit.forget(),
             Err(_) => return Ok(false),
         }
-        self.tx.send(frame).map_err(|_| Stop::Closed)?;
+        for frame in frames {
+            self.tx.send(frame).map_err(|_| Stop::Closed)?;
+        }
         Ok(true)
     }
 
@@ -341,6 +363,7 @@ impl Stream {
         if self.catch_up(first).await? {
             return Ok(());
         }
+        self.replay().await?;
         let mut keepalive = tokio::time::interval(self.state.config.sse_keepalive);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         keepalive.reset();
@@ -410,28 +433,33 @@ impl Stream {
         }
     }
 
+    /// Sends what the job's current run wrote before the stream began, at the client's pace
+    /// like events: it is bounded, and the start is what a late watcher needs.
+    async fn replay(&mut self) -> Result<(), Stop> {
+        let Some(watch) = &mut self.output else {
+            return Ok(());
+        };
+        let replay = std::mem::take(&mut watch.replay);
+        self.lost += std::mem::take(&mut watch.skipped);
+        let job = self.scope.job();
+        for chunk in &replay {
+            self.outbox.send(output_frame(job, chunk)).await?;
+        }
+        Ok(())
+    }
+
     /// Sends a chunk if it fits now, after saying how many did not fit before it.
     fn send_output(&mut self, chunk: &OutputChunk) -> Result<(), Stop> {
-        let job = match self.scope {
-            Scope::Job(id) => Some(id),
-            Scope::Batch(_) | Scope::Feed(_) => None,
-        };
+        let job = self.scope.job();
+        let mut frames = Vec::with_capacity(2);
         if self.lost > 0 {
             let data = json!({"job_id": job, "chunks": self.lost});
-            if !self
-                .outbox
-                .try_send(message(None, "output.lost", &data.to_string()))?
-            {
-                self.lost += 1;
-                return Ok(());
-            }
-            self.lost = 0;
+            frames.push(message(None, "output.lost", &data.to_string()));
         }
-        let data = json!({"job_id": job, "stream": chunk.stream, "data": chunk.text});
-        if !self
-            .outbox
-            .try_send(message(None, "output", &data.to_string()))?
-        {
+        frames.push(output_frame(job, chunk));
+        if self.outbox.try_send_all(frames)? {
+            self.lost = 0;
+        } else {
             self.lost += 1;
         }
         Ok(())
@@ -444,6 +472,11 @@ async fn recv_output(output: &mut Option<OutputWatch>) -> Result<Arc<OutputChunk
         Some(watch) => watch.receiver.recv().await,
         None => std::future::pending().await,
     }
+}
+
+fn output_frame(job: Option<JobId>, chunk: &OutputChunk) -> Bytes {
+    let data = json!({"job_id": job, "stream": chunk.stream, "data": chunk.text});
+    message(None, "output", &data.to_string())
 }
 
 fn event_frame(event: &Event) -> Bytes {

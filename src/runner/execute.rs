@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::capture::{capture, decode, feed};
 use super::process::{Attached, Process};
 use super::{Isolation, Reporting, RunError, RunOutput, launch, plain};
-use crate::job::{JobId, Limits, Outcome, RunResult};
+use crate::job::{Limits, Outcome, RunResult};
 use crate::live::Stream;
 use crate::sandbox::{OverMemory, WorkFile, WorkMount};
 
@@ -40,7 +40,7 @@ pub(super) struct Invocation<'a> {
     pub(super) staged_bytes: u64,
     pub(super) work: WorkMount,
     /// The job and where its run reports; only the job's own program reports, not its build.
-    pub(super) reporting: Option<(JobId, &'a Reporting)>,
+    pub(super) reporting: Option<&'a Reporting>,
     /// A compiled runtime's build step, rather than the job's own program.
     pub(super) build: bool,
 }
@@ -102,11 +102,7 @@ pub(super) async fn execute(
     // then.
     let killed = CancellationToken::new();
     let _killed = killed.clone().drop_guard();
-    let tap = |stream| {
-        invocation
-            .reporting
-            .map(|(job, r)| r.live.output_tap(job, stream))
-    };
+    let tap = |stream| invocation.reporting.map(|r| r.output.tap(stream));
     let capture_stream = |pipe, tap| {
         capture(
             pipe,
@@ -120,7 +116,7 @@ pub(super) async fn execute(
     let stdout = tokio::spawn(capture_stream(stdout, tap(Stream::Stdout)));
     let stderr = tokio::spawn(capture_stream(stderr, tap(Stream::Stderr)));
     let progress = match (progress, invocation.reporting) {
-        (Some(pipe), Some((_, reporting))) => {
+        (Some(pipe), Some(reporting)) => {
             let latest = reporting.progress.clone();
             Some(tokio::spawn(crate::progress::read(
                 pipe,

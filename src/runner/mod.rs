@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::job::{BatchId, BuildUse, JobId, Limits, Outcome, Progress, RunResult};
-use crate::live::Live;
+use crate::live::RunFeed;
 use crate::runtime::{Compile, Runtime};
 use crate::sandbox::{Sandbox, WorkFile, WorkMount};
 
@@ -68,9 +68,8 @@ pub struct RunRequest<'a> {
 
 /// What a run tells the outside while it runs: its output to whoever watches the job live, and
 /// the latest progress line it wrote to its progress pipe ([`crate::progress`]).
-#[derive(Clone)]
 pub struct Reporting {
-    pub live: Live,
+    pub output: RunFeed,
     pub progress: watch::Sender<Option<Progress>>,
 }
 
@@ -260,7 +259,7 @@ impl Runner {
                 entries: &entries,
                 staged_bytes,
                 work: WorkMount::Copy,
-                reporting: req.reporting.map(|r| (req.job_id, r)),
+                reporting: req.reporting,
                 build: false,
             };
             let ran = execute(&run, &work_dir.path, &self.isolation, &cancel).await?;

@@ -429,10 +429,10 @@ impl<E: Execute> Workers<E> {
             latest,
             run_ended.clone(),
         ));
-        let reporting = Reporting {
-            live: self.live.clone(),
-            progress,
-        };
+        // Outlives the run until its result is stored: a watcher who joins in between still
+        // gets the output.
+        let output = self.live.run_output(job.id);
+        let reporting = Reporting { output, progress };
         let request = RunRequest {
             job_id: job.id,
             attempt: job.attempt,
@@ -448,7 +448,11 @@ impl<E: Execute> Workers<E> {
         let ran = self.runner.execute(request, stop).await;
         // The last progress is stored before the result, so it never follows the terminal event.
         run_ended.cancel();
-        drop(reporting);
+        let Reporting {
+            output: _output,
+            progress,
+        } = reporting;
+        drop(progress);
         if let Err(e) = recorder.await {
             tracing::warn!(job = %job.id, error = %e, "progress recording failed");
         }

@@ -249,6 +249,53 @@ async fn resuming_the_feed_from_last_event_id_loses_and_repeats_nothing() {
     assert_eq!(next.id(), ids(&seen).get(4).copied());
 }
 
+/// The output events of `messages`, as (stream, text).
+fn outputs_of(messages: &[Item]) -> Vec<(String, String)> {
+    messages
+        .iter()
+        .filter(|m| m.event() == Some("output"))
+        .map(|m| {
+            let data = m.json();
+            let text = |key: &str| data[key].as_str().unwrap_or_default().to_owned();
+            (text("stream"), text("data"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_watcher_who_joins_late_gets_the_output_from_the_run_s_start() {
+    let server = Server::start().await;
+    let id = server
+        .submit(sh("echo early; echo warned >&2; sleep 1; echo late"))
+        .await;
+    let path = format!("/v1/jobs/{id}/events");
+    let mut first = Sse::open(&server, &path, &[]).await;
+    let mut seen = Vec::new();
+    while outputs_of(&seen).len() < 2 {
+        seen.push(first.next().await.expect("a message"));
+    }
+
+    // The run has written both lines by now: this watcher joins after them.
+    let late = Sse::open(&server, &path, &[]).await.rest().await;
+    let whole = [
+        outputs_of(&seen),
+        vec![("stdout".to_owned(), "late\n".to_owned())],
+    ]
+    .concat();
+    assert_eq!(
+        outputs_of(&late),
+        whole,
+        "the same output, in the same order"
+    );
+    assert_eq!(events_of(&late).last(), Some(&"job.succeeded"));
+    let first_rest = first.rest().await;
+    assert_eq!(
+        [outputs_of(&seen), outputs_of(&first_rest)].concat(),
+        whole,
+        "the first watcher got each line once"
+    );
+}
+
 #[tokio::test]
 async fn live_output_arrives_while_the_job_still_runs() {
     let server = Server::start().await;
