@@ -1,5 +1,6 @@
 //! The v1 batch endpoints: submit a test suite, read its progress and totals (optionally waiting
-//! for its end), list its cases, render its JUnit report, cancel what has not finished.
+//! for its end), list its cases and its groups with their pass@k, render its JUnit report,
+//! cancel what has not finished.
 
 use std::time::Duration;
 
@@ -185,6 +186,33 @@ pub async fn cases(
         .then(|| cases.last().map(|c| c.index))
         .flatten();
     Ok(Json(json!({"cases": cases, "next_after": next_after})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupsQuery {
+    /// The `name` of the last group seen: the page starts after it.
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+/// The batch's groups in name order, each with its cases, those ended and passed, and its
+/// pass@k, a page at a time: pass `next_after` back as `after`.
+pub async fn groups(
+    State(state): State<AppState>,
+    BatchPath(id): BatchPath,
+    Query(query): Query<GroupsQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let limit = page_size(query.limit)?;
+    let groups = state
+        .store
+        .batch_groups(id, query.after, limit)
+        .await?
+        .ok_or_else(ApiError::batch_not_found)?;
+    let next_after = (groups.len() == limit as usize)
+        .then(|| groups.last().map(|g| g.name.clone()))
+        .flatten();
+    Ok(Json(json!({"groups": groups, "next_after": next_after})))
 }
 
 #[derive(Deserialize)]

@@ -114,7 +114,7 @@ impl From<Rejection> for ApiError {
                 message,
             ),
             // The domain says what is wrong; where to look and which header is meant are HTTP's.
-            Rejection::UnknownRuntime(_) => ApiError::new(
+            Rejection::UnknownRuntime { .. } => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 ErrorCode::InvalidRequest,
                 format!("{rejection}; GET /v1/runtimes lists the available ones"),
@@ -181,7 +181,10 @@ mod tests {
 
     #[test]
     fn rejections_the_domain_words_plainly_get_their_http_wording_here() {
-        let unknown = ApiError::from(Rejection::UnknownRuntime("cobol".into()));
+        let unknown = ApiError::from(Rejection::UnknownRuntime {
+            name: "cobol".into(),
+            case: None,
+        });
         assert_eq!(unknown.status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(
             unknown.message,

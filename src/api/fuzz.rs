@@ -7,6 +7,8 @@
 //! Each property runs 256 cases in `cargo test`; `PROPTEST_CASES=100000 cargo test --lib
 //! api::fuzz` runs longer.
 
+use std::collections::BTreeMap;
+
 use axum::extract::FromRequestParts;
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
 use futures_util::FutureExt;
@@ -108,17 +110,25 @@ fn limits() -> impl Strategy<Value = LimitsRequest> {
     prop_oneof![2 => Just(LimitsRequest::default()), 1 => given]
 }
 
+fn runtime() -> impl Strategy<Value = String> {
+    prop_oneof![3 => Just("sh".to_owned()), 1 => text()]
+}
+
+fn files() -> impl Strategy<Value = BTreeMap<String, String>> {
+    prop::collection::btree_map(
+        prop_oneof![3 => "[a-z]{1,8}(/[a-z]{1,8})?(\\.txt)?", 1 => text()],
+        text(),
+        0..3,
+    )
+}
+
 fn job_request() -> impl Strategy<Value = JobRequest> {
     (
-        prop_oneof![3 => Just("sh".to_owned()), 1 => text()],
+        runtime(),
         prop_oneof![3 => Just("echo ok".to_owned()), 1 => text()],
         text(),
         prop::collection::vec(text(), 0..3),
-        prop::collection::btree_map(
-            prop_oneof![3 => "[a-z]{1,8}(/[a-z]{1,8})?(\\.txt)?", 1 => text()],
-            text(),
-            0..3,
-        ),
+        files(),
         limits(),
         any::<i32>(),
         prop::option::of(prop_oneof![0u32..12, any::<u32>()]),
@@ -146,19 +156,33 @@ fn job_request() -> impl Strategy<Value = JobRequest> {
 
 fn case_request() -> impl Strategy<Value = CaseRequest> {
     (
-        prop::option::weighted(0.5, text()),
+        (
+            prop::option::weighted(0.5, text()),
+            prop::option::weighted(0.3, text()),
+            prop::option::weighted(0.2, runtime()),
+            prop::option::weighted(0.3, text()),
+            files(),
+        ),
         prop_oneof![3 => Just(String::new()), 1 => text()],
         prop::collection::vec(text(), 0..2),
         prop::option::weighted(0.5, text()),
         limits(),
     )
-        .prop_map(|(name, stdin, args, expected_output, limits)| CaseRequest {
-            name,
-            stdin,
-            args,
-            expected_output,
-            limits,
-        })
+        .prop_map(
+            |((name, group, runtime, code, files), stdin, args, expected_output, limits)| {
+                CaseRequest {
+                    name,
+                    group,
+                    runtime,
+                    code,
+                    files,
+                    stdin,
+                    args,
+                    expected_output,
+                    limits,
+                }
+            },
+        )
 }
 
 fn batch_request() -> impl Strategy<Value = BatchRequest> {
@@ -168,11 +192,17 @@ fn batch_request() -> impl Strategy<Value = BatchRequest> {
         prop::bool::weighted(0.2),
     )
         .prop_map(|(job, cases, callback_each_case)| BatchRequest {
-            runtime: job.runtime,
-            code: job.code,
+            runtime: Some(job.runtime).filter(|_| job.priority % 4 != 0),
+            code: Some(job.code).filter(|_| job.priority % 3 != 0),
             files: job.files,
             limits: job.limits,
             compare: Default::default(),
+            pass_at_k: match job.priority % 5 {
+                0 => vec![1, 10],
+                1 => vec![0],
+                2 => vec![3, 3],
+                _ => Vec::new(),
+            },
             callback_url: job.callback_url,
             callback_each_case,
             cases,

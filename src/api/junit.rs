@@ -42,21 +42,35 @@ pub fn render(batch: &Batch, cases: &[CaseReport]) -> String {
         escape(&crate::job::time::rfc3339(batch.created_at))
     );
     xml.push_str("    <properties>\n");
-    for (name, value) in [
-        ("batch_id", batch.id.to_string()),
-        ("runtime", batch.runtime.clone()),
-        ("compare", batch.compare.as_str().to_owned()),
-    ] {
+    let mut properties = vec![("batch_id".to_owned(), batch.id.to_string())];
+    if let Some(runtime) = &batch.runtime {
+        properties.push(("runtime".to_owned(), runtime.clone()));
+    }
+    properties.push(("compare".to_owned(), batch.compare.as_str().to_owned()));
+    if let Some(groups) = &batch.groups {
+        properties.push(("groups".to_owned(), groups.groups.to_string()));
+        for (k, value) in &groups.pass_at_k.0 {
+            let value = value.map_or_else(|| "undefined".to_owned(), |v| format!("{v:.6}"));
+            properties.push((format!("pass@{k}"), value));
+        }
+    }
+    for (name, value) in properties {
         let _ = writeln!(
             xml,
-            r#"      <property name="{name}" value="{}"/>"#,
+            r#"      <property name="{}" value="{}"/>"#,
+            escape(&name),
             escape(&value)
         );
     }
     xml.push_str("    </properties>\n");
-    let classname = escape(&format!("kiln.{}", batch.runtime));
+    // Test tools group test cases by class: a case's group (its problem) is that class.
+    let suite_class = batch
+        .runtime
+        .as_ref()
+        .map_or_else(|| "kiln".to_owned(), |runtime| format!("kiln.{runtime}"));
     for case in cases {
         let c = &case.case;
+        let classname = escape(c.group.as_deref().unwrap_or(&suite_class));
         let _ = write!(
             xml,
             r#"    <testcase name="{}" classname="{classname}" time="{}""#,

@@ -69,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/batches", post(batches::submit))
         .route("/v1/batches/{id}", get(batches::get))
         .route("/v1/batches/{id}/cases", get(batches::cases))
+        .route("/v1/batches/{id}/groups", get(batches::groups))
         .route("/v1/batches/{id}/events", get(batches::events))
         .route("/v1/batches/{id}/report", get(batches::report))
         .route("/v1/batches/{id}/cancel", post(batches::cancel))

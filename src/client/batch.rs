@@ -7,8 +7,8 @@
 //! the same summary. Both follow the batch's event stream; `--wait` falls back to long-polling
 //! the batch if the server will not stream it.
 //!
-//! The suite file is the body of `POST /v1/batches`, except that `"code_file"` may name a file
-//! (relative to the suite) holding the code instead of `"code"`.
+//! The suite file is the body of `POST /v1/batches`, except that `"code_file"` (the suite's, or
+//! a case's) may name a file (relative to the suite) holding the code instead of `"code"`.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -174,7 +174,8 @@ fn ends_batch(message: &stream::SseMessage) -> bool {
     message.id.is_some() && message.event == "batch.completed"
 }
 
-/// The suite file as the request body, with `code_file` read in.
+/// The suite file as the request body, with each `code_file` (the suite's, and any case's) read
+/// in.
 fn load_suite(path: &Path) -> Result<Value, ClientError> {
     let text = read_text(path)?;
     let mut suite: Value = serde_json::from_str(&text).map_err(|err| {
@@ -186,20 +187,40 @@ fn load_suite(path: &Path) -> Result<Value, ClientError> {
             path.display()
         )));
     };
-    if let Some(code_file) = fields.remove("code_file") {
-        let Some(name) = code_file.as_str() else {
-            return Err(ClientError::Usage("code_file must be a file name".into()));
-        };
-        if fields.contains_key("code") {
-            return Err(ClientError::Usage(
-                "give either code or code_file, not both".into(),
-            ));
+    let base = path.parent().unwrap_or(Path::new("."));
+    read_code_file(fields, base, "the suite")?;
+    if let Some(Value::Array(cases)) = fields.get_mut("cases") {
+        for (index, case) in cases.iter_mut().enumerate() {
+            if let Some(case) = case.as_object_mut() {
+                read_code_file(case, base, &format!("case {}", index + 1))?;
+            }
         }
-        let base = path.parent().unwrap_or(Path::new("."));
-        let code = read_text(&base.join(PathBuf::from(name)))?;
-        fields.insert("code".to_owned(), Value::String(code));
     }
     Ok(suite)
+}
+
+/// Replaces `code_file` in `fields` by `code`, read from that file relative to `base`.
+fn read_code_file(
+    fields: &mut serde_json::Map<String, Value>,
+    base: &Path,
+    whose: &str,
+) -> Result<(), ClientError> {
+    let Some(code_file) = fields.remove("code_file") else {
+        return Ok(());
+    };
+    let Some(name) = code_file.as_str() else {
+        return Err(ClientError::Usage(format!(
+            "{whose}: code_file must be a file name"
+        )));
+    };
+    if fields.contains_key("code") {
+        return Err(ClientError::Usage(format!(
+            "{whose}: give either code or code_file, not both"
+        )));
+    }
+    let code = read_text(&base.join(PathBuf::from(name)))?;
+    fields.insert("code".to_owned(), Value::String(code));
+    Ok(())
 }
 
 /// Follows the batch to its end, moving a progress bar on stderr (drawn only on a terminal)
@@ -430,5 +451,31 @@ mod tests {
         let body = load_suite(&suite).expect("loads");
         assert_eq!(body["code"], "print(1)");
         assert!(body.get("code_file").is_none());
+    }
+
+    #[test]
+    fn each_case_may_name_its_own_code_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("a.py"), "print('a')").expect("code");
+        let suite = dir.path().join("suite.json");
+        std::fs::write(
+            &suite,
+            r#"{"runtime": "python", "cases": [{"code_file": "a.py"}, {"code": "pass"}]}"#,
+        )
+        .expect("suite");
+        let body = load_suite(&suite).expect("loads");
+        assert_eq!(body["cases"][0]["code"], "print('a')");
+        assert_eq!(body["cases"][1]["code"], "pass");
+
+        std::fs::write(
+            &suite,
+            r#"{"runtime": "python", "cases": [{}, {"code_file": "a.py", "code": "x"}]}"#,
+        )
+        .expect("suite");
+        let refused = load_suite(&suite).map(|_| ()).map_err(|e| e.to_string());
+        assert_eq!(
+            refused,
+            Err("case 2: give either code or code_file, not both".to_owned())
+        );
     }
 }

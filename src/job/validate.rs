@@ -15,6 +15,7 @@
 //! tmpfs a run gets), so two names that differ only so are different files; that they could
 //! be mistaken for each other is refused all the same ([`LookAlikes`]), directories included.
 
+use std::borrow::Cow;
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -86,12 +87,14 @@ pub struct JobRequest {
     pub callback_url: Option<String>,
 }
 
-/// A suite as decoded from the wire, before validation.
+/// A suite as decoded from the wire, before validation. Its program (runtime, code, files) is
+/// the default of every case; a case may bring its own.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
-    pub runtime: String,
-    pub code: String,
+    pub runtime: Option<String>,
+    pub code: Option<String>,
+    /// Every case's files; a case's own files are added to them, replacing any of the same name.
     #[serde(default, deserialize_with = "unique_names")]
     pub files: BTreeMap<String, String>,
     /// Defaults for every case; a case's own limits override them one by one.
@@ -99,6 +102,9 @@ pub struct BatchRequest {
     pub limits: LimitsRequest,
     #[serde(default)]
     pub compare: CompareMode,
+    /// The `k` of each pass@k to report, per group and over all groups.
+    #[serde(default)]
+    pub pass_at_k: Vec<u32>,
     /// Where to POST the batch when its last case ends (see [`crate::webhook`]).
     pub callback_url: Option<String>,
     /// Also POST each case's end to `callback_url`, as a job's end is.
@@ -112,6 +118,13 @@ pub struct BatchRequest {
 pub struct CaseRequest {
     /// Unique within the suite; `case N` (counting from 1) if left out.
     pub name: Option<String>,
+    /// The problem this case is a sample or a test of: pass@k is counted per group.
+    pub group: Option<String>,
+    /// The case's own program, where it is not the suite's.
+    pub runtime: Option<String>,
+    pub code: Option<String>,
+    #[serde(default, deserialize_with = "unique_names")]
+    pub files: BTreeMap<String, String>,
     #[serde(default)]
     pub stdin: String,
     #[serde(default)]
@@ -171,9 +184,9 @@ pub enum Rejection {
     /// Something breaks a rule.
     #[error("{0}")]
     Invalid(String),
-    /// No runtime of this name is offered here.
-    #[error("unknown runtime {}", shown(.0))]
-    UnknownRuntime(String),
+    /// No runtime of this name is offered here; `case` names the suite's case that asked.
+    #[error("{}unknown runtime {}", .case.as_ref().map(|c| format!("{c}: ")).unwrap_or_default(), shown(.name))]
+    UnknownRuntime { name: String, case: Option<String> },
     /// The idempotency key is empty or longer than [`MAX_IDEMPOTENCY_KEY_BYTES`].
     #[error("the idempotency key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} characters")]
     IdempotencyKey,
@@ -189,85 +202,19 @@ impl JobSpec {
         policy: &Policy,
         runtime_files: impl Fn(&str) -> Option<RuntimeFiles>,
     ) -> Result<JobSpec, Rejection> {
-        let Some(own) = runtime_files(&request.runtime) else {
-            return Err(Rejection::UnknownRuntime(request.runtime));
-        };
-        let source_file = &own.source_file;
-        if request.files.contains_key(source_file) {
-            return Err(Rejection::Invalid(format!(
-                "files must not contain {source_file:?}: the code is written there"
-            )));
-        }
-        if let Some(binary) = own
-            .binary
-            .as_ref()
-            .filter(|b| request.files.contains_key(*b))
-        {
-            return Err(Rejection::Invalid(format!(
-                "files must not contain {binary:?}: the compiled program is written there"
-            )));
-        }
-        if request.code.trim().is_empty() {
-            return Err(Rejection::Invalid("code must not be empty".into()));
-        }
-        check_size("code", request.code.len(), policy.max_code_bytes)?;
-        let files_bytes: usize = request.files.iter().map(|(n, c)| n.len() + c.len()).sum();
-        check_size("files", files_bytes, policy.max_files_bytes)?;
-        if request.files.len() > policy.max_files {
-            return Err(Rejection::TooLarge(format!(
-                "{} files given, at most {} allowed",
-                request.files.len(),
-                policy.max_files
-            )));
-        }
-        for name in request.files.keys() {
-            check_file_name(name)?;
-        }
-        let dirs = check_tree(&request.files, &own, policy)?;
-        let mut look_alikes = LookAlikes::with_capacity(request.files.len() + dirs.len() + 2);
-        look_alikes.check(source_file);
-        if let Some(binary) = &own.binary {
-            look_alikes.check(binary);
-        }
-        let names = request
-            .files
-            .keys()
-            .map(|name| ("file name", name.as_str()));
-        for (what, name) in names.chain(dirs.iter().map(|dir| ("directory", *dir))) {
-            if let Some(other) = look_alikes.check(name) {
-                return Err(Rejection::Invalid(format!(
-                    "{what} {} looks like {}: use names a reader can tell apart",
-                    shown(name),
-                    shown(other)
-                )));
-            }
-        }
+        let program_bytes = check_program(
+            &request.runtime,
+            &request.code,
+            &request.files,
+            policy,
+            &runtime_files,
+        )?;
         check_input(&request.stdin, &request.args, policy)?;
-        if request.code.contains('\0') {
-            return Err(Rejection::Invalid(
-                "code, stdin and args must not contain NUL bytes".into(),
-            ));
-        }
-        let max_attempts = request.max_attempts.unwrap_or(policy.default_max_attempts);
-        if max_attempts == 0 || max_attempts > policy.max_max_attempts {
-            return Err(Rejection::Invalid(format!(
-                "max_attempts must be between 1 and {}",
-                policy.max_max_attempts
-            )));
-        }
-        if let Some(key) = &idempotency_key
-            && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES)
-        {
-            return Err(Rejection::IdempotencyKey);
-        }
-        if let Some(url) = &request.callback_url {
-            policy
-                .callbacks
-                .check_url(url)
-                .map_err(Rejection::Invalid)?;
-        }
+        let max_attempts = check_max_attempts(request.max_attempts, policy)?;
+        check_key(idempotency_key.as_deref())?;
+        check_callback(request.callback_url.as_deref(), policy)?;
         let limits = resolve_limits(request.limits, policy)?;
-        check_fits_memory(request.code.len() + files_bytes, &limits)?;
+        check_fits_memory(program_bytes, &limits)?;
         Ok(JobSpec {
             runtime: request.runtime,
             code: request.code,
@@ -280,6 +227,105 @@ impl JobSpec {
             idempotency_key,
             callback_url: request.callback_url,
         })
+    }
+}
+
+/// Checks what a run executes by the rules every run's program meets: a runtime offered here,
+/// code, and files that make a tree the kernel can build beside what the runtime writes. Returns
+/// the bytes of code and files, which the run's memory holds.
+fn check_program(
+    runtime: &str,
+    code: &str,
+    files: &BTreeMap<String, String>,
+    policy: &Policy,
+    runtime_files: impl Fn(&str) -> Option<RuntimeFiles>,
+) -> Result<usize, Rejection> {
+    let Some(own) = runtime_files(runtime) else {
+        return Err(Rejection::UnknownRuntime {
+            name: runtime.to_owned(),
+            case: None,
+        });
+    };
+    let source_file = &own.source_file;
+    if files.contains_key(source_file) {
+        return Err(Rejection::Invalid(format!(
+            "files must not contain {source_file:?}: the code is written there"
+        )));
+    }
+    if let Some(binary) = own.binary.as_ref().filter(|b| files.contains_key(*b)) {
+        return Err(Rejection::Invalid(format!(
+            "files must not contain {binary:?}: the compiled program is written there"
+        )));
+    }
+    check_code(code, policy)?;
+    let files_bytes: usize = files.iter().map(|(n, c)| n.len() + c.len()).sum();
+    check_size("files", files_bytes, policy.max_files_bytes)?;
+    if files.len() > policy.max_files {
+        return Err(Rejection::TooLarge(format!(
+            "{} files given, at most {} allowed",
+            files.len(),
+            policy.max_files
+        )));
+    }
+    for name in files.keys() {
+        check_file_name(name)?;
+    }
+    let dirs = check_tree(files, &own, policy)?;
+    let mut look_alikes = LookAlikes::with_capacity(files.len() + dirs.len() + 2);
+    look_alikes.check(source_file);
+    if let Some(binary) = &own.binary {
+        look_alikes.check(binary);
+    }
+    let names = files.keys().map(|name| ("file name", name.as_str()));
+    for (what, name) in names.chain(dirs.iter().map(|dir| ("directory", *dir))) {
+        if let Some(other) = look_alikes.check(name) {
+            return Err(Rejection::Invalid(format!(
+                "{what} {} looks like {}: use names a reader can tell apart",
+                shown(name),
+                shown(other)
+            )));
+        }
+    }
+    Ok(code.len() + files_bytes)
+}
+
+fn check_code(code: &str, policy: &Policy) -> Result<(), Rejection> {
+    if code.trim().is_empty() {
+        return Err(Rejection::Invalid("code must not be empty".into()));
+    }
+    check_size("code", code.len(), policy.max_code_bytes)?;
+    if code.contains('\0') {
+        return Err(Rejection::Invalid(
+            "code, stdin and args must not contain NUL bytes".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_max_attempts(asked: Option<u32>, policy: &Policy) -> Result<u32, Rejection> {
+    let max_attempts = asked.unwrap_or(policy.default_max_attempts);
+    if max_attempts == 0 || max_attempts > policy.max_max_attempts {
+        return Err(Rejection::Invalid(format!(
+            "max_attempts must be between 1 and {}",
+            policy.max_max_attempts
+        )));
+    }
+    Ok(max_attempts)
+}
+
+fn check_key(key: Option<&str>) -> Result<(), Rejection> {
+    match key {
+        Some(key) if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES => {
+            Err(Rejection::IdempotencyKey)
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_callback(url: Option<&str>, policy: &Policy) -> Result<(), Rejection> {
+    match url {
+        Some(url) => policy.callbacks.check_url(url).map_err(Rejection::Invalid),
+        None => Ok(()),
     }
 }
 
@@ -480,10 +526,15 @@ fn resolve_limits(request: LimitsRequest, policy: &Policy) -> Result<Limits, Rej
     })
 }
 
+/// The most `k` values a suite may ask pass@k for.
+const MAX_PASS_AT_K: usize = 16;
+
 impl BatchSpec {
-    /// Checks a suite against the deployment's policy. The shared part (runtime, code, files,
-    /// suite limits) is checked once with the same rules as a job; then each case, and a refusal
-    /// names the case. More cases than `policy.max_batch_cases` is `TooLarge`.
+    /// Checks a suite against the deployment's policy. Each case's program (its own runtime,
+    /// code and files where it gives them, the suite's elsewhere) is checked with the same
+    /// rules as a job's, the suite's own once for all the cases that run it unchanged; then
+    /// each case's input and limits, and a refusal names the case. More cases than
+    /// `policy.max_batch_cases` is `TooLarge`.
     pub fn validate(
         request: BatchRequest,
         idempotency_key: Option<String>,
@@ -505,42 +556,37 @@ impl BatchSpec {
                 "callback_each_case needs a callback_url to call".into(),
             ));
         }
-        let shared = JobSpec::validate(
-            JobRequest {
-                runtime: request.runtime,
-                code: request.code,
-                stdin: String::new(),
-                args: Vec::new(),
-                files: request.files,
-                limits: request.limits,
-                priority: 0,
-                max_attempts: None,
-                // Checked by the same rules as a job's.
-                callback_url: request.callback_url,
-            },
-            idempotency_key,
-            policy,
-            runtime_files,
-        )?;
-        let shared_bytes = shared.code.len()
-            + shared
-                .files
-                .iter()
-                .map(|(n, c)| n.len() + c.len())
-                .sum::<usize>();
+        check_key(idempotency_key.as_deref())?;
+        check_callback(request.callback_url.as_deref(), policy)?;
+        let max_attempts = check_max_attempts(None, policy)?;
+        check_pass_at_k(&request.pass_at_k, policy)?;
+        if let Some(runtime) = &request.runtime
+            && runtime_files(runtime).is_none()
+        {
+            return Err(Rejection::UnknownRuntime {
+                name: runtime.clone(),
+                case: None,
+            });
+        }
+        if let Some(code) = &request.code {
+            check_code(code, policy)?;
+        }
+        // The suite's own program, checked once, when a case first runs it unchanged.
+        let mut suite_bytes = None;
         let mut taken = HashSet::with_capacity(request.cases.len());
         let mut look_alikes = LookAlikes::with_capacity(request.cases.len());
         let mut cases = Vec::with_capacity(request.cases.len());
         for (index, case) in request.cases.into_iter().enumerate() {
             let name = case.name.unwrap_or_else(|| format!("case {}", index + 1));
-            let in_case = |rejection: Rejection| {
-                let label = format!("case {} ({})", index + 1, shown(&name));
-                match rejection {
-                    Rejection::TooLarge(m) => Rejection::TooLarge(format!("{label}: {m}")),
-                    Rejection::Invalid(m) => Rejection::Invalid(format!("{label}: {m}")),
-                    // Only the shared part names a runtime or carries the key.
-                    other => other,
-                }
+            let label = format!("case {} ({})", index + 1, shown(&name));
+            let in_case = |rejection: Rejection| match rejection {
+                Rejection::TooLarge(m) => Rejection::TooLarge(format!("{label}: {m}")),
+                Rejection::Invalid(m) => Rejection::Invalid(format!("{label}: {m}")),
+                Rejection::UnknownRuntime { name, .. } => Rejection::UnknownRuntime {
+                    name,
+                    case: Some(label.clone()),
+                },
+                Rejection::IdempotencyKey => Rejection::IdempotencyKey,
             };
             check_case_name(&name).map_err(in_case)?;
             if !taken.insert(name.clone()) {
@@ -554,6 +600,30 @@ impl BatchSpec {
                     shown(other)
                 ))));
             }
+            if let Some(group) = &case.group {
+                check_group(group).map_err(in_case)?;
+            }
+            let Some(runtime) = case.runtime.as_ref().or(request.runtime.as_ref()) else {
+                return Err(in_case(Rejection::Invalid(
+                    "no runtime: give one for the suite or for the case".into(),
+                )));
+            };
+            let Some(code) = case.code.as_ref().or(request.code.as_ref()) else {
+                return Err(in_case(Rejection::Invalid(
+                    "no code: give it for the suite or for the case".into(),
+                )));
+            };
+            let own_program =
+                case.runtime.is_some() || case.code.is_some() || !case.files.is_empty();
+            let program_bytes = if own_program {
+                let files = with_own_files(&request.files, &case.files);
+                check_program(runtime, code, &files, policy, &runtime_files).map_err(in_case)?
+            } else if let Some(bytes) = suite_bytes {
+                bytes
+            } else {
+                let bytes = check_program(runtime, code, &request.files, policy, &runtime_files)?;
+                *suite_bytes.insert(bytes)
+            };
             check_input(&case.stdin, &case.args, policy).map_err(in_case)?;
             if let Some(expected) = &case.expected_output {
                 let max = usize::try_from(policy.max_limits.output_bytes).unwrap_or(usize::MAX);
@@ -561,9 +631,13 @@ impl BatchSpec {
             }
             let limits =
                 resolve_limits(overlay(case.limits, request.limits), policy).map_err(in_case)?;
-            check_fits_memory(shared_bytes, &limits).map_err(in_case)?;
+            check_fits_memory(program_bytes, &limits).map_err(in_case)?;
             cases.push(CaseSpec {
                 name,
+                group: case.group,
+                runtime: runtime.clone(),
+                code: case.code,
+                files: case.files,
                 stdin: case.stdin,
                 args: case.args,
                 expected_output: case.expected_output,
@@ -571,18 +645,65 @@ impl BatchSpec {
             });
         }
         Ok(BatchSpec {
-            runtime: shared.runtime,
-            code: shared.code,
-            files: shared.files,
+            runtime: request.runtime,
+            code: request.code,
+            files: request.files,
             limits: request.limits,
             compare: request.compare,
-            max_attempts: shared.max_attempts,
+            pass_at_k: request.pass_at_k,
+            max_attempts,
             cases,
-            idempotency_key: shared.idempotency_key,
-            callback_url: shared.callback_url,
+            idempotency_key,
+            callback_url: request.callback_url,
             callback_each_case: request.callback_each_case,
         })
     }
+}
+
+/// A case's files: the suite's, with the case's own added (replacing any of the same name).
+fn with_own_files<'a>(
+    suite: &'a BTreeMap<String, String>,
+    own: &BTreeMap<String, String>,
+) -> Cow<'a, BTreeMap<String, String>> {
+    if own.is_empty() {
+        return Cow::Borrowed(suite);
+    }
+    let mut files = suite.clone();
+    files.extend(own.iter().map(|(n, c)| (n.clone(), c.clone())));
+    Cow::Owned(files)
+}
+
+/// pass@k is asked for `k` from 1 to the most cases a suite may have, each once.
+fn check_pass_at_k(ks: &[u32], policy: &Policy) -> Result<(), Rejection> {
+    if ks.len() > MAX_PASS_AT_K {
+        return Err(Rejection::Invalid(format!(
+            "pass_at_k asks for {} values, at most {MAX_PASS_AT_K} allowed",
+            ks.len()
+        )));
+    }
+    let max = u32::try_from(policy.max_batch_cases).unwrap_or(u32::MAX);
+    let mut seen = BTreeSet::new();
+    for &k in ks {
+        if k == 0 || k > max {
+            return Err(Rejection::Invalid(format!(
+                "pass_at_k: {k} is not a k from 1 to {max}"
+            )));
+        }
+        if !seen.insert(k) {
+            return Err(Rejection::Invalid(format!("pass_at_k gives {k} twice")));
+        }
+    }
+    Ok(())
+}
+
+/// A group name: as a case name is.
+fn check_group(group: &str) -> Result<(), Rejection> {
+    check_case_name(group).map_err(|rejection| match rejection {
+        Rejection::Invalid(m) => {
+            Rejection::Invalid(format!("group {}", m.trim_start_matches("name ")))
+        }
+        other => other,
+    })
 }
 
 /// A case name: 1 to [`MAX_CASE_NAME_BYTES`] bytes, nothing [`hidden_character`] refuses.
@@ -660,6 +781,44 @@ mod tests {
     }
 
     #[test]
+    fn a_case_keeps_only_its_own_program_and_is_checked_with_the_suites_files_added() {
+        let policy = Policy::default();
+        let suite = serde_json::json!({
+            "runtime": "sh", "code": "cat", "files": {"lib/a.sh": "a"},
+            "cases": [{}, {"runtime": "c", "code": "int main(){}", "files": {"b.h": ""},
+                       "group": "p"}],
+        });
+        let spec =
+            validate(serde_json::from_value(suite).expect("request"), &policy).expect("valid");
+        let (shared, own) = (&spec.cases[0], &spec.cases[1]);
+        assert_eq!(
+            (shared.runtime.as_str(), shared.code.as_deref()),
+            ("sh", None)
+        );
+        assert_eq!(
+            (own.runtime.as_str(), own.code.as_deref()),
+            ("c", Some("int main(){}"))
+        );
+        assert_eq!(
+            own.files.keys().collect::<Vec<_>>(),
+            ["b.h"],
+            "the suite's stay the suite's"
+        );
+        assert_eq!(own.group.as_deref(), Some("p"));
+
+        // The suite's file `lib` directory meets a case's file `lib`: that case's tree is refused.
+        let clash = serde_json::json!({
+            "runtime": "sh", "code": "cat", "files": {"lib/a.sh": "a"},
+            "cases": [{}, {"name": "clash", "files": {"lib": "x"}}],
+        });
+        let refused = validate(serde_json::from_value(clash).expect("request"), &policy);
+        assert!(
+            matches!(&refused, Err(Rejection::Invalid(m)) if m.starts_with("case 2 (\"clash\"): files \"lib\" and \"lib/a.sh\"")),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
     fn an_invalid_case_is_named_in_the_refusal() {
         let err = validate(
             request(serde_json::json!([
@@ -722,7 +881,13 @@ mod tests {
     #[test]
     fn an_unknown_runtime_and_a_bad_key_are_refused_in_the_domains_own_words() {
         let unknown = job(serde_json::json!({"runtime": "cobol", "code": "x"}), None);
-        assert_eq!(unknown, Err(Rejection::UnknownRuntime("cobol".into())));
+        assert_eq!(
+            unknown,
+            Err(Rejection::UnknownRuntime {
+                name: "cobol".into(),
+                case: None
+            })
+        );
         assert_eq!(
             unknown.expect_err("refused").to_string(),
             "unknown runtime \"cobol\""

@@ -1,12 +1,16 @@
-//! The build cache of batches: a compiled runtime's binary, built once per batch and run by every
-//! case, instead of recompiling the same code for each test case.
+//! The build cache of batches: a compiled runtime's binary, built once per distinct program of a
+//! batch and run by every case with that program, instead of recompiling the same code for each
+//! test case. A suite of one program against many inputs builds once; a suite of many programs
+//! (samples of generated code) builds each once, and identical samples share a build.
 //!
-//! One entry per batch, under `<work root>/.builds/`: the binary (`<batch id>`) and, while the
-//! compiler runs, its staging directory (`<batch id>.build`, bound into the compile's sandbox as
+//! One entry per program of a batch, keyed by a SHA-256 of everything that goes into the build
+//! (the runtime, its compiler and flags, the code, every file by name and content: [`BuildKey`]),
+//! under `<work root>/.builds/`: the binary (`<batch id>-<key>`) and, while the compiler runs,
+//! its staging directory (`<batch id>-<key>.build`, bound into the compile's sandbox as
 //! `/work`). The first case to need the binary compiles it; cases arriving meanwhile wait for that
-//! build rather than start their own. A compile error is kept too, so every case reports it. The
-//! entry is forgotten when its batch completes ([`Builds::forget`], driven by the
-//! `batch.completed` event) and its files go with the last case still using them; whatever a
+//! build rather than start their own. A compile error is kept too, so every case reports it. A
+//! batch's entries are forgotten when it completes ([`Builds::forget`], driven by the
+//! `batch.completed` event) and their files go with the last case still using them; whatever a
 //! crashed server left behind is swept when the next one starts.
 
 use std::collections::HashMap;
@@ -17,10 +21,48 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
 use super::{RunError, RunOutput, remove_logged, remove_tree};
 use crate::job::BatchId;
+use crate::runtime::Runtime;
+
+/// What a build is made of, hashed: two cases share a build exactly when they match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct BuildKey([u8; 32]);
+
+impl BuildKey {
+    pub(super) fn of(
+        runtime: &Runtime,
+        code: &str,
+        files: &std::collections::BTreeMap<String, String>,
+    ) -> BuildKey {
+        let mut hash = Sha256::new();
+        // Each part is length-prefixed, so no two different builds hash the same bytes.
+        let mut part = |bytes: &[u8]| {
+            hash.update((bytes.len() as u64).to_le_bytes());
+            hash.update(bytes);
+        };
+        part(runtime.name.as_bytes());
+        part(runtime.program.as_os_str().as_encoded_bytes());
+        for arg in &runtime.args {
+            part(arg.as_bytes());
+        }
+        part(runtime.source_file.as_bytes());
+        part(code.as_bytes());
+        for (name, content) in files {
+            part(name.as_bytes());
+            part(content.as_bytes());
+        }
+        BuildKey(hash.finalize().into())
+    }
+
+    /// Enough of the hash to name the entry's files apart.
+    fn short(&self) -> String {
+        self.0[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
 
 /// A batch's build, once it has run: the binary, or how it failed (the compiler's refusal, or
 /// a limit the build reached).
@@ -44,7 +86,7 @@ impl From<RunError> for NotBuilt {
 
 pub struct Builds {
     root: PathBuf,
-    entries: Mutex<HashMap<BatchId, Arc<Entry>>>,
+    entries: Mutex<HashMap<(BatchId, BuildKey), Arc<Entry>>>,
 }
 
 pub(super) struct Entry {
@@ -63,14 +105,15 @@ impl Builds {
         })
     }
 
-    /// The batch's entry, created empty on first use.
-    pub(super) fn entry(&self, batch: BatchId) -> Arc<Entry> {
+    /// The entry of one program of the batch, created empty on first use.
+    pub(super) fn entry(&self, batch: BatchId, key: BuildKey) -> Arc<Entry> {
         let mut entries = self.lock();
-        let entry = entries.entry(batch).or_insert_with(|| {
+        let entry = entries.entry((batch, key)).or_insert_with(|| {
+            let name = format!("{batch}-{}", key.short());
             Arc::new(Entry {
                 built: OnceCell::new(),
-                binary: self.root.join(batch.to_string()),
-                staging: self.root.join(format!("{batch}.build")),
+                staging: self.root.join(format!("{name}.build")),
+                binary: self.root.join(name),
             })
         });
         Arc::clone(entry)
@@ -87,17 +130,19 @@ impl Builds {
         .unwrap_or_else(|panicked| Err(io::Error::other(panicked)))
     }
 
-    /// Drops the batch's build: its files are removed once no case holds it any more.
+    /// Drops the batch's builds: their files are removed once no case holds them any more.
     pub fn forget(&self, batch: BatchId) {
-        self.lock().remove(&batch);
+        self.lock().retain(|(of, _), _| *of != batch);
     }
 
     /// The batches with a build in the cache.
     pub fn batches(&self) -> Vec<BatchId> {
-        self.lock().keys().copied().collect()
+        let batches: std::collections::BTreeSet<BatchId> =
+            self.lock().keys().map(|(batch, _)| *batch).collect();
+        batches.into_iter().collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<BatchId, Arc<Entry>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(BatchId, BuildKey), Arc<Entry>>> {
         self.entries
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

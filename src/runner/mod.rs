@@ -40,7 +40,7 @@ mod process;
 mod workdir;
 
 pub use builds::Builds;
-use builds::{Built, NotBuilt};
+use builds::{BuildKey, Built, NotBuilt};
 use execute::{Invocation, execute};
 use workdir::{
     WorkDir, check_inline, in_pages, is_run_directory, remove_logged, remove_tree, staged_entries,
@@ -62,7 +62,8 @@ pub struct RunRequest<'a> {
     pub limits: Limits,
     /// Where the job's run reports while it runs; `None` runs it without a progress pipe.
     pub reporting: Option<&'a Reporting>,
-    /// The batch the job is a case of: a compiled runtime then builds once for the whole batch.
+    /// The batch the job is a case of: a compiled runtime then builds once for all the
+    /// batch's cases with the same program.
     pub batch: Option<BatchId>,
 }
 
@@ -303,9 +304,10 @@ impl Runner {
         Ok(RunOutput { outcome, ..built })
     }
 
-    /// The batch's binary (what `compile`, the build step of `req`'s runtime, produces),
-    /// compiled by the first of its cases to get here while the others wait for it; or the
-    /// failed build (refused, or at its limits) every case of the batch then reports. Also says
+    /// The binary of `req`'s program in the batch (what `compile`, the build step of `req`'s
+    /// runtime, produces), compiled by the first of the cases with that program to get here
+    /// while the others wait for it; or the failed build (refused, or at its limits) every such
+    /// case then reports. Also says
     /// whether this run compiled or shared. A build that was cancelled or could not run is not
     /// kept: the next case tries again.
     async fn shared_build(
@@ -315,7 +317,8 @@ impl Runner {
         compile: &Compile,
         cancel: &CancellationToken,
     ) -> Result<(Result<PathBuf, RunOutput>, BuildUse), RunError> {
-        let entry = self.builds.entry(batch);
+        let key = BuildKey::of(req.runtime, req.code, req.files);
+        let entry = self.builds.entry(batch, key);
         let compiled_here = AtomicBool::new(false);
         let build = entry.get_or_build(|| async {
             compiled_here.store(true, Ordering::Relaxed);

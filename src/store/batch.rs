@@ -12,7 +12,9 @@ use super::read::{collect, event_row, opt_u64, parse_outcome, parse_verdict};
 use super::tenants::{self, Admission, Full};
 use super::write::{self, from_json, parse_id, parse_status, to_json};
 use crate::bus::Notice;
-use crate::job::batch::{Batch, BatchSpec, Case, CaseReport, Tally, status_counts, verdict_counts};
+use crate::job::batch::{
+    Batch, BatchSpec, Case, CaseReport, Group, GroupsSummary, Tally, status_counts, verdict_counts,
+};
 use crate::job::verdict::{CompareMode, Verdict};
 use crate::job::{BatchId, Event, EventKind, JobId, Status};
 
@@ -57,6 +59,7 @@ pub(super) fn submit(
 ) -> Result<BatchSubmitted, StoreError> {
     let files = to_json(&spec.files)?;
     let limits = to_json(&spec.limits)?;
+    let pass_at_k = to_json(&spec.pass_at_k)?;
     if let Some(key) = &spec.idempotency_key {
         let existing: Option<String> = conn
             .prepare_cached(
@@ -66,7 +69,7 @@ pub(super) fn submit(
             .query_row(params![key, admission.tenant], |r| r.get(0))
             .optional()?;
         if let Some(id) = existing {
-            let same = same_suite(conn, &id, spec, &files, &limits)?;
+            let same = same_suite(conn, &id, spec, [&files, &limits, &pass_at_k])?;
             let id = parse_id(&id)?;
             return Ok(if same {
                 BatchSubmitted::Replayed(id)
@@ -84,13 +87,13 @@ pub(super) fn submit(
     let count = i64::try_from(spec.cases.len()).unwrap_or(i64::MAX);
     conn.prepare_cached(
         "INSERT INTO batches (id, runtime, code, files, limits, compare, cases, created_at,
-                              idempotency_key, callback_url, callback_each_case, tenant)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                              idempotency_key, callback_url, callback_each_case, tenant, pass_at_k)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?
     .execute(params![
         batch,
-        spec.runtime,
-        spec.code,
+        spec.runtime.as_deref().unwrap_or_default(),
+        spec.code.as_deref().unwrap_or_default(),
         files,
         limits,
         spec.compare.as_str(),
@@ -100,6 +103,7 @@ pub(super) fn submit(
         spec.callback_url,
         spec.callback_each_case,
         admission.tenant,
+        pass_at_k,
     ])?;
     // A case that is to be reported on carries the URL itself, so its end writes its outbox row
     // exactly as a job's does.
@@ -108,17 +112,20 @@ pub(super) fn submit(
         .as_deref()
         .filter(|_| spec.callback_each_case);
     let mut insert = conn.prepare_cached(
-        "INSERT INTO jobs (id, runtime, code, stdin, args, limits, max_attempts, created_at,
-                           batch_id, case_index, case_name, expected_output, callback_url, tenant)
-         VALUES (?1, ?2, '', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        "INSERT INTO jobs (id, runtime, code, files, stdin, args, limits, max_attempts, created_at,
+                           batch_id, case_index, case_name, expected_output, callback_url, tenant,
+                           case_group)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
     )?;
     let mut cases = Vec::with_capacity(spec.cases.len());
-    let queued = json!({"runtime": spec.runtime, "priority": 0, "batch_id": batch});
     for (index, case) in spec.cases.iter().enumerate() {
         let job = JobId::now_v7();
         insert.execute(params![
             job.to_string(),
-            spec.runtime,
+            case.runtime,
+            // '' runs the batch's code: a case's own code is never empty.
+            case.code.as_deref().unwrap_or_default(),
+            to_json(&case.files)?,
             case.stdin,
             to_json(&case.args)?,
             to_json(&case.limits)?,
@@ -130,7 +137,9 @@ pub(super) fn submit(
             case.expected_output,
             case_callback,
             admission.tenant,
+            case.group,
         ])?;
+        let queued = json!({"runtime": case.runtime, "priority": 0, "batch_id": batch});
         write::insert_event(conn, notices, job, now, EventKind::Queued, None, &queued)?;
         cases.push(job);
     }
@@ -138,36 +147,40 @@ pub(super) fn submit(
         "runtime": spec.runtime,
         "compare": spec.compare,
         "cases": spec.cases.len(),
+        "pass_at_k": spec.pass_at_k,
     });
     write::insert_batch_event(conn, notices, id, now, EventKind::BatchQueued, &data)?;
     Ok(BatchSubmitted::Created { id, cases })
 }
 
 /// True if the stored batch `id` is what `spec` asks for, case by case.
+/// `json` is the suite's files, limits and pass@k as stored.
 fn same_suite(
     conn: &Connection,
     id: &str,
     spec: &BatchSpec,
-    files: &str,
-    limits: &str,
+    json: [&str; 3],
 ) -> Result<bool, StoreError> {
+    let [files, limits, pass_at_k] = json;
     let same_batch = conn
         .prepare_cached(
             "SELECT runtime = ?2 AND code = ?3 AND files = ?4 AND limits = ?5 AND compare = ?6
                     AND cases = ?7 AND callback_url IS ?8 AND callback_each_case = ?9
+                    AND pass_at_k = ?10
              FROM batches WHERE id = ?1",
         )?
         .query_row(
             params![
                 id,
-                spec.runtime,
-                spec.code,
+                spec.runtime.as_deref().unwrap_or_default(),
+                spec.code.as_deref().unwrap_or_default(),
                 files,
                 limits,
                 spec.compare.as_str(),
                 i64::try_from(spec.cases.len()).unwrap_or(i64::MAX),
                 spec.callback_url,
                 spec.callback_each_case,
+                pass_at_k,
             ],
             |r| r.get::<_, bool>(0),
         )?;
@@ -175,8 +188,8 @@ fn same_suite(
         return Ok(false);
     }
     let mut stmt = conn.prepare_cached(
-        "SELECT case_name, stdin, args, limits, expected_output FROM jobs
-         WHERE batch_id = ?1 ORDER BY case_index",
+        "SELECT case_name, stdin, args, limits, expected_output, case_group, runtime, code, files
+         FROM jobs WHERE batch_id = ?1 ORDER BY case_index",
     )?;
     let mut rows = stmt.query([id])?;
     for case in &spec.cases {
@@ -187,7 +200,11 @@ fn same_suite(
             && row.get::<_, String>(1)? == case.stdin
             && row.get::<_, String>(2)? == to_json(&case.args)?
             && row.get::<_, String>(3)? == to_json(&case.limits)?
-            && row.get::<_, Option<String>>(4)? == case.expected_output;
+            && row.get::<_, Option<String>>(4)? == case.expected_output
+            && row.get::<_, Option<String>>(5)? == case.group
+            && row.get::<_, String>(6)? == case.runtime
+            && row.get::<_, String>(7)? == case.code.as_deref().unwrap_or_default()
+            && row.get::<_, String>(8)? == to_json(&case.files)?;
         if !same {
             return Ok(false);
         }
@@ -195,8 +212,9 @@ fn same_suite(
     Ok(true)
 }
 
-/// The batch's shared code, files and comparison for a case being claimed; notes the batch's
-/// start at its first claim.
+/// The batch's code, files and comparison for a case being claimed (the case runs the code
+/// unless it brings its own, and adds its own files to the files); notes the batch's start at
+/// its first claim.
 pub(super) fn shared(conn: &Connection, id: BatchId, now: i64) -> Result<Shared, StoreError> {
     let (code, files, compare): (String, String, String) = conn
         .prepare_cached(
@@ -241,7 +259,7 @@ pub(super) fn settle_case(
         .iter()
         .find(|(v, _)| *v == Verdict::Passed)
         .map_or(0, |(_, n)| *n);
-    let data = json!({
+    let mut data = json!({
         "cases": cases,
         "passed": passed,
         "failed": cases - i64::from(passed),
@@ -249,6 +267,10 @@ pub(super) fn settle_case(
         "total_ms": now - created_at,
         "run_ms": started_at.map(|started| now - started),
     });
+    if let Some(summary) = groups_summary(conn, batch_id)? {
+        data["groups"] =
+            serde_json::to_value(summary).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    }
     let id = parse_id(batch_id)?;
     write::insert_batch_event(conn, notices, id, now, EventKind::BatchCompleted, &data)?;
     super::webhooks::batch_completed(conn, id, now)
@@ -321,12 +343,13 @@ pub(super) fn batch(conn: &Connection, id: BatchId) -> Result<Option<Batch>, Sto
     let key = id.to_string();
     let row = conn
         .prepare_cached(
-            "SELECT runtime, compare, done, cases, passed, created_at, started_at, finished_at
+            "SELECT nullif(runtime, ''), compare, done, cases, passed, created_at, started_at,
+                    finished_at
              FROM batches WHERE id = ?1",
         )?
         .query_row([&key], |r| {
             Ok((
-                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(0)?,
                 r.get::<_, String>(1)?,
                 (
                     r.get::<_, u32>(2)?,
@@ -352,6 +375,7 @@ pub(super) fn batch(conn: &Connection, id: BatchId) -> Result<Option<Batch>, Sto
         failed: done.saturating_sub(passed),
         by_status: status_counts(&status_totals(conn, &key)?),
         by_verdict: verdict_counts(&verdict_totals(conn, &key)?),
+        groups: groups_summary(conn, &key)?,
         created_at,
         started_at,
         finished_at,
@@ -367,7 +391,7 @@ pub(super) fn is_done(conn: &Connection, id: BatchId) -> Result<Option<bool>, St
 }
 
 const CASE_COLUMNS: &str =
-    "case_index, case_name, id, status, outcome, verdict, verdict_detail, wall_ms";
+    "case_index, case_name, id, status, outcome, verdict, verdict_detail, wall_ms, case_group";
 
 /// Cases in suite order after position `after` (-1: from the start); `None` if there is no such
 /// batch.
@@ -407,9 +431,9 @@ pub(super) fn report(
         Ok(case_row(r).and_then(|case| {
             Ok(CaseReport {
                 case,
-                expected_output: r.get(8)?,
-                stdout: r.get(9)?,
-                stderr: r.get(10)?,
+                expected_output: r.get(9)?,
+                stdout: r.get(10)?,
+                stderr: r.get(11)?,
             })
         }))
     })?;
@@ -430,7 +454,61 @@ fn case_row(r: &Row) -> Result<Case, StoreError> {
         verdict: verdict.as_deref().map(parse_verdict).transpose()?,
         detail: r.get(6)?,
         wall_ms: opt_u64(r, 7)?,
+        group: r.get(8)?,
     })
+}
+
+/// The k values the batch asked pass@k for.
+fn pass_at_k_asked(conn: &Connection, batch_id: &str) -> Result<Vec<u32>, StoreError> {
+    let asked: String = conn
+        .prepare_cached("SELECT pass_at_k FROM batches WHERE id = ?1")?
+        .query_row([batch_id], |r| r.get(0))?;
+    from_json(&asked)
+}
+
+/// The batch's groups in sum, if it names groups or asks for pass@k: one pass over its cases.
+fn groups_summary(conn: &Connection, batch_id: &str) -> Result<Option<GroupsSummary>, StoreError> {
+    let ks = pass_at_k_asked(conn, batch_id)?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT count(verdict), count(*) FILTER (WHERE verdict = 'passed') FROM jobs
+         WHERE batch_id = ?1 AND case_group IS NOT NULL GROUP BY case_group",
+    )?;
+    let counts = stmt
+        .query_map([batch_id], |r| {
+            Ok((r.get::<_, u32>(0)?, r.get::<_, u32>(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    if counts.is_empty() && ks.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(GroupsSummary::of(counts, &ks)))
+}
+
+/// The batch's groups in name order after `after` (from the first if `None`), at most `limit`,
+/// each with its pass@k; `None` if there is no such batch.
+pub(super) fn groups(
+    conn: &Connection,
+    id: BatchId,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Option<Vec<Group>>, StoreError> {
+    let key = id.to_string();
+    if is_done(conn, id)?.is_none() {
+        return Ok(None);
+    }
+    let ks = pass_at_k_asked(conn, &key)?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT case_group, count(*), count(verdict), count(*) FILTER (WHERE verdict = 'passed')
+         FROM jobs
+         WHERE batch_id = ?1 AND case_group IS NOT NULL AND (?2 IS NULL OR case_group > ?2)
+         GROUP BY case_group ORDER BY case_group LIMIT ?3",
+    )?;
+    let groups = stmt
+        .query_map(params![key, after, limit], |r| {
+            Ok(Group::new(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, &ks))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(groups))
 }
 
 fn parse_compare(s: &str) -> Result<CompareMode, StoreError> {

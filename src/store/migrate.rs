@@ -46,6 +46,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0006_prune.sql",
         sql: include_str!("../../schema/0006_prune.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_programs_per_case.sql",
+        sql: include_str!("../../schema/0007_programs_per_case.sql"),
+    },
 ];
 
 /// Applies each migration newer than the file's `user_version`, each in its own transaction

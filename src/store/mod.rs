@@ -27,7 +27,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
 use crate::bus::Bus;
-use crate::job::batch::{Batch, BatchSpec, Case, CaseReport};
+use crate::job::batch::{Batch, BatchSpec, Case, CaseReport, Group};
 use crate::job::time::now_ms;
 use crate::job::{BatchId, Event, Finish, Job, JobId, JobSpec, Outcome, Progress, Status};
 use writer::Writer;
@@ -390,6 +390,18 @@ impl Store {
     ) -> Result<Option<Vec<Case>>, StoreError> {
         let after = after.map_or(-1, i64::from);
         self.read(move |conn| batch::cases(conn, id, after, limit))
+            .await
+    }
+
+    /// The batch's groups in name order after `after`, at most `limit`, each with its pass@k;
+    /// `None` if there is no such batch.
+    pub async fn batch_groups(
+        &self,
+        id: BatchId,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Option<Vec<Group>>, StoreError> {
+        self.read(move |conn| batch::groups(conn, id, after.as_deref(), limit))
             .await
     }
 

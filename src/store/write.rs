@@ -139,10 +139,13 @@ pub(super) fn claim(
     };
     let (mut job, case) = job?;
     if let Some((batch_id, expected_output)) = case {
-        // A case's code and files are stored once, with its batch.
+        // What a case shares with its batch is stored once, with the batch.
         let shared = batch::shared(conn, batch_id, now)?;
-        job.code = shared.code;
-        job.files = shared.files;
+        if job.code.is_empty() {
+            job.code = shared.code;
+        }
+        let own = std::mem::replace(&mut job.files, shared.files);
+        job.files.extend(own);
         job.case = Some(CaseCheck {
             batch_id,
             expected_output,

@@ -19,14 +19,14 @@ esac
 echo $((a + b))"#;
 
 /// Submits a suite, asserting the 202, and returns the answer.
-async fn submit(server: &Server, suite: &Value) -> Value {
+pub(crate) async fn submit(server: &Server, suite: &Value) -> Value {
     let (status, body) = server.post("/v1/batches", suite).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     body
 }
 
 /// Long-polls until the batch is done.
-async fn finished(server: &Server, id: &str) -> Value {
+pub(crate) async fn finished(server: &Server, id: &str) -> Value {
     for _ in 0..12 {
         let (status, batch) = server.get(&format!("/v1/batches/{id}?wait=10")).await;
         assert_eq!(status, StatusCode::OK, "{batch}");
@@ -38,7 +38,7 @@ async fn finished(server: &Server, id: &str) -> Value {
 }
 
 /// Every case, following the cursor `limit` at a time.
-async fn all_cases(server: &Server, id: &str, limit: u32) -> Vec<Value> {
+pub(crate) async fn all_cases(server: &Server, id: &str, limit: u32) -> Vec<Value> {
     let mut cases = Vec::new();
     let mut cursor = String::new();
     loop {
@@ -54,7 +54,7 @@ async fn all_cases(server: &Server, id: &str, limit: u32) -> Vec<Value> {
     }
 }
 
-async fn report(server: &Server, id: &str) -> String {
+pub(crate) async fn report(server: &Server, id: &str) -> String {
     let response = reqwest::get(format!(
         "{}/v1/batches/{id}/report?format=junit",
         server.url
@@ -74,13 +74,13 @@ async fn report(server: &Server, id: &str) -> String {
 
 /// A JUnit file as a strict XML parser reads it: the `<testcase>`s with their names and the kind
 /// of their first child (`failure`, `error`, `skipped`), and the root's attributes.
-struct Junit {
-    root: HashMap<String, String>,
-    cases: Vec<(String, Option<String>)>,
-    failure_texts: Vec<String>,
+pub(crate) struct Junit {
+    pub(crate) root: HashMap<String, String>,
+    pub(crate) cases: Vec<(String, Option<String>)>,
+    pub(crate) failure_texts: Vec<String>,
 }
 
-fn parse_junit(xml: &str) -> Junit {
+pub(crate) fn parse_junit(xml: &str) -> Junit {
     use quick_xml::events::{BytesStart, Event};
     fn attributes(e: &BytesStart) -> HashMap<String, String> {
         e.attributes()
@@ -382,7 +382,7 @@ async fn more_cases_than_the_configured_maximum_is_refused_with_413() {
 }
 
 /// The events that ended each case, as `(verdict, build)`.
-fn case_ends(server: &Server, batch: &str) -> Vec<(String, String)> {
+pub(crate) fn case_ends(server: &Server, batch: &str) -> Vec<(String, String)> {
     let conn = Connection::open(server.db_path()).unwrap();
     let mut stmt = conn
         .prepare(
@@ -407,7 +407,7 @@ fn builds_left(server: &Server) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn builds_are_removed(server: &Server) {
+pub(crate) async fn builds_are_removed(server: &Server) {
     for _ in 0..100 {
         if builds_left(server).is_empty() {
             return;

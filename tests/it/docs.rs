@@ -62,7 +62,8 @@ async fn the_history_cookbook_queries_run_against_a_real_database() {
     server.finished(&ok).await;
     server.finished(&bad).await;
     let suite = json!({"runtime": "sh", "code": "cat", "cases": [
-        {"stdin": "a", "expected_output": "a"}, {"stdin": "b", "expected_output": "c"}]});
+        {"group": "p", "stdin": "a", "expected_output": "a"},
+        {"group": "p", "stdin": "b", "expected_output": "c"}]});
     let (status, batch) = server.post("/v1/batches", &suite).await;
     assert_eq!(status, 202, "{batch}");
     let batch = batch["id"].as_str().expect("batch id").to_owned();

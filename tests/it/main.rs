@@ -17,6 +17,7 @@ mod faults;
 mod hostile;
 mod levels;
 mod ops;
+mod programs;
 mod runs;
 mod schema;
 mod streams;
