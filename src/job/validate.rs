@@ -588,7 +588,7 @@ impl BatchSpec {
                 },
                 Rejection::IdempotencyKey => Rejection::IdempotencyKey,
             };
-            check_case_name(&name).map_err(in_case)?;
+            check_label("name", &name).map_err(in_case)?;
             if !taken.insert(name.clone()) {
                 return Err(in_case(Rejection::Invalid(
                     "another case has the same name".into(),
@@ -601,7 +601,7 @@ impl BatchSpec {
                 ))));
             }
             if let Some(group) = &case.group {
-                check_group(group).map_err(in_case)?;
+                check_label("group", group).map_err(in_case)?;
             }
             let Some(runtime) = case.runtime.as_ref().or(request.runtime.as_ref()) else {
                 return Err(in_case(Rejection::Invalid(
@@ -696,25 +696,16 @@ fn check_pass_at_k(ks: &[u32], policy: &Policy) -> Result<(), Rejection> {
     Ok(())
 }
 
-/// A group name: as a case name is.
-fn check_group(group: &str) -> Result<(), Rejection> {
-    check_case_name(group).map_err(|rejection| match rejection {
-        Rejection::Invalid(m) => {
-            Rejection::Invalid(format!("group {}", m.trim_start_matches("name ")))
-        }
-        other => other,
-    })
-}
-
-/// A case name: 1 to [`MAX_CASE_NAME_BYTES`] bytes, nothing [`hidden_character`] refuses.
-fn check_case_name(name: &str) -> Result<(), Rejection> {
-    if name.is_empty() || name.len() > MAX_CASE_NAME_BYTES {
+/// A case's name or group (`what`): 1 to [`MAX_CASE_NAME_BYTES`] bytes, nothing
+/// [`hidden_character`] refuses.
+fn check_label(what: &str, label: &str) -> Result<(), Rejection> {
+    if label.is_empty() || label.len() > MAX_CASE_NAME_BYTES {
         return Err(Rejection::Invalid(format!(
-            "name must be 1 to {MAX_CASE_NAME_BYTES} bytes"
+            "{what} must be 1 to {MAX_CASE_NAME_BYTES} bytes"
         )));
     }
-    if let Some(why) = hidden_character(name) {
-        return Err(Rejection::Invalid(format!("name {why}")));
+    if let Some(why) = hidden_character(label) {
+        return Err(Rejection::Invalid(format!("{what} {why}")));
     }
     Ok(())
 }

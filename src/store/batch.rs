@@ -458,17 +458,18 @@ fn case_row(r: &Row) -> Result<Case, StoreError> {
     })
 }
 
-/// The k values the batch asked pass@k for.
-fn pass_at_k_asked(conn: &Connection, batch_id: &str) -> Result<Vec<u32>, StoreError> {
-    let asked: String = conn
+/// The k values the batch asked pass@k for; `None` if there is no such batch.
+fn pass_at_k_asked(conn: &Connection, batch_id: &str) -> Result<Option<Vec<u32>>, StoreError> {
+    let asked: Option<String> = conn
         .prepare_cached("SELECT pass_at_k FROM batches WHERE id = ?1")?
-        .query_row([batch_id], |r| r.get(0))?;
-    from_json(&asked)
+        .query_row([batch_id], |r| r.get(0))
+        .optional()?;
+    asked.as_deref().map(from_json).transpose()
 }
 
 /// The batch's groups in sum, if it names groups or asks for pass@k: one pass over its cases.
 fn groups_summary(conn: &Connection, batch_id: &str) -> Result<Option<GroupsSummary>, StoreError> {
-    let ks = pass_at_k_asked(conn, batch_id)?;
+    let ks = pass_at_k_asked(conn, batch_id)?.unwrap_or_default();
     let mut stmt = conn.prepare_cached(
         "SELECT count(verdict), count(*) FILTER (WHERE verdict = 'passed') FROM jobs
          WHERE batch_id = ?1 AND case_group IS NOT NULL GROUP BY case_group",
@@ -493,10 +494,9 @@ pub(super) fn groups(
     limit: u32,
 ) -> Result<Option<Vec<Group>>, StoreError> {
     let key = id.to_string();
-    if is_done(conn, id)?.is_none() {
+    let Some(ks) = pass_at_k_asked(conn, &key)? else {
         return Ok(None);
-    }
-    let ks = pass_at_k_asked(conn, &key)?;
+    };
     let mut stmt = conn.prepare_cached(
         "SELECT case_group, count(*), count(verdict), count(*) FILTER (WHERE verdict = 'passed')
          FROM jobs
