@@ -77,7 +77,7 @@ pub enum ClientCommand {
         #[command(flatten)]
         opts: ClientOpts,
     },
-    /// Show a job and its result
+    /// Show a job and its result; exits 0 only if it succeeded (for a suite's case: if it passed)
     Status {
         id: String,
         /// Wait up to this many seconds for the job to finish
@@ -317,11 +317,19 @@ pub async fn run(cmd: ClientCommand) -> Result<Conclusion, ClientError> {
     }
 }
 
+/// Success for a job that succeeded; for a suite's case, for a case that passed (a wrong answer
+/// exits 0 but fails its case).
 fn conclusion(job: &Value) -> Conclusion {
-    if job.get("status").and_then(Value::as_str) == Some("succeeded") {
-        Conclusion::Success
-    } else {
-        Conclusion::Failure
+    let passed = match job.get("verdict").and_then(Value::as_str) {
+        Some(verdict) => verdict == "passed",
+        None => {
+            job.get("case_name").is_none()
+                && job.get("status").and_then(Value::as_str) == Some("succeeded")
+        }
+    };
+    match passed {
+        true => Conclusion::Success,
+        false => Conclusion::Failure,
     }
 }
 
@@ -359,6 +367,25 @@ mod tests {
             };
             assert_eq!(conclusion(&job), expected, "{status}");
         }
+    }
+    #[test]
+    fn a_case_concludes_by_its_verdict_not_its_exit() {
+        let case = |status: &str, verdict: Option<&str>| json!({"status": status, "case_name": "t1", "verdict": verdict});
+        assert_eq!(
+            conclusion(&case("succeeded", Some("passed"))),
+            Conclusion::Success
+        );
+        assert_eq!(
+            conclusion(&case("succeeded", Some("wrong_answer"))),
+            Conclusion::Failure
+        );
+        assert_eq!(
+            conclusion(&case("failed", Some("runtime_error"))),
+            Conclusion::Failure
+        );
+        // Not judged yet: not passed.
+        let running = json!({"status": "running", "case_name": "t1"});
+        assert_eq!(conclusion(&running), Conclusion::Failure);
     }
     #[test]
     fn flags_parse() {

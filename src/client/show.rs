@@ -9,8 +9,9 @@ use serde_json::Value;
 use super::{ClientError, note};
 use crate::cli;
 
-/// `<id>  <status> (<outcome>)  exit <code>  <wall> ms  <runtime>`, leaving out what the job does
-/// not have yet (a queued job has no outcome, exit code or time).
+/// `<id>  <status> (<outcome>)  exit <code>  <wall> ms  <runtime>`, and for a suite's case
+/// `case "<name>"  <verdict>: <detail>`, leaving out what the job does not have yet (a queued
+/// job has no outcome, exit code, time or verdict).
 pub(super) fn job_line(job: &Value) -> String {
     let text = |name: &str| job.get(name).and_then(Value::as_str);
     let number = |name: &str| job.get(name).and_then(Value::as_i64);
@@ -33,6 +34,15 @@ pub(super) fn job_line(job: &Value) -> String {
     }
     if let Some(attempt) = number("attempt").filter(|&attempt| attempt > 1) {
         parts.push(format!("attempt {attempt}"));
+    }
+    if let Some(case) = text("case_name") {
+        parts.push(format!("case {case:?}"));
+    }
+    if let Some(verdict) = text("verdict") {
+        parts.push(match text("verdict_detail") {
+            Some(detail) => format!("{verdict}: {detail}"),
+            None => verdict.to_owned(),
+        });
     }
     parts.join("  ")
 }
@@ -135,6 +145,19 @@ mod tests {
         assert_eq!(
             job_line(&job),
             "0190-abc  succeeded (success)  exit 0  123 ms  python"
+        );
+    }
+    #[test]
+    fn a_case_s_line_ends_with_its_verdict_and_why() {
+        let case = json!({
+            "id": "0190-abc", "status": "failed", "outcome": "nonzero_exit", "runtime": "python",
+            "attempt": 1, "exit_code": 1, "wall_ms": 20, "case_name": "HumanEval/0#1",
+            "verdict": "runtime_error", "verdict_detail": "exit code 1: AssertionError",
+        });
+        assert_eq!(
+            job_line(&case),
+            "0190-abc  failed (nonzero_exit)  exit 1  20 ms  python  case \"HumanEval/0#1\"  \
+             runtime_error: exit code 1: AssertionError"
         );
     }
     #[test]

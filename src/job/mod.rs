@@ -3,17 +3,18 @@
 //! through, why it ended ([`Outcome`]), the [`Event`]s that record each step, and the job as
 //! stored ([`Job`]). Plain data and pure rules: no SQL, no HTTP, no processes.
 //!
-//! Beside it: suites of cases ([`batch`]) and how a case is judged ([`verdict`]); what a
-//! deployment lets a submission ask for ([`policy`], with the hosts a callback may reach in
-//! [`hosts`]) and the checks that hold a submission to it ([`validate`], one set of rules for
-//! every entry point); what a name may look like ([`names`]); timestamps as kiln keeps them
-//! ([`time`]).
+//! Beside it: suites of cases ([`batch`]), how a case is judged ([`verdict`]) and what a failed
+//! program's stderr says of why ([`failure`]); what a deployment lets a submission ask for
+//! ([`policy`], with the hosts a callback may reach in [`hosts`]) and the checks that hold a
+//! submission to it ([`validate`], one set of rules for every entry point); what a name may look
+//! like ([`names`]); timestamps as kiln keeps them ([`time`]).
 //!
 //! Nothing here imports anything of kiln outside `src/job/`: the configuration, the store, the
 //! API, the runner and the rest depend on this module and it on none of them, so a change up
 //! there never reaches the domain (`tests/it/architecture.rs` holds the crate to it).
 
 pub mod batch;
+pub mod failure;
 pub mod hosts;
 pub mod names;
 pub mod policy;

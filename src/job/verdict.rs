@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::failure::{self, clip};
 use super::text::text_enum;
 use super::{Outcome, RunResult};
 
@@ -98,21 +99,41 @@ pub fn judge(
                 },
             };
         }
-        Outcome::NonzeroExit => result.exit_code.map(|code| format!("exit code {code}")),
-        Outcome::Signal => result
-            .signal
-            .map(|signal| format!("killed by signal {signal}")),
+        Outcome::NonzeroExit | Outcome::Signal => {
+            let how = match (result.exit_code, result.signal) {
+                (Some(code), _) => Some(format!("exit code {code}")),
+                (None, Some(signal)) => Some(match failure::signal_name(signal) {
+                    Some(name) => format!("killed by signal {signal} ({name})"),
+                    None => format!("killed by signal {signal}"),
+                }),
+                (None, None) => None,
+            };
+            explained(how, failure::error_line(&result.stderr))
+        }
+        // Said by the runtime rather than seen by the kernel: its message tells how it allocated.
+        Outcome::MemoryLimit if failure::out_of_memory(&result.stderr) => explained(
+            Some("memory limit".to_owned()),
+            failure::error_line(&result.stderr),
+        ),
         Outcome::CompileError => {
             let mut lines = result.stderr.lines().chain(result.stdout.lines());
             // gcc and clang open with context ("In function ..."); the first error says more.
             let first_error = lines.clone().find(|line| line.contains("error"));
             first_error
                 .or_else(|| lines.find(|line| !line.trim().is_empty()))
-                .map(|line| clip(line, 200))
+                .map(|line| clip(line, failure::ERROR_LINE_CHARS))
         }
         other => Some(other.as_str().replace('_', " ")),
     };
     Judgement { verdict, detail }
+}
+
+/// `how` the run ended, then the program's own `why` where it wrote one.
+fn explained(how: Option<String>, why: Option<String>) -> Option<String> {
+    match (how, why) {
+        (Some(how), Some(why)) => Some(format!("{how}: {why}")),
+        (how, why) => how.or(why),
+    }
 }
 
 /// Characters of context shown on each side of the first difference.
@@ -254,14 +275,6 @@ fn excerpt(text: &str, at: usize, across_lines: bool) -> String {
     format!("{piece:?}")
 }
 
-/// At most `max` characters of `text`, with `…` when cut.
-fn clip(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((i, _)) => format!("{}…", &text[..i]),
-        None => text.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,6 +363,45 @@ mod tests {
         let crashed = judge(Outcome::NonzeroExit, &crashed, Some("4"), mode);
         assert_eq!(crashed.verdict, Verdict::RuntimeError);
         assert_eq!(crashed.detail.as_deref(), Some("exit code 3"));
+        let traceback = RunResult {
+            exit_code: Some(1),
+            stderr: "Traceback (most recent call last):\n  File \"/work/main.py\", line 1\n\
+                     AssertionError: expected 3\n"
+                .to_owned(),
+            ..result("")
+        };
+        let failed = judge(Outcome::NonzeroExit, &traceback, None, mode);
+        assert_eq!(
+            failed.detail.as_deref(),
+            Some("exit code 1: AssertionError: expected 3")
+        );
+        let aborted = RunResult {
+            exit_code: None,
+            signal: Some(libc::SIGABRT),
+            stderr: "main: main.c:3: main: Assertion `0' failed.\n".to_owned(),
+            ..result("")
+        };
+        let aborted = judge(Outcome::Signal, &aborted, None, mode);
+        assert_eq!(
+            aborted.detail.as_deref(),
+            Some("killed by signal 6 (SIGABRT): main: main.c:3: main: Assertion `0' failed.")
+        );
+        let said = RunResult {
+            exit_code: Some(1),
+            stderr: "Traceback (most recent call last):\n  File \"x\", line 1\nMemoryError\n"
+                .to_owned(),
+            ..result("")
+        };
+        let said = judge(Outcome::MemoryLimit, &said, None, mode);
+        assert_eq!(said.verdict, Verdict::MemoryLimit);
+        assert_eq!(said.detail.as_deref(), Some("memory limit: MemoryError"));
+        let killed = RunResult {
+            signal: Some(libc::SIGKILL),
+            stderr: "allocating\n".to_owned(),
+            ..result("")
+        };
+        let killed = judge(Outcome::MemoryLimit, &killed, None, mode);
+        assert_eq!(killed.detail.as_deref(), Some("memory limit"));
         let slow = judge(Outcome::WallTimeLimit, &result(""), Some("4"), mode);
         assert_eq!(slow.verdict, Verdict::TimedOut);
         assert_eq!(slow.detail.as_deref(), Some("wall time limit"));

@@ -1,6 +1,6 @@
 //! One process of a run from start to end: started (plainly or in the sandbox), fed its stdin,
 //! its output captured, held to its wall-clock, CPU and output limits and to cancellation, then
-//! killed, reaped and measured into a [`RunOutput`].
+//! killed, reaped and measured into a [`RunOutput`], with the outcome its end amounts to.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::capture::{capture, decode, feed};
 use super::process::{Attached, Process};
 use super::{Isolation, Reporting, RunError, RunOutput, launch, plain};
-use crate::job::{Limits, Outcome, RunResult};
+use crate::job::{Limits, Outcome, RunResult, failure};
 use crate::live::Stream;
 use crate::sandbox::{OverMemory, WorkFile, WorkMount};
 
@@ -182,18 +182,28 @@ pub(super) async fn execute(
     let (stdout, stderr) = (stdout?, stderr?);
 
     let truncated = stdout.truncated || stderr.truncated;
+    let stderr_truncated = stderr.truncated;
+    let stderr = decode(stderr.bytes);
     let outcome = fired
         .or(truncated.then_some(Outcome::OutputLimit))
         .or(measured.oom_killed.then_some(Outcome::MemoryLimit))
         .unwrap_or_else(|| exit_outcome(measured.status, measured.cpu_ms, &limits));
+    // A runtime that could not get memory may end on its own, reporting it: as over its limit
+    // as a run the cgroup killed.
+    let outcome = match outcome {
+        Outcome::NonzeroExit | Outcome::Signal if failure::out_of_memory(&stderr) => {
+            Outcome::MemoryLimit
+        }
+        other => other,
+    };
     let status = measured.status;
     let result = RunResult {
         exit_code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
         signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
         stdout_truncated: stdout.truncated,
-        stderr_truncated: stderr.truncated,
+        stderr_truncated,
         stdout: decode(stdout.bytes),
-        stderr: decode(stderr.bytes),
+        stderr,
         wall_ms: u64::try_from(wall.as_millis()).unwrap_or(u64::MAX),
         cpu_ms: measured.cpu_ms,
         memory_kb: measured.memory_kb,

@@ -61,19 +61,19 @@ pub(super) fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// (resource, soft, hard) for a run. The CPU soft limit sends SIGXCPU; the hard limit one second
 /// later SIGKILLs a program that catches SIGXCPU. Where a memory cgroup enforces the memory
-/// limit (and reports its kills), the address-space limit is only a backstop: runtimes reserve
-/// far more address space than they touch.
+/// limit (and reports its kills), the address space is not limited at all: runtimes reserve far
+/// more of it than they touch (the JVM's heap, Go's arenas, a big `mmap` read sparsely), and a
+/// limit there would fail programs that stay well inside their memory. Only without the cgroup
+/// is the address space the limit, the one the kernel can hold a process to then.
 pub(super) fn rlimits(
     limits: &Limits,
     memory_cgroup: bool,
     own_uid: bool,
 ) -> Vec<(libc::__rlimit_resource_t, u64, u64)> {
     let cpu_secs = limits.cpu_ms.div_ceil(1000).max(1);
-    let memory_bytes = limits.memory_mb.saturating_mul(1 << 20);
-    let address_space = if memory_cgroup {
-        memory_bytes.saturating_mul(4).max(4 << 30)
-    } else {
-        memory_bytes
+    let address_space = match memory_cgroup {
+        true => libc::RLIM_INFINITY,
+        false => limits.memory_mb.saturating_mul(1 << 20),
     };
     let mut rlimits = vec![
         (libc::RLIMIT_CPU, cpu_secs, cpu_secs.saturating_add(1)),

@@ -212,7 +212,10 @@ async fn a_200_case_suite_gets_a_verdict_per_case_totals_and_a_junit_report_that
         format!("line 1, column 2: expected \"{wanted}\", got \"{sum}\""),
         "the first difference, quoted: {wrong}"
     );
-    assert_eq!(cases[150]["detail"], "exit code 3");
+    assert_eq!(
+        cases[150]["detail"], "exit code 3: boom",
+        "its stderr says why"
+    );
     // Each case is a job, which knows its batch and verdict.
     let (_, job) = server
         .get(&format!("/v1/jobs/{}", wrong["job_id"].as_str().unwrap()))

@@ -22,4 +22,5 @@ mod runs;
 mod schema;
 mod streams;
 mod util;
+mod verdicts;
 mod webhooks;
