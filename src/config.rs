@@ -45,8 +45,10 @@ pub struct Config {
     pub max_wait: Duration,
     /// Requests (other than long-polls, which get `max_wait` on top) are cut off after this.
     pub request_timeout: Duration,
-    /// Largest request body accepted at all (413 above).
+    /// Largest request body accepted at all (413 above), but a suite sent as a stream.
     pub max_request_bytes: usize,
+    /// Largest suite sent as a stream (NDJSON), which is never held whole (413 above).
+    pub max_suite_bytes: u64,
     /// Runtimes added to (or replacing) the built-in ones: name and interpreter path.
     pub extra_runtimes: Vec<(String, PathBuf)>,
     /// How often a live (SSE) stream sends a keep-alive comment, so proxies and clients can tell
@@ -95,6 +97,7 @@ impl Config {
             max_wait: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
             max_request_bytes: 32 << 20,
+            max_suite_bytes: 1 << 30,
             extra_runtimes: Vec::new(),
             sse_keepalive: Duration::from_secs(15),
             sse_buffer_bytes: 256 << 10,

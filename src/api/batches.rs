@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -17,6 +17,7 @@ use super::error::{ApiError, ErrorCode};
 use super::extract::{self, BatchPath, Query};
 use super::jobs::{WaitQuery, admission, idempotency_key, page_size, wait_duration};
 use super::junit;
+use super::ndjson;
 use super::streams;
 use super::{AppState, access};
 use crate::auth::Principal;
@@ -30,23 +31,31 @@ use crate::store::{BatchCancel, BatchSubmitted};
 /// Characters of each case's expected output, stdout and stderr a report quotes.
 const REPORT_EXCERPT: u32 = 4096;
 
+/// Stores a suite sent whole (a JSON body) or as a stream of lines ([`ndjson`]), and answers
+/// its batch's id and its cases' job ids.
 pub async fn submit(
     State(state): State<AppState>,
     principal: Principal,
     headers: HeaderMap,
-    extract::Json(request): extract::Json<BatchRequest>,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let key = idempotency_key(&headers)?;
-    let spec = BatchSpec::validate(request, key, &state.config.policy, |name| {
-        state.runtimes.get(name).map(Runtime::own_files)
-    })?;
-    let names: Vec<String> = spec.cases.iter().map(|c| c.name.clone()).collect();
     let admission = admission(&state, &principal);
-    let (id, cases, replayed) = match state.store.submit_batch(spec, admission).await? {
+    let submitted = if ndjson::wanted(&headers) {
+        let key = idempotency_key(&headers)?;
+        ndjson::submit(&state, request.into_body(), key, admission).await?
+    } else {
+        let extract::Json(request) =
+            extract::Json::<BatchRequest>::from_request(request, &state).await?;
+        let key = idempotency_key(&headers)?;
+        let spec = BatchSpec::validate(request, key, &state.config.policy, |name| {
+            state.runtimes.get(name).map(Runtime::own_files)
+        })?;
+        state.store.submit_batch(spec, admission).await?
+    };
+    let (id, cases, replayed) = match submitted {
         BatchSubmitted::Created { id, cases } => {
-            let cases: Vec<_> = names
+            let cases: Vec<_> = cases
                 .into_iter()
-                .zip(cases)
                 .map(|(name, job_id)| json!({"name": name, "job_id": job_id}))
                 .collect();
             (id, cases, false)

@@ -34,12 +34,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|e: BytesRejection| {
-                if let Some(late) = cause::<BodyTimedOut>(&e) {
-                    ApiError::new(
-                        StatusCode::REQUEST_TIMEOUT,
-                        ErrorCode::BodyTimeout,
-                        late.to_string(),
-                    )
+                if let Some(late) = timed_out(&e) {
+                    late
                 } else if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::new(
                         StatusCode::PAYLOAD_TOO_LARGE,
@@ -52,6 +48,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
             })?;
         parse_json(&bytes).map(Json)
     }
+}
+
+/// `408` if reading a body failed because [`body_deadline`] passed.
+pub fn timed_out(error: &(dyn std::error::Error + 'static)) -> Option<ApiError> {
+    let late = cause::<BodyTimedOut>(error)?;
+    Some(ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        ErrorCode::BodyTimeout,
+        late.to_string(),
+    ))
 }
 
 /// The first error of type `E` in `error`'s chain of causes.

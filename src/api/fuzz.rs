@@ -368,7 +368,7 @@ proptest! {
                     prop_assert!(case.limits.wall_ms <= policy.max_limits.wall_ms);
                     prop_assert!(case.limits.memory_mb >= 1);
                 }
-                prop_assert!(!spec.callback_each_case || spec.callback_url.is_some());
+                prop_assert!(!spec.suite.callback_each_case || spec.suite.callback_url.is_some());
             }
             Err(Rejection::TooLarge(message)) => prop_assert!(asked > 4, "{}", message),
             Err(Rejection::Invalid(message)) => prop_assert!(!message.is_empty()),

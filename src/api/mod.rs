@@ -2,7 +2,8 @@
 //! and reads results back; it holds no job state of its own. `POST /v1/jobs` answers `202` only
 //! after the job is committed to disk.
 //!
-//! Routes: `jobs` (the v1 API), `batches` (test suites, with their `junit` reports), `streams`
+//! Routes: `jobs` (the v1 API), `batches` (test suites, with their `junit` reports, and
+//! `ndjson` for suites sent as a stream of lines), `streams`
 //! (the event endpoints as Server-Sent Events), `compat` (the replaced synchronous design's
 //! endpoints), `metrics` (Prometheus), and the health checks here.
 
@@ -16,6 +17,7 @@ mod fuzz;
 mod jobs;
 mod junit;
 mod metrics;
+mod ndjson;
 mod streams;
 
 use std::sync::Arc;

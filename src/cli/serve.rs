@@ -104,6 +104,13 @@ pub struct ServeArgs {
     #[arg(long, env = "KILN_MAX_BATCH_CASES",
           default_value_t = defaults().policy.max_batch_cases)]
     max_batch_cases: usize,
+    /// Largest request body, bytes, but a suite sent as a stream (413 above)
+    #[arg(long, env = "KILN_MAX_REQUEST_BYTES",
+          default_value_t = defaults().max_request_bytes)]
+    max_request_bytes: usize,
+    /// Largest suite sent as a stream (NDJSON), bytes (413 above)
+    #[arg(long, env = "KILN_MAX_SUITE_BYTES", default_value_t = defaults().max_suite_bytes)]
+    max_suite_bytes: u64,
     /// MiB the database's write-ahead log may reach while a reader keeps it from being
     /// checkpointed; past a quarter of it the log is truncated as soon as readers allow, and at
     /// it new jobs are refused with 503
@@ -260,6 +267,17 @@ pub struct LimitArgs {
     #[arg(long, env = "KILN_MAX_CPU_PERCENT",
           value_parser = clap::value_parser!(u64).range(1..))]
     max_cpu_percent: Option<u64>,
+    /// Largest code of a job or a case, bytes (413 above)
+    #[arg(long, env = "KILN_MAX_CODE_BYTES", default_value_t = defaults().policy.max_code_bytes)]
+    max_code_bytes: usize,
+    /// Largest stdin of a job or a case, bytes (413 above)
+    #[arg(long, env = "KILN_MAX_STDIN_BYTES",
+          default_value_t = defaults().policy.max_stdin_bytes)]
+    max_stdin_bytes: usize,
+    /// Most bytes of files (names and contents) a job or a case may give (413 above)
+    #[arg(long, env = "KILN_MAX_FILES_BYTES",
+          default_value_t = defaults().policy.max_files_bytes)]
+    max_files_bytes: usize,
     /// Wall-clock limit of a compiled runtime's build step, ms (at most --max-wall-ms)
     #[arg(long, env = "KILN_COMPILE_WALL_MS",
           default_value_t = defaults().compile_limits.wall_ms)]
@@ -300,6 +318,8 @@ impl ServeArgs {
         config.sse_stall = Duration::from_millis(self.sse_stall_ms);
         config.sse_max_streams = self.sse_max_streams;
         config.policy.max_batch_cases = self.max_batch_cases;
+        config.max_request_bytes = self.max_request_bytes;
+        config.max_suite_bytes = self.max_suite_bytes;
         config.wal_max_bytes = self.wal_max_mb.saturating_mul(1 << 20);
         config.max_queued_jobs = self.max_queued_jobs;
         config.max_batches_in_flight = self.max_batches_in_flight;
@@ -366,6 +386,9 @@ impl LimitArgs {
         if self.max_cpu_percent.is_some() {
             max.cpu_percent = self.max_cpu_percent;
         }
+        config.policy.max_code_bytes = self.max_code_bytes;
+        config.policy.max_stdin_bytes = self.max_stdin_bytes;
+        config.policy.max_files_bytes = self.max_files_bytes;
         let build = &mut config.compile_limits;
         build.wall_ms = self.compile_wall_ms;
         build.cpu_ms = self.compile_cpu_ms;

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::validate::LimitsRequest;
 use super::verdict::{CompareMode, Verdict};
@@ -18,6 +18,14 @@ use super::{BatchId, JobId, Limits, Outcome, Status};
 /// A validated suite, ready to be stored in one transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BatchSpec {
+    pub suite: SuiteSpec,
+    pub cases: Vec<CaseSpec>,
+}
+
+/// A validated suite's own fields: all of it but its cases, which a suite sent as a stream
+/// holds apart from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SuiteSpec {
     /// The program of every case that does not bring its own; either may be absent when every
     /// case gives it.
     pub runtime: Option<String>,
@@ -29,14 +37,15 @@ pub struct BatchSpec {
     /// The `k` of each pass@k reported, as asked.
     pub pass_at_k: Vec<u32>,
     pub max_attempts: u32,
-    pub cases: Vec<CaseSpec>,
     pub idempotency_key: Option<String>,
     pub callback_url: Option<String>,
     /// Each case's end is reported to `callback_url` too; never set without it.
     pub callback_each_case: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One case, checked. It is serialized only to be read back by the same server (a suite sent
+/// as a stream waits on disk until its last case has arrived).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaseSpec {
     pub name: String,
     pub group: Option<String>,

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::batch::{BatchSpec, CaseSpec};
+use super::batch::{BatchSpec, CaseSpec, SuiteSpec};
 use super::names::{LookAlikes, hidden_character, shown};
 use super::policy::Policy;
 use super::verdict::CompareMode;
@@ -111,6 +111,43 @@ pub struct BatchRequest {
     #[serde(default)]
     pub callback_each_case: bool,
     pub cases: Vec<CaseRequest>,
+}
+
+impl BatchRequest {
+    /// The suite's own fields and its cases apart.
+    pub fn into_parts(self) -> (SuiteRequest, Vec<CaseRequest>) {
+        let suite = SuiteRequest {
+            runtime: self.runtime,
+            code: self.code,
+            files: self.files,
+            limits: self.limits,
+            compare: self.compare,
+            pass_at_k: self.pass_at_k,
+            callback_url: self.callback_url,
+            callback_each_case: self.callback_each_case,
+        };
+        (suite, self.cases)
+    }
+}
+
+/// A suite's own fields, every one of a [`BatchRequest`] but its cases: the first line of a
+/// suite sent as a stream, whose cases follow a line each.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuiteRequest {
+    pub runtime: Option<String>,
+    pub code: Option<String>,
+    #[serde(default, deserialize_with = "unique_names")]
+    pub files: BTreeMap<String, String>,
+    #[serde(default)]
+    pub limits: LimitsRequest,
+    #[serde(default)]
+    pub compare: CompareMode,
+    #[serde(default)]
+    pub pass_at_k: Vec<u32>,
+    pub callback_url: Option<String>,
+    #[serde(default)]
+    pub callback_each_case: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -530,27 +567,60 @@ fn resolve_limits(request: LimitsRequest, policy: &Policy) -> Result<Limits, Rej
 const MAX_PASS_AT_K: usize = 16;
 
 impl BatchSpec {
-    /// Checks a suite against the deployment's policy. Each case's program (its own runtime,
-    /// code and files where it gives them, the suite's elsewhere) is checked with the same
-    /// rules as a job's, the suite's own once for all the cases that run it unchanged; then
-    /// each case's input and limits, and a refusal names the case. More cases than
-    /// `policy.max_batch_cases` is `TooLarge`.
+    /// Checks a suite against the deployment's policy, whole: more cases than
+    /// `policy.max_batch_cases` is `TooLarge`, none is `Invalid`, and then the suite's own
+    /// fields and each case are checked as a [`SuiteCheck`] checks them.
     pub fn validate(
         request: BatchRequest,
         idempotency_key: Option<String>,
         policy: &Policy,
         runtime_files: impl Fn(&str) -> Option<RuntimeFiles>,
     ) -> Result<BatchSpec, Rejection> {
-        if request.cases.len() > policy.max_batch_cases {
+        let (suite, requests) = request.into_parts();
+        if requests.len() > policy.max_batch_cases {
             return Err(Rejection::TooLarge(format!(
                 "{} cases given, at most {} allowed",
-                request.cases.len(),
+                requests.len(),
                 policy.max_batch_cases
             )));
         }
-        if request.cases.is_empty() {
-            return Err(Rejection::Invalid("cases must not be empty".into()));
+        if requests.is_empty() {
+            return Err(no_cases());
         }
+        let mut check = SuiteCheck::new(suite, idempotency_key, policy, runtime_files)?;
+        let mut cases = Vec::with_capacity(requests.len());
+        for case in requests {
+            cases.push(check.case(case, None)?);
+        }
+        let suite = check.finish()?;
+        Ok(BatchSpec { suite, cases })
+    }
+}
+
+/// A suite checked a case at a time, as its cases arrive: the suite's own fields when it is
+/// made, each case as it is given, and at the end that there was one. What it keeps between
+/// cases is their names (unique, and unlike one another) and whether the suite's own program
+/// has been checked, so it needs no case once checked and holds no case's code.
+pub struct SuiteCheck<'p, F> {
+    suite: SuiteSpec,
+    policy: &'p Policy,
+    runtime_files: F,
+    /// The bytes of the suite's own program, once a case running it unchanged had it checked.
+    suite_bytes: Option<usize>,
+    taken: HashSet<String>,
+    look_alikes: LookAlikes,
+    cases: usize,
+}
+
+impl<'p, F: Fn(&str) -> Option<RuntimeFiles>> SuiteCheck<'p, F> {
+    /// Checks the suite's own fields: its callback, its pass@k, its runtime and code (its files
+    /// wait for the first case that runs them, as they are checked with that case's runtime).
+    pub fn new(
+        request: SuiteRequest,
+        idempotency_key: Option<String>,
+        policy: &'p Policy,
+        runtime_files: F,
+    ) -> Result<SuiteCheck<'p, F>, Rejection> {
         if request.callback_each_case && request.callback_url.is_none() {
             return Err(Rejection::Invalid(
                 "callback_each_case needs a callback_url to call".into(),
@@ -571,80 +641,7 @@ impl BatchSpec {
         if let Some(code) = &request.code {
             check_code(code, policy)?;
         }
-        // The suite's own program, checked once, when a case first runs it unchanged.
-        let mut suite_bytes = None;
-        let mut taken = HashSet::with_capacity(request.cases.len());
-        let mut look_alikes = LookAlikes::with_capacity(request.cases.len());
-        let mut cases = Vec::with_capacity(request.cases.len());
-        for (index, case) in request.cases.into_iter().enumerate() {
-            let name = case.name.unwrap_or_else(|| format!("case {}", index + 1));
-            let label = format!("case {} ({})", index + 1, shown(&name));
-            let in_case = |rejection: Rejection| match rejection {
-                Rejection::TooLarge(m) => Rejection::TooLarge(format!("{label}: {m}")),
-                Rejection::Invalid(m) => Rejection::Invalid(format!("{label}: {m}")),
-                Rejection::UnknownRuntime { name, .. } => Rejection::UnknownRuntime {
-                    name,
-                    case: Some(label.clone()),
-                },
-                Rejection::IdempotencyKey => Rejection::IdempotencyKey,
-            };
-            check_label("name", &name).map_err(in_case)?;
-            if !taken.insert(name.clone()) {
-                return Err(in_case(Rejection::Invalid(
-                    "another case has the same name".into(),
-                )));
-            }
-            if let Some(other) = look_alikes.check(&name) {
-                return Err(in_case(Rejection::Invalid(format!(
-                    "the name looks like another case's, {}: use names a reader can tell apart",
-                    shown(other)
-                ))));
-            }
-            if let Some(group) = &case.group {
-                check_label("group", group).map_err(in_case)?;
-            }
-            let Some(runtime) = case.runtime.as_ref().or(request.runtime.as_ref()) else {
-                return Err(in_case(Rejection::Invalid(
-                    "no runtime: give one for the suite or for the case".into(),
-                )));
-            };
-            let Some(code) = case.code.as_ref().or(request.code.as_ref()) else {
-                return Err(in_case(Rejection::Invalid(
-                    "no code: give it for the suite or for the case".into(),
-                )));
-            };
-            let own_program =
-                case.runtime.is_some() || case.code.is_some() || !case.files.is_empty();
-            let program_bytes = if own_program {
-                let files = with_own_files(&request.files, &case.files);
-                check_program(runtime, code, &files, policy, &runtime_files).map_err(in_case)?
-            } else if let Some(bytes) = suite_bytes {
-                bytes
-            } else {
-                let bytes = check_program(runtime, code, &request.files, policy, &runtime_files)?;
-                *suite_bytes.insert(bytes)
-            };
-            check_input(&case.stdin, &case.args, policy).map_err(in_case)?;
-            if let Some(expected) = &case.expected_output {
-                let max = usize::try_from(policy.max_limits.output_bytes).unwrap_or(usize::MAX);
-                check_size("expected_output", expected.len(), max).map_err(in_case)?;
-            }
-            let limits =
-                resolve_limits(overlay(case.limits, request.limits), policy).map_err(in_case)?;
-            check_fits_memory(program_bytes, &limits).map_err(in_case)?;
-            cases.push(CaseSpec {
-                name,
-                group: case.group,
-                runtime: runtime.clone(),
-                code: case.code,
-                files: case.files,
-                stdin: case.stdin,
-                args: case.args,
-                expected_output: case.expected_output,
-                limits,
-            });
-        }
-        Ok(BatchSpec {
+        let suite = SuiteSpec {
             runtime: request.runtime,
             code: request.code,
             files: request.files,
@@ -652,12 +649,127 @@ impl BatchSpec {
             compare: request.compare,
             pass_at_k: request.pass_at_k,
             max_attempts,
-            cases,
             idempotency_key,
             callback_url: request.callback_url,
             callback_each_case: request.callback_each_case,
+        };
+        Ok(SuiteCheck {
+            suite,
+            policy,
+            runtime_files,
+            suite_bytes: None,
+            taken: HashSet::new(),
+            look_alikes: LookAlikes::with_capacity(0),
+            cases: 0,
         })
     }
+
+    /// Checks the next case: its program (its own runtime, code and files where it gives them,
+    /// the suite's elsewhere) by the same rules as a job's, the suite's own once for all the
+    /// cases that run it unchanged; then its input and limits. A refusal names the case, and
+    /// the line it came on where `line` says. One case more than `policy.max_batch_cases` is
+    /// `TooLarge`.
+    pub fn case(&mut self, case: CaseRequest, line: Option<u64>) -> Result<CaseSpec, Rejection> {
+        self.cases += 1;
+        let number = self.cases;
+        let name = case.name.unwrap_or_else(|| format!("case {number}"));
+        let label = match line {
+            Some(line) => format!("line {line} (case {number}, {})", shown(&name)),
+            None => format!("case {number} ({})", shown(&name)),
+        };
+        let in_case = |rejection: Rejection| match rejection {
+            Rejection::TooLarge(m) => Rejection::TooLarge(format!("{label}: {m}")),
+            Rejection::Invalid(m) => Rejection::Invalid(format!("{label}: {m}")),
+            Rejection::UnknownRuntime { name, .. } => Rejection::UnknownRuntime {
+                name,
+                case: Some(label.clone()),
+            },
+            Rejection::IdempotencyKey => Rejection::IdempotencyKey,
+        };
+        let (policy, suite) = (self.policy, &self.suite);
+        if number > policy.max_batch_cases {
+            return Err(in_case(Rejection::TooLarge(format!(
+                "more cases than the {} allowed",
+                policy.max_batch_cases
+            ))));
+        }
+        check_label("name", &name).map_err(in_case)?;
+        if !self.taken.insert(name.clone()) {
+            return Err(in_case(Rejection::Invalid(
+                "another case has the same name".into(),
+            )));
+        }
+        if let Some(other) = self.look_alikes.check(&name) {
+            return Err(in_case(Rejection::Invalid(format!(
+                "the name looks like another case's, {}: use names a reader can tell apart",
+                shown(other)
+            ))));
+        }
+        if let Some(group) = &case.group {
+            check_label("group", group).map_err(in_case)?;
+        }
+        let Some(runtime) = case.runtime.as_ref().or(suite.runtime.as_ref()) else {
+            return Err(in_case(Rejection::Invalid(
+                "no runtime: give one for the suite or for the case".into(),
+            )));
+        };
+        let Some(code) = case.code.as_ref().or(suite.code.as_ref()) else {
+            return Err(in_case(Rejection::Invalid(
+                "no code: give it for the suite or for the case".into(),
+            )));
+        };
+        let own_program = case.runtime.is_some() || case.code.is_some() || !case.files.is_empty();
+        let program_bytes = if own_program {
+            let files = with_own_files(&suite.files, &case.files);
+            check_program(runtime, code, &files, policy, &self.runtime_files).map_err(in_case)?
+        } else if let Some(bytes) = self.suite_bytes {
+            bytes
+        } else {
+            // Found out at the first case that runs it; where the suite came as lines, that
+            // case's line is the one a reader can be pointed to.
+            let bytes = check_program(runtime, code, &suite.files, policy, &self.runtime_files)
+                .map_err(|rejection| match line {
+                    Some(_) => in_case(rejection),
+                    None => rejection,
+                })?;
+            *self.suite_bytes.insert(bytes)
+        };
+        check_input(&case.stdin, &case.args, policy).map_err(in_case)?;
+        if let Some(expected) = &case.expected_output {
+            let max = usize::try_from(policy.max_limits.output_bytes).unwrap_or(usize::MAX);
+            check_size("expected_output", expected.len(), max).map_err(in_case)?;
+        }
+        let limits = resolve_limits(overlay(case.limits, suite.limits), policy).map_err(in_case)?;
+        check_fits_memory(program_bytes, &limits).map_err(in_case)?;
+        Ok(CaseSpec {
+            name,
+            group: case.group,
+            runtime: runtime.clone(),
+            code: case.code,
+            files: case.files,
+            stdin: case.stdin,
+            args: case.args,
+            expected_output: case.expected_output,
+            limits,
+        })
+    }
+
+    /// How many cases have been checked.
+    pub fn cases(&self) -> usize {
+        self.cases
+    }
+
+    /// The suite's own fields, once its last case is checked: a suite of no case is refused.
+    pub fn finish(self) -> Result<SuiteSpec, Rejection> {
+        if self.cases == 0 {
+            return Err(no_cases());
+        }
+        Ok(self.suite)
+    }
+}
+
+fn no_cases() -> Rejection {
+    Rejection::Invalid("cases must not be empty".into())
 }
 
 /// A case's files: the suite's, with the case's own added (replacing any of the same name).
@@ -768,7 +880,7 @@ mod tests {
             spec.cases[0].limits.memory_mb,
             Policy::default().default_limits.memory_mb
         );
-        assert_eq!(spec.compare, CompareMode::Trim, "trim is the default");
+        assert_eq!(spec.suite.compare, CompareMode::Trim, "trim is the default");
     }
 
     #[test]

@@ -13,7 +13,8 @@ use super::tenants::{self, Admission, Full};
 use super::write::{self, from_json, parse_id, parse_status, to_json};
 use crate::bus::Notice;
 use crate::job::batch::{
-    Batch, BatchSpec, Case, CaseReport, Group, GroupsSummary, Tally, status_counts, verdict_counts,
+    Batch, Case, CaseReport, CaseSpec, Group, GroupsSummary, SuiteSpec, Tally, status_counts,
+    verdict_counts,
 };
 use crate::job::verdict::{CompareMode, Verdict};
 use crate::job::{BatchId, Event, EventKind, JobId, Status};
@@ -21,8 +22,11 @@ use crate::job::{BatchId, Event, EventKind, JobId, Status};
 /// What storing a suite did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchSubmitted {
-    /// A new batch was stored, with the job ids of its cases in suite order.
-    Created { id: BatchId, cases: Vec<JobId> },
+    /// A new batch was stored, with the names and job ids of its cases in suite order.
+    Created {
+        id: BatchId,
+        cases: Vec<(String, JobId)>,
+    },
     /// The idempotency key was seen before with the same suite: this is that batch.
     Replayed(BatchId),
     /// The idempotency key was seen before with a different suite.
@@ -50,17 +54,23 @@ pub(super) struct Shared {
     pub compare: CompareMode,
 }
 
+/// Stores a suite of `count` cases, taken one at a time from `cases` (which must give that
+/// many), or answers a replay of it: the one routine behind a suite sent whole and one sent as a
+/// stream. A case that `cases` cannot give fails the whole write.
 pub(super) fn submit(
     conn: &Connection,
     notices: &mut Vec<Notice>,
-    spec: &BatchSpec,
+    suite: &SuiteSpec,
+    count: usize,
+    cases: impl IntoIterator<Item = Result<CaseSpec, StoreError>>,
     admission: &Admission,
     now: i64,
 ) -> Result<BatchSubmitted, StoreError> {
-    let files = to_json(&spec.files)?;
-    let limits = to_json(&spec.limits)?;
-    let pass_at_k = to_json(&spec.pass_at_k)?;
-    if let Some(key) = &spec.idempotency_key {
+    let files = to_json(&suite.files)?;
+    let limits = to_json(&suite.limits)?;
+    let pass_at_k = to_json(&suite.pass_at_k)?;
+    let stored_count = i64::try_from(count).unwrap_or(i64::MAX);
+    if let Some(key) = &suite.idempotency_key {
         let existing: Option<String> = conn
             .prepare_cached(
                 "SELECT id FROM batches
@@ -69,7 +79,8 @@ pub(super) fn submit(
             .query_row(params![key, admission.tenant], |r| r.get(0))
             .optional()?;
         if let Some(id) = existing {
-            let same = same_suite(conn, &id, spec, [&files, &limits, &pass_at_k])?;
+            let json = [files.as_str(), &limits, &pass_at_k];
+            let same = same_suite(conn, &id, suite, stored_count, cases, json)?;
             let id = parse_id(&id)?;
             return Ok(if same {
                 BatchSubmitted::Replayed(id)
@@ -78,13 +89,16 @@ pub(super) fn submit(
             });
         }
     }
-    let cases = u64::try_from(spec.cases.len()).unwrap_or(u64::MAX);
-    if let Some(full) = tenants::admit(conn, admission, cases, true)? {
+    if let Some(full) = tenants::admit(
+        conn,
+        admission,
+        u64::try_from(count).unwrap_or(u64::MAX),
+        true,
+    )? {
         return Ok(BatchSubmitted::Full(full));
     }
     let id = BatchId::now_v7();
     let batch = id.to_string();
-    let count = i64::try_from(spec.cases.len()).unwrap_or(i64::MAX);
     conn.prepare_cached(
         "INSERT INTO batches (id, runtime, code, files, limits, compare, cases, created_at,
                               idempotency_key, callback_url, callback_each_case, tenant, pass_at_k)
@@ -92,33 +106,34 @@ pub(super) fn submit(
     )?
     .execute(params![
         batch,
-        spec.runtime.as_deref().unwrap_or_default(),
-        spec.code.as_deref().unwrap_or_default(),
+        suite.runtime.as_deref().unwrap_or_default(),
+        suite.code.as_deref().unwrap_or_default(),
         files,
         limits,
-        spec.compare.as_str(),
-        count,
+        suite.compare.as_str(),
+        stored_count,
         now,
-        spec.idempotency_key,
-        spec.callback_url,
-        spec.callback_each_case,
+        suite.idempotency_key,
+        suite.callback_url,
+        suite.callback_each_case,
         admission.tenant,
         pass_at_k,
     ])?;
     // A case that is to be reported on carries the URL itself, so its end writes its outbox row
     // exactly as a job's does.
-    let case_callback = spec
+    let case_callback = suite
         .callback_url
         .as_deref()
-        .filter(|_| spec.callback_each_case);
+        .filter(|_| suite.callback_each_case);
     let mut insert = conn.prepare_cached(
         "INSERT INTO jobs (id, runtime, code, files, stdin, args, limits, max_attempts, created_at,
                            batch_id, case_index, case_name, expected_output, callback_url, tenant,
                            case_group)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
     )?;
-    let mut cases = Vec::with_capacity(spec.cases.len());
-    for (index, case) in spec.cases.iter().enumerate() {
+    let mut stored = Vec::with_capacity(count);
+    for (index, case) in cases.into_iter().enumerate() {
+        let case = case?;
         let job = JobId::now_v7();
         insert.execute(params![
             job.to_string(),
@@ -129,7 +144,7 @@ pub(super) fn submit(
             case.stdin,
             to_json(&case.args)?,
             to_json(&case.limits)?,
-            spec.max_attempts,
+            suite.max_attempts,
             now,
             batch,
             i64::try_from(index).unwrap_or(i64::MAX),
@@ -141,24 +156,32 @@ pub(super) fn submit(
         ])?;
         let queued = json!({"runtime": case.runtime, "priority": 0, "batch_id": batch});
         write::insert_event(conn, notices, job, now, EventKind::Queued, None, &queued)?;
-        cases.push(job);
+        stored.push((case.name, job));
+    }
+    if stored.len() != count {
+        return Err(StoreError::Task(format!(
+            "a suite of {count} cases gave {} to store",
+            stored.len()
+        )));
     }
     let data = json!({
-        "runtime": spec.runtime,
-        "compare": spec.compare,
-        "cases": spec.cases.len(),
-        "pass_at_k": spec.pass_at_k,
+        "runtime": suite.runtime,
+        "compare": suite.compare,
+        "cases": count,
+        "pass_at_k": suite.pass_at_k,
     });
     write::insert_batch_event(conn, notices, id, now, EventKind::BatchQueued, &data)?;
-    Ok(BatchSubmitted::Created { id, cases })
+    Ok(BatchSubmitted::Created { id, cases: stored })
 }
 
-/// True if the stored batch `id` is what `spec` asks for, case by case.
+/// True if the stored batch `id` is what `suite` and its `count` cases ask for, case by case.
 /// `json` is the suite's files, limits and pass@k as stored.
 fn same_suite(
     conn: &Connection,
     id: &str,
-    spec: &BatchSpec,
+    suite: &SuiteSpec,
+    count: i64,
+    cases: impl IntoIterator<Item = Result<CaseSpec, StoreError>>,
     json: [&str; 3],
 ) -> Result<bool, StoreError> {
     let [files, limits, pass_at_k] = json;
@@ -172,14 +195,14 @@ fn same_suite(
         .query_row(
             params![
                 id,
-                spec.runtime.as_deref().unwrap_or_default(),
-                spec.code.as_deref().unwrap_or_default(),
+                suite.runtime.as_deref().unwrap_or_default(),
+                suite.code.as_deref().unwrap_or_default(),
                 files,
                 limits,
-                spec.compare.as_str(),
-                i64::try_from(spec.cases.len()).unwrap_or(i64::MAX),
-                spec.callback_url,
-                spec.callback_each_case,
+                suite.compare.as_str(),
+                count,
+                suite.callback_url,
+                suite.callback_each_case,
                 pass_at_k,
             ],
             |r| r.get::<_, bool>(0),
@@ -192,7 +215,8 @@ fn same_suite(
          FROM jobs WHERE batch_id = ?1 ORDER BY case_index",
     )?;
     let mut rows = stmt.query([id])?;
-    for case in &spec.cases {
+    for case in cases {
+        let case = case?;
         let Some(row) = rows.next()? else {
             return Ok(false);
         };

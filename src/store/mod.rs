@@ -27,7 +27,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
 use crate::bus::Bus;
-use crate::job::batch::{Batch, BatchSpec, Case, CaseReport, Group};
+use crate::job::batch::{Batch, BatchSpec, Case, CaseReport, CaseSpec, Group, SuiteSpec};
 use crate::job::time::now_ms;
 use crate::job::{BatchId, Event, Finish, Job, JobId, JobSpec, Outcome, Progress, Status};
 use writer::Writer;
@@ -337,9 +337,28 @@ impl Store {
         spec: BatchSpec,
         admission: Admission,
     ) -> Result<BatchSubmitted, StoreError> {
+        let count = spec.cases.len();
+        self.submit_suite(spec.suite, count, spec.cases.into_iter().map(Ok), admission)
+            .await
+    }
+
+    /// Stores a suite as [`Store::submit_batch`] does, its `count` cases read one at a time
+    /// from `cases` inside the transaction, so that they need not all be in memory at once.
+    pub async fn submit_suite<I>(
+        &self,
+        suite: SuiteSpec,
+        count: usize,
+        cases: I,
+        admission: Admission,
+    ) -> Result<BatchSubmitted, StoreError>
+    where
+        I: IntoIterator<Item = Result<CaseSpec, StoreError>> + Send + 'static,
+    {
         self.wal_has_room().await?;
         self.writer
-            .write(move |conn, notices| batch::submit(conn, notices, &spec, &admission, now_ms()))
+            .write(move |conn, notices| {
+                batch::submit(conn, notices, &suite, count, cases, &admission, now_ms())
+            })
             .await
     }
 

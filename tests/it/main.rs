@@ -16,6 +16,7 @@ mod durability;
 mod faults;
 mod hostile;
 mod levels;
+mod ndjson;
 mod ops;
 mod programs;
 mod runs;
