@@ -8,14 +8,17 @@
 //! the batch if the server will not stream it.
 //!
 //! The suite file is the body of `POST /v1/batches`, except that `"code_file"` (the suite's, or
-//! a case's) may name a file (relative to the suite) holding the code instead of `"code"`.
+//! a case's) may name a file (relative to the suite) holding the code instead of `"code"`. A
+//! file ending in `.ndjson` or `.jsonl` is a suite of lines, sent as a stream as it is read.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::io::AsyncBufReadExt;
 
 use super::api::{Api, REQUEST_SLACK, api_error, send, transport_error};
 use super::show::{print_json, print_stdout};
@@ -40,20 +43,30 @@ pub(super) async fn run(
     junit: Option<&Path>,
     idempotency_key: Option<&str>,
 ) -> Result<Conclusion, ClientError> {
-    let body = load_suite(suite)?;
-    let total = body
-        .get("cases")
-        .and_then(Value::as_array)
-        .map_or(0, Vec::len);
-    let mut request = api
-        .http
-        .post(api.url(&["batches"]))
-        .timeout(REQUEST_SLACK)
-        .json(&body);
+    // A code_file the streamed suite names but cannot be read ends the body early; this says why.
+    let unreadable = Arc::new(Mutex::new(None));
+    let mut request = api.http.post(api.url(&["batches"])).timeout(REQUEST_SLACK);
+    request = if is_ndjson(suite) {
+        request
+            .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+            .body(stream_suite(suite, Arc::clone(&unreadable)).await?)
+    } else {
+        request.json(&load_suite(suite)?)
+    };
     if let Some(key) = idempotency_key {
         request = request.header("Idempotency-Key", key);
     }
-    let accepted = send(request).await?;
+    let accepted = match send(request).await {
+        Ok(accepted) => accepted,
+        Err(err) => {
+            let why = unreadable.lock().ok().and_then(|mut why| why.take());
+            return Err(why.unwrap_or(err));
+        }
+    };
+    let total = accepted
+        .get("cases")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
     let id = accepted
         .get("id")
         .and_then(Value::as_str)
@@ -197,6 +210,71 @@ fn load_suite(path: &Path) -> Result<Value, ClientError> {
         }
     }
     Ok(suite)
+}
+
+/// True for a suite file of lines (NDJSON), sent as a stream rather than whole.
+fn is_ndjson(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("ndjson" | "jsonl")
+    )
+}
+
+/// The NDJSON suite file as a request body read a line at a time as it is sent, each line's
+/// `code_file` read in on the way. A line that is not a JSON object goes as it is, for the
+/// server to refuse by its number; a `code_file` that cannot be read ends the body, and its
+/// error is left in `unreadable`.
+async fn stream_suite(
+    path: &Path,
+    unreadable: Arc<Mutex<Option<ClientError>>>,
+) -> Result<reqwest::Body, ClientError> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|source| ClientError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?;
+    let base = path.parent().unwrap_or(Path::new(".")).to_owned();
+    let shown = path.display().to_string();
+    let lines = tokio::io::BufReader::new(file).lines();
+    let body = futures_util::stream::unfold(Some((lines, 0u64)), move |state| {
+        let (base, shown, unreadable) = (base.clone(), shown.clone(), Arc::clone(&unreadable));
+        async move {
+            let (mut lines, number) = state?;
+            let number = number + 1;
+            let line = match lines.next_line().await {
+                Ok(Some(line)) => line,
+                Ok(None) => return None,
+                Err(e) => return Some((Err(e), None)),
+            };
+            match with_code(line, &base, &format!("{shown} line {number}")) {
+                Ok(mut line) => {
+                    line.push('\n');
+                    Some((Ok(bytes::Bytes::from(line)), Some((lines, number))))
+                }
+                Err(err) => {
+                    let message = err.to_string();
+                    if let Ok(mut slot) = unreadable.lock() {
+                        *slot = Some(err);
+                    }
+                    Some((Err(std::io::Error::other(message)), None))
+                }
+            }
+        }
+    });
+    Ok(reqwest::Body::wrap_stream(body))
+}
+
+/// The line with its `code_file` read in, if it is a JSON object that names one.
+fn with_code(line: String, base: &Path, whose: &str) -> Result<String, ClientError> {
+    let Ok(Value::Object(mut fields)) = serde_json::from_str::<Value>(&line) else {
+        return Ok(line);
+    };
+    if !fields.contains_key("code_file") {
+        return Ok(line);
+    }
+    read_code_file(&mut fields, base, whose)?;
+    Ok(Value::Object(fields).to_string())
 }
 
 /// Replaces `code_file` in `fields` by `code`, read from that file relative to `base`.

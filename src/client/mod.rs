@@ -114,7 +114,8 @@ pub enum ClientCommand {
         #[command(flatten)]
         opts: ClientOpts,
     },
-    /// Submit a test suite: a JSON file in the shape of POST /v1/batches (README: "Test suites")
+    /// Submit a test suite: a JSON file in the shape of POST /v1/batches, or one of lines ending
+    /// in .ndjson or .jsonl, sent as a stream (README: "Test suites")
     Batch {
         /// The suite file
         suite: PathBuf,

@@ -280,3 +280,37 @@ async fn a_replayed_ndjson_suite_answers_the_first_batch_and_a_different_one_is_
     assert_eq!(rows(&server, "batches"), 1);
     assert_eq!(rows(&server, "jobs"), 2);
 }
+
+#[tokio::test]
+async fn kiln_batch_streams_an_ndjson_file_reading_each_code_file_on_the_way() {
+    let server = Server::start().await;
+    let dir = server.dir.path();
+    std::fs::write(dir.join("double.sh"), "read a; echo $((a * 2))").expect("write");
+    std::fs::write(dir.join("hi.sh"), "echo hi").expect("write");
+    let suite = json!({"runtime": "sh", "code_file": "double.sh"});
+    let cases = [
+        json!({"name": "two", "stdin": "2", "expected_output": "4"}),
+        json!({"name": "own", "code_file": "hi.sh", "expected_output": "hi"}),
+    ];
+    std::fs::write(dir.join("suite.ndjson"), lines(&suite, &cases)).expect("write");
+    let out = server.kiln(&["batch", "suite.ndjson", "--wait"]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("2 of 2 passed"), "{stdout}");
+
+    let missing = [
+        cases[0].clone(),
+        json!({"name": "gone", "code_file": "nowhere.sh"}),
+    ];
+    std::fs::write(dir.join("missing.jsonl"), lines(&suite, &missing)).expect("write");
+    let out = server.kiln(&["batch", "missing.jsonl"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nowhere.sh"), "{stderr}");
+    let (_, batches) = server.get("/v1/jobs").await;
+    assert_eq!(
+        batches["jobs"].as_array().map(Vec::len),
+        Some(2),
+        "only the first suite's cases: {batches}"
+    );
+}
