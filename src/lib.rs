@@ -9,7 +9,8 @@
 //! through them:
 //!
 //! 1. [`http`] accepts the connection under its limits; [`api`] — `POST /v1/jobs` decodes the
-//!    request and validates it into a [`job::JobSpec`] against the deployment's policy.
+//!    request and validates it into a [`job::JobSpec`] against the deployment's policy (a suite
+//!    sent as NDJSON is checked a line at a time and spooled to disk until its last line).
 //! 2. [`store`] — the single writer admits the job against the queue's limits and commits it
 //!    with its `job.queued` event in one transaction, shared with whatever else is pending (group
 //!    commit); only then does the API answer `202 Accepted`.

@@ -51,7 +51,7 @@ pub(super) fn wanted(headers: &HeaderMap) -> bool {
 /// The longest line accepted: a case with its code, stdin, files, args and expected output each
 /// at the most the policy allows, and room for the JSON around them. No line of a suite the
 /// policy accepts is longer, so a longer one is refused before it is held whole.
-pub(super) fn max_line_bytes(policy: &Policy) -> usize {
+fn max_line_bytes(policy: &Policy) -> usize {
     let expected = usize::try_from(policy.max_limits.output_bytes).unwrap_or(usize::MAX);
     [
         policy.max_code_bytes,

@@ -955,6 +955,64 @@ mod tests {
     }
 
     #[test]
+    fn a_suite_checked_line_by_line_names_each_line_and_stops_at_the_case_over_the_maximum() {
+        let policy = Policy {
+            max_batch_cases: 2,
+            ..Policy::default()
+        };
+        let suite: SuiteRequest =
+            serde_json::from_value(serde_json::json!({"runtime": "sh", "code": "cat"}))
+                .expect("suite");
+        let case = |value: serde_json::Value| -> CaseRequest {
+            serde_json::from_value(value).expect("case")
+        };
+        let mut check = SuiteCheck::new(suite, None, &policy, runtime_files).expect("suite");
+        let first = check.case(case(serde_json::json!({})), Some(2));
+        assert_eq!(first.map(|c| c.name), Ok("case 1".to_owned()));
+        let twice = check.case(case(serde_json::json!({"name": "case 1"})), Some(4));
+        assert_eq!(
+            twice,
+            Err(Rejection::Invalid(
+                "line 4 (case 2, \"case 1\"): another case has the same name".into()
+            ))
+        );
+        let over = check.case(case(serde_json::json!({"name": "third"})), Some(5));
+        assert!(
+            matches!(&over, Err(Rejection::TooLarge(m))
+                if m == "line 5 (case 3, \"third\"): more cases than the 2 allowed"),
+            "{over:?}"
+        );
+
+        // The suite's own program is found out at the first line that runs it.
+        let suite: SuiteRequest = serde_json::from_value(
+            serde_json::json!({"runtime": "sh", "code": "cat", "files": {"main.sh": ""}}),
+        )
+        .expect("suite");
+        let mut check = SuiteCheck::new(suite, None, &policy, runtime_files).expect("suite");
+        let own = check.case(
+            case(serde_json::json!({"code": "true", "runtime": "c"})),
+            Some(2),
+        );
+        assert!(own.is_ok(), "{own:?}");
+        let shared = check.case(case(serde_json::json!({})), Some(3));
+        assert!(
+            matches!(&shared, Err(Rejection::Invalid(m))
+                if m.starts_with("line 3 (case 2, \"case 2\"): files must not contain \"main.sh\"")),
+            "{shared:?}"
+        );
+    }
+
+    #[test]
+    fn a_suite_checked_line_by_line_needs_a_case() {
+        let suite: SuiteRequest =
+            serde_json::from_value(serde_json::json!({"runtime": "sh", "code": "cat"}))
+                .expect("suite");
+        let policy = Policy::default();
+        let check = SuiteCheck::new(suite, None, &policy, runtime_files).expect("suite");
+        assert_eq!(check.finish(), Err(no_cases()));
+    }
+
+    #[test]
     fn more_cases_than_allowed_is_too_large() {
         let policy = Policy {
             max_batch_cases: 2,
