@@ -13,6 +13,7 @@ mod cli;
 mod crash;
 mod docs;
 mod durability;
+mod examples;
 mod faults;
 mod hostile;
 mod levels;
