@@ -189,6 +189,21 @@ def build_suite(
     }
 
 
+def write_suite(path: Path, suite: dict[str, object]) -> None:
+    """Writes the suite as `kiln batch` reads it by the file's suffix: a `.json` file whole, any
+    other as lines (the suite's fields, then a case per line), which the server takes as a
+    stream of any size rather than one body under its request limit."""
+    if path.suffix == ".json":
+        path.write_text(json.dumps(suite), encoding="utf-8")
+        return
+    header = {key: value for key, value in suite.items() if key != "cases"}
+    cases = suite.get("cases")
+    with path.open("w", encoding="utf-8") as out:
+        out.write(json.dumps(header) + "\n")
+        for case in cases if isinstance(cases, list) else []:
+            out.write(json.dumps(case) + "\n")
+
+
 def run_batch(kiln: str, suite: Path, url: str, token: str | None) -> dict[str, object]:
     """Submits the suite with `kiln batch` and returns the batch as it ended."""
     env = dict(os.environ, KILN_URL=url)
@@ -371,7 +386,8 @@ def arguments() -> argparse.Namespace:
     parser.add_argument(
         "--suite",
         type=Path,
-        help="write the suite to this file and keep it (default: a temporary file)",
+        help="write the suite to this file and keep it: lines (.ndjson) unless it ends in "
+        ".json (default: a temporary .ndjson file)",
     )
     return parser.parse_args()
 
@@ -402,8 +418,8 @@ def evaluate(args: argparse.Namespace) -> list[str]:
         )
     suite = build_suite(problems, samples, ks, args.timeout)
     with tempfile.TemporaryDirectory() as scratch:
-        path = args.suite or Path(scratch) / "suite.json"
-        path.write_text(json.dumps(suite), encoding="utf-8")
+        path = args.suite or Path(scratch) / "suite.ndjson"
+        write_suite(path, suite)
         batch = run_batch(args.kiln, path, args.url, args.token)
     batch_id = batch.get("id")
     if not isinstance(batch_id, str):
