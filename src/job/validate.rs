@@ -131,7 +131,9 @@ impl BatchRequest {
 }
 
 /// A suite's own fields, every one of a [`BatchRequest`] but its cases: the first line of a
-/// suite sent as a stream, whose cases follow a line each.
+/// suite sent as a stream, whose cases follow a line each. Written out again rather than
+/// `#[serde(flatten)]`ed into `BatchRequest`, because serde cannot refuse unknown fields through
+/// a flattened struct, and both forms must refuse them.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SuiteRequest {
