@@ -38,13 +38,6 @@ const PYTHON: &str = "/usr/bin/python3";
 const EXTRA_RUNTIME: &str = "true=/bin/true";
 /// Jobs take milliseconds; anything near this means the server is stuck.
 const DEADLINE: Duration = Duration::from_secs(300);
-const TERMINAL_EVENTS: [&str; 5] = [
-    "job.succeeded",
-    "job.failed",
-    "job.timed_out",
-    "job.cancelled",
-    "job.error",
-];
 
 /// One program as the server runs it and as it is spawned bare.
 struct Program {
@@ -220,7 +213,7 @@ async fn end_to_end(program: &Program, jobs: usize) -> f64 {
         .await;
         let events = page["events"].as_array().expect("events");
         for kind in events.iter().filter_map(|e| e["type"].as_str()) {
-            ended += usize::from(TERMINAL_EVENTS.contains(&kind));
+            ended += usize::from(server::TERMINAL_EVENTS.contains(&kind));
             succeeded += usize::from(kind == "job.succeeded");
         }
         cursor = page["next_after"].as_i64().expect("next_after");
@@ -277,7 +270,7 @@ async fn latency(jobs: usize) -> Latency {
     // Unmeasured: the first jobs warm the connections, the sandboxes and the page cache.
     for _ in 0..10 {
         let id = server::submit(&client, &server.url, body).await;
-        feed.until(&id, |kind| TERMINAL_EVENTS.contains(&kind))
+        feed.until(&id, |kind| server::TERMINAL_EVENTS.contains(&kind))
             .await;
     }
     let (mut started, mut terminal) = (Vec::new(), Vec::new());
@@ -288,7 +281,7 @@ async fn latency(jobs: usize) -> Latency {
         let (at, _) = feed.until(&id, |kind| kind == "job.started").await;
         started.push(ms(at - sent));
         let (at, kind) = feed
-            .until(&id, |kind| TERMINAL_EVENTS.contains(&kind))
+            .until(&id, |kind| server::TERMINAL_EVENTS.contains(&kind))
             .await;
         terminal.push(ms(at - sent));
         assert_eq!(kind, "job.succeeded");

@@ -274,8 +274,7 @@ async fn single_jobs_seconds(programs: &[String]) -> f64 {
         .await;
         let events = page["events"].as_array().expect("events");
         for kind in events.iter().filter_map(|e| e["type"].as_str()) {
-            let terminal = kind == "job.succeeded" || kind == "job.failed";
-            ended += usize::from(terminal || kind == "job.error" || kind == "job.timed_out");
+            ended += usize::from(server::TERMINAL_EVENTS.contains(&kind));
             failed += usize::from(kind == "job.failed");
         }
         cursor = page["next_after"].as_i64().expect("next_after");

@@ -27,6 +27,15 @@ pub fn rss_kib_of(pid: u32) -> Option<f64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// The event types that end a job.
+pub const TERMINAL_EVENTS: [&str; 5] = [
+    "job.succeeded",
+    "job.failed",
+    "job.timed_out",
+    "job.cancelled",
+    "job.error",
+];
+
 /// Concurrent keep-alive clients submitting, as in row 1.
 pub const CLIENTS: usize = 64;
 

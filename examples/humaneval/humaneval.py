@@ -314,6 +314,13 @@ def table(
     width = max([len("task"), *(len(row.name) for row in rows)])
     heads = [f"pass@{k}" for k in ks]
     columns = [max(len(head), 6) for head in heads]
+
+    def line(task: str, n: str, passed: str, cells: list[str]) -> str:
+        return "  ".join(
+            [f"{task:<{width}}", f"{n:>5}", f"{passed:>6}"]
+            + [f"{cell:>{column}}" for cell, column in zip(cells, columns)]
+        )
+
     lines = [
         (
             f"batch {batch_id}: {len(rows)} tasks, "
@@ -322,30 +329,12 @@ def table(
         ),
         "verdicts: "
         + ", ".join(f"{verdict} {n}" for verdict, n in verdicts.items() if n > 0),
-        "  ".join(
-            [f"{'task':<{width}}", f"{'n':>5}", f"{'passed':>6}"]
-            + [f"{head:>{column}}" for head, column in zip(heads, columns)]
-        ),
+        line("task", "n", "passed", heads),
     ]
     for row in rows:
-        lines.append(
-            "  ".join(
-                [f"{row.name:<{width}}", f"{row.cases:>5}", f"{row.passed:>6}"]
-                + [
-                    f"{shown(row.pass_at_k.get(str(k))):>{column}}"
-                    for k, column in zip(ks, columns)
-                ]
-            )
-        )
-    lines.append(
-        "  ".join(
-            [f"{'mean':<{width}}", f"{'':>5}", f"{'':>6}"]
-            + [
-                f"{shown(means.get(str(k))):>{column}}"
-                for k, column in zip(ks, columns)
-            ]
-        )
-    )
+        cells = [shown(row.pass_at_k.get(str(k))) for k in ks]
+        lines.append(line(row.name, str(row.cases), str(row.passed), cells))
+    lines.append(line("mean", "", "", [shown(means.get(str(k))) for k in ks]))
     return lines
 
 

@@ -107,7 +107,7 @@ async fn read(
     let suite: SuiteRequest = parse(number, &first)?;
     let runtime_files = |name: &str| state.runtimes.get(name).map(Runtime::own_files);
     let mut check = SuiteCheck::new(suite, key, &state.config.policy, runtime_files)
-        .map_err(|rejection| on_line(number, rejection))?;
+        .map_err(|rejection| rejection.at(&format!("line {number}")))?;
     let mut spool =
         Spool::create(spool_dir(&state.config.db_path)).map_err(|e| spool_failed(&e))?;
     while let Some((number, line)) = lines.next().await? {
@@ -117,20 +117,6 @@ async fn read(
     }
     let count = check.cases();
     Ok((check.finish()?, count, spool))
-}
-
-/// A refusal of the suite's own fields, naming their line.
-fn on_line(number: u64, rejection: Rejection) -> ApiError {
-    let rejection = match rejection {
-        Rejection::TooLarge(m) => Rejection::TooLarge(format!("line {number}: {m}")),
-        Rejection::Invalid(m) => Rejection::Invalid(format!("line {number}: {m}")),
-        Rejection::UnknownRuntime { name, .. } => Rejection::UnknownRuntime {
-            name,
-            case: Some(format!("line {number}")),
-        },
-        Rejection::IdempotencyKey => Rejection::IdempotencyKey,
-    };
-    rejection.into()
 }
 
 /// One line as `T`: malformed JSON is `400`, JSON of the wrong shape `422`, as for a suite sent

@@ -231,6 +231,21 @@ pub enum Rejection {
     IdempotencyKey,
 }
 
+impl Rejection {
+    /// The same refusal, said of `place` (a suite's case, the line it came on).
+    pub fn at(self, place: &str) -> Rejection {
+        match self {
+            Rejection::TooLarge(m) => Rejection::TooLarge(format!("{place}: {m}")),
+            Rejection::Invalid(m) => Rejection::Invalid(format!("{place}: {m}")),
+            Rejection::UnknownRuntime { name, .. } => Rejection::UnknownRuntime {
+                name,
+                case: Some(place.to_owned()),
+            },
+            Rejection::IdempotencyKey => Rejection::IdempotencyKey,
+        }
+    }
+}
+
 impl JobSpec {
     /// Checks a request against the deployment's policy and fills in defaults. `runtime_files`
     /// names what a runtime writes into the work directory itself, or `None` for a runtime not
@@ -679,15 +694,7 @@ impl<'p, F: Fn(&str) -> Option<RuntimeFiles>> SuiteCheck<'p, F> {
             Some(line) => format!("line {line} (case {number}, {})", shown(&name)),
             None => format!("case {number} ({})", shown(&name)),
         };
-        let in_case = |rejection: Rejection| match rejection {
-            Rejection::TooLarge(m) => Rejection::TooLarge(format!("{label}: {m}")),
-            Rejection::Invalid(m) => Rejection::Invalid(format!("{label}: {m}")),
-            Rejection::UnknownRuntime { name, .. } => Rejection::UnknownRuntime {
-                name,
-                case: Some(label.clone()),
-            },
-            Rejection::IdempotencyKey => Rejection::IdempotencyKey,
-        };
+        let in_case = |rejection: Rejection| rejection.at(&label);
         let (policy, suite) = (self.policy, &self.suite);
         if number > policy.max_batch_cases {
             return Err(in_case(Rejection::TooLarge(format!(
