@@ -410,7 +410,7 @@ fn queue_throughput(runtime: &Runtime, poll: bool) -> Throughput {
     let workers = Arc::new(Workers {
         store: store.clone(),
         runner: executor,
-        runtimes: Arc::new(Runtimes::detect(&[])),
+        runtimes: Arc::new(Runtimes::load(&Default::default()).expect("the built-in runtimes")),
         running: Running::default(),
         live: Live::default(),
         lease: Duration::from_secs(30),

@@ -50,7 +50,7 @@ use std::time::Instant;
 use kiln::job::policy::Policy;
 use kiln::job::{JobId, Limits, Outcome};
 use kiln::runner::{Isolation, RunRequest, Runner};
-use kiln::runtime::{Runtime, Runtimes};
+use kiln::runtime::{Runtime, Runtimes, Sources};
 use kiln::sandbox::{Sandbox, SandboxConfig};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
@@ -152,7 +152,11 @@ fn main() -> ExitCode {
     };
     let unsandboxed = Runner::new(scratch.path().join("plain"), Isolation::None)
         .expect("the unsandboxed runner's work root");
-    let runtimes = Runtimes::detect(&[("true".into(), "/bin/true".into())]);
+    let sources = Sources {
+        file: None,
+        extra: vec![("true".into(), "/bin/true".into())],
+    };
+    let runtimes = Runtimes::load(&sources).expect("the runtimes");
     for command in &PROGRAMS {
         let Some(runtime) = runtimes.get(command.runtime) else {
             eprintln!(
@@ -162,11 +166,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         };
         if let Isolation::Sandbox(sandbox) = sandboxed.isolation()
-            && !sandbox.can_see(&runtime.program)
+            && !sandbox.can_see(runtime.program())
         {
             eprintln!(
                 "bench-sandbox: {} is not visible inside the sandbox",
-                runtime.program.display()
+                runtime.program().display()
             );
             return ExitCode::FAILURE;
         }

@@ -49,8 +49,8 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// Largest suite sent as a stream (NDJSON), which is never held whole (413 above).
     pub max_suite_bytes: u64,
-    /// Runtimes added to (or replacing) the built-in ones: name and interpreter path.
-    pub extra_runtimes: Vec<(String, PathBuf)>,
+    /// Where runtime definitions come from besides the built-in ones.
+    pub runtimes: crate::runtime::Sources,
     /// How often a live (SSE) stream sends a keep-alive comment, so proxies and clients can tell
     /// a quiet stream from a dead one.
     pub sse_keepalive: Duration,
@@ -98,7 +98,7 @@ impl Config {
             request_timeout: Duration::from_secs(30),
             max_request_bytes: 32 << 20,
             max_suite_bytes: 1 << 30,
-            extra_runtimes: Vec::new(),
+            runtimes: crate::runtime::Sources::default(),
             sse_keepalive: Duration::from_secs(15),
             sse_buffer_bytes: 256 << 10,
             sse_stall: Duration::from_secs(10),

@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::http;
 use crate::live::Live;
 use crate::runner::{Isolation, Runner};
-use crate::runtime::Runtimes;
+use crate::runtime::{RuntimeError, Runtimes};
 use crate::sandbox::{Mode, Sandbox, SandboxError};
 use crate::store::{Store, StoreError};
 use crate::webhook::{Deliverer, WebhookError};
@@ -45,8 +45,10 @@ pub enum ServerError {
     },
     #[error("the HTTP server failed: {0}")]
     Http(std::io::Error),
-    #[error("no runtime is available on this host (looked for python3, bash, sh)")]
+    #[error("no runtime is available on this host (kiln doctor says what each one lacks)")]
     NoRuntimes,
+    #[error("{0}")]
+    Runtimes(#[from] RuntimeError),
     #[error(
         "{0}; refusing to run jobs without it (--sandbox none turns it off, for development only)"
     )]
@@ -62,10 +64,13 @@ pub enum ServerError {
 }
 
 /// Probes the sandbox, or loudly does without it when the operator said so.
-fn isolation(config: &Config) -> Result<Isolation, ServerError> {
+/// Every sandbox also binds what the runtimes offered need (`binds`).
+fn isolation(config: &Config, binds: Vec<std::path::PathBuf>) -> Result<Isolation, ServerError> {
     match config.sandbox.mode {
         Mode::Full | Mode::Namespaces => {
-            let sandbox = Sandbox::new(&config.sandbox, &config.work_root)?;
+            let mut sandbox_config = config.sandbox.clone();
+            sandbox_config.extra_binds.extend(binds);
+            let sandbox = Sandbox::new(&sandbox_config, &config.work_root)?;
             tracing::info!(sandbox = ?sandbox.report(), "sandbox ready");
             Ok(Isolation::Sandbox(sandbox))
         }
@@ -87,8 +92,8 @@ pub async fn run(
     on_listening: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), ServerError> {
     let config = Arc::new(config);
-    let mut runtimes = Runtimes::detect(&config.extra_runtimes);
-    let isolation = isolation(&config)?;
+    let mut runtimes = Runtimes::load(&config.runtimes)?;
+    let isolation = isolation(&config, runtimes.binds())?;
     if let Isolation::Sandbox(sandbox) = &isolation {
         runtimes.retain_visible(|program| sandbox.can_see(program));
     }
@@ -105,7 +110,7 @@ pub async fn run(
             path: config.work_root.clone(),
             source,
         })?
-        .with_compile_limits(config.build_limits());
+        .with_compile_limits(config.build_limits(), config.policy.max_limits);
     let readers = u32::try_from(config.workers + 4).unwrap_or(16);
     let (store, writer_thread) =
         Store::open(&config.db_path, readers).map_err(|source| ServerError::Store {
@@ -186,9 +191,10 @@ pub async fn run(
         owner_prefix,
     });
     let mut worker_tasks = workers.spawn(config.workers, &stopping);
-    drop(workers);
 
     let state = AppState {
+        workers,
+        versions_asked: Arc::default(),
         sandbox: Arc::new(sandbox_report),
         store,
         runtimes: Arc::clone(&runtimes),

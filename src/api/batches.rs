@@ -25,7 +25,6 @@ use crate::job::batch::{Batch, BatchSpec};
 use crate::job::names::shown;
 use crate::job::validate::BatchRequest;
 use crate::job::{BatchId, EventKind};
-use crate::runtime::Runtime;
 use crate::store::{BatchCancel, BatchSubmitted};
 
 /// Characters of each case's expected output, stdout and stderr a report quotes.
@@ -47,8 +46,8 @@ pub async fn submit(
         let extract::Json(request) =
             extract::Json::<BatchRequest>::from_request(request, &state).await?;
         let key = idempotency_key(&headers)?;
-        let spec = BatchSpec::validate(request, key, &state.config.policy, |name| {
-            state.runtimes.get(name).map(Runtime::own_files)
+        let spec = BatchSpec::validate(request, key, &state.config.policy, |name, code| {
+            state.runtimes.get(name).map(|runtime| runtime.terms(code))
         })?;
         state.store.submit_batch(spec, admission).await?
     };

@@ -24,7 +24,7 @@ use crate::job::batch::BatchSpec;
 use crate::job::names::hidden_character;
 use crate::job::policy::Policy;
 use crate::job::validate::{
-    BatchRequest, CaseRequest, JobRequest, LimitsRequest, Rejection, RuntimeFiles, check_file_name,
+    BatchRequest, CaseRequest, JobRequest, LimitsRequest, Rejection, RuntimeTerms, check_file_name,
 };
 
 fn is_client_error(e: &ApiError) -> bool {
@@ -47,10 +47,12 @@ fn decode_query<T: DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
         .map(|Query(value)| value)
 }
 
-fn source_file_of(runtime: &str) -> Option<RuntimeFiles> {
-    (runtime == "sh").then(|| RuntimeFiles {
+fn source_file_of(runtime: &str, _code: &str) -> Option<RuntimeTerms> {
+    (runtime == "sh").then(|| RuntimeTerms {
+        name: "sh".to_owned(),
         source_file: "main.sh".to_owned(),
         binary: None,
+        limits: LimitsRequest::default(),
     })
 }
 

@@ -20,7 +20,6 @@ use crate::auth::Principal;
 use crate::job::names::shown;
 use crate::job::validate::JobRequest;
 use crate::job::{Job, JobId, JobSpec, Status};
-use crate::runtime::Runtime;
 use crate::store::{Admission, CancelResult, Submitted};
 
 const MAX_PAGE: u32 = 1000;
@@ -67,8 +66,8 @@ pub(super) async fn accept(
     request: JobRequest,
     key: Option<String>,
 ) -> Result<(JobId, bool), ApiError> {
-    let spec = JobSpec::validate(request, key, &state.config.policy, |name| {
-        state.runtimes.get(name).map(Runtime::own_files)
+    let spec = JobSpec::validate(request, key, &state.config.policy, |name, code| {
+        state.runtimes.get(name).map(|runtime| runtime.terms(code))
     })?;
     match state
         .store

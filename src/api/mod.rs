@@ -29,7 +29,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 pub use error::{ApiError, ErrorCode};
@@ -37,9 +37,10 @@ pub use error::{ApiError, ErrorCode};
 use crate::auth::{Guard, Principal};
 use crate::config::Config;
 use crate::live::Live;
+use crate::runner::Runner;
 use crate::runtime::Runtimes;
 use crate::store::Store;
-use crate::worker::Running;
+use crate::worker::{Running, Workers};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -58,6 +59,10 @@ pub struct AppState {
     pub sandbox: Arc<serde_json::Value>,
     /// Who may ask, and how fast.
     pub guard: Arc<Guard>,
+    /// What runs jobs, which also asks the runtimes' tools for their versions.
+    pub workers: Arc<Workers<Runner>>,
+    /// Set once those versions have been asked: on the first listing, not at every start.
+    pub versions_asked: Arc<tokio::sync::OnceCell<()>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -129,9 +134,56 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-async fn runtimes(State(state): State<AppState>) -> impl IntoResponse {
-    let runtimes: Vec<_> = state.runtimes.iter().collect();
-    Json(json!({ "runtimes": runtimes }))
+/// Each runtime with its version as its tool reports it, whether it compiles, its aliases and
+/// the limits its jobs get by default and at most. The versions are asked of the tools (in the
+/// sandbox, all at once) by the first listing; one that cannot be known is `null`.
+async fn runtimes(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    state
+        .versions_asked
+        .get_or_init(|| async {
+            let workers = &state.workers;
+            let asks = workers.runtimes.iter().map(|runtime| async move {
+                runtime.set_version(workers.runner.version_of(runtime).await);
+            });
+            futures_util::future::join_all(asks).await;
+        })
+        .await;
+    let listing = tokio::task::spawn_blocking(move || {
+        let policy = &state.config.policy;
+        let build = state.config.build_limits();
+        let runtimes: Vec<Value> = state
+            .runtimes
+            .iter()
+            .map(|runtime| {
+                let defaults = runtime
+                    .limits
+                    .over(&policy.default_limits)
+                    .within(&policy.max_limits);
+                let mut listed = json!({
+                    "name": runtime.name,
+                    "display": runtime.display,
+                    "aliases": runtime.aliases,
+                    "version": runtime.version().flatten(),
+                    "compiled": runtime.compile.is_some(),
+                    "program": runtime.program(),
+                    "source_file": runtime.source_file(""),
+                    "extensions": runtime.extensions,
+                    "limits": {"default": defaults, "max": policy.max_limits},
+                    "judge0_ids": runtime.judge0,
+                    "piston_names": runtime.piston,
+                });
+                if let Some(compile) = &runtime.compile {
+                    listed["compile_limits"] =
+                        json!(compile.limits.over(&build).within(&policy.max_limits));
+                }
+                listed
+            })
+            .collect();
+        json!({ "runtimes": runtimes })
+    })
+    .await
+    .map_err(|_| ApiError::internal())?;
+    Ok(Json(listing))
 }
 
 /// Whom the caller's token acts for, and the key its tenant's webhook calls are signed with.

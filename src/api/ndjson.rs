@@ -23,7 +23,6 @@ use super::extract;
 use crate::job::batch::{CaseSpec, SuiteSpec};
 use crate::job::policy::Policy;
 use crate::job::validate::{CaseRequest, Rejection, SuiteCheck, SuiteRequest};
-use crate::runtime::Runtime;
 use crate::store::{Admission, BatchSubmitted, StoreError};
 
 /// The content types of a suite sent as a stream; any other body is a suite sent whole.
@@ -105,7 +104,8 @@ async fn read(
         .into());
     };
     let suite: SuiteRequest = parse(number, &first)?;
-    let runtime_files = |name: &str| state.runtimes.get(name).map(Runtime::own_files);
+    let runtime_files =
+        |name: &str, code: &str| state.runtimes.get(name).map(|runtime| runtime.terms(code));
     let mut check = SuiteCheck::new(suite, key, &state.config.policy, runtime_files)
         .map_err(|rejection| rejection.at(&format!("line {number}")))?;
     let mut spool =

@@ -7,7 +7,12 @@ use crate::sandbox::{Mode, SandboxConfig};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct SandboxArgs {
-    /// Extra runtime NAME=INTERPRETER (the code is passed as its first argument); repeatable
+    /// A file of runtime definitions (TOML, see docs/runtimes.md) adding to the built-in ones or
+    /// replacing those of the same name
+    #[arg(long = "runtimes", env = "KILN_RUNTIMES", value_name = "FILE")]
+    pub runtimes_file: Option<PathBuf>,
+    /// Extra runtime NAME=INTERPRETER (the code, in a file named `main`, is passed as its first
+    /// argument); repeatable
     #[arg(long = "runtime", value_name = "NAME=PATH", value_parser = crate::runtime::parse_extra)]
     pub runtimes: Vec<(String, PathBuf)>,
     /// Isolation of jobs: `full` (every namespace including a user namespace, seccomp, Landlock,
@@ -27,6 +32,14 @@ pub struct SandboxArgs {
 }
 
 impl SandboxArgs {
+    /// Where the runtime definitions come from besides the built-in ones.
+    pub fn runtime_sources(&self) -> crate::runtime::Sources {
+        crate::runtime::Sources {
+            file: self.runtimes_file.clone(),
+            extra: self.runtimes.clone(),
+        }
+    }
+
     /// The sandbox these flags ask for, keeping `ready` of them started ahead of their runs.
     pub fn config(&self, ready: usize) -> SandboxConfig {
         SandboxConfig {

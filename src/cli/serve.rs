@@ -312,7 +312,7 @@ impl ServeArgs {
         config.shutdown_grace = Duration::from_secs(self.shutdown_grace_secs);
         // One sandbox ready per worker, so that no worker's next start waits for another's.
         config.sandbox = self.sandbox.config(config.workers.max(1));
-        config.extra_runtimes = self.sandbox.runtimes;
+        config.runtimes = self.sandbox.runtime_sources();
         config.sse_keepalive = Duration::from_millis(self.sse_keepalive_ms);
         config.sse_buffer_bytes = usize::try_from(self.sse_buffer_bytes).unwrap_or(usize::MAX);
         config.sse_stall = Duration::from_millis(self.sse_stall_ms);

@@ -121,6 +121,15 @@ impl Api {
         }
     }
 
+    /// `GET /v1/runtimes`.
+    pub(super) async fn runtimes(&self) -> Result<Value, ClientError> {
+        let request = self
+            .http
+            .get(self.url(&["runtimes"]))
+            .timeout(REQUEST_SLACK);
+        send(request).await
+    }
+
     pub(super) async fn job_events(&self, id: &str) -> Result<Value, ClientError> {
         let request = self
             .http

@@ -47,7 +47,8 @@ pub enum ClientCommand {
     Submit {
         /// The program to run; its contents are sent as the job's code
         file: PathBuf,
-        /// Runtime to run it with [default: from the extension: .py → python, .sh → bash]
+        /// Runtime to run it with [default: from the file's shebang line, else its extension,
+        /// as `kiln runtimes` lists them]
         #[arg(long)]
         runtime: Option<String>,
         /// File whose contents are fed to the job's standard input
@@ -111,6 +112,12 @@ pub enum ClientCommand {
     /// Cancel a queued or running job
     Cancel {
         id: String,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// List the runtimes the server offers: name, version, aliases, file extensions, default
+    /// limits
+    Runtimes {
         #[command(flatten)]
         opts: ClientOpts,
     },
@@ -178,6 +185,7 @@ impl ClientCommand {
             | Events { opts, .. }
             | Watch { opts, .. }
             | Cancel { opts, .. }
+            | Runtimes { opts }
             | Batch { opts, .. } => opts,
         }
     }
@@ -202,13 +210,14 @@ pub async fn run(cmd: ClientCommand) -> Result<Conclusion, ClientError> {
             output_bytes,
             ..
         } => {
+            let code = read_text(&file)?;
             let runtime = match runtime {
                 Some(runtime) => runtime,
-                None => runtime_for(&file)?.to_owned(),
+                None => runtime_for(&file, &code, &api.runtimes().await?)?,
             };
             let submission = Submission {
                 runtime,
-                code: read_text(&file)?,
+                code,
                 stdin: stdin.as_deref().map(read_text).transpose()?,
                 args,
                 limits: Limits {
@@ -312,6 +321,15 @@ pub async fn run(cmd: ClientCommand) -> Result<Conclusion, ClientError> {
                 print_json(&job)?;
             } else {
                 print_stdout(|out| writeln!(out, "{}", job_line(&job)))?;
+            }
+            Ok(Conclusion::Success)
+        }
+        ClientCommand::Runtimes { .. } => {
+            let listing = api.runtimes().await?;
+            if json {
+                print_json(&listing)?;
+            } else {
+                print_stdout(|out| show::runtimes(out, &listing))?;
             }
             Ok(Conclusion::Success)
         }

@@ -116,6 +116,46 @@ pub(super) fn show_output(job: &Value) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// The runtimes of `GET /v1/runtimes`, one line each: name, version, whether it compiles, its
+/// aliases and extensions, and the memory and wall-clock limits its jobs get by default.
+pub(super) fn runtimes(out: &mut impl Write, listing: &Value) -> io::Result<()> {
+    let runtimes = listing.get("runtimes").and_then(Value::as_array);
+    let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).unwrap_or("").to_owned();
+    let words = |v: &Value, key: &str| {
+        v.get(key)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default()
+    };
+    for runtime in runtimes.into_iter().flatten() {
+        let defaults = &runtime["limits"]["default"];
+        let mut line = format!("{:<12} {}", text(runtime, "name"), text(runtime, "version"));
+        if runtime["compiled"] == true {
+            line.push_str("  (compiled)");
+        }
+        let aliases = words(runtime, "aliases");
+        if !aliases.is_empty() {
+            line.push_str(&format!("  aliases: {aliases}"));
+        }
+        let extensions = words(runtime, "extensions");
+        if !extensions.is_empty() {
+            line.push_str(&format!("  files: {extensions}"));
+        }
+        if let (Some(memory), Some(wall)) =
+            (defaults["memory_mb"].as_u64(), defaults["wall_ms"].as_u64())
+        {
+            line.push_str(&format!("  default {memory} MiB, {wall} ms"));
+        }
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
 pub(super) fn print_json(value: &Value) -> Result<(), ClientError> {
     print_stdout(|out| {
         serde_json::to_writer_pretty(&mut *out, value).map_err(io::Error::from)?;
@@ -135,6 +175,24 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_runtime_line_says_its_version_build_aliases_files_and_defaults() {
+        let listing = json!({"runtimes": [
+            {"name": "java", "version": "openjdk version \"17.0.15\"", "compiled": true,
+             "aliases": [], "extensions": [".java"],
+             "limits": {"default": {"memory_mb": 512, "wall_ms": 10000}}},
+            {"name": "python", "version": null, "compiled": false, "aliases": ["python3"],
+             "extensions": [".py"], "limits": {"default": {"memory_mb": 512, "wall_ms": 10000}}},
+        ]});
+        let mut out = Vec::new();
+        runtimes(&mut out, &listing).expect("write");
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "java         openjdk version \"17.0.15\"  (compiled)  files: .java  default 512 MiB, \
+             10000 ms\npython         aliases: python3  files: .py  default 512 MiB, 10000 ms\n"
+        );
+    }
 
     #[test]
     fn finished_job_line_has_every_part() {

@@ -1,9 +1,11 @@
 //! What `kiln submit` sends: the body of `POST /v1/jobs` made from a file, the runtime its
-//! extension names, and the limits given on the command line.
+//! shebang line or extension names among those the server offers, and the limits given on the
+//! command line.
 
 use std::path::Path;
 
 use serde::Serialize;
+use serde_json::Value;
 
 use super::ClientError;
 
@@ -39,16 +41,74 @@ impl Limits {
     }
 }
 
-/// Picks the runtime from the file's extension, for the runtimes whose extension is unambiguous.
-pub(super) fn runtime_for(file: &Path) -> Result<&'static str, ClientError> {
-    match file.extension().and_then(|ext| ext.to_str()) {
-        Some("py") => Ok("python"),
-        Some("sh") => Ok("bash"),
-        _ => Err(ClientError::Usage(format!(
-            "cannot tell the runtime of {} from its extension; pass --runtime",
+/// Picks the runtime for `file` among those the server lists (`GET /v1/runtimes`): the one its
+/// shebang line names (`#!/usr/bin/env python3`, `#!/bin/bash`: the interpreter's name, by
+/// runtime name or alias), else the one its extension belongs to; where several claim the
+/// extension (`.sh`), the first listed.
+pub(super) fn runtime_for(file: &Path, code: &str, listing: &Value) -> Result<String, ClientError> {
+    let runtimes = listing
+        .get("runtimes")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    let names = |runtime: &Value| -> Vec<String> {
+        let name = runtime
+            .get("name")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let aliases = runtime
+            .get("aliases")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(str::to_owned));
+        name.into_iter().chain(aliases).collect()
+    };
+    let first_name = |runtime: &Value| names(runtime).into_iter().next();
+    if let Some(interpreter) = shebang_interpreter(code) {
+        return runtimes
+            .iter()
+            .find(|r| names(r).contains(&interpreter))
+            .and_then(first_name)
+            .ok_or_else(|| {
+                ClientError::Usage(format!(
+                    "{} starts with #! naming {interpreter}, which is no runtime of this server                      (kiln runtimes lists them); pass --runtime",
+                    file.display()
+                ))
+            });
+    }
+    let extension = file
+        .file_name()
+        .and_then(|name| name.to_str())
+        .and_then(|name| name.rfind('.').filter(|&i| i > 0).map(|i| &name[i..]));
+    let claims = |runtime: &&Value| {
+        runtime
+            .get("extensions")
+            .and_then(Value::as_array)
+            .is_some_and(|e| e.iter().any(|e| e.as_str() == extension))
+    };
+    match extension.and_then(|_| runtimes.iter().find(claims)) {
+        Some(runtime) => first_name(runtime)
+            .ok_or_else(|| ClientError::Usage("the server listed a runtime without a name".into())),
+        None => Err(ClientError::Usage(format!(
+            "cannot tell the runtime of {} from a #! line or its extension (kiln runtimes lists              what this server offers); pass --runtime",
             file.display()
         ))),
     }
+}
+
+/// The interpreter a `#!` line names: its program's file name, or for `env` the program env
+/// runs (past its options, `-S` included).
+fn shebang_interpreter(code: &str) -> Option<String> {
+    let line = code.strip_prefix("#!")?.lines().next()?;
+    let mut words = line.split_whitespace();
+    let program = words.next()?;
+    let name = program.rsplit('/').next()?;
+    if name != "env" {
+        return Some(name.to_owned());
+    }
+    words
+        .find(|w| !w.starts_with('-') && !w.contains('='))
+        .map(|w| w.rsplit('/').next().unwrap_or(w).to_owned())
 }
 
 /// Code and stdin travel as JSON strings, so they must be UTF-8 text.
@@ -71,20 +131,45 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn runtime_comes_from_the_extension() {
-        assert_eq!(runtime_for(Path::new("a/b.py")).ok(), Some("python"));
-        assert_eq!(runtime_for(Path::new("run.sh")).ok(), Some("bash"));
-        for path in ["main.rb", "Makefile", "x.PY.txt"] {
-            let err = runtime_for(Path::new(path))
-                .err()
-                .map(|err| err.to_string());
-            assert!(
-                err.as_deref().is_some_and(|err| err.contains("--runtime")),
-                "{path}: {err:?}"
-            );
-        }
+    fn listing() -> Value {
+        json!({"runtimes": [
+            {"name": "bash", "aliases": [], "extensions": [".sh"]},
+            {"name": "cpp", "aliases": ["c++"], "extensions": [".cpp", ".cc"]},
+            {"name": "python", "aliases": ["python3", "py"], "extensions": [".py"]},
+            {"name": "sh", "aliases": [], "extensions": [".sh"]},
+        ]})
     }
+
+    fn picked(file: &str, code: &str) -> Result<String, String> {
+        runtime_for(Path::new(file), code, &listing()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_runtime_comes_from_the_shebang_then_the_extension() {
+        assert_eq!(picked("a/b.py", "print(1)"), Ok("python".into()));
+        assert_eq!(picked("x.cc", "int main() {}"), Ok("cpp".into()));
+        assert_eq!(
+            picked("run.sh", "echo"),
+            Ok("bash".into()),
+            "the first listed"
+        );
+        assert_eq!(picked("run.sh", "#!/bin/sh\necho"), Ok("sh".into()));
+        assert_eq!(
+            picked("tool", "#!/usr/bin/env python3\n"),
+            Ok("python".into())
+        );
+        assert_eq!(
+            picked("tool", "#!/usr/bin/env -S python3 -u\n"),
+            Ok("python".into())
+        );
+        for (file, code) in [("main.rb", "puts 1"), ("Makefile", "all:"), (".py", "")] {
+            let err = picked(file, code).expect_err(file);
+            assert!(err.contains("--runtime"), "{file}: {err}");
+        }
+        let unknown = picked("x.py", "#!/usr/bin/perl\n").expect_err("perl is not listed");
+        assert!(unknown.contains("naming perl"), "{unknown}");
+    }
+
     #[test]
     fn submission_leaves_out_what_was_not_given() {
         let bare = Submission {

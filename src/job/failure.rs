@@ -1,6 +1,7 @@
 //! What a failed program's stderr says about why it failed: the one line that explains it (a
-//! Python traceback's exception, otherwise the last line written) and whether the program ran
-//! out of memory in a way the kernel never saw.
+//! Python traceback's exception, the error a JVM, Go, Rust or Node.js crash report names,
+//! otherwise the last line written) and whether the program ran out of memory in a way the
+//! kernel never saw.
 //!
 //! Both are read by rules over text, apart from the runner and the judge that use them, because
 //! they decide what users see first: a suite of generated programs fails by the thousand, and
@@ -17,10 +18,57 @@ const TRACEBACK: &str = "Traceback (most recent call last):";
 
 /// The line of `stderr` that says why the program failed, cut to [`ERROR_LINE_CHARS`]: for a
 /// Python traceback the exception (`AssertionError: expected 3`, its first line where the
-/// message has several), otherwise the last line that is not blank. `None` for a silent stderr.
+/// message has several); for the other runtimes whose crash report ends in a stack trace, the
+/// line naming the error (the JVM's uncaught exception, Go's panic, Rust's panic message,
+/// Node.js's error, PHP's fatal error); otherwise the last line that is not blank. `None` for a silent stderr.
 pub fn error_line(stderr: &str) -> Option<String> {
-    let line = python_exception(stderr).or_else(|| last_line(stderr))?;
+    let line = python_exception(stderr)
+        .or_else(|| reported_error(stderr))
+        .or_else(|| last_line(stderr))?;
     Some(clip(line.trim(), ERROR_LINE_CHARS))
+}
+
+/// The line naming the error in the crash reports that end in a stack trace, where the last
+/// line is a frame or a footer.
+fn reported_error(stderr: &str) -> Option<&str> {
+    let mut lines = stderr.lines();
+    while let Some(line) = lines.next() {
+        // The JVM: `Exception in thread "main" java.lang.IllegalStateException: boom`.
+        if let Some(rest) = line.strip_prefix("Exception in thread \"") {
+            return rest.split_once("\" ").map(|(_, error)| error);
+        }
+        // PHP: `PHP Fatal error:  Uncaught Exception: boom in …`, then its stack trace.
+        if line.starts_with("PHP Fatal error:") {
+            return Some(line);
+        }
+        // Go: `panic: boom`, then the goroutines.
+        if line.starts_with("panic: ") {
+            return Some(line);
+        }
+        // Rust: `thread 'main' panicked at 'boom', main.rs:1:13`, or since 1.73 the place
+        // ending in `:` and the message on the next line.
+        if line.starts_with("thread '") && line.contains("' panicked at ") {
+            return match line.ends_with(':') {
+                true => lines.next().or(Some(line)),
+                false => Some(line),
+            };
+        }
+        // Node.js: the source line and a caret, a blank line, then `Error: boom` and its frames.
+        if is_error_type_line(line) && stderr.contains("\n    at ") {
+            return Some(line);
+        }
+    }
+    None
+}
+
+/// `Error: boom`, `TypeError: x is not a function`: a JavaScript error's name at the start.
+fn is_error_type_line(line: &str) -> bool {
+    let name = line.split_once(':').map_or(line, |(name, _)| name);
+    !name.is_empty()
+        && name.ends_with("Error")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
 }
 
 /// Whether `stderr` says the program stopped because it could not get memory. Only messages a
@@ -43,6 +91,8 @@ pub fn out_of_memory(stderr: &str) -> bool {
             || line.starts_with("fatal error: runtime: out of memory")
             // Rust's default allocation-error handler.
             || line.starts_with("memory allocation of ") && line.ends_with(" bytes failed")
+            // PHP, at its memory_limit.
+            || line.contains("Allowed memory size of ") && line.contains(" bytes exhausted")
             // Ruby, Perl, and GCC's own compilers (a build out of memory).
             || line.ends_with("(NoMemoryError)")
             || line.starts_with("Out of memory!")
@@ -164,6 +214,44 @@ worse
     }
 
     #[test]
+    fn a_stack_trace_is_explained_by_the_line_naming_its_error() {
+        let cases = [
+            (
+                "Exception in thread \"main\" java.lang.IllegalStateException: boom\n\tat Main.main(Main.java:1)\n",
+                "java.lang.IllegalStateException: boom",
+            ),
+            (
+                "panic: boom\n\ngoroutine 1 [running]:\nmain.main()\n\t/work/main.go:3 +0x27\nexit status 2\n",
+                "panic: boom",
+            ),
+            (
+                "thread 'main' panicked at 'boom', main.rs:1:13\nnote: run with `RUST_BACKTRACE=1`\n",
+                "thread 'main' panicked at 'boom', main.rs:1:13",
+            ),
+            (
+                "thread 'main' panicked at main.rs:1:13:\nboom\nnote: run with `RUST_BACKTRACE=1`\n",
+                "boom",
+            ),
+            (
+                "/work/main.js:1\nthrow new Error('boom')\n^\n\nError: boom\n    at Object.<anonymous> (/work/main.js:1:7)\n\nNode.js v20.20.2\n",
+                "Error: boom",
+            ),
+            (
+                "PHP Fatal error:  Uncaught Exception: boom in /work/main.php:1\nStack trace:\n#0 {main}\n  thrown in /work/main.php on line 1\n",
+                "PHP Fatal error:  Uncaught Exception: boom in /work/main.php:1",
+            ),
+        ];
+        for (stderr, line) in cases {
+            assert_eq!(error_line(stderr).as_deref(), Some(line), "{stderr}");
+        }
+        assert_eq!(
+            error_line("SomeError: not a trace\nthe end\n").as_deref(),
+            Some("the end"),
+            "an error's name without frames is just text"
+        );
+    }
+
+    #[test]
     fn an_error_line_is_cut_to_a_readable_length() {
         let long = format!("Error: {}", "é".repeat(1000));
         let line = error_line(&long).unwrap_or_default();
@@ -183,6 +271,7 @@ worse
             "memory allocation of 8000000000 bytes failed\n",
             "main.rb:1:in `*': failed to allocate memory (NoMemoryError)\n",
             "Out of memory!\n",
+            "PHP Fatal error:  Allowed memory size of 134217728 bytes exhausted (tried to allocate 536870944 bytes) in /work/main.php on line 1\n",
             "cc1: out of memory allocating 4064 bytes after a total of 1 bytes\n",
         ] {
             assert!(out_of_memory(stderr), "{stderr}");

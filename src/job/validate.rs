@@ -7,7 +7,7 @@
 //! What is the submitter's doing is refused here, not found out by a run: besides the policy's
 //! sizes, every way the request's files and args could keep the kernel from setting the run up.
 //! Files must make a tree that can be built (no name both a file and another's directory, none
-//! on or under what the runtime writes itself, [`RuntimeFiles`]), within NAME_MAX and PATH_MAX
+//! on or under what the runtime writes itself, [`RuntimeTerms`]), within NAME_MAX and PATH_MAX
 //! by their length; args must be what `execve` passes (no NUL, none over MAX_ARG_STRLEN, all
 //! together within [`Policy::max_args_bytes`], well under the kernel's least ARG_MAX). The
 //! environment is kiln's own and stdin goes through a pipe, so neither can fail a run's start.
@@ -41,13 +41,18 @@ const MAX_ARG_STRLEN: usize = 32 * 4096;
 /// What one argument costs `execve` besides its bytes: its NUL and its pointer in `argv`.
 pub const ARG_OVERHEAD_BYTES: usize = 1 + 8;
 
-/// What a runtime itself writes into a run's work directory, beside the submitted files: the
-/// file the code is written to and, for a compiled runtime, the binary its build leaves there.
-/// Submitted files must leave both free.
+/// What validation needs to know of a runtime for one program: its name (a job may name it by
+/// an alias), what it writes into a run's work directory itself beside the submitted files (the
+/// file the code is written to and, for a compiled runtime, what its build leaves there, which
+/// submitted files must leave free), and its own default limits.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RuntimeFiles {
+pub struct RuntimeTerms {
+    pub name: String,
     pub source_file: String,
     pub binary: Option<String>,
+    /// Defaults of this runtime's jobs where they differ from the deployment's; held to its
+    /// maxima like those.
+    pub limits: LimitsRequest,
 }
 
 /// Limits as a submitter states them: any may be left out and then takes the configured default.
@@ -254,9 +259,9 @@ impl JobSpec {
         request: JobRequest,
         idempotency_key: Option<String>,
         policy: &Policy,
-        runtime_files: impl Fn(&str) -> Option<RuntimeFiles>,
+        runtime_files: impl Fn(&str, &str) -> Option<RuntimeTerms>,
     ) -> Result<JobSpec, Rejection> {
-        let program_bytes = check_program(
+        let (program_bytes, terms) = check_program(
             &request.runtime,
             &request.code,
             &request.files,
@@ -267,10 +272,10 @@ impl JobSpec {
         let max_attempts = check_max_attempts(request.max_attempts, policy)?;
         check_key(idempotency_key.as_deref())?;
         check_callback(request.callback_url.as_deref(), policy)?;
-        let limits = resolve_limits(request.limits, policy)?;
+        let limits = resolve_limits(request.limits, terms.limits, policy)?;
         check_fits_memory(program_bytes, &limits)?;
         Ok(JobSpec {
-            runtime: request.runtime,
+            runtime: terms.name,
             code: request.code,
             stdin: request.stdin,
             args: request.args,
@@ -286,15 +291,15 @@ impl JobSpec {
 
 /// Checks what a run executes by the rules every run's program meets: a runtime offered here,
 /// code, and files that make a tree the kernel can build beside what the runtime writes. Returns
-/// the bytes of code and files, which the run's memory holds.
+/// the bytes of code and files, which the run's memory holds, and the runtime's terms.
 fn check_program(
     runtime: &str,
     code: &str,
     files: &BTreeMap<String, String>,
     policy: &Policy,
-    runtime_files: impl Fn(&str) -> Option<RuntimeFiles>,
-) -> Result<usize, Rejection> {
-    let Some(own) = runtime_files(runtime) else {
+    runtime_files: impl Fn(&str, &str) -> Option<RuntimeTerms>,
+) -> Result<(usize, RuntimeTerms), Rejection> {
+    let Some(own) = runtime_files(runtime, code) else {
         return Err(Rejection::UnknownRuntime {
             name: runtime.to_owned(),
             case: None,
@@ -340,7 +345,7 @@ fn check_program(
             )));
         }
     }
-    Ok(code.len() + files_bytes)
+    Ok((code.len() + files_bytes, own))
 }
 
 fn check_code(code: &str, policy: &Policy) -> Result<(), Rejection> {
@@ -391,7 +396,7 @@ fn check_callback(url: Option<&str>, policy: &Policy) -> Result<(), Rejection> {
 /// twice (`a//b`, `./a`, `a/`).
 fn check_tree<'a>(
     files: &'a BTreeMap<String, String>,
-    own: &RuntimeFiles,
+    own: &RuntimeTerms,
     policy: &Policy,
 ) -> Result<BTreeSet<&'a str>, Rejection> {
     let is_own = |dir: &str| dir == own.source_file || own.binary.as_deref() == Some(dir);
@@ -523,8 +528,16 @@ pub fn check_file_name(name: &str) -> Result<(), Rejection> {
     Ok(())
 }
 
-fn resolve_limits(request: LimitsRequest, policy: &Policy) -> Result<Limits, Rejection> {
-    let (default, max) = (&policy.default_limits, &policy.max_limits);
+/// The limits a run gets: what the request asks for, else the runtime's own default, else the
+/// deployment's; none above the deployment's maxima (a default above one is held to it, a request
+/// above one refused).
+fn resolve_limits(
+    request: LimitsRequest,
+    runtime: LimitsRequest,
+    policy: &Policy,
+) -> Result<Limits, Rejection> {
+    let default = &runtime.over(&policy.default_limits);
+    let max = &policy.max_limits;
     let pick = |name: &str, asked: Option<u64>, default: u64, max: u64| match asked {
         Some(0) => Err(Rejection::Invalid(format!(
             "limits.{name} must be positive"
@@ -591,7 +604,7 @@ impl BatchSpec {
         request: BatchRequest,
         idempotency_key: Option<String>,
         policy: &Policy,
-        runtime_files: impl Fn(&str) -> Option<RuntimeFiles>,
+        runtime_files: impl Fn(&str, &str) -> Option<RuntimeTerms>,
     ) -> Result<BatchSpec, Rejection> {
         let (suite, requests) = request.into_parts();
         if requests.len() > policy.max_batch_cases {
@@ -622,14 +635,15 @@ pub struct SuiteCheck<'p, F> {
     suite: SuiteSpec,
     policy: &'p Policy,
     runtime_files: F,
-    /// The bytes of the suite's own program, once a case running it unchanged had it checked.
-    suite_bytes: Option<usize>,
+    /// The bytes of the suite's own program and its runtime's terms, once a case running it
+    /// unchanged had it checked.
+    suite_program: Option<(usize, RuntimeTerms)>,
     taken: HashSet<String>,
     look_alikes: LookAlikes,
     cases: usize,
 }
 
-impl<'p, F: Fn(&str) -> Option<RuntimeFiles>> SuiteCheck<'p, F> {
+impl<'p, F: Fn(&str, &str) -> Option<RuntimeTerms>> SuiteCheck<'p, F> {
     /// Checks the suite's own fields: its callback, its pass@k, its runtime and code (its files
     /// wait for the first case that runs them, as they are checked with that case's runtime).
     pub fn new(
@@ -647,13 +661,16 @@ impl<'p, F: Fn(&str) -> Option<RuntimeFiles>> SuiteCheck<'p, F> {
         check_callback(request.callback_url.as_deref(), policy)?;
         let max_attempts = check_max_attempts(None, policy)?;
         check_pass_at_k(&request.pass_at_k, policy)?;
-        if let Some(runtime) = &request.runtime
-            && runtime_files(runtime).is_none()
-        {
-            return Err(Rejection::UnknownRuntime {
-                name: runtime.clone(),
-                case: None,
-            });
+        let mut request = request;
+        if let Some(runtime) = &request.runtime {
+            let code = request.code.as_deref().unwrap_or_default();
+            let Some(terms) = runtime_files(runtime, code) else {
+                return Err(Rejection::UnknownRuntime {
+                    name: runtime.clone(),
+                    case: None,
+                });
+            };
+            request.runtime = Some(terms.name);
         }
         if let Some(code) = &request.code {
             check_code(code, policy)?;
@@ -674,7 +691,7 @@ impl<'p, F: Fn(&str) -> Option<RuntimeFiles>> SuiteCheck<'p, F> {
             suite,
             policy,
             runtime_files,
-            suite_bytes: None,
+            suite_program: None,
             taken: HashSet::new(),
             look_alikes: LookAlikes::with_capacity(0),
             cases: 0,
@@ -728,32 +745,33 @@ impl<'p, F: Fn(&str) -> Option<RuntimeFiles>> SuiteCheck<'p, F> {
             )));
         };
         let own_program = case.runtime.is_some() || case.code.is_some() || !case.files.is_empty();
-        let program_bytes = if own_program {
+        let (program_bytes, terms) = if own_program {
             let files = with_own_files(&suite.files, &case.files);
             check_program(runtime, code, &files, policy, &self.runtime_files).map_err(in_case)?
-        } else if let Some(bytes) = self.suite_bytes {
-            bytes
+        } else if let Some(checked) = &self.suite_program {
+            checked.clone()
         } else {
             // Found out at the first case that runs it; where the suite came as lines, that
             // case's line is the one a reader can be pointed to.
-            let bytes = check_program(runtime, code, &suite.files, policy, &self.runtime_files)
+            let checked = check_program(runtime, code, &suite.files, policy, &self.runtime_files)
                 .map_err(|rejection| match line {
-                    Some(_) => in_case(rejection),
-                    None => rejection,
-                })?;
-            *self.suite_bytes.insert(bytes)
+                Some(_) => in_case(rejection),
+                None => rejection,
+            })?;
+            self.suite_program.insert(checked).clone()
         };
         check_input(&case.stdin, &case.args, policy).map_err(in_case)?;
         if let Some(expected) = &case.expected_output {
             let max = usize::try_from(policy.max_limits.output_bytes).unwrap_or(usize::MAX);
             check_size("expected_output", expected.len(), max).map_err(in_case)?;
         }
-        let limits = resolve_limits(overlay(case.limits, suite.limits), policy).map_err(in_case)?;
+        let limits = resolve_limits(overlay(case.limits, suite.limits), terms.limits, policy)
+            .map_err(in_case)?;
         check_fits_memory(program_bytes, &limits).map_err(in_case)?;
         Ok(CaseSpec {
             name,
             group: case.group,
-            runtime: runtime.clone(),
+            runtime: terms.name,
             code: case.code,
             files: case.files,
             stdin: case.stdin,
@@ -831,6 +849,21 @@ fn check_label(what: &str, label: &str) -> Result<(), Rejection> {
     Ok(())
 }
 
+impl LimitsRequest {
+    /// These limits where given, `base`'s elsewhere.
+    pub fn over(&self, base: &Limits) -> Limits {
+        Limits {
+            wall_ms: self.wall_ms.unwrap_or(base.wall_ms),
+            cpu_ms: self.cpu_ms.unwrap_or(base.cpu_ms),
+            memory_mb: self.memory_mb.unwrap_or(base.memory_mb),
+            processes: self.processes.unwrap_or(base.processes),
+            output_bytes: self.output_bytes.unwrap_or(base.output_bytes),
+            file_bytes: self.file_bytes.unwrap_or(base.file_bytes),
+            cpu_percent: self.cpu_percent.or(base.cpu_percent),
+        }
+    }
+}
+
 /// The case's own limits where it gives them, the suite's elsewhere.
 fn overlay(case: LimitsRequest, suite: LimitsRequest) -> LimitsRequest {
     LimitsRequest {
@@ -860,15 +893,17 @@ mod tests {
     }
 
     /// `sh`, and `c` with its binary.
-    fn runtime_files(runtime: &str) -> Option<RuntimeFiles> {
+    fn runtime_files(runtime: &str, _code: &str) -> Option<RuntimeTerms> {
         let (source_file, binary) = match runtime {
             "sh" => ("main.sh", None),
             "c" => ("main.c", Some("main".to_owned())),
             _ => return None,
         };
-        Some(RuntimeFiles {
+        Some(RuntimeTerms {
+            name: runtime.to_owned(),
             source_file: source_file.to_owned(),
             binary,
+            limits: LimitsRequest::default(),
         })
     }
 
@@ -1272,7 +1307,8 @@ mod tests {
                 cpu_percent: percent,
                 ..LimitsRequest::default()
             };
-            resolve_limits(request, policy).map(|limits| limits.cpu_percent)
+            resolve_limits(request, LimitsRequest::default(), policy)
+                .map(|limits| limits.cpu_percent)
         };
         let open = Policy::default();
         assert_eq!(asking(None, &open), Ok(None), "no quota unless asked");

@@ -138,9 +138,21 @@ async fn checks(args: DoctorArgs) -> Vec<Check> {
     let scratch = work_root.join(format!(".doctor-{}", std::process::id()));
     match std::fs::create_dir_all(&scratch) {
         Ok(()) => {
-            let (sandbox, found) = sandbox_checks(&args, &scratch);
+            let runtimes = match Runtimes::load(&args.sandbox.runtime_sources()) {
+                Ok(runtimes) => Some(runtimes),
+                Err(e) => {
+                    checks.push(Check::fail(
+                        "runtimes",
+                        e.to_string(),
+                        "kiln serve refuses to start with these runtimes: correct the file",
+                    ));
+                    None
+                }
+            };
+            let binds = runtimes.as_ref().map(Runtimes::binds).unwrap_or_default();
+            let (sandbox, found) = sandbox_checks(&args, &scratch, binds);
             checks.extend(found);
-            checks.extend(runtime_checks(&args, sandbox, &scratch).await);
+            checks.extend(runtime_checks(&args, runtimes, sandbox, &scratch).await);
             if let Err(e) = std::fs::remove_dir_all(&scratch) {
                 tracing::warn!(path = %scratch.display(), error = %e, "cannot remove");
             }
@@ -165,7 +177,11 @@ async fn checks(args: DoctorArgs) -> Vec<Check> {
 }
 
 /// The sandbox's own startup probe, and what its report says about cgroups and Landlock.
-fn sandbox_checks(args: &DoctorArgs, scratch: &Path) -> (Option<Sandbox>, Vec<Check>) {
+fn sandbox_checks(
+    args: &DoctorArgs,
+    scratch: &Path,
+    binds: Vec<PathBuf>,
+) -> (Option<Sandbox>, Vec<Check>) {
     if args.sandbox.sandbox == Mode::None {
         let check = Check::warn(
             "sandbox",
@@ -174,7 +190,8 @@ fn sandbox_checks(args: &DoctorArgs, scratch: &Path) -> (Option<Sandbox>, Vec<Ch
         );
         return (None, vec![check]);
     }
-    let config = args.sandbox.config(1);
+    let mut config = args.sandbox.config(1);
+    config.extra_binds.extend(binds);
     let sandbox = match Sandbox::new(&config, scratch) {
         Ok(sandbox) => sandbox,
         Err(e) => {
@@ -283,66 +300,45 @@ fn cgroup_check(report: &Report) -> Check {
     )
 }
 
-/// A program per built-in runtime that prints `ok`, to prove the runtime works in the sandbox.
-fn hello(runtime: &str) -> Option<&'static str> {
-    match runtime {
-        "python" => Some("print('ok')"),
-        "bash" | "sh" => Some("echo ok"),
-        "c" => Some("#include <stdio.h>\nint main(void) { puts(\"ok\"); return 0; }\n"),
-        _ => None,
-    }
-}
-
-async fn runtime_checks(args: &DoctorArgs, sandbox: Option<Sandbox>, scratch: &Path) -> Vec<Check> {
+async fn runtime_checks(
+    args: &DoctorArgs,
+    runtimes: Option<Runtimes>,
+    sandbox: Option<Sandbox>,
+    scratch: &Path,
+) -> Vec<Check> {
     let mut checks = Vec::new();
-    let extra = &args.sandbox.runtimes;
-    let mut runtimes = Runtimes::detect(extra);
-    for (name, candidates) in crate::runtime::builtins() {
-        if runtimes.get(name).is_none() && !extra.iter().any(|(n, _)| n == name) {
-            checks.push(Check::warn(
-                "runtimes",
-                format!(
-                    "{name}: not installed (looked for {})",
-                    candidates.join(", ")
-                ),
-                format!(
-                    "install it to offer {name} (e.g. apt-get install {})",
-                    package(name)
-                ),
-            ));
-        }
-    }
-    for (name, path) in extra {
-        if runtimes.get(name).is_none() {
-            checks.push(Check::fail(
-                "runtimes",
-                format!("{name}: {} is missing or not executable", path.display()),
-                "correct the --runtime path",
-            ));
-        }
+    let Some(mut runtimes) = runtimes else {
+        return checks;
+    };
+    for unavailable in runtimes.unavailable() {
+        let fix = match &unavailable.package {
+            Some(package) => format!(
+                "install it to offer {} (e.g. apt-get install {package})",
+                unavailable.name
+            ),
+            None => format!("install it to offer {}", unavailable.name),
+        };
+        checks.push(Check::warn(
+            "runtimes",
+            format!("{}: not offered: {}", unavailable.name, unavailable.missing),
+            fix,
+        ));
     }
     if args.sandbox.sandbox == Mode::None || sandbox.is_some() {
-        let mut hidden = Vec::new();
         if let Some(sandbox) = &sandbox {
-            hidden = runtimes
-                .iter()
-                .filter(|r| !sandbox.can_see(&r.program))
-                .map(|r| r.program.clone())
-                .collect();
+            let before: Vec<String> = runtimes.iter().map(|r| r.name.clone()).collect();
             runtimes.retain_visible(|program| sandbox.can_see(program));
-        }
-        for program in hidden {
-            checks.push(Check::warn(
-                "runtimes",
-                format!(
-                    "{} is outside what the sandbox binds: not offered",
-                    program.display()
-                ),
-                format!(
-                    "bind its directory with --sandbox-bind {}",
-                    program.parent().unwrap_or(&program).display()
-                ),
-            ));
+            for hidden in runtimes
+                .unavailable()
+                .iter()
+                .filter(|u| before.contains(&u.name))
+            {
+                checks.push(Check::warn(
+                    "runtimes",
+                    format!("{}: not offered: {}", hidden.name, hidden.missing),
+                    "bind its directory with --sandbox-bind DIR, or the runtime's binds",
+                ));
+            }
         }
         let isolation = match sandbox {
             Some(sandbox) => Isolation::Sandbox(sandbox),
@@ -365,29 +361,21 @@ async fn runtime_checks(args: &DoctorArgs, sandbox: Option<Sandbox>, scratch: &P
         checks.push(Check::fail(
             "runtimes",
             "no runtime is available: kiln serve will refuse to start",
-            "install python3 (or bash), or name an interpreter with --runtime NAME=PATH",
+            "install python3 (or bash), or define one with --runtimes FILE",
         ));
     }
     checks
 }
 
-fn package(runtime: &str) -> &str {
-    match runtime {
-        "python" => "python3",
-        "c" => "gcc",
-        other => other,
-    }
-}
-
 /// Runs a small program of `runtime` exactly as a job would run, and checks it printed `ok`.
 async fn try_runtime(runner: &Runner, runtime: &Runtime) -> Check {
-    let Some(code) = hello(&runtime.name) else {
+    let Some(code) = runtime.hello.as_deref() else {
         return Check::ok(
             "runtimes",
             format!(
-                "{}: {} (visible; not test-run)",
+                "{}: {} (visible; not test-run: its definition has no hello program)",
                 runtime.name,
-                runtime.program.display()
+                runtime.program().display()
             ),
         );
     };
@@ -410,7 +398,7 @@ async fn try_runtime(runner: &Runner, runtime: &Runtime) -> Check {
             "runtimes",
             format!(
                 "{name}: {} runs ({} ms)",
-                runtime.program.display(),
+                runtime.program().display(),
                 out.result.wall_ms
             ),
         ),

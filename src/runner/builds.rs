@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
-use super::{RunError, RunOutput, remove_logged, remove_tree};
+use super::{RunError, RunOutput, remove_logged, remove_path, remove_tree};
 use crate::job::BatchId;
 use crate::runtime::Runtime;
 
@@ -35,6 +35,7 @@ pub(super) struct BuildKey([u8; 32]);
 impl BuildKey {
     pub(super) fn of(
         runtime: &Runtime,
+        source: &str,
         code: &str,
         files: &std::collections::BTreeMap<String, String>,
     ) -> BuildKey {
@@ -45,11 +46,13 @@ impl BuildKey {
             hash.update(bytes);
         };
         part(runtime.name.as_bytes());
-        part(runtime.program.as_os_str().as_encoded_bytes());
-        for arg in &runtime.args {
-            part(arg.as_bytes());
+        if let Some(compile) = &runtime.compile {
+            for word in compile.command.identity() {
+                part(word);
+            }
+            part(compile.artifact.as_bytes());
         }
-        part(runtime.source_file.as_bytes());
+        part(source.as_bytes());
         part(code.as_bytes());
         for (name, content) in files {
             part(name.as_bytes());
@@ -67,7 +70,7 @@ impl BuildKey {
 /// A batch's build, once it has run: the binary, or how it failed (the compiler's refusal, or
 /// a limit the build reached).
 pub(super) enum Built {
-    Binary(PathBuf),
+    Artifact(PathBuf),
     Failed(RunOutput),
 }
 
@@ -91,7 +94,7 @@ pub struct Builds {
 
 pub(super) struct Entry {
     built: OnceCell<Built>,
-    binary: PathBuf,
+    artifact: PathBuf,
     staging: PathBuf,
 }
 
@@ -113,7 +116,7 @@ impl Builds {
             Arc::new(Entry {
                 built: OnceCell::new(),
                 staging: self.root.join(format!("{name}.build")),
-                binary: self.root.join(name),
+                artifact: self.root.join(name),
             })
         });
         Arc::clone(entry)
@@ -160,9 +163,9 @@ impl Entry {
         self.built.get_or_try_init(build).await
     }
 
-    /// Where the binary is kept.
-    pub(super) fn binary(&self) -> &Path {
-        &self.binary
+    /// Where the artifact is kept.
+    pub(super) fn artifact(&self) -> &Path {
+        &self.artifact
     }
 
     /// Where the compiler works.
@@ -173,14 +176,11 @@ impl Entry {
 
 impl Drop for Entry {
     fn drop(&mut self) {
-        let binary = std::mem::take(&mut self.binary);
+        let artifact = std::mem::take(&mut self.artifact);
         let staging = std::mem::take(&mut self.staging);
         let remove = move || {
-            match std::fs::remove_file(&binary) {
-                Err(error) if error.kind() != io::ErrorKind::NotFound => {
-                    tracing::warn!(%error, path = %binary.display(), "removing a batch build failed");
-                }
-                _ => {}
+            if let Err(error) = remove_path(&artifact) {
+                tracing::warn!(%error, path = %artifact.display(), "removing a batch build failed");
             }
             remove_logged(&staging);
         };

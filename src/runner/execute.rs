@@ -32,6 +32,8 @@ pub(super) struct Invocation<'a> {
     pub(super) program: PathBuf,
     /// Arguments after the program's own name.
     pub(super) argv: Vec<String>,
+    /// The runtime's own variables, added to the environment every run gets.
+    pub(super) env: Vec<(String, String)>,
     pub(super) stdin: &'a str,
     pub(super) limits: Limits,
     /// What the run's `/work` holds at the start (see

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::net::unix::pipe;
 
 use super::execute::Invocation;
-use super::plain::{job_env, rlimits};
+use super::plain::{job_env, rlimits, with_runtime_env};
 use super::process::{Attached, Process};
 use crate::sandbox::{Launch, OverMemory, Sandbox, WorkFile, WorkMount};
 
@@ -44,7 +44,10 @@ pub(super) async fn start(
         staged_bytes: invocation.staged_bytes,
         program: &invocation.program,
         args: invocation.argv.clone(),
-        env: job_env("/work", "/tmp", invocation.reporting.is_some()),
+        env: with_runtime_env(
+            job_env("/work", "/tmp", invocation.reporting.is_some()),
+            &invocation.env,
+        ),
         limits: invocation.limits,
         progress: invocation.reporting.is_some(),
         rlimits,

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::job::{BatchId, BuildUse, JobId, Limits, Outcome, Progress, RunResult};
 use crate::live::RunFeed;
-use crate::runtime::{Compile, Runtime};
+use crate::runtime::{Compile, Expansion, Runtime};
 use crate::sandbox::{Sandbox, WorkFile, WorkMount};
 
 mod builds;
@@ -43,8 +43,8 @@ pub use builds::Builds;
 use builds::{BuildKey, Built, NotBuilt};
 use execute::{Invocation, execute};
 use workdir::{
-    WorkDir, check_inline, in_pages, is_run_directory, remove_logged, remove_tree, staged_entries,
-    staged_size, work_files,
+    WorkDir, artifact_entries, check_inline, copy_tree, in_pages, is_run_directory, remove_logged,
+    remove_path, remove_tree, staged_entries, staged_size, work_files,
 };
 
 /// One attempt of one job, borrowing the stored job's fields.
@@ -132,6 +132,8 @@ pub struct Runner {
     isolation: Isolation,
     builds: Builds,
     compile_limits: Limits,
+    /// What no runtime's build limits may exceed: the deployment's maxima.
+    compile_caps: Limits,
 }
 
 impl Runner {
@@ -159,13 +161,19 @@ impl Runner {
             isolation,
             builds,
             compile_limits: DEFAULT_COMPILE_LIMITS,
+            compile_caps: Limits {
+                cpu_percent: None,
+                ..crate::job::policy::Policy::default().max_limits
+            },
         })
     }
 
-    /// Builds run under `limits` instead of [`DEFAULT_COMPILE_LIMITS`].
-    pub fn with_compile_limits(self, limits: Limits) -> Runner {
+    /// Builds run under `limits` instead of [`DEFAULT_COMPILE_LIMITS`], and a runtime's own build
+    /// limits under `caps`.
+    pub fn with_compile_limits(self, limits: Limits, caps: Limits) -> Runner {
         Runner {
             compile_limits: limits,
+            compile_caps: caps,
             ..self
         }
     }
@@ -195,85 +203,175 @@ impl Runner {
                 .join(format!("{}-{}", req.job_id, req.attempt)),
             on_disk: false,
         };
+        let source = req.runtime.source_file(req.code);
+        let name = req.runtime.program_name(req.code);
         // A sandbox writes the submitted code and files into its `/work` from memory; only a
         // plain subprocess (which runs in the directory) and a compiled runtime (whose build
         // step binds it) need them on disk first.
         let inline =
             matches!(self.isolation, Isolation::Sandbox(_)) && req.runtime.compile.is_none();
-        let output = async {
-            if inline {
-                check_inline(&req).map_err(|source| RunError::WorkDir {
-                    path: work_dir.path.clone(),
-                    source,
-                })?;
-            } else {
-                work_dir.populate(&req).await?;
-            }
-            let names = staged_entries(&req.runtime.source_file, req.files);
-            let mut entries = work_files(&names, &req, inline);
-            let mut staged_bytes = staged_size(&req);
-            let mut build = None;
-            let (program, argv) = match &req.runtime.compile {
-                None => (req.runtime.program.clone(), job_argv(req.runtime, req.args)),
-                Some(compile) => {
-                    let built_path = work_dir.path.join(&compile.binary);
+        let output =
+            async {
+                if inline {
+                    check_inline(&req, &source).map_err(|source| RunError::WorkDir {
+                        path: work_dir.path.clone(),
+                        source,
+                    })?;
+                } else {
+                    work_dir.populate(&req, &source).await?;
+                }
+                let names = staged_entries(&source, req.files);
+                let work = self.work_seen_as(&work_dir.path);
+                let expansion = Expansion {
+                    source: &source,
+                    name: &name,
+                    memory_mb: req.limits.memory_mb,
+                    work: &work,
+                    args: req.args,
+                };
+                let mut build = None;
+                let mut artifact_names = Vec::new();
+                if let Some(compile) = &req.runtime.compile {
+                    let built_path = work_dir.path.join(&compile.artifact);
                     match req.batch {
                         None => {
                             build = Some(BuildUse::Compiled);
-                            let built = self.compile(&req, &work_dir.path, &names, &cancel).await?;
+                            let built = self
+                                .compile(&req, &work_dir.path, &names, &source, &name, &cancel)
+                                .await?;
                             if built.outcome != Outcome::Success {
                                 return Ok(with_build(built, build));
                             }
                         }
                         Some(batch) => {
-                            let (built, used) =
-                                self.shared_build(batch, &req, compile, &cancel).await?;
+                            let (built, used) = self
+                                .shared_build(batch, &req, compile, &source, &name, &cancel)
+                                .await?;
                             build = Some(used);
                             match built {
-                                Ok(binary) => {
-                                    copy_binary(&binary, &built_path).await.map_err(|source| {
-                                        RunError::WorkDir {
-                                            path: built_path.clone(),
-                                            source,
-                                        }
-                                    })?
-                                }
+                                Ok(artifact) => copy_artifact(&artifact, &built_path)
+                                    .await
+                                    .map_err(|source| RunError::WorkDir {
+                                        path: built_path.clone(),
+                                        source,
+                                    })?,
                                 Err(failed) => return Ok(with_build(failed, build)),
                             }
                         }
                     }
-                    // The run's /work must hold the binary besides the job's own room.
-                    staged_bytes += std::fs::metadata(&built_path).map_or(0, |m| in_pages(m.len()));
-                    entries.push(WorkFile::Staged(&compile.binary));
-                    let binary = match self.isolation {
-                        Isolation::Sandbox(_) => Path::new("/work").join(&compile.binary),
-                        Isolation::None => work_dir.path.join(&compile.binary),
-                    };
-                    (binary, req.args.to_vec())
+                    artifact_names =
+                        artifact_entries(&work_dir.path, &compile.artifact).map_err(|source| {
+                            RunError::WorkDir {
+                                path: built_path.clone(),
+                                source,
+                            }
+                        })?;
                 }
-            };
-            let run = Invocation {
-                program,
-                argv,
-                stdin: req.stdin,
-                limits: req.limits,
-                entries: &entries,
-                staged_bytes,
-                work: WorkMount::Copy,
-                reporting: req.reporting,
-                build: false,
-            };
-            let ran = execute(&run, &work_dir.path, &self.isolation, &cancel).await?;
-            Ok(with_build(ran, build))
-        }
-        .await;
+                let mut entries = work_files(&names, &req, &source, inline);
+                let mut staged_bytes = staged_size(&req);
+                // The run's /work must hold the artifact besides the job's own room.
+                for (entry, bytes) in &artifact_names {
+                    staged_bytes += in_pages(*bytes);
+                    entries.push(match entry.ends_with('/') {
+                        true => WorkFile::Dir(entry),
+                        false => WorkFile::Staged(entry),
+                    });
+                }
+                let run = Invocation {
+                    program: req.runtime.run.program(Path::new(&work)),
+                    argv: req.runtime.run.argv(&expansion),
+                    env: req.runtime.env(&expansion),
+                    stdin: req.stdin,
+                    limits: req.limits,
+                    entries: &entries,
+                    staged_bytes,
+                    work: WorkMount::Copy,
+                    reporting: req.reporting,
+                    build: false,
+                };
+                let ran = execute(&run, &work_dir.path, &self.isolation, &cancel).await?;
+                Ok(with_build(ran, build))
+            }
+            .await;
         // Removed in the background: the result does not wait for it, and a retry gets a
         // directory of its own (the attempt is in its name).
         drop(work_dir);
         output
     }
 
-    /// Compiles the code staged in `dir` (`entries`) in place: the binary lands beside it. The
+    /// What `runtime`'s version command prints (the first line it writes, on stdout or else on
+    /// stderr), run as a job's program is: in the sandbox, under the build limits, so that no
+    /// tool runs with the server's privileges. `None` if it has none, fails or says nothing.
+    pub async fn version_of(&self, runtime: &Runtime) -> Option<String> {
+        let command = runtime.version_command()?;
+        let work_dir = WorkDir {
+            path: self.work_root.join(format!("{}-0", uuid::Uuid::now_v7())),
+            on_disk: true,
+        };
+        tokio::task::spawn_blocking({
+            let path = work_dir.path.clone();
+            move || DirBuilder::new().mode(0o700).create(path)
+        })
+        .await
+        .ok()?
+        .ok()?;
+        let work = self.work_seen_as(&work_dir.path);
+        let expansion = Expansion {
+            source: "",
+            name: "",
+            memory_mb: self.compile_limits.memory_mb,
+            work: &work,
+            args: &[],
+        };
+        let probe = Invocation {
+            program: command.program(Path::new(&work)),
+            argv: command.argv(&expansion),
+            env: runtime.env(&expansion),
+            stdin: "",
+            limits: self.compile_limits,
+            entries: &[],
+            staged_bytes: 0,
+            work: WorkMount::Copy,
+            reporting: None,
+            build: false,
+        };
+        let ran = execute(
+            &probe,
+            &work_dir.path,
+            &self.isolation,
+            &CancellationToken::new(),
+        )
+        .await;
+        work_dir.remove().await;
+        let result = ran.ok()?.result;
+        [result.stdout, result.stderr].iter().find_map(|text| {
+            text.lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .map(str::to_owned)
+        })
+    }
+
+    /// The work directory `dir` as the run's processes see it.
+    fn work_seen_as(&self, dir: &Path) -> String {
+        match self.isolation {
+            Isolation::Sandbox(_) => "/work".to_owned(),
+            Isolation::None => dir.display().to_string(),
+        }
+    }
+
+    /// The limits of `req`'s build: the server's, with what its runtime sets instead, none above
+    /// the deployment's maxima.
+    fn compile_limits(&self, req: &RunRequest<'_>) -> Limits {
+        let own = req
+            .runtime
+            .compile
+            .as_ref()
+            .map_or_else(Default::default, |c| c.limits);
+        own.over(&self.compile_limits).within(&self.compile_caps)
+    }
+
+    /// Compiles the code staged in `dir` (`entries`) in place: the artifact lands beside it. The
     /// outcome is `Success`, `CompileError` (the compiler refused the code, or crashed on it),
     /// `Cancelled`, or the limit the build reached (a build killed for memory ends
     /// `memory_limit`, as the job's own program would).
@@ -282,14 +380,32 @@ impl Runner {
         req: &RunRequest<'_>,
         dir: &Path,
         names: &[String],
+        source: &str,
+        name: &str,
         cancel: &CancellationToken,
     ) -> Result<RunOutput, RunError> {
-        let entries = work_files(names, req, false);
+        let Some(compile) = &req.runtime.compile else {
+            return Err(RunError::WorkDir {
+                path: dir.to_owned(),
+                source: io::Error::other("the runtime does not compile"),
+            });
+        };
+        let limits = self.compile_limits(req);
+        let work = self.work_seen_as(dir);
+        let expansion = Expansion {
+            source,
+            name,
+            memory_mb: limits.memory_mb,
+            work: &work,
+            args: &[],
+        };
+        let entries = work_files(names, req, source, false);
         let build = Invocation {
-            program: req.runtime.program.clone(),
-            argv: req.runtime.args.clone(),
+            program: compile.command.program(Path::new(&work)),
+            argv: compile.command.argv(&expansion),
+            env: req.runtime.env(&expansion),
             stdin: "",
-            limits: self.compile_limits,
+            limits,
             entries: &entries,
             staged_bytes: staged_size(req),
             work: WorkMount::Bind,
@@ -315,9 +431,11 @@ impl Runner {
         batch: BatchId,
         req: &RunRequest<'_>,
         compile: &Compile,
+        source: &str,
+        name: &str,
         cancel: &CancellationToken,
     ) -> Result<(Result<PathBuf, RunOutput>, BuildUse), RunError> {
-        let key = BuildKey::of(req.runtime, req.code, req.files);
+        let key = BuildKey::of(req.runtime, source, req.code, req.files);
         let entry = self.builds.entry(batch, key);
         let compiled_here = AtomicBool::new(false);
         let build = entry.get_or_build(|| async {
@@ -334,19 +452,21 @@ impl Runner {
                         path: staging.path.clone(),
                         source,
                     })?;
-                staging.populate(req).await?;
-                let entries = staged_entries(&req.runtime.source_file, req.files);
-                let built = self.compile(req, &staging.path, &entries, cancel).await?;
+                staging.populate(req, source).await?;
+                let entries = staged_entries(source, req.files);
+                let built = self
+                    .compile(req, &staging.path, &entries, source, name, cancel)
+                    .await?;
                 match built.outcome {
                     Outcome::Success => {
-                        let from = staging.path.join(&compile.binary);
-                        copy_binary(&from, entry.binary()).await.map_err(|source| {
-                            RunError::WorkDir {
-                                path: entry.binary().to_owned(),
+                        let from = staging.path.join(&compile.artifact);
+                        copy_artifact(&from, entry.artifact())
+                            .await
+                            .map_err(|source| RunError::WorkDir {
+                                path: entry.artifact().to_owned(),
                                 source,
-                            }
-                        })?;
-                        Ok(Built::Binary(entry.binary().to_owned()))
+                            })?;
+                        Ok(Built::Artifact(entry.artifact().to_owned()))
                     }
                     Outcome::Cancelled => Err(NotBuilt::Cancelled(built)),
                     // The same for every case: a build at its limits is not tried again.
@@ -371,7 +491,7 @@ impl Runner {
             BuildUse::Shared
         };
         match built {
-            Ok(Built::Binary(path)) => Ok((Ok(path.clone()), used)),
+            Ok(Built::Artifact(path)) => Ok((Ok(path.clone()), used)),
             Ok(Built::Failed(failed)) => Ok((Err(failed.clone()), used)),
             Err(NotBuilt::Cancelled(cancelled)) => Ok((Err(cancelled), used)),
             Err(NotBuilt::Error(e)) => Err(e),
@@ -384,21 +504,13 @@ fn with_build(mut output: RunOutput, build: Option<BuildUse>) -> RunOutput {
     output
 }
 
-/// Copies a built binary (keeping its mode) into a run's work directory or the build cache.
-async fn copy_binary(from: &Path, to: &Path) -> io::Result<()> {
+/// Copies what a build left (a file keeping its mode, or a directory of them) into a run's work
+/// directory or the build cache.
+async fn copy_artifact(from: &Path, to: &Path) -> io::Result<()> {
     let (from, to) = (from.to_owned(), to.to_owned());
-    tokio::task::spawn_blocking(move || std::fs::copy(from, to).map(drop))
+    tokio::task::spawn_blocking(move || copy_tree(&from, &to))
         .await
         .unwrap_or_else(|panicked| Err(io::Error::other(panicked)))
-}
-
-/// The program's arguments after its own path: the runtime's flags, the source file, the job's
-/// arguments.
-fn job_argv(runtime: &Runtime, args: &[String]) -> Vec<String> {
-    let mut argv = runtime.args.clone();
-    argv.push(runtime.source_file.clone());
-    argv.extend(args.iter().cloned());
-    argv
 }
 
 #[cfg(test)]
@@ -457,7 +569,7 @@ mod tests {
             Harness {
                 root,
                 runner,
-                runtimes: Runtimes::detect(&[]),
+                runtimes: Runtimes::load(&Default::default()).expect("the built-in runtimes"),
             }
         }
 
@@ -913,18 +1025,32 @@ cat data.txt sub/dir/deep.txt
     #[tokio::test]
     async fn a_missing_interpreter_is_a_spawn_error() {
         let h = Harness::new();
-        let missing = Runtime {
-            name: "missing".into(),
-            program: "/nonexistent/interpreter".into(),
-            args: Vec::new(),
-            source_file: "main".into(),
-            compile: None,
-        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let interpreter = dir.path().join("interpreter");
+        std::fs::write(&interpreter, "#!/bin/sh\n").expect("write");
+        std::fs::set_permissions(
+            &interpreter,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        let definitions = dir.path().join("runtimes.toml");
+        let definition = format!(
+            "[runtimes.missing]\nsource_file = \"main\"\nrun = [\"{}\", \"{{source}}\"]\n",
+            interpreter.display()
+        );
+        std::fs::write(&definitions, definition).expect("write");
+        let runtimes = Runtimes::load(&crate::runtime::Sources {
+            file: Some(definitions),
+            extra: Vec::new(),
+        })
+        .expect("the definition");
+        std::fs::remove_file(&interpreter).expect("remove");
+        let missing = runtimes.get("missing").expect("offered when loaded");
         let result = h
             .runner
             .run(
                 RunRequest {
-                    runtime: &missing,
+                    runtime: missing,
                     ..h.request("sh", "true")
                 },
                 CancellationToken::new(),

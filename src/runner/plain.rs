@@ -48,6 +48,19 @@ pub(super) fn job_env(home: &str, tmp: &str, progress: bool) -> Vec<(String, Str
     env
 }
 
+/// `env` with a runtime's own variables set over it: a runtime may give one of kiln's a value
+/// of its own.
+pub(super) fn with_runtime_env(
+    mut env: Vec<(String, String)>,
+    runtime: &[(String, String)],
+) -> Vec<(String, String)> {
+    for (key, value) in runtime {
+        env.retain(|(k, _)| k != key);
+        env.push((key.clone(), value.clone()));
+    }
+    env
+}
+
 /// A pipe whose ends are not inherited across exec unless moved on purpose.
 pub(super) fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
@@ -115,6 +128,7 @@ pub(super) fn rlimits(
 fn spawn_process(
     program: &Path,
     argv: &[String],
+    env: &[(String, String)],
     work_dir: &Path,
     limits: &Limits,
     progress: Option<RawFd>,
@@ -128,7 +142,10 @@ fn spawn_process(
         .args(argv)
         .current_dir(work_dir)
         .env_clear()
-        .envs(job_env(&home, &home, progress.is_some()))
+        .envs(with_runtime_env(
+            job_env(&home, &home, progress.is_some()),
+            env,
+        ))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -193,6 +210,7 @@ pub(super) fn start(invocation: &Invocation<'_>, work_dir: &Path) -> io::Result<
     let mut child = spawn_process(
         &invocation.program,
         &invocation.argv,
+        &invocation.env,
         work_dir,
         &invocation.limits,
         progress_fd,

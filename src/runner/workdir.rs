@@ -24,6 +24,7 @@ pub(super) fn is_run_directory(name: &str) -> bool {
 pub(super) fn work_files<'a>(
     names: &'a [String],
     req: &RunRequest<'a>,
+    source: &str,
     inline: bool,
 ) -> Vec<WorkFile<'a>> {
     names
@@ -31,15 +32,15 @@ pub(super) fn work_files<'a>(
         .map(|name| match (name.ends_with('/'), inline) {
             (true, _) => WorkFile::Dir(name),
             (false, false) => WorkFile::Staged(name),
-            (false, true) => WorkFile::Inline(name, submitted(req, name)),
+            (false, true) => WorkFile::Inline(name, submitted(req, source, name)),
         })
         .collect()
 }
 
-/// The submitted contents of `name`: the code under the runtime's source file name, or one of
-/// the files.
-fn submitted<'a>(req: &RunRequest<'a>, name: &str) -> &'a [u8] {
-    if name == req.runtime.source_file {
+/// The submitted contents of `name`: the code under the runtime's source file name (`source`),
+/// or one of the files.
+fn submitted<'a>(req: &RunRequest<'a>, source: &str, name: &str) -> &'a [u8] {
+    if name == source {
         req.code.as_bytes()
     } else {
         req.files
@@ -75,10 +76,14 @@ pub(super) struct WorkDir {
 }
 
 impl WorkDir {
-    pub(super) async fn populate(&mut self, req: &RunRequest<'_>) -> Result<(), RunError> {
+    pub(super) async fn populate(
+        &mut self,
+        req: &RunRequest<'_>,
+        source: &str,
+    ) -> Result<(), RunError> {
         self.on_disk = true;
         let path = self.path.clone();
-        let source_file = req.runtime.source_file.clone();
+        let source_file = source.to_owned();
         let code = req.code.to_owned();
         let files = req.files.clone();
         tokio::task::spawn_blocking(move || populate_work_dir(&path, &source_file, &code, &files))
@@ -151,8 +156,7 @@ fn stays_inside(name: &str) -> io::Result<()> {
 }
 
 /// The checks [`populate_work_dir`] makes on the way, for files a sandbox writes from memory.
-pub(super) fn check_inline(req: &RunRequest<'_>) -> io::Result<()> {
-    let source = &req.runtime.source_file;
+pub(super) fn check_inline(req: &RunRequest<'_>, source: &str) -> io::Result<()> {
     if req.files.contains_key(source) {
         return Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
@@ -187,6 +191,68 @@ fn write_new_file(dir: &Path, name: &str, contents: &str) -> io::Result<()> {
         .open(&path)
         .map_err(context)?;
     file.write_all(contents.as_bytes()).map_err(context)
+}
+
+/// Copies `from` (a regular file keeping its mode, or a directory of them) to `to`. What a build
+/// left may be anything the compiler was made to write, so nothing else is followed or copied:
+/// a symlink, a device or a fifo among it is an error.
+pub(super) fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(from)?;
+    if meta.is_file() {
+        return std::fs::copy(from, to).map(drop);
+    }
+    if !meta.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{}: the build left neither a file nor a directory",
+                from.display()
+            ),
+        ));
+    }
+    DirBuilder::new().mode(0o755).create(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+    }
+    Ok(())
+}
+
+/// What a run's `/work` must hold of the artifact a build left at `dir/artifact`: its path
+/// relative to `dir`, or for a directory each directory (ending in `/`, parents first) and
+/// file beneath it, each with its size.
+pub(super) fn artifact_entries(dir: &Path, artifact: &str) -> io::Result<Vec<(String, u64)>> {
+    let mut entries = Vec::new();
+    let mut pending = vec![artifact.to_owned()];
+    while let Some(relative) = pending.pop() {
+        let meta = std::fs::symlink_metadata(dir.join(&relative))?;
+        if meta.is_file() {
+            entries.push((relative, meta.len()));
+        } else if meta.is_dir() {
+            entries.push((format!("{relative}/"), 0));
+            let mut children: Vec<String> = std::fs::read_dir(dir.join(&relative))?
+                .map(|e| e.map(|e| format!("{relative}/{}", e.file_name().to_string_lossy())))
+                .collect::<io::Result<_>>()?;
+            children.sort_unstable_by(|a, b| b.cmp(a));
+            pending.extend(children);
+        } else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{relative}: the build left neither a file nor a directory"),
+            ));
+        }
+    }
+    Ok(entries)
+}
+
+/// Removes what is at `path`, a file or a directory tree; nothing there is no error.
+pub(super) fn remove_path(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => remove_tree(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error),
+    }
 }
 
 pub(super) fn remove_tree(path: &Path) -> io::Result<()> {

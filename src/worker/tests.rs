@@ -155,7 +155,7 @@ impl Harness {
         let workers = Arc::new(Workers {
             store: store.clone(),
             runner: Script { calls: calls_in },
-            runtimes: Arc::new(Runtimes::detect(&[])),
+            runtimes: Arc::new(Runtimes::load(&Default::default()).expect("the built-in runtimes")),
             running: Running::default(),
             live: Live::default(),
             lease,

@@ -347,7 +347,7 @@ async fn the_doctor_finds_a_working_host_database_and_server() {
     );
     for expected in [
         "ok    sandbox   level full",
-        "ok    runtimes  sh: /bin/sh runs",
+        "ok    runtimes  sh: ",
         "ok    database  integrity_check: ok",
         &format!("ok    server    {} is ready", server.url),
     ] {
@@ -393,7 +393,10 @@ async fn the_doctor_says_what_is_missing_and_exits_non_zero() {
         })
     };
     assert!(
-        said("runtimes", "ghost: /nonexistent/ghost is missing"),
+        said(
+            "runtimes",
+            "runtime ghost (from --runtime) cannot be offered: /nonexistent/ghost is missing"
+        ),
         "{report}"
     );
     assert!(
