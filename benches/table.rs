@@ -15,13 +15,14 @@ use std::time::SystemTime;
 use serde_json::{Value, json};
 
 /// Every bench target and the rows of the list it measures.
-const TARGETS: [(&str, &[u32]); 6] = [
+const TARGETS: [(&str, &[u32]); 7] = [
     ("queue", &[1, 2, 7]),
     ("jobs", &[3, 4]),
     ("sandbox", &[3]),
     ("scale", &[5]),
     ("streams", &[4, 6]),
     ("suites", &[8, 9, 10]),
+    ("runtimes", &[11]),
 ];
 
 fn main() {

@@ -1,0 +1,219 @@
+//! Compiled runtimes through kiln's runner and sandbox, each beside the same compile and run done
+//! bare on the same machine in the same run: row 11 of the benchmark table.
+//!
+//! For every compiled runtime this host offers (`c`, `cpp`, `go`, `rust`, `java`, `typescript`),
+//! one hello-world program, one run at a time:
+//!
+//! - **compile + run**: [`Runner::run`] of a single job, which builds in one sandbox and runs the
+//!   artifact in a fresh one. Limit: the runtime's own build command and then its run command,
+//!   both taken from its definition and started bare in a scratch directory (same words, same
+//!   environment). Goal: within 1.3× of bare.
+//! - **run from a shared build**: the job as a case of a batch whose build is already made, so
+//!   only the run is paid. Limit: the bare run of the same artifact. Goal: within 3× of bare, the
+//!   bound the sandbox bench sets for `/bin/true`.
+//!
+//! Each figure is measured alternately with its limit, `KILN_BENCH_RUNS` (3) times, medians
+//! reported with their ratio. Rows go to `target/bench-runtimes.json` (see `benches/report`).
+//! Needs root, as the sandbox does.
+
+mod common;
+mod report;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+use kiln::job::policy::Policy;
+use kiln::job::{BatchId, JobId, Outcome};
+use kiln::runner::{DEFAULT_COMPILE_LIMITS, Isolation, RunRequest, Runner};
+use kiln::runtime::{Expansion, Runtime, Runtimes};
+use kiln::sandbox::{Sandbox, SandboxConfig};
+use report::{Better, Goal, Row};
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+/// Samples of each figure per run, alternating with the limit's.
+const SAMPLES: usize = 5;
+/// Host uids of the bench's sandbox: clear of a server's default range and the sandbox bench's.
+const UID_BASE: u32 = 7_100_000;
+/// The environment every run gets besides its runtime's own (see the runner's `job_env`).
+const JOB_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// A hello world in each compiled runtime.
+const PROGRAMS: &[(&str, &str)] = &[
+    (
+        "c",
+        "#include <stdio.h>\nint main(void) { puts(\"hello\"); return 0; }\n",
+    ),
+    (
+        "cpp",
+        "#include <iostream>\nint main() { std::cout << \"hello\" << std::endl; }\n",
+    ),
+    (
+        "go",
+        "package main\n\nimport \"fmt\"\n\nfunc main() { fmt.Println(\"hello\") }\n",
+    ),
+    ("rust", "fn main() { println!(\"hello\"); }\n"),
+    (
+        "java",
+        "public class Main { public static void main(String[] a) { System.out.println(\"hello\"); } }\n",
+    ),
+    ("typescript", "console.log('hello');\n"),
+];
+
+fn main() -> ExitCode {
+    let scratch = TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).expect("scratch directory");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o711))
+            .expect("scratch directory permissions");
+    }
+    let runtimes = Runtimes::load(&Default::default()).expect("the built-in runtimes");
+    let work_root = scratch.path().join("sandboxed");
+    let config = SandboxConfig {
+        uid_base: UID_BASE,
+        extra_binds: runtimes.binds(),
+        ..SandboxConfig::default()
+    };
+    let sandbox = match Sandbox::new(&config, &work_root) {
+        Ok(sandbox) => sandbox,
+        Err(e) => {
+            eprintln!("bench-runtimes: cannot build kiln's sandbox (it needs root): {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runner = Runner::new(work_root, Isolation::Sandbox(sandbox)).expect("the runner");
+    let tokio = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let runs = report::runs();
+    let mut rows = Vec::new();
+    for (name, code) in PROGRAMS {
+        let Some(runtime) = runtimes.get(name) else {
+            println!("bench-runtimes: {name} is not installed here; skipped");
+            continue;
+        };
+        let (mut built, mut bare_built) = (Vec::new(), Vec::new());
+        let (mut shared, mut bare_run) = (Vec::new(), Vec::new());
+        let batch = BatchId::now_v7();
+        // The shared build, made once, unmeasured; and one of each kind to warm the caches.
+        tokio.block_on(kiln_run(&runner, runtime, code, Some(batch)));
+        tokio.block_on(kiln_run(&runner, runtime, code, None));
+        bare(scratch.path(), runtime, code);
+        for _ in 0..runs {
+            let (mut k, mut b, mut s, mut r) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..SAMPLES {
+                k.push(tokio.block_on(kiln_run(&runner, runtime, code, None)));
+                s.push(tokio.block_on(kiln_run(&runner, runtime, code, Some(batch))));
+                let (compile_ms, run_ms) = bare(scratch.path(), runtime, code);
+                b.push(compile_ms + run_ms);
+                r.push(run_ms);
+            }
+            built.push(common::median(&k));
+            bare_built.push(common::median(&b));
+            shared.push(common::median(&s));
+            bare_run.push(common::median(&r));
+        }
+        rows.push(Row::measured(
+            11,
+            format!("{name}: compile + run of a hello world, one at a time"),
+            "ms",
+            built,
+            Better::Lower,
+            Some(("the same compile and run, bare".into(), bare_built)),
+            Goal::Within(1.3),
+        ));
+        rows.push(Row::measured(
+            11,
+            format!("{name}: run of a hello world from its batch's shared build"),
+            "ms",
+            shared,
+            Better::Lower,
+            Some(("the same run, bare".into(), bare_run)),
+            Goal::Within(3.0),
+        ));
+    }
+    drop(tokio);
+    report::write("runtimes", &rows);
+    ExitCode::SUCCESS
+}
+
+/// One job of `runtime` through the runner (a case of `batch`, sharing its build, if given);
+/// milliseconds from its start until its work directory is gone.
+async fn kiln_run(runner: &Runner, runtime: &Runtime, code: &str, batch: Option<BatchId>) -> f64 {
+    let files = BTreeMap::new();
+    let request = RunRequest {
+        job_id: JobId::now_v7(),
+        attempt: 1,
+        runtime,
+        code,
+        stdin: "",
+        args: &[],
+        files: &files,
+        limits: Policy::default().default_limits,
+        reporting: None,
+        batch,
+    };
+    let start = Instant::now();
+    let out = runner
+        .run(request, CancellationToken::new())
+        .await
+        .expect("the run");
+    let elapsed = start.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(
+        out.outcome,
+        Outcome::Success,
+        "{}: {:?}",
+        runtime.name,
+        out.result
+    );
+    assert_eq!(out.result.stdout, "hello\n", "{}", runtime.name);
+    elapsed
+}
+
+/// The runtime's build and then its run, started bare in a fresh directory with the words and
+/// environment of its definition; milliseconds of each.
+fn bare(scratch: &Path, runtime: &Runtime, code: &str) -> (f64, f64) {
+    let dir = TempDir::new_in(scratch).expect("bare directory");
+    let work = dir.path().display().to_string();
+    let source = runtime.source_file(code);
+    let name = runtime.program_name(code);
+    std::fs::write(dir.path().join(&source), code).expect("the source");
+    let expansion = Expansion {
+        source: &source,
+        name: &name,
+        memory_mb: DEFAULT_COMPILE_LIMITS.memory_mb,
+        work: &work,
+        args: &[],
+    };
+    let start = |program: std::path::PathBuf, argv: Vec<String>| {
+        let status = Command::new(program)
+            .args(argv)
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", JOB_PATH)
+            .env("HOME", &work)
+            .env("TMPDIR", &work)
+            .env("LANG", "C.UTF-8")
+            .envs(runtime.env(&expansion))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("a bare start");
+        assert!(status.success(), "{}: bare {status}", runtime.name);
+    };
+    let compile = runtime.compile.as_ref().expect("a compiled runtime");
+    let begun = Instant::now();
+    start(
+        compile.command.program(dir.path()),
+        compile.command.argv(&expansion),
+    );
+    let compiled = begun.elapsed().as_secs_f64() * 1000.0;
+    let run = Expansion {
+        memory_mb: Policy::default().default_limits.memory_mb,
+        ..expansion
+    };
+    let begun = Instant::now();
+    start(runtime.run.program(dir.path()), runtime.run.argv(&run));
+    (compiled, begun.elapsed().as_secs_f64() * 1000.0)
+}
