@@ -22,7 +22,7 @@ use tokio::io::AsyncBufReadExt;
 
 use super::api::{Api, REQUEST_SLACK, api_error, send, transport_error};
 use super::show::{print_json, print_stdout};
-use super::stream::{self, Followed};
+use super::stream::{self, Followed, Step};
 use super::submit::read_text;
 use super::watch::{is_not_found, print_stream_json};
 use super::{ClientError, note};
@@ -120,7 +120,10 @@ pub(super) async fn watch(api: &Api, id: &str, json: bool) -> Result<Conclusion,
         }
         Err(err) => return Err(err),
     };
-    let followed = stream::follow(api, &["batches", id, "events"], |message, data| {
+    let followed = stream::follow(api, &["batches", id, "events"], |step| {
+        let Step::Message(message, data) = step else {
+            return Ok(false);
+        };
         if json {
             print_stream_json(message, data)?;
         } else if let Some(verdict) = case_verdict(&message.event, data) {
@@ -318,7 +321,10 @@ async fn follow(api: &Api, id: &str, total: usize) -> Result<Value, ClientError>
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let (mut done, mut passed) = (0, 0);
-    let followed = stream::follow(api, &["batches", id, "events"], |message, data| {
+    let followed = stream::follow(api, &["batches", id, "events"], |step| {
+        let Step::Message(message, data) = step else {
+            return Ok(false);
+        };
         if let Some(verdict) = case_verdict(&message.event, data) {
             done += 1;
             passed += u64::from(verdict == "passed");

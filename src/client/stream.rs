@@ -32,14 +32,23 @@ enum Opened {
     Refused(ClientError),
 }
 
-/// Follows the stream at `base/v1/<segments>` from its first event, handing each message and its
-/// data (`null` if not JSON) to `handle`, which says whether that message was the last.
+/// What a stream hands its follower.
+pub(super) enum Step<'a> {
+    /// A message and its data (`null` if not JSON).
+    Message(&'a SseMessage, &'a Value),
+    /// The stream was opened again after ending early: a job's stream sends the current run's
+    /// output from its start again, which the follower has partly seen.
+    Reopened,
+}
+
+/// Follows the stream at `base/v1/<segments>` from its first event, handing each step to
+/// `handle`, which says whether that message was the last.
 pub(super) async fn follow(
     api: &Api,
     segments: &[&str],
-    mut handle: impl FnMut(&SseMessage, &Value) -> Result<bool, ClientError>,
+    mut handle: impl FnMut(Step<'_>) -> Result<bool, ClientError>,
 ) -> Result<Followed, ClientError> {
-    let (mut after, mut failures) = (0, 0);
+    let (mut after, mut failures, mut opened) = (0, 0, false);
     loop {
         let mut response = match open(api, segments, after).await {
             Ok(Opened::Stream(response)) => response,
@@ -53,6 +62,9 @@ pub(super) async fn follow(
             }
             Err(err) => return Err(err),
         };
+        if std::mem::replace(&mut opened, true) {
+            handle(Step::Reopened)?;
+        }
         let mut parser = SseParser::default();
         // Read errors end this connection like an early end does: resumed below.
         while let Ok(Some(chunk)) = response.chunk().await {
@@ -66,7 +78,7 @@ pub(super) async fn follow(
                     continue;
                 }
                 let data = serde_json::from_str(&message.data).unwrap_or(Value::Null);
-                if handle(&message, &data)? {
+                if handle(Step::Message(&message, &data))? {
                     return Ok(Followed::Ended);
                 }
             }

@@ -134,3 +134,71 @@ async fn the_client_flags_work_before_the_subcommand_and_after_it() {
         assert_eq!(job["status"], "succeeded", "{args:?}");
     }
 }
+
+/// `kiln watch ID` as a child process whose stdout and stderr the test reads.
+fn spawn_watch(server: &Server, id: &str) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["watch", id])
+        .env("KILN_URL", &server.url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run kiln watch")
+}
+
+#[tokio::test]
+async fn watch_joining_a_running_job_shows_its_output_from_the_start_once() {
+    let server = Server::start().await;
+    let id = server
+        .submit(crate::util::sh(
+            "echo first; echo err-first >&2; sleep 1.5; echo second",
+        ))
+        .await;
+    server.running(&id).await;
+    // The first lines are written before the watcher connects.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let watched = spawn_watch(&server, &id)
+        .wait_with_output()
+        .await
+        .expect("kiln watch");
+    let stdout = String::from_utf8_lossy(&watched.stdout);
+    let stderr = String::from_utf8_lossy(&watched.stderr);
+    assert_eq!(watched.status.code(), Some(0), "{stderr}");
+    assert_eq!(stdout, "first\nsecond\n", "nothing lost, nothing twice");
+    assert_eq!(stderr.matches("err-first").count(), 1, "{stderr}");
+    assert!(!stderr.contains("--- attempt"), "one attempt: {stderr}");
+}
+
+#[tokio::test]
+async fn watch_marks_where_a_new_attempt_begins_after_a_restart() {
+    use tokio::io::AsyncBufReadExt;
+
+    let server = Server::start().await;
+    let id = server
+        .submit(crate::util::sh("echo start; sleep 2; echo end"))
+        .await;
+    let mut watch = spawn_watch(&server, &id);
+    let mut stdout = tokio::io::BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(20), stdout.next_line())
+        .await
+        .expect("output within 20 s")
+        .expect("read stdout");
+    assert_eq!(first.as_deref(), Some("start"));
+
+    // Same node id: the new server rescues the run at once, as attempt 2.
+    let _server = server.restart().await;
+    let mut rest = Vec::new();
+    while let Some(line) = stdout.next_line().await.expect("read stdout") {
+        rest.push(line);
+    }
+    let watched = watch.wait_with_output().await.expect("kiln watch");
+    let stderr = String::from_utf8_lossy(&watched.stderr);
+    assert_eq!(watched.status.code(), Some(0), "{stderr}");
+    assert_eq!(rest, ["start", "end"], "attempt 2's output, once: {stderr}");
+    let marker = stderr
+        .lines()
+        .find(|line| line.starts_with("--- attempt 2 (previous: "))
+        .unwrap_or_else(|| panic!("an attempt marker in {stderr}"));
+    assert!(marker.ends_with(") ---"), "{marker}");
+}

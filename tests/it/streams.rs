@@ -584,13 +584,10 @@ async fn kiln_watch_follows_a_job_live_and_exits_like_status() {
     let stdout = String::from_utf8_lossy(&watched.stdout);
     let stderr = String::from_utf8_lossy(&watched.stderr);
     assert_eq!(watched.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_eq!(stdout, "hello\nbye\n", "stdout holds the job's output only");
     assert!(
-        stdout.starts_with("hello\nbye\n"),
-        "the job's output: {stdout}"
-    );
-    assert!(
-        stdout.contains(&format!("{id}  succeeded (success)")),
-        "{stdout}"
+        stderr.contains(&format!("{id}  succeeded (success)")),
+        "the end on stderr: {stderr}"
     );
     for expected in [
         "job.started",

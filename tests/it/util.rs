@@ -64,7 +64,13 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .arg("serve")
             .args(own)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(
+                flag_value(args, "--listen")
+                    .is_none()
+                    .then_some(["--listen", "127.0.0.1:0"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(["--sandbox-uid-base", &uid_base.to_string()])
             .args(defaults_not_in(args))
             .args(args)
@@ -112,6 +118,14 @@ impl Server {
         self.child.kill().expect("kill -9");
         self.child.wait().expect("reap");
         std::mem::replace(&mut self.dir, TempDir::new().expect("temp dir"))
+    }
+
+    /// SIGKILL, then a new server on the same database, directory and address, as a crash and
+    /// an operator's restart would leave it: clients that were talking to it may reconnect.
+    pub async fn restart(self) -> Server {
+        let listen = self.url.trim_start_matches("http://").to_owned();
+        let dir = self.kill9();
+        Server::start_in(dir, &["--listen", &listen]).await
     }
 
     /// SIGTERM and wait for a clean exit.
