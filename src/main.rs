@@ -7,7 +7,8 @@
 //! - 1: it did its work and found a failure (a job that did not succeed, a suite with a case that
 //!   did not pass, a failing check of `kiln doctor`), or `kiln serve` stopped on an error;
 //! - 2: it could not do its work: flags clap refused, a server unreachable or answering with an
-//!   error, a database that could not be opened or written, no async runtime.
+//!   error, a database that could not be opened or written, no async runtime;
+//! - 130: Ctrl-C stopped a client command waiting on a job or batch, which goes on.
 //!
 //! A reader that goes away early (`kiln token list | head -1`) is not an error: all output goes
 //! through [`kiln::cli::print`], which takes a broken pipe as written.
@@ -81,6 +82,7 @@ fn exit_code(done: Result<Conclusion, impl std::fmt::Display>) -> ExitCode {
     match done {
         Ok(Conclusion::Success) => ExitCode::SUCCESS,
         Ok(Conclusion::Failure) => ExitCode::FAILURE,
+        Ok(Conclusion::Interrupted) => ExitCode::from(130),
         Err(e) => {
             note(&e.to_string());
             ExitCode::from(2)

@@ -36,4 +36,7 @@ pub struct Format {
 pub enum Conclusion {
     Success,
     Failure,
+    /// Ctrl-C stopped it while it waited on work that goes on (exit 130, as a shell reports
+    /// SIGINT).
+    Interrupted,
 }

@@ -21,6 +21,7 @@ use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
 
 use super::api::{Api, REQUEST_SLACK, api_error, send, transport_error};
+use super::interrupt::Interrupt;
 use super::show::{print_json, print_stdout};
 use super::stream::{self, Followed, Step};
 use super::submit::read_text;
@@ -56,6 +57,9 @@ pub(super) async fn run(
     if let Some(key) = idempotency_key {
         request = request.header("Idempotency-Key", key);
     }
+    let wait = wait || junit.is_some();
+    // Before the submit: a Ctrl-C during it then still gets the id shown.
+    let mut interrupt = wait.then(Interrupt::listen).transpose()?;
     let accepted = match send(request).await {
         Ok(accepted) => accepted,
         Err(err) => {
@@ -75,27 +79,35 @@ pub(super) async fn run(
             detail: "the accepted batch has no \"id\"".to_owned(),
         })?
         .to_owned();
-    if !wait && junit.is_none() {
+    let Some(interrupt) = &mut interrupt else {
         if json {
             print_json(&accepted)?;
         } else {
             print_stdout(|out| writeln!(out, "{id}"))?;
         }
         return Ok(Conclusion::Success);
-    }
-    let batch = match follow(api, &id, total).await {
-        Ok(batch) => batch,
+    };
+    note(&format!("batch {id} submitted; following it"));
+    let batch = match interrupt
+        .guard("the batch", &id, follow(api, &id, total))
+        .await
+    {
+        Ok(Some(batch)) => batch,
+        Ok(None) => return Ok(Conclusion::Interrupted),
         Err(err) => {
             note(&format!(
-                "batch {id} was submitted; see it with `curl {}`",
-                api.url(&["batches", &id])
+                "batch {id} was submitted; see it with `kiln watch {id}`"
             ));
             return Err(err);
         }
     };
     if let Some(path) = junit {
         let report = report(api, &id).await?;
-        std::fs::write(path, report).map_err(ClientError::Output)?;
+        std::fs::write(path, report).map_err(|source| ClientError::WriteFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        note(&format!("wrote the JUnit report to {}", path.display()));
     }
     if json {
         print_json(&batch)?;

@@ -10,6 +10,7 @@
 
 mod api;
 mod batch;
+mod interrupt;
 mod show;
 mod stream;
 mod submit;
@@ -24,6 +25,7 @@ use serde_json::Value;
 
 use crate::cli::{self, Conclusion, Format, note};
 use api::{Api, job_id};
+use interrupt::Interrupt;
 use show::{event_line, job_line, print_json, print_stdout, show_job};
 use submit::{Limits, Submission, read_text, runtime_for};
 
@@ -165,6 +167,8 @@ pub enum ClientError {
     /// The server answered 2xx with something that is not the JSON we expect.
     #[error("unexpected answer from {url}: {detail}")]
     BadResponse { url: String, detail: String },
+    #[error("cannot write {}: {source}", path.display())]
+    WriteFile { path: PathBuf, source: io::Error },
     #[error("cannot write output: {0}")]
     Output(#[source] io::Error),
 }
@@ -227,8 +231,10 @@ pub async fn run(cmd: ClientCommand) -> Result<Conclusion, ClientError> {
                     output_bytes,
                 },
             };
+            // Before the submit: a Ctrl-C during it then still gets the id shown.
+            let mut interrupt = wait.then(Interrupt::listen).transpose()?;
             let accepted = api.submit(&submission, idempotency_key.as_deref()).await?;
-            if !wait {
+            let Some(interrupt) = &mut interrupt else {
                 if json {
                     print_json(&accepted)?;
                 } else {
@@ -236,10 +242,12 @@ pub async fn run(cmd: ClientCommand) -> Result<Conclusion, ClientError> {
                     print_stdout(|out| writeln!(out, "{id}"))?;
                 }
                 return Ok(Conclusion::Success);
-            }
+            };
             let id = job_id(&accepted, &api.base)?;
-            let job = match api.poll_job(id, None).await {
-                Ok(job) => job,
+            note(&format!("job {id} submitted; waiting for it to end"));
+            let job = match interrupt.guard("the job", id, api.poll_job(id, None)).await {
+                Ok(Some(job)) => job,
+                Ok(None) => return Ok(Conclusion::Interrupted),
                 Err(err) => {
                     // The job is queued and will run regardless; without its id the user could not
                     // find the result.
@@ -297,7 +305,11 @@ pub async fn run(cmd: ClientCommand) -> Result<Conclusion, ClientError> {
             }
             Ok(Conclusion::Success)
         }
-        ClientCommand::Watch { id, .. } => watch::watch(&api, &id, json).await,
+        ClientCommand::Watch { id, .. } => {
+            let mut interrupt = Interrupt::listen()?;
+            let watched = interrupt.guard("the job or batch", &id, watch::watch(&api, &id, json));
+            Ok(watched.await?.unwrap_or(Conclusion::Interrupted))
+        }
         ClientCommand::Batch {
             suite,
             wait,

@@ -202,3 +202,83 @@ async fn watch_marks_where_a_new_attempt_begins_after_a_restart() {
         .unwrap_or_else(|| panic!("an attempt marker in {stderr}"));
     assert!(marker.ends_with(") ---"), "{marker}");
 }
+
+/// Runs `kiln ARGS` in the server's directory, waits for its stderr to name what it submitted,
+/// sends it a real SIGINT, and returns the id it named with its exit code and stderr.
+async fn interrupt_after_submitting(
+    server: &Server,
+    args: &[&str],
+) -> (String, Option<i32>, String) {
+    use tokio::io::AsyncBufReadExt;
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env("KILN_URL", &server.url)
+        .current_dir(server.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run kiln");
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(20), stderr.next_line())
+        .await
+        .expect("a line within 20 s")
+        .expect("read stderr")
+        .expect("a first line");
+    // `kiln: job ID submitted; ...`: the id comes before any waiting.
+    let id = first
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("an id in {first:?}"))
+        .to_owned();
+    assert!(first.contains("submitted"), "{first}");
+    let pid = child.id().expect("pid") as i32;
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let mut rest = String::new();
+    while let Some(line) = stderr.next_line().await.expect("read stderr") {
+        rest.push_str(&line);
+        rest.push('\n');
+    }
+    let status = child.wait().await.expect("kiln exits");
+    (id, status.code(), rest)
+}
+
+#[tokio::test]
+async fn ctrl_c_on_submit_wait_names_the_job_and_how_to_watch_or_cancel_it() {
+    let server = Server::start().await;
+    std::fs::write(server.dir.path().join("slow.sh"), "sleep 30").unwrap();
+    let (id, code, stderr) =
+        interrupt_after_submitting(&server, &["submit", "slow.sh", "--wait"]).await;
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(
+        stderr.contains(&format!("`kiln watch {id}`"))
+            && stderr.contains(&format!("`kiln cancel {id}`")),
+        "{stderr}"
+    );
+    let (_, job) = server.get(&format!("/v1/jobs/{id}")).await;
+    assert!(
+        job["status"] == "running" || job["status"] == "queued",
+        "the job goes on: {job}"
+    );
+}
+
+#[tokio::test]
+async fn ctrl_c_on_batch_wait_names_the_batch_and_how_to_watch_or_cancel_it() {
+    let server = Server::start().await;
+    std::fs::write(
+        server.dir.path().join("suite.json"),
+        r#"{"runtime": "sh", "code": "sleep 30", "cases": [{}, {}]}"#,
+    )
+    .unwrap();
+    let (id, code, stderr) =
+        interrupt_after_submitting(&server, &["batch", "suite.json", "--wait"]).await;
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(
+        stderr.contains(&format!("`kiln watch {id}`"))
+            && stderr.contains(&format!("`kiln cancel {id}`")),
+        "{stderr}"
+    );
+    let (_, batch) = server.get(&format!("/v1/batches/{id}")).await;
+    assert_eq!(batch["done"], false, "the batch goes on: {batch}");
+}
