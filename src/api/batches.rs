@@ -15,7 +15,9 @@ use tokio::time::Instant;
 
 use super::error::{ApiError, ErrorCode};
 use super::extract::{self, BatchPath, Query};
-use super::jobs::{WaitQuery, admission, idempotency_key, page_size, wait_duration};
+use super::jobs::{
+    PageQuery, WaitQuery, admission, idempotency_key, next_page, page_size, wait_duration,
+};
 use super::junit;
 use super::ndjson;
 use super::streams;
@@ -25,7 +27,22 @@ use crate::job::batch::{Batch, BatchSpec};
 use crate::job::names::shown;
 use crate::job::validate::BatchRequest;
 use crate::job::{BatchId, EventKind};
-use crate::store::{BatchCancel, BatchSubmitted};
+use crate::store::{BatchCancel, BatchSubmitted, Order};
+
+/// Batches the caller may see, newest first unless asked otherwise (`order=`, `after=` and
+/// `before=` as for jobs).
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(query): Query<PageQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (who, page) = query.resolve(&principal, Order::NewestFirst)?;
+    let batches = state.store.list_batches(who, page).await?;
+    let (cursor, next) = next_page(page, batches.len(), batches.last().map(|b| b.id));
+    let mut body = json!({ "batches": batches });
+    body[cursor] = json!(next);
+    Ok(Json(body))
+}
 
 /// Characters of each case's expected output, stdout and stderr a report quotes.
 const REPORT_EXCERPT: u32 = 4096;

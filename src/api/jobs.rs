@@ -19,8 +19,8 @@ use super::{AppState, access};
 use crate::auth::Principal;
 use crate::job::names::shown;
 use crate::job::validate::JobRequest;
-use crate::job::{Job, JobId, JobSpec, Status};
-use crate::store::{Admission, CancelResult, Submitted};
+use crate::job::{BatchId, Job, JobId, JobSpec, Status};
+use crate::store::{Admission, CancelResult, JobFilter, Order, Page, Submitted, Visibility};
 
 const MAX_PAGE: u32 = 1000;
 const DEFAULT_PAGE: u32 = 100;
@@ -250,10 +250,108 @@ pub async fn feed(
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     status: Option<String>,
+    runtime: Option<String>,
+    batch: Option<String>,
+    order: Option<String>,
     after: Option<String>,
+    before: Option<String>,
+    tenant: Option<String>,
     limit: Option<u32>,
 }
 
+/// How a listing pages, shared by jobs and batches: `order=oldest` continues `after=` the last
+/// id of a page (`next_after`), `order=newest` continues `before=` it (`next_before`). Giving a
+/// cursor names its order; `tenant=` narrows an admin's listing to one tenant.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PageQuery {
+    order: Option<String>,
+    after: Option<String>,
+    before: Option<String>,
+    tenant: Option<String>,
+    limit: Option<u32>,
+}
+
+impl PageQuery {
+    /// Whose rows, and which page of them; `default` is the order without `order=` or a cursor.
+    pub(super) fn resolve(
+        self,
+        principal: &Principal,
+        default: Order,
+    ) -> Result<(Visibility, Page), ApiError> {
+        let invalid = |message: String| ApiError::bad_request(ErrorCode::InvalidQuery, message);
+        let asked = match self.order.as_deref() {
+            None => None,
+            Some("oldest") => Some(Order::OldestFirst),
+            Some("newest") => Some(Order::NewestFirst),
+            Some(other) => {
+                return Err(invalid(format!(
+                    "order={} is not oldest or newest",
+                    shown(other)
+                )));
+            }
+        };
+        let order = match (asked, &self.after, &self.before) {
+            (_, Some(_), Some(_)) => {
+                return Err(invalid("give after= or before=, not both".to_owned()));
+            }
+            (Some(Order::NewestFirst), Some(_), None)
+            | (Some(Order::OldestFirst), None, Some(_)) => {
+                return Err(invalid(
+                    "after= pages order=oldest, before= pages order=newest".to_owned(),
+                ));
+            }
+            (_, Some(_), None) => Order::OldestFirst,
+            (_, None, Some(_)) => Order::NewestFirst,
+            (Some(order), None, None) => order,
+            (None, None, None) => default,
+        };
+        let cursor = self
+            .after
+            .or(self.before)
+            .map(|id| {
+                JobId::parse_str(&id).map_err(|_| invalid(format!("{} is not an id", shown(&id))))
+            })
+            .transpose()?;
+        let who = match (principal.visibility(), self.tenant) {
+            (who, None) => who,
+            (Visibility::All, Some(tenant)) => Visibility::Tenant(tenant),
+            (Visibility::Tenant(own), Some(tenant)) if own == tenant => Visibility::Tenant(own),
+            (Visibility::Tenant(_), Some(_)) => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    ErrorCode::Forbidden,
+                    "only an admin token may list another tenant's rows",
+                ));
+            }
+        };
+        let limit = page_size(self.limit)?;
+        Ok((
+            who,
+            Page {
+                order,
+                cursor,
+                limit,
+            },
+        ))
+    }
+}
+
+/// The cursor of the page after this one, named for its order; `null` on the last page.
+pub(super) fn next_page(
+    page: Page,
+    count: usize,
+    last: Option<JobId>,
+) -> (&'static str, Option<JobId>) {
+    let name = match page.order {
+        Order::OldestFirst => "next_after",
+        Order::NewestFirst => "next_before",
+    };
+    (name, last.filter(|_| count == page.limit as usize))
+}
+
+/// Jobs, oldest first unless asked otherwise: the order, and the meaning of `after=`, it has
+/// always had.
 pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
@@ -270,26 +368,35 @@ pub async fn list(
             })
         })
         .transpose()?;
-    let after = query
-        .after
-        .map(|a| {
-            JobId::parse_str(&a).map_err(|_| {
+    let batch = query
+        .batch
+        .map(|b| {
+            BatchId::parse_str(&b).map_err(|_| {
                 ApiError::bad_request(
                     ErrorCode::InvalidQuery,
-                    format!("after={} is not a job id", shown(&a)),
+                    format!("batch={} is not a batch id", shown(&b)),
                 )
             })
         })
         .transpose()?;
-    let limit = page_size(query.limit)?;
-    let jobs = state
-        .store
-        .list_jobs(principal.visibility(), status, after, limit)
-        .await?;
-    let next_after = (jobs.len() == limit as usize).then(|| jobs.last().map(|j| j.id));
-    Ok(Json(
-        json!({ "jobs": jobs, "next_after": next_after.flatten() }),
-    ))
+    let filter = JobFilter {
+        status,
+        runtime: query.runtime,
+        batch,
+    };
+    let paging = PageQuery {
+        order: query.order,
+        after: query.after,
+        before: query.before,
+        tenant: query.tenant,
+        limit: query.limit,
+    };
+    let (who, page) = paging.resolve(&principal, Order::OldestFirst)?;
+    let jobs = state.store.list_jobs(who, filter, page).await?;
+    let (cursor, next) = next_page(page, jobs.len(), jobs.last().map(|j| j.id));
+    let mut body = json!({ "jobs": jobs });
+    body[cursor] = json!(next);
+    Ok(Json(body))
 }
 
 pub(super) fn page_size(limit: Option<u32>) -> Result<u32, ApiError> {

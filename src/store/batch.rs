@@ -8,8 +8,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::json;
 
 use super::StoreError;
-use super::read::{collect, event_row, opt_u64, parse_outcome, parse_verdict};
-use super::tenants::{self, Admission, Full};
+use super::read::{Page, collect, event_row, opt_u64, parse_outcome, parse_verdict};
+use super::tenants::{self, Admission, Full, Visibility};
 use super::write::{self, from_json, parse_id, parse_status, to_json};
 use crate::bus::Notice;
 use crate::job::batch::{
@@ -403,6 +403,74 @@ pub(super) fn batch(conn: &Connection, id: BatchId) -> Result<Option<Batch>, Sto
         created_at,
         started_at,
         finished_at,
+    }))
+}
+
+/// A batch in a listing: how far along it is, without its per-status and per-verdict totals.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BatchSummary {
+    pub id: BatchId,
+    /// The suite's runtime; `None` when each case names its own.
+    pub runtime: Option<String>,
+    pub done: bool,
+    pub progress: Tally,
+    pub passed: u32,
+    pub failed: u32,
+    #[serde(serialize_with = "crate::job::time::serialize_ms")]
+    pub created_at: i64,
+    #[serde(serialize_with = "crate::job::time::serialize_opt_ms")]
+    pub started_at: Option<i64>,
+    #[serde(serialize_with = "crate::job::time::serialize_opt_ms")]
+    pub finished_at: Option<i64>,
+}
+
+pub(super) fn list(
+    conn: &Connection,
+    who: &Visibility,
+    page: Page,
+) -> Result<Vec<BatchSummary>, StoreError> {
+    let (compare, direction, start) = page.order.sql();
+    let cursor = page
+        .cursor
+        .map_or_else(|| start.to_owned(), |id| id.to_string());
+    let mut sql = format!(
+        "SELECT id, nullif(runtime, ''), done, cases, passed, created_at, started_at, finished_at
+         FROM batches WHERE id {compare} ?1"
+    );
+    let mut args: Vec<&dyn rusqlite::ToSql> = vec![&cursor];
+    if let Visibility::Tenant(tenant) = who {
+        args.push(tenant);
+        sql.push_str(&format!(" AND tenant = ?{}", args.len()));
+    }
+    args.push(&page.limit);
+    sql.push_str(&format!(" ORDER BY id {direction} LIMIT ?{}", args.len()));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(&*args, |r| {
+        let id: String = r.get(0)?;
+        let (done, total, passed): (u32, u32, u32) = (r.get(2)?, r.get(3)?, r.get(4)?);
+        Ok((
+            id,
+            r.get(1)?,
+            (done, total, passed),
+            (r.get(5)?, r.get(6)?, r.get(7)?),
+        ))
+    })?;
+    collect(rows.map(|row| {
+        row.map(
+            |(id, runtime, (done, total, passed), (created_at, started_at, finished_at))| {
+                Ok(BatchSummary {
+                    id: parse_id(&id)?,
+                    runtime,
+                    done: done == total,
+                    progress: Tally { done, total },
+                    passed,
+                    failed: done.saturating_sub(passed),
+                    created_at,
+                    started_at,
+                    finished_at,
+                })
+            },
+        )
     }))
 }
 

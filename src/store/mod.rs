@@ -32,11 +32,11 @@ use crate::job::time::now_ms;
 use crate::job::{BatchId, Event, Finish, Job, JobId, JobSpec, Outcome, Progress, Status};
 use writer::Writer;
 
-pub use batch::{BatchCancel, BatchSubmitted};
+pub use batch::{BatchCancel, BatchSubmitted, BatchSummary};
 pub use maintenance::{Backup, Health, backup, inspect};
 pub use migrate::{MIGRATIONS, Migration};
 pub use prune::{PruneOptions, PruneReport, prune};
-pub use read::JobSummary;
+pub use read::{JobFilter, JobSummary, Order, Page};
 pub use tenants::{ActiveToken, Admission, Full, TokenInfo, Visibility};
 pub use wal::DEFAULT_WAL_MAX_BYTES;
 pub use webhooks::{Attempt, Delivery, Subject};
@@ -602,12 +602,20 @@ impl Store {
     pub async fn list_jobs(
         &self,
         who: Visibility,
-        status: Option<Status>,
-        after: Option<JobId>,
-        limit: u32,
+        filter: JobFilter,
+        page: Page,
     ) -> Result<Vec<JobSummary>, StoreError> {
-        self.read(move |conn| read::list_jobs(conn, &who, status, after, limit))
+        self.read(move |conn| read::list_jobs(conn, &who, &filter, page))
             .await
+    }
+
+    /// Batches `who` may see, a page at a time.
+    pub async fn list_batches(
+        &self,
+        who: Visibility,
+        page: Page,
+    ) -> Result<Vec<BatchSummary>, StoreError> {
+        self.read(move |conn| batch::list(conn, &who, page)).await
     }
 
     /// True if the job exists and `who` may see it. A row's tenant never changes, so the

@@ -8,7 +8,43 @@ use super::StoreError;
 use super::tenants::Visibility;
 use super::write::{from_json, parse_id, parse_status};
 use crate::job::verdict::Verdict;
-use crate::job::{Event, Job, JobId, Outcome, Progress, Status};
+use crate::job::{BatchId, Event, Job, JobId, Outcome, Progress, Status};
+
+/// Which way a listing runs. Ids are UUIDv7, so id order is submission order, and a page's
+/// cursor is the last id it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    OldestFirst,
+    NewestFirst,
+}
+
+impl Order {
+    /// The comparison with the cursor, the SQL direction, and a cursor that comes before every
+    /// id in this order (for the first page).
+    pub(super) fn sql(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Order::OldestFirst => (">", "ASC", ""),
+            // '~' sorts after every hex digit and dash.
+            Order::NewestFirst => ("<", "DESC", "~"),
+        }
+    }
+}
+
+/// A page of a listing: in which order, after which id, how many.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    pub order: Order,
+    pub cursor: Option<uuid::Uuid>,
+    pub limit: u32,
+}
+
+/// What a job listing keeps; each filter given must hold.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub status: Option<Status>,
+    pub runtime: Option<String>,
+    pub batch: Option<BatchId>,
+}
 
 /// A job in a listing: its state, without code, input or output.
 #[derive(Debug, Clone, Serialize)]
@@ -26,6 +62,8 @@ pub struct JobSummary {
     #[serde(serialize_with = "crate::job::time::serialize_opt_ms")]
     pub finished_at: Option<i64>,
     pub exit_code: Option<i32>,
+    /// The batch whose case it is.
+    pub batch_id: Option<BatchId>,
 }
 
 pub(super) fn job(conn: &Connection, id: JobId) -> Result<Option<Job>, StoreError> {
@@ -175,29 +213,43 @@ pub(super) fn event_row(r: &Row) -> Result<Event, StoreError> {
 pub(super) fn list_jobs(
     conn: &Connection,
     who: &Visibility,
-    status: Option<Status>,
-    after: Option<JobId>,
-    limit: u32,
+    filter: &JobFilter,
+    page: Page,
 ) -> Result<Vec<JobSummary>, StoreError> {
-    // An empty string sorts before every UUID, so "no cursor" needs no second query.
-    let after = after.map(|id| id.to_string()).unwrap_or_default();
+    let (compare, direction, start) = page.order.sql();
+    let cursor = page
+        .cursor
+        .map_or_else(|| start.to_owned(), |id| id.to_string());
     let columns = "id, status, outcome, runtime, attempt, priority, created_at, started_at,
-                   finished_at, exit_code";
-    let status = status.map(Status::as_str);
+                   finished_at, exit_code, batch_id";
+    let status = filter.status.map(Status::as_str);
+    let batch = filter.batch.map(|id| id.to_string());
     // Built from the filters given, so each shape walks its own index: `jobs_status` for a
-    // status, `jobs_tenant` for a tenant.
-    let mut sql = format!("SELECT {columns} FROM jobs WHERE id > ?1");
-    let mut args: Vec<&dyn rusqlite::ToSql> = vec![&after];
-    if let Some(status) = &status {
-        args.push(status);
-        sql.push_str(&format!(" AND status = ?{}", args.len()));
+    // status, `jobs_tenant` for a tenant, `jobs_batch_case` for a batch.
+    let mut sql = format!("SELECT {columns} FROM jobs WHERE id {compare} ?1");
+    let mut args: Vec<&dyn rusqlite::ToSql> = vec![&cursor];
+    for (column, value) in [
+        ("status", status.as_ref().map(|s| s as &dyn rusqlite::ToSql)),
+        (
+            "runtime",
+            filter.runtime.as_ref().map(|r| r as &dyn rusqlite::ToSql),
+        ),
+        (
+            "batch_id",
+            batch.as_ref().map(|b| b as &dyn rusqlite::ToSql),
+        ),
+    ] {
+        if let Some(value) = value {
+            args.push(value);
+            sql.push_str(&format!(" AND {column} = ?{}", args.len()));
+        }
     }
     if let Visibility::Tenant(tenant) = who {
         args.push(tenant);
         sql.push_str(&format!(" AND tenant = ?{}", args.len()));
     }
-    args.push(&limit);
-    sql.push_str(&format!(" ORDER BY id LIMIT ?{}", args.len()));
+    args.push(&page.limit);
+    sql.push_str(&format!(" ORDER BY id {direction} LIMIT ?{}", args.len()));
     let mut stmt = conn.prepare_cached(&sql)?;
     collect(stmt.query_map(&*args, |r| Ok(summary_row(r)))?)
 }
@@ -217,6 +269,11 @@ fn summary_row(r: &Row) -> Result<JobSummary, StoreError> {
         started_at: r.get(7)?,
         finished_at: r.get(8)?,
         exit_code: r.get(9)?,
+        batch_id: r
+            .get::<_, Option<String>>(10)?
+            .as_deref()
+            .map(parse_id)
+            .transpose()?,
     })
 }
 

@@ -541,3 +541,104 @@ async fn a_job_with_a_quota_of_half_a_core_gets_about_half_of_one() {
     // than half of one while they run.
     assert!((0.2..=0.65).contains(&held), "{held:.2} of a core: {job}");
 }
+
+fn ids_of(page: &Value, list: &str) -> Vec<String> {
+    page[list]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {list} in {page}"))
+        .iter()
+        .map(|row| row["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn jobs_list_newest_first_by_runtime_and_batch_paging_before_the_last_id() {
+    let server = Server::start().await;
+    let mut ids = Vec::new();
+    for runtime in ["sh", "bash", "sh"] {
+        ids.push(
+            server
+                .submit(json!({"runtime": runtime, "code": "true"}))
+                .await,
+        );
+    }
+    let (status, batch) = server
+        .post(
+            "/v1/batches",
+            &json!({"runtime": "bash", "code": "true", "cases": [{}, {}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{batch}");
+    let batch_id = batch["id"].as_str().unwrap();
+    let cases: Vec<String> = batch["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|case| case["job_id"].as_str().unwrap().to_owned())
+        .collect();
+
+    let (_, page) = server.get("/v1/jobs?order=newest&runtime=sh&limit=1").await;
+    assert_eq!(ids_of(&page, "jobs"), [ids[2].clone()]);
+    let next = page["next_before"]
+        .as_str()
+        .expect("a cursor on a full page");
+    let (_, page) = server
+        .get(&format!("/v1/jobs?runtime=sh&limit=1&before={next}"))
+        .await;
+    assert_eq!(
+        ids_of(&page, "jobs"),
+        [ids[0].clone()],
+        "before= pages newest first"
+    );
+    let (_, page) = server.get(&format!("/v1/jobs?batch={batch_id}")).await;
+    assert_eq!(
+        ids_of(&page, "jobs"),
+        cases,
+        "a batch's cases, oldest first by default"
+    );
+    assert_eq!(page["jobs"][0]["batch_id"], batch_id);
+    assert_eq!(page["next_after"], Value::Null);
+    let (_, page) = server.get("/v1/jobs?order=newest").await;
+    let all = ids_of(&page, "jobs");
+    assert_eq!(all.len(), 5);
+    assert!(all.windows(2).all(|w| w[0] > w[1]), "newest first: {all:?}");
+
+    for bad in [
+        "/v1/jobs?order=sideways",
+        "/v1/jobs?order=newest&after=01900000-0000-7000-8000-000000000000",
+        "/v1/jobs?before=x",
+        "/v1/jobs?batch=nope",
+    ] {
+        let (status, body) = server.get(bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(error_code(&body), "invalid_query", "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn batches_are_listed_newest_first_in_pages() {
+    let server = Server::start().await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (status, batch) = server
+            .post(
+                "/v1/batches",
+                &json!({"runtime": "sh", "code": "true", "cases": [{}]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{batch}");
+        ids.push(batch["id"].as_str().unwrap().to_owned());
+    }
+    let (status, page) = server.get("/v1/batches?limit=2").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(ids_of(&page, "batches"), [ids[2].clone(), ids[1].clone()]);
+    assert_eq!(page["batches"][0]["progress"]["total"], 1);
+    let next = page["next_before"].as_str().expect("cursor");
+    let (_, page) = server
+        .get(&format!("/v1/batches?limit=2&before={next}"))
+        .await;
+    assert_eq!(ids_of(&page, "batches"), [ids[0].clone()]);
+    assert_eq!(page["next_before"], Value::Null);
+    let (_, page) = server.get("/v1/batches?order=oldest").await;
+    assert_eq!(ids_of(&page, "batches"), ids);
+}

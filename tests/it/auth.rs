@@ -544,3 +544,43 @@ async fn a_tenants_webhook_calls_are_signed_with_its_own_key_which_it_reads_with
         .collect();
     assert_eq!(v1, expected, "signed with acme's key");
 }
+
+#[tokio::test]
+async fn batch_and_job_listings_hold_the_callers_rows_and_only_an_admin_picks_a_tenant() {
+    let (server, acme, globex, admin) = server_with_tokens().await;
+    let (acme, globex, admin) = (
+        As::new(&server, Some(&acme)),
+        As::new(&server, Some(&globex)),
+        As::new(&server, Some(&admin)),
+    );
+    let suite = json!({"runtime": "sh", "code": "true", "cases": [{}]});
+    let (_, mine) = acme.post("/v1/batches", &suite).await;
+    let (_, theirs) = globex.post("/v1/batches", &suite).await;
+    let listed = |page: &Value, list: &str| -> Vec<Value> {
+        page[list]
+            .as_array()
+            .unwrap_or_else(|| panic!("{page}"))
+            .iter()
+            .map(|row| row["id"].clone())
+            .collect()
+    };
+    let (status, page) = acme.get("/v1/batches").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(listed(&page, "batches"), [mine["id"].clone()]);
+    let (_, page) = acme.get("/v1/jobs?order=newest").await;
+    assert_eq!(listed(&page, "jobs"), [mine["cases"][0]["job_id"].clone()]);
+
+    let (status, body) = acme.get("/v1/batches?tenant=globex").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden");
+    let (status, _) = acme.get("/v1/jobs?tenant=acme").await;
+    assert_eq!(status, StatusCode::OK, "its own tenant may be named");
+
+    let (_, page) = admin.get("/v1/batches").await;
+    assert_eq!(
+        listed(&page, "batches"),
+        [theirs["id"].clone(), mine["id"].clone()]
+    );
+    let (_, page) = admin.get("/v1/batches?tenant=globex").await;
+    assert_eq!(listed(&page, "batches"), [theirs["id"].clone()]);
+}
