@@ -41,7 +41,7 @@ enum Command {
     #[command(flatten)]
     Ops(OpsCommand),
     #[command(flatten)]
-    Client(ClientCommand),
+    Client(Box<ClientCommand>),
 }
 
 /// `kiln --json status ID`: the client flags before the subcommand's name still work, as when they
@@ -73,7 +73,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Ops(command) => exit_code(runtime.block_on(ops::run(command))),
-        Command::Client(command) => exit_code(runtime.block_on(client::run(command))),
+        Command::Client(command) => exit_code(runtime.block_on(client::run(*command))),
     }
 }
 

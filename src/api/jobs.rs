@@ -222,10 +222,13 @@ pub async fn events(
 #[serde(deny_unknown_fields)]
 pub struct FeedQuery {
     after: Option<i64>,
+    before: Option<i64>,
+    order: Option<String>,
     limit: Option<u32>,
 }
 
-/// The global feed, for pollers: `?after=` the last event id seen. Asked for
+/// The global feed, for pollers: `?after=` the last event id seen. `order=newest` (or
+/// `?before=`) pages back from the newest, for a person catching up. Asked for
 /// `text/event-stream`, it follows live instead of returning a page.
 pub async fn feed(
     State(state): State<AppState>,
@@ -239,8 +242,31 @@ pub async fn feed(
         let after = streams::resume_point(&headers, query.after)?;
         return streams::feed(state, who, after).await;
     }
-    let after = query.after.unwrap_or(0);
     let limit = page_size(query.limit)?;
+    let newest = match (query.order.as_deref(), query.after, query.before) {
+        (_, Some(_), Some(_)) | (Some("newest"), Some(_), _) | (Some("oldest"), _, Some(_)) => {
+            return Err(ApiError::bad_request(
+                ErrorCode::InvalidQuery,
+                "after= pages order=oldest, before= pages order=newest; give one",
+            ));
+        }
+        (Some("newest"), ..) | (None, None, Some(_)) => true,
+        (Some("oldest") | None, ..) => false,
+        (Some(other), ..) => {
+            return Err(ApiError::bad_request(
+                ErrorCode::InvalidQuery,
+                format!("order={} is not oldest or newest", shown(other)),
+            ));
+        }
+    };
+    if newest {
+        let events = state.store.events_before(who, query.before, limit).await?;
+        let next_before = (events.len() == limit as usize)
+            .then(|| events.last().map(|e| e.id))
+            .flatten();
+        return Ok(Json(json!({ "events": events, "next_before": next_before })).into_response());
+    }
+    let after = query.after.unwrap_or(0);
     let events = state.store.events_after(who, after, limit).await?;
     let next_after = events.last().map_or(after, |e| e.id);
     Ok(Json(json!({ "events": events, "next_after": next_after })).into_response())

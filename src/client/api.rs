@@ -1,6 +1,7 @@
 //! The v1 HTTP API of one server, as the client speaks it: building each request (timeouts,
 //! the token, ids escaped into the path), long-polling a job to its end, and turning an answer
-//! that is not a 2xx JSON body into the matching [`ClientError`].
+//! that is not a 2xx JSON body into the matching [`ClientError`]: the server's own error, or
+//! word that whatever answered is not kiln.
 
 use std::error::Error as _;
 use std::time::{Duration, Instant};
@@ -28,12 +29,19 @@ pub(super) struct Api {
 
 impl Api {
     pub(super) fn new(base: &str, token: Option<&str>) -> Result<Api, ClientError> {
-        let base = Url::parse(base)
-            .map_err(|err| ClientError::Usage(format!("invalid server URL {base:?}: {err}")))?;
-        if base.cannot_be_a_base() {
-            return Err(ClientError::Usage(format!(
-                "invalid server URL {base}: expected something like http://127.0.0.1:8000"
-            )));
+        let invalid = || {
+            ClientError::Usage(format!(
+                "invalid server URL {base:?}: expected something like http://127.0.0.1:8000{}",
+                if base.contains("://") {
+                    String::new()
+                } else {
+                    format!(" (did you mean http://{base}?)")
+                }
+            ))
+        };
+        let base = Url::parse(base).map_err(|_| invalid())?;
+        if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
+            return Err(invalid());
         }
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = token {
@@ -130,6 +138,36 @@ impl Api {
         send(request).await
     }
 
+    /// [`Api::poll_job`], showing the job's state (and its progress) on a spinner while it lasts,
+    /// if stderr is a terminal: asked every second there, so the spinner follows it.
+    pub(super) async fn wait_job(
+        &self,
+        id: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Value, ClientError> {
+        let spinner = indicatif::ProgressBar::new_spinner();
+        if spinner.is_hidden() {
+            return self.poll_job(id, deadline).await;
+        }
+        spinner.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        spinner.enable_steady_tick(Duration::from_millis(120));
+        let job = loop {
+            let step = Instant::now() + Duration::from_secs(1);
+            let until = deadline.map_or(step, |deadline| deadline.min(step));
+            let job = self.poll_job(id, Some(until)).await?;
+            spinner.set_message(super::show::state_line(&job));
+            let expired = deadline.is_some_and(|deadline| Instant::now() >= deadline);
+            if is_terminal(&job) || expired {
+                break job;
+            }
+        };
+        spinner.finish_and_clear();
+        Ok(job)
+    }
+
     pub(super) async fn job_events(&self, id: &str) -> Result<Value, ClientError> {
         let request = self
             .http
@@ -138,6 +176,33 @@ impl Api {
         send(request).await
     }
 
+    /// Every event of a batch and its cases, oldest first, as one `{"events": [...]}`.
+    pub(super) async fn batch_events(&self, id: &str) -> Result<Value, ClientError> {
+        let mut events = Vec::new();
+        let mut after = 0;
+        loop {
+            let request = self
+                .http
+                .get(self.url(&["batches", id, "events"]))
+                .query(&[("after", after), ("limit", 1000)])
+                .timeout(REQUEST_SLACK);
+            let page = send(request).await?;
+            let rows = page
+                .get("events")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let full = rows.len() == 1000;
+            events.extend(rows);
+            match page.get("next_after").and_then(Value::as_i64) {
+                Some(next) if full && next > after => after = next,
+                _ => return Ok(serde_json::json!({ "events": events })),
+            }
+        }
+    }
+
+    /// The global feed after event `after`, oldest first; without it, the newest `limit` events
+    /// (newest first, as the server pages them).
     pub(super) async fn global_events(
         &self,
         after: Option<i64>,
@@ -148,9 +213,10 @@ impl Api {
             .get(self.url(&["events"]))
             .query(&[("limit", limit)])
             .timeout(REQUEST_SLACK);
-        if let Some(after) = after {
-            request = request.query(&[("after", after)]);
-        }
+        request = match after {
+            Some(after) => request.query(&[("after", after)]),
+            None => request.query(&[("order", "newest")]),
+        };
         send(request).await
     }
 
@@ -161,21 +227,66 @@ impl Api {
             .timeout(REQUEST_SLACK);
         send(request).await
     }
+
+    /// `GET /v1/<segments>` with a query, for the reads that need nothing more.
+    pub(super) async fn get(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<Value, ClientError> {
+        let request = self
+            .http
+            .get(self.url(segments))
+            .query(query)
+            .timeout(REQUEST_SLACK);
+        send(request).await
+    }
 }
 
 /// Sends a request and decodes a 2xx JSON answer; anything else becomes the matching error.
 pub(super) async fn send(request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
     let response = request.send().await.map_err(transport_error)?;
-    let url = response.url().to_string();
+    let url = response.url().clone();
     let status = response.status();
+    let kind = content_type(&response);
     let body = response.bytes().await.map_err(transport_error)?;
     if !status.is_success() {
-        return Err(api_error(status, &body));
+        return Err(api_error_from(&url, status, &kind, &body));
     }
-    serde_json::from_slice(&body).map_err(|err| ClientError::BadResponse {
-        url,
-        detail: format!("{status} with a body that is not JSON: {err}"),
+    serde_json::from_slice(&body).map_err(|_| ClientError::NotKiln {
+        url: url.origin().ascii_serialization(),
+        detail: format!("{status} with {kind} that is not JSON"),
     })
+}
+
+pub(super) fn content_type(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(|| "a body".to_owned(), str::to_owned)
+}
+
+/// [`api_error`], unless the body is not kiln's error shape at all: then whatever answered is
+/// not kiln (another program on the port, a proxy's page), and its page is no explanation.
+pub(super) fn api_error_from(
+    url: &Url,
+    status: StatusCode,
+    kind: &str,
+    body: &[u8],
+) -> ClientError {
+    let is_ours = serde_json::from_slice::<Value>(body)
+        .ok()
+        .is_some_and(|value| value.get("error").and_then(|e| e.get("code")).is_some());
+    // A proxy in front of a kiln that is down answers 502-504 with its own page: that is worth
+    // showing as the server's answer.
+    if is_ours || status.is_server_error() || body.is_empty() {
+        return api_error(status, body);
+    }
+    ClientError::NotKiln {
+        url: url.origin().ascii_serialization(),
+        detail: format!("{status} with {kind}"),
+    }
 }
 
 pub(super) fn transport_error(err: reqwest::Error) -> ClientError {

@@ -5,28 +5,33 @@
 //!
 //! `kiln watch BATCH_ID` lands here too: it prints each case's verdict as the case ends, then
 //! the same summary. Both follow the batch's event stream; `--wait` falls back to long-polling
-//! the batch if the server will not stream it.
+//! the batch if the server will not stream it. So do `kiln status`, `cancel` and `events` given
+//! a batch's id, and `kiln batch cancel|report|cases ID` work on a batch already submitted.
+//!
+//! Progress is for a person: a bar on a terminal, and where there is none (a CI log) a line
+//! `n/N cases done` when the first case ends, at most every few seconds after, and at the end.
 //!
 //! The suite file is the body of `POST /v1/batches`, except that `"code_file"` (the suite's, or
 //! a case's) may name a file (relative to the suite) holding the code instead of `"code"`. A
 //! file ending in `.ndjson` or `.jsonl` is a suite of lines, sent as a stream as it is read.
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
 
-use super::api::{Api, REQUEST_SLACK, api_error, send, transport_error};
+use super::api::{Api, REQUEST_SLACK, api_error_from, content_type, send, transport_error};
 use super::interrupt::Interrupt;
 use super::show::{print_json, print_stdout};
 use super::stream::{self, Followed, Step};
 use super::submit::read_text;
 use super::watch::{is_not_found, print_stream_json};
-use super::{ClientError, note};
+use super::{ClientError, ClientOpts, Wait, deadline, note, paint};
 use crate::cli::Conclusion;
 
 /// How long one progress poll may be held by the server; the bar moves at least this often.
@@ -35,12 +40,175 @@ const PROGRESS_WAIT_SECS: u64 = 1;
 const PAGE: u32 = 1000;
 /// Failing cases listed in the summary before the rest are only counted.
 const SHOWN_FAILURES: usize = 50;
+/// Without a terminal, the longest gap between two progress lines while cases end.
+const PROGRESS_LINE_EVERY: Duration = Duration::from_secs(5);
 
-pub(super) async fn run(
+/// `kiln batch SUITE` or `kiln batch cancel|report|cases ID`.
+#[derive(Clone, Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct BatchArgs {
+    #[command(subcommand)]
+    action: Option<BatchAction>,
+    /// The suite file
+    #[arg(required = true)]
+    suite: Option<PathBuf>,
+    /// Follow the batch (at most SECS seconds, if given) with a progress bar, print a summary,
+    /// and exit 0 only if every case passed
+    #[arg(long, value_name = "SECS", num_args = 0..=1)]
+    wait: Option<Option<u64>>,
+    /// Write the JUnit XML report to this file once the batch is done (implies --wait)
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Submitting again with the same key returns the first batch instead of a new one
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    #[command(flatten)]
+    pub(super) opts: ClientOpts,
+}
+
+#[derive(Clone, Debug, clap::Subcommand)]
+enum BatchAction {
+    /// Cancel every case of the batch that has not ended
+    Cancel {
+        /// The batch's id
+        id: String,
+    },
+    /// Print the batch's JUnit XML report, or write it to a file
+    Report {
+        /// The batch's id
+        id: String,
+        /// Write it to this file instead of stdout
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// List the batch's cases in suite order: verdict, name, time and why
+    Cases {
+        /// The batch's id
+        id: String,
+        /// Only the cases that did not pass
+        #[arg(long)]
+        failed: bool,
+    },
+}
+
+pub(super) async fn run(api: &Api, json: bool, args: BatchArgs) -> Result<Conclusion, ClientError> {
+    match args.action {
+        Some(BatchAction::Cancel { id }) => cancel(api, &id, json).await,
+        Some(BatchAction::Report { id, output }) => {
+            let report = report(api, &id).await?;
+            match output {
+                Some(path) => write_report(&path, &report)?,
+                None if json => {
+                    print_json(&serde_json::json!({"format": "junit", "report": report}))?;
+                }
+                None => print_stdout(|out| out.write_all(report.as_bytes()))?,
+            }
+            Ok(Conclusion::Success)
+        }
+        Some(BatchAction::Cases { id, failed }) => {
+            let cases = cases(api, &id, |case| {
+                !failed || case.get("verdict").and_then(Value::as_str) != Some("passed")
+            })
+            .await?;
+            if json {
+                print_json(&serde_json::json!({ "cases": cases }))?;
+            } else {
+                print_stdout(|out| case_table(out, &cases))?;
+            }
+            Ok(Conclusion::Success)
+        }
+        None => {
+            let Some(suite) = args.suite else {
+                return Err(ClientError::Usage(
+                    "give a suite file, or one of cancel, report, cases and a batch id".into(),
+                ));
+            };
+            submit(
+                api,
+                json,
+                &suite,
+                args.wait,
+                args.junit.as_deref(),
+                args.idempotency_key.as_deref(),
+            )
+            .await
+        }
+    }
+}
+
+/// `kiln status BATCH_ID`: the batch's summary, after waiting for its end if asked.
+pub(super) async fn status(
+    api: &Api,
+    id: &str,
+    wait: Option<Option<Instant>>,
+    json: bool,
+) -> Result<Conclusion, ClientError> {
+    let read = async {
+        match wait {
+            None => api.get(&["batches", id], &[]).await,
+            Some(until) => poll_until(api, id, until).await,
+        }
+    };
+    let batch = read.await.map_err(|err| no_such_batch(err, id))?;
+    if json {
+        print_json(&batch)?;
+    } else {
+        show_summary(api, id, &batch).await?;
+    }
+    Ok(conclusion(&batch))
+}
+
+/// `kiln cancel BATCH_ID`.
+pub(super) async fn cancel(api: &Api, id: &str, json: bool) -> Result<Conclusion, ClientError> {
+    let request = api
+        .http
+        .post(api.url(&["batches", id, "cancel"]))
+        .timeout(REQUEST_SLACK);
+    let batch = send(request).await.map_err(|err| no_such_batch(err, id))?;
+    if json {
+        print_json(&batch)?;
+    } else {
+        let number = |name: &str| batch.get(name).and_then(Value::as_u64).unwrap_or(0);
+        let cancelled = batch
+            .get("by_status")
+            .and_then(|s| s.get("cancelled"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        print_stdout(|out| {
+            writeln!(
+                out,
+                "batch {id}: cancelled; {cancelled} cases cancelled, {} passed, {} failed",
+                number("passed"),
+                number("failed")
+            )
+        })?;
+    }
+    Ok(Conclusion::Success)
+}
+
+/// A batch the server does not know, when a job of that id was not found either.
+fn no_such_batch(err: ClientError, id: &str) -> ClientError {
+    if is_not_found(&err, "batch_not_found") {
+        ClientError::Usage(format!("no job or batch has the id {id}"))
+    } else {
+        err
+    }
+}
+
+fn write_report(path: &Path, report: &str) -> Result<(), ClientError> {
+    std::fs::write(path, report).map_err(|source| ClientError::WriteFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    note(&format!("wrote the JUnit report to {}", path.display()));
+    Ok(())
+}
+
+async fn submit(
     api: &Api,
     json: bool,
     suite: &Path,
-    wait: bool,
+    wait: Wait,
     junit: Option<&Path>,
     idempotency_key: Option<&str>,
 ) -> Result<Conclusion, ClientError> {
@@ -57,7 +225,8 @@ pub(super) async fn run(
     if let Some(key) = idempotency_key {
         request = request.header("Idempotency-Key", key);
     }
-    let wait = wait || junit.is_some();
+    let until = deadline(wait).flatten();
+    let wait = wait.is_some() || junit.is_some();
     // Before the submit: a Ctrl-C during it then still gets the id shown.
     let mut interrupt = wait.then(Interrupt::listen).transpose()?;
     let accepted = match send(request).await {
@@ -89,7 +258,7 @@ pub(super) async fn run(
     };
     note(&format!("batch {id} submitted; following it"));
     let batch = match interrupt
-        .guard("the batch", &id, follow(api, &id, total))
+        .guard("the batch", &id, follow(api, &id, total, until))
         .await
     {
         Ok(Some(batch)) => batch,
@@ -102,12 +271,7 @@ pub(super) async fn run(
         }
     };
     if let Some(path) = junit {
-        let report = report(api, &id).await?;
-        std::fs::write(path, report).map_err(|source| ClientError::WriteFile {
-            path: path.to_owned(),
-            source,
-        })?;
-        note(&format!("wrote the JUnit report to {}", path.display()));
+        write_report(path, &report(api, &id).await?)?;
     }
     if json {
         print_json(&batch)?;
@@ -120,18 +284,12 @@ pub(super) async fn run(
 /// `kiln watch` of a batch: each case's verdict as it ends (or, with `--json`, every stream
 /// message as a line of JSON), then the summary.
 pub(super) async fn watch(api: &Api, id: &str, json: bool) -> Result<Conclusion, ClientError> {
-    let names: HashMap<String, String> = match cases(api, id, |_| true).await {
-        Ok(cases) => cases
-            .into_iter()
-            .filter_map(|case| Some((text(&case, "job_id")?, text(&case, "name")?)))
-            .collect(),
-        Err(err) if is_not_found(&err, "batch_not_found") => {
-            return Err(ClientError::Usage(format!(
-                "no job or batch has the id {id}"
-            )));
-        }
-        Err(err) => return Err(err),
-    };
+    let names: HashMap<String, String> = cases(api, id, |_| true)
+        .await
+        .map_err(|err| no_such_batch(err, id))?
+        .into_iter()
+        .filter_map(|case| Some((text(&case, "job_id")?, text(&case, "name")?)))
+        .collect();
     let followed = stream::follow(api, &["batches", id, "events"], |step| {
         let Step::Message(message, data) = step else {
             return Ok(false);
@@ -141,7 +299,8 @@ pub(super) async fn watch(api: &Api, id: &str, json: bool) -> Result<Conclusion,
         } else if let Some(verdict) = case_verdict(&message.event, data) {
             let job = data.get("job_id").and_then(Value::as_str).unwrap_or("-");
             let name = names.get(job).map_or(job, String::as_str);
-            print_stdout(|out| writeln!(out, "{verdict:<14}  {name}"))?;
+            let shown = paint::verdict(verdict, &format!("{verdict:<14}"));
+            print_stdout(|out| writeln!(out, "{shown}  {name}"))?;
         }
         Ok(ends_batch(message))
     })
@@ -177,7 +336,8 @@ async fn show_summary(api: &Api, id: &str, batch: &Value) -> Result<(), ClientEr
         case.get("verdict").and_then(Value::as_str) != Some("passed")
     })
     .await?;
-    print_stdout(|out| summary(out, id, batch, &failing))
+    let colour = paint::enabled();
+    print_stdout(|out| summary(out, id, batch, &failing, colour))
 }
 
 fn text(value: &Value, name: &str) -> Option<String> {
@@ -321,67 +481,144 @@ fn read_code_file(
     Ok(())
 }
 
-/// Follows the batch to its end, moving a progress bar on stderr (drawn only on a terminal)
-/// as its cases end, and returns the batch as it ended. The bar is fed by the batch's event
-/// stream, or by long-polling if the server will not stream it.
-async fn follow(api: &Api, id: &str, total: usize) -> Result<Value, ClientError> {
-    let bar = indicatif::ProgressBar::new(total as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} cases  {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    let (mut done, mut passed) = (0, 0);
-    let followed = stream::follow(api, &["batches", id, "events"], |step| {
-        let Step::Message(message, data) = step else {
-            return Ok(false);
-        };
-        if let Some(verdict) = case_verdict(&message.event, data) {
-            done += 1;
-            passed += u64::from(verdict == "passed");
-            bar.set_position(done);
-            bar.set_message(format!("{passed} passed, {} failed", done - passed));
+/// Follows the batch to its end (or `until`), moving a progress bar on stderr as its cases
+/// end, or without a terminal printing a progress line now and then, and returns the batch as
+/// it ended (or as it was when `until` came). The bar is fed by the batch's event stream, or by
+/// long-polling if the server will not stream it.
+async fn follow(
+    api: &Api,
+    id: &str,
+    total: usize,
+    until: Option<Instant>,
+) -> Result<Value, ClientError> {
+    let mut progress = Progress::new(total as u64);
+    let followed = async {
+        let followed = stream::follow(api, &["batches", id, "events"], |step| {
+            let Step::Message(message, data) = step else {
+                return Ok(false);
+            };
+            if let Some(verdict) = case_verdict(&message.event, data) {
+                progress.case_ended(verdict == "passed");
+            }
+            Ok(ends_batch(message))
+        })
+        .await?;
+        if let Followed::Refused(err) = followed {
+            note(&format!("{err}; following the batch by polling instead"));
         }
-        Ok(ends_batch(message))
-    })
-    .await?;
-    if let Followed::Refused(err) = followed {
-        note(&format!("{err}; following the batch by polling instead"));
+        // At once if the stream saw the batch to its end.
+        poll(api, id, &mut progress).await
+    };
+    let Some(until) = until else {
+        return followed.await;
+    };
+    match tokio::time::timeout_at(until.into(), followed).await {
+        Ok(batch) => batch,
+        Err(_) => {
+            progress.bar.finish_and_clear();
+            note(&format!(
+                "batch {id} has not ended yet; `kiln watch {id}` follows it on"
+            ));
+            api.get(&["batches", id], &[]).await
+        }
     }
-    // At once if the stream saw the batch to its end.
-    poll(api, id, &bar).await
 }
 
-/// Long-polls the batch until it is done, moving the progress bar.
-async fn poll(api: &Api, id: &str, bar: &indicatif::ProgressBar) -> Result<Value, ClientError> {
-    loop {
-        let request = api
-            .http
-            .get(api.url(&["batches", id]))
-            .query(&[("wait", PROGRESS_WAIT_SECS)])
-            .timeout(Duration::from_secs(PROGRESS_WAIT_SECS) + REQUEST_SLACK);
-        let batch = send(request).await?;
-        let number = |name: &str| batch.get(name).and_then(Value::as_u64).unwrap_or(0);
-        let progress = batch.get("progress");
-        let done = progress
-            .and_then(|p| p.get("done"))
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-        if let Some(total) = progress
-            .and_then(|p| p.get("total"))
-            .and_then(Value::as_u64)
-        {
-            bar.set_length(total);
+/// How far along a batch is, shown as a bar on a terminal or as lines without one.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    total: u64,
+    done: u64,
+    passed: u64,
+    /// When the last line was printed, without a terminal.
+    printed: Option<Instant>,
+}
+
+impl Progress {
+    fn new(total: u64) -> Progress {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} cases  {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Progress {
+            bar,
+            total,
+            done: 0,
+            passed: 0,
+            printed: None,
         }
-        bar.set_position(done);
-        bar.set_message(format!(
-            "{} passed, {} failed",
-            number("passed"),
-            number("failed")
-        ));
+    }
+
+    fn case_ended(&mut self, passed: bool) {
+        let (done, passed_now) = (self.done + 1, self.passed + u64::from(passed));
+        self.set(done, passed_now, done - passed_now);
+    }
+
+    fn set(&mut self, done: u64, passed: u64, failed: u64) {
+        let changed = done != self.done;
+        (self.done, self.passed) = (done, passed);
+        self.bar.set_length(self.total);
+        self.bar.set_position(done);
+        self.bar
+            .set_message(format!("{passed} passed, {failed} failed"));
+        if !self.bar.is_hidden() || !changed || std::io::stderr().is_terminal() {
+            return;
+        }
+        let due = self
+            .printed
+            .is_none_or(|at| at.elapsed() >= PROGRESS_LINE_EVERY);
+        if due || done == self.total {
+            self.printed = Some(Instant::now());
+            note(&format!(
+                "{done}/{} cases done, {passed} passed, {failed} failed",
+                self.total
+            ));
+        }
+    }
+}
+
+/// Long-polls the batch until it is done, moving the progress.
+async fn poll(api: &Api, id: &str, progress: &mut Progress) -> Result<Value, ClientError> {
+    loop {
+        let batch = poll_once(api, id).await?;
+        let number = |name: &str| batch.get(name).and_then(Value::as_u64).unwrap_or(0);
+        let tally = |name: &str| {
+            batch
+                .get("progress")
+                .and_then(|p| p.get(name))
+                .and_then(Value::as_u64)
+        };
+        if let Some(total) = tally("total") {
+            progress.total = total;
+        }
+        let done = tally("done").unwrap_or(0);
+        progress.set(done, number("passed"), number("failed"));
         if batch.get("done").and_then(Value::as_bool) != Some(false) {
-            bar.finish_and_clear();
+            progress.bar.finish_and_clear();
+            return Ok(batch);
+        }
+    }
+}
+
+/// One long-poll of the batch, held by the server for a moment while it is not done.
+async fn poll_once(api: &Api, id: &str) -> Result<Value, ClientError> {
+    let request = api
+        .http
+        .get(api.url(&["batches", id]))
+        .query(&[("wait", PROGRESS_WAIT_SECS)])
+        .timeout(Duration::from_secs(PROGRESS_WAIT_SECS) + REQUEST_SLACK);
+    send(request).await
+}
+
+/// Long-polls the batch until it is done or `until` passes (never, if `None`).
+async fn poll_until(api: &Api, id: &str, until: Option<Instant>) -> Result<Value, ClientError> {
+    loop {
+        let batch = poll_once(api, id).await?;
+        let expired = until.is_some_and(|until| Instant::now() >= until);
+        if batch.get("done").and_then(Value::as_bool) != Some(false) || expired {
             return Ok(batch);
         }
     }
@@ -428,9 +665,14 @@ async fn report(api: &Api, id: &str) -> Result<String, ClientError> {
         .await
         .map_err(transport_error)?;
     let status = response.status();
+    let url = response.url().clone();
+    let kind = content_type(&response);
     let body = response.bytes().await.map_err(transport_error)?;
     if !status.is_success() {
-        return Err(api_error(status, &body));
+        return Err(no_such_batch(
+            api_error_from(&url, status, &kind, &body),
+            id,
+        ));
     }
     String::from_utf8(body.to_vec()).map_err(|err| ClientError::BadResponse {
         url: api.base.to_string(),
@@ -444,6 +686,7 @@ fn summary(
     id: &str,
     batch: &Value,
     failing: &[Value],
+    colour: bool,
 ) -> std::io::Result<()> {
     let number = |name: &str| batch.get(name).and_then(Value::as_u64).unwrap_or(0);
     let total = batch
@@ -461,7 +704,8 @@ fn summary(
         for (verdict, count) in verdicts {
             let count = count.as_u64().unwrap_or(0);
             if count > 0 {
-                writeln!(out, "  {verdict:<14} {count:>6}")?;
+                let shown = paint::with(colour, verdict, &format!("{verdict:<14}"));
+                writeln!(out, "  {shown} {count:>6}")?;
             }
         }
     }
@@ -484,15 +728,50 @@ fn summary(
             .get("verdict")
             .and_then(Value::as_str)
             .unwrap_or_else(|| text("status"));
-        writeln!(
-            out,
-            "{:<width$}  {verdict:<14}  {}",
-            text("name"),
-            text("detail")
-        )?;
+        let shown = paint::with(colour, verdict, &format!("{verdict:<14}"));
+        writeln!(out, "{:<width$}  {shown}  {}", text("name"), text("detail"))?;
     }
     if failing.len() > SHOWN_FAILURES {
         writeln!(out, "... and {} more", failing.len() - SHOWN_FAILURES)?;
+    }
+    Ok(())
+}
+
+/// `kiln batch cases`: one line per case, in suite order.
+fn case_table(out: &mut impl Write, cases: &[Value]) -> std::io::Result<()> {
+    let colour = paint::enabled();
+    let width = cases
+        .iter()
+        .filter_map(|case| case.get("name").and_then(Value::as_str))
+        .map(|name| name.chars().count())
+        .max()
+        .unwrap_or(4)
+        .clamp(4, 40);
+    writeln!(
+        out,
+        "{:>5}  {:<14}  {:<width$}  {:>8}  detail",
+        "index", "verdict", "case", "wall ms"
+    )?;
+    for case in cases {
+        let text = |name: &str| case.get(name).and_then(Value::as_str).unwrap_or("-");
+        let verdict = case
+            .get("verdict")
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| text("status"));
+        let shown = paint::with(colour, verdict, &format!("{verdict:<14}"));
+        let number = |name: &str| {
+            case.get(name)
+                .and_then(Value::as_i64)
+                .map_or_else(|| "-".to_owned(), |n| n.to_string())
+        };
+        writeln!(
+            out,
+            "{:>5}  {shown}  {:<width$}  {:>8}  {}",
+            number("index"),
+            text("name"),
+            number("wall_ms"),
+            text("detail")
+        )?;
     }
     Ok(())
 }
@@ -510,7 +789,7 @@ mod tests {
         let failing = [json!({"name": "sums", "verdict": "wrong_answer",
             "detail": "line 1, column 1: expected \"3\", got \"4\""})];
         let mut out = Vec::new();
-        summary(&mut out, "b1", &batch, &failing).expect("write");
+        summary(&mut out, "b1", &batch, &failing, false).expect("write");
         assert_eq!(
             String::from_utf8_lossy(&out),
             "batch b1: 2 of 3 passed, 1 failed\n  \

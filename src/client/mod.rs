@@ -1,16 +1,23 @@
-//! The client half of the `kiln` command line: `submit`, `status`, `events`, `watch`, `cancel` and
-//! `batch`, spoken to a kiln server over its v1 HTTP API.
+//! The client half of the `kiln` command line: `submit`, `status`, `events`, `watch`, `cancel`,
+//! `list` and `batch`, spoken to a kiln server over its v1 HTTP API.
 //!
 //! It deliberately knows nothing of the server's Rust types: it reads answers as plain JSON, so a
 //! client built from one version still talks to a server of another, and `--json` can pass the
 //! server's answer through untouched. This file owns the subcommands' flags and says what each
 //! command concludes (whether the job succeeded; `main` makes it the exit code); `api` makes
-//! the HTTP calls, `show` turns answers into lines a person can read, `submit` builds a job
-//! from a file, `watch` and `stream` follow a job live, `batch` runs test suites.
+//! the HTTP calls, `show` turns answers into lines a person can read (`paint` colours them on a
+//! terminal), `submit` builds a job from a file, `watch` and `stream` follow a job live, `batch`
+//! runs test suites and reads them back, `list` lists jobs and batches, `interrupt` handles
+//! Ctrl-C while a command waits.
+//!
+//! Job and batch ids look alike, so `status`, `events` and `cancel` ask for a job first and for
+//! a batch when there is no such job.
 
 mod api;
 mod batch;
 mod interrupt;
+mod list;
+mod paint;
 mod show;
 mod stream;
 mod submit;
@@ -27,7 +34,9 @@ use crate::cli::{self, Conclusion, Format, note};
 use api::{Api, job_id};
 use interrupt::Interrupt;
 use show::{event_line, job_line, print_json, print_stdout, show_job};
-use submit::{Limits, Submission, read_text, runtime_for};
+use stream::Step;
+use submit::{Limits, Submission, read_input, runtime_for};
+use watch::is_not_found;
 
 /// The flags every client subcommand takes: which server, with what token, printing how. Global,
 /// so they may come anywhere after the subcommand's name.
@@ -43,22 +52,47 @@ pub struct ClientOpts {
     pub token: Option<String>,
 }
 
+/// `--wait [SECS]`, the same on every command that waits: alone, until the end; with a number,
+/// at most that many seconds.
+type Wait = Option<Option<u64>>;
+
+/// When a `--wait` gives up: `None` without one, `Some(None)` never.
+fn deadline(wait: Wait) -> Option<Option<Instant>> {
+    wait.map(|secs| secs.map(|secs| Instant::now() + Duration::from_secs(secs)))
+}
+
 #[derive(Clone, Debug, clap::Subcommand)]
 pub enum ClientCommand {
     /// Submit a file as a job
     Submit {
-        /// The program to run; its contents are sent as the job's code
+        /// The program to run; its contents are sent as the job's code (`-`: read from stdin)
         file: PathBuf,
         /// Runtime to run it with [default: from the file's shebang line, else its extension,
         /// as `kiln runtimes` lists them]
         #[arg(long)]
         runtime: Option<String>,
-        /// File whose contents are fed to the job's standard input
-        #[arg(long)]
+        /// File whose contents are fed to the job's standard input (`-`: this command's stdin)
+        #[arg(long, value_name = "FILE")]
         stdin: Option<PathBuf>,
-        /// Wait for the job to finish and show its result
+        /// A file put beside the program: PATH under its own name, or NAME=PATH (repeat for
+        /// several)
+        #[arg(long = "file", value_name = "[NAME=]PATH")]
+        files: Vec<String>,
+        /// Queued jobs with a higher priority run first [default: 0]
+        #[arg(long, allow_hyphen_values = true)]
+        priority: Option<i32>,
+        /// Runs kiln may start, should it lose one (a server that died) [default: the server's]
         #[arg(long)]
-        wait: bool,
+        max_attempts: Option<u32>,
+        /// URL the server POSTs the finished job to (docs/webhooks.md)
+        #[arg(long, value_name = "URL")]
+        callback_url: Option<String>,
+        /// Wait for the job to end (at most SECS seconds, if given) and show its result
+        #[arg(long, value_name = "SECS", num_args = 0..=1, conflicts_with = "watch")]
+        wait: Option<Option<u64>>,
+        /// Follow the job live once submitted, as `kiln watch` does
+        #[arg(long)]
+        watch: bool,
         /// Submitting again with the same key returns the first job instead of a new one
         #[arg(long)]
         idempotency_key: Option<String>,
@@ -74,45 +108,58 @@ pub enum ClientCommand {
         /// Memory limit in MiB
         #[arg(long)]
         memory_mb: Option<u64>,
+        /// Limit on the processes and threads the job may run at once
+        #[arg(long)]
+        processes: Option<u64>,
         /// Limit on each of stdout and stderr, in bytes
         #[arg(long)]
         output_bytes: Option<u64>,
-        #[command(flatten)]
-        opts: ClientOpts,
-    },
-    /// Show a job and its result; exits 0 only if it succeeded (for a suite's case: if it passed)
-    Status {
-        id: String,
-        /// Wait up to this many seconds for the job to finish
+        /// Limit on the size of each file the job writes, in bytes
         #[arg(long)]
-        wait: Option<u64>,
+        file_bytes: Option<u64>,
         #[command(flatten)]
         opts: ClientOpts,
     },
-    /// Show a job's events, or the global feed
+    /// Show a job and its result, or a batch and its summary; exits 0 only if the job succeeded
+    /// (for a suite's case: if it passed; for a batch: if every case passed)
+    Status {
+        /// The job's or the batch's id
+        id: String,
+        /// Wait for it to end (at most SECS seconds, if given)
+        #[arg(long, value_name = "SECS", num_args = 0..=1)]
+        wait: Option<Option<u64>>,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Show a job's or a batch's events, or the global feed (its newest events)
     Events {
-        /// Job whose events to show; without it, the global feed
+        /// The job or batch whose events to show; without it, the global feed
         id: Option<String>,
-        /// Global feed: only events after this event id
+        /// Global feed: the events after this event id, oldest first
         #[arg(long, conflicts_with = "id")]
         after: Option<i64>,
         /// Global feed: at most this many events
         #[arg(long, default_value_t = 100, conflicts_with = "id")]
         limit: u32,
+        /// Go on printing events as they happen (Ctrl-C to stop); a job's or batch's ends with it
+        #[arg(long)]
+        follow: bool,
         #[command(flatten)]
         opts: ClientOpts,
     },
-    /// Follow a job live until it ends: its output on stdout and stderr as it is written, its
-    /// events and progress on stderr; exits like `status` with the final state. Given a batch
-    /// id, follow the batch: each case's verdict as it ends, then the summary; exits like
+    /// Follow a job live until it ends: its output on stdout and stderr from the run's start,
+    /// its events and progress on stderr; exits like `status` with the final state. Given a
+    /// batch id, follow the batch: each case's verdict as it ends, then the summary; exits like
     /// `batch --wait`
     Watch {
+        /// The job's or the batch's id
         id: String,
         #[command(flatten)]
         opts: ClientOpts,
     },
-    /// Cancel a queued or running job
+    /// Cancel a queued or running job, or every case of a batch that has not ended
     Cancel {
+        /// The job's or the batch's id
         id: String,
         #[command(flatten)]
         opts: ClientOpts,
@@ -123,24 +170,35 @@ pub enum ClientCommand {
         #[command(flatten)]
         opts: ClientOpts,
     },
-    /// Submit a test suite: a JSON file in the shape of POST /v1/batches, or one of lines ending
-    /// in .ndjson or .jsonl, sent as a stream (README: "Test suites")
-    Batch {
-        /// The suite file
-        suite: PathBuf,
-        /// Follow the batch with a progress bar, print a summary, and exit 0 only if every
-        /// case passed
+    /// List jobs or batches, newest first
+    List {
+        #[arg(value_enum, default_value_t = list::What::Jobs)]
+        what: list::What,
+        /// Jobs: only those in this status (queued, running, succeeded, failed, ...)
         #[arg(long)]
-        wait: bool,
-        /// Write the JUnit XML report to this file once the batch is done (implies --wait)
-        #[arg(long, value_name = "FILE")]
-        junit: Option<PathBuf>,
-        /// Submitting again with the same key returns the first batch instead of a new one
+        status: Option<String>,
+        /// Jobs: only those of this runtime
         #[arg(long)]
-        idempotency_key: Option<String>,
+        runtime: Option<String>,
+        /// Jobs: only the cases of this batch
+        #[arg(long, value_name = "ID")]
+        batch: Option<String>,
+        /// Only this tenant's (an admin's token; a tenant's lists are always its own)
+        #[arg(long)]
+        tenant: Option<String>,
+        /// At most this many
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// The page after the last one: those older than this id
+        #[arg(long, value_name = "ID")]
+        before: Option<String>,
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// Submit a test suite (a JSON file in the shape of POST /v1/batches, or one of lines ending
+    /// in .ndjson or .jsonl, sent as a stream; docs/suites.md), or work on a batch: `kiln batch
+    /// cancel|report|cases ID`
+    Batch(batch::BatchArgs),
 }
 
 /// Everything that can stop a client command. `main` prints it and exits 2; the variants separate
@@ -153,9 +211,11 @@ pub enum ClientError {
     Usage(String),
     #[error("cannot read {}: {source}", path.display())]
     ReadFile { path: PathBuf, source: io::Error },
+    #[error("cannot write {}: {source}", path.display())]
+    WriteFile { path: PathBuf, source: io::Error },
     /// No answer: connection refused, DNS failure, timeout. `detail` holds reqwest's whole cause
     /// chain, since its top-level message alone ("error sending request") says nothing useful.
-    #[error("cannot reach the kiln server at {url}: {detail}")]
+    #[error("cannot reach the kiln server at {url}: {detail}{}", hint(.detail))]
     Unreachable { url: String, detail: String },
     /// The server answered with an HTTP error.
     #[error("{}", api_message(*.status, .code.as_deref(), .message))]
@@ -164,13 +224,25 @@ pub enum ClientError {
         code: Option<String>,
         message: String,
     },
+    /// Something answered, but not as kiln does: another program on that port, or a proxy.
+    #[error(
+        "{url} does not look like a kiln server: it answered {detail}; check --url or KILN_URL"
+    )]
+    NotKiln { url: String, detail: String },
     /// The server answered 2xx with something that is not the JSON we expect.
     #[error("unexpected answer from {url}: {detail}")]
     BadResponse { url: String, detail: String },
-    #[error("cannot write {}: {source}", path.display())]
-    WriteFile { path: PathBuf, source: io::Error },
     #[error("cannot write output: {0}")]
     Output(#[source] io::Error),
+}
+
+/// What to try when nothing answers.
+fn hint(detail: &str) -> &'static str {
+    if detail.contains("Connection refused") {
+        "; is `kiln serve` running there? Pass --url or set KILN_URL to reach another server"
+    } else {
+        ""
+    }
 }
 
 fn api_message(status: StatusCode, code: Option<&str>, message: &str) -> String {
@@ -190,7 +262,8 @@ impl ClientCommand {
             | Watch { opts, .. }
             | Cancel { opts, .. }
             | Runtimes { opts }
-            | Batch { opts, .. } => opts,
+            | List { opts, .. } => opts,
+            Batch(args) => &args.opts,
         }
     }
 }
@@ -205,34 +278,51 @@ pub async fn run(cmd: ClientCommand) -> Result<Conclusion, ClientError> {
             file,
             runtime,
             stdin,
+            files,
+            priority,
+            max_attempts,
+            callback_url,
             wait,
+            watch,
             idempotency_key,
             args,
             wall_ms,
             cpu_ms,
             memory_mb,
+            processes,
             output_bytes,
+            file_bytes,
             ..
         } => {
-            let code = read_text(&file)?;
+            let code = read_input(&file)?;
             let runtime = match runtime {
                 Some(runtime) => runtime,
                 None => runtime_for(&file, &code, &api.runtimes().await?)?,
             };
+            if stdin.is_none() && file != std::path::Path::new("-") {
+                submit::warn_if_stdin_is_piped();
+            }
             let submission = Submission {
                 runtime,
                 code,
-                stdin: stdin.as_deref().map(read_text).transpose()?,
+                stdin: stdin.as_deref().map(read_input).transpose()?,
                 args,
+                files: submit::read_files(&files)?,
                 limits: Limits {
                     wall_ms,
                     cpu_ms,
                     memory_mb,
+                    processes,
                     output_bytes,
+                    file_bytes,
                 },
+                priority,
+                max_attempts,
+                callback_url,
             };
             // Before the submit: a Ctrl-C during it then still gets the id shown.
-            let mut interrupt = wait.then(Interrupt::listen).transpose()?;
+            let waits = wait.is_some() || watch;
+            let mut interrupt = waits.then(Interrupt::listen).transpose()?;
             let accepted = api.submit(&submission, idempotency_key.as_deref()).await?;
             let Some(interrupt) = &mut interrupt else {
                 if json {
@@ -244,8 +334,17 @@ pub async fn run(cmd: ClientCommand) -> Result<Conclusion, ClientError> {
                 return Ok(Conclusion::Success);
             };
             let id = job_id(&accepted, &api.base)?;
+            if watch {
+                note(&format!("job {id} submitted; watching it"));
+                let watched = interrupt.guard("the job", id, watch::watch(&api, id, json));
+                return Ok(watched.await?.unwrap_or(Conclusion::Interrupted));
+            }
             note(&format!("job {id} submitted; waiting for it to end"));
-            let job = match interrupt.guard("the job", id, api.poll_job(id, None)).await {
+            let until = deadline(wait).flatten();
+            let job = match interrupt
+                .guard("the job", id, api.wait_job(id, until))
+                .await
+            {
                 Ok(Some(job)) => job,
                 Ok(None) => return Ok(Conclusion::Interrupted),
                 Err(err) => {
@@ -261,80 +360,65 @@ pub async fn run(cmd: ClientCommand) -> Result<Conclusion, ClientError> {
             Ok(conclusion(&job))
         }
         ClientCommand::Status { id, wait, .. } => {
-            let job = match wait {
-                None | Some(0) => api.get_job(&id, None).await?,
-                Some(secs) => {
-                    let deadline = Instant::now() + Duration::from_secs(secs);
-                    api.poll_job(&id, Some(deadline)).await?
-                }
+            let job = match deadline(wait) {
+                None => api.get_job(&id, None).await,
+                Some(until) => api.wait_job(&id, until).await,
             };
-            show_job(&job, json)?;
-            Ok(conclusion(&job))
+            match job {
+                Ok(job) => {
+                    show_job(&job, json)?;
+                    Ok(conclusion(&job))
+                }
+                Err(err) if is_not_found(&err, "job_not_found") => {
+                    batch::status(&api, &id, deadline(wait), json).await
+                }
+                Err(err) => Err(err),
+            }
         }
         ClientCommand::Events {
-            id, after, limit, ..
-        } => {
-            let feed = match &id {
-                Some(id) => api.job_events(id).await?,
-                None => api.global_events(after, limit).await?,
-            };
-            if json {
-                print_json(&feed)?;
-                return Ok(Conclusion::Success);
-            }
-            let events = feed
-                .get("events")
-                .and_then(Value::as_array)
-                .ok_or_else(|| ClientError::BadResponse {
-                    url: api.base.to_string(),
-                    detail: "no \"events\" list in the answer".to_owned(),
-                })?;
-            // The global feed mixes jobs, so it needs the job column that a job's own list does not.
-            let with_job = id.is_none();
-            print_stdout(|out| {
-                for event in events {
-                    writeln!(out, "{}", event_line(event, with_job))?;
-                }
-                Ok(())
-            })?;
-            if with_job
-                && events.len() >= limit as usize
-                && let Some(next) = feed.get("next_after").and_then(Value::as_i64)
-            {
-                note(&format!("more events may follow: use --after {next}"));
-            }
-            Ok(Conclusion::Success)
-        }
+            id,
+            after,
+            limit,
+            follow,
+            ..
+        } => events(&api, id.as_deref(), after, limit, follow, json).await,
         ClientCommand::Watch { id, .. } => {
             let mut interrupt = Interrupt::listen()?;
             let watched = interrupt.guard("the job or batch", &id, watch::watch(&api, &id, json));
             Ok(watched.await?.unwrap_or(Conclusion::Interrupted))
         }
-        ClientCommand::Batch {
-            suite,
-            wait,
-            junit,
-            idempotency_key,
+        ClientCommand::Batch(args) => batch::run(&api, json, args).await,
+        ClientCommand::Cancel { id, .. } => match api.cancel(&id).await {
+            Ok(job) => {
+                if json {
+                    print_json(&job)?;
+                } else {
+                    print_stdout(|out| writeln!(out, "{}", job_line(&job)))?;
+                }
+                Ok(Conclusion::Success)
+            }
+            Err(err) if is_not_found(&err, "job_not_found") => batch::cancel(&api, &id, json).await,
+            Err(err) => Err(err),
+        },
+        ClientCommand::List {
+            what,
+            status,
+            runtime,
+            batch,
+            tenant,
+            limit,
+            before,
             ..
         } => {
-            batch::run(
-                &api,
-                json,
-                &suite,
-                wait,
-                junit.as_deref(),
-                idempotency_key.as_deref(),
-            )
-            .await
-        }
-        ClientCommand::Cancel { id, .. } => {
-            let job = api.cancel(&id).await?;
-            if json {
-                print_json(&job)?;
-            } else {
-                print_stdout(|out| writeln!(out, "{}", job_line(&job)))?;
-            }
-            Ok(Conclusion::Success)
+            let filters = list::Filters {
+                status,
+                runtime,
+                batch,
+                tenant,
+                limit,
+                before,
+            };
+            list::list(&api, what, filters, json).await
         }
         ClientCommand::Runtimes { .. } => {
             let listing = api.runtimes().await?;
@@ -345,6 +429,89 @@ pub async fn run(cmd: ClientCommand) -> Result<Conclusion, ClientError> {
             }
             Ok(Conclusion::Success)
         }
+    }
+}
+
+/// `kiln events`: a job's or a batch's events, or the global feed; with `--follow`, live.
+async fn events(
+    api: &Api,
+    id: Option<&str>,
+    after: Option<i64>,
+    limit: u32,
+    follow: bool,
+    json: bool,
+) -> Result<Conclusion, ClientError> {
+    let (feed, segments) = match id {
+        Some(id) => match api.job_events(id).await {
+            Ok(feed) => (feed, vec!["jobs", id, "events"]),
+            Err(err) if is_not_found(&err, "job_not_found") => {
+                (api.batch_events(id).await?, vec!["batches", id, "events"])
+            }
+            Err(err) => return Err(err),
+        },
+        None => (api.global_events(after, limit).await?, vec!["events"]),
+    };
+    let events = feed
+        .get("events")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ClientError::BadResponse {
+            url: api.base.to_string(),
+            detail: "no \"events\" list in the answer".to_owned(),
+        })?;
+    // The newest page comes newest first; a person reads the feed in time order.
+    let mut events: Vec<&Value> = events.iter().collect();
+    if feed.get("next_before").is_some() {
+        events.reverse();
+    }
+    // Only a job's own list has no job column: the rest mix jobs.
+    let with_job = segments[0] != "jobs";
+    let show = |event: &Value| -> Result<(), ClientError> {
+        match json {
+            true => print_stdout(|out| writeln!(out, "{event}")),
+            false => print_stdout(|out| writeln!(out, "{}", event_line(event, with_job))),
+        }
+    };
+    if json && !follow {
+        print_json(&feed)?;
+    } else {
+        for event in &events {
+            show(event)?;
+        }
+    }
+    if !follow {
+        if id.is_none()
+            && after.is_some()
+            && events.len() >= limit as usize
+            && let Some(next) = feed.get("next_after").and_then(Value::as_i64)
+        {
+            note(&format!("more events may follow: use --after {next}"));
+        }
+        return Ok(Conclusion::Success);
+    }
+    // Follows on from the last event shown, so none comes twice.
+    let last = events
+        .last()
+        .and_then(|event| event.get("id"))
+        .and_then(Value::as_i64)
+        .unwrap_or(after.unwrap_or(0));
+    let followed = stream::follow_from(api, &segments, last, |step| {
+        let Step::Message(message, data) = step else {
+            return Ok(false);
+        };
+        if message.id.is_none() {
+            return Ok(false);
+        }
+        show(data)?;
+        Ok(match segments[0] {
+            "jobs" => watch::is_terminal_event(&message.event),
+            "batches" => message.event == "batch.completed",
+            _ => false,
+        })
+    })
+    .await?;
+    match followed {
+        stream::Followed::Ended => Ok(Conclusion::Success),
+        stream::Followed::Refused(err) => Err(err),
     }
 }
 
@@ -445,7 +612,7 @@ mod tests {
             )) => {
                 assert_eq!(args, ["-n", "2"]);
                 assert_eq!(wall_ms, Some(500));
-                assert!(wait);
+                assert_eq!(wait, Some(None));
             }
             other => panic!("{other:?}"),
         }

@@ -6,21 +6,28 @@ use std::io::{self, Write};
 
 use serde_json::Value;
 
-use super::{ClientError, note};
+use super::{ClientError, note, paint};
 use crate::cli;
 
 /// `<id>  <status> (<outcome>)  exit <code>  <wall> ms  <runtime>`, and for a suite's case
 /// `case "<name>"  <verdict>: <detail>`, leaving out what the job does not have yet (a queued
 /// job has no outcome, exit code, time or verdict).
 pub(super) fn job_line(job: &Value) -> String {
+    job_line_in(job, false)
+}
+
+/// [`job_line`], its status and verdict coloured if `colour`.
+pub(super) fn job_line_in(job: &Value, colour: bool) -> String {
     let text = |name: &str| job.get(name).and_then(Value::as_str);
     let number = |name: &str| job.get(name).and_then(Value::as_i64);
     let mut parts = vec![text("id").unwrap_or("?").to_owned()];
     let status = text("status").unwrap_or("?");
-    parts.push(match text("outcome") {
-        Some(outcome) => format!("{status} ({outcome})"),
-        None => status.to_owned(),
-    });
+    // "cancelled (cancelled)" says nothing twice.
+    let shown = match text("outcome") {
+        Some(outcome) if outcome != status => format!("{status} ({outcome})"),
+        _ => status.to_owned(),
+    };
+    parts.push(paint::with(colour, status, &shown));
     if let Some(code) = number("exit_code") {
         parts.push(format!("exit {code}"));
     } else if let Some(signal) = number("signal") {
@@ -39,12 +46,36 @@ pub(super) fn job_line(job: &Value) -> String {
         parts.push(format!("case {case:?}"));
     }
     if let Some(verdict) = text("verdict") {
+        let shown = paint::with(colour, verdict, verdict);
         parts.push(match text("verdict_detail") {
-            Some(detail) => format!("{verdict}: {detail}"),
-            None => verdict.to_owned(),
+            Some(detail) => format!("{shown}: {detail}"),
+            None => shown,
         });
     }
     parts.join("  ")
+}
+
+/// What a job waited on is doing, for a spinner: `queued`, `running (attempt 2) 40% linking`.
+pub(super) fn state_line(job: &Value) -> String {
+    let id = job.get("id").and_then(Value::as_str).unwrap_or("?");
+    let status = job.get("status").and_then(Value::as_str).unwrap_or("?");
+    let mut line = format!("job {id} {status}");
+    if let Some(attempt) = job
+        .get("attempt")
+        .and_then(Value::as_i64)
+        .filter(|&attempt| attempt > 1)
+    {
+        line.push_str(&format!(" (attempt {attempt})"));
+    }
+    if let Some(progress) = job.get("progress").filter(|p| !p.is_null()) {
+        let percent = progress.get("percent").and_then(Value::as_u64).unwrap_or(0);
+        let message = progress
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        line.push_str(&format!("  {percent}% {message}"));
+    }
+    line
 }
 
 /// `<event id>  [<job id>]  <at>  <type>  attempt <n>  <data>`.
@@ -73,7 +104,8 @@ pub(super) fn show_job(job: &Value, json: bool) -> Result<(), ClientError> {
     if json {
         return print_json(job);
     }
-    print_stdout(|out| writeln!(out, "{}", job_line(job)))?;
+    let line = job_line_in(job, paint::enabled());
+    print_stdout(|out| writeln!(out, "{line}"))?;
     show_output(job)
 }
 

@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use serde_json::Value;
 
-use super::api::{Api, api_error, transport_error};
+use super::api::{Api, api_error_from, content_type, transport_error};
 use super::{ClientError, note};
 
 /// How many times in a row a stream is reopened after ending early or not answering.
@@ -46,9 +46,19 @@ pub(super) enum Step<'a> {
 pub(super) async fn follow(
     api: &Api,
     segments: &[&str],
+    handle: impl FnMut(Step<'_>) -> Result<bool, ClientError>,
+) -> Result<Followed, ClientError> {
+    follow_from(api, segments, 0, handle).await
+}
+
+/// [`follow`], from the event after `after`.
+pub(super) async fn follow_from(
+    api: &Api,
+    segments: &[&str],
+    after: i64,
     mut handle: impl FnMut(Step<'_>) -> Result<bool, ClientError>,
 ) -> Result<Followed, ClientError> {
-    let (mut after, mut failures, mut opened) = (0, 0, false);
+    let (mut after, mut failures, mut opened) = (after, 0, false);
     loop {
         let mut response = match open(api, segments, after).await {
             Ok(Opened::Stream(response)) => response,
@@ -115,15 +125,16 @@ async fn open(api: &Api, segments: &[&str], after: i64) -> Result<Opened, Client
     if status.is_success() && is_stream {
         return Ok(Opened::Stream(response));
     }
-    let url = response.url().to_string();
+    let url = response.url().clone();
+    let kind = content_type(&response);
     let body = response.bytes().await.map_err(transport_error)?;
     if status.is_success() {
         return Ok(Opened::Refused(ClientError::BadResponse {
-            url,
+            url: url.to_string(),
             detail: format!("{status} without an event stream"),
         }));
     }
-    let err = api_error(status, &body);
+    let err = api_error_from(&url, status, &kind, &body);
     // The thing itself is unknown, or the server cannot answer now: errors, not refusals. The
     // rest (404 for the endpoint, 406, 429) means this server will not stream it.
     let unknown = matches!(&err, ClientError::Api { code: Some(code), .. }

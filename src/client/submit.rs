@@ -1,8 +1,10 @@
-//! What `kiln submit` sends: the body of `POST /v1/jobs` made from a file, the runtime its
-//! shebang line or extension names among those the server offers, and the limits given on the
-//! command line.
+//! What `kiln submit` sends: the body of `POST /v1/jobs` made from a file (or stdin), the
+//! runtime its shebang line or extension names among those the server offers, the files put
+//! beside it, and the limits, priority and callback given on the command line.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -19,8 +21,16 @@ pub(super) struct Submission {
     pub(super) stdin: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(super) args: Vec<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) files: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Limits::is_empty")]
     pub(super) limits: Limits,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) priority: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) max_attempts: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) callback_url: Option<String>,
 }
 
 #[derive(Debug, Default, PartialEq, Eq, Serialize)]
@@ -32,7 +42,11 @@ pub(super) struct Limits {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) memory_mb: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) processes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) output_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) file_bytes: Option<u64>,
 }
 
 impl Limits {
@@ -111,12 +125,75 @@ fn shebang_interpreter(code: &str) -> Option<String> {
         .map(|w| w.rsplit('/').next().unwrap_or(w).to_owned())
 }
 
+/// [`read_text`], where `-` is this command's standard input.
+pub(super) fn read_input(path: &Path) -> Result<String, ClientError> {
+    if path != Path::new("-") {
+        return read_text(path);
+    }
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .read_to_end(&mut bytes)
+        .map_err(|source| ClientError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?;
+    utf8(bytes, Path::new("standard input"))
+}
+
+/// `--file PATH` or `--file NAME=PATH`, each read in under its name.
+pub(super) fn read_files(given: &[String]) -> Result<BTreeMap<String, String>, ClientError> {
+    let mut files = BTreeMap::new();
+    for given in given {
+        let (name, path) = match given.split_once('=') {
+            Some((name, path)) => (name.to_owned(), PathBuf::from(path)),
+            None => {
+                let path = PathBuf::from(given);
+                let name = path
+                    .file_name()
+                    .and_then(|name| name.to_str())
+                    .ok_or_else(|| {
+                        ClientError::Usage(format!("--file {given}: name the file as NAME=PATH"))
+                    })?
+                    .to_owned();
+                (name, path)
+            }
+        };
+        let text = read_text(&path)?;
+        if files.insert(name.clone(), text).is_some() {
+            return Err(ClientError::Usage(format!(
+                "--file: two files are named {name:?}"
+            )));
+        }
+    }
+    Ok(files)
+}
+
+/// Input piped to `kiln submit` is not the job's unless `--stdin -` says so: say it, rather
+/// than drop it without a word.
+pub(super) fn warn_if_stdin_is_piped() {
+    use std::os::unix::fs::FileTypeExt;
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return;
+    }
+    let piped = std::fs::metadata("/dev/stdin")
+        .is_ok_and(|meta| meta.file_type().is_fifo() || meta.file_type().is_file());
+    if piped {
+        super::note("standard input is not sent to the job; pass --stdin - to send it");
+    }
+}
+
 /// Code and stdin travel as JSON strings, so they must be UTF-8 text.
 pub(super) fn read_text(path: &Path) -> Result<String, ClientError> {
     let bytes = std::fs::read(path).map_err(|source| ClientError::ReadFile {
         path: path.to_owned(),
         source,
     })?;
+    utf8(bytes, path)
+}
+
+fn utf8(bytes: Vec<u8>, path: &Path) -> Result<String, ClientError> {
     String::from_utf8(bytes).map_err(|_| {
         ClientError::Usage(format!(
             "{} is not UTF-8 text, which is all kiln can send",
@@ -177,7 +254,11 @@ mod tests {
             code: "print(1)".to_owned(),
             stdin: None,
             args: Vec::new(),
+            files: BTreeMap::new(),
             limits: Limits::default(),
+            priority: None,
+            max_attempts: None,
+            callback_url: None,
         };
         assert_eq!(
             serde_json::to_value(&bare).ok(),
@@ -186,17 +267,21 @@ mod tests {
         let full = Submission {
             stdin: Some("in".to_owned()),
             args: vec!["-v".to_owned()],
+            files: BTreeMap::from([("data.txt".to_owned(), "1 2".to_owned())]),
             limits: Limits {
                 wall_ms: Some(500),
                 ..Limits::default()
             },
+            priority: Some(-3),
+            callback_url: Some("http://127.0.0.1:9/hook".to_owned()),
             ..bare
         };
         assert_eq!(
             serde_json::to_value(&full).ok(),
             Some(
                 json!({"runtime": "python", "code": "print(1)", "stdin": "in",
-                "args": ["-v"], "limits": {"wall_ms": 500}})
+                "args": ["-v"], "files": {"data.txt": "1 2"}, "limits": {"wall_ms": 500},
+                "priority": -3, "callback_url": "http://127.0.0.1:9/hook"})
             )
         );
     }

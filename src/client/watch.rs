@@ -241,7 +241,7 @@ pub(super) fn is_not_found(err: &ClientError, code: &str) -> bool {
         if *status == StatusCode::NOT_FOUND && c == code)
 }
 
-fn is_terminal_event(event: &str) -> bool {
+pub(super) fn is_terminal_event(event: &str) -> bool {
     matches!(
         event,
         "job.succeeded" | "job.failed" | "job.timed_out" | "job.cancelled" | "job.error"

@@ -599,6 +599,17 @@ impl Store {
             .await
     }
 
+    /// The feed newest first, before event `before` (`None`: from the newest).
+    pub async fn events_before(
+        &self,
+        who: Visibility,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.read(move |conn| read::events_before(conn, &who, before, limit))
+            .await
+    }
+
     pub async fn list_jobs(
         &self,
         who: Visibility,

@@ -193,6 +193,32 @@ pub(super) fn events_after(
     }
 }
 
+/// The feed newest first, before event `before` (`None`: from the newest).
+pub(super) fn events_before(
+    conn: &Connection,
+    who: &Visibility,
+    before: Option<i64>,
+    limit: u32,
+) -> Result<Vec<Event>, StoreError> {
+    let before = before.unwrap_or(i64::MAX);
+    match who {
+        Visibility::All => {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, job_id, at, type, attempt, data, batch_id, tenant FROM events
+                 WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            collect(stmt.query_map(params![before, limit], |r| Ok(event_row(r)))?)
+        }
+        Visibility::Tenant(tenant) => {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, job_id, at, type, attempt, data, batch_id, tenant FROM events
+                 WHERE tenant = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+            )?;
+            collect(stmt.query_map(params![tenant, before, limit], |r| Ok(event_row(r)))?)
+        }
+    }
+}
+
 /// An event from `SELECT id, job_id, at, type, attempt, data, batch_id, tenant`.
 pub(super) fn event_row(r: &Row) -> Result<Event, StoreError> {
     let job_id: Option<String> = r.get(1)?;

@@ -642,3 +642,34 @@ async fn batches_are_listed_newest_first_in_pages() {
     let (_, page) = server.get("/v1/batches?order=oldest").await;
     assert_eq!(ids_of(&page, "batches"), ids);
 }
+
+#[tokio::test]
+async fn the_feed_pages_back_from_its_newest_event() {
+    let server = Server::start().await;
+    let id = server.submit(sh("true")).await;
+    server.finished(&id).await;
+    let (_, oldest) = server.get("/v1/events?limit=1000").await;
+    let all: Vec<i64> = oldest["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect();
+    assert!(all.len() >= 3, "{oldest}");
+    let (status, newest) = server.get("/v1/events?order=newest&limit=2").await;
+    assert_eq!(status, StatusCode::OK, "{newest}");
+    let ids: Vec<i64> = newest["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [all[all.len() - 1], all[all.len() - 2]]);
+    let before = newest["next_before"].as_i64().expect("a cursor");
+    let (_, next) = server
+        .get(&format!("/v1/events?before={before}&limit=1"))
+        .await;
+    assert_eq!(next["events"][0]["id"], all[all.len() - 3]);
+    let (status, body) = server.get("/v1/events?after=1&before=9").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}

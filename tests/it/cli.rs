@@ -282,3 +282,261 @@ async fn ctrl_c_on_batch_wait_names_the_batch_and_how_to_watch_or_cancel_it() {
     let (_, batch) = server.get(&format!("/v1/batches/{id}")).await;
     assert_eq!(batch["done"], false, "the batch goes on: {batch}");
 }
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+/// Submits a suite of `cases` cases all running `code`, and returns the batch's id and its
+/// cases' job ids.
+async fn submit_suite(server: &Server, code: &str, cases: usize) -> (String, Vec<String>) {
+    let cases: Vec<_> = (0..cases)
+        .map(|i| serde_json::json!({"name": format!("case {i}")}))
+        .collect();
+    let (status, batch) = server
+        .post(
+            "/v1/batches",
+            &serde_json::json!({"runtime": "sh", "code": code, "cases": cases}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{batch}");
+    let jobs = batch["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|case| case["job_id"].as_str().unwrap().to_owned())
+        .collect();
+    (batch["id"].as_str().unwrap().to_owned(), jobs)
+}
+
+#[tokio::test]
+async fn status_events_and_cancel_take_a_batch_id() {
+    let server = Server::start().await;
+    let (id, _) = submit_suite(&server, "sleep 30", 3).await;
+
+    let status = server.kiln(&["status", &id]);
+    assert_eq!(status.status.code(), Some(1), "not done: {status:?}");
+    assert!(
+        text(&status.stdout).starts_with(&format!("batch {id}: 0 of 3 passed")),
+        "{status:?}"
+    );
+    let events = server.kiln(&["events", &id]);
+    assert!(events.status.success(), "{events:?}");
+    assert!(text(&events.stdout).contains("job.queued"), "{events:?}");
+
+    let cancelled = server.kiln(&["cancel", &id]);
+    assert!(cancelled.status.success(), "{cancelled:?}");
+    assert!(
+        text(&cancelled.stdout).contains("3 cases cancelled"),
+        "{cancelled:?}"
+    );
+    let waited = server.kiln(&["--json", "status", &id, "--wait", "20"]);
+    assert_eq!(
+        waited.status.code(),
+        Some(1),
+        "cancelled cases fail: {waited:?}"
+    );
+    let batch: serde_json::Value = serde_json::from_slice(&waited.stdout).expect("JSON");
+    assert_eq!(batch["done"], true, "{batch}");
+    assert_eq!(batch["by_status"]["cancelled"], 3, "{batch}");
+
+    let again = server.kiln(&["cancel", &id]);
+    assert_eq!(again.status.code(), Some(2), "{again:?}");
+    let unknown = server.kiln(&["status", "01900000-0000-7000-8000-000000000000"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(
+        text(&unknown.stderr).contains("no job or batch"),
+        "{unknown:?}"
+    );
+}
+
+#[tokio::test]
+async fn list_shows_jobs_and_batches_newest_first_with_filters_and_the_next_page() {
+    let server = Server::start().await;
+    let older = server.submit(crate::util::sh("true")).await;
+    let newer = server
+        .submit(serde_json::json!({"runtime": "bash", "code": "true"}))
+        .await;
+    let (batch, cases) = submit_suite(&server, "true", 2).await;
+
+    let all = server.kiln(&["list"]);
+    assert!(all.status.success(), "{all:?}");
+    let ids: Vec<String> = text(&all.stdout)
+        .lines()
+        .map(|line| line.split_whitespace().next().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(ids.len(), 4, "{all:?}");
+    assert_eq!(ids[2..], [newer.clone(), older.clone()], "newest first");
+    assert!(
+        cases.contains(&ids[0]) && cases.contains(&ids[1]),
+        "{ids:?}"
+    );
+
+    let page = server.kiln(&["list", "--runtime", "sh", "--limit", "1"]);
+    assert_eq!(text(&page.stdout).lines().count(), 1, "{page:?}");
+    assert!(text(&page.stderr).contains("--before"), "{page:?}");
+    let cases_only = server.kiln(&["list", "--batch", &batch]);
+    assert_eq!(
+        text(&cases_only.stdout)
+            .matches(&format!("batch {batch}"))
+            .count(),
+        2
+    );
+
+    let batches = server.kiln(&["list", "batches"]);
+    assert!(text(&batches.stdout).starts_with(&batch), "{batches:?}");
+    let refused = server.kiln(&["list", "batches", "--status", "failed"]);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+
+    let json = server.kiln(&["list", "--json", "--status", "queued"]);
+    let page: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert!(page["jobs"].is_array(), "{page}");
+}
+
+#[tokio::test]
+async fn batch_cases_and_report_read_a_batch_back() {
+    let server = Server::start().await;
+    let (status, batch) = server
+        .post(
+            "/v1/batches",
+            &serde_json::json!({"runtime": "sh", "code": "read x; echo $x",
+                "cases": [{"name": "same", "stdin": "a\n", "expected_output": "a\n"},
+                          {"name": "other", "stdin": "b\n", "expected_output": "c\n"}]}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{batch}");
+    let id = batch["id"].as_str().unwrap().to_owned();
+    let (_, done) = server.get(&format!("/v1/batches/{id}?wait=30")).await;
+    assert_eq!(done["done"], true, "{done}");
+
+    let cases = server.kiln(&["batch", "cases", &id]);
+    assert!(cases.status.success(), "{cases:?}");
+    let lines: Vec<String> = text(&cases.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 3, "a header and a line per case: {lines:?}");
+    assert!(
+        lines[1].contains("passed") && lines[1].contains("same"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[2].contains("wrong_answer") && lines[2].contains("other"),
+        "{lines:?}"
+    );
+    let failed = server.kiln(&["batch", "cases", &id, "--failed", "--json"]);
+    let page: serde_json::Value = serde_json::from_slice(&failed.stdout).expect("JSON");
+    assert_eq!(page["cases"].as_array().map(Vec::len), Some(1), "{page}");
+
+    let report = server.kiln(&["batch", "report", &id]);
+    assert!(text(&report.stdout).starts_with("<?xml"), "{report:?}");
+    let written = server.kiln(&["batch", "report", &id, "--output", "r.xml"]);
+    assert!(written.status.success(), "{written:?}");
+    assert!(text(&written.stderr).contains("wrote the JUnit report to r.xml"));
+    let file = std::fs::read_to_string(server.dir.path().join("r.xml")).unwrap();
+    assert_eq!(file, text(&report.stdout));
+}
+
+#[tokio::test]
+async fn events_follow_prints_the_feed_as_it_happens() {
+    use tokio::io::AsyncBufReadExt;
+
+    let server = Server::start().await;
+    let mut follow = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["events", "--follow", "--json"])
+        .env("KILN_URL", &server.url)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run kiln events --follow");
+    let mut lines = tokio::io::BufReader::new(follow.stdout.take().expect("stdout")).lines();
+    // Started before the job: everything about it comes live.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let id = server.submit(crate::util::sh("true")).await;
+    let mut seen = Vec::new();
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line()).await
+    {
+        let event: serde_json::Value = serde_json::from_str(&line).expect("a line of JSON");
+        if event["job_id"] == id.as_str() {
+            seen.push(event["type"].as_str().unwrap_or("?").to_owned());
+            if event["type"] == "job.succeeded" {
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        seen.first().map(String::as_str),
+        Some("job.queued"),
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("job.succeeded"),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn submit_watch_follows_the_job_it_submitted() {
+    let server = Server::start().await;
+    std::fs::write(
+        server.dir.path().join("two.sh"),
+        "echo one; sleep 0.3; echo two; exit 3",
+    )
+    .unwrap();
+    let out = server.kiln(&["submit", "two.sh", "--watch"]);
+    assert_eq!(out.status.code(), Some(1), "a failed job: {out:?}");
+    assert_eq!(text(&out.stdout), "one\ntwo\n");
+    assert!(
+        text(&out.stderr).contains("failed (nonzero_exit)"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn batch_wait_without_a_terminal_prints_progress_lines() {
+    let server = Server::start().await;
+    std::fs::write(
+        server.dir.path().join("suite.json"),
+        r#"{"runtime": "sh", "code": "sleep 0.2", "cases": [{}, {}, {}]}"#,
+    )
+    .unwrap();
+    let out = server.kiln(&["batch", "suite.json", "--wait"]);
+    assert!(out.status.success(), "{out:?}");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("1/3 cases done"),
+        "the first case's end: {stderr}"
+    );
+    assert!(
+        stderr.contains("3/3 cases done, 3 passed, 0 failed"),
+        "the end: {stderr}"
+    );
+    assert!(
+        !stderr.contains('\x1b'),
+        "no terminal codes in a log: {stderr:?}"
+    );
+}
+
+#[tokio::test]
+async fn submit_wait_on_a_terminal_shows_the_jobs_state_on_a_spinner() {
+    let server = Server::start().await;
+    std::fs::write(
+        server.dir.path().join("slow.sh"),
+        "echo '30 warming up' >&3; sleep 3; echo done",
+    )
+    .unwrap();
+    let kiln = env!("CARGO_BIN_EXE_kiln");
+    let out = std::process::Command::new("script")
+        .args([
+            "-qfec",
+            &format!("{kiln} submit slow.sh --wait"),
+            "/dev/null",
+        ])
+        .env("KILN_URL", &server.url)
+        .current_dir(server.dir.path())
+        .output()
+        .expect("run script");
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("running  30% warming up"), "{shown}");
+    assert!(shown.contains("done"), "{shown}");
+}
