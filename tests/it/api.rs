@@ -673,3 +673,30 @@ async fn the_feed_pages_back_from_its_newest_event() {
     let (status, body) = server.get("/v1/events?after=1&before=9").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }
+
+#[tokio::test]
+async fn eval_async_takes_language_not_runtime_as_docs_api_md_says() {
+    let server = Server::start().await;
+    for refused in [
+        json!({"code": "true", "runtime": "sh"}),
+        json!({"code": "true", "language": "sh", "limits": {"wall_ms": 100}}),
+        json!({"code": "true", "language": "sh", "args": ["x"]}),
+    ] {
+        let (status, body) = server.post("/eval-async", &refused).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{refused}: {body}"
+        );
+    }
+    let (status, body) = server
+        .post(
+            "/eval-async",
+            &json!({"code": "cat", "language": "sh", "stdin": "in"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["eval_id"].as_str().unwrap();
+    let (_, result) = server.get(&format!("/eval-status/{id}?wait=30")).await;
+    assert_eq!(result["output"], "in", "{result}");
+}

@@ -110,6 +110,14 @@ fn each_commands_help_lists_only_its_own_flags() {
     let token = flags_in_help(&["token", "list", "--help"]);
     assert!(token.iter().any(|f| f == "--json"), "{token:?}");
     assert!(!token.iter().any(|f| f == "--url"), "{token:?}");
+    let list = flags_in_help(&["list", "--help"]);
+    assert!(list.iter().any(|f| f == "--before"), "{list:?}");
+    assert!(!list.iter().any(|f| f == "--junit"), "{list:?}");
+    let cases = flags_in_help(&["batch", "cases", "--help"]);
+    assert!(cases.iter().any(|f| f == "--failed"), "{cases:?}");
+    for flag in ["--junit", "--wait", "--idempotency-key"] {
+        assert!(!cases.iter().any(|f| f == flag), "{flag} in {cases:?}");
+    }
 }
 
 #[tokio::test]
@@ -539,4 +547,195 @@ async fn submit_wait_on_a_terminal_shows_the_jobs_state_on_a_spinner() {
     assert!(out.status.success(), "{shown}");
     assert!(shown.contains("running  30% warming up"), "{shown}");
     assert!(shown.contains("done"), "{shown}");
+}
+
+/// `kiln ARGS` in the server's directory with `input` on its standard input.
+fn kiln_with_stdin(server: &Server, args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env("KILN_URL", &server.url)
+        .current_dir(server.dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kiln");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("kiln exits")
+}
+
+#[tokio::test]
+async fn a_dash_reads_the_program_or_its_input_from_stdin() {
+    let server = Server::start().await;
+    std::fs::write(server.dir.path().join("rev.sh"), "rev").unwrap();
+    let fed = kiln_with_stdin(
+        &server,
+        &["submit", "rev.sh", "--stdin", "-", "--wait"],
+        "abc\n",
+    );
+    assert!(fed.status.success(), "{fed:?}");
+    assert!(text(&fed.stdout).ends_with("cba\n"), "{fed:?}");
+
+    let code = kiln_with_stdin(
+        &server,
+        &["submit", "-", "--runtime", "sh", "--wait"],
+        "echo piped",
+    );
+    assert!(code.status.success(), "{code:?}");
+    assert!(text(&code.stdout).ends_with("piped\n"), "{code:?}");
+
+    let ignored = kiln_with_stdin(&server, &["submit", "rev.sh"], "not sent");
+    assert!(ignored.status.success(), "{ignored:?}");
+    assert!(
+        text(&ignored.stderr).contains("pass --stdin -"),
+        "{ignored:?}"
+    );
+}
+
+#[tokio::test]
+async fn submit_sends_files_priority_attempts_and_a_callback() {
+    let server = Server::start().await;
+    std::fs::write(server.dir.path().join("cat.sh"), "cat data.txt other").unwrap();
+    std::fs::write(server.dir.path().join("data.txt"), "one ").unwrap();
+    std::fs::write(server.dir.path().join("x.txt"), "two").unwrap();
+    let out = server.kiln(&[
+        "--json",
+        "submit",
+        "cat.sh",
+        "--file",
+        "data.txt",
+        "--file",
+        "other=x.txt",
+        "--priority",
+        "-5",
+        "--max-attempts",
+        "2",
+        "--callback-url",
+        "http://127.0.0.1:9/hook",
+        "--wait",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(job["stdout"], "one two", "{job}");
+    assert_eq!(job["priority"], -5);
+    assert_eq!(job["max_attempts"], 2);
+    let events = server.events(job["id"].as_str().unwrap()).await;
+    assert!(
+        events.iter().any(|e| e["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("webhook."))),
+        "the callback was tried: {events:?}"
+    );
+    let twice = server.kiln(&[
+        "submit", "cat.sh", "--file", "data.txt", "--file", "data.txt",
+    ]);
+    assert_eq!(twice.status.code(), Some(2), "{twice:?}");
+}
+
+#[tokio::test]
+async fn wait_takes_seconds_or_nothing_on_every_command() {
+    let server = Server::start().await;
+    std::fs::write(server.dir.path().join("slow.sh"), "sleep 4; echo late").unwrap();
+    let started = std::time::Instant::now();
+    let gave_up = server.kiln(&["submit", "slow.sh", "--wait", "1"]);
+    assert_eq!(gave_up.status.code(), Some(1), "not ended yet: {gave_up:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+    assert!(text(&gave_up.stdout).contains("running"), "{gave_up:?}");
+    let id = text(&gave_up.stderr)
+        .split_whitespace()
+        .nth(2)
+        .expect("the id first")
+        .to_owned();
+    let waited = server.kiln(&["status", &id, "--wait"]);
+    assert!(waited.status.success(), "to the end: {waited:?}");
+    assert!(text(&waited.stdout).contains("late"), "{waited:?}");
+}
+
+#[tokio::test]
+async fn a_bad_url_a_server_that_is_down_and_one_that_is_not_kiln_get_a_hint() {
+    let bare = kiln(&["status", "x", "--url", "127.0.0.1:9"]);
+    assert_eq!(bare.status.code(), Some(2));
+    assert!(
+        text(&bare.stderr).contains("did you mean http://127.0.0.1:9"),
+        "{bare:?}"
+    );
+
+    let down = kiln(&["status", "x", "--url", "http://127.0.0.1:9"]);
+    assert_eq!(down.status.code(), Some(2));
+    assert!(
+        text(&down.stderr).contains("is `kiln serve` running"),
+        "{down:?}"
+    );
+
+    // Something else on the port: an HTML page for every request.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming().flatten().take(1) {
+            let mut stream = stream;
+            let mut buf = [0; 4096];
+            let _ = stream.read(&mut buf);
+            let page = "<html><body>Not Found</body></html>";
+            let _ = write!(
+                stream,
+                "HTTP/1.1 404 Not Found\r\ncontent-type: text/html\r\ncontent-length: {}\r\n\
+                 connection: close\r\n\r\n{page}",
+                page.len()
+            );
+        }
+    });
+    let other = kiln(&["status", "x", "--url", &format!("http://127.0.0.1:{port}")]);
+    assert_eq!(other.status.code(), Some(2));
+    let stderr = text(&other.stderr);
+    assert!(
+        stderr.contains("does not look like a kiln server"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("<html>"), "no page dumped: {stderr}");
+}
+
+/// `kiln ARGS` on a real pty (`script`), with `env` set; what the terminal showed.
+fn on_a_terminal(server: &Server, args: &str, env: &[(&str, &str)]) -> String {
+    let kiln = env!("CARGO_BIN_EXE_kiln");
+    let mut command = std::process::Command::new("script");
+    command
+        .args(["-qfec", &format!("{kiln} {args}"), "/dev/null"])
+        .env("KILN_URL", &server.url)
+        .env_remove("NO_COLOR")
+        .current_dir(server.dir.path());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    text(&command.output().expect("run script").stdout)
+}
+
+#[tokio::test]
+async fn verdicts_are_coloured_on_a_terminal_only_and_never_with_no_color() {
+    let server = Server::start().await;
+    let id = server.submit(crate::util::sh("true")).await;
+    server.finished(&id).await;
+    let (batch, _) = submit_suite(&server, "exit 1", 1).await;
+    server.get(&format!("/v1/batches/{batch}?wait=30")).await;
+
+    let shown = on_a_terminal(&server, &format!("status {id}"), &[]);
+    assert!(
+        shown.contains("\x1b[32msucceeded"),
+        "green on a terminal: {shown:?}"
+    );
+    let cases = on_a_terminal(&server, &format!("batch cases {batch}"), &[]);
+    assert!(cases.contains("\x1b[31mruntime_error"), "red: {cases:?}");
+    let plain = on_a_terminal(&server, &format!("status {id}"), &[("NO_COLOR", "1")]);
+    assert!(
+        plain.contains("succeeded") && !plain.contains('\x1b'),
+        "{plain:?}"
+    );
+    let piped = server.kiln(&["status", &id]);
+    assert!(!text(&piped.stdout).contains('\x1b'), "{piped:?}");
 }
