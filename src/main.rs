@@ -1,5 +1,6 @@
 //! The `kiln` command: `kiln serve` runs the service, the operator's commands ([`kiln::ops`]) work
-//! on its database file and host, and the rest are a client of a running server
+//! on its database file and host, `kiln completions` prints a shell's completion script (made
+//! from these very definitions), and the rest are a client of a running server
 //! ([`kiln::client`]). Their flags are the library's; this file puts them together, runs the
 //! command asked for, and is the one place where the outcome becomes an exit code:
 //!
@@ -16,7 +17,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::{Arg, ArgAction, Parser, Subcommand};
+use clap::{Arg, ArgAction, CommandFactory, Parser, Subcommand};
 use kiln::cli::{Conclusion, LogFormat, ServeArgs, note, print};
 use kiln::client::{self, ClientCommand};
 use kiln::ops::{self, OpsCommand};
@@ -42,6 +43,11 @@ enum Command {
     Ops(OpsCommand),
     #[command(flatten)]
     Client(Box<ClientCommand>),
+    /// Print a shell's completion script for kiln, e.g. `source <(kiln completions bash)`
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
 }
 
 /// `kiln --json status ID`: the client flags before the subcommand's name still work, as when they
@@ -74,6 +80,17 @@ fn main() -> ExitCode {
         Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Ops(command) => exit_code(runtime.block_on(ops::run(command))),
         Command::Client(command) => exit_code(runtime.block_on(client::run(*command))),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut script);
+            match print(|out| out.write_all(&script)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    note(&format!("cannot write the completion script: {e}"));
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
 }
 

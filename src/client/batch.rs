@@ -314,7 +314,10 @@ pub(super) async fn watch(api: &Api, id: &str, json: bool) -> Result<Conclusion,
             .timeout(REQUEST_SLACK),
     )
     .await?;
-    if !json {
+    if json {
+        let line = serde_json::json!({"id": null, "event": "batch", "data": batch});
+        print_stdout(|out| writeln!(out, "{line}"))?;
+    } else {
         show_summary(api, id, &batch).await?;
     }
     Ok(conclusion(&batch))

@@ -739,3 +739,105 @@ async fn verdicts_are_coloured_on_a_terminal_only_and_never_with_no_color() {
     let piped = server.kiln(&["status", &id]);
     assert!(!text(&piped.stdout).contains('\x1b'), "{piped:?}");
 }
+
+/// What bash completes `words` (after `kiln`) to, with kiln's completion script loaded.
+fn bash_completes(words: &[&str]) -> Vec<String> {
+    let kiln = env!("CARGO_BIN_EXE_kiln");
+    let all = std::iter::once("kiln")
+        .chain(words.iter().copied())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let current = words.last().copied().unwrap_or("");
+    let previous = if words.len() > 1 {
+        words[words.len() - 2]
+    } else {
+        "kiln"
+    };
+    let script = format!(
+        "source <({kiln} completions bash) && COMP_WORDS=({all}) && COMP_CWORD={} && \
+         _kiln kiln '{current}' '{previous}' && printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        words.len()
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .output()
+        .expect("run bash");
+    assert!(out.status.success(), "{out:?}");
+    text(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn bash_completes_commands_subcommands_and_flags() {
+    assert_eq!(bash_completes(&["li"]), ["list"]);
+    assert_eq!(bash_completes(&["batch", "ca"]), ["cancel", "cases"]);
+    assert_eq!(bash_completes(&["list", "--st"]), ["--status"]);
+}
+
+#[test]
+fn completions_for_zsh_and_fish_name_every_command() {
+    for (shell, marker) in [("zsh", "#compdef kiln"), ("fish", "complete -c kiln")] {
+        let out = kiln(&["completions", shell]);
+        assert!(out.status.success(), "{shell}: {out:?}");
+        let script = text(&out.stdout);
+        assert!(script.contains(marker), "{shell}: {script}");
+        for command in ["submit", "watch", "list", "batch", "completions"] {
+            assert!(script.contains(command), "{command} in the {shell} script");
+        }
+    }
+    assert_eq!(kiln(&["completions", "tcsh"]).status.code(), Some(2));
+}
+
+/// Every line of `out` parses as JSON.
+fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
+    text(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn json_is_one_document_per_command_and_one_a_line_for_streams() {
+    let server = Server::start().await;
+    std::fs::write(server.dir.path().join("hi.sh"), "echo hi").unwrap();
+    std::fs::write(
+        server.dir.path().join("suite.json"),
+        r#"{"runtime": "sh", "code": "true", "cases": [{}]}"#,
+    )
+    .unwrap();
+    let submitted = server.kiln(&["--json", "submit", "hi.sh"]);
+    let job: serde_json::Value = serde_json::from_slice(&submitted.stdout).expect("JSON");
+    let id = job["id"].as_str().expect("id").to_owned();
+    let batch = server.kiln(&["--json", "batch", "suite.json", "--wait"]);
+    let batch: serde_json::Value = serde_json::from_slice(&batch.stdout).expect("JSON");
+    let batch_id = batch["id"].as_str().expect("id").to_owned();
+    server.finished(&id).await;
+
+    for args in [
+        vec!["status", &id],
+        vec!["status", &batch_id],
+        vec!["events", &id],
+        vec!["events"],
+        vec!["list"],
+        vec!["list", "batches"],
+        vec!["batch", "cases", &batch_id],
+        vec!["batch", "report", &batch_id],
+    ] {
+        let out = server.kiln(&[&["--json"], &args[..]].concat());
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let parsed: Result<serde_json::Value, _> = serde_json::from_slice(&out.stdout);
+        assert!(parsed.is_ok(), "{args:?}: one JSON document: {out:?}");
+    }
+    let watched = server.kiln(&["--json", "watch", &id]);
+    let lines = json_lines(&watched);
+    assert_eq!(lines.last().map(|l| l["event"].clone()), Some("job".into()));
+    assert_eq!(
+        lines.last().map(|l| l["data"]["stdout"].clone()),
+        Some("hi\n".into())
+    );
+    let watched = server.kiln(&["--json", "watch", &batch_id]);
+    let lines = json_lines(&watched);
+    assert_eq!(
+        lines.last().map(|l| l["event"].clone()),
+        Some("batch".into())
+    );
+}
