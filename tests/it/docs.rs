@@ -276,3 +276,45 @@ fn the_readme_stays_a_front_page() {
         "README.md has {lines} lines: move reference material into docs/"
     );
 }
+
+/// The names a `kiln ... --help` lists under "Commands:", but `help`.
+fn subcommands(args: &[&str]) -> Vec<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .arg("--help")
+        .output()
+        .expect("run kiln --help");
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    help.lines()
+        .skip_while(|line| !line.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|line| line.starts_with("  "))
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn docs_cli_md_shows_every_command_with_an_example() {
+    let page = std::fs::read_to_string("docs/cli.md").expect("docs/cli.md");
+    let examples: Vec<&str> = page
+        .lines()
+        .filter(|line| line.trim_start().starts_with("kiln ") || line.contains("$(kiln "))
+        .collect();
+    let mut commands: Vec<String> = Vec::new();
+    for top in subcommands(&[]) {
+        let nested = subcommands(&[&top]);
+        if nested.is_empty() || top == "batch" {
+            commands.push(top.clone());
+        }
+        commands.extend(nested.into_iter().map(|sub| format!("{top} {sub}")));
+    }
+    assert!(commands.len() >= 15, "{commands:?}");
+    for command in &commands {
+        let shown = examples.iter().any(|line| {
+            line.contains(&format!("kiln {command} ")) || line.ends_with(&format!("kiln {command}"))
+        });
+        assert!(shown, "no example of `kiln {command}` in docs/cli.md");
+    }
+}
