@@ -246,9 +246,17 @@ fn hint(detail: &str) -> &'static str {
 }
 
 fn api_message(status: StatusCode, code: Option<&str>, message: &str) -> String {
-    match code {
+    let said = match code {
         Some(code) => format!("server answered {status}: {message} ({code})"),
         None => format!("server answered {status}: {message}"),
+    };
+    // The server speaks HTTP ("send Authorization: Bearer"); the person at the command line
+    // needs the flag.
+    match status {
+        StatusCode::UNAUTHORIZED => format!(
+            "{said}; pass --token or set KILN_TOKEN (an operator makes one with `kiln token create`)"
+        ),
+        _ => said,
     }
 }
 

@@ -584,3 +584,25 @@ async fn batch_and_job_listings_hold_the_callers_rows_and_only_an_admin_picks_a_
     let (_, page) = admin.get("/v1/batches?tenant=globex").await;
     assert_eq!(listed(&page, "batches"), [theirs["id"].clone()]);
 }
+
+#[tokio::test]
+async fn the_client_without_a_token_is_told_how_to_pass_one() {
+    let (server, acme, _, _) = server_with_tokens().await;
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["list", "--url", &server.url])
+        .env_remove("KILN_TOKEN")
+        .output()
+        .expect("run kiln");
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("pass --token or set KILN_TOKEN"),
+        "{stderr}"
+    );
+    let listed = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["list", "--url", &server.url])
+        .env("KILN_TOKEN", &acme)
+        .output()
+        .expect("run kiln");
+    assert!(listed.status.success(), "{listed:?}");
+}
