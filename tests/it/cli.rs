@@ -625,13 +625,21 @@ async fn submit_sends_files_priority_attempts_and_a_callback() {
     assert_eq!(job["stdout"], "one two", "{job}");
     assert_eq!(job["priority"], -5);
     assert_eq!(job["max_attempts"], 2);
-    let events = server.events(job["id"].as_str().unwrap()).await;
-    assert!(
-        events.iter().any(|e| e["type"]
-            .as_str()
-            .is_some_and(|t| t.starts_with("webhook."))),
-        "the callback was tried: {events:?}"
-    );
+    // The webhook is tried after the job's end, in the background.
+    let mut tried = false;
+    for _ in 0..100 {
+        let events = server.events(job["id"].as_str().unwrap()).await;
+        tried = events.iter().any(|e| {
+            e["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("webhook."))
+        });
+        if tried {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(tried, "the callback was tried");
     let twice = server.kiln(&[
         "submit", "cat.sh", "--file", "data.txt", "--file", "data.txt",
     ]);
@@ -840,4 +848,32 @@ async fn json_is_one_document_per_command_and_one_a_line_for_streams() {
         lines.last().map(|l| l["event"].clone()),
         Some("batch".into())
     );
+}
+
+#[tokio::test]
+async fn watch_prints_the_stored_output_in_full_when_the_live_view_missed_part_of_it() {
+    let server = Server::start().await;
+    // More than the server keeps of a run's output for late watchers (1 MiB).
+    let id = server
+        .submit(serde_json::json!({"runtime": "sh",
+            "code": "head -c 1500000 /dev/zero | tr '\\0' x; echo; sleep 1.5; echo end",
+            "limits": {"output_bytes": 4_000_000}}))
+        .await;
+    server.running(&id).await;
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let watched = spawn_watch(&server, &id)
+        .wait_with_output()
+        .await
+        .expect("kiln watch");
+    let stdout = text(&watched.stdout);
+    let stderr = text(&watched.stderr);
+    assert_eq!(watched.status.code(), Some(0), "{stderr}");
+    let job = server.finished(&id).await;
+    let stored = job["stdout"].as_str().expect("stdout");
+    assert_eq!(stored.len(), 1_500_000 + 5);
+    assert!(
+        stderr.contains("the stored stdout in full"),
+        "the gap is said: {stderr}"
+    );
+    assert!(stdout.ends_with(stored), "then all of it");
 }
