@@ -877,3 +877,18 @@ async fn watch_prints_the_stored_output_in_full_when_the_live_view_missed_part_o
     );
     assert!(stdout.ends_with(stored), "then all of it");
 }
+
+#[tokio::test]
+async fn ctrl_c_on_submit_watch_leaves_the_job_running_and_says_how_to_find_it() {
+    let server = Server::start().await;
+    std::fs::write(server.dir.path().join("slow.sh"), "sleep 30").unwrap();
+    let (id, code, stderr) =
+        interrupt_after_submitting(&server, &["submit", "slow.sh", "--watch"]).await;
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(stderr.contains(&format!("`kiln cancel {id}`")), "{stderr}");
+    let (_, job) = server.get(&format!("/v1/jobs/{id}")).await;
+    assert!(
+        job["status"] == "running" || job["status"] == "queued",
+        "the job goes on: {job}"
+    );
+}
