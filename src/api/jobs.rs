@@ -405,9 +405,16 @@ pub async fn list(
             })
         })
         .transpose()?;
+    // Jobs are stored under their runtime's name, whichever alias they were submitted with.
+    let runtime = query.runtime.map(|name| {
+        state
+            .runtimes
+            .get(&name)
+            .map_or(name, |runtime| runtime.name.clone())
+    });
     let filter = JobFilter {
         status,
-        runtime: query.runtime,
+        runtime,
         batch,
     };
     let paging = PageQuery {

@@ -601,6 +601,15 @@ async fn jobs_list_newest_first_by_runtime_and_batch_paging_before_the_last_id()
     let (_, page) = server.get("/v1/jobs?order=newest").await;
     let all = ids_of(&page, "jobs");
     assert_eq!(all.len(), 5);
+    let python = server
+        .submit(json!({"runtime": "python3", "code": "pass"}))
+        .await;
+    let (_, page) = server.get("/v1/jobs?runtime=python3").await;
+    assert_eq!(
+        ids_of(&page, "jobs"),
+        [python],
+        "an alias finds its runtime's jobs"
+    );
     assert!(all.windows(2).all(|w| w[0] > w[1]), "newest first: {all:?}");
 
     for bad in [
