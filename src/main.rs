@@ -9,6 +9,8 @@
 //!   did not pass, a failing check of `kiln doctor`), or `kiln serve` stopped on an error;
 //! - 2: it could not do its work: flags clap refused, a server unreachable or answering with an
 //!   error, a database that could not be opened or written, no async runtime;
+//! - 3: a client command reports on a job or batch that has not ended yet (`kiln status`, or a
+//!   `--wait SECS` that ran out);
 //! - 130: Ctrl-C stopped a client command waiting on a job or batch, which goes on.
 //!
 //! A reader that goes away early (`kiln token list | head -1`) is not an error: all output goes
@@ -99,6 +101,7 @@ fn exit_code(done: Result<Conclusion, impl std::fmt::Display>) -> ExitCode {
     match done {
         Ok(Conclusion::Success) => ExitCode::SUCCESS,
         Ok(Conclusion::Failure) => ExitCode::FAILURE,
+        Ok(Conclusion::Pending) => ExitCode::from(3),
         Ok(Conclusion::Interrupted) => ExitCode::from(130),
         Err(e) => {
             note(&e.to_string());

@@ -36,6 +36,9 @@ pub struct Format {
 pub enum Conclusion {
     Success,
     Failure,
+    /// What it reports on has not ended yet (a job still queued or running, a batch with cases
+    /// left), so it neither went well nor failed.
+    Pending,
     /// Ctrl-C stopped it while it waited on work that goes on (exit 130, as a shell reports
     /// SIGINT).
     Interrupted,

@@ -323,8 +323,11 @@ pub(super) async fn watch(api: &Api, id: &str, json: bool) -> Result<Conclusion,
     Ok(conclusion(&batch))
 }
 
-/// A success only if the batch is done and every case passed.
+/// A success only if the batch is done and every case passed; pending while cases are left.
 fn conclusion(batch: &Value) -> Conclusion {
+    if batch.get("done").and_then(Value::as_bool) == Some(false) {
+        return Conclusion::Pending;
+    }
     let all_passed = batch.get("failed").and_then(Value::as_u64) == Some(0)
         && batch.get("done").and_then(Value::as_bool) == Some(true);
     if all_passed {

@@ -524,8 +524,11 @@ async fn events(
 }
 
 /// Success for a job that succeeded; for a suite's case, for a case that passed (a wrong answer
-/// exits 0 but fails its case).
+/// exits 0 but fails its case); pending for one that has not ended.
 fn conclusion(job: &Value) -> Conclusion {
+    if !api::is_terminal(job) {
+        return Conclusion::Pending;
+    }
     let passed = match job.get("verdict").and_then(Value::as_str) {
         Some(verdict) => verdict == "passed",
         None => {
@@ -566,10 +569,10 @@ mod tests {
         ] {
             let job = json!({ "status": status });
             assert_eq!(is_terminal(&job), terminal, "{status}");
-            let expected = if success {
-                Conclusion::Success
-            } else {
-                Conclusion::Failure
+            let expected = match (terminal, success) {
+                (false, _) => Conclusion::Pending,
+                (true, true) => Conclusion::Success,
+                (true, false) => Conclusion::Failure,
             };
             assert_eq!(conclusion(&job), expected, "{status}");
         }
@@ -589,9 +592,9 @@ mod tests {
             conclusion(&case("failed", Some("runtime_error"))),
             Conclusion::Failure
         );
-        // Not judged yet: not passed.
+        // Not judged yet: neither passed nor failed.
         let running = json!({"status": "running", "case_name": "t1"});
-        assert_eq!(conclusion(&running), Conclusion::Failure);
+        assert_eq!(conclusion(&running), Conclusion::Pending);
     }
     #[test]
     fn flags_parse() {

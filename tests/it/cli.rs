@@ -323,7 +323,7 @@ async fn status_events_and_cancel_take_a_batch_id() {
     let (id, _) = submit_suite(&server, "sleep 30", 3).await;
 
     let status = server.kiln(&["status", &id]);
-    assert_eq!(status.status.code(), Some(1), "not done: {status:?}");
+    assert_eq!(status.status.code(), Some(3), "not done: {status:?}");
     assert!(
         text(&status.stdout).starts_with(&format!("batch {id}: 0 of 3 passed")),
         "{status:?}"
@@ -652,7 +652,7 @@ async fn wait_takes_seconds_or_nothing_on_every_command() {
     std::fs::write(server.dir.path().join("slow.sh"), "sleep 4; echo late").unwrap();
     let started = std::time::Instant::now();
     let gave_up = server.kiln(&["submit", "slow.sh", "--wait", "1"]);
-    assert_eq!(gave_up.status.code(), Some(1), "not ended yet: {gave_up:?}");
+    assert_eq!(gave_up.status.code(), Some(3), "not ended yet: {gave_up:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(4));
     assert!(text(&gave_up.stdout).contains("running"), "{gave_up:?}");
     let id = text(&gave_up.stderr)
