@@ -16,7 +16,6 @@
 //! file ending in `.ndjson` or `.jsonl` is a suite of lines, sent as a stream as it is read.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -570,7 +569,8 @@ impl Progress {
         self.bar.set_position(done);
         self.bar
             .set_message(format!("{passed} passed, {failed} failed"));
-        if !self.bar.is_hidden() || !changed || std::io::stderr().is_terminal() {
+        // The bar is hidden where stderr is no terminal: lines take its place there.
+        if !self.bar.is_hidden() || !changed {
             return;
         }
         let due = self

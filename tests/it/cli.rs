@@ -522,6 +522,14 @@ async fn batch_wait_without_a_terminal_prints_progress_lines() {
         !stderr.contains('\x1b'),
         "no terminal codes in a log: {stderr:?}"
     );
+
+    // On a terminal the bar takes the lines' place.
+    let shown = on_a_terminal(&server, "batch suite.json --wait", &[]);
+    assert!(shown.contains("3 of 3 passed"), "{shown:?}");
+    assert!(
+        !shown.contains("cases done"),
+        "no lines under a bar: {shown:?}"
+    );
 }
 
 #[tokio::test]
