@@ -18,7 +18,7 @@ use crate::http;
 use crate::live::Live;
 use crate::runner::{Isolation, Runner};
 use crate::runtime::{RuntimeError, Runtimes};
-use crate::sandbox::{Mode, Sandbox, SandboxError};
+use crate::sandbox::{Mode, Sandbox, SandboxError, UNPRIVILEGED_FIX, is_root};
 use crate::store::{Store, StoreError};
 use crate::webhook::{Deliverer, WebhookError};
 use crate::worker::{Running, Stopping, Workers};
@@ -49,10 +49,11 @@ pub enum ServerError {
     NoRuntimes,
     #[error("{0}")]
     Runtimes(#[from] RuntimeError),
-    #[error(
-        "{0}; refusing to run jobs without it (--sandbox none turns it off, for development only)"
-    )]
-    Sandbox(#[from] SandboxError),
+    #[error("{source}; refusing to run jobs without it: {fix}")]
+    Sandbox {
+        source: SandboxError,
+        fix: &'static str,
+    },
     #[error("cannot start webhook delivery: {0}")]
     Webhooks(#[from] WebhookError),
     #[error(
@@ -63,14 +64,28 @@ pub enum ServerError {
     Insecure(std::net::SocketAddr),
 }
 
-/// Probes the sandbox, or loudly does without it when the operator said so.
-/// Every sandbox also binds what the runtimes offered need (`binds`).
-fn isolation(config: &Config, binds: Vec<std::path::PathBuf>) -> Result<Isolation, ServerError> {
+/// Probes the sandbox with a real sandboxed run, or loudly does without it when the operator
+/// said so. Every sandbox also binds what the runtimes offered need (`binds`).
+async fn isolation(
+    config: &Config,
+    binds: Vec<std::path::PathBuf>,
+) -> Result<Isolation, ServerError> {
     match config.sandbox.mode {
         Mode::Full | Mode::Namespaces => {
+            let refused = |source| ServerError::Sandbox {
+                source,
+                fix: match is_root() {
+                    false => UNPRIVILEGED_FIX,
+                    true => {
+                        "`kiln doctor` says what this host lacks; --sandbox none turns the \
+                         sandbox off, for development only"
+                    }
+                },
+            };
             let mut sandbox_config = config.sandbox.clone();
             sandbox_config.extra_binds.extend(binds);
-            let sandbox = Sandbox::new(&sandbox_config, &config.work_root)?;
+            let sandbox = Sandbox::new(&sandbox_config, &config.work_root).map_err(refused)?;
+            sandbox.self_test().await.map_err(refused)?;
             tracing::info!(sandbox = ?sandbox.report(), "sandbox ready");
             Ok(Isolation::Sandbox(sandbox))
         }
@@ -93,7 +108,7 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let config = Arc::new(config);
     let mut runtimes = Runtimes::load(&config.runtimes)?;
-    let isolation = isolation(&config, runtimes.binds())?;
+    let isolation = isolation(&config, runtimes.binds()).await?;
     if let Isolation::Sandbox(sandbox) = &isolation {
         runtimes.retain_visible(|program| sandbox.can_see(program));
     }

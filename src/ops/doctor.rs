@@ -2,7 +2,7 @@
 //! about each thing that is missing.
 //!
 //! It asks the same code the server asks at start instead of guessing from the outside: the
-//! sandbox's own probe ([`Sandbox::new`]) with its report of namespaces, filters and cgroups,
+//! sandbox's own probe ([`Sandbox::new`] and [`Sandbox::self_test`]) with its report of namespaces, filters and cgroups,
 //! runtime detection with the sandbox's view of what is visible, and a real run of each built-in
 //! runtime through the [`Runner`] in that sandbox. Those runs happen in a directory of their own
 //! under the work root, so a server using the same work root is not disturbed.
@@ -19,7 +19,7 @@ use crate::config::{DEFAULT_DB, default_work_root};
 use crate::job::policy::Policy;
 use crate::runner::{Isolation, RunRequest, Runner};
 use crate::runtime::{Runtime, Runtimes};
-use crate::sandbox::{Mode, Report, Sandbox, SandboxConfig};
+use crate::sandbox::{Mode, Report, Sandbox, SandboxConfig, UNPRIVILEGED_FIX, is_root};
 use crate::store;
 
 #[derive(Clone, Debug, clap::Args)]
@@ -150,7 +150,7 @@ async fn checks(args: DoctorArgs) -> Vec<Check> {
                 }
             };
             let binds = runtimes.as_ref().map(Runtimes::binds).unwrap_or_default();
-            let (sandbox, found) = sandbox_checks(&args, &scratch, binds);
+            let (sandbox, found) = sandbox_checks(&args, &scratch, binds).await;
             checks.extend(found);
             checks.extend(runtime_checks(&args, runtimes, sandbox, &scratch).await);
             if let Err(e) = std::fs::remove_dir_all(&scratch) {
@@ -176,8 +176,9 @@ async fn checks(args: DoctorArgs) -> Vec<Check> {
     checks
 }
 
-/// The sandbox's own startup probe, and what its report says about cgroups and Landlock.
-fn sandbox_checks(
+/// The sandbox's own startup probe (a sandboxed run of `/bin/true`, as `kiln serve` makes before
+/// it starts), and what its report says about cgroups and Landlock.
+async fn sandbox_checks(
     args: &DoctorArgs,
     scratch: &Path,
     binds: Vec<PathBuf>,
@@ -215,6 +216,17 @@ fn sandbox_checks(
             return (None, vec![check]);
         }
     };
+    if let Err(e) = sandbox.self_test().await {
+        let fix = match is_root() {
+            false => UNPRIVILEGED_FIX,
+            true => {
+                "kiln serve refuses to start here too; inside a container whose seccomp or \
+                 AppArmor profile forbids what the error names, allow it or run it --privileged"
+            }
+        };
+        let check = Check::fail("sandbox", format!("cannot run jobs: {e}"), fix);
+        return (None, vec![check]);
+    }
     let report = sandbox.report();
     let mut checks = vec![Check::ok(
         "sandbox",

@@ -82,6 +82,23 @@ impl Default for SandboxConfig {
     }
 }
 
+/// What [`Sandbox::self_test`] runs: present on every host, and it only exits.
+pub const SELF_TEST_PROGRAM: &str = "/bin/true";
+
+/// How long the self-test may take: a start takes milliseconds; this allows for a loaded host.
+const SELF_TEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What to do when the sandbox cannot start a run on a host where kiln does not run as root:
+/// mapping the sandbox's range of host uids needs root, whatever else the host allows.
+pub const UNPRIVILEGED_FIX: &str = "run kiln as root, or pass --sandbox none for development \
+                                    (unsandboxed: submitted code runs with your privileges)";
+
+/// Whether this process runs as root, without which only `--sandbox none` can run jobs.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// How many distinct host uids runs rotate through.
 pub const UID_RANGE: u32 = 10_000;
 
@@ -112,8 +129,11 @@ pub enum SandboxError {
     Namespaces(std::io::Error),
     #[error("cannot build the seccomp/Landlock filters: {0}")]
     Filters(#[from] FilterError),
-    #[error("the sandbox self-test failed: {0}")]
-    SelfTest(String),
+    #[error("the sandbox self-test failed: {program} could not run in a sandbox: {source}")]
+    SelfTest {
+        program: &'static str,
+        source: std::io::Error,
+    },
     #[error("cannot prepare {path}: {source}")]
     Io {
         path: PathBuf,
@@ -231,8 +251,7 @@ impl Sandbox {
     /// Probes the host and prepares what every run shares. `work_root` is the runner's directory.
     pub fn new(config: &SandboxConfig, work_root: &Path) -> Result<Sandbox, SandboxError> {
         let user_ns = config.mode == Mode::Full;
-        // SAFETY: geteuid cannot fail.
-        if !user_ns && unsafe { libc::geteuid() } != 0 {
+        if !user_ns && !is_root() {
             return Err(SandboxError::Namespaces(std::io::Error::other(
                 "--sandbox namespaces (no user namespace) needs root",
             )));
@@ -294,6 +313,52 @@ impl Sandbox {
         Ok(Sandbox {
             inner: Arc::new(inner),
         })
+    }
+
+    /// Runs [`SELF_TEST_PROGRAM`] the way a job runs, through [`Sandbox::launch`]: the uid and
+    /// gid maps, the root, the filters and the execve a job needs. Namespaces alone can be made
+    /// where the rest fails (an ordinary user may make a user namespace, but not map the
+    /// sandbox's uid range into it), so the server and `kiln doctor` both ask this before they
+    /// call a host able to run jobs. The sandbox it starts ahead of the next run is kept.
+    pub async fn self_test(&self) -> Result<(), SandboxError> {
+        let failed = |source| SandboxError::SelfTest {
+            program: SELF_TEST_PROGRAM,
+            source,
+        };
+        let run = async {
+            let mut sandboxed = self
+                .launch(Launch {
+                    staging: None,
+                    entries: &[],
+                    work: WorkMount::Copy,
+                    staged_bytes: 0,
+                    program: Path::new(SELF_TEST_PROGRAM),
+                    args: vec![SELF_TEST_PROGRAM.into()],
+                    env: Vec::new(),
+                    limits: crate::job::policy::Policy::default().default_limits,
+                    rlimits: Vec::new(),
+                    progress: false,
+                })
+                .await?;
+            // Its stdin closes with them; it reads nothing and writes nothing.
+            drop(sandboxed.take_stdio());
+            let ended = sandboxed.ended()?.await;
+            let exit = ended.and_then(|ending| sandboxed.exit(ending));
+            sandboxed.dispose();
+            match exit?.status {
+                0 => Ok(()),
+                status => Err(std::io::Error::other(format!(
+                    "it ended with wait status {status}, not 0"
+                ))),
+            }
+        };
+        match tokio::time::timeout(SELF_TEST_TIMEOUT, run).await {
+            Ok(done) => done.map_err(failed),
+            Err(_) => Err(failed(std::io::Error::other(format!(
+                "it did not end within {} s",
+                SELF_TEST_TIMEOUT.as_secs()
+            )))),
+        }
     }
 
     pub fn report(&self) -> Report {
@@ -574,7 +639,15 @@ impl Inner {
             files_bytes: 0,
         };
         let released = match self.user_ns {
-            true => namespace::map_ids(sandboxed.started.pid, ids),
+            true => namespace::map_ids(sandboxed.started.pid, ids).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot map host uids {}.. into the sandbox's user namespace: {e}",
+                        ids.root
+                    ),
+                )
+            }),
             false => Ok(()),
         };
         if let Err(e) = released.and_then(|()| sandboxed.started.release()) {

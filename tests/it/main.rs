@@ -24,6 +24,7 @@ mod programs;
 mod runs;
 mod schema;
 mod streams;
+mod unprivileged;
 mod util;
 mod verdicts;
 mod webhooks;
