@@ -24,7 +24,7 @@ use crate::store;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct DoctorArgs {
-    /// The database file to check (it is fine if it does not exist yet)
+    /// The database file to check (a warning if it does not exist yet; never created)
     #[arg(long, env = "KILN_DB", default_value = DEFAULT_DB)]
     db: PathBuf,
     /// The work root the server uses [default: $TMPDIR/kiln-work]
@@ -473,9 +473,15 @@ fn free_bytes(path: &Path) -> std::io::Result<u64> {
 
 async fn database_checks(db: &Path, quick: bool) -> Vec<Check> {
     if !db.exists() {
-        return vec![Check::ok(
+        // A warning, not a failure: before its first start a server has no database, and
+        // `kiln serve` creates it. Elsewhere it means the wrong directory or a mistyped path.
+        return vec![Check::warn(
             "database",
-            format!("{}: none yet; kiln serve creates it", db.display()),
+            format!(
+                "no database at {}: kiln serve creates it at its first start",
+                db.display()
+            ),
+            "if the server's database is elsewhere, give it with --db or KILN_DB",
         )];
     }
     let path = db.to_path_buf();

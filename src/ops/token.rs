@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use super::OpsError;
 use crate::cli::{Format, note, print};
 use crate::config::DEFAULT_DB;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct TokenArgs {
@@ -51,9 +51,12 @@ fn parse_tenant(s: &str) -> Result<String, String> {
 
 /// Runs `kiln token …` on its database file.
 pub async fn run(args: TokenArgs) -> Result<(), OpsError> {
-    let (store, writer) = Store::open(&args.db, 1).map_err(|source| OpsError::Open {
-        path: args.db.clone(),
-        source,
+    let (store, writer) = Store::open_existing(&args.db, 1).map_err(|source| match source {
+        StoreError::Missing(_) => OpsError::Store(source),
+        source => OpsError::Open {
+            path: args.db.clone(),
+            source,
+        },
     })?;
     let done = command(&store, args.command, args.format.json).await;
     drop(store);

@@ -77,7 +77,11 @@ pub enum StoreError {
          a read transaction open, so it cannot be checkpointed"
     )]
     WalFull { bytes: u64, limit: u64 },
-    #[error("no database at {}", .0.display())]
+    #[error(
+        "no database at {}: give the server's with --db or KILN_DB (only `kiln serve` creates \
+         one)",
+        .0.display()
+    )]
     Missing(PathBuf),
     #[error("{} already exists; kiln does not overwrite it", .0.display())]
     Exists(PathBuf),
@@ -176,9 +180,27 @@ impl WriterThread {
 
 impl Store {
     /// Opens (creating if needed) the database, brings its schema up to date and starts the
-    /// writer thread.
+    /// writer thread. Only the server creates a database: see [`Store::open_existing`].
     pub fn open(path: &Path, readers: u32) -> Result<(Store, WriterThread), StoreError> {
-        let mut conn = Connection::open(path)?;
+        Store::start(Connection::open(path)?, path, readers)
+    }
+
+    /// [`Store::open`] for an operator's command: a database that does not exist is
+    /// [`StoreError::Missing`], never a new empty file, which would take a mistyped path (or
+    /// the wrong directory) for a server with no tokens and no history.
+    pub fn open_existing(path: &Path, readers: u32) -> Result<(Store, WriterThread), StoreError> {
+        if !path.is_file() {
+            return Err(StoreError::Missing(path.to_path_buf()));
+        }
+        let flags = OpenFlags::default() - OpenFlags::SQLITE_OPEN_CREATE;
+        Store::start(Connection::open_with_flags(path, flags)?, path, readers)
+    }
+
+    fn start(
+        mut conn: Connection,
+        path: &Path,
+        readers: u32,
+    ) -> Result<(Store, WriterThread), StoreError> {
         configure_writer(&conn)?;
         migrate::apply(&mut conn)?;
         let manager = SqliteConnectionManager::file(path)

@@ -121,8 +121,12 @@ pub fn kiln_token(dir: &std::path::Path, args: &[&str]) -> std::process::Output 
         .expect("run kiln token")
 }
 
-/// Makes a token and returns it.
+/// Makes a token and returns it. Where `dir` holds no database yet, a first start of a server
+/// makes it first, as an operator's does: `kiln token` never creates one.
 pub fn create_token(dir: &std::path::Path, tenant: &str, admin: bool) -> String {
+    if !dir.join("kiln.db").exists() {
+        serve_on(dir, "127.0.0.1:0", &[]).expect("a first start makes the database");
+    }
     let mut args = vec!["create", "--tenant", tenant];
     if admin {
         args.push("--admin");

@@ -536,3 +536,61 @@ fn a_reader_that_went_away_is_a_quiet_success_for_the_operators_commands() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn no_command_but_serve_creates_a_database_each_names_the_path_and_how_to_give_it() {
+    // Run where no database is, as an operator in the wrong directory does (issue 16, P4).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kiln = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("KILN_DB")
+            .output()
+            .expect("run kiln")
+    };
+    let elsewhere = dir.path().join("elsewhere.db");
+    let elsewhere = elsewhere.to_str().expect("utf-8 path");
+    for args in [
+        &["token", "create", "--tenant", "acme"][..],
+        &[
+            "token", "create", "--tenant", "ops", "--admin", "--db", elsewhere,
+        ],
+        &["token", "list"],
+        &["token", "revoke", "1"],
+        &["prune", "--finished-before", "30d"],
+        &["backup", "copy.db"],
+    ] {
+        let out = kiln(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let path = match args.contains(&"--db") {
+            true => elsewhere,
+            false => "kiln.db",
+        };
+        assert!(
+            stderr.contains(&format!(
+                "no database at {path}: give the server's with --db or KILN_DB"
+            )),
+            "{args:?}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: no token printed");
+    }
+    // The doctor checks a host before its server's first start, so it only warns.
+    let out = kiln(&["doctor", "--work-root", "work", "--sandbox", "none"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("warn  database  no database at kiln.db: kiln serve creates it"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("fix: if the server's database is elsewhere, give it with --db or KILN_DB"),
+        "{stdout}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name())
+        .filter(|name| name != "work")
+        .collect();
+    assert!(left.is_empty(), "nothing was created: {left:?}");
+}
