@@ -446,15 +446,22 @@ pub(super) fn page_size(limit: Option<u32>) -> Result<u32, ApiError> {
     }
 }
 
+/// How long a cancel's answer waits for the cancelled run's output to be stored: a killed run
+/// ends in milliseconds; past this the answer goes without it (it is stored all the same).
+const CANCEL_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub async fn cancel(
     State(state): State<AppState>,
     PathId(id): PathId,
 ) -> Result<Json<Job>, ApiError> {
     match state.store.cancel(id).await? {
         CancelResult::Cancelled { running_attempt } => {
-            if let Some(attempt) = running_attempt {
-                // If another server runs it, that server notices when its lease renewal fails.
-                state.running.stop(id, attempt);
+            // If another server runs it, that server notices when its lease renewal fails, and
+            // keeps the run's output on the job a moment later.
+            let settled = running_attempt.and_then(|attempt| state.running.stop(id, attempt));
+            if let Some(settled) = settled {
+                // Run here: the answer waits (briefly) for the output and usage it produced.
+                let _ = tokio::time::timeout(CANCEL_SETTLE, settled.cancelled()).await;
             }
             let job = state
                 .store

@@ -29,7 +29,9 @@ use serde::Serialize;
 use crate::bus::Bus;
 use crate::job::batch::{Batch, BatchSpec, Case, CaseReport, CaseSpec, Group, SuiteSpec};
 use crate::job::time::now_ms;
-use crate::job::{BatchId, Event, Finish, Job, JobId, JobSpec, Outcome, Progress, Status};
+use crate::job::{
+    BatchId, Event, Finish, Job, JobId, JobSpec, Outcome, Progress, RunResult, Status,
+};
 use writer::Writer;
 
 pub use batch::{BatchCancel, BatchSubmitted, BatchSummary};
@@ -527,6 +529,19 @@ impl Store {
     }
 
     /// Cancels a queued or running job. For a running job the caller must also stop the process.
+    /// Adds the output and usage of the run of `attempt` to the job a cancel ended while that
+    /// run went on; false if the job was not cancelled during it (see `write::keep_cancelled_run`).
+    pub async fn keep_cancelled_run(
+        &self,
+        id: JobId,
+        attempt: u32,
+        result: RunResult,
+    ) -> Result<bool, StoreError> {
+        self.writer
+            .write(move |conn, _| write::keep_cancelled_run(conn, id, attempt, &result))
+            .await
+    }
+
     pub async fn cancel(&self, id: JobId) -> Result<CancelResult, StoreError> {
         self.writer
             .write(move |conn, notices| write::cancel(conn, notices, id, now_ms()))

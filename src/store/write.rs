@@ -11,7 +11,9 @@ use super::{StoreError, batch};
 use crate::bus::Notice;
 use crate::job::batch::CaseCheck;
 use crate::job::verdict::{Judgement, Verdict};
-use crate::job::{BatchId, EventKind, Finish, JobId, JobSpec, Limits, Outcome, Progress, Status};
+use crate::job::{
+    BatchId, EventKind, Finish, JobId, JobSpec, Limits, Outcome, Progress, RunResult, Status,
+};
 
 /// What a submit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -389,6 +391,42 @@ pub(super) fn cancel(
     Ok(CancelResult::Cancelled {
         running_attempt: event_attempt,
     })
+}
+
+/// Keeps what a run cancelled while it ran produced: its output and usage, as a timed-out run's
+/// are kept. Only on the job that cancel ended during this very attempt (its `job.cancelled`
+/// event names the attempt, and only one run has an attempt): the cancel itself wrote the
+/// status, the outcome and the event, and this adds nothing to the history. False if there was
+/// nothing to keep it on.
+pub(super) fn keep_cancelled_run(
+    conn: &Connection,
+    id: JobId,
+    attempt: u32,
+    result: &RunResult,
+) -> Result<bool, StoreError> {
+    let updated = conn
+        .prepare_cached(
+            "UPDATE jobs
+             SET exit_code = ?1, signal = ?2, stdout = ?3, stderr = ?4, stdout_truncated = ?5,
+                 stderr_truncated = ?6, wall_ms = ?7, cpu_ms = ?8, memory_kb = ?9
+             WHERE id = ?10 AND attempt = ?11 AND status = 'cancelled'
+               AND EXISTS (SELECT 1 FROM events
+                           WHERE job_id = ?10 AND type = 'job.cancelled' AND attempt = ?11)",
+        )?
+        .execute(params![
+            result.exit_code,
+            result.signal,
+            result.stdout,
+            result.stderr,
+            result.stdout_truncated,
+            result.stderr_truncated,
+            sql_int(result.wall_ms),
+            sql_int(result.cpu_ms),
+            sql_int(result.memory_kb),
+            id.to_string(),
+            attempt,
+        ])?;
+    Ok(updated == 1)
 }
 
 pub(super) fn running_attempt(

@@ -54,21 +54,30 @@ pub type Tasks = JoinSet<&'static str>;
 
 /// The runs in progress in this process, so that cancelling a job can stop its process.
 #[derive(Clone, Default)]
-pub struct Running(Arc<Mutex<HashMap<JobId, (u32, CancellationToken)>>>);
+pub struct Running(Arc<Mutex<HashMap<JobId, Run>>>);
+
+/// A run in [`Running`]: its attempt, what stops it, and what says its worker is done with it.
+struct Run {
+    attempt: u32,
+    stop: CancellationToken,
+    settled: CancellationToken,
+}
 
 impl Running {
-    /// Stops the run of `id` if it is this attempt's and runs here. True if there was one.
-    pub fn stop(&self, id: JobId, attempt: u32) -> bool {
+    /// Stops the run of `id` if it is this attempt's and runs here. Returns what is cancelled
+    /// once its worker is done with it (what a cancelled run produced is then kept on its job),
+    /// if there was one.
+    pub fn stop(&self, id: JobId, attempt: u32) -> Option<CancellationToken> {
         let runs = self
             .0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         match runs.get(&id) {
-            Some((a, token)) if *a == attempt => {
-                token.cancel();
-                true
+            Some(run) if run.attempt == attempt => {
+                run.stop.cancel();
+                Some(run.settled.clone())
             }
-            _ => false,
+            _ => None,
         }
     }
 
@@ -82,16 +91,25 @@ impl Running {
 
     /// Enters the run of this attempt; it leaves when the returned entry is dropped, which
     /// happens on every way out of a run, a panic's unwinding included.
-    fn enter(&self, id: JobId, attempt: u32, token: CancellationToken) -> Entry<'_> {
+    fn enter(&self, id: JobId, attempt: u32, stop: CancellationToken) -> Entry<'_> {
         let mut runs = self
             .0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        runs.insert(id, (attempt, token));
+        let settled = CancellationToken::new();
+        runs.insert(
+            id,
+            Run {
+                attempt,
+                stop,
+                settled: settled.clone(),
+            },
+        );
         Entry {
             running: self,
             id,
             attempt,
+            settled,
         }
     }
 
@@ -101,7 +119,7 @@ impl Running {
             .0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if runs.get(&id).is_some_and(|(a, _)| *a == attempt) {
+        if runs.get(&id).is_some_and(|run| run.attempt == attempt) {
             runs.remove(&id);
         }
     }
@@ -112,11 +130,13 @@ struct Entry<'a> {
     running: &'a Running,
     id: JobId,
     attempt: u32,
+    settled: CancellationToken,
 }
 
 impl Drop for Entry<'_> {
     fn drop(&mut self) {
         self.running.leave(self.id, self.attempt);
+        self.settled.cancel();
     }
 }
 
@@ -457,11 +477,16 @@ impl<E: Execute> Workers<E> {
             tracing::warn!(job = %job.id, error = %e, "progress recording failed");
         }
         drop(keeper);
-        drop(entry);
+        // Left only once what the run produced is stored: a cancel waits for it (see `stop`).
+        let _entry = entry;
 
         if lease_lost.is_cancelled() {
-            // Cancelled, or rescued and possibly running elsewhere: the job is not ours to record.
+            // Cancelled (by another server), or rescued and possibly running elsewhere: the job
+            // is not ours to finish. A cancelled one keeps what the run produced.
             tracing::info!(job = %job.id, attempt = job.attempt, "stopped: no longer holds the job");
+            if let Ok(out) = ran {
+                self.keep_cancelled(&job, out.result).await;
+            }
             return None;
         }
         let claim_next = claim_next.filter(|_| !stopping.claiming.is_cancelled());
@@ -475,6 +500,12 @@ impl<E: Execute> Workers<E> {
                 {
                     tracing::error!(job = %job.id, error = %e, "could not requeue at shutdown");
                 }
+                None
+            }
+            // Stopped by a cancel here, which ended the job; the run's output and usage are
+            // kept on it, as a timed-out run's are.
+            Ok(out) if out.outcome == Outcome::Cancelled => {
+                self.keep_cancelled(&job, out.result).await;
                 None
             }
             Ok(out) => {
@@ -498,6 +529,21 @@ impl<E: Execute> Workers<E> {
                 let reason = format!("kiln could not run it: {e}");
                 self.run_failed(&job, reason, kill).await;
                 None
+            }
+        }
+    }
+
+    /// Stores what a cancelled run produced on its job, if a cancel ended it during this attempt.
+    async fn keep_cancelled(&self, job: &ClaimedJob, result: RunResult) {
+        match self
+            .store
+            .keep_cancelled_run(job.id, job.attempt, result)
+            .await
+        {
+            Ok(true) => tracing::debug!(job = %job.id, "kept the cancelled run's output"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(job = %job.id, error = %e, "could not keep the cancelled run's output");
             }
         }
     }

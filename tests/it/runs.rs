@@ -145,6 +145,36 @@ async fn cancelling_a_running_job_kills_its_processes() {
 }
 
 #[tokio::test]
+async fn a_cancelled_job_keeps_the_output_and_usage_its_run_produced() {
+    let server = Server::start().await;
+    let code = "for i in 1 2 3 4 5 6 7; do echo line $i; done; echo oops >&2; sleep 60";
+    let id = server.submit(sh(code)).await;
+    server.running(&id).await;
+    // Until the lines are surely written: the run is seconds from its wall limit still.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (status, answered) = server
+        .post(&format!("/v1/jobs/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answered}");
+    let (_, stored) = server.get(&format!("/v1/jobs/{id}")).await;
+    let lines: String = (1..=7).map(|i| format!("line {i}\n")).collect();
+    for job in [&answered, &stored] {
+        assert_eq!(job["status"], "cancelled", "{job}");
+        assert_eq!(job["outcome"], "cancelled", "{job}");
+        assert_eq!(job["stdout"], lines.as_str(), "{job}");
+        assert_eq!(job["stderr"], "oops\n", "{job}");
+        assert!(job["wall_ms"].as_u64().is_some_and(|ms| ms >= 500), "{job}");
+        assert!(job["cpu_ms"].is_u64(), "{job}");
+        assert!(job["memory_kb"].as_u64().is_some_and(|kb| kb > 0), "{job}");
+        assert_eq!(job["signal"], 9, "killed: {job}");
+    }
+    // Nothing was added to the history: the cancel wrote the job's end.
+    let events = server.events(&id).await;
+    assert_valid_history(&events);
+    assert_eq!(events.last().expect("events")["type"], "job.cancelled");
+}
+
+#[tokio::test]
 async fn cancelling_a_finished_job_is_a_conflict() {
     let server = Server::start().await;
     let id = server.submit(sh("true")).await;
