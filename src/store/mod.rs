@@ -37,7 +37,7 @@ use writer::Writer;
 pub use batch::{BatchCancel, BatchSubmitted, BatchSummary};
 pub use maintenance::{Backup, Health, backup, inspect};
 pub use migrate::{MIGRATIONS, Migration};
-pub use prune::{PruneOptions, PruneReport, prune};
+pub use prune::{PruneOptions, PrunePreview, PruneReport, prune, prune_preview};
 pub use read::{JobFilter, JobSummary, Order, Page};
 pub use tenants::{ActiveToken, Admission, Full, TokenInfo, Visibility};
 pub use wal::DEFAULT_WAL_MAX_BYTES;

@@ -216,6 +216,64 @@ pub fn prune(db: &Path, options: &PruneOptions) -> Result<PruneReport, StoreErro
     Ok(report)
 }
 
+/// What a prune with a cut-off would remove, counted without removing anything, and what it
+/// would leave of the finished history: `kiln prune --dry-run`, and the question asked before a
+/// prune that would leave none.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PrunePreview {
+    pub jobs: u64,
+    pub batches: u64,
+    pub events: u64,
+    /// Finished jobs that would stay (newer than the cut-off, or still owed a webhook call).
+    pub finished_jobs_kept: u64,
+}
+
+impl PrunePreview {
+    /// Whether the prune would remove every finished job there is (and there is one).
+    pub fn takes_all_history(&self) -> bool {
+        self.jobs > 0 && self.finished_jobs_kept == 0
+    }
+}
+
+/// Counts what [`prune`] with cut-off `finished_before` would remove from the database at `db`,
+/// in one read: nothing is written, no row is added to `prunes`.
+pub fn prune_preview(db: &Path, finished_before: i64) -> Result<PrunePreview, StoreError> {
+    let conn = open_existing(db, false)?;
+    conn.busy_timeout(OPERATOR_BUSY_TIMEOUT)?;
+    let tx = conn.unchecked_transaction()?;
+    // A batch goes once its cases are gone, so it is counted when none of them would stay.
+    let (jobs, batches, events, kept): (i64, i64, i64, i64) = tx.query_row(
+        &format!(
+            "WITH gone AS (SELECT j.id FROM jobs j WHERE {JOB_MAY_GO}),
+                  gone_batches AS (
+                      SELECT b.id FROM batches b
+                      WHERE b.finished_at < ?2
+                        AND NOT EXISTS (SELECT 1 FROM webhooks w
+                                        WHERE w.batch_id = b.id AND w.status = 'pending')
+                        AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.batch_id = b.id
+                                        AND j.id NOT IN (SELECT id FROM gone)))
+             SELECT (SELECT count(*) FROM gone),
+                    (SELECT count(*) FROM gone_batches),
+                    (SELECT count(*) FROM events WHERE job_id IN (SELECT id FROM gone))
+                      + (SELECT count(*) FROM events
+                         WHERE job_id IS NULL AND batch_id IN (SELECT id FROM gone_batches)),
+                    (SELECT count(*) FROM jobs j
+                     WHERE j.status IN ('succeeded', 'failed', 'timed_out', 'cancelled', 'error')
+                       AND j.id NOT IN (SELECT id FROM gone))"
+        ),
+        // ?1 is unused here: the statement shares JOB_MAY_GO's numbering.
+        params![rusqlite::types::Null, finished_before],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    Ok(PrunePreview {
+        jobs: count(jobs),
+        batches: count(batches),
+        events: count(events),
+        finished_jobs_kept: count(kept),
+    })
+}
+
 /// The smallest UUIDv7 of millisecond `ms`, as text: every id created before `ms` sorts below.
 fn id_bound(ms: i64) -> String {
     let ms = u64::try_from(ms).unwrap_or(0) & 0xFFFF_FFFF_FFFF;

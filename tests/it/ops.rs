@@ -199,7 +199,14 @@ async fn after_a_prune_an_operators_delete_on_events_still_fails() {
     let server = Server::start().await;
     let id = server.submit(sh("true")).await;
     server.finished(&id).await;
-    let out = server.kiln(&["prune", "--db", "kiln.db", "--finished-before", "0s"]);
+    let out = server.kiln(&[
+        "prune",
+        "--db",
+        "kiln.db",
+        "--finished-before",
+        "0s",
+        "--yes",
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -593,4 +600,117 @@ fn no_command_but_serve_creates_a_database_each_names_the_path_and_how_to_give_i
         .filter(|name| name != "work")
         .collect();
     assert!(left.is_empty(), "nothing was created: {left:?}");
+}
+
+/// `kiln ARGS` on a terminal (a pty that `script` makes) in `dir`, typing `typed` at it; its
+/// exit code and everything the terminal showed.
+fn on_a_terminal(dir: &std::path::Path, args: &[&str], typed: &str) -> (Option<i32>, String) {
+    use std::io::Write as _;
+    let command = std::iter::once(env!("CARGO_BIN_EXE_kiln"))
+        .chain(args.iter().copied())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .current_dir(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run script (util-linux)");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(typed.as_bytes()).expect("type");
+    drop(stdin);
+    let out = child.wait_with_output().expect("wait for script");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn jobs_left(server: &Server) -> i64 {
+    let conn = Connection::open(server.db_path()).expect("open");
+    scalar(&conn, "SELECT count(*) FROM jobs")
+}
+
+#[tokio::test]
+async fn a_dry_run_prune_says_what_would_go_and_deletes_nothing() {
+    let server = Server::start().await;
+    for _ in 0..2 {
+        let id = server.submit(sh("echo hi")).await;
+        server.finished(&id).await;
+    }
+    let out = server.kiln(&["prune", "--finished-before", "0s", "--dry-run"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.starts_with("would prune 2 jobs, 0 batches and 6 events, keeping 0 finished jobs;"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("nothing was deleted"), "{stdout}");
+    let out = server.kiln(&["prune", "--finished-before", "0s", "--dry-run", "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(report["dry_run"], true, "{report}");
+    assert_eq!(report["would_prune"]["jobs"], 2, "{report}");
+    assert_eq!(jobs_left(&server), 2);
+    let conn = Connection::open(server.db_path()).expect("open");
+    assert_eq!(
+        scalar(&conn, "SELECT count(*) FROM prunes"),
+        0,
+        "not even a prunes row"
+    );
+}
+
+#[tokio::test]
+async fn a_prune_age_that_could_be_minutes_or_months_is_refused() {
+    let server = Server::start().await;
+    let id = server.submit(sh("true")).await;
+    server.finished(&id).await;
+    for (age, expected) in [
+        ("1m", "could mean minutes or months: use 1min or 30d"),
+        ("1mo", "give days instead, e.g. 30d or 365d"),
+    ] {
+        let out = server.kiln(&["prune", "--finished-before", age, "--yes"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{age}: {stderr}");
+        assert!(stderr.contains(expected), "{age}: {stderr}");
+    }
+    assert_eq!(jobs_left(&server), 1);
+}
+
+#[tokio::test]
+async fn a_prune_of_all_history_asks_on_a_terminal_and_without_one_needs_yes() {
+    let server = Server::start().await;
+    for _ in 0..2 {
+        let id = server.submit(sh("true")).await;
+        server.finished(&id).await;
+    }
+    let dir = server.dir.path();
+    let all = ["prune", "--finished-before", "0d"];
+
+    let out = server.kiln(&all);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("would remove every finished job (2 jobs") && stderr.contains("--yes"),
+        "{stderr}"
+    );
+    assert_eq!(jobs_left(&server), 2, "nothing pruned without a terminal");
+
+    let (code, shown) = on_a_terminal(dir, &all, "n\n");
+    assert!(shown.contains("Go ahead? [y/N]"), "{shown}");
+    assert!(shown.contains("nothing pruned"), "{shown}");
+    assert_eq!(code, Some(2), "{shown}");
+    let (code, shown) = on_a_terminal(dir, &all, "\n");
+    assert_eq!(code, Some(2), "no is the default: {shown}");
+    assert_eq!(jobs_left(&server), 2);
+
+    let (code, shown) = on_a_terminal(dir, &all, "y\n");
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(shown.contains("pruned 2 jobs"), "{shown}");
+    assert_eq!(jobs_left(&server), 0);
+
+    // Once the history is gone there is nothing left to ask about.
+    let out = server.kiln(&all);
+    assert!(out.status.success(), "{out:?}");
 }
