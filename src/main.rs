@@ -25,10 +25,18 @@ use kiln::client::{self, ClientCommand};
 use kiln::ops::{self, OpsCommand};
 use tracing_subscriber::EnvFilter;
 
+/// `kiln --version`: the release and the commit it was built from (see `build.rs`).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("KILN_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "kiln",
-    version,
+    version = VERSION,
     about = "A durable job queue for running untrusted code",
     args = leading_client_flags()
 )]

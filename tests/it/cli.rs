@@ -900,3 +900,22 @@ async fn ctrl_c_on_submit_watch_leaves_the_job_running_and_says_how_to_find_it()
         "the job goes on: {job}"
     );
 }
+
+#[test]
+fn the_version_names_the_release_and_the_commit_it_was_built_from() {
+    let out = kiln(&["--version"]);
+    assert!(out.status.success(), "{out:?}");
+    // Where the source is no git checkout, the build names the commit `unknown`.
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map_or_else(
+            || "unknown".to_owned(),
+            |out| String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        );
+    let expected = format!("kiln {} (commit {commit})\n", env!("CARGO_PKG_VERSION"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+}
