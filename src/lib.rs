@@ -45,7 +45,8 @@
 //! tenant sees only its own jobs, batches and events.
 //!
 //! [`config`] holds everything a deployment can tune and [`server`] wires the parts together and
-//! shuts them down in order. The `kiln` binary's commands are [`cli`] (the flags they share),
+//! shuts them down in order, warning at start of another server on the host that shares its
+//! work root or sandbox uids ([`neighbours`]). The `kiln` binary's commands are [`cli`] (the flags they share),
 //! [`client`] (a client of a running server) and [`ops`] (the operator's commands on the
 //! database and the host); [`metrics`] counts for `GET /metrics`.
 
@@ -59,6 +60,7 @@ pub mod http;
 pub mod job;
 pub mod live;
 pub mod metrics;
+pub mod neighbours;
 pub mod ops;
 pub mod progress;
 pub mod runner;

@@ -16,7 +16,7 @@
 //! A reader that goes away early (`kiln token list | head -1`) is not an error: all output goes
 //! through [`kiln::cli::print`], which takes a broken pipe as written.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::{Arg, ArgAction, CommandFactory, Parser, Subcommand};
@@ -119,7 +119,8 @@ fn exit_code(done: Result<Conclusion, impl std::fmt::Display>) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
-    init_logging(args.log_format);
+    let log_format = args.log_format;
+    init_logging(log_format);
     let result = kiln::server::run(args.config(), shutdown_signal(), |addr| {
         // One line on stdout, for scripts and tests that start the server on port 0. Nobody
         // reading it is no reason to stop serving.
@@ -128,9 +129,13 @@ async fn serve(args: ServeArgs) -> ExitCode {
     .await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Said once, on stderr either way: as a plain line beside text logs, as a log line where
+        // the logs are JSON for a collector.
         Err(e) => {
-            tracing::error!(error = %e, "kiln stopped");
-            note(&e.to_string());
+            match log_format {
+                LogFormat::Text => note(&e.to_string()),
+                LogFormat::Json => tracing::error!(error = %e, "kiln stopped"),
+            }
             ExitCode::FAILURE
         }
     }
@@ -138,8 +143,11 @@ async fn serve(args: ServeArgs) -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only for a person at a terminal who has not asked for none: never in a log file.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -1,10 +1,12 @@
 //! Wires the parts into a running service and takes it down again in order.
 //!
-//! Start: open the store (migrations), rescue the jobs an earlier incarnation of this node left
-//! running, start the workers, the rescuer and the webhook deliverer, then accept HTTP. Stop, in
-//! two stages: stop accepting and claiming; let running jobs finish within the grace period; kill
-//! and requeue what is left (with its events); stop delivering webhooks (what is pending stays in
-//! the outbox); then let the writer drain and close the database.
+//! Start: take the listening address, check that the sandbox can run a job, say which other
+//! servers share the work root or sandbox uids, open the store (migrations), rescue the jobs an
+//! earlier incarnation of this node left running, start the workers, the rescuer and the webhook
+//! deliverer, then accept HTTP. Stop, in two stages: stop accepting and claiming; let running
+//! jobs finish within the grace period; kill and requeue what is left (with its events); stop
+//! delivering webhooks (what is pending stays in the outbox); then let the writer drain and
+//! close the database.
 
 use std::sync::Arc;
 
@@ -16,9 +18,10 @@ use crate::auth::Guard;
 use crate::config::Config;
 use crate::http;
 use crate::live::Live;
+use crate::neighbours;
 use crate::runner::{Isolation, Runner};
 use crate::runtime::{RuntimeError, Runtimes};
-use crate::sandbox::{Mode, Sandbox, SandboxError, UNPRIVILEGED_FIX, is_root};
+use crate::sandbox::{Mode, Sandbox, SandboxError, UID_RANGE};
 use crate::store::{Store, StoreError};
 use crate::webhook::{Deliverer, WebhookError};
 use crate::worker::{Running, Stopping, Workers};
@@ -38,10 +41,11 @@ pub enum ServerError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {source}{hint}")]
     Listen {
         addr: std::net::SocketAddr,
         source: std::io::Error,
+        hint: &'static str,
     },
     #[error("the HTTP server failed: {0}")]
     Http(std::io::Error),
@@ -72,21 +76,18 @@ async fn isolation(
 ) -> Result<Isolation, ServerError> {
     match config.sandbox.mode {
         Mode::Full | Mode::Namespaces => {
-            let refused = |source| ServerError::Sandbox {
+            let refused = |source: SandboxError| ServerError::Sandbox {
+                fix: source.fix().unwrap_or(
+                    "`kiln doctor` says what this host lacks; --sandbox none turns the sandbox \
+                     off, for development only",
+                ),
                 source,
-                fix: match is_root() {
-                    false => UNPRIVILEGED_FIX,
-                    true => {
-                        "`kiln doctor` says what this host lacks; --sandbox none turns the \
-                         sandbox off, for development only"
-                    }
-                },
             };
             let mut sandbox_config = config.sandbox.clone();
             sandbox_config.extra_binds.extend(binds);
             let sandbox = Sandbox::new(&sandbox_config, &config.work_root).map_err(refused)?;
             sandbox.self_test().await.map_err(refused)?;
-            tracing::info!(sandbox = ?sandbox.report(), "sandbox ready");
+            tracing::info!(sandbox = %sandbox.report(), "sandbox ready");
             Ok(Isolation::Sandbox(sandbox))
         }
         Mode::None => {
@@ -99,6 +100,38 @@ async fn isolation(
     }
 }
 
+/// Enters this server in the host's register of servers and warns of each live one that shares
+/// its work root or sandbox uids. A register that cannot be written is no reason not to serve.
+fn announce(config: &Config, addr: std::net::SocketAddr) -> Option<neighbours::Registration> {
+    let uids = (config.sandbox.mode != Mode::None).then(|| {
+        let first = config.sandbox.uid_base;
+        (first, first.saturating_add(UID_RANGE + 1))
+    });
+    let me = neighbours::Neighbour {
+        pid: std::process::id(),
+        listen: addr.to_string(),
+        work_root: config.work_root.clone(),
+        uids,
+    };
+    let dir = neighbours::default_register();
+    match neighbours::register(&dir, &me) {
+        Ok((registration, clashes)) => {
+            for clash in clashes {
+                tracing::warn!("{clash}");
+            }
+            Some(registration)
+        }
+        Err(e) => {
+            tracing::warn!(
+                register = %dir.display(),
+                error = %e,
+                "cannot check for other kiln servers sharing the work root or sandbox uids"
+            );
+            None
+        }
+    }
+}
+
 /// Runs the service until `shutdown` resolves, then stops it cleanly. `on_listening` is told the
 /// bound address (useful with port 0).
 pub async fn run(
@@ -107,6 +140,23 @@ pub async fn run(
     on_listening: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), ServerError> {
     let config = Arc::new(config);
+    // First, before anything is migrated or probed: a port another process holds is the most
+    // common reason a start fails, and the quickest to find out.
+    let listener =
+        TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Listen {
+                addr: config.listen,
+                hint: match source.kind() {
+                    std::io::ErrorKind::AddrInUse => {
+                        ": another process listens there (an earlier kiln serve?); stop it, or \
+                     give another address with --listen or KILN_LISTEN"
+                    }
+                    _ => "",
+                },
+                source,
+            })?;
+    let addr = listener.local_addr().map_err(ServerError::Http)?;
     let mut runtimes = Runtimes::load(&config.runtimes)?;
     let isolation = isolation(&config, runtimes.binds()).await?;
     if let Isolation::Sandbox(sandbox) = &isolation {
@@ -126,6 +176,7 @@ pub async fn run(
             source,
         })?
         .with_compile_limits(config.build_limits(), config.policy.max_limits);
+    let _registration = announce(&config, addr);
     let readers = u32::try_from(config.workers + 4).unwrap_or(16);
     let (store, writer_thread) =
         Store::open(&config.db_path, readers).map_err(|source| ServerError::Store {
@@ -178,15 +229,6 @@ pub async fn run(
     let stop_delivering = CancellationToken::new();
     let deliveries = tokio::spawn(Arc::new(deliverer).run(stop_delivering.clone()));
 
-    let listener =
-        TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServerError::Listen {
-                addr: config.listen,
-                source,
-            })?;
-    let addr = listener.local_addr().map_err(ServerError::Http)?;
-
     let running = Running::default();
     let stopping = Stopping::default();
     let live = Live::default();
@@ -225,7 +267,7 @@ pub async fn run(
         %addr,
         db = %config.db_path.display(),
         workers = config.workers,
-        runtimes = ?names,
+        runtimes = %names.join(", "),
         "kiln is serving"
     );
     on_listening(addr);

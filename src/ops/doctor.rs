@@ -19,7 +19,7 @@ use crate::config::{DEFAULT_DB, default_work_root};
 use crate::job::policy::Policy;
 use crate::runner::{Isolation, RunRequest, Runner};
 use crate::runtime::{Runtime, Runtimes};
-use crate::sandbox::{Mode, Report, Sandbox, SandboxConfig, UNPRIVILEGED_FIX, is_root};
+use crate::sandbox::{Mode, Report, Sandbox, SandboxConfig};
 use crate::store;
 
 #[derive(Clone, Debug, clap::Args)]
@@ -217,13 +217,10 @@ async fn sandbox_checks(
         }
     };
     if let Err(e) = sandbox.self_test().await {
-        let fix = match is_root() {
-            false => UNPRIVILEGED_FIX,
-            true => {
-                "kiln serve refuses to start here too; inside a container whose seccomp or \
-                 AppArmor profile forbids what the error names, allow it or run it --privileged"
-            }
-        };
+        let fix = e.fix().unwrap_or(
+            "kiln serve refuses to start here too; inside a container whose seccomp or AppArmor \
+             profile forbids what the error names, allow it or run it --privileged",
+        );
         let check = Check::fail("sandbox", format!("cannot run jobs: {e}"), fix);
         return (None, vec![check]);
     }

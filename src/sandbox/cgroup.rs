@@ -110,6 +110,25 @@ pub struct Support {
     pub version: &'static str,
 }
 
+/// As the log and `kiln doctor` say it: `v2: memory, pids, cpu, cgroup.kill`.
+impl std::fmt::Display for Support {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let features: Vec<&str> = [
+            (self.memory, "memory"),
+            (self.pids, "pids"),
+            (self.cpu, "cpu"),
+            (self.kill, "cgroup.kill"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        match features.as_slice() {
+            [] => write!(f, "{}: no controller", self.version),
+            features => write!(f, "{}: {}", self.version, features.join(", ")),
+        }
+    }
+}
+
 /// Limits of one run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CgroupLimits {
@@ -264,7 +283,7 @@ impl Cgroups {
         );
         let cgroups = Cgroups::set_up(&locate(&proc_cgroup, &mountinfo), &parent);
         match &cgroups {
-            Some(c) => tracing::info!(support = ?c.support(), "cgroups detected"),
+            Some(c) => tracing::info!(support = %c.support(), "cgroups detected"),
             None => tracing::info!("cgroups unavailable: no usable hierarchy"),
         }
         cgroups

@@ -141,6 +141,27 @@ pub enum SandboxError {
     },
 }
 
+impl SandboxError {
+    /// What to do about it, where the cause is one kiln can tell: not root, or a work root the
+    /// sandboxes' uids cannot pass through to reach their root's mount point.
+    pub fn fix(&self) -> Option<&'static str> {
+        if !is_root() {
+            return Some(UNPRIVILEGED_FIX);
+        }
+        match self {
+            SandboxError::SelfTest { source, .. }
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                Some(
+                    "the sandboxes' uids must pass through the work root and every directory \
+                     above it (chmod o+x, or a --work-root whose parents allow it)",
+                )
+            }
+            _ => None,
+        }
+    }
+}
+
 /// What this host supports, as reported by `/readyz` and the startup log.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -149,6 +170,30 @@ pub struct Report {
     pub seccomp: bool,
     pub landlock_abi: Option<u32>,
     pub cgroups: Option<CgroupSupport>,
+}
+
+/// As the startup log says it, in one line: `level full: user, pid, ... namespaces, seccomp,
+/// landlock ABI 4, cgroups v2: memory, pids, cpu, cgroup.kill`.
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "level {}: {} namespaces",
+            self.level,
+            self.namespaces.join(", ")
+        )?;
+        if self.seccomp {
+            write!(f, ", seccomp")?;
+        }
+        match self.landlock_abi {
+            Some(abi) => write!(f, ", landlock ABI {abi}")?,
+            None => write!(f, ", no landlock")?,
+        }
+        match &self.cgroups {
+            Some(cgroups) => write!(f, ", cgroups {cgroups}"),
+            None => write!(f, ", no cgroups"),
+        }
+    }
 }
 
 /// The sandbox of a server: what every run shares, and runs started ahead of time.

@@ -559,7 +559,8 @@ impl<E: Execute> Workers<E> {
             .saturating_mul(1 << job.attempt.saturating_sub(1).min(6))
             .min(RUN_RETRY_MAX)
             .min(self.lease / 2);
-        tracing::warn!(job = %job.id, attempt = job.attempt, error = %reason, ?delay, "could not run");
+        let retry_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        tracing::warn!(job = %job.id, attempt = job.attempt, error = %reason, retry_ms, "could not run");
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = kill.cancelled() => {}

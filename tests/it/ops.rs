@@ -714,3 +714,144 @@ async fn a_prune_of_all_history_asks_on_a_terminal_and_without_one_needs_yes() {
     let out = server.kiln(&all);
     assert!(out.status.success(), "{out:?}");
 }
+
+/// The lines of a server's log (`server.log` in its directory) that are warnings.
+fn warnings(server: &Server) -> Vec<String> {
+    std::fs::read_to_string(server.dir.path().join("server.log"))
+        .expect("server log")
+        .lines()
+        .filter(|line| line.contains("WARN"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_server_warns_of_another_live_one_with_its_work_root_or_sandbox_uids() {
+    let first = Server::start().await;
+    let shared = first.dir.path().join("work");
+    let same_root = Server::start_with(&["--work-root", shared.to_str().expect("utf-8")]).await;
+    let warned = warnings(&same_root);
+    assert!(
+        warned.iter().any(|w| w.contains(&format!(
+            "another live kiln server (pid {}, listening on {}) uses the work root",
+            first.pid(),
+            first.url.trim_start_matches("http://")
+        )) && w.contains("give each server its own --work-root")),
+        "{warned:?}"
+    );
+
+    // Its uids, from another work root: started by hand, for util gives each server its own.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let overlapping = (first.uid_base + 5000).to_string();
+    let out = serve_until_listening(dir.path(), &["--sandbox-uid-base", &overlapping]);
+    assert!(
+        out.contains(&format!("another live kiln server (pid {}", first.pid()))
+            && out.contains("give each server its own --sandbox-uid-base, 10001 or more apart"),
+        "{out}"
+    );
+    assert!(
+        warnings(&first)
+            .iter()
+            .all(|w| !w.contains("another live kiln server"))
+    );
+
+    // Once the first is gone, so is its claim.
+    let first_pid = first.pid();
+    drop(same_root);
+    drop(first);
+    let out = serve_until_listening(dir.path(), &["--sandbox-uid-base", &overlapping]);
+    assert!(!out.contains(&format!("pid {first_pid}")), "{out}");
+}
+
+/// Starts `kiln serve` on a fresh database in `dir` with `args`, stops it once it listens, and
+/// returns what it logged.
+fn serve_until_listening(dir: &std::path::Path, args: &[&str]) -> String {
+    use std::io::BufRead as _;
+    let log = dir.join("serve.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("serve")
+        .arg("--db")
+        .arg(dir.join("kiln.db"))
+        .arg("--work-root")
+        .arg(dir.join("work"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--shutdown-grace-secs",
+            "0",
+        ])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start kiln");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read stdout");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().expect("wait");
+    let logged = std::fs::read_to_string(&log).expect("log");
+    assert!(line.starts_with("kiln listening on"), "{line:?}\n{logged}");
+    logged
+}
+
+#[tokio::test]
+async fn a_busy_port_stops_the_start_at_once_before_the_database_is_touched() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = busy.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("serve")
+        .arg("--db")
+        .arg(dir.path().join("kiln.db"))
+        .arg("--work-root")
+        .arg(dir.path().join("work"))
+        .args(["--listen", &port])
+        .output()
+        .expect("run kiln serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let said = format!("cannot listen on {port}: ");
+    assert_eq!(stderr.matches(&said).count(), 1, "said once: {stderr}");
+    assert!(
+        stderr.contains("another process listens there (an earlier kiln serve?)")
+            && stderr.contains("--listen or KILN_LISTEN"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("kiln.db").exists(), "no database was made");
+    assert!(!dir.path().join("work").exists(), "nor a work root");
+}
+
+#[tokio::test]
+async fn the_servers_log_file_is_plain_words_without_colour_or_debug_dumps() {
+    let server = Server::start().await;
+    let log = std::fs::read_to_string(server.dir.path().join("server.log")).expect("log");
+    assert!(!log.contains('\u{1b}'), "no ANSI escapes in a file:\n{log}");
+    for dump in ["Some(", "Report {", "Support {", "[\""] {
+        assert!(!log.contains(dump), "{dump:?} in\n{log}");
+    }
+    let ready = log
+        .lines()
+        .find(|line| line.contains("sandbox ready"))
+        .expect("a sandbox ready line");
+    assert!(
+        ready
+            .contains("sandbox=level full: user, pid, mount, network, ipc, uts, cgroup namespaces"),
+        "{ready}"
+    );
+    let serving = log
+        .lines()
+        .find(|line| line.contains("kiln is serving"))
+        .expect("a serving line");
+    assert!(serving.contains("sh"), "names its runtimes: {serving}");
+}
