@@ -19,8 +19,8 @@
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
-use clap::{Arg, ArgAction, CommandFactory, Parser, Subcommand};
-use kiln::cli::{Conclusion, LogFormat, ServeArgs, note, print};
+use clap::{Arg, ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand};
+use kiln::cli::{Conclusion, LogFormat, ServeArgs, Settled, note, print};
 use kiln::client::{self, ClientCommand};
 use kiln::ops::{self, OpsCommand};
 use tracing_subscriber::EnvFilter;
@@ -75,7 +75,8 @@ fn leading_client_flags() -> [Arg; 3] {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -87,7 +88,11 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(*args)),
+        Command::Serve(args) => match matches.subcommand_matches("serve") {
+            Some(given) => settle_and_serve(&runtime, given),
+            // clap always gives a subcommand's matches; without them, the flags as parsed.
+            None => runtime.block_on(serve(*args)),
+        },
         Command::Ops(command) => exit_code(runtime.block_on(ops::run(command))),
         Command::Client(command) => exit_code(runtime.block_on(client::run(*command))),
         Command::Completions { shell } => {
@@ -100,6 +105,22 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+    }
+}
+
+/// `kiln serve`: its config file laid under the flags and environment clap read, then the
+/// settings printed (`--print-config`) or served.
+fn settle_and_serve(runtime: &tokio::runtime::Runtime, given: &clap::ArgMatches) -> ExitCode {
+    match Settled::from_matches(given) {
+        Ok(settled) if settled.print_only() => {
+            let printed = print(|out| write!(out, "{}", settled.render()));
+            exit_code(printed.map(|()| Conclusion::Success))
+        }
+        Ok(settled) => runtime.block_on(serve(settled.args)),
+        Err(e) => {
+            note(&e.to_string());
+            ExitCode::from(2)
         }
     }
 }

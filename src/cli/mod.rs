@@ -6,10 +6,12 @@
 //! flag struct here is parsed by clap, then turned into the object that works ([`ServeArgs`] into
 //! a `Config`, [`SandboxArgs`] into a `SandboxConfig`). Only `main` turns results into exit codes.
 
+mod config_file;
 mod output;
 mod sandbox;
 mod serve;
 
+pub use config_file::{ConfigError, Settled};
 pub use output::{note, print};
 pub use sandbox::SandboxArgs;
 pub use serve::{HttpArgs, LimitArgs, LogFormat, ServeArgs, WebhookArgs};

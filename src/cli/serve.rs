@@ -59,6 +59,14 @@ impl std::fmt::Display for Span {
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct ServeArgs {
+    /// A TOML file of settings, each key a flag below without its dashes
+    /// (`max-wall-ms = 60000`); flags and environment variables win over it
+    #[arg(long, env = "KILN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the settings in effect (defaults, config file, environment, flags) as such a file,
+    /// and exit
+    #[arg(long)]
+    pub print_config: bool,
     /// The SQLite database file (created if missing)
     #[arg(long, env = "KILN_DB", default_value = DEFAULT_DB)]
     db: PathBuf,

@@ -919,3 +919,112 @@ fn the_version_names_the_release_and_the_commit_it_was_built_from() {
     let expected = format!("kiln {} (commit {commit})\n", env!("CARGO_PKG_VERSION"));
     assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
 }
+
+/// `kiln serve ARGS` in `dir`, with `env`, to its end (`--print-config`, or a refusal).
+fn serve_in(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+    command.arg("serve").args(args).current_dir(dir);
+    for var in [
+        "KILN_CONFIG",
+        "KILN_WORKERS",
+        "KILN_MAX_WALL_MS",
+        "KILN_LEASE_SECS",
+    ] {
+        command.env_remove(var);
+    }
+    command.envs(env.iter().copied());
+    command.output().expect("run kiln serve")
+}
+
+#[test]
+fn serve_takes_a_config_file_under_its_environment_and_flags_and_prints_the_result() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("kiln.toml"),
+        "# kiln's settings\nworkers = 3\nlease-secs = 20\nmax-wall-ms = 60000\n\
+         webhook-allow-host = [\"hooks.example\", \"10.0.0.0/8\"]\n",
+    )
+    .expect("write");
+    let out = serve_in(
+        dir.path(),
+        &["--print-config", "--lease-secs", "9"],
+        &[("KILN_CONFIG", "kiln.toml"), ("KILN_MAX_WALL_MS", "1234")],
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for line in [
+        "# config file: kiln.toml",
+        "workers = 3  # config file",
+        "lease-secs = 9  # flag",
+        "max-wall-ms = 1234  # KILN_MAX_WALL_MS",
+        "webhook-allow-host = [\"hooks.example\", \"10.0.0.0/8\"]  # config file",
+        "listen = \"127.0.0.1:8000\"  # default",
+    ] {
+        assert!(printed.lines().any(|l| l == line), "{line:?} in\n{printed}");
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").collect();
+    assert_eq!(left.len(), 1, "it printed and made nothing: {left:?}");
+
+    // What it prints is a config file itself, which gives the same settings.
+    std::fs::write(dir.path().join("printed.toml"), printed.as_bytes()).expect("write");
+    let again = serve_in(
+        dir.path(),
+        &["--config", "printed.toml", "--print-config"],
+        &[],
+    );
+    let reprinted = String::from_utf8_lossy(&again.stdout);
+    let values = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split("  #").next().unwrap_or(l).to_owned())
+            .collect()
+    };
+    assert_eq!(values(&reprinted), values(&printed));
+}
+
+#[test]
+fn a_config_file_with_an_unknown_key_or_a_bad_value_stops_serve_with_its_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (text, said) in [
+        (
+            "workers = 2\nmax-wal-ms = 5\n",
+            "bad.toml:2: unknown key `max-wal-ms`",
+        ),
+        (
+            "\nlisten = \"localhost:80\"\n",
+            "bad.toml:2: invalid value 'localhost:80' for '--listen",
+        ),
+        (
+            "workers = \"many\"\n",
+            "bad.toml:1: invalid value 'many' for '--workers",
+        ),
+        ("workers = 2\nworkers = 3\n", "bad.toml:2: duplicate key"),
+    ] {
+        std::fs::write(dir.path().join("bad.toml"), text).expect("write");
+        let out = serve_in(dir.path(), &["--config", "bad.toml"], &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text:?}: {stderr}");
+        assert!(stderr.contains(said), "{said:?} in {stderr}");
+    }
+    let out = serve_in(dir.path(), &["--config", "missing.toml"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("missing.toml: cannot read it"), "{stderr}");
+    assert!(!dir.path().join("kiln.db").exists(), "nothing was served");
+}
+
+#[tokio::test]
+async fn a_server_started_with_a_config_file_holds_jobs_to_its_limits() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("kiln.toml");
+    std::fs::write(&file, "max-wall-ms = 1500\n").expect("write");
+    let server = Server::start_with(&["--config", file.to_str().expect("utf-8")]).await;
+    let job = serde_json::json!({"runtime": "sh", "code": "true", "limits": {"wall_ms": 2000}});
+    let (status, body) = server.post("/v1/jobs", &job).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("1500")),
+        "{body}"
+    );
+}
