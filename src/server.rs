@@ -100,6 +100,17 @@ async fn isolation(
     }
 }
 
+/// What to do about an address that cannot be had, where kiln can tell.
+fn listen_hint(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            ": another process listens there (an earlier kiln serve?); stop it, or give another \
+             address with --listen or KILN_LISTEN"
+        }
+        _ => "",
+    }
+}
+
 /// Enters this server in the host's register of servers and warns of each live one that shares
 /// its work root or sandbox uids. A register that cannot be written is no reason not to serve.
 fn announce(config: &Config, addr: std::net::SocketAddr) -> Option<neighbours::Registration> {
@@ -147,13 +158,7 @@ pub async fn run(
             .await
             .map_err(|source| ServerError::Listen {
                 addr: config.listen,
-                hint: match source.kind() {
-                    std::io::ErrorKind::AddrInUse => {
-                        ": another process listens there (an earlier kiln serve?); stop it, or \
-                     give another address with --listen or KILN_LISTEN"
-                    }
-                    _ => "",
-                },
+                hint: listen_hint(&source),
                 source,
             })?;
     let addr = listener.local_addr().map_err(ServerError::Http)?;
