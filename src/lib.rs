@@ -46,9 +46,10 @@
 //!
 //! [`config`] holds everything a deployment can tune and [`server`] wires the parts together and
 //! shuts them down in order, warning at start of another server on the host that shares its
-//! work root or sandbox uids ([`neighbours`]). The `kiln` binary's commands are [`cli`] (the flags they share),
-//! [`client`] (a client of a running server) and [`ops`] (the operator's commands on the
-//! database and the host); [`metrics`] counts for `GET /metrics`.
+//! work root or sandbox uids ([`neighbours`]). The `kiln` binary's commands are [`cli`] (the
+//! flags they share, and `kiln serve`'s config file), [`client`] (a client of a running server)
+//! and [`ops`] (the operator's commands on the database and the host); [`metrics`] counts for
+//! `GET /metrics`.
 
 pub mod api;
 pub mod auth;

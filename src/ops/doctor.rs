@@ -2,10 +2,11 @@
 //! about each thing that is missing.
 //!
 //! It asks the same code the server asks at start instead of guessing from the outside: the
-//! sandbox's own probe ([`Sandbox::new`] and [`Sandbox::self_test`]) with its report of namespaces, filters and cgroups,
-//! runtime detection with the sandbox's view of what is visible, and a real run of each built-in
-//! runtime through the [`Runner`] in that sandbox. Those runs happen in a directory of their own
-//! under the work root, so a server using the same work root is not disturbed.
+//! sandbox's own probe ([`Sandbox::new`], then [`Sandbox::self_test`], a sandboxed run) with its
+//! report of namespaces, filters and cgroups, runtime detection with the sandbox's view of what
+//! is visible, and a real run of each built-in runtime through the [`Runner`] in that sandbox.
+//! Those runs happen in a directory of their own under the work root, so a server using the
+//! same work root is not disturbed.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

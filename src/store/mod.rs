@@ -528,7 +528,6 @@ impl Store {
             .await
     }
 
-    /// Cancels a queued or running job. For a running job the caller must also stop the process.
     /// Adds the output and usage of the run of `attempt` to the job a cancel ended while that
     /// run went on; false if the job was not cancelled during it (see `write::keep_cancelled_run`).
     pub async fn keep_cancelled_run(
@@ -542,6 +541,7 @@ impl Store {
             .await
     }
 
+    /// Cancels a queued or running job. For a running job the caller must also stop the process.
     pub async fn cancel(&self, id: JobId) -> Result<CancelResult, StoreError> {
         self.writer
             .write(move |conn, notices| write::cancel(conn, notices, id, now_ms()))
