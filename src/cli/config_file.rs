@@ -357,11 +357,7 @@ mod tests {
                 3,
                 "invalid value '0'",
             ),
-            (
-                "listen = \"localhost:80\"\n",
-                1,
-                "invalid value 'localhost:80'",
-            ),
+            ("listen = \"nowhere:80\"\n", 1, "invalid value 'nowhere:80'"),
             ("workers = [1]\n", 1, "takes one value, not a list"),
             ("insecure = \"yes\"\n", 1, "is true or false"),
             ("config = \"other.toml\"\n", 1, "unknown key `config`"),

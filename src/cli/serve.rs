@@ -33,6 +33,26 @@ fn as_u64(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }
 
+/// An address to listen on: `IP:PORT`, or `localhost:PORT` as people write it for loopback.
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    if let Some(port) = s
+        .strip_prefix("localhost:")
+        .and_then(|p| p.parse::<u16>().ok())
+    {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    let port = s
+        .parse::<u16>()
+        .map_or("8000".into(), |port| port.to_string());
+    Err(format!(
+        "expected an IP address and a port, such as 127.0.0.1:{port} (this host only) or \
+         0.0.0.0:{port} (every interface)"
+    ))
+}
+
 /// A span of time as a flag takes it, in humantime's syntax (`24h`, `30m`), and as `--help` shows
 /// it: in hours when it is whole hours, as people write it, rather than humantime's `1day`.
 #[derive(Clone, Copy, Debug)]
@@ -70,8 +90,9 @@ pub struct ServeArgs {
     /// The SQLite database file (created if missing)
     #[arg(long, env = "KILN_DB", default_value = DEFAULT_DB)]
     db: PathBuf,
-    /// Address to listen on
-    #[arg(long, env = "KILN_LISTEN", default_value_t = defaults().listen)]
+    /// Address and port to listen on (localhost:PORT is 127.0.0.1:PORT)
+    #[arg(long, env = "KILN_LISTEN", default_value_t = defaults().listen,
+          value_parser = parse_listen)]
     listen: SocketAddr,
     /// Jobs run at once; 0 serves the API without running jobs [default: number of CPUs]
     #[arg(long, env = "KILN_WORKERS")]
@@ -509,6 +530,25 @@ mod tests {
             defaults().compile_limits.cpu_ms,
             "its default"
         );
+    }
+
+    #[test]
+    fn the_listening_address_takes_localhost_and_says_what_it_wants_otherwise() {
+        assert_eq!(
+            parse(&["--listen", "localhost:9000"]).listen,
+            SocketAddr::from(([127, 0, 0, 1], 9000))
+        );
+        assert_eq!(
+            parse(&["--listen", "[::1]:9000"]).listen.to_string(),
+            "[::1]:9000"
+        );
+        for (given, wanted) in [
+            ("9000", "127.0.0.1:9000"),
+            ("example.org:80", "127.0.0.1:8000"),
+        ] {
+            let refused = parse_listen(given).expect_err(given);
+            assert!(refused.contains(wanted), "{given}: {refused}");
+        }
     }
 
     #[test]

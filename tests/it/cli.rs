@@ -991,8 +991,8 @@ fn a_config_file_with_an_unknown_key_or_a_bad_value_stops_serve_with_its_line() 
             "bad.toml:2: unknown key `max-wal-ms`",
         ),
         (
-            "\nlisten = \"localhost:80\"\n",
-            "bad.toml:2: invalid value 'localhost:80' for '--listen",
+            "\nlisten = \"nowhere:80\"\n",
+            "bad.toml:2: invalid value 'nowhere:80' for '--listen",
         ),
         (
             "workers = \"many\"\n",
