@@ -89,8 +89,9 @@ pub fn register(dir: &Path, me: &Neighbour) -> io::Result<(Registration, Vec<Cla
         // Like /tmp: every user's server may enter, none may remove another's entry.
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777))?;
     }
-    let clashes = live(dir, me.pid)?
+    let clashes = live(dir)?
         .into_iter()
+        .filter(|other| other.pid != me.pid)
         .filter_map(|other| clash(me, other))
         .collect();
     // Locked before it gets its name, so that no one finds it unlocked and takes it for stale.
@@ -107,16 +108,20 @@ pub fn register(dir: &Path, me: &Neighbour) -> io::Result<(Registration, Vec<Cla
     Ok((Registration { path, _file: file }, clashes))
 }
 
-/// The servers in the register that still run (but `me`), removing those that do not.
-fn live(dir: &Path, me: u32) -> io::Result<Vec<Neighbour>> {
+/// The servers in the register at `dir` that still run, by pid, removing those that do not.
+pub fn live(dir: &Path) -> io::Result<Vec<Neighbour>> {
     let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found),
+        entries => entries?,
+    };
+    for entry in entries {
         let path = entry?.path();
         let named_by_pid = path
             .file_name()
             .and_then(|n| n.to_str())
             .and_then(|n| n.parse::<u32>().ok());
-        if named_by_pid.is_none_or(|pid| pid == me) {
+        if named_by_pid.is_none() {
             continue;
         }
         let Ok(file) = File::open(&path) else {
@@ -132,7 +137,19 @@ fn live(dir: &Path, me: u32) -> io::Result<Vec<Neighbour>> {
             .and_then(|text| serde_json::from_str(&text).ok());
         found.extend(neighbour);
     }
+    found.sort_by_key(|server| server.pid);
     Ok(found)
+}
+
+/// Each pair of `servers` that clash: a server, and what another shares with it.
+pub fn clashes_among(servers: &[Neighbour]) -> Vec<(&Neighbour, Clash)> {
+    let mut found = Vec::new();
+    for (i, one) in servers.iter().enumerate() {
+        for other in &servers[i + 1..] {
+            found.extend(clash(one, other.clone()).map(|clash| (one, clash)));
+        }
+    }
+    found
 }
 
 fn clash(me: &Neighbour, other: Neighbour) -> Option<Clash> {
@@ -211,5 +228,23 @@ mod tests {
             !dir.path().join("1").exists(),
             "removed when the server ends"
         );
+    }
+
+    #[test]
+    fn of_several_servers_each_pair_that_shares_something_is_named_once() {
+        let (a, b, c) = (Path::new("/a"), Path::new("/b"), Path::new("/c"));
+        let servers = [
+            server(1, a, Some((200_000, 210_001))),
+            server(2, a, Some((300_000, 310_001))),
+            server(3, b, Some((305_000, 315_001))),
+            server(4, c, None),
+        ];
+        let found: Vec<(u32, u32)> = clashes_among(&servers)
+            .into_iter()
+            .map(|(one, clash)| match clash {
+                Clash::WorkRoot(other) | Clash::Uids(other) => (one.pid, other.pid),
+            })
+            .collect();
+        assert_eq!(found, vec![(1, 2), (2, 3)]);
     }
 }

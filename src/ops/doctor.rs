@@ -18,6 +18,7 @@ use super::OpsError;
 use crate::cli::{Conclusion, Format, SandboxArgs, print};
 use crate::config::{DEFAULT_DB, default_work_root};
 use crate::job::policy::Policy;
+use crate::neighbours;
 use crate::runner::{Isolation, RunRequest, Runner};
 use crate::runtime::{Runtime, Runtimes};
 use crate::sandbox::{Mode, Report, Sandbox, SandboxConfig};
@@ -171,6 +172,7 @@ async fn checks(args: DoctorArgs) -> Vec<Check> {
     checks.push(disk_check("database directory", &db_dir));
     checks.push(disk_check("work root", &work_root));
     checks.extend(database_checks(&args.db, args.quick).await);
+    checks.push(neighbours_check());
     if let Some(url) = &args.url {
         checks.push(server_check(url).await);
     }
@@ -563,6 +565,45 @@ async fn database_checks(db: &Path, quick: bool) -> Vec<Check> {
         ));
     }
     checks
+}
+
+/// The kiln servers running on this host, and whether any two share a work root or sandbox
+/// uids ([`neighbours`]): each warns of it at its own start, in a log nobody may be reading.
+fn neighbours_check() -> Check {
+    let dir = neighbours::default_register();
+    let servers = match neighbours::live(&dir) {
+        Ok(servers) => servers,
+        Err(e) => {
+            return Check::warn(
+                "servers",
+                format!("cannot read the register of servers {}: {e}", dir.display()),
+                "let kiln read and write it (it is like /tmp: sticky and writable by all)",
+            );
+        }
+    };
+    let clashes = neighbours::clashes_among(&servers);
+    if let Some((one, clash)) = clashes.first() {
+        let more = match clashes.len() {
+            1 => String::new(),
+            n => format!(" (and {} more such pairs)", n - 1),
+        };
+        let detail = format!(
+            "the server of pid {} ({}): {clash}{more}",
+            one.pid, one.listen
+        );
+        return Check::warn(
+            "servers",
+            detail,
+            "restart one of them with its own --work-root and --sandbox-uid-base",
+        );
+    }
+    match servers.len() {
+        0 => Check::ok("servers", "no kiln server is running on this host"),
+        n => Check::ok(
+            "servers",
+            format!("{n} running on this host, none sharing a work root or sandbox uids"),
+        ),
+    }
 }
 
 async fn server_check(url: &str) -> Check {

@@ -740,6 +740,17 @@ async fn a_server_warns_of_another_live_one_with_its_work_root_or_sandbox_uids()
         "{warned:?}"
     );
 
+    // The doctor sees them too, from the register.
+    let doctor = first.kiln(&["doctor", "--sandbox", "none", "--work-root", "doctor-work"]);
+    let stdout = String::from_utf8_lossy(&doctor.stdout);
+    let line = stdout
+        .lines()
+        .find(|line| line.starts_with("warn  servers"))
+        .unwrap_or_else(|| panic!("no warning of the servers in\n{stdout}"));
+    for pid in [first.pid(), same_root.pid()] {
+        assert!(line.contains(&format!("pid {pid}")), "{line}");
+    }
+
     // Its uids, from another work root: started by hand, for util gives each server its own.
     let dir = tempfile::tempdir().expect("temp dir");
     let overlapping = (first.uid_base + 5000).to_string();
