@@ -360,11 +360,12 @@ impl Sandbox {
         })
     }
 
-    /// Runs [`SELF_TEST_PROGRAM`] the way a job runs, through [`Sandbox::launch`]: the uid and
-    /// gid maps, the root, the filters and the execve a job needs. Namespaces alone can be made
-    /// where the rest fails (an ordinary user may make a user namespace, but not map the
-    /// sandbox's uid range into it), so the server and `kiln doctor` both ask this before they
-    /// call a host able to run jobs. The sandbox it starts ahead of the next run is kept.
+    /// Runs [`SELF_TEST_PROGRAM`] the way a job runs, through [`Sandbox::launch`]: the network
+    /// namespace, the uid and gid maps, the root, the filters and the execve a job needs.
+    /// Namespaces alone can be made where the rest fails (an ordinary user may make a user
+    /// namespace, but neither a network namespace from outside it nor map the sandbox's uid
+    /// range into it), so the server and `kiln doctor` both ask this before they call a host
+    /// able to run jobs. The sandboxes it has made ready for the next runs are kept.
     pub async fn self_test(&self) -> Result<(), SandboxError> {
         let failed = |source| SandboxError::SelfTest {
             program: SELF_TEST_PROGRAM,
@@ -673,7 +674,12 @@ impl Inner {
             Arc::clone(&self.filters),
             landlock.as_ref(),
             entry.as_ref(),
-            (&self.net, self.net.take()?),
+            (
+                &self.net,
+                self.net
+                    .take()
+                    .map_err(|e| context(e, "cannot make its network namespace"))?,
+            ),
             self.user_ns.then_some(ids.job),
         )?;
         drop(landlock);
@@ -685,13 +691,11 @@ impl Inner {
         };
         let released = match self.user_ns {
             true => namespace::map_ids(sandboxed.started.pid, ids).map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!(
-                        "cannot map host uids {}.. into the sandbox's user namespace: {e}",
-                        ids.root
-                    ),
-                )
+                let what = format!(
+                    "cannot map host uids {}.. into its user namespace",
+                    ids.root
+                );
+                context(e, &what)
             }),
             false => Ok(()),
         };
@@ -774,6 +778,11 @@ async fn read_ready(started: &Started) -> std::io::Result<()> {
             "the sandbox's init died while starting",
         )),
     }
+}
+
+/// `error` with what the sandbox was doing when it happened, keeping its kind.
+fn context(error: std::io::Error, doing: &str) -> std::io::Error {
+    std::io::Error::new(error.kind(), format!("{doing}: {error}"))
 }
 
 /// Debian keeps parts of Python's standard setup under /etc/python3.X (sitecustomize.py).

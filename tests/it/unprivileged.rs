@@ -120,7 +120,7 @@ fn the_doctor_of_an_ordinary_user_fails_the_sandbox_as_serve_would() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     let sandbox: Vec<&str> = stdout
         .lines()
-        .filter(|line| line.contains("sandbox"))
+        .filter(|line| line.split_whitespace().nth(1) == Some("sandbox"))
         .collect();
     assert!(
         sandbox
