@@ -82,6 +82,13 @@ impl Default for SandboxConfig {
     }
 }
 
+/// Whether a start makes the next run's sandbox ahead of it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ahead {
+    Replenish,
+    Nothing,
+}
+
 /// What [`Sandbox::self_test`] runs: present on every host, and it only exits.
 pub const SELF_TEST_PROGRAM: &str = "/bin/true";
 
@@ -365,7 +372,10 @@ impl Sandbox {
     /// Namespaces alone can be made where the rest fails (an ordinary user may make a user
     /// namespace, but neither a network namespace from outside it nor map the sandbox's uid
     /// range into it), so the server and `kiln doctor` both ask this before they call a host
-    /// able to run jobs. The sandboxes it has made ready for the next runs are kept.
+    /// able to run jobs. It makes no sandbox ahead for a next run: one made in the background
+    /// now could start once the database is open and hold its descriptors for as long as it
+    /// waits (keeping its file system busy), and a server that runs no job (`--workers 0`)
+    /// would never use it.
     pub async fn self_test(&self) -> Result<(), SandboxError> {
         let failed = |source| SandboxError::SelfTest {
             program: SELF_TEST_PROGRAM,
@@ -373,18 +383,21 @@ impl Sandbox {
         };
         let run = async {
             let mut sandboxed = self
-                .launch(Launch {
-                    staging: None,
-                    entries: &[],
-                    work: WorkMount::Copy,
-                    staged_bytes: 0,
-                    program: Path::new(SELF_TEST_PROGRAM),
-                    args: vec![SELF_TEST_PROGRAM.into()],
-                    env: Vec::new(),
-                    limits: crate::job::policy::Policy::default().default_limits,
-                    rlimits: Vec::new(),
-                    progress: false,
-                })
+                .start(
+                    Launch {
+                        staging: None,
+                        entries: &[],
+                        work: WorkMount::Copy,
+                        staged_bytes: 0,
+                        program: Path::new(SELF_TEST_PROGRAM),
+                        args: vec![SELF_TEST_PROGRAM.into()],
+                        env: Vec::new(),
+                        limits: crate::job::policy::Policy::default().default_limits,
+                        rlimits: Vec::new(),
+                        progress: false,
+                    },
+                    Ahead::Nothing,
+                )
                 .await?;
             // Its stdin closes with them; it reads nothing and writes nothing.
             drop(sandboxed.take_stdio());
@@ -445,6 +458,11 @@ impl Sandbox {
     /// another one made for the next run. Returns once the job has exec'd (or with the setup
     /// error).
     pub async fn launch(&self, launch: Launch<'_>) -> std::io::Result<Sandboxed> {
+        self.start(launch, Ahead::Replenish).await
+    }
+
+    /// [`Sandbox::launch`], making the next run's sandbox ahead only when told to.
+    async fn start(&self, launch: Launch<'_>, ahead: Ahead) -> std::io::Result<Sandboxed> {
         let inner = &self.inner;
         // Where the host cannot hold a run to a CPU quota, the run goes without (documented).
         let cpu_quota = launch
@@ -466,7 +484,9 @@ impl Sandbox {
         let prepared = match (launch.work, cpu_quota) {
             (WorkMount::Copy, None) => {
                 let prepared = inner.take().await?;
-                inner.replenish();
+                if ahead == Ahead::Replenish {
+                    inner.replenish();
+                }
                 prepared
             }
             (work, quota) => {
