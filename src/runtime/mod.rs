@@ -1,4 +1,4 @@
-//! The languages this host can run, as data: each runtime is a definition ([`definition`]) —
+//! The languages this host can run, as data: each runtime is a [`Definition`] —
 //! the source file's name, an optional build command and what it leaves, the run command, the
 //! environment, limits — built into kiln (`runtimes/builtin.toml`) or given by the operator
 //! (`--runtimes FILE`, `--runtime NAME=PATH`), which adds to or replaces the built-in ones.
