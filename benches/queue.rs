@@ -420,7 +420,7 @@ fn queue_throughput(runtime: &Runtime, poll: bool) -> Throughput {
     let spec = JobSpec {
         runtime: "sh".into(),
         code: "true".into(),
-        stdin: String::new(),
+        stdin: Default::default(),
         args: Vec::new(),
         files: BTreeMap::new(),
         limits: Policy::default().default_limits,

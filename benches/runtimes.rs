@@ -145,8 +145,8 @@ async fn kiln_run(runner: &Runner, runtime: &Runtime, code: &str, batch: Option<
         job_id: JobId::now_v7(),
         attempt: 1,
         runtime,
-        code,
-        stdin: "",
+        code: code.as_bytes(),
+        stdin: b"",
         args: &[],
         files: &files,
         limits: Policy::default().default_limits,
@@ -166,7 +166,7 @@ async fn kiln_run(runner: &Runner, runtime: &Runtime, code: &str, batch: Option<
         runtime.name,
         out.result
     );
-    assert_eq!(out.result.stdout, "hello\n", "{}", runtime.name);
+    assert_eq!(out.result.stdout, b"hello\n", "{}", runtime.name);
     elapsed
 }
 

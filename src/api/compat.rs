@@ -49,8 +49,8 @@ pub async fn submit(
 ) -> Result<Response, ApiError> {
     let request = JobRequest {
         runtime: request.language.unwrap_or_else(|| "python".into()),
-        code: request.code,
-        stdin: request.stdin,
+        code: request.code.into(),
+        stdin: request.stdin.into(),
         args: Vec::new(),
         files: Default::default(),
         limits: LimitsRequest::default(),

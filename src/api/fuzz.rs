@@ -21,6 +21,7 @@ use super::extract::{Query, parse_json};
 use super::{batches, jobs, streams};
 use crate::job::JobSpec;
 use crate::job::batch::BatchSpec;
+use crate::job::content::Encoded;
 use crate::job::names::hidden_character;
 use crate::job::policy::Policy;
 use crate::job::validate::{
@@ -143,10 +144,10 @@ fn job_request() -> impl Strategy<Value = JobRequest> {
             |(runtime, code, stdin, args, files, limits, priority, max_attempts, callback_url)| {
                 JobRequest {
                     runtime,
-                    code,
-                    stdin,
+                    code: code.into(),
+                    stdin: stdin.into(),
                     args,
-                    files,
+                    files: encoded(files),
                     limits,
                     priority,
                     max_attempts,
@@ -154,6 +155,11 @@ fn job_request() -> impl Strategy<Value = JobRequest> {
                 }
             },
         )
+}
+
+/// Files as a request gives them, each as text.
+fn encoded(files: BTreeMap<String, String>) -> BTreeMap<String, Encoded> {
+    files.into_iter().map(|(n, c)| (n, c.into())).collect()
 }
 
 fn case_request() -> impl Strategy<Value = CaseRequest> {
@@ -176,11 +182,11 @@ fn case_request() -> impl Strategy<Value = CaseRequest> {
                     name,
                     group,
                     runtime,
-                    code,
-                    files,
-                    stdin,
+                    code: code.map(Into::into),
+                    files: encoded(files),
+                    stdin: stdin.into(),
                     args,
-                    expected_output,
+                    expected_output: expected_output.map(Into::into),
                     limits,
                 }
             },
@@ -252,9 +258,13 @@ fn check_job(spec: &JobSpec, policy: &Policy) -> Result<(), TestCaseError> {
     ] {
         prop_assert!((1..=max).contains(&value), "{limits:?}");
     }
-    prop_assert!(!spec.code.contains('\0') && !spec.stdin.contains('\0'));
+    prop_assert!(!spec.code.as_bytes().contains(&0));
     prop_assert!(spec.args.iter().all(|a| !a.contains('\0')));
-    prop_assert!(!spec.code.trim().is_empty());
+    prop_assert!(
+        !String::from_utf8_lossy(spec.code.as_bytes())
+            .trim()
+            .is_empty()
+    );
     prop_assert!(spec.code.len() <= policy.max_code_bytes);
     prop_assert!((1..=policy.max_max_attempts).contains(&spec.max_attempts));
     for name in spec.files.keys() {

@@ -17,6 +17,7 @@ use super::extract::{self, PathId, Query};
 use super::streams;
 use super::{AppState, access};
 use crate::auth::Principal;
+use crate::job::content::Encoding;
 use crate::job::names::shown;
 use crate::job::validate::JobRequest;
 use crate::job::{BatchId, Job, JobId, JobSpec, Status};
@@ -128,13 +129,27 @@ pub struct WaitQuery {
     pub(super) wait: Option<f64>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobQuery {
+    wait: Option<f64>,
+    /// `base64` has both streams in base64 whatever they hold; `utf-8` (the default) has each
+    /// as text where it is UTF-8.
+    #[serde(default)]
+    encoding: Encoding,
+}
+
 pub async fn get(
     State(state): State<AppState>,
     PathId(id): PathId,
-    Query(query): Query<WaitQuery>,
+    Query(query): Query<JobQuery>,
 ) -> Result<Json<Job>, ApiError> {
     let wait = wait_duration(&state, query.wait)?;
-    Ok(Json(wait_for_end(&state, id, wait).await?))
+    let job = wait_for_end(&state, id, wait).await?;
+    Ok(Json(match query.encoding {
+        Encoding::Base64 => job.with_base64_output(),
+        Encoding::Utf8 => job,
+    }))
 }
 
 pub(super) fn wait_duration(state: &AppState, wait: Option<f64>) -> Result<Duration, ApiError> {

@@ -28,7 +28,7 @@ use super::api::{Api, REQUEST_SLACK, api_error_from, content_type, send, transpo
 use super::interrupt::Interrupt;
 use super::show::{print_json, print_stdout};
 use super::stream::{self, Followed, Step};
-use super::submit::read_text;
+use super::submit::read_content;
 use super::watch::{is_not_found, print_stream_json};
 use super::{ClientError, ClientOpts, Wait, deadline, note, paint};
 use crate::cli::Conclusion;
@@ -370,8 +370,8 @@ fn ends_batch(message: &stream::SseMessage) -> bool {
 /// The suite file as the request body, with each `code_file` (the suite's, and any case's) read
 /// in.
 fn load_suite(path: &Path) -> Result<Value, ClientError> {
-    let text = read_text(path)?;
-    let mut suite: Value = serde_json::from_str(&text).map_err(|err| {
+    let text = read_content(path)?;
+    let mut suite: Value = serde_json::from_slice(text.as_bytes()).map_err(|err| {
         ClientError::Usage(format!("{} is not a JSON suite: {err}", path.display()))
     })?;
     let Some(fields) = suite.as_object_mut() else {
@@ -481,8 +481,10 @@ fn read_code_file(
             "{whose}: give either code or code_file, not both"
         )));
     }
-    let code = read_text(&base.join(PathBuf::from(name)))?;
-    fields.insert("code".to_owned(), Value::String(code));
+    // Sent as it is: text, or base64 for a file that is not UTF-8.
+    let code = read_content(&base.join(PathBuf::from(name)))?;
+    let code = serde_json::to_value(&code).map_err(|err| ClientError::Usage(err.to_string()))?;
+    fields.insert("code".to_owned(), code);
     Ok(())
 }
 

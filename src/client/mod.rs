@@ -305,7 +305,11 @@ pub async fn run(cmd: ClientCommand) -> Result<Conclusion, ClientError> {
             let code = read_input(&file)?;
             let runtime = match runtime {
                 Some(runtime) => runtime,
-                None => runtime_for(&file, &code, &api.runtimes().await?)?,
+                // Only its `#!` line is looked at, which is text if the file has one.
+                None => {
+                    let text = String::from_utf8_lossy(code.as_bytes());
+                    runtime_for(&file, &text, &api.runtimes().await?)?
+                }
             };
             if stdin.is_none() && file != std::path::Path::new("-") {
                 submit::warn_if_stdin_is_piped();

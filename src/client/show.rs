@@ -4,10 +4,13 @@
 
 use std::io::{self, Write};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 
 use super::{ClientError, note, paint};
 use crate::cli;
+use crate::job::content::Encoding;
 
 /// `<id>  <status> (<outcome>)  exit <code>  <wall> ms  <runtime>`, and for a suite's case
 /// `case "<name>"  <verdict>: <detail>`, leaving out what the job does not have yet (a queued
@@ -109,26 +112,22 @@ pub(super) fn show_job(job: &Value, json: bool) -> Result<(), ClientError> {
     show_output(job)
 }
 
-/// The job's stored error, stdout and stderr, and whether they were cut at the limit.
+/// The job's stored error, stdout and stderr (the exact bytes the program wrote, whatever
+/// their encoding in the JSON), and whether they were cut at the limit.
 pub(super) fn show_output(job: &Value) -> Result<(), ClientError> {
-    let text = |name: &str| {
-        job.get(name)
-            .and_then(Value::as_str)
-            .filter(|text| !text.is_empty())
-    };
+    let error = job
+        .get("error")
+        .and_then(Value::as_str)
+        .filter(|text| !text.is_empty());
+    let stdout = output(job, "stdout")?;
     print_stdout(|out| {
-        if let Some(error) = text("error") {
+        if let Some(error) = error {
             writeln!(out, "error: {error}")?;
         }
-        if let Some(stdout) = text("stdout") {
-            out.write_all(stdout.as_bytes())?;
-        }
-        Ok(())
+        out.write_all(&stdout)
     })?;
-    if let Some(stderr) = text("stderr") {
-        // Nowhere better to report a failing stderr, so the write is best effort.
-        let _ = io::stderr().lock().write_all(stderr.as_bytes());
-    }
+    // Nowhere better to report a failing stderr, so the write is best effort.
+    let _ = io::stderr().lock().write_all(&output(job, "stderr")?);
     let limit = job
         .get("limits")
         .and_then(|limits| limits.get("output_bytes"))
@@ -186,6 +185,27 @@ pub(super) fn runtimes(out: &mut impl Write, listing: &Value) -> io::Result<()> 
         writeln!(out, "{line}")?;
     }
     Ok(())
+}
+
+/// The bytes of one of a job's streams: its text, or its base64 decoded where its
+/// `{stream}_encoding` says so.
+fn output(job: &Value, stream: &str) -> Result<Vec<u8>, ClientError> {
+    let text = job.get(stream).and_then(Value::as_str).unwrap_or_default();
+    let encoding = job
+        .get(format!("{stream}_encoding"))
+        .and_then(Value::as_str);
+    if encoding != Some(Encoding::Base64.as_str()) {
+        return Ok(text.as_bytes().to_vec());
+    }
+    STANDARD
+        .decode(text)
+        .map_err(|error| ClientError::BadResponse {
+            url: format!(
+                "/v1/jobs/{}",
+                job.get("id").and_then(Value::as_str).unwrap_or("?")
+            ),
+            detail: format!("{stream} is not valid base64: {error}"),
+        })
 }
 
 pub(super) fn print_json(value: &Value) -> Result<(), ClientError> {

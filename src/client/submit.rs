@@ -10,19 +10,20 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::ClientError;
+use crate::job::content::Content;
 
 /// The body of `POST /v1/jobs`. Absent options are left out rather than sent as null, so the
 /// server's own defaults apply.
 #[derive(Debug, Serialize)]
 pub(super) struct Submission {
     pub(super) runtime: String,
-    pub(super) code: String,
+    pub(super) code: Content,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) stdin: Option<String>,
+    pub(super) stdin: Option<Content>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(super) args: Vec<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub(super) files: BTreeMap<String, String>,
+    pub(super) files: BTreeMap<String, Content>,
     #[serde(skip_serializing_if = "Limits::is_empty")]
     pub(super) limits: Limits,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -125,10 +126,10 @@ fn shebang_interpreter(code: &str) -> Option<String> {
         .map(|w| w.rsplit('/').next().unwrap_or(w).to_owned())
 }
 
-/// [`read_text`], where `-` is this command's standard input.
-pub(super) fn read_input(path: &Path) -> Result<String, ClientError> {
+/// [`read_content`], where `-` is this command's standard input.
+pub(super) fn read_input(path: &Path) -> Result<Content, ClientError> {
     if path != Path::new("-") {
-        return read_text(path);
+        return read_content(path);
     }
     let mut bytes = Vec::new();
     std::io::stdin()
@@ -138,11 +139,11 @@ pub(super) fn read_input(path: &Path) -> Result<String, ClientError> {
             path: path.to_owned(),
             source,
         })?;
-    utf8(bytes, Path::new("standard input"))
+    Ok(Content(bytes))
 }
 
 /// `--file PATH` or `--file NAME=PATH`, each read in under its name.
-pub(super) fn read_files(given: &[String]) -> Result<BTreeMap<String, String>, ClientError> {
+pub(super) fn read_files(given: &[String]) -> Result<BTreeMap<String, Content>, ClientError> {
     let mut files = BTreeMap::new();
     for given in given {
         let (name, path) = match given.split_once('=') {
@@ -159,8 +160,8 @@ pub(super) fn read_files(given: &[String]) -> Result<BTreeMap<String, String>, C
                 (name, path)
             }
         };
-        let text = read_text(&path)?;
-        if files.insert(name.clone(), text).is_some() {
+        let contents = read_content(&path)?;
+        if files.insert(name.clone(), contents).is_some() {
             return Err(ClientError::Usage(format!(
                 "--file: two files are named {name:?}"
             )));
@@ -184,22 +185,14 @@ pub(super) fn warn_if_stdin_is_piped() {
     }
 }
 
-/// Code and stdin travel as JSON strings, so they must be UTF-8 text.
-pub(super) fn read_text(path: &Path) -> Result<String, ClientError> {
-    let bytes = std::fs::read(path).map_err(|source| ClientError::ReadFile {
-        path: path.to_owned(),
-        source,
-    })?;
-    utf8(bytes, path)
-}
-
-fn utf8(bytes: Vec<u8>, path: &Path) -> Result<String, ClientError> {
-    String::from_utf8(bytes).map_err(|_| {
-        ClientError::Usage(format!(
-            "{} is not UTF-8 text, which is all kiln can send",
-            path.display()
-        ))
-    })
+/// A file to send as it is: as text when it is UTF-8, else in base64 (see [`Content`]).
+pub(super) fn read_content(path: &Path) -> Result<Content, ClientError> {
+    std::fs::read(path)
+        .map(Content)
+        .map_err(|source| ClientError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -251,7 +244,7 @@ mod tests {
     fn submission_leaves_out_what_was_not_given() {
         let bare = Submission {
             runtime: "python".to_owned(),
-            code: "print(1)".to_owned(),
+            code: "print(1)".into(),
             stdin: None,
             args: Vec::new(),
             files: BTreeMap::new(),
@@ -265,9 +258,9 @@ mod tests {
             Some(json!({"runtime": "python", "code": "print(1)"}))
         );
         let full = Submission {
-            stdin: Some("in".to_owned()),
+            stdin: Some(Content(b"in\xff".to_vec())),
             args: vec!["-v".to_owned()],
-            files: BTreeMap::from([("data.txt".to_owned(), "1 2".to_owned())]),
+            files: BTreeMap::from([("data.txt".to_owned(), "1 2".into())]),
             limits: Limits {
                 wall_ms: Some(500),
                 ..Limits::default()
@@ -279,7 +272,7 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&full).ok(),
             Some(
-                json!({"runtime": "python", "code": "print(1)", "stdin": "in",
+                json!({"runtime": "python", "code": "print(1)", "stdin": {"base64": "aW7/"},
                 "args": ["-v"], "files": {"data.txt": "1 2"}, "limits": {"wall_ms": 500},
                 "priority": -3, "callback_url": "http://127.0.0.1:9/hook"})
             )

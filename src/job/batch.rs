@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::content::Content;
 use super::validate::LimitsRequest;
 use super::verdict::{CompareMode, Verdict};
 use super::{BatchId, JobId, Limits, Outcome, Status};
@@ -29,8 +30,8 @@ pub struct SuiteSpec {
     /// The program of every case that does not bring its own; either may be absent when every
     /// case gives it.
     pub runtime: Option<String>,
-    pub code: Option<String>,
-    pub files: BTreeMap<String, String>,
+    pub code: Option<Content>,
+    pub files: BTreeMap<String, Content>,
     /// The suite's limits as submitted, kept to answer a replayed submission.
     pub limits: LimitsRequest,
     pub compare: CompareMode,
@@ -52,12 +53,12 @@ pub struct CaseSpec {
     /// The runtime the case runs: its own or the suite's.
     pub runtime: String,
     /// The case's own code, where it does not run the suite's.
-    pub code: Option<String>,
+    pub code: Option<Content>,
     /// The case's own files, added to the suite's.
-    pub files: BTreeMap<String, String>,
-    pub stdin: String,
+    pub files: BTreeMap<String, Content>,
+    pub stdin: Content,
     pub args: Vec<String>,
-    pub expected_output: Option<String>,
+    pub expected_output: Option<Content>,
     /// The suite's limits with the case's overrides and the server's defaults filled in.
     pub limits: Limits,
 }
@@ -66,7 +67,7 @@ pub struct CaseSpec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CaseCheck {
     pub batch_id: BatchId,
-    pub expected_output: Option<String>,
+    pub expected_output: Option<Content>,
     pub compare: CompareMode,
 }
 

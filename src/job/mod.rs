@@ -7,13 +7,15 @@
 //! program's stderr says of why ([`failure`]); what a deployment lets a submission ask for
 //! ([`policy`], with the hosts a callback may reach in [`hosts`]) and the checks that hold a
 //! submission to it ([`validate`], one set of rules for every entry point); what a name may look
-//! like ([`names`]); timestamps as kiln keeps them ([`time`]).
+//! like ([`names`]); timestamps as kiln keeps them ([`time`]); the bytes a job is given and
+//! gives back, and how JSON writes them ([`content`]).
 //!
 //! Nothing here imports anything of kiln outside `src/job/`: the configuration, the store, the
 //! API, the runner and the rest depend on this module and it on none of them, so a change up
 //! there never reaches the domain (`tests/it/architecture.rs` holds the crate to it).
 
 pub mod batch;
+pub mod content;
 pub mod failure;
 pub mod hosts;
 pub mod names;
@@ -27,6 +29,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use content::{Content, Encoding};
 use text::text_enum;
 use verdict::{Judgement, Verdict};
 
@@ -159,10 +162,10 @@ impl Limits {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobSpec {
     pub runtime: String,
-    pub code: String,
-    pub stdin: String,
+    pub code: Content,
+    pub stdin: Content,
     pub args: Vec<String>,
-    pub files: BTreeMap<String, String>,
+    pub files: BTreeMap<String, Content>,
     pub limits: Limits,
     pub priority: i32,
     pub max_attempts: u32,
@@ -262,8 +265,11 @@ pub struct Job {
     pub finished_at: Option<i64>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
+    /// The output as [`Content::shown`] writes it, in the encoding beside it.
     pub stdout: String,
+    pub stdout_encoding: Encoding,
     pub stderr: String,
+    pub stderr_encoding: Encoding,
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
     pub wall_ms: Option<u64>,
@@ -284,6 +290,23 @@ pub struct Job {
     pub verdict_detail: Option<String>,
 }
 
+impl Job {
+    /// The same job with both streams in base64 whatever they hold, for a client that wants the
+    /// bytes without looking at each stream's encoding. Exact: text in `utf-8` is the bytes.
+    pub fn with_base64_output(mut self) -> Job {
+        for (text, encoding) in [
+            (&mut self.stdout, &mut self.stdout_encoding),
+            (&mut self.stderr, &mut self.stderr_encoding),
+        ] {
+            if *encoding == Encoding::Utf8 {
+                *text = Content::from(std::mem::take(text)).shown(true).0;
+                *encoding = Encoding::Base64;
+            }
+        }
+        self
+    }
+}
+
 /// How far a running job says it got: a percentage and a short message, as it wrote them to its
 /// progress descriptor (see [`crate::progress`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -297,8 +320,9 @@ pub struct Progress {
 pub struct RunResult {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
+    /// Exactly the bytes the program wrote, up to the output cap.
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
     pub wall_ms: u64,
@@ -354,7 +378,9 @@ mod tests {
             exit_code: Some(2),
             signal: None,
             stdout: "out".into(),
+            stdout_encoding: Encoding::Utf8,
             stderr: String::new(),
+            stderr_encoding: Encoding::Utf8,
             stdout_truncated: false,
             stderr_truncated: true,
             wall_ms: Some(5),
@@ -391,7 +417,8 @@ mod tests {
             r#""outcome":"nonzero_exit","runtime":"sh","attempt":1,"max_attempts":3,"#,
             r#""priority":0,"created_at":"2023-11-14T22:13:20.000Z","#,
             r#""started_at":"2023-11-14T22:13:20.100Z","finished_at":null,"exit_code":2,"#,
-            r#""signal":null,"stdout":"out","stderr":"","stdout_truncated":false,"#,
+            r#""signal":null,"stdout":"out","stdout_encoding":"utf-8","stderr":"","#,
+            r#""stderr_encoding":"utf-8","stdout_truncated":false,"#,
             r#""stderr_truncated":true,"wall_ms":5,"cpu_ms":null,"memory_kb":1024,"#,
             r#""limits":{"wall_ms":1,"cpu_ms":2,"memory_mb":3,"processes":4,"#,
             r#""output_bytes":5,"file_bytes":6},"error":null,"#,

@@ -2,7 +2,9 @@
 //! [`BatchRequest`]) checked against the deployment's [`Policy`] into a [`JobSpec`] or a
 //! [`BatchSpec`], or refused with a [`Rejection`]. Every entry point (the v1 API, the
 //! compatibility aliases, suites) applies these same rules; a suite is checked whole, every case
-//! before anything is stored, so it is accepted whole or not at all.
+//! before anything is stored, so it is accepted whole or not at all. The bytes of code, stdin,
+//! files and expected output are decoded here from their wire form ([`super::content`]), so a
+//! malformed one is refused naming its field, like any other rule broken.
 //!
 //! What is the submitter's doing is refused here, not found out by a run: besides the policy's
 //! sizes, every way the request's files and args could keep the kernel from setting the run up.
@@ -22,6 +24,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use serde::{Deserialize, Serialize};
 
 use super::batch::{BatchSpec, CaseSpec, SuiteSpec};
+use super::content::{Content, Encoded, decode_files};
 use super::names::{LookAlikes, hidden_character, shown};
 use super::policy::Policy;
 use super::verdict::CompareMode;
@@ -76,13 +79,13 @@ pub struct LimitsRequest {
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
     pub runtime: String,
-    pub code: String,
+    pub code: Encoded,
     #[serde(default)]
-    pub stdin: String,
+    pub stdin: Encoded,
     #[serde(default)]
     pub args: Vec<String>,
     #[serde(default, deserialize_with = "unique_names")]
-    pub files: BTreeMap<String, String>,
+    pub files: BTreeMap<String, Encoded>,
     #[serde(default)]
     pub limits: LimitsRequest,
     #[serde(default)]
@@ -98,10 +101,10 @@ pub struct JobRequest {
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     pub runtime: Option<String>,
-    pub code: Option<String>,
+    pub code: Option<Encoded>,
     /// Every case's files; a case's own files are added to them, replacing any of the same name.
     #[serde(default, deserialize_with = "unique_names")]
-    pub files: BTreeMap<String, String>,
+    pub files: BTreeMap<String, Encoded>,
     /// Defaults for every case; a case's own limits override them one by one.
     #[serde(default)]
     pub limits: LimitsRequest,
@@ -143,9 +146,9 @@ impl BatchRequest {
 #[serde(deny_unknown_fields)]
 pub struct SuiteRequest {
     pub runtime: Option<String>,
-    pub code: Option<String>,
+    pub code: Option<Encoded>,
     #[serde(default, deserialize_with = "unique_names")]
-    pub files: BTreeMap<String, String>,
+    pub files: BTreeMap<String, Encoded>,
     #[serde(default)]
     pub limits: LimitsRequest,
     #[serde(default)]
@@ -166,27 +169,27 @@ pub struct CaseRequest {
     pub group: Option<String>,
     /// The case's own program, where it is not the suite's.
     pub runtime: Option<String>,
-    pub code: Option<String>,
+    pub code: Option<Encoded>,
     #[serde(default, deserialize_with = "unique_names")]
-    pub files: BTreeMap<String, String>,
+    pub files: BTreeMap<String, Encoded>,
     #[serde(default)]
-    pub stdin: String,
+    pub stdin: Encoded,
     #[serde(default)]
     pub args: Vec<String>,
     /// What stdout must be; without it a case passes when the program exits 0.
-    pub expected_output: Option<String>,
+    pub expected_output: Option<Encoded>,
     #[serde(default)]
     pub limits: LimitsRequest,
 }
 
 /// `files` as decoded, refusing a name given twice: a JSON object may repeat a key, and a map
 /// would keep the last and lose the other without a word.
-fn unique_names<'de, D: serde::Deserializer<'de>>(
+fn unique_names<'de, D: serde::Deserializer<'de>, V: Deserialize<'de>>(
     deserializer: D,
-) -> Result<BTreeMap<String, String>, D::Error> {
-    struct Files;
-    impl<'de> serde::de::Visitor<'de> for Files {
-        type Value = BTreeMap<String, String>;
+) -> Result<BTreeMap<String, V>, D::Error> {
+    struct Files<V>(std::marker::PhantomData<V>);
+    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Files<V> {
+        type Value = BTreeMap<String, V>;
 
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("an object of file names and contents")
@@ -197,7 +200,7 @@ fn unique_names<'de, D: serde::Deserializer<'de>>(
             mut map: A,
         ) -> Result<Self::Value, A::Error> {
             let mut files = BTreeMap::new();
-            while let Some((name, contents)) = map.next_entry::<String, String>()? {
+            while let Some((name, contents)) = map.next_entry::<String, V>()? {
                 match files.entry(name) {
                     Entry::Vacant(slot) => {
                         slot.insert(contents);
@@ -212,7 +215,7 @@ fn unique_names<'de, D: serde::Deserializer<'de>>(
             Ok(files)
         }
     }
-    deserializer.deserialize_map(Files)
+    deserializer.deserialize_map(Files(std::marker::PhantomData))
 }
 
 /// The longest idempotency key accepted, in bytes.
@@ -261,14 +264,12 @@ impl JobSpec {
         policy: &Policy,
         runtime_files: impl Fn(&str, &str) -> Option<RuntimeTerms>,
     ) -> Result<JobSpec, Rejection> {
-        let (program_bytes, terms) = check_program(
-            &request.runtime,
-            &request.code,
-            &request.files,
-            policy,
-            &runtime_files,
-        )?;
-        check_input(&request.stdin, &request.args, policy)?;
+        let code = decoded("code", request.code)?;
+        let stdin = decoded("stdin", request.stdin)?;
+        let files = decoded_files(request.files)?;
+        let (program_bytes, terms) =
+            check_program(&request.runtime, &code, &files, policy, &runtime_files)?;
+        check_input(&stdin, &request.args, policy)?;
         let max_attempts = check_max_attempts(request.max_attempts, policy)?;
         check_key(idempotency_key.as_deref())?;
         check_callback(request.callback_url.as_deref(), policy)?;
@@ -276,10 +277,10 @@ impl JobSpec {
         check_fits_memory(program_bytes, &limits)?;
         Ok(JobSpec {
             runtime: terms.name,
-            code: request.code,
-            stdin: request.stdin,
+            code,
+            stdin,
             args: request.args,
-            files: request.files,
+            files,
             limits,
             priority: request.priority,
             max_attempts,
@@ -289,17 +290,31 @@ impl JobSpec {
     }
 }
 
+/// `value` decoded, or refused naming `field`, the place it came in.
+fn decoded(field: &str, value: Encoded) -> Result<Content, Rejection> {
+    value
+        .decode()
+        .map_err(|why| Rejection::Invalid(format!("{field}: {why}")))
+}
+
+/// The contents of every file decoded, or refused naming the file.
+fn decoded_files(files: BTreeMap<String, Encoded>) -> Result<BTreeMap<String, Content>, Rejection> {
+    decode_files(files)
+        .map_err(|(name, why)| Rejection::Invalid(format!("files[{}]: {why}", shown(&name))))
+}
+
 /// Checks what a run executes by the rules every run's program meets: a runtime offered here,
 /// code, and files that make a tree the kernel can build beside what the runtime writes. Returns
 /// the bytes of code and files, which the run's memory holds, and the runtime's terms.
 fn check_program(
     runtime: &str,
-    code: &str,
-    files: &BTreeMap<String, String>,
+    code: &Content,
+    files: &BTreeMap<String, Content>,
     policy: &Policy,
     runtime_files: impl Fn(&str, &str) -> Option<RuntimeTerms>,
 ) -> Result<(usize, RuntimeTerms), Rejection> {
-    let Some(own) = runtime_files(runtime, code) else {
+    // A runtime may read its terms from the code (Java's class name): only from its text.
+    let Some(own) = runtime_files(runtime, &String::from_utf8_lossy(code.as_bytes())) else {
         return Err(Rejection::UnknownRuntime {
             name: runtime.to_owned(),
             case: None,
@@ -348,14 +363,14 @@ fn check_program(
     Ok((code.len() + files_bytes, own))
 }
 
-fn check_code(code: &str, policy: &Policy) -> Result<(), Rejection> {
-    if code.trim().is_empty() {
+fn check_code(code: &Content, policy: &Policy) -> Result<(), Rejection> {
+    if String::from_utf8_lossy(code.as_bytes()).trim().is_empty() {
         return Err(Rejection::Invalid("code must not be empty".into()));
     }
     check_size("code", code.len(), policy.max_code_bytes)?;
-    if code.contains('\0') {
+    if code.as_bytes().contains(&0) {
         return Err(Rejection::Invalid(
-            "code, stdin and args must not contain NUL bytes".into(),
+            "code and args must not contain NUL bytes".into(),
         ));
     }
     Ok(())
@@ -395,7 +410,7 @@ fn check_callback(url: Option<&str>, policy: &Policy) -> Result<(), Rejection> {
 /// decoded ([`unique_names`]), and [`check_file_name`] refuses every other way to write one path
 /// twice (`a//b`, `./a`, `a/`).
 fn check_tree<'a>(
-    files: &'a BTreeMap<String, String>,
+    files: &'a BTreeMap<String, Content>,
     own: &RuntimeTerms,
     policy: &Policy,
 ) -> Result<BTreeSet<&'a str>, Rejection> {
@@ -432,8 +447,9 @@ fn check_tree<'a>(
     Ok(dirs)
 }
 
-/// The checks on what one run is given besides the code: its stdin and arguments.
-fn check_input(stdin: &str, args: &[String], policy: &Policy) -> Result<(), Rejection> {
+/// The checks on what one run is given besides the code: its stdin and arguments. Stdin goes
+/// through a pipe, so it may hold any bytes, NUL too.
+fn check_input(stdin: &Content, args: &[String], policy: &Policy) -> Result<(), Rejection> {
     check_size("stdin", stdin.len(), policy.max_stdin_bytes)?;
     if args.len() > policy.max_args {
         return Err(Rejection::TooLarge(format!(
@@ -461,14 +477,9 @@ fn check_input(stdin: &str, args: &[String], policy: &Policy) -> Result<(), Reje
             policy.max_args_bytes
         )));
     }
-    if args
-        .iter()
-        .map(String::as_str)
-        .chain([stdin])
-        .any(|s| s.contains('\0'))
-    {
+    if args.iter().any(|arg| arg.contains('\0')) {
         return Err(Rejection::Invalid(
-            "code, stdin and args must not contain NUL bytes".into(),
+            "code and args must not contain NUL bytes".into(),
         ));
     }
     Ok(())
@@ -662,9 +673,16 @@ impl<'p, F: Fn(&str, &str) -> Option<RuntimeTerms>> SuiteCheck<'p, F> {
         let max_attempts = check_max_attempts(None, policy)?;
         check_pass_at_k(&request.pass_at_k, policy)?;
         let mut request = request;
+        let code = request
+            .code
+            .take()
+            .map(|code| decoded("code", code))
+            .transpose()?;
         if let Some(runtime) = &request.runtime {
-            let code = request.code.as_deref().unwrap_or_default();
-            let Some(terms) = runtime_files(runtime, code) else {
+            let text = code
+                .as_ref()
+                .map(|code| String::from_utf8_lossy(code.as_bytes()));
+            let Some(terms) = runtime_files(runtime, text.as_deref().unwrap_or_default()) else {
                 return Err(Rejection::UnknownRuntime {
                     name: runtime.clone(),
                     case: None,
@@ -672,13 +690,13 @@ impl<'p, F: Fn(&str, &str) -> Option<RuntimeTerms>> SuiteCheck<'p, F> {
             };
             request.runtime = Some(terms.name);
         }
-        if let Some(code) = &request.code {
+        if let Some(code) = &code {
             check_code(code, policy)?;
         }
         let suite = SuiteSpec {
             runtime: request.runtime,
-            code: request.code,
-            files: request.files,
+            code,
+            files: decoded_files(request.files)?,
             limits: request.limits,
             compare: request.compare,
             pass_at_k: request.pass_at_k,
@@ -734,19 +752,28 @@ impl<'p, F: Fn(&str, &str) -> Option<RuntimeTerms>> SuiteCheck<'p, F> {
         if let Some(group) = &case.group {
             check_label("group", group).map_err(in_case)?;
         }
+        let own_code = case.code.map(|code| decoded("code", code)).transpose();
+        let own_code = own_code.map_err(in_case)?;
+        let own_files = decoded_files(case.files).map_err(in_case)?;
+        let stdin = decoded("stdin", case.stdin).map_err(in_case)?;
+        let expected_output = case
+            .expected_output
+            .map(|expected| decoded("expected_output", expected))
+            .transpose()
+            .map_err(in_case)?;
         let Some(runtime) = case.runtime.as_ref().or(suite.runtime.as_ref()) else {
             return Err(in_case(Rejection::Invalid(
                 "no runtime: give one for the suite or for the case".into(),
             )));
         };
-        let Some(code) = case.code.as_ref().or(suite.code.as_ref()) else {
+        let Some(code) = own_code.as_ref().or(suite.code.as_ref()) else {
             return Err(in_case(Rejection::Invalid(
                 "no code: give it for the suite or for the case".into(),
             )));
         };
-        let own_program = case.runtime.is_some() || case.code.is_some() || !case.files.is_empty();
+        let own_program = case.runtime.is_some() || own_code.is_some() || !own_files.is_empty();
         let (program_bytes, terms) = if own_program {
-            let files = with_own_files(&suite.files, &case.files);
+            let files = with_own_files(&suite.files, &own_files);
             check_program(runtime, code, &files, policy, &self.runtime_files).map_err(in_case)?
         } else if let Some(checked) = &self.suite_program {
             checked.clone()
@@ -760,8 +787,8 @@ impl<'p, F: Fn(&str, &str) -> Option<RuntimeTerms>> SuiteCheck<'p, F> {
             })?;
             self.suite_program.insert(checked).clone()
         };
-        check_input(&case.stdin, &case.args, policy).map_err(in_case)?;
-        if let Some(expected) = &case.expected_output {
+        check_input(&stdin, &case.args, policy).map_err(in_case)?;
+        if let Some(expected) = &expected_output {
             let max = usize::try_from(policy.max_limits.output_bytes).unwrap_or(usize::MAX);
             check_size("expected_output", expected.len(), max).map_err(in_case)?;
         }
@@ -772,11 +799,11 @@ impl<'p, F: Fn(&str, &str) -> Option<RuntimeTerms>> SuiteCheck<'p, F> {
             name,
             group: case.group,
             runtime: terms.name,
-            code: case.code,
-            files: case.files,
-            stdin: case.stdin,
+            code: own_code,
+            files: own_files,
+            stdin,
             args: case.args,
-            expected_output: case.expected_output,
+            expected_output,
             limits,
         })
     }
@@ -801,9 +828,9 @@ fn no_cases() -> Rejection {
 
 /// A case's files: the suite's, with the case's own added (replacing any of the same name).
 fn with_own_files<'a>(
-    suite: &'a BTreeMap<String, String>,
-    own: &BTreeMap<String, String>,
-) -> Cow<'a, BTreeMap<String, String>> {
+    suite: &'a BTreeMap<String, Content>,
+    own: &BTreeMap<String, Content>,
+) -> Cow<'a, BTreeMap<String, Content>> {
     if own.is_empty() {
         return Cow::Borrowed(suite);
     }
@@ -939,12 +966,18 @@ mod tests {
             validate(serde_json::from_value(suite).expect("request"), &policy).expect("valid");
         let (shared, own) = (&spec.cases[0], &spec.cases[1]);
         assert_eq!(
-            (shared.runtime.as_str(), shared.code.as_deref()),
+            (
+                shared.runtime.as_str(),
+                shared.code.as_ref().map(Content::as_bytes)
+            ),
             ("sh", None)
         );
         assert_eq!(
-            (own.runtime.as_str(), own.code.as_deref()),
-            ("c", Some("int main(){}"))
+            (
+                own.runtime.as_str(),
+                own.code.as_ref().map(Content::as_bytes)
+            ),
+            ("c", Some(b"int main(){}".as_slice()))
         );
         assert_eq!(
             own.files.keys().collect::<Vec<_>>(),
@@ -1290,8 +1323,8 @@ mod tests {
     fn a_suites_shared_files_are_checked_as_a_jobs() {
         let mut suite = request(serde_json::json!([{}]));
         suite.files = BTreeMap::from([
-            ("a".to_owned(), String::new()),
-            ("a/b".to_owned(), String::new()),
+            ("a".to_owned(), Encoded::default()),
+            ("a/b".to_owned(), Encoded::default()),
         ]);
         let err = validate(suite, &Policy::default());
         assert!(
@@ -1370,7 +1403,7 @@ mod tests {
         assert!(held.is_ok(), "{held:?}");
         let case = validate(
             BatchRequest {
-                files: BTreeMap::from([("data".to_owned(), "x".repeat(2 << 20))]),
+                files: BTreeMap::from([("data".to_owned(), "x".repeat(2 << 20).into())]),
                 ..request(serde_json::json!([{}, {"limits": {"memory_mb": 1}}]))
             },
             &Policy::default(),

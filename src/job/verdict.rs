@@ -82,13 +82,15 @@ pub struct Judgement {
 pub fn judge(
     outcome: Outcome,
     result: &RunResult,
-    expected: Option<&str>,
+    expected: Option<&[u8]>,
     mode: CompareMode,
 ) -> Judgement {
     let verdict = Verdict::of_outcome(outcome);
+    // What the program said of its failure is only read for an explanation.
+    let stderr = String::from_utf8_lossy(&result.stderr);
     let detail = match outcome {
         Outcome::Success => {
-            return match expected.and_then(|e| first_difference(e, &result.stdout, mode)) {
+            return match expected.and_then(|e| first_byte_difference(e, &result.stdout, mode)) {
                 Some(difference) => Judgement {
                     verdict: Verdict::WrongAnswer,
                     detail: Some(difference),
@@ -108,15 +110,16 @@ pub fn judge(
                 }),
                 (None, None) => None,
             };
-            explained(how, failure::error_line(&result.stderr))
+            explained(how, failure::error_line(&stderr))
         }
         // Said by the runtime rather than seen by the kernel: its message tells how it allocated.
-        Outcome::MemoryLimit if failure::out_of_memory(&result.stderr) => explained(
+        Outcome::MemoryLimit if failure::out_of_memory(&stderr) => explained(
             Some("memory limit".to_owned()),
-            failure::error_line(&result.stderr),
+            failure::error_line(&stderr),
         ),
         Outcome::CompileError => {
-            let mut lines = result.stderr.lines().chain(result.stdout.lines());
+            let stdout = String::from_utf8_lossy(&result.stdout);
+            let mut lines = stderr.lines().chain(stdout.lines());
             // gcc and clang open with context ("In function ..."); the first error says more.
             let first_error = lines.clone().find(|line| line.contains("error"));
             first_error
@@ -139,6 +142,61 @@ fn explained(how: Option<String>, why: Option<String>) -> Option<String> {
 /// Characters of context shown on each side of the first difference.
 const BEFORE: usize = 16;
 const AFTER: usize = 24;
+
+/// Where the bytes `actual` first depart from `expected` under `mode`: as text (by line and
+/// column) when both are UTF-8, else as bytes, the mode's white space being ASCII's. Never
+/// through a lossy decoding, which would make different output look the same.
+pub fn first_byte_difference(expected: &[u8], actual: &[u8], mode: CompareMode) -> Option<String> {
+    if let (Ok(expected), Ok(actual)) = (std::str::from_utf8(expected), std::str::from_utf8(actual))
+    {
+        return first_difference(expected, actual, mode);
+    }
+    let normal = |bytes: &[u8]| -> Vec<u8> {
+        match mode {
+            CompareMode::Exact => bytes.to_vec(),
+            CompareMode::Trim => {
+                let mut lines: Vec<&[u8]> = bytes
+                    .split(|&b| b == b'\n')
+                    .map(<[u8]>::trim_ascii_end)
+                    .collect();
+                while lines.last().is_some_and(|line| line.is_empty()) {
+                    lines.pop();
+                }
+                lines.join(&b'\n')
+            }
+            CompareMode::Tokens => bytes
+                .split(u8::is_ascii_whitespace)
+                .filter(|token| !token.is_empty())
+                .collect::<Vec<_>>()
+                .join(&b' '),
+        }
+    };
+    let (expected, actual) = (normal(expected), normal(actual));
+    let at = expected.iter().zip(&actual).position(|(e, a)| e != a);
+    let at = match at {
+        Some(at) => at,
+        None if expected.len() == actual.len() => return None,
+        None => expected.len().min(actual.len()),
+    };
+    let show = |bytes: &[u8]| match bytes.get(at..).filter(|rest| !rest.is_empty()) {
+        Some(rest) => {
+            let hex: Vec<String> = rest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+            format!("bytes {}", hex.join(" "))
+        }
+        None => "end of output".to_owned(),
+    };
+    let compared = match mode {
+        CompareMode::Exact => "",
+        CompareMode::Trim => " of the trimmed lines",
+        CompareMode::Tokens => " of the tokens",
+    };
+    Some(format!(
+        "byte {}{compared} (not UTF-8, compared as bytes): expected {}, got {}",
+        at + 1,
+        show(&expected),
+        show(&actual)
+    ))
+}
 
 /// Where `actual` first departs from `expected` under `mode`, as a one-line explanation;
 /// `None` if they match.
@@ -344,14 +402,14 @@ mod tests {
     #[test]
     fn a_clean_exit_is_judged_by_its_output_and_anything_else_by_its_outcome() {
         let result = |stdout: &str| RunResult {
-            stdout: stdout.to_owned(),
+            stdout: stdout.as_bytes().to_vec(),
             exit_code: Some(0),
             ..RunResult::default()
         };
         let mode = CompareMode::Trim;
-        let passed = judge(Outcome::Success, &result("4\n"), Some("4"), mode);
+        let passed = judge(Outcome::Success, &result("4\n"), Some(b"4"), mode);
         assert_eq!(passed.verdict, Verdict::Passed);
-        let wrong = judge(Outcome::Success, &result("5\n"), Some("4"), mode);
+        let wrong = judge(Outcome::Success, &result("5\n"), Some(b"4"), mode);
         assert_eq!(wrong.verdict, Verdict::WrongAnswer);
         assert!(wrong.detail.is_some_and(|d| d.contains("expected \"4\"")));
         let unchecked = judge(Outcome::Success, &result("anything"), None, mode);
@@ -360,14 +418,15 @@ mod tests {
             exit_code: Some(3),
             ..result("4\n")
         };
-        let crashed = judge(Outcome::NonzeroExit, &crashed, Some("4"), mode);
+        let crashed = judge(Outcome::NonzeroExit, &crashed, Some(b"4"), mode);
         assert_eq!(crashed.verdict, Verdict::RuntimeError);
         assert_eq!(crashed.detail.as_deref(), Some("exit code 3"));
         let traceback = RunResult {
             exit_code: Some(1),
             stderr: "Traceback (most recent call last):\n  File \"/work/main.py\", line 1\n\
                      AssertionError: expected 3\n"
-                .to_owned(),
+                .as_bytes()
+                .to_vec(),
             ..result("")
         };
         let failed = judge(Outcome::NonzeroExit, &traceback, None, mode);
@@ -378,7 +437,9 @@ mod tests {
         let aborted = RunResult {
             exit_code: None,
             signal: Some(libc::SIGABRT),
-            stderr: "main: main.c:3: main: Assertion `0' failed.\n".to_owned(),
+            stderr: "main: main.c:3: main: Assertion `0' failed.\n"
+                .as_bytes()
+                .to_vec(),
             ..result("")
         };
         let aborted = judge(Outcome::Signal, &aborted, None, mode);
@@ -389,7 +450,8 @@ mod tests {
         let said = RunResult {
             exit_code: Some(1),
             stderr: "Traceback (most recent call last):\n  File \"x\", line 1\nMemoryError\n"
-                .to_owned(),
+                .as_bytes()
+                .to_vec(),
             ..result("")
         };
         let said = judge(Outcome::MemoryLimit, &said, None, mode);
@@ -397,14 +459,41 @@ mod tests {
         assert_eq!(said.detail.as_deref(), Some("memory limit: MemoryError"));
         let killed = RunResult {
             signal: Some(libc::SIGKILL),
-            stderr: "allocating\n".to_owned(),
+            stderr: "allocating\n".as_bytes().to_vec(),
             ..result("")
         };
         let killed = judge(Outcome::MemoryLimit, &killed, None, mode);
         assert_eq!(killed.detail.as_deref(), Some("memory limit"));
-        let slow = judge(Outcome::WallTimeLimit, &result(""), Some("4"), mode);
+        let slow = judge(Outcome::WallTimeLimit, &result(""), Some(b"4"), mode);
         assert_eq!(slow.verdict, Verdict::TimedOut);
         assert_eq!(slow.detail.as_deref(), Some("wall time limit"));
+    }
+
+    #[test]
+    fn output_that_is_not_utf8_is_compared_as_bytes_never_as_a_lossy_decoding() {
+        let (nul_ff, fffd) = (b"\xff\n".as_slice(), "\u{fffd}\n".as_bytes());
+        let differs = first_byte_difference(fffd, nul_ff, CompareMode::Exact);
+        assert_eq!(
+            differs.as_deref(),
+            Some(
+                "byte 1 (not UTF-8, compared as bytes): expected bytes ef bf bd 0a, got bytes ff 0a"
+            )
+        );
+        assert_eq!(
+            first_byte_difference(nul_ff, nul_ff, CompareMode::Exact),
+            None
+        );
+        let trimmed = first_byte_difference(b"\xff\x00", b"\xff\x00  \n\n", CompareMode::Trim);
+        assert_eq!(trimmed, None);
+        assert_eq!(
+            first_byte_difference(b"\xff 1", b"\xff\n\t1\n", CompareMode::Tokens),
+            None
+        );
+        let short = first_byte_difference(b"\xff\x01", b"\xff", CompareMode::Exact);
+        assert_eq!(
+            short.as_deref(),
+            Some("byte 2 (not UTF-8, compared as bytes): expected bytes 01, got end of output")
+        );
     }
 
     #[test]

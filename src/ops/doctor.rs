@@ -396,8 +396,8 @@ async fn try_runtime(runner: &Runner, runtime: &Runtime) -> Check {
         job_id: uuid::Uuid::now_v7(),
         attempt: 1,
         runtime,
-        code,
-        stdin: "",
+        code: code.as_bytes(),
+        stdin: b"",
         args: &[],
         files: &files,
         limits: Policy::default().default_limits,
@@ -406,7 +406,7 @@ async fn try_runtime(runner: &Runner, runtime: &Runtime) -> Check {
     };
     let name = &runtime.name;
     match runner.run(request, CancellationToken::new()).await {
-        Ok(out) if out.result.stdout.trim() == "ok" => Check::ok(
+        Ok(out) if out.result.stdout.trim_ascii() == b"ok" => Check::ok(
             "runtimes",
             format!(
                 "{name}: {} runs ({} ms)",
@@ -420,7 +420,7 @@ async fn try_runtime(runner: &Runner, runtime: &Runtime) -> Check {
                 "{name}: a test run ended {} (exit {:?}): {}",
                 out.outcome.as_str(),
                 out.result.exit_code,
-                out.result.stderr.trim()
+                String::from_utf8_lossy(&out.result.stderr).trim()
             ),
             "run the same with --sandbox none to tell the sandbox from the runtime; a library \
              outside /usr needs --sandbox-bind",

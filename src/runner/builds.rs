@@ -36,8 +36,8 @@ impl BuildKey {
     pub(super) fn of(
         runtime: &Runtime,
         source: &str,
-        code: &str,
-        files: &std::collections::BTreeMap<String, String>,
+        code: &[u8],
+        files: &std::collections::BTreeMap<String, crate::job::content::Content>,
     ) -> BuildKey {
         let mut hash = Sha256::new();
         // Each part is length-prefixed, so no two different builds hash the same bytes.
@@ -53,7 +53,7 @@ impl BuildKey {
             part(compile.artifact.as_bytes());
         }
         part(source.as_bytes());
-        part(code.as_bytes());
+        part(code);
         for (name, content) in files {
             part(name.as_bytes());
             part(content.as_bytes());

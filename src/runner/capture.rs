@@ -130,12 +130,6 @@ pub(super) async fn feed(mut pipe: pipe::Sender, input: Vec<u8>, stop: Cancellat
     }
 }
 
-/// Lossy, since jobs may print anything; valid UTF-8 (the common case) is not copied.
-pub(super) fn decode(bytes: Vec<u8>) -> String {
-    String::from_utf8(bytes)
-        .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Write;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::capture::{capture, decode, feed};
+use super::capture::{capture, feed};
 use super::process::{Attached, Process};
 use super::{Isolation, Reporting, RunError, RunOutput, launch, plain};
 use crate::job::{Limits, Outcome, RunResult, failure};
@@ -34,7 +34,7 @@ pub(super) struct Invocation<'a> {
     pub(super) argv: Vec<String>,
     /// The runtime's own variables, added to the environment every run gets.
     pub(super) env: Vec<(String, String)>,
-    pub(super) stdin: &'a str,
+    pub(super) stdin: &'a [u8],
     pub(super) limits: Limits,
     /// What the run's `/work` holds at the start (see
     /// [`staged_entries`](super::workdir::staged_entries)).
@@ -132,11 +132,7 @@ pub(super) async fn execute(
         // Closing at once gives the program EOF instead of a read that never returns.
         drop(stdin);
     } else {
-        tokio::spawn(feed(
-            stdin,
-            invocation.stdin.as_bytes().to_vec(),
-            stop.clone(),
-        ));
+        tokio::spawn(feed(stdin, invocation.stdin.to_vec(), stop.clone()));
     }
 
     let ended = process.ended().map_err(spawn_error)?;
@@ -185,7 +181,7 @@ pub(super) async fn execute(
 
     let truncated = stdout.truncated || stderr.truncated;
     let stderr_truncated = stderr.truncated;
-    let stderr = decode(stderr.bytes);
+    let stderr = stderr.bytes;
     let outcome = fired
         .or(truncated.then_some(Outcome::OutputLimit))
         .or(measured.oom_killed.then_some(Outcome::MemoryLimit))
@@ -193,7 +189,9 @@ pub(super) async fn execute(
     // A runtime that could not get memory may end on its own, reporting it: as over its limit
     // as a run the cgroup killed.
     let outcome = match outcome {
-        Outcome::NonzeroExit | Outcome::Signal if failure::out_of_memory(&stderr) => {
+        Outcome::NonzeroExit | Outcome::Signal
+            if failure::out_of_memory(&String::from_utf8_lossy(&stderr)) =>
+        {
             Outcome::MemoryLimit
         }
         other => other,
@@ -204,7 +202,7 @@ pub(super) async fn execute(
         signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
         stdout_truncated: stdout.truncated,
         stderr_truncated,
-        stdout: decode(stdout.bytes),
+        stdout: stdout.bytes,
         stderr,
         wall_ms: u64::try_from(wall.as_millis()).unwrap_or(u64::MAX),
         cpu_ms: measured.cpu_ms,

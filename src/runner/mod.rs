@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::job::content::Content;
 use crate::job::{BatchId, BuildUse, JobId, Limits, Outcome, Progress, RunResult};
 use crate::live::RunFeed;
 use crate::runtime::{Compile, Expansion, Runtime};
@@ -53,12 +54,12 @@ pub struct RunRequest<'a> {
     pub job_id: JobId,
     pub attempt: u32,
     pub runtime: &'a Runtime,
-    pub code: &'a str,
-    pub stdin: &'a str,
+    pub code: &'a [u8],
+    pub stdin: &'a [u8],
     pub args: &'a [String],
     /// Extra files for the work directory, by relative path (already checked by
     /// [`crate::job::validate::check_file_name`]).
-    pub files: &'a BTreeMap<String, String>,
+    pub files: &'a BTreeMap<String, Content>,
     pub limits: Limits,
     /// Where the job's run reports while it runs; `None` runs it without a progress pipe.
     pub reporting: Option<&'a Reporting>,
@@ -203,8 +204,10 @@ impl Runner {
                 .join(format!("{}-{}", req.job_id, req.attempt)),
             on_disk: false,
         };
-        let source = req.runtime.source_file(req.code);
-        let name = req.runtime.program_name(req.code);
+        // A runtime may name its files after the code (Java's class): only its text is read.
+        let code_text = String::from_utf8_lossy(req.code);
+        let source = req.runtime.source_file(&code_text);
+        let name = req.runtime.program_name(&code_text);
         // A sandbox writes the submitted code and files into its `/work` from memory; only a
         // plain subprocess (which runs in the directory) and a compiled runtime (whose build
         // step binds it) need them on disk first.
@@ -327,7 +330,7 @@ impl Runner {
             program: command.program(Path::new(&work)),
             argv: command.argv(&expansion),
             env: runtime.env(&expansion),
-            stdin: "",
+            stdin: b"",
             limits: self.compile_limits,
             entries: &[],
             staged_bytes: 0,
@@ -344,8 +347,9 @@ impl Runner {
         .await;
         work_dir.remove().await;
         let result = ran.ok()?.result;
-        [result.stdout, result.stderr].iter().find_map(|text| {
-            text.lines()
+        [result.stdout, result.stderr].iter().find_map(|bytes| {
+            String::from_utf8_lossy(bytes)
+                .lines()
                 .map(str::trim)
                 .find(|l| !l.is_empty())
                 .map(str::to_owned)
@@ -404,7 +408,7 @@ impl Runner {
             program: compile.command.program(Path::new(&work)),
             argv: compile.command.argv(&expansion),
             env: req.runtime.env(&expansion),
-            stdin: "",
+            stdin: b"",
             limits,
             entries: &entries,
             staged_bytes: staged_size(req),
@@ -521,7 +525,12 @@ mod tests {
     use crate::runtime::Runtimes;
     use crate::sandbox::SandboxConfig;
 
-    static NO_FILES: BTreeMap<String, String> = BTreeMap::new();
+    static NO_FILES: BTreeMap<String, Content> = BTreeMap::new();
+
+    /// A run's output, which these tests expect to be text.
+    fn text(bytes: &[u8]) -> &str {
+        std::str::from_utf8(bytes).expect("UTF-8 output")
+    }
 
     const LIMITS: Limits = Limits {
         wall_ms: 10_000,
@@ -582,8 +591,8 @@ mod tests {
                 job_id: JobId::now_v7(),
                 attempt: 1,
                 runtime: self.runtimes.get(runtime).expect("runtime detected"),
-                code,
-                stdin: "",
+                code: code.as_bytes(),
+                stdin: b"",
                 args: &[],
                 files: &NO_FILES,
                 limits: LIMITS,
@@ -657,8 +666,8 @@ mod tests {
         assert_eq!(out.outcome, Outcome::Success);
         assert_eq!(out.result.exit_code, Some(0));
         assert_eq!(out.result.signal, None);
-        assert_eq!(out.result.stdout, "out\n");
-        assert_eq!(out.result.stderr, "err\n");
+        assert_eq!(text(&out.result.stdout), "out\n");
+        assert_eq!(text(&out.result.stderr), "err\n");
         assert!(!out.result.stdout_truncated && !out.result.stderr_truncated);
         assert!(out.result.memory_kb > 0, "{:?}", out.result);
         assert!(out.result.wall_ms < 5_000, "{:?}", out.result);
@@ -671,7 +680,7 @@ mod tests {
         assert_eq!(out.outcome, Outcome::NonzeroExit);
         assert_eq!(out.result.exit_code, Some(3));
         assert_eq!(out.result.signal, None);
-        assert_eq!(out.result.stderr, "failing\n");
+        assert_eq!(text(&out.result.stderr), "failing\n");
     }
 
     #[tokio::test]
@@ -690,12 +699,15 @@ mod tests {
         let input = "0123456789abcdef\n".repeat(16 * 1024);
         let out = h
             .run(RunRequest {
-                stdin: &input,
+                stdin: input.as_bytes(),
                 ..h.request("sh", "cat")
             })
             .await;
         assert_eq!(out.outcome, Outcome::Success);
-        assert!(out.result.stdout == input, "stdin did not round-trip");
+        assert!(
+            text(&out.result.stdout) == input,
+            "stdin did not round-trip"
+        );
     }
 
     #[tokio::test]
@@ -704,7 +716,7 @@ mod tests {
         let input = "x".repeat(1 << 20);
         let out = h
             .run(RunRequest {
-                stdin: &input,
+                stdin: input.as_bytes(),
                 ..h.request("sh", "exit 0")
             })
             .await;
@@ -716,8 +728,8 @@ mod tests {
         let h = Harness::new();
         let args = ["one".to_owned(), "two words".to_owned()];
         let files = BTreeMap::from([
-            ("data.txt".to_owned(), "top\n".to_owned()),
-            ("sub/dir/deep.txt".to_owned(), "deep\n".to_owned()),
+            ("data.txt".to_owned(), "top\n".into()),
+            ("sub/dir/deep.txt".to_owned(), "deep\n".into()),
         ]);
         let code = r#"printf '[%s]' "$@"; echo
 cat data.txt sub/dir/deep.txt
@@ -731,7 +743,7 @@ cat data.txt sub/dir/deep.txt
             .await;
         assert_eq!(out.outcome, Outcome::Success, "{:?}", out.result);
         assert_eq!(
-            out.result.stdout,
+            text(&out.result.stdout),
             "[one][two words]\ntop\ndeep\nin-work-dir\n"
         );
     }
@@ -739,7 +751,7 @@ cat data.txt sub/dir/deep.txt
     #[tokio::test]
     async fn a_file_named_like_the_source_file_is_refused() {
         let h = Harness::new();
-        let files = BTreeMap::from([("main.sh".to_owned(), "echo clobbered".to_owned())]);
+        let files = BTreeMap::from([("main.sh".to_owned(), "echo clobbered".into())]);
         let result = h
             .runner
             .run(
@@ -785,9 +797,8 @@ cat data.txt sub/dir/deep.txt
     async fn as_many_small_files_as_a_job_may_have_fit_its_work_directory_at_the_least_file_limit()
     {
         let h = Harness::new();
-        let files: BTreeMap<String, String> = (0..256)
-            .map(|i| (format!("f{i}"), "x".to_owned()))
-            .collect();
+        let files: BTreeMap<String, Content> =
+            (0..256).map(|i| (format!("f{i}"), "x".into())).collect();
         let out = h
             .run(RunRequest {
                 files: &files,
@@ -799,15 +810,15 @@ cat data.txt sub/dir/deep.txt
             })
             .await;
         assert_eq!(out.outcome, Outcome::Success, "{:?}", out.result);
-        assert_eq!(out.result.stdout, "xx");
+        assert_eq!(text(&out.result.stdout), "xx");
     }
 
     #[tokio::test]
     async fn files_the_sandbox_cannot_write_as_named_are_refused_as_the_jobs_doing() {
         let h = Harness::new();
         let files = BTreeMap::from([
-            ("a".to_owned(), "a file".to_owned()),
-            ("a/b".to_owned(), "under a file".to_owned()),
+            ("a".to_owned(), "a file".into()),
+            ("a/b".to_owned(), "under a file".into()),
         ]);
         let result = h
             .runner
@@ -829,7 +840,7 @@ cat data.txt sub/dir/deep.txt
     async fn the_environment_holds_only_the_allowed_variables() {
         let h = Harness::new();
         let out = h.run(h.request("sh", "printenv")).await;
-        let mut env: Vec<&str> = out.result.stdout.lines().collect();
+        let mut env: Vec<&str> = text(&out.result.stdout).lines().collect();
         // dash exports PWD itself; it did not come from the server.
         env.retain(|line| !line.starts_with("PWD="));
         env.sort_unstable();
@@ -848,7 +859,10 @@ cat data.txt sub/dir/deep.txt
     async fn with_sandbox_none_the_environment_points_at_the_run_directory() {
         let h = Harness::sandbox_none();
         let out = h.run(h.request("sh", "echo \"$HOME $TMPDIR\"")).await;
-        let (home, tmp) = out.result.stdout.trim().split_once(' ').expect("two paths");
+        let (home, tmp) = text(&out.result.stdout)
+            .trim()
+            .split_once(' ')
+            .expect("two paths");
         assert_eq!(home, tmp);
         assert!(Path::new(home).starts_with(h.work_root()), "{home}");
     }
@@ -874,7 +888,7 @@ cat data.txt sub/dir/deep.txt
         assert_eq!(out.outcome, Outcome::WallTimeLimit);
         assert_eq!(out.result.signal, Some(libc::SIGKILL));
         assert!(out.result.wall_ms >= 300, "{:?}", out.result);
-        let background = printed_pid(&out.result.stdout, "background=");
+        let background = printed_pid(text(&out.result.stdout), "background=");
         assert!(stops_running(background).await, "background child survived");
     }
 
@@ -892,7 +906,7 @@ cat data.txt sub/dir/deep.txt
             started.elapsed()
         );
         assert_eq!(out.outcome, Outcome::Success);
-        let escaped = printed_pid(&out.result.stdout, "escaped=");
+        let escaped = printed_pid(text(&out.result.stdout), "escaped=");
         // SAFETY: plain syscall; the pid was printed by this test's own job moments ago.
         unsafe { libc::kill(escaped, libc::SIGKILL) };
     }
@@ -911,11 +925,11 @@ cat data.txt sub/dir/deep.txt
             })
             .await;
         assert_eq!(out.outcome, Outcome::OutputLimit);
-        assert_eq!(out.result.stdout.len(), 10_000);
-        assert!(out.result.stdout.lines().all(|line| line == "y"));
+        assert_eq!(text(&out.result.stdout).len(), 10_000);
+        assert!(text(&out.result.stdout).lines().all(|line| line == "y"));
         assert!(out.result.stdout_truncated);
         // Each stream has its own cap.
-        assert_eq!(out.result.stderr, "e".repeat(5000));
+        assert_eq!(text(&out.result.stderr), "e".repeat(5000));
         assert!(!out.result.stderr_truncated);
     }
 
@@ -932,7 +946,7 @@ cat data.txt sub/dir/deep.txt
             })
             .await;
         assert_eq!(out.outcome, Outcome::Success);
-        assert_eq!(out.result.stdout.len(), 10_000);
+        assert_eq!(text(&out.result.stdout).len(), 10_000);
         assert!(!out.result.stdout_truncated);
     }
 
@@ -989,14 +1003,17 @@ cat data.txt sub/dir/deep.txt
         let h = Harness::sandboxed_in(root);
         assert!(!stale.exists(), "the leftover run directory was removed");
         assert!(other.exists(), "nothing else in the work root was touched");
-        let files = BTreeMap::from([("sub/new.txt".to_owned(), String::new())]);
+        let files = BTreeMap::from([("sub/new.txt".to_owned(), Content::default())]);
         let out = h
             .run(RunRequest {
                 files: &files,
                 ..h.request("sh", "ls -A . sub")
             })
             .await;
-        assert_eq!(out.result.stdout, ".:\nmain.sh\nsub\n\nsub:\nnew.txt\n");
+        assert_eq!(
+            text(&out.result.stdout),
+            ".:\nmain.sh\nsub\n\nsub:\nnew.txt\n"
+        );
         std::fs::remove_file(&other).expect("remove the other file");
         assert!(h.work_dirs_removed().await, "{:?}", h.work_dirs_left());
     }
@@ -1011,14 +1028,14 @@ cat data.txt sub/dir/deep.txt
             .join(format!("{}-{}", req.job_id, req.attempt));
         std::fs::create_dir_all(stale.join("sub")).expect("stale dir");
         std::fs::write(stale.join("sub/stale.txt"), "old").expect("stale file");
-        let files = BTreeMap::from([("sub/new.txt".to_owned(), String::new())]);
+        let files = BTreeMap::from([("sub/new.txt".to_owned(), Content::default())]);
         let out = h
             .run(RunRequest {
                 files: &files,
                 ..req
             })
             .await;
-        assert_eq!(out.result.stdout, "main.sh\nsub\n");
+        assert_eq!(text(&out.result.stdout), "main.sh\nsub\n");
         assert!(h.work_dirs_removed().await, "{:?}", h.work_dirs_left());
     }
 
@@ -1085,7 +1102,7 @@ cat data.txt sub/dir/deep.txt
         }
         let out = h.run(h.request("python", "print(\"hello\")")).await;
         assert_eq!(out.outcome, Outcome::Success, "{:?}", out.result);
-        assert_eq!(out.result.stdout, "hello\n");
+        assert_eq!(text(&out.result.stdout), "hello\n");
     }
 
     #[test]

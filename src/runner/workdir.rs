@@ -10,6 +10,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use super::{RunError, RunRequest};
+use crate::job::content::Content;
 use crate::sandbox::WorkFile;
 
 /// Whether `name` is that of a run's directory: `{job id}-{attempt}`.
@@ -41,7 +42,7 @@ pub(super) fn work_files<'a>(
 /// or one of the files.
 fn submitted<'a>(req: &RunRequest<'a>, source: &str, name: &str) -> &'a [u8] {
     if name == source {
-        req.code.as_bytes()
+        req.code
     } else {
         req.files
             .get(name)
@@ -53,7 +54,7 @@ fn submitted<'a>(req: &RunRequest<'a>, source: &str, name: &str) -> &'a [u8] {
 /// pages: counted in bytes, 257 one-byte files would not fit in the megabyte a run with a small
 /// `file_bytes` gets.
 pub(super) fn staged_size(req: &RunRequest<'_>) -> u64 {
-    let files = req.files.values().map(String::len);
+    let files = req.files.values().map(Content::len);
     std::iter::once(req.code.len())
         .chain(files)
         .map(|len| in_pages(len as u64))
@@ -120,8 +121,8 @@ impl Drop for WorkDir {
 fn populate_work_dir(
     dir: &Path,
     source_file: &str,
-    code: &str,
-    files: &BTreeMap<String, String>,
+    code: &[u8],
+    files: &BTreeMap<String, Content>,
 ) -> io::Result<()> {
     let create = || DirBuilder::new().mode(0o700).create(dir);
     // A directory left by a crashed earlier run of this attempt may hold anything: start clean.
@@ -135,7 +136,7 @@ fn populate_work_dir(
     }
     write_new_file(dir, source_file, code)?;
     for (name, contents) in files {
-        write_new_file(dir, name, contents)?;
+        write_new_file(dir, name, contents.as_bytes())?;
     }
     Ok(())
 }
@@ -166,7 +167,7 @@ pub(super) fn check_inline(req: &RunRequest<'_>, source: &str) -> io::Result<()>
     req.files.keys().try_for_each(|name| stays_inside(name))
 }
 
-fn write_new_file(dir: &Path, name: &str, contents: &str) -> io::Result<()> {
+fn write_new_file(dir: &Path, name: &str, contents: &[u8]) -> io::Result<()> {
     let context = |error: io::Error| io::Error::new(error.kind(), format!("{name}: {error}"));
     let relative = Path::new(name);
     stays_inside(name)?;
@@ -190,7 +191,7 @@ fn write_new_file(dir: &Path, name: &str, contents: &str) -> io::Result<()> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .map_err(context)?;
-    file.write_all(contents.as_bytes()).map_err(context)
+    file.write_all(contents).map_err(context)
 }
 
 /// Copies `from` (a regular file keeping its mode, or a directory of them) to `to`. What a build
@@ -272,7 +273,7 @@ pub(super) fn remove_logged(path: &Path) {
 
 /// What gets staged for a run, relative to its work directory: every directory (ending in `/`,
 /// parents first), then the source file and the submitted files.
-pub(super) fn staged_entries(source_file: &str, files: &BTreeMap<String, String>) -> Vec<String> {
+pub(super) fn staged_entries(source_file: &str, files: &BTreeMap<String, Content>) -> Vec<String> {
     let mut dirs = std::collections::BTreeSet::new();
     for name in files.keys() {
         let mut prefix = String::new();

@@ -8,6 +8,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::json;
 
 use super::StoreError;
+use super::bytes::Stored;
 use super::read::{Page, collect, event_row, opt_u64, parse_outcome, parse_verdict};
 use super::tenants::{self, Admission, Full, Visibility};
 use super::write::{self, from_json, parse_id, parse_status, to_json};
@@ -16,6 +17,7 @@ use crate::job::batch::{
     Batch, Case, CaseReport, CaseSpec, Group, GroupsSummary, SuiteSpec, Tally, status_counts,
     verdict_counts,
 };
+use crate::job::content::Content;
 use crate::job::verdict::{CompareMode, Verdict};
 use crate::job::{BatchId, Event, EventKind, JobId, Status};
 
@@ -49,8 +51,8 @@ pub enum BatchCancel {
 
 /// What a case's run needs from its batch.
 pub(super) struct Shared {
-    pub code: String,
-    pub files: BTreeMap<String, String>,
+    pub code: Content,
+    pub files: BTreeMap<String, Content>,
     pub compare: CompareMode,
 }
 
@@ -107,7 +109,7 @@ pub(super) fn submit(
     .execute(params![
         batch,
         suite.runtime.as_deref().unwrap_or_default(),
-        suite.code.as_deref().unwrap_or_default(),
+        stored_code(suite.code.as_ref()),
         files,
         limits,
         suite.compare.as_str(),
@@ -139,7 +141,7 @@ pub(super) fn submit(
             job.to_string(),
             case.runtime,
             // '' runs the batch's code: a case's own code is never empty.
-            case.code.as_deref().unwrap_or_default(),
+            stored_code(case.code.as_ref()),
             to_json(&case.files)?,
             case.stdin,
             to_json(&case.args)?,
@@ -196,7 +198,7 @@ fn same_suite(
             params![
                 id,
                 suite.runtime.as_deref().unwrap_or_default(),
-                suite.code.as_deref().unwrap_or_default(),
+                stored_code(suite.code.as_ref()),
                 files,
                 limits,
                 suite.compare.as_str(),
@@ -221,13 +223,13 @@ fn same_suite(
             return Ok(false);
         };
         let same = row.get::<_, String>(0)? == case.name
-            && row.get::<_, String>(1)? == case.stdin
+            && row.get::<_, Content>(1)? == case.stdin
             && row.get::<_, String>(2)? == to_json(&case.args)?
             && row.get::<_, String>(3)? == to_json(&case.limits)?
-            && row.get::<_, Option<String>>(4)? == case.expected_output
+            && row.get::<_, Option<Content>>(4)? == case.expected_output
             && row.get::<_, Option<String>>(5)? == case.group
             && row.get::<_, String>(6)? == case.runtime
-            && row.get::<_, String>(7)? == case.code.as_deref().unwrap_or_default()
+            && row.get::<_, Content>(7)? == case.code.clone().unwrap_or_default()
             && row.get::<_, String>(8)? == to_json(&case.files)?;
         if !same {
             return Ok(false);
@@ -240,7 +242,7 @@ fn same_suite(
 /// unless it brings its own, and adds its own files to the files); notes the batch's start at
 /// its first claim.
 pub(super) fn shared(conn: &Connection, id: BatchId, now: i64) -> Result<Shared, StoreError> {
-    let (code, files, compare): (String, String, String) = conn
+    let (code, files, compare): (Content, String, String) = conn
         .prepare_cached(
             "UPDATE batches SET started_at = coalesce(started_at, ?2) WHERE id = ?1
              RETURNING code, files, compare",
@@ -523,13 +525,24 @@ pub(super) fn report(
         Ok(case_row(r).and_then(|case| {
             Ok(CaseReport {
                 case,
-                expected_output: r.get(9)?,
-                stdout: r.get(10)?,
-                stderr: r.get(11)?,
+                expected_output: r.get::<_, Option<Content>>(9)?.map(|e| shown_excerpt(&e)),
+                stdout: shown_excerpt(&r.get(10)?),
+                stderr: shown_excerpt(&r.get(11)?),
             })
         }))
     })?;
     Ok(Some((batch, collect(rows)?)))
+}
+
+/// An excerpt as a report shows it: text, bytes that are not UTF-8 shown as U+FFFD (a report
+/// is read by people; the job itself has the exact bytes).
+fn shown_excerpt(stored: &Content) -> String {
+    String::from_utf8_lossy(stored.as_bytes()).into_owned()
+}
+
+/// A program's code as stored, where `''` stands for "the batch's" (code is never empty).
+fn stored_code(code: Option<&Content>) -> Stored<'_> {
+    Stored(code.map_or(&[], Content::as_bytes))
 }
 
 fn case_row(r: &Row) -> Result<Case, StoreError> {

@@ -17,7 +17,7 @@ fn spec() -> JobSpec {
     JobSpec {
         runtime: "sh".into(),
         code: "true".into(),
-        stdin: String::new(),
+        stdin: Default::default(),
         args: Vec::new(),
         files: BTreeMap::new(),
         limits: Policy::default().default_limits,

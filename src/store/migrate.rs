@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0007_programs_per_case.sql",
         sql: include_str!("../../schema/0007_programs_per_case.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_bytes.sql",
+        sql: include_str!("../../schema/0008_bytes.sql"),
+    },
 ];
 
 /// Applies each migration newer than the file's `user_version`, each in its own transaction

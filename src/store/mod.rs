@@ -6,6 +6,7 @@
 //! only after the transaction holding it is durable on disk (`synchronous=FULL`).
 
 mod batch;
+mod bytes;
 #[cfg(test)]
 mod claim_tests;
 mod maintenance;

@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::StoreError;
 use super::tenants::Visibility;
 use super::write::{from_json, parse_id, parse_status};
+use crate::job::content::Content;
 use crate::job::verdict::Verdict;
 use crate::job::{BatchId, Event, Job, JobId, Outcome, Progress, Status};
 
@@ -104,6 +105,8 @@ fn job_row(r: &Row) -> Result<Job, StoreError> {
     let limits: String = r.get(19)?;
     let batch_id: Option<String> = r.get(21)?;
     let verdict: Option<String> = r.get(23)?;
+    let (stdout, stdout_encoding) = r.get::<_, Content>(12)?.shown(false);
+    let (stderr, stderr_encoding) = r.get::<_, Content>(13)?.shown(false);
     Ok(Job {
         id: parse_id(&id)?,
         status: parse_status(&status)?,
@@ -117,8 +120,10 @@ fn job_row(r: &Row) -> Result<Job, StoreError> {
         finished_at: r.get(9)?,
         exit_code: r.get(10)?,
         signal: r.get(11)?,
-        stdout: r.get(12)?,
-        stderr: r.get(13)?,
+        stdout,
+        stdout_encoding,
+        stderr,
+        stderr_encoding,
         stdout_truncated: r.get(14)?,
         stderr_truncated: r.get(15)?,
         wall_ms: opt_u64(r, 16)?,

@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::json;
 
+use super::bytes::Stored;
 use super::tenants::{self, Admission, Full};
 use super::{StoreError, batch};
 use crate::bus::Notice;
 use crate::job::batch::CaseCheck;
+use crate::job::content::Content;
 use crate::job::verdict::{Judgement, Verdict};
 use crate::job::{
     BatchId, EventKind, Finish, JobId, JobSpec, Limits, Outcome, Progress, RunResult, Status,
@@ -34,10 +36,10 @@ pub struct ClaimedJob {
     pub id: JobId,
     pub attempt: u32,
     pub runtime: String,
-    pub code: String,
-    pub stdin: String,
+    pub code: Content,
+    pub stdin: Content,
     pub args: Vec<String>,
-    pub files: BTreeMap<String, String>,
+    pub files: BTreeMap<String, Content>,
     pub limits: Limits,
     /// Set when the job is a case of a batch: how to judge its output.
     pub case: Option<CaseCheck>,
@@ -76,8 +78,8 @@ pub(super) fn submit(
             )?
             .query_row(params![key, admission.tenant], |r| {
                 let same = r.get::<_, String>(1)? == spec.runtime
-                    && r.get::<_, String>(2)? == spec.code
-                    && r.get::<_, String>(3)? == spec.stdin
+                    && r.get::<_, Content>(2)? == spec.code
+                    && r.get::<_, Content>(3)? == spec.stdin
                     && r.get::<_, String>(4)? == args
                     && r.get::<_, String>(5)? == files
                     && r.get::<_, String>(6)? == limits
@@ -178,7 +180,7 @@ pub const CLAIM_SQL: &str = "UPDATE jobs
      RETURNING id, attempt, runtime, code, stdin, args, files, limits, batch_id, expected_output";
 
 /// A claimed job, and for a case its batch and expected output.
-type ClaimedRow = (ClaimedJob, Option<(BatchId, Option<String>)>);
+type ClaimedRow = (ClaimedJob, Option<(BatchId, Option<Content>)>);
 
 fn claimed_job(r: &Row) -> rusqlite::Result<Result<ClaimedRow, StoreError>> {
     let id: String = r.get(0)?;
@@ -186,7 +188,7 @@ fn claimed_job(r: &Row) -> rusqlite::Result<Result<ClaimedRow, StoreError>> {
     let files: String = r.get(6)?;
     let limits: String = r.get(7)?;
     let batch_id: Option<String> = r.get(8)?;
-    let expected_output: Option<String> = r.get(9)?;
+    let expected_output: Option<Content> = r.get(9)?;
     let (attempt, runtime, code, stdin) = (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
     Ok((|| {
         let job = ClaimedJob {
@@ -267,8 +269,8 @@ pub(super) fn finish(
             result.exit_code,
             result.signal,
             error,
-            result.stdout,
-            result.stderr,
+            Stored(&result.stdout),
+            Stored(&result.stderr),
             result.stdout_truncated,
             result.stderr_truncated,
             sql_int(result.wall_ms),
@@ -416,8 +418,8 @@ pub(super) fn keep_cancelled_run(
         .execute(params![
             result.exit_code,
             result.signal,
-            result.stdout,
-            result.stderr,
+            Stored(&result.stdout),
+            Stored(&result.stderr),
             result.stdout_truncated,
             result.stderr_truncated,
             sql_int(result.wall_ms),

@@ -457,8 +457,8 @@ impl<E: Execute> Workers<E> {
             job_id: job.id,
             attempt: job.attempt,
             runtime,
-            code: &job.code,
-            stdin: &job.stdin,
+            code: job.code.as_bytes(),
+            stdin: job.stdin.as_bytes(),
             args: &job.args,
             files: &job.files,
             limits: job.limits,
@@ -590,7 +590,7 @@ impl<E: Execute> Workers<E> {
             judge(
                 outcome,
                 &result,
-                case.expected_output.as_deref(),
+                case.expected_output.as_ref().map(|e| e.as_bytes()),
                 case.compare,
             )
         });

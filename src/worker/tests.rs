@@ -76,7 +76,7 @@ fn ran(outcome: Outcome, stdout: String) -> Result<RunOutput, RunError> {
         outcome,
         result: RunResult {
             exit_code,
-            stdout,
+            stdout: stdout.into_bytes(),
             ..RunResult::default()
         },
     })
@@ -90,7 +90,7 @@ impl Execute for Script {
     ) -> Result<RunOutput, RunError> {
         self.report(&request, Seen::Started);
         let attempt = request.attempt;
-        match request.code {
+        match std::str::from_utf8(request.code).unwrap_or_default() {
             PANIC => panic!("the test's executor panics, as a bug in kiln would"),
             FAIL_TWICE if attempt < 3 => Err(RunError::Spawn {
                 program: "/nowhere/interpreter".into(),
@@ -187,7 +187,7 @@ impl Harness {
         let spec = JobSpec {
             runtime: "sh".into(),
             code: code.into(),
-            stdin: String::new(),
+            stdin: Default::default(),
             args: Vec::new(),
             files: BTreeMap::new(),
             limits: Policy::default().default_limits,

@@ -59,8 +59,10 @@ async fn the_history_cookbook_queries_run_against_a_real_database() {
     let server = Server::start().await;
     let ok = server.submit(sh("echo hi")).await;
     let bad = server.submit(sh("exit 2")).await;
+    let binary = server.submit(sh("printf '\\377'")).await;
     server.finished(&ok).await;
     server.finished(&bad).await;
+    server.finished(&binary).await;
     let suite = json!({"runtime": "sh", "code": "cat", "cases": [
         {"group": "p", "stdin": "a", "expected_output": "a"},
         {"group": "p", "stdin": "b", "expected_output": "c"}]});

@@ -348,13 +348,6 @@ async fn malformed_bodies_each_get_a_4xx_json_error_and_nothing_is_stored() {
             "invalid_request",
         ),
         (
-            "a NUL in stdin",
-            "/v1/jobs",
-            job_with("stdin", json!("\u{0}")),
-            422,
-            "invalid_request",
-        ),
-        (
             "a NUL in args",
             "/v1/jobs",
             job_with("args", json!(["\u{0}"])),

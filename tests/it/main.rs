@@ -9,6 +9,7 @@ mod auth;
 mod backpressure;
 mod batch_streams;
 mod batches;
+mod bytes;
 mod cli;
 mod crash;
 mod docs;

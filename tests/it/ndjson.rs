@@ -20,7 +20,7 @@ fn lines(suite: &Value, cases: &[Value]) -> String {
     body
 }
 
-async fn post_ndjson(
+pub(crate) async fn post_ndjson(
     server: &Server,
     body: String,
     key: Option<&str>,
