@@ -423,6 +423,7 @@ fn queue_throughput(runtime: &Runtime, poll: bool) -> Throughput {
         stdin: Default::default(),
         args: Vec::new(),
         files: BTreeMap::new(),
+        outputs: Vec::new(),
         limits: Policy::default().default_limits,
         priority: 0,
         max_attempts: 3,

@@ -149,6 +149,7 @@ async fn kiln_run(runner: &Runner, runtime: &Runtime, code: &str, batch: Option<
         stdin: b"",
         args: &[],
         files: &files,
+        outputs: &[],
         limits: Policy::default().default_limits,
         reporting: None,
         batch,

@@ -418,6 +418,7 @@ fn kiln_runs(runner: &Runner, runtimes: &Runtimes, command: &Program, jobs: usiz
                 stdin: b"",
                 args: &[],
                 files: &files,
+                outputs: &[],
                 limits,
                 reporting: None,
                 batch: None,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::auth::RateLimit;
 use crate::http::HttpLimits;
 use crate::job::Limits;
+use crate::job::outputs::OutputCaps;
 use crate::job::policy::Policy;
 use crate::runner::DEFAULT_COMPILE_LIMITS;
 use crate::sandbox::SandboxConfig;
@@ -78,6 +79,8 @@ pub struct Config {
     /// work, not the job's, and its time is not the job's either. Held under the caps for jobs,
     /// see [`Config::build_limits`].
     pub compile_limits: Limits,
+    /// What is kept of the files a job's `outputs` match, per run.
+    pub output_caps: OutputCaps,
     pub sandbox: SandboxConfig,
     pub webhooks: WebhookConfig,
 }
@@ -111,6 +114,7 @@ impl Config {
             max_batches_in_flight: 1000,
             policy: Policy::default(),
             compile_limits: DEFAULT_COMPILE_LIMITS,
+            output_caps: OutputCaps::default(),
             sandbox: SandboxConfig::default(),
             webhooks: WebhookConfig::default(),
         }

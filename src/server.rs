@@ -180,7 +180,8 @@ pub async fn run(
             path: config.work_root.clone(),
             source,
         })?
-        .with_compile_limits(config.build_limits(), config.policy.max_limits);
+        .with_compile_limits(config.build_limits(), config.policy.max_limits)
+        .with_output_caps(config.output_caps);
     let _registration = announce(&config, addr);
     let readers = u32::try_from(config.workers + 4).unwrap_or(16);
     let (store, writer_thread) =

@@ -53,6 +53,7 @@ pub async fn submit(
         stdin: request.stdin.into(),
         args: Vec::new(),
         files: Default::default(),
+        outputs: Vec::new(),
         limits: LimitsRequest::default(),
         priority: 0,
         max_attempts: None,

@@ -19,6 +19,7 @@ text_enum! {
         BatchNotFound => "batch_not_found",
         BodyTimeout => "body_timeout",
         DatabaseUnavailable => "database_unavailable",
+        FileNotFound => "file_not_found",
         Forbidden => "forbidden",
         Gone => "gone",
         IdempotencyKeyReused => "idempotency_key_reused",

@@ -178,14 +178,41 @@ impl FromRequestParts<AppState> for BatchPath {
     }
 }
 
+/// The file path of `/v1/jobs/{id}/files/{*path}`, as given (the store finds it or not).
+pub struct FileInPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for FileInPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        path_param(parts, state, "path").await.map(FileInPath)
+    }
+}
+
+/// The path parameter `name`, of a route that may have others.
+async fn path_param<S: Send + Sync>(
+    parts: &mut Parts,
+    state: &S,
+    name: &str,
+) -> Result<String, ApiError> {
+    let axum::extract::Path(params) =
+        axum::extract::Path::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(ErrorCode::InvalidPath, e.body_text()))?;
+    params
+        .into_iter()
+        .find_map(|(key, value)| (key == name).then_some(value))
+        .ok_or_else(|| {
+            ApiError::bad_request(ErrorCode::InvalidPath, format!("no {name} in the path"))
+        })
+}
+
 async fn uuid_in_path<S: Send + Sync>(
     parts: &mut Parts,
     state: &S,
     what: &str,
 ) -> Result<uuid::Uuid, ApiError> {
-    let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
-        .await
-        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidPath, e.body_text()))?;
+    let raw = path_param(parts, state, "id").await?;
     uuid::Uuid::parse_str(&raw).map_err(|_| {
         ApiError::bad_request(
             ErrorCode::InvalidId,

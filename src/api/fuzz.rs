@@ -23,6 +23,7 @@ use crate::job::JobSpec;
 use crate::job::batch::BatchSpec;
 use crate::job::content::Encoded;
 use crate::job::names::hidden_character;
+use crate::job::outputs::check_pattern;
 use crate::job::policy::Policy;
 use crate::job::validate::{
     BatchRequest, CaseRequest, JobRequest, LimitsRequest, Rejection, RuntimeTerms, check_file_name,
@@ -139,15 +140,31 @@ fn job_request() -> impl Strategy<Value = JobRequest> {
             0.2,
             prop_oneof![Just("http://example.com/hook".to_owned()), text()],
         ),
+        prop::collection::vec(
+            prop_oneof![2 => "[a-z*?]{1,6}(/[a-z*]{1,6})?", 1 => text()],
+            0..3,
+        ),
     )
         .prop_map(
-            |(runtime, code, stdin, args, files, limits, priority, max_attempts, callback_url)| {
+            |(
+                runtime,
+                code,
+                stdin,
+                args,
+                files,
+                limits,
+                priority,
+                max_attempts,
+                callback_url,
+                outputs,
+            )| {
                 JobRequest {
                     runtime,
                     code: code.into(),
                     stdin: stdin.into(),
                     args,
                     files: encoded(files),
+                    outputs,
                     limits,
                     priority,
                     max_attempts,
@@ -267,6 +284,9 @@ fn check_job(spec: &JobSpec, policy: &Policy) -> Result<(), TestCaseError> {
     );
     prop_assert!(spec.code.len() <= policy.max_code_bytes);
     prop_assert!((1..=policy.max_max_attempts).contains(&spec.max_attempts));
+    for pattern in &spec.outputs {
+        prop_assert!(check_pattern(pattern).is_ok(), "{pattern:?}");
+    }
     for name in spec.files.keys() {
         prop_assert!(check_file_name(name).is_ok());
         prop_assert_ne!(name, "main.sh");

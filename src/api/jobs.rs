@@ -13,7 +13,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
 use super::error::{ApiError, ErrorCode};
-use super::extract::{self, PathId, Query};
+use super::extract::{self, FileInPath, PathId, Query};
 use super::streams;
 use super::{AppState, access};
 use crate::auth::Principal;
@@ -150,6 +150,40 @@ pub async fn get(
         Encoding::Base64 => job.with_base64_output(),
         Encoding::Utf8 => job,
     }))
+}
+
+/// A file the job kept from its run, with its content type. Served as a download to be read
+/// by a program, never rendered: what a job writes is as hostile as its code.
+pub async fn file(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    FileInPath(path): FileInPath,
+) -> Result<Response, ApiError> {
+    let Some((content_type, contents)) = state.store.job_file(id, path.clone()).await? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::FileNotFound,
+            format!("job {id} kept no file {}", shown(&path)),
+        ));
+    };
+    let content_type = HeaderValue::from_str(&content_type)
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    let headers = [
+        (header::CONTENT_TYPE, content_type),
+        (
+            header::CONTENT_DISPOSITION,
+            HeaderValue::from_static("attachment"),
+        ),
+        (
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("sandbox"),
+        ),
+    ];
+    Ok((headers, contents).into_response())
 }
 
 pub(super) fn wait_duration(state: &AppState, wait: Option<f64>) -> Result<Duration, ApiError> {

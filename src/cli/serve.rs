@@ -13,6 +13,7 @@ use crate::auth::RateLimit;
 use crate::config::{Config, DEFAULT_DB};
 use crate::http::HttpLimits;
 use crate::job::hosts::{HostPolicy, HostRule};
+use crate::job::outputs::OutputCaps;
 use crate::webhook::WebhookConfig;
 
 /// What an unflagged `kiln serve` runs with, before the host's own name and worker count.
@@ -307,6 +308,14 @@ pub struct LimitArgs {
     #[arg(long, env = "KILN_MAX_FILES_BYTES",
           default_value_t = defaults().policy.max_files_bytes)]
     max_files_bytes: usize,
+    /// Most files kept of those a job's `outputs` match, per run
+    #[arg(long, env = "KILN_MAX_OUTPUT_FILES",
+          default_value_t = defaults().output_caps.max_files)]
+    max_output_files: usize,
+    /// Most bytes kept of the files a job's `outputs` match, all together, per run
+    #[arg(long, env = "KILN_MAX_OUTPUT_FILES_BYTES",
+          default_value_t = defaults().output_caps.max_bytes)]
+    max_output_files_bytes: u64,
     /// Wall-clock limit of a compiled runtime's build step, ms (at most --max-wall-ms)
     #[arg(long, env = "KILN_COMPILE_WALL_MS",
           default_value_t = defaults().compile_limits.wall_ms)]
@@ -418,6 +427,10 @@ impl LimitArgs {
         config.policy.max_code_bytes = self.max_code_bytes;
         config.policy.max_stdin_bytes = self.max_stdin_bytes;
         config.policy.max_files_bytes = self.max_files_bytes;
+        config.output_caps = OutputCaps {
+            max_files: self.max_output_files,
+            max_bytes: self.max_output_files_bytes,
+        };
         let build = &mut config.compile_limits;
         build.wall_ms = self.compile_wall_ms;
         build.cpu_ms = self.compile_cpu_ms;

@@ -100,6 +100,27 @@ impl Api {
         send(request).await
     }
 
+    /// The bytes of a file job `id` kept, at `path` (`/`-separated, each part its own segment).
+    pub(super) async fn job_file(&self, id: &str, path: &str) -> Result<Vec<u8>, ClientError> {
+        let mut url = self.url(&["jobs", id, "files"]);
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.extend(path.split('/'));
+        }
+        let response = self
+            .http
+            .get(url)
+            .timeout(REQUEST_SLACK)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(transport_error)?;
+        if !status.is_success() {
+            return Err(api_error(status, &body));
+        }
+        Ok(body.to_vec())
+    }
+
     /// Long-polls a job until it is terminal or `deadline` passes (never, if `None`), and returns
     /// the last state seen.
     pub(super) async fn poll_job(

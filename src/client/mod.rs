@@ -15,6 +15,7 @@
 
 mod api;
 mod batch;
+mod download;
 mod interrupt;
 mod list;
 mod paint;
@@ -128,6 +129,9 @@ pub enum ClientCommand {
         /// Wait for it to end (at most SECS seconds, if given)
         #[arg(long, value_name = "SECS", num_args = 0..=1)]
         wait: Option<Option<u64>>,
+        /// Write the files the job kept from its run (its `outputs`) into this directory
+        #[arg(long, value_name = "DIR")]
+        download: Option<PathBuf>,
         #[command(flatten)]
         opts: ClientOpts,
     },
@@ -371,7 +375,9 @@ pub async fn run(cmd: ClientCommand) -> Result<Conclusion, ClientError> {
             show_job(&job, json)?;
             Ok(conclusion(&job))
         }
-        ClientCommand::Status { id, wait, .. } => {
+        ClientCommand::Status {
+            id, wait, download, ..
+        } => {
             let job = match deadline(wait) {
                 None => api.get_job(&id, None).await,
                 Some(until) => api.wait_job(&id, until).await,
@@ -379,6 +385,10 @@ pub async fn run(cmd: ClientCommand) -> Result<Conclusion, ClientError> {
             match job {
                 Ok(job) => {
                     show_job(&job, json)?;
+                    if let Some(dir) = download {
+                        let written = download::download(&api, &job, &dir).await?;
+                        note(&format!("wrote {written} files to {}", dir.display()));
+                    }
                     Ok(conclusion(&job))
                 }
                 Err(err) if is_not_found(&err, "job_not_found") => {

@@ -19,6 +19,7 @@ pub mod content;
 pub mod failure;
 pub mod hosts;
 pub mod names;
+pub mod outputs;
 pub mod policy;
 pub(crate) mod text;
 pub mod time;
@@ -30,6 +31,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use content::{Content, Encoding};
+use outputs::{Collected, OmittedFile, OutputFile};
 use text::text_enum;
 use verdict::{Judgement, Verdict};
 
@@ -166,6 +168,8 @@ pub struct JobSpec {
     pub stdin: Content,
     pub args: Vec<String>,
     pub files: BTreeMap<String, Content>,
+    /// The files to keep after the run, by path or glob ([`outputs`]).
+    pub outputs: Vec<String>,
     pub limits: Limits,
     pub priority: i32,
     pub max_attempts: u32,
@@ -288,6 +292,14 @@ pub struct Job {
     pub verdict: Option<Verdict>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verdict_detail: Option<String>,
+    /// For a job that named `outputs`: its patterns, and once it ended the files kept (served
+    /// at `/v1/jobs/{id}/files/{path}`) and those that matched but were left out, with why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_out: Option<Vec<OutputFile>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files_omitted: Vec<OmittedFile>,
 }
 
 impl Job {
@@ -330,6 +342,8 @@ pub struct RunResult {
     pub memory_kb: u64,
     /// For a compiled runtime: whether this run compiled the code or ran a batch's shared build.
     pub build: Option<BuildUse>,
+    /// The files of the work directory its `outputs` matched.
+    pub files: Collected,
 }
 
 /// How an attempt ended, as the worker records it: the one value that travels from the worker to
@@ -404,6 +418,9 @@ mod tests {
             case_name: None,
             verdict: None,
             verdict_detail: None,
+            outputs: Vec::new(),
+            files_out: None,
+            files_omitted: Vec::new(),
         }
     }
 

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::batch::{BatchSpec, CaseSpec, SuiteSpec};
 use super::content::{Content, Encoded, decode_files};
 use super::names::{LookAlikes, hidden_character, shown};
+use super::outputs::{MAX_OUTPUT_PATTERNS, check_pattern};
 use super::policy::Policy;
 use super::verdict::CompareMode;
 use super::{JobSpec, Limits};
@@ -86,6 +87,9 @@ pub struct JobRequest {
     pub args: Vec<String>,
     #[serde(default, deserialize_with = "unique_names")]
     pub files: BTreeMap<String, Encoded>,
+    /// Paths or globs of files to keep after the run ([`super::outputs`]).
+    #[serde(default)]
+    pub outputs: Vec<String>,
     #[serde(default)]
     pub limits: LimitsRequest,
     #[serde(default)]
@@ -270,6 +274,7 @@ impl JobSpec {
         let (program_bytes, terms) =
             check_program(&request.runtime, &code, &files, policy, &runtime_files)?;
         check_input(&stdin, &request.args, policy)?;
+        check_outputs(&request.outputs)?;
         let max_attempts = check_max_attempts(request.max_attempts, policy)?;
         check_key(idempotency_key.as_deref())?;
         check_callback(request.callback_url.as_deref(), policy)?;
@@ -281,6 +286,7 @@ impl JobSpec {
             stdin,
             args: request.args,
             files,
+            outputs: request.outputs,
             limits,
             priority: request.priority,
             max_attempts,
@@ -288,6 +294,21 @@ impl JobSpec {
             callback_url: request.callback_url,
         })
     }
+}
+
+/// The output patterns: few enough, and none that could reach out of the work directory.
+fn check_outputs(patterns: &[String]) -> Result<(), Rejection> {
+    if patterns.len() > MAX_OUTPUT_PATTERNS {
+        return Err(Rejection::Invalid(format!(
+            "outputs names {} patterns, at most {MAX_OUTPUT_PATTERNS} allowed",
+            patterns.len()
+        )));
+    }
+    for (index, pattern) in patterns.iter().enumerate() {
+        check_pattern(pattern)
+            .map_err(|why| Rejection::Invalid(format!("outputs[{index}]: {why}")))?;
+    }
+    Ok(())
 }
 
 /// `value` decoded, or refused naming `field`, the place it came in.

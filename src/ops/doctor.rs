@@ -400,6 +400,7 @@ async fn try_runtime(runner: &Runner, runtime: &Runtime) -> Check {
         stdin: b"",
         args: &[],
         files: &files,
+        outputs: &[],
         limits: Policy::default().default_limits,
         reporting: None,
         batch: None,

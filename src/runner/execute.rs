@@ -2,14 +2,17 @@
 //! its output captured, held to its wall-clock, CPU and output limits and to cancellation, then
 //! killed, reaped and measured into a [`RunOutput`], with the outcome its end amounts to.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use super::capture::{capture, feed};
+use super::outputs;
 use super::process::{Attached, Process};
 use super::{Isolation, Reporting, RunError, RunOutput, launch, plain};
+use crate::job::outputs::{Collected, OutputCaps};
 use crate::job::{Limits, Outcome, RunResult, failure};
 use crate::live::Stream;
 use crate::sandbox::{OverMemory, WorkFile, WorkMount};
@@ -45,6 +48,9 @@ pub(super) struct Invocation<'a> {
     pub(super) reporting: Option<&'a Reporting>,
     /// A compiled runtime's build step, rather than the job's own program.
     pub(super) build: bool,
+    /// The files to keep from the work directory once the run is over, and how many.
+    pub(super) outputs: &'a [String],
+    pub(super) output_caps: OutputCaps,
 }
 
 pub(super) async fn execute(
@@ -159,7 +165,15 @@ pub(super) async fn execute(
     let measured = process.exit(over).map_err(wait_error)?;
     killed.cancel();
     let wall = started.elapsed();
+    // Every process of the run is gone: what is in its `/work` now is what it left.
+    let work = process.take_work();
     process.dispose();
+    let files = match invocation.outputs {
+        [] => Collected::default(),
+        patterns => {
+            collect_files(work, work_dir, isolation, patterns, invocation.output_caps).await
+        }
+    };
 
     // The last progress line is read before the run is over, like the output: the worker
     // stores it when the run returns.
@@ -208,8 +222,34 @@ pub(super) async fn execute(
         cpu_ms: measured.cpu_ms,
         memory_kb: measured.memory_kb,
         build: None,
+        files,
     };
     Ok(RunOutput { outcome, result })
+}
+
+/// The files of the run's work directory its `outputs` match: the sandbox's `/work` (`work`),
+/// or the run directory on disk for a plain process. Failing to read them is kiln's trouble,
+/// logged, not the job's: the run's result stands without its files.
+async fn collect_files(
+    work: Option<OwnedFd>,
+    work_dir: &Path,
+    isolation: &Isolation,
+    patterns: &[String],
+    caps: OutputCaps,
+) -> Collected {
+    let root = match (work, isolation) {
+        (Some(work), _) => Ok(work),
+        (None, Isolation::None) => outputs::open_dir(work_dir),
+        (None, Isolation::Sandbox(_)) => return Collected::default(),
+    };
+    let patterns = patterns.to_vec();
+    tokio::task::spawn_blocking(move || outputs::collect(&root?, &patterns, caps))
+        .await
+        .unwrap_or_else(|panicked| Err(std::io::Error::other(panicked)))
+        .unwrap_or_else(|error| {
+            tracing::warn!(%error, "collecting a run's output files failed");
+            Collected::default()
+        })
 }
 
 /// Whether a start failed on what the job itself asked for: an argument list `execve` refused

@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::job::content::Content;
+use crate::job::outputs::OutputCaps;
 use crate::job::{BatchId, BuildUse, JobId, Limits, Outcome, Progress, RunResult};
 use crate::live::RunFeed;
 use crate::runtime::{Compile, Expansion, Runtime};
@@ -36,6 +37,7 @@ mod builds;
 mod capture;
 mod execute;
 mod launch;
+mod outputs;
 mod plain;
 mod process;
 mod workdir;
@@ -60,6 +62,8 @@ pub struct RunRequest<'a> {
     /// Extra files for the work directory, by relative path (already checked by
     /// [`crate::job::validate::check_file_name`]).
     pub files: &'a BTreeMap<String, Content>,
+    /// The files to keep after the run ([`crate::job::outputs`]).
+    pub outputs: &'a [String],
     pub limits: Limits,
     /// Where the job's run reports while it runs; `None` runs it without a progress pipe.
     pub reporting: Option<&'a Reporting>,
@@ -135,6 +139,7 @@ pub struct Runner {
     compile_limits: Limits,
     /// What no runtime's build limits may exceed: the deployment's maxima.
     compile_caps: Limits,
+    output_caps: OutputCaps,
 }
 
 impl Runner {
@@ -166,7 +171,16 @@ impl Runner {
                 cpu_percent: None,
                 ..crate::job::policy::Policy::default().max_limits
             },
+            output_caps: OutputCaps::default(),
         })
+    }
+
+    /// What is kept of a run's output files: `caps` instead of [`OutputCaps::default`].
+    pub fn with_output_caps(self, caps: OutputCaps) -> Runner {
+        Runner {
+            output_caps: caps,
+            ..self
+        }
     }
 
     /// Builds run under `limits` instead of [`DEFAULT_COMPILE_LIMITS`], and a runtime's own build
@@ -291,6 +305,8 @@ impl Runner {
                     work: WorkMount::Copy,
                     reporting: req.reporting,
                     build: false,
+                    outputs: req.outputs,
+                    output_caps: self.output_caps,
                 };
                 let ran = execute(&run, &work_dir.path, &self.isolation, &cancel).await?;
                 Ok(with_build(ran, build))
@@ -337,6 +353,8 @@ impl Runner {
             work: WorkMount::Copy,
             reporting: None,
             build: false,
+            outputs: &[],
+            output_caps: self.output_caps,
         };
         let ran = execute(
             &probe,
@@ -415,6 +433,9 @@ impl Runner {
             work: WorkMount::Bind,
             reporting: None,
             build: true,
+            // What a build leaves is the binary, for the run; the job's files come from its run.
+            outputs: &[],
+            output_caps: self.output_caps,
         };
         let built = execute(&build, dir, &self.isolation, cancel).await?;
         let outcome = match built.outcome {
@@ -595,6 +616,7 @@ mod tests {
                 stdin: b"",
                 args: &[],
                 files: &NO_FILES,
+                outputs: &[],
                 limits: LIMITS,
                 reporting: None,
                 batch: None,

@@ -152,6 +152,15 @@ impl Process {
 
     /// Leaves what is left of the run (a sandbox's init and cgroup) to be removed off the
     /// async threads.
+    /// The sandbox's `/work` as the run left it (see [`Sandboxed::take_work`]); `None` for a
+    /// plain process, whose work directory is on disk.
+    pub(super) fn take_work(&mut self) -> Option<OwnedFd> {
+        match &mut self.kind {
+            Kind::Sandboxed(Some(sandboxed)) => sandboxed.take_work(),
+            _ => None,
+        }
+    }
+
     pub(super) fn dispose(mut self) {
         if let Kind::Sandboxed(sandboxed) = &mut self.kind
             && let Some(sandboxed) = sandboxed.take()

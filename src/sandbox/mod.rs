@@ -283,6 +283,12 @@ impl Tmpfs {
         Ok(Tmpfs { mounts, sizes })
     }
 
+    /// The `/work` mount, taken to outlive the sandbox.
+    fn take_work(&mut self) -> Option<OwnedFd> {
+        let index = TMPFS_MOUNTS.iter().position(|inside| *inside == "/work")?;
+        self.mounts[index].take()
+    }
+
     /// Gives the mounts the sizes a run needs, changing only those that differ.
     fn fit(&mut self, wanted: TmpfsSizes) -> std::io::Result<()> {
         for (mount, inside) in self.mounts.iter().zip(TMPFS_MOUNTS) {
@@ -550,6 +556,8 @@ impl Sandbox {
             started,
             cgroup,
             files_bytes: files,
+            // Held past the run's end, so what the job left in `/work` can still be read.
+            work: tmpfs.take_work(),
         };
         if let Err(e) = run {
             sandboxed.abandon();
@@ -609,6 +617,7 @@ impl Inner {
                         started: dead.started,
                         cgroup: dead.cgroup,
                         files_bytes: 0,
+                        work: None,
                     }
                     .abandon();
                 }
@@ -708,6 +717,7 @@ impl Inner {
             started,
             cgroup,
             files_bytes: 0,
+            work: None,
         };
         let released = match self.user_ns {
             true => namespace::map_ids(sandboxed.started.pid, ids).map_err(|e| {

@@ -21,6 +21,9 @@ pub struct Sandboxed {
     /// What the run's files take of its memory, charged to the server rather than to the
     /// run's cgroup (see [`super::files_charge`]): part of what the run uses.
     pub(super) files_bytes: u64,
+    /// The run's `/work` tmpfs, from the server's side (`None` for a build step's, which is a
+    /// host directory): it outlives the sandbox for as long as this is held.
+    pub(super) work: Option<OwnedFd>,
 }
 
 /// How the job of a run ended and what the run used.
@@ -71,6 +74,12 @@ fn timeval_ms(time: libc::timeval) -> u64 {
 pub struct Ending(Option<Ended>);
 
 impl Sandboxed {
+    /// The run's `/work` as the job left it, to read once the run is over (an `O_PATH`
+    /// descriptor of the tmpfs's root); `None` if taken already or not a tmpfs.
+    pub fn take_work(&mut self) -> Option<OwnedFd> {
+        self.work.take()
+    }
+
     /// init's pid, in the server's pid namespace.
     pub fn pid(&self) -> libc::pid_t {
         self.started.pid

@@ -20,6 +20,7 @@ fn spec() -> JobSpec {
         stdin: Default::default(),
         args: Vec::new(),
         files: BTreeMap::new(),
+        outputs: Vec::new(),
         limits: Policy::default().default_limits,
         priority: 0,
         max_attempts: 3,

@@ -56,6 +56,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0008_bytes.sql",
         sql: include_str!("../../schema/0008_bytes.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_job_files.sql",
+        sql: include_str!("../../schema/0009_job_files.sql"),
+    },
 ];
 
 /// Applies each migration newer than the file's `user_version`, each in its own transaction

@@ -605,6 +605,15 @@ impl Store {
         self.read(move |conn| read::job(conn, id)).await
     }
 
+    /// A file job `id` kept from its run, at `path`: its content type and bytes.
+    pub async fn job_file(
+        &self,
+        id: JobId,
+        path: String,
+    ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        self.read(move |conn| read::job_file(conn, id, &path)).await
+    }
+
     /// The job's events with an id greater than `after`, oldest first; `None` if there is no
     /// such job.
     pub async fn job_events(

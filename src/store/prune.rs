@@ -65,14 +65,18 @@ pub struct PruneReport {
     pub archive: Option<PathBuf>,
 }
 
-/// The tables whose rows a prune removes, with the type of their `id` primary key (kept in the
-/// archive so a chunk copied twice — say, the prune was stopped between copying and deleting —
-/// replaces its first copy instead of doubling it).
+/// The tables whose rows a prune removes, with their primary key (kept in the archive so a
+/// chunk copied twice — say, the prune was stopped between copying and deleting — replaces its
+/// first copy instead of doubling it).
 const ARCHIVED: &[(&str, &str)] = &[
-    ("jobs", "TEXT"),
-    ("batches", "TEXT"),
-    ("events", "INTEGER"),
-    ("webhooks", "INTEGER"),
+    ("jobs", "id TEXT PRIMARY KEY"),
+    ("batches", "id TEXT PRIMARY KEY"),
+    ("events", "id INTEGER PRIMARY KEY"),
+    ("webhooks", "id INTEGER PRIMARY KEY"),
+    (
+        "job_files",
+        "job_id TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (job_id, path)",
+    ),
 ];
 
 /// A job that may go: finished before the cut-off (?2), no pending call, its batch (if any) gone
@@ -117,11 +121,13 @@ fn jobs() -> Kind {
         dependents: &[
             "DELETE FROM events WHERE job_id IN (SELECT value FROM json_each(?1))",
             "DELETE FROM webhooks WHERE job_id IN (SELECT value FROM json_each(?1))",
+            "DELETE FROM job_files WHERE job_id IN (SELECT value FROM json_each(?1))",
         ],
         archive: &[
             "jobs WHERE id IN (SELECT value FROM json_each(?1))",
             "events WHERE job_id IN (SELECT value FROM json_each(?1))",
             "webhooks WHERE job_id IN (SELECT value FROM json_each(?1))",
+            "job_files WHERE job_id IN (SELECT value FROM json_each(?1))",
         ],
     }
 }
@@ -354,9 +360,9 @@ fn attach_archive(conn: &Connection, db: &Path, path: &Path) -> Result<PathBuf, 
     conn.execute("ATTACH DATABASE ?1 AS archive", [name])?;
     // The copy must be on disk before the rows it saves are deleted.
     conn.execute_batch("PRAGMA archive.synchronous = FULL")?;
-    for (table, id_type) in ARCHIVED {
+    for (table, key) in ARCHIVED {
         conn.execute_batch(&format!(
-            "CREATE TABLE IF NOT EXISTS archive.{table} (id {id_type} PRIMARY KEY)"
+            "CREATE TABLE IF NOT EXISTS archive.{table} ({key})"
         ))?;
         let have = columns(conn, "archive", table)?;
         for (column, declared) in columns_typed(conn, table)? {

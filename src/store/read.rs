@@ -8,6 +8,7 @@ use super::StoreError;
 use super::tenants::Visibility;
 use super::write::{from_json, parse_id, parse_status};
 use crate::job::content::Content;
+use crate::job::outputs::{Omission, OmittedFile, OutputFile};
 use crate::job::verdict::Verdict;
 use crate::job::{BatchId, Event, Job, JobId, Outcome, Progress, Status};
 
@@ -73,7 +74,7 @@ pub(super) fn job(conn: &Connection, id: JobId) -> Result<Option<Job>, StoreErro
             "SELECT id, status, outcome, runtime, attempt, max_attempts, priority, created_at,
                     started_at, finished_at, exit_code, signal, stdout, stderr,
                     stdout_truncated, stderr_truncated, wall_ms, cpu_ms, memory_kb, limits, error,
-                    batch_id, case_name, verdict, verdict_detail
+                    batch_id, case_name, verdict, verdict_detail, outputs
              FROM jobs WHERE id = ?1",
         )?
         .query_row([id.to_string()], |r| Ok(job_row(r)))
@@ -82,7 +83,68 @@ pub(super) fn job(conn: &Connection, id: JobId) -> Result<Option<Job>, StoreErro
         return Ok(None);
     };
     job.progress = latest_progress(conn, id)?;
+    if !job.outputs.is_empty() && job.status.is_terminal() {
+        let (kept, omitted) = files_of(conn, id)?;
+        job.files_out = Some(kept);
+        job.files_omitted = omitted;
+    }
     Ok(Some(job))
+}
+
+/// The files a job kept, and those it left out, in path order, without their bytes.
+fn files_of(
+    conn: &Connection,
+    id: JobId,
+) -> Result<(Vec<OutputFile>, Vec<OmittedFile>), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT path, size, content_type, omitted FROM job_files WHERE job_id = ?1 ORDER BY path",
+    )?;
+    let mut rows = stmt.query([id.to_string()])?;
+    let (mut kept, mut omitted) = (Vec::new(), Vec::new());
+    while let Some(r) = rows.next()? {
+        let path: String = r.get(0)?;
+        let size = opt_u64(r, 1)?;
+        let content_type: Option<String> = r.get(2)?;
+        let reason: Option<String> = r.get(3)?;
+        match (reason, content_type) {
+            (None, Some(content_type)) => kept.push(OutputFile {
+                path,
+                size: size.unwrap_or_default(),
+                content_type,
+                contents: Vec::new(),
+            }),
+            (Some(reason), _) => omitted.push(OmittedFile {
+                path,
+                size,
+                reason: Omission::parse(&reason)
+                    .ok_or_else(|| StoreError::Corrupt(format!("omission {reason:?}")))?,
+            }),
+            (None, None) => {
+                return Err(StoreError::Corrupt(format!(
+                    "file {path:?} has no content type"
+                )));
+            }
+        }
+    }
+    Ok((kept, omitted))
+}
+
+/// A file a job kept: its content type and bytes.
+pub(super) fn job_file(
+    conn: &Connection,
+    id: JobId,
+    path: &str,
+) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+    let found = conn
+        .prepare_cached(
+            "SELECT content_type, content FROM job_files
+             WHERE job_id = ?1 AND path = ?2 AND omitted IS NULL",
+        )?
+        .query_row(params![id.to_string(), path], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    Ok(found)
 }
 
 /// The job's latest `job.progress` event: a short walk back along `events_job`, as a job stores
@@ -105,6 +167,7 @@ fn job_row(r: &Row) -> Result<Job, StoreError> {
     let limits: String = r.get(19)?;
     let batch_id: Option<String> = r.get(21)?;
     let verdict: Option<String> = r.get(23)?;
+    let outputs: String = r.get(25)?;
     let (stdout, stdout_encoding) = r.get::<_, Content>(12)?.shown(false);
     let (stderr, stderr_encoding) = r.get::<_, Content>(13)?.shown(false);
     Ok(Job {
@@ -136,6 +199,9 @@ fn job_row(r: &Row) -> Result<Job, StoreError> {
         case_name: r.get(22)?,
         verdict: verdict.as_deref().map(parse_verdict).transpose()?,
         verdict_detail: r.get(24)?,
+        outputs: from_json(&outputs)?,
+        files_out: None,
+        files_omitted: Vec::new(),
     })
 }
 

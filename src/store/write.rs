@@ -12,6 +12,7 @@ use super::{StoreError, batch};
 use crate::bus::Notice;
 use crate::job::batch::CaseCheck;
 use crate::job::content::Content;
+use crate::job::outputs::Collected;
 use crate::job::verdict::{Judgement, Verdict};
 use crate::job::{
     BatchId, EventKind, Finish, JobId, JobSpec, Limits, Outcome, Progress, RunResult, Status,
@@ -40,6 +41,8 @@ pub struct ClaimedJob {
     pub stdin: Content,
     pub args: Vec<String>,
     pub files: BTreeMap<String, Content>,
+    /// The files to keep after the run (none for a case of a batch).
+    pub outputs: Vec<String>,
     pub limits: Limits,
     /// Set when the job is a case of a batch: how to judge its output.
     pub case: Option<CaseCheck>,
@@ -69,11 +72,12 @@ pub(super) fn submit(
     let args = to_json(&spec.args)?;
     let files = to_json(&spec.files)?;
     let limits = to_json(&spec.limits)?;
+    let outputs = to_json(&spec.outputs)?;
     if let Some(key) = &spec.idempotency_key {
         let existing = conn
             .prepare_cached(
                 "SELECT id, runtime, code, stdin, args, files, limits, priority, max_attempts,
-                        callback_url
+                        callback_url, outputs
                  FROM jobs WHERE coalesce(tenant, '') = coalesce(?2, '') AND idempotency_key = ?1",
             )?
             .query_row(params![key, admission.tenant], |r| {
@@ -85,7 +89,8 @@ pub(super) fn submit(
                     && r.get::<_, String>(6)? == limits
                     && r.get::<_, i32>(7)? == spec.priority
                     && r.get::<_, u32>(8)? == spec.max_attempts
-                    && r.get::<_, Option<String>>(9)? == spec.callback_url;
+                    && r.get::<_, Option<String>>(9)? == spec.callback_url
+                    && r.get::<_, String>(10)? == outputs;
                 Ok((r.get::<_, String>(0)?, same))
             })
             .optional()?;
@@ -104,8 +109,8 @@ pub(super) fn submit(
     let id = JobId::now_v7();
     conn.prepare_cached(
         "INSERT INTO jobs (id, runtime, code, stdin, args, files, limits, priority, max_attempts,
-                           idempotency_key, created_at, callback_url, tenant)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                           idempotency_key, created_at, callback_url, tenant, outputs)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
         id.to_string(),
@@ -121,6 +126,7 @@ pub(super) fn submit(
         now,
         spec.callback_url,
         admission.tenant,
+        outputs,
     ])?;
     let data = json!({"runtime": spec.runtime, "priority": spec.priority});
     append_event(conn, notices, id, None, now, EventKind::Queued, None, &data)?;
@@ -177,7 +183,8 @@ pub const CLAIM_SQL: &str = "UPDATE jobs
      SET status = 'running', attempt = attempt + 1, lease_owner = ?1,
          lease_expires_at = ?2, started_at = ?3
      WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY priority DESC, id LIMIT 1)
-     RETURNING id, attempt, runtime, code, stdin, args, files, limits, batch_id, expected_output";
+     RETURNING id, attempt, runtime, code, stdin, args, files, limits, batch_id, expected_output,
+               outputs";
 
 /// A claimed job, and for a case its batch and expected output.
 type ClaimedRow = (ClaimedJob, Option<(BatchId, Option<Content>)>);
@@ -189,6 +196,7 @@ fn claimed_job(r: &Row) -> rusqlite::Result<Result<ClaimedRow, StoreError>> {
     let limits: String = r.get(7)?;
     let batch_id: Option<String> = r.get(8)?;
     let expected_output: Option<Content> = r.get(9)?;
+    let outputs: String = r.get(10)?;
     let (attempt, runtime, code, stdin) = (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
     Ok((|| {
         let job = ClaimedJob {
@@ -199,6 +207,7 @@ fn claimed_job(r: &Row) -> rusqlite::Result<Result<ClaimedRow, StoreError>> {
             stdin,
             args: from_json(&args)?,
             files: from_json(&files)?,
+            outputs: from_json(&outputs)?,
             limits: from_json(&limits)?,
             case: None,
         };
@@ -284,6 +293,7 @@ pub(super) fn finish(
     if updated == 0 {
         return Ok(false);
     }
+    store_files(conn, &id_text, &result.files)?;
     let (batch_id, callback_url) = batch_and_callback(conn, &id_text)?;
     let mut data = json!({
         "outcome": outcome.as_str(),
@@ -310,6 +320,37 @@ pub(super) fn finish(
         batch::settle_case(conn, notices, &batch_id, judged.verdict, now)?;
     }
     Ok(true)
+}
+
+/// The files a run kept and those it left out, with the result that lists them.
+fn store_files(conn: &Connection, id: &str, files: &Collected) -> Result<(), StoreError> {
+    if files.files.is_empty() && files.omitted.is_empty() {
+        return Ok(());
+    }
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO job_files (job_id, path, size, content_type, content, omitted)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for file in &files.files {
+        let size = sql_int(file.size);
+        let content_type = Some(file.content_type.as_str());
+        let none: Option<&str> = None;
+        insert.execute(params![
+            id,
+            file.path,
+            size,
+            content_type,
+            file.contents,
+            none
+        ])?;
+    }
+    for file in &files.omitted {
+        let size = file.size.map(sql_int);
+        let (content_type, contents): (Option<&str>, Option<&[u8]>) = (None, None);
+        let reason = file.reason.as_str();
+        insert.execute(params![id, file.path, size, content_type, contents, reason])?;
+    }
+    Ok(())
 }
 
 /// The job's batch and callback URL, which decide what else its events write.

@@ -461,6 +461,7 @@ impl<E: Execute> Workers<E> {
             stdin: job.stdin.as_bytes(),
             args: &job.args,
             files: &job.files,
+            outputs: &job.outputs,
             limits: job.limits,
             reporting: Some(&reporting),
             batch: job.case.as_ref().map(|case| case.batch_id),

@@ -190,6 +190,7 @@ impl Harness {
             stdin: Default::default(),
             args: Vec::new(),
             files: BTreeMap::new(),
+            outputs: Vec::new(),
             limits: Policy::default().default_limits,
             priority: 0,
             max_attempts,

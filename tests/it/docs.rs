@@ -57,7 +57,12 @@ async fn the_history_cookbook_queries_run_against_a_real_database() {
     let queries = sqlite3_commands(HISTORY);
     assert!(queries.len() >= 4, "{queries:?}");
     let server = Server::start().await;
-    let ok = server.submit(sh("echo hi")).await;
+    let ok = server
+        .submit(
+            json!({"runtime": "sh", "code": "echo hi; echo '{}' > report.json",
+                       "outputs": ["report.json"]}),
+        )
+        .await;
     let bad = server.submit(sh("exit 2")).await;
     let binary = server.submit(sh("printf '\\377'")).await;
     server.finished(&ok).await;

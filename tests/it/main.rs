@@ -21,6 +21,7 @@ mod languages;
 mod levels;
 mod ndjson;
 mod ops;
+mod outputs;
 mod programs;
 mod runs;
 mod schema;
