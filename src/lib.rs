@@ -26,8 +26,9 @@
 //!    submitted files written into `/work` from memory, seccomp, Landlock, a cgroup of its own.
 //!    The run ends by killing the sandbox's init, which takes every process of the job with it.
 //!    (`--sandbox none`, for development, runs a plain subprocess and kills its process group.)
-//! 7. [`store`] again — the result and the terminal event are written, only if the job is still
-//!    running under the same attempt; a suite's case is first judged against its expected output
+//! 7. [`store`] again — the result (its output as the exact bytes, [`job::content`], and the
+//!    files its `outputs` named, read from `/work` after the run, [`job::outputs`]) and the
+//!    terminal event are written, only if the job is still running under the same attempt; a suite's case is first judged against its expected output
 //!    ([`job::verdict`]), and the same transaction settles its suite.
 //! 8. [`api`] — pollers read it back (`GET /v1/jobs/{id}?wait=`, woken by the bus), or follow
 //!    the event feed, also live over Server-Sent Events: [`live`] fans each commit out to every

@@ -1015,6 +1015,31 @@ cat data.txt sub/dir/deep.txt
     }
 
     #[tokio::test]
+    async fn the_files_a_run_leaves_are_collected_in_the_sandbox_and_without_one() {
+        let outputs = ["out/*".to_owned()];
+        let code = "mkdir out; printf 'x\\377' > out/o.bin; ln -s /etc/passwd out/p.txt";
+        for h in [Harness::new(), Harness::sandbox_none()] {
+            let out = h
+                .run(RunRequest {
+                    outputs: &outputs,
+                    ..h.request("sh", code)
+                })
+                .await;
+            assert_eq!(out.outcome, Outcome::Success, "{:?}", out.result);
+            let files = &out.result.files;
+            let kept: Vec<(&str, &[u8])> = files
+                .files
+                .iter()
+                .map(|f| (f.path.as_str(), f.contents.as_slice()))
+                .collect();
+            assert_eq!(kept, [("out/o.bin", b"x\xff".as_slice())]);
+            let omitted: Vec<&str> = files.omitted.iter().map(|f| f.path.as_str()).collect();
+            assert_eq!(omitted, ["out/p.txt"], "a symlink is not followed");
+            assert!(h.work_dirs_removed().await, "{:?}", h.work_dirs_left());
+        }
+    }
+
+    #[tokio::test]
     async fn run_directories_an_earlier_server_left_are_removed_at_start_and_never_seen() {
         let root = tempfile::tempdir().expect("temp dir");
         let stale = root.path().join(format!("work/{}-1", JobId::now_v7()));
