@@ -48,16 +48,18 @@ pub(super) fn wanted(headers: &HeaderMap) -> bool {
 }
 
 /// The longest line accepted: a case with its code, stdin, files, args and expected output each
-/// at the most the policy allows, and room for the JSON around them. No line of a suite the
-/// policy accepts is longer, so a longer one is refused before it is held whole.
+/// at the most the policy allows, the bytes among them in base64 (the longest form they may
+/// come in, see [`crate::job::content`]), and room for the JSON around them. No line of a suite
+/// the policy accepts is longer, so a longer one is refused before it is held whole.
 fn max_line_bytes(policy: &Policy) -> usize {
     let expected = usize::try_from(policy.max_limits.output_bytes).unwrap_or(usize::MAX);
+    let in_base64 = |bytes: usize| bytes.div_ceil(3).saturating_mul(4);
     [
-        policy.max_code_bytes,
-        policy.max_stdin_bytes,
-        policy.max_files_bytes,
+        in_base64(policy.max_code_bytes),
+        in_base64(policy.max_stdin_bytes),
+        in_base64(policy.max_files_bytes),
         policy.max_args_bytes,
-        expected,
+        in_base64(expected),
         LINE_SLACK_BYTES,
     ]
     .into_iter()

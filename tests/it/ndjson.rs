@@ -209,8 +209,9 @@ async fn a_line_longer_than_any_case_needs_and_a_stream_over_its_cap_are_refused
         "1000000",
     ])
     .await;
-    // A case may take 4000 bytes of those, 64 KiB of args, and 64 KiB of JSON around them.
-    let cap = 4000 + 2 * 65_536;
+    // A case may take 4000 bytes of those, 1336 each in base64, 64 KiB of args, and 64 KiB of
+    // JSON around them.
+    let cap = 4 * 1336 + 2 * 65_536;
     let suite = json!({"runtime": "sh", "code": "exit 0"});
     let long = json!({"name": "long", "stdin": "x".repeat(cap)});
     let body = lines(&suite, &[json!({}), long, json!({})]);
