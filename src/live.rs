@@ -23,6 +23,7 @@ use bytes::Bytes;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 
+use crate::job::content::{Content, Encoding};
 use crate::job::{Event, EventKind, JobId};
 use crate::store::{Store, Visibility};
 
@@ -72,7 +73,10 @@ pub enum Stream {
 #[derive(Debug)]
 pub struct OutputChunk {
     pub stream: Stream,
+    /// The chunk's bytes as text when they are UTF-8, else in base64 (as `encoding` says):
+    /// never decoded lossily.
     pub text: String,
+    pub encoding: Encoding,
 }
 
 /// One job's output: the ring to its watchers, and what its current run wrote so far.
@@ -308,12 +312,21 @@ impl OutputTap {
         buf.extend_from_slice(bytes);
         let split = buf.len() - incomplete_tail(&buf);
         self.pending = buf.split_off(split);
+        self.send(buf);
+    }
+
+    fn send(&self, buf: Vec<u8>) {
         if buf.is_empty() {
             return;
         }
+        let (text, encoding) = match String::from_utf8(buf) {
+            Ok(text) => (text, Encoding::Utf8),
+            Err(bytes) => (Content(bytes.into_bytes()).shown(true).0, Encoding::Base64),
+        };
         let chunk = Arc::new(OutputChunk {
             stream: self.stream,
-            text: String::from_utf8_lossy(&buf).into_owned(),
+            text,
+            encoding,
         });
         let mut replay = self.channel.replay();
         if replay.skipped == 0 && replay.bytes + chunk.text.len() <= REPLAY_BYTES {
@@ -328,6 +341,15 @@ impl OutputTap {
     }
 }
 
+impl Drop for OutputTap {
+    /// The stream ended: what was held back for a character's end that never came goes out as
+    /// it is.
+    fn drop(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        self.send(pending);
+    }
+}
+
 /// How many bytes at the end of `buf` begin a UTF-8 character that the next read completes.
 fn incomplete_tail(buf: &[u8]) -> usize {
     for back in 1..=buf.len().min(3) {
@@ -335,10 +357,11 @@ fn incomplete_tail(buf: &[u8]) -> usize {
         if byte & 0xC0 == 0x80 {
             continue;
         }
+        // Only a byte that may begin a character is held: 0xC0, 0xC1 and 0xF5 to 0xFF never do.
         let width = match byte {
-            0xF0.. => 4,
-            0xE0.. => 3,
-            0xC0.. => 2,
+            0xF0..=0xF4 => 4,
+            0xE0..=0xEF => 3,
+            0xC2..=0xDF => 2,
             _ => 1,
         };
         return if width > back { back } else { 0 };
@@ -390,6 +413,28 @@ mod tests {
         assert_eq!(
             texts(&late.replay),
             ["before anyone watched\n", "x = 5", "€"]
+        );
+    }
+
+    #[tokio::test]
+    async fn bytes_that_are_not_utf8_are_sent_in_base64_and_a_held_back_end_goes_out_at_the_end() {
+        let live = Live::default();
+        let job = JobId::now_v7();
+        let run = live.run_output(job);
+        let mut watch = live.watch_output(job);
+        let mut tap = run.tap(Stream::Stdout);
+        // 0xFF can begin no character: sent at once. 0xC3 could, so it waits for the next read.
+        tap.push(b"\xff\xc3");
+        drop(tap);
+        let first = watch.receiver.recv().await.expect("chunk");
+        let last = watch.receiver.recv().await.expect("chunk");
+        let sent = [first, last].map(|c| (c.text.clone(), c.encoding));
+        assert_eq!(
+            sent,
+            [
+                ("/w==".to_owned(), Encoding::Base64),
+                ("ww==".to_owned(), Encoding::Base64)
+            ]
         );
     }
 

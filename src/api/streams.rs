@@ -31,6 +31,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 
 use super::AppState;
 use super::error::{ApiError, ErrorCode};
+use crate::job::content::Encoding;
 use crate::job::{BatchId, Event, EventKind, JobId};
 use crate::live::{LiveEvent, OutputChunk, OutputWatch};
 use crate::store::{StoreError, Visibility};
@@ -474,8 +475,13 @@ async fn recv_output(output: &mut Option<OutputWatch>) -> Result<Arc<OutputChunk
     }
 }
 
+/// An output message: `data` the text, or for bytes that are not UTF-8 their base64, which
+/// `"encoding": "base64"` then says (text, the usual case, goes without it).
 fn output_frame(job: Option<JobId>, chunk: &OutputChunk) -> Bytes {
-    let data = json!({"job_id": job, "stream": chunk.stream, "data": chunk.text});
+    let mut data = json!({"job_id": job, "stream": chunk.stream, "data": chunk.text});
+    if chunk.encoding == Encoding::Base64 {
+        data["encoding"] = json!(chunk.encoding);
+    }
     message(None, "output", &data.to_string())
 }
 

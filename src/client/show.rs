@@ -119,7 +119,7 @@ pub(super) fn show_output(job: &Value) -> Result<(), ClientError> {
         .get("error")
         .and_then(Value::as_str)
         .filter(|text| !text.is_empty());
-    let stdout = output(job, "stdout")?;
+    let stdout = stored_output(job, "stdout")?;
     print_stdout(|out| {
         if let Some(error) = error {
             writeln!(out, "error: {error}")?;
@@ -127,7 +127,9 @@ pub(super) fn show_output(job: &Value) -> Result<(), ClientError> {
         out.write_all(&stdout)
     })?;
     // Nowhere better to report a failing stderr, so the write is best effort.
-    let _ = io::stderr().lock().write_all(&output(job, "stderr")?);
+    let _ = io::stderr()
+        .lock()
+        .write_all(&stored_output(job, "stderr")?);
     let limit = job
         .get("limits")
         .and_then(|limits| limits.get("output_bytes"))
@@ -189,23 +191,26 @@ pub(super) fn runtimes(out: &mut impl Write, listing: &Value) -> io::Result<()> 
 
 /// The bytes of one of a job's streams: its text, or its base64 decoded where its
 /// `{stream}_encoding` says so.
-fn output(job: &Value, stream: &str) -> Result<Vec<u8>, ClientError> {
+pub(super) fn stored_output(job: &Value, stream: &str) -> Result<Vec<u8>, ClientError> {
     let text = job.get(stream).and_then(Value::as_str).unwrap_or_default();
     let encoding = job
         .get(format!("{stream}_encoding"))
         .and_then(Value::as_str);
-    if encoding != Some(Encoding::Base64.as_str()) {
-        return Ok(text.as_bytes().to_vec());
+    decoded(text, encoding).map_err(|error| ClientError::BadResponse {
+        url: format!(
+            "/v1/jobs/{}",
+            job.get("id").and_then(Value::as_str).unwrap_or("?")
+        ),
+        detail: format!("{stream} is not valid base64: {error}"),
+    })
+}
+
+/// The bytes output stands for: the text itself, or its base64 decoded where `encoding` says.
+pub(super) fn decoded(text: &str, encoding: Option<&str>) -> Result<Vec<u8>, base64::DecodeError> {
+    if encoding == Some(Encoding::Base64.as_str()) {
+        return STANDARD.decode(text);
     }
-    STANDARD
-        .decode(text)
-        .map_err(|error| ClientError::BadResponse {
-            url: format!(
-                "/v1/jobs/{}",
-                job.get("id").and_then(Value::as_str).unwrap_or("?")
-            ),
-            detail: format!("{stream} is not valid base64: {error}"),
-        })
+    Ok(text.as_bytes().to_vec())
 }
 
 pub(super) fn print_json(value: &Value) -> Result<(), ClientError> {

@@ -15,7 +15,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use super::api::Api;
-use super::show::{event_line, job_line, print_stdout, show_output};
+use super::show::{decoded, event_line, job_line, print_stdout, show_output, stored_output};
 use super::stream::{self, Step};
 use super::{ClientError, Conclusion, batch, conclusion, note};
 
@@ -79,7 +79,8 @@ struct Seen {
 
 #[derive(Default)]
 struct Output {
-    shown: String,
+    /// The bytes shown, exactly as the job wrote them.
+    shown: Vec<u8>,
     /// Bytes of a replay still to skip: shown before the stream was reopened.
     skip: usize,
     /// Some of this attempt's output was not shown (skipped by the server).
@@ -87,25 +88,25 @@ struct Output {
 }
 
 impl Output {
-    /// The part of `text` not shown yet, taken as shown.
-    fn take_new<'a>(&mut self, text: &'a str) -> &'a str {
-        let skipped = self.skip.min(text.len());
+    /// The part of `bytes` not shown yet, taken as shown.
+    fn take_new<'a>(&mut self, bytes: &'a [u8]) -> &'a [u8] {
+        let skipped = self.skip.min(bytes.len());
         self.skip -= skipped;
-        let new = text.get(skipped..).unwrap_or_default();
-        self.shown.push_str(new);
+        let new = &bytes[skipped..];
+        self.shown.extend_from_slice(new);
         new
     }
 
     /// What of the stored output was not shown live, and whether it is all of it (the live view
     /// missed a part, so only the whole is true).
-    fn unshown<'a>(&self, stored: &'a str) -> (&'a str, bool) {
+    fn unshown<'a>(&self, stored: &'a [u8]) -> (&'a [u8], bool) {
         if !self.gap {
-            if let Some(rest) = stored.strip_prefix(self.shown.as_str()) {
+            if let Some(rest) = stored.strip_prefix(self.shown.as_slice()) {
                 return (rest, false);
             }
             // Shown more than was stored: the stored output was cut at its limit.
             if self.shown.starts_with(stored) {
-                return ("", false);
+                return (&[], false);
             }
         }
         (stored, true)
@@ -123,17 +124,24 @@ impl Seen {
     /// it, a marker where a new attempt begins, everything else as a note.
     fn show(&mut self, event: &str, data: &Value) -> Result<(), ClientError> {
         let text = |name: &str| data.get(name).and_then(Value::as_str).unwrap_or_default();
+        // A piece that is not UTF-8 comes in base64; a malformed one is shown as it came.
+        let output = || {
+            decoded(text("data"), data.get("encoding").and_then(Value::as_str))
+                .unwrap_or_else(|_| text("data").as_bytes().to_vec())
+        };
         match event {
             "output" if text("stream") == "stderr" => {
-                let new = self.stderr.take_new(text("data"));
+                let output = output();
+                let new = self.stderr.take_new(&output);
                 self.note_open_line(new);
                 // Nowhere better to report a failing stderr, so the write is best effort.
-                let _ = io::stderr().lock().write_all(new.as_bytes());
+                let _ = io::stderr().lock().write_all(new);
             }
             "output" => {
-                let new = self.stdout.take_new(text("data"));
+                let output = output();
+                let new = self.stdout.take_new(&output);
                 self.note_open_line(new);
-                print_stdout(|out| out.write_all(new.as_bytes()))?;
+                print_stdout(|out| out.write_all(new))?;
             }
             "output.lost" => {
                 self.stdout.gap = true;
@@ -179,9 +187,9 @@ impl Seen {
         Ok(())
     }
 
-    fn note_open_line(&mut self, shown: &str) {
-        if let Some(last) = shown.chars().last() {
-            self.open_line = last != '\n';
+    fn note_open_line(&mut self, shown: &[u8]) {
+        if let Some(&last) = shown.last() {
+            self.open_line = last != b'\n';
         }
     }
 
@@ -203,18 +211,19 @@ impl Seen {
             // Nothing was seen live (the job ran before we looked): show what it stored.
             return show_output(job);
         }
-        let stored = |name: &str| job.get(name).and_then(Value::as_str).unwrap_or_default();
-        let (stdout, whole) = self.stdout.unshown(stored("stdout"));
+        let (stored_stdout, stored_stderr) =
+            (stored_output(job, "stdout")?, stored_output(job, "stderr")?);
+        let (stdout, whole) = self.stdout.unshown(&stored_stdout);
         if whole && !stdout.is_empty() {
             self.note("the stored stdout in full, as the live view missed part of it:");
         }
-        print_stdout(|out| out.write_all(stdout.as_bytes()))?;
+        print_stdout(|out| out.write_all(stdout))?;
         self.note_open_line(stdout);
-        let (stderr, whole) = self.stderr.unshown(stored("stderr"));
+        let (stderr, whole) = self.stderr.unshown(&stored_stderr);
         if whole && !stderr.is_empty() {
             self.note("the stored stderr in full, as the live view missed part of it:");
         }
-        let _ = io::stderr().lock().write_all(stderr.as_bytes());
+        let _ = io::stderr().lock().write_all(stderr);
         self.note_open_line(stderr);
         self.line_break();
         Ok(())
@@ -255,21 +264,29 @@ mod tests {
     #[test]
     fn a_replay_after_reopening_skips_what_was_shown() {
         let mut out = Output::default();
-        assert_eq!(out.take_new("one\n"), "one\n");
+        assert_eq!(out.take_new(b"one\n"), b"one\n");
         out.skip = out.shown.len();
-        assert_eq!(out.take_new("one\n"), "");
-        assert_eq!(out.take_new("two\n"), "two\n");
-        assert_eq!(out.shown, "one\ntwo\n");
+        assert_eq!(out.take_new(b"one\n"), b"");
+        assert_eq!(out.take_new(b"two\n"), b"two\n");
+        assert_eq!(out.shown, b"one\ntwo\n");
     }
 
     #[test]
     fn the_stored_output_adds_only_what_was_not_shown() {
         let mut out = Output::default();
-        out.take_new("a\nb\n");
-        assert_eq!(out.unshown("a\nb\nc\n"), ("c\n", false));
-        assert_eq!(out.unshown("a\n"), ("", false), "stored cut at its limit");
-        assert_eq!(out.unshown("x\n"), ("x\n", true), "not what was shown");
+        out.take_new(b"a\nb\n");
+        assert_eq!(out.unshown(b"a\nb\nc\n"), (b"c\n".as_slice(), false));
+        assert_eq!(
+            out.unshown(b"a\n"),
+            (b"".as_slice(), false),
+            "stored cut at its limit"
+        );
+        assert_eq!(
+            out.unshown(b"x\n"),
+            (b"x\n".as_slice(), true),
+            "not what was shown"
+        );
         out.gap = true;
-        assert_eq!(out.unshown("a\nb\nc\n"), ("a\nb\nc\n", true));
+        assert_eq!(out.unshown(b"a\nb\nc\n"), (b"a\nb\nc\n".as_slice(), true));
     }
 }

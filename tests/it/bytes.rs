@@ -8,6 +8,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::ndjson::post_ndjson;
+use crate::streams::{Item, Sse};
 use crate::util::Server;
 
 fn b64(bytes: &[u8]) -> Value {
@@ -188,4 +189,29 @@ async fn kiln_submit_sends_a_binary_file_and_kiln_status_prints_the_raw_bytes() 
     let status = server.kiln(&["status", &id]);
     assert!(status.status.success(), "{status:?}");
     assert!(status.stdout.ends_with(b"\x00\x01\xff\xfe"), "{status:?}");
+}
+
+#[tokio::test]
+async fn live_output_that_is_not_utf8_comes_in_base64_and_says_so() {
+    let server = Server::start().await;
+    let id = server
+        .submit(
+            json!({"runtime": "sh", "code": "printf 'text\\n'; sleep 0.5; printf '\\377\\376'"}),
+        )
+        .await;
+    let mut stream = Sse::open(&server, &format!("/v1/jobs/{id}/events"), &[]).await;
+    let outputs: Vec<Value> = stream
+        .rest()
+        .await
+        .iter()
+        .filter(|m| m.event() == Some("output"))
+        .map(Item::json)
+        .collect();
+    assert_eq!(
+        outputs,
+        [
+            json!({"job_id": id, "stream": "stdout", "data": "text\n"}),
+            json!({"job_id": id, "stream": "stdout", "data": "//4=", "encoding": "base64"}),
+        ]
+    );
 }
