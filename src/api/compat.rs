@@ -15,6 +15,7 @@ use super::extract::{self, PathId, Query};
 use super::jobs::{WaitQuery, accept, wait_duration, wait_for_end};
 use crate::auth::Principal;
 use crate::job::Status;
+use crate::job::content::Encoding;
 use crate::job::validate::{JobRequest, LimitsRequest};
 
 pub async fn eval_gone() -> Response {
@@ -73,12 +74,12 @@ pub async fn status(
     let job = wait_for_end(&state, id, wait).await?;
     // The old API had one `error` string: kiln's reason if it could not run, else what the
     // program wrote to stderr when it did not succeed.
-    let error = match job.status {
-        Status::Succeeded | Status::Queued | Status::Running => None,
-        Status::Error => job.error.clone(),
-        _ => Some(job.stderr.clone()),
+    let (error, error_encoding) = match job.status {
+        Status::Succeeded | Status::Queued | Status::Running => (None, Encoding::Utf8),
+        Status::Error => (job.error.clone(), Encoding::Utf8),
+        _ => (Some(job.stderr.clone()), job.stderr_encoding),
     };
-    Ok(Json(json!({
+    let mut body = json!({
         "eval_id": job.id,
         "status": job.status,
         "outcome": job.outcome,
@@ -89,5 +90,13 @@ pub async fn status(
         "finished_at": job.finished_at.map(crate::job::time::rfc3339),
         "wall_ms": job.wall_ms,
         "progress": job.progress,
-    })))
+    });
+    // The old API knew only text: output that is not UTF-8 is in base64, and said to be.
+    if job.stdout_encoding == Encoding::Base64 {
+        body["output_encoding"] = json!(Encoding::Base64);
+    }
+    if error_encoding == Encoding::Base64 {
+        body["error_encoding"] = json!(Encoding::Base64);
+    }
+    Ok(Json(body))
 }

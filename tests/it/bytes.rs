@@ -58,6 +58,9 @@ async fn output_that_is_not_utf8_is_kept_exactly_and_given_in_base64_on_request(
     assert_eq!(both["stderr"], STANDARD.encode("fine"));
     let (status, body) = server.get(&format!("/v1/jobs/{id}?encoding=hex")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (_, legacy) = server.get(&format!("/eval-status/{id}")).await;
+    assert_eq!(legacy["output"], STANDARD.encode(b"a\xff\x00b"), "{legacy}");
+    assert_eq!(legacy["output_encoding"], "base64");
 
     // The database holds the bytes themselves, as its operators can see.
     let db = rusqlite::Connection::open(server.db_path()).expect("open db");
