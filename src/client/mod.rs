@@ -100,6 +100,9 @@ pub enum ClientCommand {
         /// Argument passed to the program (repeat for several)
         #[arg(long = "arg", allow_hyphen_values = true)]
         args: Vec<String>,
+        /// A path or glob of files to keep from the run, for `status --download` (repeatable)
+        #[arg(long = "keep", value_name = "GLOB")]
+        outputs: Vec<String>,
         /// Wall-clock limit in milliseconds
         #[arg(long)]
         wall_ms: Option<u64>,
@@ -298,6 +301,7 @@ pub async fn run(cmd: ClientCommand) -> Result<Conclusion, ClientError> {
             watch,
             idempotency_key,
             args,
+            outputs,
             wall_ms,
             cpu_ms,
             memory_mb,
@@ -324,6 +328,7 @@ pub async fn run(cmd: ClientCommand) -> Result<Conclusion, ClientError> {
                 stdin: stdin.as_deref().map(read_input).transpose()?,
                 args,
                 files: submit::read_files(&files)?,
+                outputs,
                 limits: Limits {
                     wall_ms,
                     cpu_ms,

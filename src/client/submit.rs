@@ -24,6 +24,8 @@ pub(super) struct Submission {
     pub(super) args: Vec<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub(super) files: BTreeMap<String, Content>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(super) outputs: Vec<String>,
     #[serde(skip_serializing_if = "Limits::is_empty")]
     pub(super) limits: Limits,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -248,6 +250,7 @@ mod tests {
             stdin: None,
             args: Vec::new(),
             files: BTreeMap::new(),
+            outputs: Vec::new(),
             limits: Limits::default(),
             priority: None,
             max_attempts: None,
@@ -261,6 +264,7 @@ mod tests {
             stdin: Some(Content(b"in\xff".to_vec())),
             args: vec!["-v".to_owned()],
             files: BTreeMap::from([("data.txt".to_owned(), "1 2".into())]),
+            outputs: vec!["out/*".to_owned()],
             limits: Limits {
                 wall_ms: Some(500),
                 ..Limits::default()
@@ -273,8 +277,9 @@ mod tests {
             serde_json::to_value(&full).ok(),
             Some(
                 json!({"runtime": "python", "code": "print(1)", "stdin": {"base64": "aW7/"},
-                "args": ["-v"], "files": {"data.txt": "1 2"}, "limits": {"wall_ms": 500},
-                "priority": -3, "callback_url": "http://127.0.0.1:9/hook"})
+                "args": ["-v"], "files": {"data.txt": "1 2"}, "outputs": ["out/*"],
+                "limits": {"wall_ms": 500}, "priority": -3,
+                "callback_url": "http://127.0.0.1:9/hook"})
             )
         );
     }

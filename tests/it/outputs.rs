@@ -276,4 +276,19 @@ async fn kiln_status_download_writes_the_kept_files_under_a_directory() {
     assert!(!got.join("ignored.txt").exists());
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("wrote 3 files to got"), "{said}");
+
+    // The same from the command line alone: `submit --keep`, then `status --download`.
+    std::fs::write(
+        server.dir.path().join("make.sh"),
+        "printf '\\377' > made.bin\n",
+    )
+    .expect("program");
+    let out = server.kiln(&["submit", "make.sh", "--keep", "*.bin", "--wait", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let job: Value = serde_json::from_slice(&out.stdout).expect("the job");
+    let id = job["id"].as_str().expect("id");
+    let out = server.kiln(&["status", id, "--download", "."]);
+    assert!(out.status.success(), "{out:?}");
+    let made = std::fs::read(server.dir.path().join("made.bin")).expect("downloaded");
+    assert_eq!(made, b"\xff");
 }
