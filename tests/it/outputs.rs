@@ -292,3 +292,20 @@ async fn kiln_status_download_writes_the_kept_files_under_a_directory() {
     let made = std::fs::read(server.dir.path().join("made.bin")).expect("downloaded");
     assert_eq!(made, b"\xff");
 }
+
+#[tokio::test]
+async fn a_compiled_programs_run_keeps_its_files_too() {
+    let server = Server::start().await;
+    let code = r#"#include <stdio.h>
+int main(void) { FILE *f = fopen("result.txt", "w"); fputs("from c", f); fclose(f); return 0; }"#;
+    let id = server
+        .submit(json!({"runtime": "c", "code": code, "outputs": ["*.txt"]}))
+        .await;
+    let job = server.finished(&id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let (status, _, bytes) = fetch(&server, &id, "result.txt").await;
+    assert_eq!(
+        (status, bytes.as_slice()),
+        (StatusCode::OK, b"from c".as_slice())
+    );
+}
