@@ -319,10 +319,7 @@ impl OutputTap {
         if buf.is_empty() {
             return;
         }
-        let (text, encoding) = match String::from_utf8(buf) {
-            Ok(text) => (text, Encoding::Utf8),
-            Err(bytes) => (Content(bytes.into_bytes()).shown(true).0, Encoding::Base64),
-        };
+        let (text, encoding) = Content(buf).shown(false);
         let chunk = Arc::new(OutputChunk {
             stream: self.stream,
             text,

@@ -147,11 +147,12 @@ impl Content {
     }
 
     /// The bytes as a JSON string and the encoding that string is in: the text itself when the
-    /// bytes are UTF-8 and `base64` is not asked for, else base64.
-    pub fn shown(&self, base64: bool) -> (String, Encoding) {
-        match self.as_text() {
-            Some(text) if !base64 => (text.to_owned(), Encoding::Utf8),
-            _ => (STANDARD.encode(&self.0), Encoding::Base64),
+    /// bytes are UTF-8 and `base64` is not asked for, else base64. Text is not copied.
+    pub fn shown(self, base64: bool) -> (String, Encoding) {
+        match String::from_utf8(self.0) {
+            Ok(text) if !base64 => (text, Encoding::Utf8),
+            Ok(text) => (STANDARD.encode(text), Encoding::Base64),
+            Err(bytes) => (STANDARD.encode(bytes.as_bytes()), Encoding::Base64),
         }
     }
 }
@@ -261,7 +262,10 @@ mod tests {
     #[test]
     fn output_is_shown_as_text_only_when_it_is_utf8_and_base64_was_not_asked_for() {
         let text = Content::from("ok\n");
-        assert_eq!(text.shown(false), ("ok\n".to_owned(), Encoding::Utf8));
+        assert_eq!(
+            text.clone().shown(false),
+            ("ok\n".to_owned(), Encoding::Utf8)
+        );
         assert_eq!(text.shown(true), ("b2sK".to_owned(), Encoding::Base64));
         assert_eq!(
             Content(vec![0xff]).shown(false),
