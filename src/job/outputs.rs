@@ -106,35 +106,54 @@ pub fn check_pattern(pattern: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether the relative `path` matches `pattern` (checked by [`check_pattern`]).
+/// Whether the relative `path` matches `pattern` (checked by [`check_pattern`]). In time
+/// bounded by the product of their lengths, however many stars a pattern has: a job chooses
+/// both its patterns and its file names.
 pub fn matches(pattern: &str, path: &str) -> bool {
     let pattern: Vec<&str> = pattern.split('/').collect();
     let path: Vec<&str> = path.split('/').collect();
-    matches_parts(&pattern, &path)
-}
-
-fn matches_parts(pattern: &[&str], path: &[&str]) -> bool {
-    match pattern.split_first() {
-        None => path.is_empty(),
-        Some((&"**", rest)) => (0..=path.len()).any(|skip| matches_parts(rest, &path[skip..])),
-        Some((first, rest)) => match path.split_first() {
-            Some((name, path_rest)) => {
-                matches_component(first.as_bytes(), name.as_bytes())
-                    && matches_parts(rest, path_rest)
-            }
-            None => false,
-        },
-    }
+    wildcard(
+        &pattern,
+        &path,
+        |part| *part == "**",
+        |part, name| component_matches(part.as_bytes(), name.as_bytes()),
+    )
 }
 
 /// `*` and `?` within one component, by bytes (a `?` is one byte of a multibyte character).
-fn matches_component(pattern: &[u8], name: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((b'*', rest)) => (0..=name.len()).any(|skip| matches_component(rest, &name[skip..])),
-        Some((b'?', rest)) => !name.is_empty() && matches_component(rest, &name[1..]),
-        Some((c, rest)) => name.first() == Some(c) && matches_component(rest, &name[1..]),
+fn component_matches(pattern: &[u8], name: &[u8]) -> bool {
+    wildcard(pattern, name, |&b| b == b'*', |&p, &n| p == b'?' || p == n)
+}
+
+/// Whether `text` matches `pattern`, where an element `is_star` matches any run of elements
+/// and any other matches one element it is `like`. Greedy with one backtracking point: a later
+/// star makes every earlier choice final, so no work is redone past it.
+fn wildcard<P, T>(
+    pattern: &[P],
+    text: &[T],
+    is_star: impl Fn(&P) -> bool,
+    like: impl Fn(&P, &T) -> bool,
+) -> bool {
+    let (mut p, mut t) = (0, 0);
+    // The last star seen, and where in `text` its run now ends.
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && is_star(&pattern[p]) {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && like(&pattern[p], &text[t]) {
+            p += 1;
+            t += 1;
+        } else if let Some((at, end)) = star {
+            // The star takes one element more, and the rest is tried again after it.
+            star = Some((at, end + 1));
+            p = at + 1;
+            t = end + 1;
+        } else {
+            return false;
+        }
     }
+    pattern[p..].iter().all(is_star)
 }
 
 /// Whether `path` is a directory some match of `patterns` could lie under, so a walk looks
@@ -153,7 +172,7 @@ fn prefix_matches(pattern: &[&str], dir: &[&str]) -> bool {
         (None, Some(_)) => false,
         (Some((&"**", _)), Some(_)) => true,
         (Some((first, rest)), Some((name, dir_rest))) => {
-            matches_component(first.as_bytes(), name.as_bytes()) && prefix_matches(rest, dir_rest)
+            component_matches(first.as_bytes(), name.as_bytes()) && prefix_matches(rest, dir_rest)
         }
     }
 }
@@ -221,6 +240,25 @@ mod tests {
         assert!(!matches("a?c", "ac"));
         assert!(matches("report.json", "report.json"));
         assert!(!matches("report.json", "report.jsonl"));
+        assert!(matches("a/**/b/**/c", "a/x/b/y/z/c"));
+        assert!(!matches("a/**/b/**/c", "a/x/c/y/b"));
+        assert!(matches("*.tar.*", "x.tar.gz"));
+    }
+
+    #[test]
+    fn a_pattern_of_many_stars_is_matched_in_time_against_a_name_that_almost_fits() {
+        let stars = "*a".repeat(400) + "*b";
+        let name = "a".repeat(255);
+        let started = std::time::Instant::now();
+        assert!(!matches(&stars, &name));
+        let deep = "**/".repeat(60) + "x";
+        let path = vec!["d"; 64].join("/");
+        assert!(!matches(&deep, &path));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

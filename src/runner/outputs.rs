@@ -6,8 +6,9 @@
 //! from its parent directory's descriptor with `O_NOFOLLOW`, so neither `out.txt ->
 //! /etc/shadow` nor a directory `out -> /` leads anywhere. A file is opened `O_NONBLOCK` and
 //! read only once `fstat` says it is regular, so a FIFO cannot hold the worker. At most
-//! [`MAX_ENTRIES`] entries are looked at, [`MAX_DEPTH`] directories deep, and only directories
-//! a pattern reaches into are entered. Names that are not UTF-8 match no pattern.
+//! [`MAX_ENTRIES`] entries are looked at, [`MAX_DEPTH`] directories deep, for [`MAX_WALK`] at
+//! most, and only directories a pattern reaches into are entered. Names that are not UTF-8
+//! match no pattern.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -15,6 +16,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use crate::job::outputs::{
     Collected, Omission, OmittedFile, OutputCaps, OutputFile, content_type, matches,
@@ -26,6 +28,10 @@ pub(super) const MAX_ENTRIES: usize = 100_000;
 
 /// Deepest directory a collection enters.
 pub(super) const MAX_DEPTH: usize = 64;
+
+/// Longest a collection may take: the job chooses its patterns and its file names, so matching
+/// them is bounded by time too, not only by their count.
+pub(super) const MAX_WALK: Duration = Duration::from_secs(2);
 
 /// Most omitted files listed; more are left out of the list too.
 pub(super) const MAX_OMITTED: usize = 64;
@@ -40,6 +46,7 @@ pub(super) fn collect(
     let mut walk = Walk {
         patterns,
         caps,
+        deadline: Instant::now() + MAX_WALK,
         seen: 0,
         kept_bytes: 0,
         collected: Collected::default(),
@@ -61,6 +68,7 @@ pub(super) fn open_dir(path: &Path) -> io::Result<OwnedFd> {
 struct Walk<'a> {
     patterns: &'a [String],
     caps: OutputCaps,
+    deadline: Instant,
     seen: usize,
     kept_bytes: u64,
     collected: Collected,
@@ -81,7 +89,7 @@ impl Walk<'_> {
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, kind) in entries {
             self.seen += 1;
-            if self.seen > MAX_ENTRIES {
+            if self.seen > MAX_ENTRIES || Instant::now() > self.deadline {
                 return Ok(());
             }
             let path = match prefix {
