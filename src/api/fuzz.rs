@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 
 use axum::extract::FromRequestParts;
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use futures_util::FutureExt;
 use proptest::prelude::*;
 use serde::de::DeserializeOwned;
@@ -126,11 +128,25 @@ fn files() -> impl Strategy<Value = BTreeMap<String, String>> {
     )
 }
 
+/// A value as the wire may bring it: text, bytes in base64, or an object that is neither (an
+/// unknown encoding, base64 that is not, a second field).
+fn encoded_value() -> BoxedStrategy<Encoded> {
+    let tagged =
+        |fields: Vec<(String, serde_json::Value)>| Encoded::Tagged(fields.into_iter().collect());
+    prop_oneof![
+        3 => text().prop_map(Encoded::Text),
+        1 => prop::collection::vec(any::<u8>(), 0..16)
+            .prop_map(move |bytes| tagged(vec![("base64".into(), STANDARD.encode(bytes).into())])),
+        1 => (text(), text()).prop_map(move |(name, value)| tagged(vec![(name, value.into())])),
+    ]
+    .boxed()
+}
+
 fn job_request() -> impl Strategy<Value = JobRequest> {
     (
         runtime(),
         prop_oneof![3 => Just("echo ok".to_owned()), 1 => text()],
-        text(),
+        encoded_value(),
         prop::collection::vec(text(), 0..3),
         files(),
         limits(),
@@ -161,7 +177,7 @@ fn job_request() -> impl Strategy<Value = JobRequest> {
                 JobRequest {
                     runtime,
                     code: code.into(),
-                    stdin: stdin.into(),
+                    stdin,
                     args,
                     files: encoded(files),
                     outputs,
@@ -188,9 +204,10 @@ fn case_request() -> impl Strategy<Value = CaseRequest> {
             prop::option::weighted(0.3, text()),
             files(),
         ),
-        prop_oneof![3 => Just(String::new()), 1 => text()],
+        // Rarely other than text: one malformed value refuses the whole suite.
+        prop_oneof![12 => Just(Encoded::default()), 1 => encoded_value()],
         prop::collection::vec(text(), 0..2),
-        prop::option::weighted(0.5, text()),
+        prop::option::weighted(0.5, text().prop_map(Encoded::Text)),
         limits(),
     )
         .prop_map(
@@ -201,9 +218,9 @@ fn case_request() -> impl Strategy<Value = CaseRequest> {
                     runtime,
                     code: code.map(Into::into),
                     files: encoded(files),
-                    stdin: stdin.into(),
+                    stdin,
                     args,
-                    expected_output: expected_output.map(Into::into),
+                    expected_output,
                     limits,
                 }
             },
