@@ -436,8 +436,8 @@ pub(super) fn cancel(
     })
 }
 
-/// Keeps what a run cancelled while it ran produced: its output and usage, as a timed-out run's
-/// are kept. Only on the job that cancel ended during this very attempt (its `job.cancelled`
+/// Keeps what a run cancelled while it ran produced: its output, usage and files, as a
+/// timed-out run's are kept. Only on the job that cancel ended during this very attempt (its `job.cancelled`
 /// event names the attempt, and only one run has an attempt): the cancel itself wrote the
 /// status, the outcome and the event, and this adds nothing to the history. False if there was
 /// nothing to keep it on.
@@ -469,6 +469,9 @@ pub(super) fn keep_cancelled_run(
             id.to_string(),
             attempt,
         ])?;
+    if updated == 1 {
+        store_files(conn, &id.to_string(), &result.files)?;
+    }
     Ok(updated == 1)
 }
 

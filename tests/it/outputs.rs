@@ -309,3 +309,40 @@ int main(void) { FILE *f = fopen("result.txt", "w"); fputs("from c", f); fclose(
         (StatusCode::OK, b"from c".as_slice())
     );
 }
+
+#[tokio::test]
+async fn a_cancelled_run_keeps_the_files_it_wrote_before_the_cancel() {
+    let server = Server::start().await;
+    let id = server
+        .submit(
+            json!({"runtime": "sh", "code": "printf half > part.txt; echo started; sleep 30",
+                       "outputs": ["*.txt"]}),
+        )
+        .await;
+    server.running(&id).await;
+    // Time for the job to write its file before it is cancelled.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = server
+        .post(&format!("/v1/jobs/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut job = server.finished(&id).await;
+    for _ in 0..100 {
+        if job
+            .get("files_out")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        job = server.finished(&id).await;
+    }
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert_eq!(job["stdout"], "started\n", "{job}");
+    assert_eq!(job["stdout_encoding"], "utf-8", "text stays text");
+    assert_eq!(
+        job["files_out"],
+        json!([{"path": "part.txt", "size": 4, "content_type": "text/plain; charset=utf-8"}])
+    );
+}
