@@ -218,3 +218,17 @@ async fn live_output_that_is_not_utf8_comes_in_base64_and_says_so() {
         ]
     );
 }
+
+#[tokio::test]
+async fn kiln_watch_writes_binary_output_as_the_raw_bytes() {
+    let server = Server::start().await;
+    let id = server
+        .submit(json!({"runtime": "sh", "code": "printf 'a\\n'; sleep 0.5; printf '\\377\\000z'"}))
+        .await;
+    let out = server.kiln(&["watch", &id]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        out.stdout, b"a\n\xff\x00z",
+        "stdout holds the output and nothing else"
+    );
+}
