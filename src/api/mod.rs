@@ -5,7 +5,8 @@
 //! Routes: `jobs` (the v1 API), `batches` (test suites, with their `junit` reports, and
 //! `ndjson` for suites sent as a stream of lines), `streams`
 //! (the event endpoints as Server-Sent Events), `compat` (the replaced synchronous design's
-//! endpoints), `metrics` (Prometheus), and the health checks here.
+//! endpoints), `judge0` (Judge0 CE's API under `/judge0`), `metrics` (Prometheus), and the
+//! health checks here.
 
 mod access;
 mod batches;
@@ -15,6 +16,7 @@ mod extract;
 #[cfg(test)]
 mod fuzz;
 mod jobs;
+mod judge0;
 mod junit;
 mod metrics;
 mod ndjson;
@@ -90,6 +92,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::metrics))
+        .nest(access::JUDGE0, judge0::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), access::check))
