@@ -254,7 +254,7 @@ async fn store_suite(
 }
 
 /// `POST /submissions`: `201 {"token"}`, or with `wait=true` the finished submission, woken by
-/// the commit of the job's end (at most the server's `--max-wait`, after which it answers the
+/// the commit of the job's end (at most kiln's longest wait, `max_wait`, after which it answers the
 /// submission as it then is).
 async fn create(
     State(state): State<AppState>,
