@@ -38,7 +38,7 @@ pub use batch::{BatchCancel, BatchSubmitted, BatchSummary};
 pub use maintenance::{Backup, Health, backup, inspect};
 pub use migrate::{MIGRATIONS, Migration};
 pub use prune::{PruneOptions, PrunePreview, PruneReport, prune, prune_preview};
-pub use read::{JobFilter, JobSummary, Order, Page};
+pub use read::{JobFilter, JobInput, JobSummary, Order, Page};
 pub use tenants::{ActiveToken, Admission, Full, TokenInfo, Visibility};
 pub use wal::DEFAULT_WAL_MAX_BYTES;
 pub use webhooks::{Attempt, Delivery, Subject};
@@ -602,6 +602,11 @@ impl Store {
 
     pub async fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         self.read(move |conn| read::job(conn, id)).await
+    }
+
+    /// What the job was given to run; `None` if there is no such job.
+    pub async fn job_input(&self, id: JobId) -> Result<Option<JobInput>, StoreError> {
+        self.read(move |conn| read::job_input(conn, id)).await
     }
 
     /// The job's events with an id greater than `after`, oldest first; `None` if there is no

@@ -84,6 +84,34 @@ pub(super) fn job(conn: &Connection, id: JobId) -> Result<Option<Job>, StoreErro
     Ok(Some(job))
 }
 
+/// What a job was given to run: its code (a suite's case running the suite's code has its
+/// batch's), its stdin, and for a case its expected output.
+#[derive(Debug, Clone)]
+pub struct JobInput {
+    pub code: String,
+    pub stdin: String,
+    pub expected_output: Option<String>,
+}
+
+pub(super) fn job_input(conn: &Connection, id: JobId) -> Result<Option<JobInput>, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT CASE WHEN j.code = '' THEN coalesce(b.code, '') ELSE j.code END,
+                    j.stdin, j.expected_output
+             FROM jobs j LEFT JOIN batches b ON b.id = j.batch_id
+             WHERE j.id = ?1",
+        )?
+        .query_row([id.to_string()], |r| {
+            Ok(JobInput {
+                code: r.get(0)?,
+                stdin: r.get(1)?,
+                expected_output: r.get(2)?,
+            })
+        })
+        .optional()?;
+    Ok(row)
+}
+
 /// The job's latest `job.progress` event: a short walk back along `events_job`, as a job stores
 /// only a bounded number of them.
 fn latest_progress(conn: &Connection, id: JobId) -> Result<Option<Progress>, StoreError> {

@@ -75,6 +75,7 @@ cases = judge0.run(
 )
 report["test_cases"] = statuses(cases)
 report["test_case_stdout"] = cases[0].stdout
+report["test_case_given"] = [cases[1].source_code, cases[1].stdin, cases[1].expected_output]
 
 size = client.config.max_submission_batch_size
 many = judge0.run(
@@ -148,6 +149,11 @@ async fn the_official_judge0_sdk_runs_programs_on_kiln_with_judge0s_verdicts() {
         "Accepted, Wrong Answer"
     );
     assert_eq!(report["test_case_stdout"], "kiln\n");
+    assert_eq!(
+        report["test_case_given"],
+        json!(["print(input())", "kiln", "judge0"]),
+        "read back as given"
+    );
     let size = report["batch_size"].as_u64().expect("a batch size");
     let batch = report["batch"].as_array().expect("the batch's statuses");
     assert_eq!(
@@ -290,6 +296,16 @@ async fn a_submission_is_a_kiln_job_read_back_in_judge0_fields_units_and_encodin
     default.sort_unstable();
     assert_eq!(keys, default, "the default fields");
     assert_eq!(waited["stdout"], "hi\n");
+    let (_, given) = judge0
+        .get(&format!(
+            "/submissions/{}?fields=source_code,stdin,expected_output",
+            waited["token"].as_str().expect("a token")
+        ))
+        .await;
+    assert_eq!(
+        given,
+        json!({"source_code": "print('hi')", "stdin": null, "expected_output": "hi  \n\n"})
+    );
     let time = waited["time"].as_str().expect("time is a decimal string");
     assert!(time.parse::<f64>().is_ok() && time.contains('.'), "{time}");
 
@@ -308,6 +324,14 @@ async fn a_submission_is_a_kiln_job_read_back_in_judge0_fields_units_and_encodin
     let all = all.as_object().expect("an object");
     assert_eq!(all.len(), 35, "v1.13.1's fields, no more: {all:?}");
     assert_eq!(all["stdout"], "aGkK\n", "base64 as Ruby writes it");
+    assert_eq!(
+        all["source_code"], "cHJpbnQoJ2hpJyk=\n",
+        "what it was given, encoded too"
+    );
+    assert_eq!(
+        (&all["stdin"], &all["expected_output"]),
+        (&Value::Null, &Value::Null)
+    );
     assert_eq!(
         all["language"],
         json!({"id": 71, "name": all["language"]["name"]})

@@ -143,6 +143,27 @@ fn language_of(state: &AppState, job: &Job) -> (u32, String) {
     }
 }
 
+/// A job as the submission `fields` show, reading what it was given only if they show it.
+async fn shown(
+    state: &AppState,
+    job: &Job,
+    fields: &[&str],
+    base64: bool,
+) -> Result<Value, Judge0Error> {
+    let input = match render::needs_input(fields) {
+        true => state.store.job_input(job.id).await?,
+        false => None,
+    };
+    let language = language_of(state, job);
+    Ok(render::submission(
+        job,
+        input.as_ref(),
+        (language.0, &language.1),
+        fields,
+        base64,
+    ))
+}
+
 fn runtime_of(state: &AppState, id: u64) -> Option<String> {
     languages_offered(state)
         .into_iter()
@@ -275,8 +296,7 @@ async fn create(
         return Ok((StatusCode::CREATED, Json(json!({"token": token}))).into_response());
     }
     let job = wait_for_end(&state, token, state.config.max_wait).await?;
-    let language = language_of(&state, &job);
-    let shown = render::submission(&job, (language.0, &language.1), &fields, params.base64);
+    let shown = shown(&state, &job, &fields, params.base64).await?;
     Ok((StatusCode::CREATED, Json(shown)).into_response())
 }
 
@@ -357,13 +377,7 @@ async fn show(
     let job = visible_job(&state, &principal, &token)
         .await?
         .ok_or_else(|| Judge0Error::not_found("submission"))?;
-    let language = language_of(&state, &job);
-    Ok(Json(render::submission(
-        &job,
-        (language.0, &language.1),
-        &fields,
-        params.base64,
-    )))
+    Ok(Json(shown(&state, &job, &fields, params.base64).await?))
 }
 
 /// `GET /submissions/batch?tokens=a,b`: each in the order asked, `null` for one that does not
@@ -388,11 +402,11 @@ async fn batch_show(
     }
     let mut submissions = Vec::with_capacity(tokens.len());
     for token in tokens {
-        let shown = visible_job(&state, &principal, token).await?.map(|job| {
-            let language = language_of(&state, &job);
-            render::submission(&job, (language.0, &language.1), &fields, params.base64)
-        });
-        submissions.push(shown.unwrap_or(Value::Null));
+        let submission = match visible_job(&state, &principal, token).await? {
+            Some(job) => shown(&state, &job, &fields, params.base64).await?,
+            None => Value::Null,
+        };
+        submissions.push(submission);
     }
     Ok(Json(json!({"submissions": submissions})))
 }

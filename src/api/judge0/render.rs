@@ -13,6 +13,7 @@ use super::error::Judge0Error;
 use super::submission::encode;
 use crate::job::verdict::Verdict;
 use crate::job::{Job, Outcome, Status};
+use crate::store::JobInput;
 
 /// Judge0's statuses, by id.
 pub const STATUSES: [(u8, &str); 14] = [
@@ -196,8 +197,23 @@ fn text(value: &str) -> Option<&str> {
     (!value.is_empty()).then_some(value)
 }
 
-/// The submission a job is, with `fields`; `language` is the Judge0 id and name it answers to.
-pub fn submission(job: &Job, language: (u32, &str), fields: &[&str], base64: bool) -> Value {
+/// The fields that show what the job was given rather than what it did.
+const INPUT: [&str; 3] = ["source_code", "stdin", "expected_output"];
+
+/// Whether showing `fields` needs what the job was given, which is read apart from the job.
+pub fn needs_input(fields: &[&str]) -> bool {
+    fields.iter().any(|f| INPUT.contains(f))
+}
+
+/// The submission a job is, with `fields`; `language` is the Judge0 id and name it answers to,
+/// `input` what it was given (needed only for the fields [`needs_input`] names).
+pub fn submission(
+    job: &Job,
+    input: Option<&JobInput>,
+    language: (u32, &str),
+    fields: &[&str],
+    base64: bool,
+) -> Value {
     let id = status_id(job);
     let compiled_badly = job.outcome == Some(Outcome::CompileError);
     let compile_output = compiled_badly.then(|| format!("{}{}", job.stdout, job.stderr));
@@ -214,6 +230,9 @@ pub fn submission(job: &Job, language: (u32, &str), fields: &[&str], base64: boo
             "status_id" => json!(id),
             "language" => json!({"id": language.0, "name": language.1}),
             "language_id" => json!(language.0),
+            "source_code" => json!(input.map(|i| i.code.as_str()).and_then(text)),
+            "stdin" => json!(input.map(|i| i.stdin.as_str()).and_then(text)),
+            "expected_output" => json!(input.and_then(|i| i.expected_output.as_deref())),
             "stdout" => json!(stdout),
             "stderr" => json!(stderr),
             "compile_output" => json!(compile_output.as_deref().and_then(text)),
@@ -236,7 +255,7 @@ pub fn submission(job: &Job, language: (u32, &str), fields: &[&str], base64: boo
             | "enable_per_process_and_thread_memory_limit"
             | "redirect_stderr_to_stdout"
             | "enable_network" => json!(false),
-            // Kept by kiln in the job, but not read back through this API (docs/compat.md).
+            // What kiln has no counterpart of, or does not keep as given (docs/compat.md).
             _ => Value::Null,
         };
         let value = match (&value, base64 && ENCODED.contains(&field)) {
