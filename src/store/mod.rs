@@ -604,6 +604,13 @@ impl Store {
         self.read(move |conn| read::job(conn, id)).await
     }
 
+    /// Every tenant's jobs by page, newest first: `per_page` of them after the newest `skip`,
+    /// and how many there are in all.
+    pub async fn jobs_page(&self, skip: i64, per_page: i64) -> Result<(Vec<Job>, i64), StoreError> {
+        self.read(move |conn| read::jobs_page(conn, skip, per_page))
+            .await
+    }
+
     /// What the job was given to run; `None` if there is no such job.
     pub async fn job_input(&self, id: JobId) -> Result<Option<JobInput>, StoreError> {
         self.read(move |conn| read::job_input(conn, id)).await

@@ -308,6 +308,27 @@ pub(super) fn list_jobs(
     collect(stmt.query_map(&*args, |r| Ok(summary_row(r)))?)
 }
 
+/// Every tenant's jobs by page, newest first, as Judge0 lists submissions: `per_page` jobs
+/// after the newest `skip`, and how many there are in all.
+pub(super) fn jobs_page(
+    conn: &Connection,
+    skip: i64,
+    per_page: i64,
+) -> Result<(Vec<Job>, i64), StoreError> {
+    let total: i64 = conn
+        .prepare_cached("SELECT count(*) FROM jobs")?
+        .query_row([], |r| r.get(0))?;
+    let ids: Vec<String> = conn
+        .prepare_cached("SELECT id FROM jobs ORDER BY id DESC LIMIT ?1 OFFSET ?2")?
+        .query_map(params![per_page, skip], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut jobs = Vec::with_capacity(ids.len());
+    for id in ids {
+        jobs.extend(job(conn, parse_id(&id)?)?);
+    }
+    Ok((jobs, total))
+}
+
 fn summary_row(r: &Row) -> Result<JobSummary, StoreError> {
     let id: String = r.get(0)?;
     let status: String = r.get(1)?;

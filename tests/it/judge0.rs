@@ -588,6 +588,38 @@ async fn an_x_auth_token_is_a_kiln_token_and_each_tenant_sees_only_its_own_submi
         .send(reqwest::Method::POST, "/authorize", None)
         .await;
     assert_eq!(status, StatusCode::OK);
+    let (status, _) = as_acme.get("/submissions").await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "listing every submission is for an admin"
+    );
+    as_globex
+        .post(
+            "/submissions",
+            &json!({"source_code": "print(2)", "language_id": 71}),
+        )
+        .await;
+    let (status, listed) = as_admin.get("/submissions?per_page=1&fields=token").await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(
+        listed["meta"],
+        json!({"current_page": 1, "next_page": 2, "prev_page": null, "total_pages": 2, "total_count": 2})
+    );
+    assert_eq!(listed["submissions"].as_array().map(Vec::len), Some(1));
+    let (_, second) = as_admin
+        .get("/submissions?page=2&per_page=1&fields=token")
+        .await;
+    assert_eq!(
+        second["submissions"],
+        json!([{"token": token}]),
+        "newest first"
+    );
+    let (status, body) = as_admin.get("/submissions?page=0").await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::BAD_REQUEST, json!({"error": "invalid page: 0"}))
+    );
     let path = format!("/submissions/{token}");
     let (status, _) = as_acme.send(reqwest::Method::DELETE, &path, None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);

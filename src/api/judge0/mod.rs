@@ -44,7 +44,7 @@ const MAX_BATCH: usize = 20;
 
 pub fn routes() -> axum::Router<AppState> {
     axum::Router::new()
-        .route("/submissions", post(create))
+        .route("/submissions", post(create).get(index))
         .route("/submissions/batch", post(batch_create).get(batch_show))
         .route("/submissions/{token}", get(show).delete(destroy))
         .route("/languages", get(languages))
@@ -73,6 +73,8 @@ struct Params {
     wait: Option<String>,
     fields: Option<String>,
     tokens: Option<String>,
+    page: Option<String>,
+    per_page: Option<String>,
 }
 
 impl Params {
@@ -85,6 +87,8 @@ impl Params {
                 "wait" => params.wait = Some(value.into_owned()),
                 "fields" => params.fields = Some(value.into_owned()),
                 "tokens" => params.tokens = Some(value.into_owned()),
+                "page" => params.page = Some(value.into_owned()),
+                "per_page" => params.per_page = Some(value.into_owned()),
                 _ => {}
             }
         }
@@ -411,6 +415,63 @@ async fn batch_show(
     Ok(Json(json!({"submissions": submissions})))
 }
 
+/// A page number as Rails' `to_i` reads one: its leading digits, 0 for none.
+fn leading_number(text: &str) -> i64 {
+    let text = text.trim();
+    let (sign, digits) = match text.strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, text),
+    };
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    digits[..end].parse::<i64>().map_or(0, |n| sign * n)
+}
+
+/// The most submissions `GET /submissions` shows on a page, where Judge0 has no limit.
+const MAX_PER_PAGE: i64 = 1000;
+
+/// `GET /submissions?page=&per_page=`: every submission, newest first, for an authorized caller.
+async fn index(
+    State(state): State<AppState>,
+    principal: Principal,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, Judge0Error> {
+    if !authorized(&principal) {
+        return Err(Judge0Error::Bare(StatusCode::FORBIDDEN));
+    }
+    let params = Params::parse(query);
+    let fields = render::requested(params.fields.as_deref())?;
+    let page = params.page.as_deref().map_or(1, leading_number);
+    let per_page = params.per_page.as_deref().map_or(20, leading_number);
+    if page <= 0 {
+        return Err(Judge0Error::bad_request(format!("invalid page: {page}")));
+    }
+    if per_page <= 0 {
+        return Err(Judge0Error::bad_request(format!(
+            "invalid per_page: {per_page}"
+        )));
+    }
+    let per_page = per_page.min(MAX_PER_PAGE);
+    let skip = (page - 1).saturating_mul(per_page);
+    let (jobs, total) = state.store.jobs_page(skip, per_page).await?;
+    let mut submissions = Vec::with_capacity(jobs.len());
+    for job in &jobs {
+        submissions.push(shown(&state, job, &fields, params.base64).await?);
+    }
+    let total_pages = (total + per_page - 1) / per_page;
+    Ok(Json(json!({
+        "submissions": submissions,
+        "meta": {
+            "current_page": page,
+            "next_page": (page < total_pages).then_some(page + 1),
+            "prev_page": (page > 1).then_some(page - 1),
+            "total_pages": total_pages,
+            "total_count": total,
+        },
+    })))
+}
+
 /// Judge0's authorization: an admin token, or any caller of a server with no tokens.
 fn authorized(principal: &Principal) -> bool {
     matches!(
@@ -599,5 +660,19 @@ async fn authorize(principal: Principal) -> StatusCode {
     match authorized(&principal) {
         true => StatusCode::OK,
         false => StatusCode::FORBIDDEN,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_numbers_are_read_as_rails_reads_them() {
+        assert_eq!(leading_number("3"), 3);
+        assert_eq!(leading_number(" 2abc"), 2);
+        assert_eq!(leading_number("abc"), 0);
+        assert_eq!(leading_number("-4"), -4);
+        assert_eq!(leading_number(""), 0);
     }
 }
