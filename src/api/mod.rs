@@ -140,7 +140,7 @@ async fn method_not_allowed() -> ApiError {
 /// Each runtime with its version as its tool reports it, whether it compiles, its aliases and
 /// the limits its jobs get by default and at most. The versions are asked of the tools (in the
 /// sandbox, all at once) by the first listing; one that cannot be known is `null`.
-async fn runtimes(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn runtimes(State(state): State<AppState>) -> Json<Value> {
     state
         .versions_asked
         .get_or_init(|| async {
@@ -151,42 +151,37 @@ async fn runtimes(State(state): State<AppState>) -> Result<Json<Value>, ApiError
             futures_util::future::join_all(asks).await;
         })
         .await;
-    let listing = tokio::task::spawn_blocking(move || {
-        let policy = &state.config.policy;
-        let build = state.config.build_limits();
-        let runtimes: Vec<Value> = state
-            .runtimes
-            .iter()
-            .map(|runtime| {
-                let defaults = runtime
-                    .limits
-                    .over(&policy.default_limits)
-                    .within(&policy.max_limits);
-                let mut listed = json!({
-                    "name": runtime.name,
-                    "display": runtime.display,
-                    "aliases": runtime.aliases,
-                    "version": runtime.version().flatten(),
-                    "compiled": runtime.compile.is_some(),
-                    "program": runtime.program(),
-                    "source_file": runtime.source_file(""),
-                    "extensions": runtime.extensions,
-                    "limits": {"default": defaults, "max": policy.max_limits},
-                    "judge0_ids": runtime.judge0,
-                    "piston_names": runtime.piston,
-                });
-                if let Some(compile) = &runtime.compile {
-                    listed["compile_limits"] =
-                        json!(compile.limits.over(&build).within(&policy.max_limits));
-                }
-                listed
-            })
-            .collect();
-        json!({ "runtimes": runtimes })
-    })
-    .await
-    .map_err(|_| ApiError::internal())?;
-    Ok(Json(listing))
+    let policy = &state.config.policy;
+    let build = state.config.build_limits();
+    let runtimes: Vec<Value> = state
+        .runtimes
+        .iter()
+        .map(|runtime| {
+            let defaults = runtime
+                .limits
+                .over(&policy.default_limits)
+                .within(&policy.max_limits);
+            let mut listed = json!({
+                "name": runtime.name,
+                "display": runtime.display,
+                "aliases": runtime.aliases,
+                "version": runtime.version().flatten(),
+                "compiled": runtime.compile.is_some(),
+                "program": runtime.program(),
+                "source_file": runtime.source_file(""),
+                "extensions": runtime.extensions,
+                "limits": {"default": defaults, "max": policy.max_limits},
+                "judge0_ids": runtime.judge0,
+                "piston_names": runtime.piston,
+            });
+            if let Some(compile) = &runtime.compile {
+                listed["compile_limits"] =
+                    json!(compile.limits.over(&build).within(&policy.max_limits));
+            }
+            listed
+        })
+        .collect();
+    Json(json!({ "runtimes": runtimes }))
 }
 
 /// Whom the caller's token acts for, and the key its tenant's webhook calls are signed with.

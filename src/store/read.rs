@@ -38,6 +38,18 @@ pub struct Page {
     pub limit: u32,
 }
 
+impl Page {
+    /// The comparison with the cursor, the SQL direction, and the cursor as bound: the page's own,
+    /// or one before every id in its order for the first page.
+    pub(super) fn sql(&self) -> (&'static str, &'static str, String) {
+        let (compare, direction, start) = self.order.sql();
+        let cursor = self
+            .cursor
+            .map_or_else(|| start.to_owned(), |id| id.to_string());
+        (compare, direction, cursor)
+    }
+}
+
 /// What a job listing keeps; each filter given must hold.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
@@ -270,10 +282,7 @@ pub(super) fn list_jobs(
     filter: &JobFilter,
     page: Page,
 ) -> Result<Vec<JobSummary>, StoreError> {
-    let (compare, direction, start) = page.order.sql();
-    let cursor = page
-        .cursor
-        .map_or_else(|| start.to_owned(), |id| id.to_string());
+    let (compare, direction, cursor) = page.sql();
     let columns = "id, status, outcome, runtime, attempt, priority, created_at, started_at,
                    finished_at, exit_code, batch_id";
     let status = filter.status.map(Status::as_str);
