@@ -3,6 +3,9 @@
 //! in the request's extensions; handlers take it as an extractor, and the path extractors of
 //! job and batch ids use it to answer `404` for another tenant's ids, exactly as for ids that
 //! do not exist, so nothing tells a tenant what others have.
+//!
+//! Under [`JUDGE0`] the token may come as Judge0's clients send it, in an `X-Auth-Token` header,
+//! and a refused one is Judge0's bare `401`.
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -18,6 +21,9 @@ use crate::store::Full;
 /// Paths anyone may ask: a load balancer's probes carry no token.
 const PUBLIC: [&str; 2] = ["/healthz", "/readyz"];
 
+/// Where Judge0's API is served.
+pub(super) const JUDGE0: &str = "/judge0";
+
 pub(super) async fn check(
     State(state): State<AppState>,
     mut request: Request,
@@ -26,14 +32,26 @@ pub(super) async fn check(
     if PUBLIC.contains(&request.uri().path()) {
         return next.run(request).await;
     }
-    let authorization = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(HeaderValue::as_bytes);
-    match state.guard.check(authorization) {
+    let judge0 = request
+        .uri()
+        .path()
+        .strip_prefix(JUDGE0)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+    let headers = request.headers();
+    let bearer = match headers.get(header::AUTHORIZATION) {
+        Some(authorization) => Some(authorization.as_bytes().to_vec()),
+        None if judge0 => headers
+            .get("x-auth-token")
+            .map(|token| [b"Bearer ".as_slice(), token.as_bytes()].concat()),
+        None => None,
+    };
+    match state.guard.check(bearer.as_deref()) {
         Ok(principal) => {
             request.extensions_mut().insert(principal);
             next.run(request).await
+        }
+        Err(Refusal::Missing | Refusal::Invalid) if judge0 => {
+            StatusCode::UNAUTHORIZED.into_response()
         }
         Err(refusal) => refused(&refusal),
     }

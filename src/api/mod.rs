@@ -5,7 +5,8 @@
 //! Routes: `jobs` (the v1 API), `batches` (test suites, with their `junit` reports, and
 //! `ndjson` for suites sent as a stream of lines), `streams`
 //! (the event endpoints as Server-Sent Events), `compat` (the replaced synchronous design's
-//! endpoints), `metrics` (Prometheus), and the health checks here.
+//! endpoints), `judge0` (Judge0 CE's API under `/judge0`), `metrics` (Prometheus), and the
+//! health checks here.
 
 mod access;
 mod batches;
@@ -15,6 +16,7 @@ mod extract;
 #[cfg(test)]
 mod fuzz;
 mod jobs;
+mod judge0;
 mod junit;
 mod metrics;
 mod ndjson;
@@ -91,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::metrics))
+        .nest(access::JUDGE0, judge0::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), access::check))
@@ -138,7 +141,7 @@ async fn method_not_allowed() -> ApiError {
 /// Each runtime with its version as its tool reports it, whether it compiles, its aliases and
 /// the limits its jobs get by default and at most. The versions are asked of the tools (in the
 /// sandbox, all at once) by the first listing; one that cannot be known is `null`.
-async fn runtimes(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn runtimes(State(state): State<AppState>) -> Json<Value> {
     state
         .versions_asked
         .get_or_init(|| async {
@@ -149,42 +152,37 @@ async fn runtimes(State(state): State<AppState>) -> Result<Json<Value>, ApiError
             futures_util::future::join_all(asks).await;
         })
         .await;
-    let listing = tokio::task::spawn_blocking(move || {
-        let policy = &state.config.policy;
-        let build = state.config.build_limits();
-        let runtimes: Vec<Value> = state
-            .runtimes
-            .iter()
-            .map(|runtime| {
-                let defaults = runtime
-                    .limits
-                    .over(&policy.default_limits)
-                    .within(&policy.max_limits);
-                let mut listed = json!({
-                    "name": runtime.name,
-                    "display": runtime.display,
-                    "aliases": runtime.aliases,
-                    "version": runtime.version().flatten(),
-                    "compiled": runtime.compile.is_some(),
-                    "program": runtime.program(),
-                    "source_file": runtime.source_file(""),
-                    "extensions": runtime.extensions,
-                    "limits": {"default": defaults, "max": policy.max_limits},
-                    "judge0_ids": runtime.judge0,
-                    "piston_names": runtime.piston,
-                });
-                if let Some(compile) = &runtime.compile {
-                    listed["compile_limits"] =
-                        json!(compile.limits.over(&build).within(&policy.max_limits));
-                }
-                listed
-            })
-            .collect();
-        json!({ "runtimes": runtimes })
-    })
-    .await
-    .map_err(|_| ApiError::internal())?;
-    Ok(Json(listing))
+    let policy = &state.config.policy;
+    let build = state.config.build_limits();
+    let runtimes: Vec<Value> = state
+        .runtimes
+        .iter()
+        .map(|runtime| {
+            let defaults = runtime
+                .limits
+                .over(&policy.default_limits)
+                .within(&policy.max_limits);
+            let mut listed = json!({
+                "name": runtime.name,
+                "display": runtime.display,
+                "aliases": runtime.aliases,
+                "version": runtime.version().flatten(),
+                "compiled": runtime.compile.is_some(),
+                "program": runtime.program(),
+                "source_file": runtime.source_file(""),
+                "extensions": runtime.extensions,
+                "limits": {"default": defaults, "max": policy.max_limits},
+                "judge0_ids": runtime.judge0,
+                "piston_names": runtime.piston,
+            });
+            if let Some(compile) = &runtime.compile {
+                listed["compile_limits"] =
+                    json!(compile.limits.over(&build).within(&policy.max_limits));
+            }
+            listed
+        })
+        .collect();
+    Json(json!({ "runtimes": runtimes }))
 }
 
 /// Whom the caller's token acts for, and the key its tenant's webhook calls are signed with.

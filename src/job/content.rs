@@ -45,6 +45,19 @@ impl From<String> for Encoded {
     }
 }
 
+impl From<Content> for Encoded {
+    /// Bytes as they would be sent: as text when they are UTF-8.
+    fn from(content: Content) -> Self {
+        match String::from_utf8(content.0) {
+            Ok(text) => Encoded::Text(text),
+            Err(bytes) => Encoded::Tagged(BTreeMap::from([(
+                "base64".to_owned(),
+                serde_json::Value::String(STANDARD.encode(bytes.as_bytes())),
+            )])),
+        }
+    }
+}
+
 impl Encoded {
     /// The bytes this value stands for; the error says why not, for a message that names the
     /// field.

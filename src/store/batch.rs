@@ -431,10 +431,7 @@ pub(super) fn list(
     who: &Visibility,
     page: Page,
 ) -> Result<Vec<BatchSummary>, StoreError> {
-    let (compare, direction, start) = page.order.sql();
-    let cursor = page
-        .cursor
-        .map_or_else(|| start.to_owned(), |id| id.to_string());
+    let (compare, direction, cursor) = page.sql();
     let mut sql = format!(
         "SELECT id, nullif(runtime, ''), done, cases, passed, created_at, started_at, finished_at
          FROM batches WHERE id {compare} ?1"

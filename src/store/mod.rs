@@ -39,7 +39,7 @@ pub use batch::{BatchCancel, BatchSubmitted, BatchSummary};
 pub use maintenance::{Backup, Health, backup, inspect};
 pub use migrate::{MIGRATIONS, Migration};
 pub use prune::{PruneOptions, PrunePreview, PruneReport, prune, prune_preview};
-pub use read::{JobFilter, JobSummary, Order, Page};
+pub use read::{JobFilter, JobInput, JobSummary, Order, Page};
 pub use tenants::{ActiveToken, Admission, Full, TokenInfo, Visibility};
 pub use wal::DEFAULT_WAL_MAX_BYTES;
 pub use webhooks::{Attempt, Delivery, Subject};
@@ -612,6 +612,18 @@ impl Store {
         path: String,
     ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
         self.read(move |conn| read::job_file(conn, id, &path)).await
+    }
+
+    /// Every tenant's jobs by page, newest first: `per_page` of them after the newest `skip`,
+    /// and how many there are in all.
+    pub async fn jobs_page(&self, skip: i64, per_page: i64) -> Result<(Vec<Job>, i64), StoreError> {
+        self.read(move |conn| read::jobs_page(conn, skip, per_page))
+            .await
+    }
+
+    /// What the job was given to run; `None` if there is no such job.
+    pub async fn job_input(&self, id: JobId) -> Result<Option<JobInput>, StoreError> {
+        self.read(move |conn| read::job_input(conn, id)).await
     }
 
     /// The job's events with an id greater than `after`, oldest first; `None` if there is no

@@ -40,6 +40,18 @@ pub struct Page {
     pub limit: u32,
 }
 
+impl Page {
+    /// The comparison with the cursor, the SQL direction, and the cursor as bound: the page's own,
+    /// or one before every id in its order for the first page.
+    pub(super) fn sql(&self) -> (&'static str, &'static str, String) {
+        let (compare, direction, start) = self.order.sql();
+        let cursor = self
+            .cursor
+            .map_or_else(|| start.to_owned(), |id| id.to_string());
+        (compare, direction, cursor)
+    }
+}
+
 /// What a job listing keeps; each filter given must hold.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
@@ -145,6 +157,34 @@ pub(super) fn job_file(
         })
         .optional()?;
     Ok(found)
+}
+
+/// What a job was given to run: its code (a suite's case running the suite's code has its
+/// batch's), its stdin, and for a case its expected output.
+#[derive(Debug, Clone)]
+pub struct JobInput {
+    pub code: Content,
+    pub stdin: Content,
+    pub expected_output: Option<Content>,
+}
+
+pub(super) fn job_input(conn: &Connection, id: JobId) -> Result<Option<JobInput>, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT CASE WHEN j.code = '' THEN coalesce(b.code, '') ELSE j.code END,
+                    j.stdin, j.expected_output
+             FROM jobs j LEFT JOIN batches b ON b.id = j.batch_id
+             WHERE j.id = ?1",
+        )?
+        .query_row([id.to_string()], |r| {
+            Ok(JobInput {
+                code: r.get(0)?,
+                stdin: r.get(1)?,
+                expected_output: r.get(2)?,
+            })
+        })
+        .optional()?;
+    Ok(row)
 }
 
 /// The job's latest `job.progress` event: a short walk back along `events_job`, as a job stores
@@ -313,10 +353,7 @@ pub(super) fn list_jobs(
     filter: &JobFilter,
     page: Page,
 ) -> Result<Vec<JobSummary>, StoreError> {
-    let (compare, direction, start) = page.order.sql();
-    let cursor = page
-        .cursor
-        .map_or_else(|| start.to_owned(), |id| id.to_string());
+    let (compare, direction, cursor) = page.sql();
     let columns = "id, status, outcome, runtime, attempt, priority, created_at, started_at,
                    finished_at, exit_code, batch_id";
     let status = filter.status.map(Status::as_str);
@@ -349,6 +386,27 @@ pub(super) fn list_jobs(
     sql.push_str(&format!(" ORDER BY id {direction} LIMIT ?{}", args.len()));
     let mut stmt = conn.prepare_cached(&sql)?;
     collect(stmt.query_map(&*args, |r| Ok(summary_row(r)))?)
+}
+
+/// Every tenant's jobs by page, newest first, as Judge0 lists submissions: `per_page` jobs
+/// after the newest `skip`, and how many there are in all.
+pub(super) fn jobs_page(
+    conn: &Connection,
+    skip: i64,
+    per_page: i64,
+) -> Result<(Vec<Job>, i64), StoreError> {
+    let total: i64 = conn
+        .prepare_cached("SELECT count(*) FROM jobs")?
+        .query_row([], |r| r.get(0))?;
+    let ids: Vec<String> = conn
+        .prepare_cached("SELECT id FROM jobs ORDER BY id DESC LIMIT ?1 OFFSET ?2")?
+        .query_map(params![per_page, skip], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut jobs = Vec::with_capacity(ids.len());
+    for id in ids {
+        jobs.extend(job(conn, parse_id(&id)?)?);
+    }
+    Ok((jobs, total))
 }
 
 fn summary_row(r: &Row) -> Result<JobSummary, StoreError> {

@@ -17,6 +17,7 @@ mod durability;
 mod examples;
 mod faults;
 mod hostile;
+mod judge0;
 mod languages;
 mod levels;
 mod ndjson;
