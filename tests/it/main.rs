@@ -24,6 +24,7 @@ mod ndjson;
 mod ops;
 mod outputs;
 mod programs;
+mod python_client;
 mod runs;
 mod schema;
 mod streams;
