@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Callable
 
@@ -95,3 +96,31 @@ async def test_a_submit_to_a_full_queue_is_retried_after_retry_after_until_there
         assert len((await client.jobs()).jobs) == 3
         await client.cancel(running)
         assert (await client.wait(job_id, timeout=30)).stdout == "in\n"
+
+
+async def test_a_submit_while_the_database_is_locked_is_retried_until_the_lock_goes(
+    start_server: Callable[..., Server],
+) -> None:
+    server = start_server()
+    async with kiln.AsyncClient(server.url, retries=0) as impatient:
+        await impatient.result(runtime="sh", code="true")
+        # An operator's sqlite3 takes the write lock: the server cannot write, and says so.
+        operator = sqlite3.connect(server.db, isolation_level=None)
+        operator.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(kiln.DatabaseUnavailable) as refused:
+                await impatient.submit(runtime="sh", code="echo refused")
+            assert (refused.value.status, refused.value.retry_after) == (503, 1)
+
+            async def release() -> None:
+                await asyncio.sleep(1.5)
+                operator.execute("ROLLBACK")
+
+            releasing = asyncio.ensure_future(release())
+            async with kiln.AsyncClient(server.url, max_backoff=1) as client:
+                job_id = await client.submit(runtime="sh", code="echo after")
+                await releasing
+                assert (await client.wait(job_id, timeout=30)).stdout == "after\n"
+                assert len((await client.jobs()).jobs) == 2
+        finally:
+            operator.close()

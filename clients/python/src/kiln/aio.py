@@ -133,11 +133,11 @@ class AsyncClient:
         """Submits a job and returns its id once the server has it on disk.
 
         `job` is a `JobSpec` or a mapping of its fields; keywords add to it or override it:
-        `await client.submit(runtime="python", code="print(1)", stdin="x")`. Retried safely
-        under `idempotency_key` (one is generated when none is given).
+        `await client.submit(runtime="python", code="print(1)", stdin="x")`. The server checks
+        it (`kiln.InvalidRequest` names what is wrong). Retried safely under `idempotency_key`
+        (one is generated when none is given).
         """
         body = _dump(job, fields)
-        JobSpec.model_validate(body)
         response = await self._request(
             "POST", "/v1/jobs", json=body, idempotency_key=idempotency_key or _new_key()
         )
