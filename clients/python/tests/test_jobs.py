@@ -123,7 +123,7 @@ async def test_runtimes_lists_what_the_server_offers(client: kiln.AsyncClient) -
     assert runtimes["python"].limits is not None
 
 
-async def test_wait_all_costs_two_requests_a_job_however_long_they_run(
+async def test_wait_all_costs_two_requests_a_running_job_however_long_they_run(
     client: kiln.AsyncClient,
 ) -> None:
     ids = [await client.submit(runtime="sh", code=f"sleep {1 + i % 3}") for i in range(8)]
@@ -140,12 +140,40 @@ async def test_wait_all_costs_two_requests_a_job_however_long_they_run(
     assert all(job.status == "succeeded" for job in jobs.values())
     # Polling each job once a second would have cost 8 requests a second.
     assert took > 2
-    assert len(requests) <= 2 * len(ids) + 1, requests
-    assert requests.count("GET /v1/events") == 1
+    # The newest event id, each job once, the feed's stream, and each job again at its end.
+    assert len(requests) <= 2 * len(ids) + 2, requests
+    assert requests.count("GET /v1/events") == 2
 
 
 async def test_wait_all_of_ended_jobs_needs_no_stream(client: kiln.AsyncClient) -> None:
     job = await client.result(runtime="sh", code="echo hi")
+    requests: list[str] = []
+
+    async def count(request: httpx.Request) -> None:
+        requests.append(f"{request.method} {request.url.path}")
+
+    client._http.event_hooks["request"].append(count)
     jobs = await client.wait_all([job.id, job.id])
+    assert requests == ["GET /v1/events", f"GET /v1/jobs/{job.id}"]
     assert list(jobs) == [job.id]
     assert jobs[job.id].stdout == "hi\n"
+
+
+async def test_batches_list_newest_first_and_jobs_filter_by_batch_and_order(
+    client: kiln.AsyncClient,
+) -> None:
+    suite = kiln.Suite(runtime="sh", code="true").add().add()
+    first = (await client.submit_suite(suite)).id
+    second = (await client.submit_suite(suite)).id
+    page = await client.batches(limit=1)
+    assert [b.id for b in page.batches] == [second]
+    assert page.next_before == second
+    older = await client.batches(limit=1, before=page.next_before)
+    assert [b.id for b in older.batches] == [first]
+    cases = await client.jobs(batch=first)
+    assert sorted(j.id for j in cases.jobs) == sorted(c.job_id for c in await client.cases(first))
+    assert all(j.batch_id == first for j in cases.jobs)
+    newest = await client.jobs(order="newest", limit=1)
+    assert newest.next_before == newest.jobs[0].id
+    with pytest.raises(kiln.BadRequest):
+        await client.jobs(order="newest", after=newest.jobs[0].id)

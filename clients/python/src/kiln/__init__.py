@@ -36,6 +36,7 @@ from .evaluate import EvaluationError, evaluate, evaluate_async
 from .models import (
     TERMINAL_STATUSES,
     Batch,
+    BatchPage,
     BatchSubmitted,
     Case,
     Event,
@@ -63,6 +64,7 @@ __all__ = [
     "BadRequest",
     "Batch",
     "BatchNotFound",
+    "BatchPage",
     "BatchSubmitted",
     "Case",
     "Client",

@@ -36,6 +36,7 @@ from .errors import (
 )
 from .models import (
     Batch,
+    BatchPage,
     BatchSubmitted,
     Case,
     Event,
@@ -192,19 +193,23 @@ class AsyncClient:
         response = await self._request("GET", f"/v1/jobs/{job_id}/events", params=params)
         return [Event.model_validate(e) for e in response.json()["events"]]
 
-    async def feed(self, *, after: int = 0, limit: int | None = None) -> EventPage:
-        """A page of the global event feed (a tenant sees its own events)."""
-        params: dict[str, int] = {"after": after}
-        if limit is not None:
-            params["limit"] = limit
+    async def feed(self, **params: str | int) -> EventPage:
+        """A page of the global event feed (a tenant sees its own events); `params` are its
+        query parameters: `after=`, `limit=`, or `order="newest"` and `before=`."""
         response = await self._request("GET", "/v1/events", params=params)
         return EventPage.model_validate_json(response.content)
 
     async def jobs(self, **filters: str | int) -> JobPage:
-        """A page of `GET /v1/jobs`, oldest first; `filters` are its query parameters
-        (`status=`, `after=`, `limit=`, ...)."""
+        """A page of `GET /v1/jobs`; `filters` are its query parameters (`status=`,
+        `runtime=`, `batch=`, `order="newest"`, `after=`, `before=`, `tenant=`, `limit=`)."""
         response = await self._request("GET", "/v1/jobs", params=filters)
         return JobPage.model_validate_json(response.content)
+
+    async def batches(self, **filters: str | int) -> BatchPage:
+        """A page of `GET /v1/batches`, newest first; `filters` are its query parameters
+        (`order="oldest"`, `before=`, `after=`, `tenant=`, `limit=`)."""
+        response = await self._request("GET", "/v1/batches", params=filters)
+        return BatchPage.model_validate_json(response.content)
 
     def stream(self, job_id: str, *, after: int = 0) -> AsyncIterator[StreamMessage]:
         """The job's events and live output as they happen, until its end.
@@ -229,37 +234,35 @@ class AsyncClient:
     async def wait_all(self, ids: Iterable[str], *, timeout: float | None = None) -> dict[str, Job]:
         """Every job of `ids` once it ended, by id.
 
-        Two requests per job however long the jobs take, and one live stream: each job's
-        events are read once; a job already ended needs only to be read back. For the others,
-        the oldest of their latest event ids is where the global event feed is streamed from,
-        and each job is read back when its terminal event arrives. If the server has no stream
-        to spare, one long poll per job (a request a minute) replaces the feed. Raises
-        `kiln.WaitTimeout` after `timeout` seconds.
+        One request per job, one more per job still running, and one live stream, however
+        long the jobs take: the newest event id is read first, then every job once; a job
+        not yet ended ends after that event, so the global event feed is streamed from it
+        until each such job's terminal event has passed, and those jobs are read again. If
+        the server has no stream to spare, one long poll per job (a request a minute)
+        replaces the feed. Raises `kiln.WaitTimeout` after `timeout` seconds.
         """
         return await _within(self._wait_all(list(dict.fromkeys(ids))), timeout, "the jobs")
 
     async def _wait_all(self, ids: list[str]) -> dict[str, Job]:
-        latest: dict[str, int] = {}
-
-        async def look(job_id: str) -> None:
-            events = await self.events(job_id)
-            if not any(e.terminal for e in events):
-                latest[job_id] = events[-1].id if events else 0
-
-        await _bounded([look(job_id) for job_id in ids])
-        if latest:
+        newest = (await self.feed(order="newest", limit=1)).events
+        tip = newest[0].id if newest else 0
+        jobs = {job.id: job for job in await _bounded([self.get(job_id) for job_id in ids])}
+        running = {job_id for job_id, job in jobs.items() if not job.finished}
+        if running:
+            waiting = set(running)
             try:
                 async for message in self._sse(
-                    "/v1/events", min(latest.values()), lambda e: False, retry_refusal=False
+                    "/v1/events", tip, lambda e: False, retry_refusal=False
                 ):
                     if isinstance(message, Event) and message.terminal:
-                        latest.pop(message.job_id or "", None)
-                        if not latest:
+                        waiting.discard(message.job_id or "")
+                        if not waiting:
                             break
             except TooManyStreams:
-                await _bounded([self.wait(job_id) for job_id in latest])
-        jobs = await _bounded([self.get(job_id) for job_id in ids])
-        return {job.id: job for job in jobs}
+                await _bounded([self.wait(job_id) for job_id in waiting])
+            for job in await _bounded([self.get(job_id) for job_id in running]):
+                jobs[job.id] = job
+        return {job_id: jobs[job_id] for job_id in ids}
 
     async def runtimes(self) -> list[Runtime]:
         """The runtimes this server offers."""

@@ -98,10 +98,12 @@ class Job(_Answer):
 
 
 class JobPage(_Answer):
-    """A page of `GET /v1/jobs`: pass `next_after` back as `after` for the next (null: the end)."""
+    """A page of `GET /v1/jobs`: pass `next_after` back as `after` (or, newest first,
+    `next_before` as `before`) for the next; null at the end."""
 
     jobs: list[Job]
     next_after: str | None = None
+    next_before: str | None = None
 
 
 class Event(_Answer):
@@ -122,10 +124,12 @@ class Event(_Answer):
 
 
 class EventPage(_Answer):
-    """A page of the global feed: pass `next_after` back as `after` to continue."""
+    """A page of the global feed: pass `next_after` back as `after` to continue (newest
+    first: `next_before` as `before`)."""
 
     events: list[Event]
-    next_after: int
+    next_after: int | None = None
+    next_before: int | None = None
 
 
 class Output(_Answer):
@@ -181,14 +185,24 @@ class Batch(_Answer):
     progress: BatchProgress
     passed: int
     failed: int
-    by_status: dict[str, int]
-    by_verdict: dict[str, int]
+    #: Counts by status and by verdict: in `GET /v1/batches/{id}`, not in the list's rows.
+    by_status: dict[str, int] = {}
+    by_verdict: dict[str, int] = {}
     runtime: str | None = None
     compare: str | None = None
     groups: GroupsSummary | None = None
     created_at: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
+
+
+class BatchPage(_Answer):
+    """A page of `GET /v1/batches`, newest first: pass `next_before` back as `before` (oldest
+    first, `order="oldest"`: `next_after` as `after`); null at the end."""
+
+    batches: list[Batch]
+    next_before: str | None = None
+    next_after: str | None = None
 
 
 class Case(_Answer):

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from .aio import AsyncClient, Body
 from .models import (
     Batch,
+    BatchPage,
     BatchSubmitted,
     Case,
     Event,
@@ -140,11 +141,14 @@ class Client:
     def events(self, job_id: str, *, after: int = 0) -> list[Event]:
         return self._run(self.aio.events(job_id, after=after))
 
-    def feed(self, *, after: int = 0, limit: int | None = None) -> EventPage:
-        return self._run(self.aio.feed(after=after, limit=limit))
+    def feed(self, **params: str | int) -> EventPage:
+        return self._run(self.aio.feed(**params))
 
     def jobs(self, **filters: str | int) -> JobPage:
         return self._run(self.aio.jobs(**filters))
+
+    def batches(self, **filters: str | int) -> BatchPage:
+        return self._run(self.aio.batches(**filters))
 
     def stream(self, job_id: str, *, after: int = 0) -> Iterator[StreamMessage]:
         return self._iterate(self.aio.stream(job_id, after=after))
