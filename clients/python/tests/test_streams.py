@@ -56,3 +56,18 @@ async def test_a_stream_resumes_across_a_server_restart_losing_and_repeating_not
     assert [e.id for e in seen] == [e.id for e in stored]
     assert [e.type for e in seen].count("job.started") == 2
     assert seen[-1].type == "job.succeeded"
+
+
+async def test_keep_alives_between_events_are_not_messages(
+    start_server: Callable[..., Server],
+) -> None:
+    server = start_server("--sse-keepalive-ms", "50")
+    async with kiln.AsyncClient(server.url) as client:
+        job_id = await client.submit(runtime="sh", code="sleep 1; echo late")
+        messages = [m async for m in client.stream(job_id)]
+    assert [m.type for m in messages if isinstance(m, kiln.Event)] == [
+        "job.queued",
+        "job.started",
+        "job.succeeded",
+    ]
+    assert [m.data for m in messages if isinstance(m, kiln.Output)] == ["late\n"]

@@ -491,6 +491,10 @@ class AsyncClient:
                         await asyncio.sleep(self._delay(failures, error.retry_after))
                         continue
                     async for sse in source.aiter_sse():
+                        if not sse.data:
+                            # A keep-alive: httpx-sse hands on the blank line after the comment
+                            # as a message, where the SSE standard dispatches nothing.
+                            continue
                         if sse.event == "output":
                             yield Output.model_validate_json(sse.data)
                         elif sse.event == "output.lost":
