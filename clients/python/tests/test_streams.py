@@ -13,7 +13,9 @@ from .conftest import Server
 async def test_a_jobs_stream_carries_its_events_and_live_output_to_its_end(
     client: kiln.AsyncClient,
 ) -> None:
-    code = "for i in 1 2 3; do echo tick $i; sleep 0.2; done"
+    # The last sleep keeps the job running while the stream connects, however busy the host:
+    # a stream replays the current run's output from its start, not a finished run's.
+    code = "for i in 1 2 3; do echo tick $i; sleep 0.2; done; sleep 1"
     job_id = await client.submit(runtime="sh", code=code)
     messages = [m async for m in client.stream(job_id)]
     events = [m for m in messages if isinstance(m, kiln.Event)]

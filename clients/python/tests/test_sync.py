@@ -25,7 +25,9 @@ def test_blocking_result_stream_and_wait_all(server: Server) -> None:
     with kiln.Client(server.url) as client:
         job = client.result(runtime="python", code="print(6 * 7)")
         assert job.stdout == "42\n"
-        job_id = client.submit(runtime="sh", code="echo live")
+        # Output is streamed while the job runs (from its start, to whoever connects then), so
+        # the job outlives the few milliseconds between the submit and the stream.
+        job_id = client.submit(runtime="sh", code="echo live; sleep 1")
         messages = list(client.stream(job_id))
         assert any(isinstance(m, kiln.Output) and m.data == "live\n" for m in messages)
         last = messages[-1]
