@@ -287,6 +287,7 @@ impl Drop for LoopDisk {
 
 #[tokio::test]
 async fn a_disk_that_fails_under_the_database_answers_503_and_loses_nothing_committed() {
+    let _alone = crate::util::HOST_MOUNTS.write().await;
     let dir = TempDir::new().expect("temp dir");
     let disk = match LoopDisk::mount(dir.path()) {
         Ok(disk) => disk,

@@ -18,6 +18,13 @@ use tempfile::TempDir;
 mod testing;
 pub(crate) use testing::skip;
 
+/// Held exclusively by a test that mounts a file system and must unmount it again
+/// (`faults`), and shared by one that keeps servers of its own running for long (the Python
+/// client's pytest run): every server keeps sandboxes started ahead of their runs, each in a
+/// mount namespace copied from the host's, and one copied while the test's file system was
+/// mounted keeps it alive however often it is unmounted.
+pub static HOST_MOUNTS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 pub struct Server {
     child: Child,
     db: PathBuf,
