@@ -29,6 +29,16 @@ use crate::store::{ActiveToken, Store, StoreError, Visibility};
 /// Every token starts with this, so a leaked one is easy to recognise (and to search for).
 pub const TOKEN_PREFIX: &str = "kiln_";
 
+/// Whether `name` may be a tenant's, as `kiln token create` takes it and a listing's `tenant=`
+/// names it: 1 to 64 letters, digits, `.`, `_` or `-`, so that it is safe in a path, a log line
+/// or a metric label as it is.
+pub fn is_tenant_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// How often the tokens in force are read again from the database.
 pub const REFRESH: Duration = Duration::from_secs(1);
 

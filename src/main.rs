@@ -1,6 +1,6 @@
 //! The `kiln` command: `kiln serve` runs the service, the operator's commands ([`kiln::ops`]) work
 //! on its database file and host, `kiln completions` prints a shell's completion script (made
-//! from these very definitions), and the rest are a client of a running server
+//! from these very definitions), `kiln openapi` the API's OpenAPI document, and the rest are a client of a running server
 //! ([`kiln::client`]). Their flags are the library's; this file puts them together, runs the
 //! command asked for, and is the one place where the outcome becomes an exit code:
 //!
@@ -58,6 +58,8 @@ enum Command {
         /// The shell: bash, zsh, fish, elvish or powershell
         shell: clap_complete::Shell,
     },
+    /// Print the OpenAPI 3.1 document of the HTTP API, as `GET /openapi.json` serves it
+    Openapi,
 }
 
 /// `kiln --json status ID`: the client flags before the subcommand's name still work, as when they
@@ -106,6 +108,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Openapi => match print(|out| out.write_all(kiln::api::openapi().as_bytes())) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                note(&format!("cannot write the document: {e}"));
+                ExitCode::from(2)
+            }
+        },
     }
 }
 

@@ -18,8 +18,9 @@ use super::error::{ApiError, ErrorCode};
 use crate::auth::{Principal, Refusal};
 use crate::store::Full;
 
-/// Paths anyone may ask: a load balancer's probes carry no token.
-const PUBLIC: [&str; 2] = ["/healthz", "/readyz"];
+/// Paths anyone may ask: a load balancer's probes carry no token, and the API's description is
+/// no secret.
+const PUBLIC: [&str; 3] = ["/healthz", "/readyz", "/openapi.json"];
 
 /// Where Judge0's API is served.
 pub(super) const JUDGE0: &str = "/judge0";

@@ -7,25 +7,60 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
+use utoipa::{IntoParams, ToSchema};
 
-use super::error::{ApiError, ErrorCode};
+use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::{self, FileInPath, PathId, Query};
 use super::streams;
 use super::{AppState, access};
-use crate::auth::Principal;
+use crate::auth::{Principal, is_tenant_name};
 use crate::job::content::Encoding;
 use crate::job::names::shown;
 use crate::job::validate::JobRequest;
-use crate::job::{BatchId, Job, JobId, JobSpec, Status};
-use crate::store::{Admission, CancelResult, JobFilter, Order, Page, Submitted, Visibility};
+use crate::job::{BatchId, Event, Job, JobId, JobSpec, Status};
+use crate::store::{
+    Admission, CancelResult, JobFilter, JobSummary, Order, Page, Submitted, Visibility,
+};
 
 const MAX_PAGE: u32 = 1000;
 const DEFAULT_PAGE: u32 = 100;
 
+/// Submit a job. It is committed to disk before the `202`: it survives a crash of the server
+/// from then on. With an `Idempotency-Key`, the same request sent again answers the same job.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    tag = "jobs",
+    operation_id = "submit_job",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255,
+         pattern = "^[\\x21-\\x7e]([\\x20-\\x7e]*[\\x21-\\x7e])?$", description = "1 to 255 visible ASCII \
+         characters: a retry with the same key and body answers the job the first created"),
+    ),
+    request_body = JobRequest,
+    responses(
+        (status = 202, description = "Stored; queued to run", body = JobAccepted,
+            headers(
+                ("Location" = String, description = "The job's URL"),
+                ("Idempotent-Replayed" = Option<String>, description = "`true` when an earlier \
+                 request with this key created the job"),
+            ),
+            links(
+                ("get_job" = (operation_id = "get_job", parameters(("id" = "$response.body#/id")))),
+                ("cancel_job" = (operation_id = "cancel_job", parameters(("id" = "$response.body#/id")))),
+                ("job_events" = (operation_id = "job_events", parameters(("id" = "$response.body#/id")))),
+            )
+        ),
+        (status = 400, description = "Not JSON, or a header that is not valid", body = ErrorBody),
+        (status = 409, description = "The Idempotency-Key was used with another request", body = ErrorBody),
+        (status = 413, description = "The body, the code, stdin or the files are too large", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`", body = ErrorBody),
+        (status = 422, description = "Well-formed, but not a job this server can run", body = ErrorBody),
+    )
+)]
 pub async fn submit(
     State(state): State<AppState>,
     principal: Principal,
@@ -36,10 +71,11 @@ pub async fn submit(
     let (id, replayed) = accept(&state, &principal, request, key).await?;
     if !replayed {
         // Built from what was just committed: reading it back would double the cost of a submit.
-        return Ok(accepted_response(
+        let accepted = JobAccepted {
             id,
-            json!({"id": id, "status": Status::Queued}),
-        ));
+            status: Status::Queued,
+        };
+        return Ok(accepted_response(id, Json(accepted)));
     }
     let job = state
         .store
@@ -52,7 +88,7 @@ pub async fn submit(
         tracing::error!(error = %e, job = %id, "cannot render a job as JSON");
         ApiError::internal()
     })?;
-    let mut response = accepted_response(id, body);
+    let mut response = accepted_response(id, Json(body));
     response
         .headers_mut()
         .insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -114,31 +150,59 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
         .transpose()
 }
 
-fn accepted_response(id: JobId, body: serde_json::Value) -> Response {
-    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+/// What `POST /v1/jobs` answers: the new job's id and status. A replay answers the whole job
+/// as it now is, which has these two fields too.
+#[derive(Serialize, ToSchema)]
+pub struct JobAccepted {
+    #[schema(value_type = String, format = "uuid")]
+    id: JobId,
+    status: Status,
+}
+
+fn accepted_response(id: JobId, body: impl IntoResponse) -> Response {
+    let mut response = (StatusCode::ACCEPTED, body).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/jobs/{id}")) {
         response.headers_mut().insert(header::LOCATION, location);
     }
     response
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct WaitQuery {
-    /// Seconds to hold the request until the job ends.
+    /// Seconds to hold the request until it ends (at most the server's longest wait).
+    #[param(minimum = 0)]
     pub(super) wait: Option<f64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct JobQuery {
+    /// Seconds to hold the request until the job ends (at most the server's longest wait).
+    #[param(minimum = 0)]
     wait: Option<f64>,
     /// `base64` has both streams in base64 whatever they hold; `utf-8` (the default) has each
     /// as text where it is UTF-8.
     #[serde(default)]
+    #[param(inline)]
     encoding: Encoding,
 }
 
+/// A job with its result; with `wait`, held until the job ends or the wait passes.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    operation_id = "get_job",
+    params(("id" = String, Path, format = "uuid", description = "The job's id"), JobQuery),
+    responses(
+        (status = 200, description = "The job", body = Job),
+        (status = 400, description = "An id or a query that is not valid", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     PathId(id): PathId,
@@ -154,6 +218,18 @@ pub async fn get(
 
 /// A file the job kept from its run, with its content type. Served as a download to be read
 /// by a program, never rendered: what a job writes is as hostile as its code.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/files/{*path}",
+    tag = "jobs",
+    operation_id = "get_job_file",
+    params(("id" = String, Path, format = "uuid", description = "The job's id"), ("path" = String, Path, description = "The file's path in the run's work directory")),
+    responses(
+        (status = 200, description = "The file's bytes, as a download, typed by its name's extension (`application/octet-stream` when it says nothing)", content_type = "*/*"),
+        (status = 400, description = "An id or path that is not valid", body = ErrorBody),
+        (status = 404, description = "No such job, or it kept no such file", body = ErrorBody),
+    )
+)]
 pub async fn file(
     State(state): State<AppState>,
     PathId(id): PathId,
@@ -242,43 +318,117 @@ pub(super) async fn wait_for_end(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
+    /// The id of the last event seen: only later ones are answered.
     after: Option<i64>,
 }
 
+/// A job's events, oldest first.
+#[derive(Serialize, ToSchema)]
+pub struct EventList {
+    events: Vec<Event>,
+}
+
 /// The job's events (after `?after=`), as JSON or, asked for `text/event-stream`, live.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/events",
+    tag = "events",
+    operation_id = "job_events",
+    params(
+        ("id" = String, Path, format = "uuid", description = "The job's id"),
+        EventsQuery,
+        ("Last-Event-ID" = Option<i64>, Header, nullable = false, minimum = 0, description = "The id of the last \
+         event received, to resume after it (what an EventSource sends when it reconnects); it \
+         takes the place of `after`"),
+    ),
+    responses(
+        (status = 200, description = "The job's events; live as Server-Sent Events when \
+         `Accept: text/event-stream` (events `job.*` with the stored event as data, `output` \
+         with what the job writes, `output.lost`, comments as keep-alives)",
+            content(
+                (EventList = "application/json"),
+                (String = "text/event-stream"),
+            )
+        ),
+        (status = 400, description = "An id, query or Last-Event-ID that is not valid", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+    )
+)]
 pub async fn events(
     State(state): State<AppState>,
     PathId(id): PathId,
     headers: HeaderMap,
     Query(query): Query<EventsQuery>,
 ) -> Result<Response, ApiError> {
+    // Last-Event-ID resumes a JSON read as it resumes a stream, so a client may switch between them.
+    let after = streams::resume_point(&headers, query.after)?;
     if streams::wanted(&headers) {
-        let after = streams::resume_point(&headers, query.after)?;
         return streams::job(state, id, after).await;
     }
     let events = state
         .store
-        .job_events(id, query.after.unwrap_or(0))
+        .job_events(id, after)
         .await?
         .ok_or_else(ApiError::job_not_found)?;
-    Ok(Json(json!({ "events": events })).into_response())
+    Ok(Json(EventList { events }).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct FeedQuery {
+    /// Oldest first: the id of the last event seen.
     after: Option<i64>,
+    /// Newest first: the id of the oldest event seen.
     before: Option<i64>,
+    /// `oldest` (the default) or `newest`.
+    #[param(pattern = "^(oldest|newest)$")]
     order: Option<String>,
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+}
+
+/// A page of the feed: oldest first it has `next_after`, the id to pass back as `after` (the
+/// same `after` when there is nothing new); newest first `next_before`, `null` at the oldest.
+#[derive(Serialize, ToSchema)]
+pub struct FeedPage {
+    events: Vec<Event>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_after: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<i64>, required = false)]
+    next_before: Option<Option<i64>>,
 }
 
 /// The global feed, for pollers: `?after=` the last event id seen. `order=newest` (or
 /// `?before=`) pages back from the newest, for a person catching up. Asked for
 /// `text/event-stream`, it follows live instead of returning a page.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    operation_id = "event_feed",
+    params(
+        FeedQuery,
+        ("Last-Event-ID" = Option<i64>, Header, nullable = false, minimum = 0, description = "The id of the last \
+         event received, to resume after it (what an EventSource sends when it reconnects); it \
+         takes the place of `after`"),
+    ),
+    responses(
+        (status = 200, description = "A page of the history the caller may see; live as \
+         Server-Sent Events when `Accept: text/event-stream`",
+            content(
+                (FeedPage = "application/json"),
+                (String = "text/event-stream"),
+            )
+        ),
+        (status = 400, description = "A query or Last-Event-ID that is not valid", body = ErrorBody),
+    )
+)]
 pub async fn feed(
     State(state): State<AppState>,
     principal: Principal,
@@ -287,12 +437,17 @@ pub async fn feed(
 ) -> Result<Response, ApiError> {
     // A tenant's feed holds its own events only; the whole feed is for admins.
     let who = principal.visibility();
+    let resumed = streams::resume_point(&headers, query.after)?;
     if streams::wanted(&headers) {
-        let after = streams::resume_point(&headers, query.after)?;
-        return streams::feed(state, who, after).await;
+        return streams::feed(state, who, resumed).await;
     }
     let limit = page_size(query.limit)?;
-    let newest = match (query.order.as_deref(), query.after, query.before) {
+    let after = if headers.contains_key("last-event-id") {
+        Some(resumed)
+    } else {
+        query.after
+    };
+    let newest = match (query.order.as_deref(), after, query.before) {
         (_, Some(_), Some(_)) | (Some("newest"), Some(_), _) | (Some("oldest"), _, Some(_)) => {
             return Err(ApiError::bad_request(
                 ErrorCode::InvalidQuery,
@@ -313,37 +468,91 @@ pub async fn feed(
         let next_before = (events.len() == limit as usize)
             .then(|| events.last().map(|e| e.id))
             .flatten();
-        return Ok(Json(json!({ "events": events, "next_before": next_before })).into_response());
+        let page = FeedPage {
+            events,
+            next_after: None,
+            next_before: Some(next_before),
+        };
+        return Ok(Json(page).into_response());
     }
-    let after = query.after.unwrap_or(0);
+    let after = after.unwrap_or(0);
     let events = state.store.events_after(who, after, limit).await?;
     let next_after = events.last().map_or(after, |e| e.id);
-    Ok(Json(json!({ "events": events, "next_after": next_after })).into_response())
+    let page = FeedPage {
+        events,
+        next_after: Some(next_after),
+        next_before: None,
+    };
+    Ok(Json(page).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only jobs in this status.
+    #[param(value_type = Option<Status>)]
     status: Option<String>,
+    /// Only jobs of this runtime (a name or an alias).
     runtime: Option<String>,
+    /// Only the cases of this batch.
+    #[param(format = "uuid")]
     batch: Option<String>,
+    /// `oldest` (the default) or `newest`.
+    #[param(pattern = "^(oldest|newest)$")]
     order: Option<String>,
+    /// Oldest first: the id of the last job seen.
+    #[param(format = "uuid")]
     after: Option<String>,
+    /// Newest first: the id of the oldest job seen.
+    #[param(format = "uuid")]
     before: Option<String>,
+    /// For an admin: only this tenant's jobs.
     tenant: Option<String>,
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+}
+
+/// Where the next page of a listing starts, named for its order: `next_after` oldest first,
+/// `next_before` newest first; `null` on the last page. A page has one of them.
+#[derive(Serialize, ToSchema)]
+pub struct Cursor {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = "uuid", required = false)]
+    next_after: Option<Option<JobId>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = "uuid", required = false)]
+    next_before: Option<Option<JobId>>,
+}
+
+/// A page of jobs, without their code, input or output.
+#[derive(Serialize, ToSchema)]
+pub struct JobPage {
+    jobs: Vec<JobSummary>,
+    #[serde(flatten)]
+    next: Cursor,
 }
 
 /// How a listing pages, shared by jobs and batches: `order=oldest` continues `after=` the last
 /// id of a page (`next_after`), `order=newest` continues `before=` it (`next_before`). Giving a
 /// cursor names its order; `tenant=` narrows an admin's listing to one tenant.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct PageQuery {
+    /// `oldest` or `newest` (the default of each listing is its own).
+    #[param(pattern = "^(oldest|newest)$")]
     order: Option<String>,
+    /// Oldest first: the id of the last row seen.
+    #[param(format = "uuid")]
     after: Option<String>,
+    /// Newest first: the id of the oldest row seen.
+    #[param(format = "uuid")]
     before: Option<String>,
+    /// For an admin: only this tenant's rows (a tenant's token may name only its own).
+    #[param(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     tenant: Option<String>,
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -388,6 +597,12 @@ impl PageQuery {
                 JobId::parse_str(&id).map_err(|_| invalid(format!("{} is not an id", shown(&id))))
             })
             .transpose()?;
+        if let Some(tenant) = self.tenant.as_deref().filter(|t| !is_tenant_name(t)) {
+            return Err(invalid(format!(
+                "tenant={} is not a tenant's name: 1 to 64 letters, digits, '.', '_' or '-'",
+                shown(tenant)
+            )));
+        }
         let who = match (principal.visibility(), self.tenant) {
             (who, None) => who,
             (Visibility::All, Some(tenant)) => Visibility::Tenant(tenant),
@@ -413,20 +628,34 @@ impl PageQuery {
 }
 
 /// The cursor of the page after this one, named for its order; `null` on the last page.
-pub(super) fn next_page(
-    page: Page,
-    count: usize,
-    last: Option<JobId>,
-) -> (&'static str, Option<JobId>) {
-    let name = match page.order {
-        Order::OldestFirst => "next_after",
-        Order::NewestFirst => "next_before",
-    };
-    (name, last.filter(|_| count == page.limit as usize))
+pub(super) fn next_page(page: Page, count: usize, last: Option<JobId>) -> Cursor {
+    let next = Some(last.filter(|_| count == page.limit as usize));
+    match page.order {
+        Order::OldestFirst => Cursor {
+            next_after: next,
+            next_before: None,
+        },
+        Order::NewestFirst => Cursor {
+            next_after: None,
+            next_before: next,
+        },
+    }
 }
 
 /// Jobs, oldest first unless asked otherwise: the order, and the meaning of `after=`, it has
 /// always had.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    tag = "jobs",
+    operation_id = "list_jobs",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of jobs", body = JobPage),
+        (status = 400, description = "A query that is not valid", body = ErrorBody),
+        (status = 403, description = "Another tenant's jobs, asked by a tenant's token", body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
@@ -475,10 +704,8 @@ pub async fn list(
     };
     let (who, page) = paging.resolve(&principal, Order::OldestFirst)?;
     let jobs = state.store.list_jobs(who, filter, page).await?;
-    let (cursor, next) = next_page(page, jobs.len(), jobs.last().map(|j| j.id));
-    let mut body = json!({ "jobs": jobs });
-    body[cursor] = json!(next);
-    Ok(Json(body))
+    let next = next_page(page, jobs.len(), jobs.last().map(|j| j.id));
+    Ok(Json(JobPage { jobs, next }))
 }
 
 pub(super) fn page_size(limit: Option<u32>) -> Result<u32, ApiError> {
@@ -499,6 +726,20 @@ pub(super) fn page_size(limit: Option<u32>) -> Result<u32, ApiError> {
 /// ends in milliseconds; past this the answer goes without it (it is stored all the same).
 const CANCEL_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Cancel a job: a queued one never runs, a running one is killed with its whole process tree.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/cancel",
+    tag = "jobs",
+    operation_id = "cancel_job",
+    params(("id" = String, Path, format = "uuid", description = "The job's id")),
+    responses(
+        (status = 200, description = "Cancelled: the job as it ended", body = Job),
+        (status = 400, description = "An id that is not valid", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 409, description = "The job had already ended", body = ErrorBody),
+    )
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     PathId(id): PathId,

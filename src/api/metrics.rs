@@ -13,6 +13,16 @@ use crate::auth::Principal;
 use crate::metrics::{Gauges, METRICS};
 use crate::store::Visibility;
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    responses(
+        (status = 200, description = "The Prometheus text exposition format", content_type = "text/plain", body = String),
+        (status = 403, description = "A tenant's token: the metrics are every tenant's", body = super::error::ErrorBody),
+    )
+)]
 pub(super) async fn metrics(
     State(state): State<AppState>,
     principal: Principal,

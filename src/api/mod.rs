@@ -20,6 +20,7 @@ mod judge0;
 mod junit;
 mod metrics;
 mod ndjson;
+mod openapi;
 mod streams;
 
 use std::sync::Arc;
@@ -31,17 +32,24 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
+use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
+use utoipa::{OpenApi as _, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::{ApiError, ErrorCode};
+pub use openapi::document as openapi;
 
 use crate::auth::{Guard, Principal};
 use crate::config::Config;
+use crate::job::Limits;
 use crate::live::Live;
 use crate::runner::Runner;
 use crate::runtime::Runtimes;
-use crate::store::Store;
+use crate::store::{Pragmas, Store};
 use crate::worker::{Running, Workers};
 
 /// What every handler can reach.
@@ -71,28 +79,11 @@ pub fn router(state: AppState) -> Router {
     let timeout = state.config.request_timeout + state.config.max_wait;
     let body_limit = state.config.max_request_bytes;
     Router::new()
-        .route("/v1/jobs", post(jobs::submit).get(jobs::list))
-        .route("/v1/jobs/{id}", get(jobs::get))
-        .route("/v1/jobs/{id}/events", get(jobs::events))
-        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
-        .route("/v1/jobs/{id}/files/{*path}", get(jobs::file))
-        .route("/v1/batches", post(batches::submit).get(batches::list))
-        .route("/v1/batches/{id}", get(batches::get))
-        .route("/v1/batches/{id}/cases", get(batches::cases))
-        .route("/v1/batches/{id}/groups", get(batches::groups))
-        .route("/v1/batches/{id}/events", get(batches::events))
-        .route("/v1/batches/{id}/report", get(batches::report))
-        .route("/v1/batches/{id}/cancel", post(batches::cancel))
-        .route("/v1/events", get(jobs::feed))
-        .route("/v1/runtimes", get(runtimes))
-        .route("/v1/tenant", get(tenant))
+        .merge(v1().split_for_parts().0)
         .route("/eval", post(compat::eval_gone))
         .route("/eval-async", post(compat::submit))
         .route("/eval-status/{id}", get(compat::status))
         .route("/events", get(jobs::feed))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics::metrics))
         .nest(access::JUDGE0, judge0::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -106,6 +97,31 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// The routes the OpenAPI document describes, each mounted with its description: `/v1`, the
+/// operations endpoints and the document itself. The compatibility APIs are not in it.
+fn v1() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::Frame::openapi())
+        .routes(routes!(jobs::submit, jobs::list))
+        .routes(routes!(jobs::get))
+        .routes(routes!(jobs::events))
+        .routes(routes!(jobs::cancel))
+        .routes(routes!(jobs::file))
+        .routes(routes!(batches::submit, batches::list))
+        .routes(routes!(batches::get))
+        .routes(routes!(batches::cases))
+        .routes(routes!(batches::groups))
+        .routes(routes!(batches::events))
+        .routes(routes!(batches::report))
+        .routes(routes!(batches::cancel))
+        .routes(routes!(jobs::feed))
+        .routes(routes!(runtimes))
+        .routes(routes!(tenant))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics::metrics))
+        .routes(routes!(openapi::serve))
 }
 
 async fn request_timeout(State(limit): State<Duration>, request: Request, next: Next) -> Response {
@@ -138,10 +154,54 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
+/// The runtimes this server offers.
+#[derive(Serialize, ToSchema)]
+pub struct RuntimeList {
+    runtimes: Vec<RuntimeInfo>,
+}
+
+/// A runtime as listed: what it is called and answers to, how it runs, and its limits.
+#[derive(Serialize, ToSchema)]
+pub struct RuntimeInfo {
+    name: String,
+    display: String,
+    aliases: Vec<String>,
+    /// As its tool reports it; `null` when that cannot be known.
+    version: Option<String>,
+    compiled: bool,
+    /// The interpreter or compiler it runs.
+    #[schema(value_type = String)]
+    program: PathBuf,
+    source_file: String,
+    extensions: Vec<String>,
+    limits: RuntimeLimits,
+    /// For a compiled runtime: the limits of its compile step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compile_limits: Option<Limits>,
+    judge0_ids: Vec<u32>,
+    piston_names: Vec<String>,
+}
+
+/// The limits a runtime's jobs get when they ask for none, and the most they may ask.
+#[derive(Serialize, ToSchema)]
+pub struct RuntimeLimits {
+    default: Limits,
+    max: Limits,
+}
+
 /// Each runtime with its version as its tool reports it, whether it compiles, its aliases and
 /// the limits its jobs get by default and at most. The versions are asked of the tools (in the
 /// sandbox, all at once) by the first listing; one that cannot be known is `null`.
-async fn runtimes(State(state): State<AppState>) -> Json<Value> {
+#[utoipa::path(
+    get,
+    path = "/v1/runtimes",
+    tag = "runtimes",
+    operation_id = "list_runtimes",
+    responses(
+        (status = 200, description = "The runtimes offered here", body = RuntimeList),
+    )
+)]
+async fn runtimes(State(state): State<AppState>) -> Json<RuntimeList> {
     state
         .versions_asked
         .get_or_init(|| async {
@@ -154,63 +214,127 @@ async fn runtimes(State(state): State<AppState>) -> Json<Value> {
         .await;
     let policy = &state.config.policy;
     let build = state.config.build_limits();
-    let runtimes: Vec<Value> = state
+    let runtimes = state
         .runtimes
         .iter()
-        .map(|runtime| {
-            let defaults = runtime
-                .limits
-                .over(&policy.default_limits)
-                .within(&policy.max_limits);
-            let mut listed = json!({
-                "name": runtime.name,
-                "display": runtime.display,
-                "aliases": runtime.aliases,
-                "version": runtime.version().flatten(),
-                "compiled": runtime.compile.is_some(),
-                "program": runtime.program(),
-                "source_file": runtime.source_file(""),
-                "extensions": runtime.extensions,
-                "limits": {"default": defaults, "max": policy.max_limits},
-                "judge0_ids": runtime.judge0,
-                "piston_names": runtime.piston,
-            });
-            if let Some(compile) = &runtime.compile {
-                listed["compile_limits"] =
-                    json!(compile.limits.over(&build).within(&policy.max_limits));
-            }
-            listed
+        .map(|runtime| RuntimeInfo {
+            name: runtime.name.clone(),
+            display: runtime.display.clone(),
+            aliases: runtime.aliases.clone(),
+            version: runtime.version().flatten().map(str::to_owned),
+            compiled: runtime.compile.is_some(),
+            program: runtime.program().to_path_buf(),
+            source_file: runtime.source_file(""),
+            extensions: runtime.extensions.clone(),
+            limits: RuntimeLimits {
+                default: runtime
+                    .limits
+                    .over(&policy.default_limits)
+                    .within(&policy.max_limits),
+                max: policy.max_limits,
+            },
+            compile_limits: runtime
+                .compile
+                .as_ref()
+                .map(|compile| compile.limits.over(&build).within(&policy.max_limits)),
+            judge0_ids: runtime.judge0.clone(),
+            piston_names: runtime.piston.clone(),
         })
         .collect();
-    Json(json!({ "runtimes": runtimes }))
+    Json(RuntimeList { runtimes })
+}
+
+/// Whom a token acts for. Without tokens configured, every caller is an admin of no tenant.
+#[derive(Serialize, ToSchema)]
+pub struct TenantInfo {
+    tenant: Option<String>,
+    admin: bool,
+    /// The key the tenant's webhook calls are signed with (absent on an open server).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook_secret: Option<String>,
 }
 
 /// Whom the caller's token acts for, and the key its tenant's webhook calls are signed with.
+#[utoipa::path(
+    get,
+    path = "/v1/tenant",
+    tag = "tenants",
+    operation_id = "get_tenant",
+    responses(
+        (status = 200, description = "Whom the token acts for", body = TenantInfo),
+    )
+)]
 async fn tenant(
     State(state): State<AppState>,
     principal: Principal,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<TenantInfo>, ApiError> {
     let Principal::Token { tenant, admin, .. } = principal else {
-        return Ok(Json(json!({"tenant": null, "admin": true})));
+        return Ok(Json(TenantInfo {
+            tenant: None,
+            admin: true,
+            webhook_secret: None,
+        }));
     };
     let initial = crate::auth::random_hex(32).map_err(|e| {
         tracing::error!(error = %e, "cannot generate a webhook signing key");
         ApiError::internal()
     })?;
     let secret = state.store.tenant_secret(tenant.clone(), initial).await?;
-    Ok(Json(
-        json!({"tenant": tenant, "admin": admin, "webhook_secret": secret}),
-    ))
+    Ok(Json(TenantInfo {
+        tenant: Some(tenant),
+        admin,
+        webhook_secret: Some(secret),
+    }))
+}
+
+/// `{"status": "ok"}`.
+#[derive(Serialize, ToSchema)]
+pub struct Alive {
+    #[schema(pattern = "^ok$")]
+    status: &'static str,
 }
 
 /// Alive: the process answers HTTP.
-async fn healthz() -> impl IntoResponse {
-    Json(json!({"status": "ok"}))
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    operation_id = "healthz",
+    security(()),
+    responses((status = 200, description = "The process answers", body = Alive))
+)]
+async fn healthz() -> Json<Alive> {
+    Json(Alive { status: "ok" })
+}
+
+/// What a ready server reports of itself.
+#[derive(Serialize, ToSchema)]
+pub struct Ready {
+    #[schema(pattern = "^ready$")]
+    status: &'static str,
+    /// The pragmas in force on the write connection.
+    database: Pragmas,
+    runtimes: Vec<String>,
+    /// What the sandbox found this host supports.
+    #[schema(value_type = Object)]
+    sandbox: Value,
+    workers: usize,
+    running: usize,
 }
 
 /// Ready: the writer is alive and holds the write lock on the database, and at least one runtime
 /// can run. Reports the pragmas in force so operators can check durability settings.
-async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    operation_id = "readyz",
+    security(()),
+    responses(
+        (status = 200, description = "Ready to take jobs", body = Ready),
+    )
+)]
+async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
     if state.stopping.is_cancelled() {
         return Err(ApiError::unavailable(
             ErrorCode::Stopping,
@@ -224,13 +348,12 @@ async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
             "no runtime is available on this host",
         ));
     }
-    let names: Vec<_> = state.runtimes.iter().map(|r| r.name.as_str()).collect();
-    Ok(Json(json!({
-        "status": "ready",
-        "database": pragmas,
-        "runtimes": names,
-        "sandbox": *state.sandbox,
-        "workers": state.config.workers,
-        "running": state.running.len(),
-    })))
+    Ok(Json(Ready {
+        status: "ready",
+        database: pragmas,
+        runtimes: state.runtimes.iter().map(|r| r.name.clone()).collect(),
+        sandbox: (*state.sandbox).clone(),
+        workers: state.config.workers,
+        running: state.running.len(),
+    }))
 }

@@ -72,8 +72,9 @@ pub struct CaseCheck {
 }
 
 /// A batch as read back: where it stands and its totals.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Batch {
+    #[schema(value_type = String, format = "uuid")]
     pub id: BatchId,
     /// The suite's runtime; `None` when each case names its own.
     pub runtime: Option<String>,
@@ -93,16 +94,18 @@ pub struct Batch {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub groups: Option<GroupsSummary>,
     #[serde(serialize_with = "crate::job::time::serialize_ms")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     #[serde(serialize_with = "crate::job::time::serialize_opt_ms")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<i64>,
     #[serde(serialize_with = "crate::job::time::serialize_opt_ms")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<i64>,
 }
 
-/// Cases ended and cases in all. Not a job's [`super::Progress`], which is what a running
-/// program reports of itself.
-#[derive(Clone, Copy, Debug, Serialize)]
+/// Cases ended and cases in all (not the progress a running program reports of itself).
+#[derive(Clone, Copy, Debug, Serialize, utoipa::ToSchema)]
 pub struct Tally {
     pub done: u32,
     pub total: u32,
@@ -130,12 +133,13 @@ pub fn verdict_counts(verdicts: &[(Verdict, u32)]) -> BTreeMap<&'static str, u32
 }
 
 /// One case in a listing.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Case {
     pub index: u32,
     pub name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    #[schema(value_type = String, format = "uuid")]
     pub job_id: JobId,
     pub status: Status,
     pub outcome: Option<Outcome>,
@@ -155,7 +159,7 @@ pub struct CaseReport {
 }
 
 /// One group of a suite: its cases (samples of one problem) and how many of them passed.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Group {
     pub name: String,
     /// Its cases, those ended, and those whose verdict is `passed`.
@@ -171,6 +175,20 @@ pub struct Group {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PassAtK(pub Vec<(u32, Option<f64>)>);
 
+/// pass@k by `k` as text: a number, or `null` where it cannot be estimated yet.
+impl utoipa::PartialSchema for PassAtK {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+        ObjectBuilder::new()
+            .additional_properties(Some(
+                ObjectBuilder::new().schema_type(SchemaType::from_iter([Type::Number, Type::Null])),
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for PassAtK {}
+
 impl Serialize for PassAtK {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
@@ -184,7 +202,7 @@ impl Serialize for PassAtK {
 
 /// A suite's groups in sum: how many there are, and each pass@k's mean over them (`null`
 /// while any group has ended fewer than `k` cases, as the estimator is then undefined for it).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct GroupsSummary {
     pub groups: u32,
     pub pass_at_k: PassAtK,

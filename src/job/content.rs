@@ -91,6 +91,36 @@ impl Encoded {
     }
 }
 
+/// The schema of every value in the API's document: text, or `{"base64": "..."}`.
+impl utoipa::PartialSchema for Encoded {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some("UTF-8 text")),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .property(
+                        "base64",
+                        ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .content_encoding("base64"),
+                    )
+                    .required("base64")
+                    .additional_properties(Some(
+                        utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+                    ))
+                    .description(Some("any bytes, in standard base64 with padding")),
+            )
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Encoded {}
+
 impl<'de> Deserialize<'de> for Encoded {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Value;
@@ -123,7 +153,7 @@ impl<'de> Deserialize<'de> for Encoded {
 
 text_enum! {
     /// How a stream of output is written in a job's JSON.
-    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
     pub enum Encoding {
         /// The text is the bytes, which were valid UTF-8.
         #[default]

@@ -52,7 +52,7 @@ text_enum! {
     ///   │                   │ (no attempts left → error)
     ///   └──── cancel ───────┴──► cancelled
     /// ```
-    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(rename_all = "snake_case")]
     pub enum Status {
         Queued => "queued",
@@ -74,7 +74,7 @@ impl Status {
 text_enum! {
     /// Why a job ended. The status says *how* it ended; the outcome says *why*, precisely enough to
     /// tell a wall-clock kill from a CPU-time kill, or a crash from an output flood.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(rename_all = "snake_case")]
     pub enum Outcome {
         /// Exited with status 0.
@@ -127,7 +127,7 @@ impl Outcome {
 }
 
 /// The resources one run may use. Every job stores the limits it actually ran under.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Limits {
     pub wall_ms: u64,
     pub cpu_ms: u64,
@@ -231,16 +231,19 @@ impl EventKind {
 }
 
 /// One row of the append-only history.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Event {
     /// The global cursor: strictly increasing, never reused.
     pub id: i64,
     /// The job it is about; `None` for a batch's own events.
+    #[schema(value_type = Option<String>, format = "uuid")]
     pub job_id: Option<JobId>,
     /// The batch it belongs to: a batch's own events and those of its cases.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = "uuid")]
     pub batch_id: Option<BatchId>,
     #[serde(serialize_with = "crate::job::time::serialize_ms")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: i64,
     #[serde(rename = "type")]
     pub kind: String,
@@ -252,8 +255,9 @@ pub struct Event {
 }
 
 /// A job with its result, as stored.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Job {
+    #[schema(value_type = String, format = "uuid")]
     pub id: JobId,
     pub status: Status,
     pub outcome: Option<Outcome>,
@@ -262,14 +266,18 @@ pub struct Job {
     pub max_attempts: u32,
     pub priority: i32,
     #[serde(serialize_with = "crate::job::time::serialize_ms")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     #[serde(serialize_with = "crate::job::time::serialize_opt_ms")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<i64>,
     #[serde(serialize_with = "crate::job::time::serialize_opt_ms")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<i64>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
-    /// The output as [`Content::shown`] writes it, in the encoding beside it.
+    /// The output, written in the encoding beside it: as text when it is UTF-8, else (or when
+    /// `?encoding=base64` asks) base64 of the exact bytes.
     pub stdout: String,
     pub stdout_encoding: Encoding,
     pub stderr: String,
@@ -285,6 +293,7 @@ pub struct Job {
     pub progress: Option<Progress>,
     /// For a case of a batch: the batch, the case's name and, once it ended, its verdict.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = "uuid")]
     pub batch_id: Option<BatchId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub case_name: Option<String>,
@@ -320,8 +329,8 @@ impl Job {
 }
 
 /// How far a running job says it got: a percentage and a short message, as it wrote them to its
-/// progress descriptor (see [`crate::progress`]).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// progress descriptor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Progress {
     pub percent: u8,
     pub message: String,

@@ -39,7 +39,7 @@ impl Default for OutputCaps {
 }
 
 /// A file the run produced that matched a pattern, with its contents.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct OutputFile {
     /// Relative to the work directory.
     pub path: String,
@@ -51,7 +51,7 @@ pub struct OutputFile {
 
 text_enum! {
     /// Why a file that matched a pattern was not kept.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
     #[serde(rename_all = "snake_case")]
     pub enum Omission {
         /// More files matched than [`OutputCaps::max_files`].
@@ -65,7 +65,7 @@ text_enum! {
 }
 
 /// A file that matched a pattern and was left out, and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct OmittedFile {
     pub path: String,
     /// Its size, for a regular file.

@@ -60,26 +60,36 @@ pub struct RuntimeTerms {
 }
 
 /// Limits as a submitter states them: any may be left out and then takes the configured default.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsRequest {
+    #[schema(minimum = 1)]
     pub wall_ms: Option<u64>,
+    #[schema(minimum = 1)]
     pub cpu_ms: Option<u64>,
+    #[schema(minimum = 1)]
     pub memory_mb: Option<u64>,
+    #[schema(minimum = 1)]
     pub processes: Option<u64>,
+    #[schema(minimum = 1)]
     pub output_bytes: Option<u64>,
+    #[schema(minimum = 1)]
     pub file_bytes: Option<u64>,
     /// Left out of a stored suite's JSON when not given, so a suite stored before it was a
     /// limit still compares equal when its submit is replayed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
     pub cpu_percent: Option<u64>,
 }
 
-/// A submission as decoded from the wire, before validation.
-#[derive(Clone, Debug, Deserialize)]
+/// A job to run: a program in a runtime, with its input, files and limits.
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
+    /// A name or alias that `GET /v1/runtimes` lists.
+    #[schema(example = "python")]
     pub runtime: String,
+    #[schema(example = "print(input())")]
     pub code: Encoded,
     #[serde(default)]
     pub stdin: Encoded,
@@ -87,21 +97,23 @@ pub struct JobRequest {
     pub args: Vec<String>,
     #[serde(default, deserialize_with = "unique_names")]
     pub files: BTreeMap<String, Encoded>,
-    /// Paths or globs of files to keep after the run ([`super::outputs`]).
+    /// Paths or globs, relative to the work directory, of files the run writes that are kept:
+    /// listed in the job's `files_out` and served by `GET /v1/jobs/{id}/files/{path}`.
     #[serde(default)]
     pub outputs: Vec<String>,
     #[serde(default)]
     pub limits: LimitsRequest,
     #[serde(default)]
     pub priority: i32,
+    #[schema(minimum = 1)]
     pub max_attempts: Option<u32>,
-    /// Where to POST the result when the job ends (see [`crate::webhook`]).
+    /// Where to POST the job, signed, when it ends; retried until it is delivered.
     pub callback_url: Option<String>,
 }
 
-/// A suite as decoded from the wire, before validation. Its program (runtime, code, files) is
+/// A suite of test cases. Its program (runtime, code, files) is
 /// the default of every case; a case may bring its own.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     pub runtime: Option<String>,
@@ -117,7 +129,7 @@ pub struct BatchRequest {
     /// The `k` of each pass@k to report, per group and over all groups.
     #[serde(default)]
     pub pass_at_k: Vec<u32>,
-    /// Where to POST the batch when its last case ends (see [`crate::webhook`]).
+    /// Where to POST the batch, signed, when its last case ends; retried until it is delivered.
     pub callback_url: Option<String>,
     /// Also POST each case's end to `callback_url`, as a job's end is.
     #[serde(default)]
@@ -164,7 +176,7 @@ pub struct SuiteRequest {
     pub callback_each_case: bool,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CaseRequest {
     /// Unique within the suite; `case N` (counting from 1) if left out.

@@ -13,7 +13,7 @@ use super::{Outcome, RunResult};
 
 text_enum! {
     /// How stdout is compared with the expected output.
-    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(rename_all = "snake_case")]
     pub enum CompareMode {
         /// Byte for byte.
@@ -28,7 +28,7 @@ text_enum! {
 
 text_enum! {
     /// What a case's run amounts to, as a judge reports it.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
     #[serde(rename_all = "snake_case")]
     pub enum Verdict {
         /// Exited 0 and, if an output was expected, printed it.

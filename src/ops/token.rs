@@ -39,10 +39,7 @@ enum TokenCommand {
 }
 
 fn parse_tenant(s: &str) -> Result<String, String> {
-    let fine = (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if fine {
+    if crate::auth::is_tenant_name(s) {
         Ok(s.to_owned())
     } else {
         Err("1 to 64 letters, digits, '.', '_' or '-'".into())

@@ -409,8 +409,9 @@ pub(super) fn batch(conn: &Connection, id: BatchId) -> Result<Option<Batch>, Sto
 }
 
 /// A batch in a listing: how far along it is, without its per-status and per-verdict totals.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct BatchSummary {
+    #[schema(value_type = String, format = "uuid")]
     pub id: BatchId,
     /// The suite's runtime; `None` when each case names its own.
     pub runtime: Option<String>,
@@ -419,10 +420,13 @@ pub struct BatchSummary {
     pub passed: u32,
     pub failed: u32,
     #[serde(serialize_with = "crate::job::time::serialize_ms")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     #[serde(serialize_with = "crate::job::time::serialize_opt_ms")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<i64>,
     #[serde(serialize_with = "crate::job::time::serialize_opt_ms")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<i64>,
 }
 

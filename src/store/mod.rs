@@ -147,7 +147,7 @@ impl StoreError {
 }
 
 /// The pragmas in force on the write connection, as SQLite reports them back.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Pragmas {
     pub journal_mode: String,
     pub synchronous: i64,

@@ -61,8 +61,9 @@ pub struct JobFilter {
 }
 
 /// A job in a listing: its state, without code, input or output.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobSummary {
+    #[schema(value_type = String, format = "uuid")]
     pub id: JobId,
     pub status: Status,
     pub outcome: Option<Outcome>,
@@ -70,13 +71,18 @@ pub struct JobSummary {
     pub attempt: u32,
     pub priority: i32,
     #[serde(serialize_with = "crate::job::time::serialize_ms")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     #[serde(serialize_with = "crate::job::time::serialize_opt_ms")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<i64>,
     #[serde(serialize_with = "crate::job::time::serialize_opt_ms")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<i64>,
     pub exit_code: Option<i32>,
-    /// The batch whose case it is.
+    /// For a case of a batch: the batch (left out otherwise, as in the whole job).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = "uuid")]
     pub batch_id: Option<BatchId>,
 }
 
