@@ -587,6 +587,11 @@ async fn batch_and_job_listings_hold_the_callers_rows_and_only_an_admin_picks_a_
     );
     let (_, page) = admin.get("/v1/batches?tenant=globex").await;
     assert_eq!(listed(&page, "batches"), [theirs["id"].clone()]);
+    for name in ["", "no/such", &"x".repeat(65)] {
+        let (status, body) = admin.get(&format!("/v1/jobs?tenant={name}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "tenant={name}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_query", "{body}");
+    }
 }
 
 #[tokio::test]

@@ -21,6 +21,7 @@ mod judge0;
 mod languages;
 mod levels;
 mod ndjson;
+mod openapi;
 mod ops;
 mod outputs;
 mod programs;
