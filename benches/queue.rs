@@ -429,6 +429,7 @@ fn queue_throughput(runtime: &Runtime, poll: bool) -> Throughput {
         max_attempts: 3,
         idempotency_key: None,
         callback_url: None,
+        callback_shape: Default::default(),
     };
     let wal = WalWatch::start(&path);
     let (rate, reads_per_sec) = runtime.block_on(async {

@@ -83,6 +83,8 @@ pub struct Config {
     pub output_caps: OutputCaps,
     pub sandbox: SandboxConfig,
     pub webhooks: WebhookConfig,
+    /// Whether a Judge0 submission may name a `callback_url` (Judge0's `ENABLE_CALLBACKS`).
+    pub judge0_callbacks: bool,
 }
 
 impl Config {
@@ -117,6 +119,7 @@ impl Config {
             output_caps: OutputCaps::default(),
             sandbox: SandboxConfig::default(),
             webhooks: WebhookConfig::default(),
+            judge0_callbacks: true,
         }
     }
 

@@ -17,6 +17,7 @@ use crate::api::{self, AppState};
 use crate::auth::Guard;
 use crate::config::Config;
 use crate::http;
+use crate::job::CallbackShape;
 use crate::live::Live;
 use crate::neighbours;
 use crate::runner::{Isolation, Runner};
@@ -231,7 +232,8 @@ pub async fn run(
         config.policy.callbacks.clone(),
         config.webhooks.clone(),
     )
-    .await?;
+    .await?
+    .with_shape(CallbackShape::Judge0, crate::api::judge0_callbacks());
     let stop_delivering = CancellationToken::new();
     let deliveries = tokio::spawn(Arc::new(deliverer).run(stop_delivering.clone()));
 

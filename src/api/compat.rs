@@ -59,6 +59,7 @@ pub async fn submit(
         priority: 0,
         max_attempts: None,
         callback_url: None,
+        callback_shape: Default::default(),
     };
     let (id, _) = accept(&state, &principal, request, None).await?;
     let body = json!({"eval_id": id, "status": Status::Queued});

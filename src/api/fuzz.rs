@@ -185,6 +185,7 @@ fn job_request() -> impl Strategy<Value = JobRequest> {
                     priority,
                     max_attempts,
                     callback_url,
+                    callback_shape: Default::default(),
                 }
             },
         )
@@ -247,6 +248,7 @@ fn batch_request() -> impl Strategy<Value = BatchRequest> {
             },
             callback_url: job.callback_url,
             callback_each_case,
+            callback_shape: Default::default(),
             cases,
         })
 }

@@ -42,6 +42,7 @@ use utoipa_axum::routes;
 
 pub use error::{ApiError, ErrorCode};
 pub use openapi::document as openapi;
+pub use judge0::callbacks as judge0_callbacks;
 
 use crate::auth::{Guard, Principal};
 use crate::config::Config;

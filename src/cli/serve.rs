@@ -259,6 +259,9 @@ pub struct WebhookArgs {
           default_value_t = millis(WebhookConfig::default().retry_base),
           value_parser = clap::value_parser!(u64).range(1..))]
     webhook_retry_base_ms: u64,
+    /// Refuse the callback_url of Judge0 submissions, as Judge0 with ENABLE_CALLBACKS=false
+    #[arg(long, env = "KILN_NO_JUDGE0_CALLBACKS")]
+    no_judge0_callbacks: bool,
 }
 
 /// Default and maximum limits for submitted jobs.
@@ -396,6 +399,7 @@ impl WebhookArgs {
         webhooks.timeout = Duration::from_secs(self.webhook_timeout_secs);
         webhooks.concurrency = usize::try_from(self.webhook_concurrency).unwrap_or(usize::MAX);
         webhooks.retry_base = Duration::from_millis(self.webhook_retry_base_ms);
+        config.judge0_callbacks = !self.no_judge0_callbacks;
     }
 }
 

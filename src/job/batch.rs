@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::content::Content;
 use super::validate::LimitsRequest;
 use super::verdict::{CompareMode, Verdict};
-use super::{BatchId, JobId, Limits, Outcome, Status};
+use super::{BatchId, CallbackShape, JobId, Limits, Outcome, Status};
 
 /// A validated suite, ready to be stored in one transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +42,9 @@ pub struct SuiteSpec {
     pub callback_url: Option<String>,
     /// Each case's end is reported to `callback_url` too; never set without it.
     pub callback_each_case: bool,
+    /// The shape of every call to `callback_url`. A Judge0-shaped suite's calls are its cases'
+    /// only: a Judge0 client has no use for the suite's own.
+    pub callback_shape: CallbackShape,
 }
 
 /// One case, checked. It is serialized only to be read back by the same server (a suite sent

@@ -175,6 +175,21 @@ pub struct JobSpec {
     pub max_attempts: u32,
     pub idempotency_key: Option<String>,
     pub callback_url: Option<String>,
+    /// What the call to `callback_url` looks like.
+    pub callback_shape: CallbackShape,
+}
+
+text_enum! {
+    /// How a job's end is told to its `callback_url`: kiln's own signed POST of the job, or the
+    /// PUT of the submission that a client of kiln's Judge0 API expects. Kept with the job (and
+    /// its outbox row), so a call made after a restart has the shape it was asked in.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum CallbackShape {
+        #[default]
+        Kiln => "kiln",
+        Judge0 => "judge0",
+    }
 }
 
 text_enum! {

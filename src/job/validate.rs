@@ -29,7 +29,7 @@ use super::names::{LookAlikes, hidden_character, shown};
 use super::outputs::{MAX_OUTPUT_PATTERNS, check_pattern};
 use super::policy::Policy;
 use super::verdict::CompareMode;
-use super::{JobSpec, Limits};
+use super::{CallbackShape, JobSpec, Limits};
 
 /// The longest case name accepted.
 const MAX_CASE_NAME_BYTES: usize = 200;
@@ -109,6 +109,9 @@ pub struct JobRequest {
     pub max_attempts: Option<u32>,
     /// Where to POST the job, signed, when it ends; retried until it is delivered.
     pub callback_url: Option<String>,
+    /// Set by the API a job came through, never read from the request.
+    #[serde(skip)]
+    pub callback_shape: CallbackShape,
 }
 
 /// A suite of test cases. Its program (runtime, code, files) is
@@ -134,6 +137,9 @@ pub struct BatchRequest {
     /// Also POST each case's end to `callback_url`, as a job's end is.
     #[serde(default)]
     pub callback_each_case: bool,
+    /// Set by the API a suite came through, never read from the request.
+    #[serde(skip)]
+    pub callback_shape: CallbackShape,
     pub cases: Vec<CaseRequest>,
 }
 
@@ -149,6 +155,7 @@ impl BatchRequest {
             pass_at_k: self.pass_at_k,
             callback_url: self.callback_url,
             callback_each_case: self.callback_each_case,
+            callback_shape: self.callback_shape,
         };
         (suite, self.cases)
     }
@@ -174,6 +181,8 @@ pub struct SuiteRequest {
     pub callback_url: Option<String>,
     #[serde(default)]
     pub callback_each_case: bool,
+    #[serde(skip)]
+    pub callback_shape: CallbackShape,
 }
 
 #[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
@@ -304,6 +313,7 @@ impl JobSpec {
             max_attempts,
             idempotency_key,
             callback_url: request.callback_url,
+            callback_shape: request.callback_shape,
         })
     }
 }
@@ -737,6 +747,7 @@ impl<'p, F: Fn(&str, &str) -> Option<RuntimeTerms>> SuiteCheck<'p, F> {
             idempotency_key,
             callback_url: request.callback_url,
             callback_each_case: request.callback_each_case,
+            callback_shape: request.callback_shape,
         };
         Ok(SuiteCheck {
             suite,

@@ -103,8 +103,9 @@ pub(super) fn submit(
     let batch = id.to_string();
     conn.prepare_cached(
         "INSERT INTO batches (id, runtime, code, files, limits, compare, cases, created_at,
-                              idempotency_key, callback_url, callback_each_case, tenant, pass_at_k)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                              idempotency_key, callback_url, callback_each_case, tenant, pass_at_k,
+                              callback_shape)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
         batch,
@@ -120,6 +121,7 @@ pub(super) fn submit(
         suite.callback_each_case,
         admission.tenant,
         pass_at_k,
+        suite.callback_shape.as_str(),
     ])?;
     // A case that is to be reported on carries the URL itself, so its end writes its outbox row
     // exactly as a job's does.
@@ -130,8 +132,8 @@ pub(super) fn submit(
     let mut insert = conn.prepare_cached(
         "INSERT INTO jobs (id, runtime, code, files, stdin, args, limits, max_attempts, created_at,
                            batch_id, case_index, case_name, expected_output, callback_url, tenant,
-                           case_group)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                           case_group, callback_shape)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
     )?;
     let mut stored = Vec::with_capacity(count);
     for (index, case) in cases.into_iter().enumerate() {
@@ -155,6 +157,7 @@ pub(super) fn submit(
             case_callback,
             admission.tenant,
             case.group,
+            suite.callback_shape.as_str(),
         ])?;
         let queued = json!({"runtime": case.runtime, "priority": 0, "batch_id": batch});
         write::insert_event(conn, notices, job, now, EventKind::Queued, None, &queued)?;
@@ -191,7 +194,7 @@ fn same_suite(
         .prepare_cached(
             "SELECT runtime = ?2 AND code = ?3 AND files = ?4 AND limits = ?5 AND compare = ?6
                     AND cases = ?7 AND callback_url IS ?8 AND callback_each_case = ?9
-                    AND pass_at_k = ?10
+                    AND pass_at_k = ?10 AND callback_shape = ?11
              FROM batches WHERE id = ?1",
         )?
         .query_row(
@@ -206,6 +209,7 @@ fn same_suite(
                 suite.callback_url,
                 suite.callback_each_case,
                 pass_at_k,
+                suite.callback_shape.as_str(),
             ],
             |r| r.get::<_, bool>(0),
         )?;

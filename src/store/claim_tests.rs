@@ -26,6 +26,7 @@ fn spec() -> JobSpec {
         max_attempts: 3,
         idempotency_key: None,
         callback_url: None,
+        callback_shape: Default::default(),
     }
 }
 

@@ -61,6 +61,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0009_job_files.sql",
         sql: include_str!("../../schema/0009_job_files.sql"),
     },
+    Migration {
+        version: 10,
+        name: "0010_callback_shapes.sql",
+        sql: include_str!("../../schema/0010_callback_shapes.sql"),
+    },
 ];
 
 /// Applies each migration newer than the file's `user_version`, each in its own transaction

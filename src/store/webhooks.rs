@@ -7,7 +7,7 @@ use serde_json::json;
 use super::StoreError;
 use super::write::{insert_batch_event, insert_event, parse_id};
 use crate::bus::Notice;
-use crate::job::{BatchId, EventKind, JobId};
+use crate::job::{BatchId, CallbackShape, EventKind, JobId};
 
 /// A call to make, as the deliverer takes it.
 #[derive(Debug, Clone)]
@@ -17,6 +17,8 @@ pub struct Delivery {
     pub event: String,
     pub url: String,
     pub payload: String,
+    /// What is sent: `payload` by POST, or what the job's shape renders.
+    pub shape: CallbackShape,
     /// Attempts made before this one.
     pub attempts: u32,
     pub created_at: i64,
@@ -59,8 +61,8 @@ pub(super) fn job_ended(
     let payload = json!({"event": kind.as_str(), "job": job}).to_string();
     conn.prepare_cached(
         "INSERT INTO webhooks (job_id, event, url, payload, next_attempt_at, created_at, updated_at,
-                               tenant)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5, (SELECT tenant FROM jobs WHERE id = ?1))",
+                               tenant, shape)
+         SELECT ?1, ?2, ?3, ?4, ?5, ?5, ?5, tenant, callback_shape FROM jobs WHERE id = ?1",
     )?
     .execute(params![id.to_string(), kind.as_str(), url, payload, now])?;
     Ok(())
@@ -69,10 +71,10 @@ pub(super) fn job_ended(
 /// Writes the outbox row for a batch whose last case has just ended, if it asked for a
 /// callback. Runs in the transaction of its `batch.completed` event.
 pub(super) fn batch_completed(conn: &Connection, id: BatchId, now: i64) -> Result<(), StoreError> {
-    let (url, tenant): (Option<String>, Option<String>) = conn
-        .prepare_cached("SELECT callback_url, tenant FROM batches WHERE id = ?1")?
-        .query_row([id.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let Some(url) = url else {
+    let (url, tenant, shape): (Option<String>, Option<String>, String) = conn
+        .prepare_cached("SELECT callback_url, tenant, callback_shape FROM batches WHERE id = ?1")?
+        .query_row([id.to_string()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    let Some(url) = url.filter(|_| shape == CallbackShape::Kiln.as_str()) else {
         return Ok(());
     };
     let batch = super::batch::batch(conn, id)?
@@ -108,7 +110,7 @@ pub(super) fn claim_due(
          WHERE id IN (SELECT id FROM webhooks
                       WHERE status = 'pending' AND next_attempt_at <= ?2
                       ORDER BY next_attempt_at LIMIT ?3)
-         RETURNING id, job_id, batch_id, event, url, payload, attempts, created_at, tenant",
+         RETURNING id, job_id, batch_id, event, url, payload, attempts, created_at, tenant, shape",
     )?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = stmt.query_map(params![hold_until, now, limit], |r| {
@@ -124,11 +126,14 @@ pub(super) fn claim_due(
             r.get(6)?,
             r.get(7)?,
             r.get(8)?,
+            r.get::<_, String>(9)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, about, event, url, payload, attempts, created_at, tenant) = row?;
+        let (id, about, event, url, payload, attempts, created_at, tenant, shape) = row?;
+        let shape = CallbackShape::parse(&shape)
+            .ok_or_else(|| StoreError::Corrupt(format!("webhook {id} has shape {shape:?}")))?;
         let about = match about {
             (Some(job), None) => Subject::Job(parse_id(&job)?),
             (None, Some(batch)) => Subject::Batch(parse_id(&batch)?),
@@ -144,6 +149,7 @@ pub(super) fn claim_due(
             event,
             url,
             payload,
+            shape,
             attempts,
             created_at,
             tenant,

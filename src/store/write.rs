@@ -77,7 +77,7 @@ pub(super) fn submit(
         let existing = conn
             .prepare_cached(
                 "SELECT id, runtime, code, stdin, args, files, limits, priority, max_attempts,
-                        callback_url, outputs
+                        callback_url, outputs, callback_shape
                  FROM jobs WHERE coalesce(tenant, '') = coalesce(?2, '') AND idempotency_key = ?1",
             )?
             .query_row(params![key, admission.tenant], |r| {
@@ -90,7 +90,8 @@ pub(super) fn submit(
                     && r.get::<_, i32>(7)? == spec.priority
                     && r.get::<_, u32>(8)? == spec.max_attempts
                     && r.get::<_, Option<String>>(9)? == spec.callback_url
-                    && r.get::<_, String>(10)? == outputs;
+                    && r.get::<_, String>(10)? == outputs
+                    && r.get::<_, String>(11)? == spec.callback_shape.as_str();
                 Ok((r.get::<_, String>(0)?, same))
             })
             .optional()?;
@@ -109,8 +110,9 @@ pub(super) fn submit(
     let id = JobId::now_v7();
     conn.prepare_cached(
         "INSERT INTO jobs (id, runtime, code, stdin, args, files, limits, priority, max_attempts,
-                           idempotency_key, created_at, callback_url, tenant, outputs)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                           idempotency_key, created_at, callback_url, tenant, outputs,
+                           callback_shape)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )?
     .execute(params![
         id.to_string(),
@@ -127,6 +129,7 @@ pub(super) fn submit(
         spec.callback_url,
         admission.tenant,
         outputs,
+        spec.callback_shape.as_str(),
     ])?;
     let data = json!({"runtime": spec.runtime, "priority": spec.priority});
     append_event(conn, notices, id, None, now, EventKind::Queued, None, &data)?;

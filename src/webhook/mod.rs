@@ -10,6 +10,11 @@
 //! Calls run on their own tasks, at most `concurrency` at once, each under a timeout: a slow or
 //! dead receiver holds one slot for at most that long and never a worker. Where calls may go
 //! is decided by [`crate::job::hosts`], on the name at submit and on the resolved address at delivery.
+//!
+//! A row of another [`CallbackShape`] than kiln's is a call some other API's clients expect (a
+//! Judge0 client, a PUT of the submission). That API hands its [`Shaped`] to the deliverer: the
+//! method, the attempts and timeout of its own protocol, and how the body is rendered from the
+//! ended job. It is made, retried, signed and recorded as every other call.
 
 mod signature;
 
@@ -27,10 +32,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::Notice;
-use crate::job::EventKind;
 use crate::job::hosts::HostPolicy;
 use crate::job::time::now_ms;
-use crate::store::{Attempt, Delivery, Store, StoreError};
+use crate::job::{CallbackShape, EventKind, Job};
+use crate::store::{Attempt, Delivery, Store, StoreError, Subject};
 
 /// Looks for due rows at least this often even when nothing was announced: rows written by
 /// another server on the same file, and retries that came due, are found within this time.
@@ -87,6 +92,17 @@ pub enum WebhookError {
     Client(reqwest::Error),
 }
 
+/// How the calls of one shape other than kiln's own are made.
+pub struct Shaped {
+    pub method: reqwest::Method,
+    /// At most this many attempts, and not more than the server's own limit.
+    pub max_attempts: u32,
+    /// Each call's limit, and not longer than the server's own.
+    pub timeout: Duration,
+    /// The body, from the job that ended.
+    pub render: Box<dyn Fn(&Job) -> String + Send + Sync>,
+}
+
 /// Makes the calls the outbox holds.
 pub struct Deliverer {
     store: Store,
@@ -97,6 +113,7 @@ pub struct Deliverer {
     signer: signature::Signer,
     /// Each tenant's, as first needed: a tenant's calls are signed with its own key.
     tenant_signers: Mutex<HashMap<String, signature::Signer>>,
+    shapes: HashMap<CallbackShape, Shaped>,
 }
 
 impl Deliverer {
@@ -130,7 +147,15 @@ impl Deliverer {
             config,
             signer,
             tenant_signers: Mutex::new(HashMap::new()),
+            shapes: HashMap::new(),
         })
+    }
+
+    /// Makes the calls of `shape` as `shaped` says; a row of a shape nobody handed over fails
+    /// for good with that said.
+    pub fn with_shape(mut self, shape: CallbackShape, shaped: Shaped) -> Deliverer {
+        self.shapes.insert(shape, shaped);
+        self
     }
 
     /// The key `tenant`'s calls are signed with; made and stored on first use if its first
@@ -236,9 +261,23 @@ impl Deliverer {
         if let Err(why) = self.policy.check_url(&delivery.url) {
             return give_up(None, why);
         }
+        let shaped = match delivery.shape {
+            CallbackShape::Kiln => None,
+            other => match self.shapes.get(&other) {
+                Some(shaped) => Some(shaped),
+                None => {
+                    return give_up(None, format!("no {} callbacks here", other.as_str()));
+                }
+            },
+        };
+        let mut config = self.config.clone();
+        if let Some(shaped) = shaped {
+            config.max_attempts = config.max_attempts.min(shaped.max_attempts);
+            config.timeout = config.timeout.min(shaped.timeout);
+        }
         let retry = || {
             retry_at(
-                &self.config,
+                &config,
                 delivery.attempts + 1,
                 delivery.created_at,
                 now_ms(),
@@ -259,18 +298,29 @@ impl Deliverer {
                 }
             },
         };
+        let (method, body) = match shaped {
+            None => (reqwest::Method::POST, delivery.payload.clone()),
+            Some(shaped) => match self.rendered(delivery, shaped).await {
+                Ok(body) => (shaped.method.clone(), body),
+                Err(error) => {
+                    return Attempt::Failed {
+                        status_code: None,
+                        error,
+                        retry_at: retry(),
+                    };
+                }
+            },
+        };
         let unix_secs = u64::try_from(now_ms() / 1000).unwrap_or(0);
         let sent = self
             .client
-            .post(&delivery.url)
+            .request(method, &delivery.url)
+            .timeout(config.timeout)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(
-                signature::HEADER,
-                signer.sign(unix_secs, delivery.payload.as_bytes()),
-            )
+            .header(signature::HEADER, signer.sign(unix_secs, body.as_bytes()))
             .header("Kiln-Delivery", delivery.id)
             .header("Kiln-Event", &delivery.event)
-            .body(delivery.payload.clone())
+            .body(body)
             .send()
             .await;
         let (status_code, error) = match sent {
@@ -285,9 +335,7 @@ impl Deliverer {
             ),
             Err(e) => match denial(&e) {
                 Some(why) => return give_up(None, why.to_owned()),
-                None if e.is_timeout() => {
-                    (None, format!("no answer within {:?}", self.config.timeout))
-                }
+                None if e.is_timeout() => (None, format!("no answer within {:?}", config.timeout)),
                 None => (None, describe(&e)),
             },
         };
@@ -295,6 +343,20 @@ impl Deliverer {
             status_code,
             error,
             retry_at: retry(),
+        }
+    }
+}
+
+impl Deliverer {
+    /// The body of a shaped call, from the job as it ended.
+    async fn rendered(&self, delivery: &Delivery, shaped: &Shaped) -> Result<String, String> {
+        let Subject::Job(id) = delivery.about else {
+            return Err(format!("a {} call reports a job", delivery.shape.as_str()));
+        };
+        match self.store.job(id).await {
+            Ok(Some(job)) => Ok((shaped.render)(&job)),
+            Ok(None) => Err(format!("job {id} is not there any more")),
+            Err(e) => Err(format!("cannot read job {id}: {e}")),
         }
     }
 }

@@ -196,6 +196,7 @@ impl Harness {
             max_attempts,
             idempotency_key: None,
             callback_url: None,
+            callback_shape: Default::default(),
         };
         let admission = Admission {
             tenant: None,

@@ -13,6 +13,7 @@ use tempfile::TempDir;
 
 use crate::auth::create_token;
 use crate::util::{Server, skip};
+use crate::webhooks::{Receiver, webhook_events};
 
 /// The SDK's Python: a venv under the target directory with `judge0==0.0.8` in it, made by the
 /// first test that needs it. `None` if this host cannot make it (no `python3 -m venv`, no PyPI).
@@ -755,7 +756,8 @@ async fn languages_statuses_and_the_info_routes_answer_as_judge0_does() {
     let config = config.as_object().expect("an object");
     assert_eq!(config.len(), 39, "every key of v1.13.1's config_info");
     assert_eq!(config["max_submission_batch_size"], 20);
-    assert_eq!(config["enable_callbacks"], false);
+    assert_eq!(config["enable_callbacks"], true, "kiln's webhooks are on");
+    assert_eq!(config["callbacks_max_tries"], 3);
     let (status, info) = judge0.get("/system_info").await;
     assert_eq!(status, StatusCode::OK);
     assert!(info["CPU(s)"].is_string(), "{info}");
@@ -768,4 +770,156 @@ async fn languages_statuses_and_the_info_routes_answer_as_judge0_does() {
         (status, body),
         (StatusCode::NOT_FOUND, json!({"error": "route not found"}))
     );
+}
+
+/// Judge0's callback body: the default fields, text in base64 as Ruby writes it.
+const CALLBACK_FIELDS: [&str; 8] = [
+    "compile_output",
+    "memory",
+    "message",
+    "status",
+    "stderr",
+    "stdout",
+    "time",
+    "token",
+];
+
+#[tokio::test]
+async fn a_callback_url_gets_judge0s_put_of_the_submission_in_base64_retried_after_a_failure() {
+    let receiver = Receiver::failing_first(1).await;
+    let server = Server::start_with(&["--webhook-retry-base-ms", "50"]).await;
+    let judge0 = Judge0::new(&server, None);
+    let (status, created) = judge0
+        .post(
+            "/submissions",
+            &json!({"source_code": "print('hi')", "language_id": 71, "callback_url": receiver.url()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let token = created["token"].as_str().expect("a token");
+
+    let calls = receiver.wait_for_calls(2).await;
+    let events = webhook_events(&server, token, 2, true).await;
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(kinds, ["webhook.failed", "webhook.delivered"]);
+    assert_eq!(events[0]["data"]["status_code"], 500);
+    for call in &calls {
+        assert_eq!(call.method, reqwest::Method::PUT, "Judge0 PUTs");
+        assert_eq!(call.header("content-type"), "application/json");
+        assert_eq!(call.body, calls[0].body, "the retry sends the same bytes");
+    }
+    let body = calls[1].json();
+    let fields: Vec<&str> = body
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(fields, CALLBACK_FIELDS, "Judge0's default fields: {body}");
+    assert_eq!(body["token"], token);
+    assert_eq!(body["stdout"], "aGkK\n", "always base64, as Ruby writes it");
+    assert_eq!(body["stderr"], Value::Null);
+    assert_eq!(body["status"], json!({"id": 3, "description": "Accepted"}));
+    assert!(body["time"].is_string(), "{body}");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(receiver.calls().len(), 2, "no call after the delivered one");
+}
+
+#[tokio::test]
+async fn a_callback_is_tried_at_most_judge0s_three_times() {
+    let receiver = Receiver::failing_first(10).await;
+    let server = Server::start_with(&["--webhook-retry-base-ms", "20"]).await;
+    let judge0 = Judge0::new(&server, None);
+    let (_, created) = judge0
+        .post(
+            "/submissions",
+            &json!({"source_code": "print(1)", "language_id": 71, "callback_url": receiver.url()}),
+        )
+        .await;
+    let token = created["token"].as_str().expect("a token");
+    let events = webhook_events(&server, token, 3, true).await;
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(events[2]["data"]["retry"], false, "given up after three");
+    assert_eq!(receiver.calls().len(), 3);
+}
+
+#[tokio::test]
+async fn a_judged_submission_calls_back_once_with_its_verdict_and_never_for_its_suite() {
+    let receiver = Receiver::start().await;
+    let server = Server::start().await;
+    let judge0 = Judge0::new(&server, None);
+    let (_, created) = judge0
+        .post(
+            "/submissions",
+            &json!({"source_code": "print('no')", "language_id": 71, "expected_output": "yes",
+                    "callback_url": receiver.url()}),
+        )
+        .await;
+    let token = created["token"].as_str().expect("a token");
+    let calls = receiver.wait_for_calls(1).await;
+    let body = calls[0].json();
+    assert_eq!(body["token"], token);
+    assert_eq!(
+        body["status"],
+        json!({"id": 4, "description": "Wrong Answer"})
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        receiver.calls().len(),
+        1,
+        "the suite itself is not called back"
+    );
+
+    // A batch's submissions share one callback, or it is refused before anything is stored.
+    let stored = jobs_stored(&server);
+    let other = format!("{}/other", receiver.url());
+    let (status, errors) = judge0
+        .post(
+            "/submissions/batch",
+            &json!({"submissions": [
+                {"source_code": "print(1)", "language_id": 71, "callback_url": receiver.url()},
+                {"source_code": "print(2)", "language_id": 71, "callback_url": other},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        errors,
+        json!([{}, {"callback_url": ["must be the same for every submission of a batch"]}])
+    );
+    assert_eq!(jobs_stored(&server), stored);
+}
+
+#[tokio::test]
+async fn callbacks_switched_off_or_to_a_denied_host_are_refused_in_judge0s_shape() {
+    let server = Server::start_with(&["--no-judge0-callbacks"]).await;
+    let judge0 = Judge0::new(&server, None);
+    let (_, config) = judge0.get("/config_info").await;
+    assert_eq!(config["enable_callbacks"], false);
+    let (status, errors) = judge0
+        .post(
+            "/submissions",
+            &json!({"source_code": "print(1)", "language_id": 71,
+                    "callback_url": "http://127.0.0.1:9/hook"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        errors,
+        json!({"callback_url": ["setting callback is not allowed"]})
+    );
+
+    let server = Server::start_with(&["--webhook-deny-host", "127.0.0.0/8"]).await;
+    let judge0 = Judge0::new(&server, None);
+    let (status, errors) = judge0
+        .post(
+            "/submissions",
+            &json!({"source_code": "print(1)", "language_id": 71,
+                    "callback_url": "http://127.0.0.1:9/hook"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{errors}");
+    let message = errors["callback_url"][0].as_str().expect("a message");
+    assert!(message.contains("127.0.0.1"), "{message}");
+    assert_eq!(jobs_stored(&server), 0);
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use hmac::{Hmac, Mac};
 use reqwest::StatusCode as Status;
 use serde_json::{Value, json};
@@ -20,12 +20,13 @@ use crate::util::Server;
 /// One call a receiver got.
 #[derive(Clone, Debug)]
 pub(crate) struct Call {
+    pub(crate) method: Method,
     headers: HeaderMap,
-    body: Bytes,
+    pub(crate) body: Bytes,
 }
 
 impl Call {
-    fn header(&self, name: &str) -> &str {
+    pub(crate) fn header(&self, name: &str) -> &str {
         self.headers
             .get(name)
             .and_then(|v| v.to_str().ok())
@@ -60,7 +61,7 @@ impl Receiver {
     }
 
     /// Answers the first `n` calls with 500, then 200.
-    async fn failing_first(n: usize) -> Receiver {
+    pub(crate) async fn failing_first(n: usize) -> Receiver {
         let script = Script {
             failing: AtomicUsize::new(n),
             ..Script::default()
@@ -112,7 +113,7 @@ impl Receiver {
     }
 
     /// Waits until at least `n` calls have come in.
-    async fn wait_for_calls(&self, n: usize) -> Vec<Call> {
+    pub(crate) async fn wait_for_calls(&self, n: usize) -> Vec<Call> {
         for _ in 0..1500 {
             let calls = self.calls();
             if calls.len() >= n {
@@ -124,8 +125,17 @@ impl Receiver {
     }
 }
 
-async fn receive(State(script): State<Arc<Script>>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    script.calls.lock().unwrap().push(Call { headers, body });
+async fn receive(
+    State(script): State<Arc<Script>>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    script.calls.lock().unwrap().push(Call {
+        method,
+        headers,
+        body,
+    });
     if let Some(hold) = &script.hold {
         let _ = hold.clone().wait_for(|released| *released).await;
     }
@@ -174,7 +184,12 @@ fn with_callback(code: &str, url: &str) -> Value {
 
 /// The job's `webhook.*` events, waiting until there are at least `n` and the last one
 /// settles the call (delivered, or failed with no retry) if `settled`.
-async fn webhook_events(server: &Server, id: &str, n: usize, settled: bool) -> Vec<Value> {
+pub(crate) async fn webhook_events(
+    server: &Server,
+    id: &str,
+    n: usize,
+    settled: bool,
+) -> Vec<Value> {
     settled_webhook_events(&format!("job {id}"), n, settled, || server.events(id)).await
 }
 

@@ -32,9 +32,10 @@ use crate::auth::Principal;
 use crate::job::batch::BatchSpec;
 use crate::job::validate::{BatchRequest, RuntimeTerms};
 use crate::job::verdict::CompareMode;
-use crate::job::{Job, JobId, JobSpec};
+use crate::job::{CallbackShape, Job, JobId, JobSpec};
 use crate::runtime::Runtime;
 use crate::store::{Admission, BatchSubmitted, Submitted, Visibility};
+use crate::webhook::Shaped;
 
 /// The Judge0 version `/about` reports: the one whose API this is, and one the official Python
 /// SDK maps language aliases for.
@@ -42,6 +43,22 @@ const VERSION: &str = "1.13.1";
 
 /// Judge0's own most submissions in one batch (`MAX_SUBMISSION_BATCH_SIZE`).
 const MAX_BATCH: usize = 20;
+
+/// Judge0's attempts at a callback (`CALLBACKS_MAX_TRIES`), and each one's limit in seconds
+/// (`CALLBACKS_TIMEOUT`).
+const CALLBACKS_MAX_TRIES: u32 = 3;
+const CALLBACKS_TIMEOUT_SECS: u64 = 5;
+
+/// How the webhook deliverer makes a Judge0 submission's callback: a PUT of the submission,
+/// at most Judge0's tries, each under its timeout.
+pub fn callbacks() -> Shaped {
+    Shaped {
+        method: reqwest::Method::PUT,
+        max_attempts: CALLBACKS_MAX_TRIES,
+        timeout: std::time::Duration::from_secs(CALLBACKS_TIMEOUT_SECS),
+        render: Box::new(render::callback),
+    }
+}
 
 pub fn routes() -> axum::Router<AppState> {
     axum::Router::new()
@@ -199,8 +216,11 @@ fn read_all(
     let mut read = Vec::with_capacity(bodies.len());
     let mut errors = Vec::with_capacity(bodies.len());
     for body in bodies {
-        let checked = submission::read(body, base64, |id| runtime_of(state, id), caps).and_then(
-            |submission| {
+        let allowed = submission::Allowed {
+            callbacks: state.config.judge0_callbacks,
+        };
+        let checked = submission::read(body, base64, |id| runtime_of(state, id), caps, allowed)
+            .and_then(|submission| {
                 JobSpec::validate(
                     submission.clone().job_request(),
                     None,
@@ -209,8 +229,7 @@ fn read_all(
                 )
                 .map(|_| submission)
                 .map_err(|rejection| submission::rejected(&rejection))
-            },
-        );
+            });
         match checked {
             Ok(submission) => {
                 read.push(submission);
@@ -260,6 +279,7 @@ async fn store_suite(
     admission: Admission,
     submissions: Vec<Submission>,
 ) -> Result<Vec<JobId>, Judge0Error> {
+    let callback_url = one_callback(&submissions)?;
     let cases = submissions
         .into_iter()
         .enumerate()
@@ -272,8 +292,9 @@ async fn store_suite(
         limits: Default::default(),
         compare: CompareMode::Trim,
         pass_at_k: Vec::new(),
-        callback_url: None,
-        callback_each_case: false,
+        callback_each_case: callback_url.is_some(),
+        callback_url,
+        callback_shape: CallbackShape::Judge0,
         cases,
     };
     let spec = BatchSpec::validate(request, None, &state.config.policy, terms(state))
@@ -285,6 +306,26 @@ async fn store_suite(
             Err(Judge0Error::from(super::ApiError::internal()))
         }
     }
+}
+
+/// The one `callback_url` of a suite's submissions: a suite calls back each case's end at one
+/// URL, so submissions stored together must name the same one, or none.
+fn one_callback(submissions: &[Submission]) -> Result<Option<String>, Judge0Error> {
+    let first = submissions.first().and_then(|s| s.callback_url.clone());
+    if submissions.iter().all(|s| s.callback_url == first) {
+        return Ok(first);
+    }
+    let errors = submissions
+        .iter()
+        .map(|s| match s.callback_url == first {
+            true => FieldErrors::new(),
+            false => FieldErrors::from([(
+                "callback_url",
+                vec!["must be the same for every submission of a batch".to_owned()],
+            )]),
+        })
+        .collect();
+    Err(Judge0Error::InvalidBatch(errors))
 }
 
 /// `POST /submissions`: `201 {"token"}`, or with `wait=true` the finished submission, woken by
@@ -595,9 +636,9 @@ async fn config_info(State(state): State<AppState>) -> Json<Value> {
         "allowed_languages_for_compile_options": [],
         "enable_command_line_arguments": true,
         "enable_submission_delete": false,
-        "enable_callbacks": false,
-        "callbacks_max_tries": 3,
-        "callbacks_timeout": 5.0,
+        "enable_callbacks": state.config.judge0_callbacks,
+        "callbacks_max_tries": CALLBACKS_MAX_TRIES.min(state.config.webhooks.max_attempts),
+        "callbacks_timeout": CALLBACKS_TIMEOUT_SECS.min(state.config.webhooks.timeout.as_secs()) as f64,
         "enable_additional_files": false,
         "max_queue_size": state.config.max_queued_jobs,
         "cpu_time_limit": seconds(default.cpu_ms.min(max.cpu_ms)),

@@ -286,6 +286,15 @@ pub fn submission(
     Ok(Value::Object(out))
 }
 
+/// What Judge0 PUTs to a submission's `callback_url` when it has ended: its default fields,
+/// always in base64 (`isolate_job.rb#call_callback`).
+pub fn callback(job: &Job) -> String {
+    // Base64 shows any bytes, so there is no field it cannot show.
+    submission(job, None, (0, ""), &DEFAULT_FIELDS, true)
+        .unwrap_or_else(|NotUtf8| json!({"token": job.id}))
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,8 +6,9 @@
 //! them.
 //!
 //! What kiln cannot do as Judge0 does is refused by field, as a Judge0 whose operator turned the
-//! feature off refuses it: compiler options, callbacks, additional files, the network, and
-//! stderr merged into stdout. `number_of_runs`, `cpu_extra_time`, `stack_limit` and the two
+//! feature off refuses it: compiler options, the network, and stderr merged into stdout; so
+//! are callbacks when the operator turned them off. A `callback_url` is otherwise a kiln
+//! webhook of Judge0's shape (a PUT of the submission), held to kiln's callback host policy. `number_of_runs`, `cpu_extra_time`, `stack_limit` and the two
 //! per-process flags are checked and then have no effect: kiln runs a program once, kills it at
 //! its CPU limit, and leaves its stack to its memory limit.
 
@@ -17,9 +18,9 @@ use base64::Engine;
 use serde_json::{Map, Value};
 
 use super::error::FieldErrors;
-use crate::job::Limits;
 use crate::job::content::{Content, Encoded};
 use crate::job::validate::{CaseRequest, JobRequest, LimitsRequest, Rejection};
+use crate::job::{CallbackShape, Limits};
 
 /// A numeric field's bounds in Judge0 v1.13.1 (`app/models/submission.rb`, defaults of
 /// `config.rb`): the least allowed, whether the least itself is allowed, the most.
@@ -81,6 +82,13 @@ pub struct Submission {
     pub expected_output: Option<Content>,
     pub args: Vec<String>,
     pub limits: LimitsRequest,
+    pub callback_url: Option<String>,
+}
+
+/// What the operator lets a submission ask for, of what Judge0's operators may switch off.
+#[derive(Clone, Copy, Debug)]
+pub struct Allowed {
+    pub callbacks: bool,
 }
 
 /// Reads one submission. `runtime_of` names the kiln runtime of a Judge0 language id offered
@@ -90,6 +98,7 @@ pub fn read(
     base64: bool,
     runtime_of: impl Fn(u64) -> Option<String>,
     caps: &Limits,
+    allowed: Allowed,
 ) -> Result<Submission, FieldErrors> {
     let mut errors = FieldErrors::new();
     let Some(fields) = body.as_object() else {
@@ -147,7 +156,8 @@ pub fn read(
             "setting compiler options is not allowed",
         );
     }
-    if reader.text("callback_url").is_some_and(|u| !u.is_empty()) {
+    let callback_url = reader.text("callback_url").filter(|u| !u.is_empty());
+    if callback_url.is_some() && !allowed.callbacks {
         reader.fail("callback_url", "setting callback is not allowed");
     }
     if reader
@@ -209,6 +219,7 @@ pub fn read(
             expected_output,
             args,
             limits,
+            callback_url,
         }),
         _ => Err(errors),
     }
@@ -417,7 +428,8 @@ impl Submission {
             limits: self.limits,
             priority: 0,
             max_attempts: None,
-            callback_url: None,
+            callback_url: self.callback_url,
+            callback_shape: CallbackShape::Judge0,
         }
     }
 
@@ -451,6 +463,7 @@ pub fn rejected(rejection: &Rejection) -> FieldErrors {
         ("limits.memory_mb", "memory_limit"),
         ("limits.processes", "max_processes_and_or_threads"),
         ("limits.file_bytes", "max_file_size"),
+        ("callback_url", "callback_url"),
     ]
     .iter()
     .find(|(prefix, _)| message.starts_with(prefix))
@@ -475,6 +488,10 @@ mod tests {
         }
     }
 
+    fn allowed() -> Allowed {
+        Allowed { callbacks: true }
+    }
+
     fn runtime_of(id: u64) -> Option<String> {
         (id == 71).then(|| "python".to_owned())
     }
@@ -486,7 +503,7 @@ mod tests {
             "wall_time_limit": 20, "memory_limit": 128000, "max_file_size": 1,
             "max_processes_and_or_threads": 120,
         });
-        let submission = read(&body, false, runtime_of, &caps()).expect("valid");
+        let submission = read(&body, false, runtime_of, &caps(), allowed()).expect("valid");
         assert_eq!(submission.runtime, "python");
         assert_eq!(submission.limits.cpu_ms, Some(2500));
         assert_eq!(submission.limits.wall_ms, Some(10_000), "20 s held to 10 s");
@@ -503,7 +520,8 @@ mod tests {
             "cpu_time_limit": "fast", "callback_url": "http://x", "enable_network": true,
             "ignored_field": 1,
         });
-        let errors = read(&body, false, runtime_of, &caps()).expect_err("invalid");
+        let off = Allowed { callbacks: false };
+        let errors = read(&body, false, runtime_of, &caps(), off).expect_err("invalid");
         let expected = FieldErrors::from([
             ("source_code", vec!["can't be blank".to_owned()]),
             ("language_id", vec!["can't be blank".to_owned()]),
@@ -532,6 +550,7 @@ mod tests {
             false,
             runtime_of,
             &caps(),
+            allowed(),
         );
         assert_eq!(
             unknown.expect_err("unknown language")["language_id"],
@@ -555,7 +574,7 @@ mod tests {
         assert_eq!(lines[0].len(), 60);
         assert!(long.ends_with('\n'));
         let body = json!({"source_code": "cHJpbnQoMSk=\n", "language_id": 71, "stdin": "/w=="});
-        let read = read(&body, true, runtime_of, &caps()).expect("any bytes");
+        let read = read(&body, true, runtime_of, &caps(), allowed()).expect("any bytes");
         assert_eq!(
             read.stdin,
             Content(vec![0xff]),
