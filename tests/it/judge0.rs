@@ -923,3 +923,191 @@ async fn callbacks_switched_off_or_to_a_denied_host_are_refused_in_judge0s_shape
     assert!(message.contains("127.0.0.1"), "{message}");
     assert_eq!(jobs_stored(&server), 0);
 }
+
+/// A zip archive of `entries`, deflated as zip tools write them, in base64 as Judge0 takes it.
+fn zipped(entries: &[(&str, &str)]) -> String {
+    use std::io::Write;
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, contents) in entries {
+        zip.start_file(*name, options).expect("start an entry");
+        zip.write_all(contents.as_bytes()).expect("write an entry");
+    }
+    let bytes = zip.finish().expect("finish the archive").into_inner();
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
+}
+
+#[tokio::test]
+async fn a_multi_file_c_program_is_built_by_its_compile_script_and_run_by_its_run_script() {
+    let server = Server::start().await;
+    let judge0 = Judge0::new(&server, None);
+    let (_, languages) = judge0.get("/languages").await;
+    let names: Vec<&str> = languages
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|l| l["id"] == 50 || l["id"] == 89)
+        .filter_map(|l| l["name"].as_str())
+        .collect();
+    if names.len() < 2 {
+        return skip(
+            "judge0 multi-file",
+            "the server offers no c runtime (no gcc)",
+        );
+    }
+    assert!(names.contains(&"Multi-file program"), "{names:?}");
+    let (status, language) = judge0.get("/languages/89").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        language["run_cmd"],
+        Value::Null,
+        "the archive brings its own"
+    );
+
+    let project = zipped(&[
+        (
+            "main.c",
+            "#include \"greet.h\"\nint main(void) { return greet(); }\n",
+        ),
+        ("greet.h", "int greet(void);\n"),
+        (
+            "lib/greet.c",
+            "#include <stdio.h>\nint greet(void) { char name[16]; if (scanf(\"%15s\", name) != 1) return 2; printf(\"hello, %s\\n\", name); return 0; }\n",
+        ),
+        ("compile", "gcc -O2 -I. -o main main.c lib/greet.c\n"),
+        ("run", "./main\n"),
+    ]);
+    let (status, done) = judge0
+        .post(
+            "/submissions?wait=true&fields=status,stdout,stderr",
+            &json!({"language_id": 89, "additional_files": project, "stdin": "kiln",
+                    "expected_output": "hello, kiln"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{done}");
+    assert_eq!(
+        done["status"],
+        json!({"id": 3, "description": "Accepted"}),
+        "{done}"
+    );
+    assert_eq!(
+        done["stdout"], "hello, kiln\n",
+        "the compiler says nothing on stdout"
+    );
+
+    // A compile script that fails ends the run, its messages on stderr.
+    let broken = zipped(&[
+        ("main.c", "int main( {\n"),
+        ("compile", "gcc -o main main.c\n"),
+        ("run", "./main\n"),
+    ]);
+    let (_, failed) = judge0
+        .post(
+            "/submissions?wait=true&fields=status,stdout,stderr",
+            &json!({"language_id": 89, "additional_files": broken}),
+        )
+        .await;
+    assert_eq!(failed["status"]["id"], 11, "{failed}");
+    assert_eq!(failed["stdout"], Value::Null);
+    assert!(
+        failed["stderr"]
+            .as_str()
+            .is_some_and(|e| e.contains("main.c")),
+        "{failed}"
+    );
+}
+
+#[tokio::test]
+async fn additional_files_are_unpacked_beside_a_python_program() {
+    let server = Server::start().await;
+    let judge0 = Judge0::new(&server, None);
+    let files = zipped(&[
+        ("data/words.txt", "kiln judge0\n"),
+        ("helper.py", "def shout(s):\n    return s.upper()\n"),
+    ]);
+    let code = "import helper\nprint(helper.shout(open('data/words.txt').read().strip()))";
+    let (status, done) = judge0
+        .post(
+            "/submissions?wait=true",
+            &json!({"source_code": code, "language_id": 71, "additional_files": files}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{done}");
+    assert_eq!(done["status"]["id"], 3, "{done}");
+    assert_eq!(done["stdout"], "KILN JUDGE0\n");
+    let (_, config) = judge0.get("/config_info").await;
+    assert_eq!(config["enable_additional_files"], true);
+    assert_eq!(config["max_extract_size"], 10240);
+}
+
+#[tokio::test]
+async fn each_bad_archive_is_refused_on_additional_files_and_nothing_is_stored() {
+    use std::io::Write;
+    let server = Server::start().await;
+    let judge0 = Judge0::new(&server, None);
+    let b64 =
+        |bytes: Vec<u8>| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes);
+    let with_symlink = {
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let options = zip::write::SimpleFileOptions::default();
+        zip.add_symlink("passwd", "/etc/passwd", options)
+            .expect("a symlink");
+        zip.start_file("run", options).expect("start");
+        zip.write_all(b"cat passwd\n").expect("write");
+        b64(zip.finish().expect("finish").into_inner())
+    };
+    let big = "x".repeat(11 << 20);
+    let names: Vec<String> = (0..257).map(|i| format!("f{i}")).collect();
+    let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+    let cases = [
+        (
+            "zip-slip",
+            zipped(&[("../../escaped", "x")]),
+            "leads out of the work directory",
+        ),
+        (
+            "absolute",
+            zipped(&[("/etc/cron.d/x", "x")]),
+            "absolute path",
+        ),
+        ("symlink", with_symlink, "symlink"),
+        ("too many files", zipped(&many), "more than 256 files"),
+        ("too large", zipped(&[("big", &big)]), "more than 10240 KB"),
+        (
+            "not a zip",
+            b64(b"plain text".to_vec()),
+            "is not a zip archive",
+        ),
+        ("not base64", "%%%".to_owned(), "is not valid base64"),
+    ];
+    for (what, archive, message) in cases {
+        let (status, errors) = judge0
+            .post(
+                "/submissions",
+                &json!({"source_code": "print(1)", "language_id": 71, "additional_files": archive}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{what}: {errors}");
+        let said = errors["additional_files"][0].as_str().unwrap_or_default();
+        assert!(said.contains(message), "{what}: {errors}");
+        assert_eq!(
+            errors.as_object().map(|o| o.len()),
+            Some(1),
+            "{what}: {errors}"
+        );
+    }
+    let (status, errors) = judge0
+        .post("/submissions", &json!({"language_id": 89}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(errors, json!({"additional_files": ["can't be blank"]}));
+    let (_, errors) = judge0
+        .post(
+            "/submissions",
+            &json!({"language_id": 89, "source_code": "echo hi", "additional_files": zipped(&[("run", "echo hi")])}),
+        )
+        .await;
+    assert_eq!(errors, json!({"source_code": ["must be blank"]}));
+    assert_eq!(jobs_stored(&server), 0);
+}

@@ -6,11 +6,12 @@
 //! API's (so tenants, backpressure and limits apply, and they are in the history, the CLI and
 //! `/v1`), and a token is the job's id.
 //!
-//! `submission` reads a body in Judge0's terms, `render` shows a job as a submission, `error`
-//! holds Judge0's error shapes. `docs/compat.md` lists every route and field, and what kiln does
+//! `submission` reads a body in Judge0's terms, `files` unpacks its `additional_files`, `render`
+//! shows a job as a submission, `error` holds Judge0's error shapes. `docs/compat.md` lists every route and field, and what kiln does
 //! not do of them and why.
 
 mod error;
+mod files;
 mod render;
 mod submission;
 
@@ -194,11 +195,37 @@ async fn shown(
     ))
 }
 
+/// The runtime a Judge0 language id runs on here; a multi-file program runs on Bash's.
 fn runtime_of(state: &AppState, id: u64) -> Option<String> {
+    let id = match id {
+        files::MULTI_FILE => BASH,
+        id => id,
+    };
     languages_offered(state)
         .into_iter()
         .find(|(offered, _)| u64::from(*offered) == id)
         .map(|(_, runtime)| runtime.name.clone())
+}
+
+/// Judge0's id of Bash, whose runtime runs the scripts of a multi-file program.
+const BASH: u64 = 46;
+
+/// The name Judge0 gives language 89.
+const MULTI_FILE_NAME: &str = "Multi-file program";
+
+/// Whether a multi-file program can run here: Bash is offered.
+fn multi_file_offered(state: &AppState) -> bool {
+    runtime_of(state, BASH).is_some()
+}
+
+/// What `additional_files` may unpack to: as many files as a job may have, and no more bytes
+/// than Judge0's `MAX_EXTRACT_SIZE` or a job's files may hold.
+fn extract_bounds(state: &AppState) -> files::Bounds {
+    let policy = &state.config.policy;
+    files::Bounds {
+        max_files: policy.max_files,
+        max_bytes: (files::MAX_EXTRACT_KB * 1024).min(policy.max_files_bytes as u64),
+    }
 }
 
 fn terms(state: &AppState) -> impl Fn(&str, &str) -> Option<RuntimeTerms> + '_ {
@@ -218,6 +245,7 @@ fn read_all(
     for body in bodies {
         let allowed = submission::Allowed {
             callbacks: state.config.judge0_callbacks,
+            extract: extract_bounds(state),
         };
         let checked = submission::read(body, base64, |id| runtime_of(state, id), caps, allowed)
             .and_then(|submission| {
@@ -548,20 +576,31 @@ async fn destroy(principal: Principal) -> Judge0Error {
     Judge0Error::bad_request("delete not allowed")
 }
 
-async fn languages(State(state): State<AppState>) -> Json<Value> {
-    let listed: Vec<Value> = languages_offered(&state)
+/// Every language offered here, by id and name, the multi-file program in its place among them.
+fn listed_languages(state: &AppState) -> Vec<(u64, String)> {
+    let mut listed: Vec<(u64, String)> = languages_offered(state)
         .into_iter()
-        .map(|(id, runtime)| json!({"id": id, "name": language_name(runtime)}))
+        .map(|(id, runtime)| (u64::from(id), language_name(runtime)))
+        .collect();
+    if multi_file_offered(state) {
+        listed.push((files::MULTI_FILE, MULTI_FILE_NAME.to_owned()));
+        listed.sort_by_key(|(id, _)| *id);
+    }
+    listed
+}
+
+async fn languages(State(state): State<AppState>) -> Json<Value> {
+    let listed: Vec<Value> = listed_languages(&state)
+        .into_iter()
+        .map(|(id, name)| json!({"id": id, "name": name}))
         .collect();
     Json(json!(listed))
 }
 
 async fn all_languages(State(state): State<AppState>) -> Json<Value> {
-    let listed: Vec<Value> = languages_offered(&state)
+    let listed: Vec<Value> = listed_languages(&state)
         .into_iter()
-        .map(
-            |(id, runtime)| json!({"id": id, "name": language_name(runtime), "is_archived": false}),
-        )
+        .map(|(id, name)| json!({"id": id, "name": name, "is_archived": false}))
         .collect();
     Json(json!(listed))
 }
@@ -579,6 +618,17 @@ async fn language(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Judge0Error> {
+    if id == files::MULTI_FILE.to_string() && multi_file_offered(&state) {
+        // Judge0's own has no source file or commands: the archive brings its scripts.
+        return Ok(Json(json!({
+            "id": files::MULTI_FILE,
+            "name": MULTI_FILE_NAME,
+            "is_archived": false,
+            "source_file": null,
+            "compile_cmd": null,
+            "run_cmd": null,
+        })));
+    }
     let offered = id.parse::<u32>().ok().and_then(|id| {
         languages_offered(&state)
             .into_iter()
@@ -639,7 +689,7 @@ async fn config_info(State(state): State<AppState>) -> Json<Value> {
         "enable_callbacks": state.config.judge0_callbacks,
         "callbacks_max_tries": CALLBACKS_MAX_TRIES.min(state.config.webhooks.max_attempts),
         "callbacks_timeout": CALLBACKS_TIMEOUT_SECS.min(state.config.webhooks.timeout.as_secs()) as f64,
-        "enable_additional_files": false,
+        "enable_additional_files": true,
         "max_queue_size": state.config.max_queued_jobs,
         "cpu_time_limit": seconds(default.cpu_ms.min(max.cpu_ms)),
         "max_cpu_time_limit": Maxima::CPU_TIME_LIMIT.min(seconds(max.cpu_ms)),
@@ -662,7 +712,7 @@ async fn config_info(State(state): State<AppState>) -> Json<Value> {
         "number_of_runs": 1,
         "max_number_of_runs": Maxima::NUMBER_OF_RUNS as u64,
         "redirect_stderr_to_stdout": false,
-        "max_extract_size": 10240,
+        "max_extract_size": extract_bounds(&state).max_bytes / 1024,
         "enable_batched_submissions": true,
         "max_submission_batch_size": max_batch(&state),
         "submission_cache_duration": 0.0,

@@ -6,9 +6,10 @@
 //! them.
 //!
 //! What kiln cannot do as Judge0 does is refused by field, as a Judge0 whose operator turned the
-//! feature off refuses it: compiler options, the network, and stderr merged into stdout; so
-//! are callbacks when the operator turned them off. A `callback_url` is otherwise a kiln
-//! webhook of Judge0's shape (a PUT of the submission), held to kiln's callback host policy. `number_of_runs`, `cpu_extra_time`, `stack_limit` and the two
+//! feature off refuses it: compiler options, the network (kiln's sandbox has none to give), and
+//! stderr merged into stdout; so are callbacks when the operator turned them off. A
+//! `callback_url` is otherwise a kiln webhook of Judge0's shape (a PUT of the submission), held
+//! to kiln's callback host policy; `additional_files` become the job's files (`files`). `number_of_runs`, `cpu_extra_time`, `stack_limit` and the two
 //! per-process flags are checked and then have no effect: kiln runs a program once, kills it at
 //! its CPU limit, and leaves its stack to its memory limit.
 
@@ -18,6 +19,7 @@ use base64::Engine;
 use serde_json::{Map, Value};
 
 use super::error::FieldErrors;
+use super::files::{self, MULTI_FILE, PROJECT_DRIVER};
 use crate::job::content::{Content, Encoded};
 use crate::job::validate::{CaseRequest, JobRequest, LimitsRequest, Rejection};
 use crate::job::{CallbackShape, Limits};
@@ -81,6 +83,8 @@ pub struct Submission {
     pub stdin: Content,
     pub expected_output: Option<Content>,
     pub args: Vec<String>,
+    /// Unpacked from `additional_files`.
+    pub files: BTreeMap<String, Content>,
     pub limits: LimitsRequest,
     pub callback_url: Option<String>,
 }
@@ -89,6 +93,8 @@ pub struct Submission {
 #[derive(Clone, Copy, Debug)]
 pub struct Allowed {
     pub callbacks: bool,
+    /// What `additional_files` may unpack to.
+    pub extract: files::Bounds,
 }
 
 /// Reads one submission. `runtime_of` names the kiln runtime of a Judge0 language id offered
@@ -109,11 +115,41 @@ pub fn read(
         fields,
         errors: &mut errors,
     };
+    let language_id = reader.number("language_id");
+    let project = language_id == Some(MULTI_FILE as f64);
     let code = reader.bytes("source_code", base64);
-    if code.as_ref().is_none_or(Content::is_empty) && !reader.errors.contains_key("source_code") {
+    let blank = code.as_ref().is_none_or(Content::is_empty);
+    let code = match project {
+        // A multi-file program is its archive's scripts, which the driver runs.
+        true if !blank => {
+            reader.fail("source_code", "must be blank");
+            None
+        }
+        true => Some(Content::from(PROJECT_DRIVER)),
+        false => code,
+    };
+    if !project && blank && !reader.errors.contains_key("source_code") {
         reader.fail("source_code", "can't be blank");
     }
-    let runtime = match reader.number("language_id") {
+    // Always base64, whatever the query says, as Judge0 reads it.
+    let files = match reader.text("additional_files").filter(|f| !f.is_empty()) {
+        None if project => {
+            reader.fail("additional_files", "can't be blank");
+            BTreeMap::new()
+        }
+        None => BTreeMap::new(),
+        Some(encoded) => match decode(&encoded) {
+            Err(()) => {
+                reader.fail("additional_files", "is not valid base64");
+                BTreeMap::new()
+            }
+            Ok(archive) => files::unpack(&archive, allowed.extract).unwrap_or_else(|why| {
+                reader.fail("additional_files", why);
+                BTreeMap::new()
+            }),
+        },
+    };
+    let runtime = match language_id {
         None => {
             reader.fail("language_id", "can't be blank");
             None
@@ -159,15 +195,6 @@ pub fn read(
     let callback_url = reader.text("callback_url").filter(|u| !u.is_empty());
     if callback_url.is_some() && !allowed.callbacks {
         reader.fail("callback_url", "setting callback is not allowed");
-    }
-    if reader
-        .text("additional_files")
-        .is_some_and(|f| !f.is_empty())
-    {
-        reader.fail(
-            "additional_files",
-            "setting additional files is not allowed",
-        );
     }
     if reader.flag("enable_network") == Some(true) {
         reader.fail("enable_network", "enabling network is not allowed");
@@ -218,6 +245,7 @@ pub fn read(
             stdin,
             expected_output,
             args,
+            files,
             limits,
             callback_url,
         }),
@@ -423,7 +451,7 @@ impl Submission {
             code: self.code.into(),
             stdin: self.stdin.into(),
             args: self.args,
-            files: BTreeMap::new(),
+            files: encoded(self.files),
             outputs: Vec::new(),
             limits: self.limits,
             priority: 0,
@@ -440,13 +468,20 @@ impl Submission {
             group: None,
             runtime: Some(self.runtime),
             code: Some(self.code.into()),
-            files: BTreeMap::new(),
+            files: encoded(self.files),
             stdin: self.stdin.into(),
             args: self.args,
             expected_output: self.expected_output.map(Encoded::from),
             limits: self.limits,
         }
     }
+}
+
+fn encoded(files: BTreeMap<String, Content>) -> BTreeMap<String, Encoded> {
+    files
+        .into_iter()
+        .map(|(name, content)| (name, Encoded::from(content)))
+        .collect()
 }
 
 /// kiln's refusal of a submission Judge0's checks let through (code too large, a limit above
@@ -464,6 +499,7 @@ pub fn rejected(rejection: &Rejection) -> FieldErrors {
         ("limits.processes", "max_processes_and_or_threads"),
         ("limits.file_bytes", "max_file_size"),
         ("callback_url", "callback_url"),
+        ("files", "additional_files"),
     ]
     .iter()
     .find(|(prefix, _)| message.starts_with(prefix))
@@ -489,7 +525,13 @@ mod tests {
     }
 
     fn allowed() -> Allowed {
-        Allowed { callbacks: true }
+        Allowed {
+            callbacks: true,
+            extract: files::Bounds {
+                max_files: 8,
+                max_bytes: 1 << 20,
+            },
+        }
     }
 
     fn runtime_of(id: u64) -> Option<String> {
@@ -520,7 +562,10 @@ mod tests {
             "cpu_time_limit": "fast", "callback_url": "http://x", "enable_network": true,
             "ignored_field": 1,
         });
-        let off = Allowed { callbacks: false };
+        let off = Allowed {
+            callbacks: false,
+            ..allowed()
+        };
         let errors = read(&body, false, runtime_of, &caps(), off).expect_err("invalid");
         let expected = FieldErrors::from([
             ("source_code", vec!["can't be blank".to_owned()]),
