@@ -41,8 +41,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use error::{ApiError, ErrorCode};
-pub use openapi::document as openapi;
 pub use judge0::callbacks as judge0_callbacks;
+pub use openapi::document as openapi;
 
 use crate::auth::{Guard, Principal};
 use crate::config::Config;

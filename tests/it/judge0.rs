@@ -115,6 +115,26 @@ crash = judge0.run(
 )
 report["sigsegv"] = [int(crash.status), crash.exit_signal]
 report["token"] = str(crash.token)
+
+binary = judge0.run(
+    client=client,
+    source_code="import sys; sys.stdout.buffer.write(bytes([0, 255, 254, 10]))",
+    language=71,
+)
+report["binary_output"] = binary.stdout == "\x00\\xff\\xfe\n"
+
+beside = judge0.run(
+    client=client,
+    source_code="print(open('data.txt').read().upper())",
+    language=71,
+    additional_files=judge0.Filesystem(content=[judge0.File(name="data.txt", content="beside")]),
+)
+report["additional_files"] = beside.stdout
+
+called = judge0.run(
+    client=client, source_code="print('called')", language=71, callback_url=sys.argv[3]
+)
+report["callback_token"] = str(called.token)
 print(json.dumps(report))
 "#;
 
@@ -132,9 +152,10 @@ async fn the_official_judge0_sdk_runs_programs_on_kiln_with_judge0s_verdicts() {
     std::fs::write(&script, SDK_SCRIPT).expect("write the script");
     let headers = json!({"X-Auth-Token": acme}).to_string();
     let endpoint = format!("{}/judge0", server.url);
+    let receiver = Receiver::start().await;
     let out = tokio::process::Command::new(&python)
         .arg(&script)
-        .args([&endpoint, &headers])
+        .args([&endpoint, &headers, &receiver.url()])
         .output()
         .await
         .expect("run the SDK");
@@ -171,6 +192,17 @@ async fn the_official_judge0_sdk_runs_programs_on_kiln_with_judge0s_verdicts() {
     assert_eq!(report["time_limit"], 5);
     assert_eq!(report["nonzero_exit"], json!([11, 3]));
     assert_eq!(report["sigsegv"], json!([7, 11]));
+    assert_eq!(
+        report["binary_output"], true,
+        "bytes that are not UTF-8 reach the SDK exactly, which shows them escaped"
+    );
+    assert_eq!(report["additional_files"], "BESIDE\n");
+    let called = report["callback_token"].as_str().expect("a token");
+    let calls = receiver.wait_for_calls(1).await;
+    assert_eq!(calls[0].method, reqwest::Method::PUT);
+    let body = calls[0].json();
+    assert_eq!(body["token"], called, "{body}");
+    assert_eq!(body["stdout"], "Y2FsbGVkCg==\n", "always base64");
 
     // The SDK's submissions are the acme tenant's ordinary jobs.
     let token = report["token"].as_str().expect("a token");
