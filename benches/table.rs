@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use serde_json::{Value, json};
 
 /// Every bench target and the rows of the list it measures.
-const TARGETS: [(&str, &[u32]); 7] = [
+const TARGETS: [(&str, &[u32]); 8] = [
     ("queue", &[1, 2, 7]),
     ("jobs", &[3, 4]),
     ("sandbox", &[3]),
@@ -23,6 +23,7 @@ const TARGETS: [(&str, &[u32]); 7] = [
     ("streams", &[4, 6]),
     ("suites", &[8, 9, 10]),
     ("runtimes", &[11]),
+    ("compat", &[12]),
 ];
 
 fn main() {
