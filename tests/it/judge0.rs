@@ -1068,6 +1068,19 @@ async fn additional_files_are_unpacked_beside_a_python_program() {
     assert_eq!(status, StatusCode::CREATED, "{done}");
     assert_eq!(done["status"]["id"], 3, "{done}");
     assert_eq!(done["stdout"], "KILN JUDGE0\n");
+    // Judged too: the files go with the suite's case.
+    let (_, judged) = judge0
+        .post(
+            "/submissions?wait=true",
+            &json!({"source_code": code, "language_id": 71, "additional_files": files,
+                    "expected_output": "KILN JUDGE0"}),
+        )
+        .await;
+    assert_eq!(
+        judged["status"],
+        json!({"id": 3, "description": "Accepted"}),
+        "{judged}"
+    );
     let (_, config) = judge0.get("/config_info").await;
     assert_eq!(config["enable_additional_files"], true);
     assert_eq!(config["max_extract_size"], 10240);
@@ -1112,6 +1125,11 @@ async fn each_bad_archive_is_refused_on_additional_files_and_nothing_is_stored()
             "is not a zip archive",
         ),
         ("not base64", "%%%".to_owned(), "is not valid base64"),
+        (
+            "the source file",
+            zipped(&[("main.py", "print(2)")]),
+            "files must not contain \"main.py\"",
+        ),
     ];
     for (what, archive, message) in cases {
         let (status, errors) = judge0
