@@ -1161,3 +1161,38 @@ async fn each_bad_archive_is_refused_on_additional_files_and_nothing_is_stored()
     assert_eq!(errors, json!({"source_code": ["must be blank"]}));
     assert_eq!(jobs_stored(&server), 0);
 }
+
+#[tokio::test]
+async fn a_callback_pending_at_kill_9_is_put_in_judge0s_shape_after_restart() {
+    let receiver = Receiver::failing_first(usize::MAX).await;
+    let args = ["--webhook-retry-base-ms", "1500"];
+    let server = Server::start_with(&args).await;
+    let judge0 = Judge0::new(&server, None);
+    let (_, created) = judge0
+        .post(
+            "/submissions",
+            &json!({"source_code": "print('survived')", "language_id": 71,
+                    "callback_url": receiver.url()}),
+        )
+        .await;
+    let token = created["token"].as_str().expect("a token").to_owned();
+    webhook_events(&server, &token, 1, false).await;
+    let dir = server.kill9();
+
+    receiver.fail_next(0);
+    let server = Server::start_in(dir, &args).await;
+    let events = webhook_events(&server, &token, 2, true).await;
+    assert_eq!(
+        events.last().map(|e| e["type"].clone()),
+        Some(json!("webhook.delivered")),
+        "{events:?}"
+    );
+    let calls = receiver.calls();
+    let last = calls.last().expect("a call");
+    assert_eq!(
+        last.method,
+        reqwest::Method::PUT,
+        "the shape outlives the restart"
+    );
+    assert_eq!(last.json()["stdout"], "c3Vydml2ZWQK\n");
+}

@@ -102,7 +102,7 @@ impl Receiver {
         self.script.calls.lock().unwrap().clone()
     }
 
-    fn fail_next(&self, n: usize) {
+    pub(crate) fn fail_next(&self, n: usize) {
         self.script.failing.store(n, Ordering::SeqCst);
     }
 
