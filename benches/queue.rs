@@ -427,6 +427,7 @@ fn queue_throughput(runtime: &Runtime, poll: bool) -> Throughput {
         limits: Policy::default().default_limits,
         priority: 0,
         max_attempts: 3,
+        interactive: false,
         idempotency_key: None,
         callback_url: None,
         callback_shape: Default::default(),

@@ -69,6 +69,7 @@ pub mod runner;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;
+pub mod stdin;
 pub mod store;
 #[cfg(test)]
 mod testing;

@@ -1,5 +1,6 @@
 //! The sources of live streams: every committed event, fanned out once for all subscribers, and
-//! the output of running jobs as it is written.
+//! the output of running jobs as it is written; and, the other way, the stdin of interactive
+//! jobs ([`crate::stdin`]), which the API writes and a run reads.
 //!
 //! Events: the bus only says *that* something committed. One follower task reads the new rows
 //! from the database (the source of truth) once per commit and broadcasts them, so a thousand
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::job::content::{Content, Encoding};
 use crate::job::{Event, EventKind, JobId};
+use crate::stdin::Stdins;
 use crate::store::{Store, Visibility};
 
 /// Committed events kept for subscribers that are a little behind; further behind, they read
@@ -108,6 +110,7 @@ pub struct Live(Arc<Inner>);
 struct Inner {
     events: broadcast::Sender<Arc<LiveEvent>>,
     outputs: Mutex<HashMap<JobId, Arc<Channel>>>,
+    stdins: Stdins,
 }
 
 impl Default for Live {
@@ -115,11 +118,17 @@ impl Default for Live {
         Live(Arc::new(Inner {
             events: broadcast::Sender::new(EVENT_RING),
             outputs: Mutex::new(HashMap::new()),
+            stdins: Stdins::default(),
         }))
     }
 }
 
 impl Live {
+    /// The stdin of interactive jobs.
+    pub fn stdins(&self) -> &Stdins {
+        &self.0.stdins
+    }
+
     /// Every event committed from now on, in event id order.
     pub fn events(&self) -> broadcast::Receiver<Arc<LiveEvent>> {
         self.0.events.subscribe()

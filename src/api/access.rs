@@ -5,7 +5,8 @@
 //! do not exist, so nothing tells a tenant what others have.
 //!
 //! Under [`JUDGE0`] the token may come as Judge0's clients send it, in an `X-Auth-Token` header,
-//! and a refused one is Judge0's bare `401`.
+//! and a refused one is Judge0's bare `401`. Under [`PISTON`] it may come as Piston's clients
+//! send a key, bare in `Authorization`, and a refusal is Piston's `{"message"}`.
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -25,6 +26,15 @@ const PUBLIC: [&str; 3] = ["/healthz", "/readyz", "/openapi.json"];
 /// Where Judge0's API is served.
 pub(super) const JUDGE0: &str = "/judge0";
 
+/// Where Piston's API is served.
+pub(super) const PISTON: &str = "/api/v2";
+
+/// Whether `path` is under `prefix`.
+fn under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 pub(super) async fn check(
     State(state): State<AppState>,
     mut request: Request,
@@ -33,13 +43,14 @@ pub(super) async fn check(
     if PUBLIC.contains(&request.uri().path()) {
         return next.run(request).await;
     }
-    let judge0 = request
-        .uri()
-        .path()
-        .strip_prefix(JUDGE0)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+    let judge0 = under(request.uri().path(), JUDGE0);
+    let piston = under(request.uri().path(), PISTON);
     let headers = request.headers();
     let bearer = match headers.get(header::AUTHORIZATION) {
+        // Piston's clients send the key itself, without a scheme.
+        Some(key) if piston && !key.as_bytes().contains(&b' ') => {
+            Some([b"Bearer ".as_slice(), key.as_bytes()].concat())
+        }
         Some(authorization) => Some(authorization.as_bytes().to_vec()),
         None if judge0 => headers
             .get("x-auth-token")
@@ -53,6 +64,17 @@ pub(super) async fn check(
         }
         Err(Refusal::Missing | Refusal::Invalid) if judge0 => {
             StatusCode::UNAUTHORIZED.into_response()
+        }
+        Err(refusal) if piston => {
+            let status = match refusal {
+                Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+                _ => StatusCode::UNAUTHORIZED,
+            };
+            (
+                status,
+                axum::Json(serde_json::json!({"message": refusal.to_string()})),
+            )
+                .into_response()
         }
         Err(refusal) => refused(&refusal),
     }

@@ -58,6 +58,7 @@ pub async fn submit(
         limits: LimitsRequest::default(),
         priority: 0,
         max_attempts: None,
+        interactive: false,
         callback_url: None,
         callback_shape: Default::default(),
     };

@@ -186,6 +186,7 @@ fn job_request() -> impl Strategy<Value = JobRequest> {
                     max_attempts,
                     callback_url,
                     callback_shape: Default::default(),
+                    interactive: false,
                 }
             },
         )

@@ -21,6 +21,8 @@ mod junit;
 mod metrics;
 mod ndjson;
 mod openapi;
+mod piston;
+mod stdin;
 mod streams;
 
 use std::sync::Arc;
@@ -86,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         .route("/eval-status/{id}", get(compat::status))
         .route("/events", get(jobs::feed))
         .nest(access::JUDGE0, judge0::routes())
+        .nest(access::PISTON, piston::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), access::check))
@@ -108,6 +111,7 @@ fn v1() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::get))
         .routes(routes!(jobs::events))
         .routes(routes!(jobs::cancel))
+        .routes(routes!(stdin::write))
         .routes(routes!(jobs::file))
         .routes(routes!(batches::submit, batches::list))
         .routes(routes!(batches::get))

@@ -177,6 +177,8 @@ pub struct JobSpec {
     pub callback_url: Option<String>,
     /// What the call to `callback_url` looks like.
     pub callback_shape: CallbackShape,
+    /// Its stdin stays open, after `stdin`, for what is written to it while it runs.
+    pub interactive: bool,
 }
 
 text_enum! {

@@ -112,6 +112,9 @@ pub struct JobRequest {
     /// Set by the API a job came through, never read from the request.
     #[serde(skip)]
     pub callback_shape: CallbackShape,
+    /// Keep stdin open after `stdin` for what is written to it while the job runs.
+    #[serde(default)]
+    pub interactive: bool,
 }
 
 /// A suite of test cases. Its program (runtime, code, files) is
@@ -314,6 +317,7 @@ impl JobSpec {
             idempotency_key,
             callback_url: request.callback_url,
             callback_shape: request.callback_shape,
+            interactive: request.interactive,
         })
     }
 }

@@ -1,5 +1,6 @@
 //! A run's output streams, captured up to the output cap (growing no further than it), shown to
-//! live watchers as they arrive, and its stdin fed while they are read.
+//! live watchers as they arrive, and its stdin fed while they are read (for an interactive job,
+//! what is written to it as the run goes).
 
 use std::io;
 
@@ -8,6 +9,7 @@ use tokio::net::unix::pipe;
 use tokio_util::sync::CancellationToken;
 
 use crate::live::OutputTap;
+use crate::stdin::StdinReader;
 
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -117,10 +119,27 @@ fn reserve_within(bytes: &mut Vec<u8>, additional: usize, cap: usize) {
     }
 }
 
-pub(super) async fn feed(mut pipe: pipe::Sender, input: Vec<u8>, stop: CancellationToken) {
+/// Writes a run's stdin: `input`, then for an interactive job all that is written to `more`
+/// until it is closed; then closes the pipe, so the program reads EOF.
+pub(super) async fn feed(
+    mut pipe: pipe::Sender,
+    input: Vec<u8>,
+    more: Option<StdinReader>,
+    stop: CancellationToken,
+) {
+    let written = async {
+        pipe.write_all(&input).await?;
+        let Some(more) = more else {
+            return Ok(());
+        };
+        while let Some(bytes) = more.next().await {
+            pipe.write_all(&bytes).await?;
+        }
+        Ok::<_, io::Error>(())
+    };
     let written = tokio::select! {
         () = stop.cancelled() => return,
-        written = pipe.write_all(&input) => written,
+        written = written => written,
     };
     // A program need not read its input: it exiting or closing stdin early is not an error.
     if let Err(error) = written

@@ -134,11 +134,20 @@ pub(super) async fn execute(
         }
         _ => None,
     };
-    if invocation.stdin.is_empty() {
+    match invocation.reporting.and_then(|r| r.stdin.clone()) {
+        Some(more) => {
+            tokio::spawn(feed(
+                stdin,
+                invocation.stdin.to_vec(),
+                Some(more),
+                stop.clone(),
+            ));
+        }
         // Closing at once gives the program EOF instead of a read that never returns.
-        drop(stdin);
-    } else {
-        tokio::spawn(feed(stdin, invocation.stdin.to_vec(), stop.clone()));
+        None if invocation.stdin.is_empty() => drop(stdin),
+        None => {
+            tokio::spawn(feed(stdin, invocation.stdin.to_vec(), None, stop.clone()));
+        }
     }
 
     let ended = process.ended().map_err(spawn_error)?;

@@ -32,6 +32,7 @@ use crate::job::{BatchId, BuildUse, JobId, Limits, Outcome, Progress, RunResult}
 use crate::live::RunFeed;
 use crate::runtime::{Compile, Expansion, Runtime};
 use crate::sandbox::{Sandbox, WorkFile, WorkMount};
+use crate::stdin::StdinReader;
 
 mod builds;
 mod capture;
@@ -73,10 +74,12 @@ pub struct RunRequest<'a> {
 }
 
 /// What a run tells the outside while it runs: its output to whoever watches the job live, and
-/// the latest progress line it wrote to its progress pipe ([`crate::progress`]).
+/// the latest progress line it wrote to its progress pipe ([`crate::progress`]); and, for an
+/// interactive job, what the outside writes to its stdin while it runs ([`crate::stdin`]).
 pub struct Reporting {
     pub output: RunFeed,
     pub progress: watch::Sender<Option<Progress>>,
+    pub stdin: Option<StdinReader>,
 }
 
 impl std::fmt::Debug for Reporting {

@@ -24,6 +24,7 @@ fn spec() -> JobSpec {
         limits: Policy::default().default_limits,
         priority: 0,
         max_attempts: 3,
+        interactive: false,
         idempotency_key: None,
         callback_url: None,
         callback_shape: Default::default(),

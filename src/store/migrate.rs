@@ -66,6 +66,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0010_callback_shapes.sql",
         sql: include_str!("../../schema/0010_callback_shapes.sql"),
     },
+    Migration {
+        version: 11,
+        name: "0011_interactive.sql",
+        sql: include_str!("../../schema/0011_interactive.sql"),
+    },
 ];
 
 /// Applies each migration newer than the file's `user_version`, each in its own transaction

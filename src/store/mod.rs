@@ -605,6 +605,11 @@ impl Store {
         self.read(move |conn| read::job(conn, id)).await
     }
 
+    /// Where job `id` is in its life and whether it is interactive (its stdin stays open).
+    pub async fn job_stdin(&self, id: JobId) -> Result<Option<(Status, bool)>, StoreError> {
+        self.read(move |conn| read::job_stdin(conn, id)).await
+    }
+
     /// A file job `id` kept from its run, at `path`: its content type and bytes.
     pub async fn job_file(
         &self,

@@ -206,6 +206,18 @@ fn latest_progress(conn: &Connection, id: JobId) -> Result<Option<Progress>, Sto
     data.as_deref().map(from_json).transpose()
 }
 
+pub(super) fn job_stdin(
+    conn: &Connection,
+    id: JobId,
+) -> Result<Option<(Status, bool)>, StoreError> {
+    let row: Option<(String, bool)> = conn
+        .prepare_cached("SELECT status, interactive FROM jobs WHERE id = ?1")?
+        .query_row([id.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    row.map(|(status, interactive)| Ok((parse_status(&status)?, interactive)))
+        .transpose()
+}
+
 fn job_row(r: &Row) -> Result<Job, StoreError> {
     let id: String = r.get(0)?;
     let status: String = r.get(1)?;

@@ -44,6 +44,8 @@ pub struct ClaimedJob {
     /// The files to keep after the run (none for a case of a batch).
     pub outputs: Vec<String>,
     pub limits: Limits,
+    /// Its stdin stays open for what is written to it while it runs ([`crate::stdin`]).
+    pub interactive: bool,
     /// Set when the job is a case of a batch: how to judge its output.
     pub case: Option<CaseCheck>,
 }
@@ -77,7 +79,7 @@ pub(super) fn submit(
         let existing = conn
             .prepare_cached(
                 "SELECT id, runtime, code, stdin, args, files, limits, priority, max_attempts,
-                        callback_url, outputs, callback_shape
+                        callback_url, outputs, callback_shape, interactive
                  FROM jobs WHERE coalesce(tenant, '') = coalesce(?2, '') AND idempotency_key = ?1",
             )?
             .query_row(params![key, admission.tenant], |r| {
@@ -91,7 +93,8 @@ pub(super) fn submit(
                     && r.get::<_, u32>(8)? == spec.max_attempts
                     && r.get::<_, Option<String>>(9)? == spec.callback_url
                     && r.get::<_, String>(10)? == outputs
-                    && r.get::<_, String>(11)? == spec.callback_shape.as_str();
+                    && r.get::<_, String>(11)? == spec.callback_shape.as_str()
+                    && r.get::<_, bool>(12)? == spec.interactive;
                 Ok((r.get::<_, String>(0)?, same))
             })
             .optional()?;
@@ -111,8 +114,8 @@ pub(super) fn submit(
     conn.prepare_cached(
         "INSERT INTO jobs (id, runtime, code, stdin, args, files, limits, priority, max_attempts,
                            idempotency_key, created_at, callback_url, tenant, outputs,
-                           callback_shape)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                           callback_shape, interactive)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
     )?
     .execute(params![
         id.to_string(),
@@ -130,6 +133,7 @@ pub(super) fn submit(
         admission.tenant,
         outputs,
         spec.callback_shape.as_str(),
+        spec.interactive,
     ])?;
     let data = json!({"runtime": spec.runtime, "priority": spec.priority});
     append_event(conn, notices, id, None, now, EventKind::Queued, None, &data)?;
@@ -187,7 +191,7 @@ pub const CLAIM_SQL: &str = "UPDATE jobs
          lease_expires_at = ?2, started_at = ?3
      WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY priority DESC, id LIMIT 1)
      RETURNING id, attempt, runtime, code, stdin, args, files, limits, batch_id, expected_output,
-               outputs";
+               outputs, interactive";
 
 /// A claimed job, and for a case its batch and expected output.
 type ClaimedRow = (ClaimedJob, Option<(BatchId, Option<Content>)>);
@@ -200,6 +204,7 @@ fn claimed_job(r: &Row) -> rusqlite::Result<Result<ClaimedRow, StoreError>> {
     let batch_id: Option<String> = r.get(8)?;
     let expected_output: Option<Content> = r.get(9)?;
     let outputs: String = r.get(10)?;
+    let interactive: bool = r.get(11)?;
     let (attempt, runtime, code, stdin) = (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
     Ok((|| {
         let job = ClaimedJob {
@@ -212,6 +217,7 @@ fn claimed_job(r: &Row) -> rusqlite::Result<Result<ClaimedRow, StoreError>> {
             files: from_json(&files)?,
             outputs: from_json(&outputs)?,
             limits: from_json(&limits)?,
+            interactive,
             case: None,
         };
         let case = batch_id

@@ -452,7 +452,12 @@ impl<E: Execute> Workers<E> {
         // Outlives the run until its result is stored: a watcher who joins in between still
         // gets the output.
         let output = self.live.run_output(job.id);
-        let reporting = Reporting { output, progress };
+        let stdin = job.interactive.then(|| self.live.stdins().reader(job.id));
+        let reporting = Reporting {
+            output,
+            progress,
+            stdin,
+        };
         let request = RunRequest {
             job_id: job.id,
             attempt: job.attempt,
@@ -472,6 +477,7 @@ impl<E: Execute> Workers<E> {
         let Reporting {
             output: _output,
             progress,
+            ..
         } = reporting;
         drop(progress);
         if let Err(e) = recorder.await {
@@ -491,6 +497,22 @@ impl<E: Execute> Workers<E> {
             return None;
         }
         let claim_next = claim_next.filter(|_| !stopping.claiming.is_cancelled());
+        let next = self.settle(&job, ran, kill, claim_next).await;
+        if job.interactive {
+            // What was written and not read was for this run; a retry reads from its own start.
+            self.live.stdins().forget(job.id);
+        }
+        next
+    }
+
+    /// Records how a run that still held its job ended, and claims the next with `claim_next`.
+    async fn settle(
+        &self,
+        job: &ClaimedJob,
+        ran: Result<RunOutput, RunError>,
+        kill: &CancellationToken,
+        claim_next: Option<&str>,
+    ) -> Option<ClaimedJob> {
         match ran {
             Ok(out) if out.outcome == Outcome::Cancelled && kill.is_cancelled() => {
                 let reason = "the server shut down while it ran".to_owned();
@@ -506,11 +528,11 @@ impl<E: Execute> Workers<E> {
             // Stopped by a cancel here, which ended the job; the run's output and usage are
             // kept on it, as a timed-out run's are.
             Ok(out) if out.outcome == Outcome::Cancelled => {
-                self.keep_cancelled(&job, out.result).await;
+                self.keep_cancelled(job, out.result).await;
                 None
             }
             Ok(out) => {
-                self.record(&job, out.outcome, out.result, None, claim_next)
+                self.record(job, out.outcome, out.result, None, claim_next)
                     .await
             }
             // The job's own doing, which another attempt would meet again: ended at once.
@@ -518,7 +540,7 @@ impl<E: Execute> Workers<E> {
                 tracing::info!(job = %job.id, error = %e, "refused by the kernel");
                 let result = RunResult::default();
                 self.record(
-                    &job,
+                    job,
                     Outcome::InvalidRequest,
                     result,
                     Some(e.to_string()),
@@ -528,7 +550,7 @@ impl<E: Execute> Workers<E> {
             }
             Err(e) => {
                 let reason = format!("kiln could not run it: {e}");
-                self.run_failed(&job, reason, kill).await;
+                self.run_failed(job, reason, kill).await;
                 None
             }
         }

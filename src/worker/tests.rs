@@ -194,6 +194,7 @@ impl Harness {
             limits: Policy::default().default_limits,
             priority: 0,
             max_attempts,
+            interactive: false,
             idempotency_key: None,
             callback_url: None,
             callback_shape: Default::default(),

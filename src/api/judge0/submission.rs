@@ -458,6 +458,7 @@ impl Submission {
             max_attempts: None,
             callback_url: self.callback_url,
             callback_shape: CallbackShape::Judge0,
+            interactive: false,
         }
     }
 
