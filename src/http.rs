@@ -91,7 +91,10 @@ pub async fn serve(
         let http = Arc::clone(&http);
         let stop = stop.clone();
         tokio::spawn(async move {
-            let connection = http.serve_connection(TokioIo::new(stream), service);
+            // With upgrades: a WebSocket (Piston's `/api/v2/connect`) takes the connection over.
+            let connection = http
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
             let mut connection = std::pin::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,

@@ -5,8 +5,8 @@
 //! client's `data` on `stdin` goes to the running program's stdin, and a `signal` kills it
 //! (kiln kills a run as a whole, so every signal is delivered as `SIGKILL`). Mistakes close
 //! the socket with Piston's codes: 4000 a second init, 4002 after an `error` message, 4003 data
-//! or a signal before init, 4004 data for another stream, 4005 an unknown signal. When the
-//! client goes away first, the program's stdin is closed and the job runs on to its end.
+//! or a signal before init, 4004 data for another stream, 4005 an unknown signal. However the
+//! session ends, the program's stdin is closed (it reads EOF) and the job runs on to its end.
 //!
 //! A compiled runtime's build is not streamed (kiln shows its output only when it fails): its
 //! `compile` stage ends when the run's output begins, or with the job.
@@ -55,6 +55,8 @@ struct Session {
     socket: WebSocket,
     state: AppState,
     principal: Principal,
+    /// The job `init` started, whose stdin closes with the session.
+    job: Option<JobId>,
 }
 
 /// Why a session ends.
@@ -73,11 +75,16 @@ impl Session {
             socket,
             state,
             principal,
+            job: None,
         }
     }
 
     async fn run(mut self) {
         let end = self.converse().await;
+        if let Some(id) = self.job {
+            // However the session ends, a program reading its stdin reads EOF and ends.
+            self.state.live.stdins().close(id).await;
+        }
         match end {
             End::Close(code, reason) => self.close(code, reason).await,
             End::Error(message) => {
@@ -133,12 +140,12 @@ impl Session {
                     if let Ok(chunk) = chunk
                         && self.data(&mut started, &chunk).await.is_err()
                     {
-                        return self.gone(started.id).await;
+                        return End::Gone;
                     }
                 }
                 message = self.socket.recv() => {
                     let Some(message) = read(message) else {
-                        return self.gone(started.id).await;
+                        return End::Gone;
                     };
                     let message = match message {
                         Ok(message) => message,
@@ -157,6 +164,7 @@ impl Session {
         let (id, execution) = submit(&self.state, &self.principal, message, true)
             .await
             .map_err(|e| End::Error(e.message))?;
+        self.job = Some(id);
         let watch = self.state.live.watch_output(id);
         let runtime = json!({
             "type": "runtime",
@@ -172,7 +180,7 @@ impl Session {
             self.send(json!({"type": "stage", "stage": first})).await
         };
         if sent.await.is_err() {
-            return Err(self.gone(id).await);
+            return Err(End::Gone);
         }
         let mut started = Started {
             id,
@@ -181,7 +189,7 @@ impl Session {
         };
         for chunk in watch.replay.clone() {
             if self.data(&mut started, &chunk).await.is_err() {
-                return Err(self.gone(id).await);
+                return Err(End::Gone);
             }
         }
         Ok((started, watch))
@@ -281,13 +289,6 @@ impl Session {
             return End::Gone;
         }
         End::Close(4999, "Job Completed")
-    }
-
-    /// The client went away while the job runs: its stdin is closed, so a program reading it
-    /// reads EOF and ends.
-    async fn gone(&mut self, id: JobId) -> End {
-        self.state.live.stdins().close(id).await;
-        End::Gone
     }
 
     async fn send(&mut self, message: Value) -> Result<(), ()> {
