@@ -20,8 +20,8 @@
 //!    renewing the lease while the job runs. Each attempt runs in a task of its own, so a panic
 //!    ends that job `error` and the worker goes on.
 //! 5. [`runner`] — runs the code for the job's [`runtime`] (a compiled one's build first, shared
-//!    by a suite's cases) under its limits, feeds its stdin, captures capped output, and measures
-//!    it.
+//!    by a suite's cases) under its limits, feeds its stdin (for an interactive job, also what
+//!    is written to it while it runs: [`stdin`]), captures capped output, and measures it.
 //! 6. [`sandbox`] — where the runner starts it: new namespaces, a read-only root with the
 //!    submitted files written into `/work` from memory, seccomp, Landlock, a cgroup of its own.
 //!    The run ends by killing the sandbox's init, which takes every process of the job with it.

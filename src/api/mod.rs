@@ -4,8 +4,9 @@
 //!
 //! Routes: `jobs` (the v1 API), `batches` (test suites, with their `junit` reports, and
 //! `ndjson` for suites sent as a stream of lines), `streams`
-//! (the event endpoints as Server-Sent Events), `compat` (the replaced synchronous design's
-//! endpoints), `judge0` (Judge0 CE's API under `/judge0`), `metrics` (Prometheus), and the
+//! (the event endpoints as Server-Sent Events), `stdin` (writes to an interactive job's stdin),
+//! `compat` (the replaced synchronous design's endpoints), `judge0` (Judge0 CE's API under
+//! `/judge0`), `piston` (Piston's v2 API under `/api/v2`), `metrics` (Prometheus), and the
 //! health checks here.
 
 mod access;
