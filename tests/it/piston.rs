@@ -83,8 +83,10 @@ fn semver_parts(version: &str) -> Vec<u64> {
 #[tokio::test]
 async fn piston_rs_executes_with_stdin_and_args_as_an_ordinary_kiln_job() {
     let server = Server::start().await;
-    let code =
-        "import sys\nprint('oops', file=sys.stderr, flush=True)\nprint(input(), *sys.argv[1:])\n";
+    // The pause lets the answer's watch of the live output begin before the program writes,
+    // however busy the host: an answer that joins after the run has stdout then stderr.
+    let code = "import sys, time\ntime.sleep(1)\n\
+                print('oops', file=sys.stderr, flush=True)\nprint(input(), *sys.argv[1:])\n";
     let run = executor("py", code)
         .set_stdin("kiln")
         .add_args(vec!["a", "b c"]);
@@ -531,4 +533,50 @@ async fn bad_messages_close_the_socket_with_pistons_codes_and_a_bad_init_stores_
         assert!(said.contains(error), "{said:?}");
     }
     assert_eq!(jobs_stored(&server), stored, "a bad init stores nothing");
+}
+
+#[tokio::test]
+async fn a_socket_takes_a_live_streams_place_and_none_is_opened_past_the_limit() {
+    let server = Server::start_with(&["--sse-max-streams", "1"]).await;
+    let mut first = connect(&server).await;
+    let url = format!("{}/api/v2/connect", server.url.replacen("http", "ws", 1));
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(refused)) => {
+            assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        }
+        other => panic!("a second socket is refused: {other:?}"),
+    }
+    assert_eq!(receive(&mut first).await, Received::Closed(4001));
+    // The first socket's place is free again once it closed.
+    for _ in 0..100 {
+        if tokio_tungstenite::connect_async(url.as_str()).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the place was never given back");
+}
+
+#[tokio::test]
+async fn a_program_that_ends_at_once_still_sends_all_its_output_before_its_exit() {
+    let server = Server::start().await;
+    let mut socket = connect(&server).await;
+    send(&mut socket, init("bash", "echo out; echo err >&2; exit 3")).await;
+    let (messages, code) = rest(&mut socket).await;
+    assert_eq!(code, 4999, "{messages:?}");
+    let data = |stream: &str| -> String {
+        messages
+            .iter()
+            .filter(|m| m["type"] == "data" && m["stream"] == stream)
+            .filter_map(|m| m["data"].as_str())
+            .collect()
+    };
+    assert_eq!(
+        (data("stdout"), data("stderr")),
+        ("out\n".into(), "err\n".into())
+    );
+    assert_eq!(
+        messages.last(),
+        Some(&json!({"type": "exit", "stage": "run", "code": 3, "signal": null}))
+    );
 }

@@ -8,24 +8,29 @@
 //! or a signal before init, 4004 data for another stream, 4005 an unknown signal. However the
 //! session ends, the program's stdin is closed (it reads EOF) and the job runs on to its end.
 //!
+//! Output the socket did not see live (a run over before the socket watched it, or a socket
+//! that fell behind) is sent from the job's stored output before the `exit`.
+//!
 //! A compiled runtime's build is not streamed (kiln shows its output only when it fails): its
 //! `compile` stage ends when the run's output begins, or with the job.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::response::Response;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::stages::{self, chunk_bytes};
-use super::{AppState, submit};
+use super::{AppState, PistonError, submit};
 use crate::api::jobs::wait_for_end;
 use crate::auth::Principal;
 use crate::job::{Job, JobId, Outcome};
-use crate::live::{OutputChunk, OutputWatch};
+use crate::live::{OutputChunk, OutputWatch, Stream};
 use crate::store::CancelResult;
 
 /// How long a client has to send `init`.
@@ -35,12 +40,25 @@ const STDIN_WAIT: Duration = Duration::from_secs(10);
 /// Longer than any run may last: the job's own limits end it first.
 const RUN_WAIT: Duration = Duration::from_secs(24 * 3600);
 
+/// Takes one of the live streams' places (`--sse-max-streams`) for as long as the socket is
+/// open, and takes messages as large as a request body may be.
 pub async fn upgrade(
     State(state): State<AppState>,
     principal: Principal,
     ws: WebSocketUpgrade,
 ) -> Response {
-    ws.on_upgrade(move |socket| Session::new(socket, state, principal).run())
+    let Ok(place) = Arc::clone(&state.streams).try_acquire_owned() else {
+        return PistonError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: "too many live streams are open; try again later".into(),
+        }
+        .into_response();
+    };
+    ws.max_message_size(state.config.max_request_bytes)
+        .on_upgrade(move |socket| async move {
+            Session::new(socket, state, principal).run().await;
+            drop(place);
+        })
 }
 
 /// The job an `init` started, and how far its stages got on the socket.
@@ -49,6 +67,8 @@ struct Started {
     compiled: bool,
     /// The `run` stage was announced (for a compiled runtime, once its build ended).
     running: bool,
+    /// Bytes of stdout and stderr sent as `data`.
+    sent: [usize; 2],
 }
 
 struct Session {
@@ -186,6 +206,7 @@ impl Session {
             id,
             compiled: execution.compiled,
             running: !execution.compiled,
+            sent: [0, 0],
         };
         for chunk in watch.replay.clone() {
             if self.data(&mut started, &chunk).await.is_err() {
@@ -237,14 +258,25 @@ impl Session {
 
     /// Output of the run, after the `run` stage is announced.
     async fn data(&mut self, started: &mut Started, chunk: &OutputChunk) -> Result<(), ()> {
+        self.output(started, chunk.stream, &chunk_bytes(chunk))
+            .await
+    }
+
+    async fn output(
+        &mut self,
+        started: &mut Started,
+        stream: Stream,
+        bytes: &[u8],
+    ) -> Result<(), ()> {
         if !started.running {
             self.send(json!({"type": "exit", "stage": "compile", "code": 0, "signal": null}))
                 .await?;
             self.send(json!({"type": "stage", "stage": "run"})).await?;
             started.running = true;
         }
-        let data = String::from_utf8_lossy(&chunk_bytes(chunk)).into_owned();
-        self.send(json!({"type": "data", "stream": chunk.stream, "data": data}))
+        started.sent[stream as usize] += bytes.len();
+        let data = String::from_utf8_lossy(bytes).into_owned();
+        self.send(json!({"type": "data", "stream": stream, "data": data}))
             .await
     }
 
@@ -272,6 +304,18 @@ impl Session {
         }
         while let Ok(chunk) = watch.receiver.try_recv() {
             if self.data(started, &chunk).await.is_err() {
+                return End::Gone;
+            }
+        }
+        // What the socket did not see live (it joined after the run, or fell behind), from the
+        // job's stored output.
+        for (stream, text, encoding) in [
+            (Stream::Stdout, &job.stdout, job.stdout_encoding),
+            (Stream::Stderr, &job.stderr, job.stderr_encoding),
+        ] {
+            let stored = stages::stream_bytes(text, encoding);
+            let sent = started.sent[stream as usize];
+            if stored.len() > sent && self.output(started, stream, &stored[sent..]).await.is_err() {
                 return End::Gone;
             }
         }

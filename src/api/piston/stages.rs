@@ -76,7 +76,7 @@ pub fn chunk_bytes(chunk: &OutputChunk) -> Vec<u8> {
 }
 
 /// A job's output stream as the bytes it was.
-fn stream_bytes(text: &str, encoding: Encoding) -> Vec<u8> {
+pub fn stream_bytes(text: &str, encoding: Encoding) -> Vec<u8> {
     match encoding {
         Encoding::Utf8 => text.as_bytes().to_vec(),
         Encoding::Base64 => base64::engine::general_purpose::STANDARD
