@@ -83,10 +83,11 @@ fn semver_parts(version: &str) -> Vec<u64> {
 #[tokio::test]
 async fn piston_rs_executes_with_stdin_and_args_as_an_ordinary_kiln_job() {
     let server = Server::start().await;
-    // The pause lets the answer's watch of the live output begin before the program writes,
-    // however busy the host: an answer that joins after the run has stdout then stderr.
-    let code = "import sys, time\ntime.sleep(1)\n\
-                print('oops', file=sys.stderr, flush=True)\nprint(input(), *sys.argv[1:])\n";
+    // The pauses let the answer's watch of the live output begin before the program writes,
+    // and each write be read before the next, however busy the host: an answer that joins
+    // after the run has stdout then stderr.
+    let code = "import sys, time\ntime.sleep(1)\nprint('oops', file=sys.stderr, flush=True)\n\
+                time.sleep(1)\nprint(input(), *sys.argv[1:])\n";
     let run = executor("py", code)
         .set_stdin("kiln")
         .add_args(vec!["a", "b c"]);
