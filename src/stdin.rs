@@ -8,20 +8,23 @@
 //! get again what an earlier attempt already read). So they reach a job only when this process
 //! runs it. The channel is made by whichever comes first, the first write or the run's start,
 //! so that bytes written while the job is still queued wait for it; it is bounded, so a writer
-//! waits for the program to read ([`CHUNKS`] writes ahead at most), and it is forgotten when the
-//! job ends.
+//! waits for the program to read (at most [`BUFFER_BYTES`], and [`CHUNKS`] writes, not yet
+//! read), and it is forgotten when the job ends.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::job::JobId;
 
 /// Writes a job's stdin may be ahead of what its program read.
 pub const CHUNKS: usize = 64;
+/// Bytes a job's stdin may hold that its program has not read; also the most one write may
+/// bring.
+pub const BUFFER_BYTES: usize = 1 << 20;
 
 /// What a writer sends down a job's stdin.
 #[derive(Debug)]
@@ -37,6 +40,8 @@ pub struct Stdins(Arc<Mutex<HashMap<JobId, Arc<Pipe>>>>);
 
 struct Pipe {
     sender: mpsc::Sender<Input>,
+    /// Room for bytes not yet read, in bytes.
+    room: Semaphore,
     receiver: tokio::sync::Mutex<mpsc::Receiver<Input>>,
     /// A writer sent [`Input::Close`]: nothing more may be written.
     closed: AtomicBool,
@@ -49,6 +54,8 @@ struct Pipe {
 pub enum WriteError {
     #[error("the job's stdin is already closed")]
     Closed,
+    #[error("a write to stdin may hold at most {BUFFER_BYTES} bytes")]
+    TooLarge,
 }
 
 impl Stdins {
@@ -58,6 +65,7 @@ impl Stdins {
             let (sender, receiver) = mpsc::channel(CHUNKS);
             Arc::new(Pipe {
                 sender,
+                room: Semaphore::new(BUFFER_BYTES),
                 receiver: tokio::sync::Mutex::new(receiver),
                 closed: AtomicBool::new(false),
                 ended: AtomicBool::new(false),
@@ -65,16 +73,37 @@ impl Stdins {
         }))
     }
 
-    /// Appends `bytes` to `job`'s stdin, then closes it if `close`; waits while the program is
-    /// [`CHUNKS`] writes behind.
+    /// Whether `job` has a stdin here yet; makes it if not, and says whether it did.
+    pub fn open(&self, job: JobId) -> bool {
+        let known = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&job);
+        self.pipe(job);
+        !known
+    }
+
+    /// Appends `bytes` to `job`'s stdin, then closes it if `close`; waits while the program has
+    /// not read enough of what came before for them to fit. Whole or not at all: dropped while
+    /// it waits, nothing of it was written.
     pub async fn write(&self, job: JobId, bytes: Bytes, close: bool) -> Result<(), WriteError> {
         let pipe = self.pipe(job);
         if pipe.closed.load(Ordering::Acquire) {
             return Err(WriteError::Closed);
         }
         if !bytes.is_empty() {
-            // The pipe holds its own receiver, so a send cannot fail.
+            let size = u32::try_from(bytes.len())
+                .ok()
+                .filter(|&n| n as usize <= BUFFER_BYTES)
+                .ok_or(WriteError::TooLarge)?;
+            // The semaphore is never closed, and the pipe holds its own receiver: neither fails.
+            let Ok(room) = pipe.room.acquire_many(size).await else {
+                return Err(WriteError::Closed);
+            };
             let _ = pipe.sender.send(Input::Bytes(bytes)).await;
+            // Given back by the reader once read.
+            room.forget();
         }
         if close && !pipe.closed.swap(true, Ordering::AcqRel) {
             let _ = pipe.sender.send(Input::Close).await;
@@ -121,7 +150,10 @@ impl StdinReader {
         }
         let mut receiver = self.0.receiver.lock().await;
         match receiver.recv().await {
-            Some(Input::Bytes(bytes)) => Some(bytes),
+            Some(Input::Bytes(bytes)) => {
+                self.0.room.add_permits(bytes.len());
+                Some(bytes)
+            }
             Some(Input::Close) | None => {
                 self.0.ended.store(true, Ordering::Release);
                 None
@@ -185,5 +217,33 @@ mod tests {
             .write(job, Bytes::from_static(b"y"), false)
             .await
             .expect("room again");
+    }
+
+    #[tokio::test]
+    async fn unread_bytes_are_bounded_and_a_write_goes_whole_or_not_at_all() {
+        let stdins = Stdins::default();
+        let job = JobId::now_v7();
+        let half = Bytes::from(vec![b'a'; BUFFER_BYTES / 2 + 1]);
+        stdins.write(job, half.clone(), false).await.expect("room");
+        let blocked = stdins.write(job, half.clone(), false);
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(50), blocked).await;
+        assert!(waited.is_err(), "no room for a second half");
+        let reader = stdins.reader(job);
+        assert_eq!(reader.next().await.map(|b| b.len()), Some(half.len()));
+        stdins
+            .write(job, half.clone(), true)
+            .await
+            .expect("room again");
+        assert_eq!(
+            reader.next().await.map(|b| b.len()),
+            Some(half.len()),
+            "the dropped write left nothing"
+        );
+        assert_eq!(reader.next().await, None);
+        let too_large = Bytes::from(vec![0; BUFFER_BYTES + 1]);
+        assert_eq!(
+            stdins.write(JobId::now_v7(), too_large, false).await,
+            Err(WriteError::TooLarge)
+        );
     }
 }

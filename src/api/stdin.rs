@@ -17,6 +17,7 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::extract::{PathId, Query};
 use crate::job::JobId;
+use crate::stdin::{BUFFER_BYTES, WriteError};
 
 /// How long a write waits for the program to read what was written before it; past this the
 /// program is taken not to be reading, and the write is refused rather than held.
@@ -56,7 +57,7 @@ pub struct StdinWritten {
         (status = 400, description = "An id or a query that is not valid", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
         (status = 409, description = "The job is not interactive, has ended, or its stdin is closed", body = ErrorBody),
-        (status = 413, description = "More bytes than `--max-stdin-bytes`", body = ErrorBody),
+        (status = 413, description = "More than 1 MiB in one write", body = ErrorBody),
         (status = 503, description = "The program has not read what was written before", body = ErrorBody),
     )
 )]
@@ -70,20 +71,20 @@ pub async fn write(
         Some(late) => late,
         None => ApiError::new(e.status(), ErrorCode::InvalidBody, e.body_text()),
     })?;
-    let max = state.config.policy.max_stdin_bytes;
-    if bytes.len() > max {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::TooLarge,
-            format!("a write to stdin may hold at most {max} bytes"),
-        ));
+    if bytes.len() > BUFFER_BYTES {
+        return Err(refused(WriteError::TooLarge));
     }
     writable(&state, id).await?;
     let written = bytes.len();
     let stdins = state.live.stdins();
+    if stdins.open(id) {
+        // A job that ends before it runs here (cancelled while queued) is never run, so its
+        // worker never forgets its stdin: this does, once it ended.
+        tokio::spawn(forget_when_ended(state.clone(), id));
+    }
     match tokio::time::timeout(ROOM_WAIT, stdins.write(id, bytes, query.close)).await {
         Ok(Ok(())) => {}
-        Ok(Err(closed)) => return Err(stdin_closed(closed)),
+        Ok(Err(why)) => return Err(refused(why)),
         Err(_) => {
             return Err(ApiError {
                 retry_after: Some(1),
@@ -111,6 +112,17 @@ pub async fn write(
     }))
 }
 
+/// Forgets `id`'s stdin once the job ended (or the server stops).
+async fn forget_when_ended(state: AppState, id: JobId) {
+    loop {
+        match super::jobs::wait_for_end(&state, id, Duration::from_secs(3600)).await {
+            Ok(job) if !job.status.is_terminal() && !state.stopping.is_cancelled() => {}
+            _ => break,
+        }
+    }
+    state.live.stdins().forget(id);
+}
+
 /// Refuses a write to a job that has no open stdin: not interactive, ended, or closed.
 pub(super) async fn writable(state: &AppState, id: JobId) -> Result<(), ApiError> {
     let (status, interactive) = state
@@ -133,15 +145,15 @@ pub(super) async fn writable(state: &AppState, id: JobId) -> Result<(), ApiError
         ));
     }
     if state.live.stdins().is_closed(id) {
-        return Err(stdin_closed(crate::stdin::WriteError::Closed));
+        return Err(refused(WriteError::Closed));
     }
     Ok(())
 }
 
-fn stdin_closed(closed: crate::stdin::WriteError) -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
-        ErrorCode::StdinClosed,
-        closed.to_string(),
-    )
+fn refused(why: WriteError) -> ApiError {
+    let (status, code) = match why {
+        WriteError::Closed => (StatusCode::CONFLICT, ErrorCode::StdinClosed),
+        WriteError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge),
+    };
+    ApiError::new(status, code, why.to_string())
 }

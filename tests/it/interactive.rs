@@ -79,6 +79,15 @@ async fn stdin_is_refused_to_a_job_that_is_not_interactive_has_ended_or_was_clos
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(refused["error"]["code"], "not_interactive");
+    let (status, refused) = server
+        .post_raw(
+            &format!("/v1/jobs/{plain}/stdin"),
+            vec![b'x'; (1 << 20) + 1],
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{refused}");
+    assert_eq!(refused["error"]["code"], "too_large");
 
     let id = server
         .submit(json!({"runtime": "sh", "code": "cat", "interactive": true}))

@@ -224,8 +224,8 @@ impl Session {
                 let data = message["data"].as_str().unwrap_or_default().to_owned();
                 let write = self.state.live.stdins().write(id, Bytes::from(data), false);
                 match tokio::time::timeout(STDIN_WAIT, write).await {
-                    // Closed only when the client is gone, which ends the session first.
-                    Ok(_) => None,
+                    Ok(Ok(())) => None,
+                    Ok(Err(refused)) => Some(End::Error(refused.to_string())),
                     Err(_) => Some(End::Error(
                         "the program is not reading its stdin".to_owned(),
                     )),
