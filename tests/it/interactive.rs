@@ -130,3 +130,47 @@ async fn stdin_is_refused_to_a_job_that_is_not_interactive_has_ended_or_was_clos
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{refused}");
 }
+
+#[tokio::test]
+async fn another_tenants_job_has_no_stdin_to_write_to() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let acme = crate::auth::create_token(dir.path(), "acme", false);
+    let globex = crate::auth::create_token(dir.path(), "globex", false);
+    let server = Server::start_in(dir, &[]).await;
+    let http = reqwest::Client::new();
+    let submitted: serde_json::Value = http
+        .post(format!("{}/v1/jobs", server.url))
+        .bearer_auth(&acme)
+        .json(&json!({"runtime": "sh", "code": "cat", "interactive": true}))
+        .send()
+        .await
+        .expect("POST")
+        .json()
+        .await
+        .expect("JSON");
+    let id = submitted["id"].as_str().expect("an id");
+    let write = |token: &str, body: &'static [u8]| {
+        http.post(format!("{}/v1/jobs/{id}/stdin?close=true", server.url))
+            .bearer_auth(token)
+            .body(body)
+            .send()
+    };
+    let refused = write(&globex, b"intruder").await.expect("POST");
+    assert_eq!(
+        refused.status(),
+        StatusCode::NOT_FOUND,
+        "as if it did not exist"
+    );
+    let accepted = write(&acme, b"owner").await.expect("POST");
+    assert_eq!(accepted.status(), StatusCode::OK);
+    let job: serde_json::Value = http
+        .get(format!("{}/v1/jobs/{id}?wait=30", server.url))
+        .bearer_auth(&acme)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(job["stdout"], "owner");
+}
