@@ -113,6 +113,7 @@ pub fn read(
         max_attempts: None,
         interactive,
         callback_url: None,
+        callback_shape: Default::default(),
     };
     Ok(Execution {
         job,
