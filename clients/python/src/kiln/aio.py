@@ -22,10 +22,12 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from httpx_sse import aconnect_sse
 
+from .content import wire
 from .errors import (
     ConnectionFailed,
     KilnError,
@@ -134,8 +136,9 @@ class AsyncClient:
         """Submits a job and returns its id once the server has it on disk.
 
         `job` is a `JobSpec` or a mapping of its fields; keywords add to it or override it:
-        `await client.submit(runtime="python", code="print(1)", stdin="x")`. The server checks
-        it (`kiln.InvalidRequest` names what is wrong). Retried safely under `idempotency_key`
+        `await client.submit(runtime="python", code="print(1)", stdin="x")`. Content may be
+        `bytes` (`stdin=b"\\x00\\xff"`), sent in base64. The server checks it
+        (`kiln.InvalidRequest` names what is wrong). Retried safely under `idempotency_key`
         (one is generated when none is given).
         """
         body = _dump(job, fields)
@@ -151,6 +154,32 @@ class AsyncClient:
             "GET", f"/v1/jobs/{job_id}", params=params, timeout=self._long(wait)
         )
         return Job.model_validate_json(response.content)
+
+    async def file(self, job_id: str, path: str) -> bytes:
+        """A file the job kept from its run (one of its `files_out`), its exact bytes.
+
+        Raises `kiln.FileNotFound` for a path the job did not keep.
+        """
+        response = await self._request("GET", f"/v1/jobs/{job_id}/files/{quote(path)}")
+        return response.content
+
+    async def download(self, job: str | Job, directory: str | Path) -> list[Path]:
+        """Writes every file the job kept (`files_out`) under `directory` at its path, making
+        directories as needed, and returns the paths written; those it left out are in its
+        `files_omitted`. `job` is an ended job or its id (then read first).
+        """
+        if isinstance(job, str):
+            job = await self.get(job)
+        job_id = job.id
+        # Every path is checked before anything is fetched or written.
+        targets = [(kept.path, _inside(Path(directory), kept.path)) for kept in job.files_out or []]
+
+        async def fetch(path: str, target: Path) -> Path:
+            content = await self.file(job_id, path)
+            await asyncio.to_thread(_write, target, content)
+            return target
+
+        return await _bounded([fetch(path, target) for path, target in targets])
 
     async def wait(self, job_id: str, *, timeout: float | None = None) -> Job:
         """The job once it ended, by long polls of up to 60 s each: one request a minute.
@@ -292,7 +321,7 @@ class AsyncClient:
         ):
             lines = suite.ndjson
         else:
-            body = suite.body() if isinstance(suite, Suite) else dict(suite)
+            body = suite.body() if isinstance(suite, Suite) else wire(dict(suite))
             response = await self._request("POST", "/v1/batches", json=body, idempotency_key=key)
             return BatchSubmitted.model_validate_json(response.content)
         response = await self._request(
@@ -524,7 +553,21 @@ def _dump(value: JobSpec | Mapping[str, Any] | None, fields: Mapping[str, Any]) 
     base = value.model_dump(exclude_none=True) if isinstance(value, JobSpec) else dict(value or {})
     for name, field in fields.items():
         base[name] = field.model_dump(exclude_none=True) if hasattr(field, "model_dump") else field
-    return base
+    return dict(wire(base))
+
+
+def _inside(root: Path, path: str) -> Path:
+    """Where a kept file goes under `root`: the server checked the job's patterns, the client
+    still writes nothing outside `root`."""
+    parts = path.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise KilnError(f"the server listed a file path that leaves the directory: {path!r}")
+    return root.joinpath(*parts)
+
+
+def _write(target: Path, content: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(content)
 
 
 def _seconds(value: float) -> str:

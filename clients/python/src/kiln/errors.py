@@ -79,6 +79,12 @@ class BatchNotFound(NotFound):
     code = "batch_not_found"
 
 
+class FileNotFound(NotFound):
+    """404: the job kept no file at this path (see its `files_out`)."""
+
+    code = "file_not_found"
+
+
 class Conflict(ApiError):
     """409."""
 
@@ -140,6 +146,7 @@ _BY_CODE: dict[str, type[ApiError]] = {
         NotFound,
         JobNotFound,
         BatchNotFound,
+        FileNotFound,
         AlreadyFinished,
         IdempotencyKeyReused,
         TooLarge,

@@ -1,9 +1,10 @@
 """Typed shapes of what the server sends and takes: jobs, events, batches, cases, groups, runtimes.
 
-The models mirror docs/api.md, docs/streams.md and docs/suites.md. Every answer model keeps
-fields it does not name (`extra="allow"`), so a newer server's additions reach the caller
-instead of failing validation; the request models (`JobSpec`, `Limits`) pass unknown fields
-through to the server, which refuses what it does not know with a 422 that names the field.
+The models mirror docs/api.md, docs/jobs.md, docs/streams.md and docs/suites.md. Every answer
+model keeps fields it does not name (`extra="allow"`), so a newer server's additions reach the
+caller instead of failing validation; the request models (`JobSpec`, `Limits`) pass unknown
+fields through to the server, which refuses what it does not know with a 422 that names the
+field.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
+
+from .content import Content, Encoding, decoded
 
 Status = Literal["queued", "running", "succeeded", "failed", "timed_out", "cancelled", "error"]
 
@@ -43,13 +46,16 @@ class Limits(_Request):
 
 
 class JobSpec(_Request):
-    """The body of `POST /v1/jobs`."""
+    """The body of `POST /v1/jobs`. `code`, `stdin` and each of `files` is text (`str`) or
+    bytes (`bytes`, sent in base64); `outputs` names the files to keep after the run (paths or
+    globs, docs/jobs.md), which `Job.files_out` then lists."""
 
     runtime: str
-    code: str
-    stdin: str | None = None
+    code: Content
+    stdin: Content | None = None
     args: list[str] | None = None
-    files: dict[str, Any] | None = None
+    files: dict[str, Content] | None = None
+    outputs: list[str] | None = None
     limits: Limits | None = None
     priority: int | None = None
     max_attempts: int | None = None
@@ -61,8 +67,30 @@ class Progress(_Answer):
     message: str | None = None
 
 
+class FileOut(_Answer):
+    """A file a job kept from its run: fetch it with `client.file(job.id, path)`."""
+
+    path: str
+    size: int
+    content_type: str
+
+
+class FileOmitted(_Answer):
+    """A file that matched a job's `outputs` but was not kept, and why: `too_many_files`,
+    `too_many_bytes` or `not_a_regular_file`."""
+
+    path: str
+    size: int | None = None
+    reason: str
+
+
 class Job(_Answer):
-    """A job as `GET /v1/jobs/{id}` returns it; fields are null until they apply."""
+    """A job as `GET /v1/jobs/{id}` returns it; fields are null until they apply.
+
+    `stdout` and `stderr` are the text a program wrote, or, where `stdout_encoding` or
+    `stderr_encoding` is `"base64"`, its bytes (not UTF-8) in base64: `stdout_bytes` and
+    `stderr_bytes` are the exact bytes either way.
+    """
 
     id: str
     status: Status
@@ -77,7 +105,9 @@ class Job(_Answer):
     exit_code: int | None = None
     signal: int | None = None
     stdout: str | None = None
+    stdout_encoding: Encoding | None = None
     stderr: str | None = None
+    stderr_encoding: Encoding | None = None
     stdout_truncated: bool | None = None
     stderr_truncated: bool | None = None
     wall_ms: int | None = None
@@ -90,11 +120,24 @@ class Job(_Answer):
     case_name: str | None = None
     verdict: str | None = None
     verdict_detail: str | None = None
+    outputs: list[str] | None = None
+    files_out: list[FileOut] | None = None
+    files_omitted: list[FileOmitted] | None = None
 
     @property
     def finished(self) -> bool:
         """Whether the job has ended (its status is terminal)."""
         return self.status in TERMINAL_STATUSES
+
+    @property
+    def stdout_bytes(self) -> bytes | None:
+        """The exact bytes the program wrote to stdout (null while there is no result)."""
+        return decoded(self.stdout, self.stdout_encoding)
+
+    @property
+    def stderr_bytes(self) -> bytes | None:
+        """The exact bytes the program wrote to stderr (null while there is no result)."""
+        return decoded(self.stderr, self.stderr_encoding)
 
 
 class JobPage(_Answer):
@@ -133,11 +176,21 @@ class EventPage(_Answer):
 
 
 class Output(_Answer):
-    """What a running job wrote, live (`event: output`); not stored piece by piece, no id."""
+    """What a running job wrote, live (`event: output`); not stored piece by piece, no id.
+
+    `data` is the text, or for a piece that is not UTF-8 (`encoding` `"base64"`) its bytes in
+    base64; `data_bytes` is the exact bytes either way.
+    """
 
     job_id: str
     stream: Literal["stdout", "stderr"]
     data: str
+    encoding: Encoding | None = None
+
+    @property
+    def data_bytes(self) -> bytes:
+        """The exact bytes of this piece."""
+        return decoded(self.data, self.encoding) or b""
 
 
 class OutputLost(_Answer):

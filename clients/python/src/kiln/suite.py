@@ -4,7 +4,8 @@ A suite is defaults (runtime, code, files, limits, compare) and cases, each of w
 its own program and a group (the problem it is a sample of), with `pass_at_k` asked for the
 groups. The same suite can be sent whole, as one JSON body, or as NDJSON lines (the suite's own
 fields, then a case a line), which is how suites larger than a request body go: `ndjson()`
-yields the lines one by one, so a suite built lazily is never held whole as bytes.
+yields the lines one by one, so a suite built lazily is never held whole as bytes. Content
+(code, files, stdin, expected output) is text or bytes, as in a job (`kiln.content`).
 """
 
 from __future__ import annotations
@@ -15,24 +16,26 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from .content import Content, wire
 from .models import Limits
 
 Compare = Literal["trim", "exact", "tokens"]
 
 
 class SuiteCase(BaseModel):
-    """One case: its input and expected output, and optionally its own program and group."""
+    """One case: its input and expected output, and optionally its own program and group.
+    `code`, `stdin`, `expected_output` and each of `files` is text or bytes."""
 
     model_config = ConfigDict(extra="allow")
 
     name: str | None = None
     group: str | None = None
     runtime: str | None = None
-    code: str | None = None
-    files: dict[str, Any] | None = None
-    stdin: str | None = None
+    code: Content | None = None
+    files: dict[str, Content] | None = None
+    stdin: Content | None = None
     args: list[str] | None = None
-    expected_output: str | None = None
+    expected_output: Content | None = None
     limits: Limits | None = None
 
 
@@ -42,8 +45,8 @@ class Suite(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     runtime: str | None = None
-    code: str | None = None
-    files: dict[str, Any] | None = None
+    code: Content | None = None
+    files: dict[str, Content] | None = None
     limits: Limits | None = None
     compare: Compare | None = None
     pass_at_k: list[int] | None = None
@@ -59,11 +62,11 @@ class Suite(BaseModel):
 
     def header(self) -> dict[str, Any]:
         """The suite's own fields: every field of the body but `cases`."""
-        return self.model_dump(exclude_none=True, exclude={"cases"})
+        return dict(wire(self.model_dump(exclude_none=True, exclude={"cases"})))
 
     def body(self) -> dict[str, Any]:
         """The whole suite as one JSON body."""
-        return self.model_dump(exclude_none=True)
+        return dict(wire(self.model_dump(exclude_none=True)))
 
     def ndjson(self) -> Iterator[bytes]:
         """The suite as NDJSON lines: its own fields first, then a case a line."""
@@ -82,7 +85,7 @@ def ndjson_lines(
 
 
 def _line(value: Mapping[str, Any]) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode() + b"\n"
+    return json.dumps(wire(dict(value)), separators=(",", ":")).encode() + b"\n"
 
 
 def _as_dict(value: BaseModel | Mapping[str, Any] | None) -> dict[str, Any]:

@@ -119,6 +119,12 @@ class Client:
     def get(self, job_id: str, *, wait: float | None = None) -> Job:
         return self._run(self.aio.get(job_id, wait=wait))
 
+    def file(self, job_id: str, path: str) -> bytes:
+        return self._run(self.aio.file(job_id, path))
+
+    def download(self, job: str | Job, directory: str | Path) -> list[Path]:
+        return self._run(self.aio.download(job, directory))
+
     def wait(self, job_id: str, *, timeout: float | None = None) -> Job:
         return self._run(self.aio.wait(job_id, timeout=timeout))
 
