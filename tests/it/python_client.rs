@@ -167,6 +167,7 @@ fn the_python_client_builds_a_wheel_with_its_type_marker_and_script() {
         "kiln/__init__.py",
         "kiln/py.typed",
         "kiln/aio.py",
+        "kiln/content.py",
         "kiln/evaluate.py",
     ] {
         assert!(listing.lines().any(|l| l == file), "{file} in\n{listing}");
