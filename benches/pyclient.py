@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
+
 import kiln
 
 BODY = {"runtime": "sh", "code": "true"}

@@ -1,9 +1,10 @@
 //! The Python client, `clients/python`, is held to its standards by the README's test command:
 //! a venv under the target directory gets the client (editable) with its test extras from PyPI,
 //! then ruff, `mypy --strict` and its pytest suite run, the suite against this build's real
-//! `kiln` binary (`KILN_BIN`), and the package builds into a wheel. A host that cannot make the
-//! venv (no python3, no `venv` module, no PyPI) skips, which `KILN_TEST_STRICT=1` turns into a
-//! failure.
+//! `kiln` binary (`KILN_BIN`), and the package builds into a wheel. The Python side of the
+//! client's benchmark, `benches/pyclient.py`, is linted and type-checked with it. A host that
+//! cannot make the venv (no python3, no `venv` module, no PyPI) skips, which
+//! `KILN_TEST_STRICT=1` turns into a failure.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -12,6 +13,8 @@ use std::sync::OnceLock;
 use crate::util::skip;
 
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/python");
+/// The Python side of `benches/pyclient.rs`, from [`CLIENT`].
+const BENCH: &str = "../../benches/pyclient.py";
 
 /// Where the venv, the linters' caches and the wheel go: under `target/`, never in the source.
 fn scratch() -> PathBuf {
@@ -96,14 +99,33 @@ fn the_python_client_is_ruff_clean_and_mypy_strict_clean() {
     let Some(bin) = venv_or_skip("the_python_client_is_ruff_clean_and_mypy_strict_clean") else {
         return;
     };
-    assert_ran("ruff check", &run(bin, "ruff", &["check", "."]));
+    // The benchmark's Python side is held to the client's own rules, hence its config.
+    assert_ran(
+        "ruff check",
+        &run(
+            bin,
+            "ruff",
+            &["check", "--config", "pyproject.toml", ".", BENCH],
+        ),
+    );
     assert_ran(
         "ruff format",
-        &run(bin, "ruff", &["format", "--check", "."]),
+        &run(
+            bin,
+            "ruff",
+            &[
+                "format",
+                "--check",
+                "--config",
+                "pyproject.toml",
+                ".",
+                BENCH,
+            ],
+        ),
     );
     assert_ran(
         "mypy --strict",
-        &run(bin, "mypy", &["--strict", "src", "tests"]),
+        &run(bin, "mypy", &["--strict", "src", "tests", BENCH]),
     );
 }
 
