@@ -20,7 +20,7 @@ use crate::auth::{Principal, is_tenant_name};
 use crate::job::content::Encoding;
 use crate::job::names::shown;
 use crate::job::validate::JobRequest;
-use crate::job::{BatchId, Event, Job, JobId, JobSpec, Status};
+use crate::job::{BatchId, Event, Job, JobId, JobSpec, Outcome, Status};
 use crate::store::{
     Admission, CancelResult, JobFilter, JobSummary, Order, Page, Submitted, Visibility,
 };
@@ -493,6 +493,15 @@ pub struct ListQuery {
     /// Only jobs in this status.
     #[param(value_type = Option<Status>)]
     status: Option<String>,
+    /// Only jobs that ended for this reason.
+    #[param(value_type = Option<Outcome>)]
+    outcome: Option<String>,
+    /// Only jobs submitted at or after this time (RFC 3339, UTC: `2026-12-03T06:00:00Z`).
+    #[param(format = DateTime)]
+    since: Option<String>,
+    /// Only jobs submitted before this time (RFC 3339, UTC).
+    #[param(format = DateTime)]
+    until: Option<String>,
     /// Only jobs of this runtime (a name or an alias).
     runtime: Option<String>,
     /// Only the cases of this batch.
@@ -507,7 +516,8 @@ pub struct ListQuery {
     /// Newest first: the id of the oldest job seen.
     #[param(format = "uuid")]
     before: Option<String>,
-    /// For an admin: only this tenant's jobs.
+    /// For an admin: only this tenant's jobs (a tenant's token may name only its own).
+    #[param(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     tenant: Option<String>,
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
@@ -690,10 +700,32 @@ pub async fn list(
             .get(&name)
             .map_or(name, |runtime| runtime.name.clone())
     });
+    let outcome = query
+        .outcome
+        .map(|o| {
+            Outcome::parse(&o).ok_or_else(|| {
+                ApiError::bad_request(
+                    ErrorCode::InvalidQuery,
+                    format!("unknown outcome {}", shown(&o)),
+                )
+            })
+        })
+        .transpose()?;
     let filter = JobFilter {
         status,
+        outcome,
         runtime,
         batch,
+        since: query
+            .since
+            .as_deref()
+            .map(|t| instant("since", t))
+            .transpose()?,
+        until: query
+            .until
+            .as_deref()
+            .map(|t| instant("until", t))
+            .transpose()?,
     };
     let paging = PageQuery {
         order: query.order,
@@ -706,6 +738,20 @@ pub async fn list(
     let jobs = state.store.list_jobs(who, filter, page).await?;
     let next = next_page(page, jobs.len(), jobs.last().map(|j| j.id));
     Ok(Json(JobPage { jobs, next }))
+}
+
+/// A query's time: RFC 3339 in UTC (`2026-12-03T06:00:00Z`, fractions of a second allowed).
+fn instant(name: &str, text: &str) -> Result<i64, ApiError> {
+    humantime::parse_rfc3339_weak(text)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                ErrorCode::InvalidQuery,
+                format!("{name}={} is not an RFC 3339 time", shown(text)),
+            )
+        })
 }
 
 pub(super) fn page_size(limit: Option<u32>) -> Result<u32, ApiError> {

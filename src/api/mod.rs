@@ -24,6 +24,7 @@ mod ndjson;
 mod openapi;
 mod piston;
 mod stdin;
+mod stats;
 mod streams;
 
 use std::sync::Arc;
@@ -124,6 +125,8 @@ fn v1() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::feed))
         .routes(routes!(runtimes))
         .routes(routes!(tenant))
+        .routes(routes!(stats::stats))
+        .routes(routes!(stats::series))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics::metrics))

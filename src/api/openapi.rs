@@ -40,6 +40,7 @@ use super::error::ErrorBody;
         (name = "events", description = "The append-only history, paged or live"),
         (name = "runtimes", description = "The languages this server runs"),
         (name = "tenants", description = "Whom a token acts for"),
+        (name = "stats", description = "The queue now and its recent history, for an overview"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )
 )]

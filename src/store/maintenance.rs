@@ -169,7 +169,10 @@ pub(super) fn queue_depth(conn: &Connection) -> Result<BTreeMap<String, i64>, St
         .iter()
         .map(|s| (s.as_str().to_owned(), 0))
         .collect();
-    let mut stmt = conn.prepare_cached("SELECT status, count(*) FROM jobs GROUP BY status")?;
+    // The counts the triggers keep, not a count of the jobs: a scrape reads a few rows however
+    // many jobs the file holds.
+    let mut stmt =
+        conn.prepare_cached("SELECT status, sum(jobs) FROM job_counts GROUP BY status")?;
     let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
     for row in rows {
         let (status, n) = row?;

@@ -71,6 +71,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0011_interactive.sql",
         sql: include_str!("../../schema/0011_interactive.sql"),
     },
+    Migration {
+        version: 12,
+        name: "0012_stats.sql",
+        sql: include_str!("../../schema/0012_stats.sql"),
+    },
 ];
 
 /// Applies each migration newer than the file's `user_version`, each in its own transaction

@@ -13,6 +13,7 @@ mod maintenance;
 mod migrate;
 mod prune;
 mod read;
+mod stats;
 mod tenants;
 mod wal;
 mod webhooks;
@@ -40,6 +41,7 @@ pub use maintenance::{Backup, Health, backup, inspect};
 pub use migrate::{MIGRATIONS, Migration};
 pub use prune::{PruneOptions, PrunePreview, PruneReport, prune, prune_preview};
 pub use read::{JobFilter, JobInput, JobSummary, Order, Page};
+pub use stats::{Counts, Percentiles, Step};
 pub use tenants::{ActiveToken, Admission, Full, TokenInfo, Visibility};
 pub use wal::DEFAULT_WAL_MAX_BYTES;
 pub use webhooks::{Attempt, Delivery, Subject};
@@ -671,6 +673,24 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<Event>, StoreError> {
         self.read(move |conn| read::events_before(conn, &who, before, limit))
+            .await
+    }
+
+    /// Jobs by status now and the oldest queued job, for `who`.
+    pub async fn counts(&self, who: Visibility) -> Result<Counts, StoreError> {
+        self.read(move |conn| stats::counts(conn, &who)).await
+    }
+
+    /// `steps` steps of `step_minutes` minutes from minute `from_minute` (minutes since the
+    /// epoch): the jobs of `who` that ended in each, by outcome, and their latencies.
+    pub async fn series(
+        &self,
+        who: Visibility,
+        from_minute: i64,
+        step_minutes: i64,
+        steps: i64,
+    ) -> Result<Vec<Step>, StoreError> {
+        self.read(move |conn| stats::series(conn, &who, from_minute, step_minutes, steps))
             .await
     }
 

@@ -56,8 +56,21 @@ impl Page {
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
     pub status: Option<Status>,
+    pub outcome: Option<Outcome>,
     pub runtime: Option<String>,
     pub batch: Option<BatchId>,
+    /// Submitted at or after this time (ms since the epoch).
+    pub since: Option<i64>,
+    /// Submitted before this time.
+    pub until: Option<i64>,
+}
+
+/// The least id a job submitted at `ms` can have, as text: a UUIDv7 starts with its time in
+/// milliseconds, so ids of jobs submitted before `ms` sort below it and the rest above, and a
+/// time range is a range of the primary key (or of any index that ends in `id`).
+fn first_id_at(ms: i64) -> String {
+    let ms = ms.clamp(0, (1 << 48) - 1);
+    format!("{:08x}-{:04x}", ms >> 16, ms & 0xffff)
 }
 
 /// A job in a listing: its state, without code, input or output.
@@ -375,13 +388,26 @@ pub(super) fn list_jobs(
     let columns = "id, status, outcome, runtime, attempt, priority, created_at, started_at,
                    finished_at, exit_code, batch_id";
     let status = filter.status.map(Status::as_str);
+    let outcome = filter.outcome.map(Outcome::as_str);
     let batch = filter.batch.map(|id| id.to_string());
+    let since = filter.since.map(first_id_at);
+    let until = filter.until.map(first_id_at);
     // Built from the filters given, so each shape walks its own index: `jobs_status` for a
     // status, `jobs_tenant` for a tenant, `jobs_batch_case` for a batch.
     let mut sql = format!("SELECT {columns} FROM jobs WHERE id {compare} ?1");
     let mut args: Vec<&dyn rusqlite::ToSql> = vec![&cursor];
+    for (bound, value) in [(">=", &since), ("<", &until)] {
+        if let Some(value) = value {
+            args.push(value);
+            sql.push_str(&format!(" AND id {bound} ?{}", args.len()));
+        }
+    }
     for (column, value) in [
         ("status", status.as_ref().map(|s| s as &dyn rusqlite::ToSql)),
+        (
+            "outcome",
+            outcome.as_ref().map(|o| o as &dyn rusqlite::ToSql),
+        ),
         (
             "runtime",
             filter.runtime.as_ref().map(|r| r as &dyn rusqlite::ToSql),

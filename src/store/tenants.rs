@@ -38,7 +38,7 @@ pub enum Visibility {
 }
 
 impl Visibility {
-    fn tenant(&self) -> Option<&str> {
+    pub(super) fn tenant(&self) -> Option<&str> {
         match self {
             Visibility::All => None,
             Visibility::Tenant(name) => Some(name),

@@ -30,6 +30,7 @@ mod programs;
 mod python_client;
 mod runs;
 mod schema;
+mod stats;
 mod streams;
 mod unprivileged;
 mod util;
