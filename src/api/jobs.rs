@@ -1,6 +1,7 @@
 //! The v1 job endpoints: submit, read back (optionally waiting for the end), list, follow events,
 //! cancel.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Json;
@@ -17,10 +18,11 @@ use super::extract::{self, FileInPath, PathId, Query};
 use super::streams;
 use super::{AppState, access};
 use crate::auth::{Principal, is_tenant_name};
-use crate::job::content::Encoding;
+
+use crate::job::content::{Content, Encoded, Encoding};
 use crate::job::names::shown;
 use crate::job::validate::JobRequest;
-use crate::job::{BatchId, Event, Job, JobId, JobSpec, Outcome, Status};
+use crate::job::{BatchId, Event, Job, JobId, JobSpec, Limits, Outcome, Status};
 use crate::store::{
     Admission, CancelResult, JobFilter, JobSummary, Order, Page, Submitted, Visibility,
 };
@@ -213,6 +215,72 @@ pub async fn get(
     Ok(Json(match query.encoding {
         Encoding::Base64 => job.with_base64_output(),
         Encoding::Utf8 => job,
+    }))
+}
+
+/// What a job was given to run, in the shape a submission takes: each content as text where it
+/// is UTF-8, else `{"base64": ...}`. Without `expected_output`, it submits as it is to run the
+/// job again.
+#[derive(Serialize, ToSchema)]
+pub struct JobInputBody {
+    runtime: String,
+    #[schema(value_type = Encoded)]
+    code: Content,
+    #[schema(value_type = Encoded)]
+    stdin: Content,
+    args: Vec<String>,
+    #[schema(value_type = BTreeMap<String, Encoded>)]
+    files: BTreeMap<String, Content>,
+    outputs: Vec<String>,
+    /// The limits it ran under, every default filled in.
+    limits: Limits,
+    priority: i32,
+    max_attempts: u32,
+    /// For a suite's case: what its stdout is compared with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Encoded>)]
+    expected_output: Option<Content>,
+}
+
+/// What the job was given: its code, stdin, arguments, files and limits (a suite's case with
+/// what it shares with its suite), as a submission would send them.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/input",
+    tag = "jobs",
+    operation_id = "get_job_input",
+    params(("id" = String, Path, format = "uuid", description = "The job's id")),
+    responses(
+        (status = 200, description = "What the job was given", body = JobInputBody),
+        (status = 400, description = "An id that is not valid", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+    )
+)]
+pub async fn input(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+) -> Result<Json<JobInputBody>, ApiError> {
+    let job = state
+        .store
+        .job(id)
+        .await?
+        .ok_or_else(ApiError::job_not_found)?;
+    let input = state
+        .store
+        .job_input(id)
+        .await?
+        .ok_or_else(ApiError::job_not_found)?;
+    Ok(Json(JobInputBody {
+        runtime: job.runtime,
+        code: input.code,
+        stdin: input.stdin,
+        args: input.args,
+        files: input.files,
+        outputs: job.outputs,
+        limits: job.limits,
+        priority: job.priority,
+        max_attempts: job.max_attempts,
+        expected_output: input.expected_output,
     }))
 }
 

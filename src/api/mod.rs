@@ -115,6 +115,7 @@ fn v1() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::cancel))
         .routes(routes!(stdin::write))
         .routes(routes!(jobs::file))
+        .routes(routes!(jobs::input))
         .routes(routes!(batches::submit, batches::list))
         .routes(routes!(batches::get))
         .routes(routes!(batches::cases))

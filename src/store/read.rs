@@ -1,6 +1,8 @@
 //! The SQL of every read. These run on the read-only pool, never on the writer, so pollers do
 //! not queue behind writes (WAL lets readers and the writer proceed at once).
 
+use std::collections::BTreeMap;
+
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 
@@ -178,12 +180,15 @@ pub(super) fn job_file(
     Ok(found)
 }
 
-/// What a job was given to run: its code (a suite's case running the suite's code has its
-/// batch's), its stdin, and for a case its expected output.
+/// What a job was given to run: its code and files (a suite's case has its batch's code unless
+/// it brought its own, and its batch's files with its own added, as it ran), its stdin and
+/// arguments, and for a case its expected output.
 #[derive(Debug, Clone)]
 pub struct JobInput {
     pub code: Content,
     pub stdin: Content,
+    pub args: Vec<String>,
+    pub files: BTreeMap<String, Content>,
     pub expected_output: Option<Content>,
 }
 
@@ -191,19 +196,33 @@ pub(super) fn job_input(conn: &Connection, id: JobId) -> Result<Option<JobInput>
     let row = conn
         .prepare_cached(
             "SELECT CASE WHEN j.code = '' THEN coalesce(b.code, '') ELSE j.code END,
-                    j.stdin, j.expected_output
+                    j.stdin, j.expected_output, j.args, coalesce(b.files, '{}'), j.files
              FROM jobs j LEFT JOIN batches b ON b.id = j.batch_id
              WHERE j.id = ?1",
         )?
         .query_row([id.to_string()], |r| {
-            Ok(JobInput {
-                code: r.get(0)?,
-                stdin: r.get(1)?,
-                expected_output: r.get(2)?,
-            })
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+            ))
         })
         .optional()?;
-    Ok(row)
+    let Some((code, stdin, expected_output, args, shared, own)) = row else {
+        return Ok(None);
+    };
+    let mut files: BTreeMap<String, Content> = from_json(&shared)?;
+    files.extend(from_json::<BTreeMap<String, Content>>(&own)?);
+    Ok(Some(JobInput {
+        code,
+        stdin,
+        args: from_json(&args)?,
+        files,
+        expected_output,
+    }))
 }
 
 /// The job's latest `job.progress` event: a short walk back along `events_job`, as a job stores

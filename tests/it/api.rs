@@ -709,3 +709,73 @@ async fn eval_async_takes_language_not_runtime_as_docs_api_md_says() {
     let (_, result) = server.get(&format!("/eval-status/{id}?wait=30")).await;
     assert_eq!(result["output"], "in", "{result}");
 }
+
+#[tokio::test]
+async fn a_jobs_input_reads_back_as_a_submission_that_runs_it_again() {
+    let server = Server::start().await;
+    let job = json!({
+        "runtime": "sh",
+        "code": "cat data.bin | od -An -tx1 | tr -d ' \\n'; echo \" $1\"; cat",
+        "stdin": {"base64": "/wA="},
+        "args": ["first"],
+        "files": {"data.bin": {"base64": "AP8B"}, "note.txt": "plain"},
+        "limits": {"wall_ms": 5000},
+        "priority": 3,
+    });
+    let id = server.submit(job).await;
+    let first = server.finished(&id).await;
+    let (status, input) = server.get(&format!("/v1/jobs/{id}/input")).await;
+    assert_eq!(status, StatusCode::OK, "{input}");
+    assert_eq!(
+        input["code"],
+        "cat data.bin | od -An -tx1 | tr -d ' \\n'; echo \" $1\"; cat"
+    );
+    assert_eq!(
+        input["stdin"],
+        json!({"base64": "/wA="}),
+        "bytes come back as they went"
+    );
+    assert_eq!(input["args"], json!(["first"]));
+    assert_eq!(
+        input["files"],
+        json!({"data.bin": {"base64": "AP8B"}, "note.txt": "plain"}),
+        "bytes that are not UTF-8 come back in base64, text as text"
+    );
+    assert_eq!(input["limits"]["wall_ms"], 5000);
+    assert_eq!(input["limits"], first["limits"], "the limits it ran under");
+    assert_eq!(input["priority"], 3);
+    assert!(input.get("expected_output").is_none(), "{input}");
+
+    let again = server.submit(input).await;
+    let second = server.finished(&again).await;
+    assert_eq!(second["stdout"], first["stdout"], "{second}");
+    assert_eq!(
+        first["stdout_encoding"], "base64",
+        "the stdin's 0xff is in the output"
+    );
+
+    let (_, suite) = server
+        .post(
+            "/v1/batches",
+            &json!({
+                "runtime": "sh",
+                "code": "cat shared.txt own.txt",
+                "files": {"shared.txt": "s"},
+                "cases": [{"name": "c", "files": {"own.txt": "o"}, "expected_output": "so"}],
+            }),
+        )
+        .await;
+    let case = suite["cases"][0]["job_id"].as_str().expect("case id");
+    let (_, input) = server.get(&format!("/v1/jobs/{case}/input")).await;
+    assert_eq!(
+        input["code"], "cat shared.txt own.txt",
+        "the suite's code: {input}"
+    );
+    assert_eq!(input["files"], json!({"own.txt": "o", "shared.txt": "s"}));
+    assert_eq!(input["expected_output"], "so");
+
+    let (status, body) = server
+        .get(&format!("/v1/jobs/{}/input", uuid::Uuid::now_v7()))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+}

@@ -189,8 +189,10 @@ async fn the_server_serves_the_checked_in_document_and_it_is_valid_openapi_3_1()
     let checked_in: Value =
         serde_json::from_str(&std::fs::read_to_string(CHECKED_IN).expect("read docs/openapi.json"))
             .expect("docs/openapi.json is JSON");
-    assert_eq!(
-        served, checked_in,
+    // Not assert_eq: a stale document differs in a line or two, and printing both whole would
+    // bury them.
+    assert!(
+        served == checked_in,
         "docs/openapi.json is stale: run `kiln openapi > docs/openapi.json`"
     );
     assert_eq!(served["openapi"], "3.1.0");
