@@ -12,6 +12,7 @@
 mod access;
 mod batches;
 mod compat;
+mod dashboard;
 mod error;
 mod extract;
 #[cfg(test)]
@@ -89,6 +90,8 @@ pub fn router(state: AppState) -> Router {
         .route("/eval-async", post(compat::submit))
         .route("/eval-status/{id}", get(compat::status))
         .route("/events", get(jobs::feed))
+        .route("/", get(dashboard::page))
+        .route("/ui/{file}", get(dashboard::asset))
         .nest(access::JUDGE0, judge0::routes())
         .nest(access::PISTON, piston::routes())
         .fallback(not_found)

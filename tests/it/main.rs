@@ -12,6 +12,7 @@ mod batches;
 mod bytes;
 mod cli;
 mod crash;
+mod dashboard;
 mod docs;
 mod durability;
 mod examples;
