@@ -20,8 +20,11 @@ pub enum What {
 /// The filters and page of a listing, as given on the command line.
 pub(super) struct Filters {
     pub(super) status: Option<String>,
+    pub(super) outcome: Option<String>,
     pub(super) runtime: Option<String>,
     pub(super) batch: Option<String>,
+    pub(super) since: Option<String>,
+    pub(super) until: Option<String>,
     pub(super) tenant: Option<String>,
     pub(super) limit: u32,
     pub(super) before: Option<String>,
@@ -39,8 +42,11 @@ pub(super) async fn list(
     ];
     let job_filters = [
         ("status", filters.status),
+        ("outcome", filters.outcome),
         ("runtime", filters.runtime),
         ("batch", filters.batch),
+        ("since", filters.since),
+        ("until", filters.until),
     ];
     for (name, value) in job_filters {
         let Some(value) = value else { continue };

@@ -184,6 +184,10 @@ pub enum ClientCommand {
         /// Jobs: only those in this status (queued, running, succeeded, failed, ...)
         #[arg(long)]
         status: Option<String>,
+        /// Jobs: only those that ended with this outcome (success, nonzero_exit,
+        /// wall_time_limit, ...)
+        #[arg(long)]
+        outcome: Option<String>,
         /// Jobs: only those of this runtime
         #[arg(long)]
         runtime: Option<String>,
@@ -193,6 +197,13 @@ pub enum ClientCommand {
         /// Only this tenant's (an admin's token; a tenant's lists are always its own)
         #[arg(long)]
         tenant: Option<String>,
+        /// Jobs: only those submitted at or after this time (RFC 3339 UTC,
+        /// 2026-12-03T08:00:00Z)
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Jobs: only those submitted before this time (RFC 3339 UTC)
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
         /// At most this many
         #[arg(long, default_value_t = 20)]
         limit: u32,
@@ -430,8 +441,11 @@ pub async fn run(cmd: ClientCommand) -> Result<Conclusion, ClientError> {
         ClientCommand::List {
             what,
             status,
+            outcome,
             runtime,
             batch,
+            since,
+            until,
             tenant,
             limit,
             before,
@@ -439,8 +453,11 @@ pub async fn run(cmd: ClientCommand) -> Result<Conclusion, ClientError> {
         } => {
             let filters = list::Filters {
                 status,
+                outcome,
                 runtime,
                 batch,
+                since,
+                until,
                 tenant,
                 limit,
                 before,

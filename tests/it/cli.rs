@@ -391,6 +391,20 @@ async fn list_shows_jobs_and_batches_newest_first_with_filters_and_the_next_page
         2
     );
 
+    let (_, ended) = server.get(&format!("/v1/jobs/{newer}?wait=30")).await;
+    assert_eq!(ended["outcome"], "success", "{ended}");
+    let succeeded = server.kiln(&["list", "--outcome", "success", "--runtime", "bash"]);
+    assert!(text(&succeeded.stdout).starts_with(&newer), "{succeeded:?}");
+    assert_eq!(text(&succeeded.stdout).lines().count(), 1, "{succeeded:?}");
+    let future = server.kiln(&["list", "--since", "2999-01-01T00:00:00Z"]);
+    assert!(future.status.success(), "{future:?}");
+    assert_eq!(text(&future.stdout), "", "nothing was submitted after 2999");
+    let past = server.kiln(&["list", "--until", "2000-01-01T00:00:00Z"]);
+    assert_eq!(text(&past.stdout), "", "nothing was submitted before 2000");
+    let bad_time = server.kiln(&["list", "--since", "yesterday"]);
+    assert!(!bad_time.status.success(), "{bad_time:?}");
+    assert!(text(&bad_time.stderr).contains("since"), "{bad_time:?}");
+
     let batches = server.kiln(&["list", "batches"]);
     assert!(text(&batches.stdout).starts_with(&batch), "{batches:?}");
     let refused = server.kiln(&["list", "batches", "--status", "failed"]);
