@@ -4,7 +4,6 @@
 /// Percentiles of one run's latencies, in milliseconds.
 pub struct Percentiles {
     pub p50: f64,
-    pub p95: f64,
     pub p99: f64,
 }
 
@@ -15,7 +14,6 @@ impl Percentiles {
         let rank = |p: f64| samples[((p * samples.len() as f64).ceil() as usize).max(1) - 1];
         Percentiles {
             p50: rank(0.5),
-            p95: rank(0.95),
             p99: rank(0.99),
         }
     }

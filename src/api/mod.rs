@@ -24,8 +24,8 @@ mod metrics;
 mod ndjson;
 mod openapi;
 mod piston;
-mod stdin;
 mod stats;
+mod stdin;
 mod streams;
 
 use std::sync::Arc;
