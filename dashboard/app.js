@@ -687,7 +687,7 @@ async function suitePage(main, id, params, signal) {
         if (event.data && event.data.verdict) c.verdict = event.data.verdict;
         if (type === "job.cancelled") c.verdict = "cancelled";
         if (type === "job.error") c.verdict = "error";
-        if (event.data && event.data.detail) c.detail = event.data.detail;
+        if (event.data && (event.data.verdict_detail || event.data.error)) c.detail = event.data.verdict_detail || event.data.error;
       }
       refresh();
       if (type === "batch.completed") return "end";

@@ -318,6 +318,7 @@ pub(super) fn finish(
     }
     if batch_id.is_some() {
         data["verdict"] = json!(judged.verdict);
+        data["verdict_detail"] = json!(judged.detail);
     }
     let kind = terminal_event(status)?;
     let batch = batch_id.as_deref().map(parse_id).transpose()?;

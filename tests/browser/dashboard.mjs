@@ -127,6 +127,8 @@ try {
   check((await page.textContent("#verdict-passed")).trim().endsWith(String(batch.by_verdict.passed)) &&
     (await page.textContent("#verdict-wrong_answer")).trim().endsWith(String(batch.by_verdict.wrong_answer)),
     `the suite's counts match the API (${batch.by_verdict.passed} passed, ${batch.by_verdict.wrong_answer} wrong)`);
+  const why = await page.textContent("#failing");
+  check(why.includes("expected") && why.includes("got"), `each failing case says why, live (${why.slice(0, 120)})`);
   await page.waitForSelector("#groups table");
   check((await page.$$("#groups tbody tr")).length === 4, "the suite's groups table lists each group with its pass@k");
   await page.screenshot({ path: join(shots, "suite.png"), fullPage: true });
