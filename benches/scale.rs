@@ -404,6 +404,10 @@ fn dashboard_requests(finished: &[String]) -> Vec<String> {
         "/v1/jobs?status=queued&order=newest&limit=50",
         "/v1/jobs?outcome=success&order=newest&limit=50",
         "/v1/jobs?runtime=sh&order=newest&limit=50",
+        // Filters no job in the file matches: the page is found empty only by an index.
+        "/v1/jobs?runtime=ruby&order=newest&limit=50",
+        "/v1/jobs?outcome=memory_limit&order=newest&limit=50",
+        "/v1/jobs?status=failed&runtime=python&order=newest&limit=50",
         "/v1/batches?limit=50",
         "/v1/runtimes",
     ]

@@ -76,6 +76,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0012_stats.sql",
         sql: include_str!("../../schema/0012_stats.sql"),
     },
+    Migration {
+        version: 13,
+        name: "0013_listing_indexes.sql",
+        sql: include_str!("../../schema/0013_listing_indexes.sql"),
+    },
 ];
 
 /// Applies each migration newer than the file's `user_version`, each in its own transaction

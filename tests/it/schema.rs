@@ -116,6 +116,38 @@ async fn claiming_reads_the_claim_index_in_order_and_never_sorts_the_queue() {
 }
 
 #[tokio::test]
+async fn each_filter_of_the_job_listing_walks_an_index_newest_first_without_sorting() {
+    let server = Server::start_with(&["--workers", "0"]).await;
+    for _ in 0..20 {
+        server.submit(sh("true")).await;
+    }
+    let conn = Connection::open(server.db_path()).unwrap();
+    // The shape `GET /v1/jobs` builds for one filter (src/store/read.rs): a page below a cursor,
+    // newest first. Without an index for the filter, a page of a rare value reads the table.
+    for (column, index) in [
+        ("status", "jobs_status"),
+        ("outcome", "jobs_outcome"),
+        ("runtime", "jobs_runtime"),
+        ("tenant", "jobs_tenant"),
+    ] {
+        let sql = format!(
+            "EXPLAIN QUERY PLAN SELECT id, status FROM jobs
+             WHERE id < ?1 AND {column} = ?2 ORDER BY id DESC LIMIT ?3"
+        );
+        let plan: Vec<String> = conn
+            .prepare(&sql)
+            .unwrap()
+            .query_map(rusqlite::params!["~", "x", 50], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains(index), "{column}: not by {index}:\n{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{column}: sorts:\n{plan}");
+    }
+}
+
+#[tokio::test]
 async fn events_are_append_only() {
     let server = Server::start().await;
     let id = server.submit(sh("true")).await;
