@@ -11,6 +11,7 @@ mod bytes;
 mod claim_tests;
 mod maintenance;
 mod migrate;
+mod planner;
 mod prune;
 mod read;
 mod stats;
@@ -208,6 +209,7 @@ impl Store {
     ) -> Result<(Store, WriterThread), StoreError> {
         configure_writer(&conn)?;
         migrate::apply(&mut conn)?;
+        planner::configure(&conn)?;
         let manager = SqliteConnectionManager::file(path)
             .with_flags(
                 OpenFlags::SQLITE_OPEN_READ_ONLY
@@ -224,8 +226,10 @@ impl Store {
         let wal = wal::wal_path(path);
         let wal_limit = wal::Limit::default();
         let checkpointer = wal::Checkpointer::new(wal.clone(), wal_limit.clone());
-        let (writer, thread) = Writer::start(conn, Arc::clone(&bus), Some(checkpointer))
-            .map_err(|e| StoreError::Task(format!("cannot start the writer thread: {e}")))?;
+        let planner = planner::Planner::new(planner::EVERY);
+        let (writer, thread) =
+            Writer::start(conn, Arc::clone(&bus), Some(checkpointer), Some(planner))
+                .map_err(|e| StoreError::Task(format!("cannot start the writer thread: {e}")))?;
         let store = Store {
             writer,
             readers,

@@ -14,6 +14,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
+use super::planner::Planner;
 use super::wal::Checkpointer;
 use crate::bus::{Bus, Notice};
 use crate::metrics::METRICS;
@@ -78,11 +79,12 @@ impl Writer {
         conn: Connection,
         bus: Arc<Bus>,
         checkpointer: Option<Checkpointer>,
+        planner: Option<Planner>,
     ) -> std::io::Result<(Writer, JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let thread = std::thread::Builder::new()
             .name("kiln-writer".into())
-            .spawn(move || run(conn, rx, &bus, checkpointer))?;
+            .spawn(move || run(conn, rx, &bus, checkpointer, planner))?;
         Ok((Writer { ops: tx }, thread))
     }
 
@@ -111,6 +113,7 @@ fn run(
     mut rx: mpsc::Receiver<Box<dyn Operation>>,
     bus: &Bus,
     mut checkpointer: Option<Checkpointer>,
+    mut planner: Option<Planner>,
 ) {
     let mut batch: Vec<Box<dyn Operation>> = Vec::with_capacity(MAX_BATCH);
     let mut notices = Vec::new();
@@ -133,6 +136,9 @@ fn run(
             bus.publish(&notices);
             if let Some(checkpointer) = &mut checkpointer {
                 checkpointer.after_commit(&conn);
+            }
+            if let Some(planner) = &mut planner {
+                planner.after_commit(&conn);
             }
         }
         notices.clear();
@@ -190,7 +196,8 @@ mod tests {
         let conn = Connection::open(dir.path().join("w.db")).expect("open");
         conn.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v INTEGER NOT NULL);")
             .expect("schema");
-        let (writer, thread) = Writer::start(conn, Arc::new(Bus::default()), None).expect("start");
+        let (writer, thread) =
+            Writer::start(conn, Arc::new(Bus::default()), None, None).expect("start");
         (dir, writer, thread)
     }
 
