@@ -12,6 +12,7 @@ mod claim_tests;
 mod maintenance;
 mod migrate;
 mod planner;
+pub mod postgres;
 mod prune;
 mod read;
 mod stats;

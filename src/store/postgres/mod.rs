@@ -1,0 +1,182 @@
+//! The store on PostgreSQL, for deployments past one machine (issue 20): many `kiln serve`
+//! nodes on one database. This is its foundation, beside the SQLite store rather than behind a
+//! common interface yet: it connects, brings the schema of `schema/postgres/` up to date, and
+//! does the core of a job's life (submit with admission and idempotency, claim, finish, read
+//! back) with the same domain types and the same events as the SQLite store, so that the two
+//! can become two implementations of one interface.
+//!
+//! Why it differs from the SQLite store in shape: PostgreSQL takes concurrent writers, so there
+//! is no single writer thread and no group commit; each operation is one short transaction on a
+//! pooled connection ([`deadpool_postgres`] over [`tokio_postgres`]), durable when its commit
+//! returns (every connection runs with `synchronous_commit=on`, whatever the server's default).
+//! Concurrent claimers take different jobs (`FOR UPDATE SKIP LOCKED`), and events are committed
+//! in id order (the `events_in_commit_order` trigger of `schema/postgres/0001_init.sql`), so a
+//! reader following the history by id never skips one that committed late.
+//!
+//! The pool is for queries only: a pooled connection is driven by the pool, which discards
+//! notifications, so LISTEN (waking idle workers on every node) will need a connection of its
+//! own, driven with `poll_message`.
+//!
+//! Not here yet (the next phases of issue 20): suites (nothing writes a case on PostgreSQL yet;
+//! should one appear, a claim would hand it over without its suite's code, and the schema would
+//! refuse its end, which must carry a verdict), cancels, lease renewal and rescue, the event
+//! feed, webhook delivery, tokens, prune, and LISTEN/NOTIFY.
+
+mod migrate;
+mod read;
+mod write;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+use super::{Admission, ClaimedJob, Submitted};
+use crate::job::time::now_ms;
+use crate::job::{Event, Finish, Job, JobId, JobSpec};
+
+pub use migrate::MIGRATIONS;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PgError {
+    #[error("database error: {0}")]
+    Db(Arc<tokio_postgres::Error>),
+    #[error("no database connection available: {0}")]
+    Pool(Arc<deadpool_postgres::PoolError>),
+    #[error("the database URL is not one kiln can use: {0}")]
+    Url(String),
+    #[error("cannot set up the connection pool: {0}")]
+    Setup(String),
+    #[error("migration {version} ({name}) failed: {source}")]
+    Migration {
+        version: u32,
+        name: &'static str,
+        source: Arc<tokio_postgres::Error>,
+    },
+    #[error("the database is at schema version {found}, newer than this kiln knows ({known})")]
+    TooNew { found: u32, known: u32 },
+    #[error("unexpected value in the database: {0}")]
+    Corrupt(String),
+}
+
+impl From<tokio_postgres::Error> for PgError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        PgError::Db(Arc::new(e))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for PgError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        PgError::Pool(Arc::new(e))
+    }
+}
+
+impl PgError {
+    /// The SQLSTATE the server answered with, if the error came from the server.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            PgError::Db(e) => e.code().map(|c| c.code()),
+            PgError::Migration { source, .. } => source.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+}
+
+/// Shared handle to a PostgreSQL database. Cheap to clone.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user@host:port/db`) with a pool of at most `connections`,
+    /// and brings the schema up to date. Several nodes may connect at once: the migrations are
+    /// applied by one of them, the others wait for it and find nothing left to do.
+    pub async fn connect(url: &str, connections: usize) -> Result<PgStore, PgError> {
+        let mut config =
+            tokio_postgres::Config::from_str(url).map_err(|e| PgError::Url(e.to_string()))?;
+        // A 202 promises the job is on disk: kiln's commits wait for the WAL flush even where
+        // the server's default lets them return earlier.
+        let options = match config.get_options() {
+            Some(given) => format!("{given} -c synchronous_commit=on"),
+            None => "-c synchronous_commit=on".to_owned(),
+        };
+        config.options(&options);
+        if config.get_application_name().is_none() {
+            config.application_name("kiln");
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(connections.max(1))
+            .build()
+            .map_err(|e| PgError::Setup(e.to_string()))?;
+        let mut client = pool.get().await?;
+        migrate::apply(&mut client).await?;
+        Ok(PgStore { pool })
+    }
+
+    /// The version of the newest migration applied.
+    pub async fn schema_version(&self) -> Result<u32, PgError> {
+        let client = self.pool.get().await?;
+        migrate::current(&client).await
+    }
+
+    /// Stores a new job for `admission.tenant` with its `job.queued` event (or finds the one an
+    /// earlier request of that tenant with the same idempotency key created) if the queue has
+    /// room, and returns once it is committed.
+    pub async fn submit(
+        &self,
+        spec: &JobSpec,
+        admission: &Admission,
+    ) -> Result<Submitted, PgError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let submitted = write::submit(&tx, spec, admission, now_ms()).await?;
+        tx.commit().await?;
+        Ok(submitted)
+    }
+
+    /// Moves the next queued job (highest priority, then oldest) to running under a lease held
+    /// by `owner`, with its `job.started` event. Claimers on any number of nodes never take the
+    /// same job, and none waits for another's claim.
+    pub async fn claim(&self, owner: &str, lease: Duration) -> Result<Option<ClaimedJob>, PgError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let now = now_ms();
+        let lease_until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        let claimed = write::claim(&tx, owner, now, lease_until).await?;
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    /// Records the end of a run with its terminal event (and the webhook it asked for), if the
+    /// job is still running under this attempt. False if it is not (cancelled or rescued
+    /// meanwhile): nothing is written.
+    pub async fn finish(&self, id: JobId, attempt: u32, end: &Finish) -> Result<bool, PgError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let finished = write::finish(&tx, id, attempt, end, now_ms()).await?;
+        tx.commit().await?;
+        Ok(finished)
+    }
+
+    pub async fn job(&self, id: JobId) -> Result<Option<Job>, PgError> {
+        let client = self.pool.get().await?;
+        read::job(&client, id).await
+    }
+
+    /// The job's events with an id greater than `after`, oldest first; `None` if there is no
+    /// such job.
+    pub async fn job_events(&self, id: JobId, after: i64) -> Result<Option<Vec<Event>>, PgError> {
+        let client = self.pool.get().await?;
+        read::job_events(&client, id, after).await
+    }
+}

@@ -1,0 +1,205 @@
+//! The SQL of reads on PostgreSQL: a job as the API shows it, and its events. Each is one
+//! statement (or a few) on whichever connection the caller holds, a transaction's included, so
+//! a write can read back what it has just written (the webhook payload of a job's end).
+
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
+use tokio_postgres::types::Json;
+
+use super::PgError;
+use super::write::parse_status;
+use crate::job::content::Content;
+use crate::job::outputs::{Omission, OmittedFile, OutputFile};
+use crate::job::verdict::Verdict;
+use crate::job::{Event, Job, JobId, Outcome, Progress};
+
+pub(super) async fn job(client: &impl GenericClient, id: JobId) -> Result<Option<Job>, PgError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT id, status, outcome, runtime, attempt, max_attempts, priority, created_at,
+                    started_at, finished_at, exit_code, signal, stdout, stderr,
+                    stdout_truncated, stderr_truncated, wall_ms, cpu_ms, memory_kb, limits, error,
+                    batch_id, case_name, verdict, verdict_detail, outputs
+             FROM jobs WHERE id = $1",
+        )
+        .await?;
+    let Some(row) = client.query_opt(&stmt, &[&id]).await? else {
+        return Ok(None);
+    };
+    let mut job = job_row(&row)?;
+    job.progress = latest_progress(client, id).await?;
+    if !job.outputs.is_empty() && job.status.is_terminal() {
+        let (kept, omitted) = files_of(client, id).await?;
+        job.files_out = Some(kept);
+        job.files_omitted = omitted;
+    }
+    Ok(Some(job))
+}
+
+fn job_row(r: &Row) -> Result<Job, PgError> {
+    let status: String = r.try_get(1)?;
+    let outcome: Option<String> = r.try_get(2)?;
+    let verdict: Option<String> = r.try_get(23)?;
+    let Json(limits) = r.try_get(19)?;
+    let Json(outputs) = r.try_get(25)?;
+    let (stdout, stdout_encoding) = Content(r.try_get(12)?).shown(false);
+    let (stderr, stderr_encoding) = Content(r.try_get(13)?).shown(false);
+    Ok(Job {
+        id: r.try_get(0)?,
+        status: parse_status(&status)?,
+        outcome: outcome.as_deref().map(parse_outcome).transpose()?,
+        runtime: r.try_get(3)?,
+        attempt: u32_of(r, 4)?,
+        max_attempts: u32_of(r, 5)?,
+        priority: r.try_get(6)?,
+        created_at: r.try_get(7)?,
+        started_at: r.try_get(8)?,
+        finished_at: r.try_get(9)?,
+        exit_code: r.try_get(10)?,
+        signal: r.try_get(11)?,
+        stdout,
+        stdout_encoding,
+        stderr,
+        stderr_encoding,
+        stdout_truncated: r.try_get(14)?,
+        stderr_truncated: r.try_get(15)?,
+        wall_ms: opt_u64(r, 16)?,
+        cpu_ms: opt_u64(r, 17)?,
+        memory_kb: opt_u64(r, 18)?,
+        limits,
+        error: r.try_get(20)?,
+        progress: None,
+        batch_id: r.try_get(21)?,
+        case_name: r.try_get(22)?,
+        verdict: verdict.as_deref().map(parse_verdict).transpose()?,
+        verdict_detail: r.try_get(24)?,
+        outputs,
+        files_out: None,
+        files_omitted: Vec::new(),
+    })
+}
+
+/// The job's latest `job.progress` event: a short walk back along `events_job`.
+async fn latest_progress(
+    client: &impl GenericClient,
+    id: JobId,
+) -> Result<Option<Progress>, PgError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT data FROM events WHERE job_id = $1 AND type = 'job.progress'
+             ORDER BY id DESC LIMIT 1",
+        )
+        .await?;
+    let row = client.query_opt(&stmt, &[&id]).await?;
+    row.map(|r| -> Result<Progress, PgError> {
+        let Json(progress) = r.try_get(0)?;
+        Ok(progress)
+    })
+    .transpose()
+}
+
+/// The files a job kept, and those it left out, in path order, without their bytes.
+async fn files_of(
+    client: &impl GenericClient,
+    id: JobId,
+) -> Result<(Vec<OutputFile>, Vec<OmittedFile>), PgError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT path, size, content_type, omitted FROM job_files WHERE job_id = $1
+             ORDER BY path",
+        )
+        .await?;
+    let (mut kept, mut omitted) = (Vec::new(), Vec::new());
+    for r in client.query(&stmt, &[&id]).await? {
+        let path: String = r.try_get(0)?;
+        let size = opt_u64(&r, 1)?;
+        let content_type: Option<String> = r.try_get(2)?;
+        let reason: Option<String> = r.try_get(3)?;
+        match (reason, content_type) {
+            (None, Some(content_type)) => kept.push(OutputFile {
+                path,
+                size: size.unwrap_or_default(),
+                content_type,
+                contents: Vec::new(),
+            }),
+            (Some(reason), _) => omitted.push(OmittedFile {
+                path,
+                size,
+                reason: Omission::parse(&reason)
+                    .ok_or_else(|| PgError::Corrupt(format!("omission {reason:?}")))?,
+            }),
+            (None, None) => {
+                return Err(PgError::Corrupt(format!(
+                    "file {path:?} has no content type"
+                )));
+            }
+        }
+    }
+    Ok((kept, omitted))
+}
+
+pub(super) async fn job_events(
+    client: &impl GenericClient,
+    id: JobId,
+    after: i64,
+) -> Result<Option<Vec<Event>>, PgError> {
+    let exists = client
+        .prepare_cached("SELECT 1 FROM jobs WHERE id = $1")
+        .await?;
+    if client.query_opt(&exists, &[&id]).await?.is_none() {
+        return Ok(None);
+    }
+    let stmt = client
+        .prepare_cached(
+            "SELECT id, job_id, batch_id, at, type, attempt, data, tenant FROM events
+             WHERE job_id = $1 AND id > $2 ORDER BY id",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&id, &after]).await?;
+    rows.iter()
+        .map(event_row)
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
+fn event_row(r: &Row) -> Result<Event, PgError> {
+    let attempt: Option<i32> = r.try_get(5)?;
+    Ok(Event {
+        id: r.try_get(0)?,
+        job_id: r.try_get(1)?,
+        batch_id: r.try_get(2)?,
+        at: r.try_get(3)?,
+        kind: r.try_get(4)?,
+        attempt: attempt.map(|a| non_negative(a, "attempt")).transpose()?,
+        data: r.try_get(6)?,
+        tenant: r.try_get(7)?,
+    })
+}
+
+/// A counter PostgreSQL keeps as a signed integer, which the schema's CHECKs keep from being
+/// negative.
+pub(super) fn u32_of(r: &Row, column: usize) -> Result<u32, PgError> {
+    non_negative(r.try_get(column)?, r.columns()[column].name())
+}
+
+fn non_negative(value: i32, what: &str) -> Result<u32, PgError> {
+    u32::try_from(value).map_err(|_| PgError::Corrupt(format!("{what} is {value}")))
+}
+
+fn opt_u64(r: &Row, column: usize) -> Result<Option<u64>, PgError> {
+    let value: Option<i64> = r.try_get(column)?;
+    value
+        .map(|v| {
+            u64::try_from(v)
+                .map_err(|_| PgError::Corrupt(format!("{} is {v}", r.columns()[column].name())))
+        })
+        .transpose()
+}
+
+fn parse_outcome(s: &str) -> Result<Outcome, PgError> {
+    Outcome::parse(s).ok_or_else(|| PgError::Corrupt(format!("unknown outcome {s:?}")))
+}
+
+fn parse_verdict(s: &str) -> Result<Verdict, PgError> {
+    Verdict::parse(s).ok_or_else(|| PgError::Corrupt(format!("unknown verdict {s:?}")))
+}
