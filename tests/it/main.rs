@@ -1,6 +1,8 @@
-//! kiln's integration tests: all but one drive the real `kiln` binary (a real SQLite file, real
-//! subprocesses, HTTP on a loopback port), as a user or operator would. The exception,
-//! `architecture`, reads the source and holds the module graph to its layering.
+//! kiln's integration tests: all but two drive the real `kiln` binary (a real SQLite file, real
+//! subprocesses, HTTP on a loopback port), as a user or operator would. The exceptions:
+//! `architecture` reads the source and holds the module graph to its layering, and `postgres`
+//! drives the PostgreSQL store directly against a real server (`pg`), until `kiln serve` can
+//! run on it.
 
 mod api;
 mod architecture;
@@ -26,7 +28,9 @@ mod ndjson;
 mod openapi;
 mod ops;
 mod outputs;
+mod pg;
 mod piston;
+mod postgres;
 mod programs;
 mod python_client;
 mod runs;

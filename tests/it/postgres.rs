@@ -1,0 +1,567 @@
+//! kiln's store on PostgreSQL (`kiln::store::postgres`), against a real server (`pg.rs`): the
+//! schema of `schema/postgres/` applies once and holds the state machine and the append-only
+//! history itself, and a job's life there writes what the SQLite store writes, with claimers
+//! on several connections never taking the same job.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln::job::content::Content;
+use kiln::job::{Finish, JobId, JobSpec, Limits, Outcome, RunResult};
+use kiln::store::postgres::{MIGRATIONS, PgError, PgStore};
+use kiln::store::{Admission, Full, Store, Submitted};
+use serde_json::Value;
+
+use crate::pg::TestDb;
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn spec(code: &str) -> JobSpec {
+    JobSpec {
+        runtime: "sh".into(),
+        code: Content::from(code),
+        stdin: Content::from("input"),
+        args: vec!["one".into()],
+        files: [("data.txt".to_owned(), Content::from(vec![0xff, 0x00]))].into(),
+        outputs: Vec::new(),
+        limits: Limits {
+            wall_ms: 10_000,
+            cpu_ms: 10_000,
+            memory_mb: 512,
+            processes: 64,
+            output_bytes: 1 << 20,
+            file_bytes: 16 << 20,
+            cpu_percent: None,
+        },
+        priority: 0,
+        max_attempts: 3,
+        idempotency_key: None,
+        callback_url: None,
+        callback_shape: Default::default(),
+        interactive: false,
+    }
+}
+
+fn open() -> Admission {
+    Admission {
+        tenant: None,
+        max_queued_jobs: 10_000,
+        max_batches_in_flight: 10,
+    }
+}
+
+/// A run that exited 0 having written `stdout`.
+fn success(stdout: &[u8]) -> Finish {
+    Finish {
+        outcome: Outcome::Success,
+        result: RunResult {
+            exit_code: Some(0),
+            stdout: stdout.to_vec(),
+            stderr: b"warning\n".to_vec(),
+            wall_ms: 12,
+            cpu_ms: 3,
+            memory_kb: 2048,
+            ..RunResult::default()
+        },
+        error: None,
+        judged: None,
+    }
+}
+
+async fn store(db: &TestDb) -> PgStore {
+    PgStore::connect(&db.url, 4)
+        .await
+        .expect("connect and migrate")
+}
+
+fn created(submitted: Submitted) -> JobId {
+    match submitted {
+        Submitted::Created(id) => id,
+        other => panic!("expected a new job, got {other:?}"),
+    }
+}
+
+/// The SQLSTATE of a statement the server refused.
+fn refused(result: Result<u64, tokio_postgres::Error>) -> (String, String) {
+    let e = result.expect_err("the server should refuse this");
+    let db = e.as_db_error().expect("an error from the server");
+    (db.code().code().to_owned(), db.message().to_owned())
+}
+
+const CHECK_VIOLATION: &str = "23514";
+
+#[tokio::test]
+async fn migrations_apply_to_an_empty_database_once_however_many_nodes_start() {
+    let Some(db) = TestDb::create("migrations_apply_once").await else {
+        return;
+    };
+    // Three nodes starting together on an empty database: one applies, the others wait for it.
+    let (a, b, c) = tokio::join!(
+        PgStore::connect(&db.url, 1),
+        PgStore::connect(&db.url, 1),
+        PgStore::connect(&db.url, 1)
+    );
+    let newest = MIGRATIONS.last().expect("a migration").version;
+    for node in [a, b, c] {
+        assert_eq!(
+            node.expect("connect").schema_version().await.unwrap(),
+            newest
+        );
+    }
+    let client = db.client().await;
+    let applied = client
+        .query(
+            "SELECT version, applied_at FROM kiln_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied.len(), MIGRATIONS.len());
+    let first_applied: i64 = applied[0].get(1);
+
+    // Starting again finds nothing to do and changes nothing.
+    store(&db).await;
+    let again: i64 = client
+        .query_one(
+            "SELECT applied_at FROM kiln_migrations WHERE version = 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(again, first_applied);
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM kiln_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows as usize, MIGRATIONS.len());
+}
+
+#[tokio::test]
+async fn a_database_from_a_newer_kiln_is_refused() {
+    let Some(db) = TestDb::create("newer_schema_refused").await else {
+        return;
+    };
+    store(&db).await;
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO kiln_migrations (version, name, applied_at) VALUES (999, 'future', 0)",
+            &[],
+        )
+        .await
+        .unwrap();
+    match PgStore::connect(&db.url, 1).await {
+        Err(PgError::TooNew { found: 999, known }) => {
+            assert_eq!(known, MIGRATIONS.last().unwrap().version)
+        }
+        other => panic!("expected TooNew, got {:?}", other.err()),
+    }
+}
+
+#[tokio::test]
+async fn every_table_and_column_carries_a_comment_for_operators() {
+    let Some(db) = TestDb::create("every_column_commented").await else {
+        return;
+    };
+    store(&db).await;
+    let client = db.client().await;
+    let bare: Vec<String> = client
+        .query(
+            "SELECT c.relname || coalesce('.' || a.attname, '')
+             FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'public'
+             LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0
+                                     AND NOT a.attisdropped
+             WHERE c.relkind = 'r'
+               AND (obj_description(c.oid, 'pg_class') IS NULL
+                    OR (a.attname IS NOT NULL AND col_description(c.oid, a.attnum) IS NULL))
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(bare.is_empty(), "without a comment: {bare:?}");
+    let tables: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'
+               AND tablename IN ('jobs', 'events', 'batches', 'webhooks', 'tokens', 'tenants',
+                                 'counters', 'prunes', 'prune_in_progress', 'job_files',
+                                 'settings', 'kiln_migrations')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        tables, 12,
+        "every table of SQLite's migrations 1 to 11 is there"
+    );
+}
+
+#[tokio::test]
+async fn the_schema_refuses_rows_that_break_the_job_state_machine() {
+    let Some(db) = TestDb::create("state_machine_checks").await else {
+        return;
+    };
+    let kiln = store(&db).await;
+    let client = db.client().await;
+    let insert = |columns: &str, values: &str| {
+        format!(
+            "INSERT INTO jobs (id, runtime, code, limits, created_at{columns})
+             VALUES (gen_random_uuid(), 'sh', 'true', '{{}}', 0{values})"
+        )
+    };
+    let ended = ", status, attempt, outcome, finished_at";
+    // A status the state machine does not have.
+    let (code, message) = refused(client.execute(&insert(", status", ", 'done'"), &[]).await);
+    assert_eq!(code, CHECK_VIOLATION, "{message}");
+    // Running without a lease.
+    let running = insert(", status, attempt", ", 'running', 1");
+    let (code, _) = refused(client.execute(&running, &[]).await);
+    assert_eq!(code, CHECK_VIOLATION);
+    // Ended, but with the outcome of another ending.
+    let wrong = insert(ended, ", 'succeeded', 1, 'nonzero_exit', 5");
+    let (code, _) = refused(client.execute(&wrong, &[]).await);
+    assert_eq!(code, CHECK_VIOLATION);
+    // The same row with its own outcome is fine: the checks are not refusing everything.
+    let right = insert(ended, ", 'failed', 1, 'nonzero_exit', 5");
+    client
+        .execute(&right, &[])
+        .await
+        .expect("a consistent failed job");
+
+    // And transitions: a job that ended never starts again, a queued one never ends untried.
+    let id = created(kiln.submit(&spec("true"), &open()).await.unwrap());
+    let (code, message) = refused(
+        client
+            .execute(
+                "UPDATE jobs SET status = 'succeeded', outcome = 'success', finished_at = 1
+                 WHERE id = $1",
+                &[&id],
+            )
+            .await,
+    );
+    assert_eq!(code, CHECK_VIOLATION);
+    assert!(message.contains("queued -> succeeded"), "{message}");
+    // The refused statement's error reaches the client before its transaction is rolled back
+    // and its row lock let go; a claim in between would skip the locked row. A round trip on
+    // the same connection waits for the rollback.
+    client.execute("SELECT 1", &[]).await.unwrap();
+    let claimed = kiln.claim("w1", LEASE).await.unwrap().expect("a job");
+    assert!(
+        kiln.finish(id, claimed.attempt, &success(b""))
+            .await
+            .unwrap()
+    );
+    let (_, message) = refused(
+        client
+            .execute(
+                "UPDATE jobs SET status = 'queued', outcome = NULL, finished_at = NULL
+                 WHERE id = $1",
+                &[&id],
+            )
+            .await,
+    );
+    assert!(message.contains("succeeded -> queued"), "{message}");
+}
+
+#[tokio::test]
+async fn events_cannot_be_changed_or_deleted_except_by_a_prune() {
+    let Some(db) = TestDb::create("events_append_only").await else {
+        return;
+    };
+    let kiln = store(&db).await;
+    kiln.submit(&spec("true"), &open()).await.unwrap();
+    let client = db.client().await;
+    for statement in [
+        "UPDATE events SET type = 'job.succeeded'",
+        "DELETE FROM events",
+        "TRUNCATE events",
+    ] {
+        let (_, message) = refused(client.execute(statement, &[]).await);
+        assert!(message.contains("append-only"), "{statement}: {message}");
+    }
+    let count = || async {
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM events", &[])
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+    assert_eq!(count().await, 1);
+    // Prune's exception, as kiln prune uses it: a marker row for the length of the transaction.
+    client
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO prunes (started_at, finished_before) VALUES (0, 0);
+             INSERT INTO prune_in_progress SELECT max(id) FROM prunes;
+             DELETE FROM events;
+             DELETE FROM prune_in_progress;
+             COMMIT;",
+        )
+        .await
+        .expect("a prune may delete events");
+    assert_eq!(count().await, 0);
+}
+
+#[tokio::test]
+async fn a_job_passes_through_postgres_as_through_sqlite_with_the_same_events() {
+    let Some(db) = TestDb::create("same_path_as_sqlite").await else {
+        return;
+    };
+    let pg = store(&db).await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let (sqlite, writer) = Store::open(&dir.path().join("kiln.db"), 1).unwrap();
+    let job = spec("echo hi");
+    let end = success(b"hi\n\xff");
+
+    let pg_id = created(pg.submit(&job, &open()).await.unwrap());
+    let sqlite_id = created(sqlite.submit(job.clone(), open()).await.unwrap());
+    let pg_claim = pg.claim("node-a/w1", LEASE).await.unwrap().expect("a job");
+    let sqlite_claim = sqlite
+        .claim("node-a/w1", LEASE)
+        .await
+        .unwrap()
+        .expect("a job");
+    assert_eq!((pg_claim.id, pg_claim.attempt), (pg_id, 1));
+    assert_eq!(sqlite_claim.id, sqlite_id);
+    // What the worker is handed is the job as submitted, its bytes exact.
+    assert_eq!(pg_claim.code, job.code);
+    assert_eq!(pg_claim.files, job.files);
+    assert_eq!(pg_claim.args, sqlite_claim.args);
+    assert_eq!(pg_claim.limits, sqlite_claim.limits);
+    assert!(pg.finish(pg_id, 1, &end).await.unwrap());
+    assert!(
+        sqlite
+            .finish(sqlite_id, 1, Arc::new(success(b"hi\n\xff")))
+            .await
+            .unwrap()
+    );
+    // A second finish of the same attempt is not this worker's to write.
+    assert!(!pg.finish(pg_id, 1, &end).await.unwrap());
+
+    let path = |events: Vec<kiln::job::Event>| -> Vec<(String, Option<u32>, Value)> {
+        events
+            .into_iter()
+            .map(|e| (e.kind, e.attempt, e.data))
+            .collect()
+    };
+    let pg_events = path(pg.job_events(pg_id, 0).await.unwrap().expect("the job"));
+    let sqlite_events = path(
+        sqlite
+            .job_events(sqlite_id, 0)
+            .await
+            .unwrap()
+            .expect("the job"),
+    );
+    assert_eq!(pg_events, sqlite_events);
+    let kinds: Vec<&str> = pg_events.iter().map(|(kind, ..)| kind.as_str()).collect();
+    assert_eq!(kinds, ["job.queued", "job.started", "job.succeeded"]);
+
+    // The job reads back the same, but for its id and times.
+    let shown = |job: kiln::job::Job| {
+        let mut value = serde_json::to_value(job).unwrap();
+        for field in ["id", "created_at", "started_at", "finished_at"] {
+            value.as_object_mut().unwrap().remove(field);
+        }
+        value
+    };
+    let pg_job = shown(pg.job(pg_id).await.unwrap().expect("the job"));
+    assert_eq!(
+        pg_job,
+        shown(sqlite.job(sqlite_id).await.unwrap().expect("the job"))
+    );
+    assert_eq!(pg_job["status"], "succeeded");
+    assert_eq!(
+        pg_job["stdout_encoding"], "base64",
+        "not UTF-8, so shown as base64"
+    );
+
+    // Operators see the same through the view: the exact bytes, and how the API shows them.
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT stdout_encoding, stdout_bytes, stderr_encoding FROM job_output
+             WHERE job_id = $1",
+            &[&pg_id],
+        )
+        .await
+        .unwrap();
+    let (encoding, bytes, stderr): (String, i32, String) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        (encoding.as_str(), bytes, stderr.as_str()),
+        ("base64", 4, "utf-8")
+    );
+    drop(sqlite);
+    writer.join();
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_its_job_and_a_full_queue_refuses_more() {
+    let Some(db) = TestDb::create("idempotency_and_admission").await else {
+        return;
+    };
+    let kiln = store(&db).await;
+    let keyed = JobSpec {
+        idempotency_key: Some("k1".into()),
+        ..spec("true")
+    };
+    let id = created(kiln.submit(&keyed, &open()).await.unwrap());
+    assert_eq!(
+        kiln.submit(&keyed, &open()).await.unwrap(),
+        Submitted::Replayed(id)
+    );
+    let changed = JobSpec {
+        code: Content::from("false"),
+        ..keyed.clone()
+    };
+    assert_eq!(
+        kiln.submit(&changed, &open()).await.unwrap(),
+        Submitted::KeyReused(id)
+    );
+    // Another tenant's key is its own.
+    let acme = Admission {
+        tenant: Some("acme".into()),
+        ..open()
+    };
+    let other = created(kiln.submit(&keyed, &acme).await.unwrap());
+    assert_ne!(other, id);
+
+    let tight = Admission {
+        max_queued_jobs: 3,
+        ..open()
+    };
+    created(kiln.submit(&spec("true"), &tight).await.unwrap());
+    assert_eq!(
+        kiln.submit(&spec("true"), &tight).await.unwrap(),
+        Submitted::Full(Full::Queue { queued: 3, max: 3 })
+    );
+    let events: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM events WHERE type = 'job.queued'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        events, 3,
+        "one job.queued per job stored, none for a replay or a refusal"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_claimers_on_two_connections_never_claim_the_same_job() {
+    let Some(db) = TestDb::create("skip_locked_claims").await else {
+        return;
+    };
+    let setup = store(&db).await;
+    let mut submitted = BTreeSet::new();
+    for _ in 0..200 {
+        submitted.insert(created(setup.submit(&spec("true"), &open()).await.unwrap()));
+    }
+    // Two nodes, each with its own pool, claiming as fast as they can.
+    let claimer = |node: PgStore, name: &'static str| {
+        tokio::spawn(async move {
+            let mut claimed = Vec::new();
+            while let Some(job) = node.claim(name, LEASE).await.expect("claim") {
+                assert_eq!(job.attempt, 1);
+                claimed.push(job.id);
+            }
+            claimed
+        })
+    };
+    let (node_a, node_b) = (
+        PgStore::connect(&db.url, 1).await.unwrap(),
+        PgStore::connect(&db.url, 1).await.unwrap(),
+    );
+    let (a, b) = tokio::join!(claimer(node_a, "node-a"), claimer(node_b, "node-b"));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let both: BTreeSet<JobId> = a.iter().chain(&b).copied().collect();
+    assert_eq!(a.len() + b.len(), 200, "every job claimed once");
+    assert_eq!(both, submitted, "no job claimed twice, none left");
+    assert!(
+        !a.is_empty() && !b.is_empty(),
+        "both claimers took jobs ({} and {})",
+        a.len(),
+        b.len()
+    );
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*), count(DISTINCT job_id) FROM events WHERE type = 'job.started'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (started, jobs): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!((started, jobs), (200, 200), "one job.started per job");
+}
+
+#[tokio::test]
+async fn a_claim_skips_a_job_another_claimer_holds_instead_of_waiting_for_it() {
+    let Some(db) = TestDb::create("claim_skips_locked").await else {
+        return;
+    };
+    let kiln = store(&db).await;
+    let first = created(kiln.submit(&spec("true"), &open()).await.unwrap());
+    let second = created(kiln.submit(&spec("true"), &open()).await.unwrap());
+    // Another node's claim of the first job, caught in the middle of its transaction.
+    let other = db.client().await;
+    other.batch_execute("BEGIN").await.unwrap();
+    other
+        .execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&first])
+        .await
+        .unwrap();
+    let claimed = tokio::time::timeout(Duration::from_secs(5), kiln.claim("w1", LEASE))
+        .await
+        .expect("the claim did not wait for the held job")
+        .unwrap()
+        .expect("a job");
+    assert_eq!(claimed.id, second);
+    other.batch_execute("ROLLBACK").await.unwrap();
+    let next = kiln
+        .claim("w1", LEASE)
+        .await
+        .unwrap()
+        .expect("the first job, let go");
+    assert_eq!(next.id, first);
+}
+
+#[tokio::test]
+async fn an_event_committed_late_never_has_a_smaller_id_than_one_already_visible() {
+    let Some(db) = TestDb::create("events_in_commit_order").await else {
+        return;
+    };
+    let kiln = store(&db).await;
+    let job = created(kiln.submit(&spec("true"), &open()).await.unwrap());
+    let (first, second) = (db.client().await, db.client().await);
+    let insert =
+        "INSERT INTO events (job_id, at, type) VALUES ($1, 0, 'job.progress') RETURNING id";
+    first.batch_execute("BEGIN").await.unwrap();
+    let early: i64 = first.query_one(insert, &[&job]).await.unwrap().get(0);
+    // A second writer asks for its id while the first is still open: it waits for the first
+    // to end rather than take the next id and commit before it.
+    let late = tokio::spawn(async move {
+        second.batch_execute("BEGIN").await.unwrap();
+        let id: i64 = second.query_one(insert, &[&job]).await.unwrap().get(0);
+        second.batch_execute("COMMIT").await.unwrap();
+        id
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !late.is_finished(),
+        "the second insert waited for the first transaction"
+    );
+    first.batch_execute("COMMIT").await.unwrap();
+    let late = late.await.unwrap();
+    assert!(late > early, "{late} after {early}");
+}
