@@ -565,3 +565,47 @@ async fn an_event_committed_late_never_has_a_smaller_id_than_one_already_visible
     let late = late.await.unwrap();
     assert!(late > early, "{late} after {early}");
 }
+
+/// The operators' page for PostgreSQL.
+const DEPLOYMENT: &str = include_str!("../../docs/deployment.md");
+
+#[tokio::test]
+async fn the_psql_queries_of_the_deployment_page_run_against_a_real_database() {
+    let Some(db) = TestDb::create("deployment_page_queries").await else {
+        return;
+    };
+    let has_psql = std::process::Command::new("psql").arg("--version").output();
+    if !has_psql.is_ok_and(|out| out.status.success()) {
+        return crate::util::skip(
+            "deployment_page_queries",
+            "no psql (apt-get install postgresql-client)",
+        );
+    }
+    let kiln = store(&db).await;
+    let id = created(kiln.submit(&spec("echo hi"), &open()).await.unwrap());
+    kiln.claim("w1", LEASE).await.unwrap().expect("a job");
+    assert!(kiln.finish(id, 1, &success(b"hi\n")).await.unwrap());
+    let queries: Vec<&str> = DEPLOYMENT
+        .lines()
+        .filter(|line| line.starts_with("psql \"$KILN_DB_URL\""))
+        .collect();
+    assert!(queries.len() >= 4, "{queries:?}");
+    for query in queries {
+        let query = query.replace("01a233dc-8072-...", &id.to_string());
+        let out = std::process::Command::new("sh")
+            .args(["-c", &query])
+            .env("KILN_DB_URL", &db.url)
+            .output()
+            .expect("run psql (Debian's postgresql-client)");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "{query}\n{stderr}"
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("(1 row)") || stdout.contains("rows)"),
+            "{query}\n{stdout}"
+        );
+    }
+}
