@@ -609,3 +609,66 @@ async fn the_psql_queries_of_the_deployment_page_run_against_a_real_database() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_reading_after_the_last_id_it_saw_misses_no_event_of_concurrent_writers() {
+    let Some(db) = TestDb::create("follower_misses_nothing").await else {
+        return;
+    };
+    let kiln = store(&db).await;
+    let job = created(kiln.submit(&spec("true"), &open()).await.unwrap());
+    // Four writers whose transactions stay open a little after inserting their event, as a
+    // slow commit (a busy disk, a far server) keeps one open: without the commit-order lock, a
+    // later id would often commit first and the follower would step over the earlier one.
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            let url = db.url.clone();
+            tokio::spawn(async move {
+                let client = crate::pg::connect(&url).await;
+                for i in 0..25u64 {
+                    client.batch_execute("BEGIN").await.unwrap();
+                    client
+                        .execute(
+                            "INSERT INTO events (job_id, at, type) VALUES ($1, 0, 'job.progress')",
+                            &[&job],
+                        )
+                        .await
+                        .unwrap();
+                    let open_for = Duration::from_millis((i * 7 + writer * 3) % 4);
+                    tokio::time::sleep(open_for).await;
+                    client.batch_execute("COMMIT").await.unwrap();
+                }
+            })
+        })
+        .collect();
+    // What a live stream does: read everything after the last id seen, again and again.
+    let follower = db.client().await;
+    let mut seen: Vec<i64> = Vec::new();
+    let mut writing = true;
+    while writing {
+        writing = !writers.iter().all(|w| w.is_finished());
+        let after = seen.last().copied().unwrap_or(0);
+        for row in follower
+            .query("SELECT id FROM events WHERE id > $1 ORDER BY id", &[&after])
+            .await
+            .unwrap()
+        {
+            seen.push(row.get(0));
+        }
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let all: Vec<i64> = follower
+        .query("SELECT id FROM events ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(all.len(), 101, "the job.queued event and the writers' 100");
+    assert_eq!(
+        seen, all,
+        "the follower saw every event, each once, in id order"
+    );
+}
