@@ -33,7 +33,7 @@ pub struct TestDb {
     /// The server's own database, from which this one is created and dropped.
     admin_url: String,
     /// Holds the cluster up while the test runs; `None` on `KILN_TEST_DB`'s server.
-    _cluster: Option<Arc<Cluster>>,
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl TestDb {
@@ -61,7 +61,7 @@ impl TestDb {
             url: with_database(&admin_url, &name),
             name,
             admin_url,
-            _cluster: cluster,
+            cluster,
         })
     }
 
@@ -75,7 +75,7 @@ impl Drop for TestDb {
     /// Drops the database on a server the tests do not own; a cluster of their own goes
     /// whole, with its directory, when its last user lets go of it.
     fn drop(&mut self) {
-        if self._cluster.is_some() {
+        if self.cluster.is_some() {
             return;
         }
         let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
@@ -297,8 +297,7 @@ impl ServerUser {
                     .arg(format!("--regid={gid}"))
                     .arg("--clear-groups")
                     .arg(program)
-                    // The server looks up its own home for nothing it needs here, but starts
-                    // in the current directory, which must be one it may enter.
+                    // The tests' working directory may be closed to the postgres user.
                     .current_dir("/");
                 command
             }
