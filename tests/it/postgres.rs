@@ -205,6 +205,61 @@ async fn every_table_and_column_carries_a_comment_for_operators() {
 }
 
 #[tokio::test]
+async fn the_schema_has_every_table_column_index_and_view_that_sqlites_migrations_make() {
+    let Some(db) = TestDb::create("same_schema_as_sqlite").await else {
+        return;
+    };
+    store(&db).await;
+    let dir = tempfile::TempDir::new().unwrap();
+    let (sqlite, writer) = Store::open(&dir.path().join("kiln.db"), 1).unwrap();
+    drop(sqlite);
+    writer.join();
+    let conn = rusqlite::Connection::open(dir.path().join("kiln.db")).unwrap();
+    let sqlite_names = |sql: &str| -> BTreeSet<String> {
+        let mut stmt = conn.prepare(sql).unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let client = db.client().await;
+    let pg_names = |sql: &'static str| {
+        let client = &client;
+        async move {
+            let rows = client.query(sql, &[]).await.unwrap();
+            rows.iter().map(|r| r.get(0)).collect::<BTreeSet<String>>()
+        }
+    };
+    let columns_sqlite = sqlite_names(
+        "SELECT m.name || '.' || c.name FROM sqlite_schema m, pragma_table_info(m.name) c
+         WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%'",
+    );
+    let columns_pg = pg_names(
+        "SELECT table_name || '.' || column_name FROM information_schema.columns
+         WHERE table_schema = 'public' AND table_name IN
+               (SELECT tablename FROM pg_tables WHERE schemaname = 'public')
+           AND table_name <> 'kiln_migrations'",
+    )
+    .await;
+    // A migration added to schema/ must be ported to schema/postgres/ (0012_stats is next).
+    assert_eq!(columns_pg, columns_sqlite, "the tables' columns");
+    let indexes_sqlite =
+        sqlite_names("SELECT name FROM sqlite_schema WHERE type = 'index' AND sql IS NOT NULL");
+    let indexes_pg = pg_names(
+        // Those made for a primary key or UNIQUE column are SQLite's autoindexes, unnamed there.
+        "SELECT i.relname::text FROM pg_index x
+         JOIN pg_class i ON i.oid = x.indexrelid
+         JOIN pg_namespace n ON n.oid = i.relnamespace AND n.nspname = 'public'
+         WHERE NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)",
+    )
+    .await;
+    assert_eq!(indexes_pg, indexes_sqlite, "the indexes");
+    let views_sqlite = sqlite_names("SELECT name FROM sqlite_schema WHERE type = 'view'");
+    let views_pg = pg_names("SELECT viewname FROM pg_views WHERE schemaname = 'public'").await;
+    assert_eq!(views_pg, views_sqlite, "the views");
+}
+
+#[tokio::test]
 async fn the_schema_refuses_rows_that_break_the_job_state_machine() {
     let Some(db) = TestDb::create("state_machine_checks").await else {
         return;
