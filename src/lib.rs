@@ -45,6 +45,10 @@
 //! Before any of it, [`auth`] says on whose behalf a request acts: with API tokens, each
 //! tenant sees only its own jobs, batches and events.
 //!
+//! All of it runs on one SQLite file. [`store::postgres`] is the store on PostgreSQL, for many
+//! nodes on one database: in progress, it does the core of a job's life but is not yet one
+//! `kiln serve` can run on (`docs/deployment.md`).
+//!
 //! [`config`] holds everything a deployment can tune and [`server`] wires the parts together and
 //! shuts them down in order, warning at start of another server on the host that shares its
 //! work root or sandbox uids ([`neighbours`]). The `kiln` binary's commands are [`cli`] (the
