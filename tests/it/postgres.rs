@@ -140,6 +140,28 @@ async fn migrations_apply_to_an_empty_database_once_however_many_nodes_start() {
 }
 
 #[tokio::test]
+async fn connecting_to_a_server_that_is_not_there_fails_at_once_with_the_reason() {
+    // A loopback port nothing listens on: refused at once, and said so, rather than retried.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let url = format!("postgres://kiln@127.0.0.1:{port}/kiln");
+    let started = std::time::Instant::now();
+    let err = PgStore::connect(&url, 1)
+        .await
+        .err()
+        .expect("no server there");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(matches!(err, PgError::Pool(_)), "{err:?}");
+    assert!(err.to_string().contains("no database connection"), "{err}");
+}
+
+#[tokio::test]
 async fn a_database_from_a_newer_kiln_is_refused() {
     let Some(db) = TestDb::create("newer_schema_refused").await else {
         return;

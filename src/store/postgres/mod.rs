@@ -30,7 +30,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use super::{Admission, ClaimedJob, Submitted};
@@ -38,6 +38,13 @@ use crate::job::time::now_ms;
 use crate::job::{Event, Finish, Job, JobId, JobSpec};
 
 pub use migrate::MIGRATIONS;
+
+/// How long opening a connection may take before it counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an operation waits for a free pooled connection before failing, as the SQLite
+/// store's read pool does (r2d2's default).
+const POOL_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PgError {
@@ -107,6 +114,10 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name("kiln");
         }
+        // Without one, a server that does not answer holds a connect for minutes of TCP retries.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -116,6 +127,8 @@ impl PgStore {
         );
         let pool = Pool::builder(manager)
             .max_size(connections.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
             .build()
             .map_err(|e| PgError::Setup(e.to_string()))?;
         let mut client = pool.get().await?;
