@@ -91,6 +91,12 @@ fn refused(result: Result<u64, tokio_postgres::Error>) -> (String, String) {
 
 const CHECK_VIOLATION: &str = "23514";
 
+/// The last of SQLite's migrations (`schema/`) that PostgreSQL's (`schema/postgres/`) include.
+const SQLITE_PORTED_THROUGH: u32 = 11;
+
+/// SQLite's migrations after that one, still to be ported (0012 lands on main beside this work).
+const SQLITE_NOT_YET_PORTED: &[&str] = &["0012_stats.sql"];
+
 #[tokio::test]
 async fn migrations_apply_to_an_empty_database_once_however_many_nodes_start() {
     let Some(db) = TestDb::create("migrations_apply_once").await else {
@@ -232,11 +238,22 @@ async fn the_schema_has_every_table_column_index_and_view_that_sqlites_migration
         return;
     };
     store(&db).await;
-    let dir = tempfile::TempDir::new().unwrap();
-    let (sqlite, writer) = Store::open(&dir.path().join("kiln.db"), 1).unwrap();
-    drop(sqlite);
-    writer.join();
-    let conn = rusqlite::Connection::open(dir.path().join("kiln.db")).unwrap();
+    // Every SQLite migration is ported or waiting to be: a new one must be added to one side.
+    let (ported, waiting): (Vec<_>, Vec<_>) = kiln::store::MIGRATIONS
+        .iter()
+        .partition(|m| m.version <= SQLITE_PORTED_THROUGH);
+    for m in waiting {
+        assert!(
+            SQLITE_NOT_YET_PORTED.contains(&m.name),
+            "{} is not in schema/postgres/: port it, or list it in SQLITE_NOT_YET_PORTED",
+            m.name
+        );
+    }
+    // SQLite's schema as far as PostgreSQL's goes.
+    let conn = rusqlite::Connection::open_in_memory().unwrap();
+    for m in ported {
+        conn.execute_batch(m.sql).unwrap();
+    }
     let sqlite_names = |sql: &str| -> BTreeSet<String> {
         let mut stmt = conn.prepare(sql).unwrap();
         stmt.query_map([], |r| r.get(0))
@@ -263,7 +280,6 @@ async fn the_schema_has_every_table_column_index_and_view_that_sqlites_migration
            AND table_name <> 'kiln_migrations'",
     )
     .await;
-    // A migration added to schema/ must be ported to schema/postgres/ (0012_stats is next).
     assert_eq!(columns_pg, columns_sqlite, "the tables' columns");
     let indexes_sqlite =
         sqlite_names("SELECT name FROM sqlite_schema WHERE type = 'index' AND sql IS NOT NULL");
