@@ -6,7 +6,8 @@
 -- This file is a public interface: operators query the database directly with `psql`, and
 -- `\d+ jobs` shows the comment on every column. Migrations are numbered, applied in order at
 -- startup, each in its own transaction with its row in `kiln_migrations`, and never edited once
--- released; changes come as new files. To do: schema/0012_stats.sql, once it lands for SQLite.
+-- released; changes come as new files. To do: SQLite's schema/0012_stats.sql (the figures behind
+-- GET /v1/stats), which landed on main beside this work.
 --
 -- Where PostgreSQL's types differ from SQLite's (what docs/deployment.md tells operators):
 --   ids        uuid, not text: 16 bytes instead of 36, checked on the way in, and a uuid sorts
