@@ -202,6 +202,22 @@ pub struct RuntimeLimits {
     max: Limits,
 }
 
+/// Asks each runtime's tool for its version (each ask starts the tool in a sandbox), once per
+/// server, the first time a listing needs them: `GET /v1/runtimes`, Piston's runtimes and
+/// execute.
+pub(super) async fn versions_known(state: &AppState) {
+    state
+        .versions_asked
+        .get_or_init(|| async {
+            let workers = &state.workers;
+            let asks = workers.runtimes.iter().map(|runtime| async move {
+                runtime.set_version(workers.runner.version_of(runtime).await);
+            });
+            futures_util::future::join_all(asks).await;
+        })
+        .await;
+}
+
 /// Each runtime with its version as its tool reports it, whether it compiles, its aliases and
 /// the limits its jobs get by default and at most. The versions are asked of the tools (in the
 /// sandbox, all at once) by the first listing; one that cannot be known is `null`.
@@ -215,16 +231,7 @@ pub struct RuntimeLimits {
     )
 )]
 async fn runtimes(State(state): State<AppState>) -> Json<RuntimeList> {
-    state
-        .versions_asked
-        .get_or_init(|| async {
-            let workers = &state.workers;
-            let asks = workers.runtimes.iter().map(|runtime| async move {
-                runtime.set_version(workers.runner.version_of(runtime).await);
-            });
-            futures_util::future::join_all(asks).await;
-        })
-        .await;
+    versions_known(&state).await;
     let policy = &state.config.policy;
     let build = state.config.build_limits();
     let runtimes = state

@@ -110,21 +110,6 @@ async fn json_only(request: Request, next: Next) -> Response {
     .into_response()
 }
 
-/// Asks the runtimes' tools for their versions once, as `GET /v1/runtimes` does: Piston's
-/// versions are theirs.
-async fn versions_known(state: &AppState) {
-    state
-        .versions_asked
-        .get_or_init(|| async {
-            let workers = &state.workers;
-            let asks = workers.runtimes.iter().map(|runtime| async move {
-                runtime.set_version(workers.runner.version_of(runtime).await);
-            });
-            futures_util::future::join_all(asks).await;
-        })
-        .await;
-}
-
 /// Piston's configured limits: the operator's caps for a run, the build limits for a compile.
 fn caps(state: &AppState) -> Caps {
     Caps {
@@ -135,7 +120,7 @@ fn caps(state: &AppState) -> Caps {
 
 /// `GET /api/v2/runtimes`.
 async fn list_runtimes(State(state): State<AppState>) -> Json<Value> {
-    versions_known(&state).await;
+    super::versions_known(&state).await;
     let offered = runtimes::offered(state.runtimes.iter());
     Json(json!(runtimes::listed(&offered)))
 }
@@ -160,7 +145,7 @@ async fn submit(
     body: &Value,
     interactive: bool,
 ) -> Result<(JobId, Execution), PistonError> {
-    versions_known(state).await;
+    super::versions_known(state).await;
     let offered = runtimes::offered(state.runtimes.iter());
     let execution = request::read(body, &offered, &caps(state), interactive)?;
     let spec = JobSpec::validate(

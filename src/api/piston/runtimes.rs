@@ -17,7 +17,7 @@ pub struct Offered<'a> {
 }
 
 /// The runtimes with Piston names, their versions read from what their tools report (asked
-/// before, see [`super::versions_known`]).
+/// before, see [`super::super::versions_known`]).
 pub fn offered<'a>(runtimes: impl Iterator<Item = &'a Runtime>) -> Vec<Offered<'a>> {
     runtimes
         .filter_map(|runtime| {
