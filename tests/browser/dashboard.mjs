@@ -132,6 +132,40 @@ try {
   await page.waitForSelector("#groups table");
   check((await page.$$("#groups tbody tr")).length === 4, "the suite's groups table lists each group with its pass@k");
   await page.screenshot({ path: join(shots, "suite.png"), fullPage: true });
+
+  // Keyboard: a cell of the grid takes the focus and Enter opens its case.
+  await page.focus("#grid .cell");
+  await page.keyboard.press("Enter");
+  await page.waitForFunction(() => document.querySelector("#case")?.textContent.includes("the job"));
+  check((await page.textContent("#case")).startsWith("t0"), "a grid cell opens its case from the keyboard");
+
+  // At a phone's width nothing runs off the side of the page: wide tables scroll in their box.
+  // A job's limits read as a list of terms, not as text the page made of its own elements.
+  await page.goto(`${url}/#/jobs/${slow.id}`);
+  await page.waitForSelector("dl.facts dt");
+  const limits = await page.$$eval("dl.facts", (lists) => lists.map((l) => l.textContent).join(" "));
+  check(limits.includes("wall_ms") && !limits.includes("[object"), `a job's limits are listed term by term (${limits.slice(-80)})`);
+
+  await page.setViewportSize({ width: 375, height: 800 });
+  for (const view of [`#/suites/${suite.id}`, "#/", "#/jobs", `#/jobs/${slow.id}`]) {
+    await page.goto(`${url}/${view}`);
+    await page.waitForSelector("main h1");
+    await page.waitForTimeout(300);
+    const [width, widest] = await page.evaluate(() => {
+      // The innermost element that reaches furthest right, to name what overflows.
+      let far = null;
+      const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+      for (let text = walker.nextNode(); text; text = walker.nextNode()) {
+        const range = document.createRange();
+        range.selectNodeContents(text);
+        const right = range.getBoundingClientRect().right;
+        const el = text.parentElement;
+        if (right > 375 && (!far || right >= far.right)) far = { right, name: `text in ${el.tagName.toLowerCase()}#${el.id}.${el.className}` };
+      }
+      return [document.documentElement.scrollWidth, far ? `${far.name} to ${Math.round(far.right)} px` : "nothing"];
+    });
+    check(width <= 375, `${view} fits a 375 px wide screen (${width} px; widest: ${widest})`);
+  }
   check(admin.problems.length === 0, `no console errors across the admin's pages (${admin.problems.join("; ")})`);
   await admin.context.close();
 
