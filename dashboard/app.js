@@ -500,7 +500,7 @@ async function jobPage(main, id, signal) {
   }
   function addEvent(event) {
     if (!event.type) return;
-    const item = h("li", {}, h("span", { class: "mono" }, `#${event.id} `), when(event.at), " ", h("b", {}, event.type), ` attempt ${event.attempt ?? ""} `,
+    const item = h("li", {}, h("span", { class: "mono" }, `#${event.id} `), when(event.at), " ", h("b", {}, event.type), event.attempt === null || event.attempt === undefined ? " " : ` attempt ${event.attempt} `,
       h("span", { class: "muted" }, Object.keys(event.data || {}).length ? JSON.stringify(event.data) : ""));
     (event.type.startsWith("webhook.") ? hooks : timeline).append(item);
   }

@@ -145,6 +145,7 @@ try {
   await page.waitForSelector("dl.facts dt");
   const limits = await page.$$eval("dl.facts", (lists) => lists.map((l) => l.textContent).join(" "));
   check(limits.includes("wall_ms") && !limits.includes("[object"), `a job's limits are listed term by term (${limits.slice(-80)})`);
+  await page.screenshot({ path: join(shots, "job.png"), fullPage: true });
 
   await page.setViewportSize({ width: 375, height: 800 });
   for (const view of [`#/suites/${suite.id}`, "#/", "#/jobs", `#/jobs/${slow.id}`]) {
