@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kiln::job::content::Content;
-use kiln::job::{Finish, JobId, JobSpec, Limits, Outcome, RunResult};
+use kiln::job::{Finish, JobId, JobSpec, Limits, Outcome, RunResult, Status};
 use kiln::store::postgres::{MIGRATIONS, PgError, PgStore};
-use kiln::store::{Admission, Full, Store, Submitted};
+use kiln::store::{Admission, CancelResult, Full, Store, Submitted};
 use serde_json::Value;
 
 use crate::pg::TestDb;
@@ -80,6 +80,23 @@ fn created(submitted: Submitted) -> JobId {
         Submitted::Created(id) => id,
         other => panic!("expected a new job, got {other:?}"),
     }
+}
+
+/// A job's history as both backends must write it: each event's type, attempt and data.
+fn path(events: Vec<kiln::job::Event>) -> Vec<(String, Option<u32>, Value)> {
+    events
+        .into_iter()
+        .map(|e| (e.kind, e.attempt, e.data))
+        .collect()
+}
+
+/// A job as the API shows it, but for its id and times, which differ between backends.
+fn shown(job: kiln::job::Job) -> Value {
+    let mut value = serde_json::to_value(job).unwrap();
+    for field in ["id", "created_at", "started_at", "finished_at"] {
+        value.as_object_mut().unwrap().remove(field);
+    }
+    value
 }
 
 /// The SQLSTATE of a statement the server refused.
@@ -440,12 +457,6 @@ async fn a_job_passes_through_postgres_as_through_sqlite_with_the_same_events() 
     // A second finish of the same attempt is not this worker's to write.
     assert!(!pg.finish(pg_id, 1, &end).await.unwrap());
 
-    let path = |events: Vec<kiln::job::Event>| -> Vec<(String, Option<u32>, Value)> {
-        events
-            .into_iter()
-            .map(|e| (e.kind, e.attempt, e.data))
-            .collect()
-    };
     let pg_events = path(pg.job_events(pg_id, 0).await.unwrap().expect("the job"));
     let sqlite_events = path(
         sqlite
@@ -459,13 +470,6 @@ async fn a_job_passes_through_postgres_as_through_sqlite_with_the_same_events() 
     assert_eq!(kinds, ["job.queued", "job.started", "job.succeeded"]);
 
     // The job reads back the same, but for its id and times.
-    let shown = |job: kiln::job::Job| {
-        let mut value = serde_json::to_value(job).unwrap();
-        for field in ["id", "created_at", "started_at", "finished_at"] {
-            value.as_object_mut().unwrap().remove(field);
-        }
-        value
-    };
     let pg_job = shown(pg.job(pg_id).await.unwrap().expect("the job"));
     assert_eq!(
         pg_job,
@@ -763,5 +767,463 @@ async fn a_follower_reading_after_the_last_id_it_saw_misses_no_event_of_concurre
     assert_eq!(
         seen, all,
         "the follower saw every event, each once, in id order"
+    );
+}
+
+/// The same store operations on PostgreSQL and on SQLite side by side, each answer asserted
+/// to be the same on both: what phase 2 of issue 20 holds PostgreSQL's store to.
+struct Twins {
+    pg: PgStore,
+    sqlite: Store,
+    writer: kiln::store::WriterThread,
+    _dir: tempfile::TempDir,
+}
+
+/// One job as each backend named it.
+#[derive(Debug, Clone, Copy)]
+struct Twin {
+    pg: JobId,
+    sqlite: JobId,
+}
+
+impl Twins {
+    async fn new(db: &TestDb) -> Twins {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (sqlite, writer) = Store::open(&dir.path().join("kiln.db"), 1).unwrap();
+        Twins {
+            pg: store(db).await,
+            sqlite,
+            writer,
+            _dir: dir,
+        }
+    }
+
+    async fn submit(&self, job: &JobSpec, admission: &Admission) -> Twin {
+        Twin {
+            pg: created(self.pg.submit(job, admission).await.unwrap()),
+            sqlite: created(
+                self.sqlite
+                    .submit(job.clone(), admission.clone())
+                    .await
+                    .unwrap(),
+            ),
+        }
+    }
+
+    /// Claims on both, which must take the same job under the same attempt; its attempt.
+    async fn claim(&self, expected: Twin, lease: Duration) -> u32 {
+        let pg = self
+            .pg
+            .claim("node-a/w1", lease)
+            .await
+            .unwrap()
+            .expect("a job");
+        let sqlite = self
+            .sqlite
+            .claim("node-a/w1", lease)
+            .await
+            .unwrap()
+            .expect("a job");
+        assert_eq!((pg.id, sqlite.id), (expected.pg, expected.sqlite));
+        assert_eq!(pg.attempt, sqlite.attempt);
+        pg.attempt
+    }
+
+    async fn rescue_expired(&self) -> usize {
+        let pg = self.pg.rescue_expired().await.unwrap();
+        assert_eq!(pg, self.sqlite.rescue_expired().await.unwrap());
+        pg
+    }
+
+    async fn release(&self, job: Twin, attempt: u32, outcome: Outcome, reason: &str) -> bool {
+        let pg = self.pg.release(job.pg, attempt, outcome, reason).await;
+        let sqlite = self
+            .sqlite
+            .release(job.sqlite, attempt, outcome, reason.to_owned())
+            .await;
+        let pg = pg.unwrap();
+        assert_eq!(pg, sqlite.unwrap());
+        pg
+    }
+
+    async fn renew(&self, job: Twin, attempt: u32, owner: &str) -> bool {
+        let pg = self.pg.renew(job.pg, attempt, owner, LEASE).await.unwrap();
+        let sqlite = self.sqlite.renew(job.sqlite, attempt, owner, LEASE);
+        assert_eq!(pg, sqlite.await.unwrap());
+        pg
+    }
+
+    async fn finish(&self, job: Twin, attempt: u32, end: Finish) -> bool {
+        let pg = self.pg.finish(job.pg, attempt, &end).await.unwrap();
+        let sqlite = self.sqlite.finish(job.sqlite, attempt, Arc::new(end));
+        assert_eq!(pg, sqlite.await.unwrap());
+        pg
+    }
+
+    async fn cancel(&self, job: Twin) -> CancelResult {
+        let pg = self.pg.cancel(job.pg).await.unwrap();
+        assert_eq!(pg, self.sqlite.cancel(job.sqlite).await.unwrap());
+        pg
+    }
+
+    async fn keep_cancelled_run(&self, job: Twin, attempt: u32, run: RunResult) -> bool {
+        let pg = self.pg.keep_cancelled_run(job.pg, attempt, &run).await;
+        let sqlite = self.sqlite.keep_cancelled_run(job.sqlite, attempt, run);
+        let pg = pg.unwrap();
+        assert_eq!(pg, sqlite.await.unwrap());
+        pg
+    }
+
+    /// Asserts the job has the same history and reads back the same on both; the job as the
+    /// API shows it, and its events' types.
+    async fn same_job(&self, job: Twin) -> (Value, Vec<String>) {
+        let pg_events = path(self.pg.job_events(job.pg, 0).await.unwrap().unwrap());
+        let sqlite_events = self.sqlite.job_events(job.sqlite, 0).await.unwrap();
+        assert_eq!(pg_events, path(sqlite_events.unwrap()), "the events");
+        let pg_job = shown(self.pg.job(job.pg).await.unwrap().unwrap());
+        let sqlite_job = shown(self.sqlite.job(job.sqlite).await.unwrap().unwrap());
+        assert_eq!(pg_job, sqlite_job, "the job");
+        let kinds = pg_events.into_iter().map(|(kind, ..)| kind).collect();
+        (pg_job, kinds)
+    }
+
+    fn close(self) {
+        drop(self.sqlite);
+        self.writer.join();
+    }
+}
+
+/// Lets a lease of `Duration::ZERO`, given at the current millisecond, run out.
+async fn past_lease() {
+    tokio::time::sleep(Duration::from_millis(3)).await;
+}
+
+#[tokio::test]
+async fn a_lease_that_runs_out_is_retried_while_attempts_remain_then_ends_as_error_as_on_sqlite() {
+    let Some(db) = TestDb::create("rescue_as_sqlite").await else {
+        return;
+    };
+    let twins = Twins::new(&db).await;
+    let job = twins
+        .submit(
+            &JobSpec {
+                max_attempts: 2,
+                ..spec("sleep 60")
+            },
+            &open(),
+        )
+        .await;
+    assert_eq!(twins.rescue_expired().await, 0, "nothing has run out yet");
+    let first = twins.claim(job, Duration::ZERO).await;
+    past_lease().await;
+    assert_eq!(twins.rescue_expired().await, 1);
+    // The worker of the rescued run learns it at its next renewal, and its end is not written.
+    assert!(!twins.renew(job, first, "node-a/w1").await);
+    assert!(!twins.finish(job, first, success(b"late")).await);
+    let (shown, kinds) = twins.same_job(job).await;
+    assert_eq!(shown["status"], "queued");
+    assert_eq!(kinds, ["job.queued", "job.started", "job.retrying"]);
+
+    let second = twins.claim(job, Duration::ZERO).await;
+    assert_eq!(second, 2);
+    past_lease().await;
+    assert_eq!(twins.rescue_expired().await, 1);
+    let (shown, kinds) = twins.same_job(job).await;
+    assert_eq!(
+        (&shown["status"], &shown["outcome"]),
+        (&Value::from("error"), &Value::from("lease_expired"))
+    );
+    assert_eq!(
+        shown["error"],
+        "the worker running it stopped renewing its lease"
+    );
+    assert_eq!(
+        kinds,
+        [
+            "job.queued",
+            "job.started",
+            "job.retrying",
+            "job.started",
+            "job.error"
+        ]
+    );
+    assert_eq!(
+        twins.rescue_expired().await,
+        0,
+        "an ended job is not rescued"
+    );
+    twins.close();
+}
+
+#[tokio::test]
+async fn a_lease_is_renewed_only_by_its_owner_and_a_renewed_lease_is_not_rescued() {
+    let Some(db) = TestDb::create("renew_as_sqlite").await else {
+        return;
+    };
+    let twins = Twins::new(&db).await;
+    let job = twins.submit(&spec("sleep 60"), &open()).await;
+    let attempt = twins.claim(job, Duration::ZERO).await;
+    assert!(
+        !twins.renew(job, attempt, "node-b/w1").await,
+        "not its owner"
+    );
+    assert!(
+        !twins.renew(job, attempt + 1, "node-a/w1").await,
+        "not its attempt"
+    );
+    assert!(twins.renew(job, attempt, "node-a/w1").await);
+    past_lease().await;
+    assert_eq!(twins.rescue_expired().await, 0, "renewed for another 30 s");
+    let (shown, _) = twins.same_job(job).await;
+    assert_eq!(shown["status"], "running");
+    twins.close();
+}
+
+#[tokio::test]
+async fn a_released_job_is_queued_again_while_attempts_remain_else_ends_as_error_as_on_sqlite() {
+    let Some(db) = TestDb::create("release_as_sqlite").await else {
+        return;
+    };
+    let twins = Twins::new(&db).await;
+    let job = twins
+        .submit(
+            &JobSpec {
+                max_attempts: 2,
+                ..spec("sleep 60")
+            },
+            &open(),
+        )
+        .await;
+    let reason = "the server stopped before it finished";
+    let first = twins.claim(job, LEASE).await;
+    assert!(twins.release(job, first, Outcome::Shutdown, reason).await);
+    assert!(
+        !twins.release(job, first, Outcome::Shutdown, reason).await,
+        "given back already"
+    );
+    let second = twins.claim(job, LEASE).await;
+    assert!(twins.release(job, second, Outcome::Shutdown, reason).await);
+    let (shown, kinds) = twins.same_job(job).await;
+    assert_eq!(
+        (&shown["status"], &shown["outcome"], &shown["error"]),
+        (
+            &Value::from("error"),
+            &Value::from("shutdown"),
+            &Value::from(reason)
+        )
+    );
+    assert_eq!(
+        kinds,
+        [
+            "job.queued",
+            "job.started",
+            "job.retrying",
+            "job.started",
+            "job.error"
+        ]
+    );
+    twins.close();
+}
+
+#[tokio::test]
+async fn a_cancel_ends_a_queued_or_running_job_and_keeps_what_the_run_wrote_as_on_sqlite() {
+    let Some(db) = TestDb::create("cancel_as_sqlite").await else {
+        return;
+    };
+    let twins = Twins::new(&db).await;
+    let running = twins.submit(&spec("sleep 60"), &open()).await;
+    let queued = twins.submit(&spec("sleep 60"), &open()).await;
+    let attempt = twins.claim(running, LEASE).await;
+
+    assert_eq!(
+        twins.cancel(running).await,
+        CancelResult::Cancelled {
+            running_attempt: Some(attempt)
+        },
+        "the run to stop is named"
+    );
+    assert_eq!(
+        twins.cancel(queued).await,
+        CancelResult::Cancelled {
+            running_attempt: None
+        }
+    );
+    assert_eq!(
+        twins.cancel(running).await,
+        CancelResult::AlreadyFinished(Status::Cancelled)
+    );
+    assert_eq!(
+        twins.pg.cancel(JobId::now_v7()).await.unwrap(),
+        CancelResult::NotFound
+    );
+    // The stopped run's end is not the job's; what it wrote until it was stopped is kept.
+    assert!(!twins.finish(running, attempt, success(b"late")).await);
+    let stopped = RunResult {
+        signal: Some(9),
+        stdout: b"partial\n".to_vec(),
+        wall_ms: 40,
+        ..RunResult::default()
+    };
+    assert!(
+        twins
+            .keep_cancelled_run(running, attempt, stopped.clone())
+            .await
+    );
+    assert!(
+        !twins.keep_cancelled_run(queued, 1, stopped).await,
+        "the queued job never ran"
+    );
+
+    let (shown, kinds) = twins.same_job(running).await;
+    assert_eq!(
+        (&shown["status"], &shown["outcome"], &shown["stdout"]),
+        (
+            &Value::from("cancelled"),
+            &Value::from("cancelled"),
+            &Value::from("partial\n")
+        )
+    );
+    assert_eq!(kinds, ["job.queued", "job.started", "job.cancelled"]);
+    let (_, kinds) = twins.same_job(queued).await;
+    assert_eq!(kinds, ["job.queued", "job.cancelled"]);
+    let events = twins.pg.job_events(running.pg, 0).await.unwrap().unwrap();
+    assert_eq!(events[2].attempt, Some(attempt));
+    assert_eq!(events[2].data["from"], "running");
+    twins.close();
+}
+
+#[tokio::test]
+async fn a_cancelled_or_rescued_job_that_asked_for_a_callback_gets_its_webhook() {
+    let Some(db) = TestDb::create("cancel_and_rescue_webhooks").await else {
+        return;
+    };
+    let kiln = store(&db).await;
+    let calling = JobSpec {
+        callback_url: Some("https://example.com/hook".into()),
+        max_attempts: 1,
+        ..spec("sleep 60")
+    };
+    let cancelled = created(kiln.submit(&calling, &open()).await.unwrap());
+    let rescued = created(kiln.submit(&calling, &open()).await.unwrap());
+    let retried = created(
+        kiln.submit(
+            &JobSpec {
+                max_attempts: 2,
+                ..calling.clone()
+            },
+            &open(),
+        )
+        .await
+        .unwrap(),
+    );
+    kiln.cancel(cancelled).await.unwrap();
+    for _ in 0..2 {
+        kiln.claim("w1", Duration::ZERO)
+            .await
+            .unwrap()
+            .expect("a job");
+    }
+    past_lease().await;
+    assert_eq!(kiln.rescue_expired().await.unwrap(), 2);
+    let rows = db
+        .client()
+        .await
+        .query(
+            "SELECT job_id, event, payload::text FROM webhooks ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let calls: Vec<(JobId, String, Value)> = rows
+        .iter()
+        .map(|r| {
+            let payload: String = r.get(2);
+            (r.get(0), r.get(1), serde_json::from_str(&payload).unwrap())
+        })
+        .collect();
+    assert_eq!(calls.len(), 2, "none for the job retried: it has not ended");
+    assert_eq!(
+        (calls[0].0, calls[0].1.as_str()),
+        (cancelled, "job.cancelled")
+    );
+    assert_eq!(calls[0].2["job"]["status"], "cancelled");
+    assert_eq!((calls[1].0, calls[1].1.as_str()), (rescued, "job.error"));
+    assert_eq!(calls[1].2["job"]["outcome"], "lease_expired");
+    assert_ne!(calls[1].0, retried);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rescuers_on_two_nodes_at_once_rescue_each_expired_job_once() {
+    let Some(db) = TestDb::create("rescue_once").await else {
+        return;
+    };
+    let setup = store(&db).await;
+    for _ in 0..100 {
+        setup.submit(&spec("sleep 60"), &open()).await.unwrap();
+        setup
+            .claim("gone/w1", Duration::ZERO)
+            .await
+            .unwrap()
+            .expect("a job");
+    }
+    past_lease().await;
+    let (node_a, node_b) = (
+        PgStore::connect(&db.url, 2).await.unwrap(),
+        PgStore::connect(&db.url, 2).await.unwrap(),
+    );
+    let rescuer = |node: PgStore| {
+        tokio::spawn(async move {
+            let mut rescued = 0;
+            for _ in 0..5 {
+                rescued += node.rescue_expired().await.expect("rescue");
+            }
+            rescued
+        })
+    };
+    let (a, b) = tokio::join!(rescuer(node_a), rescuer(node_b));
+    assert_eq!(
+        a.unwrap() + b.unwrap(),
+        100,
+        "every job rescued, none twice"
+    );
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*), count(DISTINCT job_id) FROM events WHERE type = 'job.retrying'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (retried, jobs): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!((retried, jobs), (100, 100), "one job.retrying per job");
+}
+
+#[tokio::test]
+async fn a_restarted_node_rescues_the_jobs_its_earlier_instance_was_running() {
+    let Some(db) = TestDb::create("rescue_node").await else {
+        return;
+    };
+    let kiln = store(&db).await;
+    let mine = created(kiln.submit(&spec("sleep 60"), &open()).await.unwrap());
+    let others = created(kiln.submit(&spec("sleep 60"), &open()).await.unwrap());
+    let current = created(kiln.submit(&spec("sleep 60"), &open()).await.unwrap());
+    kiln.claim("node-a/1111/w1", LEASE).await.unwrap();
+    kiln.claim("node-b/2222/w1", LEASE).await.unwrap();
+    kiln.claim("node-a/3333/w1", LEASE).await.unwrap();
+    assert_eq!(
+        kiln.rescue_node("node-a/", "node-a/3333/").await.unwrap(),
+        1
+    );
+    let status = |id| {
+        let kiln = kiln.clone();
+        async move { kiln.job(id).await.unwrap().unwrap().status }
+    };
+    assert_eq!(status(mine).await, Status::Queued);
+    assert_eq!(status(others).await, Status::Running, "another node's");
+    assert_eq!(
+        status(current).await,
+        Status::Running,
+        "this instance's own"
     );
 }

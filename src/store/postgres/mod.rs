@@ -1,9 +1,9 @@
 //! The store on PostgreSQL, for deployments past one machine (issue 20): many `kiln serve`
 //! nodes on one database. This is its foundation, beside the SQLite store rather than behind a
 //! common interface yet: it connects, brings the schema of `schema/postgres/` up to date, and
-//! does the core of a job's life (submit with admission and idempotency, claim, finish, read
-//! back) with the same domain types and the same events as the SQLite store, so that the two
-//! can become two implementations of one interface.
+//! does a job's life (submit with admission and idempotency, claim, lease renewal, finish,
+//! release, rescue, cancel, read back) with the same domain types and the same events as the
+//! SQLite store, so that the two can become two implementations of one interface.
 //!
 //! Why it differs from the SQLite store in shape: PostgreSQL takes concurrent writers, so there
 //! is no single writer thread and no group commit; each operation is one short transaction on a
@@ -19,8 +19,8 @@
 //!
 //! Not here yet (the next phases of issue 20): suites (nothing writes a case on PostgreSQL yet;
 //! should one appear, a claim would hand it over without its suite's code, and the schema would
-//! refuse its end, which must carry a verdict), cancels, lease renewal and rescue, the event
-//! feed, webhook delivery, tokens, prune, and LISTEN/NOTIFY.
+//! refuse its end, cancel or rescue, which must carry a verdict), progress, the event feed,
+//! webhook delivery, tokens, prune, and LISTEN/NOTIFY.
 
 mod migrate;
 mod read;
@@ -33,9 +33,10 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
-use super::{Admission, ClaimedJob, Submitted};
+use super::{Admission, CancelResult, ClaimedJob, Submitted};
 use crate::job::time::now_ms;
-use crate::job::{Event, Finish, Job, JobId, JobSpec};
+use crate::job::{Event, Finish, Job, JobId, JobSpec, Outcome, RunResult};
+use write::Running;
 
 pub use migrate::MIGRATIONS;
 
@@ -164,7 +165,7 @@ impl PgStore {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let now = now_ms();
-        let lease_until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        let lease_until = now.saturating_add(lease_ms(lease));
         let claimed = write::claim(&tx, owner, now, lease_until).await?;
         tx.commit().await?;
         Ok(claimed)
@@ -181,6 +182,91 @@ impl PgStore {
         Ok(finished)
     }
 
+    /// Extends a lease. False if the job is no longer this attempt's to run (cancelled, or
+    /// rescued after the lease ran out): the caller must stop running it.
+    pub async fn renew(
+        &self,
+        id: JobId,
+        attempt: u32,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<bool, PgError> {
+        let client = self.pool.get().await?;
+        let lease_until = now_ms().saturating_add(lease_ms(lease));
+        write::renew(&client, id, attempt, owner, lease_until).await
+    }
+
+    /// Gives a running job back: queued again while attempts remain, else ended as `error`
+    /// with `outcome`. For jobs that did not finish in the grace period of a shutdown.
+    pub async fn release(
+        &self,
+        id: JobId,
+        attempt: u32,
+        outcome: Outcome,
+        reason: &str,
+    ) -> Result<bool, PgError> {
+        let which = Running::Attempt(id, attempt);
+        Ok(self.requeue_or_end(which, outcome, reason).await? > 0)
+    }
+
+    /// Rescues every running job whose lease has run out, whichever node ran it: retried
+    /// while attempts remain, else ended as `error` (`lease_expired`). Returns how many.
+    /// Rescuers on several nodes at once take each job once.
+    pub async fn rescue_expired(&self) -> Result<usize, PgError> {
+        let which = Running::ExpiredBefore(now_ms());
+        let reason = "the worker running it stopped renewing its lease";
+        self.requeue_or_end(which, Outcome::LeaseExpired, reason)
+            .await
+    }
+
+    /// Rescues, without waiting for their leases to run out, the jobs an earlier instance of
+    /// this node (lease owners starting with `node_prefix`, but not `current`) was running
+    /// when it died.
+    pub async fn rescue_node(&self, node_prefix: &str, current: &str) -> Result<usize, PgError> {
+        let which = Running::OfNode(node_prefix, current);
+        let reason = "the server running it stopped before it finished";
+        self.requeue_or_end(which, Outcome::LeaseExpired, reason)
+            .await
+    }
+
+    async fn requeue_or_end(
+        &self,
+        which: Running<'_>,
+        outcome: Outcome,
+        reason: &str,
+    ) -> Result<usize, PgError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let n = write::requeue_or_end(&tx, which, outcome, reason, now_ms()).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Cancels a queued or running job. For a running job the caller must also stop the
+    /// process, wherever it runs.
+    pub async fn cancel(&self, id: JobId) -> Result<CancelResult, PgError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let cancelled = write::cancel(&tx, id, now_ms()).await?;
+        tx.commit().await?;
+        Ok(cancelled)
+    }
+
+    /// Adds the output and usage of the run of `attempt` to the job a cancel ended while that
+    /// run went on; false if the job was not cancelled during it.
+    pub async fn keep_cancelled_run(
+        &self,
+        id: JobId,
+        attempt: u32,
+        result: &RunResult,
+    ) -> Result<bool, PgError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let kept = write::keep_cancelled_run(&tx, id, attempt, result).await?;
+        tx.commit().await?;
+        Ok(kept)
+    }
+
     pub async fn job(&self, id: JobId) -> Result<Option<Job>, PgError> {
         let client = self.pool.get().await?;
         read::job(&client, id).await
@@ -192,4 +278,8 @@ impl PgStore {
         let client = self.pool.get().await?;
         read::job_events(&client, id, after).await
     }
+}
+
+fn lease_ms(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
 }

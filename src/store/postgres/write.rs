@@ -15,8 +15,8 @@ use super::PgError;
 use super::read;
 use crate::job::content::Content;
 use crate::job::outputs::Collected;
-use crate::job::{EventKind, Finish, JobId, JobSpec, Status};
-use crate::store::{Admission, ClaimedJob, Full, Submitted};
+use crate::job::{EventKind, Finish, JobId, JobSpec, Outcome, RunResult, Status};
+use crate::store::{Admission, CancelResult, ClaimedJob, Full, Submitted};
 
 pub(super) async fn submit(
     tx: &impl GenericClient,
@@ -270,6 +270,205 @@ pub(super) async fn finish(
     }
     insert_event(tx, id, now, kind, Some(attempt), &data, tenant.as_deref()).await?;
     Ok(true)
+}
+
+/// Extends the lease of a run, if it is still this owner's under this attempt.
+pub(super) async fn renew(
+    tx: &impl GenericClient,
+    id: JobId,
+    attempt: u32,
+    owner: &str,
+    lease_until: i64,
+) -> Result<bool, PgError> {
+    let stmt = tx
+        .prepare_cached(
+            "UPDATE jobs SET lease_expires_at = $1
+             WHERE id = $2 AND attempt = $3 AND status = 'running' AND lease_owner = $4",
+        )
+        .await?;
+    let n = tx
+        .execute(&stmt, &[&lease_until, &id, &sql_i32(attempt)?, &owner])
+        .await?;
+    Ok(n == 1)
+}
+
+/// Which running attempts [`requeue_or_end`] takes away from their workers.
+pub(super) enum Running<'a> {
+    /// One attempt, given back by its own worker: waits for a statement holding the row.
+    Attempt(JobId, u32),
+    /// Every run whose lease ran out before this time.
+    ExpiredBefore(i64),
+    /// Every run leased by an instance of this node (owner starting with the first) but
+    /// this one (the second).
+    OfNode(&'a str, &'a str),
+}
+
+/// Takes running attempts away from their workers, as SQLite's store does: back to `queued`
+/// with a `job.retrying` event while attempts remain, else ended as `error` with `outcome`,
+/// `reason` as its error, its `job.error` event and the webhook it asked for. Returns how many.
+///
+/// One statement changes every row. Rescue skips rows another transaction holds locked (a
+/// worker finishing or renewing that very job, another node's rescue): it never waits behind
+/// them, two rescuers cannot deadlock by locking the same rows in different orders, and a
+/// skipped job whose lease is still out is taken at the next pass.
+pub(super) async fn requeue_or_end(
+    tx: &impl GenericClient,
+    which: Running<'_>,
+    outcome: Outcome,
+    reason: &str,
+    now: i64,
+) -> Result<usize, PgError> {
+    let (selection, params): (&str, Vec<Box<dyn ToSql + Sync + Send>>) = match which {
+        Running::Attempt(id, attempt) => (
+            "id = $4 AND attempt = $5 AND status = 'running'",
+            vec![Box::new(id), Box::new(sql_i32(attempt)?)],
+        ),
+        Running::ExpiredBefore(before) => (
+            "id IN (SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < $4
+                    ORDER BY id FOR UPDATE SKIP LOCKED)",
+            vec![Box::new(before)],
+        ),
+        Running::OfNode(node, current) => (
+            "id IN (SELECT id FROM jobs WHERE status = 'running'
+                      AND starts_with(lease_owner, $4) AND NOT starts_with(lease_owner, $5)
+                    ORDER BY id FOR UPDATE SKIP LOCKED)",
+            vec![Box::new(node.to_owned()), Box::new(current.to_owned())],
+        ),
+    };
+    let sql = format!(
+        "UPDATE jobs
+         SET status = CASE WHEN attempt < max_attempts THEN 'queued' ELSE 'error' END,
+             outcome = CASE WHEN attempt < max_attempts THEN NULL ELSE $1 END,
+             error = CASE WHEN attempt < max_attempts THEN error ELSE $2 END,
+             finished_at = CASE WHEN attempt < max_attempts THEN NULL ELSE $3::bigint END,
+             lease_owner = NULL, lease_expires_at = NULL
+         WHERE {selection}
+         RETURNING id, attempt, status, tenant, callback_url"
+    );
+    let stmt = tx.prepare_cached(&sql).await?;
+    let outcome_text = outcome.as_str();
+    let mut all: Vec<&(dyn ToSql + Sync)> = vec![&outcome_text, &reason, &now];
+    all.extend(params.iter().map(|p| -> &(dyn ToSql + Sync) { p.as_ref() }));
+    let rows = tx.query(&stmt, &all).await?;
+    let mut taken = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: JobId = row.try_get(0)?;
+        let attempt = read::u32_of(row, 1)?;
+        let status: String = row.try_get(2)?;
+        let tenant: Option<String> = row.try_get(3)?;
+        let callback_url: Option<String> = row.try_get(4)?;
+        let ended = parse_status(&status)? == Status::Error;
+        if ended && let Some(url) = &callback_url {
+            job_ended(tx, id, EventKind::Error, url, now).await?;
+        }
+        taken.push((id, attempt, ended, tenant));
+    }
+    // Only now the events: every row lock this transaction takes is taken.
+    for (id, attempt, ended, tenant) in &taken {
+        let (kind, data) = if *ended {
+            let data = json!({"outcome": outcome.as_str(), "error": reason});
+            (EventKind::Error, data)
+        } else {
+            let data = json!({"reason": reason, "next_attempt": attempt + 1});
+            (EventKind::Retrying, data)
+        };
+        insert_event(tx, *id, now, kind, Some(*attempt), &data, tenant.as_deref()).await?;
+    }
+    Ok(taken.len())
+}
+
+/// Cancels a queued or running job: `cancelled` with its `job.cancelled` event (naming the
+/// attempt, for a running job, so the output of that run can be kept on it afterwards) and
+/// the webhook it asked for.
+pub(super) async fn cancel(
+    tx: &impl GenericClient,
+    id: JobId,
+    now: i64,
+) -> Result<CancelResult, PgError> {
+    // Locked: a claim or an end committing meanwhile would make the status read stale, and
+    // the status decides what the cancel writes.
+    let found = tx
+        .query_opt(
+            "SELECT status, attempt FROM jobs WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await?;
+    let Some(row) = found else {
+        return Ok(CancelResult::NotFound);
+    };
+    let status: String = row.try_get(0)?;
+    let status = parse_status(&status)?;
+    let attempt = read::u32_of(&row, 1)?;
+    if status.is_terminal() {
+        return Ok(CancelResult::AlreadyFinished(status));
+    }
+    let row = tx
+        .query_one(
+            "UPDATE jobs SET status = 'cancelled', outcome = 'cancelled', finished_at = $1,
+                             lease_owner = NULL, lease_expires_at = NULL
+             WHERE id = $2
+             RETURNING tenant, callback_url",
+            &[&now, &id],
+        )
+        .await?;
+    let tenant: Option<String> = row.try_get(0)?;
+    let callback_url: Option<String> = row.try_get(1)?;
+    if let Some(url) = callback_url {
+        job_ended(tx, id, EventKind::Cancelled, &url, now).await?;
+    }
+    let running_attempt = (status == Status::Running).then_some(attempt);
+    let data = json!({"outcome": "cancelled", "from": status.as_str()});
+    insert_event(
+        tx,
+        id,
+        now,
+        EventKind::Cancelled,
+        running_attempt,
+        &data,
+        tenant.as_deref(),
+    )
+    .await?;
+    Ok(CancelResult::Cancelled { running_attempt })
+}
+
+/// Keeps what a run cancelled while it ran produced (its output, usage and files), on the job
+/// that cancel ended during this very attempt, as SQLite's store does: the `job.cancelled`
+/// event names the attempt, and only one run has it. Adds nothing to the history. False if
+/// there is no such job.
+pub(super) async fn keep_cancelled_run(
+    tx: &impl GenericClient,
+    id: JobId,
+    attempt: u32,
+    result: &RunResult,
+) -> Result<bool, PgError> {
+    let params: [&(dyn ToSql + Sync); 11] = [
+        &result.exit_code,
+        &result.signal,
+        &result.stdout,
+        &result.stderr,
+        &result.stdout_truncated,
+        &result.stderr_truncated,
+        &sql_int(result.wall_ms),
+        &sql_int(result.cpu_ms),
+        &sql_int(result.memory_kb),
+        &id,
+        &sql_i32(attempt)?,
+    ];
+    let updated = tx
+        .execute(
+            "UPDATE jobs
+             SET exit_code = $1, signal = $2, stdout = $3, stderr = $4, stdout_truncated = $5,
+                 stderr_truncated = $6, wall_ms = $7, cpu_ms = $8, memory_kb = $9
+             WHERE id = $10 AND attempt = $11 AND status = 'cancelled'
+               AND EXISTS (SELECT 1 FROM events
+                           WHERE job_id = $10 AND type = 'job.cancelled' AND attempt = $11)",
+            &params,
+        )
+        .await?;
+    if updated == 1 {
+        store_files(tx, id, &result.files).await?;
+    }
+    Ok(updated == 1)
 }
 
 /// The files a run kept and those it left out, with the result that lists them.
