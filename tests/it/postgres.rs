@@ -663,6 +663,37 @@ async fn an_event_committed_late_never_has_a_smaller_id_than_one_already_visible
     assert!(late > early, "{late} after {early}");
 }
 
+#[tokio::test]
+async fn a_claim_waiting_for_the_event_lock_does_not_deadlock_with_the_writer_holding_it() {
+    let Some(db) = TestDb::create("claim_and_event_lock").await else {
+        return;
+    };
+    let kiln = store(&db).await;
+    let running = created(kiln.submit(&spec("true"), &open()).await.unwrap());
+    kiln.claim("w0", LEASE).await.unwrap().expect("a job");
+    let job = created(kiln.submit(&spec("true"), &open()).await.unwrap());
+    let insert = "INSERT INTO events (job_id, at, type) VALUES ($1, 0, 'job.progress')";
+    // A writer holds the event lock, for an event of another job...
+    let writer = db.client().await;
+    writer.batch_execute("BEGIN").await.unwrap();
+    writer.execute(insert, &[&running]).await.unwrap();
+    // ...while a claim locks the job's row and waits for the lock to write job.started...
+    let claimer = kiln.clone();
+    let claim = tokio::spawn(async move { claimer.claim("w1", LEASE).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!claim.is_finished(), "the claim waits for the event lock");
+    // ...and the writer writes another event of that job, whose foreign key check locks the
+    // job's row too. Had the claim locked it FOR UPDATE, each would wait for the other until
+    // PostgreSQL's deadlock detector aborted one of them.
+    tokio::time::timeout(Duration::from_secs(5), writer.execute(insert, &[&job]))
+        .await
+        .expect("the foreign key check does not wait for the claim")
+        .expect("no deadlock");
+    writer.batch_execute("COMMIT").await.unwrap();
+    let claimed = claim.await.unwrap().unwrap().expect("the job");
+    assert_eq!(claimed.id, job);
+}
+
 /// The operators' page for PostgreSQL.
 const DEPLOYMENT: &str = include_str!("../../docs/deployment.md");
 

@@ -9,9 +9,10 @@
 //! is no single writer thread and no group commit; each operation is one short transaction on a
 //! pooled connection ([`deadpool_postgres`] over [`tokio_postgres`]), durable when its commit
 //! returns (every connection runs with `synchronous_commit=on`, whatever the server's default).
-//! Concurrent claimers take different jobs (`FOR UPDATE SKIP LOCKED`), and events are committed
-//! in id order (the `events_in_commit_order` trigger of `schema/postgres/0001_init.sql`), so a
-//! reader following the history by id never skips one that committed late.
+//! Concurrent claimers take different jobs (`FOR NO KEY UPDATE SKIP LOCKED`), and events are
+//! committed in id order (the `events_in_commit_order` trigger of
+//! `schema/postgres/0001_init.sql`), so a reader following the history by id never skips one
+//! that committed late.
 //!
 //! The pool is for queries only: a pooled connection is driven by the pool, which discards
 //! notifications, so LISTEN (waking idle workers on every node) will need a connection of its

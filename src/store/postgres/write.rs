@@ -5,6 +5,13 @@
 //! events in commit order (see `events_in_commit_order` in `schema/postgres/0001_init.sql`),
 //! held until the transaction ends: a row lock taken after it could wait on a transaction that
 //! waits for the lock, a deadlock, and would lengthen the part of every write that is serialized.
+//!
+//! An event's foreign key takes one row lock after that lock all the same: the check of
+//! `events.job_id` locks the job's row `FOR KEY SHARE`. So kiln locks jobs' rows only as
+//! strongly as an update of their non-key columns does, `FOR NO KEY UPDATE`, which that
+//! share lock does not wait for; with `FOR UPDATE`, a claim holding a job and waiting for
+//! the event lock, and a writer holding the event lock and checking an event of that job,
+//! would wait for each other.
 
 use deadpool_postgres::GenericClient;
 use serde_json::json;
@@ -146,12 +153,13 @@ async fn same_key(
 
 /// Takes the next queued job in one statement: the subquery reads the `jobs_claim` index in
 /// order and locks the first row no other claimer holds, skipping those that are held, so
-/// claimers on every node proceed at once and never take the same job.
+/// claimers on every node proceed at once and never take the same job. `NO KEY`: the lock the
+/// update takes anyway, which an event's foreign key check does not wait for (module doc).
 const CLAIM_SQL: &str = "UPDATE jobs
      SET status = 'running', attempt = attempt + 1, lease_owner = $1,
          lease_expires_at = $2, started_at = $3
      WHERE id = (SELECT id FROM jobs WHERE status = 'queued'
-                 ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+                 ORDER BY priority DESC, id LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED)
      RETURNING id, attempt, runtime, code, stdin, args, files, limits, outputs, interactive,
                tenant";
 
@@ -325,13 +333,13 @@ pub(super) async fn requeue_or_end(
         ),
         Running::ExpiredBefore(before) => (
             "id IN (SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < $4
-                    ORDER BY id FOR UPDATE SKIP LOCKED)",
+                    ORDER BY id FOR NO KEY UPDATE SKIP LOCKED)",
             vec![Box::new(before)],
         ),
         Running::OfNode(node, current) => (
             "id IN (SELECT id FROM jobs WHERE status = 'running'
                       AND starts_with(lease_owner, $4) AND NOT starts_with(lease_owner, $5)
-                    ORDER BY id FOR UPDATE SKIP LOCKED)",
+                    ORDER BY id FOR NO KEY UPDATE SKIP LOCKED)",
             vec![Box::new(node.to_owned()), Box::new(current.to_owned())],
         ),
     };
@@ -389,7 +397,7 @@ pub(super) async fn cancel(
     // the status decides what the cancel writes.
     let found = tx
         .query_opt(
-            "SELECT status, attempt FROM jobs WHERE id = $1 FOR UPDATE",
+            "SELECT status, attempt FROM jobs WHERE id = $1 FOR NO KEY UPDATE",
             &[&id],
         )
         .await?;
