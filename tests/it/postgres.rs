@@ -10,7 +10,7 @@ use std::time::Duration;
 use kiln::job::content::Content;
 use kiln::job::{Finish, JobId, JobSpec, Limits, Outcome, RunResult, Status};
 use kiln::store::postgres::{MIGRATIONS, PgError, PgStore};
-use kiln::store::{Admission, CancelResult, Full, Store, Submitted};
+use kiln::store::{Admission, CancelResult, Full, Store, Submitted, Visibility};
 use serde_json::Value;
 
 use crate::pg::TestDb;
@@ -745,6 +745,7 @@ async fn a_follower_reading_after_the_last_id_it_saw_misses_no_event_of_concurre
     };
     let kiln = store(&db).await;
     let job = created(kiln.submit(&spec("true"), &open()).await.unwrap());
+    kiln.claim("w0", LEASE).await.unwrap().expect("the job");
     // Four writers whose transactions stay open a little after inserting their event, as a
     // slow commit (a busy disk, a far server) keeps one open: without the commit-order lock, a
     // later id would often commit first and the follower would step over the earlier one.
@@ -769,36 +770,99 @@ async fn a_follower_reading_after_the_last_id_it_saw_misses_no_event_of_concurre
             })
         })
         .collect();
-    // What a live stream does: read everything after the last id seen, again and again.
-    let follower = db.client().await;
+    // And two nodes doing kiln's own writes for a tenant: a submit, a claim and an end each.
+    let acme = Admission {
+        tenant: Some("acme".into()),
+        ..open()
+    };
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let (node, acme) = (PgStore::connect(&db.url, 1).await.unwrap(), acme.clone());
+        nodes.push(tokio::spawn(async move {
+            let mut ended = 0;
+            for _ in 0..10 {
+                node.submit(&spec("true"), &acme).await.unwrap();
+                // Whatever is next, perhaps the other node's; none while the other's claim
+                // holds the only queued job.
+                if let Some(claimed) = node.claim("node/w1", LEASE).await.unwrap() {
+                    let end = success(b"");
+                    assert!(
+                        node.finish(claimed.id, claimed.attempt, &end)
+                            .await
+                            .unwrap()
+                    );
+                    ended += 1;
+                }
+            }
+            ended
+        }));
+    }
+    // What a live stream does: read a page of everything after the last id seen, again and
+    // again; the same for the tenant's own stream.
+    let (everyone, tenant) = (Visibility::All, Visibility::Tenant("acme".into()));
     let mut seen: Vec<i64> = Vec::new();
+    let mut seen_by_acme: Vec<i64> = Vec::new();
     let mut writing = true;
     while writing {
-        writing = !writers.iter().all(|w| w.is_finished());
-        let after = seen.last().copied().unwrap_or(0);
-        for row in follower
-            .query("SELECT id FROM events WHERE id > $1 ORDER BY id", &[&after])
-            .await
-            .unwrap()
-        {
-            seen.push(row.get(0));
+        writing =
+            !(writers.iter().all(|w| w.is_finished()) && nodes.iter().all(|n| n.is_finished()));
+        loop {
+            let after = seen.last().copied().unwrap_or(0);
+            let page = kiln.events_after(&everyone, after, 16).await.unwrap();
+            seen.extend(page.iter().map(|e| e.id));
+            if page.len() < 16 {
+                break;
+            }
         }
+        let after = seen_by_acme.last().copied().unwrap_or(0);
+        let page = kiln.events_after(&tenant, after, 16).await.unwrap();
+        seen_by_acme.extend(page.iter().map(|e| e.id));
     }
     for writer in writers {
         writer.await.unwrap();
     }
-    let all: Vec<i64> = follower
-        .query("SELECT id FROM events ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(all.len(), 101, "the job.queued event and the writers' 100");
+    let mut ended = 0;
+    for node in nodes {
+        ended += node.await.unwrap();
+    }
+    // Whatever the tenant's follower had yet to read when the writers stopped.
+    loop {
+        let after = seen_by_acme.last().copied().unwrap_or(0);
+        let page = kiln.events_after(&tenant, after, 16).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        seen_by_acme.extend(page.iter().map(|e| e.id));
+    }
+    let follower = db.client().await;
+    let ids = |sql: &'static str| {
+        let follower = &follower;
+        async move {
+            let rows = follower.query(sql, &[]).await.unwrap();
+            rows.iter().map(|r| r.get(0)).collect::<Vec<i64>>()
+        }
+    };
+    let all = ids("SELECT id FROM events ORDER BY id").await;
+    let acme = ids("SELECT id FROM events WHERE tenant = 'acme' ORDER BY id").await;
+    assert_eq!(
+        acme.len(),
+        20 + 2 * ended,
+        "each acme job's job.queued, and job.started and job.succeeded of those that ran"
+    );
+    assert_eq!(
+        all.len(),
+        2 + 100 + acme.len(),
+        "the first job's queued and started, the writers' 100, and acme's"
+    );
     assert_eq!(
         seen, all,
         "the follower saw every event, each once, in id order"
     );
+    assert_eq!(
+        seen_by_acme, acme,
+        "the tenant's follower saw all of its own, once"
+    );
+    assert_eq!(kiln.last_event_id().await.unwrap(), *all.last().unwrap());
 }
 
 /// The same store operations on PostgreSQL and on SQLite side by side, each answer asserted
@@ -1257,4 +1321,99 @@ async fn a_restarted_node_rescues_the_jobs_its_earlier_instance_was_running() {
         Status::Running,
         "this instance's own"
     );
+}
+
+#[tokio::test]
+async fn the_feed_pages_forward_and_back_and_shows_a_tenant_only_its_own_as_on_sqlite() {
+    let Some(db) = TestDb::create("feed_as_sqlite").await else {
+        return;
+    };
+    let twins = Twins::new(&db).await;
+    assert_eq!(twins.pg.last_event_id().await.unwrap(), 0, "no history yet");
+    let tenant = |name: &str| Admission {
+        tenant: Some(name.into()),
+        ..open()
+    };
+    let acme = twins.submit(&spec("true"), &tenant("acme")).await;
+    twins.submit(&spec("true"), &tenant("globex")).await;
+    twins.submit(&spec("true"), &open()).await;
+    let attempt = twins.claim(acme, LEASE).await;
+    assert!(twins.finish(acme, attempt, success(b"")).await);
+
+    // Both backends' feeds, as each event's type, attempt, data and tenant.
+    let feed =
+        |events: Vec<kiln::job::Event>| -> Vec<(String, Option<u32>, Value, Option<String>)> {
+            events
+                .into_iter()
+                .map(|e| (e.kind, e.attempt, e.data, e.tenant))
+                .collect()
+        };
+    for who in [
+        Visibility::All,
+        Visibility::Tenant("acme".into()),
+        Visibility::Tenant("nobody".into()),
+    ] {
+        for limit in [2, 100] {
+            let pg = twins.pg.events_after(&who, 0, limit).await.unwrap();
+            let sqlite = twins
+                .sqlite
+                .events_after(who.clone(), 0, limit)
+                .await
+                .unwrap();
+            assert_eq!(
+                feed(pg),
+                feed(sqlite),
+                "after 0 for {who:?}, {limit} at most"
+            );
+            let pg = twins.pg.events_before(&who, None, limit).await.unwrap();
+            let sqlite = twins.sqlite.events_before(who.clone(), None, limit);
+            assert_eq!(feed(pg), feed(sqlite.await.unwrap()), "newest for {who:?}");
+        }
+    }
+
+    let all = twins
+        .pg
+        .events_after(&Visibility::All, 0, 100)
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = all.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "job.queued",
+            "job.queued",
+            "job.queued",
+            "job.started",
+            "job.succeeded"
+        ]
+    );
+    let ids: Vec<i64> = all.iter().map(|e| e.id).collect();
+    assert_eq!(twins.pg.last_event_id().await.unwrap(), ids[4]);
+    // Paging forward from the middle, and back from it.
+    let after: Vec<i64> = twins
+        .pg
+        .events_after(&Visibility::All, ids[1], 2)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(after, ids[2..4]);
+    let before: Vec<i64> = twins
+        .pg
+        .events_before(&Visibility::All, Some(ids[3]), 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(before, [ids[2], ids[1], ids[0]], "newest first");
+    let acme_only = twins
+        .pg
+        .events_after(&Visibility::Tenant("acme".into()), 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(acme_only.len(), 3, "acme's queued, started and succeeded");
+    assert!(acme_only.iter().all(|e| e.job_id == Some(acme.pg)));
+    twins.close();
 }

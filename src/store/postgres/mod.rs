@@ -2,8 +2,9 @@
 //! nodes on one database. This is its foundation, beside the SQLite store rather than behind a
 //! common interface yet: it connects, brings the schema of `schema/postgres/` up to date, and
 //! does a job's life (submit with admission and idempotency, claim, lease renewal, finish,
-//! release, rescue, cancel, read back) with the same domain types and the same events as the
-//! SQLite store, so that the two can become two implementations of one interface.
+//! release, rescue, cancel, read back) and the event feed with the same domain types and the
+//! same events as the SQLite store, so that the two can become two implementations of one
+//! interface.
 //!
 //! Why it differs from the SQLite store in shape: PostgreSQL takes concurrent writers, so there
 //! is no single writer thread and no group commit; each operation is one short transaction on a
@@ -20,8 +21,8 @@
 //!
 //! Not here yet (the next phases of issue 20): suites (nothing writes a case on PostgreSQL yet;
 //! should one appear, a claim would hand it over without its suite's code, and the schema would
-//! refuse its end, cancel or rescue, which must carry a verdict), progress, the event feed,
-//! webhook delivery, tokens, prune, and LISTEN/NOTIFY.
+//! refuse its end, cancel or rescue, which must carry a verdict), progress, webhook delivery,
+//! tokens, prune, and LISTEN/NOTIFY.
 
 mod migrate;
 mod read;
@@ -34,7 +35,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
-use super::{Admission, CancelResult, ClaimedJob, Submitted};
+use super::{Admission, CancelResult, ClaimedJob, Submitted, Visibility};
 use crate::job::time::now_ms;
 use crate::job::{Event, Finish, Job, JobId, JobSpec, Outcome, RunResult};
 use write::Running;
@@ -278,6 +279,36 @@ impl PgStore {
     pub async fn job_events(&self, id: JobId, after: i64) -> Result<Option<Vec<Event>>, PgError> {
         let client = self.pool.get().await?;
         read::job_events(&client, id, after).await
+    }
+
+    /// The newest event's id (0 if there is none): where following the feed live begins.
+    pub async fn last_event_id(&self) -> Result<i64, PgError> {
+        let client = self.pool.get().await?;
+        read::last_event_id(&client).await
+    }
+
+    /// The feed: the events `who` may see with an id greater than `after`, oldest first, at
+    /// most `limit`. Events commit in id order, so a follower that asks again after the last
+    /// id it was given sees every event once, whichever node wrote it.
+    pub async fn events_after(
+        &self,
+        who: &Visibility,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>, PgError> {
+        let client = self.pool.get().await?;
+        read::events_after(&client, who, after, limit).await
+    }
+
+    /// The feed newest first, before event `before` (`None`: from the newest).
+    pub async fn events_before(
+        &self,
+        who: &Visibility,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Event>, PgError> {
+        let client = self.pool.get().await?;
+        read::events_before(&client, who, before, limit).await
     }
 }
 

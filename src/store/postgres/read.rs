@@ -1,4 +1,5 @@
-//! The SQL of reads on PostgreSQL: a job as the API shows it, and its events. Each is one
+//! The SQL of reads on PostgreSQL: a job as the API shows it, its events, and the feed of
+//! every event a caller may see. Each is one
 //! statement (or a few) on whichever connection the caller holds, a transaction's included, so
 //! a write can read back what it has just written (the webhook payload of a job's end).
 
@@ -12,6 +13,7 @@ use crate::job::content::Content;
 use crate::job::outputs::{Omission, OmittedFile, OutputFile};
 use crate::job::verdict::Verdict;
 use crate::job::{Event, Job, JobId, Outcome, Progress};
+use crate::store::Visibility;
 
 pub(super) async fn job(client: &impl GenericClient, id: JobId) -> Result<Option<Job>, PgError> {
     let stmt = client
@@ -160,6 +162,80 @@ pub(super) async fn job_events(
         .map(event_row)
         .collect::<Result<_, _>>()
         .map(Some)
+}
+
+/// The newest event's id, 0 for an empty history. Events commit in id order, so every
+/// event with a smaller id that will ever be visible is visible already.
+pub(super) async fn last_event_id(client: &impl GenericClient) -> Result<i64, PgError> {
+    let stmt = client
+        .prepare_cached("SELECT coalesce(max(id), 0) FROM events")
+        .await?;
+    Ok(client.query_one(&stmt, &[]).await?.try_get(0)?)
+}
+
+/// The events `who` may see with an id greater than `after`, oldest first, at most `limit`.
+pub(super) async fn events_after(
+    client: &impl GenericClient,
+    who: &Visibility,
+    after: i64,
+    limit: u32,
+) -> Result<Vec<Event>, PgError> {
+    let limit = i64::from(limit);
+    // A statement for each, rather than one with an optional tenant: each has its own plan,
+    // on the primary key or on `events_tenant`.
+    let rows = match who.tenant() {
+        None => {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT id, job_id, batch_id, at, type, attempt, data, tenant FROM events
+                     WHERE id > $1 ORDER BY id LIMIT $2",
+                )
+                .await?;
+            client.query(&stmt, &[&after, &limit]).await?
+        }
+        Some(tenant) => {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT id, job_id, batch_id, at, type, attempt, data, tenant FROM events
+                     WHERE tenant = $1 AND id > $2 ORDER BY id LIMIT $3",
+                )
+                .await?;
+            client.query(&stmt, &[&tenant, &after, &limit]).await?
+        }
+    };
+    rows.iter().map(event_row).collect()
+}
+
+/// The events `who` may see newest first, with an id less than `before` (`None`: from the
+/// newest), at most `limit`.
+pub(super) async fn events_before(
+    client: &impl GenericClient,
+    who: &Visibility,
+    before: Option<i64>,
+    limit: u32,
+) -> Result<Vec<Event>, PgError> {
+    let (before, limit) = (before.unwrap_or(i64::MAX), i64::from(limit));
+    let rows = match who.tenant() {
+        None => {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT id, job_id, batch_id, at, type, attempt, data, tenant FROM events
+                     WHERE id < $1 ORDER BY id DESC LIMIT $2",
+                )
+                .await?;
+            client.query(&stmt, &[&before, &limit]).await?
+        }
+        Some(tenant) => {
+            let stmt = client
+                .prepare_cached(
+                    "SELECT id, job_id, batch_id, at, type, attempt, data, tenant FROM events
+                     WHERE tenant = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+                )
+                .await?;
+            client.query(&stmt, &[&tenant, &before, &limit]).await?
+        }
+    };
+    rows.iter().map(event_row).collect()
 }
 
 fn event_row(r: &Row) -> Result<Event, PgError> {
