@@ -1417,3 +1417,197 @@ async fn the_feed_pages_forward_and_back_and_shows_a_tenant_only_its_own_as_on_s
     assert!(acme_only.iter().all(|e| e.job_id == Some(acme.pg)));
     twins.close();
 }
+
+#[tokio::test]
+async fn the_job_listing_filters_orders_and_pages_as_on_sqlite() {
+    let Some(db) = TestDb::create("list_jobs_as_sqlite").await else {
+        return;
+    };
+    let twins = Twins::new(&db).await;
+    let acme = Admission {
+        tenant: Some("acme".into()),
+        ..open()
+    };
+    let python = JobSpec {
+        runtime: "python".into(),
+        ..spec("print(1)")
+    };
+    // Jobs of two runtimes and two tenants, in every status, ended in different ways.
+    let mut jobs = Vec::new();
+    for (job, admission) in [
+        (&python, &acme),
+        (&spec("true"), &open()),
+        (&spec("false"), &acme),
+        (&python, &open()),
+        (&spec("sleep 60"), &acme),
+        (&spec("sleep 60"), &open()),
+        (&spec("true"), &acme),
+    ] {
+        jobs.push(twins.submit(job, admission).await);
+    }
+    let failure = || Finish {
+        outcome: Outcome::NonzeroExit,
+        result: RunResult {
+            exit_code: Some(1),
+            ..RunResult::default()
+        },
+        ..success(b"")
+    };
+    for (i, end) in [
+        Some(success(b"1\n")),
+        Some(success(b"")),
+        Some(failure()),
+        Some(failure()),
+        None,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let attempt = twins.claim(jobs[i], LEASE).await;
+        if let Some(end) = end {
+            assert!(twins.finish(jobs[i], attempt, end).await);
+        }
+    }
+    twins.cancel(jobs[5]).await;
+
+    // A listing as the place of each job in `jobs` and what the summary says of it.
+    let on = |listed: Vec<kiln::store::JobSummary>, pg: bool| -> Vec<(usize, Value)> {
+        listed
+            .into_iter()
+            .map(|summary| {
+                let place = jobs
+                    .iter()
+                    .position(|j| summary.id == if pg { j.pg } else { j.sqlite })
+                    .expect("a job of this test");
+                let mut value = serde_json::to_value(&summary).unwrap();
+                for field in ["id", "created_at", "started_at", "finished_at"] {
+                    value.as_object_mut().unwrap().remove(field);
+                }
+                (place, value)
+            })
+            .collect()
+    };
+    let list = |who: Visibility, filter: kiln::store::JobFilter, page: kiln::store::Page| {
+        let twins = &twins;
+        async move {
+            let pg = twins.pg.list_jobs(&who, &filter, page).await.unwrap();
+            let sqlite = twins.sqlite.list_jobs(who, filter, page).await.unwrap();
+            let (pg, sqlite) = (on(pg, true), on(sqlite, false));
+            assert_eq!(pg, sqlite);
+            pg.into_iter()
+                .map(|(place, _)| place)
+                .collect::<Vec<usize>>()
+        }
+    };
+    let first = |order, limit| kiln::store::Page {
+        order,
+        cursor: None,
+        limit,
+    };
+    let (oldest, newest) = (
+        kiln::store::Order::OldestFirst,
+        kiln::store::Order::NewestFirst,
+    );
+    let all = kiln::store::JobFilter::default;
+    let everyone = || Visibility::All;
+    let acme_only = || Visibility::Tenant("acme".into());
+
+    assert_eq!(
+        list(everyone(), all(), first(oldest, 100)).await,
+        [0, 1, 2, 3, 4, 5, 6]
+    );
+    assert_eq!(list(everyone(), all(), first(newest, 3)).await, [6, 5, 4]);
+    assert_eq!(
+        list(acme_only(), all(), first(oldest, 100)).await,
+        [0, 2, 4, 6]
+    );
+    let filtered = |f: fn(&mut kiln::store::JobFilter)| {
+        let mut filter = all();
+        f(&mut filter);
+        filter
+    };
+    let by_status = filtered(|f| f.status = Some(Status::Succeeded));
+    assert_eq!(
+        list(everyone(), by_status, first(oldest, 100)).await,
+        [0, 1]
+    );
+    let by_outcome = filtered(|f| f.outcome = Some(Outcome::NonzeroExit));
+    assert_eq!(
+        list(everyone(), by_outcome, first(newest, 100)).await,
+        [3, 2]
+    );
+    let by_runtime = filtered(|f| f.runtime = Some("python".into()));
+    assert_eq!(
+        list(everyone(), by_runtime.clone(), first(oldest, 100)).await,
+        [0, 3]
+    );
+    assert_eq!(list(acme_only(), by_runtime, first(oldest, 100)).await, [0]);
+    let queued = filtered(|f| f.status = Some(Status::Queued));
+    assert_eq!(list(acme_only(), queued, first(oldest, 100)).await, [6]);
+    let no_batch = filtered(|f| f.batch = Some(JobId::now_v7()));
+    assert!(
+        list(everyone(), no_batch, first(oldest, 100))
+            .await
+            .is_empty()
+    );
+
+    // Pages of two, each after the last id of the one before, in both orders.
+    for order in [oldest, newest] {
+        let (mut paged, mut cursor) = (Vec::new(), None);
+        loop {
+            let page = kiln::store::Page {
+                order,
+                cursor,
+                limit: 2,
+            };
+            let listed = twins.pg.list_jobs(&Visibility::All, &all(), page).await;
+            let listed = listed.unwrap();
+            let Some(last) = listed.last() else { break };
+            cursor = Some(last.id);
+            paged.extend(on(listed, true).into_iter().map(|(place, _)| place));
+        }
+        let mut expected: Vec<usize> = (0..7).collect();
+        if order == newest {
+            expected.reverse();
+        }
+        assert_eq!(paged, expected, "{order:?}");
+    }
+    twins.close();
+}
+
+#[tokio::test]
+async fn the_job_listing_keeps_the_jobs_submitted_between_since_and_until() {
+    let Some(db) = TestDb::create("list_jobs_by_time").await else {
+        return;
+    };
+    let kiln = store(&db).await;
+    let mut submitted = Vec::new();
+    for _ in 0..4 {
+        let id = created(kiln.submit(&spec("true"), &open()).await.unwrap());
+        submitted.push((id, kiln.job(id).await.unwrap().unwrap().created_at));
+        // Each job in a millisecond of its own, as the ids' time is to the millisecond.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let filter = kiln::store::JobFilter {
+        since: Some(submitted[1].1),
+        until: Some(submitted[3].1),
+        ..Default::default()
+    };
+    let page = kiln::store::Page {
+        order: kiln::store::Order::OldestFirst,
+        cursor: None,
+        limit: 100,
+    };
+    let listed: Vec<JobId> = kiln
+        .list_jobs(&Visibility::All, &filter, page)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(
+        listed,
+        [submitted[1].0, submitted[2].0],
+        "since is inclusive, until is not"
+    );
+}

@@ -2,9 +2,9 @@
 //! nodes on one database. This is its foundation, beside the SQLite store rather than behind a
 //! common interface yet: it connects, brings the schema of `schema/postgres/` up to date, and
 //! does a job's life (submit with admission and idempotency, claim, lease renewal, finish,
-//! release, rescue, cancel, read back) and the event feed with the same domain types and the
-//! same events as the SQLite store, so that the two can become two implementations of one
-//! interface.
+//! release, rescue, cancel, read back), the event feed and the job listing with the same
+//! domain types and the same events as the SQLite store, so that the two can become two
+//! implementations of one interface.
 //!
 //! Why it differs from the SQLite store in shape: PostgreSQL takes concurrent writers, so there
 //! is no single writer thread and no group commit; each operation is one short transaction on a
@@ -35,7 +35,9 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
-use super::{Admission, CancelResult, ClaimedJob, Submitted, Visibility};
+use super::{
+    Admission, CancelResult, ClaimedJob, JobFilter, JobSummary, Page, Submitted, Visibility,
+};
 use crate::job::time::now_ms;
 use crate::job::{Event, Finish, Job, JobId, JobSpec, Outcome, RunResult};
 use write::Running;
@@ -279,6 +281,18 @@ impl PgStore {
     pub async fn job_events(&self, id: JobId, after: i64) -> Result<Option<Vec<Event>>, PgError> {
         let client = self.pool.get().await?;
         read::job_events(&client, id, after).await
+    }
+
+    /// A page of the jobs `who` may see that pass every filter given, in the page's order
+    /// after its cursor.
+    pub async fn list_jobs(
+        &self,
+        who: &Visibility,
+        filter: &JobFilter,
+        page: Page,
+    ) -> Result<Vec<JobSummary>, PgError> {
+        let client = self.pool.get().await?;
+        read::list_jobs(&client, who, filter, page).await
     }
 
     /// The newest event's id (0 if there is none): where following the feed live begins.

@@ -1,19 +1,19 @@
-//! The SQL of reads on PostgreSQL: a job as the API shows it, its events, and the feed of
-//! every event a caller may see. Each is one
+//! The SQL of reads on PostgreSQL: a job as the API shows it, its events, the feed of every
+//! event a caller may see, and the job listing. Each is one
 //! statement (or a few) on whichever connection the caller holds, a transaction's included, so
 //! a write can read back what it has just written (the webhook payload of a job's end).
 
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
-use tokio_postgres::types::Json;
+use tokio_postgres::types::{Json, ToSql};
 
 use super::PgError;
 use super::write::parse_status;
 use crate::job::content::Content;
 use crate::job::outputs::{Omission, OmittedFile, OutputFile};
 use crate::job::verdict::Verdict;
-use crate::job::{Event, Job, JobId, Outcome, Progress};
-use crate::store::Visibility;
+use crate::job::{Event, Job, JobId, Outcome, Progress, Status};
+use crate::store::{JobFilter, JobSummary, Order, Page, Visibility};
 
 pub(super) async fn job(client: &impl GenericClient, id: JobId) -> Result<Option<Job>, PgError> {
     let stmt = client
@@ -249,6 +249,87 @@ fn event_row(r: &Row) -> Result<Event, PgError> {
         attempt: attempt.map(|a| non_negative(a, "attempt")).transpose()?,
         data: r.try_get(6)?,
         tenant: r.try_get(7)?,
+    })
+}
+
+/// A page of the jobs `who` may see that pass every filter given, in id order (submission
+/// order, ids being UUIDv7) after the page's cursor, as SQLite's `list_jobs` gives them.
+pub(super) async fn list_jobs(
+    client: &impl GenericClient,
+    who: &Visibility,
+    filter: &JobFilter,
+    page: Page,
+) -> Result<Vec<JobSummary>, PgError> {
+    let (compare, direction) = match page.order {
+        Order::OldestFirst => (">", "ASC"),
+        Order::NewestFirst => ("<", "DESC"),
+    };
+    let status = filter.status.map(Status::as_str);
+    let outcome = filter.outcome.map(Outcome::as_str);
+    let since = filter.since.map(first_id_at);
+    let until = filter.until.map(first_id_at);
+    let tenant = who.tenant();
+    // Built from the filters given, so that each shape gets a plan of its own, on the index
+    // of its most selective column, rather than one generic plan for every shape.
+    let mut conditions = Vec::new();
+    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+    let given: [(&str, &str, Option<&(dyn ToSql + Sync)>); 8] = [
+        ("id", compare, page.cursor.as_ref().map(|c| c as _)),
+        ("id", ">=", since.as_ref().map(|s| s as _)),
+        ("id", "<", until.as_ref().map(|u| u as _)),
+        ("status", "=", status.as_ref().map(|s| s as _)),
+        ("outcome", "=", outcome.as_ref().map(|o| o as _)),
+        ("runtime", "=", filter.runtime.as_ref().map(|r| r as _)),
+        ("batch_id", "=", filter.batch.as_ref().map(|b| b as _)),
+        ("tenant", "=", tenant.as_ref().map(|t| t as _)),
+    ];
+    for (column, op, value) in given {
+        if let Some(value) = value {
+            params.push(value);
+            conditions.push(format!("{column} {op} ${}", params.len()));
+        }
+    }
+    let limit = i64::from(page.limit);
+    params.push(&limit);
+    let filters = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    };
+    let sql = format!(
+        "SELECT id, status, outcome, runtime, attempt, priority, created_at, started_at,
+                finished_at, exit_code, batch_id
+         FROM jobs {filters} ORDER BY id {direction} LIMIT ${}",
+        params.len()
+    );
+    let stmt = client.prepare_cached(&sql).await?;
+    let rows = client.query(&stmt, &params).await?;
+    rows.iter().map(summary_row).collect()
+}
+
+/// The least id a job submitted at `ms` can have: a UUIDv7 starts with its time in
+/// milliseconds, so ids of jobs submitted before `ms` sort below it and the rest at or above,
+/// and a time range is a range of the primary key (or of any index that ends in `id`).
+fn first_id_at(ms: i64) -> JobId {
+    let ms = u128::try_from(ms.clamp(0, (1 << 48) - 1)).unwrap_or_default();
+    JobId::from_u128(ms << 80)
+}
+
+fn summary_row(r: &Row) -> Result<JobSummary, PgError> {
+    let status: String = r.try_get(1)?;
+    let outcome: Option<String> = r.try_get(2)?;
+    Ok(JobSummary {
+        id: r.try_get(0)?,
+        status: parse_status(&status)?,
+        outcome: outcome.as_deref().map(parse_outcome).transpose()?,
+        runtime: r.try_get(3)?,
+        attempt: u32_of(r, 4)?,
+        priority: r.try_get(5)?,
+        created_at: r.try_get(6)?,
+        started_at: r.try_get(7)?,
+        finished_at: r.try_get(8)?,
+        exit_code: r.try_get(9)?,
+        batch_id: r.try_get(10)?,
     })
 }
 
