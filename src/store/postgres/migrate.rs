@@ -12,11 +12,23 @@ use crate::job::time::now_ms;
 use crate::store::Migration;
 
 /// Every migration, in order. A test checks this list against the files in `schema/postgres/`.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_init.sql",
-    sql: include_str!("../../../schema/postgres/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_init.sql",
+        sql: include_str!("../../../schema/postgres/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_stats.sql",
+        sql: include_str!("../../../schema/postgres/0002_stats.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "0003_listing_indexes.sql",
+        sql: include_str!("../../../schema/postgres/0003_listing_indexes.sql"),
+    },
+];
 
 /// The advisory lock migrating nodes take turns under: the bytes 'kiln.mig' as a 64-bit number.
 const MIGRATION_LOCK: i64 = 0x6b69_6c6e_2e6d_6967;
