@@ -10,7 +10,9 @@ use std::time::Duration;
 use kiln::job::content::Content;
 use kiln::job::{Finish, JobId, JobSpec, Limits, Outcome, RunResult, Status};
 use kiln::store::postgres::{MIGRATIONS, PgError, PgStore};
-use kiln::store::{Admission, CancelResult, Full, Store, Submitted, Visibility};
+use kiln::store::{
+    Admission, Attempt, CancelResult, Delivery, Full, Store, Subject, Submitted, Visibility,
+};
 use serde_json::Value;
 
 use crate::pg::TestDb;
@@ -983,6 +985,65 @@ impl Twins {
         (pg_job, kinds)
     }
 
+    /// Takes the due webhooks on both, which must be the same calls; PostgreSQL's.
+    async fn claim_webhooks(&self) -> Vec<Delivery> {
+        let mut pg = self.pg.claim_webhooks(10, LEASE).await.unwrap();
+        let mut sqlite = self.sqlite.claim_webhooks(10, LEASE).await.unwrap();
+        pg.sort_by_key(|d| d.id);
+        sqlite.sort_by_key(|d| d.id);
+        let call = |d: &Delivery| {
+            (
+                d.event.clone(),
+                d.url.clone(),
+                d.attempts,
+                d.shape,
+                d.tenant.clone(),
+            )
+        };
+        assert_eq!(
+            pg.iter().map(call).collect::<Vec<_>>(),
+            sqlite.iter().map(call).collect::<Vec<_>>()
+        );
+        pg
+    }
+
+    /// Records the same attempt of the one due call on both.
+    async fn record_webhook(&self, pg: &Delivery, attempt: Attempt) -> bool {
+        let sqlite = self.sqlite_delivery(pg).await;
+        let recorded = self.pg.record_webhook(pg, &attempt).await.unwrap();
+        let on_sqlite = self.sqlite.record_webhook(sqlite, attempt).await.unwrap();
+        assert_eq!(recorded, on_sqlite);
+        recorded
+    }
+
+    /// SQLite's row for the call `pg` is on PostgreSQL: the same job's, as claimed there.
+    async fn sqlite_delivery(&self, pg: &Delivery) -> Delivery {
+        let conn = rusqlite::Connection::open(self._dir.path().join("kiln.db")).unwrap();
+        let (id, event): (i64, String) = conn
+            .query_row(
+                "SELECT id, event FROM webhooks WHERE event = ?1 ORDER BY id LIMIT 1",
+                [&pg.event],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        Delivery {
+            id,
+            event,
+            about: match pg.about {
+                Subject::Job(_) => {
+                    let job: String = conn
+                        .query_row("SELECT job_id FROM webhooks WHERE id = ?1", [id], |r| {
+                            r.get(0)
+                        })
+                        .unwrap();
+                    Subject::Job(job.parse().unwrap())
+                }
+                other => other,
+            },
+            ..pg.clone()
+        }
+    }
+
     fn close(self) {
         drop(self.sqlite);
         self.writer.join();
@@ -1787,4 +1848,138 @@ async fn the_figures_stay_exact_and_nobody_deadlocks_while_nodes_claim_finish_an
         ended_jobs.iter().map(|(.., n)| n).sum::<i64>() > 0,
         "jobs ended while the figures were kept"
     );
+}
+
+#[tokio::test]
+async fn a_webhook_is_taken_when_due_held_while_it_is_tried_and_each_attempt_recorded_once_as_on_sqlite()
+ {
+    let Some(db) = TestDb::create("webhooks_as_sqlite").await else {
+        return;
+    };
+    let twins = Twins::new(&db).await;
+    assert_eq!(twins.pg.next_webhook_due().await.unwrap(), None);
+    let calling = JobSpec {
+        callback_url: Some("https://example.com/hook".into()),
+        ..spec("true")
+    };
+    let job = twins.submit(&calling, &open()).await;
+    let attempt = twins.claim(job, LEASE).await;
+    assert!(twins.finish(job, attempt, success(b"")).await);
+    let ended = twins.pg.job(job.pg).await.unwrap().unwrap().finished_at;
+    assert_eq!(
+        twins.pg.next_webhook_due().await.unwrap(),
+        ended,
+        "due at once"
+    );
+
+    let taken = twins.claim_webhooks().await;
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].about, Subject::Job(job.pg));
+    assert_eq!(taken[0].event, "job.succeeded");
+    let payload: Value = serde_json::from_str(&taken[0].payload).unwrap();
+    assert_eq!(
+        payload["job"]["status"], "succeeded",
+        "the exact body written at the end"
+    );
+    assert!(
+        twins.claim_webhooks().await.is_empty(),
+        "held while this attempt is made"
+    );
+    // A failure to be tried again at once (a due time long past), recorded once only.
+    let failed = Attempt::Failed {
+        status_code: Some(503),
+        error: "HTTP 503".into(),
+        retry_at: Some(1_000),
+    };
+    assert!(twins.record_webhook(&taken[0], failed.clone()).await);
+    assert!(
+        !twins.record_webhook(&taken[0], failed).await,
+        "that attempt is recorded already"
+    );
+    let again = twins.claim_webhooks().await;
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id, again[0].attempts), (taken[0].id, 1));
+    assert!(
+        twins
+            .record_webhook(&again[0], Attempt::Delivered { status_code: 200 })
+            .await
+    );
+    assert_eq!(
+        twins.pg.next_webhook_due().await.unwrap(),
+        None,
+        "none pending"
+    );
+
+    let (_, kinds) = twins.same_job(job).await;
+    assert_eq!(
+        kinds,
+        [
+            "job.queued",
+            "job.started",
+            "job.succeeded",
+            "webhook.failed",
+            "webhook.delivered"
+        ]
+    );
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT status, attempts, last_status, last_error FROM webhook_deliveries",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (status, attempts, last_status, last_error): (String, i32, i32, Option<String>) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(
+        (status.as_str(), attempts, last_status, last_error),
+        ("delivered", 2, 200, None)
+    );
+    twins.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliverers_on_two_nodes_never_take_the_same_webhook() {
+    let Some(db) = TestDb::create("webhooks_taken_once").await else {
+        return;
+    };
+    let setup = store(&db).await;
+    let calling = JobSpec {
+        callback_url: Some("https://example.com/hook".into()),
+        ..spec("true")
+    };
+    for _ in 0..60 {
+        setup.submit(&calling, &open()).await.unwrap();
+        let job = setup.claim("w1", LEASE).await.unwrap().expect("a job");
+        assert!(
+            setup
+                .finish(job.id, job.attempt, &success(b""))
+                .await
+                .unwrap()
+        );
+    }
+    let deliverer = || {
+        let url = db.url.clone();
+        tokio::spawn(async move {
+            let node = PgStore::connect(&url, 1).await.unwrap();
+            let mut taken = Vec::new();
+            loop {
+                let batch = node.claim_webhooks(4, LEASE).await.expect("claim");
+                taken.extend(batch.iter().map(|d| d.id));
+                // Done once every call is held by one node or the other; none taken now may
+                // mean only that the other node is taking the due ones.
+                let due = node.next_webhook_due().await.unwrap();
+                if batch.is_empty() && due.is_some_and(|at| at > kiln::job::time::now_ms()) {
+                    break;
+                }
+            }
+            taken
+        })
+    };
+    let (a, b) = tokio::join!(deliverer(), deliverer());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let both: BTreeSet<i64> = a.iter().chain(&b).copied().collect();
+    assert_eq!(a.len() + b.len(), 60, "every call taken once");
+    assert_eq!(both.len(), 60, "none taken by both nodes");
 }

@@ -2,9 +2,9 @@
 //! nodes on one database. This is its foundation, beside the SQLite store rather than behind a
 //! common interface yet: it connects, brings the schema of `schema/postgres/` up to date, and
 //! does a job's life (submit with admission and idempotency, claim, lease renewal, finish,
-//! release, rescue, cancel, read back), the event feed and the job listing with the same
-//! domain types and the same events as the SQLite store, so that the two can become two
-//! implementations of one interface.
+//! release, rescue, cancel, read back), the event feed, the job listing and the webhook
+//! outbox with the same domain types and the same events as the SQLite store, so that the two
+//! can become two implementations of one interface.
 //!
 //! Why it differs from the SQLite store in shape: PostgreSQL takes concurrent writers, so there
 //! is no single writer thread and no group commit; each operation is one short transaction on a
@@ -21,11 +21,12 @@
 //!
 //! Not here yet (the next phases of issue 20): suites (nothing writes a case on PostgreSQL yet;
 //! should one appear, a claim would hand it over without its suite's code, and the schema would
-//! refuse its end, cancel or rescue, which must carry a verdict), progress, webhook delivery,
-//! tokens, prune, and LISTEN/NOTIFY.
+//! refuse its end, cancel or rescue, which must carry a verdict), progress, tokens, prune,
+//! the figures' reads (`GET /v1/stats`), and LISTEN/NOTIFY.
 
 mod migrate;
 mod read;
+mod webhooks;
 mod write;
 
 use std::str::FromStr;
@@ -36,7 +37,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use super::{
-    Admission, CancelResult, ClaimedJob, JobFilter, JobSummary, Page, Submitted, Visibility,
+    Admission, Attempt, CancelResult, ClaimedJob, Delivery, JobFilter, JobSummary, Page, Submitted,
+    Visibility,
 };
 use crate::job::time::now_ms;
 use crate::job::{Event, Finish, Job, JobId, JobSpec, Outcome, RunResult};
@@ -269,6 +271,38 @@ impl PgStore {
         let kept = write::keep_cancelled_run(&tx, id, attempt, result).await?;
         tx.commit().await?;
         Ok(kept)
+    }
+
+    /// When the earliest pending webhook is due, if any is pending.
+    pub async fn next_webhook_due(&self) -> Result<Option<i64>, PgError> {
+        let client = self.pool.get().await?;
+        webhooks::next_due(&client).await
+    }
+
+    /// Takes up to `limit` due webhooks for delivery; nobody else, on any node, takes them for
+    /// `hold`, by which time this attempt's outcome should be recorded.
+    pub async fn claim_webhooks(
+        &self,
+        limit: usize,
+        hold: Duration,
+    ) -> Result<Vec<Delivery>, PgError> {
+        let client = self.pool.get().await?;
+        let now = now_ms();
+        webhooks::claim_due(&client, now, now.saturating_add(lease_ms(hold)), limit).await
+    }
+
+    /// Records an attempt's outcome and its `webhook.*` event. False if that attempt was
+    /// already recorded by someone else, in which case nothing is written.
+    pub async fn record_webhook(
+        &self,
+        delivery: &Delivery,
+        attempt: &Attempt,
+    ) -> Result<bool, PgError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let recorded = webhooks::record(&tx, delivery, attempt, now_ms()).await?;
+        tx.commit().await?;
+        Ok(recorded)
     }
 
     pub async fn job(&self, id: JobId) -> Result<Option<Job>, PgError> {
