@@ -972,6 +972,17 @@ impl Twins {
         pg
     }
 
+    async fn progress(&self, job: Twin, attempt: u32, percent: u8, message: &str) -> bool {
+        let progress = kiln::job::Progress {
+            percent,
+            message: message.into(),
+        };
+        let pg = self.pg.progress(job.pg, attempt, &progress).await.unwrap();
+        let sqlite = self.sqlite.progress(job.sqlite, attempt, progress);
+        assert_eq!(pg, sqlite.await.unwrap());
+        pg
+    }
+
     /// Asserts the job has the same history and reads back the same on both; the job as the
     /// API shows it, and its events' types.
     async fn same_job(&self, job: Twin) -> (Value, Vec<String>) {
@@ -1982,4 +1993,36 @@ async fn deliverers_on_two_nodes_never_take_the_same_webhook() {
     let both: BTreeSet<i64> = a.iter().chain(&b).copied().collect();
     assert_eq!(a.len() + b.len(), 60, "every call taken once");
     assert_eq!(both.len(), 60, "none taken by both nodes");
+}
+
+#[tokio::test]
+async fn progress_is_recorded_only_while_its_attempt_runs_and_the_job_shows_the_latest_as_on_sqlite()
+ {
+    let Some(db) = TestDb::create("progress_as_sqlite").await else {
+        return;
+    };
+    let twins = Twins::new(&db).await;
+    let job = twins.submit(&spec("sleep 1"), &open()).await;
+    assert!(!twins.progress(job, 1, 10, "not started").await);
+    let attempt = twins.claim(job, LEASE).await;
+    assert!(twins.progress(job, attempt, 10, "loading").await);
+    assert!(twins.progress(job, attempt, 60, "sorting").await);
+    assert!(!twins.progress(job, attempt + 1, 70, "another run").await);
+    let (shown, _) = twins.same_job(job).await;
+    assert_eq!(shown["progress"]["percent"], 60, "the latest");
+    assert_eq!(shown["progress"]["message"], "sorting");
+    assert!(twins.finish(job, attempt, success(b"")).await);
+    assert!(!twins.progress(job, attempt, 90, "after the end").await);
+    let (_, kinds) = twins.same_job(job).await;
+    assert_eq!(
+        kinds,
+        [
+            "job.queued",
+            "job.started",
+            "job.progress",
+            "job.progress",
+            "job.succeeded"
+        ]
+    );
+    twins.close();
 }

@@ -2,7 +2,7 @@
 //! nodes on one database. This is its foundation, beside the SQLite store rather than behind a
 //! common interface yet: it connects, brings the schema of `schema/postgres/` up to date, and
 //! does a job's life (submit with admission and idempotency, claim, lease renewal, finish,
-//! release, rescue, cancel, read back), the event feed, the job listing and the webhook
+//! release, rescue, cancel, progress, read back), the event feed, the job listing and the webhook
 //! outbox with the same domain types and the same events as the SQLite store, so that the two
 //! can become two implementations of one interface.
 //!
@@ -21,8 +21,11 @@
 //!
 //! Not here yet (the next phases of issue 20): suites (nothing writes a case on PostgreSQL yet;
 //! should one appear, a claim would hand it over without its suite's code, and the schema would
-//! refuse its end, cancel or rescue, which must carry a verdict), progress, tokens, prune,
-//! the figures' reads (`GET /v1/stats`), and LISTEN/NOTIFY.
+//! refuse its end, cancel or rescue, which must carry a verdict), tokens, prune, the figures'
+//! reads (`GET /v1/stats`), and LISTEN/NOTIFY. Nor SQLite's `finish_and_claim`: one
+//! transaction changing two jobs' statuses would lock the stats rows of
+//! `schema/postgres/0002_stats.sql` in two statements, out of the one order that keeps writers
+//! from deadlocking, and would write its first event before its second job's row lock.
 
 mod migrate;
 mod read;
@@ -41,7 +44,7 @@ use super::{
     Visibility,
 };
 use crate::job::time::now_ms;
-use crate::job::{Event, Finish, Job, JobId, JobSpec, Outcome, RunResult};
+use crate::job::{Event, Finish, Job, JobId, JobSpec, Outcome, Progress, RunResult};
 use write::Running;
 
 pub use migrate::MIGRATIONS;
@@ -200,6 +203,20 @@ impl PgStore {
         let client = self.pool.get().await?;
         let lease_until = now_ms().saturating_add(lease_ms(lease));
         write::renew(&client, id, attempt, owner, lease_until).await
+    }
+
+    /// Records how far a running job got, if it still runs under this attempt (false if not).
+    pub async fn progress(
+        &self,
+        id: JobId,
+        attempt: u32,
+        progress: &Progress,
+    ) -> Result<bool, PgError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let recorded = write::progress(&tx, id, attempt, progress, now_ms()).await?;
+        tx.commit().await?;
+        Ok(recorded)
     }
 
     /// Gives a running job back: queued again while attempts remain, else ended as `error`

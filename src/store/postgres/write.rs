@@ -22,7 +22,7 @@ use super::PgError;
 use super::read;
 use crate::job::content::Content;
 use crate::job::outputs::Collected;
-use crate::job::{EventKind, Finish, JobId, JobSpec, Outcome, RunResult, Status};
+use crate::job::{EventKind, Finish, JobId, JobSpec, Outcome, Progress, RunResult, Status};
 use crate::store::{Admission, CancelResult, ClaimedJob, Full, Submitted};
 
 pub(super) async fn submit(
@@ -298,6 +298,41 @@ pub(super) async fn renew(
         .execute(&stmt, &[&lease_until, &id, &sql_i32(attempt)?, &owner])
         .await?;
     Ok(n == 1)
+}
+
+/// Records a `job.progress` event, if the job is still running under this attempt.
+pub(super) async fn progress(
+    tx: &impl GenericClient,
+    id: JobId,
+    attempt: u32,
+    progress: &Progress,
+    now: i64,
+) -> Result<bool, PgError> {
+    // Locked (shared, as other progress reports may be), so that an end or a cancel cannot
+    // commit between this check and the event, which would then follow the job's end.
+    let running = tx
+        .query_opt(
+            "SELECT tenant FROM jobs WHERE id = $1 AND attempt = $2 AND status = 'running'
+             FOR SHARE",
+            &[&id, &sql_i32(attempt)?],
+        )
+        .await?;
+    let Some(row) = running else {
+        return Ok(false);
+    };
+    let tenant: Option<String> = row.try_get(0)?;
+    let data = json!({"percent": progress.percent, "message": progress.message});
+    insert_event(
+        tx,
+        id,
+        now,
+        EventKind::Progress,
+        Some(attempt),
+        &data,
+        tenant.as_deref(),
+    )
+    .await?;
+    Ok(true)
 }
 
 /// Which running attempts [`requeue_or_end`] takes away from their workers.
