@@ -131,7 +131,7 @@ pub(super) fn active_tokens(conn: &Connection) -> Result<(Vec<ActiveToken>, bool
     Ok((collect(rows)?, any))
 }
 
-fn parse_hash(hex: &str) -> Result<[u8; 32], StoreError> {
+pub(super) fn parse_hash(hex: &str) -> Result<[u8; 32], StoreError> {
     let corrupt = || StoreError::Corrupt(format!("token hash {hex:?} is not 64 hex digits"));
     let mut out = [0u8; 32];
     if hex.len() != 64 {

@@ -2026,3 +2026,141 @@ async fn progress_is_recorded_only_while_its_attempt_runs_and_the_job_shows_the_
     );
     twins.close();
 }
+
+#[tokio::test]
+async fn tokens_tenants_and_settings_are_kept_as_on_sqlite_and_the_first_value_stored_wins() {
+    let Some(db) = TestDb::create("tenants_as_sqlite").await else {
+        return;
+    };
+    let twins = Twins::new(&db).await;
+    let (pg, sqlite) = (&twins.pg, &twins.sqlite);
+    assert!(!pg.active_tokens().await.unwrap().1, "an open server");
+    let hash = |n: u8| format!("{n:02x}").repeat(32);
+    for (tenant, admin, n) in [("acme", false, 1), ("ops", true, 2), ("acme", false, 3)] {
+        let prefix = format!("kiln_{n:08x}");
+        let secret = format!("secret-{n}");
+        let token_hash = hash(n);
+        let on_pg = pg.create_token(tenant, admin, &token_hash, &prefix, &secret);
+        let on_sqlite = sqlite.create_token(
+            tenant.into(),
+            admin,
+            hash(n),
+            prefix.clone(),
+            secret.clone(),
+        );
+        assert_eq!(
+            on_pg.await.unwrap(),
+            on_sqlite.await.unwrap(),
+            "the same ids"
+        );
+    }
+    assert!(pg.revoke_token(1).await.unwrap());
+    assert!(sqlite.revoke_token(1).await.unwrap());
+    assert!(!pg.revoke_token(1).await.unwrap(), "revoked already");
+    assert!(!pg.revoke_token(99).await.unwrap(), "no such token");
+
+    let listed = |tokens: Vec<kiln::store::TokenInfo>| -> Vec<(i64, String, bool, String, bool)> {
+        tokens
+            .into_iter()
+            .map(|t| (t.id, t.tenant, t.admin, t.prefix, t.revoked_at.is_some()))
+            .collect()
+    };
+    let tokens = listed(pg.tokens().await.unwrap());
+    assert_eq!(tokens, listed(sqlite.tokens().await.unwrap()));
+    assert_eq!(
+        tokens[0],
+        (1, "acme".into(), false, "kiln_00000001".into(), true)
+    );
+    let active = |(tokens, any): (Vec<kiln::store::ActiveToken>, bool)| {
+        let mut active: Vec<([u8; 32], String, bool)> = tokens
+            .into_iter()
+            .map(|t| (t.hash, t.tenant, t.admin))
+            .collect();
+        active.sort();
+        (active, any)
+    };
+    let (live, any) = active(pg.active_tokens().await.unwrap());
+    assert_eq!(
+        (live.clone(), any),
+        active(sqlite.active_tokens().await.unwrap())
+    );
+    assert_eq!(live.len(), 2, "the revoked one is not");
+    assert_eq!(live[0].0, [2; 32]);
+    assert!(any);
+
+    // A tenant's key is the one its first token brought; later values change nothing.
+    let key = pg.tenant_secret("acme", "another").await.unwrap();
+    assert_eq!(key, "secret-1");
+    assert_eq!(
+        key,
+        sqlite
+            .tenant_secret("acme".into(), "another".into())
+            .await
+            .unwrap()
+    );
+    assert_eq!(pg.tenant_secret("new", "fresh").await.unwrap(), "fresh");
+    assert_eq!(pg.tenant_secret("new", "later").await.unwrap(), "fresh");
+    let setting = pg
+        .setting_or_insert("webhook_secret", "first")
+        .await
+        .unwrap();
+    assert_eq!(setting, "first");
+    assert_eq!(
+        pg.setting_or_insert("webhook_secret", "second")
+            .await
+            .unwrap(),
+        "first"
+    );
+
+    // Who may see a job: everyone on an open server or as an admin, else its own tenant only.
+    let acme = Admission {
+        tenant: Some("acme".into()),
+        ..open()
+    };
+    let job = twins.submit(&spec("true"), &acme).await;
+    for (who, sees) in [
+        (Visibility::All, true),
+        (Visibility::Tenant("acme".into()), true),
+        (Visibility::Tenant("globex".into()), false),
+    ] {
+        assert_eq!(pg.job_visible(job.pg, &who).await.unwrap(), sees, "{who:?}");
+        let on_sqlite = sqlite.job_visible(job.sqlite, who.clone()).await.unwrap();
+        assert_eq!(on_sqlite, sees, "{who:?} on SQLite");
+    }
+    assert!(
+        !pg.job_visible(JobId::now_v7(), &Visibility::All)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !pg.batch_visible(JobId::now_v7(), &Visibility::All)
+            .await
+            .unwrap()
+    );
+    twins.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_storing_a_first_value_at_once_all_get_the_same_one() {
+    let Some(db) = TestDb::create("first_value_wins").await else {
+        return;
+    };
+    store(&db).await;
+    let nodes: Vec<_> = (0..4)
+        .map(|n| {
+            let url = db.url.clone();
+            tokio::spawn(async move {
+                let node = PgStore::connect(&url, 1).await.unwrap();
+                let initial = format!("from node {n}");
+                let setting = node.setting_or_insert("webhook_secret", &initial).await;
+                let secret = node.tenant_secret("acme", &initial).await;
+                (setting.unwrap(), secret.unwrap())
+            })
+        })
+        .collect();
+    let mut answers = BTreeSet::new();
+    for node in nodes {
+        answers.insert(node.await.unwrap());
+    }
+    assert_eq!(answers.len(), 1, "one value for the cluster: {answers:?}");
+}

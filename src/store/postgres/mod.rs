@@ -2,9 +2,9 @@
 //! nodes on one database. This is its foundation, beside the SQLite store rather than behind a
 //! common interface yet: it connects, brings the schema of `schema/postgres/` up to date, and
 //! does a job's life (submit with admission and idempotency, claim, lease renewal, finish,
-//! release, rescue, cancel, progress, read back), the event feed, the job listing and the webhook
-//! outbox with the same domain types and the same events as the SQLite store, so that the two
-//! can become two implementations of one interface.
+//! release, rescue, cancel, progress, read back), the event feed, the job listing, the webhook
+//! outbox, and tokens, tenants and settings with the same domain types and the same events as
+//! the SQLite store, so that the two can become two implementations of one interface.
 //!
 //! Why it differs from the SQLite store in shape: PostgreSQL takes concurrent writers, so there
 //! is no single writer thread and no group commit; each operation is one short transaction on a
@@ -21,7 +21,7 @@
 //!
 //! Not here yet (the next phases of issue 20): suites (nothing writes a case on PostgreSQL yet;
 //! should one appear, a claim would hand it over without its suite's code, and the schema would
-//! refuse its end, cancel or rescue, which must carry a verdict), tokens, prune, the figures'
+//! refuse its end, cancel or rescue, which must carry a verdict), prune, the figures'
 //! reads (`GET /v1/stats`), and LISTEN/NOTIFY. Nor SQLite's `finish_and_claim`: one
 //! transaction changing two jobs' statuses would lock the stats rows of
 //! `schema/postgres/0002_stats.sql` in two statements, out of the one order that keeps writers
@@ -29,6 +29,7 @@
 
 mod migrate;
 mod read;
+mod tenants;
 mod webhooks;
 mod write;
 
@@ -40,11 +41,11 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use super::{
-    Admission, Attempt, CancelResult, ClaimedJob, Delivery, JobFilter, JobSummary, Page, Submitted,
-    Visibility,
+    ActiveToken, Admission, Attempt, CancelResult, ClaimedJob, Delivery, JobFilter, JobSummary,
+    Page, Submitted, TokenInfo, Visibility,
 };
 use crate::job::time::now_ms;
-use crate::job::{Event, Finish, Job, JobId, JobSpec, Outcome, Progress, RunResult};
+use crate::job::{BatchId, Event, Finish, Job, JobId, JobSpec, Outcome, Progress, RunResult};
 use write::Running;
 
 pub use migrate::MIGRATIONS;
@@ -320,6 +321,66 @@ impl PgStore {
         let recorded = webhooks::record(&tx, delivery, attempt, now_ms()).await?;
         tx.commit().await?;
         Ok(recorded)
+    }
+
+    /// The value stored under `name`; stores `initial` first if there is none, so that every
+    /// caller on every node, now and after restarts, gets the same value.
+    pub async fn setting_or_insert(&self, name: &str, initial: &str) -> Result<String, PgError> {
+        let client = self.pool.get().await?;
+        tenants::setting_or_insert(&client, name, initial).await
+    }
+
+    /// Stores a token's hash for `tenant`, and the tenant with `secret` as its webhook signing
+    /// key if it is new; returns the token's id.
+    pub async fn create_token(
+        &self,
+        tenant: &str,
+        admin: bool,
+        hash: &str,
+        prefix: &str,
+        secret: &str,
+    ) -> Result<i64, PgError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let id = tenants::create_token(&tx, tenant, admin, hash, prefix, secret, now_ms()).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Revokes a token; false if there is no such token or it was revoked already.
+    pub async fn revoke_token(&self, id: i64) -> Result<bool, PgError> {
+        let client = self.pool.get().await?;
+        tenants::revoke_token(&client, id, now_ms()).await
+    }
+
+    /// Every token ever made, revoked ones included, oldest first.
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>, PgError> {
+        let client = self.pool.get().await?;
+        tenants::tokens(&client).await
+    }
+
+    /// The tokens that may be used, and whether any token was ever made.
+    pub async fn active_tokens(&self) -> Result<(Vec<ActiveToken>, bool), PgError> {
+        let client = self.pool.get().await?;
+        tenants::active_tokens(&client).await
+    }
+
+    /// The tenant's webhook signing key; stores `initial` first if it has none.
+    pub async fn tenant_secret(&self, tenant: &str, initial: &str) -> Result<String, PgError> {
+        let client = self.pool.get().await?;
+        tenants::tenant_secret(&client, tenant, initial, now_ms()).await
+    }
+
+    /// True if the job exists and `who` may see it.
+    pub async fn job_visible(&self, id: JobId, who: &Visibility) -> Result<bool, PgError> {
+        let client = self.pool.get().await?;
+        tenants::job_visible(&client, id, who).await
+    }
+
+    /// True if the batch exists and `who` may see it.
+    pub async fn batch_visible(&self, id: BatchId, who: &Visibility) -> Result<bool, PgError> {
+        let client = self.pool.get().await?;
+        tenants::batch_visible(&client, id, who).await
     }
 
     pub async fn job(&self, id: JobId) -> Result<Option<Job>, PgError> {
