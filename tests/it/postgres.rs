@@ -2164,3 +2164,103 @@ async fn nodes_storing_a_first_value_at_once_all_get_the_same_one() {
     }
     assert_eq!(answers.len(), 1, "one value for the cluster: {answers:?}");
 }
+
+#[tokio::test]
+async fn a_jobs_status_input_kept_files_page_and_the_queue_depth_read_back_as_on_sqlite() {
+    let Some(db) = TestDb::create("reads_as_sqlite").await else {
+        return;
+    };
+    let twins = Twins::new(&db).await;
+    let (pg, sqlite) = (&twins.pg, &twins.sqlite);
+    let keeping = JobSpec {
+        outputs: vec!["out/*.txt".into()],
+        ..spec("mkdir out; echo hi > out/a.txt")
+    };
+    let interactive = JobSpec {
+        interactive: true,
+        ..spec("cat")
+    };
+    let kept = twins.submit(&keeping, &open()).await;
+    let open_stdin = twins.submit(&interactive, &open()).await;
+    twins.submit(&spec("true"), &open()).await;
+
+    // What each was given to run: the exact bytes, arguments and files as submitted.
+    let pg_input = pg.job_input(kept.pg).await.unwrap().expect("the job");
+    let sqlite_input = sqlite
+        .job_input(kept.sqlite)
+        .await
+        .unwrap()
+        .expect("the job");
+    assert_eq!(pg_input.code, keeping.code);
+    assert_eq!(
+        (
+            &pg_input.code,
+            &pg_input.stdin,
+            &pg_input.args,
+            &pg_input.files
+        ),
+        (
+            &sqlite_input.code,
+            &sqlite_input.stdin,
+            &sqlite_input.args,
+            &sqlite_input.files
+        )
+    );
+    assert_eq!(pg_input.expected_output, None);
+    assert!(pg.job_input(JobId::now_v7()).await.unwrap().is_none());
+    assert_eq!(
+        pg.job_stdin(open_stdin.pg).await.unwrap(),
+        Some((Status::Queued, true))
+    );
+    assert_eq!(
+        pg.job_stdin(kept.pg).await.unwrap(),
+        sqlite.job_stdin(kept.sqlite).await.unwrap()
+    );
+
+    let attempt = twins.claim(kept, LEASE).await;
+    assert_eq!(pg.job_status(kept.pg).await.unwrap(), Some(Status::Running));
+    let mut end = success(b"");
+    end.result.files.files.push(kiln::job::outputs::OutputFile {
+        path: "out/a.txt".into(),
+        size: 3,
+        content_type: "text/plain".into(),
+        contents: b"hi\n".to_vec(),
+    });
+    assert!(twins.finish(kept, attempt, end).await);
+    let file = pg.job_file(kept.pg, "out/a.txt").await.unwrap();
+    assert_eq!(file, Some(("text/plain".to_owned(), b"hi\n".to_vec())));
+    assert_eq!(
+        file,
+        sqlite
+            .job_file(kept.sqlite, "out/a.txt".into())
+            .await
+            .unwrap()
+    );
+    assert_eq!(pg.job_file(kept.pg, "out/b.txt").await.unwrap(), None);
+    let (shown, _) = twins.same_job(kept).await;
+    assert_eq!(shown["files_out"][0]["path"], "out/a.txt");
+
+    for (pg_status, sqlite_status) in [
+        (pg.job_status(kept.pg), sqlite.job_status(kept.sqlite)),
+        (
+            pg.job_status(JobId::now_v7()),
+            sqlite.job_status(JobId::now_v7()),
+        ),
+    ] {
+        assert_eq!(pg_status.await.unwrap(), sqlite_status.await.unwrap());
+    }
+    let depth = pg.queue_depth().await.unwrap();
+    assert_eq!(depth, sqlite.queue_depth().await.unwrap());
+    assert_eq!(
+        (depth["queued"], depth["succeeded"], depth["error"]),
+        (2, 1, 0)
+    );
+
+    let (page, total) = pg.jobs_page(1, 1).await.unwrap();
+    let (sqlite_page, sqlite_total) = sqlite.jobs_page(1, 1).await.unwrap();
+    assert_eq!((total, sqlite_total), (3, 3));
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].id, open_stdin.pg, "the second newest");
+    assert_eq!(sqlite_page[0].id, open_stdin.sqlite);
+    twins.close();
+}

@@ -33,6 +33,7 @@ mod tenants;
 mod webhooks;
 mod write;
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,11 +42,13 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use super::{
-    ActiveToken, Admission, Attempt, CancelResult, ClaimedJob, Delivery, JobFilter, JobSummary,
-    Page, Submitted, TokenInfo, Visibility,
+    ActiveToken, Admission, Attempt, CancelResult, ClaimedJob, Delivery, JobFilter, JobInput,
+    JobSummary, Page, Submitted, TokenInfo, Visibility,
 };
 use crate::job::time::now_ms;
-use crate::job::{BatchId, Event, Finish, Job, JobId, JobSpec, Outcome, Progress, RunResult};
+use crate::job::{
+    BatchId, Event, Finish, Job, JobId, JobSpec, Outcome, Progress, RunResult, Status,
+};
 use write::Running;
 
 pub use migrate::MIGRATIONS;
@@ -386,6 +389,47 @@ impl PgStore {
     pub async fn job(&self, id: JobId) -> Result<Option<Job>, PgError> {
         let client = self.pool.get().await?;
         read::job(&client, id).await
+    }
+
+    /// The job's status alone; `None` if there is no such job.
+    pub async fn job_status(&self, id: JobId) -> Result<Option<Status>, PgError> {
+        let client = self.pool.get().await?;
+        read::job_status(&client, id).await
+    }
+
+    /// Where job `id` is in its life and whether it is interactive (its stdin stays open).
+    pub async fn job_stdin(&self, id: JobId) -> Result<Option<(Status, bool)>, PgError> {
+        let client = self.pool.get().await?;
+        read::job_stdin(&client, id).await
+    }
+
+    /// A file job `id` kept from its run, at `path`: its content type and bytes.
+    pub async fn job_file(
+        &self,
+        id: JobId,
+        path: &str,
+    ) -> Result<Option<(String, Vec<u8>)>, PgError> {
+        let client = self.pool.get().await?;
+        read::job_file(&client, id, path).await
+    }
+
+    /// What the job was given to run; `None` if there is no such job.
+    pub async fn job_input(&self, id: JobId) -> Result<Option<JobInput>, PgError> {
+        let client = self.pool.get().await?;
+        read::job_input(&client, id).await
+    }
+
+    /// Every tenant's jobs by page, newest first: `per_page` of them after the newest `skip`,
+    /// and how many there are in all.
+    pub async fn jobs_page(&self, skip: i64, per_page: i64) -> Result<(Vec<Job>, i64), PgError> {
+        let client = self.pool.get().await?;
+        read::jobs_page(&client, skip, per_page).await
+    }
+
+    /// How many jobs are in each status, by status name (every status, 0 for none).
+    pub async fn queue_depth(&self) -> Result<BTreeMap<String, i64>, PgError> {
+        let client = self.pool.get().await?;
+        read::queue_depth(&client).await
     }
 
     /// The job's events with an id greater than `after`, oldest first; `None` if there is no

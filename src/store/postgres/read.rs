@@ -1,5 +1,6 @@
-//! The SQL of reads on PostgreSQL: a job as the API shows it, its events, the feed of every
-//! event a caller may see, and the job listing. Each is one
+//! The SQL of reads on PostgreSQL: a job as the API shows it (whole, its status, its input, its
+//! kept files), its events, the feed of every event a caller may see, the job listing and the
+//! queue's depth. Each is one
 //! statement (or a few) on whichever connection the caller holds, a transaction's included, so
 //! a write can read back what it has just written (the webhook payload of a job's end).
 
@@ -12,8 +13,10 @@ use super::write::parse_status;
 use crate::job::content::Content;
 use crate::job::outputs::{Omission, OmittedFile, OutputFile};
 use crate::job::verdict::Verdict;
+use std::collections::BTreeMap;
+
 use crate::job::{Event, Job, JobId, Outcome, Progress, Status};
-use crate::store::{JobFilter, JobSummary, Order, Page, Visibility};
+use crate::store::{JobFilter, JobInput, JobSummary, Order, Page, Visibility};
 
 pub(super) async fn job(client: &impl GenericClient, id: JobId) -> Result<Option<Job>, PgError> {
     let stmt = client
@@ -36,6 +39,122 @@ pub(super) async fn job(client: &impl GenericClient, id: JobId) -> Result<Option
         job.files_omitted = omitted;
     }
     Ok(Some(job))
+}
+
+/// The job's status, or `None` if there is no such job.
+pub(super) async fn job_status(
+    client: &impl GenericClient,
+    id: JobId,
+) -> Result<Option<Status>, PgError> {
+    let row = client
+        .query_opt("SELECT status FROM jobs WHERE id = $1", &[&id])
+        .await?;
+    row.map(|r| parse_status(r.try_get(0)?)).transpose()
+}
+
+/// Where the job is in its life, and whether its stdin stays open while it runs.
+pub(super) async fn job_stdin(
+    client: &impl GenericClient,
+    id: JobId,
+) -> Result<Option<(Status, bool)>, PgError> {
+    let row = client
+        .query_opt("SELECT status, interactive FROM jobs WHERE id = $1", &[&id])
+        .await?;
+    row.map(|r| Ok((parse_status(r.try_get(0)?)?, r.try_get(1)?)))
+        .transpose()
+}
+
+/// A file the job kept: its content type and bytes.
+pub(super) async fn job_file(
+    client: &impl GenericClient,
+    id: JobId,
+    path: &str,
+) -> Result<Option<(String, Vec<u8>)>, PgError> {
+    let row = client
+        .query_opt(
+            "SELECT content_type, content FROM job_files
+             WHERE job_id = $1 AND path = $2 AND omitted IS NULL",
+            &[&id, &path],
+        )
+        .await?;
+    row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+}
+
+/// What the job was given to run, as SQLite's store gives it: a case's code is its batch's
+/// unless it brought its own, and its files are its batch's with its own added.
+pub(super) async fn job_input(
+    client: &impl GenericClient,
+    id: JobId,
+) -> Result<Option<JobInput>, PgError> {
+    let row = client
+        .query_opt(
+            "SELECT CASE WHEN j.code = '' THEN coalesce(b.code, '') ELSE j.code END,
+                    j.stdin, j.expected_output, j.args, coalesce(b.files, '{}'), j.files
+             FROM jobs j LEFT JOIN batches b ON b.id = j.batch_id
+             WHERE j.id = $1",
+            &[&id],
+        )
+        .await?;
+    let Some(r) = row else {
+        return Ok(None);
+    };
+    let Json(args) = r.try_get(3)?;
+    let Json(mut files): Json<BTreeMap<String, Content>> = r.try_get(4)?;
+    let Json(own): Json<BTreeMap<String, Content>> = r.try_get(5)?;
+    files.extend(own);
+    Ok(Some(JobInput {
+        code: Content(r.try_get(0)?),
+        stdin: Content(r.try_get(1)?),
+        args,
+        files,
+        expected_output: r.try_get::<_, Option<Vec<u8>>>(2)?.map(Content),
+    }))
+}
+
+/// Every tenant's jobs by page, newest first, as Judge0 lists submissions: `per_page` jobs
+/// after the newest `skip`, and how many there are in all (from `job_counts`, not a count of
+/// the jobs, which reads every row).
+pub(super) async fn jobs_page(
+    client: &impl GenericClient,
+    skip: i64,
+    per_page: i64,
+) -> Result<(Vec<Job>, i64), PgError> {
+    let total: i64 = client
+        .query_one("SELECT coalesce(sum(jobs), 0)::bigint FROM job_counts", &[])
+        .await?
+        .try_get(0)?;
+    let ids = client
+        .query(
+            "SELECT id FROM jobs ORDER BY id DESC LIMIT $1 OFFSET $2",
+            &[&per_page, &skip],
+        )
+        .await?;
+    let mut jobs = Vec::with_capacity(ids.len());
+    for row in ids {
+        jobs.extend(job(client, row.try_get(0)?).await?);
+    }
+    Ok((jobs, total))
+}
+
+/// How many jobs are in each status, every status present (0 for none), from the figures the
+/// triggers keep, so that a scrape reads a few rows however many jobs there are.
+pub(super) async fn queue_depth(
+    client: &impl GenericClient,
+) -> Result<BTreeMap<String, i64>, PgError> {
+    let mut depth: BTreeMap<String, i64> = Status::ALL
+        .iter()
+        .map(|s| (s.as_str().to_owned(), 0))
+        .collect();
+    let rows = client
+        .query(
+            "SELECT status, sum(jobs)::bigint FROM job_counts GROUP BY status",
+            &[],
+        )
+        .await?;
+    for r in rows {
+        depth.insert(r.try_get(0)?, r.try_get(1)?);
+    }
+    Ok(depth)
 }
 
 fn job_row(r: &Row) -> Result<Job, PgError> {
