@@ -2,7 +2,7 @@
 //! completion, taking due rows for delivery, and recording each attempt together with its event.
 
 use rusqlite::{Connection, params};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::StoreError;
 use super::write::{insert_batch_event, insert_event, parse_id};
@@ -45,6 +45,57 @@ pub enum Attempt {
         /// When to try again; `None` gives up.
         retry_at: Option<i64>,
     },
+}
+
+impl Attempt {
+    /// What the attempt leaves on its outbox row, on every backend: the row's status (pending
+    /// while it will be tried again), the HTTP status, the error and when to try next.
+    pub(super) fn row(&self) -> (&'static str, Option<u16>, Option<&str>, Option<i64>) {
+        match self {
+            Attempt::Delivered { status_code } => ("delivered", Some(*status_code), None, None),
+            Attempt::Failed {
+                status_code,
+                error,
+                retry_at: Some(at),
+            } => ("pending", *status_code, Some(error.as_str()), Some(*at)),
+            Attempt::Failed {
+                status_code,
+                error,
+                retry_at: None,
+            } => ("failed", *status_code, Some(error.as_str()), None),
+        }
+    }
+
+    /// The event that records attempt `number` of `delivery`, the same on every backend.
+    pub(super) fn event(&self, delivery: &Delivery, number: u32) -> (EventKind, Value) {
+        match self {
+            Attempt::Delivered { status_code } => (
+                EventKind::WebhookDelivered,
+                json!({
+                    "delivery": delivery.id,
+                    "url": delivery.url,
+                    "attempt": number,
+                    "status_code": status_code,
+                }),
+            ),
+            Attempt::Failed {
+                status_code,
+                error,
+                retry_at,
+            } => (
+                EventKind::WebhookFailed,
+                json!({
+                    "delivery": delivery.id,
+                    "url": delivery.url,
+                    "attempt": number,
+                    "status_code": status_code,
+                    "error": error,
+                    "retry": retry_at.is_some(),
+                    "next_attempt_at": retry_at.map(crate::job::time::rfc3339),
+                }),
+            ),
+        }
+    }
 }
 
 /// Writes the outbox row for a job that has just ended and asked for a callback to `url`. Runs in
@@ -168,19 +219,7 @@ pub(super) fn record(
     now: i64,
 ) -> Result<bool, StoreError> {
     let number = delivery.attempts + 1;
-    let (status, status_code, error, retry_at) = match attempt {
-        Attempt::Delivered { status_code } => ("delivered", Some(*status_code), None, None),
-        Attempt::Failed {
-            status_code,
-            error,
-            retry_at: Some(at),
-        } => ("pending", *status_code, Some(error.as_str()), Some(*at)),
-        Attempt::Failed {
-            status_code,
-            error,
-            retry_at: None,
-        } => ("failed", *status_code, Some(error.as_str()), None),
-    };
+    let (status, status_code, error, retry_at) = attempt.row();
     let n = conn
         .prepare_cached(
             "UPDATE webhooks
@@ -201,33 +240,7 @@ pub(super) fn record(
     if n == 0 {
         return Ok(false);
     }
-    let (kind, data) = match attempt {
-        Attempt::Delivered { status_code } => (
-            EventKind::WebhookDelivered,
-            json!({
-                "delivery": delivery.id,
-                "url": delivery.url,
-                "attempt": number,
-                "status_code": status_code,
-            }),
-        ),
-        Attempt::Failed {
-            status_code,
-            error,
-            retry_at,
-        } => (
-            EventKind::WebhookFailed,
-            json!({
-                "delivery": delivery.id,
-                "url": delivery.url,
-                "attempt": number,
-                "status_code": status_code,
-                "error": error,
-                "retry": retry_at.is_some(),
-                "next_attempt_at": retry_at.map(crate::job::time::rfc3339),
-            }),
-        ),
-    };
+    let (kind, data) = attempt.event(delivery, number);
     match delivery.about {
         Subject::Job(job) => insert_event(conn, notices, job, now, kind, None, &data)?,
         Subject::Batch(batch) => insert_batch_event(conn, notices, batch, now, kind, &data)?,

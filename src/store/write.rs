@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::bytes::Stored;
 use super::tenants::{self, Admission, Full};
@@ -243,6 +243,24 @@ pub(super) fn renew(
     Ok(n == 1)
 }
 
+/// The data of a run's terminal event, the same on every backend: its outcome and figures, the
+/// error, and the build it used.
+pub(super) fn ended_data(outcome: Outcome, result: &RunResult, error: Option<&str>) -> Value {
+    let mut data = json!({
+        "outcome": outcome.as_str(),
+        "exit_code": result.exit_code,
+        "signal": result.signal,
+        "wall_ms": result.wall_ms,
+        "cpu_ms": result.cpu_ms,
+        "memory_kb": result.memory_kb,
+        "error": error,
+    });
+    if let Some(build) = result.build {
+        data["build"] = json!(build);
+    }
+    data
+}
+
 /// Records a run's end. For a case, `end.judged` is its verdict (absent, it follows from the
 /// outcome); it is written by the same statement, and the batch is settled in the same
 /// transaction.
@@ -304,18 +322,7 @@ pub(super) fn finish(
     }
     store_files(conn, &id_text, &result.files)?;
     let (batch_id, callback_url) = batch_and_callback(conn, &id_text)?;
-    let mut data = json!({
-        "outcome": outcome.as_str(),
-        "exit_code": result.exit_code,
-        "signal": result.signal,
-        "wall_ms": result.wall_ms,
-        "cpu_ms": result.cpu_ms,
-        "memory_kb": result.memory_kb,
-        "error": error,
-    });
-    if let Some(build) = result.build {
-        data["build"] = json!(build);
-    }
+    let mut data = ended_data(outcome, result, error);
     if batch_id.is_some() {
         data["verdict"] = json!(judged.verdict);
         data["verdict_detail"] = json!(judged.detail);

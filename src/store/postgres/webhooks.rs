@@ -5,12 +5,11 @@
 //! made by one node.
 
 use deadpool_postgres::GenericClient;
-use serde_json::json;
 use tokio_postgres::types::Json;
 
 use super::PgError;
 use super::read::u32_of;
-use crate::job::{CallbackShape, EventKind};
+use crate::job::CallbackShape;
 use crate::store::{Attempt, Delivery, Subject};
 
 /// When the earliest pending row is due, if any row is pending.
@@ -80,19 +79,7 @@ pub(super) async fn record(
     now: i64,
 ) -> Result<bool, PgError> {
     let number = delivery.attempts + 1;
-    let (status, status_code, error, retry_at) = match attempt {
-        Attempt::Delivered { status_code } => ("delivered", Some(*status_code), None, None),
-        Attempt::Failed {
-            status_code,
-            error,
-            retry_at: Some(at),
-        } => ("pending", *status_code, Some(error.as_str()), Some(*at)),
-        Attempt::Failed {
-            status_code,
-            error,
-            retry_at: None,
-        } => ("failed", *status_code, Some(error.as_str()), None),
-    };
+    let (status, status_code, error, retry_at) = attempt.row();
     let count = |n: u32| {
         i32::try_from(n).map_err(|_| PgError::Corrupt(format!("{n} attempts of a webhook")))
     };
@@ -117,33 +104,7 @@ pub(super) async fn record(
     if updated == 0 {
         return Ok(false);
     }
-    let (kind, data) = match attempt {
-        Attempt::Delivered { status_code } => (
-            EventKind::WebhookDelivered,
-            json!({
-                "delivery": delivery.id,
-                "url": delivery.url,
-                "attempt": number,
-                "status_code": status_code,
-            }),
-        ),
-        Attempt::Failed {
-            status_code,
-            error,
-            retry_at,
-        } => (
-            EventKind::WebhookFailed,
-            json!({
-                "delivery": delivery.id,
-                "url": delivery.url,
-                "attempt": number,
-                "status_code": status_code,
-                "error": error,
-                "retry": retry_at.is_some(),
-                "next_attempt_at": retry_at.map(crate::job::time::rfc3339),
-            }),
-        ),
-    };
+    let (kind, data) = attempt.event(delivery, number);
     // The event last (see `write`), in the history of what the call reports on, with its
     // tenant; a job's event carries the job's batch, as every event of a case does.
     let (sql, subject) = match delivery.about {

@@ -259,18 +259,7 @@ pub(super) async fn finish(
     let callback_url: Option<String> = row.try_get(0)?;
     let tenant: Option<String> = row.try_get(1)?;
     store_files(tx, id, &result.files).await?;
-    let mut data = json!({
-        "outcome": outcome.as_str(),
-        "exit_code": result.exit_code,
-        "signal": result.signal,
-        "wall_ms": result.wall_ms,
-        "cpu_ms": result.cpu_ms,
-        "memory_kb": result.memory_kb,
-        "error": error,
-    });
-    if let Some(build) = result.build {
-        data["build"] = json!(build);
-    }
+    let data = crate::store::write::ended_data(outcome, result, error.as_deref());
     let kind = EventKind::terminal(status)
         .ok_or_else(|| PgError::Corrupt(format!("{} is not a terminal status", status.as_str())))?;
     if let Some(url) = callback_url {
