@@ -25,8 +25,10 @@ pub fn default_work_root() -> PathBuf {
 
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// The SQLite file holding jobs and events.
+    /// The SQLite file holding jobs and events, unless `postgres` is set.
     pub db_path: PathBuf,
+    /// The PostgreSQL database holding them instead, shared with any number of other nodes.
+    pub postgres: Option<Postgres>,
     pub listen: SocketAddr,
     /// How many jobs run at once.
     pub workers: usize,
@@ -87,11 +89,43 @@ pub struct Config {
     pub judge0_callbacks: bool,
 }
 
+/// A PostgreSQL database for the queue, as `kiln serve --db postgres://…` names it.
+#[derive(Clone, Debug)]
+pub struct Postgres {
+    /// `postgres://user:password@host:port/database`, as libpq takes it.
+    pub url: String,
+    /// Hear of other nodes' commits only by reading on a timer (`--poll-only`), for a server
+    /// reached through a pooler that cannot LISTEN (PgBouncer in transaction mode).
+    pub poll_only: bool,
+}
+
+impl Postgres {
+    /// The URL with any password replaced, for logs and errors.
+    pub fn shown(&self) -> String {
+        match self.url.split_once("://") {
+            Some((scheme, rest)) => match rest.rsplit_once('@') {
+                Some((credentials, host)) => {
+                    let user = credentials.split(':').next().unwrap_or_default();
+                    format!("{scheme}://{user}@{host}")
+                }
+                None => self.url.clone(),
+            },
+            None => self.url.clone(),
+        }
+    }
+}
+
+/// Whether `--db` names a PostgreSQL database rather than a SQLite file.
+pub fn is_postgres_url(db: &str) -> bool {
+    db.starts_with("postgres://") || db.starts_with("postgresql://")
+}
+
 impl Config {
     /// The embedded default: the database at `db_path`, served on loopback.
     pub fn new(db_path: PathBuf) -> Config {
         Config {
             db_path,
+            postgres: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             work_root: default_work_root(),

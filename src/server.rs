@@ -23,7 +23,8 @@ use crate::neighbours;
 use crate::runner::{Isolation, Runner};
 use crate::runtime::{RuntimeError, Runtimes};
 use crate::sandbox::{Mode, Sandbox, SandboxError, UID_RANGE};
-use crate::store::{Store, StoreError};
+use crate::store::postgres::Wakeups;
+use crate::store::{Store, StoreError, WriterThread};
 use crate::webhook::{Deliverer, WebhookError};
 use crate::worker::{Running, Stopping, Workers};
 
@@ -32,11 +33,8 @@ const WRITER_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot open the database {path}: {source}")]
-    Store {
-        path: std::path::PathBuf,
-        source: StoreError,
-    },
+    #[error("cannot open the database {db}: {source}")]
+    Store { db: String, source: StoreError },
     #[error("cannot prepare the work directory {path}: {source}")]
     WorkRoot {
         path: std::path::PathBuf,
@@ -144,6 +142,46 @@ fn announce(config: &Config, addr: std::net::SocketAddr) -> Option<neighbours::R
     }
 }
 
+/// Opens the configured database: the SQLite file (with its writer thread, to be joined at the
+/// end), or the PostgreSQL database with a connection for each worker and a few for the API.
+async fn open_store(config: &Config) -> Result<(Store, Option<WriterThread>), ServerError> {
+    let failed = |source| ServerError::Store {
+        db: shown_db(config),
+        source,
+    };
+    match &config.postgres {
+        Some(postgres) => {
+            let wakeups = if postgres.poll_only {
+                Wakeups::Poll {
+                    every: config.poll_interval,
+                }
+            } else {
+                Wakeups::Notify {
+                    poll: config.poll_interval,
+                }
+            };
+            let connections = config.workers + 8;
+            let store = Store::connect(&postgres.url, connections, wakeups)
+                .await
+                .map_err(failed)?;
+            Ok((store, None))
+        }
+        None => {
+            let readers = u32::try_from(config.workers + 4).unwrap_or(16);
+            let (store, writer) = Store::open(&config.db_path, readers).map_err(failed)?;
+            Ok((store, Some(writer)))
+        }
+    }
+}
+
+/// The database as logs and errors name it: the file, or the URL without its password.
+fn shown_db(config: &Config) -> String {
+    match &config.postgres {
+        Some(postgres) => postgres.shown(),
+        None => config.db_path.display().to_string(),
+    }
+}
+
 /// Runs the service until `shutdown` resolves, then stops it cleanly. `on_listening` is told the
 /// bound address (useful with port 0).
 pub async fn run(
@@ -184,12 +222,7 @@ pub async fn run(
         .with_compile_limits(config.build_limits(), config.policy.max_limits)
         .with_output_caps(config.output_caps);
     let _registration = announce(&config, addr);
-    let readers = u32::try_from(config.workers + 4).unwrap_or(16);
-    let (store, writer_thread) =
-        Store::open(&config.db_path, readers).map_err(|source| ServerError::Store {
-            path: config.db_path.clone(),
-            source,
-        })?;
+    let (store, writer_thread) = open_store(&config).await?;
     store.set_wal_max(config.wal_max_bytes);
 
     let instance = uuid::Uuid::new_v4().simple().to_string();
@@ -208,7 +241,7 @@ pub async fn run(
     let guard = Guard::load(&store, loopback || config.insecure, config.token_rate)
         .await
         .map_err(|source| ServerError::Store {
-            path: config.db_path.clone(),
+            db: shown_db(&config),
             source,
         })?;
     match (guard.tokens_exist(), loopback, config.insecure) {
@@ -273,7 +306,7 @@ pub async fn run(
     let names: Vec<_> = runtimes.iter().map(|r| r.name.clone()).collect();
     tracing::info!(
         %addr,
-        db = %config.db_path.display(),
+        db = %shown_db(&config),
         workers = config.workers,
         runtimes = %names.join(", "),
         "kiln is serving"
@@ -312,13 +345,16 @@ pub async fn run(
     if let Err(e) = follower.await {
         tracing::error!(error = %e, "the live stream follower failed");
     }
-    // Every store handle is gone now; the writer commits what is pending and closes the file.
-    let closed = tokio::task::spawn_blocking(move || writer_thread.join());
-    if tokio::time::timeout(WRITER_CLOSE_TIMEOUT, closed)
-        .await
-        .is_err()
-    {
-        tracing::error!("the database writer did not finish in time; exiting without it");
+    // Every store handle is gone now; SQLite's writer commits what is pending and closes the
+    // file (on PostgreSQL every write has already returned committed).
+    if let Some(writer_thread) = writer_thread {
+        let closed = tokio::task::spawn_blocking(move || writer_thread.join());
+        if tokio::time::timeout(WRITER_CLOSE_TIMEOUT, closed)
+            .await
+            .is_err()
+        {
+            tracing::error!("the database writer did not finish in time; exiting without it");
+        }
     }
     tracing::info!("stopped");
     Ok(())

@@ -36,6 +36,7 @@ text_enum! {
         MethodNotAllowed => "method_not_allowed",
         NoRuntimes => "no_runtimes",
         NotFound => "not_found",
+        NotImplemented => "not_implemented",
         NotInteractive => "not_interactive",
         QueueFull => "queue_full",
         RateLimited => "rate_limited",
@@ -167,12 +168,19 @@ impl From<Rejection> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        if let StoreError::Unsupported(_) = e {
+            return ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                ErrorCode::NotImplemented,
+                format!("{e}; nothing was written"),
+            );
+        }
         let Some(cause) = e.unavailable() else {
             tracing::error!(error = %e, "store error");
             return ApiError::internal();
         };
         if cause == Unavailable::Io {
-            tracing::error!(error = %e, "the database file cannot be read or written");
+            tracing::error!(error = %e, "the database cannot be reached, read or written");
         } else {
             tracing::warn!(error = %e, "database unavailable");
         }
@@ -182,7 +190,7 @@ impl From<StoreError> for ApiError {
             Unavailable::Pool => ("every database connection is busy", 1),
             Unavailable::DiskFull => ("the disk holding the database is full", 10),
             Unavailable::ReadOnly => ("the database has become read-only", 10),
-            Unavailable::Io => ("the database file cannot be read or written", 10),
+            Unavailable::Io => ("the database cannot be reached, read or written", 10),
             Unavailable::WalFull => (
                 "the database's write-ahead log is at its limit while a reader holds it",
                 5,

@@ -332,8 +332,12 @@ async fn healthz() -> Json<Alive> {
 pub struct Ready {
     #[schema(pattern = "^ready$")]
     status: &'static str,
-    /// The pragmas in force on the write connection.
-    database: Pragmas,
+    /// Which database holds the queue: `sqlite` or `postgres`.
+    #[schema(pattern = "^(sqlite|postgres)$")]
+    backend: &'static str,
+    /// On SQLite, the pragmas in force on the write connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database: Option<Pragmas>,
     runtimes: Vec<String>,
     /// What the sandbox found this host supports.
     #[schema(value_type = Object)]
@@ -342,8 +346,9 @@ pub struct Ready {
     running: usize,
 }
 
-/// Ready: the writer is alive and holds the write lock on the database, and at least one runtime
-/// can run. Reports the pragmas in force so operators can check durability settings.
+/// Ready: the database answers (on SQLite, the writer is alive and holds the write lock), and at
+/// least one runtime can run. On SQLite, reports the pragmas in force so operators can check
+/// durability settings.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -370,6 +375,7 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> 
     }
     Ok(Json(Ready {
         status: "ready",
+        backend: state.store.backend(),
         database: pragmas,
         runtimes: state.runtimes.iter().map(|r| r.name.clone()).collect(),
         sandbox: (*state.sandbox).clone(),

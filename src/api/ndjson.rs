@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 use super::AppState;
 use super::error::{ApiError, ErrorCode};
 use super::extract;
+use crate::config::Config;
 use crate::job::batch::{CaseSpec, SuiteSpec};
 use crate::job::policy::Policy;
 use crate::job::validate::{CaseRequest, Rejection, SuiteCheck, SuiteRequest};
@@ -110,8 +111,7 @@ async fn read(
         |name: &str, code: &str| state.runtimes.get(name).map(|runtime| runtime.terms(code));
     let mut check = SuiteCheck::new(suite, key, &state.config.policy, runtime_files)
         .map_err(|rejection| rejection.at(&format!("line {number}")))?;
-    let mut spool =
-        Spool::create(spool_dir(&state.config.db_path)).map_err(|e| spool_failed(&e))?;
+    let mut spool = Spool::create(spool_dir(&state.config)).map_err(|e| spool_failed(&e))?;
     while let Some((number, line)) = lines.next().await? {
         let case: CaseRequest = parse(number, &line)?;
         let case = check.case(case, Some(number))?;
@@ -145,11 +145,16 @@ fn parse<T: DeserializeOwned>(number: u64, line: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-/// The database's own directory: the spool is as large as what the suite adds to the
+/// The SQLite file's own directory: the spool is as large as what the suite adds to the
 /// database, so it goes on the same disk rather than into a temporary directory that may be
-/// memory.
-fn spool_dir(db_path: &Path) -> &Path {
-    db_path
+/// memory. With PostgreSQL the database is elsewhere, and the work root, sized for the runs'
+/// files, takes it.
+fn spool_dir(config: &Config) -> &Path {
+    if config.postgres.is_some() {
+        return &config.work_root;
+    }
+    config
+        .db_path
         .parent()
         .filter(|dir| !dir.as_os_str().is_empty())
         .unwrap_or(Path::new("."))

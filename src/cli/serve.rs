@@ -88,9 +88,14 @@ pub struct ServeArgs {
     /// and exit
     #[arg(long)]
     pub print_config: bool,
-    /// The SQLite database file (created if missing)
+    /// The database: a SQLite file (created if missing), or a PostgreSQL database shared by
+    /// any number of nodes, as postgres://user:password@host:port/database
     #[arg(long, env = "KILN_DB", default_value = DEFAULT_DB)]
     db: PathBuf,
+    /// On PostgreSQL, hear of other nodes' commits by reading the event log twice a second
+    /// instead of LISTEN (for a pooler that cannot LISTEN, such as PgBouncer's transaction mode)
+    #[arg(long, env = "KILN_POLL_ONLY")]
+    poll_only: bool,
     /// Address and port to listen on (localhost:PORT is 127.0.0.1:PORT)
     #[arg(long, env = "KILN_LISTEN", default_value_t = defaults().listen,
           value_parser = parse_listen)]
@@ -340,7 +345,16 @@ pub struct LimitArgs {
 impl ServeArgs {
     /// The configuration these flags ask for.
     pub fn config(self) -> Config {
+        let postgres = self
+            .db
+            .to_str()
+            .filter(|db| crate::config::is_postgres_url(db))
+            .map(|url| crate::config::Postgres {
+                url: url.to_owned(),
+                poll_only: self.poll_only,
+            });
         let mut config = Config::new(self.db);
+        config.postgres = postgres;
         config.listen = self.listen;
         if let Some(workers) = self.workers {
             config.workers = workers;

@@ -7,6 +7,12 @@
 //! lease cannot be renewed before it expires, the run is killed, so a job the rescuer hands to
 //! someone else is never running twice.
 //!
+//! A cancel made through another server (another node on PostgreSQL, another process on the
+//! same SQLite file) reaches a run here through the bus: its `job.cancelled` notice makes the
+//! run's lease keeper renew at once, which the store refuses for a cancelled job, and the run
+//! is stopped as one that lost its job, within the time the notice takes rather than a third
+//! of a lease.
+//!
 //! Each attempt runs in a task of its own, the job's panic boundary (river's `jobexecutor`
 //! recovers the same way): a panic on the way, which is a bug in kiln, ends that job `error` at
 //! once (it would likely panic again if retried), and its worker goes on to the next. The helper tasks of a run (the
@@ -26,7 +32,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +67,8 @@ struct Run {
     attempt: u32,
     stop: CancellationToken,
     settled: CancellationToken,
+    /// Makes the lease keeper renew now rather than at its next period.
+    recheck: Arc<Notify>,
 }
 
 impl Running {
@@ -81,6 +89,17 @@ impl Running {
         }
     }
 
+    /// Has the run of `id` here, if there is one, check at once that its job is still its own.
+    fn recheck(&self, id: JobId) {
+        let runs = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(run) = runs.get(&id) {
+            run.recheck.notify_one();
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.0.lock().map_or(0, |runs| runs.len())
     }
@@ -91,7 +110,13 @@ impl Running {
 
     /// Enters the run of this attempt; it leaves when the returned entry is dropped, which
     /// happens on every way out of a run, a panic's unwinding included.
-    fn enter(&self, id: JobId, attempt: u32, stop: CancellationToken) -> Entry<'_> {
+    fn enter(
+        &self,
+        id: JobId,
+        attempt: u32,
+        stop: CancellationToken,
+        recheck: Arc<Notify>,
+    ) -> Entry<'_> {
         let mut runs = self
             .0
             .lock()
@@ -103,6 +128,7 @@ impl Running {
                 attempt,
                 stop,
                 settled: settled.clone(),
+                recheck,
             },
         );
         Entry {
@@ -276,7 +302,7 @@ impl Stopping {
 }
 
 impl<E: Execute> Workers<E> {
-    /// Starts `count` workers and the rescuer.
+    /// Starts `count` workers, the rescuer and the cancel listener.
     pub fn spawn(self: &Arc<Self>, count: usize, stopping: &Stopping) -> Tasks {
         let mut tasks = JoinSet::new();
         for index in 0..count {
@@ -290,6 +316,13 @@ impl<E: Execute> Workers<E> {
         tasks.spawn(async move {
             workers.rescue(stop).await;
             "rescuer"
+        });
+        // Ends with claiming, as the rescuer does: during the grace period a cancel from
+        // elsewhere still reaches a run here, at its lease keeper's next renewal.
+        let (workers, stop) = (Arc::clone(self), stopping.claiming.clone());
+        tasks.spawn(async move {
+            workers.hear_cancels(stop).await;
+            "cancel listener"
         });
         if self.runner.builds().is_some() {
             let (workers, stop) = (Arc::clone(self), stopping.claiming.clone());
@@ -329,6 +362,28 @@ impl<E: Execute> Workers<E> {
                         }
                     }
                 }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Passes each `job.cancelled` notice to the run of that job here, if any (see the module
+    /// doc). Lagging behind loses nothing that matters: the lease keeper's next renewal finds
+    /// the cancel all the same.
+    async fn hear_cancels(&self, stop: CancellationToken) {
+        let mut notices = self.store.bus().subscribe();
+        loop {
+            let notice = tokio::select! {
+                notice = notices.recv() => notice,
+                () = stop.cancelled() => return,
+            };
+            match notice {
+                Ok(Notice {
+                    kind: EventKind::Cancelled,
+                    job_id: Some(job),
+                    ..
+                }) => self.running.recheck(job),
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => return,
             }
         }
@@ -430,13 +485,19 @@ impl<E: Execute> Workers<E> {
         };
         let stop = kill.child_token();
         let lease_lost = CancellationToken::new();
-        let entry = self.running.enter(job.id, job.attempt, stop.clone());
+        let recheck = Arc::new(Notify::new());
+        let entry = self
+            .running
+            .enter(job.id, job.attempt, stop.clone(), Arc::clone(&recheck));
         let keeper = AbortOnDrop::spawn(keep_lease(
-            self.store.clone(),
-            job.id,
-            job.attempt,
-            owner.clone(),
-            self.lease,
+            Lease {
+                store: self.store.clone(),
+                id: job.id,
+                attempt: job.attempt,
+                owner: owner.clone(),
+                length: self.lease,
+            },
+            recheck,
             stop.clone(),
             lease_lost.clone(),
         ));
@@ -685,18 +746,32 @@ impl<E: Execute> Workers<E> {
     }
 }
 
-/// Renews the lease every third of its length, until the run is stopped (its end is then near,
-/// and the task is aborted when it comes). Stops the run once the job is no longer ours
-/// (cancelled or rescued), or once the lease is about to run out without a successful renewal.
-async fn keep_lease(
+/// The lease a run holds on its job.
+struct Lease {
     store: Store,
     id: JobId,
     attempt: u32,
     owner: String,
-    lease: Duration,
+    length: Duration,
+}
+
+/// Renews the lease every third of its length and whenever `recheck` is woken, until the run is
+/// stopped (its end is then near, and the task is aborted when it comes). Stops the run once
+/// the job is no longer ours (cancelled or rescued), or once the lease is about to run out
+/// without a successful renewal.
+async fn keep_lease(
+    lease: Lease,
+    recheck: Arc<Notify>,
     stop: CancellationToken,
     lost: CancellationToken,
 ) {
+    let Lease {
+        store,
+        id,
+        attempt,
+        owner,
+        length: lease,
+    } = lease;
     let period = lease / 3;
     let mut expires = Instant::now() + lease;
     loop {
@@ -705,6 +780,7 @@ async fn keep_lease(
         let next = (Instant::now() + period).min(expires - margin);
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
+            () = recheck.notified() => {}
             () = stop.cancelled() => return,
         }
         if Instant::now() + margin >= expires {

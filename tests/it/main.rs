@@ -13,6 +13,7 @@ mod batch_streams;
 mod batches;
 mod bytes;
 mod cli;
+mod cluster;
 mod crash;
 mod dashboard;
 mod docs;

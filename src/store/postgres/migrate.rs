@@ -28,6 +28,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_listing_indexes.sql",
         sql: include_str!("../../../schema/postgres/0003_listing_indexes.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_notify.sql",
+        sql: include_str!("../../../schema/postgres/0004_notify.sql"),
+    },
 ];
 
 /// The advisory lock migrating nodes take turns under: the bytes 'kiln.mig' as a 64-bit number.

@@ -16,17 +16,18 @@
 //! that committed late.
 //!
 //! The pool is for queries only: a pooled connection is driven by the pool, which discards
-//! notifications, so LISTEN (waking idle workers on every node) will need a connection of its
-//! own, driven with `poll_message`.
+//! notifications, so the [`feed`] that tells this node's bus of every node's commits listens on
+//! a connection of its own.
 //!
 //! Not here yet (the next phases of issue 20): suites (nothing writes a case on PostgreSQL yet;
 //! should one appear, a claim would hand it over without its suite's code, and the schema would
 //! refuse its end, cancel or rescue, which must carry a verdict), prune, the figures'
-//! reads (`GET /v1/stats`), and LISTEN/NOTIFY. Nor SQLite's `finish_and_claim`: one
+//! reads (`GET /v1/stats`). Nor SQLite's `finish_and_claim`: one
 //! transaction changing two jobs' statuses would lock the stats rows of
 //! `schema/postgres/0002_stats.sql` in two statements, out of the one order that keeps writers
 //! from deadlocking, and would write its first event before its second job's row lock.
 
+mod feed;
 mod migrate;
 mod read;
 mod tenants;
@@ -40,17 +41,20 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
     ActiveToken, Admission, Attempt, CancelResult, ClaimedJob, Delivery, JobFilter, JobInput,
-    JobSummary, Page, Submitted, TokenInfo, Visibility,
+    JobSummary, Page, Submitted, TokenInfo, Unavailable, Visibility,
 };
+use crate::bus::Bus;
 use crate::job::time::now_ms;
 use crate::job::{
     BatchId, Event, Finish, Job, JobId, JobSpec, Outcome, Progress, RunResult, Status,
 };
 use write::Running;
 
+pub use feed::Wakeups;
 pub use migrate::MIGRATIONS;
 
 /// How long opening a connection may take before it counts as failed.
@@ -95,6 +99,31 @@ impl From<deadpool_postgres::PoolError> for PgError {
 }
 
 impl PgError {
+    /// What keeps the database from taking the request, if it is something that passes: the
+    /// server out of reach or restarting, out of connections, disk or memory, or a transaction
+    /// that lost a serialization or deadlock check.
+    pub fn unavailable(&self) -> Option<Unavailable> {
+        match self {
+            PgError::Pool(_) => Some(Unavailable::Pool),
+            PgError::Db(e) if e.is_closed() => Some(Unavailable::Io),
+            PgError::Db(e) => match e.code().map(|c| c.code()) {
+                // Connection exceptions, and the server shutting down or starting.
+                Some(code) if code.starts_with("08") || code.starts_with("57P") => {
+                    Some(Unavailable::Io)
+                }
+                Some("53100") => Some(Unavailable::DiskFull),
+                // Other insufficient resources: connections, memory.
+                Some(code) if code.starts_with("53") => Some(Unavailable::Pool),
+                Some("40001" | "40P01" | "55P03") => Some(Unavailable::Busy),
+                Some("25006") => Some(Unavailable::ReadOnly),
+                // No SQLSTATE: the socket failed (refused, reset) rather than the server.
+                None => Some(Unavailable::Io),
+                Some(_) => None,
+            },
+            _ => None,
+        }
+    }
+
     /// The SQLSTATE the server answered with, if the error came from the server.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
@@ -109,6 +138,9 @@ impl PgError {
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
+    bus: Arc<Bus>,
+    /// Stops the feed once the last handle is dropped.
+    _feed: Arc<DropGuard>,
 }
 
 impl PgStore {
@@ -116,6 +148,18 @@ impl PgStore {
     /// and brings the schema up to date. Several nodes may connect at once: the migrations are
     /// applied by one of them, the others wait for it and find nothing left to do.
     pub async fn connect(url: &str, connections: usize) -> Result<PgStore, PgError> {
+        let wakeups = Wakeups::Notify {
+            poll: Duration::from_secs(1),
+        };
+        PgStore::connect_with(url, connections, wakeups).await
+    }
+
+    /// [`PgStore::connect`], hearing of other nodes' commits as `wakeups` says.
+    pub async fn connect_with(
+        url: &str,
+        connections: usize,
+        wakeups: Wakeups,
+    ) -> Result<PgStore, PgError> {
         let mut config =
             tokio_postgres::Config::from_str(url).map_err(|e| PgError::Url(e.to_string()))?;
         // A 202 promises the job is on disk: kiln's commits wait for the WAL flush even where
@@ -133,7 +177,7 @@ impl PgStore {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -147,7 +191,19 @@ impl PgStore {
             .map_err(|e| PgError::Setup(e.to_string()))?;
         let mut client = pool.get().await?;
         migrate::apply(&mut client).await?;
-        Ok(PgStore { pool })
+        let bus = Arc::new(Bus::default());
+        let stop = CancellationToken::new();
+        feed::start(&bus, pool.clone(), config, wakeups, stop.clone());
+        Ok(PgStore {
+            pool,
+            bus,
+            _feed: Arc::new(stop.drop_guard()),
+        })
+    }
+
+    /// Where this node hears of every node's commits (see [`feed`]).
+    pub fn bus(&self) -> &Bus {
+        &self.bus
     }
 
     /// The version of the newest migration applied.

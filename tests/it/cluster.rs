@@ -1,0 +1,151 @@
+//! Several `kiln serve` nodes on one PostgreSQL database (`kiln serve --db postgres://…`): one
+//! queue, whichever node a job is submitted to, run by whichever node has a free worker, seen
+//! live from every node, cancelled through any node, and finished by another node when the one
+//! running it is killed. Each test gets a database of its own on the tests' server (`pg.rs`).
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::pg::TestDb;
+use crate::streams::Sse;
+use crate::util::{Server, assert_valid_history, job_processes, sh};
+
+/// A node on `db` named `node`, with `workers` workers (0: API only) and these extra flags.
+async fn node(db: &TestDb, node: &str, workers: &str, extra: &[&str]) -> Server {
+    let mut args = vec!["--db", &db.url, "--node-id", node, "--workers", workers];
+    args.extend_from_slice(extra);
+    Server::start_with(&args).await
+}
+
+/// The node that ran the attempt of a `job.started` event, from its worker's name.
+fn ran_on(events: &[Value], attempt: u64) -> String {
+    let started = events
+        .iter()
+        .find(|e| e["type"] == "job.started" && e["attempt"] == attempt)
+        .unwrap_or_else(|| panic!("no start of attempt {attempt}: {events:?}"));
+    let worker = started["data"]["worker"].as_str().expect("worker");
+    worker.split('/').next().expect("node").to_owned()
+}
+
+#[tokio::test]
+async fn a_job_submitted_to_an_api_node_runs_on_a_worker_node_and_every_node_sees_it_live() {
+    let Some(db) = TestDb::create("cluster_one_queue").await else {
+        return;
+    };
+    let api = node(&db, "api", "0", &[]).await;
+    let worker = node(&db, "worker", "2", &[]).await;
+    let (status, ready) = api.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    assert_eq!(ready["backend"], "postgres");
+    assert!(
+        ready.get("database").is_none(),
+        "no SQLite pragmas: {ready}"
+    );
+
+    let mut feed = Sse::open(&worker, "/v1/events", &[]).await;
+    let id = api.submit(sh("read line; echo \"got $line\"")).await;
+    let job = api.finished(&id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let events = api.events(&id).await;
+    assert_valid_history(&events);
+    assert_eq!(
+        ran_on(&events, 1),
+        "worker",
+        "an API-only node runs nothing"
+    );
+
+    // The worker node's feed carried the job's whole history, committed through the other
+    // node, in the order of its ids.
+    let streamed = feed
+        .until(|item| item.json()["job_id"] == id.as_str() && item.event() == Some("job.succeeded"))
+        .await;
+    let streamed: Vec<i64> = streamed
+        .iter()
+        .filter(|item| item.json()["job_id"] == id.as_str())
+        .filter_map(|item| item.id())
+        .collect();
+    let stored: Vec<i64> = events
+        .iter()
+        .map(|e| e["id"].as_i64().expect("id"))
+        .collect();
+    assert_eq!(streamed, stored);
+    // Either node answers for the job.
+    let (_, seen) = worker.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(seen["status"], "succeeded");
+}
+
+#[tokio::test]
+async fn a_cancel_through_one_node_stops_the_run_on_another_within_a_second_or_two() {
+    let Some(db) = TestDb::create("cluster_cancel").await else {
+        return;
+    };
+    let api = node(&db, "api", "0", &[]).await;
+    // A long lease: its renewals, every 20 s, cannot be what stops the run.
+    let worker = node(&db, "worker", "1", &["--lease-secs", "60"]).await;
+    let id = api.submit(sh("echo started; sleep 60")).await;
+    api.running(&id).await;
+    let started = Instant::now();
+    while job_processes(worker.job_uids()).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the run never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let cancelled = Instant::now();
+    let (status, body) = api.post(&format!("/v1/jobs/{id}/cancel"), &json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    while !job_processes(worker.job_uids()).is_empty() {
+        assert!(
+            cancelled.elapsed() < Duration::from_secs(3),
+            "the run on the other node still runs {:?} after the cancel",
+            cancelled.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let job = api.finished(&id).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+    let events = api.events(&id).await;
+    assert_valid_history(&events);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["type"] == "job.cancelled")
+            .count(),
+        1,
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_job_whose_node_is_killed_mid_run_is_finished_by_another_node_once() {
+    let Some(db) = TestDb::create("cluster_kill9").await else {
+        return;
+    };
+    let lease = ["--lease-secs", "2"];
+    let first = node(&db, "first", "1", &lease).await;
+    let id = first.submit(sh("sleep 1; echo done")).await;
+    first.running(&id).await;
+    // Only now does the second node start: the first one certainly holds the job.
+    let second = node(&db, "second", "1", &lease).await;
+    drop(first.kill9());
+
+    let job = second.finished(&id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["stdout"], "done\n");
+    let events = second.events(&id).await;
+    assert_valid_history(&events);
+    assert_eq!(ran_on(&events, 1), "first");
+    assert_eq!(ran_on(&events, 2), "second");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["type"] == "job.succeeded")
+            .count(),
+        1,
+        "{events:?}"
+    );
+}
