@@ -3,8 +3,9 @@
 //! common interface yet: it connects, brings the schema of `schema/postgres/` up to date, and
 //! does a job's life (submit with admission and idempotency, claim, lease renewal, finish,
 //! release, rescue, cancel, progress, read back), the event feed, the job listing, the webhook
-//! outbox, and tokens, tenants and settings with the same domain types and the same events as
-//! the SQLite store, so that the two can become two implementations of one interface.
+//! outbox, the figures of `GET /v1/stats` (`stats`), and tokens, tenants and settings with the
+//! same domain types and the same events as the SQLite store, so that the two can become two
+//! implementations of one interface.
 //!
 //! Why it differs from the SQLite store in shape: PostgreSQL takes concurrent writers, so there
 //! is no single writer thread and no group commit; each operation is one short transaction on a
@@ -21,14 +22,14 @@
 //!
 //! Not here yet (the next phases of issue 20): suites (nothing writes a case on PostgreSQL yet;
 //! should one appear, a claim would hand it over without its suite's code, and the schema would
-//! refuse its end, cancel or rescue, which must carry a verdict), prune, the figures'
-//! reads (`GET /v1/stats`), and LISTEN/NOTIFY. Nor SQLite's `finish_and_claim`: one
+//! refuse its end, cancel or rescue, which must carry a verdict), prune, and LISTEN/NOTIFY. Nor SQLite's `finish_and_claim`: one
 //! transaction changing two jobs' statuses would lock the stats rows of
 //! `schema/postgres/0002_stats.sql` in two statements, out of the one order that keeps writers
 //! from deadlocking, and would write its first event before its second job's row lock.
 
 mod migrate;
 mod read;
+mod stats;
 mod tenants;
 mod webhooks;
 mod write;
@@ -42,8 +43,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use super::{
-    ActiveToken, Admission, Attempt, CancelResult, ClaimedJob, Delivery, JobFilter, JobInput,
-    JobSummary, Page, Submitted, TokenInfo, Visibility,
+    ActiveToken, Admission, Attempt, CancelResult, ClaimedJob, Counts, Delivery, JobFilter,
+    JobInput, JobSummary, Page, Step, Submitted, TokenInfo, Visibility,
 };
 use crate::job::time::now_ms;
 use crate::job::{
@@ -449,6 +450,26 @@ impl PgStore {
     ) -> Result<Vec<JobSummary>, PgError> {
         let client = self.pool.get().await?;
         read::list_jobs(&client, who, filter, page).await
+    }
+
+    /// Jobs by status now and the oldest queued job, for `who`: exact on every node, from the
+    /// figures the triggers keep in each job's own transaction.
+    pub async fn counts(&self, who: Visibility) -> Result<Counts, PgError> {
+        let client = self.pool.get().await?;
+        stats::counts(&client, &who).await
+    }
+
+    /// `steps` steps of `step_minutes` minutes from minute `from_minute` (minutes since the
+    /// epoch): the jobs of `who` that ended in each, by outcome, and their latencies.
+    pub async fn series(
+        &self,
+        who: Visibility,
+        from_minute: i64,
+        step_minutes: i64,
+        steps: i64,
+    ) -> Result<Vec<Step>, PgError> {
+        let client = self.pool.get().await?;
+        stats::series(&client, &who, from_minute, step_minutes, steps).await
     }
 
     /// The newest event's id (0 if there is none): where following the feed live begins.
