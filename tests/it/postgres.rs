@@ -71,13 +71,13 @@ pub(crate) fn success(stdout: &[u8]) -> Finish {
     }
 }
 
-async fn store(db: &TestDb) -> PgStore {
+pub(crate) async fn store(db: &TestDb) -> PgStore {
     PgStore::connect(&db.url, 4)
         .await
         .expect("connect and migrate")
 }
 
-fn created(submitted: Submitted) -> JobId {
+pub(crate) fn created(submitted: Submitted) -> JobId {
     match submitted {
         Submitted::Created(id) => id,
         other => panic!("expected a new job, got {other:?}"),
@@ -102,7 +102,7 @@ fn shown(job: kiln::job::Job) -> Value {
 }
 
 /// The SQLSTATE of a statement the server refused.
-fn refused(result: Result<u64, tokio_postgres::Error>) -> (String, String) {
+pub(crate) fn refused(result: Result<u64, tokio_postgres::Error>) -> (String, String) {
     let e = result.expect_err("the server should refuse this");
     let db = e.as_db_error().expect("an error from the server");
     (db.code().code().to_owned(), db.message().to_owned())
@@ -997,7 +997,7 @@ impl Twins {
     }
 
     /// Takes the due webhooks on both, which must be the same calls; PostgreSQL's.
-    async fn claim_webhooks(&self) -> Vec<Delivery> {
+    pub(crate) async fn claim_webhooks(&self) -> Vec<Delivery> {
         let mut pg = self.pg.claim_webhooks(10, LEASE).await.unwrap();
         let mut sqlite = self.sqlite.claim_webhooks(10, LEASE).await.unwrap();
         pg.sort_by_key(|d| d.id);
@@ -1019,7 +1019,7 @@ impl Twins {
     }
 
     /// Records the same attempt of the one due call on both.
-    async fn record_webhook(&self, pg: &Delivery, attempt: Attempt) -> bool {
+    pub(crate) async fn record_webhook(&self, pg: &Delivery, attempt: Attempt) -> bool {
         let sqlite = self.sqlite_delivery(pg).await;
         let recorded = self.pg.record_webhook(pg, &attempt).await.unwrap();
         let on_sqlite = self.sqlite.record_webhook(sqlite, attempt).await.unwrap();

@@ -3,9 +3,9 @@
 //! common interface yet: it connects, brings the schema of `schema/postgres/` up to date, and
 //! does a job's life (submit with admission and idempotency, claim, lease renewal, finish,
 //! release, rescue, cancel, progress, read back), the event feed, the job listing, the webhook
-//! outbox, the figures of `GET /v1/stats` (`stats`), and tokens, tenants and settings with the
-//! same domain types and the same events as the SQLite store, so that the two can become two
-//! implementations of one interface.
+//! outbox, the figures of `GET /v1/stats` (`stats`), retention (`prune`: `kiln prune` and its
+//! preview), and tokens, tenants and settings with the same domain types and the same events as
+//! the SQLite store, so that the two can become two implementations of one interface.
 //!
 //! Why it differs from the SQLite store in shape: PostgreSQL takes concurrent writers, so there
 //! is no single writer thread and no group commit; each operation is one short transaction on a
@@ -22,12 +22,15 @@
 //!
 //! Not here yet (the next phases of issue 20): suites (nothing writes a case on PostgreSQL yet;
 //! should one appear, a claim would hand it over without its suite's code, and the schema would
-//! refuse its end, cancel or rescue, which must carry a verdict), prune, and LISTEN/NOTIFY. Nor SQLite's `finish_and_claim`: one
-//! transaction changing two jobs' statuses would lock the stats rows of
-//! `schema/postgres/0002_stats.sql` in two statements, out of the one order that keeps writers
-//! from deadlocking, and would write its first event before its second job's row lock.
+//! refuse its end, cancel or rescue, which must carry a verdict), LISTEN/NOTIFY, and `kiln
+//! serve` and `kiln prune` running on it (both use SQLite's store only; what they would call
+//! is here). Nor SQLite's `finish_and_claim`: one transaction changing two jobs' statuses would
+//! lock the stats rows of `schema/postgres/0002_stats.sql` in two statements, out of the one
+//! order that keeps writers from deadlocking, and would write its first event before its second
+//! job's row lock.
 
 mod migrate;
+mod prune;
 mod read;
 mod stats;
 mod tenants;
@@ -35,6 +38,7 @@ mod webhooks;
 mod write;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +48,8 @@ use tokio_postgres::NoTls;
 
 use super::{
     ActiveToken, Admission, Attempt, CancelResult, ClaimedJob, Counts, Delivery, JobFilter,
-    JobInput, JobSummary, Page, Step, Submitted, TokenInfo, Visibility,
+    JobInput, JobSummary, Page, PruneOptions, PrunePreview, PruneReport, Step, Submitted,
+    TokenInfo, Visibility,
 };
 use crate::job::time::now_ms;
 use crate::job::{
@@ -81,6 +86,8 @@ pub enum PgError {
     TooNew { found: u32, known: u32 },
     #[error("unexpected value in the database: {0}")]
     Corrupt(String),
+    #[error("cannot archive to {}: {reason}", path.display())]
+    Archive { path: PathBuf, reason: String },
 }
 
 impl From<tokio_postgres::Error> for PgError {
@@ -450,6 +457,24 @@ impl PgStore {
     ) -> Result<Vec<JobSummary>, PgError> {
         let client = self.pool.get().await?;
         read::list_jobs(&client, who, filter, page).await
+    }
+
+    /// Removes old finished jobs and batches with their events, webhook calls and kept files,
+    /// as SQLite's `store::prune` does (and, given `options.archive`, copies them to that
+    /// SQLite file first), in chunks of `options.chunk`, each its own transaction: safe while
+    /// nodes keep submitting, running and ending jobs, none of which it ever removes before it
+    /// has ended. It holds one of the pool's connections for the whole run. The report's times
+    /// are how long each transaction was open, holding its rows.
+    pub async fn prune(&self, options: &PruneOptions) -> Result<PruneReport, PgError> {
+        let mut client = self.pool.get().await?;
+        prune::prune(&mut client, options).await
+    }
+
+    /// What [`PgStore::prune`] with cut-off `finished_before` would remove, and the finished
+    /// jobs it would keep, counted in one read without removing anything.
+    pub async fn prune_preview(&self, finished_before: i64) -> Result<PrunePreview, PgError> {
+        let client = self.pool.get().await?;
+        prune::preview(&client, finished_before).await
     }
 
     /// Jobs by status now and the oldest queued job, for `who`: exact on every node, from the
