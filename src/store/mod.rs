@@ -612,10 +612,7 @@ impl Store {
     }
 
     pub async fn counts(&self, who: Visibility) -> Result<Counts, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.counts(who).await,
-            Store::Postgres(_) => Err(StoreError::Unsupported("the figures")),
-        }
+        both!(self, s => s.counts(who))
     }
 
     pub async fn series(
@@ -625,10 +622,7 @@ impl Store {
         step_minutes: i64,
         steps: i64,
     ) -> Result<Vec<Step>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.series(who, from_minute, step_minutes, steps).await,
-            Store::Postgres(_) => Err(StoreError::Unsupported("the figures")),
-        }
+        both!(self, s => s.series(who, from_minute, step_minutes, steps))
     }
 
     pub async fn list_jobs(

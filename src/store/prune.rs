@@ -68,7 +68,7 @@ pub struct PruneReport {
 /// The tables whose rows a prune removes, with their primary key (kept in the archive so a
 /// chunk copied twice — say, the prune was stopped between copying and deleting — replaces its
 /// first copy instead of doubling it).
-const ARCHIVED: &[(&str, &str)] = &[
+pub(super) const ARCHIVED: &[(&str, &str)] = &[
     ("jobs", "id TEXT PRIMARY KEY"),
     ("batches", "id TEXT PRIMARY KEY"),
     ("events", "id INTEGER PRIMARY KEY"),

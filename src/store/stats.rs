@@ -150,12 +150,12 @@ fn to_len(steps: i64) -> usize {
 const LONGEST_MS: i64 = 86_400_000;
 
 /// A latency histogram: each bucket's upper bound in ms → its lower bound and its jobs.
-type Histogram = BTreeMap<i64, (i64, i64)>;
+pub(super) type Histogram = BTreeMap<i64, (i64, i64)>;
 
 /// Percentiles of a histogram, each interpolated linearly inside the bucket it falls in,
 /// between its bounds: exact to the bucket's width (about a third of a decade), as a chart
 /// needs.
-fn percentiles(histogram: &Histogram) -> Option<Percentiles> {
+pub(super) fn percentiles(histogram: &Histogram) -> Option<Percentiles> {
     let total: i64 = histogram.values().map(|(_, jobs)| jobs).sum();
     if total == 0 {
         return None;

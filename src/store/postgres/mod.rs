@@ -1,10 +1,10 @@
 //! The store on PostgreSQL, for deployments past one machine (issue 20): many `kiln serve`
-//! nodes on one database. This is its foundation, beside the SQLite store rather than behind a
-//! common interface yet: it connects, brings the schema of `schema/postgres/` up to date, and
+//! nodes on one database, one of the two backends of [`super::Store`]. It connects, brings the schema of `schema/postgres/` up to date, and
 //! does a job's life (submit with admission and idempotency, claim, lease renewal, finish,
 //! release, rescue, cancel, progress, read back), the event feed, the job listing, the webhook
-//! outbox, and tokens, tenants and settings with the same domain types and the same events as
-//! the SQLite store, so that the two can become two implementations of one interface.
+//! outbox, the figures of `GET /v1/stats` (`stats`), retention (`prune`: `kiln prune` and its
+//! preview), and tokens, tenants and settings with the same domain types and the same events as
+//! the SQLite store.
 //!
 //! Why it differs from the SQLite store in shape: PostgreSQL takes concurrent writers, so there
 //! is no single writer thread and no group commit; each operation is one short transaction on a
@@ -21,20 +21,23 @@
 //!
 //! Not here yet (the next phases of issue 20): suites (nothing writes a case on PostgreSQL yet;
 //! should one appear, a claim would hand it over without its suite's code, and the schema would
-//! refuse its end, cancel or rescue, which must carry a verdict), prune, the figures'
-//! reads (`GET /v1/stats`). Nor SQLite's `finish_and_claim`: one
-//! transaction changing two jobs' statuses would lock the stats rows of
+//! refuse its end, cancel or rescue, which must carry a verdict), and `kiln prune` running on
+//! it (the command takes a SQLite file; what it would call is here). Nor SQLite's
+//! `finish_and_claim`: one transaction changing two jobs' statuses would lock the stats rows of
 //! `schema/postgres/0002_stats.sql` in two statements, out of the one order that keeps writers
 //! from deadlocking, and would write its first event before its second job's row lock.
 
 mod feed;
 mod migrate;
+mod prune;
 mod read;
+mod stats;
 mod tenants;
 mod webhooks;
 mod write;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,8 +47,9 @@ use tokio_postgres::NoTls;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
-    ActiveToken, Admission, Attempt, CancelResult, ClaimedJob, Delivery, JobFilter, JobInput,
-    JobSummary, Page, Submitted, TokenInfo, Unavailable, Visibility,
+    ActiveToken, Admission, Attempt, CancelResult, ClaimedJob, Counts, Delivery, JobFilter,
+    JobInput, JobSummary, Page, PruneOptions, PrunePreview, PruneReport, Step, Submitted,
+    TokenInfo, Unavailable, Visibility,
 };
 use crate::bus::Bus;
 use crate::job::time::now_ms;
@@ -84,6 +88,8 @@ pub enum PgError {
     TooNew { found: u32, known: u32 },
     #[error("unexpected value in the database: {0}")]
     Corrupt(String),
+    #[error("cannot archive to {}: {reason}", path.display())]
+    Archive { path: PathBuf, reason: String },
 }
 
 impl From<tokio_postgres::Error> for PgError {
@@ -505,6 +511,44 @@ impl PgStore {
     ) -> Result<Vec<JobSummary>, PgError> {
         let client = self.pool.get().await?;
         read::list_jobs(&client, who, filter, page).await
+    }
+
+    /// Removes old finished jobs and batches with their events, webhook calls and kept files,
+    /// as SQLite's `store::prune` does (and, given `options.archive`, copies them to that
+    /// SQLite file first), in chunks of `options.chunk`, each its own transaction: safe while
+    /// nodes keep submitting, running and ending jobs, none of which it ever removes before it
+    /// has ended. It holds one of the pool's connections for the whole run. The report's times
+    /// are how long each transaction was open, holding its rows.
+    pub async fn prune(&self, options: &PruneOptions) -> Result<PruneReport, PgError> {
+        let mut client = self.pool.get().await?;
+        prune::prune(&mut client, options).await
+    }
+
+    /// What [`PgStore::prune`] with cut-off `finished_before` would remove, and the finished
+    /// jobs it would keep, counted in one read without removing anything.
+    pub async fn prune_preview(&self, finished_before: i64) -> Result<PrunePreview, PgError> {
+        let client = self.pool.get().await?;
+        prune::preview(&client, finished_before).await
+    }
+
+    /// Jobs by status now and the oldest queued job, for `who`: exact on every node, from the
+    /// figures the triggers keep in each job's own transaction.
+    pub async fn counts(&self, who: Visibility) -> Result<Counts, PgError> {
+        let client = self.pool.get().await?;
+        stats::counts(&client, &who).await
+    }
+
+    /// `steps` steps of `step_minutes` minutes from minute `from_minute` (minutes since the
+    /// epoch): the jobs of `who` that ended in each, by outcome, and their latencies.
+    pub async fn series(
+        &self,
+        who: Visibility,
+        from_minute: i64,
+        step_minutes: i64,
+        steps: i64,
+    ) -> Result<Vec<Step>, PgError> {
+        let client = self.pool.get().await?;
+        stats::series(&client, &who, from_minute, step_minutes, steps).await
     }
 
     /// The newest event's id (0 if there is none): where following the feed live begins.

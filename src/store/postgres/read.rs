@@ -429,7 +429,7 @@ pub(super) async fn list_jobs(
 /// The least id a job submitted at `ms` can have: a UUIDv7 starts with its time in
 /// milliseconds, so ids of jobs submitted before `ms` sort below it and the rest at or above,
 /// and a time range is a range of the primary key (or of any index that ends in `id`).
-fn first_id_at(ms: i64) -> JobId {
+pub(super) fn first_id_at(ms: i64) -> JobId {
     let ms = u128::try_from(ms.clamp(0, (1 << 48) - 1)).unwrap_or_default();
     JobId::from_u128(ms << 80)
 }
