@@ -219,6 +219,24 @@ impl Store {
         Ok(Store::Postgres(store))
     }
 
+    /// Takes or extends, for `term`, the leadership of the maintenance that runs once per
+    /// database (the rescuer); true if `node` leads now. A SQLite file's server always leads:
+    /// rescues of several servers on one file are serialized by its writer lock anyway.
+    pub async fn lead(&self, node: &str, term: Duration) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(true),
+            Store::Postgres(s) => Ok(s.lead(node, term).await?),
+        }
+    }
+
+    /// Gives up what [`Store::lead`] took, at shutdown.
+    pub async fn resign(&self, node: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(s) => Ok(s.resign(node).await?),
+        }
+    }
+
     /// Where this node hears of what has just been committed.
     pub fn bus(&self) -> &Bus {
         match self {

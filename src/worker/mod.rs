@@ -730,18 +730,40 @@ impl<E: Execute> Workers<E> {
         }
     }
 
+    /// The rescuer: every third of a lease, while this process leads the maintenance (see
+    /// [`Store::lead`]; on PostgreSQL one node of the cluster does), requeues or ends the jobs
+    /// whose lease ran out, whichever node ran them. Gives the leadership up when it stops.
     async fn rescue(&self, stop: CancellationToken) {
         let period = (self.lease / 3).max(Duration::from_millis(100));
+        let mut leading = false;
         loop {
-            match self.store.rescue_expired().await {
-                Ok(0) => {}
-                Ok(n) => tracing::warn!(jobs = n, "rescued jobs whose lease expired"),
-                Err(e) => tracing::warn!(error = %e, "rescue failed"),
+            match self.store.lead(&self.owner_prefix, self.lease).await {
+                Ok(now) => {
+                    if now != leading {
+                        tracing::info!(leading = now, "maintenance leadership changed");
+                    }
+                    leading = now;
+                }
+                // Not sure of leading any more: another node may take over once the term ends.
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot renew the maintenance leadership");
+                    leading = false;
+                }
+            }
+            if leading {
+                match self.store.rescue_expired().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(jobs = n, "rescued jobs whose lease expired"),
+                    Err(e) => tracing::warn!(error = %e, "rescue failed"),
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => break,
             }
+        }
+        if leading && let Err(e) = self.store.resign(&self.owner_prefix).await {
+            tracing::warn!(error = %e, "cannot give up the maintenance leadership");
         }
     }
 }

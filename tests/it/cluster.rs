@@ -149,3 +149,69 @@ async fn a_job_whose_node_is_killed_mid_run_is_finished_by_another_node_once() {
         "{events:?}"
     );
 }
+
+/// The node leading the maintenance now, as the `leader` row names it (`node/instance/`).
+async fn leader(db: &TestDb) -> Option<String> {
+    let client = db.client().await;
+    let row = client
+        .query_opt(
+            "SELECT node FROM leader WHERE expires_at > \
+             (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+            &[],
+        )
+        .await
+        .expect("read the leader");
+    row.map(|row| row.get(0))
+}
+
+/// Polls until some node leads, and returns its node id.
+async fn await_leader(db: &TestDb, not: Option<&str>) -> String {
+    let since = Instant::now();
+    loop {
+        if let Some(node) = leader(db).await {
+            let node = node.split('/').next().expect("node id").to_owned();
+            if Some(node.as_str()) != not {
+                return node;
+            }
+        }
+        assert!(since.elapsed() < Duration::from_secs(20), "no new leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn one_node_leads_the_maintenance_and_another_takes_over_when_it_stops_or_dies() {
+    let Some(db) = TestDb::create("cluster_leader").await else {
+        return;
+    };
+    let lease = ["--lease-secs", "2"];
+    let mut nodes = Vec::new();
+    for name in ["one", "two", "three"] {
+        nodes.push((name, node(&db, name, "1", &lease).await));
+    }
+    let first = await_leader(&db, None).await;
+    // The term is extended, not handed around: the same node still leads a term later.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(await_leader(&db, None).await, first);
+
+    // A leader that stops cleanly gives the row up, and another node takes over at once,
+    // well within a term.
+    let take = |nodes: &mut Vec<(&str, Server)>, name: &str| {
+        let index = nodes.iter().position(|(n, _)| *n == name).expect("a node");
+        nodes.remove(index).1
+    };
+    let stopped = Instant::now();
+    let (status, _) = take(&mut nodes, &first).terminate();
+    assert!(status.success());
+    let second = await_leader(&db, Some(&first)).await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        stopped.elapsed()
+    );
+
+    // One that dies holds the row until its term runs out; then the last node takes over.
+    drop(take(&mut nodes, &second).kill9());
+    let third = await_leader(&db, Some(&second)).await;
+    assert_eq!(third, nodes[0].0);
+}

@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_notify.sql",
         sql: include_str!("../../../schema/postgres/0004_notify.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_leader.sql",
+        sql: include_str!("../../../schema/postgres/0005_leader.sql"),
+    },
 ];
 
 /// The advisory lock migrating nodes take turns under: the bytes 'kiln.mig' as a 64-bit number.

@@ -207,6 +207,38 @@ impl PgStore {
         })
     }
 
+    /// Takes or extends the maintenance leadership for `node` for `term`; true if `node` leads
+    /// now (see `schema/postgres/0005_leader.sql`).
+    pub async fn lead(&self, node: &str, term: Duration) -> Result<bool, PgError> {
+        let client = self.pool.get().await?;
+        let term = lease_ms(term);
+        let led = client
+            .query_opt(
+                "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms)
+                 INSERT INTO leader (name, node, elected_at, expires_at)
+                 SELECT 'maintenance', $1, ms, ms + $2 FROM now
+                 ON CONFLICT (name) DO UPDATE SET
+                     node = excluded.node,
+                     elected_at = CASE WHEN leader.node = excluded.node
+                                       THEN leader.elected_at ELSE excluded.elected_at END,
+                     expires_at = excluded.expires_at
+                 WHERE leader.node = excluded.node OR leader.expires_at < excluded.elected_at
+                 RETURNING node",
+                &[&node, &term],
+            )
+            .await?;
+        Ok(led.is_some())
+    }
+
+    /// Gives up the leadership if `node` holds it, so that another node takes over at once.
+    pub async fn resign(&self, node: &str) -> Result<(), PgError> {
+        let client = self.pool.get().await?;
+        client
+            .execute("DELETE FROM leader WHERE node = $1", &[&node])
+            .await?;
+        Ok(())
+    }
+
     /// Where this node hears of every node's commits (see [`feed`]).
     pub fn bus(&self) -> &Bus {
         &self.bus
