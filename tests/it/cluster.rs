@@ -215,3 +215,80 @@ async fn one_node_leads_the_maintenance_and_another_takes_over_when_it_stops_or_
     let third = await_leader(&db, Some(&second)).await;
     assert_eq!(third, nodes[0].0);
 }
+
+#[tokio::test]
+async fn a_node_cut_off_from_the_database_stops_its_run_before_its_lease_ends_and_another_finishes_it()
+ {
+    let Some(db) = TestDb::create("cluster_cut_off").await else {
+        return;
+    };
+    // The node to cut off logs in as a role of its own, which the server can then refuse and
+    // disconnect while the other node goes on.
+    let role = format!("{}_cut", db.url.rsplit('/').next().expect("database name"));
+    let admin = db.client().await;
+    admin
+        .batch_execute(&format!("CREATE ROLE {role} LOGIN SUPERUSER"))
+        .await
+        .expect("create the role");
+    let mut url = url::Url::parse(&db.url).expect("the test database's URL");
+    url.set_username(&role).expect("a user name");
+    let lease = ["--lease-secs", "3"];
+    let cut = Server::start_with(&[
+        "--db",
+        url.as_str(),
+        "--node-id",
+        "cut",
+        "--workers",
+        "1",
+        lease[0],
+        lease[1],
+    ])
+    .await;
+    let id = cut.submit(sh("echo started; sleep 8; echo done")).await;
+    cut.running(&id).await;
+    let other = node(&db, "other", "1", &lease).await;
+
+    let cut_at = Instant::now();
+    admin
+        .batch_execute(&format!(
+            "ALTER ROLE {role} NOLOGIN;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+        ))
+        .await
+        .expect("cut the node off");
+    // Its run stops before the lease it last renewed can end, so that it never runs beside
+    // the attempt the other node starts once the lease has run out.
+    while !job_processes(cut.job_uids()).is_empty() {
+        let (_, job) = other.get(&format!("/v1/jobs/{id}")).await;
+        assert_eq!(
+            job["attempt"], 1,
+            "a second attempt began while the cut-off node still ran the first: {job}"
+        );
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(10),
+            "the cut-off node still runs the job {:?} after losing the database",
+            cut_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let job = other.finished(&id).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let events = other.events(&id).await;
+    assert_valid_history(&events);
+    assert_eq!(ran_on(&events, 1), "cut");
+    assert_eq!(ran_on(&events, 2), "other");
+    // The cut-off node's end of its attempt never landed: the attempt only began, and was
+    // rescued.
+    let first: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["attempt"] == 1)
+        .map(|e| &e["type"])
+        .collect();
+    assert_eq!(first, ["job.started", "job.retrying"], "{events:?}");
+    admin
+        .batch_execute(&format!("DROP OWNED BY {role}"))
+        .await
+        .ok();
+    drop(cut);
+}
