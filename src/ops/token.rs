@@ -1,5 +1,6 @@
-//! `kiln token`: makes, lists and revokes API tokens in the database file, so the server need not
-//! run (and no token is needed to make the first one). A token is shown once, when made; the
+//! `kiln token`: makes, lists and revokes API tokens in the database (the server's SQLite file,
+//! or its PostgreSQL database), so the server need not run (and no token is needed to make the
+//! first one). A token is shown once, when made; the
 //! database keeps only its hash and first characters.
 
 use std::io::Write;
@@ -7,12 +8,16 @@ use std::path::PathBuf;
 
 use super::OpsError;
 use crate::cli::{Format, note, print};
-use crate::config::DEFAULT_DB;
+use crate::config::{DEFAULT_DB, is_postgres_url};
+use crate::store::postgres::Wakeups;
 use crate::store::{Store, StoreError};
+
+/// The feed of a command that reads no events: as idle as it may be.
+const ONE_MINUTE: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct TokenArgs {
-    /// The SQLite database file of the server
+    /// The server's database: its SQLite file, or its postgres://… URL
     #[arg(long, env = "KILN_DB", default_value = DEFAULT_DB, global = true)]
     db: PathBuf,
     #[command(subcommand)]
@@ -46,8 +51,22 @@ fn parse_tenant(s: &str) -> Result<String, String> {
     }
 }
 
-/// Runs `kiln token …` on its database file.
+/// Runs `kiln token …` on its database.
 pub async fn run(args: TokenArgs) -> Result<(), OpsError> {
+    if let Some(url) = args.db.to_str().filter(|db| is_postgres_url(db)) {
+        let store = Store::connect(url, 1, Wakeups::Poll { every: ONE_MINUTE })
+            .await
+            .map_err(|source| OpsError::Open {
+                path: crate::config::Postgres {
+                    url: url.to_owned(),
+                    poll_only: true,
+                }
+                .shown()
+                .into(),
+                source,
+            })?;
+        return command(&store, args.command, args.format.json).await;
+    }
     let (store, writer) = Store::open_existing(&args.db, 1).map_err(|source| match source {
         StoreError::Missing(_) => OpsError::Store(source),
         source => OpsError::Open {

@@ -292,3 +292,40 @@ async fn a_node_cut_off_from_the_database_stops_its_run_before_its_lease_ends_an
         .ok();
     drop(cut);
 }
+
+#[tokio::test]
+async fn tokens_made_with_kiln_token_on_the_database_url_hold_on_every_node() {
+    let Some(db) = TestDb::create("cluster_tokens").await else {
+        return;
+    };
+    let made = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["token", "create", "--tenant", "team", "--db", &db.url])
+        .output()
+        .expect("run kiln token");
+    assert!(made.status.success(), "{made:?}");
+    let token = String::from_utf8(made.stdout).expect("UTF-8");
+    let token = token.trim();
+    let nodes = [
+        node(&db, "one", "1", &[]).await,
+        node(&db, "two", "0", &[]).await,
+    ];
+    let job = sh("echo hi");
+    for server in &nodes {
+        let (status, body) = server.post("/v1/jobs", &job).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/jobs", server.url))
+            .bearer_auth(token)
+            .json(&job)
+            .send()
+            .await
+            .expect("submit");
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    }
+    let listed = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["token", "list", "--db", &db.url])
+        .output()
+        .expect("run kiln token list");
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("team"));
+}
