@@ -1,5 +1,5 @@
 //! The store: the one place that knows SQL. [`Store`] is its interface, in domain terms
-//! (`submit`, `claim`, `finish`, ...), over two backends: SQLite ([`sqlite`], the embedded
+//! (`submit`, `claim`, `finish`, ...), over two backends: SQLite (`sqlite`, the embedded
 //! default: one file, one writer thread with group commit) and PostgreSQL ([`postgres`], for
 //! many nodes on one database). The rest of kiln holds a `Store` and never asks which: both
 //! write the same rows and the same events, and both return from a write only once it is
@@ -209,7 +209,7 @@ impl Store {
 
     /// Connects to the PostgreSQL database at `url` with at most `connections` pooled
     /// connections, brings its schema up to date, and starts following its events (see
-    /// [`postgres::feed`]), so that this node's bus hears of every commit of every node.
+    /// `postgres::feed`), so that this node's bus hears of every commit of every node.
     pub async fn connect(
         url: &str,
         connections: usize,

@@ -40,7 +40,7 @@ pub struct Sqlite {
 pub struct WriterThread(std::thread::JoinHandle<()>);
 
 impl WriterThread {
-    /// Blocks until the writer has drained and closed the database. Every [`Store`] clone must be
+    /// Blocks until the writer has drained and closed the database. Every [`super::Store`] clone must be
     /// dropped first, or this waits forever.
     pub fn join(self) {
         if self.0.join().is_err() {
@@ -51,12 +51,12 @@ impl WriterThread {
 
 impl Sqlite {
     /// Opens (creating if needed) the database, brings its schema up to date and starts the
-    /// writer thread. Only the server creates a database: see [`Store::open_existing`].
+    /// writer thread. Only the server creates a database: see [`Sqlite::open_existing`].
     pub fn open(path: &Path, readers: u32) -> Result<(Sqlite, WriterThread), StoreError> {
         Sqlite::start(Connection::open(path)?, path, readers)
     }
 
-    /// [`Store::open`] for an operator's command: a database that does not exist is
+    /// [`Sqlite::open`] for an operator's command: a database that does not exist is
     /// [`StoreError::Missing`], never a new empty file, which would take a mistyped path (or
     /// the wrong directory) for a server with no tokens and no history.
     pub fn open_existing(path: &Path, readers: u32) -> Result<(Sqlite, WriterThread), StoreError> {
@@ -204,8 +204,8 @@ impl Sqlite {
             .await
     }
 
-    /// [`Store::finish`], and in the same transaction the claim of the next queued job for
-    /// `owner`, as [`Store::claim`]: a busy worker then waits for one commit per job, not two,
+    /// [`Sqlite::finish`], and in the same transaction the claim of the next queued job for
+    /// `owner`, as [`Sqlite::claim`]: a busy worker then waits for one commit per job, not two,
     /// and the writer runs one operation instead of two.
     pub async fn finish_and_claim(
         &self,
@@ -238,7 +238,7 @@ impl Sqlite {
             .await
     }
 
-    /// Stores a suite as [`Store::submit_batch`] does, its `count` cases read one at a time
+    /// Stores a suite as [`Sqlite::submit_batch`] does, its `count` cases read one at a time
     /// from `cases` inside the transaction, so that they need not all be in memory at once.
     pub async fn submit_suite<I>(
         &self,

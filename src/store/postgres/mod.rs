@@ -16,7 +16,7 @@
 //! that committed late.
 //!
 //! The pool is for queries only: a pooled connection is driven by the pool, which discards
-//! notifications, so the [`feed`] that tells this node's bus of every node's commits listens on
+//! notifications, so the `feed` that tells this node's bus of every node's commits listens on
 //! a connection of its own.
 //!
 //! Not here yet (the next phases of issue 20): suites (nothing writes a case on PostgreSQL yet;
@@ -239,7 +239,7 @@ impl PgStore {
         Ok(())
     }
 
-    /// Where this node hears of every node's commits (see [`feed`]).
+    /// Where this node hears of every node's commits (see its `feed` module).
     pub fn bus(&self) -> &Bus {
         &self.bus
     }
