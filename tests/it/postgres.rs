@@ -17,9 +17,9 @@ use serde_json::Value;
 
 use crate::pg::TestDb;
 
-const LEASE: Duration = Duration::from_secs(30);
+pub(crate) const LEASE: Duration = Duration::from_secs(30);
 
-fn spec(code: &str) -> JobSpec {
+pub(crate) fn spec(code: &str) -> JobSpec {
     JobSpec {
         runtime: "sh".into(),
         code: Content::from(code),
@@ -45,7 +45,7 @@ fn spec(code: &str) -> JobSpec {
     }
 }
 
-fn open() -> Admission {
+pub(crate) fn open() -> Admission {
     Admission {
         tenant: None,
         max_queued_jobs: 10_000,
@@ -54,7 +54,7 @@ fn open() -> Admission {
 }
 
 /// A run that exited 0 having written `stdout`.
-fn success(stdout: &[u8]) -> Finish {
+pub(crate) fn success(stdout: &[u8]) -> Finish {
     Finish {
         outcome: Outcome::Success,
         result: RunResult {
@@ -870,22 +870,22 @@ async fn a_follower_reading_after_the_last_id_it_saw_misses_no_event_of_concurre
 
 /// The same store operations on PostgreSQL and on SQLite side by side, each answer asserted
 /// to be the same on both: what phase 2 of issue 20 holds PostgreSQL's store to.
-struct Twins {
-    pg: PgStore,
-    sqlite: Store,
+pub(crate) struct Twins {
+    pub(crate) pg: PgStore,
+    pub(crate) sqlite: Store,
     writer: kiln::store::WriterThread,
-    _dir: tempfile::TempDir,
+    pub(crate) _dir: tempfile::TempDir,
 }
 
 /// One job as each backend named it.
 #[derive(Debug, Clone, Copy)]
-struct Twin {
-    pg: JobId,
-    sqlite: JobId,
+pub(crate) struct Twin {
+    pub(crate) pg: JobId,
+    pub(crate) sqlite: JobId,
 }
 
 impl Twins {
-    async fn new(db: &TestDb) -> Twins {
+    pub(crate) async fn new(db: &TestDb) -> Twins {
         let dir = tempfile::TempDir::new().unwrap();
         let (sqlite, writer) = Store::open(&dir.path().join("kiln.db"), 1).unwrap();
         Twins {
@@ -927,13 +927,19 @@ impl Twins {
         pg.attempt
     }
 
-    async fn rescue_expired(&self) -> usize {
+    pub(crate) async fn rescue_expired(&self) -> usize {
         let pg = self.pg.rescue_expired().await.unwrap();
         assert_eq!(pg, self.sqlite.rescue_expired().await.unwrap());
         pg
     }
 
-    async fn release(&self, job: Twin, attempt: u32, outcome: Outcome, reason: &str) -> bool {
+    pub(crate) async fn release(
+        &self,
+        job: Twin,
+        attempt: u32,
+        outcome: Outcome,
+        reason: &str,
+    ) -> bool {
         let pg = self.pg.release(job.pg, attempt, outcome, reason).await;
         let sqlite = self
             .sqlite
@@ -951,14 +957,14 @@ impl Twins {
         pg
     }
 
-    async fn finish(&self, job: Twin, attempt: u32, end: Finish) -> bool {
+    pub(crate) async fn finish(&self, job: Twin, attempt: u32, end: Finish) -> bool {
         let pg = self.pg.finish(job.pg, attempt, &end).await.unwrap();
         let sqlite = self.sqlite.finish(job.sqlite, attempt, Arc::new(end));
         assert_eq!(pg, sqlite.await.unwrap());
         pg
     }
 
-    async fn cancel(&self, job: Twin) -> CancelResult {
+    pub(crate) async fn cancel(&self, job: Twin) -> CancelResult {
         let pg = self.pg.cancel(job.pg).await.unwrap();
         assert_eq!(pg, self.sqlite.cancel(job.sqlite).await.unwrap());
         pg
@@ -997,7 +1003,7 @@ impl Twins {
     }
 
     /// Takes the due webhooks on both, which must be the same calls; PostgreSQL's.
-    async fn claim_webhooks(&self) -> Vec<Delivery> {
+    pub(crate) async fn claim_webhooks(&self) -> Vec<Delivery> {
         let mut pg = self.pg.claim_webhooks(10, LEASE).await.unwrap();
         let mut sqlite = self.sqlite.claim_webhooks(10, LEASE).await.unwrap();
         pg.sort_by_key(|d| d.id);
@@ -1055,14 +1061,14 @@ impl Twins {
         }
     }
 
-    fn close(self) {
+    pub(crate) fn close(self) {
         drop(self.sqlite);
         self.writer.join();
     }
 }
 
 /// Lets a lease of `Duration::ZERO`, given at the current millisecond, run out.
-async fn past_lease() {
+pub(crate) async fn past_lease() {
     tokio::time::sleep(Duration::from_millis(3)).await;
 }
 
