@@ -71,7 +71,7 @@ pub(crate) fn success(stdout: &[u8]) -> Finish {
     }
 }
 
-async fn store(db: &TestDb) -> PgStore {
+pub(crate) async fn store(db: &TestDb) -> PgStore {
     PgStore::connect(&db.url, 4)
         .await
         .expect("connect and migrate")

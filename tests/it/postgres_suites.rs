@@ -1,7 +1,9 @@
 //! Suites (batches and their cases) on kiln's PostgreSQL store, against a real server (`pg.rs`):
 //! each step is run on PostgreSQL and on SQLite side by side (`Twins`), and both must answer,
-//! write and read back the same, events included.
+//! write and read back the same, events included; and nodes finishing the cases of one suite at
+//! once complete it exactly once, without a deadlock.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use kiln::job::batch::{BatchSpec, CaseSpec, SuiteSpec};
@@ -9,7 +11,7 @@ use kiln::job::content::Content;
 use kiln::job::validate::LimitsRequest;
 use kiln::job::verdict::{CompareMode, Judgement, Verdict};
 use kiln::job::{BatchId, CallbackShape, Event, Finish, Job, JobId, Outcome, RunResult};
-use kiln::store::postgres::PgError;
+use kiln::store::postgres::{PgError, PgStore};
 use kiln::store::{
     Admission, BatchCancel, BatchSubmitted, CancelResult, ClaimedJob, Full, Order, Page,
     StoreError, Subject, Visibility,
@@ -17,7 +19,7 @@ use kiln::store::{
 use serde_json::{Value, json};
 
 use crate::pg::TestDb;
-use crate::postgres::{LEASE, Twin, Twins, open, past_lease, spec, success};
+use crate::postgres::{LEASE, Twin, Twins, open, past_lease, spec, store, success};
 
 /// One suite as each backend stored it: its batch and its cases in suite order.
 struct Suite {
@@ -1093,4 +1095,172 @@ async fn a_suite_that_cannot_be_stored_whole_is_refused_leaving_nothing_written_
     let theirs = submit(&twins, &keyed, &acme).await;
     assert_ne!(theirs.pg, stored.pg, "another tenant's key is its own");
     twins.close();
+}
+
+/// Claims and finishes cases on `node` until it finds none, as a worker would; the cases it
+/// ended (not those cancelled while it ran them).
+async fn work(node: PgStore, name: &'static str) -> Vec<JobId> {
+    let mut ended = Vec::new();
+    while let Some(job) = node.claim(name, LEASE).await.expect("claim") {
+        assert!(job.case.is_some(), "only cases are queued");
+        let end = success(b"");
+        if node
+            .finish(job.id, job.attempt, &end)
+            .await
+            .expect("finish")
+        {
+            ended.push(job.id);
+        }
+    }
+    ended
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claimers_on_two_nodes_finishing_the_cases_of_suites_at_once_complete_each_once() {
+    let Some(db) = TestDb::create("suites_completed_once").await else {
+        return;
+    };
+    let setup = store(&db).await;
+    let batch = BatchSpec {
+        suite: SuiteSpec {
+            callback_url: Some("https://example.com/suite".into()),
+            ..suite_spec()
+        },
+        cases: (0..30)
+            .map(|i| case(&format!("case-{i}"), None, "", None))
+            .collect(),
+    };
+    let mut batches = BTreeSet::new();
+    for _ in 0..4 {
+        match setup.submit_batch(batch.clone(), open()).await.unwrap() {
+            BatchSubmitted::Created { id, .. } => batches.insert(id),
+            other => panic!("expected a new batch, got {other:?}"),
+        };
+    }
+    // Two nodes, each with its own pool: both end the last cases of each suite at about the
+    // same moment, and each counts its end into the batch in the same transaction.
+    let (node_a, node_b) = (
+        PgStore::connect(&db.url, 2).await.unwrap(),
+        PgStore::connect(&db.url, 2).await.unwrap(),
+    );
+    let (a, b) = tokio::join!(
+        tokio::spawn(work(node_a, "node-a")),
+        tokio::spawn(work(node_b, "node-b"))
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.len() + b.len(), 120, "every case ended once");
+    assert!(
+        !a.is_empty() && !b.is_empty(),
+        "both nodes ended cases ({} and {})",
+        a.len(),
+        b.len()
+    );
+    for &id in &batches {
+        let shown = setup.batch(id).await.unwrap().unwrap();
+        assert!(shown.done);
+        assert_eq!((shown.progress.done, shown.passed), (30, 30));
+        let events = setup.batch_events(id, 0, 1_000).await.unwrap().unwrap();
+        let completed: Vec<&Event> = events
+            .iter()
+            .filter(|e| e.kind == "batch.completed")
+            .collect();
+        assert_eq!(completed.len(), 1, "completed once");
+        assert_eq!(
+            (&completed[0].data["cases"], &completed[0].data["passed"]),
+            (&json!(30), &json!(30)),
+            "by the end that saw every other"
+        );
+        assert_eq!(
+            events.last().unwrap().kind,
+            "batch.completed",
+            "after every case's end"
+        );
+    }
+    let client = db.client().await;
+    let calls: i64 = client
+        .query_one(
+            "SELECT count(*) FROM webhooks WHERE event = 'batch.completed'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(calls, 4, "one call per batch");
+    let in_flight: i64 = client
+        .query_one(
+            "SELECT value FROM counters WHERE name = 'batches_in_flight'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(in_flight, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suite_cancelled_while_two_nodes_end_its_cases_completes_once_without_a_deadlock() {
+    let Some(db) = TestDb::create("suite_cancelled_while_ending").await else {
+        return;
+    };
+    let setup = store(&db).await;
+    let batch = BatchSpec {
+        suite: suite_spec(),
+        cases: (0..100)
+            .map(|i| case(&format!("case-{i}"), None, "", None))
+            .collect(),
+    };
+    let BatchSubmitted::Created { id, .. } = setup.submit_batch(batch, open()).await.unwrap()
+    else {
+        panic!("expected a new batch");
+    };
+    let (node_a, node_b) = (
+        PgStore::connect(&db.url, 2).await.unwrap(),
+        PgStore::connect(&db.url, 2).await.unwrap(),
+    );
+    let a = tokio::spawn(work(node_a, "node-a"));
+    let b = tokio::spawn(work(node_b, "node-b"));
+    // A third node cancels the suite while the two work through it: it locks the cases left,
+    // some of them held by the workers ending them.
+    let half_way = async {
+        while setup.batch(id).await.unwrap().unwrap().progress.done < 20 {
+            assert!(
+                !a.is_finished() && !b.is_finished(),
+                "a worker stopped before half way"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), half_way)
+        .await
+        .expect("the workers get half way");
+    let cancelled = PgStore::connect(&db.url, 1)
+        .await
+        .unwrap()
+        .cancel_batch(id)
+        .await
+        .expect("no deadlock");
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    let shown = setup.batch(id).await.unwrap().unwrap();
+    assert!(shown.done);
+    let passed = u32::try_from(a.len() + b.len()).unwrap();
+    assert_eq!(shown.passed, passed, "every case a worker ended passed");
+    assert_eq!(
+        shown.by_verdict["cancelled"] + passed,
+        100,
+        "the rest were cancelled"
+    );
+    assert!(
+        matches!(cancelled, BatchCancel::Cancelled { .. }),
+        "cancelled half way: {cancelled:?}"
+    );
+    assert!(shown.by_verdict["cancelled"] > 0);
+    let events = setup.batch_events(id, 0, 1_000).await.unwrap().unwrap();
+    let completions = events
+        .iter()
+        .filter(|e| e.kind == "batch.completed")
+        .count();
+    assert_eq!(
+        completions, 1,
+        "completed once, by the cancel or by the last end"
+    );
 }
