@@ -36,7 +36,6 @@ text_enum! {
         MethodNotAllowed => "method_not_allowed",
         NoRuntimes => "no_runtimes",
         NotFound => "not_found",
-        NotImplemented => "not_implemented",
         NotInteractive => "not_interactive",
         QueueFull => "queue_full",
         RateLimited => "rate_limited",
@@ -168,13 +167,6 @@ impl From<Rejection> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        if let StoreError::Unsupported(_) = e {
-            return ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                ErrorCode::NotImplemented,
-                format!("{e}; nothing was written"),
-            );
-        }
         let Some(cause) = e.unavailable() else {
             tracing::error!(error = %e, "store error");
             return ApiError::internal();

@@ -97,8 +97,6 @@ pub enum StoreError {
     Io(PathBuf, String),
     #[error("{0}")]
     Postgres(PgError),
-    #[error("{0} is not available on PostgreSQL yet")]
-    Unsupported(&'static str),
 }
 
 impl From<PgError> for StoreError {
@@ -353,7 +351,7 @@ impl Store {
     ) -> Result<BatchSubmitted, StoreError> {
         match self {
             Store::Sqlite(s) => s.submit_batch(spec, admission).await,
-            Store::Postgres(_) => Err(StoreError::Unsupported("a batch")),
+            Store::Postgres(s) => Ok(s.submit_batch(spec, admission).await?),
         }
     }
 
@@ -372,30 +370,21 @@ impl Store {
     {
         match self {
             Store::Sqlite(s) => s.submit_suite(suite, count, cases, admission).await,
-            Store::Postgres(_) => Err(StoreError::Unsupported("a suite")),
+            Store::Postgres(s) => Ok(s.submit_suite(suite, count, cases, admission).await?),
         }
     }
 
     pub async fn cancel_batch(&self, id: BatchId) -> Result<BatchCancel, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.cancel_batch(id).await,
-            Store::Postgres(_) => Err(StoreError::Unsupported("a batch")),
-        }
+        both!(self, s => s.cancel_batch(id))
     }
 
     pub async fn batch(&self, id: BatchId) -> Result<Option<Batch>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.batch(id).await,
-            Store::Postgres(_) => Ok(None),
-        }
+        both!(self, s => s.batch(id))
     }
 
     /// Whether the batch has completed; None if there is no such batch.
     pub async fn batch_is_done(&self, id: BatchId) -> Result<Option<bool>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.batch_is_done(id).await,
-            Store::Postgres(_) => Ok(None),
-        }
+        both!(self, s => s.batch_is_done(id))
     }
 
     pub async fn batch_events(
@@ -404,20 +393,14 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> Result<Option<Vec<Event>>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.batch_events(id, after, limit).await,
-            Store::Postgres(_) => Ok(None),
-        }
+        both!(self, s => s.batch_events(id, after, limit))
     }
 
     pub async fn batch_completed_event(
         &self,
         id: BatchId,
     ) -> Result<Option<Option<i64>>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.batch_completed_event(id).await,
-            Store::Postgres(_) => Ok(None),
-        }
+        both!(self, s => s.batch_completed_event(id))
     }
 
     pub async fn batch_cases(
@@ -426,10 +409,7 @@ impl Store {
         after: Option<u32>,
         limit: u32,
     ) -> Result<Option<Vec<Case>>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.batch_cases(id, after, limit).await,
-            Store::Postgres(_) => Ok(None),
-        }
+        both!(self, s => s.batch_cases(id, after, limit))
     }
 
     pub async fn batch_groups(
@@ -438,10 +418,7 @@ impl Store {
         after: Option<String>,
         limit: u32,
     ) -> Result<Option<Vec<Group>>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.batch_groups(id, after, limit).await,
-            Store::Postgres(_) => Ok(None),
-        }
+        both!(self, s => s.batch_groups(id, after, limit))
     }
 
     pub async fn batch_report(
@@ -449,10 +426,7 @@ impl Store {
         id: BatchId,
         excerpt: u32,
     ) -> Result<Option<(Batch, Vec<CaseReport>)>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.batch_report(id, excerpt).await,
-            Store::Postgres(_) => Ok(None),
-        }
+        both!(self, s => s.batch_report(id, excerpt))
     }
 
     /// Hands a running job back to the queue (or ends it, its attempts spent).
@@ -660,10 +634,7 @@ impl Store {
         who: Visibility,
         page: Page,
     ) -> Result<Vec<BatchSummary>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.list_batches(who, page).await,
-            Store::Postgres(_) => Ok(Vec::new()),
-        }
+        both!(self, s => s.list_batches(who, page))
     }
 
     pub async fn job_visible(&self, id: JobId, who: Visibility) -> Result<bool, StoreError> {

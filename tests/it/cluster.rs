@@ -329,3 +329,59 @@ async fn tokens_made_with_kiln_token_on_the_database_url_hold_on_every_node() {
     assert!(listed.status.success(), "{listed:?}");
     assert!(String::from_utf8_lossy(&listed.stdout).contains("team"));
 }
+
+#[tokio::test]
+async fn a_suite_submitted_to_one_node_is_run_by_two_worker_nodes_and_completes_once() {
+    let Some(db) = TestDb::create("cluster_suite").await else {
+        return;
+    };
+    let api = node(&db, "api", "0", &[]).await;
+    let _workers = [
+        node(&db, "left", "2", &[]).await,
+        node(&db, "right", "2", &[]).await,
+    ];
+    let cases: Vec<Value> = (0..40)
+        .map(|i| {
+            json!({"name": format!("case {i}"), "group": format!("p{}", i % 4),
+                   "stdin": i.to_string(),
+                   "expected_output": if i % 10 == 9 { "wrong".to_owned() } else { i.to_string() }})
+        })
+        .collect();
+    let suite = json!({"runtime": "sh", "code": "read n; echo $n", "pass_at_k": [1],
+                       "cases": cases});
+    let submitted = crate::batches::submit(&api, &suite).await;
+    let id = submitted["id"].as_str().expect("batch id");
+    let batch = crate::batches::finished(&api, id).await;
+    assert_eq!(batch["done"], true, "{batch}");
+    assert_eq!(batch["progress"]["total"], 40, "{batch}");
+    assert_eq!(batch["passed"], 36, "{batch}");
+    let (status, groups) = api.get(&format!("/v1/batches/{id}/groups")).await;
+    assert_eq!(status, StatusCode::OK, "{groups}");
+    let (_, events) = api.get(&format!("/v1/batches/{id}/events?limit=1000")).await;
+    let events = events["events"].as_array().expect("events").clone();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["type"] == "batch.completed")
+            .count(),
+        1,
+        "one completion"
+    );
+    let nodes: std::collections::BTreeSet<String> = events
+        .iter()
+        .filter(|e| e["type"] == "job.started")
+        .map(|e| {
+            e["data"]["worker"]
+                .as_str()
+                .expect("worker")
+                .split('/')
+                .next()
+                .expect("node")
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        nodes.iter().all(|n| n == "left" || n == "right"),
+        "{nodes:?}"
+    );
+}

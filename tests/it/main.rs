@@ -1,8 +1,8 @@
 //! kiln's integration tests: all but three drive the real `kiln` binary (a real SQLite file, real
 //! subprocesses, HTTP on a loopback port), as a user or operator would. The exceptions:
 //! `architecture` reads the source and holds the module graph to its layering, and `postgres`
-//! and `postgres_ops` drive the PostgreSQL store directly against a real server (`pg`), until
-//! `kiln serve` can run on it.
+//! and `postgres_ops` and `postgres_suites` drive the PostgreSQL store directly against a real
+//! server (`pg`), each step beside SQLite's; `cluster` runs `kiln serve` nodes on it.
 
 mod api;
 mod architecture;
@@ -33,6 +33,7 @@ mod pg;
 mod piston;
 mod postgres;
 mod postgres_ops;
+mod postgres_suites;
 mod programs;
 mod python_client;
 mod runs;

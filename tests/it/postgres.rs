@@ -934,7 +934,13 @@ impl Twins {
         pg
     }
 
-    async fn release(&self, job: Twin, attempt: u32, outcome: Outcome, reason: &str) -> bool {
+    pub(crate) async fn release(
+        &self,
+        job: Twin,
+        attempt: u32,
+        outcome: Outcome,
+        reason: &str,
+    ) -> bool {
         let pg = self.pg.release(job.pg, attempt, outcome, reason).await;
         let sqlite = self
             .sqlite

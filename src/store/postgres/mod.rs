@@ -1,32 +1,35 @@
 //! The store on PostgreSQL, for deployments past one machine (issue 20): many `kiln serve`
-//! nodes on one database, one of the two backends of [`super::Store`]. It connects, brings the schema of `schema/postgres/` up to date, and
-//! does a job's life (submit with admission and idempotency, claim, lease renewal, finish,
-//! release, rescue, cancel, progress, read back), the event feed, the job listing, the webhook
-//! outbox, the figures of `GET /v1/stats` (`stats`), retention (`prune`: `kiln prune` and its
-//! preview), and tokens, tenants and settings with the same domain types and the same events as
-//! the SQLite store.
+//! nodes on one database, one of the two backends of [`super::Store`]. It connects, brings the
+//! schema of `schema/postgres/` up to date, and does a job's life (submit with admission and idempotency, claim, lease renewal, finish,
+//! release, rescue, cancel, progress, read back), suites (a batch and its cases stored in one
+//! transaction, each case judged and counted into its batch as it ends, the batch completed by
+//! its last case, cancelled whole, read back with its groups and pass@k), the event feed, the
+//! job listing, the webhook outbox, the figures of `GET /v1/stats` (`stats`), retention
+//! (`prune`: `kiln prune` and its preview), and tokens, tenants and settings with the same
+//! domain types, the same method signatures and the same events as the SQLite store.
 //!
 //! Why it differs from the SQLite store in shape: PostgreSQL takes concurrent writers, so there
 //! is no single writer thread and no group commit; each operation is one short transaction on a
 //! pooled connection ([`deadpool_postgres`] over [`tokio_postgres`]), durable when its commit
 //! returns (every connection runs with `synchronous_commit=on`, whatever the server's default).
-//! Concurrent claimers take different jobs (`FOR NO KEY UPDATE SKIP LOCKED`), and events are
+//! Concurrent claimers take different jobs (`FOR NO KEY UPDATE SKIP LOCKED`), events are
 //! committed in id order (the `events_in_commit_order` trigger of
 //! `schema/postgres/0001_init.sql`), so a reader following the history by id never skips one
-//! that committed late.
+//! that committed late, and every transaction takes its locks in one order (see `write`), so
+//! that writers on many nodes never deadlock: a suite's cases ending on several nodes at once
+//! complete it exactly once.
 //!
 //! The pool is for queries only: a pooled connection is driven by the pool, which discards
 //! notifications, so the `feed` that tells this node's bus of every node's commits listens on
 //! a connection of its own.
 //!
-//! Not here yet (the next phases of issue 20): suites (nothing writes a case on PostgreSQL yet;
-//! should one appear, a claim would hand it over without its suite's code, and the schema would
-//! refuse its end, cancel or rescue, which must carry a verdict), and `kiln prune` running on
-//! it (the command takes a SQLite file; what it would call is here). Nor SQLite's
-//! `finish_and_claim`: one transaction changing two jobs' statuses would lock the stats rows of
-//! `schema/postgres/0002_stats.sql` in two statements, out of the one order that keeps writers
-//! from deadlocking, and would write its first event before its second job's row lock.
+//! Not here yet (the next phases of issue 20): `kiln prune` running on it (the command takes a
+//! SQLite file; what it would call is here). Nor SQLite's `finish_and_claim`: one transaction
+//! changing two jobs' statuses would lock the stats rows of `schema/postgres/0002_stats.sql` in
+//! two statements, out of the one order that keeps writers from deadlocking, and would write
+//! its first event before its second job's row lock.
 
+mod batch;
 mod feed;
 mod migrate;
 mod prune;
@@ -47,11 +50,12 @@ use tokio_postgres::NoTls;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
-    ActiveToken, Admission, Attempt, CancelResult, ClaimedJob, Counts, Delivery, JobFilter,
-    JobInput, JobSummary, Page, PruneOptions, PrunePreview, PruneReport, Step, Submitted,
-    TokenInfo, Unavailable, Visibility,
+    ActiveToken, Admission, Attempt, BatchCancel, BatchSubmitted, BatchSummary, CancelResult,
+    ClaimedJob, Counts, Delivery, JobFilter, JobInput, JobSummary, Page, PruneOptions,
+    PrunePreview, PruneReport, Step, StoreError, Submitted, TokenInfo, Unavailable, Visibility,
 };
 use crate::bus::Bus;
+use crate::job::batch::{Batch, BatchSpec, Case, CaseReport, CaseSpec, Group, SuiteSpec};
 use crate::job::time::now_ms;
 use crate::job::{
     BatchId, Event, Finish, Job, JobId, JobSpec, Outcome, Progress, RunResult, Status,
@@ -67,6 +71,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an operation waits for a free pooled connection before failing, as the SQLite
 /// store's read pool does (r2d2's default).
 const POOL_WAIT: Duration = Duration::from_secs(30);
+
+/// How many of a suite's cases are read ahead of the statement storing them.
+const CASES_AHEAD: usize = 64;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PgError {
@@ -90,6 +97,10 @@ pub enum PgError {
     Corrupt(String),
     #[error("cannot archive to {}: {reason}", path.display())]
     Archive { path: PathBuf, reason: String },
+    /// A suite's cases could not be stored as given: one could not be read, or they were not
+    /// as many as the suite said. Nothing of the suite was stored.
+    #[error("the suite cannot be stored: {0}")]
+    Suite(String),
 }
 
 impl From<tokio_postgres::Error> for PgError {
@@ -266,8 +277,9 @@ impl PgStore {
     }
 
     /// Moves the next queued job (highest priority, then oldest) to running under a lease held
-    /// by `owner`, with its `job.started` event. Claimers on any number of nodes never take the
-    /// same job, and none waits for another's claim.
+    /// by `owner`, with its `job.started` event; a case comes with its suite's code and files
+    /// and how to judge it. Claimers on any number of nodes never take the same job, and none
+    /// waits for another's claim.
     pub async fn claim(&self, owner: &str, lease: Duration) -> Result<Option<ClaimedJob>, PgError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -280,13 +292,67 @@ impl PgStore {
 
     /// Records the end of a run with its terminal event (and the webhook it asked for), if the
     /// job is still running under this attempt. False if it is not (cancelled or rescued
-    /// meanwhile): nothing is written.
+    /// meanwhile): nothing is written. A case of a batch gets its verdict (`judged`, or one
+    /// that follows from the outcome) in the same transaction, and so does its batch's
+    /// completion if it was the last case.
     pub async fn finish(&self, id: JobId, attempt: u32, end: &Finish) -> Result<bool, PgError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let finished = write::finish(&tx, id, attempt, end, now_ms()).await?;
         tx.commit().await?;
         Ok(finished)
+    }
+
+    /// Stores a whole suite, every case with its `job.queued` event and the `batch.queued`
+    /// event, in one transaction: all of it or nothing (nothing if it does not fit the limits).
+    pub async fn submit_batch(
+        &self,
+        spec: BatchSpec,
+        admission: Admission,
+    ) -> Result<BatchSubmitted, PgError> {
+        let count = spec.cases.len();
+        self.submit_suite(spec.suite, count, spec.cases.into_iter().map(Ok), admission)
+            .await
+    }
+
+    /// Stores a suite as [`PgStore::submit_batch`] does, its `count` cases read one at a time
+    /// from `cases` inside the transaction, so that they need not all be in memory at once.
+    pub async fn submit_suite<I>(
+        &self,
+        suite: SuiteSpec,
+        count: usize,
+        cases: I,
+        admission: Admission,
+    ) -> Result<BatchSubmitted, PgError>
+    where
+        I: IntoIterator<Item = Result<CaseSpec, StoreError>> + Send + 'static,
+    {
+        // The cases may be read from a file (a suite sent as a stream waits in a spool), which
+        // must not block the runtime: a blocking thread reads them, a few ahead of the inserts.
+        // Should the write end first, the reader's next send fails and it stops.
+        let (ahead, cases_read) = tokio::sync::mpsc::channel(CASES_AHEAD);
+        tokio::task::spawn_blocking(move || {
+            for case in cases {
+                if ahead.blocking_send(case).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let submitted = batch::submit(&tx, &suite, count, cases_read, &admission, now_ms()).await?;
+        tx.commit().await?;
+        Ok(submitted)
+    }
+
+    /// Cancels the batch's unfinished cases, which completes it. Running ones must also be
+    /// stopped by the caller, wherever they run.
+    pub async fn cancel_batch(&self, id: BatchId) -> Result<BatchCancel, PgError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let cancelled = batch::cancel(&tx, id, now_ms()).await?;
+        tx.commit().await?;
+        Ok(cancelled)
     }
 
     /// Extends a lease. False if the job is no longer this attempt's to run (cancelled, or
@@ -524,6 +590,80 @@ impl PgStore {
     pub async fn queue_depth(&self) -> Result<BTreeMap<String, i64>, PgError> {
         let client = self.pool.get().await?;
         read::queue_depth(&client).await
+    }
+
+    pub async fn batch(&self, id: BatchId) -> Result<Option<Batch>, PgError> {
+        let client = self.pool.get().await?;
+        batch::batch(&client, id).await
+    }
+
+    /// Whether every case of the batch has ended; `None` if there is no such batch.
+    pub async fn batch_is_done(&self, id: BatchId) -> Result<Option<bool>, PgError> {
+        let client = self.pool.get().await?;
+        batch::is_done(&client, id).await
+    }
+
+    /// The batch's events (its own and its cases') with an id greater than `after`, oldest
+    /// first, at most `limit`; `None` if there is no such batch.
+    pub async fn batch_events(
+        &self,
+        id: BatchId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Option<Vec<Event>>, PgError> {
+        let client = self.pool.get().await?;
+        batch::events(&client, id, after, limit).await
+    }
+
+    /// The id of the batch's `batch.completed` event (`None` inside while it has not
+    /// completed); `None` if there is no such batch.
+    pub async fn batch_completed_event(&self, id: BatchId) -> Result<Option<Option<i64>>, PgError> {
+        let client = self.pool.get().await?;
+        batch::completed_event(&client, id).await
+    }
+
+    /// The batch's cases in suite order after position `after` (all, if `None`).
+    pub async fn batch_cases(
+        &self,
+        id: BatchId,
+        after: Option<u32>,
+        limit: u32,
+    ) -> Result<Option<Vec<Case>>, PgError> {
+        let client = self.pool.get().await?;
+        batch::cases(&client, id, after.map_or(-1, i64::from), limit).await
+    }
+
+    /// The batch's groups in name order after `after`, at most `limit`, each with its
+    /// pass@k; `None` if there is no such batch.
+    pub async fn batch_groups(
+        &self,
+        id: BatchId,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Option<Vec<Group>>, PgError> {
+        let client = self.pool.get().await?;
+        batch::groups(&client, id, after.as_deref(), limit).await
+    }
+
+    /// The batch and every case, with up to `excerpt` characters of each case's expected
+    /// output, stdout and stderr.
+    pub async fn batch_report(
+        &self,
+        id: BatchId,
+        excerpt: u32,
+    ) -> Result<Option<(Batch, Vec<CaseReport>)>, PgError> {
+        let client = self.pool.get().await?;
+        batch::report(&client, id, excerpt).await
+    }
+
+    /// Batches `who` may see, a page at a time.
+    pub async fn list_batches(
+        &self,
+        who: Visibility,
+        page: Page,
+    ) -> Result<Vec<BatchSummary>, PgError> {
+        let client = self.pool.get().await?;
+        batch::list(&client, &who, page).await
     }
 
     /// The job's events with an id greater than `after`, oldest first; `None` if there is no

@@ -357,7 +357,7 @@ pub(super) async fn events_before(
     rows.iter().map(event_row).collect()
 }
 
-fn event_row(r: &Row) -> Result<Event, PgError> {
+pub(super) fn event_row(r: &Row) -> Result<Event, PgError> {
     let attempt: Option<i32> = r.try_get(5)?;
     Ok(Event {
         id: r.try_get(0)?,
@@ -462,7 +462,7 @@ fn non_negative(value: i32, what: &str) -> Result<u32, PgError> {
     u32::try_from(value).map_err(|_| PgError::Corrupt(format!("{what} is {value}")))
 }
 
-fn opt_u64(r: &Row, column: usize) -> Result<Option<u64>, PgError> {
+pub(super) fn opt_u64(r: &Row, column: usize) -> Result<Option<u64>, PgError> {
     let value: Option<i64> = r.try_get(column)?;
     value
         .map(|v| {
@@ -472,10 +472,10 @@ fn opt_u64(r: &Row, column: usize) -> Result<Option<u64>, PgError> {
         .transpose()
 }
 
-fn parse_outcome(s: &str) -> Result<Outcome, PgError> {
+pub(super) fn parse_outcome(s: &str) -> Result<Outcome, PgError> {
     Outcome::parse(s).ok_or_else(|| PgError::Corrupt(format!("unknown outcome {s:?}")))
 }
 
-fn parse_verdict(s: &str) -> Result<Verdict, PgError> {
+pub(super) fn parse_verdict(s: &str) -> Result<Verdict, PgError> {
     Verdict::parse(s).ok_or_else(|| PgError::Corrupt(format!("unknown verdict {s:?}")))
 }

@@ -1,5 +1,13 @@
 //! The SQL of state changes on PostgreSQL. Each function runs inside the caller's transaction
-//! and writes the change and its event together; none of them commits.
+//! and writes the change and its event together; none of them commits. A case's end (a run's
+//! finish, a cancel, a rescue with no attempt left) also writes its verdict, which the schema
+//! requires of every ended case, and counts it into its batch (`batch::settle`).
+//!
+//! Every transaction takes its locks in one order, so that writers on many nodes never each
+//! hold what another waits for: jobs' rows (in id order when several; claims and rescues skip
+//! those held), then what their change of status updates through the schema's triggers (the
+//! `counters`, then the figures of `0002_stats.sql`, one statement per transaction), then
+//! batches' rows (in id order when several), then new rows of the outbox, and the events last.
 //!
 //! Events are written last in every transaction. Inserting one takes the lock that keeps
 //! events in commit order (see `events_in_commit_order` in `schema/postgres/0001_init.sql`),
@@ -11,7 +19,10 @@
 //! strongly as an update of their non-key columns does, `FOR NO KEY UPDATE`, which that
 //! share lock does not wait for; with `FOR UPDATE`, a claim holding a job and waiting for
 //! the event lock, and a writer holding the event lock and checking an event of that job,
-//! would wait for each other.
+//! would wait for each other. The same holds of `events.batch_id` and a batch's row, which
+//! kiln only ever updates in its non-key columns.
+
+use std::collections::BTreeMap;
 
 use deadpool_postgres::GenericClient;
 use serde_json::json;
@@ -19,10 +30,14 @@ use tokio_postgres::Row;
 use tokio_postgres::types::{Json, ToSql};
 
 use super::PgError;
-use super::read;
+use super::{batch, read};
+use crate::job::batch::CaseCheck;
 use crate::job::content::Content;
 use crate::job::outputs::Collected;
-use crate::job::{EventKind, Finish, JobId, JobSpec, Outcome, Progress, RunResult, Status};
+use crate::job::verdict::{Judgement, Verdict};
+use crate::job::{
+    BatchId, EventKind, Finish, JobId, JobSpec, Outcome, Progress, RunResult, Status,
+};
 use crate::store::{Admission, CancelResult, ClaimedJob, Full, Submitted};
 
 pub(super) async fn submit(
@@ -88,17 +103,15 @@ pub(super) async fn submit(
             PgError::Corrupt("an idempotency key conflicted with no visible job".into())
         });
     }
-    let data = json!({"runtime": spec.runtime, "priority": spec.priority});
-    insert_event(
-        tx,
-        id,
-        now,
-        EventKind::Queued,
-        None,
-        &data,
-        admission.tenant.as_deref(),
-    )
-    .await?;
+    let queued = NewEvent {
+        job: Some(id),
+        batch: None,
+        tenant: admission.tenant.clone(),
+        kind: EventKind::Queued,
+        attempt: None,
+        data: json!({"runtime": spec.runtime, "priority": spec.priority}),
+    };
+    insert_events(tx, now, &[queued]).await?;
     Ok(Submitted::Created(id))
 }
 
@@ -161,7 +174,7 @@ const CLAIM_SQL: &str = "UPDATE jobs
      WHERE id = (SELECT id FROM jobs WHERE status = 'queued'
                  ORDER BY priority DESC, id LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED)
      RETURNING id, attempt, runtime, code, stdin, args, files, limits, outputs, interactive,
-               tenant";
+               tenant, batch_id, expected_output";
 
 pub(super) async fn claim(
     tx: &impl GenericClient,
@@ -173,19 +186,34 @@ pub(super) async fn claim(
     let Some(row) = tx.query_opt(&stmt, &[&owner, &lease_until, &now]).await? else {
         return Ok(None);
     };
-    let job = claimed_job(&row)?;
+    let mut job = claimed_job(&row)?;
     let tenant: Option<String> = row.try_get(10)?;
-    let data = json!({"worker": owner});
-    insert_event(
-        tx,
-        job.id,
-        now,
-        EventKind::Started,
-        Some(job.attempt),
-        &data,
-        tenant.as_deref(),
-    )
-    .await?;
+    let batch_id: Option<BatchId> = row.try_get(11)?;
+    if let Some(batch_id) = batch_id {
+        // What a case shares with its suite is stored once, with the batch: the case runs the
+        // suite's code unless it brings its own, and adds its own files to the suite's.
+        let shared = batch::shared(tx, batch_id, now).await?;
+        if job.code.is_empty() {
+            job.code = shared.code;
+        }
+        let own = std::mem::replace(&mut job.files, shared.files);
+        job.files.extend(own);
+        let expected: Option<Vec<u8>> = row.try_get(12)?;
+        job.case = Some(CaseCheck {
+            batch_id,
+            expected_output: expected.map(Content),
+            compare: shared.compare,
+        });
+    }
+    let started = NewEvent {
+        job: Some(job.id),
+        batch: batch_id,
+        tenant,
+        kind: EventKind::Started,
+        attempt: Some(job.attempt),
+        data: json!({"worker": owner}),
+    };
+    insert_events(tx, now, &[started]).await?;
     Ok(Some(job))
 }
 
@@ -210,7 +238,9 @@ fn claimed_job(r: &Row) -> Result<ClaimedJob, PgError> {
 }
 
 /// Records a run's end, its kept files and its terminal event, and the webhook it asked for.
-/// A plain job's: a case's verdict (`end.judged`) and its suite's totals come with suites.
+/// A case gets its verdict in the same statement (`end.judged`, or the one that follows from
+/// the outcome), and its batch counts the end in the same transaction, completing if it was
+/// the last case.
 pub(super) async fn finish(
     tx: &impl GenericClient,
     id: JobId,
@@ -222,21 +252,27 @@ pub(super) async fn finish(
         outcome,
         ref result,
         ref error,
-        ..
+        ref judged,
     } = *end;
     let status = outcome.status();
+    let judged = judged.clone().unwrap_or_else(|| Judgement {
+        verdict: Verdict::of_outcome(outcome),
+        detail: error.clone(),
+    });
     let stmt = tx
         .prepare_cached(
             "UPDATE jobs
              SET status = $1, outcome = $2, finished_at = $3, exit_code = $4, signal = $5,
                  error = $6, stdout = $7, stderr = $8, stdout_truncated = $9,
                  stderr_truncated = $10, wall_ms = $11, cpu_ms = $12, memory_kb = $13,
-                 lease_owner = NULL, lease_expires_at = NULL
+                 lease_owner = NULL, lease_expires_at = NULL,
+                 verdict = CASE WHEN batch_id IS NULL THEN NULL ELSE $16 END,
+                 verdict_detail = CASE WHEN batch_id IS NULL THEN NULL ELSE $17 END
              WHERE id = $14 AND attempt = $15 AND status = 'running'
-             RETURNING callback_url, tenant",
+             RETURNING callback_url, tenant, batch_id",
         )
         .await?;
-    let params: [&(dyn ToSql + Sync); 15] = [
+    let params: [&(dyn ToSql + Sync); 17] = [
         &status.as_str(),
         &outcome.as_str(),
         &now,
@@ -252,20 +288,39 @@ pub(super) async fn finish(
         &sql_int(result.memory_kb),
         &id,
         &sql_i32(attempt)?,
+        &judged.verdict.as_str(),
+        &judged.detail,
     ];
     let Some(row) = tx.query_opt(&stmt, &params).await? else {
         return Ok(false);
     };
     let callback_url: Option<String> = row.try_get(0)?;
     let tenant: Option<String> = row.try_get(1)?;
+    let batch_id: Option<BatchId> = row.try_get(2)?;
     store_files(tx, id, &result.files).await?;
-    let data = crate::store::write::ended_data(outcome, result, error.as_deref());
+    let mut data = crate::store::write::ended_data(outcome, result, error.as_deref());
+    if batch_id.is_some() {
+        data["verdict"] = json!(judged.verdict);
+        data["verdict_detail"] = json!(judged.detail);
+    }
     let kind = EventKind::terminal(status)
         .ok_or_else(|| PgError::Corrupt(format!("{} is not a terminal status", status.as_str())))?;
     if let Some(url) = callback_url {
         job_ended(tx, id, kind, &url, now).await?;
     }
-    insert_event(tx, id, now, kind, Some(attempt), &data, tenant.as_deref()).await?;
+    let mut events = vec![NewEvent {
+        job: Some(id),
+        batch: batch_id,
+        tenant,
+        kind,
+        attempt: Some(attempt),
+        data,
+    }];
+    if let Some(batch_id) = batch_id {
+        let passed = u32::from(judged.verdict == Verdict::Passed);
+        events.extend(batch::settle(tx, batch_id, 1, passed, now).await?);
+    }
+    insert_events(tx, now, &events).await?;
     Ok(true)
 }
 
@@ -301,7 +356,8 @@ pub(super) async fn progress(
     // commit between this check and the event, which would then follow the job's end.
     let running = tx
         .query_opt(
-            "SELECT tenant FROM jobs WHERE id = $1 AND attempt = $2 AND status = 'running'
+            "SELECT tenant, batch_id FROM jobs
+             WHERE id = $1 AND attempt = $2 AND status = 'running'
              FOR SHARE",
             &[&id, &sql_i32(attempt)?],
         )
@@ -309,18 +365,15 @@ pub(super) async fn progress(
     let Some(row) = running else {
         return Ok(false);
     };
-    let tenant: Option<String> = row.try_get(0)?;
-    let data = json!({"percent": progress.percent, "message": progress.message});
-    insert_event(
-        tx,
-        id,
-        now,
-        EventKind::Progress,
-        Some(attempt),
-        &data,
-        tenant.as_deref(),
-    )
-    .await?;
+    let reported = NewEvent {
+        job: Some(id),
+        batch: row.try_get(1)?,
+        tenant: row.try_get(0)?,
+        kind: EventKind::Progress,
+        attempt: Some(attempt),
+        data: json!({"percent": progress.percent, "message": progress.message}),
+    };
+    insert_events(tx, now, &[reported]).await?;
     Ok(true)
 }
 
@@ -367,15 +420,20 @@ pub(super) async fn requeue_or_end(
             vec![Box::new(node.to_owned()), Box::new(current.to_owned())],
         ),
     };
+    // A case that ends gets its verdict, `error`, in the same statement, as the schema asks.
     let sql = format!(
         "UPDATE jobs
          SET status = CASE WHEN attempt < max_attempts THEN 'queued' ELSE 'error' END,
              outcome = CASE WHEN attempt < max_attempts THEN NULL ELSE $1 END,
              error = CASE WHEN attempt < max_attempts THEN error ELSE $2 END,
              finished_at = CASE WHEN attempt < max_attempts THEN NULL ELSE $3::bigint END,
+             verdict = CASE WHEN attempt < max_attempts OR batch_id IS NULL THEN NULL
+                            ELSE 'error' END,
+             verdict_detail = CASE WHEN attempt < max_attempts OR batch_id IS NULL THEN NULL
+                                   ELSE $2 END,
              lease_owner = NULL, lease_expires_at = NULL
          WHERE {selection}
-         RETURNING id, attempt, status, tenant, callback_url"
+         RETURNING id, attempt, status, tenant, callback_url, batch_id"
     );
     let stmt = tx.prepare_cached(&sql).await?;
     let outcome_text = outcome.as_str();
@@ -383,35 +441,69 @@ pub(super) async fn requeue_or_end(
     all.extend(params.iter().map(|p| -> &(dyn ToSql + Sync) { p.as_ref() }));
     let rows = tx.query(&stmt, &all).await?;
     let mut taken = Vec::with_capacity(rows.len());
+    // How many cases of each batch ended here. A BTreeMap: the batches are settled in id
+    // order, the order in which every writer locks batches, so two rescues ending cases of the
+    // same batches cannot each hold one the other waits for.
+    let mut ended_cases: BTreeMap<BatchId, u32> = BTreeMap::new();
     for row in &rows {
         let id: JobId = row.try_get(0)?;
         let attempt = read::u32_of(row, 1)?;
         let status: String = row.try_get(2)?;
         let tenant: Option<String> = row.try_get(3)?;
         let callback_url: Option<String> = row.try_get(4)?;
+        let batch_id: Option<BatchId> = row.try_get(5)?;
         let ended = parse_status(&status)? == Status::Error;
         if ended && let Some(url) = &callback_url {
             job_ended(tx, id, EventKind::Error, url, now).await?;
         }
-        taken.push((id, attempt, ended, tenant));
+        if ended && let Some(batch_id) = batch_id {
+            *ended_cases.entry(batch_id).or_default() += 1;
+        }
+        taken.push((id, attempt, ended, tenant, batch_id));
     }
-    // Only now the events: every row lock this transaction takes is taken.
-    for (id, attempt, ended, tenant) in &taken {
-        let (kind, data) = if *ended {
+    let mut completions = BTreeMap::new();
+    for (&batch_id, &cases) in &ended_cases {
+        if let Some(completed) = batch::settle(tx, batch_id, cases, 0, now).await? {
+            completions.insert(batch_id, completed);
+        }
+    }
+    // Only now the events: every row lock this transaction takes is taken. A batch's
+    // completion follows the end of its last case, as SQLite's store writes it.
+    let count = taken.len();
+    let mut events = Vec::with_capacity(count + completions.len());
+    for (id, attempt, ended, tenant, batch_id) in taken {
+        let (kind, data) = if ended {
             let data = json!({"outcome": outcome.as_str(), "error": reason});
             (EventKind::Error, data)
         } else {
             let data = json!({"reason": reason, "next_attempt": attempt + 1});
             (EventKind::Retrying, data)
         };
-        insert_event(tx, *id, now, kind, Some(*attempt), &data, tenant.as_deref()).await?;
+        events.push(NewEvent {
+            job: Some(id),
+            batch: batch_id,
+            tenant,
+            kind,
+            attempt: Some(attempt),
+            data,
+        });
+        if ended
+            && let Some(batch_id) = batch_id
+            && let Some(left) = ended_cases.get_mut(&batch_id)
+        {
+            *left -= 1;
+            if *left == 0 {
+                events.extend(completions.remove(&batch_id));
+            }
+        }
     }
-    Ok(taken.len())
+    insert_events(tx, now, &events).await?;
+    Ok(count)
 }
 
 /// Cancels a queued or running job: `cancelled` with its `job.cancelled` event (naming the
 /// attempt, for a running job, so the output of that run can be kept on it afterwards) and
-/// the webhook it asked for.
+/// the webhook it asked for; a case with its verdict, `cancelled`, counted into its batch.
 pub(super) async fn cancel(
     tx: &impl GenericClient,
     id: JobId,
@@ -437,30 +529,46 @@ pub(super) async fn cancel(
     let row = tx
         .query_one(
             "UPDATE jobs SET status = 'cancelled', outcome = 'cancelled', finished_at = $1,
-                             lease_owner = NULL, lease_expires_at = NULL
+                             lease_owner = NULL, lease_expires_at = NULL,
+                             verdict = CASE WHEN batch_id IS NULL THEN NULL ELSE 'cancelled' END
              WHERE id = $2
-             RETURNING tenant, callback_url",
+             RETURNING tenant, callback_url, batch_id",
             &[&now, &id],
         )
         .await?;
     let tenant: Option<String> = row.try_get(0)?;
     let callback_url: Option<String> = row.try_get(1)?;
+    let batch_id: Option<BatchId> = row.try_get(2)?;
     if let Some(url) = callback_url {
         job_ended(tx, id, EventKind::Cancelled, &url, now).await?;
     }
-    let running_attempt = (status == Status::Running).then_some(attempt);
-    let data = json!({"outcome": "cancelled", "from": status.as_str()});
-    insert_event(
-        tx,
-        id,
-        now,
-        EventKind::Cancelled,
-        running_attempt,
-        &data,
-        tenant.as_deref(),
-    )
-    .await?;
+    let cancelled = cancelled_event(id, batch_id, tenant, status, attempt);
+    let running_attempt = cancelled.attempt;
+    let mut events = vec![cancelled];
+    if let Some(batch_id) = batch_id {
+        events.extend(batch::settle(tx, batch_id, 1, 0, now).await?);
+    }
+    insert_events(tx, now, &events).await?;
     Ok(CancelResult::Cancelled { running_attempt })
+}
+
+/// The `job.cancelled` event of a job cancelled in status `from`: a running job's names the
+/// attempt that was stopped.
+pub(super) fn cancelled_event(
+    id: JobId,
+    batch: Option<BatchId>,
+    tenant: Option<String>,
+    from: Status,
+    attempt: u32,
+) -> NewEvent {
+    NewEvent {
+        job: Some(id),
+        batch,
+        tenant,
+        kind: EventKind::Cancelled,
+        attempt: (from == Status::Running).then_some(attempt),
+        data: json!({"outcome": "cancelled", "from": from.as_str()}),
+    }
 }
 
 /// Keeps what a run cancelled while it ran produced (its output, usage and files), on the job
@@ -543,7 +651,7 @@ async fn store_files(tx: &impl GenericClient, id: JobId, files: &Collected) -> R
 
 /// Writes the outbox row for a job that has just ended, with the exact body every attempt
 /// will send: the job as `GET /v1/jobs/{id}` shows it, read back in this transaction.
-async fn job_ended(
+pub(super) async fn job_ended(
     tx: &impl GenericClient,
     id: JobId,
     kind: EventKind,
@@ -565,27 +673,55 @@ async fn job_ended(
     Ok(())
 }
 
-/// Appends a job's event; the caller passes the job's tenant, which it has from the row it
-/// changed. The last write of every transaction (see the module's doc).
-async fn insert_event(
+/// An event to append. Whose it is: its job (none for a batch's own), its batch (a case's
+/// events carry their batch, so that a suite's history is one indexed query) and their tenant,
+/// which the caller has from the rows it changed.
+pub(super) struct NewEvent {
+    pub job: Option<JobId>,
+    pub batch: Option<BatchId>,
+    pub tenant: Option<String>,
+    pub kind: EventKind,
+    pub attempt: Option<u32>,
+    pub data: serde_json::Value,
+}
+
+/// Appends events at `at`, their ids in the order given, in one statement however many there
+/// are: it takes the commit-order lock (see the module's doc), so it is the last write of every
+/// transaction, and one round trip keeps the time that lock is held short.
+pub(super) async fn insert_events(
     tx: &impl GenericClient,
-    job_id: JobId,
     at: i64,
-    kind: EventKind,
-    attempt: Option<u32>,
-    data: &serde_json::Value,
-    tenant: Option<&str>,
+    events: &[NewEvent],
 ) -> Result<(), PgError> {
+    // Even an insert of no rows fires the statement trigger that takes the lock.
+    if events.is_empty() {
+        return Ok(());
+    }
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO events (job_id, at, type, attempt, data, tenant)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO events (job_id, batch_id, at, type, attempt, data, tenant)
+             SELECT e.job_id, e.batch_id, $1, e.type, e.attempt, e.data::json, e.tenant
+             FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::integer[], $6::text[],
+                         $7::text[]) WITH ORDINALITY
+                  AS e (job_id, batch_id, type, attempt, data, tenant, n)
+             ORDER BY e.n",
         )
         .await?;
-    let attempt = attempt.map(sql_i32).transpose()?;
+    let jobs: Vec<Option<JobId>> = events.iter().map(|e| e.job).collect();
+    let batches: Vec<Option<BatchId>> = events.iter().map(|e| e.batch).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let attempts = events
+        .iter()
+        .map(|e| e.attempt.map(sql_i32).transpose())
+        .collect::<Result<Vec<_>, _>>()?;
+    let data = events
+        .iter()
+        .map(|e| to_json(&e.data))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tenants: Vec<Option<&str>> = events.iter().map(|e| e.tenant.as_deref()).collect();
     tx.execute(
         &stmt,
-        &[&job_id, &at, &kind.as_str(), &attempt, &Json(data), &tenant],
+        &[&at, &jobs, &batches, &kinds, &attempts, &data, &tenants],
     )
     .await?;
     Ok(())
@@ -598,11 +734,11 @@ fn sql_int(v: u64) -> i64 {
 }
 
 /// Attempts are PostgreSQL integers: a count too large for one is a bug, never truncated.
-fn sql_i32(v: u32) -> Result<i32, PgError> {
+pub(super) fn sql_i32(v: u32) -> Result<i32, PgError> {
     i32::try_from(v).map_err(|_| PgError::Corrupt(format!("{v} does not fit an integer column")))
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String, PgError> {
+pub(super) fn to_json<T: serde::Serialize>(value: &T) -> Result<String, PgError> {
     serde_json::to_string(value).map_err(|e| PgError::Corrupt(e.to_string()))
 }
 
