@@ -357,7 +357,9 @@ async fn a_suite_submitted_to_one_node_is_run_by_two_worker_nodes_and_completes_
     assert_eq!(batch["passed"], 36, "{batch}");
     let (status, groups) = api.get(&format!("/v1/batches/{id}/groups")).await;
     assert_eq!(status, StatusCode::OK, "{groups}");
-    let (_, events) = api.get(&format!("/v1/batches/{id}/events?limit=1000")).await;
+    let (_, events) = api
+        .get(&format!("/v1/batches/{id}/events?limit=1000"))
+        .await;
     let events = events["events"].as_array().expect("events").clone();
     assert_eq!(
         events
