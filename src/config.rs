@@ -99,19 +99,17 @@ pub struct Postgres {
     pub poll_only: bool,
 }
 
-impl Postgres {
-    /// The URL with any password replaced, for logs and errors.
-    pub fn shown(&self) -> String {
-        match self.url.split_once("://") {
-            Some((scheme, rest)) => match rest.rsplit_once('@') {
-                Some((credentials, host)) => {
-                    let user = credentials.split(':').next().unwrap_or_default();
-                    format!("{scheme}://{user}@{host}")
-                }
-                None => self.url.clone(),
-            },
-            None => self.url.clone(),
-        }
+/// A database URL as logs and errors show it: without its password.
+pub fn without_password(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((credentials, host)) => {
+                let user = credentials.split(':').next().unwrap_or_default();
+                format!("{scheme}://{user}@{host}")
+            }
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
     }
 }
 
@@ -161,5 +159,23 @@ impl Config {
     /// may ask for, so that the operator's caps hold for every process a job makes run.
     pub fn build_limits(&self) -> Limits {
         self.compile_limits.within(&self.policy.max_limits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_password;
+
+    #[test]
+    fn a_database_url_is_shown_without_its_password_and_unchanged_without_one() {
+        assert_eq!(
+            without_password("postgres://kiln:s3cr@t@db:5432/kiln"),
+            "postgres://kiln@db:5432/kiln"
+        );
+        assert_eq!(
+            without_password("postgresql://kiln@db/kiln"),
+            "postgresql://kiln@db/kiln"
+        );
+        assert_eq!(without_password("postgres://db/kiln"), "postgres://db/kiln");
     }
 }

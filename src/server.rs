@@ -177,7 +177,7 @@ async fn open_store(config: &Config) -> Result<(Store, Option<WriterThread>), Se
 /// The database as logs and errors name it: the file, or the URL without its password.
 fn shown_db(config: &Config) -> String {
     match &config.postgres {
-        Some(postgres) => postgres.shown(),
+        Some(postgres) => crate::config::without_password(&postgres.url),
         None => config.db_path.display().to_string(),
     }
 }

@@ -57,12 +57,7 @@ pub async fn run(args: TokenArgs) -> Result<(), OpsError> {
         let store = Store::connect(url, 1, Wakeups::Poll { every: ONE_MINUTE })
             .await
             .map_err(|source| OpsError::Open {
-                path: crate::config::Postgres {
-                    url: url.to_owned(),
-                    poll_only: true,
-                }
-                .shown()
-                .into(),
+                path: crate::config::without_password(url).into(),
                 source,
             })?;
         return command(&store, args.command, args.format.json).await;
