@@ -11,12 +11,18 @@
 //! `--insecure`) is open: every request acts with full rights, as the single-user default must.
 //! Once any token exists, revoked ones included, every request needs a valid one.
 //!
-//! Each token also has a token bucket (`rate` requests a second, `burst` at once), kept in
-//! memory for the tokens in force only, so a client that asks too fast is told when to come
-//! back instead of crowding out the others.
+//! Each token also has a token bucket (`rate` requests a second, `burst` at once), so a client
+//! that asks too fast is told when to come back instead of crowding out the others. On SQLite
+//! the bucket is kept in memory, for the tokens in force only: the file is one server's. On
+//! PostgreSQL a token may send its requests to any node, so the bucket is a row every node
+//! charges ([`Store::take_token`]) and the limit holds for the cluster. A node that was told to
+//! wait remembers until when, and refuses the token again without asking the database: other
+//! nodes' requests can only make the wait longer, never shorter. A node that cannot reach the
+//! database charges its own bucket meanwhile, and says so once.
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -101,6 +107,14 @@ pub struct Guard {
     open_allowed: bool,
     tokens: RwLock<Table>,
     limit: Option<RateLimit>,
+    /// Where the buckets shared with other nodes are kept, if anywhere.
+    shared: Option<Store>,
+    /// Until when each token was told to wait by the shared bucket.
+    refused: Mutex<HashMap<[u8; 32], Instant>>,
+    /// True while the shared bucket cannot be reached, so that it is said once.
+    shared_failing: AtomicBool,
+    /// The buckets kept here: every token's on SQLite, and on PostgreSQL while the database
+    /// cannot be reached.
     buckets: Mutex<HashMap<[u8; 32], Bucket>>,
 }
 
@@ -129,6 +143,9 @@ impl Guard {
             open_allowed,
             tokens: RwLock::new(Table::default()),
             limit,
+            shared: Some(store.clone()),
+            refused: Mutex::new(HashMap::new()),
+            shared_failing: AtomicBool::new(false),
             buckets: Mutex::new(HashMap::new()),
         };
         guard.refresh(store).await?;
@@ -141,10 +158,10 @@ impl Guard {
     }
 
     /// Who sends `authorization` (the header's value, if any), charged one request.
-    pub fn check(&self, authorization: Option<&[u8]>) -> Result<Principal, Refusal> {
+    pub async fn check(&self, authorization: Option<&[u8]>) -> Result<Principal, Refusal> {
         let principal = self.authenticate(authorization)?;
         if let Principal::Token { hash, .. } = &principal {
-            self.charge(hash)?;
+            self.charge(hash).await?;
         }
         Ok(principal)
     }
@@ -177,15 +194,44 @@ impl Guard {
         }
     }
 
-    fn charge(&self, hash: &[u8; 32]) -> Result<(), Refusal> {
+    async fn charge(&self, hash: &[u8; 32]) -> Result<(), Refusal> {
         let Some(limit) = self.limit else {
             return Ok(());
         };
+        if let Some(store) = &self.shared {
+            if let Some(until) = lock(&self.refused).get(hash).copied() {
+                let now = Instant::now();
+                if until > now {
+                    return Err(rate_limited((until - now).as_secs_f64()));
+                }
+            }
+            match store.take_token(&hex(hash), limit.rate, limit.burst).await {
+                Ok(Some(wait)) => {
+                    if self.shared_failing.swap(false, Ordering::Relaxed) {
+                        tracing::info!("the shared rate limits are reachable again");
+                    }
+                    if wait <= 0.0 {
+                        return Ok(());
+                    }
+                    lock(&self.refused)
+                        .insert(*hash, Instant::now() + Duration::from_secs_f64(wait));
+                    return Err(rate_limited(wait));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    if !self.shared_failing.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(error = %e, "cannot reach the shared rate limits; \
+                            limiting each token on this node alone until the database answers");
+                    }
+                }
+            }
+        }
+        self.charge_here(hash, limit)
+    }
+
+    fn charge_here(&self, hash: &[u8; 32], limit: RateLimit) -> Result<(), Refusal> {
         let now = Instant::now();
-        let mut buckets = self
-            .buckets
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut buckets = lock(&self.buckets);
         let bucket = buckets.entry(*hash).or_insert(Bucket {
             tokens: limit.burst,
             at: now,
@@ -197,10 +243,7 @@ impl Guard {
             bucket.tokens -= 1.0;
             return Ok(());
         }
-        let wait = (1.0 - bucket.tokens) / limit.rate;
-        Err(Refusal::RateLimited {
-            retry_after: wait.ceil().clamp(1.0, f64::from(u32::MAX)) as u32,
-        })
+        Err(rate_limited((1.0 - bucket.tokens) / limit.rate))
     }
 
     /// Reads the tokens in force again, and forgets the buckets of tokens no longer in force.
@@ -212,15 +255,14 @@ impl Guard {
             prefix.copy_from_slice(&token.hash[..8]);
             by_prefix.entry(prefix).or_default().push(token);
         }
-        self.buckets
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .retain(|hash, _| {
-                by_prefix
-                    .values()
-                    .flatten()
-                    .any(|token| token.hash == *hash)
-            });
+        let in_force = |hash: &[u8; 32]| {
+            by_prefix
+                .values()
+                .flatten()
+                .any(|token| token.hash == *hash)
+        };
+        lock(&self.buckets).retain(|hash, _| in_force(hash));
+        lock(&self.refused).retain(|hash, _| in_force(hash));
         *self
             .tokens
             .write()
@@ -246,6 +288,22 @@ impl Guard {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// A refusal for a token that may ask again in `wait` seconds, said in whole seconds as
+/// `Retry-After` takes them.
+fn rate_limited(wait: f64) -> Refusal {
+    Refusal::RateLimited {
+        retry_after: wait.ceil().clamp(1.0, f64::from(u32::MAX)) as u32,
+    }
+}
+
+/// A lock that a panic elsewhere has not made unusable: the maps stay consistent whatever a
+/// holder was doing.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The token in `Bearer <token>`; the scheme is case-insensitive, as HTTP says.
@@ -313,6 +371,9 @@ mod tests {
                 any: !tokens.is_empty(),
             }),
             limit,
+            shared: None,
+            refused: Mutex::new(HashMap::new()),
+            shared_failing: AtomicBool::new(false),
             buckets: Mutex::new(HashMap::new()),
         }
     }
@@ -334,30 +395,36 @@ mod tests {
         assert_ne!(made.token, new_token().unwrap().token);
     }
 
-    #[test]
-    fn a_request_acts_for_the_tenant_of_its_token_and_others_are_refused() {
+    #[tokio::test]
+    async fn a_request_acts_for_the_tenant_of_its_token_and_others_are_refused() {
         let g = guard(
             None,
             &[("kiln_a", "acme", false), ("kiln_root", "ops", true)],
         );
-        let acme = g.check(Some(b"Bearer kiln_a")).unwrap();
+        let acme = g.check(Some(b"Bearer kiln_a")).await.unwrap();
         assert_eq!(acme.visibility(), Visibility::Tenant("acme".into()));
         assert_eq!(
-            g.check(Some(b"bearer  kiln_root ")).unwrap().visibility(),
+            g.check(Some(b"bearer  kiln_root "))
+                .await
+                .unwrap()
+                .visibility(),
             Visibility::All
         );
-        assert_eq!(g.check(Some(b"Bearer kiln_b")), Err(Refusal::Invalid));
-        assert_eq!(g.check(Some(b"Basic a2lsbjpf")), Err(Refusal::Invalid));
+        assert_eq!(g.check(Some(b"Bearer kiln_b")).await, Err(Refusal::Invalid));
         assert_eq!(
-            g.check(None),
+            g.check(Some(b"Basic a2lsbjpf")).await,
+            Err(Refusal::Invalid)
+        );
+        assert_eq!(
+            g.check(None).await,
             Err(Refusal::Missing),
             "tokens exist: no open access"
         );
-        assert_eq!(guard(None, &[]).check(None), Ok(Principal::Open));
+        assert_eq!(guard(None, &[]).check(None).await, Ok(Principal::Open));
     }
 
-    #[test]
-    fn a_token_over_its_rate_is_told_when_to_come_back() {
+    #[tokio::test]
+    async fn a_token_over_its_rate_is_told_when_to_come_back() {
         let limit = RateLimit {
             rate: 0.5,
             burst: 3.0,
@@ -367,14 +434,14 @@ mod tests {
             &[("kiln_a", "acme", false), ("kiln_b", "beta", false)],
         );
         for _ in 0..3 {
-            assert!(g.check(Some(b"Bearer kiln_a")).is_ok());
+            assert!(g.check(Some(b"Bearer kiln_a")).await.is_ok());
         }
         assert_eq!(
-            g.check(Some(b"Bearer kiln_a")),
+            g.check(Some(b"Bearer kiln_a")).await,
             Err(Refusal::RateLimited { retry_after: 2 })
         );
         assert!(
-            g.check(Some(b"Bearer kiln_b")).is_ok(),
+            g.check(Some(b"Bearer kiln_b")).await.is_ok(),
             "buckets are per token"
         );
     }

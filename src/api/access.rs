@@ -59,7 +59,7 @@ pub(super) async fn check(
             .map(|token| [b"Bearer ".as_slice(), token.as_bytes()].concat()),
         None => None,
     };
-    match state.guard.check(bearer.as_deref()) {
+    match state.guard.check(bearer.as_deref()).await {
         Ok(principal) => {
             request.extensions_mut().insert(principal);
             next.run(request).await

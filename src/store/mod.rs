@@ -679,6 +679,22 @@ impl Store {
         both!(self, s => s.active_tokens())
     }
 
+    /// Charges one request to the shared rate of the token whose SHA-256 is `hash_hex`, for
+    /// `rate` requests a second and `burst` at once: `Some(0.0)` if it may go ahead, otherwise
+    /// `Some(seconds)` until it could. `None` where the database is one server's alone
+    /// (SQLite): the server keeps the buckets in memory, where charging costs nothing.
+    pub async fn take_token(
+        &self,
+        hash_hex: &str,
+        rate: f64,
+        burst: f64,
+    ) -> Result<Option<f64>, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(None),
+            Store::Postgres(s) => Ok(Some(s.take_token(hash_hex, rate, burst).await?)),
+        }
+    }
+
     pub async fn tenant_secret(
         &self,
         tenant: String,

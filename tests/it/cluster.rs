@@ -331,6 +331,64 @@ async fn tokens_made_with_kiln_token_on_the_database_url_hold_on_every_node() {
 }
 
 #[tokio::test]
+async fn a_token_rate_limit_holds_for_the_cluster_not_for_each_node() {
+    let Some(db) = TestDb::create("cluster_rates").await else {
+        return;
+    };
+    let made = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["token", "create", "--tenant", "team", "--db", &db.url])
+        .output()
+        .expect("run kiln token");
+    assert!(made.status.success(), "{made:?}");
+    let token = String::from_utf8(made.stdout).expect("UTF-8");
+    let token = token.trim();
+    // One request every ten seconds, four at once: the requests below take far less than ten
+    // seconds, so the cluster must let exactly four through, however they are spread.
+    let limit = ["--token-rate", "0.1", "--token-burst", "4"];
+    let nodes = [
+        node(&db, "one", "0", &limit).await,
+        node(&db, "two", "0", &limit).await,
+        node(&db, "three", "0", &limit).await,
+    ];
+    let http = reqwest::Client::new();
+    let mut answers = Vec::new();
+    for i in 0..12 {
+        let server = &nodes[i % nodes.len()];
+        let response = http
+            .get(format!("{}/v1/jobs", server.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("list jobs");
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()?.parse::<u32>().ok());
+        answers.push((response.status(), retry_after));
+    }
+    let admitted = answers.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    assert_eq!(admitted, 4, "the burst is the cluster's: {answers:?}");
+    assert!(
+        answers[..4].iter().all(|(s, _)| *s == StatusCode::OK),
+        "the first four pass, on three different nodes: {answers:?}"
+    );
+    for (status, retry_after) in &answers[4..] {
+        assert_eq!(*status, StatusCode::TOO_MANY_REQUESTS, "{answers:?}");
+        assert!(
+            retry_after.is_some_and(|s| (1..=10).contains(&s)),
+            "told when to come back, within one request's time: {answers:?}"
+        );
+    }
+    let client = db.client().await;
+    let tokens: f64 = client
+        .query_one("SELECT tokens FROM rate_buckets", &[])
+        .await
+        .expect("one bucket, for the one token")
+        .get(0);
+    assert!(tokens < 1.0, "the shared bucket is spent: {tokens}");
+}
+
+#[tokio::test]
 async fn a_suite_submitted_to_one_node_is_run_by_two_worker_nodes_and_completes_once() {
     let Some(db) = TestDb::create("cluster_suite").await else {
         return;

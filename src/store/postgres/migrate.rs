@@ -38,6 +38,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_leader.sql",
         sql: include_str!("../../../schema/postgres/0005_leader.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_rates.sql",
+        sql: include_str!("../../../schema/postgres/0006_rates.sql"),
+    },
 ];
 
 /// The advisory lock migrating nodes take turns under: the bytes 'kiln.mig' as a 64-bit number.

@@ -528,6 +528,19 @@ impl PgStore {
         tenants::active_tokens(&client).await
     }
 
+    /// Charges one request to a token's shared bucket (`schema/postgres/0006_rates.sql`): 0 if
+    /// it may go ahead, otherwise the seconds until it could.
+    pub async fn take_token(&self, hash_hex: &str, rate: f64, burst: f64) -> Result<f64, PgError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT kiln_take_token($1, $2, $3)",
+                &[&hash_hex, &rate, &burst],
+            )
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
     /// The tenant's webhook signing key; stores `initial` first if it has none.
     pub async fn tenant_secret(&self, tenant: &str, initial: &str) -> Result<String, PgError> {
         let client = self.pool.get().await?;
