@@ -116,7 +116,7 @@ pub fn kiln_token(dir: &std::path::Path, args: &[&str]) -> std::process::Output 
         .arg("token")
         .args(args)
         .arg("--db")
-        .arg(dir.join("kiln.db"))
+        .arg(crate::util::db_arg_in(dir))
         .output()
         .expect("run kiln token")
 }
@@ -124,7 +124,7 @@ pub fn kiln_token(dir: &std::path::Path, args: &[&str]) -> std::process::Output 
 /// Makes a token and returns it. Where `dir` holds no database yet, a first start of a server
 /// makes it first, as an operator's does: `kiln token` never creates one.
 pub fn create_token(dir: &std::path::Path, tenant: &str, admin: bool) -> String {
-    if !dir.join("kiln.db").exists() {
+    if !crate::util::on_postgres() && !dir.join("kiln.db").exists() {
         serve_on(dir, "127.0.0.1:0", &[]).expect("a first start makes the database");
     }
     let mut args = vec!["create", "--tenant", tenant];
@@ -182,11 +182,7 @@ async fn once_a_token_exists_requests_without_a_valid_one_are_refused_with_401()
     // A refused submit stores nothing.
     let (status, _) = As::new(&server, None).post("/v1/jobs", &sh("true")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let conn = rusqlite::Connection::open(server.db_path()).unwrap();
-    let jobs: i64 = conn
-        .query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(jobs, 0);
+    assert_eq!(server.count("SELECT count(*) FROM jobs"), 0);
     // Probes need no token.
     let (status, _) = As::new(&server, None).get("/healthz").await;
     assert_eq!(status, StatusCode::OK);
@@ -446,7 +442,7 @@ fn serve_on(dir: &std::path::Path, listen: &str, extra: &[&str]) -> Result<(), S
     let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .arg("serve")
         .arg("--db")
-        .arg(dir.join("kiln.db"))
+        .arg(crate::util::db_arg_in(dir))
         .arg("--work-root")
         .arg(dir.join("work"))
         .args(["--listen", listen, "--workers", "0", "--sandbox", "none"])

@@ -33,8 +33,7 @@ async fn post(server: &Server, path: &str, body: &Value) -> reqwest::Response {
 }
 
 fn count(server: &Server, sql: &str) -> i64 {
-    let conn = rusqlite::Connection::open(server.db_path()).unwrap();
-    conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    server.count(sql)
 }
 
 #[tokio::test]

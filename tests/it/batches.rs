@@ -328,11 +328,8 @@ async fn an_invalid_case_rejects_the_whole_suite_and_nothing_is_stored() {
     assert_eq!(jobs["jobs"], json!([]));
     let (_, events) = server.get("/v1/events").await;
     assert_eq!(events["events"], json!([]));
-    let conn = Connection::open(server.db_path()).unwrap();
     for table in ["batches", "jobs", "events"] {
-        let rows: i64 = conn
-            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-            .unwrap();
+        let rows = server.count(&format!("SELECT count(*) FROM {table}"));
         assert_eq!(rows, 0, "{table} holds nothing");
     }
 }
@@ -358,11 +355,8 @@ async fn a_case_or_shared_files_the_kernel_would_refuse_reject_the_whole_suite_u
         let message = body["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(why), "{message}");
     }
-    let conn = Connection::open(server.db_path()).unwrap();
     for table in ["batches", "jobs", "events"] {
-        let rows: i64 = conn
-            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-            .unwrap();
+        let rows = server.count(&format!("SELECT count(*) FROM {table}"));
         assert_eq!(rows, 0, "{table} holds nothing");
     }
 }

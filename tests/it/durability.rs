@@ -5,13 +5,17 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::util::{Server, assert_valid_history, sh};
+use crate::util::{Server, assert_valid_history, on_postgres, sh};
 
 #[tokio::test]
 async fn every_accepted_job_survives_kill_9_and_ends_exactly_once() {
     let server = Server::start_with(&["--workers", "2"]).await;
     let url = server.url.clone();
-    let accepted = Arc::new(Mutex::new(Vec::new()));
+    // One job is sure to be mid-run at the kill: the short ones may all have committed their
+    // ends, which a PostgreSQL server finishes even after its client died.
+    let long = server.submit(sh("sleep 4; echo long")).await;
+    server.running(&long).await;
+    let accepted = Arc::new(Mutex::new(vec![(long, "long\n".to_owned())]));
 
     // Clients keep submitting while the server is killed; only 202s count.
     let mut clients = tokio::task::JoinSet::new();
@@ -75,6 +79,9 @@ async fn every_accepted_job_survives_kill_9_and_ends_exactly_once() {
         .collect();
     let accepted_ids: HashSet<_> = accepted.iter().map(|(id, _)| id.clone()).collect();
     assert!(accepted_ids.is_subset(&stored));
+    if on_postgres() {
+        return;
+    }
     let conn = rusqlite::Connection::open(server.db_path()).unwrap();
     let integrity: String = conn
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))

@@ -275,9 +275,7 @@ impl<'a> Judge0<'a> {
 }
 
 fn jobs_stored(server: &Server) -> i64 {
-    let conn = rusqlite::Connection::open(server.db_path()).expect("open the database");
-    conn.query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))
-        .expect("count jobs")
+    server.count("SELECT count(*) FROM jobs")
 }
 
 #[tokio::test]

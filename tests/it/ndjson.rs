@@ -39,9 +39,7 @@ pub(crate) async fn post_ndjson(
 }
 
 fn rows(server: &Server, table: &str) -> i64 {
-    let conn = Connection::open(server.db_path()).expect("open the database");
-    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-        .expect("count")
+    server.count(&format!("SELECT count(*) FROM {table}"))
 }
 
 async fn nothing_is_stored(server: &Server) {

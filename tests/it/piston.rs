@@ -18,9 +18,7 @@ fn piston(server: &Server) -> Client {
 }
 
 fn jobs_stored(server: &Server) -> i64 {
-    let conn = rusqlite::Connection::open(server.db_path()).expect("open the database");
-    conn.query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))
-        .expect("count jobs")
+    server.count("SELECT count(*) FROM jobs")
 }
 
 /// The one job the server holds, read through `/v1`.

@@ -131,10 +131,7 @@ async fn a_case_without_a_program_or_with_an_unknown_runtime_refuses_the_suite_u
         let message = body["error"]["message"].as_str().unwrap_or_default();
         assert!(message.starts_with(expected), "{message:?} for {suite}");
     }
-    let conn = Connection::open(server.db_path()).unwrap();
-    let stored: i64 = conn
-        .query_row("SELECT count(*) FROM batches", [], |r| r.get(0))
-        .unwrap();
+    let stored = server.count("SELECT count(*) FROM batches");
     assert_eq!(stored, 0, "nothing half-written");
 }
 

@@ -246,15 +246,13 @@ async fn sigterm_lets_running_jobs_finish_within_the_grace_period() {
     server.running(&id).await;
     let (status, dir) = server.terminate();
     assert!(status.success(), "clean exit: {status:?}");
-    let conn = rusqlite::Connection::open(dir.path().join("kiln.db")).unwrap();
-    let (status, stdout): (String, String) = conn
-        .query_row(
-            "SELECT status, stdout FROM jobs WHERE id = ?1",
-            [&id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
-    assert_eq!((status.as_str(), stdout.as_str()), ("succeeded", "done\n"));
+    // Read back by a server that runs nothing, so only the stopped one can have finished it.
+    let reader = Server::start_in(dir, &["--workers", "0"]).await;
+    let (_, job) = reader.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(
+        (&job["status"], &job["stdout"]),
+        (&json!("succeeded"), &json!("done\n"))
+    );
 }
 
 #[tokio::test]
@@ -264,19 +262,17 @@ async fn sigterm_requeues_jobs_that_outlast_the_grace_period() {
     server.running(&id).await;
     let (status, dir) = server.terminate();
     assert!(status.success(), "clean exit: {status:?}");
-    let conn = rusqlite::Connection::open(dir.path().join("kiln.db")).unwrap();
-    let status: String = conn
-        .query_row("SELECT status FROM jobs WHERE id = ?1", [&id], |r| r.get(0))
-        .unwrap();
-    assert_eq!(status, "queued", "requeued for the next start");
-    let last: String = conn
-        .query_row(
-            "SELECT type FROM events WHERE job_id = ?1 ORDER BY id DESC LIMIT 1",
-            [&id],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(last, "job.retrying");
+    let reader = Server::start_in(dir, &["--workers", "0"]).await;
+    let (_, job) = reader.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(
+        job["status"], "queued",
+        "requeued for the next start: {job}"
+    );
+    let events = reader.events(&id).await;
+    assert_eq!(
+        events.last().map(|e| &e["type"]),
+        Some(&json!("job.retrying"))
+    );
 }
 
 #[tokio::test]

@@ -1,5 +1,11 @@
 //! The test harness: starts the real `kiln` binary on a loopback port with its own database file
 //! and work directory, and talks to it over HTTP.
+//!
+//! With `KILN_TEST_DB=postgres://…` set, every server the harness starts gets a PostgreSQL
+//! database of its own on that server instead of a SQLite file, so the same tests prove the same
+//! promises on both backends. A server restarted in the same directory (after `kill -9`, say)
+//! finds its database again. Tests that read or damage the SQLite file itself do not apply
+//! there: [`Server::db_path`] says so, and `.ci/run` leaves those tests out of that run.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -9,6 +15,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tempfile::TempDir;
+
+use crate::pg::TestDb;
 
 /// What a test does when the host lacks what it needs (a loop device, a compiler): says so and
 /// returns on a developer's machine, fails under `KILN_TEST_STRICT=1`, which `.ci/run` sets so
@@ -25,9 +33,23 @@ pub(crate) use testing::skip;
 /// mounted keeps it alive however often it is unmounted.
 pub static HOST_MOUNTS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
+/// The PostgreSQL databases of servers that were stopped, by their directory, for the server
+/// started next in that directory (a restart) to take over.
+static PARKED: std::sync::Mutex<Vec<(PathBuf, TestDb)>> = std::sync::Mutex::new(Vec::new());
+
+/// The PostgreSQL database of each directory a server ran in, for `kiln` subcommands run on it.
+static URLS: std::sync::Mutex<Vec<(PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Whether the harness runs servers on PostgreSQL (`KILN_TEST_DB`).
+pub fn on_postgres() -> bool {
+    std::env::var_os("KILN_TEST_DB").is_some()
+}
+
 pub struct Server {
     child: Child,
     db: PathBuf,
+    /// The server's database when it runs on PostgreSQL.
+    pg: Option<TestDb>,
     /// The host uids this server's sandboxed jobs run as: `uid_base..uid_base + UID_SPAN`.
     pub uid_base: u32,
     _stdout: BufReader<ChildStdout>,
@@ -56,7 +78,18 @@ impl Server {
             .expect("log file");
         // A test may put the database elsewhere (a small file system, say).
         let db = flag_value(args, "--db").map_or_else(|| dir.path().join("kiln.db"), PathBuf::from);
-        let mut own = vec!["--db".into(), db.clone().into_os_string()];
+        let pg = if on_postgres() && flag_value(args, "--db").is_none() {
+            let pg = database_for(dir.path()).await;
+            lock(&URLS).push((dir.path().to_owned(), pg.url.clone()));
+            Some(pg)
+        } else {
+            None
+        };
+        let mut own = vec![
+            "--db".into(),
+            pg.as_ref()
+                .map_or_else(|| db.clone().into_os_string(), |pg| pg.url.clone().into()),
+        ];
         if flag_value(args, "--work-root").is_none() {
             own.extend([
                 "--work-root".into(),
@@ -104,6 +137,7 @@ impl Server {
         Server {
             child,
             db,
+            pg,
             uid_base,
             _stdout: stdout,
             url,
@@ -112,8 +146,43 @@ impl Server {
         }
     }
 
+    /// The server's SQLite file, for a test that reads it as an operator's `sqlite3` would.
     pub fn db_path(&self) -> PathBuf {
+        assert!(
+            self.pg.is_none(),
+            "this test reads the SQLite file, and does not apply on PostgreSQL (KILN_TEST_DB)"
+        );
         self.db.clone()
+    }
+
+    /// The whole number `sql` answers, read from the server's database on either backend: a
+    /// count of rows, most often, where a test proves that nothing was half-written.
+    pub fn count(&self, sql: &str) -> i64 {
+        let Some(pg) = &self.pg else {
+            let conn = rusqlite::Connection::open(&self.db).expect("open the database");
+            return conn
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        };
+        let (url, sql) = (pg.url.clone(), sql.to_owned());
+        // Asked from a test's runtime, which cannot be blocked on: a thread of its own with a
+        // runtime of its own asks.
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime to read the test database")
+                .block_on(async {
+                    let row = crate::pg::connect(&url)
+                        .await
+                        .query_one(sql.as_str(), &[])
+                        .await
+                        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                    row.get::<_, i64>(0)
+                })
+        })
+        .join()
+        .expect("read the test database")
     }
 
     pub fn pid(&self) -> u32 {
@@ -124,7 +193,15 @@ impl Server {
     pub fn kill9(mut self) -> TempDir {
         self.child.kill().expect("kill -9");
         self.child.wait().expect("reap");
+        self.park_database();
         std::mem::replace(&mut self.dir, TempDir::new().expect("temp dir"))
+    }
+
+    /// Leaves the server's PostgreSQL database for the next server started in its directory.
+    fn park_database(&mut self) {
+        if let Some(pg) = self.pg.take() {
+            lock(&PARKED).push((self.dir.path().to_owned(), pg));
+        }
     }
 
     /// SIGKILL, then a new server on the same database, directory and address, as a crash and
@@ -139,6 +216,7 @@ impl Server {
     pub fn terminate(mut self) -> (std::process::ExitStatus, TempDir) {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = self.child.wait().expect("wait for exit");
+        self.park_database();
         let dir = std::mem::replace(&mut self.dir, TempDir::new().expect("temp dir"));
         (status, dir)
     }
@@ -227,6 +305,61 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn lock<T>(mutex: &'static std::sync::Mutex<T>) -> std::sync::MutexGuard<'static, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The database a server started in `dir` runs on: the one a server before it in `dir` left,
+/// or a fresh one.
+async fn database_for(dir: &std::path::Path) -> TestDb {
+    let parked = {
+        let mut parked = lock(&PARKED);
+        parked
+            .iter()
+            .position(|(d, _)| d == dir)
+            .map(|i| parked.swap_remove(i).1)
+    };
+    match parked {
+        Some(pg) => pg,
+        None => TestDb::create("harness")
+            .await
+            .expect("KILN_TEST_DB names a server, so there is no skipping"),
+    }
+}
+
+/// What `--db` names the database of the servers started in `dir` by, for a test that runs
+/// another subcommand (`kiln token`) before any server starts there: the SQLite file, or on
+/// PostgreSQL a database made now and left for the first server in `dir`.
+pub fn db_arg_in(dir: &std::path::Path) -> std::ffi::OsString {
+    if !on_postgres() {
+        return dir.join("kiln.db").into_os_string();
+    }
+    if let Some((_, url)) = lock(&URLS).iter().rev().find(|(d, _)| d == dir) {
+        return url.into();
+    }
+    let mut parked = lock(&PARKED);
+    if let Some((_, pg)) = parked.iter().find(|(d, _)| d == dir) {
+        return pg.url.clone().into();
+    }
+    // Called outside the test's runtime or inside it, where it may not block: a thread of its
+    // own with a runtime of its own makes the database.
+    let pg = std::thread::spawn(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime to make the test database")
+            .block_on(TestDb::create("harness"))
+    })
+    .join()
+    .expect("make the test database")
+    .expect("KILN_TEST_DB names a server, so there is no skipping");
+    let url = pg.url.clone();
+    parked.push((dir.to_owned(), pg));
+    url.into()
 }
 
 /// The value given for `flag` in `args`.
