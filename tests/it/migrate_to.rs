@@ -303,6 +303,25 @@ async fn a_sqlite_history_is_served_the_same_from_postgres_and_goes_on_after_its
     assert_eq!(status, StatusCode::NOT_FOUND, "the admin's job");
 }
 
+#[test]
+fn a_url_that_is_not_postgres_or_a_file_that_is_not_there_is_refused_before_any_copy() {
+    let dir = TempDir::new().expect("temp dir");
+    let missing = dir.path().join("kiln.db");
+    let out = migrate_to("mysql://kiln:s3cret@db/kiln", &missing);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("is not a PostgreSQL URL"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("s3cret"), "{}", stderr(&out));
+    // Nothing listens on port 1: the file is looked at before the database is.
+    let out = migrate_to("postgres://kiln@127.0.0.1:1/kiln", &missing);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no database at"), "{}", stderr(&out));
+    assert!(!missing.exists(), "no file is created");
+}
+
 /// Rows in each kiln table of the database, by table.
 async fn kiln_rows(db: &TestDb) -> BTreeMap<&'static str, i64> {
     let client = db.client().await;

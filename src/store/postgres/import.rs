@@ -430,12 +430,14 @@ async fn write(
     received: &mut mpsc::Receiver<Message>,
     progress: &mut impl FnMut(&ImportProgress<'_>),
 ) -> Result<(Vec<TableImported>, Snapshot), StoreError> {
-    let (pool, _) = pool(url, 1)?;
-    let mut client = pool.get().await.map_err(PgError::from)?;
-    migrate::apply(&mut client).await?;
+    // The file first: one that is missing or from a newer kiln is refused before the
+    // database is touched.
     let Some(Message::Snapshot(snapshot)) = received.recv().await else {
         return Err(stopped("the snapshot"));
     };
+    let (pool, _) = pool(url, 1)?;
+    let mut client = pool.get().await.map_err(PgError::from)?;
+    migrate::apply(&mut client).await?;
     let tx = client.transaction().await.map_err(PgError::from)?;
     let names: Vec<&str> = snapshot.tables.iter().map(|t| t.name).collect();
     // Held to the commit, so that nothing else writes a row between the check and the copy.

@@ -6,7 +6,8 @@
 //! its last case, cancelled whole, read back with its groups and pass@k), the event feed, the
 //! job listing, the webhook outbox, the figures of `GET /v1/stats` (`stats`), retention
 //! (`prune`: `kiln prune` and its preview), and tokens, tenants and settings with the same
-//! domain types, the same method signatures and the same events as the SQLite store.
+//! domain types, the same method signatures and the same events as the SQLite store; and the
+//! copy of a SQLite file's whole history into an empty database (`import`: `kiln migrate-to`).
 //!
 //! Why it differs from the SQLite store in shape: PostgreSQL takes concurrent writers, so there
 //! is no single writer thread and no group commit; each operation is one short transaction on a
