@@ -348,15 +348,29 @@ async fn kiln_rows(db: &TestDb) -> BTreeMap<&'static str, i64> {
     rows
 }
 
-/// A stopped SQLite server's file holding three ended jobs.
+/// Events added by hand to [`small_history`], so that its copy takes several chunks.
+const EXTRA_EVENTS: i64 = 2500;
+
+/// A stopped SQLite server's file holding three ended jobs, the first with
+/// [`EXTRA_EVENTS`] progress events more than its run wrote.
 async fn small_history() -> (TempDir, std::path::PathBuf) {
     let server = Server::start().await;
+    let mut first = None;
     for code in ["true", "exit 1", "echo three"] {
         let id = server.submit(sh(code)).await;
         server.finished(&id).await;
+        first.get_or_insert(id);
     }
     let (_, dir) = server.terminate();
     let file = dir.path().join("kiln.db");
+    let conn = rusqlite::Connection::open(&file).expect("open the file");
+    conn.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?2)
+         INSERT INTO events (job_id, at, type, attempt, data)
+         SELECT ?1, 0, 'job.progress', 1, json_object('n', i) FROM n",
+        rusqlite::params![first.expect("a job"), EXTRA_EVENTS],
+    )
+    .expect("extra events");
     (dir, file)
 }
 
@@ -370,6 +384,7 @@ async fn a_second_migrate_to_into_the_filled_database_is_refused_and_changes_not
     assert!(first.status.success(), "{}", stderr(&first));
     let copied = kiln_rows(&db).await;
     assert_eq!(copied["jobs"], 3);
+    assert!(copied["events"] > EXTRA_EVENTS, "{copied:?}");
 
     let again = migrate_to(&db.url, &file);
     assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
@@ -381,13 +396,13 @@ async fn a_second_migrate_to_into_the_filled_database_is_refused_and_changes_not
 }
 
 #[tokio::test]
-async fn a_copy_failing_halfway_through_the_events_leaves_the_database_without_a_row() {
+async fn a_copy_failing_or_cut_off_halfway_through_the_events_leaves_the_database_without_a_row() {
     let Some(db) = TestDb::create("migrate_to_fails").await else {
         return;
     };
     let (_dir, file) = small_history().await;
-    // The schema as kiln makes it, and one thing that will refuse the fifth event: the jobs and
-    // the first events are written by then.
+    // The schema as kiln makes it, and one thing that will refuse event 2000, in the copy's
+    // second chunk of events: the jobs and a thousand events are written by then.
     drop(
         kiln::store::postgres::PgStore::connect(&db.url, 1)
             .await
@@ -399,7 +414,7 @@ async fn a_copy_failing_halfway_through_the_events_leaves_the_database_without_a
             "CREATE FUNCTION refuse_event() RETURNS trigger LANGUAGE plpgsql AS $$
              BEGIN RAISE EXCEPTION 'the test refuses event %', new.id; END $$;
              CREATE TRIGGER refuse_event BEFORE INSERT ON events
-                 FOR EACH ROW WHEN (new.id = 5) EXECUTE FUNCTION refuse_event();",
+                 FOR EACH ROW WHEN (new.id = 2000) EXECUTE FUNCTION refuse_event();",
         )
         .await
         .expect("the refusing trigger");
@@ -408,7 +423,7 @@ async fn a_copy_failing_halfway_through_the_events_leaves_the_database_without_a
     assert_eq!(failed.status.code(), Some(2), "{}", stderr(&failed));
     let said = stderr(&failed);
     assert!(said.contains("cannot copy table events"), "{said}");
-    assert!(said.contains("the test refuses event 5"), "{said}");
+    assert!(said.contains("the test refuses event 2000"), "{said}");
     assert!(
         kiln_rows(&db).await.values().all(|n| *n == 0),
         "{:?}",
@@ -422,6 +437,27 @@ async fn a_copy_failing_halfway_through_the_events_leaves_the_database_without_a
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     assert!(counters.iter().all(|(_, n)| *n == 0), "{counters:?}");
+
+    // Its connection closed under it at the same event: the server rolls the transaction back.
+    client
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION refuse_event() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN new; END $$;",
+        )
+        .await
+        .expect("the closing trigger");
+    let cut = migrate_to(&db.url, &file);
+    assert_eq!(cut.status.code(), Some(2), "{}", stderr(&cut));
+    assert!(
+        stderr(&cut).contains("cannot copy table events"),
+        "{}",
+        stderr(&cut)
+    );
+    assert!(
+        kiln_rows(&db).await.values().all(|n| *n == 0),
+        "{:?}",
+        kiln_rows(&db).await
+    );
 
     // Nothing half-written stands in the way of the copy once the cause is gone.
     client
