@@ -433,7 +433,7 @@ async fn write(
     // The file first: one that is missing or from a newer kiln is refused before the
     // database is touched.
     let Some(Message::Snapshot(snapshot)) = received.recv().await else {
-        return Err(stopped("the snapshot"));
+        return Err(StoreError::Task(stopped("its snapshot")));
     };
     let (pool, _) = pool(url, 1)?;
     let mut client = pool.get().await.map_err(PgError::from)?;
@@ -585,7 +585,7 @@ async fn copy(
                 }
             }
             Some(Message::End) => break,
-            Some(Message::Snapshot(_)) | None => return Err(stopped_reason()),
+            Some(Message::Snapshot(_)) | None => return Err(stopped("every row")),
         }
     }
     let written = writer.as_mut().finish().await.map_err(|e| db_message(&e))?;
@@ -601,12 +601,9 @@ fn db_message(e: &tokio_postgres::Error) -> String {
     }
 }
 
-fn stopped_reason() -> String {
-    "the SQLite side stopped before the end".into()
-}
-
-fn stopped(what: &str) -> StoreError {
-    StoreError::Task(format!("the SQLite side stopped before sending {what}"))
+/// Why the writer cannot go on: the reader ended early, whose own error is then the one shown.
+fn stopped(what: &str) -> String {
+    format!("the SQLite side stopped before sending {what}")
 }
 
 /// An identifier in double quotes, as both SQLite and PostgreSQL read it.
