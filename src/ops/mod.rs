@@ -1,10 +1,12 @@
 //! The operator's commands that work on the database file itself rather than through a server:
-//! `kiln token` (API tokens), `kiln prune` (retention), `kiln backup` and `kiln doctor` (is this
-//! host ready to run kiln?). They parse their flags here, call the store (or the sandbox's own
-//! probe), and print what happened for people, or as JSON with `--json`; what they conclude, or
-//! why they could not, goes back to `main`.
+//! `kiln token` (API tokens), `kiln prune` (retention), `kiln backup`, `kiln migrate-to` (the
+//! move from a SQLite file to PostgreSQL) and `kiln doctor` (is this host ready to run kiln?).
+//! They parse their flags here, call the store (or the sandbox's own probe), and print what
+//! happened for people, or as JSON with `--json`; what they conclude, or why they could not,
+//! goes back to `main`.
 
 mod doctor;
+mod migrate_to;
 mod prune;
 mod token;
 
@@ -16,6 +18,7 @@ use crate::config::DEFAULT_DB;
 use crate::store::{self, StoreError};
 
 pub use doctor::{Check, DoctorArgs, Severity};
+pub use migrate_to::MigrateToArgs;
 pub use prune::PruneArgs;
 pub use token::TokenArgs;
 
@@ -37,6 +40,9 @@ pub enum OpsCommand {
         #[command(flatten)]
         format: Format,
     },
+    /// Copy a SQLite database's whole history (jobs, events, suites, tokens, webhooks, stats)
+    /// into an empty PostgreSQL database, ids kept, in one transaction; stop its servers first
+    MigrateTo(MigrateToArgs),
     /// Check that this host can run kiln (sandbox, cgroups, runtimes, disk, database, server) and
     /// say what to fix; exits 1 if a check fails
     Doctor(DoctorArgs),
@@ -87,6 +93,7 @@ pub async fn run(command: OpsCommand) -> Result<Conclusion, OpsError> {
             })
             .map_err(OpsError::Output)?;
         }
+        OpsCommand::MigrateTo(args) => migrate_to::run(args).await?,
         OpsCommand::Doctor(args) => return doctor::run(args).await,
     }
     Ok(Conclusion::Success)

@@ -2,7 +2,8 @@
 //! subprocesses, HTTP on a loopback port), as a user or operator would. The exceptions:
 //! `architecture` reads the source and holds the module graph to its layering, and `postgres`
 //! and `postgres_ops` and `postgres_suites` drive the PostgreSQL store directly against a real
-//! server (`pg`), each step beside SQLite's; `cluster` runs `kiln serve` nodes on it.
+//! server (`pg`), each step beside SQLite's; `cluster` runs `kiln serve` nodes on it, and
+//! `migrate_to` copies a SQLite server's history into it with `kiln migrate-to`.
 
 mod api;
 mod architecture;
@@ -25,6 +26,7 @@ mod interactive;
 mod judge0;
 mod languages;
 mod levels;
+mod migrate_to;
 mod ndjson;
 mod openapi;
 mod ops;

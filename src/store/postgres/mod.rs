@@ -6,7 +6,8 @@
 //! its last case, cancelled whole, read back with its groups and pass@k), the event feed, the
 //! job listing, the webhook outbox, the figures of `GET /v1/stats` (`stats`), retention
 //! (`prune`: `kiln prune` and its preview), and tokens, tenants and settings with the same
-//! domain types, the same method signatures and the same events as the SQLite store.
+//! domain types, the same method signatures and the same events as the SQLite store; and the
+//! copy of a SQLite file's whole history into an empty database (`import`: `kiln migrate-to`).
 //!
 //! Why it differs from the SQLite store in shape: PostgreSQL takes concurrent writers, so there
 //! is no single writer thread and no group commit; each operation is one short transaction on a
@@ -31,6 +32,7 @@
 
 mod batch;
 mod feed;
+mod import;
 mod migrate;
 mod prune;
 mod read;
@@ -63,6 +65,7 @@ use crate::job::{
 use write::Running;
 
 pub use feed::Wakeups;
+pub use import::{ImportProgress, Imported, TableImported, import_sqlite};
 pub use migrate::MIGRATIONS;
 
 /// How long opening a connection may take before it counts as failed.
@@ -101,6 +104,18 @@ pub enum PgError {
     /// as many as the suite said. Nothing of the suite was stored.
     #[error("the suite cannot be stored: {0}")]
     Suite(String),
+    /// `kiln migrate-to` found kiln's rows in the database it was to copy into: ids are kept,
+    /// so they would collide. Nothing was written.
+    #[error(
+        "the PostgreSQL database already holds kiln rows (in {}): kiln migrate-to copies only \
+         into a database without any, and copied nothing; give it a new database \
+         (createdb), or drop this one's kiln tables",
+        tables.join(", ")
+    )]
+    NotEmpty { tables: Vec<String> },
+    /// A table could not be copied from SQLite; the copy's transaction was rolled back.
+    #[error("cannot copy table {table}: {reason}; nothing was copied")]
+    Copy { table: String, reason: String },
 }
 
 impl From<tokio_postgres::Error> for PgError {
@@ -151,6 +166,41 @@ impl PgError {
     }
 }
 
+/// A pool of at most `connections` to `url`, each connection set up as kiln needs it, and the
+/// configuration it connects with. Nothing is connected yet.
+fn pool(url: &str, connections: usize) -> Result<(Pool, tokio_postgres::Config), PgError> {
+    let mut config =
+        tokio_postgres::Config::from_str(url).map_err(|e| PgError::Url(e.to_string()))?;
+    // A 202 promises the job is on disk: kiln's commits wait for the WAL flush even where
+    // the server's default lets them return earlier.
+    let options = match config.get_options() {
+        Some(given) => format!("{given} -c synchronous_commit=on"),
+        None => "-c synchronous_commit=on".to_owned(),
+    };
+    config.options(&options);
+    if config.get_application_name().is_none() {
+        config.application_name("kiln");
+    }
+    // Without one, a server that does not answer holds a connect for minutes of TCP retries.
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    let manager = Manager::from_config(
+        config.clone(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(manager)
+        .max_size(connections.max(1))
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(POOL_WAIT))
+        .build()
+        .map_err(|e| PgError::Setup(e.to_string()))?;
+    Ok((pool, config))
+}
+
 /// Shared handle to a PostgreSQL database. Cheap to clone.
 #[derive(Clone)]
 pub struct PgStore {
@@ -177,35 +227,7 @@ impl PgStore {
         connections: usize,
         wakeups: Wakeups,
     ) -> Result<PgStore, PgError> {
-        let mut config =
-            tokio_postgres::Config::from_str(url).map_err(|e| PgError::Url(e.to_string()))?;
-        // A 202 promises the job is on disk: kiln's commits wait for the WAL flush even where
-        // the server's default lets them return earlier.
-        let options = match config.get_options() {
-            Some(given) => format!("{given} -c synchronous_commit=on"),
-            None => "-c synchronous_commit=on".to_owned(),
-        };
-        config.options(&options);
-        if config.get_application_name().is_none() {
-            config.application_name("kiln");
-        }
-        // Without one, a server that does not answer holds a connect for minutes of TCP retries.
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(connections.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(POOL_WAIT))
-            .build()
-            .map_err(|e| PgError::Setup(e.to_string()))?;
+        let (pool, config) = pool(url, connections)?;
         let mut client = pool.get().await?;
         migrate::apply(&mut client).await?;
         let bus = Arc::new(Bus::default());
