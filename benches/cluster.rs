@@ -127,7 +127,7 @@ fn main() {
             );
             bench.print(
                 run,
-                &format!("queue, {nodes} worker node(s)"),
+                &format!("queue, {}", count(nodes, "worker node")),
                 "jobs",
                 &queue,
             );
@@ -138,7 +138,7 @@ fn main() {
             let submits = bench.submits_on_postgres(nodes);
             bench.print(
                 run,
-                &format!("submits, {nodes} API node(s)"),
+                &format!("submits, {}", count(nodes, "API node")),
                 "submits",
                 &submits,
             );
@@ -819,6 +819,11 @@ struct Figures {
     sqlite_queue: Vec<Measured>,
 }
 
+/// "1 worker node", "2 worker nodes".
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
 fn rates(runs: &[Measured]) -> Vec<f64> {
     runs.iter().map(|m| m.rate).collect()
 }
@@ -836,8 +841,8 @@ impl Figures {
             rows.push(Row::measured(
                 14,
                 format!(
-                    "queue jobs/s, no-op executor, {nodes} worker node(s) x {WORKERS} workers, \
-                     PostgreSQL"
+                    "queue jobs/s, no-op executor, {} x {WORKERS} workers, PostgreSQL",
+                    count(*nodes, "worker node")
                 ),
                 "jobs/s",
                 rates(runs),
@@ -849,7 +854,10 @@ impl Figures {
         for (nodes, runs) in &self.queue {
             rows.push(Row::measured(
                 14,
-                format!("queue jobs per CPU-second (PostgreSQL + nodes), {nodes} worker node(s)"),
+                format!(
+                    "queue jobs per CPU-second (PostgreSQL + nodes), {}",
+                    count(*nodes, "worker node")
+                ),
                 "jobs/CPU-s",
                 per_core(runs),
                 Better::Higher,
@@ -864,8 +872,8 @@ impl Figures {
             rows.push(Row::measured(
                 15,
                 format!(
-                    "durable submits/s over HTTP, {nodes} API node(s), {CLIENTS} clients \
-                     (in-process), PostgreSQL"
+                    "durable submits/s over HTTP, {}, {CLIENTS} clients (in-process), PostgreSQL",
+                    count(*nodes, "API node")
                 ),
                 "submits/s",
                 rates(runs),
@@ -877,7 +885,10 @@ impl Figures {
         for (nodes, runs) in &self.submits {
             rows.push(Row::measured(
                 15,
-                format!("submits per CPU-second (PostgreSQL + API nodes), {nodes} API node(s)"),
+                format!(
+                    "submits per CPU-second (PostgreSQL + API nodes), {}",
+                    count(*nodes, "API node")
+                ),
                 "submits/CPU-s",
                 per_core(runs),
                 Better::Higher,
