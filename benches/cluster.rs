@@ -201,7 +201,7 @@ impl Bench {
         let spent = m.cpu.database + m.cpu.kiln + m.cpu.load;
         println!(
             "run {run}: {what}: {:.0} {unit}/s, {:.0} per CPU-second; CPU over {:.2} s: \
-             PostgreSQL {:.2} s, kiln {:.2} s, load generator {:.2} s ({:.0}% of {cores} cores)",
+             PostgreSQL {:.2} s, kiln (or the bare client) {:.2} s, load generator {:.2} s ({:.0}% of {cores} cores)",
             m.rate,
             m.per_core(),
             m.elapsed,
@@ -414,6 +414,7 @@ enum This {
 #[derive(Clone, Copy, Default)]
 struct Cpu {
     database: f64,
+    /// kiln's nodes, or this process when it is the bare client of a limit.
     kiln: f64,
     load: f64,
 }
