@@ -8,7 +8,7 @@
 //! 2. **Queue throughput without spawning**: jobs/s through submit → claim → finish, with
 //!    [`Store::submit`] called by 64 concurrent submitters (what `POST /v1/jobs` does after
 //!    validating) and 64 of kiln's own workers ([`Workers`]: claim, lease keeper, progress
-//!    recorder, finish) whose executor, [`NoOp`], is compiled only into this bench and runs
+//!    recorder, finish) whose executor, [`NoOp`], is compiled only into the benches and runs
 //!    nothing. Limit: the raw durable life cycle (insert, claim, complete, each with its event,
 //!    same schema and pragmas) in transactions of 1,000 from one thread. Goal: 30,000 jobs/s and
 //!    0.75 of the limit.
@@ -36,13 +36,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
+use common::noop::NoOp;
 use kiln::job::policy::Policy;
-use kiln::job::{JobId, JobSpec, Outcome, RunResult};
+use kiln::job::{JobId, JobSpec};
 use kiln::live::Live;
-use kiln::runner::{Builds, RunError, RunOutput, RunRequest};
 use kiln::runtime::Runtimes;
 use kiln::store::{Admission, CLAIM_SQL, Store, Submitted};
-use kiln::worker::{Execute, Running, Stopping, Workers};
+use kiln::worker::{Running, Stopping, Workers};
 use report::{Better, Goal, Row};
 use reqwest::StatusCode;
 use rusqlite::{Connection, Statement, params};
@@ -362,33 +362,6 @@ fn raw_life_cycle() -> f64 {
     *QUEUE_JOBS as f64 / start.elapsed().as_secs_f64()
 }
 
-/// The bench's executor: runs nothing and succeeds, so that only the queue is measured. A Rust
-/// type handed to [`Workers`], not a runtime: no request can ever choose it.
-struct NoOp {
-    ran: AtomicUsize,
-}
-
-impl Execute for NoOp {
-    async fn execute(
-        &self,
-        _: RunRequest<'_>,
-        _: CancellationToken,
-    ) -> Result<RunOutput, RunError> {
-        self.ran.fetch_add(1, Ordering::Relaxed);
-        Ok(RunOutput {
-            outcome: Outcome::Success,
-            result: RunResult {
-                exit_code: Some(0),
-                ..RunResult::default()
-            },
-        })
-    }
-
-    fn builds(&self) -> Option<&Builds> {
-        None
-    }
-}
-
 struct Throughput {
     rate: f64,
     reads_per_sec: f64,
@@ -404,9 +377,7 @@ fn queue_throughput(runtime: &Runtime, poll: bool) -> Throughput {
     let path = dir.path().join("kiln.db");
     let readers = u32::try_from(WORKERS + 4).expect("readers");
     let (store, writer) = Store::open(&path, readers).expect("open the store");
-    let executor = NoOp {
-        ran: AtomicUsize::new(0),
-    };
+    let executor = NoOp::default();
     let workers = Arc::new(Workers {
         store: store.clone(),
         runner: executor,

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use serde_json::{Value, json};
 
 /// Every bench target and the rows of the list it measures.
-const TARGETS: [(&str, &[u32]); 9] = [
+const TARGETS: [(&str, &[u32]); 10] = [
     ("queue", &[1, 2, 7]),
     ("jobs", &[3, 4]),
     ("sandbox", &[3]),
@@ -25,6 +25,7 @@ const TARGETS: [(&str, &[u32]); 9] = [
     ("runtimes", &[11]),
     ("compat", &[12]),
     ("pyclient", &[1, 8]),
+    ("cluster", &[14, 15, 16]),
 ];
 
 fn main() {

@@ -1,4 +1,8 @@
-//! What the benchmarks share: how a figure is summarised over runs.
+//! What the benchmarks share: how a figure is summarised over runs, the executor that runs
+//! nothing (`noop`), and a throwaway PostgreSQL cluster (`pg`).
+
+pub mod noop;
+pub mod pg;
 
 /// The median: the figure the benchmarks report, robust to one noisy run.
 pub fn median(values: &[f64]) -> f64 {

@@ -6,6 +6,7 @@
 // Each bench target compiles this module on its own and uses a part of it.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -49,8 +50,9 @@ pub fn scratch() -> TempDir {
     dir
 }
 
-/// `kiln serve` on `DIR/kiln.db` (work root `DIR/work`, log `DIR/server.log`), stopped with
-/// SIGTERM, then SIGKILL after 10 s, when dropped, panics included.
+/// `kiln serve` on a database, `DIR/kiln.db` unless told otherwise (work root `DIR/work`, log
+/// `DIR/server.log`), stopped with SIGTERM, then SIGKILL after 10 s, when dropped, panics
+/// included.
 pub struct Server {
     child: Child,
     pub url: String,
@@ -61,11 +63,16 @@ impl Server {
     /// Starts the server in `dir` with `args` added (`--workers`, `--runtime`, ...) and waits
     /// until it listens.
     pub fn start_in(dir: &Path, args: &[&str]) -> Server {
+        Server::start_on(dir, dir.join("kiln.db").as_os_str(), args)
+    }
+
+    /// [`Server::start_in`] on the database `db`: a SQLite file elsewhere, or a PostgreSQL URL.
+    pub fn start_on(dir: &Path, db: &OsStr, args: &[&str]) -> Server {
         let log = File::create(dir.join("server.log")).expect("server log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .arg("serve")
             .arg("--db")
-            .arg(dir.join("kiln.db"))
+            .arg(db)
             .arg("--work-root")
             .arg(dir.join("work"))
             .args(["--listen", "127.0.0.1:0"])
@@ -149,12 +156,19 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> Value {
 /// submits/s. An in-process client: it shares the cores with the server, so compare its rates
 /// only with rates it measured itself.
 pub async fn submit_many(url: &str, body: &'static str, jobs: usize) -> f64 {
+    submit_many_to(&[url], body, jobs).await
+}
+
+/// [`submit_many`] spread over several servers: task `i` submits to `urls[i % urls.len()]`, so
+/// each server gets an equal share of the clients.
+pub async fn submit_many_to(urls: &[&str], body: &'static str, jobs: usize) -> f64 {
     let client = reqwest::Client::new();
     let sent = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let tasks: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let (client, url, sent) = (client.clone(), url.to_owned(), sent.clone());
+        .map(|i| {
+            let url = urls[i % urls.len()].to_owned();
+            let (client, sent) = (client.clone(), sent.clone());
             tokio::spawn(async move {
                 while sent.fetch_add(1, Ordering::Relaxed) < jobs {
                     submit(&client, &url, body).await;
