@@ -155,6 +155,8 @@ async fn crash_loop(name: &str, mut nodes: Vec<Server>, store: Store, pace: Pace
 
     let mut rng = Rng(seed);
     let mut orphans = 0;
+    let mut kills = vec![0; nodes.len()];
+    let mut past_lease = 0;
     for _ in 0..cycles {
         tokio::time::sleep(Duration::from_millis(
             pace.kill_after.start + rng.below(pace.kill_after.end - pace.kill_after.start),
@@ -162,9 +164,14 @@ async fn crash_loop(name: &str, mut nodes: Vec<Server>, store: Store, pace: Pace
         .await;
         let victim = rng.below(nodes.len() as u64) as usize;
         let killed = nodes.remove(victim).kill9_for_restart();
-        let down = Instant::now() + (pace.down)(&mut rng);
+        kills[victim] += 1;
+        let down = (pace.down)(&mut rng);
+        if down > LEASE {
+            past_lease += 1;
+        }
+        let back = Instant::now() + down;
         orphans += surviving_processes(killed.job_uids()).await;
-        tokio::time::sleep_until(down.into()).await;
+        tokio::time::sleep_until(back.into()).await;
         nodes.insert(victim, killed.restart().await);
     }
     stop.store(true, Ordering::SeqCst);
@@ -173,10 +180,12 @@ async fn crash_loop(name: &str, mut nodes: Vec<Server>, store: Store, pace: Pace
 
     let report = check(&nodes, &store, &ledger, &receiver).await;
     println!(
-        "{name}: cycles {cycles}, jobs accepted {} (+{} batches of {} cases), jobs lost {}, \
+        "{name}: cycles {cycles} (kills per node {kills:?}, {past_lease} down past the lease), \
+         unanswered requests {}, jobs accepted {} (+{} batches of {} cases), jobs lost {}, \
          double runs {}, rescued {} ({} on another node), invalid histories {}, orphaned processes {orphans}, \
          left running {}, cancels {} (+{} suites), webhooks {} delivered of {} \
          ({} undelivered in the outbox), statuses {:?}, integrity {}, {:.0} s",
+        ledger.unanswered,
         ledger.jobs.len(),
         ledger.batches.len(),
         report.cases,
@@ -234,6 +243,8 @@ struct Ledger {
     cancelled: HashSet<String>,
     /// Suites whose cancel was answered `200`.
     batches_cancelled: usize,
+    /// Requests a node did not answer, each then tried on the next node.
+    unanswered: usize,
 }
 
 /// A small deterministic generator, so that a failing run can be replayed from its seed.
@@ -253,6 +264,7 @@ impl Rng {
 /// promises nothing.
 async fn send(
     endpoints: &[String],
+    ledger: &Mutex<Ledger>,
     rng: &mut Rng,
     request: impl Fn(&str) -> reqwest::RequestBuilder,
 ) -> Option<reqwest::Response> {
@@ -260,8 +272,9 @@ async fn send(
     for i in 0..endpoints.len() {
         let base = &endpoints[(first + i) % endpoints.len()];
         // A node that hangs rather than refuses counts as no answer.
-        if let Ok(response) = request(base).timeout(Duration::from_secs(10)).send().await {
-            return Some(response);
+        match request(base).timeout(Duration::from_secs(10)).send().await {
+            Ok(response) => return Some(response),
+            Err(_) => ledger.lock().expect("ledger").unanswered += 1,
         }
     }
     None
@@ -300,7 +313,7 @@ async fn submit_loop(
             }
         }
         let path = if batch { "/v1/batches" } else { "/v1/jobs" };
-        let sent = send(&endpoints, &mut rng, |base| {
+        let sent = send(&endpoints, &ledger, &mut rng, |base| {
             http.post(format!("{base}{path}")).json(&body)
         })
         .await;
@@ -347,7 +360,7 @@ async fn cancel_loop(
         };
         let Some(id) = target else { continue };
         let path = if batch { "batches" } else { "jobs" };
-        let sent = send(&endpoints, &mut rng, |base| {
+        let sent = send(&endpoints, &ledger, &mut rng, |base| {
             http.post(format!("{base}/v1/{path}/{id}/cancel"))
         })
         .await;
