@@ -1,28 +1,230 @@
 //! The crash loop: under a steady mixed load (single jobs, suites, cancels, webhooks to a local
-//! receiver) the server is killed with SIGKILL at random moments and restarted on the same file,
-//! cycle after cycle. Afterwards every promise is checked from the database and the API: each
-//! `202` names a job that ended exactly once along a valid path of the state machine, no job ran
-//! two attempts at once, every webhook was delivered, and the file is intact.
+//! receiver) a server is killed with SIGKILL at random moments and restarted, cycle after cycle.
+//! Afterwards every promise is checked from the database and the API: each `202` names a job or
+//! suite that ended exactly once, each job along a valid path of the state machine, no job ran two
+//! attempts at once, every acknowledged cancel ended `cancelled`, every webhook was delivered, and
+//! no sandboxed process outlived its job or its server.
 //!
-//! `cargo test` runs a short loop; `scripts/crash-test` runs the same test with many cycles
-//! (`KILN_CRASH_CYCLES`). It lives with the tests rather than in an example so that it drives the
-//! server through the same harness and history checker as every other test, and no production
-//! code carries test-only logic.
+//! It runs in two shapes, with one load generator and one checker: a single server on its SQLite
+//! file, and a cluster of three nodes on one PostgreSQL database (an API-only node and two with
+//! workers), the load spread over all three APIs, a random node killed every few seconds. A client
+//! whose request to a killed node got no answer tries another node, and only what was answered
+//! `202` counts as promised.
+//!
+//! `cargo test` runs short loops; `scripts/crash-test` runs either with many cycles
+//! (`KILN_CRASH_CYCLES`, `KILN_CRASH_CLUSTER_CYCLES`). It lives with the tests rather than in an
+//! example so that it drives the server through the same harness and history checker as every
+//! other test, and no production code carries test-only logic.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
-use crate::util::{HistoryFault, Server, check_history, is_terminal, processes_of_uids};
+use crate::pg::TestDb;
+use crate::util::{
+    HistoryFault, Server, check_history, is_terminal, job_processes, processes_of_uids,
+};
 use crate::webhooks::Receiver;
 
-/// Cycles `cargo test` runs: enough for kills to land in every phase of a job's life, short enough
-/// for CI on two cores.
+/// Cycles `cargo test` runs on SQLite: enough for kills to land in every phase of a job's life,
+/// short enough for CI on two cores.
 const SHORT_CYCLES: u32 = 8;
+
+/// Cycles `cargo test` runs on the cluster, whose cycles are longer (a node may stay down past
+/// its lease).
+const SHORT_CLUSTER_CYCLES: u32 = 6;
+
+/// Flags of every server in the loop: short webhook timeouts so that a call cut off by a kill is
+/// retried within seconds, not minutes.
+const ARGS: [&str; 6] = [
+    "--webhook-timeout-secs",
+    "1",
+    "--webhook-retry-base-ms",
+    "100",
+    "--lease-secs",
+    "5",
+];
+
+/// The lease above: a node down for longer has its runs taken back by the leader's rescuer.
+const LEASE: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn every_promise_holds_across_repeated_kill_9_under_load() {
+    let cycles = cycles("KILN_CRASH_CYCLES", SHORT_CYCLES);
+    let mut args = ARGS.to_vec();
+    args.extend(["--workers", "2"]);
+    let server = Server::start_with(&args).await;
+    let store = Store::Sqlite(server.db_path());
+    let pace = Pace {
+        // From just after startup (rescue, first claims) to well into a busy run.
+        kill_after: 50..1500,
+        // An operator's restart at once: the new server takes back its own runs as it starts.
+        down: |_| Duration::ZERO,
+    };
+    crash_loop("crash loop", vec![server], store, pace, cycles).await;
+}
+
+#[tokio::test]
+async fn every_promise_holds_across_a_cluster_whose_nodes_are_killed_in_turn() {
+    let Some(db) = TestDb::create("crash_cluster").await else {
+        return;
+    };
+    let cycles = cycles("KILN_CRASH_CLUSTER_CYCLES", SHORT_CLUSTER_CYCLES);
+    let mut nodes = Vec::new();
+    for (name, workers) in [("api", "0"), ("left", "2"), ("right", "2")] {
+        let mut args = ARGS.to_vec();
+        args.extend(["--db", &db.url, "--node-id", name, "--workers", workers]);
+        nodes.push(Server::start_with(&args).await);
+    }
+    let pace = Pace {
+        kill_after: 1000..3000,
+        // A third of the killed nodes stay down past their lease, so that another node's
+        // rescuer takes their runs back (and a killed leader's term runs out first); the others
+        // come back at once and take back their own.
+        down: |rng| {
+            if rng.below(3) == 0 {
+                LEASE + Duration::from_millis(500 + rng.below(1500))
+            } else {
+                Duration::from_millis(rng.below(500))
+            }
+        },
+    };
+    let store = Store::Postgres(db.client().await);
+    crash_loop("cluster crash loop", nodes, store, pace, cycles).await;
+}
+
+fn cycles(var: &str, short: u32) -> u32 {
+    env_u64(var).map_or(short, |c| c as u32)
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// How the loop kills.
+struct Pace {
+    /// Milliseconds from one restart to the next kill.
+    kill_after: Range<u64>,
+    /// How long the killed node stays down before its restart.
+    down: fn(&mut Rng) -> Duration,
+}
+
+/// Puts the load on `nodes`, kills a random one `cycles` times, then drains and checks every
+/// promise, printing the figures under `name` and failing on any broken one.
+async fn crash_loop(name: &str, mut nodes: Vec<Server>, store: Store, pace: Pace, cycles: u32) {
+    let seed = env_u64("KILN_CRASH_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            | 1
+    });
+    println!(
+        "{name}: {cycles} cycles on {} node(s), seed {seed} (KILN_CRASH_SEED replays it)",
+        nodes.len()
+    );
+    let began = Instant::now();
+    let receiver = Receiver::start().await;
+    // Restarts keep each node's address, so the clients' list of them holds throughout.
+    let endpoints: Arc<[String]> = nodes.iter().map(|n| n.url.clone()).collect();
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = Arc::new(AtomicU64::new(0));
+
+    let mut load = tokio::task::JoinSet::new();
+    for client in 0..2 {
+        load.spawn(submit_loop(
+            Arc::clone(&endpoints),
+            Arc::clone(&ledger),
+            Arc::clone(&stop),
+            Arc::clone(&counter),
+            receiver.url(),
+            Rng(seed.wrapping_add(client + 1) | 1),
+        ));
+    }
+    load.spawn(cancel_loop(
+        Arc::clone(&endpoints),
+        Arc::clone(&ledger),
+        Arc::clone(&stop),
+        Rng(seed.wrapping_mul(3) | 1),
+    ));
+
+    let mut rng = Rng(seed);
+    let mut orphans = 0;
+    let mut kills = vec![0; nodes.len()];
+    let mut past_lease = 0;
+    for _ in 0..cycles {
+        tokio::time::sleep(Duration::from_millis(
+            pace.kill_after.start + rng.below(pace.kill_after.end - pace.kill_after.start),
+        ))
+        .await;
+        let victim = rng.below(nodes.len() as u64) as usize;
+        let killed = nodes.remove(victim).kill9_for_restart();
+        kills[victim] += 1;
+        let down = (pace.down)(&mut rng);
+        if down > LEASE {
+            past_lease += 1;
+        }
+        let back = Instant::now() + down;
+        orphans += surviving_processes(killed.job_uids()).await;
+        tokio::time::sleep_until(back.into()).await;
+        nodes.insert(victim, killed.restart().await);
+    }
+    stop.store(true, Ordering::SeqCst);
+    while load.join_next().await.is_some() {}
+    let ledger = std::mem::take(&mut *ledger.lock().expect("ledger"));
+
+    let report = check(&nodes, &store, &ledger, &receiver).await;
+    println!(
+        "{name}: cycles {cycles} (kills per node {kills:?}, {past_lease} down past the lease), \
+         unanswered requests {}, jobs accepted {} (+{} batches of {} cases), jobs lost {}, \
+         double runs {}, rescued {} ({} on another node), invalid histories {}, orphaned processes {orphans}, \
+         left running {}, cancels {} (+{} suites), webhooks {} delivered of {} \
+         ({} undelivered in the outbox), statuses {:?}, integrity {}, {:.0} s",
+        ledger.unanswered,
+        ledger.jobs.len(),
+        ledger.batches.len(),
+        report.cases,
+        report.lost.len(),
+        report.double_runs.len(),
+        report.rescued,
+        report.moved,
+        report.invalid.len(),
+        report.left_running,
+        ledger.cancelled.len(),
+        ledger.batches_cancelled,
+        report.webhooks_delivered,
+        report.webhooks_expected,
+        report.undelivered,
+        report.statuses,
+        report.integrity.as_deref().unwrap_or("n/a"),
+        began.elapsed().as_secs_f64(),
+    );
+    assert!(
+        ledger.jobs.len() >= cycles as usize,
+        "the load kept up: {} jobs",
+        ledger.jobs.len()
+    );
+    assert!(report.rescued >= 1, "some kill found a job running");
+    assert!(report.lost.is_empty(), "lost: {:?}", report.lost);
+    assert!(report.double_runs.is_empty(), "{:?}", report.double_runs);
+    assert!(report.invalid.is_empty(), "{:?}", report.invalid);
+    assert!(report.wrong.is_empty(), "{:?}", report.wrong);
+    assert_eq!(orphans, 0, "job processes outlived their killed server");
+    assert_eq!(report.left_running, 0, "job processes outlived their job");
+    assert_eq!(report.webhooks_delivered, report.webhooks_expected);
+    assert_eq!(
+        report.undelivered, 0,
+        "every webhook in the outbox was delivered"
+    );
+    if let Some(integrity) = &report.integrity {
+        assert_eq!(integrity, "ok");
+    }
+}
 
 /// A job or suite that got its `202`, with what the test expects of it.
 #[derive(Clone, Debug)]
@@ -41,6 +243,8 @@ struct Ledger {
     cancelled: HashSet<String>,
     /// Suites whose cancel was answered `200`.
     batches_cancelled: usize,
+    /// Requests a node did not answer, each then tried on the next node.
+    unanswered: usize,
 }
 
 /// A small deterministic generator, so that a failing run can be replayed from its seed.
@@ -55,118 +259,31 @@ impl Rng {
     }
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
-/// Server flags for the loop: short webhook timeouts so that a call cut off by a kill is retried
-/// within seconds, not minutes.
-const ARGS: [&str; 8] = [
-    "--workers",
-    "2",
-    "--webhook-timeout-secs",
-    "1",
-    "--webhook-retry-base-ms",
-    "100",
-    "--lease-secs",
-    "5",
-];
-
-#[tokio::test]
-async fn every_promise_holds_across_repeated_kill_9_under_load() {
-    let cycles = env_u64("KILN_CRASH_CYCLES").map_or(SHORT_CYCLES, |c| c as u32);
-    let seed = env_u64("KILN_CRASH_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-            | 1
-    });
-    println!("crash loop: {cycles} cycles, seed {seed} (KILN_CRASH_SEED replays it)");
-    let began = Instant::now();
-    let receiver = Receiver::start().await;
-    let mut server = Server::start_with(&ARGS).await;
-    let (url_tx, url_rx) = watch::channel(server.url.clone());
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let counter = Arc::new(AtomicU64::new(0));
-
-    let mut load = tokio::task::JoinSet::new();
-    for client in 0..2 {
-        load.spawn(submit_loop(
-            url_rx.clone(),
-            Arc::clone(&ledger),
-            Arc::clone(&stop),
-            Arc::clone(&counter),
-            receiver.url(),
-            Rng(seed.wrapping_add(client + 1) | 1),
-        ));
+/// Sends a request to a random node and, while no node answers, to the next one, each once. The
+/// answer (`None` if none came): one cut off by a kill may or may not have been acted on, so it
+/// promises nothing.
+async fn send(
+    endpoints: &[String],
+    ledger: &Mutex<Ledger>,
+    rng: &mut Rng,
+    request: impl Fn(&str) -> reqwest::RequestBuilder,
+) -> Option<reqwest::Response> {
+    let first = rng.below(endpoints.len() as u64) as usize;
+    for i in 0..endpoints.len() {
+        let base = &endpoints[(first + i) % endpoints.len()];
+        // A node that hangs rather than refuses counts as no answer.
+        match request(base).timeout(Duration::from_secs(10)).send().await {
+            Ok(response) => return Some(response),
+            Err(_) => ledger.lock().expect("ledger").unanswered += 1,
+        }
     }
-    load.spawn(cancel_loop(
-        url_rx.clone(),
-        Arc::clone(&ledger),
-        Arc::clone(&stop),
-        Rng(seed.wrapping_mul(3) | 1),
-    ));
-
-    let mut rng = Rng(seed);
-    let mut orphans = 0;
-    for _ in 0..cycles {
-        // From just after startup (rescue, first claims) to well into a busy run.
-        tokio::time::sleep(Duration::from_millis(50 + rng.below(1450))).await;
-        let uids = server.job_uids();
-        let dir = server.kill9();
-        orphans += surviving_processes(uids).await;
-        server = Server::start_in(dir, &ARGS).await;
-        url_tx.send_replace(server.url.clone());
-    }
-    stop.store(true, Ordering::SeqCst);
-    while load.join_next().await.is_some() {}
-    let ledger = std::mem::take(&mut *ledger.lock().expect("ledger"));
-
-    let report = check(&server, &ledger, &receiver).await;
-    println!(
-        "crash loop: cycles {cycles}, jobs accepted {} (+{} batches of {} cases), jobs lost {}, \
-         double runs {}, rescued {}, invalid histories {}, orphaned processes {orphans}, cancels {} (+{} suites), \
-         webhooks {} delivered of {} ({} undelivered in the outbox), statuses {:?}, integrity {}, {:.0} s",
-        ledger.jobs.len(),
-        ledger.batches.len(),
-        report.cases,
-        report.lost.len(),
-        report.double_runs.len(),
-        report.rescued,
-        report.invalid.len(),
-        ledger.cancelled.len(),
-        ledger.batches_cancelled,
-        report.webhooks_delivered,
-        report.webhooks_expected,
-        report.undelivered,
-        report.statuses,
-        report.integrity,
-        began.elapsed().as_secs_f64(),
-    );
-    assert!(
-        ledger.jobs.len() >= cycles as usize,
-        "the load kept up: {} jobs",
-        ledger.jobs.len()
-    );
-    assert!(report.rescued >= 1, "some kill found a job running");
-    assert!(report.lost.is_empty(), "lost: {:?}", report.lost);
-    assert!(report.double_runs.is_empty(), "{:?}", report.double_runs);
-    assert!(report.invalid.is_empty(), "{:?}", report.invalid);
-    assert!(report.wrong.is_empty(), "{:?}", report.wrong);
-    assert_eq!(orphans, 0, "job processes outlived their killed server");
-    assert_eq!(report.webhooks_delivered, report.webhooks_expected);
-    assert_eq!(
-        report.undelivered, 0,
-        "every webhook in the outbox was delivered"
-    );
-    assert_eq!(report.integrity, "ok");
+    None
 }
 
 /// Submits single jobs and small suites, a third of them with a callback, until told to stop.
-/// Only `202`s count; a request cut off by a kill is simply not in the ledger.
+/// Only `202`s count; a request no node answered is simply not in the ledger.
 async fn submit_loop(
-    url: watch::Receiver<String>,
+    endpoints: Arc<[String]>,
     ledger: Arc<Mutex<Ledger>>,
     stop: Arc<AtomicBool>,
     counter: Arc<AtomicU64>,
@@ -196,9 +313,11 @@ async fn submit_loop(
             }
         }
         let path = if batch { "/v1/batches" } else { "/v1/jobs" };
-        let base = url.borrow().clone();
-        let sent = http.post(format!("{base}{path}")).json(&body).send().await;
-        if let Ok(response) = sent
+        let sent = send(&endpoints, &ledger, &mut rng, |base| {
+            http.post(format!("{base}{path}")).json(&body)
+        })
+        .await;
+        if let Some(response) = sent
             && response.status() == 202
             && let Ok(answer) = response.json::<Value>().await
             && let Some(id) = answer["id"].as_str()
@@ -219,10 +338,10 @@ async fn submit_loop(
     }
 }
 
-/// Cancels a random accepted job or suite now and then; for a job, a `200` is a promise that it
-/// ends `cancelled`.
+/// Cancels a random accepted job or suite now and then, through any node; for a job, a `200` is
+/// a promise that it ends `cancelled`, wherever it runs.
 async fn cancel_loop(
-    url: watch::Receiver<String>,
+    endpoints: Arc<[String]>,
     ledger: Arc<Mutex<Ledger>>,
     stop: Arc<AtomicBool>,
     mut rng: Rng,
@@ -240,13 +359,12 @@ async fn cancel_loop(
                 .map(|j| j.id.clone())
         };
         let Some(id) = target else { continue };
-        let base = url.borrow().clone();
         let path = if batch { "batches" } else { "jobs" };
-        let sent = http
-            .post(format!("{base}/v1/{path}/{id}/cancel"))
-            .send()
-            .await;
-        if let Ok(response) = sent
+        let sent = send(&endpoints, &ledger, &mut rng, |base| {
+            http.post(format!("{base}/v1/{path}/{id}/cancel"))
+        })
+        .await;
+        if let Some(response) = sent
             && response.status() == 200
         {
             let mut ledger = ledger.lock().expect("ledger");
@@ -259,8 +377,6 @@ async fn cancel_loop(
     }
 }
 
-/// Waits for the killed server's job processes to go, as the kernel tears down their sandboxes;
-/// any still alive after that ran on with nobody holding their job.
 /// A sandbox's init dies with its server, and its job with it, at both levels: a job sleeping
 /// through a `kill -9` of the server is gone within moments. (At level `full`, init's change to
 /// the namespace's root cleared its parent-death signal, and the two ran on unsupervised.)
@@ -289,14 +405,79 @@ async fn a_running_job_dies_with_its_killed_server() {
     }
 }
 
-async fn surviving_processes(uids: std::ops::Range<u32>) -> usize {
+/// Waits for the killed server's job processes to go, as the kernel tears down their sandboxes;
+/// any still alive after that ran on with nobody holding their job.
+async fn surviving_processes(uids: Range<u32>) -> usize {
+    still_there_after_a_moment(|| processes_of_uids(uids.clone())).await
+}
+
+/// How many of the processes `find` finds are still there after two seconds.
+async fn still_there_after_a_moment(find: impl Fn() -> Vec<i32>) -> usize {
     for _ in 0..100 {
-        if processes_of_uids(uids.clone()).is_empty() {
+        if find().is_empty() {
             return 0;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    processes_of_uids(uids).len()
+    find().len()
+}
+
+/// The database the checker reads beside the API: the server's SQLite file, or the cluster's
+/// PostgreSQL database, as an operator's `sqlite3` or `psql` would.
+enum Store {
+    Sqlite(PathBuf),
+    Postgres(tokio_postgres::Client),
+}
+
+impl Store {
+    async fn job_ids(&self) -> HashSet<String> {
+        match self {
+            Store::Sqlite(path) => {
+                let db = rusqlite::Connection::open(path).expect("open the database");
+                let mut stmt = db.prepare("SELECT id FROM jobs").expect("select");
+                stmt.query_map([], |r| r.get(0))
+                    .expect("query")
+                    .collect::<Result<_, _>>()
+                    .expect("ids")
+            }
+            Store::Postgres(client) => client
+                .query("SELECT id::text FROM jobs", &[])
+                .await
+                .expect("select the job ids")
+                .iter()
+                .map(|row| row.get(0))
+                .collect(),
+        }
+    }
+
+    /// Rows of the webhook outbox `where` holds for.
+    async fn webhooks(&self, r#where: &str) -> i64 {
+        let sql = format!("SELECT count(*) FROM webhooks WHERE {where}");
+        match self {
+            Store::Sqlite(path) => rusqlite::Connection::open(path)
+                .expect("open the database")
+                .query_row(&sql, [], |r| r.get(0))
+                .expect("count webhooks"),
+            Store::Postgres(client) => client
+                .query_one(&sql, &[])
+                .await
+                .expect("count webhooks")
+                .get(0),
+        }
+    }
+
+    /// SQLite's own check of the file; PostgreSQL has none to ask for.
+    fn integrity(&self) -> Option<String> {
+        match self {
+            Store::Sqlite(path) => Some(
+                rusqlite::Connection::open(path)
+                    .expect("open the database")
+                    .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                    .expect("integrity_check"),
+            ),
+            Store::Postgres(_) => None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -305,20 +486,27 @@ struct Report {
     lost: Vec<String>,
     double_runs: Vec<String>,
     invalid: Vec<String>,
-    /// Jobs that ended, but not as promised (a cancelled job that ran, wrong output).
+    /// Jobs and suites that ended, but not as promised (a cancelled job that ran, wrong output,
+    /// a suite completed twice).
     wrong: Vec<String>,
     statuses: HashMap<String, usize>,
     /// Jobs a kill found running, taken back and run again.
     rescued: usize,
+    /// Of those, the ones whose attempts ran on more than one node.
+    moved: usize,
+    /// Processes of jobs still alive on a node once every job has ended.
+    left_running: usize,
     webhooks_expected: usize,
     webhooks_delivered: usize,
     /// Outbox rows (a suite's per-case calls included) not delivered in the end.
     undelivered: i64,
-    integrity: String,
+    integrity: Option<String>,
 }
 
-/// Checks every promise after the last restart, from the API and the database.
-async fn check(server: &Server, ledger: &Ledger, receiver: &Receiver) -> Report {
+/// Checks every promise after the last restart, from the API (of the first node: every node
+/// answers for the whole queue) and the database.
+async fn check(nodes: &[Server], store: &Store, ledger: &Ledger, receiver: &Receiver) -> Report {
+    let server = &nodes[0];
     let mut report = Report::default();
     let mut all_jobs: Vec<(String, Option<String>)> = ledger
         .jobs
@@ -359,6 +547,14 @@ async fn check(server: &Server, ledger: &Ledger, receiver: &Receiver) -> Report 
         if events.iter().any(|e| e["type"] == "job.retrying") {
             report.rescued += 1;
         }
+        let ran_on: HashSet<&str> = events
+            .iter()
+            .filter(|e| e["type"] == "job.started")
+            .filter_map(|e| e["data"]["worker"].as_str()?.split('/').next())
+            .collect();
+        if ran_on.len() > 1 {
+            report.moved += 1;
+        }
         match check_history(&events) {
             Ok(()) => {}
             Err(HistoryFault::Overlap(m)) => report.double_runs.push(m),
@@ -372,16 +568,27 @@ async fn check(server: &Server, ledger: &Ledger, receiver: &Receiver) -> Report 
         if body["done"] != true {
             report.wrong.push(format!("batch not done: {body}"));
         }
+        let (_, events) = server
+            .get(&format!("/v1/batches/{}/events?limit=1000", batch.id))
+            .await;
+        let completions = events["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["type"] == "batch.completed")
+            .count();
+        if completions != 1 {
+            report
+                .wrong
+                .push(format!("batch {} completed {completions} times", batch.id));
+        }
+    }
+    // A run cancelled through another node stops a moment after its job has ended.
+    for node in nodes {
+        report.left_running += still_there_after_a_moment(|| job_processes(node.job_uids())).await;
     }
 
-    let db = rusqlite::Connection::open(server.db_path()).expect("open the database");
-    let stored: HashSet<String> = {
-        let mut stmt = db.prepare("SELECT id FROM jobs").expect("select");
-        stmt.query_map([], |r| r.get(0))
-            .expect("query")
-            .collect::<Result<_, _>>()
-            .expect("ids")
-    };
+    let stored = store.job_ids().await;
     for (id, _) in &all_jobs {
         if !stored.contains(id) {
             report.lost.push(format!("{id} is not in the jobs table"));
@@ -398,13 +605,7 @@ async fn check(server: &Server, ledger: &Ledger, receiver: &Receiver) -> Report 
     report.webhooks_expected = expected.len();
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let pending: i64 = db
-            .query_row(
-                "SELECT count(*) FROM webhooks WHERE status = 'pending'",
-                [],
-                |r| r.get(0),
-            )
-            .expect("pending webhooks");
+        let pending = store.webhooks("status = 'pending'").await;
         let received: HashSet<String> = receiver
             .calls()
             .iter()
@@ -426,16 +627,8 @@ async fn check(server: &Server, ledger: &Ledger, receiver: &Receiver) -> Report 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    report.undelivered = db
-        .query_row(
-            "SELECT count(*) FROM webhooks WHERE status <> 'delivered'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("undelivered webhooks");
-    report.integrity = db
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .expect("integrity_check");
+    report.undelivered = store.webhooks("status <> 'delivered'").await;
+    report.integrity = store.integrity();
     report
 }
 

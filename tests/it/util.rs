@@ -50,6 +50,8 @@ pub struct Server {
     db: PathBuf,
     /// The server's database when it runs on PostgreSQL.
     pg: Option<TestDb>,
+    /// The flags the test gave, which a restart gives again.
+    args: Vec<String>,
     /// The host uids this server's sandboxed jobs run as: `uid_base..uid_base + UID_SPAN`.
     pub uid_base: u32,
     _stdout: BufReader<ChildStdout>,
@@ -68,9 +70,13 @@ impl Server {
         Server::start_in(TempDir::new().expect("temp dir"), args).await
     }
 
-    /// Starts a server on the database in `dir` (which may already hold one).
+    /// Starts a server on the database in `dir` (which may already hold one), its jobs on a uid
+    /// range of their own unless `args` name one (`--sandbox-uid-base`).
     pub async fn start_in(dir: TempDir, args: &[&str]) -> Server {
-        let uid_base = next_uid_base();
+        let given: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let uid_base = flag_value(args, "--sandbox-uid-base").map_or_else(next_uid_base, |base| {
+            base.parse().expect("a numeric --sandbox-uid-base")
+        });
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -111,7 +117,13 @@ impl Server {
                     .into_iter()
                     .flatten(),
             )
-            .args(["--sandbox-uid-base", &uid_base.to_string()])
+            .args(
+                flag_value(args, "--sandbox-uid-base")
+                    .is_none()
+                    .then(|| ["--sandbox-uid-base".to_owned(), uid_base.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(defaults_not_in(args))
             .args(args)
             .env("RUST_LOG", "info")
@@ -138,6 +150,7 @@ impl Server {
             child,
             db,
             pg,
+            args: given,
             uid_base,
             _stdout: stdout,
             url,
@@ -207,9 +220,25 @@ impl Server {
     /// SIGKILL, then a new server on the same database, directory and address, as a crash and
     /// an operator's restart would leave it: clients that were talking to it may reconnect.
     pub async fn restart(self) -> Server {
-        let listen = self.url.trim_start_matches("http://").to_owned();
-        let dir = self.kill9();
-        Server::start_in(dir, &["--listen", &listen]).await
+        self.kill9_for_restart().restart().await
+    }
+
+    /// SIGKILL, keeping what the same node needs to come back: its flags (and with them its node
+    /// id), its address and its uid range, so that a restarted cluster node is the node it was.
+    pub fn kill9_for_restart(self) -> Killed {
+        let mut args = self.args.clone();
+        set_flag(
+            &mut args,
+            "--listen",
+            self.url.trim_start_matches("http://"),
+        );
+        set_flag(&mut args, "--sandbox-uid-base", &self.uid_base.to_string());
+        let uid_base = self.uid_base;
+        Killed {
+            dir: self.kill9(),
+            args,
+            uid_base,
+        }
     }
 
     /// SIGTERM and wait for a clean exit.
@@ -360,6 +389,33 @@ pub fn db_arg_in(dir: &std::path::Path) -> std::ffi::OsString {
     let url = pg.url.clone();
     parked.push((dir.to_owned(), pg));
     url.into()
+}
+
+/// A server killed by [`Server::kill9_for_restart`], to be started again.
+pub struct Killed {
+    dir: TempDir,
+    args: Vec<String>,
+    uid_base: u32,
+}
+
+impl Killed {
+    pub async fn restart(self) -> Server {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        Server::start_in(self.dir, &args).await
+    }
+
+    /// The host uids the killed server's jobs ran as, where nothing may be left.
+    pub fn job_uids(&self) -> std::ops::Range<u32> {
+        self.uid_base + 1..self.uid_base + UID_SPAN
+    }
+}
+
+/// Gives `flag` the value `value` in `args`, in place of any it had.
+fn set_flag(args: &mut Vec<String>, flag: &str, value: &str) {
+    match args.iter().position(|a| a == flag) {
+        Some(i) => args[i + 1] = value.to_owned(),
+        None => args.extend([flag.to_owned(), value.to_owned()]),
+    }
 }
 
 /// The value given for `flag` in `args`.
