@@ -74,6 +74,9 @@ pub enum Stream {
 /// A piece of a running job's output, as decoded text.
 #[derive(Debug)]
 pub struct OutputChunk {
+    /// The attempt whose run wrote it: a stream sends it only after that attempt's
+    /// `job.started`, which may reach the stream later than the output does.
+    pub attempt: u32,
     pub stream: Stream,
     /// The chunk's bytes as text when they are UTF-8, else in base64 (as `encoding` says):
     /// never decoded lossily.
@@ -157,10 +160,10 @@ impl Live {
     /// Where a run of `job` writes its output, from its start: what an earlier attempt wrote
     /// is forgotten. Kept until dropped, after the run's result is stored, so that a watcher
     /// who joins between the two still gets the output.
-    pub fn run_output(&self, job: JobId) -> RunFeed {
+    pub fn run_output(&self, job: JobId, attempt: u32) -> RunFeed {
         let held = self.hold(job);
         *held.channel.replay() = Replay::default();
-        RunFeed { held }
+        RunFeed { held, attempt }
     }
 
     fn hold(&self, job: JobId) -> Held {
@@ -285,6 +288,7 @@ pub struct OutputWatch {
 /// The output of one run of a job, for its taps.
 pub struct RunFeed {
     held: Held,
+    attempt: u32,
 }
 
 impl RunFeed {
@@ -292,6 +296,7 @@ impl RunFeed {
     pub fn tap(&self, stream: Stream) -> OutputTap {
         OutputTap {
             channel: Arc::clone(&self.held.channel),
+            attempt: self.attempt,
             stream,
             pending: Vec::new(),
         }
@@ -310,6 +315,7 @@ impl std::fmt::Debug for RunFeed {
 /// and a chunk for those watching now. One lock and one decode per pipe read.
 pub struct OutputTap {
     channel: Arc<Channel>,
+    attempt: u32,
     stream: Stream,
     /// The start of a UTF-8 character split between two reads, held for the next one.
     pending: Vec<u8>,
@@ -330,6 +336,7 @@ impl OutputTap {
         }
         let (text, encoding) = Content(buf).shown(false);
         let chunk = Arc::new(OutputChunk {
+            attempt: self.attempt,
             stream: self.stream,
             text,
             encoding,
@@ -403,7 +410,7 @@ mod tests {
     async fn a_watcher_gets_the_run_so_far_then_the_rest_whole_and_once() {
         let live = Live::default();
         let job = JobId::now_v7();
-        let run = live.run_output(job);
+        let run = live.run_output(job, 1);
         let mut tap = run.tap(Stream::Stdout);
         tap.push(b"before anyone watched\n");
         let mut watch = live.watch_output(job);
@@ -426,7 +433,7 @@ mod tests {
     async fn bytes_that_are_not_utf8_are_sent_in_base64_and_a_held_back_end_goes_out_at_the_end() {
         let live = Live::default();
         let job = JobId::now_v7();
-        let run = live.run_output(job);
+        let run = live.run_output(job, 1);
         let mut watch = live.watch_output(job);
         let mut tap = run.tap(Stream::Stdout);
         // 0xFF can begin no character: sent at once. 0xC3 could, so it waits for the next read.
@@ -448,13 +455,13 @@ mod tests {
     fn a_new_run_starts_from_nothing_and_the_channel_goes_with_its_last_holder() {
         let live = Live::default();
         let job = JobId::now_v7();
-        let first = live.run_output(job);
+        let first = live.run_output(job, 1);
         first.tap(Stream::Stderr).push(b"attempt 1");
         drop(first);
         assert!(live.outputs().is_empty(), "nobody holds it: freed");
 
         let watch = live.watch_output(job);
-        let second = live.run_output(job);
+        let second = live.run_output(job, 2);
         second.tap(Stream::Stdout).push(b"attempt 2");
         drop(second);
         let late = live.watch_output(job);
@@ -467,7 +474,7 @@ mod tests {
     fn past_the_replay_budget_a_late_watcher_is_told_how_much_it_missed() {
         let live = Live::default();
         let job = JobId::now_v7();
-        let run = live.run_output(job);
+        let run = live.run_output(job, 1);
         let mut tap = run.tap(Stream::Stdout);
         let block = vec![b'x'; 64 * 1024];
         let fit = REPLAY_BYTES / block.len();

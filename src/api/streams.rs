@@ -39,6 +39,12 @@ use crate::store::{StoreError, Visibility};
 /// History rows read at a time.
 const PAGE: u32 = 1000;
 
+/// Output chunks a stream holds while it waits to send their run's `job.started`: on
+/// PostgreSQL a node hears of its own commits through the database a moment after they
+/// commit, while a run's output comes straight from the run, so the first pieces can come
+/// first. Past this many, they count as lost.
+const EARLY_CHUNKS: usize = 256;
+
 /// True if the client asked for an event stream rather than JSON.
 pub(super) fn wanted(headers: &HeaderMap) -> bool {
     headers
@@ -142,9 +148,11 @@ pub(super) async fn job(state: AppState, id: JobId, after: i64) -> Result<Respon
         .await?
         .ok_or_else(ApiError::job_not_found)?;
     let scope = Scope::Job(id);
-    let first = scope.history(&state, after).await?;
+    // From the start, though the stream sends only what follows `after`: what the client had
+    // says whether the run it was watching goes on (see `Stream::recall`).
+    let first = scope.history(&state, 0).await?;
     // Not "no history left": webhook attempts are events of the job that follow its end.
-    if status.is_terminal() && !first.iter().any(|e| scope.ends_with(e)) {
+    if status.is_terminal() && !first.iter().any(|e| e.id > after && scope.ends_with(e)) {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     Ok(start(
@@ -229,6 +237,9 @@ fn start(
         sent: after,
         events,
         output,
+        started: 0,
+        running: false,
+        early: Vec::new(),
         lost: 0,
         outbox,
     };
@@ -337,6 +348,13 @@ struct Stream {
     sent: i64,
     events: broadcast::Receiver<Arc<LiveEvent>>,
     output: Option<OutputWatch>,
+    /// The attempt of the last `job.started` sent, and whether its run is still on as far as
+    /// the client was told (no `job.retrying` or end sent since).
+    started: u32,
+    running: bool,
+    /// Output of a later attempt than the client has been told of, held until its
+    /// `job.started` is sent (at most `EARLY_CHUNKS`).
+    early: Vec<Arc<OutputChunk>>,
     /// Output chunks skipped since the last one sent.
     lost: u64,
     outbox: Outbox,
@@ -377,7 +395,7 @@ impl Stream {
                         }
                         let frame = live.rendered.get_or_init(|| event_frame(&live.event)).clone();
                         self.outbox.send(frame).await?;
-                        self.sent = live.event.id;
+                        self.told(&live.event)?;
                         if self.scope.ends_with(&live.event) {
                             return Ok(());
                         }
@@ -391,7 +409,7 @@ impl Stream {
                     Err(RecvError::Closed) => return Err(Stop::Closed),
                 },
                 chunk = recv_output(&mut self.output) => match chunk {
-                    Ok(chunk) => self.send_output(&chunk)?,
+                    Ok(chunk) => self.offer(chunk)?,
                     Err(RecvError::Lagged(skipped)) => self.lost += skipped,
                     Err(RecvError::Closed) => self.output = None,
                 },
@@ -420,10 +438,11 @@ impl Stream {
             let more = self.scope.may_have_more(&page);
             for event in page.drain(..) {
                 if event.id <= self.sent {
+                    self.recall(&event);
                     continue;
                 }
                 self.outbox.send(event_frame(&event)).await?;
-                self.sent = event.id;
+                self.told(&event)?;
                 if self.scope.ends_with(&event) {
                     return Ok(true);
                 }
@@ -443,8 +462,58 @@ impl Stream {
         let replay = std::mem::take(&mut watch.replay);
         self.lost += std::mem::take(&mut watch.skipped);
         let job = self.scope.job();
-        for chunk in &replay {
-            self.outbox.send(output_frame(job, chunk)).await?;
+        for chunk in replay {
+            if self.running && chunk.attempt == self.started {
+                self.outbox.send(output_frame(job, &chunk)).await?;
+            } else {
+                self.offer(chunk)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes an event just sent: the client now knows the job's run started (or ended), and
+    /// output held for that run's start follows it.
+    fn told(&mut self, event: &Event) -> Result<(), Stop> {
+        self.sent = event.id;
+        if self.recall(event) {
+            for chunk in std::mem::take(&mut self.early) {
+                self.offer(chunk)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes in what an event the client has (sent now, or before it resumed) says of the
+    /// job's run; true if it is the start of one.
+    fn recall(&mut self, event: &Event) -> bool {
+        match EventKind::parse(&event.kind) {
+            Some(EventKind::Started) => {
+                self.started = event.attempt.unwrap_or(self.started);
+                self.running = true;
+                return true;
+            }
+            Some(EventKind::Retrying) => self.running = false,
+            Some(kind) if kind.is_terminal() => self.running = false,
+            _ => {}
+        }
+        false
+    }
+
+    /// Sends a chunk of the run the client was last told started, holds one of a later run
+    /// until it is told of that, and drops one of a run it has been told is over (a retried
+    /// attempt's output is not kept; an ended job's is in its result).
+    fn offer(&mut self, chunk: Arc<OutputChunk>) -> Result<(), Stop> {
+        if chunk.attempt > self.started {
+            if self.early.len() < EARLY_CHUNKS {
+                self.early.push(chunk);
+            } else {
+                self.lost += 1;
+            }
+            return Ok(());
+        }
+        if chunk.attempt == self.started && self.running {
+            self.send_output(&chunk)?;
         }
         Ok(())
     }
@@ -478,7 +547,12 @@ async fn recv_output(output: &mut Option<OutputWatch>) -> Result<Arc<OutputChunk
 /// An output message: `data` the text, or for bytes that are not UTF-8 their base64, which
 /// `"encoding": "base64"` then says (text, the usual case, goes without it).
 fn output_frame(job: Option<JobId>, chunk: &OutputChunk) -> Bytes {
-    let mut data = json!({"job_id": job, "stream": chunk.stream, "data": chunk.text});
+    let mut data = json!({
+        "job_id": job,
+        "attempt": chunk.attempt,
+        "stream": chunk.stream,
+        "data": chunk.text,
+    });
     if chunk.encoding == Encoding::Base64 {
         data["encoding"] = json!(chunk.encoding);
     }

@@ -512,7 +512,7 @@ impl<E: Execute> Workers<E> {
         ));
         // Outlives the run until its result is stored: a watcher who joins in between still
         // gets the output.
-        let output = self.live.run_output(job.id);
+        let output = self.live.run_output(job.id, job.attempt);
         let stdin = job.interactive.then(|| self.live.stdins().reader(job.id));
         let reporting = Reporting {
             output,

@@ -297,6 +297,34 @@ async fn a_watcher_who_joins_late_gets_the_output_from_the_run_s_start() {
 }
 
 #[tokio::test]
+async fn a_stream_resumed_after_the_run_started_still_carries_its_output() {
+    let server = Server::start().await;
+    let id = server.submit(sh("sleep 0.5; echo after; sleep 0.5")).await;
+    server.running(&id).await;
+    let events = server.events(&id).await;
+    let started = events
+        .iter()
+        .find(|e| e["type"] == "job.started")
+        .and_then(|e| e["id"].as_i64())
+        .expect("a job.started event");
+    let path = format!("/v1/jobs/{id}/events");
+    let after = started.to_string();
+    let rest = Sse::open(&server, &path, &[("last-event-id", &after)])
+        .await
+        .rest()
+        .await;
+    assert_eq!(
+        outputs_of(&rest),
+        [("stdout".to_owned(), "after\n".to_owned())]
+    );
+    assert_eq!(
+        events_of(&rest),
+        ["output", "job.succeeded"],
+        "nothing it had again"
+    );
+}
+
+#[tokio::test]
 async fn live_output_arrives_while_the_job_still_runs() {
     let server = Server::start().await;
     let id = server
@@ -310,7 +338,12 @@ async fn live_output_arrives_while_the_job_still_runs() {
     let first = until_first.last().expect("output").json();
     assert_eq!(
         first,
-        json!({"job_id": id, "stream": "stdout", "data": "first\n"})
+        json!({"job_id": id, "attempt": 1, "stream": "stdout", "data": "first\n"})
+    );
+    assert_eq!(
+        events_of(&until_first),
+        ["job.queued", "job.started", "output"],
+        "output follows its run's start"
     );
     assert_eq!(
         until_first.last().and_then(Item::id),

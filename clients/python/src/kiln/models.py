@@ -179,10 +179,12 @@ class Output(_Answer):
     """What a running job wrote, live (`event: output`); not stored piece by piece, no id.
 
     `data` is the text, or for a piece that is not UTF-8 (`encoding` `"base64"`) its bytes in
-    base64; `data_bytes` is the exact bytes either way.
+    base64; `data_bytes` is the exact bytes either way. `attempt` is the run that wrote it:
+    each attempt's output follows its `job.started`.
     """
 
     job_id: str
+    attempt: int | None = None
     stream: Literal["stdout", "stderr"]
     data: str
     encoding: Encoding | None = None
