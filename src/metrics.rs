@@ -9,8 +9,10 @@
 //! fixed series a counter is one atomic and the exposition a page of `write!`s, where the crate's
 //! label families put a lock and a map on every increment.
 //!
-//! Counts of committed events (submits, claims, ends, webhook calls) are taken from the writer's
-//! notices after each commit, so a write that was rolled back is never counted. Counters start
+//! Counts of committed events (submits, claims, ends, webhook calls) are taken after each
+//! commit from the events it appended (SQLite's writer's notices, the PostgreSQL store's own
+//! tally), so a write that was rolled back is never counted, and on a cluster each node counts
+//! what it committed itself. Counters start
 //! at zero when the process starts, as Prometheus expects; the totals of the whole history are
 //! in the database.
 
@@ -93,8 +95,13 @@ impl Metrics {
             self.commit_failures.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        for notice in notices {
-            let counter = match notice.kind {
+        self.committed(notices.iter().map(|notice| notice.kind));
+    }
+
+    /// Events this process committed, by kind: what they say happened is counted.
+    pub fn committed(&self, kinds: impl IntoIterator<Item = EventKind>) {
+        for kind in kinds {
+            let counter = match kind {
                 EventKind::Queued => &self.submitted,
                 EventKind::BatchQueued => &self.batches_submitted,
                 EventKind::Started => &self.claimed,

@@ -60,8 +60,9 @@ use crate::bus::Bus;
 use crate::job::batch::{Batch, BatchSpec, Case, CaseReport, CaseSpec, Group, SuiteSpec};
 use crate::job::time::now_ms;
 use crate::job::{
-    BatchId, Event, Finish, Job, JobId, JobSpec, Outcome, Progress, RunResult, Status,
+    BatchId, Event, EventKind, Finish, Job, JobId, JobSpec, Outcome, Progress, RunResult, Status,
 };
+use crate::metrics::METRICS;
 use write::Running;
 
 pub use feed::Wakeups;
@@ -291,11 +292,14 @@ impl PgStore {
         spec: &JobSpec,
         admission: &Admission,
     ) -> Result<Submitted, PgError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let submitted = write::submit(&tx, spec, admission, now_ms()).await?;
-        tx.commit().await?;
-        Ok(submitted)
+        counted(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let submitted = write::submit(&tx, spec, admission, now_ms()).await?;
+            tx.commit().await?;
+            Ok(submitted)
+        })
+        .await
     }
 
     /// Moves the next queued job (highest priority, then oldest) to running under a lease held
@@ -303,13 +307,16 @@ impl PgStore {
     /// and how to judge it. Claimers on any number of nodes never take the same job, and none
     /// waits for another's claim.
     pub async fn claim(&self, owner: &str, lease: Duration) -> Result<Option<ClaimedJob>, PgError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let now = now_ms();
-        let lease_until = now.saturating_add(lease_ms(lease));
-        let claimed = write::claim(&tx, owner, now, lease_until).await?;
-        tx.commit().await?;
-        Ok(claimed)
+        counted(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let now = now_ms();
+            let lease_until = now.saturating_add(lease_ms(lease));
+            let claimed = write::claim(&tx, owner, now, lease_until).await?;
+            tx.commit().await?;
+            Ok(claimed)
+        })
+        .await
     }
 
     /// Records the end of a run with its terminal event (and the webhook it asked for), if the
@@ -318,11 +325,14 @@ impl PgStore {
     /// that follows from the outcome) in the same transaction, and so does its batch's
     /// completion if it was the last case.
     pub async fn finish(&self, id: JobId, attempt: u32, end: &Finish) -> Result<bool, PgError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let finished = write::finish(&tx, id, attempt, end, now_ms()).await?;
-        tx.commit().await?;
-        Ok(finished)
+        counted(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let finished = write::finish(&tx, id, attempt, end, now_ms()).await?;
+            tx.commit().await?;
+            Ok(finished)
+        })
+        .await
     }
 
     /// Stores a whole suite, every case with its `job.queued` event and the `batch.queued`
@@ -349,32 +359,39 @@ impl PgStore {
     where
         I: IntoIterator<Item = Result<CaseSpec, StoreError>> + Send + 'static,
     {
-        // The cases may be read from a file (a suite sent as a stream waits in a spool), which
-        // must not block the runtime: a blocking thread reads them, a few ahead of the inserts.
-        // Should the write end first, the reader's next send fails and it stops.
-        let (ahead, cases_read) = tokio::sync::mpsc::channel(CASES_AHEAD);
-        tokio::task::spawn_blocking(move || {
-            for case in cases {
-                if ahead.blocking_send(case).is_err() {
-                    return;
+        counted(async {
+            // The cases may be read from a file (a suite sent as a stream waits in a spool), which
+            // must not block the runtime: a blocking thread reads them, a few ahead of the inserts.
+            // Should the write end first, the reader's next send fails and it stops.
+            let (ahead, cases_read) = tokio::sync::mpsc::channel(CASES_AHEAD);
+            tokio::task::spawn_blocking(move || {
+                for case in cases {
+                    if ahead.blocking_send(case).is_err() {
+                        return;
+                    }
                 }
-            }
-        });
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let submitted = batch::submit(&tx, &suite, count, cases_read, &admission, now_ms()).await?;
-        tx.commit().await?;
-        Ok(submitted)
+            });
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let submitted =
+                batch::submit(&tx, &suite, count, cases_read, &admission, now_ms()).await?;
+            tx.commit().await?;
+            Ok(submitted)
+        })
+        .await
     }
 
     /// Cancels the batch's unfinished cases, which completes it. Running ones must also be
     /// stopped by the caller, wherever they run.
     pub async fn cancel_batch(&self, id: BatchId) -> Result<BatchCancel, PgError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let cancelled = batch::cancel(&tx, id, now_ms()).await?;
-        tx.commit().await?;
-        Ok(cancelled)
+        counted(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let cancelled = batch::cancel(&tx, id, now_ms()).await?;
+            tx.commit().await?;
+            Ok(cancelled)
+        })
+        .await
     }
 
     /// Extends a lease. False if the job is no longer this attempt's to run (cancelled, or
@@ -398,11 +415,14 @@ impl PgStore {
         attempt: u32,
         progress: &Progress,
     ) -> Result<bool, PgError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let recorded = write::progress(&tx, id, attempt, progress, now_ms()).await?;
-        tx.commit().await?;
-        Ok(recorded)
+        counted(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let recorded = write::progress(&tx, id, attempt, progress, now_ms()).await?;
+            tx.commit().await?;
+            Ok(recorded)
+        })
+        .await
     }
 
     /// Gives a running job back: queued again while attempts remain, else ended as `error`
@@ -444,21 +464,27 @@ impl PgStore {
         outcome: Outcome,
         reason: &str,
     ) -> Result<usize, PgError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let n = write::requeue_or_end(&tx, which, outcome, reason, now_ms()).await?;
-        tx.commit().await?;
-        Ok(n)
+        counted(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let n = write::requeue_or_end(&tx, which, outcome, reason, now_ms()).await?;
+            tx.commit().await?;
+            Ok(n)
+        })
+        .await
     }
 
     /// Cancels a queued or running job. For a running job the caller must also stop the
     /// process, wherever it runs.
     pub async fn cancel(&self, id: JobId) -> Result<CancelResult, PgError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let cancelled = write::cancel(&tx, id, now_ms()).await?;
-        tx.commit().await?;
-        Ok(cancelled)
+        counted(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let cancelled = write::cancel(&tx, id, now_ms()).await?;
+            tx.commit().await?;
+            Ok(cancelled)
+        })
+        .await
     }
 
     /// Adds the output and usage of the run of `attempt` to the job a cancel ended while that
@@ -469,11 +495,14 @@ impl PgStore {
         attempt: u32,
         result: &RunResult,
     ) -> Result<bool, PgError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let kept = write::keep_cancelled_run(&tx, id, attempt, result).await?;
-        tx.commit().await?;
-        Ok(kept)
+        counted(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let kept = write::keep_cancelled_run(&tx, id, attempt, result).await?;
+            tx.commit().await?;
+            Ok(kept)
+        })
+        .await
     }
 
     /// When the earliest pending webhook is due, if any is pending.
@@ -501,11 +530,14 @@ impl PgStore {
         delivery: &Delivery,
         attempt: &Attempt,
     ) -> Result<bool, PgError> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let recorded = webhooks::record(&tx, delivery, attempt, now_ms()).await?;
-        tx.commit().await?;
-        Ok(recorded)
+        counted(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let recorded = webhooks::record(&tx, delivery, attempt, now_ms()).await?;
+            tx.commit().await?;
+            Ok(recorded)
+        })
+        .await
     }
 
     /// The value stored under `name`; stores `initial` first if there is none, so that every
@@ -787,6 +819,34 @@ impl PgStore {
         let client = self.pool.get().await?;
         read::events_before(&client, who, before, limit).await
     }
+}
+
+tokio::task_local! {
+    /// The kinds of the events appended by the transaction this task has under way.
+    static APPENDED: std::cell::RefCell<Vec<EventKind>>;
+}
+
+/// Runs a transaction, which commits as its last step, and once it has committed counts the
+/// events it appended in this node's metrics, as SQLite's writer counts its notices. The events
+/// are appended from many write functions, each in a transaction its caller commits; a tally
+/// kept beside the transaction rather than handed through each of them leaves them as they are.
+async fn counted<T>(transaction: impl Future<Output = Result<T, PgError>>) -> Result<T, PgError> {
+    let (result, appended) = APPENDED
+        .scope(std::cell::RefCell::default(), async {
+            let result = transaction.await;
+            (result, APPENDED.with(std::cell::RefCell::take))
+        })
+        .await;
+    if result.is_ok() {
+        METRICS.committed(appended);
+    }
+    result
+}
+
+/// Notes events appended by the transaction under way, for [`counted`] to count once it
+/// commits (outside one, as in `kiln migrate-to`, nothing counts them).
+fn appended(kinds: impl IntoIterator<Item = EventKind>) {
+    let _ = APPENDED.try_with(|tally| tally.borrow_mut().extend(kinds));
 }
 
 fn lease_ms(lease: Duration) -> i64 {

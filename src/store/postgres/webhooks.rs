@@ -122,5 +122,6 @@ pub(super) async fn record(
     let stmt = tx.prepare_cached(sql).await?;
     tx.execute(&stmt, &[&subject, &now, &kind.as_str(), &Json(&data)])
         .await?;
+    super::appended([kind]);
     Ok(true)
 }

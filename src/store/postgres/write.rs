@@ -724,6 +724,7 @@ pub(super) async fn insert_events(
         &[&at, &jobs, &batches, &kinds, &attempts, &data, &tenants],
     )
     .await?;
+    super::appended(events.iter().map(|e| e.kind));
     Ok(())
 }
 
