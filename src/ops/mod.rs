@@ -11,11 +11,15 @@ mod prune;
 mod token;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::cli::{Conclusion, Format, print};
-use crate::config::DEFAULT_DB;
+use crate::config::{DEFAULT_DB, is_postgres_url, without_password};
+use crate::store::postgres::{PgStore, Wakeups};
 use crate::store::{self, StoreError};
+
+/// The feed of a command that reads no events: as idle as it may be.
+const ONE_MINUTE: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub use doctor::{Check, DoctorArgs, Severity};
 pub use migrate_to::MigrateToArgs;
@@ -97,6 +101,22 @@ pub async fn run(command: OpsCommand) -> Result<Conclusion, OpsError> {
         OpsCommand::Doctor(args) => return doctor::run(args).await,
     }
     Ok(Conclusion::Success)
+}
+
+/// The PostgreSQL database `db` names (a `postgres://…` URL), connected with `connections`
+/// pooled connections for an operator's command; `None` when `db` is a SQLite file.
+async fn postgres(db: &Path, connections: usize) -> Result<Option<PgStore>, OpsError> {
+    let Some(url) = db.to_str().filter(|db| is_postgres_url(db)) else {
+        return Ok(None);
+    };
+    let wakeups = Wakeups::Poll { every: ONE_MINUTE };
+    match PgStore::connect_with(url, connections, wakeups).await {
+        Ok(store) => Ok(Some(store)),
+        Err(source) => Err(OpsError::Open {
+            path: without_password(url).into(),
+            source: source.into(),
+        }),
+    }
 }
 
 async fn blocking<T: Send + 'static>(

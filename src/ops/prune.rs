@@ -2,6 +2,8 @@
 //! ([`store::prune`]); this decides whether to go ahead: `--dry-run` only counts what would go,
 //! an age whose unit could be read two ways is refused, and a prune that would remove every
 //! finished job asks first on a terminal, and without one is refused unless `--yes` says so.
+//! The same on PostgreSQL (`--db postgres://…`), where the store prunes beside running nodes
+//! in short transactions as it does a file.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -9,11 +11,12 @@ use std::path::PathBuf;
 use super::{OpsError, blocking};
 use crate::cli::{Format, print};
 use crate::config::DEFAULT_DB;
-use crate::store::{self, PruneOptions, PrunePreview};
+use crate::store::postgres::PgStore;
+use crate::store::{self, PruneOptions, PrunePreview, PruneReport, StoreError};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct PruneArgs {
-    /// The database file
+    /// The server's database: its SQLite file, or its postgres://… URL
     #[arg(long, env = "KILN_DB", default_value = DEFAULT_DB)]
     db: PathBuf,
     /// What goes: jobs and batches that finished more than this long ago, in s, min, h, d or w
@@ -39,8 +42,11 @@ pub struct PruneArgs {
 
 /// Runs `kiln prune`.
 pub async fn run(args: PruneArgs) -> Result<(), OpsError> {
-    let (db, cutoff) = (args.db.clone(), args.finished_before);
-    let preview = blocking(move || store::prune_preview(&db, cutoff)).await?;
+    let database = match super::postgres(&args.db, 1).await? {
+        Some(store) => Database::Postgres(store),
+        None => Database::File(args.db.clone()),
+    };
+    let preview = database.preview(args.finished_before).await?;
     if args.dry_run {
         return print(|out| match args.format.json {
             true => writeln!(
@@ -63,8 +69,7 @@ pub async fn run(args: PruneArgs) -> Result<(), OpsError> {
     let mut options = PruneOptions::new(args.finished_before);
     options.archive = args.archive;
     options.chunk = usize::try_from(args.chunk).unwrap_or(options.chunk);
-    let db = args.db;
-    let report = blocking(move || store::prune(&db, &options)).await?;
+    let report = database.prune(options).await?;
     print(|out| {
         if args.format.json {
             return writeln!(out, "{}", serde_json::json!(report));
@@ -88,6 +93,40 @@ pub async fn run(args: PruneArgs) -> Result<(), OpsError> {
         Ok(())
     })
     .map_err(OpsError::Output)
+}
+
+/// What is pruned: a SQLite file, through a connection of the prune's own (it needs no server
+/// and no writer thread), or a PostgreSQL database, through the store.
+enum Database {
+    File(PathBuf),
+    Postgres(PgStore),
+}
+
+impl Database {
+    async fn preview(&self, finished_before: i64) -> Result<PrunePreview, OpsError> {
+        match self {
+            Database::File(db) => {
+                let db = db.clone();
+                blocking(move || store::prune_preview(&db, finished_before)).await
+            }
+            Database::Postgres(store) => Ok(store
+                .prune_preview(finished_before)
+                .await
+                .map_err(StoreError::from)?),
+        }
+    }
+
+    async fn prune(&self, options: PruneOptions) -> Result<PruneReport, OpsError> {
+        match self {
+            Database::File(db) => {
+                let db = db.clone();
+                blocking(move || store::prune(&db, &options)).await
+            }
+            Database::Postgres(store) => {
+                Ok(store.prune(&options).await.map_err(StoreError::from)?)
+            }
+        }
+    }
 }
 
 /// Asks the person at the terminal whether all history may go; without a terminal there is no

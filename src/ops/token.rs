@@ -8,12 +8,8 @@ use std::path::PathBuf;
 
 use super::OpsError;
 use crate::cli::{Format, note, print};
-use crate::config::{DEFAULT_DB, is_postgres_url};
-use crate::store::postgres::Wakeups;
+use crate::config::DEFAULT_DB;
 use crate::store::{Store, StoreError};
-
-/// The feed of a command that reads no events: as idle as it may be.
-const ONE_MINUTE: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct TokenArgs {
@@ -53,13 +49,8 @@ fn parse_tenant(s: &str) -> Result<String, String> {
 
 /// Runs `kiln token …` on its database.
 pub async fn run(args: TokenArgs) -> Result<(), OpsError> {
-    if let Some(url) = args.db.to_str().filter(|db| is_postgres_url(db)) {
-        let store = Store::connect(url, 1, Wakeups::Poll { every: ONE_MINUTE })
-            .await
-            .map_err(|source| OpsError::Open {
-                path: crate::config::without_password(url).into(),
-                source,
-            })?;
+    if let Some(store) = super::postgres(&args.db, 1).await? {
+        let store = Store::Postgres(store);
         return command(&store, args.command, args.format.json).await;
     }
     let (store, writer) = Store::open_existing(&args.db, 1).map_err(|source| match source {

@@ -207,8 +207,8 @@ async fn live_output_that_is_not_utf8_comes_in_base64_and_says_so() {
     assert_eq!(
         outputs,
         [
-            json!({"job_id": id, "stream": "stdout", "data": "text\n"}),
-            json!({"job_id": id, "stream": "stdout", "data": "//4=", "encoding": "base64"}),
+            json!({"job_id": id, "attempt": 1, "stream": "stdout", "data": "text\n"}),
+            json!({"job_id": id, "attempt": 1, "stream": "stdout", "data": "//4=", "encoding": "base64"}),
         ]
     );
 }

@@ -682,6 +682,23 @@ async fn malformed_headers_queries_and_paths_each_get_a_400_json_error() {
             "invalid_query",
         ),
         (
+            "a runtime filter with a NUL",
+            request("GET", "/v1/jobs?runtime=py%00", &[], b""),
+            400,
+            "invalid_query",
+        ),
+        (
+            "a group cursor with a NUL",
+            request(
+                "GET",
+                "/v1/batches/01a23e1c-81db-742f-92aa-0f573c77f457/groups?after=a%00",
+                &[],
+                b"",
+            ),
+            400,
+            "invalid_query",
+        ),
+        (
             "wait infinite",
             request("GET", &format!("/v1/jobs/{id}?wait=1e999"), &[], b""),
             400,

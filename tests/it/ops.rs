@@ -87,11 +87,8 @@ async fn prune_removes_old_finished_jobs_and_batches_into_an_archive_while_the_s
     let stop = Arc::new(AtomicBool::new(false));
     let (submitter, accepted, refused) = keep_submitting(&server, Arc::clone(&stop));
     let archive = server.dir.path().join("archive.db");
-    let db = server.db_path();
     let out = server.kiln(&[
         "prune",
-        "--db",
-        db.to_str().expect("utf-8 path"),
         "--finished-before",
         &cutoff,
         "--archive",
@@ -174,24 +171,17 @@ async fn prune_removes_old_finished_jobs_and_batches_into_an_archive_while_the_s
         1
     );
 
-    let conn = Connection::open(&db).expect("open the database");
-    let (jobs, finished): (i64, Option<i64>) = conn
-        .query_row(
-            "SELECT jobs, finished_at FROM prunes WHERE id = ?1",
-            [report["prune_id"].as_i64()],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .expect("the prune is on record");
-    assert_eq!((jobs, finished.is_some()), (5, true));
+    let prune = report["prune_id"].as_i64().expect("prune id");
     assert_eq!(
-        count(
-            &conn,
-            "SELECT count(*) FROM events WHERE job_id = ?1",
-            &old[0]
-        ),
-        0
+        server.count(&format!(
+            "SELECT jobs FROM prunes WHERE id = {prune} AND finished_at IS NOT NULL"
+        )),
+        5,
+        "the prune is on record"
     );
-    assert_eq!(scalar(&conn, "SELECT count(*) FROM prune_in_progress"), 0);
+    let old_events = format!("SELECT count(*) FROM events WHERE job_id = '{}'", old[0]);
+    assert_eq!(server.count(&old_events), 0);
+    assert_eq!(server.count("SELECT count(*) FROM prune_in_progress"), 0);
 }
 
 #[tokio::test]
@@ -246,14 +236,7 @@ async fn a_job_whose_webhook_is_still_pending_is_not_pruned() {
         .submit(json!({"runtime": "sh", "code": "true", "callback_url": "http://127.0.0.1:9/hook"}))
         .await;
     server.finished(&id).await;
-    let out = server.kiln(&[
-        "prune",
-        "--db",
-        "kiln.db",
-        "--finished-before",
-        "0s",
-        "--json",
-    ]);
+    let out = server.kiln(&["prune", "--finished-before", "0s", "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -607,7 +590,7 @@ fn no_command_but_serve_creates_a_database_each_names_the_path_and_how_to_give_i
 
 /// `kiln ARGS` on a terminal (a pty that `script` makes) in `dir`, typing `typed` at it; its
 /// exit code and everything the terminal showed.
-fn on_a_terminal(dir: &std::path::Path, args: &[&str], typed: &str) -> (Option<i32>, String) {
+fn on_a_terminal(server: &Server, args: &[&str], typed: &str) -> (Option<i32>, String) {
     use std::io::Write as _;
     let command = std::iter::once(env!("CARGO_BIN_EXE_kiln"))
         .chain(args.iter().copied())
@@ -615,7 +598,8 @@ fn on_a_terminal(dir: &std::path::Path, args: &[&str], typed: &str) -> (Option<i
         .join(" ");
     let mut child = Command::new("script")
         .args(["-qfec", &command, "/dev/null"])
-        .current_dir(dir)
+        .envs(server.pg_url().map(|url| ("KILN_DB", url)))
+        .current_dir(server.dir.path())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -632,8 +616,7 @@ fn on_a_terminal(dir: &std::path::Path, args: &[&str], typed: &str) -> (Option<i
 }
 
 fn jobs_left(server: &Server) -> i64 {
-    let conn = Connection::open(server.db_path()).expect("open");
-    scalar(&conn, "SELECT count(*) FROM jobs")
+    server.count("SELECT count(*) FROM jobs")
 }
 
 #[tokio::test]
@@ -656,9 +639,8 @@ async fn a_dry_run_prune_says_what_would_go_and_deletes_nothing() {
     assert_eq!(report["dry_run"], true, "{report}");
     assert_eq!(report["would_prune"]["jobs"], 2, "{report}");
     assert_eq!(jobs_left(&server), 2);
-    let conn = Connection::open(server.db_path()).expect("open");
     assert_eq!(
-        scalar(&conn, "SELECT count(*) FROM prunes"),
+        server.count("SELECT count(*) FROM prunes"),
         0,
         "not even a prunes row"
     );
@@ -688,7 +670,6 @@ async fn a_prune_of_all_history_asks_on_a_terminal_and_without_one_needs_yes() {
         let id = server.submit(sh("true")).await;
         server.finished(&id).await;
     }
-    let dir = server.dir.path();
     let all = ["prune", "--finished-before", "0d"];
 
     let out = server.kiln(&all);
@@ -700,15 +681,15 @@ async fn a_prune_of_all_history_asks_on_a_terminal_and_without_one_needs_yes() {
     );
     assert_eq!(jobs_left(&server), 2, "nothing pruned without a terminal");
 
-    let (code, shown) = on_a_terminal(dir, &all, "n\n");
+    let (code, shown) = on_a_terminal(&server, &all, "n\n");
     assert!(shown.contains("Go ahead? [y/N]"), "{shown}");
     assert!(shown.contains("nothing pruned"), "{shown}");
     assert_eq!(code, Some(2), "{shown}");
-    let (code, shown) = on_a_terminal(dir, &all, "\n");
+    let (code, shown) = on_a_terminal(&server, &all, "\n");
     assert_eq!(code, Some(2), "no is the default: {shown}");
     assert_eq!(jobs_left(&server), 2);
 
-    let (code, shown) = on_a_terminal(dir, &all, "y\n");
+    let (code, shown) = on_a_terminal(&server, &all, "y\n");
     assert_eq!(code, Some(0), "{shown}");
     assert!(shown.contains("pruned 2 jobs"), "{shown}");
     assert_eq!(jobs_left(&server), 0);

@@ -168,6 +168,11 @@ impl Server {
         self.db.clone()
     }
 
+    /// The server's PostgreSQL database, when it runs on one.
+    pub fn pg_url(&self) -> Option<&str> {
+        self.pg.as_ref().map(|pg| pg.url.as_str())
+    }
+
     /// The whole number `sql` answers, read from the server's database on either backend: a
     /// count of rows, most often, where a test proves that nothing was half-written.
     pub fn count(&self, sql: &str) -> i64 {
@@ -572,9 +577,13 @@ fn next_uid_base() -> u32 {
 
 impl Server {
     /// Runs the command-line client against this server, in its directory, to its end.
+    /// Runs `kiln` in the server's directory with `KILN_URL` naming the server and, on
+    /// PostgreSQL, `KILN_DB` its database, so that an operator's command finds what the
+    /// server uses (its `kiln.db` in the directory, on SQLite) unless `--db` says otherwise.
     pub fn kiln(&self, args: &[&str]) -> std::process::Output {
         std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
             .args(args)
+            .envs(self.pg_url().map(|url| ("KILN_DB", url)))
             .env("KILN_URL", &self.url)
             .current_dir(self.dir.path())
             .output()
