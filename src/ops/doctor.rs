@@ -16,17 +16,19 @@ use tokio_util::sync::CancellationToken;
 
 use super::OpsError;
 use crate::cli::{Conclusion, Format, SandboxArgs, print};
-use crate::config::{DEFAULT_DB, default_work_root};
+use crate::config::{DEFAULT_DB, default_work_root, is_postgres_url, without_password};
 use crate::job::policy::Policy;
 use crate::neighbours;
 use crate::runner::{Isolation, RunRequest, Runner};
 use crate::runtime::{Runtime, Runtimes};
 use crate::sandbox::{Mode, Report, Sandbox, SandboxConfig};
 use crate::store;
+use crate::store::postgres;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct DoctorArgs {
-    /// The database file to check (a warning if it does not exist yet; never created)
+    /// The database to check: a SQLite file (a warning if it does not exist yet; never
+    /// created) or a postgres://… URL (never migrated)
     #[arg(long, env = "KILN_DB", default_value = DEFAULT_DB)]
     db: PathBuf,
     /// The work root the server uses [default: $TMPDIR/kiln-work]
@@ -165,13 +167,19 @@ async fn checks(args: DoctorArgs) -> Vec<Check> {
             "give --work-root a directory kiln may write to (on a local disk, not NFS)",
         )),
     }
-    let db_dir = match args.db.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    checks.push(disk_check("database directory", &db_dir));
+    let url = args.db.to_str().filter(|db| is_postgres_url(db));
+    if url.is_none() {
+        let db_dir = match args.db.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        checks.push(disk_check("database directory", &db_dir));
+    }
     checks.push(disk_check("work root", &work_root));
-    checks.extend(database_checks(&args.db, args.quick).await);
+    match url {
+        Some(url) => checks.extend(postgres_checks(url).await),
+        None => checks.extend(database_checks(&args.db, args.quick).await),
+    }
     checks.push(neighbours_check());
     if let Some(url) = &args.url {
         checks.push(server_check(url).await);
@@ -563,6 +571,97 @@ async fn database_checks(db: &Path, quick: bool) -> Vec<Check> {
             "database",
             "prune_in_progress has rows outside a prune: events may be deleted by anyone",
             "DELETE FROM prune_in_progress once no `kiln prune` runs",
+        ));
+    }
+    checks
+}
+
+/// A PostgreSQL database: that it answers, its schema against this kiln's, and room for the
+/// connections nodes open (a pool per node, a connection per worker and eight more).
+async fn postgres_checks(url: &str) -> Vec<Check> {
+    let shown = without_password(url);
+    let health = match postgres::inspect(url).await {
+        Ok(health) => health,
+        Err(e) => {
+            return vec![Check::fail(
+                "database",
+                format!("{shown}: {e}"),
+                "check that the server runs and that the URL's host, port, user, password and \
+                 database are right (createdb makes the database)",
+            )];
+        }
+    };
+    let (version, known) = (health.schema_version, health.known_version);
+    let mut checks = vec![match version {
+        0 => Check::warn(
+            "database",
+            format!("{shown}: no kiln schema yet"),
+            "the first kiln serve on it creates the schema",
+        ),
+        v if v > known => Check::fail(
+            "database",
+            format!("{shown}: schema version {v} is newer than this kiln knows ({known})"),
+            "run the kiln version that wrote it, or a newer one",
+        ),
+        v if v < known => Check::ok(
+            "database",
+            format!("{shown}: schema version {v}: kiln serve migrates it to {known} at start"),
+        ),
+        v => Check::ok(
+            "database",
+            format!(
+                "{shown}: PostgreSQL {}, schema version {v}",
+                health.server_version
+            ),
+        ),
+    }];
+    let free = health.max_connections - health.connections;
+    checks.push(match free {
+        f if f < 10 => Check::warn(
+            "database",
+            format!(
+                "{} of max_connections {} are in use: a node needs one per worker and 9 more",
+                health.connections, health.max_connections
+            ),
+            "raise max_connections, or run fewer workers per node",
+        ),
+        _ => Check::ok(
+            "database",
+            format!(
+                "connections: {} of {} in use",
+                health.connections, health.max_connections
+            ),
+        ),
+    });
+    // A leader is named as its lease owner: the node's id, then its instance.
+    let leader = health.leader.map(|(owner, left)| {
+        let mut parts = owner.split('/');
+        let node = parts.next().unwrap_or_default().to_owned();
+        let instance = parts.next().unwrap_or_default().to_owned();
+        (node, instance, left)
+    });
+    checks.push(match leader {
+        Some((node, instance, left)) if left > 0 => Check::ok(
+            "database",
+            format!(
+                "node {node:?} (instance {instance}) leads the maintenance, for {left} ms more \
+                 unless it renews"
+            ),
+        ),
+        Some((node, _, _)) => Check::ok(
+            "database",
+            format!("no node leads the maintenance now (the last was {node:?})"),
+        ),
+        None => Check::ok("database", "no node has led the maintenance yet"),
+    });
+    if health.synchronous_commit != "on" {
+        checks.push(Check::ok(
+            "database",
+            format!(
+                "the server's synchronous_commit is {}; kiln's connections set it on, so a 202 \
+                 still means the job is on disk",
+                health.synchronous_commit
+            ),
         ));
     }
     checks

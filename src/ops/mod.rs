@@ -5,22 +5,23 @@
 //! happened for people, or as JSON with `--json`; what they conclude, or why they could not,
 //! goes back to `main`.
 
+mod backup;
 mod doctor;
 mod migrate_to;
 mod prune;
 mod token;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::cli::{Conclusion, Format, print};
-use crate::config::{DEFAULT_DB, is_postgres_url, without_password};
+use crate::cli::Conclusion;
+use crate::config::{is_postgres_url, without_password};
+use crate::store::StoreError;
 use crate::store::postgres::{PgStore, Wakeups};
-use crate::store::{self, StoreError};
 
 /// The feed of a command that reads no events: as idle as it may be.
 const ONE_MINUTE: std::time::Duration = std::time::Duration::from_secs(60);
 
+pub use backup::BackupArgs;
 pub use doctor::{Check, DoctorArgs, Severity};
 pub use migrate_to::MigrateToArgs;
 pub use prune::PruneArgs;
@@ -33,17 +34,10 @@ pub enum OpsCommand {
     /// Remove old finished jobs and batches with their events, optionally copying them to an
     /// archive file first; safe while servers run (small transactions)
     Prune(PruneArgs),
-    /// Write a consistent copy of the database to FILE while servers go on using it; the copy is
-    /// checked with integrity_check before it is put in place
-    Backup {
-        /// Where to write the backup; must not exist yet
-        file: PathBuf,
-        /// The database file
-        #[arg(long, env = "KILN_DB", default_value = DEFAULT_DB)]
-        db: PathBuf,
-        #[command(flatten)]
-        format: Format,
-    },
+    /// Write a consistent copy of the database to FILE while servers go on using it: a SQLite
+    /// file checked with integrity_check, or a PostgreSQL database dumped by pg_dump and checked
+    /// with pg_restore --list, before it is put in place
+    Backup(BackupArgs),
     /// Copy a SQLite database's whole history (jobs, events, suites, tokens, webhooks, stats)
     /// into an empty PostgreSQL database, ids kept, in one transaction; stop its servers first
     MigrateTo(MigrateToArgs),
@@ -69,6 +63,9 @@ pub enum OpsError {
     Output(#[source] std::io::Error),
     #[error("the command did not finish: {0}")]
     Task(String),
+    /// A PostgreSQL tool kiln runs (`pg_dump`) is missing or failed, in its own words.
+    #[error("{0}")]
+    Tool(String),
     /// Not done, as the operator (or the lack of one to ask) decided.
     #[error("{0}")]
     Refused(String),
@@ -80,23 +77,7 @@ pub async fn run(command: OpsCommand) -> Result<Conclusion, OpsError> {
     match command {
         OpsCommand::Token(args) => token::run(args).await?,
         OpsCommand::Prune(args) => prune::run(args).await?,
-        OpsCommand::Backup { file, db, format } => {
-            let backup = blocking(move || store::backup(&db, &file)).await?;
-            print(|out| match format.json {
-                true => writeln!(out, "{}", serde_json::json!(backup)),
-                false => writeln!(
-                    out,
-                    "backed up {} jobs and {} events (schema version {}, {} bytes) to {}; \
-                     integrity_check: ok",
-                    backup.jobs,
-                    backup.events,
-                    backup.user_version,
-                    backup.bytes,
-                    backup.path.display()
-                ),
-            })
-            .map_err(OpsError::Output)?;
-        }
+        OpsCommand::Backup(args) => backup::run(args).await?,
         OpsCommand::MigrateTo(args) => migrate_to::run(args).await?,
         OpsCommand::Doctor(args) => return doctor::run(args).await,
     }

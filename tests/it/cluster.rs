@@ -445,3 +445,109 @@ async fn a_suite_submitted_to_one_node_is_run_by_two_worker_nodes_and_completes_
         "{nodes:?}"
     );
 }
+
+// Two threads: the submitter goes on while the test waits for the backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_is_one_snapshot_that_pg_restore_brings_back_while_the_node_runs_on() {
+    let (Some(db), Some(restored)) = (
+        TestDb::create("cluster_backup").await,
+        TestDb::create("cluster_restored").await,
+    ) else {
+        return;
+    };
+    let server = node(&db, "solo", "2", &[]).await;
+    let kept = server.submit(sh("echo kept")).await;
+    server.finished(&kept).await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (submitter, accepted, _) =
+        crate::ops::keep_submitting(&server, std::sync::Arc::clone(&stop));
+    while accepted.load(std::sync::atomic::Ordering::Relaxed) < 5 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let dump = server.dir.path().join("kiln.dump");
+    let dump_arg = dump.to_str().expect("utf-8 path");
+    let out = server.kiln(&["backup", dump_arg, "--db", &db.url, "--json"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    submitter.await.expect("submitter");
+    assert!(out.status.success(), "{out:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    assert!(report["jobs"].as_i64() > Some(1), "{report}");
+
+    let again = server.kiln(&["backup", dump_arg, "--db", &db.url]);
+    assert_eq!(again.status.code(), Some(2), "{again:?}");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already exists"),
+        "{again:?}"
+    );
+
+    let bin = crate::pg::postgres_bin().expect("PostgreSQL's programs");
+    let restore = std::process::Command::new(bin.join("pg_restore"))
+        .args(["--no-owner", "--dbname", &restored.url, dump_arg])
+        .output()
+        .expect("run pg_restore");
+    assert!(restore.status.success(), "{restore:?}");
+    let copy = restored.client().await;
+    for (table, reported) in [("jobs", &report["jobs"]), ("events", &report["events"])] {
+        let n: i64 = copy
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(
+            Some(n),
+            reported.as_i64(),
+            "{table}: the dump is the snapshot counted"
+        );
+    }
+    let back = node(&restored, "restored", "0", &[]).await;
+    let job = back.get(&format!("/v1/jobs/{kept}")).await.1;
+    assert_eq!(job["stdout"], "kept\n", "{job}");
+}
+
+#[tokio::test]
+async fn the_doctor_reads_a_postgres_database_without_changing_it() {
+    let Some(db) = TestDb::create("cluster_doctor").await else {
+        return;
+    };
+    let work = tempfile::TempDir::new().expect("a work root");
+    let doctor = |url: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["doctor", "--db", url, "--work-root"])
+            .arg(work.path())
+            .args(["--sandbox-uid-base", &crate::ops::doctor_uid_base(2)])
+            .output()
+            .expect("run kiln doctor");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.code(), stdout)
+    };
+
+    let (_, shown) = doctor(&db.url);
+    assert!(shown.contains("no kiln schema yet"), "{shown}");
+    let client = db.client().await;
+    let migrated: bool = client
+        .query_one("SELECT to_regclass('kiln_migrations') IS NOT NULL", &[])
+        .await
+        .expect("ask")
+        .get(0);
+    assert!(!migrated, "the doctor created nothing");
+
+    let server = node(&db, "one", "1", &[]).await;
+    let (code, shown) = doctor(&db.url);
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(shown.contains("schema version 6"), "{shown}");
+    assert!(shown.contains("node \"one\" (instance "), "{shown}");
+    assert!(
+        !shown.contains("database directory"),
+        "no file to look at: {shown}"
+    );
+    drop(server);
+
+    let missing = db.url.replace("kiln_test_", "kiln_missing_");
+    let (code, shown) = doctor(&missing);
+    assert_eq!(code, Some(1), "{shown}");
+    assert!(
+        shown.contains("does not exist"),
+        "in the server's words: {shown}"
+    );
+}

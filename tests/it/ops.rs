@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::util::{Server, on_postgres, sh};
 
 /// Submits `sh("true")` jobs one after another until `stop`, counting answers that were not 202.
-fn keep_submitting(
+pub(crate) fn keep_submitting(
     server: &Server,
     stop: Arc<AtomicBool>,
 ) -> (
@@ -309,9 +309,10 @@ async fn a_backup_taken_while_jobs_are_submitted_opens_and_passes_integrity_chec
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
 }
 
-/// A uid range for the doctor's test runs (`test` of this file) that no test server uses.
-fn doctor_uid_base(test: u32) -> String {
-    (3_000_000_000 + (std::process::id() % 64) * 40_000 + test * 20_000).to_string()
+/// A uid range for the doctor's test runs (`test`: 0 and 1 of this file, 2 of `cluster.rs`)
+/// that no test server uses.
+pub(crate) fn doctor_uid_base(test: u32) -> String {
+    (3_000_000_000 + (std::process::id() % 64) * 60_000 + test * 20_000).to_string()
 }
 
 #[tokio::test]

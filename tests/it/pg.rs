@@ -138,7 +138,7 @@ async fn shared_cluster(test: &str) -> Option<Arc<Cluster>> {
 }
 
 /// The newest installed PostgreSQL's programs, as Debian lays them out.
-fn postgres_bin() -> Option<PathBuf> {
+pub(crate) fn postgres_bin() -> Option<PathBuf> {
     let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .ok()?
         .filter_map(|entry| {

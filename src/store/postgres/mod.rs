@@ -81,7 +81,7 @@ const CASES_AHEAD: usize = 64;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PgError {
-    #[error("database error: {0}")]
+    #[error("database error: {}", said(.0))]
     Db(Arc<tokio_postgres::Error>),
     #[error("no database connection available: {0}")]
     Pool(Arc<deadpool_postgres::PoolError>),
@@ -89,7 +89,7 @@ pub enum PgError {
     Url(String),
     #[error("cannot set up the connection pool: {0}")]
     Setup(String),
-    #[error("migration {version} ({name}) failed: {source}")]
+    #[error("migration {version} ({name}) failed: {}", said(source))]
     Migration {
         version: u32,
         name: &'static str,
@@ -127,6 +127,12 @@ impl From<tokio_postgres::Error> for PgError {
 
 impl From<deadpool_postgres::PoolError> for PgError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
+        // A connection the server refused is the server's error, in its words ("database
+        // \"kiln\" does not exist"), not the pool's ("error occurred while creating a new
+        // object").
+        if let deadpool_postgres::PoolError::Backend(e) = e {
+            return PgError::Db(Arc::new(e));
+        }
         PgError::Pool(Arc::new(e))
     }
 }
@@ -167,6 +173,18 @@ impl PgError {
     }
 }
 
+/// What the server (or the connection) said: tokio-postgres shows an error the server sent
+/// as only "db error", with the server's words in its source.
+fn said(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => match std::error::Error::source(e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        },
+    }
+}
+
 /// A pool of at most `connections` to `url`, each connection set up as kiln needs it, and the
 /// configuration it connects with. Nothing is connected yet.
 fn pool(url: &str, connections: usize) -> Result<(Pool, tokio_postgres::Config), PgError> {
@@ -200,6 +218,72 @@ fn pool(url: &str, connections: usize) -> Result<(Pool, tokio_postgres::Config),
         .build()
         .map_err(|e| PgError::Setup(e.to_string()))?;
     Ok((pool, config))
+}
+
+/// What one snapshot of the database holds, as a backup of it reports.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotFigures {
+    pub jobs: i64,
+    pub events: i64,
+    pub schema_version: u32,
+}
+
+/// What `kiln doctor` reads of a PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct PgHealth {
+    /// The server's version, as `SHOW server_version` says it.
+    pub server_version: String,
+    /// The newest migration applied (0: kiln has not been here yet), and the newest this kiln
+    /// knows.
+    pub schema_version: u32,
+    pub known_version: u32,
+    pub max_connections: i64,
+    /// Connections open to the server now, kiln's and everyone else's.
+    pub connections: i64,
+    /// The node leading the maintenance and for how many more milliseconds, if one does.
+    pub leader: Option<(String, i64)>,
+    /// Whether the server waits for the WAL flush before a commit returns by default; kiln
+    /// asks for it on its own connections either way.
+    pub synchronous_commit: String,
+}
+
+/// Reads what `kiln doctor` reports of the database at `url`, changing nothing: unlike
+/// [`PgStore::connect`], it applies no migration, so it may look at a database kiln has not
+/// used yet, or one a newer kiln has.
+pub async fn inspect(url: &str) -> Result<PgHealth, PgError> {
+    let (pool, _) = pool(url, 1)?;
+    let client = pool.get().await?;
+    let settings = client
+        .query_one(
+            "SELECT current_setting('server_version'), current_setting('max_connections')::bigint,
+                    (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),
+                    current_setting('synchronous_commit')",
+            &[],
+        )
+        .await?;
+    let schema_version = migrate::current(&client).await?;
+    // The leader table comes with migration 5.
+    let leader = match schema_version >= 5 {
+        true => client
+            .query_opt(
+                "SELECT node, expires_at - (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+                 FROM leader WHERE name = 'maintenance'",
+                &[],
+            )
+            .await?
+            .map(|row| Ok::<_, PgError>((row.try_get(0)?, row.try_get(1)?)))
+            .transpose()?,
+        false => None,
+    };
+    Ok(PgHealth {
+        server_version: settings.try_get(0)?,
+        schema_version,
+        known_version: migrate::MIGRATIONS.len() as u32,
+        max_connections: settings.try_get(1)?,
+        connections: settings.try_get(2)?,
+        leader,
+        synchronous_commit: settings.try_get::<_, String>(3)?,
+    })
 }
 
 /// Shared handle to a PostgreSQL database. Cheap to clone.
@@ -768,6 +852,43 @@ impl PgStore {
     pub async fn prune_preview(&self, finished_before: i64) -> Result<PrunePreview, PgError> {
         let client = self.pool.get().await?;
         prune::preview(&client, finished_before).await
+    }
+
+    /// Holds one snapshot of the database open (a read-only `REPEATABLE READ` transaction)
+    /// while `use_it` runs with the snapshot's exported name, which `pg_dump --snapshot` takes
+    /// to dump exactly it, and reads from the same snapshot what a backup reports of it.
+    pub async fn with_snapshot<T, F>(
+        &self,
+        use_it: impl FnOnce(String) -> F,
+    ) -> Result<(T, SnapshotFigures), PgError>
+    where
+        F: Future<Output = T>,
+    {
+        let mut client = self.pool.get().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let name: String = tx
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await?
+            .try_get(0)?;
+        let figures = tx
+            .query_one(
+                "SELECT (SELECT count(*) FROM jobs), (SELECT count(*) FROM events)",
+                &[],
+            )
+            .await?;
+        let figures = SnapshotFigures {
+            jobs: figures.try_get(0)?,
+            events: figures.try_get(1)?,
+            schema_version: migrate::current(&tx).await?,
+        };
+        let used = use_it(name).await;
+        tx.commit().await?;
+        Ok((used, figures))
     }
 
     /// Jobs by status now and the oldest queued job, for `who`: exact on every node, from the
