@@ -105,12 +105,7 @@ async fn dump(store: &PgStore, url: &str, dest: &Path) -> Result<Backup, OpsErro
         std::fs::File::open(&partial)
             .and_then(|f| f.sync_all())
             .map_err(io)?;
-        std::fs::rename(&partial, dest).map_err(io)?;
-        if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io)?;
-        }
+        store::rename_durably(&partial, dest)?;
         Ok(Backup {
             path: dest.to_path_buf(),
             bytes: std::fs::metadata(dest).map_or(0, |m| m.len()),

@@ -516,26 +516,14 @@ async fn database_checks(db: &Path, quick: bool) -> Vec<Check> {
     let size = health.pages * health.page_size;
     let version = health.user_version;
     let known = health.known_version;
-    checks.push(match version {
-        v if v > known => Check::fail(
-            "database",
-            format!("schema version {v} is newer than this kiln knows ({known})"),
-            "run the kiln version that wrote it, or a newer one",
-        ),
-        v if v < known => Check::ok(
-            "database",
-            format!("schema version {v}: kiln serve migrates it to {known} at start"),
-        ),
-        v => Check::ok(
-            "database",
-            format!(
-                "{}: schema version {v}, {} MiB, {} free pages",
-                db.display(),
-                size >> 20,
-                health.free_pages
-            ),
-        ),
-    });
+    checks.push(schema_check(version, known, || {
+        format!(
+            "{}: schema version {version}, {} MiB, {} free pages",
+            db.display(),
+            size >> 20,
+            health.free_pages
+        )
+    }));
     checks.push(match health.journal_mode.as_str() {
         "wal" => Check::ok("database", "journal_mode wal"),
         mode => Check::warn(
@@ -576,6 +564,23 @@ async fn database_checks(db: &Path, quick: bool) -> Vec<Check> {
     checks
 }
 
+/// The database's schema `version` against the newest this kiln `known`s; `current` says what
+/// is fine about a database at this kiln's version.
+fn schema_check(version: u32, known: u32, current: impl FnOnce() -> String) -> Check {
+    match version {
+        v if v > known => Check::fail(
+            "database",
+            format!("schema version {v} is newer than this kiln knows ({known})"),
+            "run the kiln version that wrote it, or a newer one",
+        ),
+        v if v < known => Check::ok(
+            "database",
+            format!("schema version {v}: kiln serve migrates it to {known} at start"),
+        ),
+        _ => Check::ok("database", current()),
+    }
+}
+
 /// A PostgreSQL database: that it answers, its schema against this kiln's, and room for the
 /// connections nodes open (a pool per node, a connection per worker and eight more).
 async fn postgres_checks(url: &str) -> Vec<Check> {
@@ -598,22 +603,12 @@ async fn postgres_checks(url: &str) -> Vec<Check> {
             format!("{shown}: no kiln schema yet"),
             "the first kiln serve on it creates the schema",
         ),
-        v if v > known => Check::fail(
-            "database",
-            format!("{shown}: schema version {v} is newer than this kiln knows ({known})"),
-            "run the kiln version that wrote it, or a newer one",
-        ),
-        v if v < known => Check::ok(
-            "database",
-            format!("{shown}: schema version {v}: kiln serve migrates it to {known} at start"),
-        ),
-        v => Check::ok(
-            "database",
+        _ => schema_check(version, known, || {
             format!(
-                "{shown}: PostgreSQL {}, schema version {v}",
+                "{shown}: PostgreSQL {}, schema version {version}",
                 health.server_version
-            ),
-        ),
+            )
+        }),
     }];
     let free = health.max_connections - health.connections;
     checks.push(match free {

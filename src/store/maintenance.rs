@@ -82,12 +82,7 @@ pub fn backup(source: &Path, dest: &Path) -> Result<Backup, StoreError> {
         };
         let (jobs, events) = (count("jobs")?, count("events")?);
         drop(copy);
-        std::fs::rename(&partial, dest).map_err(io)?;
-        if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io)?;
-        }
+        rename_durably(&partial, dest)?;
         Ok(Backup {
             path: dest.to_path_buf(),
             bytes: std::fs::metadata(dest).map_or(0, |m| m.len()),
@@ -100,6 +95,19 @@ pub fn backup(source: &Path, dest: &Path) -> Result<Backup, StoreError> {
         let _ = std::fs::remove_file(&partial);
     }
     written
+}
+
+/// Puts a finished, synced backup at `partial` in place as `dest`, and syncs the directory, so
+/// that after a crash `dest` is either absent or the whole backup.
+pub fn rename_durably(partial: &Path, dest: &Path) -> Result<(), StoreError> {
+    let io = |e: std::io::Error| StoreError::Io(dest.to_path_buf(), e.to_string());
+    std::fs::rename(partial, dest).map_err(io)?;
+    if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
+    Ok(())
 }
 
 /// What `kiln doctor` reads about a database file.

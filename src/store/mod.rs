@@ -39,7 +39,7 @@ use crate::job::{
 use postgres::{PgError, PgStore};
 
 pub use batch::{BatchCancel, BatchSubmitted, BatchSummary};
-pub use maintenance::{Backup, Health, backup, inspect};
+pub use maintenance::{Backup, Health, backup, inspect, rename_durably};
 pub use migrate::{MIGRATIONS, Migration};
 pub use prune::{PruneOptions, PrunePreview, PruneReport, prune, prune_preview};
 pub use read::{JobFilter, JobInput, JobSummary, Order, Page};
