@@ -24,7 +24,7 @@ use super::streams;
 use super::{AppState, access};
 use crate::auth::Principal;
 use crate::job::batch::{Batch, BatchSpec, Case, Group};
-use crate::job::names::{hidden_character, shown};
+use crate::job::names::shown;
 use crate::job::validate::BatchRequest;
 use crate::job::{BatchId, Event, EventKind, JobId};
 use crate::store::{BatchCancel, BatchSubmitted, BatchSummary, Order};
@@ -399,18 +399,6 @@ pub async fn groups(
     Query(query): Query<GroupsQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let limit = page_size(query.limit)?;
-    // Group names are names: one with a control character is no group's, and a NUL could not
-    // even be asked of PostgreSQL.
-    if let Some((after, why)) = query
-        .after
-        .as_deref()
-        .and_then(|after| Some((after, hidden_character(after)?)))
-    {
-        return Err(ApiError::bad_request(
-            ErrorCode::InvalidQuery,
-            format!("after={} is not a group's name: it {why}", shown(after)),
-        ));
-    }
     let groups = state
         .store
         .batch_groups(id, query.after, limit)

@@ -20,7 +20,7 @@ use super::{AppState, access};
 use crate::auth::{Principal, is_tenant_name};
 
 use crate::job::content::{Content, Encoded, Encoding};
-use crate::job::names::{hidden_character, shown};
+use crate::job::names::shown;
 use crate::job::validate::JobRequest;
 use crate::job::{BatchId, Event, Job, JobId, JobSpec, Limits, Outcome, Status};
 use crate::store::{
@@ -761,18 +761,6 @@ pub async fn list(
             })
         })
         .transpose()?;
-    // A runtime's name never holds a control character (PostgreSQL's text cannot even hold a
-    // NUL): such a filter is a mistake to point out, not a search for nothing.
-    if let Some((name, why)) = query
-        .runtime
-        .as_deref()
-        .and_then(|name| Some((name, hidden_character(name)?)))
-    {
-        return Err(ApiError::bad_request(
-            ErrorCode::InvalidQuery,
-            format!("runtime={} is not a runtime's name: it {why}", shown(name)),
-        ));
-    }
     // Jobs are stored under their runtime's name, whichever alias they were submitted with.
     let runtime = query.runtime.map(|name| {
         state

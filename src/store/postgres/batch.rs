@@ -858,6 +858,10 @@ pub(super) async fn groups(
     let Some(ks) = pass_at_k_asked(client, id).await? else {
         return Ok(None);
     };
+    // PostgreSQL's text cannot hold a NUL, which no group name holds either (names refuse
+    // control characters): cut at its first NUL, a cursor has every name after it that it had
+    // whole, byte by byte.
+    let after = after.map(|after| after.split('\0').next().unwrap_or_default());
     let stmt = client
         .prepare_cached(
             "SELECT case_group, count(*), count(verdict),

@@ -408,6 +408,12 @@ pub(super) async fn list_jobs(
             conditions.push(format!("{column} {op} ${}", params.len()));
         }
     }
+    // No runtime's name holds a NUL, which PostgreSQL's text could not even be asked about:
+    // such a filter matches nothing, as it does on SQLite.
+    if filter.runtime.as_deref().is_some_and(|r| r.contains('\0')) {
+        conditions = vec!["FALSE".to_owned()];
+        params.clear();
+    }
     let limit = i64::from(page.limit);
     params.push(&limit);
     let filters = if conditions.is_empty() {
