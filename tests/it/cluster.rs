@@ -293,18 +293,26 @@ async fn a_node_cut_off_from_the_database_stops_its_run_before_its_lease_ends_an
     drop(cut);
 }
 
-#[tokio::test]
-async fn tokens_made_with_kiln_token_on_the_database_url_hold_on_every_node() {
-    let Some(db) = TestDb::create("cluster_tokens").await else {
-        return;
-    };
+/// A token for tenant `team`, made by `kiln token create` on the database's URL.
+fn team_token(db: &TestDb) -> String {
     let made = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(["token", "create", "--tenant", "team", "--db", &db.url])
         .output()
         .expect("run kiln token");
     assert!(made.status.success(), "{made:?}");
-    let token = String::from_utf8(made.stdout).expect("UTF-8");
-    let token = token.trim();
+    String::from_utf8(made.stdout)
+        .expect("UTF-8")
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn tokens_made_with_kiln_token_on_the_database_url_hold_on_every_node() {
+    let Some(db) = TestDb::create("cluster_tokens").await else {
+        return;
+    };
+    let token = team_token(&db);
+    let token = token.as_str();
     let nodes = [
         node(&db, "one", "1", &[]).await,
         node(&db, "two", "0", &[]).await,
@@ -335,13 +343,8 @@ async fn a_token_rate_limit_holds_for_the_cluster_not_for_each_node() {
     let Some(db) = TestDb::create("cluster_rates").await else {
         return;
     };
-    let made = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["token", "create", "--tenant", "team", "--db", &db.url])
-        .output()
-        .expect("run kiln token");
-    assert!(made.status.success(), "{made:?}");
-    let token = String::from_utf8(made.stdout).expect("UTF-8");
-    let token = token.trim();
+    let token = team_token(&db);
+    let token = token.as_str();
     // One request every ten seconds, four at once: the requests below take far less than ten
     // seconds, so the cluster must let exactly four through, however they are spread.
     let limit = ["--token-rate", "0.1", "--token-burst", "4"];
