@@ -89,7 +89,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub print_config: bool,
     /// The database: a SQLite file (created if missing), or a PostgreSQL database shared by
-    /// any number of nodes, as postgres://user:password@host:port/database
+    /// any number of nodes, as postgres://user:password@host:port/database (TLS:
+    /// ?sslmode=verify-full&sslrootcert=ca.pem; see docs/deployment.md)
     #[arg(long, env = "KILN_DB", default_value = DEFAULT_DB)]
     db: PathBuf,
     /// On PostgreSQL, hear of other nodes' commits by reading the event log twice a second

@@ -2,8 +2,9 @@
 //! subprocesses, HTTP on a loopback port), as a user or operator would. The exceptions:
 //! `architecture` reads the source and holds the module graph to its layering, and `postgres`
 //! and `postgres_ops` and `postgres_suites` drive the PostgreSQL store directly against a real
-//! server (`pg`), each step beside SQLite's; `cluster` runs `kiln serve` nodes on it, and
-//! `migrate_to` copies a SQLite server's history into it with `kiln migrate-to`.
+//! server (`pg`), each step beside SQLite's; `cluster` runs `kiln serve` nodes on it,
+//! `migrate_to` copies a SQLite server's history into it with `kiln migrate-to`, and
+//! `postgres_tls` connects `kiln serve` to a server of its own that takes only TLS.
 
 mod api;
 mod architecture;
@@ -36,6 +37,7 @@ mod piston;
 mod postgres;
 mod postgres_ops;
 mod postgres_suites;
+mod postgres_tls;
 mod programs;
 mod python_client;
 mod runs;

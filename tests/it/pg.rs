@@ -8,7 +8,11 @@
 //! `postgres` user that Debian's package creates: `setpriv` (util-linux) runs `initdb` and the
 //! server as that user, and execs them, so the child process the test holds is the server itself.
 //! A host without PostgreSQL skips, which `KILN_TEST_STRICT=1` turns into a failure.
+//!
+//! A test that needs a server configured otherwise (`postgres_tls`: TLS only) starts an
+//! [`OwnCluster`] from a [`Setup`]; the shared cluster is started from the default one.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -132,9 +136,65 @@ async fn shared_cluster(test: &str) -> Option<Arc<Cluster>> {
         );
         return None;
     };
-    let cluster = Arc::new(Cluster::start(&bin).await);
+    let cluster = Arc::new(Cluster::start(&bin, &Setup::default()).await);
     *shared = Arc::downgrade(&cluster);
     Some(cluster)
+}
+
+/// How a cluster of a test's own differs from the shared one.
+#[derive(Default)]
+pub struct Setup<'a> {
+    /// Files copied into the data directory before the server starts, owned by its user and
+    /// readable by it alone, as PostgreSQL insists of a private key.
+    pub files: &'a [&'a Path],
+    /// Settings given to the server, `name=value`, each as a `-c`.
+    pub settings: &'a [&'a str],
+    /// The whole `pg_hba.conf`, instead of initdb's (trust for everything). It must trust
+    /// `local` connections: [`OwnCluster::create_database`] and the wait for the server to
+    /// come up use its Unix socket.
+    pub hba: Option<&'a str>,
+}
+
+/// A cluster of one test's (or one module's) own, stopped when dropped.
+pub struct OwnCluster {
+    cluster: Cluster,
+}
+
+impl OwnCluster {
+    /// Starts a cluster as `setup` says; `None` (after saying why, or failing under
+    /// `KILN_TEST_STRICT=1`) when the host has no PostgreSQL. `KILN_TEST_DB` does not stand in
+    /// for it: that server is not configured as the test needs.
+    pub async fn start(test: &str, setup: &Setup<'_>) -> Option<OwnCluster> {
+        let Some(bin) = postgres_bin() else {
+            skip(
+                test,
+                "PostgreSQL is not installed (apt-get install postgresql)",
+            );
+            return None;
+        };
+        Some(OwnCluster {
+            cluster: Cluster::start(&bin, setup).await,
+        })
+    }
+
+    /// The port the server listens on, on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.cluster.port
+    }
+
+    /// Creates the database `name`, connecting over the Unix socket, whatever TCP demands.
+    pub async fn create_database(&self, name: &str) {
+        let client = self.cluster.local_client("postgres").await;
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap_or_else(|e| panic!("create database {name}: {e}"));
+    }
+
+    /// A connection over the Unix socket to `database`, as the cluster's superuser.
+    pub async fn local_client(&self, database: &str) -> tokio_postgres::Client {
+        self.cluster.local_client(database).await
+    }
 }
 
 /// The newest installed PostgreSQL's programs, as Debian lays them out.
@@ -161,7 +221,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn start(bin: &Path) -> Cluster {
+    async fn start(bin: &Path, setup: &Setup<'_>) -> Cluster {
         let dir = TempDir::new().expect("temp dir for the cluster");
         let user = ServerUser::for_this_process();
         user.own(dir.path());
@@ -179,6 +239,17 @@ impl Cluster {
             "initdb failed: {}",
             String::from_utf8_lossy(&initdb.stderr)
         );
+        for file in setup.files {
+            let name = file.file_name().expect("a file name");
+            let copy = data.join(name);
+            std::fs::copy(file, &copy).expect("copy a file into the cluster");
+            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod a file of the cluster");
+            user.own(&copy);
+        }
+        if let Some(hba) = setup.hba {
+            std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+        }
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("server.log")).expect("server log");
         let server = user
@@ -192,6 +263,7 @@ impl Cluster {
             // Throwaway data: what a crash would lose does not matter, and tests go faster
             // without flushing. kiln's own connections still ask for synchronous commits.
             .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
+            .args(setup.settings.iter().flat_map(|setting| ["-c", setting]))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("server log"))
             .stderr(log)
@@ -206,11 +278,38 @@ impl Cluster {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
+    /// The server's Unix socket configuration for `database`.
+    fn local(&self, database: &str) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(self.dir.path())
+            .port(self.port)
+            .user("postgres")
+            .dbname(database);
+        config
+    }
+
+    async fn local_client(&self, database: &str) -> tokio_postgres::Client {
+        let (client, connection) = self
+            .local(database)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connect to the cluster's socket: {e}"));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                eprintln!("test database connection ended: {e}");
+            }
+        });
+        client
+    }
+
+    /// Waits until the server takes connections, on its Unix socket, which every `pg_hba.conf`
+    /// of these tests trusts, whatever it asks of TCP.
     async fn wait_until_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let url = self.url("postgres");
+        let local = self.local("postgres");
         loop {
-            match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+            match local.connect(tokio_postgres::NoTls).await {
                 Ok(_) => return,
                 Err(e) if Instant::now() > deadline => {
                     let log = std::fs::read_to_string(self.dir.path().join("server.log"));
@@ -279,10 +378,11 @@ impl ServerUser {
         }
     }
 
-    /// Gives `dir` to this user, who must write the cluster into it.
-    fn own(&self, dir: &Path) {
+    /// Gives `path` to this user: the directory it must write the cluster into, or a file the
+    /// server reads.
+    fn own(&self, path: &Path) {
         if let ServerUser::Postgres { uid, gid } = self {
-            std::os::unix::fs::chown(dir, Some(*uid), Some(*gid)).expect("chown the cluster dir");
+            std::os::unix::fs::chown(path, Some(*uid), Some(*gid)).expect("chown for the cluster");
         }
     }
 

@@ -17,10 +17,11 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use futures_util::StreamExt;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use super::PgError;
+use super::tls::Tls;
 use crate::bus::{Bus, Notice};
 use crate::job::EventKind;
 
@@ -56,13 +57,13 @@ impl Wakeups {
 pub(super) fn start(
     bus: &Arc<Bus>,
     pool: Pool,
-    config: tokio_postgres::Config,
+    target: (tokio_postgres::Config, Tls),
     wakeups: Wakeups,
     stop: CancellationToken,
 ) {
     let heard = Arc::new(Notify::new());
     if matches!(wakeups, Wakeups::Notify { .. }) {
-        tokio::spawn(listen(config, Arc::clone(&heard), stop.clone()));
+        tokio::spawn(listen(target, Arc::clone(&heard), stop.clone()));
     }
     tokio::spawn(read(
         Arc::downgrade(bus),
@@ -75,11 +76,15 @@ pub(super) fn start(
 
 /// Keeps a connection listening on `kiln_events`, waking `heard` for each notification, until
 /// `stop`. An outage is logged once when it begins and once when it ends.
-async fn listen(config: tokio_postgres::Config, heard: Arc<Notify>, stop: CancellationToken) {
+async fn listen(
+    (config, tls): (tokio_postgres::Config, Tls),
+    heard: Arc<Notify>,
+    stop: CancellationToken,
+) {
     let mut down = false;
     loop {
         let connected = tokio::select! {
-            connected = config.connect(NoTls) => connected,
+            connected = config.connect(tls.clone()) => connected,
             () = stop.cancelled() => return,
         };
         let ended = match connected {

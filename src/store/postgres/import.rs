@@ -435,7 +435,7 @@ async fn write(
     let Some(Message::Snapshot(snapshot)) = received.recv().await else {
         return Err(StoreError::Task(stopped("its snapshot")));
     };
-    let (pool, _) = pool(url, 1)?;
+    let (pool, _, _) = pool(url, 1)?;
     let mut client = pool.get().await.map_err(PgError::from)?;
     migrate::apply(&mut client).await?;
     let tx = client.transaction().await.map_err(PgError::from)?;

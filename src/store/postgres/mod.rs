@@ -20,6 +20,9 @@
 //! that writers on many nodes never deadlock: a suite's cases ending on several nodes at once
 //! complete it exactly once.
 //!
+//! Every connection, pooled or not, goes through the one TLS connector that `tls` builds from
+//! the URL's `sslmode` and `sslrootcert`.
+//!
 //! The pool is for queries only: a pooled connection is driven by the pool, which discards
 //! notifications, so the `feed` that tells this node's bus of every node's commits listens on
 //! a connection of its own.
@@ -38,17 +41,16 @@ mod prune;
 mod read;
 mod stats;
 mod tenants;
+mod tls;
 mod webhooks;
 mod write;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
@@ -63,6 +65,7 @@ use crate::job::{
     BatchId, Event, EventKind, Finish, Job, JobId, JobSpec, Outcome, Progress, RunResult, Status,
 };
 use crate::metrics::METRICS;
+use tls::Tls;
 use write::Running;
 
 pub use feed::Wakeups;
@@ -83,10 +86,13 @@ const CASES_AHEAD: usize = 64;
 pub enum PgError {
     #[error("database error: {}", said(.0))]
     Db(Arc<tokio_postgres::Error>),
-    #[error("no database connection available: {0}")]
+    #[error("no database connection available: {}", tls::with_causes(.0.as_ref()))]
     Pool(Arc<deadpool_postgres::PoolError>),
     #[error("the database URL is not one kiln can use: {0}")]
     Url(String),
+    /// The URL's TLS settings cannot be put to use: its root certificates cannot be read.
+    #[error("TLS to the database: {0}")]
+    Tls(String),
     #[error("cannot set up the connection pool: {0}")]
     Setup(String),
     #[error("migration {version} ({name}) failed: {}", said(source))]
@@ -174,22 +180,20 @@ impl PgError {
 }
 
 /// What the server (or the connection) said: tokio-postgres shows an error the server sent
-/// as only "db error", with the server's words in its source.
+/// as only "db error", with the server's words in its source; any other error (a TLS
+/// handshake refused, a connection reset) is told with its chain of causes.
 fn said(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.severity(), db.message()),
-        None => match std::error::Error::source(e) {
-            Some(source) => format!("{e}: {source}"),
-            None => e.to_string(),
-        },
+        None => tls::with_causes(e),
     }
 }
 
 /// A pool of at most `connections` to `url`, each connection set up as kiln needs it, and the
-/// configuration it connects with. Nothing is connected yet.
-fn pool(url: &str, connections: usize) -> Result<(Pool, tokio_postgres::Config), PgError> {
-    let mut config =
-        tokio_postgres::Config::from_str(url).map_err(|e| PgError::Url(e.to_string()))?;
+/// configuration and TLS connector it connects with (see `tls`). Nothing is connected yet.
+fn pool(url: &str, connections: usize) -> Result<(Pool, tokio_postgres::Config, Tls), PgError> {
+    let (mut config, settings) = tls::parse(url, |name| std::env::var(name).ok())?;
+    let tls = Tls::new(&settings)?;
     // A 202 promises the job is on disk: kiln's commits wait for the WAL flush even where
     // the server's default lets them return earlier.
     let options = match config.get_options() {
@@ -206,7 +210,7 @@ fn pool(url: &str, connections: usize) -> Result<(Pool, tokio_postgres::Config),
     }
     let manager = Manager::from_config(
         config.clone(),
-        NoTls,
+        tls.clone(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -217,7 +221,7 @@ fn pool(url: &str, connections: usize) -> Result<(Pool, tokio_postgres::Config),
         .wait_timeout(Some(POOL_WAIT))
         .build()
         .map_err(|e| PgError::Setup(e.to_string()))?;
-    Ok((pool, config))
+    Ok((pool, config, tls))
 }
 
 /// What one snapshot of the database holds, as a backup of it reports.
@@ -251,7 +255,7 @@ pub struct PgHealth {
 /// [`PgStore::connect`], it applies no migration, so it may look at a database kiln has not
 /// used yet, or one a newer kiln has.
 pub async fn inspect(url: &str) -> Result<PgHealth, PgError> {
-    let (pool, _) = pool(url, 1)?;
+    let (pool, _, _) = pool(url, 1)?;
     let client = pool.get().await?;
     let settings = client
         .query_one(
@@ -312,12 +316,12 @@ impl PgStore {
         connections: usize,
         wakeups: Wakeups,
     ) -> Result<PgStore, PgError> {
-        let (pool, config) = pool(url, connections)?;
+        let (pool, config, tls) = pool(url, connections)?;
         let mut client = pool.get().await?;
         migrate::apply(&mut client).await?;
         let bus = Arc::new(Bus::default());
         let stop = CancellationToken::new();
-        feed::start(&bus, pool.clone(), config, wakeups, stop.clone());
+        feed::start(&bus, pool.clone(), (config, tls), wakeups, stop.clone());
         Ok(PgStore {
             pool,
             bus,
