@@ -47,8 +47,8 @@ pub use builds::Builds;
 use builds::{BuildKey, Built, NotBuilt};
 use execute::{Invocation, execute};
 use workdir::{
-    WorkDir, artifact_entries, check_inline, copy_tree, in_pages, is_run_directory, remove_logged,
-    remove_path, remove_tree, staged_entries, staged_size, work_files,
+    Placing, WorkDir, artifact_entries, check_inline, copy_tree, in_pages, is_run_directory,
+    remove_logged, remove_path, remove_tree, staged_entries, staged_size, work_files,
 };
 
 /// One attempt of one job, borrowing the stored job's fields.
@@ -230,91 +230,96 @@ impl Runner {
         // step binds it) need them on disk first.
         let inline =
             matches!(self.isolation, Isolation::Sandbox(_)) && req.runtime.compile.is_none();
-        let output =
-            async {
-                if inline {
-                    check_inline(&req, &source).map_err(|source| RunError::WorkDir {
-                        path: work_dir.path.clone(),
-                        source,
-                    })?;
-                } else {
-                    work_dir.populate(&req, &source).await?;
-                }
-                let names = staged_entries(&source, req.files);
-                let work = self.work_seen_as(&work_dir.path);
-                let expansion = Expansion {
-                    source: &source,
-                    name: &name,
-                    memory_mb: req.limits.memory_mb,
-                    work: &work,
-                    args: req.args,
-                };
-                let mut build = None;
-                let mut artifact_names = Vec::new();
-                if let Some(compile) = &req.runtime.compile {
-                    let built_path = work_dir.path.join(&compile.artifact);
-                    match req.batch {
-                        None => {
-                            build = Some(BuildUse::Compiled);
-                            let built = self
-                                .compile(&req, &work_dir.path, &names, &source, &name, &cancel)
-                                .await?;
-                            if built.outcome != Outcome::Success {
-                                return Ok(with_build(built, build));
-                            }
-                        }
-                        Some(batch) => {
-                            let (built, used) = self
-                                .shared_build(batch, &req, compile, &source, &name, &cancel)
-                                .await?;
-                            build = Some(used);
-                            match built {
-                                Ok(artifact) => copy_artifact(&artifact, &built_path)
-                                    .await
-                                    .map_err(|source| RunError::WorkDir {
-                                        path: built_path.clone(),
-                                        source,
-                                    })?,
-                                Err(failed) => return Ok(with_build(failed, build)),
-                            }
+        // A plain subprocess runs in its directory and may write to its binary; a sandbox only
+        // reads the directory into its own `/work`, so there the shared build is linked.
+        let placing = match self.isolation {
+            Isolation::Sandbox(_) => Placing::Link,
+            Isolation::None => Placing::Copy,
+        };
+        let output = async {
+            if inline {
+                check_inline(&req, &source).map_err(|source| RunError::WorkDir {
+                    path: work_dir.path.clone(),
+                    source,
+                })?;
+            } else {
+                work_dir.populate(&req, &source).await?;
+            }
+            let names = staged_entries(&source, req.files);
+            let work = self.work_seen_as(&work_dir.path);
+            let expansion = Expansion {
+                source: &source,
+                name: &name,
+                memory_mb: req.limits.memory_mb,
+                work: &work,
+                args: req.args,
+            };
+            let mut build = None;
+            let mut artifact_names = Vec::new();
+            if let Some(compile) = &req.runtime.compile {
+                let built_path = work_dir.path.join(&compile.artifact);
+                match req.batch {
+                    None => {
+                        build = Some(BuildUse::Compiled);
+                        let built = self
+                            .compile(&req, &work_dir.path, &names, &source, &name, &cancel)
+                            .await?;
+                        if built.outcome != Outcome::Success {
+                            return Ok(with_build(built, build));
                         }
                     }
-                    artifact_names =
-                        artifact_entries(&work_dir.path, &compile.artifact).map_err(|source| {
-                            RunError::WorkDir {
-                                path: built_path.clone(),
-                                source,
-                            }
-                        })?;
+                    Some(batch) => {
+                        let (built, used) = self
+                            .shared_build(batch, &req, compile, &source, &name, &cancel)
+                            .await?;
+                        build = Some(used);
+                        match built {
+                            Ok(artifact) => copy_artifact(&artifact, &built_path, placing)
+                                .await
+                                .map_err(|source| RunError::WorkDir {
+                                    path: built_path.clone(),
+                                    source,
+                                })?,
+                            Err(failed) => return Ok(with_build(failed, build)),
+                        }
+                    }
                 }
-                let mut entries = work_files(&names, &req, &source, inline);
-                let mut staged_bytes = staged_size(&req);
-                // The run's /work must hold the artifact besides the job's own room.
-                for (entry, bytes) in &artifact_names {
-                    staged_bytes += in_pages(*bytes);
-                    entries.push(match entry.ends_with('/') {
-                        true => WorkFile::Dir(entry),
-                        false => WorkFile::Staged(entry),
-                    });
-                }
-                let run = Invocation {
-                    program: req.runtime.run.program(Path::new(&work)),
-                    argv: req.runtime.run.argv(&expansion),
-                    env: req.runtime.env(&expansion),
-                    stdin: req.stdin,
-                    limits: req.limits,
-                    entries: &entries,
-                    staged_bytes,
-                    work: WorkMount::Copy,
-                    reporting: req.reporting,
-                    build: false,
-                    outputs: req.outputs,
-                    output_caps: self.output_caps,
-                };
-                let ran = execute(&run, &work_dir.path, &self.isolation, &cancel).await?;
-                Ok(with_build(ran, build))
+                artifact_names =
+                    artifact_entries(&work_dir.path, &compile.artifact).map_err(|source| {
+                        RunError::WorkDir {
+                            path: built_path.clone(),
+                            source,
+                        }
+                    })?;
             }
-            .await;
+            let mut entries = work_files(&names, &req, &source, inline);
+            let mut staged_bytes = staged_size(&req);
+            // The run's /work must hold the artifact besides the job's own room.
+            for (entry, bytes) in &artifact_names {
+                staged_bytes += in_pages(*bytes);
+                entries.push(match entry.ends_with('/') {
+                    true => WorkFile::Dir(entry),
+                    false => WorkFile::Staged(entry),
+                });
+            }
+            let run = Invocation {
+                program: req.runtime.run.program(Path::new(&work)),
+                argv: req.runtime.run.argv(&expansion),
+                env: req.runtime.env(&expansion),
+                stdin: req.stdin,
+                limits: req.limits,
+                entries: &entries,
+                staged_bytes,
+                work: WorkMount::Copy,
+                reporting: req.reporting,
+                build: false,
+                outputs: req.outputs,
+                output_caps: self.output_caps,
+            };
+            let ran = execute(&run, &work_dir.path, &self.isolation, &cancel).await?;
+            Ok(with_build(ran, build))
+        }
+        .await;
         // Removed in the background: the result does not wait for it, and a retry gets a
         // directory of its own (the attempt is in its name).
         drop(work_dir);
@@ -488,7 +493,7 @@ impl Runner {
                 match built.outcome {
                     Outcome::Success => {
                         let from = staging.path.join(&compile.artifact);
-                        copy_artifact(&from, entry.artifact())
+                        copy_artifact(&from, entry.artifact(), Placing::Copy)
                             .await
                             .map_err(|source| RunError::WorkDir {
                                 path: entry.artifact().to_owned(),
@@ -534,9 +539,9 @@ fn with_build(mut output: RunOutput, build: Option<BuildUse>) -> RunOutput {
 
 /// Copies what a build left (a file keeping its mode, or a directory of them) into a run's work
 /// directory or the build cache.
-async fn copy_artifact(from: &Path, to: &Path) -> io::Result<()> {
+async fn copy_artifact(from: &Path, to: &Path, placing: Placing) -> io::Result<()> {
     let (from, to) = (from.to_owned(), to.to_owned());
-    tokio::task::spawn_blocking(move || copy_tree(&from, &to))
+    tokio::task::spawn_blocking(move || copy_tree(&from, &to, placing))
         .await
         .unwrap_or_else(|panicked| Err(io::Error::other(panicked)))
 }
@@ -1176,5 +1181,33 @@ cat data.txt sub/dir/deep.txt
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o700);
+    }
+
+    /// A case that takes the execute bit off its binary, then its next case of the same build:
+    /// the second must still run the build, whatever the first did to its own copy.
+    async fn a_case_cannot_change_the_build_the_next_case_runs(h: Harness) {
+        let code = "#include <stdio.h>\n#include <sys/stat.h>\n\
+                    int main(void) { puts(\"built\"); return chmod(\"main\", 0644) != 0; }\n";
+        let batch = BatchId::now_v7();
+        for case in ["first", "second"] {
+            let out = h
+                .run(RunRequest {
+                    batch: Some(batch),
+                    ..h.request("c", code)
+                })
+                .await;
+            assert_eq!(out.outcome, Outcome::Success, "{case}: {:?}", out.result);
+            assert_eq!(text(&out.result.stdout), "built\n", "{case}");
+        }
+    }
+
+    #[tokio::test]
+    async fn in_the_sandbox_a_case_cannot_change_the_build_the_next_case_runs() {
+        a_case_cannot_change_the_build_the_next_case_runs(Harness::new()).await;
+    }
+
+    #[tokio::test]
+    async fn with_sandbox_none_a_case_cannot_change_the_build_the_next_case_runs() {
+        a_case_cannot_change_the_build_the_next_case_runs(Harness::sandbox_none()).await;
     }
 }

@@ -194,12 +194,26 @@ fn write_new_file(dir: &Path, name: &str, contents: &[u8]) -> io::Result<()> {
     file.write_all(contents).map_err(context)
 }
 
+/// How [`copy_tree`] places each file: as a copy of its own, or as a hard link to the same
+/// inode where nothing will write to it (a sandboxed run's work directory, which the sandbox only
+/// reads its files from into its own `/work`), so that a shared build's binary is not copied
+/// once more for every case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Placing {
+    Copy,
+    Link,
+}
+
 /// Copies `from` (a regular file keeping its mode, or a directory of them) to `to`. What a build
 /// left may be anything the compiler was made to write, so nothing else is followed or copied:
-/// a symlink, a device or a fifo among it is an error.
-pub(super) fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+/// a symlink, a device or a fifo among it is an error. With [`Placing::Link`] a file is linked
+/// instead, or copied where it cannot be (another file system).
+pub(super) fn copy_tree(from: &Path, to: &Path, placing: Placing) -> io::Result<()> {
     let meta = std::fs::symlink_metadata(from)?;
     if meta.is_file() {
+        if placing == Placing::Link && std::fs::hard_link(from, to).is_ok() {
+            return Ok(());
+        }
         return std::fs::copy(from, to).map(drop);
     }
     if !meta.is_dir() {
@@ -214,7 +228,7 @@ pub(super) fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
     DirBuilder::new().mode(0o755).create(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
-        copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        copy_tree(&entry.path(), &to.join(entry.file_name()), placing)?;
     }
     Ok(())
 }
