@@ -167,8 +167,8 @@ text_enum! {
 }
 
 /// Bytes, decoded. Serialized as [`Encoded`] writes them: a string when they are UTF-8, else
-/// `{"base64": "..."}`; only kiln's own JSON (stored files, a suite waiting on disk) is read
-/// back with it, so reading it refuses what [`Encoded::decode`] would.
+/// `{"base64": "..."}`; only kiln's own JSON (stored files) is read back with it, so reading it
+/// refuses what [`Encoded::decode`] would.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct Content(pub Vec<u8>);
 
