@@ -212,10 +212,8 @@ impl Lines {
     /// The next whole line in the buffer, without its line end; the rest of the buffer once
     /// the body has ended.
     fn take_line(&mut self) -> Result<Option<Bytes>, ApiError> {
-        let end = self.buffer[self.searched..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map(|at| self.searched + at);
+        // memchr scans a word at a time; a byte-by-byte search was a quarter of reading a suite.
+        let end = memchr::memchr(b'\n', &self.buffer[self.searched..]).map(|at| self.searched + at);
         let length = end.unwrap_or(self.buffer.len());
         if length > self.max_line {
             self.ended = true;
