@@ -14,7 +14,8 @@
 //!
 //! Each figure and its limit are measured alternately, `KILN_BENCH_RUNS` (3) times; the medians
 //! and their ratio are reported. Rows go to `target/bench-suites.json` (see `benches/report`).
-//! Needs root, as the sandbox does.
+//! `KILN_BENCH_ROWS=10` measures only those rows (with their limits; rows 8 and 9 share theirs),
+//! for profiling one of them, as in `benches/queue.rs`. Needs root, as the sandbox does.
 
 mod common;
 mod report;
@@ -54,82 +55,108 @@ fn main() {
         "kiln suites bench: {runs} runs of {count} Python programs, {PARALLELISM} workers vs \
          {PARALLELISM} bare subprocesses at a time"
     );
+    let only = std::env::var("KILN_BENCH_ROWS").unwrap_or_else(|_| "8,9,10".into());
+    let wanted = |row: &str| only.split(',').any(|r| r.trim() == row);
     let (mut suite, mut single, mut bare) = (Vec::new(), Vec::new(), Vec::new());
     let (mut upload, mut inserts, mut peak) = (Vec::new(), Vec::new(), Vec::new());
     let streamed = report::size(STREAMED);
-    let body = ndjson_suite(streamed);
+    let body = if wanted("10") {
+        ndjson_suite(streamed)
+    } else {
+        Vec::new()
+    };
     for run in 1..=runs {
-        let raw = raw_insert_seconds(streamed);
-        let (took, peak_mib) = tokio.block_on(upload_seconds(&body));
-        println!(
-            "run {run}: {streamed}-case NDJSON suite ({:.1} MB) accepted in {took:.2} s vs raw \
-             SQLite {raw:.2} s, server peak RSS {peak_mib:.1} MiB",
-            body.len() as f64 / 1e6
-        );
-        upload.push(took);
-        inserts.push(raw);
-        peak.push(peak_mib);
+        if wanted("10") {
+            let raw = raw_insert_seconds(streamed);
+            let (took, peak_mib) = tokio.block_on(upload_seconds(&body));
+            println!(
+                "run {run}: {streamed}-case NDJSON suite ({:.1} MB) accepted in {took:.2} s vs \
+                 raw SQLite {raw:.2} s, server peak RSS {peak_mib:.1} MiB",
+                body.len() as f64 / 1e6
+            );
+            upload.push(took);
+            inserts.push(raw);
+            peak.push(peak_mib);
+        }
+        if !(wanted("8") || wanted("9")) {
+            continue;
+        }
         let limit = bare_seconds(&programs);
-        let as_suite = tokio.block_on(suite_seconds(&programs));
-        let as_jobs = tokio.block_on(single_jobs_seconds(&programs));
-        println!(
-            "run {run}: bare {limit:.2} s, one suite {as_suite:.2} s ({:.2}), single jobs \
-             {as_jobs:.2} s ({:.2})",
-            limit / as_suite,
-            limit / as_jobs
-        );
         bare.push(limit);
-        suite.push(as_suite);
-        single.push(as_jobs);
+        if wanted("8") {
+            let as_suite = tokio.block_on(suite_seconds(&programs));
+            println!(
+                "run {run}: bare {limit:.2} s, one suite {as_suite:.2} s ({:.2})",
+                limit / as_suite
+            );
+            suite.push(as_suite);
+        }
+        if wanted("9") {
+            let as_jobs = tokio.block_on(single_jobs_seconds(&programs));
+            println!(
+                "run {run}: bare {limit:.2} s, single jobs {as_jobs:.2} s ({:.2})",
+                limit / as_jobs
+            );
+            single.push(as_jobs);
+        }
     }
     let limit_name = format!("bare `python3 -c` of the same programs, {PARALLELISM} at a time");
     let rows = [
-        Row::measured(
-            8,
-            format!(
-                "one suite of {count} distinct Python programs in groups with pass@k, \
-                 {PARALLELISM} workers"
-            ),
-            "s",
-            suite,
-            Better::Lower,
-            Some((limit_name.clone(), bare.clone())),
-            Goal::RatioAtLeast(0.85),
-        ),
-        Row::measured(
-            9,
-            format!(
-                "the same programs as {count} single jobs, {} clients submitting",
-                server::CLIENTS
-            ),
-            "s",
-            single,
-            Better::Lower,
-            Some((limit_name, bare)),
-            Goal::RatioAtLeast(0.8),
-        ),
-        Row::measured(
-            10,
-            format!("a {streamed}-case NDJSON suite of ~4 KB programs, submit to 202"),
-            "s",
-            upload,
-            Better::Lower,
-            Some((
-                "raw SQLite inserts of its job and event rows, one transaction".to_owned(),
-                inserts,
-            )),
-            Goal::Within(2.0),
-        ),
-        Row::measured(
-            10,
-            "server peak RSS until that suite's 202",
-            "MiB",
-            peak,
-            Better::Lower,
-            None,
-            Goal::Below(64.0),
-        ),
+        (!suite.is_empty()).then(|| {
+            Row::measured(
+                8,
+                format!(
+                    "one suite of {count} distinct Python programs in groups with pass@k, \
+                     {PARALLELISM} workers"
+                ),
+                "s",
+                suite,
+                Better::Lower,
+                Some((limit_name.clone(), bare.clone())),
+                Goal::RatioAtLeast(0.85),
+            )
+        }),
+        (!single.is_empty()).then(|| {
+            Row::measured(
+                9,
+                format!(
+                    "the same programs as {count} single jobs, {} clients submitting",
+                    server::CLIENTS
+                ),
+                "s",
+                single,
+                Better::Lower,
+                Some((limit_name, bare)),
+                Goal::RatioAtLeast(0.8),
+            )
+        }),
+        (!upload.is_empty()).then(|| {
+            Row::measured(
+                10,
+                format!("a {streamed}-case NDJSON suite of ~4 KB programs, submit to 202"),
+                "s",
+                upload,
+                Better::Lower,
+                Some((
+                    "raw SQLite inserts of its job and event rows, one transaction".to_owned(),
+                    inserts,
+                )),
+                Goal::Within(2.0),
+            )
+        }),
+        (!peak.is_empty()).then(|| {
+            Row::measured(
+                10,
+                "server peak RSS until that suite's 202",
+                "MiB",
+                peak,
+                Better::Lower,
+                None,
+                Goal::Below(64.0),
+            )
+        }),
     ];
+    let rows: Vec<Row> = rows.into_iter().flatten().collect();
     report::write("suites", &rows);
 }
 

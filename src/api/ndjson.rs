@@ -2,13 +2,13 @@
 //! `application/jsonl`), whose first line is the suite's own fields and each further line one
 //! case. The body is never held whole: each line is checked as it arrives, by the rules a suite
 //! sent whole meets ([`SuiteCheck`]), and the checked case is written to a spool file beside the
-//! database, so the server holds one line and the cases' names whatever the suite's size. Only
-//! once the last line is in does one write transaction store the batch, reading its cases back
-//! from the spool: a bad line anywhere refuses the whole suite, naming the line, with nothing
-//! stored, and the single writer is never held while the body is still arriving.
+//! database ([`spool`]), so the server holds one line and the cases' names whatever the suite's
+//! size. Only once the last line is in does one write transaction store the batch, reading its
+//! cases back from the spool: a bad line anywhere refuses the whole suite, naming the line, with
+//! nothing stored, and the single writer is never held while the body is still arriving.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Seek, Write};
+mod spool;
+
 use std::path::Path;
 
 use axum::body::{Body, BodyDataStream, Bytes};
@@ -21,19 +21,17 @@ use super::AppState;
 use super::error::{ApiError, ErrorCode};
 use super::extract;
 use crate::config::Config;
-use crate::job::batch::{CaseSpec, SuiteSpec};
+use crate::job::batch::SuiteSpec;
 use crate::job::policy::Policy;
 use crate::job::validate::{CaseRequest, Rejection, SuiteCheck, SuiteRequest};
-use crate::store::{Admission, BatchSubmitted, StoreError};
+use crate::store::{Admission, BatchSubmitted};
+use spool::Spool;
 
 /// The content types of a suite sent as a stream; any other body is a suite sent whole.
 const CONTENT_TYPES: [&str; 2] = ["application/x-ndjson", "application/jsonl"];
 
 /// What a line may take besides the fields a case is capped by: names, punctuation, escapes.
 const LINE_SLACK_BYTES: usize = 64 << 10;
-
-/// The spool is written and read through buffers of this size.
-const SPOOL_BUFFER_BYTES: usize = 256 << 10;
 
 /// True if the request's body is a suite as a stream of lines.
 pub(super) fn wanted(headers: &HeaderMap) -> bool {
@@ -214,10 +212,8 @@ impl Lines {
     /// The next whole line in the buffer, without its line end; the rest of the buffer once
     /// the body has ended.
     fn take_line(&mut self) -> Result<Option<Bytes>, ApiError> {
-        let end = self.buffer[self.searched..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map(|at| self.searched + at);
+        // memchr scans a word at a time; a byte-by-byte search was a quarter of reading a suite.
+        let end = memchr::memchr(b'\n', &self.buffer[self.searched..]).map(|at| self.searched + at);
         let length = end.unwrap_or(self.buffer.len());
         if length > self.max_line {
             self.ended = true;
@@ -292,58 +288,6 @@ impl Lines {
                 }
                 None | Some(Err(_)) => self.ended = true,
             }
-        }
-    }
-}
-
-/// Checked cases waiting for the suite's last line, one JSON line each, in an unlinked file
-/// that is gone once dropped (or the process ends).
-struct Spool {
-    file: BufWriter<File>,
-}
-
-impl Spool {
-    fn create(dir: &Path) -> std::io::Result<Spool> {
-        let file = tempfile::tempfile_in(dir)?;
-        Ok(Spool {
-            file: BufWriter::with_capacity(SPOOL_BUFFER_BYTES, file),
-        })
-    }
-
-    fn push(&mut self, case: &CaseSpec) -> std::io::Result<()> {
-        serde_json::to_writer(&mut self.file, case)?;
-        self.file.write_all(b"\n")
-    }
-
-    /// The cases from the first, read one at a time.
-    fn into_cases(self) -> std::io::Result<Spooled> {
-        let mut file = self.file.into_inner().map_err(|e| e.into_error())?;
-        file.rewind()?;
-        Ok(Spooled {
-            reader: BufReader::with_capacity(SPOOL_BUFFER_BYTES, file),
-            line: Vec::new(),
-        })
-    }
-}
-
-/// The spooled cases, in the order they were checked.
-struct Spooled {
-    reader: BufReader<File>,
-    line: Vec<u8>,
-}
-
-impl Iterator for Spooled {
-    type Item = Result<CaseSpec, StoreError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        self.line.clear();
-        let unreadable = |e: &dyn std::fmt::Display| {
-            StoreError::Task(format!("a suite's spool file cannot be read back: {e}"))
-        };
-        match self.reader.read_until(b'\n', &mut self.line) {
-            Ok(0) => None,
-            Ok(_) => Some(serde_json::from_slice(&self.line).map_err(|e| unreadable(&e))),
-            Err(e) => Some(Err(unreadable(&e))),
         }
     }
 }

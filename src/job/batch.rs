@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::content::Content;
 use super::validate::LimitsRequest;
@@ -47,9 +47,8 @@ pub struct SuiteSpec {
     pub callback_shape: CallbackShape,
 }
 
-/// One case, checked. It is serialized only to be read back by the same server (a suite sent
-/// as a stream waits on disk until its last case has arrived).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One case, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CaseSpec {
     pub name: String,
     pub group: Option<String>,

@@ -361,7 +361,7 @@ fn check_program(
     runtime_files: impl Fn(&str, &str) -> Option<RuntimeTerms>,
 ) -> Result<(usize, RuntimeTerms), Rejection> {
     // A runtime may read its terms from the code (Java's class name): only from its text.
-    let Some(own) = runtime_files(runtime, &String::from_utf8_lossy(code.as_bytes())) else {
+    let Some(own) = runtime_files(runtime, &code.lossy_text()) else {
         return Err(Rejection::UnknownRuntime {
             name: runtime.to_owned(),
             case: None,
@@ -411,7 +411,7 @@ fn check_program(
 }
 
 fn check_code(code: &Content, policy: &Policy) -> Result<(), Rejection> {
-    if String::from_utf8_lossy(code.as_bytes()).trim().is_empty() {
+    if code.lossy_text().trim().is_empty() {
         return Err(Rejection::Invalid("code must not be empty".into()));
     }
     check_size("code", code.len(), policy.max_code_bytes)?;
@@ -726,9 +726,7 @@ impl<'p, F: Fn(&str, &str) -> Option<RuntimeTerms>> SuiteCheck<'p, F> {
             .map(|code| decoded("code", code))
             .transpose()?;
         if let Some(runtime) = &request.runtime {
-            let text = code
-                .as_ref()
-                .map(|code| String::from_utf8_lossy(code.as_bytes()));
+            let text = code.as_ref().map(Content::lossy_text);
             let Some(terms) = runtime_files(runtime, text.as_deref().unwrap_or_default()) else {
                 return Err(Rejection::UnknownRuntime {
                     name: runtime.clone(),

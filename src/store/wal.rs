@@ -1,6 +1,7 @@
 //! The write-ahead log's size, and the policy that keeps it bounded.
 //!
-//! SQLite's automatic checkpoints copy the WAL back into the database after commits, but cannot
+//! The writer's passive checkpoints (SQLite's automatic one, moved after the answers: see
+//! [`super::writer`]) copy the WAL back into the database after commits, but cannot
 //! restart the log while another connection (an operator's `sqlite3` left inside `BEGIN`, a
 //! backup) still reads an older snapshot: every commit then appends, and the file grows without
 //! end. Past a quarter of its limit the writer therefore tries, at most once a second and without
@@ -17,7 +18,7 @@ use rusqlite::Connection;
 
 use super::BUSY_TIMEOUT;
 
-/// The limit unless the operator sets one: far above the few MiB the automatic checkpoints keep
+/// The limit unless the operator sets one: far above the few MiB the passive checkpoints keep
 /// the log at, so the policy acts only when something holds the log back.
 pub const DEFAULT_WAL_MAX_BYTES: u64 = 1 << 30;
 
