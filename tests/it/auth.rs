@@ -3,8 +3,7 @@
 //! events and streams (another tenant's id answers 404, exactly as an unknown one), an admin
 //! sees all; a server on another address refuses to start without tokens unless `--insecure`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -436,40 +435,15 @@ async fn the_database_keeps_only_a_hash_of_each_token_and_the_list_never_shows_o
     assert!(!text.contains(&token), "{text}");
 }
 
-/// Starts `kiln serve` listening on `listen` with `extra` flags; the line it printed on stdout,
-/// or its exit status and stderr if it stopped first.
+/// Starts `kiln serve` in `dir` listening on `listen` with `extra` flags, and stops it once it
+/// listens: `Ok` then, else how it stopped first.
 fn serve_on(dir: &std::path::Path, listen: &str, extra: &[&str]) -> Result<(), String> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .arg("serve")
-        .arg("--db")
-        .arg(crate::util::db_arg_in(dir))
-        .arg("--work-root")
-        .arg(dir.join("work"))
-        .args(["--listen", listen, "--workers", "0", "--sandbox", "none"])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start kiln");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read stdout");
-    let listening = line.starts_with("kiln listening on");
-    if listening {
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    }
-    let out = child.wait_with_output().expect("wait");
-    if listening {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
+    crate::util::serve_until_listening(
+        &crate::util::db_arg_in(dir),
+        &dir.join("work"),
+        listen,
+        extra,
+    )
 }
 
 #[tokio::test]

@@ -6,16 +6,15 @@
 //! The module's tests share one such cluster (its own, not the other tests' nor
 //! `KILN_TEST_DB`'s), each with a database of its own, created over the Unix socket.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 
 use tempfile::TempDir;
 
 use crate::pg::{OwnCluster, Setup};
-use crate::util::{Server, sh, skip};
+use crate::util::{Server, serve_until_listening, sh, skip};
 
 /// Only TLS over TCP, for anyone, trusted (no password: what is tested is the transport);
 /// the Unix socket stays open to the tests' own setup.
@@ -159,39 +158,7 @@ fn make_certificates(dir: &Path) {
 /// else what it said on stderr before it exited.
 fn serve(url: &str) -> Result<(), String> {
     let dir = TempDir::new().expect("temp dir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["serve", "--db", url, "--work-root"])
-        .arg(dir.path().join("work"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--workers",
-            "0",
-            "--sandbox",
-            "none",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start kiln");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read stdout");
-    let listening = line.starts_with("kiln listening on");
-    if listening {
-        // SAFETY: kill(2) on the child this test started and has not reaped.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    }
-    let out = child.wait_with_output().expect("wait for kiln");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if listening {
-        Ok(())
-    } else {
-        Err(format!("{}: {stderr}", out.status))
-    }
+    serve_until_listening(url.as_ref(), &dir.path().join("work"), "127.0.0.1:0", &[])
 }
 
 #[tokio::test]

@@ -365,6 +365,49 @@ async fn database_for(dir: &std::path::Path) -> TestDb {
     }
 }
 
+/// Starts `kiln serve --db db` (work root under `work`, no workers, `--sandbox none`: no job
+/// runs) listening on `listen` with `extra` flags, and stops it again once it listens: `Ok` if
+/// it got that far, else its exit status and what it said on stderr before it exited.
+pub fn serve_until_listening(
+    db: &std::ffi::OsStr,
+    work: &std::path::Path,
+    listen: &str,
+    extra: &[&str],
+) -> Result<(), String> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("serve")
+        .arg("--db")
+        .arg(db)
+        .arg("--work-root")
+        .arg(work)
+        .args(["--listen", listen, "--workers", "0", "--sandbox", "none"])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start kiln");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read stdout");
+    let listening = line.starts_with("kiln listening on");
+    if listening {
+        // SAFETY: kill(2) on the child this test started and has not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    }
+    let out = child.wait_with_output().expect("wait for kiln");
+    match listening {
+        true => Ok(()),
+        false => Err(format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )),
+    }
+}
+
 /// What `--db` names the database of the servers started in `dir` by, for a test that runs
 /// another subcommand (`kiln token`) before any server starts there: the SQLite file, or on
 /// PostgreSQL a database made now and left for the first server in `dir`.
