@@ -14,6 +14,7 @@
 //!
 //! Each figure is measured alternately with its limit, `KILN_BENCH_RUNS` (3) times, medians
 //! reported with their ratio. Rows go to `target/bench-runtimes.json` (see `benches/report`).
+//! `KILN_BENCH_RUNTIMES=c,go` measures only those runtimes, for tuning one of them.
 //! Needs root, as the sandbox does.
 
 mod common;
@@ -87,7 +88,9 @@ fn main() -> ExitCode {
     let tokio = tokio::runtime::Runtime::new().expect("tokio runtime");
     let runs = report::runs();
     let mut rows = Vec::new();
-    for (name, code) in PROGRAMS {
+    let only = std::env::var("KILN_BENCH_RUNTIMES").unwrap_or_default();
+    let wanted = |name: &str| only.is_empty() || only.split(',').any(|n| n.trim() == name);
+    for (name, code) in PROGRAMS.iter().filter(|(name, _)| wanted(name)) {
         let Some(runtime) = runtimes.get(name) else {
             println!("bench-runtimes: {name} is not installed here; skipped");
             continue;
