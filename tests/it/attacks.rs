@@ -394,6 +394,40 @@ done
     );
 }
 
+/// A job's tmpfs mounts take huge pages where the kernel has them, so a large file (a build, an
+/// input) is written in 2 MB pages rather than 512 of 4 KB each; what is written there in them
+/// reads back whole.
+#[tokio::test]
+async fn the_jobs_tmpfs_mounts_use_huge_pages_where_the_kernel_has_them() {
+    let server = Server::start().await;
+    let code = "\
+data = bytes(range(256)) * (3 << 12)
+for d in ['/work', '/tmp', '/dev/shm']:
+    with open(d + '/big', 'wb') as f:
+        f.write(data)
+    with open(d + '/big', 'rb') as f:
+        back = f.read()
+    options = [l.split(' - ')[1].split()[2] for l in open('/proc/self/mountinfo') if l.split()[4] == d]
+    print(d, back == data, 'huge=within_size' in options[0].split(','))
+";
+    let id = server
+        .submit(python(code, json!({"file_bytes": 8 << 20})))
+        .await;
+    let job = server.finished(&id).await;
+    assert_eq!(job["status"], "succeeded", "{}", show(&job));
+    let huge =
+        match std::path::Path::new("/sys/kernel/mm/transparent_hugepage/shmem_enabled").exists() {
+            true => "True",
+            false => "False",
+        };
+    assert_eq!(
+        stdout(&job),
+        format!("/work True {huge}\n/tmp True {huge}\n/dev/shm True {huge}\n"),
+        "{}",
+        show(&job)
+    );
+}
+
 #[tokio::test]
 async fn filling_tmpfs_past_the_memory_limit_ends_with_the_memory_limit() {
     let server = Server::start().await;

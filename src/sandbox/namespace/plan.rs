@@ -370,7 +370,7 @@ impl Plan {
             }
             steps.push(Step::Tmpfs {
                 target: host(root, Path::new(target))?,
-                options: cstring(format!("{options},nr_inodes=16384"))?,
+                options: cstring(format!("{options},nr_inodes=16384{}", spec.skeleton.huge))?,
             });
         }
         if spec.bind_work_root {
@@ -476,6 +476,24 @@ impl At {
 #[derive(Clone)]
 pub struct Skeleton {
     steps: Vec<Step>,
+    /// The option the job's tmpfs mounts take for huge pages, empty where the kernel has none.
+    huge: &'static str,
+}
+
+/// Where the kernel tells how shared memory uses transparent huge pages: there only when it
+/// has them, and without them it refuses tmpfs's `huge=` option.
+const SHMEM_HUGE_PAGES: &str = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
+
+/// `huge=within_size` where the kernel takes it. A file is written in 4 KB pages otherwise, each
+/// allocated, charged to the run's memory cgroup and later freed on its own: copying a 4 MB build
+/// into `/work` took 2.5 ms that way against 0.6–0.9 ms in huge pages. `within_size` gives a
+/// huge page only to a part of a file that fills it, so a small file (most of them) costs the
+/// same as before and no file takes more memory or tmpfs space than its size.
+fn huge_option() -> &'static str {
+    match Path::new(SHMEM_HUGE_PAGES).exists() {
+        true => ",huge=within_size",
+        false => "",
+    }
 }
 
 impl Skeleton {
@@ -564,7 +582,10 @@ impl Skeleton {
         });
         steps.extend(proc_masks(root, Path::new("/proc"))?);
 
-        Ok(Skeleton { steps })
+        Ok(Skeleton {
+            steps,
+            huge: huge_option(),
+        })
     }
 }
 
@@ -1010,6 +1031,7 @@ mod tests {
         let root = Path::new("/srv/root");
         let skeleton = Skeleton::new(root, &[PathBuf::from("/usr")]).expect("skeleton");
         let plan = Plan::new(spec(root, &skeleton)).expect("plan");
+        let huge = skeleton.huge;
         let skeleton = lines(&skeleton.steps);
         let plan_lines = lines(&plan.steps);
         assert_eq!(plan_lines[..skeleton.len()], skeleton[..]);
@@ -1017,13 +1039,18 @@ mod tests {
             plan_lines[skeleton.len()..],
             [
                 "file /srv/root/etc/passwd with \"root:x:0:0:root:/:/usr/sbin/nologin\\n\
-                 kiln:x:1000:1000:kiln:/work:/bin/sh\\n\"",
-                "file /srv/root/etc/group with \"root:x:0:\\nkiln:x:1000:\\n\"",
-                "file /srv/root/etc/hostname with \"kiln\\n\"",
-                "tmpfs at /srv/root/dev/shm with size=2097152,mode=1777,nr_inodes=16384",
-                "tmpfs at /srv/root/tmp with size=2097152,mode=1777,nr_inodes=16384",
-                "tmpfs at /srv/root/work with size=5242880,mode=0755,uid=1000,gid=1000,\
-                 nr_inodes=16384",
+                 kiln:x:1000:1000:kiln:/work:/bin/sh\\n\""
+                    .to_owned(),
+                "file /srv/root/etc/group with \"root:x:0:\\nkiln:x:1000:\\n\"".to_owned(),
+                "file /srv/root/etc/hostname with \"kiln\\n\"".to_owned(),
+                format!(
+                    "tmpfs at /srv/root/dev/shm with size=2097152,mode=1777,nr_inodes=16384{huge}"
+                ),
+                format!("tmpfs at /srv/root/tmp with size=2097152,mode=1777,nr_inodes=16384{huge}"),
+                format!(
+                    "tmpfs at /srv/root/work with size=5242880,mode=0755,uid=1000,gid=1000,\
+                     nr_inodes=16384{huge}"
+                ),
             ]
         );
         assert_eq!(plan.root.as_bytes(), b"/srv/root");
@@ -1088,7 +1115,10 @@ mod tests {
         );
         position(
             &lines,
-            "tmpfs at /srv/root/tmp with size=2097152,mode=1777,nr_inodes=16384",
+            &format!(
+                "tmpfs at /srv/root/tmp with size=2097152,mode=1777,nr_inodes=16384{}",
+                skeleton.huge
+            ),
         );
         assert!(plan.bind_work_root);
     }
