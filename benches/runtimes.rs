@@ -88,8 +88,7 @@ fn main() -> ExitCode {
     let tokio = tokio::runtime::Runtime::new().expect("tokio runtime");
     let runs = report::runs();
     let mut rows = Vec::new();
-    let only = std::env::var("KILN_BENCH_RUNTIMES").unwrap_or_default();
-    let wanted = |name: &str| only.is_empty() || only.split(',').any(|n| n.trim() == name);
+    let wanted = report::selected("KILN_BENCH_RUNTIMES");
     for (name, code) in PROGRAMS.iter().filter(|(name, _)| wanted(name)) {
         let Some(runtime) = runtimes.get(name) else {
             println!("bench-runtimes: {name} is not installed here; skipped");

@@ -55,8 +55,7 @@ fn main() {
         "kiln suites bench: {runs} runs of {count} Python programs, {PARALLELISM} workers vs \
          {PARALLELISM} bare subprocesses at a time"
     );
-    let only = std::env::var("KILN_BENCH_ROWS").unwrap_or_else(|_| "8,9,10".into());
-    let wanted = |row: &str| only.split(',').any(|r| r.trim() == row);
+    let wanted = report::selected("KILN_BENCH_ROWS");
     let (mut suite, mut single, mut bare) = (Vec::new(), Vec::new(), Vec::new());
     let (mut upload, mut inserts, mut peak) = (Vec::new(), Vec::new(), Vec::new());
     let streamed = report::size(STREAMED);

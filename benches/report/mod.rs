@@ -4,7 +4,7 @@
 //! rows as a JSON array to `target/bench-NAME.json`; `benches/table.rs` reads them back.
 //!
 //! Also how long a benchmark runs: `KILN_BENCH_RUNS` (default 3) and `KILN_BENCH_QUICK=1`
-//! (a tenth of the sizes), for trying a bench on a busy machine.
+//! (a tenth of the sizes), for trying a bench on a busy machine, and what part of it runs.
 
 // Each bench target compiles this module on its own and uses a part of it.
 #![allow(dead_code)]
@@ -31,6 +31,13 @@ pub fn quick() -> bool {
 /// `full`, or a tenth of it (at least 1) when [`quick`].
 pub fn size(full: usize) -> usize {
     if quick() { (full / 10).max(1) } else { full }
+}
+
+/// What the comma-separated list in `variable` selects (rows, runtimes): everything when it is
+/// unset or empty, for tuning one part of a bench without running the rest.
+pub fn selected(variable: &str) -> impl Fn(&str) -> bool {
+    let list = std::env::var(variable).unwrap_or_default();
+    move |name| list.trim().is_empty() || list.split(',').any(|item| item.trim() == name)
 }
 
 /// Which way a figure improves: this decides how its ratio to the limit is taken, so that a
