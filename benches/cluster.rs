@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 
 use common::median;
 use common::noop::NoOp;
-use common::pg::{Cluster, connect};
+use common::pg::{self, Cluster, connect};
 use kiln::job::JobSpec;
 use kiln::job::policy::Policy;
 use kiln::job::time::now_ms;
@@ -93,7 +93,7 @@ fn main() {
     }
     let runs = report::runs();
     let runtime = Runtime::new().expect("tokio runtime");
-    let cluster = runtime.block_on(Cluster::start());
+    let cluster = runtime.block_on(pg::start());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "kiln cluster bench: {runs} runs of {} jobs; PostgreSQL on 127.0.0.1 with fsync on; \
@@ -219,7 +219,7 @@ impl Bench {
             self.databases.fetch_add(1, Ordering::Relaxed)
         );
         let url = self.runtime.block_on(async {
-            let url = self.cluster.create_database(&name).await;
+            let url = pg::create_database(&self.cluster, &name).await;
             // Migrated here, once, rather than by whichever node connects first.
             let poll = Wakeups::Poll {
                 every: Duration::from_secs(1),
@@ -235,7 +235,8 @@ impl Bench {
     }
 
     fn drop_database(&self, name: &str) {
-        self.runtime.block_on(self.cluster.drop_database(name));
+        self.runtime
+            .block_on(pg::drop_database(&self.cluster, name));
     }
 
     /// The CPU time spent so far by PostgreSQL and by the processes `kiln` (nodes, servers),

@@ -59,6 +59,7 @@ impl TlsCluster {
                 "ssl_key_file=server.key",
             ],
             hba: Some(HBA),
+            ..Setup::default()
         };
         let cluster = OwnCluster::start(test, &setup).await?;
         let cluster = Arc::new(TlsCluster { cluster, pki });
