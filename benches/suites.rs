@@ -4,6 +4,9 @@
 //!    tenth of them failing, in 100 groups of 10 with pass@1 and pass@10), from the submit until
 //!    the batch is done, every verdict as expected. Limit: the same 1,000 programs as bare
 //!    `python3 -c PROGRAM` subprocesses, as many at a time as there are cores. Goal: ratio ≥ 0.85.
+//!    Beside it, the same suite to a server that runs its programs as plain subprocesses
+//!    (`--sandbox none`): how much of kiln's time over bare is the sandbox's, and how much the
+//!    rest of kiln's work per job. No goal: it is a development mode, never a deployment.
 //! 9. **The same programs as 1,000 single jobs** submitted by [`server::CLIENTS`] clients, until
 //!    the last terminal event is in the feed. Same limit. Goal: ratio ≥ 0.8.
 //! 10. **A suite of 10,000 programs of ~4 KB as an NDJSON stream** (~40 MB), from the first byte
@@ -57,6 +60,7 @@ fn main() {
     );
     let wanted = report::selected("KILN_BENCH_ROWS");
     let (mut suite, mut single, mut bare) = (Vec::new(), Vec::new(), Vec::new());
+    let mut unsandboxed = Vec::new();
     let (mut upload, mut inserts, mut peak) = (Vec::new(), Vec::new(), Vec::new());
     let streamed = report::size(STREAMED);
     let body = if wanted("10") {
@@ -83,12 +87,16 @@ fn main() {
         let limit = bare_seconds(&programs);
         bare.push(limit);
         if wanted("8") {
-            let as_suite = tokio.block_on(suite_seconds(&programs));
+            let as_suite = tokio.block_on(suite_seconds(&programs, Sandboxing::Full));
+            let plain = tokio.block_on(suite_seconds(&programs, Sandboxing::None));
             println!(
-                "run {run}: bare {limit:.2} s, one suite {as_suite:.2} s ({:.2})",
-                limit / as_suite
+                "run {run}: bare {limit:.2} s, one suite {as_suite:.2} s ({:.2}), unsandboxed \
+                 {plain:.2} s ({:.2})",
+                limit / as_suite,
+                limit / plain
             );
             suite.push(as_suite);
+            unsandboxed.push(plain);
         }
         if wanted("9") {
             let as_jobs = tokio.block_on(single_jobs_seconds(&programs));
@@ -113,6 +121,20 @@ fn main() {
                 Better::Lower,
                 Some((limit_name.clone(), bare.clone())),
                 Goal::RatioAtLeast(0.85),
+            )
+        }),
+        (!unsandboxed.is_empty()).then(|| {
+            Row::measured(
+                8,
+                format!(
+                    "the same suite, programs unsandboxed (`--sandbox none`), {PARALLELISM} \
+                     workers"
+                ),
+                "s",
+                unsandboxed,
+                Better::Lower,
+                Some((limit_name.clone(), bare.clone())),
+                Goal::None,
             )
         }),
         (!single.is_empty()).then(|| {
@@ -212,15 +234,27 @@ fn bare_seconds(programs: &[String]) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
-fn start_server() -> (Server, tempfile::TempDir) {
+/// How a server runs its programs: in kiln's sandbox, as deployed, or as plain subprocesses.
+#[derive(Clone, Copy)]
+enum Sandboxing {
+    Full,
+    None,
+}
+
+fn start_server(sandboxing: Sandboxing) -> (Server, tempfile::TempDir) {
     let dir = scratch();
-    let server = Server::start_in(dir.path(), &["--workers", &PARALLELISM.to_string()]);
+    let workers = PARALLELISM.to_string();
+    let mut args = vec!["--workers", &workers];
+    if let Sandboxing::None = sandboxing {
+        args.extend(["--sandbox", "none"]);
+    }
+    let server = Server::start_in(dir.path(), &args);
     (server, dir)
 }
 
 /// Row 8: the programs as one suite, from its submit until it is done; seconds.
-async fn suite_seconds(programs: &[String]) -> f64 {
-    let (server, _dir) = start_server();
+async fn suite_seconds(programs: &[String], sandboxing: Sandboxing) -> f64 {
+    let (server, _dir) = start_server(sandboxing);
     let client = reqwest::Client::new();
     let cases: Vec<Value> = programs
         .iter()
@@ -263,7 +297,7 @@ async fn suite_seconds(programs: &[String]) -> f64 {
 /// Row 9: the programs as single jobs, [`server::CLIENTS`] clients submitting, until every job's
 /// terminal event is in the feed; seconds.
 async fn single_jobs_seconds(programs: &[String]) -> f64 {
-    let (server, _dir) = start_server();
+    let (server, _dir) = start_server(Sandboxing::Full);
     let url = server.url.clone();
     let client = reqwest::Client::new();
     let bodies: Arc<Vec<String>> = Arc::new(
