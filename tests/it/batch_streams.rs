@@ -6,7 +6,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use rusqlite::Connection;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -43,14 +42,13 @@ async fn submit(server: &Server, cases: &[(&str, &str, &str)]) -> (String, Vec<S
 
 /// The batch's event ids as operators would read them.
 fn stored_ids(server: &Server, batch: &str) -> Vec<i64> {
-    let db = Connection::open(server.db_path()).expect("open the database");
-    let mut stmt = db
-        .prepare("SELECT id FROM events WHERE batch_id = ?1 ORDER BY id")
-        .expect("prepare");
-    stmt.query_map([batch], |r| r.get(0))
-        .expect("query")
-        .collect::<Result<_, _>>()
-        .expect("rows")
+    server
+        .rows(&format!(
+            "SELECT id FROM events WHERE batch_id = '{batch}' ORDER BY id"
+        ))
+        .iter()
+        .map(|row| row[0].int())
+        .collect()
 }
 
 async fn batch_done(server: &Server, id: &str) -> bool {

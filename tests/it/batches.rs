@@ -8,6 +8,7 @@ use reqwest::StatusCode;
 use rusqlite::Connection;
 use serde_json::{Value, json};
 
+use crate::db::Cell;
 use crate::util::Server;
 
 /// Adds two numbers; `slow` sleeps past any limit, `fail` exits 3.
@@ -246,38 +247,25 @@ async fn a_200_case_suite_gets_a_verdict_per_case_totals_and_a_junit_report_that
     );
 
     // Operators see the same in SQL, and the completion came with the last case's end.
-    let conn = Connection::open(server.db_path()).unwrap();
-    let (cases, done, passed): (i64, i64, i64) = conn
-        .query_row(
-            "SELECT cases, done, passed FROM batch_summary WHERE id = ?1",
-            [&id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .unwrap();
-    assert_eq!((cases, done, passed), (200, 200, 188));
-    let completions: Vec<(i64, String)> = conn
-        .prepare("SELECT id, data FROM events WHERE batch_id = ?1 AND type = 'batch.completed'")
-        .unwrap()
-        .query_map([&id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let summary = server.rows(&format!(
+        "SELECT cases, done, passed FROM batch_summary WHERE id = '{id}'"
+    ));
+    let counts: Vec<i64> = summary[0].iter().map(Cell::int).collect();
+    assert_eq!(counts, [200, 200, 188]);
+    let completions = server.rows(&format!(
+        "SELECT id, data FROM events WHERE batch_id = '{id}' AND type = 'batch.completed'"
+    ));
     assert_eq!(completions.len(), 1);
-    let (completed_at, data) = &completions[0];
-    let data: Value = serde_json::from_str(data).unwrap();
+    let (completed_at, data) = (completions[0][0].int(), completions[0][1].json());
     assert_eq!(
         (data["passed"].as_u64(), data["failed"].as_u64()),
         (Some(188), Some(12))
     );
-    let last_case_end: i64 = conn
-        .query_row(
-            "SELECT max(id) FROM events WHERE batch_id = ?1 AND job_id IS NOT NULL",
-            [&id],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let last_case_end = server.count(&format!(
+        "SELECT max(id) FROM events WHERE batch_id = '{id}' AND job_id IS NOT NULL"
+    ));
     assert_eq!(
-        *completed_at,
+        completed_at,
         last_case_end + 1,
         "written right after the last case's end"
     );
@@ -380,18 +368,20 @@ async fn more_cases_than_the_configured_maximum_is_refused_with_413() {
 
 /// The events that ended each case, as `(verdict, build)`.
 pub(crate) fn case_ends(server: &Server, batch: &str) -> Vec<(String, String)> {
-    let conn = Connection::open(server.db_path()).unwrap();
-    let mut stmt = conn
-        .prepare(
-            "SELECT json_extract(data, '$.verdict'), json_extract(data, '$.build') FROM events
-             WHERE batch_id = ?1 AND type IN ('job.succeeded', 'job.failed', 'job.timed_out')
-             ORDER BY id",
-        )
-        .unwrap();
-    stmt.query_map([batch], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    let ends = server.rows(&format!(
+        "SELECT data FROM events WHERE batch_id = '{batch}'
+         AND type IN ('job.succeeded', 'job.failed', 'job.timed_out') ORDER BY id"
+    ));
+    ends.iter()
+        .map(|row| {
+            let data = row[0].json();
+            let field = |name: &str| match data[name].as_str() {
+                Some(value) => value.to_owned(),
+                None => panic!("no {name} in {data}"),
+            };
+            (field("verdict"), field("build"))
+        })
+        .collect()
 }
 
 /// Build directories and binaries left in the server's cache.

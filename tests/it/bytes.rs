@@ -7,6 +7,7 @@ use base64::engine::general_purpose::STANDARD;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::db::Cell;
 use crate::ndjson::post_ndjson;
 use crate::streams::{Item, Sse};
 use crate::util::Server;
@@ -63,16 +64,17 @@ async fn output_that_is_not_utf8_is_kept_exactly_and_given_in_base64_on_request(
     assert_eq!(legacy["output_encoding"], "base64");
 
     // The database holds the bytes themselves, as its operators can see.
-    let db = rusqlite::Connection::open(server.db_path()).expect("open db");
-    let (kind, encoding): (String, String) = db
-        .query_row(
-            "SELECT typeof(j.stdout), o.stdout_encoding FROM jobs j
-             JOIN job_output o ON o.job_id = j.id WHERE j.id = ?1",
-            [&id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .expect("the job's row");
-    assert_eq!((kind.as_str(), encoding.as_str()), ("blob", "base64"));
+    let stored = server.rows(&format!(
+        "SELECT j.stdout, o.stdout_encoding FROM jobs j
+         JOIN job_output o ON o.job_id = j.id WHERE j.id = '{id}'"
+    ));
+    assert_eq!(
+        stored[0],
+        [
+            Cell::Bytes(b"a\xff\x00b".to_vec()),
+            Cell::Text("base64".into())
+        ]
+    );
 }
 
 #[tokio::test]

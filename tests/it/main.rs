@@ -18,6 +18,7 @@ mod cli;
 mod cluster;
 mod crash;
 mod dashboard;
+mod db;
 mod docs;
 mod durability;
 mod examples;

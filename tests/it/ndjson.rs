@@ -5,7 +5,6 @@
 
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
-use rusqlite::Connection;
 use serde_json::{Value, json};
 
 use crate::batches::{all_cases, finished, submit};
@@ -168,15 +167,8 @@ async fn ten_thousand_cases_are_stored_whole_and_one_more_is_refused_unstored() 
         10_001,
         "a job.queued each and batch.queued"
     );
-    let conn = Connection::open(server.db_path()).expect("open");
-    let last: (i64, String) = conn
-        .query_row(
-            "SELECT case_index, stdin FROM jobs WHERE case_name = 't9999'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .expect("the last case");
-    assert_eq!(last, (9_999, "9999".to_owned()));
+    let last = server.rows("SELECT case_index, stdin FROM jobs WHERE case_name = 't9999'");
+    assert_eq!((last[0][0].int(), last[0][1].text()), (9_999, "9999"));
 
     let mut over = cases;
     over.push(json!({"name": "one too many"}));

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use crate::auth::{As, create_token};
+use crate::db::{self, Cell};
 use crate::util::Server;
 
 /// A job that writes `out/a.txt`, `out/b.bin` (not UTF-8), `report.json` and a file no
@@ -222,8 +223,6 @@ async fn a_jobs_files_are_pruned_and_archived_with_it() {
     let archive = server.dir.path().join("archive.db");
     let out = server.kiln(&[
         "prune",
-        "--db",
-        "kiln.db",
         "--finished-before",
         "0s",
         "--archive",
@@ -233,27 +232,20 @@ async fn a_jobs_files_are_pruned_and_archived_with_it() {
     assert!(out.status.success(), "{out:?}");
     let (status, _, _) = fetch(&server, &id, "out/a.txt").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let count = |db: &std::path::Path| -> i64 {
-        rusqlite::Connection::open(db)
-            .expect("open")
-            .query_row(
-                "SELECT count(*) FROM job_files WHERE job_id = ?1",
-                [&id],
-                |r| r.get(0),
-            )
-            .expect("count")
-    };
-    assert_eq!(count(&server.db_path()), 0, "gone from the database");
-    assert_eq!(count(&archive), 3, "kept in the archive");
-    let archived: Vec<u8> = rusqlite::Connection::open(&archive)
-        .expect("open")
-        .query_row(
-            "SELECT content FROM job_files WHERE job_id = ?1 AND path = 'out/sub/b.bin'",
-            [&id],
-            |r| r.get(0),
-        )
-        .expect("the archived bytes");
-    assert_eq!(archived, b"\xff\x00");
+    let files = format!("SELECT count(*) FROM job_files WHERE job_id = '{id}'");
+    assert_eq!(server.count(&files), 0, "gone from the database");
+    // The archive is a SQLite file whichever the backend.
+    assert_eq!(
+        db::sqlite_rows(&archive, &files),
+        [[Cell::Int(3)]],
+        "kept in the archive"
+    );
+    let archived = db::sqlite_rows(
+        &archive,
+        &format!("SELECT content FROM job_files WHERE job_id = '{id}' AND path = 'out/sub/b.bin'"),
+    );
+    let archived = archived[0][0].clone();
+    assert_eq!(archived, Cell::Bytes(b"\xff\x00".to_vec()));
 }
 
 #[tokio::test]

@@ -4,7 +4,6 @@
 //! pass@k the suite asks for.
 
 use reqwest::StatusCode;
-use rusqlite::Connection;
 use serde_json::{Value, json};
 
 use crate::batches::{
@@ -72,14 +71,13 @@ async fn each_case_may_run_its_own_program_across_runtimes_and_the_suite_s_is_th
     assert_eq!(batch["runtime"], Value::Null, "no suite runtime");
 
     // Operators see where each case's program is: '' runs the batch's code.
-    let conn = Connection::open(server.db_path()).unwrap();
-    let stored: Vec<(String, String)> = conn
-        .prepare("SELECT runtime, code FROM jobs WHERE batch_id = ?1 ORDER BY case_index")
-        .unwrap()
-        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let stored: Vec<(String, String)> = server
+        .rows(&format!(
+            "SELECT runtime, code FROM jobs WHERE batch_id = '{id}' ORDER BY case_index"
+        ))
+        .iter()
+        .map(|r| (r[0].text().to_owned(), r[1].text().to_owned()))
+        .collect();
     assert_eq!(
         stored,
         [
@@ -235,26 +233,18 @@ async fn groups_report_pass_at_k_as_computed_by_hand_and_null_where_k_exceeds_th
     assert_eq!(summary["pass_at_k"]["2"], Value::Null);
 
     // The completion event carries the same summary; operators can read the counts in SQL.
-    let conn = Connection::open(server.db_path()).unwrap();
-    let completed: String = conn
-        .query_row(
-            "SELECT data FROM events WHERE batch_id = ?1 AND type = 'batch.completed'",
-            [id],
-            |r| r.get(0),
-        )
-        .unwrap();
-    let completed: Value = serde_json::from_str(&completed).unwrap();
-    assert_eq!(completed["groups"], *summary);
-    let counts: Vec<(String, i64, i64)> = conn
-        .prepare(
-            "SELECT case_group, cases, passed FROM group_results WHERE batch_id = ?1
-             ORDER BY case_group",
-        )
-        .unwrap()
-        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let completed = server.rows(&format!(
+        "SELECT data FROM events WHERE batch_id = '{id}' AND type = 'batch.completed'"
+    ));
+    assert_eq!(completed[0][0].json()["groups"], *summary);
+    let counts: Vec<(String, i64, i64)> = server
+        .rows(&format!(
+            "SELECT case_group, cases, passed FROM group_results WHERE batch_id = '{id}'
+             ORDER BY case_group"
+        ))
+        .iter()
+        .map(|r| (r[0].text().to_owned(), r[1].int(), r[2].int()))
+        .collect();
     assert_eq!(
         counts,
         [

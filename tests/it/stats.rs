@@ -161,14 +161,13 @@ async fn a_tenant_sees_only_its_own_figures_and_an_admin_everyones() {
 type Counted = Vec<(String, String, i64)>;
 
 /// What `job_counts` holds, and what counting the jobs gives, each as sorted rows.
-fn counts_and_truth(db: &std::path::Path) -> (Counted, Counted) {
-    let conn = rusqlite::Connection::open(db).expect("open the database");
+fn counts_and_truth(server: &Server) -> (Counted, Counted) {
     let rows = |sql: &str| -> Counted {
-        let mut stmt = conn.prepare(sql).expect("prepare");
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .expect("query")
-            .collect::<Result<_, _>>()
-            .expect("rows")
+        server
+            .rows(sql)
+            .iter()
+            .map(|r| (r[0].text().to_owned(), r[1].text().to_owned(), r[2].int()))
+            .collect()
     };
     (
         rows("SELECT tenant, status, jobs FROM job_counts WHERE jobs > 0 ORDER BY 1, 2"),
@@ -198,7 +197,7 @@ async fn the_kept_figures_equal_a_count_of_the_jobs_through_every_way_a_job_move
         let id = server.submit(job).await;
         server.finished(&id).await;
     }
-    let (kept, truth) = counts_and_truth(&server.db_path());
+    let (kept, truth) = counts_and_truth(&server);
     assert_eq!(kept, truth);
     assert_eq!(truth.iter().map(|r| r.2).sum::<i64>(), 5);
 
@@ -214,16 +213,9 @@ async fn the_kept_figures_equal_a_count_of_the_jobs_through_every_way_a_job_move
         [&json!(2), &json!(1), &json!(1), &json!(1)],
         "{stats}"
     );
-    let pruned = server.kiln(&[
-        "prune",
-        "--finished-before",
-        "0s",
-        "--yes",
-        "--db",
-        &server.db_path().to_string_lossy(),
-    ]);
+    let pruned = server.kiln(&["prune", "--finished-before", "0s", "--yes"]);
     assert!(pruned.status.success(), "{pruned:?}");
-    let (kept, truth) = counts_and_truth(&server.db_path());
+    let (kept, truth) = counts_and_truth(&server);
     assert_eq!(
         (kept, truth),
         (vec![], vec![]),

@@ -16,6 +16,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
+use crate::db::{self, Cell};
 use crate::pg::TestDb;
 
 /// What a test does when the host lacks what it needs (a loop device, a compiler): says so and
@@ -173,34 +174,23 @@ impl Server {
         self.pg.as_ref().map(|pg| pg.url.as_str())
     }
 
+    /// The rows `sql` answers, read from the server's database on either backend (see
+    /// [`crate::db`]).
+    pub fn rows(&self, sql: &str) -> Vec<Vec<Cell>> {
+        match &self.pg {
+            None => db::sqlite_rows(&self.db, sql),
+            Some(pg) => db::pg_rows(&pg.url, sql),
+        }
+    }
+
     /// The whole number `sql` answers, read from the server's database on either backend: a
     /// count of rows, most often, where a test proves that nothing was half-written.
+    #[track_caller]
     pub fn count(&self, sql: &str) -> i64 {
-        let Some(pg) = &self.pg else {
-            let conn = rusqlite::Connection::open(&self.db).expect("open the database");
-            return conn
-                .query_row(sql, [], |r| r.get(0))
-                .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        };
-        let (url, sql) = (pg.url.clone(), sql.to_owned());
-        // Asked from a test's runtime, which cannot be blocked on: a thread of its own with a
-        // runtime of its own asks.
-        std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime to read the test database")
-                .block_on(async {
-                    let row = crate::pg::connect(&url)
-                        .await
-                        .query_one(sql.as_str(), &[])
-                        .await
-                        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-                    row.get::<_, i64>(0)
-                })
-        })
-        .join()
-        .expect("read the test database")
+        match self.rows(sql).first().and_then(|row| row.first()) {
+            Some(cell) => cell.int(),
+            None => panic!("{sql}: no row"),
+        }
     }
 
     pub fn pid(&self) -> u32 {

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use tokio::sync::watch;
 
+use crate::db::Cell;
 use crate::util::Server;
 
 /// One call a receiver got.
@@ -221,13 +222,9 @@ fn types(events: &[Value]) -> Vec<&str> {
 }
 
 fn stored_secret(server: &Server) -> String {
-    let conn = rusqlite::Connection::open(server.db_path()).unwrap();
-    conn.query_row(
-        "SELECT value FROM settings WHERE name = 'webhook_secret'",
-        [],
-        |r| r.get(0),
-    )
-    .expect("a generated secret is stored")
+    let stored = server.rows("SELECT value FROM settings WHERE name = 'webhook_secret'");
+    let secret = stored.first().expect("a generated secret is stored");
+    secret[0].text().to_owned()
 }
 
 #[tokio::test]
@@ -283,16 +280,11 @@ async fn a_receiver_failing_twice_with_500_gets_the_third_call_signed_and_each_a
     assert_eq!(body["job"]["stdout"], "hello\n");
 
     // Operators see the same in the outbox.
-    let conn = rusqlite::Connection::open(server.db_path()).unwrap();
-    let (status, attempts, last_status): (String, i64, i64) = conn
-        .query_row(
-            "SELECT status, attempts, last_status FROM webhook_deliveries WHERE job_id = ?1",
-            [&id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .unwrap();
+    let outbox = server.rows(&format!(
+        "SELECT status, attempts, last_status FROM webhook_deliveries WHERE job_id = '{id}'"
+    ));
     assert_eq!(
-        (status.as_str(), attempts, last_status),
+        (outbox[0][0].text(), outbox[0][1].int(), outbox[0][2].int()),
         ("delivered", 3, 200)
     );
 }
@@ -681,26 +673,20 @@ async fn a_batch_with_a_callback_gets_exactly_one_signed_call_after_its_last_cas
     assert_eq!(body["batch"]["by_verdict"]["wrong_answer"], 1);
 
     // The outbox holds that one call, written by the transaction that completed the batch.
-    let conn = rusqlite::Connection::open(server.db_path()).unwrap();
-    let rows: Vec<(Option<String>, String, bool)> = conn
-        .prepare(
-            "SELECT w.job_id, w.status, w.created_at = b.finished_at
-             FROM webhooks w LEFT JOIN batches b ON b.id = w.batch_id",
-        )
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!(rows, [(None, "delivered".to_owned(), true)]);
-    let listed: String = conn
-        .query_row(
-            "SELECT batch_id FROM webhook_deliveries WHERE job_id IS NULL",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(listed, id);
+    let outbox = server.rows(
+        "SELECT w.job_id, w.status, w.created_at = b.finished_at
+         FROM webhooks w LEFT JOIN batches b ON b.id = w.batch_id",
+    );
+    assert_eq!(
+        outbox,
+        [vec![
+            Cell::Null,
+            Cell::Text("delivered".into()),
+            Cell::Int(1)
+        ]]
+    );
+    let listed = server.rows("SELECT batch_id FROM webhook_deliveries WHERE job_id IS NULL");
+    assert_eq!(listed[0][0].text(), id);
 }
 
 #[tokio::test]
