@@ -13,7 +13,8 @@
 //!   bound the sandbox bench sets for `/bin/true`.
 //!
 //! Each figure is measured alternately with its limit, `KILN_BENCH_RUNS` (3) times, medians
-//! reported with their ratio. Rows go to `target/bench-runtimes.json` (see `benches/report`).
+//! reported with their ratio. A run from a shared build takes a few milliseconds, about what one
+//! preempted timeslice costs on a busy machine, so it gets many more samples than a compile. Rows go to `target/bench-runtimes.json` (see `benches/report`).
 //! `KILN_BENCH_RUNTIMES=c,go` measures only those runtimes, for tuning one of them.
 //! Needs root, as the sandbox does.
 
@@ -34,8 +35,10 @@ use report::{Better, Goal, Row};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
-/// Samples of each figure per run, alternating with the limit's.
+/// Samples of compile + run per run, alternating with the limit's.
 const SAMPLES: usize = 5;
+/// Samples of a run from a shared build per run, alternating with the limit's.
+const RUN_SAMPLES: usize = 40;
 /// Host uids of the bench's sandbox: clear of a server's default range and the sandbox bench's.
 const UID_BASE: u32 = 7_100_000;
 /// The environment every run gets besides its runtime's own (see the runner's `job_env`).
@@ -100,15 +103,18 @@ fn main() -> ExitCode {
         // The shared build, made once, unmeasured; and one of each kind to warm the caches.
         tokio.block_on(kiln_run(&runner, runtime, code, Some(batch)));
         tokio.block_on(kiln_run(&runner, runtime, code, None));
-        bare(scratch.path(), runtime, code);
+        let (shared_bare, _) = Bare::build(scratch.path(), runtime, code);
+        shared_bare.run();
         for _ in 0..runs {
             let (mut k, mut b, mut s, mut r) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..SAMPLES {
                 k.push(tokio.block_on(kiln_run(&runner, runtime, code, None)));
+                let (bare, compile_ms) = Bare::build(scratch.path(), runtime, code);
+                b.push(compile_ms + bare.run());
+            }
+            for _ in 0..RUN_SAMPLES {
                 s.push(tokio.block_on(kiln_run(&runner, runtime, code, Some(batch))));
-                let (compile_ms, run_ms) = bare(scratch.path(), runtime, code);
-                b.push(compile_ms + run_ms);
-                r.push(run_ms);
+                r.push(shared_bare.run());
             }
             built.push(common::median(&k));
             bare_built.push(common::median(&b));
@@ -173,50 +179,66 @@ async fn kiln_run(runner: &Runner, runtime: &Runtime, code: &str, batch: Option<
     elapsed
 }
 
-/// The runtime's build and then its run, started bare in a fresh directory with the words and
-/// environment of its definition; milliseconds of each.
-fn bare(scratch: &Path, runtime: &Runtime, code: &str) -> (f64, f64) {
-    let dir = TempDir::new_in(scratch).expect("bare directory");
-    let work = dir.path().display().to_string();
-    let source = runtime.source_file(code);
-    let name = runtime.program_name(code);
-    std::fs::write(dir.path().join(&source), code).expect("the source");
-    let expansion = Expansion {
-        source: &source,
-        name: &name,
-        memory_mb: DEFAULT_COMPILE_LIMITS.memory_mb,
-        work: &work,
-        args: &[],
-    };
-    let start = |program: std::path::PathBuf, argv: Vec<String>| {
-        let status = Command::new(program)
-            .args(argv)
-            .current_dir(dir.path())
+/// A scratch directory holding one bare build of a program, with the words of its definition.
+struct Bare<'a> {
+    dir: TempDir,
+    runtime: &'a Runtime,
+    work: String,
+    source: String,
+    name: String,
+}
+
+impl<'a> Bare<'a> {
+    /// Writes `code` into a fresh directory and builds it bare with the runtime's build command;
+    /// also the milliseconds the build took.
+    fn build(scratch: &Path, runtime: &'a Runtime, code: &str) -> (Bare<'a>, f64) {
+        let dir = TempDir::new_in(scratch).expect("bare directory");
+        let bare = Bare {
+            work: dir.path().display().to_string(),
+            source: runtime.source_file(code),
+            name: runtime.program_name(code),
+            dir,
+            runtime,
+        };
+        std::fs::write(bare.dir.path().join(&bare.source), code).expect("the source");
+        let compile = runtime.compile.as_ref().expect("a compiled runtime");
+        let ms = bare.start(&compile.command, DEFAULT_COMPILE_LIMITS.memory_mb);
+        (bare, ms)
+    }
+
+    /// The runtime's run of the build; milliseconds.
+    fn run(&self) -> f64 {
+        let memory_mb = Policy::default().default_limits.memory_mb;
+        self.start(&self.runtime.run, memory_mb)
+    }
+
+    /// Starts `command` in the directory with the environment a job gets (see the runner's
+    /// `job_env`) and the runtime's own; milliseconds until it exited.
+    fn start(&self, command: &kiln::runtime::Command, memory_mb: u64) -> f64 {
+        let expansion = Expansion {
+            source: &self.source,
+            name: &self.name,
+            memory_mb,
+            work: &self.work,
+            args: &[],
+        };
+        let begun = Instant::now();
+        let status = Command::new(command.program(self.dir.path()))
+            .args(command.argv(&expansion))
+            .current_dir(self.dir.path())
             .env_clear()
             .env("PATH", JOB_PATH)
-            .env("HOME", &work)
-            .env("TMPDIR", &work)
+            .env("HOME", &self.work)
+            .env("TMPDIR", &self.work)
             .env("LANG", "C.UTF-8")
-            .envs(runtime.env(&expansion))
+            .envs(self.runtime.env(&expansion))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .expect("a bare start");
-        assert!(status.success(), "{}: bare {status}", runtime.name);
-    };
-    let compile = runtime.compile.as_ref().expect("a compiled runtime");
-    let begun = Instant::now();
-    start(
-        compile.command.program(dir.path()),
-        compile.command.argv(&expansion),
-    );
-    let compiled = begun.elapsed().as_secs_f64() * 1000.0;
-    let run = Expansion {
-        memory_mb: Policy::default().default_limits.memory_mb,
-        ..expansion
-    };
-    let begun = Instant::now();
-    start(runtime.run.program(dir.path()), runtime.run.argv(&run));
-    (compiled, begun.elapsed().as_secs_f64() * 1000.0)
+        let ms = begun.elapsed().as_secs_f64() * 1000.0;
+        assert!(status.success(), "{}: bare {status}", self.runtime.name);
+        ms
+    }
 }
