@@ -403,7 +403,8 @@ pub async fn run(cmd: ClientCommand) -> Result<Conclusion, ClientError> {
                     show_job(&job, json)?;
                     if let Some(dir) = download {
                         let written = download::download(&api, &job, &dir).await?;
-                        note(&format!("wrote {written} files to {}", dir.display()));
+                        let files = if written == 1 { "file" } else { "files" };
+                        note(&format!("wrote {written} {files} to {}", dir.display()));
                     }
                     Ok(conclusion(&job))
                 }

@@ -283,6 +283,8 @@ async fn kiln_status_download_writes_the_kept_files_under_a_directory() {
     assert!(out.status.success(), "{out:?}");
     let made = std::fs::read(server.dir.path().join("made.bin")).expect("downloaded");
     assert_eq!(made, b"\xff");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("wrote 1 file to ."), "{said}");
 }
 
 #[tokio::test]
