@@ -27,15 +27,8 @@ pub enum Cell {
 impl Cell {
     #[track_caller]
     pub fn int(&self) -> i64 {
-        self.opt_int()
-            .unwrap_or_else(|| panic!("{self:?} is not an integer"))
-    }
-
-    #[track_caller]
-    pub fn opt_int(&self) -> Option<i64> {
         match self {
-            Cell::Null => None,
-            Cell::Int(n) => Some(*n),
+            Cell::Int(n) => *n,
             other => panic!("{other:?} is not an integer"),
         }
     }
@@ -43,16 +36,9 @@ impl Cell {
     /// Text, or bytes that are UTF-8.
     #[track_caller]
     pub fn text(&self) -> &str {
-        self.opt_text()
-            .unwrap_or_else(|| panic!("{self:?} is not text"))
-    }
-
-    #[track_caller]
-    pub fn opt_text(&self) -> Option<&str> {
         match self {
-            Cell::Null => None,
-            Cell::Text(text) => Some(text),
-            Cell::Bytes(bytes) => Some(std::str::from_utf8(bytes).expect("UTF-8 bytes")),
+            Cell::Text(text) => text,
+            Cell::Bytes(bytes) => std::str::from_utf8(bytes).expect("UTF-8 bytes"),
             other => panic!("{other:?} is not text"),
         }
     }
