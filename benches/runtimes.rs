@@ -14,8 +14,9 @@
 //!
 //! Each figure is measured alternately with its limit, `KILN_BENCH_RUNS` (3) times, medians
 //! reported with their ratio. A run from a shared build takes a few milliseconds, about what one
-//! preempted timeslice costs on a busy machine, so it gets many more samples than a compile. Rows go to `target/bench-runtimes.json` (see `benches/report`).
-//! `KILN_BENCH_RUNTIMES=c,go` measures only those runtimes, for tuning one of them.
+//! preempted timeslice costs on a busy machine, so it gets many more samples than a compile.
+//! Rows go to `target/bench-runtimes.json` (see `benches/report`). `KILN_BENCH_RUNTIMES=c,go`
+//! measures only those runtimes, for tuning one of them.
 //! Needs root, as the sandbox does.
 
 mod common;
